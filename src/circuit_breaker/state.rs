@@ -1,0 +1,564 @@
+//! The breaker's state machine: a [`Gate`] over one atomic state word and a sliding window.
+//!
+//! The state word packs the state, the half-open probe tallies and a generation that changes on every
+//! transition. Permits carry the generation they were issued under, so the completion of a call
+//! admitted before a transition (a slow call from a closed period that ends after the breaker opened,
+//! a probe that outlived its half-open period) is recognised and left out.
+//!
+//! On the closed path, admission is one load of the state word and completion is one window record:
+//! no lock, no allocation, and the clock is read only when a rule or the observer needs time.
+
+use super::config::{Config, WindowKind};
+use super::error::Open;
+use crate::core::window::{CountWindow, Counts, Sample, TimeWindow};
+use crate::core::{CircuitState, Emitter, EventKind, Gate, Observer, Outcome, Record, RejectReason};
+use crate::sync::{AtomicU32, AtomicU64, Ordering::*, Padded};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::fmt;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The most probes a half-open breaker may admit.
+pub(crate) const MAX_PROBES: u32 = (1 << PROBE_BITS) - 1;
+
+const TAG_MASK: u64 = 0b111;
+const CLOSED: u64 = 0;
+const OPEN: u64 = 1;
+const HALF_OPEN: u64 = 2;
+const FORCED_OPEN: u64 = 3;
+const DISABLED: u64 = 4;
+const METRICS_ONLY: u64 = 5;
+
+const PROBE_BITS: u32 = 10;
+const PROBE_MASK: u64 = (1 << PROBE_BITS) - 1;
+const ADMITTED_SHIFT: u32 = 3;
+const COMPLETED_SHIFT: u32 = ADMITTED_SHIFT + PROBE_BITS;
+const FAILED_SHIFT: u32 = COMPLETED_SHIFT + PROBE_BITS;
+const SLOW_SHIFT: u32 = FAILED_SHIFT + PROBE_BITS;
+const GEN_SHIFT: u32 = SLOW_SHIFT + PROBE_BITS;
+
+#[inline(always)]
+fn tag(word: u64) -> u64 {
+    word & TAG_MASK
+}
+
+#[inline(always)]
+fn generation(word: u64) -> u32 {
+    (word >> GEN_SHIFT) as u32
+}
+
+#[inline(always)]
+fn field(word: u64, shift: u32) -> u32 {
+    ((word >> shift) & PROBE_MASK) as u32
+}
+
+/// The word for a fresh state `tag` one generation after `word`.
+#[inline]
+fn next(word: u64, tag: u64) -> u64 {
+    let generation = (generation(word) as u64 + 1) & ((1 << (64 - GEN_SHIFT)) - 1);
+    generation << GEN_SHIFT | tag
+}
+
+fn state_of(tag: u64) -> CircuitState {
+    match tag {
+        CLOSED => CircuitState::Closed,
+        OPEN => CircuitState::Open,
+        HALF_OPEN => CircuitState::HalfOpen,
+        FORCED_OPEN => CircuitState::ForcedOpen,
+        DISABLED => CircuitState::Disabled,
+        _ => CircuitState::MetricsOnly,
+    }
+}
+
+fn tag_of(state: CircuitState) -> u64 {
+    match state {
+        CircuitState::Closed => CLOSED,
+        CircuitState::Open => OPEN,
+        CircuitState::HalfOpen => HALF_OPEN,
+        CircuitState::ForcedOpen => FORCED_OPEN,
+        CircuitState::Disabled => DISABLED,
+        CircuitState::MetricsOnly => METRICS_ONLY,
+    }
+}
+
+/// What a breaker's admitted call carries: the generation it was admitted under, and whether it is a
+/// half-open probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Permit {
+    generation: u32,
+    probe: bool,
+}
+
+enum Window {
+    Count(CountWindow),
+    Time(TimeWindow),
+}
+
+/// The circuit breaker's [`Gate`]: its state machine, window and counters, shared by every service
+/// made from one [`CircuitBreakerLayer`](super::CircuitBreakerLayer). Reach it through a
+/// [`Handle`](super::Handle).
+pub struct Breaker {
+    state: Padded<AtomicU64>,
+    window: Window,
+    consecutive: Padded<AtomicU32>,
+    /// Nanoseconds since `origin` at which an open breaker admits its first probe.
+    open_until: AtomicU64,
+    /// Nanoseconds since `origin` at which the breaker last went half-open.
+    half_open_since: AtomicU64,
+    /// Trips since the breaker last closed; the open duration grows with it.
+    trips: AtomicU32,
+    wants_time: bool,
+    origin: Instant,
+    config: Config,
+    rng: Mutex<SmallRng>,
+}
+
+impl fmt::Debug for Breaker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Breaker")
+            .field("state", &self.state())
+            .field("counts", &self.counts())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Breaker {
+    pub(crate) fn new(config: Config) -> Self {
+        let window = match config.window {
+            WindowKind::Count(n) => Window::Count(CountWindow::new(n)),
+            WindowKind::Time { duration, buckets } => {
+                Window::Time(TimeWindow::new(duration, buckets))
+            }
+        };
+        let rng = match config.seed {
+            Some(seed) => SmallRng::seed_from_u64(seed),
+            None => SmallRng::from_os_rng(),
+        };
+        Breaker {
+            state: Padded(AtomicU64::new(CLOSED)),
+            wants_time: config.slow_rate_ppm.is_some() || matches!(window, Window::Time(_)),
+            window,
+            consecutive: Padded(AtomicU32::new(0)),
+            open_until: AtomicU64::new(0),
+            half_open_since: AtomicU64::new(0),
+            trips: AtomicU32::new(0),
+            origin: Instant::now(),
+            config,
+            rng: Mutex::new(rng),
+        }
+    }
+
+    #[inline]
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn now(&self) -> u64 {
+        self.nanos(Instant::now())
+    }
+
+    /// The current state. An open breaker whose open period is over still reads as open until the
+    /// next call moves it to half-open.
+    pub fn state(&self) -> CircuitState {
+        state_of(tag(self.state.load(Acquire)))
+    }
+
+    pub(crate) fn counts(&self) -> Counts {
+        match &self.window {
+            Window::Count(w) => w.counts(),
+            Window::Time(w) => w.counts_at(self.now()),
+        }
+    }
+
+    pub(crate) fn consecutive_failures(&self) -> u32 {
+        self.consecutive.load(Relaxed)
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// How long the `attempt`-th trip in a row keeps the breaker open.
+    fn open_duration(&self, attempt: u32) -> Duration {
+        let c = &self.config;
+        let grown = c.open_duration.as_secs_f64() * c.open_multiplier.powi(attempt as i32 - 1);
+        let capped = grown.min(c.max_open_duration.as_secs_f64());
+        let jitter = if c.open_jitter > 0.0 {
+            let mut rng = self.rng.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            c.open_jitter * rng.random::<f64>()
+        } else {
+            0.0
+        };
+        Duration::from_secs_f64(capped * (1.0 - jitter))
+    }
+
+    /// Opens the breaker from the state `word`, for `hint` if given, else for the backed-off
+    /// duration. Returns the open-until time, or `None` if the state changed meanwhile.
+    fn trip<O: Observer>(
+        &self,
+        word: u64,
+        now: u64,
+        hint: Option<Duration>,
+        emit: &Emitter<'_, O>,
+    ) -> Option<u64> {
+        let attempt = match tag(word) {
+            HALF_OPEN => self.trips.load(Relaxed).saturating_add(1),
+            _ => 1,
+        };
+        let duration = match (hint, self.config.max_retry_after) {
+            (Some(hint), Some(max)) => hint.min(max),
+            _ => self.open_duration(attempt),
+        };
+        let until = now.saturating_add(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX));
+        // Published before the state so that nobody sees Open with a stale deadline.
+        self.open_until.store(until, Release);
+        self.state
+            .compare_exchange(word, next(word, OPEN), AcqRel, Acquire)
+            .ok()?;
+        self.trips.store(attempt, Relaxed);
+        emit.emit(EventKind::StateTransition {
+            from: state_of(tag(word)),
+            to: CircuitState::Open,
+        });
+        Some(until)
+    }
+
+    fn reset_window(&self, now: Option<u64>) {
+        match &self.window {
+            Window::Count(w) => w.reset(),
+            Window::Time(w) => w.reset(now.unwrap_or_else(|| self.now())),
+        }
+        self.consecutive.store(0, Relaxed);
+    }
+
+    /// Moves to `to` (closed, forced open, disabled or metrics-only) by hand, from whatever state the
+    /// breaker is in. Closed and metrics-only start from an empty window.
+    pub(crate) fn transition<O: Observer>(
+        &self,
+        to: CircuitState,
+        forget_trips: bool,
+        emit: &Emitter<'_, O>,
+    ) {
+        let to_tag = tag_of(to);
+        if to_tag == CLOSED || to_tag == METRICS_ONLY {
+            self.reset_window(None);
+        }
+        if forget_trips {
+            self.trips.store(0, Relaxed);
+        }
+        let from = self
+            .state
+            .fetch_update(AcqRel, Acquire, |word| Some(next(word, to_tag)))
+            .expect("the update always succeeds");
+        if tag(from) != to_tag {
+            emit.emit(EventKind::StateTransition {
+                from: state_of(tag(from)),
+                to,
+            });
+        }
+    }
+
+    /// Whether the rate rules say open, for the window's `counts`.
+    fn rates_trip(&self, counts: Counts) -> bool {
+        if counts.calls < self.config.minimum_calls {
+            return false;
+        }
+        let over = |part: u64, ppm: Option<u64>| {
+            ppm.is_some_and(|ppm| part as u128 * 1_000_000 >= ppm as u128 * counts.calls as u128)
+        };
+        over(counts.failures, self.config.failure_rate_ppm)
+            || over(counts.slow, self.config.slow_rate_ppm)
+    }
+
+    #[inline]
+    fn is_slow(&self, record: &Record) -> bool {
+        self.config.slow_rate_ppm.is_some()
+            && record
+                .latency
+                .is_some_and(|l| l >= self.config.slow_call_duration)
+    }
+
+    fn record_closed<O: Observer>(
+        &self,
+        word: u64,
+        record: &Record,
+        may_trip: bool,
+        emit: &Emitter<'_, O>,
+    ) {
+        let failure = match record.outcome {
+            Outcome::Failure => true,
+            Outcome::Success => false,
+            _ => return,
+        };
+        let sample = Sample::new(failure, self.is_slow(record));
+        let mut trip = false;
+        if let Some(limit) = self.config.consecutive_failures {
+            if failure {
+                trip = self.consecutive.fetch_add(1, Relaxed).saturating_add(1) >= limit;
+            } else if self.consecutive.load(Relaxed) != 0 {
+                self.consecutive.store(0, Relaxed);
+            }
+        }
+        let hint = record.retry_after.filter(|_| failure);
+        trip |= hint.is_some() && self.config.max_retry_after.is_some();
+        let mut now = None;
+        let changed = match &self.window {
+            Window::Count(w) => w.record(sample),
+            Window::Time(w) => {
+                let at = record.finished.map_or_else(|| self.now(), |t| self.nanos(t));
+                now = Some(at);
+                w.record(at, sample)
+            }
+        };
+        if may_trip && (trip || changed && self.rates_trip(self.window_counts())) {
+            let now = now.unwrap_or_else(|| self.now());
+            self.trip(word, now, hint, emit);
+        }
+    }
+
+    #[inline]
+    fn window_counts(&self) -> Counts {
+        match &self.window {
+            Window::Count(w) => w.counts(),
+            Window::Time(w) => w.counts(),
+        }
+    }
+
+    /// Whether the finished probes of a half-open trial say close.
+    fn probes_pass(&self, failed: u32, slow: u32) -> bool {
+        let probes = self.config.half_open_probes as u128;
+        let under = |part: u32, ppm: u64| (part as u128) * 1_000_000 < ppm as u128 * probes;
+        let failures_ok = match self.config.failure_rate_ppm {
+            Some(ppm) => under(failed, ppm),
+            None => failed == 0,
+        };
+        let slow_ok = self.config.slow_rate_ppm.is_none_or(|ppm| under(slow, ppm));
+        failures_ok && slow_ok
+    }
+
+    fn complete_probe<O: Observer>(&self, permit: Permit, record: &Record, emit: &Emitter<'_, O>) {
+        let failure = record.outcome == Outcome::Failure;
+        let slow = self.is_slow(record);
+        let probes = self.config.half_open_probes;
+        let mut word = self.state.load(Acquire);
+        loop {
+            if tag(word) != HALF_OPEN || generation(word) != permit.generation {
+                return; // a probe of an earlier trial
+            }
+            if record.outcome == Outcome::Ignored {
+                // Says nothing either way: give the slot back for another probe.
+                match self.state.compare_exchange_weak(
+                    word,
+                    word - (1 << ADMITTED_SHIFT),
+                    AcqRel,
+                    Acquire,
+                ) {
+                    Ok(_) => return,
+                    Err(actual) => {
+                        word = actual;
+                        continue;
+                    }
+                }
+            }
+            let tallied = word
+                + (1 << COMPLETED_SHIFT)
+                + ((failure as u64) << FAILED_SHIFT)
+                + ((slow as u64) << SLOW_SHIFT);
+            if field(tallied, COMPLETED_SHIFT) < probes {
+                match self
+                    .state
+                    .compare_exchange_weak(word, tallied, AcqRel, Acquire)
+                {
+                    Ok(_) => return,
+                    Err(actual) => {
+                        word = actual;
+                        continue;
+                    }
+                }
+            }
+            // The last probe decides.
+            if self.probes_pass(field(tallied, FAILED_SHIFT), field(tallied, SLOW_SHIFT)) {
+                // Nothing records into the window while half-open, so emptying it first is safe.
+                self.reset_window(record.finished.map(|t| self.nanos(t)));
+                match self
+                    .state
+                    .compare_exchange(word, next(word, CLOSED), AcqRel, Acquire)
+                {
+                    Ok(_) => {
+                        self.trips.store(0, Relaxed);
+                        emit.emit(EventKind::StateTransition {
+                            from: CircuitState::HalfOpen,
+                            to: CircuitState::Closed,
+                        });
+                        return;
+                    }
+                    Err(actual) => word = actual,
+                }
+            } else {
+                let now = record.finished.map_or_else(|| self.now(), |t| self.nanos(t));
+                if self.trip(word, now, None, emit).is_some() {
+                    return;
+                }
+                word = self.state.load(Acquire);
+            }
+        }
+    }
+}
+
+impl Gate for Breaker {
+    type Permit = Permit;
+    type Rejection = Open;
+
+    #[inline]
+    fn poll_acquire<O: Observer>(
+        &self,
+        _cx: &mut Context<'_>,
+        emit: &Emitter<'_, O>,
+    ) -> Poll<Result<Permit, Open>> {
+        let word = self.state.load(Acquire);
+        if matches!(tag(word), CLOSED | DISABLED | METRICS_ONLY) {
+            return Poll::Ready(Ok(Permit {
+                generation: generation(word),
+                probe: false,
+            }));
+        }
+        Poll::Ready(self.acquire_slow(word, emit))
+    }
+
+    #[inline]
+    fn complete<O: Observer>(&self, permit: Permit, record: &Record, emit: &Emitter<'_, O>) {
+        if permit.probe {
+            return self.complete_probe(permit, record, emit);
+        }
+        let word = self.state.load(Acquire);
+        if generation(word) != permit.generation {
+            return; // admitted before a transition: says nothing about the current period
+        }
+        match tag(word) {
+            CLOSED => self.record_closed(word, record, true, emit),
+            METRICS_ONLY => self.record_closed(word, record, false, emit),
+            _ => {}
+        }
+    }
+
+    #[inline]
+    fn cancel<O: Observer>(&self, permit: Permit, _emit: &Emitter<'_, O>) {
+        if permit.probe {
+            // Give the probe slot back, if its trial is still running.
+            let _ = self.state.fetch_update(AcqRel, Acquire, |word| {
+                (tag(word) == HALF_OPEN
+                    && generation(word) == permit.generation
+                    && field(word, ADMITTED_SHIFT) > 0)
+                    .then(|| word - (1 << ADMITTED_SHIFT))
+            });
+        }
+    }
+
+    #[inline]
+    fn wants_latency(&self) -> bool {
+        self.wants_time
+    }
+
+    #[inline]
+    fn wants_retry_after(&self) -> bool {
+        self.config.max_retry_after.is_some()
+    }
+
+    fn reject_reason(rejection: &Open) -> RejectReason {
+        rejection.reason
+    }
+}
+
+impl Breaker {
+    /// Admission outside the closed state: open, half-open or forced open.
+    #[cold]
+    fn acquire_slow<O: Observer>(&self, mut word: u64, emit: &Emitter<'_, O>) -> Result<Permit, Open> {
+        loop {
+            match tag(word) {
+                CLOSED | DISABLED | METRICS_ONLY => {
+                    return Ok(Permit {
+                        generation: generation(word),
+                        probe: false,
+                    })
+                }
+                FORCED_OPEN => {
+                    return Err(Open {
+                        retry_after: None,
+                        reason: RejectReason::ForcedOpen,
+                    })
+                }
+                OPEN => {
+                    let now = self.now();
+                    let until = self.open_until.load(Acquire);
+                    if now < until {
+                        return Err(Open {
+                            retry_after: Some(Duration::from_nanos(until - now)),
+                            reason: RejectReason::CircuitOpen,
+                        });
+                    }
+                    // The open period is over: this call is the first probe.
+                    self.half_open_since.store(now, Relaxed);
+                    let half = next(word, HALF_OPEN) + (1 << ADMITTED_SHIFT);
+                    match self.state.compare_exchange(word, half, AcqRel, Acquire) {
+                        Ok(_) => {
+                            emit.emit(EventKind::StateTransition {
+                                from: CircuitState::Open,
+                                to: CircuitState::HalfOpen,
+                            });
+                            return Ok(Permit {
+                                generation: generation(half),
+                                probe: true,
+                            });
+                        }
+                        Err(actual) => word = actual,
+                    }
+                }
+                _ => {
+                    // Half-open.
+                    if field(word, ADMITTED_SHIFT) < self.config.half_open_probes {
+                        match self.state.compare_exchange_weak(
+                            word,
+                            word + (1 << ADMITTED_SHIFT),
+                            AcqRel,
+                            Acquire,
+                        ) {
+                            Ok(_) => {
+                                return Ok(Permit {
+                                    generation: generation(word),
+                                    probe: true,
+                                })
+                            }
+                            Err(actual) => {
+                                word = actual;
+                                continue;
+                            }
+                        }
+                    }
+                    let now = self.now();
+                    let since = self.half_open_since.load(Relaxed);
+                    let waited = Duration::from_nanos(now.saturating_sub(since));
+                    if waited < self.config.max_half_open_wait {
+                        return Err(Open {
+                            retry_after: None,
+                            reason: RejectReason::HalfOpenFull,
+                        });
+                    }
+                    // The probes never came back: the trial failed.
+                    match self.trip(word, now, None, emit) {
+                        Some(until) => {
+                            return Err(Open {
+                                retry_after: Some(Duration::from_nanos(until - now)),
+                                reason: RejectReason::CircuitOpen,
+                            })
+                        }
+                        None => word = self.state.load(Acquire),
+                    }
+                }
+            }
+        }
+    }
+}

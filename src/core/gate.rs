@@ -1,0 +1,407 @@
+//! The admission gate: one [`Service`] and one response future for every layer that admits or rejects
+//! calls (circuit breaker today; bulkhead and limiters reuse it).
+//!
+//! A [`Gate`] is a policy. It decides in [`poll_acquire`](Gate::poll_acquire) whether a call may go
+//! ahead, and learns in [`complete`](Gate::complete) how it went. [`Guard`] is the `Service` that
+//! drives any gate: it reserves a permit in `poll_ready`, moves it into [`GuardFuture`] in `call`,
+//! classifies the inner result, and hands the permit back through [`cancel`](Gate::cancel) if the
+//! future or the service is dropped first, so a cancelled call never counts as a failure and never
+//! leaks a slot.
+//!
+//! Implement [`Gate`] to add a policy of your own; wrap it with [`GateLayer`].
+
+use super::{Classify, Emitter, ErrorIsFailure, EventKind, Observer, Outcome, Record, RejectReason};
+use pin_project_lite::pin_project;
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use tokio::time::Instant;
+use tower::{BoxError, Layer, Service};
+
+/// An admission policy: circuit breaker, bulkhead, adaptive limiter, rate limiter, throttle.
+///
+/// The methods are called concurrently from every clone of every service built from one layer, so
+/// state lives in atomics. None of them may block.
+///
+/// # Example
+///
+/// A gate that admits at most `max` calls in its lifetime:
+///
+/// ```
+/// use seawall::core::{Emitter, Gate, GateLayer, Observer, Record};
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::task::{Context, Poll};
+///
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("quota used up")]
+/// struct QuotaUsedUp;
+///
+/// struct Quota { left: AtomicU64 }
+///
+/// impl Gate for Quota {
+///     type Permit = ();
+///     type Rejection = QuotaUsedUp;
+///
+///     fn poll_acquire<O: Observer>(&self, _: &mut Context<'_>, _: &Emitter<'_, O>) -> Poll<Result<(), QuotaUsedUp>> {
+///         let taken = self.left.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+///         Poll::Ready(taken.map(drop).map_err(|_| QuotaUsedUp))
+///     }
+///     fn complete<O: Observer>(&self, _: (), _: &Record, _: &Emitter<'_, O>) {}
+///     fn cancel<O: Observer>(&self, _: (), _: &Emitter<'_, O>) {
+///         self.left.fetch_add(1, Ordering::AcqRel);
+///     }
+///     fn wants_latency(&self) -> bool { false }
+/// }
+///
+/// let layer = GateLayer::new("quota", Quota { left: AtomicU64::new(1000) });
+/// # drop(layer);
+/// ```
+pub trait Gate: Send + Sync + 'static {
+    /// Carried by an admitted call until it ends.
+    type Permit: Send + 'static;
+    /// Why a call was not admitted; returned (boxed) from the response future.
+    type Rejection: std::error::Error + Send + Sync + 'static;
+
+    /// Admits the call (`Ready(Ok(permit))`), rejects it (`Ready(Err(rejection))`), or, for gates that
+    /// queue, registers `cx`'s waker and returns `Pending`.
+    fn poll_acquire<O: Observer>(
+        &self,
+        cx: &mut Context<'_>,
+        emit: &Emitter<'_, O>,
+    ) -> Poll<Result<Self::Permit, Self::Rejection>>;
+
+    /// An admitted call finished.
+    fn complete<O: Observer>(&self, permit: Self::Permit, record: &Record, emit: &Emitter<'_, O>);
+
+    /// An admitted call was dropped before it finished: give back what it held and count nothing.
+    fn cancel<O: Observer>(&self, permit: Self::Permit, emit: &Emitter<'_, O>);
+
+    /// Whether any rule needs call timing. When neither this nor the observer wants it, the clock is
+    /// never read on the call path.
+    fn wants_latency(&self) -> bool;
+
+    /// Whether [`Record::retry_after`] should be filled in for failures.
+    fn wants_retry_after(&self) -> bool {
+        false
+    }
+
+    /// The reason reported to observers for a rejection.
+    fn reject_reason(rejection: &Self::Rejection) -> RejectReason {
+        let _ = rejection;
+        RejectReason::Other
+    }
+}
+
+/// A gate with its name and observer: the state every service made by one layer shares.
+pub(crate) struct Shared<G, O> {
+    pub(crate) gate: G,
+    pub(crate) observer: O,
+    pub(crate) name: Cow<'static, str>,
+}
+
+impl<G, O: Observer> Shared<G, O> {
+    pub(crate) fn new(name: Cow<'static, str>, gate: G, observer: O) -> Arc<Self> {
+        Arc::new(Shared {
+            gate,
+            observer,
+            name,
+        })
+    }
+
+    #[inline(always)]
+    pub(crate) fn emitter(&self) -> Emitter<'_, O> {
+        Emitter::new(&self.name, &self.observer)
+    }
+}
+
+/// An admitted call's permit; gives it back to the gate if dropped before the call finished.
+pub(crate) struct PermitGuard<G: Gate, O: Observer> {
+    shared: Arc<Shared<G, O>>,
+    permit: Option<G::Permit>,
+}
+
+impl<G: Gate, O: Observer> PermitGuard<G, O> {
+    #[inline]
+    fn complete(&mut self, record: Record) {
+        if let Some(permit) = self.permit.take() {
+            let emit = self.shared.emitter();
+            self.shared.gate.complete(permit, &record, &emit);
+            emit.emit(EventKind::Finished {
+                outcome: record.outcome,
+                latency: record.latency,
+            });
+        }
+    }
+}
+
+impl<G: Gate, O: Observer> Drop for PermitGuard<G, O> {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            let emit = self.shared.emitter();
+            self.shared.gate.cancel(permit, &emit);
+            emit.emit(EventKind::Cancelled);
+        }
+    }
+}
+
+/// The one `Service` behind every gate layer. See the [module docs](self).
+pub struct Guard<S, G: Gate, C, O: Observer> {
+    inner: S,
+    shared: Arc<Shared<G, O>>,
+    classify: C,
+    reserved: Option<Result<PermitGuard<G, O>, G::Rejection>>,
+}
+
+impl<S, G: Gate, C, O: Observer> Guard<S, G, C, O> {
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared<G, O>>, classify: C) -> Self {
+        Guard {
+            inner,
+            shared,
+            classify,
+            reserved: None,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the guard, returning the inner service. A reserved permit is given back.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, G: Gate, C: Clone, O: Observer> Clone for Guard<S, G, C, O> {
+    /// A clone shares the gate but never the original's reservation.
+    fn clone(&self) -> Self {
+        Guard::from_shared(
+            self.inner.clone(),
+            self.shared.clone(),
+            self.classify.clone(),
+        )
+    }
+}
+
+impl<S: fmt::Debug, G: Gate, C: fmt::Debug, O: Observer> fmt::Debug for Guard<S, G, C, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Guard")
+            .field("name", &self.shared.name)
+            .field("inner", &self.inner)
+            .field("classify", &self.classify)
+            .field("reserved", &self.reserved.as_ref().map(|r| r.is_ok()))
+            .finish()
+    }
+}
+
+impl<S, G, C, O, Req> Service<Req> for Guard<S, G, C, O>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    G: Gate,
+    C: Classify<S::Response, S::Error> + Clone,
+    O: Observer,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = GuardFuture<S::Future, G, C, O>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.reserved.is_none() {
+            let emit = self.shared.emitter();
+            let decision = ready!(self.shared.gate.poll_acquire(cx, &emit));
+            self.reserved = Some(match decision {
+                Ok(permit) => {
+                    emit.emit(EventKind::Permitted);
+                    Ok(PermitGuard {
+                        shared: self.shared.clone(),
+                        permit: Some(permit),
+                    })
+                }
+                Err(rejection) => {
+                    emit.emit(EventKind::Rejected {
+                        reason: G::reject_reason(&rejection),
+                    });
+                    Err(rejection)
+                }
+            });
+        }
+        // A rejection is ready at once and fails in the future, so readiness counts once and the
+        // layer works under axum, which assumes services are always ready.
+        if let Some(Ok(_)) = self.reserved {
+            if let Err(e) = ready!(self.inner.poll_ready(cx)) {
+                self.reserved = None; // gives the permit back
+                return Poll::Ready(Err(e.into()));
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        match self
+            .reserved
+            .take()
+            .expect("poll_ready must be called first")
+        {
+            Ok(permit) => {
+                let start = (self.shared.gate.wants_latency() || self.shared.observer.wants_latency())
+                    .then(Instant::now);
+                GuardFuture {
+                    kind: Kind::Admitted {
+                        future: self.inner.call(req),
+                        permit,
+                        classify: self.classify.clone(),
+                        start,
+                    },
+                }
+            }
+            Err(rejection) => GuardFuture {
+                kind: Kind::Rejected {
+                    rejection: Some(rejection),
+                },
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Guard`]: the inner call with its permit, or a rejection.
+    pub struct GuardFuture<F, G: Gate, C, O: Observer> {
+        #[pin]
+        kind: Kind<F, G, C, O>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, G: Gate, C, O: Observer> {
+        Admitted {
+            #[pin]
+            future: F,
+            permit: PermitGuard<G, O>,
+            classify: C,
+            start: Option<Instant>,
+        },
+        Rejected {
+            rejection: Option<G::Rejection>,
+        },
+    }
+}
+
+impl<F, G: Gate, C, O: Observer> fmt::Debug for GuardFuture<F, G, C, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            Kind::Admitted { .. } => "admitted",
+            Kind::Rejected { .. } => "rejected",
+        };
+        f.debug_struct("GuardFuture").field("kind", &kind).finish()
+    }
+}
+
+impl<F, G, C, O, T, E> Future for GuardFuture<F, G, C, O>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+    G: Gate,
+    C: Classify<T, E>,
+    O: Observer,
+{
+    type Output = Result<T, BoxError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Admitted {
+                future,
+                permit,
+                classify,
+                start,
+            } => {
+                let result = ready!(future.poll(cx));
+                let outcome = classify.classify(&result);
+                let mut record = Record::new(outcome);
+                if let Some(start) = *start {
+                    let now = Instant::now();
+                    record = record.with_timing(now.saturating_duration_since(start), now);
+                }
+                if outcome == Outcome::Failure && permit.shared.gate.wants_retry_after() {
+                    record.retry_after = classify.retry_after(&result);
+                }
+                permit.complete(record);
+                Poll::Ready(result.map_err(Into::into))
+            }
+            KindProj::Rejected { rejection } => Poll::Ready(Err(rejection
+                .take()
+                .expect("GuardFuture polled after completion")
+                .into())),
+        }
+    }
+}
+
+/// A [`Layer`] for any [`Gate`]: the way to use a gate of your own.
+///
+/// The gate is created once and shared by every service the layer makes.
+pub struct GateLayer<G, C = ErrorIsFailure, O = ()> {
+    shared: Arc<Shared<G, O>>,
+    classify: C,
+}
+
+impl<G: Gate> GateLayer<G> {
+    /// A layer over `gate`, named `name`, with the default classifier and no observer.
+    pub fn new(name: impl Into<Cow<'static, str>>, gate: G) -> Self {
+        GateLayer {
+            shared: Shared::new(name.into(), gate, ()),
+            classify: ErrorIsFailure,
+        }
+    }
+}
+
+impl<G: Gate, C, O: Observer> GateLayer<G, C, O> {
+    /// Replaces the classifier.
+    pub fn classify<C2>(self, classify: C2) -> GateLayer<G, C2, O> {
+        GateLayer {
+            shared: self.shared,
+            classify,
+        }
+    }
+
+    /// The gate.
+    pub fn gate(&self) -> &G {
+        &self.shared.gate
+    }
+}
+
+impl<G, C: Clone, O> Clone for GateLayer<G, C, O> {
+    fn clone(&self) -> Self {
+        GateLayer {
+            shared: self.shared.clone(),
+            classify: self.classify.clone(),
+        }
+    }
+}
+
+impl<G, C: fmt::Debug, O> fmt::Debug for GateLayer<G, C, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GateLayer")
+            .field("name", &self.shared.name)
+            .field("classify", &self.classify)
+            .finish()
+    }
+}
+
+impl<S, G: Gate, C: Clone, O: Observer> Layer<S> for GateLayer<G, C, O> {
+    type Service = Guard<S, G, C, O>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Guard::from_shared(inner, self.shared.clone(), self.classify.clone())
+    }
+}

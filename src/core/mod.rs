@@ -1,0 +1,18 @@
+//! The shared core beneath every seawall layer: outcomes and their classification, sliding windows,
+//! the admission gate and its one `Service`, and the observer hook.
+//!
+//! Most users never touch this module; it is the toolkit for writing a [`Gate`] of your own and the
+//! home of the types every layer shares ([`Outcome`], [`Classify`], [`Observer`], [`Event`]).
+
+mod classify;
+pub(crate) mod gate;
+mod observe;
+mod outcome;
+pub mod window;
+
+pub use classify::{Classify, ErrorIsFailure};
+pub use gate::{Gate, GateLayer, Guard, GuardFuture};
+pub use observe::{
+    CircuitState, Emitter, Event, EventKind, Observer, RejectReason, TracingObserver,
+};
+pub use outcome::{Outcome, Record};

@@ -1,0 +1,261 @@
+//! The one metrics hook shared by every layer: [`Observer`] and the [`Event`]s it receives.
+
+use super::Outcome;
+use std::fmt;
+use std::time::Duration;
+
+/// The state of a circuit breaker, as reported in [`EventKind::StateTransition`] and by
+/// [`Handle::state`](crate::circuit_breaker::Handle::state).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CircuitState {
+    /// Calls flow and are measured; a trip rule may open the breaker.
+    Closed,
+    /// Calls are rejected until the open period ends.
+    Open,
+    /// A limited number of probe calls decide whether to close or to open again.
+    HalfOpen,
+    /// Held open by hand: every call is rejected until the breaker is closed or reset.
+    ForcedOpen,
+    /// Switched off by hand: every call is admitted and nothing is measured.
+    Disabled,
+    /// Every call is admitted and measured, but the breaker never rejects or trips.
+    MetricsOnly,
+}
+
+impl CircuitState {
+    /// A short, stable label for metrics and logs, such as `"half_open"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CircuitState::Closed => "closed",
+            CircuitState::Open => "open",
+            CircuitState::HalfOpen => "half_open",
+            CircuitState::ForcedOpen => "forced_open",
+            CircuitState::Disabled => "disabled",
+            CircuitState::MetricsOnly => "metrics_only",
+        }
+    }
+}
+
+impl fmt::Display for CircuitState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a gate turned a call away, as reported in [`EventKind::Rejected`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// The circuit breaker is open.
+    CircuitOpen,
+    /// The circuit breaker is half-open and all its probe slots are taken.
+    HalfOpenFull,
+    /// The circuit breaker was forced open by hand.
+    ForcedOpen,
+    /// A gate written outside seawall rejected the call.
+    Other,
+}
+
+impl RejectReason {
+    /// A short, stable label for metrics and logs, such as `"circuit_open"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::CircuitOpen => "circuit_open",
+            RejectReason::HalfOpenFull => "half_open_full",
+            RejectReason::ForcedOpen => "forced_open",
+            RejectReason::Other => "other",
+        }
+    }
+}
+
+/// What happened, in an [`Event`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// A call was admitted.
+    Permitted,
+    /// A call was turned away before reaching the inner service.
+    Rejected {
+        /// Why.
+        reason: RejectReason,
+    },
+    /// An admitted call finished and was classified.
+    Finished {
+        /// Its outcome.
+        outcome: Outcome,
+        /// How long it took, when timing was wanted (see [`Observer::wants_latency`]).
+        latency: Option<Duration>,
+    },
+    /// An admitted call was dropped before it finished. Nothing about it was counted.
+    Cancelled,
+    /// A circuit breaker changed state.
+    StateTransition {
+        /// The state it left.
+        from: CircuitState,
+        /// The state it entered.
+        to: CircuitState,
+    },
+}
+
+/// One decision of one layer, delivered to an [`Observer`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Event<'a> {
+    /// The name given to the layer (for example `"payments-api"`).
+    pub layer: &'a str,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// The metrics hook: receives every [`Event`] of the layers it is given to.
+///
+/// `()` is the no-op observer and compiles away entirely. Any `Fn(&Event<'_>)` closure is an
+/// observer, and [`TracingObserver`] turns events into `tracing` events.
+///
+/// Observers are called on the request path: they must not block, and should not panic (a panicking
+/// observer cannot corrupt a layer's state, since events are sent after each state change is complete,
+/// but the panic reaches the caller).
+///
+/// # Example
+///
+/// ```
+/// use seawall::core::{Event, EventKind, Observer};
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::sync::Arc;
+///
+/// let rejected = Arc::new(AtomicU64::new(0));
+/// let count = rejected.clone();
+/// let observer = move |event: &Event<'_>| {
+///     if let EventKind::Rejected { .. } = event.kind {
+///         count.fetch_add(1, Ordering::Relaxed);
+///     }
+/// };
+/// # observer.on_event(&Event::new("x", EventKind::Permitted));
+/// # assert_eq!(rejected.load(Ordering::Relaxed), 0);
+/// ```
+pub trait Observer: Send + Sync + 'static {
+    /// Receives one event.
+    fn on_event(&self, event: &Event<'_>);
+
+    /// Whether this observer wants the latency of finished calls. When neither the observer nor the
+    /// layer's rules need it, the clock is never read on the call path.
+    fn wants_latency(&self) -> bool {
+        true
+    }
+}
+
+impl<'a> Event<'a> {
+    /// An event of the layer named `layer`.
+    pub fn new(layer: &'a str, kind: EventKind) -> Self {
+        Event { layer, kind }
+    }
+}
+
+impl Observer for () {
+    #[inline(always)]
+    fn on_event(&self, _event: &Event<'_>) {}
+
+    #[inline(always)]
+    fn wants_latency(&self) -> bool {
+        false
+    }
+}
+
+impl<F> Observer for F
+where
+    F: Fn(&Event<'_>) + Send + Sync + 'static,
+{
+    #[inline]
+    fn on_event(&self, event: &Event<'_>) {
+        self(event)
+    }
+}
+
+/// An [`Observer`] that writes every event to `tracing`, under the target `seawall`.
+///
+/// State transitions are logged at `INFO` (`WARN` when a breaker opens), rejections at `DEBUG`,
+/// admissions and finished calls at `TRACE`. When no subscriber listens at `TRACE`, latency is not
+/// measured for its sake.
+///
+/// ```
+/// use seawall::circuit_breaker::CircuitBreakerLayer;
+/// use seawall::core::TracingObserver;
+///
+/// let layer = CircuitBreakerLayer::builder()
+///     .name("inventory")
+///     .observer(TracingObserver)
+///     .build()
+///     .unwrap();
+/// # drop(layer);
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TracingObserver;
+
+impl Observer for TracingObserver {
+    fn on_event(&self, event: &Event<'_>) {
+        let layer = event.layer;
+        match event.kind {
+            EventKind::Permitted => tracing::trace!(target: "seawall", layer, "permitted"),
+            EventKind::Rejected { reason } => {
+                tracing::debug!(target: "seawall", layer, reason = reason.as_str(), "rejected")
+            }
+            EventKind::Finished { outcome, latency } => tracing::trace!(
+                target: "seawall",
+                layer,
+                outcome = outcome.as_str(),
+                latency_us = latency.map(|l| l.as_micros() as u64),
+                "finished"
+            ),
+            EventKind::Cancelled => tracing::trace!(target: "seawall", layer, "cancelled"),
+            EventKind::StateTransition { from, to } => match to {
+                CircuitState::Open | CircuitState::ForcedOpen => tracing::warn!(
+                    target: "seawall",
+                    layer,
+                    from = from.as_str(),
+                    to = to.as_str(),
+                    "circuit breaker state transition"
+                ),
+                _ => tracing::info!(
+                    target: "seawall",
+                    layer,
+                    from = from.as_str(),
+                    to = to.as_str(),
+                    "circuit breaker state transition"
+                ),
+            },
+        }
+    }
+
+    fn wants_latency(&self) -> bool {
+        tracing::enabled!(target: "seawall", tracing::Level::TRACE)
+    }
+}
+
+/// An observer together with the name of the layer it observes; what gates emit through.
+#[derive(Debug)]
+pub struct Emitter<'a, O> {
+    layer: &'a str,
+    observer: &'a O,
+}
+
+impl<'a, O: Observer> Emitter<'a, O> {
+    /// Pairs a layer name with an observer.
+    pub fn new(layer: &'a str, observer: &'a O) -> Self {
+        Emitter { layer, observer }
+    }
+
+    /// Sends one event.
+    #[inline(always)]
+    pub fn emit(&self, kind: EventKind) {
+        self.observer.on_event(&Event {
+            layer: self.layer,
+            kind,
+        })
+    }
+
+    /// The layer's name.
+    pub fn layer(&self) -> &'a str {
+        self.layer
+    }
+}

@@ -1,0 +1,71 @@
+//! Resilience middleware for [`tower`]: layers that keep a service up when what it depends on slows
+//! down, fails, or is flooded.
+//!
+//! | layer | module | feature |
+//! |---|---|---|
+//! | circuit breaker | [`circuit_breaker`] | `circuit-breaker` (default) |
+//! | HTTP classification, `Retry-After` | [`http`](crate::http) | `http` (default) |
+//!
+//! Retry, timeout, bulkhead, back-pressure and fallback layers are on the way; they share the same
+//! [`core`]: outcome classification, lock-free sliding windows, one admission gate `Service`, and one
+//! [`Observer`](core::Observer) hook for metrics and tracing.
+//!
+//! # Example
+//!
+//! ```
+//! # #[cfg(feature = "circuit-breaker")] {
+//! use seawall::circuit_breaker::CircuitBreakerLayer;
+//! use seawall::ServiceBuilderExt;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower::BoxError> {
+//! let service = ServiceBuilder::new()
+//!     .circuit_breaker(CircuitBreakerLayer::new())
+//!     .service(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x + 1) }));
+//! assert_eq!(service.oneshot(41).await?, 42);
+//! # Ok(())
+//! # }
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+#[cfg(feature = "circuit-breaker")]
+pub mod circuit_breaker;
+pub mod core;
+#[cfg(feature = "http")]
+pub mod http;
+mod sync;
+
+/// Adds seawall's layers to [`tower::ServiceBuilder`].
+pub trait ServiceBuilderExt<L>: sealed::Sealed {
+    /// Wraps the services built below in `layer`'s circuit breaker.
+    #[cfg(feature = "circuit-breaker")]
+    fn circuit_breaker<C, O>(
+        self,
+        layer: circuit_breaker::CircuitBreakerLayer<C, O>,
+    ) -> tower::ServiceBuilder<tower::layer::util::Stack<circuit_breaker::CircuitBreakerLayer<C, O>, L>>;
+}
+
+impl<L> ServiceBuilderExt<L> for tower::ServiceBuilder<L> {
+    #[cfg(feature = "circuit-breaker")]
+    fn circuit_breaker<C, O>(
+        self,
+        layer: circuit_breaker::CircuitBreakerLayer<C, O>,
+    ) -> tower::ServiceBuilder<tower::layer::util::Stack<circuit_breaker::CircuitBreakerLayer<C, O>, L>>
+    {
+        self.layer(layer)
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl<L> Sealed for tower::ServiceBuilder<L> {}
+}
