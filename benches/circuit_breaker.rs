@@ -1,1 +1,167 @@
-fn main() {}
+//! Per-call cost of the circuit breaker beside a bare service and tower's `ConcurrencyLimit`.
+//!
+//! Every call is driven by hand with a no-op waker (no runtime, so `tokio::time::Instant::now` is the
+//! plain system clock): `poll_ready`, `call`, poll the future once. The inner service is always ready
+//! and answers at once, so what is measured is the layer.
+//!
+//! Run: `cargo bench --bench circuit_breaker`
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use seawall::circuit_breaker::CircuitBreakerLayer;
+use seawall::core::window::{Sample, TimeWindow};
+use std::convert::Infallible;
+use std::future::{ready, Future, Ready};
+use std::pin::pin;
+use std::sync::{Arc, Barrier};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+use tower::{Layer, Service};
+
+/// A service that is always ready and answers at once.
+#[derive(Clone, Copy)]
+struct Noop;
+
+impl Service<u32> for Noop {
+    type Response = u32;
+    type Error = Infallible;
+    type Future = Ready<Result<u32, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: u32) -> Self::Future {
+        ready(Ok(req))
+    }
+}
+
+/// One call through `service`, which must be ready and answer at once.
+#[inline(always)]
+fn call_once<S>(service: &mut S, cx: &mut Context<'_>, req: u32)
+where
+    S: Service<u32>,
+    S::Error: std::fmt::Debug,
+{
+    match service.poll_ready(cx) {
+        Poll::Ready(Ok(())) => {}
+        _ => panic!("service not ready"),
+    }
+    let future = pin!(service.call(req));
+    match future.poll(cx) {
+        Poll::Ready(r) => {
+            black_box(r.expect("call failed"));
+        }
+        Poll::Pending => panic!("service did not answer at once"),
+    }
+}
+
+fn single<S>(c: &mut Criterion, name: &str, mut service: S)
+where
+    S: Service<u32>,
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    c.bench_function(name, |b| {
+        b.iter(|| call_once(&mut service, &mut cx, black_box(7)))
+    });
+    c.bench_function(&format!("{name}/loop"), |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for i in 0..iters {
+                call_once(&mut service, &mut cx, i as u32);
+            }
+            start.elapsed()
+        })
+    });
+}
+
+/// Two threads, each with its own clone of `service`, calling at once. Reports wall time per call
+/// per thread.
+fn two_threads<S>(c: &mut Criterion, name: &str, service: S)
+where
+    S: Service<u32> + Clone + Send + 'static,
+    S::Error: std::fmt::Debug,
+{
+    c.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let barrier = Arc::new(Barrier::new(3));
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    let mut service = service.clone();
+                    let barrier = barrier.clone();
+                    std::thread::spawn(move || {
+                        let mut cx = Context::from_waker(Waker::noop());
+                        barrier.wait();
+                        for i in 0..iters {
+                            call_once(&mut service, &mut cx, i as u32);
+                        }
+                    })
+                })
+                .collect();
+            barrier.wait();
+            let start = Instant::now();
+            for t in threads {
+                t.join().unwrap();
+            }
+            start.elapsed()
+        })
+    });
+}
+
+fn count_window_breaker() -> CircuitBreakerLayer {
+    CircuitBreakerLayer::builder()
+        .count_window(100)
+        .build()
+        .unwrap()
+}
+
+fn benches(c: &mut Criterion) {
+    let limit = tower::limit::ConcurrencyLimitLayer::new(1_000_000);
+
+    single(c, "single/bare", Noop);
+    single(c, "single/tower_concurrency_limit", limit.layer(Noop));
+    single(c, "single/breaker_count_100", count_window_breaker().layer(Noop));
+    let time = CircuitBreakerLayer::builder()
+        .time_window(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    single(c, "single/breaker_time_60s", time.layer(Noop));
+
+    two_threads(c, "two_threads/bare", Noop);
+    two_threads(c, "two_threads/tower_concurrency_limit", limit.layer(Noop));
+    two_threads(c, "two_threads/breaker_count_100", count_window_breaker().layer(Noop));
+
+    // The time window alone, with a synthetic clock: empty, and full (60 one-second buckets already
+    // holding calls, time moving on so that buckets keep rotating as they would in service).
+    let second = 1_000_000_000u64;
+    c.bench_function("window/time_60s_empty", |b| {
+        let window = TimeWindow::new(Duration::from_secs(60), 60);
+        let mut now = 0u64;
+        b.iter(|| {
+            now += 1_000; // 1 µs per call: a new bucket every million calls
+            black_box(window.record(now, Sample::new(now % 7 == 0, false)));
+        })
+    });
+    c.bench_function("window/time_60s_full", |b| {
+        let window = TimeWindow::new(Duration::from_secs(60), 60);
+        for s in 0..60 {
+            for i in 0..1_000 {
+                window.record(s * second + i, Sample::new(i % 7 == 0, false));
+            }
+        }
+        let mut now = 60 * second;
+        b.iter(|| {
+            now += 1_000;
+            black_box(window.record(now, Sample::new(now % 7 == 0, false)));
+        })
+    });
+}
+
+criterion_group! {
+    name = group;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = benches
+}
+criterion_main!(group);

@@ -51,7 +51,7 @@ pub struct Metrics {
 impl<O: Observer> Handle<O> {
     /// The breaker's name.
     pub fn name(&self) -> &str {
-        &self.shared.name
+        self.shared.name()
     }
 
     /// The breaker's state. An open breaker whose open period has ended reads as open until the next
@@ -108,7 +108,7 @@ impl<O: Observer> Handle<O> {
 
     fn to(&self, state: CircuitState, forget_trips: bool) {
         let emit = self.shared.emitter();
-        self.shared.gate.transition(state, forget_trips, &emit)
+        self.shared.gate.transition(state, forget_trips, emit)
     }
 }
 
@@ -123,7 +123,7 @@ impl<O> Clone for Handle<O> {
 impl<O> fmt::Debug for Handle<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Handle")
-            .field("name", &self.shared.name)
+            .field("name", &self.shared.name())
             .field("breaker", &self.shared.gate)
             .finish()
     }

@@ -96,7 +96,7 @@ impl<C: Clone, O> Clone for CircuitBreakerLayer<C, O> {
 impl<C: fmt::Debug, O> fmt::Debug for CircuitBreakerLayer<C, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreakerLayer")
-            .field("name", &self.shared.name)
+            .field("name", &self.shared.name())
             .field("breaker", &self.shared.gate)
             .field("classify", &self.classify)
             .finish()

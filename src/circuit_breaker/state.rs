@@ -111,6 +111,8 @@ pub struct Breaker {
     /// Trips since the breaker last closed; the open duration grows with it.
     trips: AtomicU32,
     wants_time: bool,
+    /// No rule but the window looks at successes (no consecutive-failures or slow-call rule).
+    plain_success: bool,
     origin: Instant,
     config: Config,
     rng: Mutex<SmallRng>,
@@ -140,7 +142,10 @@ impl Breaker {
         };
         Breaker {
             state: Padded(AtomicU64::new(CLOSED)),
-            wants_time: config.slow_rate_ppm.is_some() || matches!(window, Window::Time(_)),
+            // A time window reads the clock itself when a call ends; only the slow-call rule needs
+            // the start too.
+            wants_time: config.slow_rate_ppm.is_some(),
+            plain_success: config.slow_rate_ppm.is_none() && config.consecutive_failures.is_none(),
             window,
             consecutive: Padded(AtomicU32::new(0)),
             open_until: AtomicU64::new(0),
@@ -203,7 +208,7 @@ impl Breaker {
         word: u64,
         now: u64,
         hint: Option<Duration>,
-        emit: &Emitter<'_, O>,
+        emit: Emitter<'_, O>,
     ) -> Option<u64> {
         let attempt = match tag(word) {
             HALF_OPEN => self.trips.load(Relaxed).saturating_add(1),
@@ -241,7 +246,7 @@ impl Breaker {
         &self,
         to: CircuitState,
         forget_trips: bool,
-        emit: &Emitter<'_, O>,
+        emit: Emitter<'_, O>,
     ) {
         let to_tag = tag_of(to);
         if to_tag == CLOSED || to_tag == METRICS_ONLY {
@@ -287,7 +292,7 @@ impl Breaker {
         word: u64,
         record: &Record,
         may_trip: bool,
-        emit: &Emitter<'_, O>,
+        emit: Emitter<'_, O>,
     ) {
         let failure = match record.outcome {
             Outcome::Failure => true,
@@ -340,7 +345,7 @@ impl Breaker {
         failures_ok && slow_ok
     }
 
-    fn complete_probe<O: Observer>(&self, permit: Permit, record: &Record, emit: &Emitter<'_, O>) {
+    fn complete_probe<O: Observer>(&self, permit: Permit, record: &Record, emit: Emitter<'_, O>) {
         let failure = record.outcome == Outcome::Failure;
         let slow = self.is_slow(record);
         let probes = self.config.half_open_probes;
@@ -417,7 +422,7 @@ impl Gate for Breaker {
     fn poll_acquire<O: Observer>(
         &self,
         _cx: &mut Context<'_>,
-        emit: &Emitter<'_, O>,
+        emit: Emitter<'_, O>,
     ) -> Poll<Result<Permit, Open>> {
         let word = self.state.load(Acquire);
         if matches!(tag(word), CLOSED | DISABLED | METRICS_ONLY) {
@@ -430,23 +435,28 @@ impl Gate for Breaker {
     }
 
     #[inline]
-    fn complete<O: Observer>(&self, permit: Permit, record: &Record, emit: &Emitter<'_, O>) {
-        if permit.probe {
-            return self.complete_probe(permit, record, emit);
-        }
+    fn complete<O: Observer>(&self, permit: Permit, record: &Record, emit: Emitter<'_, O>) {
         let word = self.state.load(Acquire);
-        if generation(word) != permit.generation {
-            return; // admitted before a transition: says nothing about the current period
+        // The common case, kept small enough to inline: a success in the closed state of the
+        // generation it was admitted in, with a count window and no rule that looks at successes.
+        if word == (permit.generation as u64) << GEN_SHIFT | CLOSED
+            && !permit.probe
+            && record.outcome == Outcome::Success
+            && self.plain_success
+        {
+            if let Window::Count(window) = &self.window {
+                if window.record(Sample::default()) {
+                    self.check_rates(word, emit);
+                }
+                return;
+            }
         }
-        match tag(word) {
-            CLOSED => self.record_closed(word, record, true, emit),
-            METRICS_ONLY => self.record_closed(word, record, false, emit),
-            _ => {}
-        }
+        self.complete_other(word, permit, record, emit)
     }
 
     #[inline]
-    fn cancel<O: Observer>(&self, permit: Permit, _emit: &Emitter<'_, O>) {
+    fn cancel<O: Observer>(&self, permit: Permit, _emit: Emitter<'_, O>) {
+
         if permit.probe {
             // Give the probe slot back, if its trial is still running.
             let _ = self.state.fetch_update(AcqRel, Acquire, |word| {
@@ -474,9 +484,40 @@ impl Gate for Breaker {
 }
 
 impl Breaker {
+    /// Every completion but a plain closed-state success.
+    #[inline(never)]
+    fn complete_other<O: Observer>(
+        &self,
+        word: u64,
+        permit: Permit,
+        record: &Record,
+        emit: Emitter<'_, O>,
+    ) {
+        if permit.probe {
+            return self.complete_probe(permit, record, emit);
+        }
+        if generation(word) != permit.generation {
+            return; // admitted before a transition: says nothing about the current period
+        }
+        match tag(word) {
+            CLOSED => self.record_closed(word, record, true, emit),
+            METRICS_ONLY => self.record_closed(word, record, false, emit),
+            _ => {}
+        }
+    }
+
+    /// A success changed a count window that is still filling: it may have reached the minimum.
+    #[cold]
+    #[inline(never)]
+    fn check_rates<O: Observer>(&self, word: u64, emit: Emitter<'_, O>) {
+        if self.rates_trip(self.window_counts()) {
+            self.trip(word, self.now(), None, emit);
+        }
+    }
+
     /// Admission outside the closed state: open, half-open or forced open.
     #[cold]
-    fn acquire_slow<O: Observer>(&self, mut word: u64, emit: &Emitter<'_, O>) -> Result<Permit, Open> {
+    fn acquire_slow<O: Observer>(&self, mut word: u64, emit: Emitter<'_, O>) -> Result<Permit, Open> {
         loop {
             match tag(word) {
                 CLOSED | DISABLED | METRICS_ONLY => {

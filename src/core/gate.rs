@@ -10,7 +10,7 @@
 //!
 //! Implement [`Gate`] to add a policy of your own; wrap it with [`GateLayer`].
 
-use super::{Classify, Emitter, ErrorIsFailure, EventKind, Observer, Outcome, Record, RejectReason};
+use super::{Classify, Emitter, Source, ErrorIsFailure, EventKind, Observer, Outcome, Record, RejectReason};
 use pin_project_lite::pin_project;
 use std::borrow::Cow;
 use std::fmt;
@@ -45,12 +45,12 @@ use tower::{BoxError, Layer, Service};
 ///     type Permit = ();
 ///     type Rejection = QuotaUsedUp;
 ///
-///     fn poll_acquire<O: Observer>(&self, _: &mut Context<'_>, _: &Emitter<'_, O>) -> Poll<Result<(), QuotaUsedUp>> {
+///     fn poll_acquire<O: Observer>(&self, _: &mut Context<'_>, _: Emitter<'_, O>) -> Poll<Result<(), QuotaUsedUp>> {
 ///         let taken = self.left.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
 ///         Poll::Ready(taken.map(drop).map_err(|_| QuotaUsedUp))
 ///     }
-///     fn complete<O: Observer>(&self, _: (), _: &Record, _: &Emitter<'_, O>) {}
-///     fn cancel<O: Observer>(&self, _: (), _: &Emitter<'_, O>) {
+///     fn complete<O: Observer>(&self, _: (), _: &Record, _: Emitter<'_, O>) {}
+///     fn cancel<O: Observer>(&self, _: (), _: Emitter<'_, O>) {
 ///         self.left.fetch_add(1, Ordering::AcqRel);
 ///     }
 ///     fn wants_latency(&self) -> bool { false }
@@ -70,14 +70,14 @@ pub trait Gate: Send + Sync + 'static {
     fn poll_acquire<O: Observer>(
         &self,
         cx: &mut Context<'_>,
-        emit: &Emitter<'_, O>,
+        emit: Emitter<'_, O>,
     ) -> Poll<Result<Self::Permit, Self::Rejection>>;
 
     /// An admitted call finished.
-    fn complete<O: Observer>(&self, permit: Self::Permit, record: &Record, emit: &Emitter<'_, O>);
+    fn complete<O: Observer>(&self, permit: Self::Permit, record: &Record, emit: Emitter<'_, O>);
 
     /// An admitted call was dropped before it finished: give back what it held and count nothing.
-    fn cancel<O: Observer>(&self, permit: Self::Permit, emit: &Emitter<'_, O>);
+    fn cancel<O: Observer>(&self, permit: Self::Permit, emit: Emitter<'_, O>);
 
     /// Whether any rule needs call timing. When neither this nor the observer wants it, the clock is
     /// never read on the call path.
@@ -98,22 +98,24 @@ pub trait Gate: Send + Sync + 'static {
 /// A gate with its name and observer: the state every service made by one layer shares.
 pub(crate) struct Shared<G, O> {
     pub(crate) gate: G,
-    pub(crate) observer: O,
-    pub(crate) name: Cow<'static, str>,
+    pub(crate) source: Source<O>,
 }
 
-impl<G, O: Observer> Shared<G, O> {
+impl<G, O> Shared<G, O> {
     pub(crate) fn new(name: Cow<'static, str>, gate: G, observer: O) -> Arc<Self> {
         Arc::new(Shared {
             gate,
-            observer,
-            name,
+            source: Source::new(name, observer),
         })
     }
 
     #[inline(always)]
     pub(crate) fn emitter(&self) -> Emitter<'_, O> {
-        Emitter::new(&self.name, &self.observer)
+        self.source.emitter()
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        self.source.name()
     }
 }
 
@@ -128,7 +130,7 @@ impl<G: Gate, O: Observer> PermitGuard<G, O> {
     fn complete(&mut self, record: Record) {
         if let Some(permit) = self.permit.take() {
             let emit = self.shared.emitter();
-            self.shared.gate.complete(permit, &record, &emit);
+            self.shared.gate.complete(permit, &record, emit);
             emit.emit(EventKind::Finished {
                 outcome: record.outcome,
                 latency: record.latency,
@@ -141,7 +143,7 @@ impl<G: Gate, O: Observer> Drop for PermitGuard<G, O> {
     fn drop(&mut self) {
         if let Some(permit) = self.permit.take() {
             let emit = self.shared.emitter();
-            self.shared.gate.cancel(permit, &emit);
+            self.shared.gate.cancel(permit, emit);
             emit.emit(EventKind::Cancelled);
         }
     }
@@ -152,7 +154,10 @@ pub struct Guard<S, G: Gate, C, O: Observer> {
     inner: S,
     shared: Arc<Shared<G, O>>,
     classify: C,
-    reserved: Option<Result<PermitGuard<G, O>, G::Rejection>>,
+    // Kept apart rather than as one `Option<Result<..>>` so the common path moves two words, not the
+    // rejection's bytes too.
+    permit: Option<PermitGuard<G, O>>,
+    rejected: Option<G::Rejection>,
 }
 
 impl<S, G: Gate, C, O: Observer> Guard<S, G, C, O> {
@@ -161,7 +166,8 @@ impl<S, G: Gate, C, O: Observer> Guard<S, G, C, O> {
             inner,
             shared,
             classify,
-            reserved: None,
+            permit: None,
+            rejected: None,
         }
     }
 
@@ -195,10 +201,11 @@ impl<S: Clone, G: Gate, C: Clone, O: Observer> Clone for Guard<S, G, C, O> {
 impl<S: fmt::Debug, G: Gate, C: fmt::Debug, O: Observer> fmt::Debug for Guard<S, G, C, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Guard")
-            .field("name", &self.shared.name)
+            .field("name", &self.shared.name())
             .field("inner", &self.inner)
             .field("classify", &self.classify)
-            .field("reserved", &self.reserved.as_ref().map(|r| r.is_ok()))
+            .field("reserved", &self.permit.is_some())
+            .field("rejected", &self.rejected.is_some())
             .finish()
     }
 }
@@ -215,59 +222,61 @@ where
     type Error = BoxError;
     type Future = GuardFuture<S::Future, G, C, O>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.reserved.is_none() {
+        if self.permit.is_none() {
+            if self.rejected.is_some() {
+                return Poll::Ready(Ok(()));
+            }
             let emit = self.shared.emitter();
-            let decision = ready!(self.shared.gate.poll_acquire(cx, &emit));
-            self.reserved = Some(match decision {
+            match ready!(self.shared.gate.poll_acquire(cx, emit)) {
                 Ok(permit) => {
                     emit.emit(EventKind::Permitted);
-                    Ok(PermitGuard {
+                    self.permit = Some(PermitGuard {
                         shared: self.shared.clone(),
                         permit: Some(permit),
-                    })
+                    });
                 }
                 Err(rejection) => {
                     emit.emit(EventKind::Rejected {
                         reason: G::reject_reason(&rejection),
                     });
-                    Err(rejection)
+                    // A rejection is ready at once and fails in the future, so readiness counts
+                    // once and the layer works under axum, which assumes services are always ready.
+                    self.rejected = Some(rejection);
+                    return Poll::Ready(Ok(()));
                 }
-            });
-        }
-        // A rejection is ready at once and fails in the future, so readiness counts once and the
-        // layer works under axum, which assumes services are always ready.
-        if let Some(Ok(_)) = self.reserved {
-            if let Err(e) = ready!(self.inner.poll_ready(cx)) {
-                self.reserved = None; // gives the permit back
-                return Poll::Ready(Err(e.into()));
             }
+        }
+        if let Err(e) = ready!(self.inner.poll_ready(cx)) {
+            self.permit = None; // gives the permit back
+            return Poll::Ready(Err(e.into()));
         }
         Poll::Ready(Ok(()))
     }
 
+    #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        match self
-            .reserved
-            .take()
-            .expect("poll_ready must be called first")
-        {
-            Ok(permit) => {
-                let start = (self.shared.gate.wants_latency() || self.shared.observer.wants_latency())
-                    .then(Instant::now);
-                GuardFuture {
-                    kind: Kind::Admitted {
-                        future: self.inner.call(req),
-                        permit,
-                        classify: self.classify.clone(),
-                        start,
-                    },
-                }
-            }
-            Err(rejection) => GuardFuture {
-                kind: Kind::Rejected {
-                    rejection: Some(rejection),
+        if let Some(permit) = self.permit.take() {
+            let start = (self.shared.gate.wants_latency()
+                || self.shared.source.observer().wants_latency())
+            .then(Instant::now);
+            return GuardFuture {
+                kind: Kind::Admitted {
+                    future: self.inner.call(req),
+                    permit,
+                    classify: self.classify.clone(),
+                    start,
                 },
+            };
+        }
+        let rejection = self
+            .rejected
+            .take()
+            .expect("poll_ready must be called first");
+        GuardFuture {
+            kind: Kind::Rejected {
+                rejection: Some(rejection),
             },
         }
     }
@@ -392,7 +401,7 @@ impl<G, C: Clone, O> Clone for GateLayer<G, C, O> {
 impl<G, C: fmt::Debug, O> fmt::Debug for GateLayer<G, C, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GateLayer")
-            .field("name", &self.shared.name)
+            .field("name", &self.shared.name())
             .field("classify", &self.classify)
             .finish()
     }

@@ -13,6 +13,6 @@ pub mod window;
 pub use classify::{Classify, ErrorIsFailure};
 pub use gate::{Gate, GateLayer, Guard, GuardFuture};
 pub use observe::{
-    CircuitState, Emitter, Event, EventKind, Observer, RejectReason, TracingObserver,
+    CircuitState, Emitter, Event, EventKind, Observer, RejectReason, Source, TracingObserver,
 };
 pub use outcome::{Outcome, Record};

@@ -232,30 +232,64 @@ impl Observer for TracingObserver {
     }
 }
 
-/// An observer together with the name of the layer it observes; what gates emit through.
-#[derive(Debug)]
-pub struct Emitter<'a, O> {
-    layer: &'a str,
-    observer: &'a O,
+/// A layer's name together with its observer: where a layer's events come from.
+#[derive(Clone, Debug)]
+pub struct Source<O> {
+    name: std::borrow::Cow<'static, str>,
+    observer: O,
 }
 
-impl<'a, O: Observer> Emitter<'a, O> {
+impl<O> Source<O> {
     /// Pairs a layer name with an observer.
-    pub fn new(layer: &'a str, observer: &'a O) -> Self {
-        Emitter { layer, observer }
+    pub fn new(name: impl Into<std::borrow::Cow<'static, str>>, observer: O) -> Self {
+        Source {
+            name: name.into(),
+            observer,
+        }
     }
 
+    /// The layer's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The observer.
+    pub fn observer(&self) -> &O {
+        &self.observer
+    }
+
+    /// An [`Emitter`] sending this source's events.
+    #[inline(always)]
+    pub fn emitter(&self) -> Emitter<'_, O> {
+        Emitter(self)
+    }
+}
+
+/// What gates send events through: a reference to a layer's [`Source`], one pointer wide and
+/// `Copy`, so that passing it costs nothing when the observer is `()`.
+#[derive(Debug)]
+pub struct Emitter<'a, O>(&'a Source<O>);
+
+impl<O> Clone for Emitter<'_, O> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<O> Copy for Emitter<'_, O> {}
+
+impl<'a, O: Observer> Emitter<'a, O> {
     /// Sends one event.
     #[inline(always)]
-    pub fn emit(&self, kind: EventKind) {
-        self.observer.on_event(&Event {
-            layer: self.layer,
+    pub fn emit(self, kind: EventKind) {
+        self.0.observer.on_event(&Event {
+            layer: &self.0.name,
             kind,
         })
     }
 
     /// The layer's name.
-    pub fn layer(&self) -> &'a str {
-        self.layer
+    pub fn layer(self) -> &'a str {
+        &self.0.name
     }
 }
