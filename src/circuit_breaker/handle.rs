@@ -46,6 +46,8 @@ pub struct Metrics {
     pub slow_call_rate: Option<f64>,
     /// Failures in a row, when the consecutive-failures rule is on (otherwise 0).
     pub consecutive_failures: u32,
+    /// Half-open probes admitted and not yet finished (0 unless half-open).
+    pub probes_in_flight: u32,
 }
 
 impl<O: Observer> Handle<O> {
@@ -73,6 +75,7 @@ impl<O: Observer> Handle<O> {
             failure_rate: counts.failure_rate(minimum),
             slow_call_rate: counts.slow_rate(minimum),
             consecutive_failures: breaker.consecutive_failures(),
+            probes_in_flight: breaker.probes_in_flight(),
         }
     }
 

@@ -179,6 +179,16 @@ impl Breaker {
         }
     }
 
+    /// Probes admitted in the current half-open trial that have not finished (0 unless half-open).
+    pub(crate) fn probes_in_flight(&self) -> u32 {
+        let word = self.state.load(Acquire);
+        if tag(word) == HALF_OPEN {
+            field(word, ADMITTED_SHIFT) - field(word, COMPLETED_SHIFT)
+        } else {
+            0
+        }
+    }
+
     pub(crate) fn consecutive_failures(&self) -> u32 {
         self.consecutive.load(Relaxed)
     }
@@ -210,10 +220,9 @@ impl Breaker {
         hint: Option<Duration>,
         emit: Emitter<'_, O>,
     ) -> Option<u64> {
-        let attempt = match tag(word) {
-            HALF_OPEN => self.trips.load(Relaxed).saturating_add(1),
-            _ => 1,
-        };
+        // Trips since the breaker last closed on its own (a successful trial or a reset): a breaker
+        // closed by hand keeps its growth.
+        let attempt = self.trips.load(Relaxed).saturating_add(1);
         let duration = match (hint, self.config.max_retry_after) {
             (Some(hint), Some(max)) => hint.min(max),
             _ => self.open_duration(attempt),

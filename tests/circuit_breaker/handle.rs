@@ -1,0 +1,127 @@
+//! Manual control and sharing through `Handle`.
+
+use crate::support::{send, Backend, Call, Ended};
+use seawall::circuit_breaker::{error::Open, CircuitBreaker, CircuitBreakerLayer};
+use seawall::core::CircuitState;
+use std::time::Duration;
+use tower::{Layer, Service, ServiceExt};
+
+fn tripping() -> CircuitBreakerLayer {
+    CircuitBreakerLayer::builder()
+        .consecutive_failures(1)
+        .open_duration(Duration::from_secs(1))
+        .open_jitter(0.0)
+        .half_open_probes(1)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn force_open_rejects_until_closed() {
+    let layer = tripping();
+    let handle = layer.handle();
+    let mut service = layer.layer(Backend);
+    handle.force_open();
+    assert_eq!(handle.state(), CircuitState::ForcedOpen);
+    let err = service.ready().await.unwrap().call(Call::ok()).await.unwrap_err();
+    let open = err.downcast_ref::<Open>().unwrap();
+    assert!(open.is_forced());
+    assert_eq!(open.retry_after(), None);
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    assert_eq!(send(&mut service, Call::ok()).await, Ended::Rejected, "no timeout ends it");
+    handle.force_closed();
+    assert_eq!(send(&mut service, Call::ok()).await, Ended::Ok);
+}
+
+#[tokio::test(start_paused = true)]
+async fn force_closed_empties_the_window_but_keeps_growth() {
+    let layer = CircuitBreakerLayer::builder()
+        .consecutive_failures(1)
+        .open_duration(Duration::from_secs(1))
+        .open_jitter(0.0)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut service = layer.layer(Backend);
+    send(&mut service, Call::fail()).await;
+    assert_eq!(handle.state(), CircuitState::Open);
+    handle.force_closed();
+    assert_eq!(handle.state(), CircuitState::Closed);
+    assert_eq!(handle.metrics().calls, 0);
+    send(&mut service, Call::fail()).await;
+    let err = service.ready().await.unwrap().call(Call::ok()).await.unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<Open>().unwrap().retry_after(),
+        Some(Duration::from_secs(2)),
+        "the second trip since the last real recovery"
+    );
+    handle.reset();
+    send(&mut service, Call::fail()).await;
+    let err = service.ready().await.unwrap().call(Call::ok()).await.unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<Open>().unwrap().retry_after(),
+        Some(Duration::from_secs(1)),
+        "reset forgets earlier trips"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn disabled_admits_and_measures_nothing() {
+    let layer = tripping();
+    let handle = layer.handle();
+    let mut service = layer.layer(Backend);
+    handle.disable();
+    for _ in 0..10 {
+        assert_eq!(send(&mut service, Call::fail()).await, Ended::Failed);
+    }
+    assert_eq!(handle.state(), CircuitState::Disabled);
+    assert_eq!(handle.metrics().calls, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn metrics_only_measures_but_never_rejects() {
+    let layer = CircuitBreakerLayer::builder()
+        .minimum_calls(5)
+        .count_window(10)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut service = layer.layer(Backend);
+    handle.metrics_only();
+    for _ in 0..10 {
+        assert_eq!(send(&mut service, Call::fail()).await, Ended::Failed);
+    }
+    let metrics = handle.metrics();
+    assert_eq!(metrics.state, CircuitState::MetricsOnly);
+    assert_eq!((metrics.calls, metrics.failures), (10, 10));
+    assert_eq!(metrics.failure_rate, Some(100.0));
+    handle.reset();
+    assert_eq!(handle.state(), CircuitState::Closed);
+    assert_eq!(handle.metrics().calls, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_service_and_clone_shares_one_breaker() {
+    let layer = tripping();
+    let handle = layer.handle();
+    let mut a = layer.layer(Backend);
+    let mut b = layer.layer(Backend);
+    let mut c = a.clone();
+    send(&mut a, Call::fail()).await;
+    assert_eq!(send(&mut b, Call::ok()).await, Ended::Rejected);
+    assert_eq!(send(&mut c, Call::ok()).await, Ended::Rejected);
+    assert_eq!(handle.state(), CircuitState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn layers_from_one_handle_share_one_breaker() {
+    let layer = tripping();
+    let handle = layer.handle();
+    let reads = CircuitBreakerLayer::from_handle(&handle);
+    let mut writes = CircuitBreaker::new(Backend, &handle);
+    let mut reads = reads.layer(Backend);
+    send(&mut writes, Call::fail()).await;
+    assert_eq!(send(&mut reads, Call::ok()).await, Ended::Rejected);
+    assert_eq!(handle.name(), "circuit-breaker");
+    let _ = CircuitBreaker::<Backend>::layer(&handle);
+}

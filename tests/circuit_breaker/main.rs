@@ -1,0 +1,14 @@
+//! Circuit breaker tests. Time is always tokio's paused clock.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod concurrency;
+mod config;
+mod contract;
+mod handle;
+#[cfg(feature = "http")]
+mod integration;
+mod model;
+mod observer;
+mod rules;

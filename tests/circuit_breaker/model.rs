@@ -1,0 +1,356 @@
+//! The breaker against a simple reference model, over random sequences of calls, completions,
+//! cancellations and time.
+
+use proptest::prelude::*;
+use seawall::circuit_breaker::{error::Open, CircuitBreakerLayer};
+use seawall::core::{CircuitState, Outcome};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio_test::task;
+use tower::{BoxError, Layer, Service};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Success,
+    Failure,
+    Ignored,
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// A call that finishes at once.
+    Call(Kind),
+    /// A call that stays in flight until `Finish` or `Cancel`.
+    Start(Kind),
+    Finish(usize),
+    Cancel(usize),
+    Advance(u64),
+}
+
+#[derive(Clone, Debug)]
+struct Cfg {
+    window: usize,
+    minimum: usize,
+    rate: u32,
+    consecutive: Option<u32>,
+    probes: u32,
+    open_ms: u64,
+    max_open_ms: u64,
+    max_wait_ms: u64,
+}
+
+/// What the test's backend answers: the receiver says the outcome.
+#[derive(Clone)]
+struct Remote;
+
+impl Service<oneshot::Receiver<Kind>> for Remote {
+    type Response = Kind;
+    type Error = &'static str;
+    type Future = Pin<Box<dyn Future<Output = Result<Kind, &'static str>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), &'static str>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, rx: oneshot::Receiver<Kind>) -> Self::Future {
+        Box::pin(async move {
+            match rx.await.expect("the test answers or drops the call") {
+                Kind::Failure => Err("failed"),
+                other => Ok(other),
+            }
+        })
+    }
+}
+
+fn classify(result: &Result<Kind, &'static str>) -> Outcome {
+    match result {
+        Ok(Kind::Ignored) => Outcome::Ignored,
+        Ok(_) => Outcome::Success,
+        Err(_) => Outcome::Failure,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum State {
+    Closed,
+    Open { until: u64 },
+    HalfOpen { since: u64, admitted: u32, completed: u32, failed: u32 },
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Ticket {
+    generation: u64,
+    probe: bool,
+}
+
+/// The reference: the documented behaviour, written as plainly as possible.
+struct Model {
+    cfg: Cfg,
+    state: State,
+    generation: u64,
+    window: VecDeque<bool>,
+    consecutive: u32,
+    trips: u32,
+    now: u64,
+}
+
+impl Model {
+    fn new(cfg: Cfg) -> Self {
+        Model { cfg, state: State::Closed, generation: 0, window: VecDeque::new(), consecutive: 0, trips: 0, now: 0 }
+    }
+
+    fn trip(&mut self) {
+        self.trips += 1;
+        let grown = self.cfg.open_ms.saturating_mul(1u64 << (self.trips - 1).min(40));
+        self.state = State::Open { until: self.now + grown.min(self.cfg.max_open_ms) };
+        self.generation += 1;
+    }
+
+    /// `Ok(ticket)` if admitted, `Err(retry_after_ms)` if rejected.
+    fn acquire(&mut self) -> Result<Ticket, Option<u64>> {
+        match self.state {
+            State::Closed => Ok(Ticket { generation: self.generation, probe: false }),
+            State::Open { until } if self.now < until => Err(Some(until - self.now)),
+            State::Open { .. } => {
+                self.generation += 1;
+                self.state = State::HalfOpen { since: self.now, admitted: 1, completed: 0, failed: 0 };
+                Ok(Ticket { generation: self.generation, probe: true })
+            }
+            State::HalfOpen { since, admitted, completed, failed } => {
+                if admitted < self.cfg.probes {
+                    self.state = State::HalfOpen { since, admitted: admitted + 1, completed, failed };
+                    Ok(Ticket { generation: self.generation, probe: true })
+                } else if self.now - since >= self.cfg.max_wait_ms {
+                    self.trip();
+                    match self.state {
+                        State::Open { until } => Err(Some(until - self.now)),
+                        _ => unreachable!(),
+                    }
+                } else {
+                    Err(None)
+                }
+            }
+        }
+    }
+
+    fn complete(&mut self, t: Ticket, kind: Kind) {
+        if t.generation != self.generation {
+            return;
+        }
+        match (self.state, t.probe) {
+            (State::Closed, false) => {
+                let failure = match kind {
+                    Kind::Ignored => return,
+                    Kind::Failure => true,
+                    Kind::Success => false,
+                };
+                let mut trip = false;
+                if let Some(limit) = self.cfg.consecutive {
+                    if failure {
+                        self.consecutive += 1;
+                        trip = self.consecutive >= limit;
+                    } else {
+                        self.consecutive = 0;
+                    }
+                }
+                self.window.push_back(failure);
+                if self.window.len() > self.cfg.window {
+                    self.window.pop_front();
+                }
+                let calls = self.window.len();
+                let failures = self.window.iter().filter(|f| **f).count();
+                trip |= calls >= self.cfg.minimum && failures * 100 >= self.cfg.rate as usize * calls;
+                if trip {
+                    self.trip();
+                }
+            }
+            (State::HalfOpen { since, admitted, completed, failed }, true) => {
+                if kind == Kind::Ignored {
+                    self.state = State::HalfOpen { since, admitted: admitted - 1, completed, failed };
+                    return;
+                }
+                let (completed, failed) = (completed + 1, failed + (kind == Kind::Failure) as u32);
+                if completed < self.cfg.probes {
+                    self.state = State::HalfOpen { since, admitted, completed, failed };
+                } else if failed * 100 < self.cfg.rate * self.cfg.probes {
+                    self.state = State::Closed;
+                    self.generation += 1;
+                    self.window.clear();
+                    self.consecutive = 0;
+                    self.trips = 0;
+                } else {
+                    self.trip();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn cancel(&mut self, t: Ticket) {
+        if let (State::HalfOpen { since, admitted, completed, failed }, true) = (self.state, t.probe) {
+            if t.generation == self.generation {
+                self.state = State::HalfOpen { since, admitted: admitted - 1, completed, failed };
+            }
+        }
+    }
+}
+
+fn cfg() -> impl Strategy<Value = Cfg> {
+    (1usize..12, 1u32..100, proptest::option::of(1u32..5), 1u32..4, 1u64..50, 0u64..4, 1u64..200)
+        .prop_flat_map(|(window, rate, consecutive, probes, open_ms, growth, max_wait_ms)| {
+            (1..=window).prop_map(move |minimum| Cfg {
+                window,
+                minimum,
+                rate,
+                consecutive,
+                probes,
+                open_ms,
+                max_open_ms: open_ms << growth,
+                max_wait_ms,
+            })
+        })
+}
+
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    let kind = prop_oneof![4 => Just(Kind::Success), 4 => Just(Kind::Failure), 1 => Just(Kind::Ignored)];
+    let op = prop_oneof![
+        6 => kind.clone().prop_map(Op::Call),
+        2 => kind.prop_map(Op::Start),
+        2 => (0usize..8).prop_map(Op::Finish),
+        1 => (0usize..8).prop_map(Op::Cancel),
+        2 => (1u64..80).prop_map(Op::Advance),
+    ];
+    proptest::collection::vec(op, 1..120)
+}
+
+type Future_ = task::Spawn<seawall::circuit_breaker::future::ResponseFuture<
+    Pin<Box<dyn Future<Output = Result<Kind, &'static str>> + Send>>,
+    fn(&Result<Kind, &'static str>) -> Outcome,
+>>;
+
+struct Held {
+    future: Future_,
+    answer: oneshot::Sender<Kind>,
+    kind: Kind,
+    ticket: Ticket,
+}
+
+fn run(cfg: Cfg, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let mut builder = CircuitBreakerLayer::builder()
+            .count_window(cfg.window as u32)
+            .minimum_calls(cfg.minimum as u64)
+            .failure_rate_threshold(cfg.rate as f64)
+            .half_open_probes(cfg.probes)
+            .open_duration(Duration::from_millis(cfg.open_ms))
+            .open_backoff(2.0, Duration::from_millis(cfg.max_open_ms))
+            .open_jitter(0.0)
+            .max_half_open_wait(Duration::from_millis(cfg.max_wait_ms));
+        if let Some(n) = cfg.consecutive {
+            builder = builder.consecutive_failures(n);
+        }
+        let layer = builder
+            .classify(classify as fn(&Result<Kind, &'static str>) -> Outcome)
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let service = layer.layer(Remote);
+        let mut model = Model::new(cfg.clone());
+        let mut held: Vec<Held> = Vec::new();
+
+        for (step, op) in ops.into_iter().enumerate() {
+            match op {
+                Op::Advance(ms) => {
+                    tokio::time::advance(Duration::from_millis(ms)).await;
+                    model.now += ms;
+                }
+                Op::Call(kind) | Op::Start(kind) => {
+                    let expected = model.acquire();
+                    let mut s = service.clone();
+                    let mut ready = task::spawn(());
+                    assert!(ready.enter(|cx, _| s.poll_ready(cx)).is_ready());
+                    let (tx, rx) = oneshot::channel();
+                    let mut future = task::spawn(s.call(rx));
+                    match (future.poll(), expected) {
+                        (Poll::Ready(Err(e)), Err(retry)) => {
+                            let open = e.downcast_ref::<Open>().expect("an Open rejection");
+                            prop_assert_eq!(open.retry_after(), retry.map(Duration::from_millis), "step {}", step);
+                        }
+                        (Poll::Pending, Ok(ticket)) => {
+                            let mut h = Held { future, answer: tx, kind, ticket };
+                            if matches!(op, Op::Call(_)) {
+                                finish(&mut model, h)?;
+                            } else {
+                                h.kind = kind;
+                                held.push(h);
+                            }
+                        }
+                        (got, want) => {
+                            return Err(TestCaseError::fail(format!(
+                                "step {step}: breaker said {:?}, model said {want:?}",
+                                got.map(|r| r.map_err(|e| e.to_string()))
+                            )))
+                        }
+                    }
+                }
+                Op::Finish(i) if i < held.len() => {
+                    let h = held.remove(i);
+                    finish(&mut model, h)?;
+                }
+                Op::Cancel(i) if i < held.len() => {
+                    let h = held.remove(i);
+                    model.cancel(h.ticket);
+                    drop(h);
+                }
+                Op::Finish(_) | Op::Cancel(_) => {}
+            }
+            let state = match model.state {
+                State::Closed => CircuitState::Closed,
+                State::Open { .. } => CircuitState::Open,
+                State::HalfOpen { .. } => CircuitState::HalfOpen,
+            };
+            let metrics = handle.metrics();
+            prop_assert_eq!(metrics.state, state, "step {}", step);
+            if model.state == State::Closed {
+                let failures = model.window.iter().filter(|f| **f).count() as u64;
+                prop_assert_eq!((metrics.calls, metrics.failures), (model.window.len() as u64, failures), "step {}", step);
+            }
+            let in_flight = match model.state {
+                State::HalfOpen { admitted, completed, .. } => admitted - completed,
+                _ => 0,
+            };
+            prop_assert_eq!(metrics.probes_in_flight, in_flight, "step {}", step);
+        }
+        Ok(())
+    })
+}
+
+fn finish(model: &mut Model, mut h: Held) -> Result<(), TestCaseError> {
+    h.answer.send(h.kind).unwrap();
+    prop_assert!(h.future.is_woken());
+    let result: Result<Kind, BoxError> = match h.future.poll() {
+        Poll::Ready(r) => r,
+        Poll::Pending => return Err(TestCaseError::fail("an answered call did not finish")),
+    };
+    prop_assert_eq!(result.is_err(), h.kind == Kind::Failure);
+    model.complete(h.ticket, h.kind);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn breaker_matches_the_reference_model(cfg in cfg(), ops in ops()) {
+        run(cfg, ops)?;
+    }
+}
