@@ -1,0 +1,68 @@
+//! A gate written outside seawall, through `GateLayer`.
+
+use crate::support::{send, Backend, Call, Ended};
+use seawall::core::{Emitter, Event, EventKind, Gate, GateLayer, Observer, Record, RejectReason};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use tower::{Layer, Service, ServiceExt};
+
+#[derive(Debug, thiserror::Error)]
+#[error("quota used up")]
+struct QuotaUsedUp;
+
+#[derive(Default)]
+struct Quota {
+    left: AtomicU64,
+    finished: AtomicU64,
+}
+
+impl Gate for Quota {
+    type Permit = ();
+    type Rejection = QuotaUsedUp;
+
+    fn poll_acquire<O: Observer>(&self, _: &mut Context<'_>, _: Emitter<'_, O>) -> Poll<Result<(), QuotaUsedUp>> {
+        let taken = self.left.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        Poll::Ready(taken.map(drop).map_err(|_| QuotaUsedUp))
+    }
+
+    fn complete<O: Observer>(&self, _: (), record: &Record, emit: Emitter<'_, O>) {
+        assert_eq!(emit.layer(), "quota");
+        assert!(record.latency.is_none(), "nobody asked for timing");
+        self.finished.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn cancel<O: Observer>(&self, _: (), _: Emitter<'_, O>) {
+        self.left.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn wants_latency(&self) -> bool {
+        false
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_custom_gate_admits_rejects_and_gets_cancellations_back() {
+    let layer = GateLayer::new("quota", Quota { left: AtomicU64::new(2), ..Quota::default() });
+    let mut service = layer.layer(Backend);
+    assert_eq!(send_quota(&mut service).await, Ended::Ok);
+    let pending = service.ready().await.unwrap().call(Call::ok().after(std::time::Duration::from_secs(9)));
+    drop(pending); // cancelled: the gate gets its unit back
+    assert_eq!(send_quota(&mut service).await, Ended::Ok);
+    let err = service.ready().await.unwrap().call(Call::ok()).await.unwrap_err();
+    assert!(err.is::<QuotaUsedUp>());
+    assert_eq!(layer.gate().finished.load(Ordering::Relaxed), 2);
+}
+
+async fn send_quota<S>(service: &mut S) -> Ended
+where
+    S: Service<Call, Response = u32, Error = tower::BoxError>,
+{
+    send(service, Call::ok()).await
+}
+
+#[test]
+fn reject_reason_defaults_to_other() {
+    assert_eq!(Quota::reject_reason(&QuotaUsedUp), RejectReason::Other);
+    let e = Event::new("x", EventKind::Rejected { reason: RejectReason::Other });
+    assert_eq!(e.layer, "x");
+}

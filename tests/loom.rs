@@ -1,0 +1,147 @@
+//! Model checks of the lock-free parts with loom. Run with:
+//!
+//! ```text
+//! RUSTFLAGS="--cfg seawall_loom" cargo test --release --test loom
+//! ```
+#![cfg(seawall_loom)]
+
+use loom::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use loom::sync::Arc;
+use loom::thread;
+use seawall::circuit_breaker::{error::Open, CircuitBreakerLayer};
+use seawall::core::window::{CountWindow, Counts, Sample, TimeWindow};
+use seawall::core::CircuitState;
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+use tower::{Layer, Service};
+
+#[test]
+fn count_window_aggregate_matches_its_slots() {
+    loom::model(|| {
+        let window = Arc::new(CountWindow::new(2));
+        let threads: Vec<_> = [true, false]
+            .into_iter()
+            .map(|failure| {
+                let window = window.clone();
+                thread::spawn(move || {
+                    window.record(Sample::new(failure, !failure));
+                    window.record(Sample::new(!failure, false));
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let c = window.counts();
+        assert!(c.calls == 2 && c.failures <= 2 && c.slow <= 2, "{c:?}");
+        // Overwrite both slots with known outcomes: the aggregate must follow exactly.
+        window.record(Sample::new(true, false));
+        window.record(Sample::new(false, false));
+        assert_eq!(window.counts(), Counts { calls: 2, failures: 1, slow: 0 });
+    });
+}
+
+#[test]
+fn time_window_totals_stay_exact_across_rotation() {
+    loom::model(|| {
+        let window = Arc::new(TimeWindow::new(Duration::from_nanos(2), 2));
+        let threads: Vec<_> = [0u64, 3]
+            .into_iter()
+            .map(|start| {
+                let window = window.clone();
+                thread::spawn(move || {
+                    window.record(start, Sample::new(true, false));
+                    window.record(start + 1, Sample::new(false, false));
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(window.counts().calls <= 4);
+        assert_eq!(window.counts_at(100), Counts::default(), "every bucket emptied exactly");
+    });
+}
+
+/// A backend that counts calls in flight and fails when asked.
+#[derive(Clone)]
+struct Probe {
+    in_flight: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
+    fail: bool,
+}
+
+impl Service<()> for Probe {
+    type Response = ();
+    type Error = &'static str;
+    type Future = ProbeFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: ()) -> ProbeFuture {
+        let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+        self.peak.fetch_max(now, SeqCst);
+        ProbeFuture { this: self.clone() }
+    }
+}
+
+struct ProbeFuture {
+    this: Probe,
+}
+
+impl Future for ProbeFuture {
+    type Output = Result<(), &'static str>;
+    fn poll(self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+        self.this.in_flight.fetch_sub(1, SeqCst);
+        Poll::Ready(if self.this.fail { Err("down") } else { Ok(()) })
+    }
+}
+
+fn call_once<S: Service<()>>(service: &mut S) -> Result<S::Response, S::Error> {
+    let mut cx = Context::from_waker(Waker::noop());
+    let Poll::Ready(ready) = service.poll_ready(&mut cx) else { panic!("not ready") };
+    ready?;
+    let Poll::Ready(result) = pin!(service.call(())).poll(&mut cx) else { panic!("pending") };
+    result
+}
+
+#[test]
+fn half_open_admits_one_probe_among_racing_callers() {
+    loom::model(|| {
+        let layer = CircuitBreakerLayer::builder()
+            .consecutive_failures(1)
+            .half_open_probes(1)
+            .open_duration(Duration::from_nanos(1))
+            .open_jitter(0.0)
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let backend = |fail| Probe { in_flight: in_flight.clone(), peak: peak.clone(), fail };
+        assert!(call_once(&mut layer.layer(backend(true))).is_err());
+        assert_eq!(handle.state(), CircuitState::Open);
+        std::thread::sleep(Duration::from_micros(1)); // the 1 ns open period is over
+        peak.store(0, SeqCst);
+        let threads: Vec<_> = [false, true]
+            .into_iter()
+            .map(|fail| {
+                let mut service = layer.layer(backend(fail));
+                thread::spawn(move || match call_once(&mut service) {
+                    Ok(()) => "ok",
+                    Err(e) if e.is::<Open>() => "rejected",
+                    Err(_) => "failed",
+                })
+            })
+            .collect();
+        let ends: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert!(peak.load(SeqCst) <= 1, "at most one probe in flight");
+        assert!(ends.contains(&"ok") || ends.contains(&"failed"), "somebody probed: {ends:?}");
+        assert_eq!(handle.metrics().probes_in_flight, 0);
+        assert_ne!(handle.state(), CircuitState::HalfOpen, "one probe decides: {ends:?}");
+    });
+}
