@@ -120,7 +120,11 @@ fn benches(c: &mut Criterion) {
 
     single(c, "single/bare", Noop);
     single(c, "single/tower_concurrency_limit", limit.layer(Noop));
-    single(c, "single/breaker_count_100", count_window_breaker().layer(Noop));
+    single(
+        c,
+        "single/breaker_count_100",
+        count_window_breaker().layer(Noop),
+    );
     let time = CircuitBreakerLayer::builder()
         .time_window(Duration::from_secs(60))
         .build()
@@ -129,7 +133,11 @@ fn benches(c: &mut Criterion) {
 
     two_threads(c, "two_threads/bare", Noop);
     two_threads(c, "two_threads/tower_concurrency_limit", limit.layer(Noop));
-    two_threads(c, "two_threads/breaker_count_100", count_window_breaker().layer(Noop));
+    two_threads(
+        c,
+        "two_threads/breaker_count_100",
+        count_window_breaker().layer(Noop),
+    );
 
     // The time window alone, with a synthetic clock: empty, and full (60 one-second buckets already
     // holding calls, time moving on so that buckets keep rotating as they would in service).

@@ -4,7 +4,7 @@
 //! | layer | module | feature |
 //! |---|---|---|
 //! | circuit breaker | [`circuit_breaker`] | `circuit-breaker` (default) |
-//! | HTTP classification, `Retry-After` | [`http`](crate::http) | `http` (default) |
+//! | HTTP classification, `Retry-After` | [`http`] | `http` (default) |
 //!
 //! Retry, timeout, bulkhead, back-pressure and fallback layers are on the way; they share the same
 //! [`core`]: outcome classification, lock-free sliding windows, one admission gate `Service`, and one
@@ -44,6 +44,11 @@ pub mod core;
 pub mod http;
 mod sync;
 
+// The README's examples are compiled and run as doc tests.
+#[cfg(all(doctest, feature = "circuit-breaker", feature = "http"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// Adds seawall's layers to [`tower::ServiceBuilder`].
 pub trait ServiceBuilderExt<L>: sealed::Sealed {
     /// Wraps the services built below in `layer`'s circuit breaker.
@@ -51,7 +56,9 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed {
     fn circuit_breaker<C, O>(
         self,
         layer: circuit_breaker::CircuitBreakerLayer<C, O>,
-    ) -> tower::ServiceBuilder<tower::layer::util::Stack<circuit_breaker::CircuitBreakerLayer<C, O>, L>>;
+    ) -> tower::ServiceBuilder<
+        tower::layer::util::Stack<circuit_breaker::CircuitBreakerLayer<C, O>, L>,
+    >;
 }
 
 impl<L> ServiceBuilderExt<L> for tower::ServiceBuilder<L> {
@@ -59,8 +66,9 @@ impl<L> ServiceBuilderExt<L> for tower::ServiceBuilder<L> {
     fn circuit_breaker<C, O>(
         self,
         layer: circuit_breaker::CircuitBreakerLayer<C, O>,
-    ) -> tower::ServiceBuilder<tower::layer::util::Stack<circuit_breaker::CircuitBreakerLayer<C, O>, L>>
-    {
+    ) -> tower::ServiceBuilder<
+        tower::layer::util::Stack<circuit_breaker::CircuitBreakerLayer<C, O>, L>,
+    > {
         self.layer(layer)
     }
 }

@@ -1,9 +1,12 @@
 //! Atomics, swapped for loom's under `--cfg seawall_loom` so the lock-free parts can be model-checked.
 
+// Which of these a build uses depends on the features enabled.
 #[cfg(not(seawall_loom))]
+#[allow(unused_imports)]
 pub(crate) use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicU8};
 
 #[cfg(seawall_loom)]
+#[allow(unused_imports)]
 pub(crate) use loom::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicU8};
 
 pub(crate) use std::sync::atomic::Ordering;

@@ -70,7 +70,13 @@ where
 fn the_closed_call_path_allocates_nothing() {
     // A count window, a time window, and every rule switched on: each admitted call allocates nothing.
     let layers = [
-        (CircuitBreakerLayer::builder().count_window(100).build().unwrap(), 100),
+        (
+            CircuitBreakerLayer::builder()
+                .count_window(100)
+                .build()
+                .unwrap(),
+            100,
+        ),
         (
             CircuitBreakerLayer::builder()
                 .time_window(Duration::from_secs(60))
@@ -86,7 +92,11 @@ fn the_closed_call_path_allocates_nothing() {
         calls(&mut service, 1_000, |i| i); // warm up
         let allocated = allocations_during(|| calls(&mut service, 100_000, |i| i));
         assert_eq!(allocated, 0, "{layer:?}");
-        assert_eq!(layer.handle().metrics().calls, in_window, "the calls were recorded");
+        assert_eq!(
+            layer.handle().metrics().calls,
+            in_window,
+            "the calls were recorded"
+        );
     }
 }
 

@@ -39,7 +39,14 @@ fn count_window_aggregate_matches_its_slots() {
         // Overwrite both slots with known outcomes: the aggregate must follow exactly.
         window.record(Sample::new(true, false));
         window.record(Sample::new(false, false));
-        assert_eq!(window.counts(), Counts { calls: 2, failures: 1, slow: 0 });
+        assert_eq!(
+            window.counts(),
+            Counts {
+                calls: 2,
+                failures: 1,
+                slow: 0
+            }
+        );
     });
 }
 
@@ -61,7 +68,11 @@ fn time_window_totals_stay_exact_across_rotation() {
             t.join().unwrap();
         }
         assert!(window.counts().calls <= 4);
-        assert_eq!(window.counts_at(100), Counts::default(), "every bucket emptied exactly");
+        assert_eq!(
+            window.counts_at(100),
+            Counts::default(),
+            "every bucket emptied exactly"
+        );
     });
 }
 
@@ -103,9 +114,13 @@ impl Future for ProbeFuture {
 
 fn call_once<S: Service<()>>(service: &mut S) -> Result<S::Response, S::Error> {
     let mut cx = Context::from_waker(Waker::noop());
-    let Poll::Ready(ready) = service.poll_ready(&mut cx) else { panic!("not ready") };
+    let Poll::Ready(ready) = service.poll_ready(&mut cx) else {
+        panic!("not ready")
+    };
     ready?;
-    let Poll::Ready(result) = pin!(service.call(())).poll(&mut cx) else { panic!("pending") };
+    let Poll::Ready(result) = pin!(service.call(())).poll(&mut cx) else {
+        panic!("pending")
+    };
     result
 }
 
@@ -122,7 +137,11 @@ fn half_open_admits_one_probe_among_racing_callers() {
         let handle = layer.handle();
         let in_flight = Arc::new(AtomicUsize::new(0));
         let peak = Arc::new(AtomicUsize::new(0));
-        let backend = |fail| Probe { in_flight: in_flight.clone(), peak: peak.clone(), fail };
+        let backend = |fail| Probe {
+            in_flight: in_flight.clone(),
+            peak: peak.clone(),
+            fail,
+        };
         assert!(call_once(&mut layer.layer(backend(true))).is_err());
         assert_eq!(handle.state(), CircuitState::Open);
         std::thread::sleep(Duration::from_micros(1)); // the 1 ns open period is over
@@ -140,8 +159,15 @@ fn half_open_admits_one_probe_among_racing_callers() {
             .collect();
         let ends: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
         assert!(peak.load(SeqCst) <= 1, "at most one probe in flight");
-        assert!(ends.contains(&"ok") || ends.contains(&"failed"), "somebody probed: {ends:?}");
+        assert!(
+            ends.contains(&"ok") || ends.contains(&"failed"),
+            "somebody probed: {ends:?}"
+        );
         assert_eq!(handle.metrics().probes_in_flight, 0);
-        assert_ne!(handle.state(), CircuitState::HalfOpen, "one probe decides: {ends:?}");
+        assert_ne!(
+            handle.state(),
+            CircuitState::HalfOpen,
+            "one probe decides: {ends:?}"
+        );
     });
 }

@@ -2,9 +2,9 @@
 
 use super::state::{Breaker, MAX_PROBES};
 use super::CircuitBreakerLayer;
+use crate::core::gate::Shared;
 use crate::core::window::{MAX_BUCKETS, MAX_COUNT_WINDOW};
 use crate::core::{ErrorIsFailure, Observer};
-use crate::core::gate::Shared;
 use std::borrow::Cow;
 use std::time::Duration;
 

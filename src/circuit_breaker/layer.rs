@@ -1,5 +1,5 @@
-use super::{Builder, CircuitBreaker, Handle};
 use super::state::Breaker;
+use super::{Builder, CircuitBreaker, Handle};
 use crate::core::gate::{Guard, Shared};
 use crate::core::{ErrorIsFailure, Observer};
 use std::fmt;

@@ -11,7 +11,9 @@
 use super::config::{Config, WindowKind};
 use super::error::Open;
 use crate::core::window::{CountWindow, Counts, Sample, TimeWindow};
-use crate::core::{CircuitState, Emitter, EventKind, Gate, Observer, Outcome, Record, RejectReason};
+use crate::core::{
+    CircuitState, Emitter, EventKind, Gate, Observer, Outcome, Record, RejectReason,
+};
 use crate::sync::{AtomicU32, AtomicU64, Ordering::*, Padded};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -203,7 +205,10 @@ impl Breaker {
         let grown = c.open_duration.as_secs_f64() * c.open_multiplier.powi(attempt as i32 - 1);
         let capped = grown.min(c.max_open_duration.as_secs_f64());
         let jitter = if c.open_jitter > 0.0 {
-            let mut rng = self.rng.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut rng = self
+                .rng
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             c.open_jitter * rng.random::<f64>()
         } else {
             0.0
@@ -323,7 +328,9 @@ impl Breaker {
         let changed = match &self.window {
             Window::Count(w) => w.record(sample),
             Window::Time(w) => {
-                let at = record.finished.map_or_else(|| self.now(), |t| self.nanos(t));
+                let at = record
+                    .finished
+                    .map_or_else(|| self.now(), |t| self.nanos(t));
                 now = Some(at);
                 w.record(at, sample)
             }
@@ -413,7 +420,9 @@ impl Breaker {
                     Err(actual) => word = actual,
                 }
             } else {
-                let now = record.finished.map_or_else(|| self.now(), |t| self.nanos(t));
+                let now = record
+                    .finished
+                    .map_or_else(|| self.now(), |t| self.nanos(t));
                 if self.trip(word, now, None, emit).is_some() {
                     return;
                 }
@@ -465,7 +474,6 @@ impl Gate for Breaker {
 
     #[inline]
     fn cancel<O: Observer>(&self, permit: Permit, _emit: Emitter<'_, O>) {
-
         if permit.probe {
             // Give the probe slot back, if its trial is still running.
             let _ = self.state.fetch_update(AcqRel, Acquire, |word| {
@@ -526,7 +534,11 @@ impl Breaker {
 
     /// Admission outside the closed state: open, half-open or forced open.
     #[cold]
-    fn acquire_slow<O: Observer>(&self, mut word: u64, emit: Emitter<'_, O>) -> Result<Permit, Open> {
+    fn acquire_slow<O: Observer>(
+        &self,
+        mut word: u64,
+        emit: Emitter<'_, O>,
+    ) -> Result<Permit, Open> {
         loop {
             match tag(word) {
                 CLOSED | DISABLED | METRICS_ONLY => {

@@ -10,7 +10,9 @@
 //!
 //! Implement [`Gate`] to add a policy of your own; wrap it with [`GateLayer`].
 
-use super::{Classify, Emitter, Source, ErrorIsFailure, EventKind, Observer, Outcome, Record, RejectReason};
+use super::{
+    Classify, Emitter, ErrorIsFailure, EventKind, Observer, Outcome, Record, RejectReason, Source,
+};
 use pin_project_lite::pin_project;
 use std::borrow::Cow;
 use std::fmt;
@@ -149,7 +151,9 @@ impl<G: Gate, O: Observer> Drop for PermitGuard<G, O> {
     }
 }
 
-/// The one `Service` behind every gate layer. See the [module docs](self).
+/// The one `Service` behind every gate layer: reserves a permit from its [`Gate`] in `poll_ready`,
+/// moves it into [`GuardFuture`] in `call`, classifies the result, and gives the permit back if the
+/// future or the service is dropped first.
 pub struct Guard<S, G: Gate, C, O: Observer> {
     inner: S,
     shared: Arc<Shared<G, O>>,

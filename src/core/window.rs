@@ -448,9 +448,23 @@ mod tests {
         for t in 0..4 {
             w.record(t * s, Sample::new(t % 2 == 0, false));
         }
-        assert_eq!(w.counts(), Counts { calls: 4, failures: 2, slow: 0 });
+        assert_eq!(
+            w.counts(),
+            Counts {
+                calls: 4,
+                failures: 2,
+                slow: 0
+            }
+        );
         w.record(4 * s + 1, Sample::new(false, true));
-        assert_eq!(w.counts(), Counts { calls: 4, failures: 1, slow: 1 });
+        assert_eq!(
+            w.counts(),
+            Counts {
+                calls: 4,
+                failures: 1,
+                slow: 1
+            }
+        );
         assert_eq!(w.counts_at(100 * s).calls, 0);
         w.record(100 * s, Sample::default());
         w.reset(100 * s);

@@ -129,9 +129,10 @@ impl<B, E> Classify<Response<B>, E> for HttpClassifier {
     fn retry_after(&self, result: &Result<Response<B>, E>) -> Option<Duration> {
         let response = result.as_ref().ok()?;
         match response.status() {
-            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
-                parse_retry_after(response.headers().get(header::RETRY_AFTER)?, SystemTime::now())
-            }
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => parse_retry_after(
+                response.headers().get(header::RETRY_AFTER)?,
+                SystemTime::now(),
+            ),
             _ => None,
         }
     }

@@ -121,7 +121,11 @@ async fn many_tasks_never_exceed_k_probes_and_counts_add_up() {
         "at most {PROBES} probes in flight, saw {}",
         backend.peak.load(SeqCst)
     );
-    assert_ne!(handle.state(), CircuitState::Closed, "a dead backend never closes the breaker");
+    assert_ne!(
+        handle.state(),
+        CircuitState::Closed,
+        "a dead backend never closes the breaker"
+    );
 
     // Recovery: the breaker closes and everything flows.
     backend.healthy.store(true, SeqCst);
@@ -129,9 +133,21 @@ async fn many_tasks_never_exceed_k_probes_and_counts_add_up() {
     assert_eq!(handle.state(), CircuitState::Closed);
 
     let total = 2 * 16 * 2_000;
-    let (ok, failed, rejected) = (tally.ok.load(SeqCst), tally.failed.load(SeqCst), tally.rejected.load(SeqCst));
-    assert_eq!(ok + failed + rejected, total, "every call ended exactly one way");
-    assert_eq!(backend.calls.load(SeqCst), 1 + ok + failed, "every admitted call reached the backend");
+    let (ok, failed, rejected) = (
+        tally.ok.load(SeqCst),
+        tally.failed.load(SeqCst),
+        tally.rejected.load(SeqCst),
+    );
+    assert_eq!(
+        ok + failed + rejected,
+        total,
+        "every call ended exactly one way"
+    );
+    assert_eq!(
+        backend.calls.load(SeqCst),
+        1 + ok + failed,
+        "every admitted call reached the backend"
+    );
     assert_eq!(permitted.load(SeqCst), 1 + ok + failed);
     assert_eq!(finished.load(SeqCst), 1 + ok + failed);
     assert_eq!(rejected_events.load(SeqCst), rejected);
@@ -163,7 +179,9 @@ async fn futures_dropped_at_random_points_leave_nothing_behind() {
             let call = if fail { Call::fail() } else { Call::ok() }.after(work);
             // Each caller gives up at a random moment: before readiness, mid-call, or never.
             tasks.push(tokio::spawn(async move {
-                tokio::time::timeout(patience, send(&mut s, call)).await.ok()
+                tokio::time::timeout(patience, send(&mut s, call))
+                    .await
+                    .ok()
             }));
         }
         tokio::time::advance(Duration::from_millis(10 + round % 7)).await;

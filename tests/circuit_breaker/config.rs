@@ -8,55 +8,132 @@ use std::time::Duration;
 fn each_mistake_has_its_variant() {
     let b = CircuitBreakerLayer::builder;
     let err = |r: Result<CircuitBreakerLayer, ConfigError>| r.unwrap_err();
-    assert_eq!(err(b().failure_rate_threshold(0.0).build()), ConfigError::FailureRateThreshold(0.0));
-    assert_eq!(err(b().failure_rate_threshold(100.5).build()), ConfigError::FailureRateThreshold(100.5));
-    assert!(matches!(err(b().failure_rate_threshold(f64::NAN).build()), ConfigError::FailureRateThreshold(_)));
     assert_eq!(
-        err(b().slow_call_rate_threshold(-1.0, Duration::from_secs(1)).build()),
+        err(b().failure_rate_threshold(0.0).build()),
+        ConfigError::FailureRateThreshold(0.0)
+    );
+    assert_eq!(
+        err(b().failure_rate_threshold(100.5).build()),
+        ConfigError::FailureRateThreshold(100.5)
+    );
+    assert!(matches!(
+        err(b().failure_rate_threshold(f64::NAN).build()),
+        ConfigError::FailureRateThreshold(_)
+    ));
+    assert_eq!(
+        err(b()
+            .slow_call_rate_threshold(-1.0, Duration::from_secs(1))
+            .build()),
         ConfigError::SlowCallRateThreshold(-1.0)
     );
-    assert_eq!(err(b().slow_call_rate_threshold(50.0, Duration::ZERO).build()), ConfigError::SlowCallDuration);
-    assert_eq!(err(b().consecutive_failures(0).build()), ConfigError::ConsecutiveFailures);
-    assert_eq!(err(b().count_window(0).build()), ConfigError::CountWindowSize { size: 0, max: 1_000_000 });
+    assert_eq!(
+        err(b().slow_call_rate_threshold(50.0, Duration::ZERO).build()),
+        ConfigError::SlowCallDuration
+    );
+    assert_eq!(
+        err(b().consecutive_failures(0).build()),
+        ConfigError::ConsecutiveFailures
+    );
+    assert_eq!(
+        err(b().count_window(0).build()),
+        ConfigError::CountWindowSize {
+            size: 0,
+            max: 1_000_000
+        }
+    );
     assert_eq!(
         err(b().count_window(2_000_000).build()),
-        ConfigError::CountWindowSize { size: 2_000_000, max: 1_000_000 }
+        ConfigError::CountWindowSize {
+            size: 2_000_000,
+            max: 1_000_000
+        }
     );
     assert_eq!(err(b().minimum_calls(0).build()), ConfigError::MinimumCalls);
     assert_eq!(
         err(b().count_window(10).minimum_calls(11).build()),
-        ConfigError::MinimumCallsExceedsWindow { minimum: 11, size: 10 }
+        ConfigError::MinimumCallsExceedsWindow {
+            minimum: 11,
+            size: 10
+        }
     );
     assert_eq!(
         err(b().time_window_buckets(Duration::from_secs(10), 0).build()),
-        ConfigError::TimeWindowBuckets { buckets: 0, max: 256 }
+        ConfigError::TimeWindowBuckets {
+            buckets: 0,
+            max: 256
+        }
     );
     assert_eq!(
         err(b().time_window_buckets(Duration::from_nanos(5), 10).build()),
         ConfigError::TimeWindowDuration(Duration::from_nanos(5))
     );
-    assert_eq!(err(b().time_window(Duration::ZERO).build()), ConfigError::TimeWindowDuration(Duration::ZERO));
-    assert_eq!(err(b().half_open_probes(0).build()), ConfigError::HalfOpenProbes { probes: 0, max: 1023 });
-    assert_eq!(err(b().half_open_probes(5000).build()), ConfigError::HalfOpenProbes { probes: 5000, max: 1023 });
-    assert_eq!(err(b().open_duration(Duration::ZERO).build()), ConfigError::OpenDuration);
     assert_eq!(
-        err(b().open_duration(Duration::from_secs(10)).open_backoff(2.0, Duration::from_secs(5)).build()),
-        ConfigError::MaxOpenDuration { base: Duration::from_secs(10), max: Duration::from_secs(5) }
+        err(b().time_window(Duration::ZERO).build()),
+        ConfigError::TimeWindowDuration(Duration::ZERO)
     );
-    assert_eq!(err(b().open_backoff(0.5, Duration::from_secs(60)).build()), ConfigError::OpenMultiplier(0.5));
+    assert_eq!(
+        err(b().half_open_probes(0).build()),
+        ConfigError::HalfOpenProbes {
+            probes: 0,
+            max: 1023
+        }
+    );
+    assert_eq!(
+        err(b().half_open_probes(5000).build()),
+        ConfigError::HalfOpenProbes {
+            probes: 5000,
+            max: 1023
+        }
+    );
+    assert_eq!(
+        err(b().open_duration(Duration::ZERO).build()),
+        ConfigError::OpenDuration
+    );
+    assert_eq!(
+        err(b()
+            .open_duration(Duration::from_secs(10))
+            .open_backoff(2.0, Duration::from_secs(5))
+            .build()),
+        ConfigError::MaxOpenDuration {
+            base: Duration::from_secs(10),
+            max: Duration::from_secs(5)
+        }
+    );
+    assert_eq!(
+        err(b().open_backoff(0.5, Duration::from_secs(60)).build()),
+        ConfigError::OpenMultiplier(0.5)
+    );
     assert!(matches!(
-        err(b().open_backoff(f64::INFINITY, Duration::from_secs(60)).build()),
+        err(b()
+            .open_backoff(f64::INFINITY, Duration::from_secs(60))
+            .build()),
         ConfigError::OpenMultiplier(_)
     ));
-    assert_eq!(err(b().open_jitter(1.5).build()), ConfigError::OpenJitter(1.5));
-    assert_eq!(err(b().max_half_open_wait(Duration::ZERO).build()), ConfigError::MaxHalfOpenWait);
-    assert_eq!(err(b().honor_retry_after(Duration::ZERO).build()), ConfigError::MaxRetryAfter);
+    assert_eq!(
+        err(b().open_jitter(1.5).build()),
+        ConfigError::OpenJitter(1.5)
+    );
+    assert_eq!(
+        err(b().max_half_open_wait(Duration::ZERO).build()),
+        ConfigError::MaxHalfOpenWait
+    );
+    assert_eq!(
+        err(b().honor_retry_after(Duration::ZERO).build()),
+        ConfigError::MaxRetryAfter
+    );
     assert_eq!(err(b().no_failure_rate().build()), ConfigError::NoTripRule);
-    assert!(b().no_failure_rate().consecutive_failures(3).build().is_ok());
+    assert!(b()
+        .no_failure_rate()
+        .consecutive_failures(3)
+        .build()
+        .is_ok());
     // Errors say what is wrong.
-    assert!(ConfigError::MinimumCallsExceedsWindow { minimum: 11, size: 10 }
-        .to_string()
-        .contains("exceeds the count window"));
+    assert!(ConfigError::MinimumCallsExceedsWindow {
+        minimum: 11,
+        size: 10
+    }
+    .to_string()
+    .contains("exceeds the count window"));
 }
 
 proptest! {

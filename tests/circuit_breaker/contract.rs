@@ -32,7 +32,11 @@ impl Subject for HalfOpen {
         answer.send_error(crate::support::Fail);
         assert!(call.await.unwrap().is_err());
         tokio::time::advance(Duration::from_secs(1)).await;
-        HalfOpen { layer, mock, handle }
+        HalfOpen {
+            layer,
+            mock,
+            handle,
+        }
     }
 
     fn service(&self) -> Self::Service {

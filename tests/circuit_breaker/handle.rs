@@ -23,12 +23,22 @@ async fn force_open_rejects_until_closed() {
     let mut service = layer.layer(Backend);
     handle.force_open();
     assert_eq!(handle.state(), CircuitState::ForcedOpen);
-    let err = service.ready().await.unwrap().call(Call::ok()).await.unwrap_err();
+    let err = service
+        .ready()
+        .await
+        .unwrap()
+        .call(Call::ok())
+        .await
+        .unwrap_err();
     let open = err.downcast_ref::<Open>().unwrap();
     assert!(open.is_forced());
     assert_eq!(open.retry_after(), None);
     tokio::time::advance(Duration::from_secs(3600)).await;
-    assert_eq!(send(&mut service, Call::ok()).await, Ended::Rejected, "no timeout ends it");
+    assert_eq!(
+        send(&mut service, Call::ok()).await,
+        Ended::Rejected,
+        "no timeout ends it"
+    );
     handle.force_closed();
     assert_eq!(send(&mut service, Call::ok()).await, Ended::Ok);
 }
@@ -49,7 +59,13 @@ async fn force_closed_empties_the_window_but_keeps_growth() {
     assert_eq!(handle.state(), CircuitState::Closed);
     assert_eq!(handle.metrics().calls, 0);
     send(&mut service, Call::fail()).await;
-    let err = service.ready().await.unwrap().call(Call::ok()).await.unwrap_err();
+    let err = service
+        .ready()
+        .await
+        .unwrap()
+        .call(Call::ok())
+        .await
+        .unwrap_err();
     assert_eq!(
         err.downcast_ref::<Open>().unwrap().retry_after(),
         Some(Duration::from_secs(2)),
@@ -57,7 +73,13 @@ async fn force_closed_empties_the_window_but_keeps_growth() {
     );
     handle.reset();
     send(&mut service, Call::fail()).await;
-    let err = service.ready().await.unwrap().call(Call::ok()).await.unwrap_err();
+    let err = service
+        .ready()
+        .await
+        .unwrap()
+        .call(Call::ok())
+        .await
+        .unwrap_err();
     assert_eq!(
         err.downcast_ref::<Open>().unwrap().retry_after(),
         Some(Duration::from_secs(1)),

@@ -32,7 +32,10 @@ async fn handle_error(err: BoxError) -> axum::response::Response {
 fn app(breaker: CircuitBreakerLayer<HttpClassifier>) -> Router {
     Router::new()
         .route("/ok", get(|| async { "fine" }))
-        .route("/fail", get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "boom") }))
+        .route(
+            "/fail",
+            get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "boom") }),
+        )
         .layer(
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(handle_error))
@@ -71,16 +74,27 @@ async fn one_breaker_for_every_route_under_router_layer() {
     let app = app(breaker);
     assert_eq!(get_status(&app, "/ok").await.0, StatusCode::OK);
     for _ in 0..3 {
-        assert_eq!(get_status(&app, "/fail").await.0, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            get_status(&app, "/fail").await.0,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
-    assert_eq!(handle.state(), CircuitState::Open, "failures on one route trip the one breaker");
+    assert_eq!(
+        handle.state(),
+        CircuitState::Open,
+        "failures on one route trip the one breaker"
+    );
     assert_eq!(
         get_status(&app, "/ok").await,
         (StatusCode::SERVICE_UNAVAILABLE, Some("10".to_string())),
         "and the other route is rejected too"
     );
     tokio::time::advance(Duration::from_secs(10)).await;
-    assert_eq!(get_status(&app, "/ok").await.0, StatusCode::OK, "the probe passes");
+    assert_eq!(
+        get_status(&app, "/ok").await.0,
+        StatusCode::OK,
+        "the probe passes"
+    );
     assert_eq!(handle.state(), CircuitState::Closed);
 }
 

@@ -77,8 +77,15 @@ fn classify(result: &Result<Kind, &'static str>) -> Outcome {
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum State {
     Closed,
-    Open { until: u64 },
-    HalfOpen { since: u64, admitted: u32, completed: u32, failed: u32 },
+    Open {
+        until: u64,
+    },
+    HalfOpen {
+        since: u64,
+        admitted: u32,
+        completed: u32,
+        failed: u32,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -100,30 +107,67 @@ struct Model {
 
 impl Model {
     fn new(cfg: Cfg) -> Self {
-        Model { cfg, state: State::Closed, generation: 0, window: VecDeque::new(), consecutive: 0, trips: 0, now: 0 }
+        Model {
+            cfg,
+            state: State::Closed,
+            generation: 0,
+            window: VecDeque::new(),
+            consecutive: 0,
+            trips: 0,
+            now: 0,
+        }
     }
 
     fn trip(&mut self) {
         self.trips += 1;
-        let grown = self.cfg.open_ms.saturating_mul(1u64 << (self.trips - 1).min(40));
-        self.state = State::Open { until: self.now + grown.min(self.cfg.max_open_ms) };
+        let grown = self
+            .cfg
+            .open_ms
+            .saturating_mul(1u64 << (self.trips - 1).min(40));
+        self.state = State::Open {
+            until: self.now + grown.min(self.cfg.max_open_ms),
+        };
         self.generation += 1;
     }
 
     /// `Ok(ticket)` if admitted, `Err(retry_after_ms)` if rejected.
     fn acquire(&mut self) -> Result<Ticket, Option<u64>> {
         match self.state {
-            State::Closed => Ok(Ticket { generation: self.generation, probe: false }),
+            State::Closed => Ok(Ticket {
+                generation: self.generation,
+                probe: false,
+            }),
             State::Open { until } if self.now < until => Err(Some(until - self.now)),
             State::Open { .. } => {
                 self.generation += 1;
-                self.state = State::HalfOpen { since: self.now, admitted: 1, completed: 0, failed: 0 };
-                Ok(Ticket { generation: self.generation, probe: true })
+                self.state = State::HalfOpen {
+                    since: self.now,
+                    admitted: 1,
+                    completed: 0,
+                    failed: 0,
+                };
+                Ok(Ticket {
+                    generation: self.generation,
+                    probe: true,
+                })
             }
-            State::HalfOpen { since, admitted, completed, failed } => {
+            State::HalfOpen {
+                since,
+                admitted,
+                completed,
+                failed,
+            } => {
                 if admitted < self.cfg.probes {
-                    self.state = State::HalfOpen { since, admitted: admitted + 1, completed, failed };
-                    Ok(Ticket { generation: self.generation, probe: true })
+                    self.state = State::HalfOpen {
+                        since,
+                        admitted: admitted + 1,
+                        completed,
+                        failed,
+                    };
+                    Ok(Ticket {
+                        generation: self.generation,
+                        probe: true,
+                    })
                 } else if self.now - since >= self.cfg.max_wait_ms {
                     self.trip();
                     match self.state {
@@ -163,19 +207,38 @@ impl Model {
                 }
                 let calls = self.window.len();
                 let failures = self.window.iter().filter(|f| **f).count();
-                trip |= calls >= self.cfg.minimum && failures * 100 >= self.cfg.rate as usize * calls;
+                trip |=
+                    calls >= self.cfg.minimum && failures * 100 >= self.cfg.rate as usize * calls;
                 if trip {
                     self.trip();
                 }
             }
-            (State::HalfOpen { since, admitted, completed, failed }, true) => {
+            (
+                State::HalfOpen {
+                    since,
+                    admitted,
+                    completed,
+                    failed,
+                },
+                true,
+            ) => {
                 if kind == Kind::Ignored {
-                    self.state = State::HalfOpen { since, admitted: admitted - 1, completed, failed };
+                    self.state = State::HalfOpen {
+                        since,
+                        admitted: admitted - 1,
+                        completed,
+                        failed,
+                    };
                     return;
                 }
                 let (completed, failed) = (completed + 1, failed + (kind == Kind::Failure) as u32);
                 if completed < self.cfg.probes {
-                    self.state = State::HalfOpen { since, admitted, completed, failed };
+                    self.state = State::HalfOpen {
+                        since,
+                        admitted,
+                        completed,
+                        failed,
+                    };
                 } else if failed * 100 < self.cfg.rate * self.cfg.probes {
                     self.state = State::Closed;
                     self.generation += 1;
@@ -191,32 +254,57 @@ impl Model {
     }
 
     fn cancel(&mut self, t: Ticket) {
-        if let (State::HalfOpen { since, admitted, completed, failed }, true) = (self.state, t.probe) {
+        if let (
+            State::HalfOpen {
+                since,
+                admitted,
+                completed,
+                failed,
+            },
+            true,
+        ) = (self.state, t.probe)
+        {
             if t.generation == self.generation {
-                self.state = State::HalfOpen { since, admitted: admitted - 1, completed, failed };
+                self.state = State::HalfOpen {
+                    since,
+                    admitted: admitted - 1,
+                    completed,
+                    failed,
+                };
             }
         }
     }
 }
 
 fn cfg() -> impl Strategy<Value = Cfg> {
-    (1usize..12, 1u32..100, proptest::option::of(1u32..5), 1u32..4, 1u64..50, 0u64..4, 1u64..200)
-        .prop_flat_map(|(window, rate, consecutive, probes, open_ms, growth, max_wait_ms)| {
-            (1..=window).prop_map(move |minimum| Cfg {
-                window,
-                minimum,
-                rate,
-                consecutive,
-                probes,
-                open_ms,
-                max_open_ms: open_ms << growth,
-                max_wait_ms,
-            })
-        })
+    (
+        1usize..12,
+        1u32..100,
+        proptest::option::of(1u32..5),
+        1u32..4,
+        1u64..50,
+        0u64..4,
+        1u64..200,
+    )
+        .prop_flat_map(
+            |(window, rate, consecutive, probes, open_ms, growth, max_wait_ms)| {
+                (1..=window).prop_map(move |minimum| Cfg {
+                    window,
+                    minimum,
+                    rate,
+                    consecutive,
+                    probes,
+                    open_ms,
+                    max_open_ms: open_ms << growth,
+                    max_wait_ms,
+                })
+            },
+        )
 }
 
 fn ops() -> impl Strategy<Value = Vec<Op>> {
-    let kind = prop_oneof![4 => Just(Kind::Success), 4 => Just(Kind::Failure), 1 => Just(Kind::Ignored)];
+    let kind =
+        prop_oneof![4 => Just(Kind::Success), 4 => Just(Kind::Failure), 1 => Just(Kind::Ignored)];
     let op = prop_oneof![
         6 => kind.clone().prop_map(Op::Call),
         2 => kind.prop_map(Op::Start),
@@ -227,10 +315,12 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
     proptest::collection::vec(op, 1..120)
 }
 
-type Future_ = task::Spawn<seawall::circuit_breaker::future::ResponseFuture<
-    Pin<Box<dyn Future<Output = Result<Kind, &'static str>> + Send>>,
-    fn(&Result<Kind, &'static str>) -> Outcome,
->>;
+type Future_ = task::Spawn<
+    seawall::circuit_breaker::future::ResponseFuture<
+        Pin<Box<dyn Future<Output = Result<Kind, &'static str>> + Send>>,
+        fn(&Result<Kind, &'static str>) -> Outcome,
+    >,
+>;
 
 struct Held {
     future: Future_,
@@ -283,10 +373,20 @@ fn run(cfg: Cfg, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     match (future.poll(), expected) {
                         (Poll::Ready(Err(e)), Err(retry)) => {
                             let open = e.downcast_ref::<Open>().expect("an Open rejection");
-                            prop_assert_eq!(open.retry_after(), retry.map(Duration::from_millis), "step {}", step);
+                            prop_assert_eq!(
+                                open.retry_after(),
+                                retry.map(Duration::from_millis),
+                                "step {}",
+                                step
+                            );
                         }
                         (Poll::Pending, Ok(ticket)) => {
-                            let mut h = Held { future, answer: tx, kind, ticket };
+                            let mut h = Held {
+                                future,
+                                answer: tx,
+                                kind,
+                                ticket,
+                            };
                             if matches!(op, Op::Call(_)) {
                                 finish(&mut model, h)?;
                             } else {
@@ -322,10 +422,19 @@ fn run(cfg: Cfg, ops: Vec<Op>) -> Result<(), TestCaseError> {
             prop_assert_eq!(metrics.state, state, "step {}", step);
             if model.state == State::Closed {
                 let failures = model.window.iter().filter(|f| **f).count() as u64;
-                prop_assert_eq!((metrics.calls, metrics.failures), (model.window.len() as u64, failures), "step {}", step);
+                prop_assert_eq!(
+                    (metrics.calls, metrics.failures),
+                    (model.window.len() as u64, failures),
+                    "step {}",
+                    step
+                );
             }
             let in_flight = match model.state {
-                State::HalfOpen { admitted, completed, .. } => admitted - completed,
+                State::HalfOpen {
+                    admitted,
+                    completed,
+                    ..
+                } => admitted - completed,
                 _ => 0,
             };
             prop_assert_eq!(metrics.probes_in_flight, in_flight, "step {}", step);

@@ -8,10 +8,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tower::{Layer, Service};
 
-fn recorder() -> (Arc<Mutex<Vec<(String, EventKind)>>>, impl Fn(&Event<'_>) + Send + Sync + 'static) {
+type Log = Arc<Mutex<Vec<(String, EventKind)>>>;
+
+fn recorder() -> (Log, impl Fn(&Event<'_>) + Send + Sync + 'static) {
     let events = Arc::new(Mutex::new(Vec::new()));
     let sink = events.clone();
-    (events, move |e: &Event<'_>| sink.lock().unwrap().push((e.layer.to_string(), e.kind)))
+    (events, move |e: &Event<'_>| {
+        sink.lock().unwrap().push((e.layer.to_string(), e.kind))
+    })
 }
 
 #[tokio::test(start_paused = true)]
@@ -44,17 +48,30 @@ async fn every_decision_is_an_event() {
         vec![
             EventKind::Permitted,
             // The closure observer wants latency, so the clock was read.
-            EventKind::Finished { outcome: Outcome::Success, latency: Some(Duration::from_millis(3)) },
+            EventKind::Finished {
+                outcome: Outcome::Success,
+                latency: Some(Duration::from_millis(3))
+            },
             EventKind::Permitted,
             transition(CircuitState::Closed, CircuitState::Open),
-            EventKind::Finished { outcome: Outcome::Failure, latency: Some(Duration::ZERO) },
-            EventKind::Rejected { reason: RejectReason::CircuitOpen },
+            EventKind::Finished {
+                outcome: Outcome::Failure,
+                latency: Some(Duration::ZERO)
+            },
+            EventKind::Rejected {
+                reason: RejectReason::CircuitOpen
+            },
             transition(CircuitState::Open, CircuitState::HalfOpen),
             EventKind::Permitted,
             transition(CircuitState::HalfOpen, CircuitState::Closed),
-            EventKind::Finished { outcome: Outcome::Success, latency: Some(Duration::ZERO) },
+            EventKind::Finished {
+                outcome: Outcome::Success,
+                latency: Some(Duration::ZERO)
+            },
             transition(CircuitState::Closed, CircuitState::ForcedOpen),
-            EventKind::Rejected { reason: RejectReason::ForcedOpen },
+            EventKind::Rejected {
+                reason: RejectReason::ForcedOpen
+            },
         ]
     );
 }
@@ -62,7 +79,10 @@ async fn every_decision_is_an_event() {
 #[tokio::test(start_paused = true)]
 async fn cancellations_are_reported_as_such() {
     let (events, observer) = recorder();
-    let layer = CircuitBreakerLayer::builder().observer(observer).build().unwrap();
+    let layer = CircuitBreakerLayer::builder()
+        .observer(observer)
+        .build()
+        .unwrap();
     let handle = layer.handle();
     let mut service = layer.layer(Backend);
     let future = tower::ServiceExt::ready(&mut service)
@@ -81,7 +101,9 @@ async fn a_panicking_observer_leaves_the_breaker_consistent() {
     let trigger = armed.clone();
     let layer = CircuitBreakerLayer::builder()
         .observer(move |e: &Event<'_>| {
-            if trigger.load(Ordering::Relaxed) && matches!(e.kind, EventKind::StateTransition { .. }) {
+            if trigger.load(Ordering::Relaxed)
+                && matches!(e.kind, EventKind::StateTransition { .. })
+            {
                 panic!("observer bug");
             }
         })
@@ -99,7 +121,11 @@ async fn a_panicking_observer_leaves_the_breaker_consistent() {
     let panicked = tokio::spawn(async move { send(&mut s, Call::fail()).await }).await;
     assert!(panicked.unwrap_err().is_panic());
     armed.store(false, Ordering::Relaxed);
-    assert_eq!(handle.state(), CircuitState::Open, "the transition happened before the event");
+    assert_eq!(
+        handle.state(),
+        CircuitState::Open,
+        "the transition happened before the event"
+    );
     tokio::time::advance(Duration::from_secs(1)).await;
     let mut s = service.clone();
     assert_eq!(send(&mut s, Call::ok()).await, Ended::Ok);
@@ -139,7 +165,16 @@ async fn tracing_observer_logs_transitions() {
     send(&mut service, Call::fail()).await;
     let log = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
     assert!(log.contains("WARN"), "{log}");
-    assert!(log.contains("layer=\"inventory\"") || log.contains("layer=inventory"), "{log}");
-    assert!(log.contains("to=\"open\"") || log.contains("to=open"), "{log}");
-    assert!(!log.contains("permitted"), "TRACE events stay out at INFO: {log}");
+    assert!(
+        log.contains("layer=\"inventory\"") || log.contains("layer=inventory"),
+        "{log}"
+    );
+    assert!(
+        log.contains("to=\"open\"") || log.contains("to=open"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("permitted"),
+        "TRACE events stay out at INFO: {log}"
+    );
 }

@@ -28,7 +28,11 @@ async fn count_window_really_slides() {
         assert_eq!(handle.state(), CircuitState::Closed, "{i} failures of 10");
     }
     assert_eq!(send(&mut service, Call::fail()).await, Ended::Failed);
-    assert_eq!(handle.state(), CircuitState::Open, "5 failures in the last 10 calls");
+    assert_eq!(
+        handle.state(),
+        CircuitState::Open,
+        "5 failures in the last 10 calls"
+    );
     assert_eq!(send(&mut service, Call::ok()).await, Ended::Rejected);
 }
 
@@ -44,7 +48,11 @@ async fn nothing_trips_before_minimum_calls() {
     for _ in 0..19 {
         send(&mut service, Call::fail()).await;
         assert_eq!(handle.state(), CircuitState::Closed);
-        assert_eq!(handle.metrics().failure_rate, None, "unknown below the minimum");
+        assert_eq!(
+            handle.metrics().failure_rate,
+            None,
+            "unknown below the minimum"
+        );
     }
     send(&mut service, Call::fail()).await;
     assert_eq!(handle.state(), CircuitState::Open);
@@ -87,7 +95,11 @@ async fn time_window_forgets_old_failures() {
         send(&mut service, Call::ok()).await;
     }
     send(&mut service, Call::fail()).await;
-    assert_eq!(handle.state(), CircuitState::Closed, "1 failure of 4 in the last 10 s");
+    assert_eq!(
+        handle.state(),
+        CircuitState::Closed,
+        "1 failure of 4 in the last 10 s"
+    );
     send(&mut service, Call::fail()).await;
     assert_eq!(handle.state(), CircuitState::Closed, "2 of 5 is 40 %");
     send(&mut service, Call::fail()).await;
@@ -130,7 +142,11 @@ async fn consecutive_failures_trip_whatever_the_rate() {
         send(&mut service, Call::fail()).await;
     }
     send(&mut service, Call::ok()).await;
-    assert_eq!(handle.metrics().consecutive_failures, 0, "a success resets the run");
+    assert_eq!(
+        handle.metrics().consecutive_failures,
+        0,
+        "a success resets the run"
+    );
     for _ in 0..2 {
         send(&mut service, Call::fail()).await;
     }
@@ -192,9 +208,17 @@ async fn open_rejects_with_time_to_next_probe_then_half_opens() {
     assert_eq!(open.retry_after(), Some(secs(6)));
     assert!(!open.is_forced());
     tokio::time::advance(secs(6)).await;
-    assert_eq!(send(&mut service, Call::ok()).await, Ended::Ok, "first probe");
+    assert_eq!(
+        send(&mut service, Call::ok()).await,
+        Ended::Ok,
+        "first probe"
+    );
     assert_eq!(handle.state(), CircuitState::HalfOpen);
-    assert_eq!(send(&mut service, Call::ok()).await, Ended::Ok, "second probe");
+    assert_eq!(
+        send(&mut service, Call::ok()).await,
+        Ended::Ok,
+        "second probe"
+    );
     assert_eq!(handle.state(), CircuitState::Closed);
 }
 
@@ -223,7 +247,11 @@ async fn failed_trials_reopen_for_longer_and_cap() {
         let wait = err.downcast_ref::<Open>().unwrap().retry_after().unwrap();
         waits.push(wait.as_secs());
         tokio::time::advance(wait).await;
-        assert_eq!(send(&mut service, Call::fail()).await, Ended::Failed, "failed probe");
+        assert_eq!(
+            send(&mut service, Call::fail()).await,
+            Ended::Failed,
+            "failed probe"
+        );
         assert_eq!(handle.state(), CircuitState::Open);
     }
     assert_eq!(waits, [1, 2, 4, 5, 5]);
@@ -232,8 +260,17 @@ async fn failed_trials_reopen_for_longer_and_cap() {
     assert_eq!(send(&mut service, Call::ok()).await, Ended::Ok);
     assert_eq!(handle.state(), CircuitState::Closed);
     trip(&mut service).await;
-    let err = service.ready().await.unwrap().call(Call::ok()).await.unwrap_err();
-    assert_eq!(err.downcast_ref::<Open>().unwrap().retry_after(), Some(secs(1)));
+    let err = service
+        .ready()
+        .await
+        .unwrap()
+        .call(Call::ok())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<Open>().unwrap().retry_after(),
+        Some(secs(1))
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -249,12 +286,21 @@ async fn jitter_shortens_within_bounds_and_varies() {
             .unwrap();
         let mut service = layer.layer(Backend);
         trip(&mut service).await;
-        let err = service.ready().await.unwrap().call(Call::ok()).await.unwrap_err();
+        let err = service
+            .ready()
+            .await
+            .unwrap()
+            .call(Call::ok())
+            .await
+            .unwrap_err();
         let wait = err.downcast_ref::<Open>().unwrap().retry_after().unwrap();
         assert!(wait > secs(50) && wait <= secs(100), "{wait:?}");
         seen.insert(wait.as_millis());
     }
-    assert!(seen.len() > 10, "breakers seeded differently open for different times");
+    assert!(
+        seen.len() > 10,
+        "breakers seeded differently open for different times"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -272,7 +318,10 @@ async fn half_open_admits_at_most_k_probes_and_decides_on_their_rate() {
     trip(&mut service).await;
     tokio::time::advance(secs(1)).await;
     // Four slow probes in flight; a fifth call is turned away.
-    let slow = |r: Result<u32, crate::support::Fail>| Call { result: r, delay: secs(1) };
+    let slow = |r: Result<u32, crate::support::Fail>| Call {
+        result: r,
+        delay: secs(1),
+    };
     let mut probes = Vec::new();
     for r in [Ok(1), Ok(1), Ok(1), Err(crate::support::Fail)] {
         let mut s = service.clone();
@@ -305,7 +354,11 @@ async fn probes_at_the_threshold_reopen() {
     tokio::time::advance(secs(1)).await;
     send(&mut service, Call::ok()).await;
     send(&mut service, Call::fail()).await;
-    assert_eq!(handle.state(), CircuitState::Open, "1 of 2 is 50 %: not under the threshold");
+    assert_eq!(
+        handle.state(),
+        CircuitState::Open,
+        "1 of 2 is 50 %: not under the threshold"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -321,13 +374,29 @@ async fn cancelled_probe_gives_its_slot_back() {
     let mut service = layer.layer(Backend);
     trip(&mut service).await;
     tokio::time::advance(secs(1)).await;
-    let probe = service.ready().await.unwrap().call(Call::ok().after(secs(60)));
+    let probe = service
+        .ready()
+        .await
+        .unwrap()
+        .call(Call::ok().after(secs(60)));
     assert_eq!(handle.metrics().probes_in_flight, 1);
-    assert_eq!(send(&mut service, Call::ok()).await, Ended::Rejected, "the slot is taken");
+    assert_eq!(
+        send(&mut service, Call::ok()).await,
+        Ended::Rejected,
+        "the slot is taken"
+    );
     drop(probe);
     assert_eq!(handle.metrics().probes_in_flight, 0);
-    assert_eq!(handle.state(), CircuitState::HalfOpen, "a cancellation decides nothing");
-    assert_eq!(send(&mut service, Call::ok()).await, Ended::Ok, "the slot was given back");
+    assert_eq!(
+        handle.state(),
+        CircuitState::HalfOpen,
+        "a cancellation decides nothing"
+    );
+    assert_eq!(
+        send(&mut service, Call::ok()).await,
+        Ended::Ok,
+        "the slot was given back"
+    );
     assert_eq!(handle.state(), CircuitState::Closed);
 }
 
@@ -354,9 +423,17 @@ async fn stuck_probes_are_given_up_after_the_maximum_wait() {
     assert_eq!(handle.state(), CircuitState::HalfOpen);
     tokio::time::advance(secs(1)).await;
     assert_eq!(send(&mut service, Call::ok()).await, Ended::Rejected);
-    assert_eq!(handle.state(), CircuitState::Open, "gave up on the hung probe");
+    assert_eq!(
+        handle.state(),
+        CircuitState::Open,
+        "gave up on the hung probe"
+    );
     tokio::time::advance(secs(1)).await;
-    assert_eq!(send(&mut service, Call::ok()).await, Ended::Ok, "a fresh trial");
+    assert_eq!(
+        send(&mut service, Call::ok()).await,
+        Ended::Ok,
+        "a fresh trial"
+    );
     assert_eq!(handle.state(), CircuitState::Closed);
     // The hung probe finishing late (even as a failure) changes nothing.
     hung.abort();
@@ -385,7 +462,11 @@ async fn calls_admitted_before_a_trip_do_not_count_after_it() {
     assert_eq!(handle.state(), CircuitState::Closed);
     tokio::time::advance(secs(5)).await;
     assert_eq!(late.await.unwrap(), Ended::Failed);
-    assert_eq!(handle.metrics().calls, 0, "the late failure belongs to the earlier period");
+    assert_eq!(
+        handle.metrics().calls,
+        0,
+        "the late failure belongs to the earlier period"
+    );
     assert_eq!(handle.metrics().consecutive_failures, 0);
 }
 
@@ -416,13 +497,19 @@ mod hints {
         assert_eq!(response.status(), 503);
         assert_eq!(handle.state(), CircuitState::Open, "one hinted 503 opens");
         let err = service.ready().await.unwrap().call("7").await.unwrap_err();
-        assert_eq!(err.downcast_ref::<Open>().unwrap().retry_after(), Some(secs(7)));
+        assert_eq!(
+            err.downcast_ref::<Open>().unwrap().retry_after(),
+            Some(secs(7))
+        );
         tokio::time::advance(secs(7)).await;
         handle.reset();
         // A hint beyond the cap is capped.
         service.ready().await.unwrap().call("3600").await.unwrap();
         let err = service.ready().await.unwrap().call("1").await.unwrap_err();
-        assert_eq!(err.downcast_ref::<Open>().unwrap().retry_after(), Some(secs(60)));
+        assert_eq!(
+            err.downcast_ref::<Open>().unwrap().retry_after(),
+            Some(secs(60))
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -20,8 +20,14 @@ impl Gate for Quota {
     type Permit = ();
     type Rejection = QuotaUsedUp;
 
-    fn poll_acquire<O: Observer>(&self, _: &mut Context<'_>, _: Emitter<'_, O>) -> Poll<Result<(), QuotaUsedUp>> {
-        let taken = self.left.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    fn poll_acquire<O: Observer>(
+        &self,
+        _: &mut Context<'_>,
+        _: Emitter<'_, O>,
+    ) -> Poll<Result<(), QuotaUsedUp>> {
+        let taken = self
+            .left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
         Poll::Ready(taken.map(drop).map_err(|_| QuotaUsedUp))
     }
 
@@ -42,13 +48,29 @@ impl Gate for Quota {
 
 #[tokio::test(start_paused = true)]
 async fn a_custom_gate_admits_rejects_and_gets_cancellations_back() {
-    let layer = GateLayer::new("quota", Quota { left: AtomicU64::new(2), ..Quota::default() });
+    let layer = GateLayer::new(
+        "quota",
+        Quota {
+            left: AtomicU64::new(2),
+            ..Quota::default()
+        },
+    );
     let mut service = layer.layer(Backend);
     assert_eq!(send_quota(&mut service).await, Ended::Ok);
-    let pending = service.ready().await.unwrap().call(Call::ok().after(std::time::Duration::from_secs(9)));
+    let pending = service
+        .ready()
+        .await
+        .unwrap()
+        .call(Call::ok().after(std::time::Duration::from_secs(9)));
     drop(pending); // cancelled: the gate gets its unit back
     assert_eq!(send_quota(&mut service).await, Ended::Ok);
-    let err = service.ready().await.unwrap().call(Call::ok()).await.unwrap_err();
+    let err = service
+        .ready()
+        .await
+        .unwrap()
+        .call(Call::ok())
+        .await
+        .unwrap_err();
     assert!(err.is::<QuotaUsedUp>());
     assert_eq!(layer.gate().finished.load(Ordering::Relaxed), 2);
 }
@@ -63,6 +85,11 @@ where
 #[test]
 fn reject_reason_defaults_to_other() {
     assert_eq!(Quota::reject_reason(&QuotaUsedUp), RejectReason::Other);
-    let e = Event::new("x", EventKind::Rejected { reason: RejectReason::Other });
+    let e = Event::new(
+        "x",
+        EventKind::Rejected {
+            reason: RejectReason::Other,
+        },
+    );
     assert_eq!(e.layer, "x");
 }

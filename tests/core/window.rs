@@ -88,7 +88,14 @@ fn count_window_is_exact_under_concurrent_recording() {
     for i in 0..97 {
         window.record(Sample::new(i < 40, i < 10));
     }
-    assert_eq!(window.counts(), Counts { calls: 97, failures: 40, slow: 10 });
+    assert_eq!(
+        window.counts(),
+        Counts {
+            calls: 97,
+            failures: 40,
+            slow: 10
+        }
+    );
 }
 
 #[test]
@@ -112,12 +119,23 @@ fn time_window_is_exact_under_concurrent_recording_and_rotation() {
     // Far in the future every bucket has been emptied: the totals must come back to exactly zero.
     assert_eq!(window.counts_at(10_000_000 * ms), Counts::default());
     window.record(10_000_000 * ms, Sample::new(true, true));
-    assert_eq!(window.counts(), Counts { calls: 1, failures: 1, slow: 1 });
+    assert_eq!(
+        window.counts(),
+        Counts {
+            calls: 1,
+            failures: 1,
+            slow: 1
+        }
+    );
 }
 
 #[test]
 fn rates_are_unknown_below_the_minimum() {
-    let c = Counts { calls: 9, failures: 9, slow: 0 };
+    let c = Counts {
+        calls: 9,
+        failures: 9,
+        slow: 0,
+    };
     assert_eq!(c.failure_rate(10), None);
     assert_eq!(c.failure_rate(9), Some(100.0));
     assert_eq!(c.slow_rate(9), Some(0.0));

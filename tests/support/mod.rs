@@ -32,10 +32,16 @@ pub struct Call {
 
 impl Call {
     pub fn ok() -> Self {
-        Call { result: Ok(1), delay: Duration::ZERO }
+        Call {
+            result: Ok(1),
+            delay: Duration::ZERO,
+        }
     }
     pub fn fail() -> Self {
-        Call { result: Err(Fail), delay: Duration::ZERO }
+        Call {
+            result: Err(Fail),
+            delay: Duration::ZERO,
+        }
     }
     pub fn after(mut self, delay: Duration) -> Self {
         self.delay = delay;
