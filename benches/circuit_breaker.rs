@@ -108,10 +108,56 @@ where
     });
 }
 
+/// Two tasks on a two-worker tokio runtime, each with its own clone of `service`, calling through
+/// `ServiceExt::ready` and `.await`. Reports wall time per call per task.
+fn two_tasks<S>(c: &mut Criterion, name: &str, service: S)
+where
+    S: Service<u32> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: std::fmt::Debug,
+{
+    use tower::ServiceExt;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    c.bench_function(name, |b| {
+        b.to_async(&runtime).iter_custom(|iters| {
+            let service = service.clone();
+            async move {
+                let start = Instant::now();
+                let tasks: Vec<_> = (0..2)
+                    .map(|_| {
+                        let mut service = service.clone();
+                        tokio::spawn(async move {
+                            for i in 0..iters {
+                                let ready = service.ready().await.unwrap();
+                                black_box(ready.call(i as u32).await.unwrap());
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+                start.elapsed()
+            }
+        })
+    });
+}
+
 fn count_window_breaker() -> CircuitBreakerLayer {
     CircuitBreakerLayer::builder()
         .count_window(100)
         .build()
+        .unwrap()
+}
+
+/// The same breaker, built with `build_static`: no reference counting per call.
+fn static_breaker() -> CircuitBreakerLayer {
+    CircuitBreakerLayer::builder()
+        .count_window(100)
+        .build_static()
         .unwrap()
 }
 
@@ -125,6 +171,11 @@ fn benches(c: &mut Criterion) {
         "single/breaker_count_100",
         count_window_breaker().layer(Noop),
     );
+    single(
+        c,
+        "single/breaker_count_100_static",
+        static_breaker().layer(Noop),
+    );
     let time = CircuitBreakerLayer::builder()
         .time_window(Duration::from_secs(60))
         .build()
@@ -137,6 +188,24 @@ fn benches(c: &mut Criterion) {
         c,
         "two_threads/breaker_count_100",
         count_window_breaker().layer(Noop),
+    );
+    two_threads(
+        c,
+        "two_threads/breaker_count_100_static",
+        static_breaker().layer(Noop),
+    );
+
+    two_tasks(c, "two_tasks/bare", Noop);
+    two_tasks(c, "two_tasks/tower_concurrency_limit", limit.layer(Noop));
+    two_tasks(
+        c,
+        "two_tasks/breaker_count_100",
+        count_window_breaker().layer(Noop),
+    );
+    two_tasks(
+        c,
+        "two_tasks/breaker_count_100_static",
+        static_breaker().layer(Noop),
     );
 
     // The time window alone, with a synthetic clock: empty, and full (60 one-second buckets already

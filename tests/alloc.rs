@@ -86,6 +86,13 @@ fn the_closed_call_path_allocates_nothing() {
                 .unwrap(),
             101_000,
         ),
+        (
+            CircuitBreakerLayer::builder()
+                .count_window(100)
+                .build_static()
+                .unwrap(),
+            100,
+        ),
     ];
     for (layer, in_window) in layers {
         let mut service = layer.layer(support::Noop);

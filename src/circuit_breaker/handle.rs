@@ -1,10 +1,9 @@
 //! Watching and steering a breaker by hand: [`Handle`].
 
 use super::state::Breaker;
-use crate::core::gate::Shared;
+use crate::core::gate::{Anchor, Shared};
 use crate::core::{CircuitState, Observer};
 use std::fmt;
-use std::sync::Arc;
 
 /// A cloneable handle to one breaker, for reading its state and metrics and for steering it by hand.
 ///
@@ -24,8 +23,8 @@ use std::sync::Arc;
 /// assert_eq!(handle.state(), CircuitState::Closed);
 /// assert_eq!(handle.metrics().failure_rate, None); // unknown until `minimum_calls` calls
 /// ```
-pub struct Handle<O = ()> {
-    pub(crate) shared: Arc<Shared<Breaker, O>>,
+pub struct Handle<O: 'static = ()> {
+    pub(crate) shared: Anchor<Shared<Breaker, O>>,
 }
 
 /// A snapshot of a breaker's window and counters, from [`Handle::metrics`].

@@ -1,9 +1,8 @@
 use super::state::Breaker;
 use super::{Builder, CircuitBreaker, Handle};
-use crate::core::gate::{Guard, Shared};
+use crate::core::gate::{Anchor, Guard, Shared};
 use crate::core::{ErrorIsFailure, Observer};
 use std::fmt;
-use std::sync::Arc;
 use tower::Layer;
 
 /// Wraps services in a [`CircuitBreaker`]. Every service the layer makes, and every clone of those,
@@ -27,8 +26,8 @@ use tower::Layer;
 /// # Ok(())
 /// # }
 /// ```
-pub struct CircuitBreakerLayer<C = ErrorIsFailure, O = ()> {
-    shared: Arc<Shared<Breaker, O>>,
+pub struct CircuitBreakerLayer<C = ErrorIsFailure, O: 'static = ()> {
+    shared: Anchor<Shared<Breaker, O>>,
     classify: C,
 }
 
@@ -64,7 +63,7 @@ impl<O: Observer> CircuitBreakerLayer<ErrorIsFailure, O> {
 }
 
 impl<C, O: Observer> CircuitBreakerLayer<C, O> {
-    pub(crate) fn from_parts(shared: Arc<Shared<Breaker, O>>, classify: C) -> Self {
+    pub(crate) fn from_parts(shared: Anchor<Shared<Breaker, O>>, classify: C) -> Self {
         CircuitBreakerLayer { shared, classify }
     }
 

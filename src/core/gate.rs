@@ -97,6 +97,47 @@ pub trait Gate: Send + Sync + 'static {
     }
 }
 
+/// How services and futures reach their layer's shared state: counted (`Arc`, the default, freed
+/// with the last user) or `'static` (leaked once, on purpose, so that admitted calls never touch a
+/// reference count).
+pub(crate) enum Anchor<T: 'static> {
+    Counted(Arc<T>),
+    Static(&'static T),
+}
+
+impl<T> Anchor<T> {
+    pub(crate) fn counted(value: T) -> Self {
+        Anchor::Counted(Arc::new(value))
+    }
+
+    /// Leaks `value`: it lives, and its memory stays allocated, until the process ends.
+    pub(crate) fn leaked(value: T) -> Self {
+        Anchor::Static(Box::leak(Box::new(value)))
+    }
+}
+
+impl<T> Clone for Anchor<T> {
+    #[inline(always)]
+    fn clone(&self) -> Self {
+        match self {
+            Anchor::Counted(arc) => Anchor::Counted(arc.clone()),
+            Anchor::Static(r) => Anchor::Static(r),
+        }
+    }
+}
+
+impl<T> std::ops::Deref for Anchor<T> {
+    type Target = T;
+
+    #[inline(always)]
+    fn deref(&self) -> &T {
+        match self {
+            Anchor::Counted(arc) => arc,
+            Anchor::Static(r) => r,
+        }
+    }
+}
+
 /// A gate with its name and observer: the state every service made by one layer shares.
 pub(crate) struct Shared<G, O> {
     pub(crate) gate: G,
@@ -104,11 +145,11 @@ pub(crate) struct Shared<G, O> {
 }
 
 impl<G, O> Shared<G, O> {
-    pub(crate) fn new(name: Cow<'static, str>, gate: G, observer: O) -> Arc<Self> {
-        Arc::new(Shared {
+    pub(crate) fn new(name: Cow<'static, str>, gate: G, observer: O) -> Self {
+        Shared {
             gate,
             source: Source::new(name, observer),
-        })
+        }
     }
 
     #[inline(always)]
@@ -123,7 +164,7 @@ impl<G, O> Shared<G, O> {
 
 /// An admitted call's permit; gives it back to the gate if dropped before the call finished.
 pub(crate) struct PermitGuard<G: Gate, O: Observer> {
-    shared: Arc<Shared<G, O>>,
+    shared: Anchor<Shared<G, O>>,
     permit: Option<G::Permit>,
 }
 
@@ -156,7 +197,7 @@ impl<G: Gate, O: Observer> Drop for PermitGuard<G, O> {
 /// future or the service is dropped first.
 pub struct Guard<S, G: Gate, C, O: Observer> {
     inner: S,
-    shared: Arc<Shared<G, O>>,
+    shared: Anchor<Shared<G, O>>,
     classify: C,
     // Kept apart rather than as one `Option<Result<..>>` so the common path moves two words, not the
     // rejection's bytes too.
@@ -165,7 +206,7 @@ pub struct Guard<S, G: Gate, C, O: Observer> {
 }
 
 impl<S, G: Gate, C, O: Observer> Guard<S, G, C, O> {
-    pub(crate) fn from_shared(inner: S, shared: Arc<Shared<G, O>>, classify: C) -> Self {
+    pub(crate) fn from_shared(inner: S, shared: Anchor<Shared<G, O>>, classify: C) -> Self {
         Guard {
             inner,
             shared,
@@ -363,8 +404,8 @@ where
 /// A [`Layer`] for any [`Gate`]: the way to use a gate of your own.
 ///
 /// The gate is created once and shared by every service the layer makes.
-pub struct GateLayer<G, C = ErrorIsFailure, O = ()> {
-    shared: Arc<Shared<G, O>>,
+pub struct GateLayer<G: 'static, C = ErrorIsFailure, O: 'static = ()> {
+    shared: Anchor<Shared<G, O>>,
     classify: C,
 }
 
@@ -372,7 +413,7 @@ impl<G: Gate> GateLayer<G> {
     /// A layer over `gate`, named `name`, with the default classifier and no observer.
     pub fn new(name: impl Into<Cow<'static, str>>, gate: G) -> Self {
         GateLayer {
-            shared: Shared::new(name.into(), gate, ()),
+            shared: Anchor::counted(Shared::new(name.into(), gate, ())),
             classify: ErrorIsFailure,
         }
     }

@@ -147,3 +147,34 @@ async fn layers_from_one_handle_share_one_breaker() {
     assert_eq!(handle.name(), "circuit-breaker");
     let _ = CircuitBreaker::<Backend>::layer(&handle);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_static_breaker_behaves_like_a_counted_one() {
+    let layer = CircuitBreakerLayer::builder()
+        .consecutive_failures(1)
+        .open_duration(Duration::from_secs(1))
+        .open_jitter(0.0)
+        .half_open_probes(1)
+        .build_static()
+        .unwrap();
+    let handle = layer.handle();
+    let mut a = layer.layer(Backend);
+    let mut b = layer.clone().layer(Backend);
+    send(&mut a, Call::fail()).await;
+    assert_eq!(send(&mut b, Call::ok()).await, Ended::Rejected);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let probe = b
+        .ready()
+        .await
+        .unwrap()
+        .call(Call::ok().after(Duration::from_secs(5)));
+    assert_eq!(handle.metrics().probes_in_flight, 1);
+    drop(probe);
+    assert_eq!(
+        handle.metrics().probes_in_flight,
+        0,
+        "cancellation gives the probe back"
+    );
+    assert_eq!(send(&mut a, Call::ok()).await, Ended::Ok);
+    assert_eq!(handle.state(), CircuitState::Closed);
+}
