@@ -208,6 +208,43 @@ fn benches(c: &mut Criterion) {
         static_breaker().layer(Noop),
     );
 
+    // A 60 s time-window breaker on tokio's paused clock (so the window can be filled without waiting
+    // a minute; reading the paused clock costs a little more than the system clock): empty, and with
+    // every one of its 60 buckets holding calls.
+    for full in [false, true] {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let _context = runtime.enter();
+        let layer = CircuitBreakerLayer::builder()
+            .time_window(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let mut service = layer.layer(Noop);
+        let mut cx = Context::from_waker(Waker::noop());
+        if full {
+            for second in 0..60 {
+                if second > 0 {
+                    runtime.block_on(tokio::time::advance(Duration::from_secs(1)));
+                }
+                for i in 0..1_000 {
+                    call_once(&mut service, &mut cx, i);
+                }
+            }
+            assert_eq!(
+                layer.handle().metrics().calls,
+                60_000,
+                "every bucket holds calls"
+            );
+        }
+        let name = if full { "full" } else { "empty" };
+        c.bench_function(&format!("paused_clock/breaker_time_60s_{name}"), |b| {
+            b.iter(|| call_once(&mut service, &mut cx, black_box(7)))
+        });
+    }
+
     // The time window alone, with a synthetic clock: empty, and full (60 one-second buckets already
     // holding calls, time moving on so that buckets keep rotating as they would in service).
     let second = 1_000_000_000u64;

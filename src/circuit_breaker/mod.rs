@@ -31,7 +31,9 @@
 //!
 //! On the closed path admission is one atomic load and completion one atomic add on the window: no
 //! lock, no allocation, no boxed future, and no clock read unless a slow-call rule, a time window or
-//! the observer needs time.
+//! the observer needs time. The response future keeps the breaker alive through an `Arc`; a breaker
+//! built with [`Builder::build_static`] lives as long as the process instead and skips that reference
+//! count too.
 //!
 //! # Examples
 //!
