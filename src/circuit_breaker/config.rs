@@ -345,7 +345,7 @@ impl<C, O> Builder<C, O> {
     where
         O: Observer,
     {
-        self.build_with(Anchor::counted)
+        self.build_with(false)
     }
 
     /// Like [`build`](Self::build), for a breaker that lives as long as the process: its state is
@@ -367,13 +367,10 @@ impl<C, O> Builder<C, O> {
     where
         O: Observer,
     {
-        self.build_with(Anchor::leaked)
+        self.build_with(true)
     }
 
-    fn build_with(
-        self,
-        anchor: fn(Shared<Breaker, O>) -> Anchor<Shared<Breaker, O>>,
-    ) -> Result<CircuitBreakerLayer<C, O>, ConfigError>
+    fn build_with(self, leak: bool) -> Result<CircuitBreakerLayer<C, O>, ConfigError>
     where
         O: Observer,
     {
