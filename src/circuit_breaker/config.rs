@@ -376,10 +376,12 @@ impl<C, O> Builder<C, O> {
     {
         let config = self.settings.validate()?;
         let shared = Shared::new(self.settings.name, Breaker::new(config), self.observer);
-        Ok(CircuitBreakerLayer::from_parts(
-            anchor(shared),
-            self.classify,
-        ))
+        let anchor = if leak {
+            Anchor::leaked(shared)
+        } else {
+            Anchor::counted(shared)
+        };
+        Ok(CircuitBreakerLayer::from_parts(anchor, self.classify))
     }
 }
 
