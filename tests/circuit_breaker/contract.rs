@@ -1,6 +1,7 @@
 //! The breaker's half-open probe slots under the shared capacity contract.
 
 use crate::support::contract::{self, Subject};
+use crate::support::tripping;
 use seawall::circuit_breaker::{error::Open, CircuitBreaker, CircuitBreakerLayer};
 use std::time::Duration;
 use tower::{BoxError, Layer, ServiceExt};
@@ -18,13 +19,7 @@ impl Subject for HalfOpen {
     type Service = CircuitBreaker<mock::Mock<u32, u32>>;
 
     async fn prepare() -> Self {
-        let layer = CircuitBreakerLayer::builder()
-            .consecutive_failures(1)
-            .open_duration(Duration::from_secs(1))
-            .open_jitter(0.0)
-            .half_open_probes(PROBES)
-            .build()
-            .unwrap();
+        let layer = tripping(PROBES).build().unwrap();
         let (mock, mut handle) = mock::pair::<u32, u32>();
         let service = layer.layer(mock.clone());
         let call = tokio::spawn(service.oneshot(0));

@@ -1,19 +1,13 @@
 //! Manual control and sharing through `Handle`.
 
-use crate::support::{send, Backend, Call, Ended};
-use seawall::circuit_breaker::{error::Open, CircuitBreaker, CircuitBreakerLayer};
+use crate::support::{self, rejection, send, Backend, Call, Ended};
+use seawall::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 use seawall::core::CircuitState;
 use std::time::Duration;
 use tower::{Layer, Service, ServiceExt};
 
 fn tripping() -> CircuitBreakerLayer {
-    CircuitBreakerLayer::builder()
-        .consecutive_failures(1)
-        .open_duration(Duration::from_secs(1))
-        .open_jitter(0.0)
-        .half_open_probes(1)
-        .build()
-        .unwrap()
+    support::tripping(1).build().unwrap()
 }
 
 #[tokio::test(start_paused = true)]
@@ -23,14 +17,7 @@ async fn force_open_rejects_until_closed() {
     let mut service = layer.layer(Backend);
     handle.force_open();
     assert_eq!(handle.state(), CircuitState::ForcedOpen);
-    let err = service
-        .ready()
-        .await
-        .unwrap()
-        .call(Call::ok())
-        .await
-        .unwrap_err();
-    let open = err.downcast_ref::<Open>().unwrap();
+    let open = rejection(&mut service).await;
     assert!(open.is_forced());
     assert_eq!(open.retry_after(), None);
     tokio::time::advance(Duration::from_secs(3600)).await;
@@ -59,29 +46,17 @@ async fn force_closed_empties_the_window_but_keeps_growth() {
     assert_eq!(handle.state(), CircuitState::Closed);
     assert_eq!(handle.metrics().calls, 0);
     send(&mut service, Call::fail()).await;
-    let err = service
-        .ready()
-        .await
-        .unwrap()
-        .call(Call::ok())
-        .await
-        .unwrap_err();
+    let open = rejection(&mut service).await;
     assert_eq!(
-        err.downcast_ref::<Open>().unwrap().retry_after(),
+        open.retry_after(),
         Some(Duration::from_secs(2)),
         "the second trip since the last real recovery"
     );
     handle.reset();
     send(&mut service, Call::fail()).await;
-    let err = service
-        .ready()
-        .await
-        .unwrap()
-        .call(Call::ok())
-        .await
-        .unwrap_err();
+    let open = rejection(&mut service).await;
     assert_eq!(
-        err.downcast_ref::<Open>().unwrap().retry_after(),
+        open.retry_after(),
         Some(Duration::from_secs(1)),
         "reset forgets earlier trips"
     );
@@ -150,13 +125,7 @@ async fn layers_from_one_handle_share_one_breaker() {
 
 #[tokio::test(start_paused = true)]
 async fn a_static_breaker_behaves_like_a_counted_one() {
-    let layer = CircuitBreakerLayer::builder()
-        .consecutive_failures(1)
-        .open_duration(Duration::from_secs(1))
-        .open_jitter(0.0)
-        .half_open_probes(1)
-        .build_static()
-        .unwrap();
+    let layer = support::tripping(1).build_static().unwrap();
     let handle = layer.handle();
     let mut a = layer.layer(Backend);
     let mut b = layer.clone().layer(Backend);

@@ -1,6 +1,6 @@
 //! Events reach the observer, in order, and a panicking observer cannot corrupt the breaker.
 
-use crate::support::{send, Backend, Call, Ended};
+use crate::support::{send, tripping, Backend, Call, Ended};
 use seawall::circuit_breaker::CircuitBreakerLayer;
 use seawall::core::{CircuitState, Event, EventKind, Outcome, RejectReason, TracingObserver};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,15 +21,7 @@ fn recorder() -> (Log, impl Fn(&Event<'_>) + Send + Sync + 'static) {
 #[tokio::test(start_paused = true)]
 async fn every_decision_is_an_event() {
     let (events, observer) = recorder();
-    let layer = CircuitBreakerLayer::builder()
-        .name("db")
-        .observer(observer)
-        .consecutive_failures(1)
-        .open_duration(Duration::from_secs(1))
-        .open_jitter(0.0)
-        .half_open_probes(1)
-        .build()
-        .unwrap();
+    let layer = tripping(1).name("db").observer(observer).build().unwrap();
     let handle = layer.handle();
     let mut service = layer.layer(Backend);
     send(&mut service, Call::ok().after(Duration::from_millis(3))).await;
@@ -99,7 +91,7 @@ async fn cancellations_are_reported_as_such() {
 async fn a_panicking_observer_leaves_the_breaker_consistent() {
     let armed = Arc::new(AtomicBool::new(false));
     let trigger = armed.clone();
-    let layer = CircuitBreakerLayer::builder()
+    let layer = tripping(1)
         .observer(move |e: &Event<'_>| {
             if trigger.load(Ordering::Relaxed)
                 && matches!(e.kind, EventKind::StateTransition { .. })
@@ -107,10 +99,6 @@ async fn a_panicking_observer_leaves_the_breaker_consistent() {
                 panic!("observer bug");
             }
         })
-        .consecutive_failures(1)
-        .open_duration(Duration::from_secs(1))
-        .open_jitter(0.0)
-        .half_open_probes(1)
         .build()
         .unwrap();
     let handle = layer.handle();

@@ -1,7 +1,7 @@
 //! Trip rules, open periods and half-open trials.
 
-use crate::support::{send, Backend, Call, Ended};
-use seawall::circuit_breaker::{error::Open, CircuitBreakerLayer};
+use crate::support::{rejection, send, tripping, Backend, Call, Ended};
+use seawall::circuit_breaker::CircuitBreakerLayer;
 use seawall::core::CircuitState;
 use std::time::Duration;
 use tower::{BoxError, Layer, Service, ServiceExt};
@@ -197,14 +197,7 @@ async fn open_rejects_with_time_to_next_probe_then_half_opens() {
     let mut service = layer.layer(Backend);
     trip(&mut service).await;
     tokio::time::advance(secs(4)).await;
-    let err = service
-        .ready()
-        .await
-        .unwrap()
-        .call(Call::ok())
-        .await
-        .unwrap_err();
-    let open = err.downcast_ref::<Open>().expect("an Open error");
+    let open = rejection(&mut service).await;
     assert_eq!(open.retry_after(), Some(secs(6)));
     assert!(!open.is_forced());
     tokio::time::advance(secs(6)).await;
@@ -224,27 +217,14 @@ async fn open_rejects_with_time_to_next_probe_then_half_opens() {
 
 #[tokio::test(start_paused = true)]
 async fn failed_trials_reopen_for_longer_and_cap() {
-    let layer = CircuitBreakerLayer::builder()
-        .consecutive_failures(1)
-        .open_duration(secs(1))
-        .open_backoff(2.0, secs(5))
-        .open_jitter(0.0)
-        .half_open_probes(1)
-        .build()
-        .unwrap();
+    let layer = tripping(1).open_backoff(2.0, secs(5)).build().unwrap();
     let handle = layer.handle();
     let mut service = layer.layer(Backend);
     trip(&mut service).await;
     let mut waits = Vec::new();
     for _ in 0..5 {
-        let err = service
-            .ready()
-            .await
-            .unwrap()
-            .call(Call::ok())
-            .await
-            .unwrap_err();
-        let wait = err.downcast_ref::<Open>().unwrap().retry_after().unwrap();
+        let open = rejection(&mut service).await;
+        let wait = open.retry_after().unwrap();
         waits.push(wait.as_secs());
         tokio::time::advance(wait).await;
         assert_eq!(
@@ -260,17 +240,8 @@ async fn failed_trials_reopen_for_longer_and_cap() {
     assert_eq!(send(&mut service, Call::ok()).await, Ended::Ok);
     assert_eq!(handle.state(), CircuitState::Closed);
     trip(&mut service).await;
-    let err = service
-        .ready()
-        .await
-        .unwrap()
-        .call(Call::ok())
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err.downcast_ref::<Open>().unwrap().retry_after(),
-        Some(secs(1))
-    );
+    let open = rejection(&mut service).await;
+    assert_eq!(open.retry_after(), Some(secs(1)));
 }
 
 #[tokio::test(start_paused = true)]
@@ -286,14 +257,8 @@ async fn jitter_shortens_within_bounds_and_varies() {
             .unwrap();
         let mut service = layer.layer(Backend);
         trip(&mut service).await;
-        let err = service
-            .ready()
-            .await
-            .unwrap()
-            .call(Call::ok())
-            .await
-            .unwrap_err();
-        let wait = err.downcast_ref::<Open>().unwrap().retry_after().unwrap();
+        let open = rejection(&mut service).await;
+        let wait = open.retry_after().unwrap();
         assert!(wait > secs(50) && wait <= secs(100), "{wait:?}");
         seen.insert(wait.as_millis());
     }
@@ -305,14 +270,7 @@ async fn jitter_shortens_within_bounds_and_varies() {
 
 #[tokio::test(start_paused = true)]
 async fn half_open_admits_at_most_k_probes_and_decides_on_their_rate() {
-    let layer = CircuitBreakerLayer::builder()
-        .consecutive_failures(1)
-        .failure_rate_threshold(50.0)
-        .open_duration(secs(1))
-        .open_jitter(0.0)
-        .half_open_probes(4)
-        .build()
-        .unwrap();
+    let layer = tripping(4).failure_rate_threshold(50.0).build().unwrap();
     let handle = layer.handle();
     let mut service = layer.layer(Backend);
     trip(&mut service).await;
@@ -340,14 +298,7 @@ async fn half_open_admits_at_most_k_probes_and_decides_on_their_rate() {
 
 #[tokio::test(start_paused = true)]
 async fn probes_at_the_threshold_reopen() {
-    let layer = CircuitBreakerLayer::builder()
-        .consecutive_failures(1)
-        .failure_rate_threshold(50.0)
-        .open_duration(secs(1))
-        .open_jitter(0.0)
-        .half_open_probes(2)
-        .build()
-        .unwrap();
+    let layer = tripping(2).failure_rate_threshold(50.0).build().unwrap();
     let handle = layer.handle();
     let mut service = layer.layer(Backend);
     trip(&mut service).await;
@@ -363,13 +314,7 @@ async fn probes_at_the_threshold_reopen() {
 
 #[tokio::test(start_paused = true)]
 async fn cancelled_probe_gives_its_slot_back() {
-    let layer = CircuitBreakerLayer::builder()
-        .consecutive_failures(1)
-        .open_duration(secs(1))
-        .open_jitter(0.0)
-        .half_open_probes(1)
-        .build()
-        .unwrap();
+    let layer = tripping(1).build().unwrap();
     let handle = layer.handle();
     let mut service = layer.layer(Backend);
     trip(&mut service).await;
@@ -402,12 +347,8 @@ async fn cancelled_probe_gives_its_slot_back() {
 
 #[tokio::test(start_paused = true)]
 async fn stuck_probes_are_given_up_after_the_maximum_wait() {
-    let layer = CircuitBreakerLayer::builder()
-        .consecutive_failures(1)
-        .open_duration(secs(1))
-        .open_jitter(0.0)
+    let layer = tripping(1)
         .open_backoff(1.0, secs(1))
-        .half_open_probes(1)
         .max_half_open_wait(secs(30))
         .build()
         .unwrap();
@@ -473,6 +414,7 @@ async fn calls_admitted_before_a_trip_do_not_count_after_it() {
 #[cfg(feature = "http")]
 mod hints {
     use super::*;
+    use seawall::circuit_breaker::error::Open;
     use seawall::http::HttpClassifier;
     use tower::service_fn;
 

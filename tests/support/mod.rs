@@ -90,6 +90,34 @@ impl Service<u32> for Noop {
     }
 }
 
+/// A breaker that one failure opens for exactly one second (no jitter), with `probes` half-open
+/// probes. Later setters override any of these.
+pub fn tripping(probes: u32) -> seawall::circuit_breaker::Builder {
+    seawall::circuit_breaker::CircuitBreakerLayer::builder()
+        .consecutive_failures(1)
+        .open_duration(Duration::from_secs(1))
+        .open_jitter(0.0)
+        .half_open_probes(probes)
+}
+
+/// Sends a successful call that the breaker must reject, and returns the rejection.
+pub async fn rejection<S>(service: &mut S) -> seawall::circuit_breaker::error::Open
+where
+    S: Service<Call, Response = u32, Error = BoxError>,
+{
+    let err = service
+        .ready()
+        .await
+        .expect("ready")
+        .call(Call::ok())
+        .await
+        .expect_err("the breaker rejects");
+    match err.downcast::<seawall::circuit_breaker::error::Open>() {
+        Ok(open) => *open,
+        Err(other) => panic!("expected a rejection, got {other}"),
+    }
+}
+
 /// How a call through a layer ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ended {
