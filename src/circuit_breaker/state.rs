@@ -202,7 +202,9 @@ impl Breaker {
     /// How long the `attempt`-th trip in a row keeps the breaker open.
     fn open_duration(&self, attempt: u32) -> Duration {
         let c = &self.config;
-        let grown = c.open_duration.as_secs_f64() * c.open_multiplier.powi(attempt as i32 - 1);
+        // Past a thousand trips in a row the cap has long been reached; the bound keeps `powi` sane.
+        let exponent = attempt.clamp(1, 1024) as i32 - 1;
+        let grown = c.open_duration.as_secs_f64() * c.open_multiplier.powi(exponent);
         let capped = grown.min(c.max_open_duration.as_secs_f64());
         let jitter = if c.open_jitter > 0.0 {
             let mut rng = self
@@ -213,7 +215,8 @@ impl Breaker {
         } else {
             0.0
         };
-        Duration::from_secs_f64(capped * (1.0 - jitter))
+        // Saturates rather than panics for caps near `Duration::MAX`.
+        Duration::try_from_secs_f64(capped * (1.0 - jitter)).unwrap_or(c.max_open_duration)
     }
 
     /// Opens the breaker from the state `word`, for `hint` if given, else for the backed-off

@@ -475,3 +475,19 @@ mod hints {
         assert_eq!(handle.metrics().failures, 1, "a 429 is a failure");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn extreme_open_durations_saturate_instead_of_panicking() {
+    let layer = tripping(1)
+        .open_backoff(1e300, Duration::MAX)
+        .open_jitter(1.0)
+        .build()
+        .unwrap();
+    let mut service = layer.layer(Backend);
+    trip(&mut service).await;
+    tokio::time::advance(secs(1)).await;
+    // The failed probe reopens for 1 s × 1e300, far beyond what a Duration holds.
+    assert_eq!(send(&mut service, Call::fail()).await, Ended::Failed);
+    let open = rejection(&mut service).await;
+    assert!(open.retry_after().unwrap() > secs(1_000_000), "{open:?}");
+}
