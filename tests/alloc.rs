@@ -8,24 +8,27 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tower::{Layer, Service};
 
 struct Counting;
 
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
+// Per thread, so that tests running side by side do not count each other's allocations.
 thread_local! {
     static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count_one() {
+    if COUNTING.with(|c| c.get()) {
+        ALLOCATIONS.with(|n| n.set(n.get() + 1));
+    }
 }
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.with(|c| c.get()) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
+        count_one();
         unsafe { System.alloc(layout) }
     }
 
@@ -34,9 +37,7 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.with(|c| c.get()) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
+        count_one();
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
@@ -46,11 +47,11 @@ static GLOBAL: Counting = Counting;
 
 /// Allocations made on this thread while `f` runs.
 fn allocations_during(f: impl FnOnce()) -> u64 {
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = ALLOCATIONS.with(|n| n.get());
     COUNTING.with(|c| c.set(true));
     f();
     COUNTING.with(|c| c.set(false));
-    ALLOCATIONS.load(Ordering::Relaxed) - before
+    ALLOCATIONS.with(|n| n.get()) - before
 }
 
 fn calls<S>(service: &mut S, n: u32, mut outcome: impl FnMut(u32) -> u32)
@@ -105,6 +106,29 @@ fn the_closed_call_path_allocates_nothing() {
             "the calls were recorded"
         );
     }
+}
+
+#[test]
+fn failures_below_the_threshold_allocate_nothing_either() {
+    use seawall::core::Outcome;
+    // One call in ten fails: the window's slots and counts change on most calls, the breaker stays
+    // closed.
+    let layer = CircuitBreakerLayer::builder()
+        .count_window(100)
+        .consecutive_failures(5)
+        .build()
+        .unwrap()
+        .classify(|r: &Result<u32, std::convert::Infallible>| match r {
+            Ok(n) if n % 10 == 0 => Outcome::Failure,
+            _ => Outcome::Success,
+        });
+    let mut service = layer.layer(support::Noop);
+    calls(&mut service, 1_000, |i| i);
+    let allocated = allocations_during(|| calls(&mut service, 100_000, |i| i));
+    assert_eq!(allocated, 0);
+    let metrics = layer.handle().metrics();
+    assert_eq!((metrics.calls, metrics.failures), (100, 10));
+    assert_eq!(metrics.state, seawall::core::CircuitState::Closed);
 }
 
 #[test]

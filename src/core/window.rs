@@ -4,8 +4,10 @@
 //!
 //! - [`CountWindow`]: the last `N` calls. A ring of one-byte slots and a cursor; recording a call
 //!   takes the next slot and adjusts a packed aggregate by the difference between what the slot held
-//!   and what it holds now. When the outcome equals what the slot already held (the steady state of a
-//!   healthy service) nothing is written at all, so a recorded success costs one atomic add.
+//!   and what it holds now. When the outcome equals what the slot already held, the slot is not
+//!   written; when the window is full of plain successes and another one comes, nothing is written at
+//!   all (every slot it could replace is the same), so the steady state of a healthy service is one
+//!   atomic load per call.
 //! - [`TimeWindow`]: the calls of the last `T`, in `B` buckets of `T / B`. Each bucket is one word
 //!   holding its epoch and its counts, replaced whole by compare-and-swap when its epoch is over, so
 //!   whoever replaces a bucket knows exactly what to take off the running totals. Buckets that no call
@@ -160,6 +162,13 @@ impl CountWindow {
     /// aggregate changed (it does not when the call replaces one with the same outcome).
     #[inline]
     pub fn record(&self, sample: Sample) -> bool {
+        // A full window of plain successes absorbs another one without a write: whichever slot it
+        // would replace holds a plain success too, so the last `size` calls read the same either
+        // way. (A call recorded concurrently by another thread is simply ordered after this one.)
+        // A healthy service's calls thus cost one read of a line nobody writes.
+        if sample == Sample::default() && self.aggregate.load(Relaxed) == self.size as u64 {
+            return false;
+        }
         let new = slot_of(sample);
         let position = self.cursor.fetch_add(1, Relaxed);
         let slot = &self.slots[self.index(position)];
