@@ -172,8 +172,9 @@ impl<G: Gate, O: Observer> PermitGuard<G, O> {
     #[inline]
     fn complete(&mut self, record: Record) {
         if let Some(permit) = self.permit.take() {
-            let emit = self.shared.emitter();
-            self.shared.gate.complete(permit, &record, emit);
+            let shared = &*self.shared;
+            let emit = shared.emitter();
+            shared.gate.complete(permit, &record, emit);
             emit.emit(EventKind::Finished {
                 outcome: record.outcome,
                 latency: record.latency,
@@ -185,8 +186,9 @@ impl<G: Gate, O: Observer> PermitGuard<G, O> {
 impl<G: Gate, O: Observer> Drop for PermitGuard<G, O> {
     fn drop(&mut self) {
         if let Some(permit) = self.permit.take() {
-            let emit = self.shared.emitter();
-            self.shared.gate.cancel(permit, emit);
+            let shared = &*self.shared;
+            let emit = shared.emitter();
+            shared.gate.cancel(permit, emit);
             emit.emit(EventKind::Cancelled);
         }
     }
@@ -273,8 +275,9 @@ where
             if self.rejected.is_some() {
                 return Poll::Ready(Ok(()));
             }
-            let emit = self.shared.emitter();
-            match ready!(self.shared.gate.poll_acquire(cx, emit)) {
+            let shared = &*self.shared;
+            let emit = shared.emitter();
+            match ready!(shared.gate.poll_acquire(cx, emit)) {
                 Ok(permit) => {
                     emit.emit(EventKind::Permitted);
                     self.permit = Some(PermitGuard {
@@ -303,9 +306,9 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         if let Some(permit) = self.permit.take() {
-            let start = (self.shared.gate.wants_latency()
-                || self.shared.source.observer().wants_latency())
-            .then(Instant::now);
+            let shared = &*self.shared;
+            let start = (shared.gate.wants_latency() || shared.source.observer().wants_latency())
+                .then(Instant::now);
             return GuardFuture {
                 kind: Kind::Admitted {
                     future: self.inner.call(req),
