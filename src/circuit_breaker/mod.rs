@@ -29,9 +29,10 @@
 //!
 //! # Cost
 //!
-//! On the closed path admission is one atomic load and completion one atomic add on the window: no
-//! lock, no allocation, no boxed future, and no clock read unless a slow-call rule, a time window or
-//! the observer needs time. The response future keeps the breaker alive through an `Arc`; a breaker
+//! On the closed path admission is one atomic load, and completion of a success in a healthy count
+//! window one more (a full window of successes absorbs another without a write; other outcomes cost
+//! an atomic add or two): no lock, no allocation, no boxed future, and no clock read unless a
+//! slow-call rule, a time window or the observer needs time. The response future keeps the breaker alive through an `Arc`; a breaker
 //! built with [`Builder::build_static`] lives as long as the process instead and skips that reference
 //! count too.
 //!

@@ -420,6 +420,16 @@ impl<G: Gate> GateLayer<G> {
             classify: ErrorIsFailure,
         }
     }
+
+    /// Like [`new`](Self::new), for a gate that lives as long as the process: it is leaked on purpose
+    /// (never freed), and in exchange admitted calls never touch a reference count. Build such
+    /// layers once, at start-up, never per request.
+    pub fn new_static(name: impl Into<Cow<'static, str>>, gate: G) -> Self {
+        GateLayer {
+            shared: Anchor::leaked(Shared::new(name.into(), gate, ())),
+            classify: ErrorIsFailure,
+        }
+    }
 }
 
 impl<G: Gate, C, O: Observer> GateLayer<G, C, O> {

@@ -82,6 +82,27 @@ where
     send(service, Call::ok()).await
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_static_custom_gate_works_the_same() {
+    let layer = GateLayer::new_static(
+        "quota",
+        Quota {
+            left: AtomicU64::new(1),
+            ..Quota::default()
+        },
+    );
+    let mut service = layer.layer(Backend);
+    assert_eq!(send_quota(&mut service).await, Ended::Ok);
+    let err = service
+        .ready()
+        .await
+        .unwrap()
+        .call(Call::ok())
+        .await
+        .unwrap_err();
+    assert!(err.is::<QuotaUsedUp>());
+}
+
 #[test]
 fn reject_reason_defaults_to_other() {
     assert_eq!(Quota::reject_reason(&QuotaUsedUp), RejectReason::Other);
