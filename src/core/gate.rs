@@ -421,6 +421,18 @@ impl<G: Gate> GateLayer<G> {
         }
     }
 
+    /// A layer over `gate` whose events go to `observer`.
+    pub fn with_observer<O: Observer>(
+        name: impl Into<Cow<'static, str>>,
+        gate: G,
+        observer: O,
+    ) -> GateLayer<G, ErrorIsFailure, O> {
+        GateLayer {
+            shared: Anchor::counted(Shared::new(name.into(), gate, observer)),
+            classify: ErrorIsFailure,
+        }
+    }
+
     /// Like [`new`](Self::new), for a gate that lives as long as the process: it is leaked on purpose
     /// (never freed), and in exchange admitted calls never touch a reference count. Build such
     /// layers once, at start-up, never per request.

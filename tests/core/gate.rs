@@ -14,6 +14,8 @@ struct QuotaUsedUp;
 struct Quota {
     left: AtomicU64,
     finished: AtomicU64,
+    /// Completions that came with a latency.
+    timed: AtomicU64,
 }
 
 impl Gate for Quota {
@@ -33,7 +35,9 @@ impl Gate for Quota {
 
     fn complete<O: Observer>(&self, _: (), record: &Record, emit: Emitter<'_, O>) {
         assert_eq!(emit.layer(), "quota");
-        assert!(record.latency.is_none(), "nobody asked for timing");
+        if record.latency.is_some() {
+            self.timed.fetch_add(1, Ordering::Relaxed);
+        }
         self.finished.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -73,6 +77,11 @@ async fn a_custom_gate_admits_rejects_and_gets_cancellations_back() {
         .unwrap_err();
     assert!(err.is::<QuotaUsedUp>());
     assert_eq!(layer.gate().finished.load(Ordering::Relaxed), 2);
+    assert_eq!(
+        layer.gate().timed.load(Ordering::Relaxed),
+        0,
+        "nobody asked for timing"
+    );
 }
 
 async fn send_quota<S>(service: &mut S) -> Ended
@@ -101,6 +110,33 @@ async fn a_static_custom_gate_works_the_same() {
         .await
         .unwrap_err();
     assert!(err.is::<QuotaUsedUp>());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_custom_gate_reports_to_its_observer() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let layer = GateLayer::with_observer(
+        "quota",
+        Quota {
+            left: AtomicU64::new(1),
+            ..Quota::default()
+        },
+        move |e: &Event<'_>| sink.lock().unwrap().push(e.kind),
+    );
+    let mut service = layer.layer(Backend);
+    send_quota(&mut service).await;
+    let _ = service.ready().await.unwrap().call(Call::ok()).await;
+    let kinds = seen.lock().unwrap().clone();
+    assert_eq!(kinds.len(), 3, "{kinds:?}");
+    assert_eq!(kinds[0], EventKind::Permitted);
+    assert!(matches!(kinds[1], EventKind::Finished { .. }));
+    assert_eq!(
+        kinds[2],
+        EventKind::Rejected {
+            reason: RejectReason::Other
+        }
+    );
 }
 
 #[test]
