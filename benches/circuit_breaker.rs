@@ -9,6 +9,7 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use seawall::circuit_breaker::CircuitBreakerLayer;
 use seawall::core::window::{Sample, TimeWindow};
+use seawall::core::Outcome;
 use std::convert::Infallible;
 use std::future::{ready, Future, Ready};
 use std::pin::pin;
@@ -71,6 +72,22 @@ where
                 call_once(&mut service, &mut cx, i as u32);
             }
             start.elapsed()
+        })
+    });
+}
+
+/// Like [`single`], with requests counting up, so that a classifier can tell them apart.
+fn single_counting<S>(c: &mut Criterion, name: &str, mut service: S)
+where
+    S: Service<u32>,
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut i = 0u32;
+    c.bench_function(name, |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            call_once(&mut service, &mut cx, i)
         })
     });
 }
@@ -161,6 +178,15 @@ fn static_breaker() -> CircuitBreakerLayer {
         .unwrap()
 }
 
+/// One call in ten fails (requests that are multiples of 10): the window's slots and counts change
+/// on most calls, while the breaker stays closed.
+fn one_in_ten_fails(r: &Result<u32, Infallible>) -> Outcome {
+    match r {
+        Ok(n) if n % 10 == 0 => Outcome::Failure,
+        _ => Outcome::Success,
+    }
+}
+
 fn benches(c: &mut Criterion) {
     let limit = tower::limit::ConcurrencyLimitLayer::new(1_000_000);
 
@@ -175,6 +201,24 @@ fn benches(c: &mut Criterion) {
         c,
         "single/breaker_count_100_static",
         static_breaker().layer(Noop),
+    );
+    let mixed = CircuitBreakerLayer::builder()
+        .count_window(100)
+        .classify(one_in_ten_fails as fn(&Result<u32, Infallible>) -> Outcome);
+    single_counting(
+        c,
+        "single/breaker_count_100_10pct_failures",
+        mixed.clone().build().unwrap().layer(Noop),
+    );
+    single_counting(
+        c,
+        "single/breaker_count_100_10pct_failures_static",
+        mixed.clone().build_static().unwrap().layer(Noop),
+    );
+    two_threads(
+        c,
+        "two_threads/breaker_count_100_10pct_failures_static",
+        mixed.build_static().unwrap().layer(Noop),
     );
     let time = CircuitBreakerLayer::builder()
         .time_window(Duration::from_secs(60))
