@@ -62,8 +62,13 @@ where
     S::Error: std::fmt::Debug,
 {
     let mut cx = Context::from_waker(Waker::noop());
+    // Requests count up, so that a classifier can tell them apart.
+    let mut i = 0u32;
     c.bench_function(name, |b| {
-        b.iter(|| call_once(&mut service, &mut cx, black_box(7)))
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            call_once(&mut service, &mut cx, i)
+        })
     });
     c.bench_function(&format!("{name}/loop"), |b| {
         b.iter_custom(|iters| {
@@ -72,22 +77,6 @@ where
                 call_once(&mut service, &mut cx, i as u32);
             }
             start.elapsed()
-        })
-    });
-}
-
-/// Like [`single`], with requests counting up, so that a classifier can tell them apart.
-fn single_counting<S>(c: &mut Criterion, name: &str, mut service: S)
-where
-    S: Service<u32>,
-    S::Error: std::fmt::Debug,
-{
-    let mut cx = Context::from_waker(Waker::noop());
-    let mut i = 0u32;
-    c.bench_function(name, |b| {
-        b.iter(|| {
-            i = i.wrapping_add(1);
-            call_once(&mut service, &mut cx, i)
         })
     });
 }
@@ -205,12 +194,12 @@ fn benches(c: &mut Criterion) {
     let mixed = CircuitBreakerLayer::builder()
         .count_window(100)
         .classify(one_in_ten_fails as fn(&Result<u32, Infallible>) -> Outcome);
-    single_counting(
+    single(
         c,
         "single/breaker_count_100_10pct_failures",
         mixed.clone().build().unwrap().layer(Noop),
     );
-    single_counting(
+    single(
         c,
         "single/breaker_count_100_10pct_failures_static",
         mixed.clone().build_static().unwrap().layer(Noop),

@@ -50,38 +50,44 @@ impl Gate for Quota {
     }
 }
 
+fn quota(left: u64) -> Quota {
+    Quota {
+        left: AtomicU64::new(left),
+        ..Quota::default()
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_custom_gate_admits_rejects_and_gets_cancellations_back() {
-    let layer = GateLayer::new(
-        "quota",
-        Quota {
-            left: AtomicU64::new(2),
-            ..Quota::default()
-        },
-    );
-    let mut service = layer.layer(Backend);
-    assert_eq!(send_quota(&mut service).await, Ended::Ok);
-    let pending = service
-        .ready()
-        .await
-        .unwrap()
-        .call(Call::ok().after(std::time::Duration::from_secs(9)));
-    drop(pending); // cancelled: the gate gets its unit back
-    assert_eq!(send_quota(&mut service).await, Ended::Ok);
-    let err = service
-        .ready()
-        .await
-        .unwrap()
-        .call(Call::ok())
-        .await
-        .unwrap_err();
-    assert!(err.is::<QuotaUsedUp>());
-    assert_eq!(layer.gate().finished.load(Ordering::Relaxed), 2);
-    assert_eq!(
-        layer.gate().timed.load(Ordering::Relaxed),
-        0,
-        "nobody asked for timing"
-    );
+    // The same, counted or static.
+    for layer in [
+        GateLayer::new("quota", quota(2)),
+        GateLayer::new_static("quota", quota(2)),
+    ] {
+        let mut service = layer.layer(Backend);
+        assert_eq!(send_quota(&mut service).await, Ended::Ok);
+        let pending = service
+            .ready()
+            .await
+            .unwrap()
+            .call(Call::ok().after(std::time::Duration::from_secs(9)));
+        drop(pending); // cancelled: the gate gets its unit back
+        assert_eq!(send_quota(&mut service).await, Ended::Ok);
+        let err = service
+            .ready()
+            .await
+            .unwrap()
+            .call(Call::ok())
+            .await
+            .unwrap_err();
+        assert!(err.is::<QuotaUsedUp>());
+        assert_eq!(layer.gate().finished.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            layer.gate().timed.load(Ordering::Relaxed),
+            0,
+            "nobody asked for timing"
+        );
+    }
 }
 
 async fn send_quota<S>(service: &mut S) -> Ended
@@ -92,38 +98,12 @@ where
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_static_custom_gate_works_the_same() {
-    let layer = GateLayer::new_static(
-        "quota",
-        Quota {
-            left: AtomicU64::new(1),
-            ..Quota::default()
-        },
-    );
-    let mut service = layer.layer(Backend);
-    assert_eq!(send_quota(&mut service).await, Ended::Ok);
-    let err = service
-        .ready()
-        .await
-        .unwrap()
-        .call(Call::ok())
-        .await
-        .unwrap_err();
-    assert!(err.is::<QuotaUsedUp>());
-}
-
-#[tokio::test(start_paused = true)]
 async fn a_custom_gate_reports_to_its_observer() {
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let sink = seen.clone();
-    let layer = GateLayer::with_observer(
-        "quota",
-        Quota {
-            left: AtomicU64::new(1),
-            ..Quota::default()
-        },
-        move |e: &Event<'_>| sink.lock().unwrap().push(e.kind),
-    );
+    let layer = GateLayer::with_observer("quota", quota(1), move |e: &Event<'_>| {
+        sink.lock().unwrap().push(e.kind)
+    });
     let mut service = layer.layer(Backend);
     send_quota(&mut service).await;
     let _ = service.ready().await.unwrap().call(Call::ok()).await;
