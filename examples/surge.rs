@@ -102,7 +102,7 @@ async fn main() -> Result<(), tower::BoxError> {
         .minimum_calls(20)
         .failure_rate_threshold(50.0)
         .open_duration(Duration::from_millis(800))
-        .open_backoff(2.0, Duration::from_secs(3))
+        .open_backoff(2.0, Duration::from_millis(1600))
         .half_open_probes(5)
         .observer(move |e: &Event<'_>| {
             if let EventKind::StateTransition { .. } = e.kind {
