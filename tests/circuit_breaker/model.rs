@@ -33,7 +33,10 @@ enum Op {
 
 #[derive(Clone, Debug)]
 struct Cfg {
+    /// The count window's size; with `time`, only an upper bound for `minimum`.
     window: usize,
+    /// A time window instead: bucket length in milliseconds, and buckets.
+    time: Option<(u64, u64)>,
     minimum: usize,
     rate: u32,
     consecutive: Option<u32>,
@@ -99,7 +102,8 @@ struct Model {
     cfg: Cfg,
     state: State,
     generation: u64,
-    window: VecDeque<bool>,
+    /// Finished calls as (time in ms, failed), oldest first.
+    window: VecDeque<(u64, bool)>,
     consecutive: u32,
     trips: u32,
     now: u64,
@@ -201,14 +205,13 @@ impl Model {
                         self.consecutive = 0;
                     }
                 }
-                self.window.push_back(failure);
-                if self.window.len() > self.cfg.window {
+                self.window.push_back((self.now, failure));
+                if self.cfg.time.is_none() && self.window.len() > self.cfg.window {
                     self.window.pop_front();
                 }
-                let calls = self.window.len();
-                let failures = self.window.iter().filter(|f| **f).count();
-                trip |=
-                    calls >= self.cfg.minimum && failures * 100 >= self.cfg.rate as usize * calls;
+                let (calls, failures) = self.counts();
+                trip |= calls >= self.cfg.minimum as u64
+                    && failures * 100 >= self.cfg.rate as u64 * calls;
                 if trip {
                     self.trip();
                 }
@@ -253,6 +256,23 @@ impl Model {
         }
     }
 
+    /// Calls and failures in the window now: the last `window` calls, or the calls whose bucket is
+    /// one of the last `buckets` buckets up to now.
+    fn counts(&self) -> (u64, u64) {
+        let in_reach = |t: u64| match self.cfg.time {
+            Some((bucket_ms, buckets)) => {
+                t / bucket_ms >= (self.now / bucket_ms + 1).saturating_sub(buckets)
+            }
+            None => true,
+        };
+        let (mut calls, mut failures) = (0, 0);
+        for (_, failed) in self.window.iter().filter(|(t, _)| in_reach(*t)) {
+            calls += 1;
+            failures += *failed as u64;
+        }
+        (calls, failures)
+    }
+
     fn cancel(&mut self, t: Ticket) {
         if let (
             State::HalfOpen {
@@ -277,19 +297,16 @@ impl Model {
 }
 
 fn cfg() -> impl Strategy<Value = Cfg> {
+    let time = proptest::option::of((1u64..30, 1u64..8));
     (
-        1usize..12,
-        1u32..100,
-        proptest::option::of(1u32..5),
-        1u32..4,
-        1u64..50,
-        0u64..4,
-        1u64..200,
+        (1usize..12, time, 1u32..100, proptest::option::of(1u32..5)),
+        (1u32..4, 1u64..50, 0u64..4, 1u64..200),
     )
         .prop_flat_map(
-            |(window, rate, consecutive, probes, open_ms, growth, max_wait_ms)| {
+            |((window, time, rate, consecutive), (probes, open_ms, growth, max_wait_ms))| {
                 (1..=window).prop_map(move |minimum| Cfg {
                     window,
+                    time,
                     minimum,
                     rate,
                     consecutive,
@@ -337,7 +354,6 @@ fn run(cfg: Cfg, ops: Vec<Op>) -> Result<(), TestCaseError> {
         .unwrap();
     runtime.block_on(async move {
         let mut builder = CircuitBreakerLayer::builder()
-            .count_window(cfg.window as u32)
             .minimum_calls(cfg.minimum as u64)
             .failure_rate_threshold(cfg.rate as f64)
             .half_open_probes(cfg.probes)
@@ -348,6 +364,11 @@ fn run(cfg: Cfg, ops: Vec<Op>) -> Result<(), TestCaseError> {
         if let Some(n) = cfg.consecutive {
             builder = builder.consecutive_failures(n);
         }
+        builder = match cfg.time {
+            Some((bucket_ms, buckets)) => builder
+                .time_window_buckets(Duration::from_millis(bucket_ms * buckets), buckets as u32),
+            None => builder.count_window(cfg.window as u32),
+        };
         let layer = builder
             .classify(classify as fn(&Result<Kind, &'static str>) -> Outcome)
             .build()
@@ -421,10 +442,9 @@ fn run(cfg: Cfg, ops: Vec<Op>) -> Result<(), TestCaseError> {
             let metrics = handle.metrics();
             prop_assert_eq!(metrics.state, state, "step {}", step);
             if model.state == State::Closed {
-                let failures = model.window.iter().filter(|f| **f).count() as u64;
                 prop_assert_eq!(
                     (metrics.calls, metrics.failures),
-                    (model.window.len() as u64, failures),
+                    model.counts(),
                     "step {}",
                     step
                 );
