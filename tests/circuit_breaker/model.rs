@@ -37,6 +37,8 @@ struct Cfg {
     window: usize,
     /// A time window instead: bucket length in milliseconds, and buckets.
     time: Option<(u64, u64)>,
+    /// The slow-call rule: percent, and the duration in milliseconds.
+    slow: Option<(u32, u64)>,
     minimum: usize,
     rate: u32,
     consecutive: Option<u32>,
@@ -80,21 +82,33 @@ fn classify(result: &Result<Kind, &'static str>) -> Outcome {
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum State {
     Closed,
-    Open {
-        until: u64,
-    },
-    HalfOpen {
-        since: u64,
-        admitted: u32,
-        completed: u32,
-        failed: u32,
-    },
+    Open { until: u64 },
+    HalfOpen(Trial),
+}
+
+/// A half-open trial's tallies.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Trial {
+    since: u64,
+    admitted: u32,
+    completed: u32,
+    failed: u32,
+    slow: u32,
 }
 
 #[derive(Clone, Copy, Debug)]
 struct Ticket {
     generation: u64,
     probe: bool,
+    started: u64,
+}
+
+/// A finished call in the window.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    at: u64,
+    failed: bool,
+    slow: bool,
 }
 
 /// The reference: the documented behaviour, written as plainly as possible.
@@ -102,8 +116,8 @@ struct Model {
     cfg: Cfg,
     state: State,
     generation: u64,
-    /// Finished calls as (time in ms, failed), oldest first.
-    window: VecDeque<(u64, bool)>,
+    /// Finished calls, oldest first.
+    window: VecDeque<Entry>,
     consecutive: u32,
     trips: u32,
     now: u64,
@@ -134,45 +148,38 @@ impl Model {
         self.generation += 1;
     }
 
+    fn ticket(&self, probe: bool) -> Ticket {
+        Ticket {
+            generation: self.generation,
+            probe,
+            started: self.now,
+        }
+    }
+
     /// `Ok(ticket)` if admitted, `Err(retry_after_ms)` if rejected.
     fn acquire(&mut self) -> Result<Ticket, Option<u64>> {
         match self.state {
-            State::Closed => Ok(Ticket {
-                generation: self.generation,
-                probe: false,
-            }),
+            State::Closed => Ok(self.ticket(false)),
             State::Open { until } if self.now < until => Err(Some(until - self.now)),
             State::Open { .. } => {
                 self.generation += 1;
-                self.state = State::HalfOpen {
+                self.state = State::HalfOpen(Trial {
                     since: self.now,
                     admitted: 1,
                     completed: 0,
                     failed: 0,
-                };
-                Ok(Ticket {
-                    generation: self.generation,
-                    probe: true,
-                })
+                    slow: 0,
+                });
+                Ok(self.ticket(true))
             }
-            State::HalfOpen {
-                since,
-                admitted,
-                completed,
-                failed,
-            } => {
-                if admitted < self.cfg.probes {
-                    self.state = State::HalfOpen {
-                        since,
-                        admitted: admitted + 1,
-                        completed,
-                        failed,
-                    };
-                    Ok(Ticket {
-                        generation: self.generation,
-                        probe: true,
-                    })
-                } else if self.now - since >= self.cfg.max_wait_ms {
+            State::HalfOpen(trial) => {
+                if trial.admitted < self.cfg.probes {
+                    self.state = State::HalfOpen(Trial {
+                        admitted: trial.admitted + 1,
+                        ..trial
+                    });
+                    Ok(self.ticket(true))
+                } else if self.now - trial.since >= self.cfg.max_wait_ms {
                     self.trip();
                     match self.state {
                         State::Open { until } => Err(Some(until - self.now)),
@@ -185,64 +192,77 @@ impl Model {
         }
     }
 
+    /// Whether `part` of `total` reaches `percent`.
+    fn reaches(part: u64, total: u64, percent: u32) -> bool {
+        part * 100 >= percent as u64 * total
+    }
+
     fn complete(&mut self, t: Ticket, kind: Kind) {
         if t.generation != self.generation {
             return;
         }
+        let slow = self
+            .cfg
+            .slow
+            .is_some_and(|(_, ms)| self.now - t.started >= ms);
         match (self.state, t.probe) {
             (State::Closed, false) => {
-                let failure = match kind {
+                let failed = match kind {
                     Kind::Ignored => return,
                     Kind::Failure => true,
                     Kind::Success => false,
                 };
                 let mut trip = false;
                 if let Some(limit) = self.cfg.consecutive {
-                    if failure {
+                    if failed {
                         self.consecutive += 1;
                         trip = self.consecutive >= limit;
                     } else {
                         self.consecutive = 0;
                     }
                 }
-                self.window.push_back((self.now, failure));
+                self.window.push_back(Entry {
+                    at: self.now,
+                    failed,
+                    slow,
+                });
                 if self.cfg.time.is_none() && self.window.len() > self.cfg.window {
                     self.window.pop_front();
                 }
-                let (calls, failures) = self.counts();
-                trip |= calls >= self.cfg.minimum as u64
-                    && failures * 100 >= self.cfg.rate as u64 * calls;
+                let (calls, failures, slow_calls) = self.counts();
+                if calls >= self.cfg.minimum as u64 {
+                    trip |= Self::reaches(failures, calls, self.cfg.rate);
+                    if let Some((percent, _)) = self.cfg.slow {
+                        trip |= Self::reaches(slow_calls, calls, percent);
+                    }
+                }
                 if trip {
                     self.trip();
                 }
             }
-            (
-                State::HalfOpen {
-                    since,
-                    admitted,
-                    completed,
-                    failed,
-                },
-                true,
-            ) => {
+            (State::HalfOpen(trial), true) => {
                 if kind == Kind::Ignored {
-                    self.state = State::HalfOpen {
-                        since,
-                        admitted: admitted - 1,
-                        completed,
-                        failed,
-                    };
+                    self.state = State::HalfOpen(Trial {
+                        admitted: trial.admitted - 1,
+                        ..trial
+                    });
                     return;
                 }
-                let (completed, failed) = (completed + 1, failed + (kind == Kind::Failure) as u32);
-                if completed < self.cfg.probes {
-                    self.state = State::HalfOpen {
-                        since,
-                        admitted,
-                        completed,
-                        failed,
-                    };
-                } else if failed * 100 < self.cfg.rate * self.cfg.probes {
+                let trial = Trial {
+                    completed: trial.completed + 1,
+                    failed: trial.failed + (kind == Kind::Failure) as u32,
+                    slow: trial.slow + slow as u32,
+                    ..trial
+                };
+                let probes = self.cfg.probes as u64;
+                let slow_fails = self
+                    .cfg
+                    .slow
+                    .is_some_and(|(percent, _)| Self::reaches(trial.slow as u64, probes, percent));
+                if trial.completed < self.cfg.probes {
+                    self.state = State::HalfOpen(trial);
+                } else if !Self::reaches(trial.failed as u64, probes, self.cfg.rate) && !slow_fails
+                {
                     self.state = State::Closed;
                     self.generation += 1;
                     self.window.clear();
@@ -256,41 +276,31 @@ impl Model {
         }
     }
 
-    /// Calls and failures in the window now: the last `window` calls, or the calls whose bucket is
-    /// one of the last `buckets` buckets up to now.
-    fn counts(&self) -> (u64, u64) {
-        let in_reach = |t: u64| match self.cfg.time {
+    /// Calls, failures and slow calls in the window now: the last `window` calls, or the calls whose
+    /// bucket is one of the last `buckets` buckets up to now.
+    fn counts(&self) -> (u64, u64, u64) {
+        let in_reach = |at: u64| match self.cfg.time {
             Some((bucket_ms, buckets)) => {
-                t / bucket_ms >= (self.now / bucket_ms + 1).saturating_sub(buckets)
+                at / bucket_ms >= (self.now / bucket_ms + 1).saturating_sub(buckets)
             }
             None => true,
         };
-        let (mut calls, mut failures) = (0, 0);
-        for (_, failed) in self.window.iter().filter(|(t, _)| in_reach(*t)) {
+        let (mut calls, mut failures, mut slow) = (0, 0, 0);
+        for e in self.window.iter().filter(|e| in_reach(e.at)) {
             calls += 1;
-            failures += *failed as u64;
+            failures += e.failed as u64;
+            slow += e.slow as u64;
         }
-        (calls, failures)
+        (calls, failures, slow)
     }
 
     fn cancel(&mut self, t: Ticket) {
-        if let (
-            State::HalfOpen {
-                since,
-                admitted,
-                completed,
-                failed,
-            },
-            true,
-        ) = (self.state, t.probe)
-        {
+        if let (State::HalfOpen(trial), true) = (self.state, t.probe) {
             if t.generation == self.generation {
-                self.state = State::HalfOpen {
-                    since,
-                    admitted: admitted - 1,
-                    completed,
-                    failed,
-                };
+                self.state = State::HalfOpen(Trial {
+                    admitted: trial.admitted - 1,
+                    ..trial
+                });
             }
         }
     }
@@ -298,15 +308,24 @@ impl Model {
 
 fn cfg() -> impl Strategy<Value = Cfg> {
     let time = proptest::option::of((1u64..30, 1u64..8));
+    // Round durations, so that calls often take exactly the slow-call duration.
+    let slow = proptest::option::of((1u32..100, (1u64..12).prop_map(|n| n * 5)));
     (
-        (1usize..12, time, 1u32..100, proptest::option::of(1u32..5)),
+        (
+            1usize..12,
+            time,
+            slow,
+            1u32..100,
+            proptest::option::of(1u32..5),
+        ),
         (1u32..4, 1u64..50, 0u64..4, 1u64..200),
     )
         .prop_flat_map(
-            |((window, time, rate, consecutive), (probes, open_ms, growth, max_wait_ms))| {
+            |((window, time, slow, rate, consecutive), (probes, open_ms, growth, max_wait_ms))| {
                 (1..=window).prop_map(move |minimum| Cfg {
                     window,
                     time,
+                    slow,
                     minimum,
                     rate,
                     consecutive,
@@ -327,7 +346,7 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
         2 => kind.prop_map(Op::Start),
         2 => (0usize..8).prop_map(Op::Finish),
         1 => (0usize..8).prop_map(Op::Cancel),
-        2 => (1u64..80).prop_map(Op::Advance),
+        2 => prop_oneof![(1u64..80), (1u64..6).prop_map(|n| n * 5)].prop_map(Op::Advance),
     ];
     proptest::collection::vec(op, 1..120)
 }
@@ -363,6 +382,9 @@ fn run(cfg: Cfg, ops: Vec<Op>) -> Result<(), TestCaseError> {
             .max_half_open_wait(Duration::from_millis(cfg.max_wait_ms));
         if let Some(n) = cfg.consecutive {
             builder = builder.consecutive_failures(n);
+        }
+        if let Some((percent, ms)) = cfg.slow {
+            builder = builder.slow_call_rate_threshold(percent as f64, Duration::from_millis(ms));
         }
         builder = match cfg.time {
             Some((bucket_ms, buckets)) => builder
@@ -437,24 +459,20 @@ fn run(cfg: Cfg, ops: Vec<Op>) -> Result<(), TestCaseError> {
             let state = match model.state {
                 State::Closed => CircuitState::Closed,
                 State::Open { .. } => CircuitState::Open,
-                State::HalfOpen { .. } => CircuitState::HalfOpen,
+                State::HalfOpen(_) => CircuitState::HalfOpen,
             };
             let metrics = handle.metrics();
             prop_assert_eq!(metrics.state, state, "step {}", step);
             if model.state == State::Closed {
                 prop_assert_eq!(
-                    (metrics.calls, metrics.failures),
+                    (metrics.calls, metrics.failures, metrics.slow_calls),
                     model.counts(),
                     "step {}",
                     step
                 );
             }
             let in_flight = match model.state {
-                State::HalfOpen {
-                    admitted,
-                    completed,
-                    ..
-                } => admitted - completed,
+                State::HalfOpen(trial) => trial.admitted - trial.completed,
                 _ => 0,
             };
             prop_assert_eq!(metrics.probes_in_flight, in_flight, "step {}", step);
