@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | circuit breaker | [`circuit_breaker`] | `circuit-breaker` (default) |
 //! | HTTP classification, `Retry-After` | [`http`] | `http` (default) |
+//! | the `grpc-timeout` header | [`grpc`] | `http` (default) |
 //!
 //! Retry, timeout, bulkhead, back-pressure and fallback layers are on the way; they share the same
 //! [`core`]: outcome classification, lock-free sliding windows, one admission gate `Service`, and one
@@ -40,6 +41,8 @@
 #[cfg(feature = "circuit-breaker")]
 pub mod circuit_breaker;
 pub mod core;
+#[cfg(feature = "http")]
+pub mod grpc;
 #[cfg(feature = "http")]
 pub mod http;
 mod sync;

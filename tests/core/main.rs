@@ -5,5 +5,7 @@ mod support;
 
 mod gate;
 #[cfg(feature = "http")]
+mod grpc;
+#[cfg(feature = "http")]
 mod http;
 mod window;
