@@ -80,7 +80,9 @@ pub fn parse_grpc_timeout(value: &str) -> Result<Duration, GrpcTimeoutError> {
     }
     // At most 99,999,999 hours: about 3.6e20 ns, too many for a u64 of nanoseconds but well within
     // a u128 and within a Duration.
-    let amount: u128 = digits.parse().expect("one to eight ASCII digits");
+    let amount = digits
+        .bytes()
+        .fold(0u128, |n, digit| n * 10 + (digit - b'0') as u128);
     let nanos = amount * *unit_nanos as u128;
     Ok(Duration::new(
         (nanos / 1_000_000_000) as u64,
