@@ -28,6 +28,14 @@ pub struct Open {
 }
 
 impl Open {
+    /// The breaker is open for another `nanos` nanoseconds.
+    pub(crate) fn open_for(nanos: u64) -> Self {
+        Open {
+            retry_after: Some(Duration::from_nanos(nanos)),
+            reason: RejectReason::CircuitOpen,
+        }
+    }
+
     /// How long until the breaker admits a probe again. `None` when nobody can tell: the breaker
     /// was forced open by hand, or it is half-open and waiting for its probes to finish.
     pub fn retry_after(&self) -> Option<Duration> {

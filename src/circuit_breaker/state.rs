@@ -94,6 +94,17 @@ pub struct Permit {
     probe: bool,
 }
 
+impl Permit {
+    /// A permit issued in the state `word`: a plain admission, or a half-open probe.
+    #[inline(always)]
+    fn of(word: u64, probe: bool) -> Self {
+        Permit {
+            generation: generation(word),
+            probe,
+        }
+    }
+}
+
 enum Window {
     Count(CountWindow),
     Time(TimeWindow),
@@ -166,6 +177,13 @@ impl Breaker {
 
     fn now(&self) -> u64 {
         self.nanos(Instant::now())
+    }
+
+    /// When `record`'s call finished: from the record if it was timed, else from the clock.
+    fn finished_at(&self, record: &Record) -> u64 {
+        record
+            .finished
+            .map_or_else(|| self.now(), |t| self.nanos(t))
     }
 
     /// The current state. An open breaker whose open period is over still reads as open until the
@@ -331,9 +349,7 @@ impl Breaker {
         let changed = match &self.window {
             Window::Count(w) => w.record(sample),
             Window::Time(w) => {
-                let at = record
-                    .finished
-                    .map_or_else(|| self.now(), |t| self.nanos(t));
+                let at = self.finished_at(record);
                 now = Some(at);
                 w.record(at, sample)
             }
@@ -423,9 +439,7 @@ impl Breaker {
                     Err(actual) => word = actual,
                 }
             } else {
-                let now = record
-                    .finished
-                    .map_or_else(|| self.now(), |t| self.nanos(t));
+                let now = self.finished_at(record);
                 if self.trip(word, now, None, emit).is_some() {
                     return;
                 }
@@ -447,10 +461,7 @@ impl Gate for Breaker {
     ) -> Poll<Result<Permit, Open>> {
         let word = self.state.load(Acquire);
         if matches!(tag(word), CLOSED | DISABLED | METRICS_ONLY) {
-            return Poll::Ready(Ok(Permit {
-                generation: generation(word),
-                probe: false,
-            }));
+            return Poll::Ready(Ok(Permit::of(word, false)));
         }
         Poll::Ready(self.acquire_slow(word, emit))
     }
@@ -544,12 +555,7 @@ impl Breaker {
     ) -> Result<Permit, Open> {
         loop {
             match tag(word) {
-                CLOSED | DISABLED | METRICS_ONLY => {
-                    return Ok(Permit {
-                        generation: generation(word),
-                        probe: false,
-                    })
-                }
+                CLOSED | DISABLED | METRICS_ONLY => return Ok(Permit::of(word, false)),
                 FORCED_OPEN => {
                     return Err(Open {
                         retry_after: None,
@@ -560,10 +566,7 @@ impl Breaker {
                     let now = self.now();
                     let until = self.open_until.load(Acquire);
                     if now < until {
-                        return Err(Open {
-                            retry_after: Some(Duration::from_nanos(until - now)),
-                            reason: RejectReason::CircuitOpen,
-                        });
+                        return Err(Open::open_for(until - now));
                     }
                     // The open period is over: this call is the first probe.
                     self.half_open_since.store(now, Relaxed);
@@ -574,10 +577,7 @@ impl Breaker {
                                 from: CircuitState::Open,
                                 to: CircuitState::HalfOpen,
                             });
-                            return Ok(Permit {
-                                generation: generation(half),
-                                probe: true,
-                            });
+                            return Ok(Permit::of(half, true));
                         }
                         Err(actual) => word = actual,
                     }
@@ -591,12 +591,7 @@ impl Breaker {
                             AcqRel,
                             Acquire,
                         ) {
-                            Ok(_) => {
-                                return Ok(Permit {
-                                    generation: generation(word),
-                                    probe: true,
-                                })
-                            }
+                            Ok(_) => return Ok(Permit::of(word, true)),
                             Err(actual) => {
                                 word = actual;
                                 continue;
@@ -614,12 +609,7 @@ impl Breaker {
                     }
                     // The probes never came back: the trial failed.
                     match self.trip(word, now, None, emit) {
-                        Some(until) => {
-                            return Err(Open {
-                                retry_after: Some(Duration::from_nanos(until - now)),
-                                reason: RejectReason::CircuitOpen,
-                            })
-                        }
+                        Some(until) => return Err(Open::open_for(until - now)),
                         None => word = self.state.load(Acquire),
                     }
                 }

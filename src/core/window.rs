@@ -435,8 +435,7 @@ impl TimeWindow {
 
     /// Empties the window as of `now_nanos`. O(buckets); meant for state transitions.
     pub fn reset(&self, now_nanos: u64) {
-        let epoch = now_nanos / self.bucket_nanos;
-        self.advance(epoch);
+        let epoch = self.epoch(now_nanos);
         let len = self.buckets.len() as u64;
         for e in (epoch + 1).saturating_sub(len)..=epoch {
             self.retag(e, true);
