@@ -4,10 +4,11 @@
 //! | layer | module | feature |
 //! |---|---|---|
 //! | circuit breaker | [`circuit_breaker`] | `circuit-breaker` (default) |
+//! | timeouts and deadlines, deadline propagation | [`timeout`], [`timeout::propagate`] | `timeout` (default; propagation with `http`) |
 //! | HTTP classification, `Retry-After` | [`http`] | `http` (default) |
 //! | the `grpc-timeout` header | [`grpc`] | `http` (default) |
 //!
-//! Retry, timeout, bulkhead, back-pressure and fallback layers are on the way; they share the same
+//! Retry, bulkhead, back-pressure and fallback layers are on the way; they share the same
 //! [`core`]: outcome classification, lock-free sliding windows, one admission gate `Service`, and one
 //! [`Observer`](core::Observer) hook for metrics and tracing.
 //!
@@ -46,6 +47,8 @@ pub mod grpc;
 #[cfg(feature = "http")]
 pub mod http;
 mod sync;
+#[cfg(feature = "timeout")]
+pub mod timeout;
 
 // The README's examples are compiled and run as doc tests.
 #[cfg(all(doctest, feature = "circuit-breaker", feature = "http"))]
@@ -62,6 +65,28 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed {
     ) -> tower::ServiceBuilder<
         tower::layer::util::Stack<circuit_breaker::CircuitBreakerLayer<C, O>, L>,
     >;
+
+    /// Wraps the services built below in `layer`'s timeout. (Not `timeout`: `ServiceBuilder`'s own
+    /// method of that name, tower's timeout, would be chosen instead.)
+    ///
+    /// ```
+    /// use seawall::timeout::TimeoutLayer;
+    /// use seawall::ServiceBuilderExt;
+    /// use std::time::Duration;
+    /// use tower::{service_fn, ServiceBuilder};
+    ///
+    /// let service = ServiceBuilder::new()
+    ///     .with_timeout(TimeoutLayer::new(Duration::from_secs(2)).propagate())
+    ///     .service(service_fn(|req: http::Request<()>| async move {
+    ///         Ok::<_, std::io::Error>(req)
+    ///     }));
+    /// # drop(service);
+    /// ```
+    #[cfg(feature = "timeout")]
+    fn with_timeout<P, O>(
+        self,
+        layer: timeout::TimeoutLayer<P, O>,
+    ) -> tower::ServiceBuilder<tower::layer::util::Stack<timeout::TimeoutLayer<P, O>, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for tower::ServiceBuilder<L> {
@@ -72,6 +97,14 @@ impl<L> ServiceBuilderExt<L> for tower::ServiceBuilder<L> {
     ) -> tower::ServiceBuilder<
         tower::layer::util::Stack<circuit_breaker::CircuitBreakerLayer<C, O>, L>,
     > {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "timeout")]
+    fn with_timeout<P, O>(
+        self,
+        layer: timeout::TimeoutLayer<P, O>,
+    ) -> tower::ServiceBuilder<tower::layer::util::Stack<timeout::TimeoutLayer<P, O>, L>> {
         self.layer(layer)
     }
 }

@@ -137,3 +137,105 @@ fn the_counter_counts() {
     let n = allocations_during(|| drop(std::hint::black_box(Box::new(7u64))));
     assert_eq!(n, 1);
 }
+
+#[cfg(all(feature = "timeout", feature = "http"))]
+mod timeout {
+    use super::allocations_during;
+    use seawall::core::{Deadline, DeadlineCarrier};
+    use seawall::timeout::TimeoutLayer;
+    use std::future::{ready, Future, Ready};
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+    use std::time::Duration;
+    use tower::{Layer, Service};
+
+    /// Always ready, answers at once, whatever the request.
+    struct Noop;
+
+    impl<R> Service<R> for Noop {
+        type Response = ();
+        type Error = std::convert::Infallible;
+        type Future = Ready<Result<(), std::convert::Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: R) -> Self::Future {
+            ready(Ok(()))
+        }
+    }
+
+    #[derive(Default)]
+    struct Query {
+        deadline: Option<Deadline>,
+    }
+
+    impl DeadlineCarrier for Query {
+        fn deadline(&self) -> Option<Deadline> {
+            self.deadline
+        }
+        fn set_deadline(&mut self, deadline: Deadline) {
+            self.deadline = Some(deadline);
+        }
+    }
+
+    /// Sends every request through `service`, which must answer each at once, and returns the
+    /// allocations made while doing so (not while making the requests).
+    fn allocations<S: Service<R>, R>(service: &mut S, requests: Vec<R>) -> u64
+    where
+        S::Error: std::fmt::Debug,
+    {
+        let mut requests = requests;
+        let mut cx = Context::from_waker(Waker::noop());
+        allocations_during(|| {
+            for req in requests.drain(..) {
+                assert!(matches!(service.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+                let future = pin!(service.call(req));
+                assert!(matches!(future.poll(&mut cx), Poll::Ready(Ok(_))));
+            }
+        })
+    }
+
+    #[test]
+    fn the_timeout_call_path_allocates_nothing() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let _entered = runtime.enter();
+        let second = Duration::from_secs(1);
+        const N: usize = 10_000;
+
+        let mut fixed = TimeoutLayer::new(second).layer(Noop);
+        let _ = allocations(&mut fixed, (0..100).map(|_| ()).collect()); // warm up
+        assert_eq!(allocations(&mut fixed, (0..N).map(|_| ()).collect()), 0);
+
+        // Propagating through a request type of one's own: read, and write.
+        let hour = Duration::from_secs(3600);
+        let mut propagating = TimeoutLayer::new(hour).propagate().layer(Noop);
+        let queries = (0..N).map(|_| Query::default()).collect();
+        assert_eq!(allocations(&mut propagating, queries), 0);
+        // Later than the layer's own timeout, and earlier (but never reached by this test).
+        let far = Deadline::after(2 * hour);
+        let near = Deadline::after(hour / 2);
+        for carried in [far, near] {
+            let queries = (0..N)
+                .map(|_| Query {
+                    deadline: Some(carried),
+                })
+                .collect();
+            assert_eq!(allocations(&mut propagating, queries), 0);
+        }
+
+        // An `http::Request` that already carries a deadline: it is overwritten in place.
+        let requests = (0..N)
+            .map(|_| {
+                let mut req = http::Request::new(());
+                req.set_deadline(far);
+                req
+            })
+            .collect();
+        assert_eq!(allocations(&mut propagating, requests), 0);
+    }
+}

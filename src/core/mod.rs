@@ -5,14 +5,17 @@
 //! home of the types every layer shares ([`Outcome`], [`Classify`], [`Observer`], [`Event`]).
 
 mod classify;
+mod deadline;
 pub(crate) mod gate;
 mod observe;
 mod outcome;
 pub mod window;
 
 pub use classify::{Classify, ErrorIsFailure};
+pub use deadline::{Deadline, DeadlineCarrier, RequestTimeout};
 pub use gate::{Gate, GateLayer, Guard, GuardFuture};
 pub use observe::{
-    CircuitState, Emitter, Event, EventKind, Observer, RejectReason, Source, TracingObserver,
+    CircuitState, Emitter, Event, EventKind, Observer, RejectReason, Source, TimeoutCause,
+    TracingObserver,
 };
 pub use outcome::{Outcome, Record};

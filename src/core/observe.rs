@@ -69,6 +69,36 @@ impl RejectReason {
     }
 }
 
+/// Why a timeout layer gave up on a call, as reported in [`EventKind::TimedOut`] and by
+/// [`Elapsed::cause`](crate::timeout::error::Elapsed::cause).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TimeoutCause {
+    /// The layer's own timeout ran out.
+    Timeout,
+    /// The deadline the request carried, set further out, came first.
+    Deadline,
+    /// The request's deadline had already passed when it arrived: the inner service was not called.
+    Expired,
+}
+
+impl TimeoutCause {
+    /// A short, stable label for metrics and logs, such as `"deadline"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeoutCause::Timeout => "timeout",
+            TimeoutCause::Deadline => "deadline",
+            TimeoutCause::Expired => "expired",
+        }
+    }
+}
+
+impl fmt::Display for TimeoutCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What happened, in an [`Event`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[non_exhaustive]
@@ -89,6 +119,13 @@ pub enum EventKind {
     },
     /// An admitted call was dropped before it finished. Nothing about it was counted.
     Cancelled,
+    /// A timeout layer gave up on a call (or, for [`TimeoutCause::Expired`], did not start it).
+    TimedOut {
+        /// How long the call ran before it was given up on.
+        elapsed: Duration,
+        /// Whose limit ran out.
+        cause: TimeoutCause,
+    },
     /// A circuit breaker changed state.
     StateTransition {
         /// The state it left.
@@ -143,6 +180,11 @@ pub trait Observer: Send + Sync + 'static {
     fn wants_latency(&self) -> bool {
         true
     }
+
+    /// `false` only for observers that ignore every event, such as `()`. Layers skip the work of
+    /// preparing events (for a timeout, keeping a reference to report a cancelled call) when it is
+    /// false, so it must not be false for an observer that wants events.
+    const ENABLED: bool = true;
 }
 
 impl<'a> Event<'a> {
@@ -153,6 +195,8 @@ impl<'a> Event<'a> {
 }
 
 impl Observer for () {
+    const ENABLED: bool = false;
+
     #[inline(always)]
     fn on_event(&self, _event: &Event<'_>) {}
 
@@ -208,6 +252,13 @@ impl Observer for TracingObserver {
                 "finished"
             ),
             EventKind::Cancelled => tracing::trace!(target: "seawall", layer, "cancelled"),
+            EventKind::TimedOut { elapsed, cause } => tracing::debug!(
+                target: "seawall",
+                layer,
+                cause = cause.as_str(),
+                elapsed_us = elapsed.as_micros() as u64,
+                "timed out"
+            ),
             EventKind::StateTransition { from, to } => match to {
                 CircuitState::Open | CircuitState::ForcedOpen => tracing::warn!(
                     target: "seawall",

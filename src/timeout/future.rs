@@ -1,0 +1,203 @@
+//! The response futures of the timeout layers.
+
+use super::error::Elapsed;
+use crate::core::{EventKind, Observer, Source, TimeoutCause};
+use pin_project_lite::pin_project;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
+use tower::BoxError;
+
+pin_project! {
+    /// The response future of [`Timeout`](super::Timeout).
+    pub struct ResponseFuture<F, O: Observer> {
+        #[pin]
+        kind: Kind<F>,
+        // Kept only for a listening observer, and taken when the call ends: still here on drop
+        // means the caller gave up on the call, which is a cancellation, not a timeout.
+        source: Listener<O>,
+    }
+}
+
+/// A listening observer's source, kept by a response future until its call ends.
+struct Listener<O: Observer>(Option<Arc<Source<O>>>);
+
+impl<O: Observer> Drop for Listener<O> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        if O::ENABLED {
+            if let Some(source) = self.0.take() {
+                source.emitter().emit(EventKind::Cancelled);
+            }
+        }
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    pub(super) enum Kind<F> {
+        Unbounded {
+            #[pin]
+            future: F,
+        },
+        Timed {
+            #[pin]
+            future: F,
+            #[pin]
+            sleep: Sleep,
+            start: Instant,
+            cause: TimeoutCause,
+        },
+        Expired,
+    }
+}
+
+impl<F, O: Observer> ResponseFuture<F, O> {
+    #[inline(always)]
+    pub(super) fn new(kind: Kind<F>, source: Option<Arc<Source<O>>>) -> Self {
+        ResponseFuture {
+            kind,
+            source: Listener(source),
+        }
+    }
+}
+
+impl<F, O: Observer> fmt::Debug for ResponseFuture<F, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            Kind::Unbounded { .. } => "unbounded",
+            Kind::Timed { .. } => "timed",
+            Kind::Expired => "expired",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("kind", &kind)
+            .finish()
+    }
+}
+
+impl<F, O, T, E> Future for ResponseFuture<F, O>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+    O: Observer,
+{
+    type Output = Result<T, BoxError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = match this.kind.project() {
+            KindProj::Unbounded { future } => match future.poll(cx) {
+                Poll::Ready(result) => result.map_err(Into::into),
+                Poll::Pending => return Poll::Pending,
+            },
+            KindProj::Timed {
+                future,
+                mut sleep,
+                start,
+                cause,
+            } => {
+                // The call first: a response that is ready when the timer fires still counts.
+                if let Poll::Ready(result) = future.poll(cx) {
+                    result.map_err(Into::into)
+                } else if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                } else {
+                    let elapsed = Instant::now().saturating_duration_since(*start);
+                    if let Some(source) = this.source.0.as_ref() {
+                        source.emitter().emit(EventKind::TimedOut {
+                            elapsed,
+                            cause: *cause,
+                        });
+                    }
+                    let budget = sleep.deadline().saturating_duration_since(*start);
+                    Err(Elapsed::new(budget, *cause).into())
+                }
+            }
+            KindProj::Expired => Err(Elapsed::new(Duration::ZERO, TimeoutCause::Expired).into()),
+        };
+        // The call has ended: dropping the future now is not a cancellation.
+        if O::ENABLED {
+            this.source.0.take();
+        }
+        Poll::Ready(result)
+    }
+}
+
+#[cfg(feature = "http")]
+pin_project! {
+    /// The response future of [`ReadDeadline`](super::propagate::ReadDeadline) and
+    /// [`WriteDeadline`](super::propagate::WriteDeadline): the inner call, or the reason it was not
+    /// made.
+    pub struct PropagateFuture<F> {
+        #[pin]
+        kind: PropagateKind<F>,
+    }
+}
+
+#[cfg(feature = "http")]
+pin_project! {
+    #[project = PropagateProj]
+    enum PropagateKind<F> {
+        Called {
+            #[pin]
+            future: F,
+        },
+        Failed {
+            error: Option<BoxError>,
+        },
+    }
+}
+
+#[cfg(feature = "http")]
+impl<F> PropagateFuture<F> {
+    pub(super) fn called(future: F) -> Self {
+        PropagateFuture {
+            kind: PropagateKind::Called { future },
+        }
+    }
+
+    pub(super) fn failed(error: impl Into<BoxError>) -> Self {
+        PropagateFuture {
+            kind: PropagateKind::Failed {
+                error: Some(error.into()),
+            },
+        }
+    }
+}
+
+#[cfg(feature = "http")]
+impl<F> fmt::Debug for PropagateFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            PropagateKind::Called { .. } => "called",
+            PropagateKind::Failed { .. } => "failed",
+        };
+        f.debug_struct("PropagateFuture")
+            .field("kind", &kind)
+            .finish()
+    }
+}
+
+#[cfg(feature = "http")]
+impl<F, T, E> Future for PropagateFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            PropagateProj::Called { future } => future.poll(cx).map_err(Into::into),
+            PropagateProj::Failed { error } => Poll::Ready(Err(error
+                .take()
+                .expect("PropagateFuture polled after completion"))),
+        }
+    }
+}
