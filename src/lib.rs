@@ -4,11 +4,12 @@
 //! | layer | module | feature |
 //! |---|---|---|
 //! | circuit breaker | [`circuit_breaker`] | `circuit-breaker` (default) |
+//! | retry: backoff and jitter, budgets, server hints | [`retry`] | `retry` (default) |
 //! | timeouts and deadlines, deadline propagation | [`timeout`], [`timeout::propagate`] | `timeout` (default; propagation with `http`) |
 //! | HTTP classification, `Retry-After` | [`http`] | `http` (default) |
 //! | the `grpc-timeout` header | [`grpc`] | `http` (default) |
 //!
-//! Retry, bulkhead, back-pressure and fallback layers are on the way; they share the same
+//! Bulkhead, back-pressure and fallback layers are on the way; they share the same
 //! [`core`]: outcome classification, lock-free sliding windows, one admission gate `Service`, and one
 //! [`Observer`](core::Observer) hook for metrics and tracing.
 //!
@@ -46,6 +47,8 @@ pub mod core;
 pub mod grpc;
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "retry")]
+pub mod retry;
 mod sync;
 #[cfg(feature = "timeout")]
 pub mod timeout;

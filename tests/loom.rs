@@ -171,3 +171,61 @@ fn half_open_admits_one_probe_among_racing_callers() {
         );
     });
 }
+
+#[test]
+fn concurrent_retries_never_overdraw_a_budget() {
+    use seawall::retry::budget::Budget;
+    // Three retries in each budget (a ratio budget's reserve, a token bucket's tokens) and two
+    // threads that try two each: exactly three are granted, whatever the interleaving.
+    let budgets: [fn() -> Budget; 2] = [
+        || Budget::ratio(0.2, 3, Duration::from_secs(1)).unwrap(),
+        || Budget::token_bucket(15, 5, 1).unwrap(),
+    ];
+    for make in budgets {
+        loom::model(move || {
+            let budget = make();
+            let granted = Arc::new(AtomicUsize::new(0));
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    let budget = budget.clone();
+                    let granted = granted.clone();
+                    thread::spawn(move || {
+                        for _ in 0..2 {
+                            if budget.try_withdraw() {
+                                granted.fetch_add(1, SeqCst);
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            assert_eq!(granted.load(SeqCst), 3);
+            assert_eq!(budget.available(), 0.0);
+        });
+    }
+}
+
+#[test]
+fn deposits_racing_a_retry_are_counted_once() {
+    use seawall::retry::budget::Budget;
+    // No reserve; one thread's five requests fund one retry while another thread retries: the
+    // retry is granted at most once, and the deposit is never counted twice.
+    loom::model(|| {
+        let budget = Budget::ratio(0.2, 0, Duration::from_secs(1)).unwrap();
+        let depositor = {
+            let budget = budget.clone();
+            thread::spawn(move || {
+                for _ in 0..5 {
+                    budget.record_request();
+                }
+            })
+        };
+        let first = budget.try_withdraw();
+        depositor.join().unwrap();
+        let second = budget.try_withdraw();
+        assert!(!(first && second), "one retry's worth granted twice");
+        assert!(!budget.try_withdraw());
+    });
+}

@@ -7,7 +7,7 @@
 mod classify;
 mod deadline;
 pub(crate) mod gate;
-mod observe;
+pub(crate) mod observe;
 mod outcome;
 pub mod window;
 
@@ -15,7 +15,7 @@ pub use classify::{Classify, ErrorIsFailure};
 pub use deadline::{Deadline, DeadlineCarrier, RequestTimeout};
 pub use gate::{Gate, GateLayer, Guard, GuardFuture};
 pub use observe::{
-    CircuitState, Emitter, Event, EventKind, Observer, RejectReason, Source, TimeoutCause,
-    TracingObserver,
+    CircuitState, Emitter, Event, EventKind, GiveUpReason, Observer, RejectReason, RetryReason,
+    Source, TimeoutCause, TracingObserver,
 };
 pub use outcome::{Outcome, Record};

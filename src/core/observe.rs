@@ -99,6 +99,60 @@ impl fmt::Display for TimeoutCause {
     }
 }
 
+/// Why a retry layer waits before the next attempt, as reported in [`EventKind::RetryScheduled`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RetryReason {
+    /// The backoff chose the delay.
+    Backoff,
+    /// The server said when to come back (`Retry-After` or a similar hint).
+    ServerHint,
+}
+
+impl RetryReason {
+    /// A short, stable label for metrics and logs, such as `"server_hint"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryReason::Backoff => "backoff",
+            RetryReason::ServerHint => "server_hint",
+        }
+    }
+}
+
+/// Why a retry layer stopped retrying a failed call, as reported in [`EventKind::GaveUp`]. The
+/// last attempt's outcome is returned to the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum GiveUpReason {
+    /// The maximum number of retries was reached.
+    Attempts,
+    /// Another retry would end past the maximum total time.
+    Elapsed,
+    /// Another retry would end past the request's deadline.
+    Deadline,
+    /// The retry budget had nothing left.
+    Budget,
+    /// The server asked to wait longer than the configured maximum.
+    HintTooLong,
+    /// The request may not be retried: the policy declined it (not idempotent, a body that cannot
+    /// be replayed, a predicate that said no).
+    NotRetryable,
+}
+
+impl GiveUpReason {
+    /// A short, stable label for metrics and logs, such as `"budget"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GiveUpReason::Attempts => "attempts",
+            GiveUpReason::Elapsed => "elapsed",
+            GiveUpReason::Deadline => "deadline",
+            GiveUpReason::Budget => "budget",
+            GiveUpReason::HintTooLong => "hint_too_long",
+            GiveUpReason::NotRetryable => "not_retryable",
+        }
+    }
+}
+
 /// What happened, in an [`Event`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[non_exhaustive]
@@ -125,6 +179,36 @@ pub enum EventKind {
         elapsed: Duration,
         /// Whose limit ran out.
         cause: TimeoutCause,
+    },
+    /// A retry layer started attempt number `attempt` (1 for the first) of a call.
+    AttemptStarted {
+        /// The attempt's number.
+        attempt: u32,
+    },
+    /// An attempt of a retry layer ended and was classified.
+    AttemptFinished {
+        /// The attempt's number.
+        attempt: u32,
+        /// Its outcome.
+        outcome: Outcome,
+        /// How long it took, when timing was wanted (see [`Observer::wants_latency`]).
+        latency: Option<Duration>,
+    },
+    /// A retry layer will make attempt number `attempt` after waiting `delay`.
+    RetryScheduled {
+        /// The number of the attempt to come.
+        attempt: u32,
+        /// How long it waits first.
+        delay: Duration,
+        /// What chose the delay.
+        reason: RetryReason,
+    },
+    /// A retry layer stopped retrying after `attempts` attempts; the last outcome is returned.
+    GaveUp {
+        /// How many attempts were made.
+        attempts: u32,
+        /// Why there was no other.
+        reason: GiveUpReason,
     },
     /// A circuit breaker changed state.
     StateTransition {
@@ -252,6 +336,40 @@ impl Observer for TracingObserver {
                 "finished"
             ),
             EventKind::Cancelled => tracing::trace!(target: "seawall", layer, "cancelled"),
+            EventKind::AttemptStarted { attempt } => {
+                tracing::trace!(target: "seawall", layer, attempt, "attempt started")
+            }
+            EventKind::AttemptFinished {
+                attempt,
+                outcome,
+                latency,
+            } => tracing::trace!(
+                target: "seawall",
+                layer,
+                attempt,
+                outcome = outcome.as_str(),
+                latency_us = latency.map(|l| l.as_micros() as u64),
+                "attempt finished"
+            ),
+            EventKind::RetryScheduled {
+                attempt,
+                delay,
+                reason,
+            } => tracing::debug!(
+                target: "seawall",
+                layer,
+                attempt,
+                delay_us = delay.as_micros() as u64,
+                reason = reason.as_str(),
+                "retry scheduled"
+            ),
+            EventKind::GaveUp { attempts, reason } => tracing::debug!(
+                target: "seawall",
+                layer,
+                attempts,
+                reason = reason.as_str(),
+                "gave up retrying"
+            ),
             EventKind::TimedOut { elapsed, cause } => tracing::debug!(
                 target: "seawall",
                 layer,
@@ -280,6 +398,68 @@ impl Observer for TracingObserver {
 
     fn wants_latency(&self) -> bool {
         tracing::enabled!(target: "seawall", tracing::Level::TRACE)
+    }
+}
+
+/// A listening observer's source, kept by a response future until its call ends; dropped before
+/// that, it reports the call as [`EventKind::Cancelled`]. Holds nothing for `()`.
+#[cfg(any(feature = "timeout", feature = "retry"))]
+pub(crate) struct Listener<O: Observer>(Option<std::sync::Arc<Source<O>>>);
+
+#[cfg(any(feature = "timeout", feature = "retry"))]
+impl<O: Observer> Listener<O> {
+    /// Keeps `source` if its observer listens at all.
+    #[inline(always)]
+    pub(crate) fn new(source: &std::sync::Arc<Source<O>>) -> Self {
+        Listener(O::ENABLED.then(|| source.clone()))
+    }
+
+    /// Nothing to report to.
+    #[cfg(feature = "timeout")]
+    #[inline(always)]
+    pub(crate) fn none() -> Self {
+        Listener(None)
+    }
+
+    /// Sends `kind`, if listening.
+    #[inline(always)]
+    pub(crate) fn emit(&self, kind: EventKind) {
+        if O::ENABLED {
+            if let Some(source) = &self.0 {
+                source.emitter().emit(kind);
+            }
+        }
+    }
+
+    /// Whether the observer wants latencies.
+    #[cfg(feature = "retry")]
+    #[inline(always)]
+    pub(crate) fn wants_latency(&self) -> bool {
+        O::ENABLED
+            && self
+                .0
+                .as_ref()
+                .is_some_and(|s| s.observer().wants_latency())
+    }
+
+    /// The call has ended: dropping the future now is not a cancellation.
+    #[inline(always)]
+    pub(crate) fn done(&mut self) {
+        if O::ENABLED {
+            self.0 = None;
+        }
+    }
+}
+
+#[cfg(any(feature = "timeout", feature = "retry"))]
+impl<O: Observer> Drop for Listener<O> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        if O::ENABLED {
+            if let Some(source) = self.0.take() {
+                source.emitter().emit(EventKind::Cancelled);
+            }
+        }
     }
 }
 

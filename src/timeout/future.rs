@@ -1,12 +1,12 @@
 //! The response futures of the timeout layers.
 
 use super::error::Elapsed;
-use crate::core::{EventKind, Observer, Source, TimeoutCause};
+use crate::core::observe::Listener;
+use crate::core::{EventKind, Observer, TimeoutCause};
 use pin_project_lite::pin_project;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
@@ -20,20 +20,6 @@ pin_project! {
         // Kept only for a listening observer, and taken when the call ends: still here on drop
         // means the caller gave up on the call, which is a cancellation, not a timeout.
         source: Listener<O>,
-    }
-}
-
-/// A listening observer's source, kept by a response future until its call ends.
-struct Listener<O: Observer>(Option<Arc<Source<O>>>);
-
-impl<O: Observer> Drop for Listener<O> {
-    #[inline(always)]
-    fn drop(&mut self) {
-        if O::ENABLED {
-            if let Some(source) = self.0.take() {
-                source.emitter().emit(EventKind::Cancelled);
-            }
-        }
     }
 }
 
@@ -58,11 +44,8 @@ pin_project! {
 
 impl<F, O: Observer> ResponseFuture<F, O> {
     #[inline(always)]
-    pub(super) fn new(kind: Kind<F>, source: Option<Arc<Source<O>>>) -> Self {
-        ResponseFuture {
-            kind,
-            source: Listener(source),
-        }
+    pub(super) fn new(kind: Kind<F>, source: Listener<O>) -> Self {
+        ResponseFuture { kind, source }
     }
 }
 
@@ -108,12 +91,10 @@ where
                     return Poll::Pending;
                 } else {
                     let elapsed = Instant::now().saturating_duration_since(*start);
-                    if let Some(source) = this.source.0.as_ref() {
-                        source.emitter().emit(EventKind::TimedOut {
-                            elapsed,
-                            cause: *cause,
-                        });
-                    }
+                    this.source.emit(EventKind::TimedOut {
+                        elapsed,
+                        cause: *cause,
+                    });
                     let budget = sleep.deadline().saturating_duration_since(*start);
                     Err(Elapsed::new(budget, *cause).into())
                 }
@@ -121,9 +102,7 @@ where
             KindProj::Expired => Err(Elapsed::new(Duration::ZERO, TimeoutCause::Expired).into()),
         };
         // The call has ended: dropping the future now is not a cancellation.
-        if O::ENABLED {
-            this.source.0.take();
-        }
+        this.source.done();
         Poll::Ready(result)
     }
 }

@@ -1,6 +1,7 @@
 use super::future::{Kind, ResponseFuture};
 use super::policy::Policy;
 use super::TimeoutLayer;
+use crate::core::observe::Listener;
 use crate::core::{Deadline, EventKind, Observer, Source, TimeoutCause};
 use std::fmt;
 use std::sync::Arc;
@@ -89,13 +90,13 @@ where
     #[inline]
     fn call(&mut self, mut req: Req) -> Self::Future {
         // Only a listening observer needs the future to keep the source, to hear of a cancellation.
-        let source = O::ENABLED.then(|| self.source.clone());
+        let source = || Listener::new(&self.source);
         let timeout = self.policy.timeout(&req);
         if !P::PROPAGATES {
             // As tower's `Timeout`: call, then start the clock.
             let future = self.inner.call(req);
             let Some(timeout) = timeout else {
-                return ResponseFuture::new(Kind::Unbounded { future }, source);
+                return ResponseFuture::new(Kind::Unbounded { future }, source());
             };
             let now = Instant::now();
             let deadline = Deadline::after_from(now, timeout);
@@ -106,7 +107,7 @@ where
                     start: now,
                     cause: TimeoutCause::Timeout,
                 },
-                source,
+                source(),
             );
         }
         let (now, deadline, cause) = match timeout {
@@ -125,7 +126,7 @@ where
                 None => {
                     // Nothing to enforce: no clock read, no timer.
                     let future = self.inner.call(req);
-                    return ResponseFuture::new(Kind::Unbounded { future }, source);
+                    return ResponseFuture::new(Kind::Unbounded { future }, source());
                 }
             },
         };
@@ -134,7 +135,7 @@ where
                 elapsed: Duration::ZERO,
                 cause: TimeoutCause::Expired,
             });
-            return ResponseFuture::new(Kind::Expired, None);
+            return ResponseFuture::new(Kind::Expired, Listener::none());
         }
         let future = self.inner.call(req);
         let sleep = tokio::time::sleep_until(deadline.instant());
@@ -145,7 +146,7 @@ where
                 start: now,
                 cause,
             },
-            source,
+            source(),
         )
     }
 }

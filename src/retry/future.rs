@@ -1,0 +1,285 @@
+//! The response future of [`Retry`](super::Retry).
+
+use super::budget::Budget;
+use super::config::Limits;
+use super::policy::Policy;
+use super::RetryLayer;
+use crate::core::observe::Listener;
+use crate::core::{Classify, EventKind, GiveUpReason, Observer, Outcome, RetryReason};
+use pin_project_lite::pin_project;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
+use tower::Service;
+
+pin_project! {
+    /// The response future of [`Retry`](super::Retry): the current attempt, a backoff, or the wait
+    /// for the inner service's readiness before the next attempt.
+    #[project = Proj]
+    pub struct ResponseFuture<S, Req, C, P, O>
+    where
+        S: Service<Req>,
+        O: Observer,
+    {
+        #[pin]
+        state: State<S::Future>,
+        service: S,
+        // A copy of the request for the next attempt; `None` when it may not be retried.
+        request: Option<Req>,
+        attempt: u32,
+        previous_delay: Duration,
+        // Set when a rule or the observer needs time.
+        start: Option<Instant>,
+        attempt_start: Option<Instant>,
+        rng: Option<SmallRng>,
+        seed: Option<u64>,
+        limits: Limits,
+        classify: C,
+        policy: P,
+        budget: Option<Budget>,
+        source: Listener<O>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Calling {
+            #[pin]
+            future: F,
+        },
+        Waiting {
+            #[pin]
+            sleep: Sleep,
+        },
+        Readying,
+    }
+}
+
+/// What to do after a failed attempt.
+enum Next {
+    Retry(Duration, RetryReason, Instant),
+    GiveUp(GiveUpReason),
+}
+
+impl<S, Req, C, P, O> ResponseFuture<S, Req, C, P, O>
+where
+    S: Service<Req>,
+    C: Classify<S::Response, S::Error> + Clone,
+    P: Policy<Req, S::Response, S::Error> + Clone,
+    O: Observer,
+{
+    #[inline]
+    pub(super) fn start(mut service: S, req: Req, layer: &RetryLayer<C, P, O>) -> Self {
+        let request = if layer.limits.max_retries > 0 {
+            layer.policy.replay(&req)
+        } else {
+            None
+        };
+        if let Some(budget) = &layer.budget {
+            budget.record_request();
+        }
+        let source = Listener::new(&layer.source);
+        let timed = source.wants_latency();
+        let start = (timed || layer.limits.max_elapsed.is_some()).then(Instant::now);
+        source.emit(EventKind::AttemptStarted { attempt: 1 });
+        let future = service.call(req);
+        ResponseFuture {
+            state: State::Calling { future },
+            service,
+            request,
+            attempt: 1,
+            previous_delay: Duration::ZERO,
+            start,
+            attempt_start: if timed { start } else { None },
+            rng: None,
+            seed: layer
+                .sessions
+                .as_ref()
+                .map(|(seed, sessions)| session_seed(*seed, sessions)),
+            limits: layer.limits,
+            classify: layer.classify.clone(),
+            policy: layer.policy.clone(),
+            budget: layer.budget.clone(),
+            source,
+        }
+    }
+}
+
+/// The seed of the next session of a seeded layer: sessions differ, runs repeat.
+fn session_seed(seed: u64, sessions: &std::sync::atomic::AtomicU64) -> u64 {
+    let session = sessions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    seed ^ session.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+impl<S, Req, C, P, O> fmt::Debug for ResponseFuture<S, Req, C, P, O>
+where
+    S: Service<Req>,
+    O: Observer,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Calling { .. } => "calling",
+            State::Waiting { .. } => "waiting",
+            State::Readying => "readying",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("attempt", &self.attempt)
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl<S, Req, C, P, O> Future for ResponseFuture<S, Req, C, P, O>
+where
+    S: Service<Req>,
+    C: Classify<S::Response, S::Error>,
+    P: Policy<Req, S::Response, S::Error>,
+    O: Observer,
+{
+    type Output = Result<S::Response, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Calling { future } => {
+                    let result = ready!(future.poll(cx));
+                    let attempt = *this.attempt;
+                    let outcome = this.classify.classify(&result);
+                    this.source.emit(EventKind::AttemptFinished {
+                        attempt,
+                        outcome,
+                        latency: this.attempt_start.map(|t| t.elapsed()),
+                    });
+                    if outcome != Outcome::Failure {
+                        if outcome == Outcome::Success {
+                            if let Some(budget) = this.budget {
+                                budget.record_success(attempt - 1);
+                            }
+                        }
+                        this.source.done();
+                        return Poll::Ready(result);
+                    }
+                    match decide(&mut this, &result) {
+                        Next::Retry(delay, reason, now) => {
+                            *this.previous_delay = delay;
+                            this.source.emit(EventKind::RetryScheduled {
+                                attempt: attempt + 1,
+                                delay,
+                                reason,
+                            });
+                            let sleep = tokio::time::sleep_until(now + delay);
+                            this.state.set(State::Waiting { sleep });
+                        }
+                        Next::GiveUp(reason) => {
+                            this.source.emit(EventKind::GaveUp {
+                                attempts: attempt,
+                                reason,
+                            });
+                            this.source.done();
+                            return Poll::Ready(result);
+                        }
+                    }
+                }
+                StateProj::Waiting { sleep } => {
+                    ready!(sleep.poll(cx));
+                    this.state.set(State::Readying);
+                }
+                StateProj::Readying => {
+                    // Capacity is asked for only now, after the backoff, never held through it.
+                    if let Err(e) = ready!(this.service.poll_ready(cx)) {
+                        this.source.done();
+                        return Poll::Ready(Err(e));
+                    }
+                    *this.attempt += 1;
+                    let last = *this.attempt > this.limits.max_retries;
+                    let copy = this.request.as_ref().expect("a retry has a request");
+                    // The last attempt takes the copy itself; others keep one for the next.
+                    let req = if last {
+                        this.request.take()
+                    } else {
+                        this.policy.replay(copy)
+                    };
+                    let req = match req {
+                        Some(req) => req,
+                        None => unreachable!("the policy replayed this request before"),
+                    };
+                    this.source.emit(EventKind::AttemptStarted {
+                        attempt: *this.attempt,
+                    });
+                    if this.attempt_start.is_some() {
+                        *this.attempt_start = Some(Instant::now());
+                    }
+                    let future = this.service.call(req);
+                    this.state.set(State::Calling { future });
+                }
+            }
+        }
+    }
+}
+
+/// Whether and when to retry a failed attempt: the limits in the order of their cost, the budget
+/// last, so that it is only drawn on for a retry that will happen.
+fn decide<S, Req, C, P, O, T, E>(
+    this: &mut Proj<'_, S, Req, C, P, O>,
+    result: &Result<T, E>,
+) -> Next
+where
+    S: Service<Req, Response = T, Error = E>,
+    C: Classify<T, E>,
+    P: Policy<Req, T, E>,
+    O: Observer,
+{
+    let retry = *this.attempt; // the number of the retry to come
+    if retry > this.limits.max_retries {
+        return Next::GiveUp(GiveUpReason::Attempts);
+    }
+    let Some(request) = this.request.as_ref() else {
+        return Next::GiveUp(GiveUpReason::NotRetryable);
+    };
+    if !this.policy.should_retry(request, result) {
+        return Next::GiveUp(GiveUpReason::NotRetryable);
+    }
+    let rng = this.rng.get_or_insert_with(|| match this.seed {
+        Some(seed) => SmallRng::seed_from_u64(*seed),
+        None => SmallRng::from_rng(&mut rand::rng()),
+    });
+    let (delay, reason) = match this.classify.retry_after(result) {
+        Some(hint) if hint > this.limits.max_hint => {
+            return Next::GiveUp(GiveUpReason::HintTooLong);
+        }
+        // Never earlier than the server asked, and spread over half as long again.
+        Some(hint) => (
+            hint + Duration::from_nanos(rng.random_range(0..=hint.as_nanos() as u64 / 2)),
+            RetryReason::ServerHint,
+        ),
+        None => (
+            this.limits.backoff.delay(retry, *this.previous_delay, rng),
+            RetryReason::Backoff,
+        ),
+    };
+    let now = Instant::now();
+    let resume = now + delay;
+    if let Some(deadline) = this.policy.deadline(request) {
+        if resume >= deadline.instant() {
+            return Next::GiveUp(GiveUpReason::Deadline);
+        }
+    }
+    if let (Some(max), Some(start)) = (this.limits.max_elapsed, *this.start) {
+        if resume.saturating_duration_since(start) >= max {
+            return Next::GiveUp(GiveUpReason::Elapsed);
+        }
+    }
+    if let Some(budget) = this.budget {
+        if !budget.try_withdraw() {
+            return Next::GiveUp(GiveUpReason::Budget);
+        }
+    }
+    Next::Retry(delay, reason, now)
+}

@@ -1,0 +1,83 @@
+use super::budget::Budget;
+use super::config::{Builder, Limits};
+use super::policy::Cloned;
+use super::Retry;
+use crate::core::{ErrorIsFailure, Source};
+use std::fmt;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use tower::Layer;
+
+/// Wraps services in [`Retry`]; see the [module docs](super). Every service the layer makes, and
+/// every clone of those, shares its budget.
+pub struct RetryLayer<C = ErrorIsFailure, P = Cloned, O = ()> {
+    pub(super) limits: Limits,
+    pub(super) budget: Option<Budget>,
+    pub(super) sessions: Option<(u64, Arc<AtomicU64>)>,
+    pub(super) classify: C,
+    pub(super) policy: P,
+    pub(super) source: Arc<Source<O>>,
+}
+
+impl RetryLayer {
+    /// Retries with the default settings (see [`Builder`]).
+    pub fn new() -> Self {
+        Builder::default()
+            .build()
+            .expect("the default configuration is valid")
+    }
+
+    /// Starts a [`Builder`] from the default settings.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+}
+
+impl Default for RetryLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<C, P, O> RetryLayer<C, P, O> {
+    /// The layer's budget, if it has one.
+    pub fn budget(&self) -> Option<&Budget> {
+        self.budget.as_ref()
+    }
+}
+
+impl<C: Clone, P: Clone, O> Clone for RetryLayer<C, P, O> {
+    fn clone(&self) -> Self {
+        RetryLayer {
+            limits: self.limits,
+            budget: self.budget.clone(),
+            sessions: self.sessions.clone(),
+            classify: self.classify.clone(),
+            policy: self.policy.clone(),
+            source: self.source.clone(),
+        }
+    }
+}
+
+impl<C: fmt::Debug, P: fmt::Debug, O> fmt::Debug for RetryLayer<C, P, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryLayer")
+            .field("name", &self.source.name())
+            .field("limits", &self.limits)
+            .field("budget", &self.budget)
+            .field("classify", &self.classify)
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+impl<S, C: Clone, P: Clone, O> Layer<S> for RetryLayer<C, P, O> {
+    type Service = Retry<S, C, P, O>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Retry {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Tests of the retry layer, its backoff and its budgets. Time is tokio's paused clock.
+#![cfg(feature = "retry")]
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod backoff;
+mod budget;
+#[cfg(all(feature = "circuit-breaker", feature = "http"))]
+mod integration;
+mod layer;
