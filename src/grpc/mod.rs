@@ -1,4 +1,5 @@
-//! gRPC support: the `grpc-timeout` header, read and written strictly.
+//! gRPC support: the `grpc-timeout` header, read and written strictly; the `grpc-status` and
+//! `grpc-retry-pushback-ms` headers; and [`GrpcClassifier`].
 //!
 //! A gRPC client says how long it will wait in `grpc-timeout`: one to eight ASCII digits followed by
 //! a unit, `H` (hours), `M` (minutes), `S` (seconds), `m` (milliseconds), `u` (microseconds) or `n`
@@ -7,7 +8,8 @@
 //! [`format_grpc_timeout`] writes a duration in the finest unit that fits, never rounding up, so a
 //! callee is never told it has more time than the caller does.
 
-use http::HeaderValue;
+use crate::core::{Classify, Outcome};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use std::time::Duration;
 
 /// The header's name.
@@ -121,4 +123,209 @@ pub fn format_grpc_timeout(timeout: Duration) -> String {
 /// Writes `timeout` as a `grpc-timeout` header value.
 pub fn grpc_timeout_header(timeout: Duration) -> HeaderValue {
     HeaderValue::try_from(format_grpc_timeout(timeout)).expect("digits and a unit letter")
+}
+
+/// The `grpc-status` header's name.
+pub const GRPC_STATUS: &str = "grpc-status";
+
+/// The `grpc-retry-pushback-ms` header's name.
+pub const GRPC_RETRY_PUSHBACK_MS: &str = "grpc-retry-pushback-ms";
+
+/// gRPC status codes, by their number.
+pub mod code {
+    /// The call succeeded.
+    pub const OK: u32 = 0;
+    /// The call was cancelled.
+    pub const CANCELLED: u32 = 1;
+    /// An error the server could not classify.
+    pub const UNKNOWN: u32 = 2;
+    /// The client sent an invalid argument.
+    pub const INVALID_ARGUMENT: u32 = 3;
+    /// The deadline passed before the call finished.
+    pub const DEADLINE_EXCEEDED: u32 = 4;
+    /// Something was not found.
+    pub const NOT_FOUND: u32 = 5;
+    /// A resource, such as a quota or the server's capacity, is exhausted.
+    pub const RESOURCE_EXHAUSTED: u32 = 8;
+    /// An internal error.
+    pub const INTERNAL: u32 = 13;
+    /// The service is unavailable, most likely for a short while: the code to retry.
+    pub const UNAVAILABLE: u32 = 14;
+    /// Data was lost or corrupted.
+    pub const DATA_LOSS: u32 = 15;
+}
+
+/// The `grpc-status` a response carries in its headers (a "trailers-only" response, which is how
+/// servers answer calls that fail before any message), if any and well formed. A status sent in the
+/// trailers, after the body, cannot be seen by a layer that does not read the body.
+pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    let value = headers.get(GRPC_STATUS)?.to_str().ok()?;
+    if value.is_empty() || value.len() > 2 || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse().ok()
+}
+
+/// What a server said with `grpc-retry-pushback-ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pushback {
+    /// Retry no sooner than this.
+    After(Duration),
+    /// Do not retry: the value was negative or could not be read (the gRPC retry design, A6).
+    DoNotRetry,
+}
+
+/// Reads a `grpc-retry-pushback-ms` value: a non-negative number of milliseconds, ASCII digits
+/// only. Anything else, a negative value included, means do not retry.
+///
+/// ```
+/// use http::HeaderValue;
+/// use seawall::grpc::{parse_retry_pushback, Pushback};
+/// use std::time::Duration;
+///
+/// let parse = |v: &'static str| parse_retry_pushback(&HeaderValue::from_static(v));
+/// assert_eq!(parse("250"), Pushback::After(Duration::from_millis(250)));
+/// assert_eq!(parse("-1"), Pushback::DoNotRetry);
+/// assert_eq!(parse("soon"), Pushback::DoNotRetry);
+/// ```
+pub fn parse_retry_pushback(value: &HeaderValue) -> Pushback {
+    let Ok(text) = value.to_str() else {
+        return Pushback::DoNotRetry;
+    };
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Pushback::DoNotRetry;
+    }
+    match text.parse::<u64>() {
+        Ok(ms) => Pushback::After(Duration::from_millis(ms)),
+        Err(_) => Pushback::DoNotRetry,
+    }
+}
+
+/// The pushback a response carries, if it carries one.
+pub fn retry_pushback(headers: &HeaderMap) -> Option<Pushback> {
+    headers
+        .get(GRPC_RETRY_PUSHBACK_MS)
+        .map(parse_retry_pushback)
+}
+
+/// Classifies gRPC calls, `Result<http::Response<B>, E>`, from the `grpc-status` of trailers-only
+/// responses.
+///
+/// By default every `Err` is a failure, and so are a response whose HTTP status is not 200 and the
+/// codes UNKNOWN, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL, UNAVAILABLE and DATA_LOSS: what
+/// says the server is in trouble, for a circuit breaker. Other codes say the call was wrong, not the
+/// server, and are successes; so is a response without `grpc-status` in its headers (its status
+/// comes in the trailers). [`GrpcClassifier::retryable`] is the classifier for retries. A
+/// `grpc-retry-pushback-ms` is read as the server's hint.
+///
+/// ```
+/// use http::Response;
+/// use seawall::core::{Classify, Outcome};
+/// use seawall::grpc::GrpcClassifier;
+///
+/// let status = |code: &str| -> Result<Response<()>, std::io::Error> {
+///     Ok(Response::builder().header("grpc-status", code).body(()).unwrap())
+/// };
+/// let classify = GrpcClassifier::default();
+/// assert_eq!(classify.classify(&status("14")), Outcome::Failure);
+/// assert_eq!(classify.classify(&status("5")), Outcome::Success);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GrpcClassifier {
+    failures: u32,
+    ignored: u32,
+}
+
+impl Default for GrpcClassifier {
+    fn default() -> Self {
+        let failures = [
+            code::UNKNOWN,
+            code::DEADLINE_EXCEEDED,
+            code::RESOURCE_EXHAUSTED,
+            code::INTERNAL,
+            code::UNAVAILABLE,
+            code::DATA_LOSS,
+        ]
+        .iter()
+        .fold(0, |set, code| set | 1 << code);
+        GrpcClassifier {
+            failures,
+            ignored: 0,
+        }
+    }
+}
+
+impl GrpcClassifier {
+    /// The classifier for retries: UNAVAILABLE and RESOURCE_EXHAUSTED are failures, and so are
+    /// `Err`s and HTTP statuses other than 200; every other error code is ignored (returned as it
+    /// is). [`GrpcPolicy`](crate::retry::grpc::GrpcPolicy) then retries RESOURCE_EXHAUSTED only
+    /// when the server sent a pushback.
+    pub fn retryable() -> Self {
+        let all_errors = (1u32 << 17) - 2; // codes 1 to 16
+        let failures = 1 << code::UNAVAILABLE | 1 << code::RESOURCE_EXHAUSTED;
+        GrpcClassifier {
+            failures,
+            ignored: all_errors & !failures,
+        }
+    }
+
+    /// Counts `code` as a failure.
+    pub fn failure(mut self, code: u32) -> Self {
+        if code < 32 {
+            self.failures |= 1 << code;
+            self.ignored &= !(1 << code);
+        }
+        self
+    }
+
+    /// Counts `code` as a success.
+    pub fn success(mut self, code: u32) -> Self {
+        if code < 32 {
+            self.failures &= !(1 << code);
+            self.ignored &= !(1 << code);
+        }
+        self
+    }
+
+    /// Leaves `code` out of every count.
+    pub fn ignore(mut self, code: u32) -> Self {
+        if code < 32 {
+            self.failures &= !(1 << code);
+            self.ignored |= 1 << code;
+        }
+        self
+    }
+
+    /// The outcome of a response with this gRPC status code.
+    pub fn classify_code(&self, code: u32) -> Outcome {
+        let bit = 1u32.checked_shl(code).unwrap_or(0);
+        if self.failures & bit != 0 {
+            Outcome::Failure
+        } else if self.ignored & bit != 0 {
+            Outcome::Ignored
+        } else {
+            Outcome::Success
+        }
+    }
+}
+
+impl<B, E> Classify<Response<B>, E> for GrpcClassifier {
+    #[inline]
+    fn classify(&self, result: &Result<Response<B>, E>) -> Outcome {
+        match result {
+            Err(_) => Outcome::Failure,
+            Ok(response) if response.status() != StatusCode::OK => Outcome::Failure,
+            Ok(response) => match grpc_status(response.headers()) {
+                Some(code) => self.classify_code(code),
+                None => Outcome::Success,
+            },
+        }
+    }
+
+    fn retry_after(&self, result: &Result<Response<B>, E>) -> Option<Duration> {
+        match retry_pushback(result.as_ref().ok()?.headers())? {
+            Pushback::After(delay) => Some(delay),
+            Pushback::DoNotRetry => None,
+        }
+    }
 }

@@ -1,4 +1,4 @@
-//! HTTP support: [`HttpClassifier`] and `Retry-After` parsing.
+//! HTTP support: [`HttpClassifier`], and `Retry-After` and `X-RateLimit-Reset` parsing.
 
 use crate::core::{Classify, Outcome};
 use http::{header, HeaderValue, Response, StatusCode};
@@ -40,8 +40,9 @@ impl StatusSet {
 /// to 599 can be moved between failure, success and ignored.
 ///
 /// For failed 429 and 503 responses it reads the `Retry-After` header (both delta-seconds and
-/// HTTP-date), which a breaker built with
-/// [`honor_retry_after`](crate::circuit_breaker::Builder::honor_retry_after) obeys.
+/// HTTP-date), or failing that `X-RateLimit-Reset` (see [`parse_rate_limit_reset`]): the hint a
+/// breaker built with [`honor_retry_after`](crate::circuit_breaker::Builder::honor_retry_after) and
+/// the retry layer obey.
 ///
 /// ```
 /// use http::{Response, StatusCode};
@@ -83,6 +84,37 @@ impl Default for HttpClassifier {
 }
 
 impl HttpClassifier {
+    /// The classifier for retries: only 408, 429, 502, 503 and 504, and every `Err`, are failures
+    /// (worth retrying); other 4xx and 5xx responses are ignored (returned as they are, and never
+    /// counted as successes). What [`RetryLayer`](crate::retry::RetryLayer)'s HTTP settings use.
+    ///
+    /// ```
+    /// use http::Response;
+    /// use seawall::core::{Classify, Outcome};
+    /// use seawall::http::HttpClassifier;
+    ///
+    /// let classify = HttpClassifier::retryable();
+    /// let answer = |code: u16| -> Result<Response<()>, std::io::Error> {
+    ///     Ok(Response::builder().status(code).body(()).unwrap())
+    /// };
+    /// assert_eq!(classify.classify(&answer(503)), Outcome::Failure);
+    /// assert_eq!(classify.classify(&answer(500)), Outcome::Ignored);
+    /// assert_eq!(classify.classify(&answer(200)), Outcome::Success);
+    /// ```
+    pub fn retryable() -> Self {
+        let mut classify = HttpClassifier {
+            failures: StatusSet::default(),
+            ignored: StatusSet::default(),
+        };
+        for code in FIRST..=LAST {
+            classify.ignored.set(code, true);
+        }
+        for code in [408, 429, 502, 503, 504] {
+            classify = classify.failure(StatusCode::from_u16(code).expect("a valid status"));
+        }
+        classify
+    }
+
     /// Counts `status` as a failure (only codes from 400 to 599 can be).
     pub fn failure(mut self, status: StatusCode) -> Self {
         self.failures.set(status.as_u16(), true);
@@ -129,13 +161,56 @@ impl<B, E> Classify<Response<B>, E> for HttpClassifier {
     fn retry_after(&self, result: &Result<Response<B>, E>) -> Option<Duration> {
         let response = result.as_ref().ok()?;
         match response.status() {
-            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => parse_retry_after(
-                response.headers().get(header::RETRY_AFTER)?,
-                SystemTime::now(),
-            ),
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+                let headers = response.headers();
+                let now = SystemTime::now();
+                match headers.get(header::RETRY_AFTER) {
+                    Some(value) => parse_retry_after(value, now),
+                    None => parse_rate_limit_reset(headers.get(X_RATELIMIT_RESET)?, now),
+                }
+            }
             _ => None,
         }
     }
+}
+
+/// The `X-RateLimit-Reset` header's name.
+pub const X_RATELIMIT_RESET: &str = "x-ratelimit-reset";
+
+/// Seconds since the Unix epoch from which an `X-RateLimit-Reset` value is read as an instant
+/// rather than a number of seconds to wait: 2001-09-09, more seconds than any sensible wait.
+const EPOCH_SECONDS_FROM: u64 = 1_000_000_000;
+
+/// Parses an `X-RateLimit-Reset` value: how long until a rate limit's window resets.
+///
+/// The header is not standard and comes in two forms: seconds to wait (the IETF RateLimit
+/// drafts, many APIs) and the reset instant in seconds since the Unix epoch (GitHub, Twitter). A
+/// value of at least 1,000,000,000 is read as an instant, measured from `now` (zero if past);
+/// anything smaller as seconds to wait. Only ASCII digits are accepted; anything else is `None`.
+///
+/// ```
+/// use http::HeaderValue;
+/// use seawall::http::parse_rate_limit_reset;
+/// use std::time::{Duration, UNIX_EPOCH};
+///
+/// let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+/// let parse = |v: &'static str| parse_rate_limit_reset(&HeaderValue::from_static(v), now);
+/// assert_eq!(parse("30"), Some(Duration::from_secs(30)));
+/// assert_eq!(parse("1700000042"), Some(Duration::from_secs(42)));
+/// assert_eq!(parse("1600000000"), Some(Duration::ZERO));
+/// assert_eq!(parse("3.5"), None);
+/// ```
+pub fn parse_rate_limit_reset(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
+    let text = value.to_str().ok()?.trim();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let seconds = text.parse::<u64>().ok()?;
+    if seconds < EPOCH_SECONDS_FROM {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = std::time::UNIX_EPOCH.checked_add(Duration::from_secs(seconds))?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// Parses a `Retry-After` value (RFC 9110, 10.2.3): delta-seconds (`"120"`) or an HTTP-date

@@ -226,6 +226,33 @@ impl<C, P, O> Builder<C, P, O> {
         }
     }
 
+    /// The settings for HTTP clients: retries only idempotent requests (or ones with an
+    /// `Idempotency-Key`) whose body can be replayed (see [`HttpPolicy`](super::http::HttpPolicy)),
+    /// on transport errors and on 408, 429, 502, 503 and 504 (see
+    /// [`HttpClassifier::retryable`](crate::http::HttpClassifier::retryable)), honouring
+    /// `Retry-After` and `X-RateLimit-Reset`, and the request's deadline.
+    ///
+    /// ```
+    /// use seawall::retry::RetryLayer;
+    ///
+    /// let layer = RetryLayer::builder().http().build().unwrap();
+    /// # drop(layer);
+    /// ```
+    #[cfg(feature = "http")]
+    pub fn http(self) -> Builder<crate::http::HttpClassifier, super::http::HttpPolicy, O> {
+        self.classify(crate::http::HttpClassifier::retryable())
+            .policy(super::http::HttpPolicy::default())
+    }
+
+    /// The settings for gRPC clients: retries transport errors and UNAVAILABLE, RESOURCE_EXHAUSTED
+    /// only with a pushback, never DEADLINE_EXCEEDED (see [`GrpcPolicy`](super::grpc::GrpcPolicy)),
+    /// honouring `grpc-retry-pushback-ms` and the request's deadline.
+    #[cfg(feature = "http")]
+    pub fn grpc(self) -> Builder<crate::grpc::GrpcClassifier, super::grpc::GrpcPolicy, O> {
+        self.classify(crate::grpc::GrpcClassifier::retryable())
+            .policy(super::grpc::GrpcPolicy)
+    }
+
     /// Sends the layer's events to `observer`.
     pub fn observer<O2: Observer>(self, observer: O2) -> Builder<C, P, O2> {
         Builder {

@@ -85,6 +85,10 @@ pub mod backoff;
 pub mod budget;
 mod config;
 pub mod future;
+#[cfg(feature = "http")]
+pub mod grpc;
+#[cfg(feature = "http")]
+pub mod http;
 mod layer;
 pub mod policy;
 mod service;

@@ -6,6 +6,10 @@ mod support;
 
 mod backoff;
 mod budget;
+#[cfg(feature = "http")]
+mod grpc;
+#[cfg(feature = "http")]
+mod http;
 #[cfg(all(feature = "circuit-breaker", feature = "http"))]
 mod integration;
 mod layer;

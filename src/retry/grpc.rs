@@ -1,0 +1,41 @@
+//! Retrying gRPC calls: UNAVAILABLE, RESOURCE_EXHAUSTED only when the server pushed back, never
+//! DEADLINE_EXCEEDED; and never when the server said not to.
+
+use super::http::{replay_request, ReplayBody};
+use super::policy::Policy;
+use crate::core::{Deadline, DeadlineCarrier};
+use crate::grpc::{code, grpc_status, retry_pushback, Pushback};
+use http::{Request, Response};
+
+/// Which gRPC calls may be retried, as gRPC's own retry design (A6) has it: transport errors and
+/// UNAVAILABLE, unless the server's `grpc-retry-pushback-ms` says not to; RESOURCE_EXHAUSTED only
+/// when the server sent a pushback saying when; never DEADLINE_EXCEEDED or any other code. Use it
+/// with [`GrpcClassifier::retryable`](crate::grpc::GrpcClassifier::retryable) (see
+/// [`Builder::grpc`](super::Builder::grpc)). The request's [`Deadline`] is honoured.
+///
+/// Requests are replayed when their body implements [`ReplayBody`]. gRPC clients send streaming
+/// bodies (tonic's included) that cannot be copied; such calls are sent once.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GrpcPolicy;
+
+impl<B: ReplayBody, ResBody, E> Policy<Request<B>, Response<ResBody>, E> for GrpcPolicy {
+    fn replay(&self, req: &Request<B>) -> Option<Request<B>> {
+        replay_request(req)
+    }
+
+    fn should_retry(&self, _: &Request<B>, result: &Result<Response<ResBody>, E>) -> bool {
+        let Ok(response) = result else {
+            return true;
+        };
+        let pushback = retry_pushback(response.headers());
+        match grpc_status(response.headers()) {
+            Some(code::UNAVAILABLE) | None => pushback != Some(Pushback::DoNotRetry),
+            Some(code::RESOURCE_EXHAUSTED) => matches!(pushback, Some(Pushback::After(_))),
+            Some(_) => false,
+        }
+    }
+
+    fn deadline(&self, req: &Request<B>) -> Option<Deadline> {
+        req.deadline()
+    }
+}
