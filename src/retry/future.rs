@@ -63,6 +63,7 @@ pin_project! {
 
 /// What to do after a failed attempt.
 enum Next {
+    /// Wait `delay` (until the instant), for this reason.
     Retry(Duration, RetryReason, Instant),
     GiveUp(GiveUpReason),
 }
@@ -167,14 +168,14 @@ where
                         return Poll::Ready(result);
                     }
                     match decide(&mut this, &result) {
-                        Next::Retry(delay, reason, now) => {
+                        Next::Retry(delay, reason, resume) => {
                             *this.previous_delay = delay;
                             this.source.emit(EventKind::RetryScheduled {
                                 attempt: attempt + 1,
                                 delay,
                                 reason,
                             });
-                            let sleep = tokio::time::sleep_until(now + delay);
+                            let sleep = tokio::time::sleep_until(resume);
                             this.state.set(State::Waiting { sleep });
                         }
                         Next::GiveUp(reason) => {
@@ -198,18 +199,15 @@ where
                         return Poll::Ready(Err(e));
                     }
                     *this.attempt += 1;
-                    let last = *this.attempt > this.limits.max_retries;
-                    let copy = this.request.as_ref().expect("a retry has a request");
-                    // The last attempt takes the copy itself; others keep one for the next.
-                    let req = if last {
-                        this.request.take()
-                    } else {
-                        this.policy.replay(copy)
-                    };
-                    let req = match req {
-                        Some(req) => req,
-                        None => unreachable!("the policy replayed this request before"),
-                    };
+                    let req = this
+                        .request
+                        .take()
+                        .expect("a retry is only scheduled with a copy of its request");
+                    // The last attempt sends the copy itself; others keep another for the next
+                    // (if the policy cannot make one, this attempt is the last).
+                    if *this.attempt <= this.limits.max_retries {
+                        *this.request = this.policy.replay(&req);
+                    }
                     this.source.emit(EventKind::AttemptStarted {
                         attempt: *this.attempt,
                     });
@@ -255,17 +253,21 @@ where
             return Next::GiveUp(GiveUpReason::HintTooLong);
         }
         // Never earlier than the server asked, and spread over half as long again.
-        Some(hint) => (
-            hint + Duration::from_nanos(rng.random_range(0..=hint.as_nanos() as u64 / 2)),
-            RetryReason::ServerHint,
-        ),
+        Some(hint) => {
+            let spread = u64::try_from(hint.as_nanos() / 2).unwrap_or(u64::MAX);
+            let extra = Duration::from_nanos(rng.random_range(0..=spread));
+            (hint.saturating_add(extra), RetryReason::ServerHint)
+        }
         None => (
             this.limits.backoff.delay(retry, *this.previous_delay, rng),
             RetryReason::Backoff,
         ),
     };
     let now = Instant::now();
-    let resume = now + delay;
+    let Some(resume) = now.checked_add(delay) else {
+        // Beyond the clock's range: no deadline or limit could be met.
+        return Next::GiveUp(GiveUpReason::Elapsed);
+    };
     if let Some(deadline) = this.policy.deadline(request) {
         if resume >= deadline.instant() {
             return Next::GiveUp(GiveUpReason::Deadline);
@@ -281,5 +283,5 @@ where
             return Next::GiveUp(GiveUpReason::Budget);
         }
     }
-    Next::Retry(delay, reason, now)
+    Next::Retry(delay, reason, resume)
 }

@@ -650,3 +650,68 @@ async fn a_seeded_layer_repeats_its_delays() {
     assert_eq!(runs[&0], runs[&1]);
     assert_ne!(runs[&0][0], runs[&0][1]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_during_a_backoff_is_a_cancellation() {
+    let backend = Backend::new();
+    let (events, observer) = recorder();
+    let budget = Budget::token_bucket(100, 5, 1).unwrap();
+    let mut service = RetryLayer::builder()
+        .budget(budget.clone())
+        .backoff(constant(1000 * MS))
+        .observer(observer)
+        .build()
+        .unwrap()
+        .layer(backend.service(|_: &u32, _| Err::<(), _>("down")));
+    let call = service.ready().await.unwrap().call(1);
+    let mut call = tokio_test::task::spawn(call);
+    tokio_test::assert_pending!(call.poll()); // first attempt failed; waiting out the backoff
+    assert_eq!(budget.available(), 19.0, "one retry was taken");
+    drop(call);
+    tokio::time::advance(5000 * MS).await;
+    assert_eq!(backend.calls(), 1, "no attempt after the drop");
+    let events = events.lock().unwrap();
+    assert_eq!(events.last(), Some(&EventKind::Cancelled));
+    assert!(!events.iter().any(|e| matches!(e, EventKind::GaveUp { .. })));
+}
+
+#[tokio::test(start_paused = true)]
+async fn delays_beyond_the_clock_give_up_instead_of_panicking() {
+    // A server hint of u64::MAX seconds, obeyed because the maximum hint is unbounded.
+    let backend = Backend::new();
+    let (events, observer) = recorder();
+    let mut service = RetryLayer::builder()
+        .classify(HttpClassifier::default())
+        .max_hint(Duration::MAX)
+        .observer(observer)
+        .build()
+        .unwrap()
+        .layer(http_backend(&backend, || {
+            unavailable("18446744073709551615")
+        }));
+    let response = service.ready().await.unwrap().call(1).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        events.lock().unwrap().last(),
+        Some(&EventKind::GaveUp {
+            attempts: 1,
+            reason: GiveUpReason::Elapsed
+        })
+    );
+
+    // A backoff whose cap is as long as a `Duration` goes, late in a long run of retries.
+    let backend = Backend::new();
+    let mut service = RetryLayer::builder()
+        .max_retries(100)
+        .no_budget()
+        .backoff(
+            Backoff::exponential(Duration::from_secs(1 << 40))
+                .max(Duration::MAX)
+                .jitter(Jitter::None),
+        )
+        .build()
+        .unwrap()
+        .layer(backend.service(|_: &u32, _| Err::<(), _>("down")));
+    service.ready().await.unwrap().call(1).await.unwrap_err();
+    assert!(backend.calls() >= 1);
+}
