@@ -14,7 +14,8 @@ use http::{Request, Response};
 /// [`Builder::grpc`](super::Builder::grpc)). The request's [`Deadline`] is honoured.
 ///
 /// Requests are replayed when their body implements [`ReplayBody`]. gRPC clients send streaming
-/// bodies (tonic's included) that cannot be copied; such calls are sent once.
+/// bodies (tonic's included): wrap them in [`Buffered`](super::buffered::Buffered) above the retry
+/// layer, and turn them back into the client's body type beneath it.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct GrpcPolicy;
 
@@ -23,7 +24,10 @@ impl<B: ReplayBody, ResBody, E> Policy<Request<B>, Response<ResBody>, E> for Grp
         replay_request(req)
     }
 
-    fn should_retry(&self, _: &Request<B>, result: &Result<Response<ResBody>, E>) -> bool {
+    fn should_retry(&self, req: &Request<B>, result: &Result<Response<ResBody>, E>) -> bool {
+        if !req.body().can_replay() {
+            return false;
+        }
         let Ok(response) = result else {
             return true;
         };

@@ -10,12 +10,18 @@ pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key
 /// A request body that may be copied for another attempt.
 ///
 /// Implemented for bodies held whole in memory (`String`, `Vec<u8>`, `()`, static strings and
-/// bytes, `http_body_util::Full` and `Empty`). A streaming body (hyper's `Incoming`, axum's `Body`)
-/// cannot be replayed: give [`HttpPolicy`] a request type of yours whose body implements this, or
-/// write a [`Policy`] for it; otherwise such requests are sent once.
+/// bytes, `http_body_util::Full` and `Empty`), and for [`Buffered`](super::buffered::Buffered),
+/// which makes any streaming body (hyper's `Incoming`, axum's `Body`, tonic's) replayable by keeping
+/// what the first attempt sent, up to a limit.
 pub trait ReplayBody: Sized {
     /// A copy of the body, or `None` if it cannot be sent again.
     fn replay(&self) -> Option<Self>;
+
+    /// Whether this copy can be sent now. Always, for bodies held in memory; for a
+    /// [`Buffered`](super::buffered::Buffered) body, only once the first attempt sent it whole.
+    fn can_replay(&self) -> bool {
+        true
+    }
 }
 
 macro_rules! replay_by_clone {
@@ -128,6 +134,10 @@ impl<B: ReplayBody, Res, E> Policy<Request<B>, Res, E> for HttpPolicy {
             return None;
         }
         replay_request(req)
+    }
+
+    fn should_retry(&self, req: &Request<B>, _: &Result<Res, E>) -> bool {
+        req.body().can_replay()
     }
 
     fn deadline(&self, req: &Request<B>) -> Option<Deadline> {

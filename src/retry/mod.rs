@@ -83,6 +83,8 @@
 
 pub mod backoff;
 pub mod budget;
+#[cfg(feature = "http")]
+pub mod buffered;
 mod config;
 pub mod future;
 #[cfg(feature = "http")]

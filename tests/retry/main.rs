@@ -7,6 +7,8 @@ mod support;
 mod backoff;
 mod budget;
 #[cfg(feature = "http")]
+mod buffered;
+#[cfg(feature = "http")]
 mod grpc;
 #[cfg(feature = "http")]
 mod http;
