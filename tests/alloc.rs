@@ -239,3 +239,29 @@ mod timeout {
         assert_eq!(allocations(&mut propagating, requests), 0);
     }
 }
+
+#[cfg(feature = "retry")]
+#[test]
+fn the_retry_happy_path_allocates_nothing() {
+    use seawall::retry::budget::Budget;
+    use seawall::retry::RetryLayer;
+    let budgets = [
+        None,
+        Some(Budget::default()),
+        Some(Budget::default().leak()),
+        Some(Budget::token_bucket(500, 5, 1).unwrap()),
+    ];
+    for budget in budgets {
+        let builder = RetryLayer::builder();
+        let layer = match budget.clone() {
+            Some(budget) => builder.budget(budget),
+            None => builder.no_budget(),
+        }
+        .build()
+        .unwrap();
+        let mut service = layer.layer(support::Noop);
+        calls(&mut service, 1_000, |i| i); // warm up
+        let allocated = allocations_during(|| calls(&mut service, 100_000, |i| i));
+        assert_eq!(allocated, 0, "{budget:?}");
+    }
+}
