@@ -32,47 +32,56 @@ pub struct Deadline(Instant);
 
 impl Deadline {
     /// The deadline at `instant`.
+    #[inline]
     pub fn at(instant: Instant) -> Self {
         Deadline(instant)
     }
 
     /// The deadline `timeout` from now. A timeout too large to add to the clock means about
     /// thirty years.
+    #[inline]
     pub fn after(timeout: Duration) -> Self {
         Self::after_from(Instant::now(), timeout)
     }
 
     /// The deadline `timeout` after `now`, for callers that already read the clock.
+    #[inline]
     pub fn after_from(now: Instant, timeout: Duration) -> Self {
         Deadline(now.checked_add(timeout).unwrap_or_else(|| now + FAR_FUTURE))
     }
 
     /// The instant itself.
+    #[inline]
     pub fn instant(self) -> Instant {
         self.0
     }
 
     /// How long is left, zero once it has passed.
+    #[inline]
     pub fn remaining(self) -> Duration {
         self.remaining_from(Instant::now())
     }
 
     /// How long is left as of `now`, zero once it has passed.
+    #[inline]
     pub fn remaining_from(self, now: Instant) -> Duration {
         self.0.saturating_duration_since(now)
     }
 
     /// Whether it has passed (no time is left).
+    #[inline]
     pub fn is_expired(self) -> bool {
         self.is_expired_at(Instant::now())
     }
 
     /// Whether it has passed as of `now`.
+    #[inline]
     pub fn is_expired_at(self, now: Instant) -> bool {
         self.0 <= now
     }
 
     /// The earlier of `self` and `other`.
+    #[inline]
     pub fn earliest(self, other: Option<Deadline>) -> Deadline {
         match other {
             Some(other) if other < self => other,

@@ -280,6 +280,7 @@ struct Ratio {
 }
 
 /// Each thread deposits into its own shard, so threads do not contend on the request path.
+#[inline]
 fn shard_index() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
