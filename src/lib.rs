@@ -90,6 +90,27 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed {
         self,
         layer: timeout::TimeoutLayer<P, O>,
     ) -> tower::ServiceBuilder<tower::layer::util::Stack<timeout::TimeoutLayer<P, O>, L>>;
+
+    /// Wraps the services built below in `layer`'s retries. (Not `retry`: `ServiceBuilder`'s own
+    /// method of that name, tower's retry, would be chosen instead.)
+    ///
+    /// ```
+    /// use seawall::retry::RetryLayer;
+    /// use seawall::ServiceBuilderExt;
+    /// use tower::{service_fn, ServiceBuilder};
+    ///
+    /// let service = ServiceBuilder::new()
+    ///     .with_retry(RetryLayer::builder().http().build().unwrap())
+    ///     .service(service_fn(|_: http::Request<String>| async {
+    ///         Ok::<_, std::io::Error>(http::Response::new(()))
+    ///     }));
+    /// # drop(service);
+    /// ```
+    #[cfg(feature = "retry")]
+    fn with_retry<C, P, O>(
+        self,
+        layer: retry::RetryLayer<C, P, O>,
+    ) -> tower::ServiceBuilder<tower::layer::util::Stack<retry::RetryLayer<C, P, O>, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for tower::ServiceBuilder<L> {
@@ -108,6 +129,14 @@ impl<L> ServiceBuilderExt<L> for tower::ServiceBuilder<L> {
         self,
         layer: timeout::TimeoutLayer<P, O>,
     ) -> tower::ServiceBuilder<tower::layer::util::Stack<timeout::TimeoutLayer<P, O>, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "retry")]
+    fn with_retry<C, P, O>(
+        self,
+        layer: retry::RetryLayer<C, P, O>,
+    ) -> tower::ServiceBuilder<tower::layer::util::Stack<retry::RetryLayer<C, P, O>, L>> {
         self.layer(layer)
     }
 }

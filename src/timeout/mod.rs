@@ -26,8 +26,9 @@
 //!
 //! Position decides meaning. A timeout *outside* a retry layer is the budget for the whole call,
 //! every attempt and every backoff included; a timeout *inside* it bounds each attempt. With
-//! deadlines propagated, the outer one also stops the retry from starting an attempt or a backoff it
-//! could not finish in time:
+//! deadlines propagated, the outer one also stops the retry from starting a backoff it could not
+//! finish in time (seawall's [`retry`](crate::retry) reads the deadline with
+//! `ClonedWithDeadline`, `Builder::http()` or `Builder::grpc()`):
 //!
 //! ```text
 //! ServiceBuilder::new()
