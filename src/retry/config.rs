@@ -177,29 +177,13 @@ impl<C, P, O> Builder<C, P, O> {
     /// Decides which results are failures to retry, and reads server hints (see
     /// [`Classify::retry_after`](crate::core::Classify::retry_after)). By default every `Err` is.
     pub fn classify<C2>(self, classify: C2) -> Builder<C2, P, O> {
-        Builder {
-            name: self.name,
-            limits: self.limits,
-            budget: self.budget,
-            seed: self.seed,
-            classify,
-            policy: self.policy,
-            observer: self.observer,
-        }
+        self.with_hooks(|_, policy, observer| (classify, policy, observer))
     }
 
     /// Replaces the policy that copies requests for retries and may decline them (see
     /// [`Policy`](super::policy::Policy)).
     pub fn policy<P2>(self, policy: P2) -> Builder<C, P2, O> {
-        Builder {
-            name: self.name,
-            limits: self.limits,
-            budget: self.budget,
-            seed: self.seed,
-            classify: self.classify,
-            policy,
-            observer: self.observer,
-        }
+        self.with_hooks(|classify, _, observer| (classify, policy, observer))
     }
 
     /// Retries a failure only if `predicate(request, result)` also says so.
@@ -215,15 +199,9 @@ impl<C, P, O> Builder<C, P, O> {
     /// # drop(layer);
     /// ```
     pub fn retry_if<F>(self, predicate: F) -> Builder<C, RetryIf<P, F>, O> {
-        Builder {
-            name: self.name,
-            limits: self.limits,
-            budget: self.budget,
-            seed: self.seed,
-            classify: self.classify,
-            policy: RetryIf::new(self.policy, predicate),
-            observer: self.observer,
-        }
+        self.with_hooks(|classify, policy, observer| {
+            (classify, RetryIf::new(policy, predicate), observer)
+        })
     }
 
     /// The settings for HTTP clients: retries only idempotent requests (or ones with an
@@ -255,13 +233,22 @@ impl<C, P, O> Builder<C, P, O> {
 
     /// Sends the layer's events to `observer`.
     pub fn observer<O2: Observer>(self, observer: O2) -> Builder<C, P, O2> {
+        self.with_hooks(|classify, policy, _| (classify, policy, observer))
+    }
+
+    /// The same settings with other hooks.
+    fn with_hooks<C2, P2, O2>(
+        self,
+        hooks: impl FnOnce(C, P, O) -> (C2, P2, O2),
+    ) -> Builder<C2, P2, O2> {
+        let (classify, policy, observer) = hooks(self.classify, self.policy, self.observer);
         Builder {
             name: self.name,
             limits: self.limits,
             budget: self.budget,
             seed: self.seed,
-            classify: self.classify,
-            policy: self.policy,
+            classify,
+            policy,
             observer,
         }
     }
