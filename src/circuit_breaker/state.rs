@@ -452,11 +452,13 @@ impl Breaker {
 impl Gate for Breaker {
     type Permit = Permit;
     type Rejection = Open;
+    type Waiter = ();
 
     #[inline]
     fn poll_acquire<O: Observer>(
         &self,
         _cx: &mut Context<'_>,
+        _waiter: &mut (),
         emit: Emitter<'_, O>,
     ) -> Poll<Result<Permit, Open>> {
         let word = self.state.load(Acquire);

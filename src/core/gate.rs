@@ -46,8 +46,14 @@ use tower::{BoxError, Layer, Service};
 /// impl Gate for Quota {
 ///     type Permit = ();
 ///     type Rejection = QuotaUsedUp;
+///     type Waiter = ();
 ///
-///     fn poll_acquire<O: Observer>(&self, _: &mut Context<'_>, _: Emitter<'_, O>) -> Poll<Result<(), QuotaUsedUp>> {
+///     fn poll_acquire<O: Observer>(
+///         &self,
+///         _: &mut Context<'_>,
+///         _: &mut (),
+///         _: Emitter<'_, O>,
+///     ) -> Poll<Result<(), QuotaUsedUp>> {
 ///         let taken = self.left.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
 ///         Poll::Ready(taken.map(drop).map_err(|_| QuotaUsedUp))
 ///     }
@@ -66,12 +72,16 @@ pub trait Gate: Send + Sync + 'static {
     type Permit: Send + 'static;
     /// Why a call was not admitted; returned (boxed) from the response future.
     type Rejection: std::error::Error + Send + Sync + 'static;
+    /// What one service keeps while it waits for a permit: its place in a queue, its timer. `()`
+    /// for gates that never make callers wait. Dropping it (with the service) leaves the queue.
+    type Waiter: Default + Send + 'static;
 
     /// Admits the call (`Ready(Ok(permit))`), rejects it (`Ready(Err(rejection))`), or, for gates that
-    /// queue, registers `cx`'s waker and returns `Pending`.
+    /// queue, keeps the caller's place in `waiter`, registers `cx`'s waker and returns `Pending`.
     fn poll_acquire<O: Observer>(
         &self,
         cx: &mut Context<'_>,
+        waiter: &mut Self::Waiter,
         emit: Emitter<'_, O>,
     ) -> Poll<Result<Self::Permit, Self::Rejection>>;
 
@@ -205,6 +215,7 @@ pub struct Guard<S, G: Gate, C, O: Observer> {
     // rejection's bytes too.
     permit: Option<PermitGuard<G, O>>,
     rejected: Option<G::Rejection>,
+    waiter: G::Waiter,
 }
 
 impl<S, G: Gate, C, O: Observer> Guard<S, G, C, O> {
@@ -215,6 +226,7 @@ impl<S, G: Gate, C, O: Observer> Guard<S, G, C, O> {
             classify,
             permit: None,
             rejected: None,
+            waiter: G::Waiter::default(),
         }
     }
 
@@ -277,7 +289,7 @@ where
             }
             let shared = &*self.shared;
             let emit = shared.emitter();
-            match ready!(shared.gate.poll_acquire(cx, emit)) {
+            match ready!(shared.gate.poll_acquire(cx, &mut self.waiter, emit)) {
                 Ok(permit) => {
                     emit.emit(EventKind::Permitted);
                     self.permit = Some(PermitGuard {

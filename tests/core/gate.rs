@@ -21,10 +21,12 @@ struct Quota {
 impl Gate for Quota {
     type Permit = ();
     type Rejection = QuotaUsedUp;
+    type Waiter = ();
 
     fn poll_acquire<O: Observer>(
         &self,
         _: &mut Context<'_>,
+        _: &mut (),
         _: Emitter<'_, O>,
     ) -> Poll<Result<(), QuotaUsedUp>> {
         let taken = self
