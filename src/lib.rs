@@ -3,13 +3,14 @@
 //!
 //! | layer | module | feature |
 //! |---|---|---|
+//! | bulkhead: bounded concurrency with a bounded FIFO or LIFO queue | [`bulkhead`] | `bulkhead` (default) |
 //! | circuit breaker | [`circuit_breaker`] | `circuit-breaker` (default) |
 //! | retry: backoff and jitter, budgets, server hints | [`retry`] | `retry` (default) |
 //! | timeouts and deadlines, deadline propagation | [`timeout`], [`timeout::propagate`] | `timeout` (default; propagation with `http`) |
 //! | HTTP classification, `Retry-After` | [`http`] | `http` (default) |
 //! | the `grpc-timeout` header | [`grpc`] | `http` (default) |
 //!
-//! Bulkhead, back-pressure and fallback layers are on the way; they share the same
+//! Adaptive limits, rate limiting, load shedding and fallback layers are on the way; they share the same
 //! [`core`]: outcome classification, lock-free sliding windows, one admission gate `Service`, and one
 //! [`Observer`](core::Observer) hook for metrics and tracing.
 //!
@@ -40,6 +41,8 @@
 )]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+#[cfg(feature = "bulkhead")]
+pub mod bulkhead;
 #[cfg(feature = "circuit-breaker")]
 pub mod circuit_breaker;
 pub mod core;
@@ -60,6 +63,24 @@ struct ReadmeDoctests;
 
 /// Adds seawall's layers to [`tower::ServiceBuilder`].
 pub trait ServiceBuilderExt<L>: sealed::Sealed {
+    /// Wraps the services built below in `layer`'s bulkhead.
+    ///
+    /// ```
+    /// use seawall::bulkhead::BulkheadLayer;
+    /// use seawall::ServiceBuilderExt;
+    /// use tower::{service_fn, ServiceBuilder};
+    ///
+    /// let service = ServiceBuilder::new()
+    ///     .bulkhead(BulkheadLayer::new(50))
+    ///     .service(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }));
+    /// # drop(service);
+    /// ```
+    #[cfg(feature = "bulkhead")]
+    fn bulkhead<C, O>(
+        self,
+        layer: bulkhead::BulkheadLayer<C, O>,
+    ) -> tower::ServiceBuilder<tower::layer::util::Stack<bulkhead::BulkheadLayer<C, O>, L>>;
+
     /// Wraps the services built below in `layer`'s circuit breaker.
     #[cfg(feature = "circuit-breaker")]
     fn circuit_breaker<C, O>(
@@ -114,6 +135,14 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed {
 }
 
 impl<L> ServiceBuilderExt<L> for tower::ServiceBuilder<L> {
+    #[cfg(feature = "bulkhead")]
+    fn bulkhead<C, O>(
+        self,
+        layer: bulkhead::BulkheadLayer<C, O>,
+    ) -> tower::ServiceBuilder<tower::layer::util::Stack<bulkhead::BulkheadLayer<C, O>, L>> {
+        self.layer(layer)
+    }
+
     #[cfg(feature = "circuit-breaker")]
     fn circuit_breaker<C, O>(
         self,

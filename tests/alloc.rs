@@ -265,3 +265,28 @@ fn the_retry_happy_path_allocates_nothing() {
         assert_eq!(allocated, 0, "{budget:?}");
     }
 }
+
+#[cfg(feature = "bulkhead")]
+#[test]
+fn admitted_bulkhead_calls_allocate_nothing() {
+    use seawall::bulkhead::BulkheadLayer;
+    let layers = [
+        BulkheadLayer::new(10),
+        BulkheadLayer::builder()
+            .max_concurrent(10)
+            .queue(100)
+            .build()
+            .unwrap(),
+        BulkheadLayer::builder()
+            .max_concurrent(10)
+            .build_static()
+            .unwrap(),
+    ];
+    for layer in layers {
+        let mut service = layer.layer(support::Noop);
+        calls(&mut service, 1_000, |i| i); // warm up
+        let allocated = allocations_during(|| calls(&mut service, 100_000, |i| i));
+        assert_eq!(allocated, 0, "{layer:?}");
+        assert_eq!(layer.handle().in_flight(), 0);
+    }
+}

@@ -229,3 +229,39 @@ fn deposits_racing_a_retry_are_counted_once() {
         assert!(!budget.try_withdraw());
     });
 }
+
+#[test]
+fn a_slot_freed_while_a_caller_queues_is_never_lost() {
+    use seawall::bulkhead::BulkheadLayer;
+    // One slot. One thread holds it and gives it back while another asks for it (queueing if it
+    // must): once both are done, the second caller has the slot, whatever the interleaving.
+    loom::model(|| {
+        let layer = BulkheadLayer::builder()
+            .max_concurrent(1)
+            .queue(4)
+            .build()
+            .unwrap();
+        let mut holder = layer.layer(tower::service_fn(|()| {
+            std::future::ready(Ok::<(), &'static str>(()))
+        }));
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(holder.poll_ready(&mut cx).is_ready());
+        let handle = layer.handle();
+        let releaser = thread::spawn(move || drop(holder));
+        let mut caller = layer.layer(tower::service_fn(|()| {
+            std::future::ready(Ok::<(), &'static str>(()))
+        }));
+        let first = caller.poll_ready(&mut Context::from_waker(Waker::noop()));
+        releaser.join().unwrap();
+        if first.is_pending() {
+            assert!(
+                caller.poll_ready(&mut cx).is_ready(),
+                "the freed slot was handed to the queued caller"
+            );
+        }
+        assert_eq!((handle.in_flight(), handle.queued()), (1, 0));
+        drop(caller);
+        assert_eq!(handle.in_flight(), 0);
+    });
+}

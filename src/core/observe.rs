@@ -53,6 +53,12 @@ pub enum RejectReason {
     HalfOpenFull,
     /// The circuit breaker was forced open by hand.
     ForcedOpen,
+    /// Every slot of a bulkhead or limiter was taken, and it does not queue.
+    BulkheadFull,
+    /// Every slot and every place in the queue were taken.
+    QueueFull,
+    /// The call waited in the queue for the longest time allowed.
+    QueueTimeout,
     /// A gate written outside seawall rejected the call.
     Other,
 }
@@ -64,6 +70,9 @@ impl RejectReason {
             RejectReason::CircuitOpen => "circuit_open",
             RejectReason::HalfOpenFull => "half_open_full",
             RejectReason::ForcedOpen => "forced_open",
+            RejectReason::BulkheadFull => "bulkhead_full",
+            RejectReason::QueueFull => "queue_full",
+            RejectReason::QueueTimeout => "queue_timeout",
             RejectReason::Other => "other",
         }
     }

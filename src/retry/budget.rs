@@ -28,10 +28,8 @@
 
 use super::config::ConfigError;
 use crate::core::gate::Anchor;
-use crate::sync::{AtomicI64, AtomicU64, Ordering, Padded};
-use std::cell::Cell;
+use crate::sync::{thread_index, AtomicI64, AtomicU64, Ordering, Padded};
 use std::fmt;
-use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -279,16 +277,6 @@ struct Ratio {
     shards: [Padded<Shard>; SHARDS],
 }
 
-/// Each thread deposits into its own shard, so threads do not contend on the request path.
-#[inline]
-fn shard_index() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static INDEX: Cell<usize> = Cell::new(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % SHARDS);
-    }
-    INDEX.with(Cell::get)
-}
-
 impl Ratio {
     fn new(deposit: i64, reserve: i64, bucket_nanos: u64, origin: Instant) -> Self {
         Ratio {
@@ -312,7 +300,8 @@ impl Ratio {
         if self.deposit == 0 {
             return;
         }
-        let shard = &self.shards[shard_index()];
+        // Each thread deposits into its own shard, so threads do not contend on the request path.
+        let shard = &self.shards[thread_index() % SHARDS];
         let before = shard.pending.fetch_add(1, Ordering::Relaxed);
         if before == 0 {
             // The first of a batch dates the batch: two clock reads per batch of 64.

@@ -167,16 +167,31 @@ async fn many_waiters<T: Subject>() {
     }
     assert_eq!(t.held(), t.capacity(), "waiters hold nothing");
     holders.clear();
-    assert_eq!(t.held(), 0);
-    if !t.rejects_when_full() {
-        for (wt, _) in &waiters {
-            assert!(wt.is_woken(), "freed capacity wakes waiters");
-        }
+    if t.rejects_when_full() {
+        assert_eq!(t.held(), 0);
+        // Freed capacity is usable by the former waiters.
+        let (wt, w) = &mut waiters[0];
+        assert_ready!(poll_ready(wt, w)).unwrap();
+        assert_eq!(t.held(), 1);
+        return;
     }
-    // Freed capacity is usable by the former waiters.
+    // A queue hands each freed slot straight to a waiter, and wakes exactly those.
+    let served = t.capacity().min(waiters.len());
+    assert_eq!(t.held(), served, "freed slots go to waiters");
+    let woken = waiters.iter().filter(|(wt, _)| wt.is_woken()).count();
+    assert_eq!(
+        woken, served,
+        "freed capacity wakes as many waiters as it serves"
+    );
     let (wt, w) = &mut waiters[0];
     assert_ready!(poll_ready(wt, w)).unwrap();
-    assert_eq!(t.held(), 1);
+    assert_eq!(t.held(), served);
+    drop(waiters);
+    assert_eq!(
+        t.held(),
+        0,
+        "dropped waiters give back what they were given, and leave the queue"
+    );
 }
 
 async fn clone_in_call<T: Subject>() {

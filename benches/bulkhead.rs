@@ -1,0 +1,60 @@
+//! Per-call cost of the bulkhead beside a bare service and tower's `ConcurrencyLimit`: one task,
+//! and two threads sharing one bulkhead.
+//!
+//! Every call is driven by hand with a no-op waker: `poll_ready`, `call`, poll the future once. The
+//! inner service is always ready and answers at once, so a slot is always free.
+//!
+//! Run: `cargo bench --bench bulkhead`
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use seawall::bulkhead::BulkheadLayer;
+use tower::Layer;
+
+#[path = "support/mod.rs"]
+mod support;
+
+use support::{single, two_threads, Noop};
+
+fn benches(c: &mut Criterion) {
+    let limit = tower::limit::ConcurrencyLimitLayer::new(1_000_000);
+    let bulkhead = BulkheadLayer::new(1_000_000);
+    let queueing = BulkheadLayer::builder()
+        .max_concurrent(1_000_000)
+        .queue(1_000)
+        .build()
+        .unwrap();
+
+    single(c, "bulkhead/bare", Noop);
+    single(c, "bulkhead/tower_concurrency_limit", limit.layer(Noop));
+    single(c, "bulkhead/reject_when_full", bulkhead.layer(Noop));
+    single(c, "bulkhead/queue_when_full", queueing.layer(Noop));
+    let leaked = BulkheadLayer::builder()
+        .max_concurrent(1_000_000)
+        .build_static()
+        .unwrap();
+    single(c, "bulkhead/reject_when_full_static", leaked.layer(Noop));
+
+    two_threads(
+        c,
+        "bulkhead_two_threads/tower_concurrency_limit",
+        limit.layer(Noop),
+    );
+    two_threads(
+        c,
+        "bulkhead_two_threads/reject_when_full",
+        bulkhead.layer(Noop),
+    );
+    two_threads(
+        c,
+        "bulkhead_two_threads/queue_when_full",
+        queueing.layer(Noop),
+    );
+    two_threads(
+        c,
+        "bulkhead_two_threads/reject_when_full_static",
+        leaked.layer(Noop),
+    );
+}
+
+criterion_group!(bulkhead, benches);
+criterion_main!(bulkhead);

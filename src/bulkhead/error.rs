@@ -1,0 +1,76 @@
+//! The error returned when the bulkhead turns a call away.
+
+use crate::core::RejectReason;
+use std::fmt;
+use std::time::Duration;
+
+/// The bulkhead had no room for the call, which was not sent.
+///
+/// Returned (boxed in a [`tower::BoxError`]) from the response future; find it with
+/// `err.downcast_ref::<Full>()`. It says why: every slot taken and no queue
+/// ([`at_capacity`](Full::at_capacity)), the queue full too ([`queue_full`](Full::queue_full)), or
+/// a wait in the queue longer than allowed ([`waited_too_long`](Full::waited_too_long)). A server
+/// answers it with 503.
+///
+/// ```
+/// use seawall::bulkhead::error::Full;
+/// # fn handle(err: tower::BoxError) -> u16 {
+/// if let Some(full) = err.downcast_ref::<Full>() {
+///     if full.waited_too_long() {
+///         println!("queued for {:?} without a slot", full.waited());
+///     }
+///     return 503;
+/// }
+/// 500
+/// # }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Full {
+    reason: RejectReason,
+    waited: Duration,
+}
+
+impl Full {
+    pub(crate) fn new(reason: RejectReason, waited: Duration) -> Self {
+        Full { reason, waited }
+    }
+
+    /// Every slot was taken and the bulkhead does not queue.
+    pub fn at_capacity(&self) -> bool {
+        self.reason == RejectReason::BulkheadFull
+    }
+
+    /// Every slot was taken and so was every place in the queue.
+    pub fn queue_full(&self) -> bool {
+        self.reason == RejectReason::QueueFull
+    }
+
+    /// The call waited in the queue for the longest time allowed without getting a slot.
+    pub fn waited_too_long(&self) -> bool {
+        self.reason == RejectReason::QueueTimeout
+    }
+
+    /// How long the call waited in the queue (zero unless it waited too long).
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+
+    /// Why, as reported to observers.
+    pub fn reason(&self) -> RejectReason {
+        self.reason
+    }
+}
+
+impl fmt::Display for Full {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.reason {
+            RejectReason::QueueFull => f.write_str("bulkhead is full and so is its queue"),
+            RejectReason::QueueTimeout => {
+                write!(f, "bulkhead is full; waited {:?} in its queue", self.waited)
+            }
+            _ => f.write_str("bulkhead is full"),
+        }
+    }
+}
+
+impl std::error::Error for Full {}

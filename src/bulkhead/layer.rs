@@ -1,0 +1,95 @@
+use super::state::Bulkhead;
+use super::{Builder, Handle};
+use crate::core::gate::{Anchor, Guard, Shared};
+use crate::core::{ErrorIsFailure, Observer};
+use std::fmt;
+use tower::Layer;
+
+/// A service behind a bulkhead: at most a fixed number of its calls run at once.
+pub type BulkheadService<S, C = ErrorIsFailure, O = ()> = Guard<S, Bulkhead, C, O>;
+
+/// Wraps services in a bulkhead; see the [module docs](super). Every service the layer makes, and
+/// every clone of those, shares one bulkhead.
+///
+/// ```
+/// use seawall::bulkhead::BulkheadLayer;
+/// use tower::{service_fn, ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower::BoxError> {
+/// let bulkhead = BulkheadLayer::new(10);
+/// let service = ServiceBuilder::new()
+///     .layer(bulkhead.clone())
+///     .service(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x * 2) }));
+/// assert_eq!(service.oneshot(21).await?, 42);
+/// assert_eq!(bulkhead.handle().in_flight(), 0);
+/// # Ok(())
+/// # }
+/// ```
+pub struct BulkheadLayer<C = ErrorIsFailure, O: 'static = ()> {
+    shared: Anchor<Shared<Bulkhead, O>>,
+    classify: C,
+}
+
+impl BulkheadLayer {
+    /// At most `limit` calls at once; a call that finds every slot taken fails at once.
+    pub fn new(limit: u64) -> Self {
+        Builder::default()
+            .max_concurrent(limit)
+            .build()
+            .expect("a valid limit (at least 1)")
+    }
+
+    /// Starts a [`Builder`] from the default settings.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+}
+
+impl<C, O: Observer> BulkheadLayer<C, O> {
+    pub(crate) fn from_parts(shared: Anchor<Shared<Bulkhead, O>>, classify: C) -> Self {
+        BulkheadLayer { shared, classify }
+    }
+
+    /// A handle on this layer's bulkhead.
+    pub fn handle(&self) -> Handle<O> {
+        Handle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The same bulkhead, with another classifier (which only labels the outcomes observers see).
+    pub fn classify<C2>(self, classify: C2) -> BulkheadLayer<C2, O> {
+        BulkheadLayer {
+            shared: self.shared,
+            classify,
+        }
+    }
+}
+
+impl<C: Clone, O> Clone for BulkheadLayer<C, O> {
+    fn clone(&self) -> Self {
+        BulkheadLayer {
+            shared: self.shared.clone(),
+            classify: self.classify.clone(),
+        }
+    }
+}
+
+impl<C: fmt::Debug, O> fmt::Debug for BulkheadLayer<C, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BulkheadLayer")
+            .field("name", &self.shared.name())
+            .field("bulkhead", &self.shared.gate)
+            .field("classify", &self.classify)
+            .finish()
+    }
+}
+
+impl<S, C: Clone, O: Observer> Layer<S> for BulkheadLayer<C, O> {
+    type Service = BulkheadService<S, C, O>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Guard::from_shared(inner, self.shared.clone(), self.classify.clone())
+    }
+}

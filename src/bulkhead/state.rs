@@ -1,0 +1,336 @@
+//! The bulkhead's admission gate: free slots counted in one atomic, and a queue, behind a lock that
+//! only callers who must wait take.
+
+use super::error::Full;
+use crate::core::{Emitter, Gate, Observer, Record, RejectReason};
+use crate::sync::AtomicBool;
+use crate::sync::{
+    thread_index, AtomicI64, AtomicU64, Mutex, MutexGuard, Ordering::SeqCst, Padded,
+};
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
+
+/// The order in which queued callers get slots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Order {
+    /// First come, first served: fair.
+    Fifo,
+    /// Last come, first served: under overload the freshest callers, whose clients are still
+    /// waiting, are served, and the oldest time out.
+    Lifo,
+}
+
+/// One queued caller.
+struct Node {
+    granted: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Node {
+    fn wake(&self) {
+        let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// Stripes of the free-slot count. Each thread takes from and gives back to its own stripe while it
+/// has slots, so threads do not contend for one counter; a thread whose stripe is empty looks in
+/// the others.
+const STRIPES: usize = 8;
+
+pub(crate) struct Inner {
+    /// Free slots, in stripes; their sum is below zero while more calls run than a lowered limit
+    /// allows.
+    free: [Padded<AtomicI64>; STRIPES],
+    /// Callers in the queue. New callers skip the queue only when it is empty.
+    waiting: Padded<AtomicU64>,
+    limit: AtomicU64,
+    queue: Mutex<VecDeque<Arc<Node>>>,
+    pub(crate) max_queue: usize,
+    pub(crate) max_wait: Option<Duration>,
+    pub(crate) order: Order,
+}
+
+impl Inner {
+    fn queue(&self) -> MutexGuard<'_, VecDeque<Arc<Node>>> {
+        // Nothing is left half-done under this lock by a panic.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    #[inline]
+    fn try_take(&self) -> bool {
+        let home = thread_index() % STRIPES;
+        if self.free[home].fetch_sub(1, SeqCst) > 0 {
+            return true;
+        }
+        self.free[home].fetch_add(1, SeqCst);
+        self.take_elsewhere(home)
+    }
+
+    /// Looks for a free slot in the stripes of other threads.
+    #[inline(never)]
+    fn take_elsewhere(&self, home: usize) -> bool {
+        (1..STRIPES).any(|i| {
+            let stripe = &self.free[(home + i) % STRIPES];
+            // Read first, so that empty stripes cost a load, not two writes.
+            stripe.load(SeqCst) > 0 && {
+                if stripe.fetch_sub(1, SeqCst) > 0 {
+                    true
+                } else {
+                    stripe.fetch_add(1, SeqCst);
+                    false
+                }
+            }
+        })
+    }
+
+    /// Free slots, over all stripes.
+    fn free(&self) -> i64 {
+        self.free.iter().map(|stripe| stripe.load(SeqCst)).sum()
+    }
+
+    /// A call gave its slot back: to the next queued caller, if any.
+    #[inline]
+    pub(crate) fn release(&self) {
+        self.free[thread_index() % STRIPES].fetch_add(1, SeqCst);
+        // Read after the slot is free: a caller that queued before then is seen here, and one that
+        // queues after sees the free slot (both sides write, then read the other's counter).
+        if self.waiting.load(SeqCst) > 0 {
+            self.dispatch();
+        }
+    }
+
+    /// Hands free slots to queued callers, in the queue's order.
+    fn dispatch(&self) {
+        let mut queue = self.queue();
+        while !queue.is_empty() && self.try_take() {
+            let node = match self.order {
+                Order::Fifo => queue.pop_front(),
+                Order::Lifo => queue.pop_back(),
+            }
+            .expect("not empty");
+            self.waiting.fetch_sub(1, SeqCst);
+            node.granted.store(true, SeqCst);
+            node.wake();
+        }
+    }
+
+    /// Takes `node` out of the queue. Returns whether it had been given a slot meanwhile, which
+    /// its caller then owns.
+    fn leave(&self, node: &Arc<Node>) -> bool {
+        let mut queue = self.queue();
+        if node.granted.load(SeqCst) {
+            return true;
+        }
+        if let Some(at) = queue.iter().position(|n| Arc::ptr_eq(n, node)) {
+            queue.remove(at);
+            self.waiting.fetch_sub(1, SeqCst);
+        }
+        false
+    }
+
+    pub(crate) fn limit(&self) -> u64 {
+        self.limit.load(SeqCst)
+    }
+
+    pub(crate) fn set_limit(&self, limit: u64) {
+        let old = self.limit.swap(limit, SeqCst);
+        self.free[0].fetch_add(limit as i64 - old as i64, SeqCst);
+        if limit > old {
+            self.dispatch();
+        }
+    }
+
+    /// Calls holding a slot.
+    pub(crate) fn in_flight(&self) -> u64 {
+        (self.limit() as i64 - self.free()).max(0) as u64
+    }
+
+    /// Callers in the queue.
+    pub(crate) fn queued(&self) -> u64 {
+        self.waiting.load(SeqCst)
+    }
+}
+
+/// The bulkhead gate.
+pub struct Bulkhead {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Bulkhead {
+    pub(crate) fn new(
+        limit: u64,
+        max_queue: usize,
+        max_wait: Option<Duration>,
+        order: Order,
+    ) -> Self {
+        // The slots, spread over the stripes as evenly as they go.
+        let share = |stripe: usize| {
+            (limit / STRIPES as u64 + u64::from((stripe as u64) < limit % STRIPES as u64)) as i64
+        };
+        Bulkhead {
+            inner: Arc::new(Inner {
+                free: std::array::from_fn(|stripe| Padded(AtomicI64::new(share(stripe)))),
+                waiting: Padded(AtomicU64::new(0)),
+                limit: AtomicU64::new(limit),
+                queue: Mutex::new(VecDeque::new()),
+                max_queue,
+                max_wait,
+                order,
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for Bulkhead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bulkhead")
+            .field("limit", &self.inner.limit())
+            .field("in_flight", &self.inner.in_flight())
+            .field("queued", &self.inner.queued())
+            .field("max_queue", &self.inner.max_queue)
+            .field("max_wait", &self.inner.max_wait)
+            .field("order", &self.inner.order)
+            .finish()
+    }
+}
+
+/// A service's place in the bulkhead's queue, while it waits for a slot.
+#[derive(Default)]
+pub struct Waiter {
+    queued: Option<Queued>,
+}
+
+struct Queued {
+    node: Arc<Node>,
+    inner: Arc<Inner>,
+    since: Instant,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl fmt::Debug for Waiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Waiter")
+            .field("queued", &self.queued.is_some())
+            .finish()
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        if let Some(queued) = self.queued.take() {
+            // A slot given while the caller was leaving is given back.
+            if queued.inner.leave(&queued.node) {
+                queued.inner.release();
+            }
+        }
+    }
+}
+
+impl Gate for Bulkhead {
+    type Permit = ();
+    type Rejection = Full;
+    type Waiter = Waiter;
+
+    #[inline]
+    fn poll_acquire<O: Observer>(
+        &self,
+        cx: &mut Context<'_>,
+        waiter: &mut Waiter,
+        _emit: Emitter<'_, O>,
+    ) -> Poll<Result<(), Full>> {
+        let inner = &*self.inner;
+        if waiter.queued.is_none() && inner.waiting.load(SeqCst) == 0 && inner.try_take() {
+            return Poll::Ready(Ok(()));
+        }
+        self.poll_slow(cx, waiter)
+    }
+
+    #[inline]
+    fn complete<O: Observer>(&self, _: (), _: &Record, _: Emitter<'_, O>) {
+        self.inner.release();
+    }
+
+    #[inline]
+    fn cancel<O: Observer>(&self, _: (), _: Emitter<'_, O>) {
+        self.inner.release();
+    }
+
+    #[inline]
+    fn wants_latency(&self) -> bool {
+        false
+    }
+
+    fn reject_reason(rejection: &Full) -> RejectReason {
+        rejection.reason()
+    }
+}
+
+impl Bulkhead {
+    /// Every way of acquiring but the lock-free one: joining the queue, waiting in it, leaving it.
+    #[inline(never)]
+    fn poll_slow(&self, cx: &mut Context<'_>, waiter: &mut Waiter) -> Poll<Result<(), Full>> {
+        let inner = &self.inner;
+        if waiter.queued.is_none() {
+            if inner.max_queue == 0 {
+                return Poll::Ready(Err(Full::new(RejectReason::BulkheadFull, Duration::ZERO)));
+            }
+            let mut queue = inner.queue();
+            // Counted first, then the slots read: see `release`.
+            inner.waiting.fetch_add(1, SeqCst);
+            if inner.try_take() {
+                inner.waiting.fetch_sub(1, SeqCst);
+                return Poll::Ready(Ok(()));
+            }
+            if queue.len() >= inner.max_queue {
+                inner.waiting.fetch_sub(1, SeqCst);
+                return Poll::Ready(Err(Full::new(RejectReason::QueueFull, Duration::ZERO)));
+            }
+            let node = Arc::new(Node {
+                granted: AtomicBool::new(false),
+                waker: Mutex::new(Some(cx.waker().clone())),
+            });
+            queue.push_back(node.clone());
+            drop(queue);
+            waiter.queued = Some(Queued {
+                node,
+                inner: inner.clone(),
+                since: Instant::now(),
+                timer: inner
+                    .max_wait
+                    .map(|wait| Box::pin(tokio::time::sleep(wait))),
+            });
+        }
+        let queued = waiter.queued.as_mut().expect("queued");
+        if queued.node.granted.load(SeqCst) {
+            waiter.queued = None;
+            return Poll::Ready(Ok(()));
+        }
+        *queued.node.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+        if let Some(timer) = &mut queued.timer {
+            if timer.as_mut().poll(cx).is_ready() {
+                let queued = waiter.queued.take().expect("queued");
+                if queued.inner.leave(&queued.node) {
+                    return Poll::Ready(Ok(()));
+                }
+                let waited = queued.since.elapsed();
+                return Poll::Ready(Err(Full::new(RejectReason::QueueTimeout, waited)));
+            }
+        }
+        // Granted while the waker was being set: the wake may have found the old one.
+        if queued.node.granted.load(SeqCst) {
+            waiter.queued = None;
+            return Poll::Ready(Ok(()));
+        }
+        Poll::Pending
+    }
+}

@@ -1,0 +1,8 @@
+//! Bulkhead tests. Time is tokio's paused clock, except in the multi-thread cancellation storm.
+#![cfg(feature = "bulkhead")]
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod contract;
+mod queue;

@@ -1,0 +1,238 @@
+//! The queue: order, length bound, maximum wait, exactly-once wake-ups, limit changes, and no slot
+//! lost to cancellations.
+
+use seawall::bulkhead::{error::Full, BulkheadLayer, Order};
+use seawall::core::{Event, EventKind, RejectReason};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_test::{assert_ready, task};
+use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
+
+const MS: Duration = Duration::from_millis(1);
+
+/// A backend whose calls each take `duration`, logging the order in which calls start.
+fn slow(
+    log: Arc<Mutex<Vec<u32>>>,
+    duration: Duration,
+) -> impl Service<
+    u32,
+    Response = u32,
+    Error = BoxError,
+    Future = impl std::future::Future<Output = Result<u32, BoxError>> + Send,
+> + Clone
+       + Send {
+    service_fn(move |id: u32| {
+        log.lock().unwrap().push(id);
+        async move {
+            tokio::time::sleep(duration).await;
+            Ok::<_, BoxError>(id)
+        }
+    })
+}
+
+async fn served_in(order: Order) -> Vec<u32> {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let layer = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .queue(10)
+        .order(order)
+        .build()
+        .unwrap();
+    let service = layer.layer(slow(log.clone(), 10 * MS));
+    let mut calls = Vec::new();
+    for id in 0..5u32 {
+        calls.push(tokio::spawn(service.clone().oneshot(id)));
+        // Each caller joins the queue before the next arrives.
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+    }
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    let order = log.lock().unwrap().clone();
+    order
+}
+
+#[tokio::test(start_paused = true)]
+async fn fifo_serves_the_oldest_caller_first_and_lifo_the_newest() {
+    assert_eq!(served_in(Order::Fifo).await, [0, 1, 2, 3, 4]);
+    // 0 runs; 1 to 4 queue; then the newest first.
+    assert_eq!(served_in(Order::Lifo).await, [0, 4, 3, 2, 1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_queue_rejects_at_once() {
+    let layer = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .queue(2)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let service = layer.layer(slow(Arc::default(), 100 * MS));
+    let calls: Vec<_> = (0..3)
+        .map(|id| tokio::spawn(service.clone().oneshot(id)))
+        .collect();
+    tokio::task::yield_now().await;
+    tokio::task::yield_now().await;
+    assert_eq!((handle.in_flight(), handle.queued()), (1, 2));
+    let err = service.clone().oneshot(9).await.unwrap_err();
+    let full = err.downcast_ref::<Full>().expect("Full");
+    assert!(full.queue_full() && !full.at_capacity() && !full.waited_too_long());
+    assert_eq!(full.to_string(), "bulkhead is full and so is its queue");
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    assert_eq!((handle.in_flight(), handle.queued()), (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_that_waits_too_long_gives_up_at_its_instant() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let layer = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .queue(10)
+        .max_wait(50 * MS)
+        .observer(move |e: &Event<'_>| sink.lock().unwrap().push(e.kind))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut service = layer.layer(slow(Arc::default(), 1000 * MS));
+    let holder = tokio::spawn(service.clone().oneshot(0));
+    tokio::task::yield_now().await;
+    let mut waiting = task::spawn(());
+    assert!(waiting.enter(|cx, _| service.poll_ready(cx)).is_pending());
+    assert_eq!(handle.queued(), 1);
+    tokio::time::advance(49 * MS).await;
+    assert!(waiting.enter(|cx, _| service.poll_ready(cx)).is_pending());
+    tokio::time::advance(MS).await;
+    assert!(waiting.is_woken());
+    // Ready at once: the rejection comes out of the call.
+    assert_ready!(waiting.enter(|cx, _| service.poll_ready(cx))).unwrap();
+    let err = service.call(1).await.unwrap_err();
+    let full = err.downcast_ref::<Full>().unwrap();
+    assert!(full.waited_too_long());
+    assert_eq!(full.waited(), 50 * MS);
+    assert_eq!(handle.queued(), 0, "it left the queue");
+    assert!(events.lock().unwrap().contains(&EventKind::Rejected {
+        reason: RejectReason::QueueTimeout
+    }));
+    holder.await.unwrap().unwrap();
+    assert_eq!(handle.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_freed_slot_wakes_exactly_one_waiter() {
+    let (mock, mut backend) = tower_test::mock::pair::<u32, u32>();
+    let layer = BulkheadLayer::builder()
+        .max_concurrent(2)
+        .queue(10)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut holders: Vec<_> = (0..2).map(|_| layer.layer(mock.clone())).collect();
+    let mut t = task::spawn(());
+    for h in &mut holders {
+        assert_ready!(t.enter(|cx, _| h.poll_ready(cx))).unwrap();
+    }
+    let mut waiters: Vec<_> = (0..5)
+        .map(|_| (task::spawn(()), layer.layer(mock.clone())))
+        .collect();
+    for (wt, w) in &mut waiters {
+        assert!(wt.enter(|cx, _| w.poll_ready(cx)).is_pending());
+    }
+    assert_eq!(handle.queued(), 5);
+    backend.allow(10);
+    holders.pop();
+    let woken: Vec<_> = waiters.iter().map(|(wt, _)| wt.is_woken()).collect();
+    assert_eq!(woken, [true, false, false, false, false]);
+    holders.pop();
+    let woken: Vec<_> = waiters.iter().map(|(wt, _)| wt.is_woken()).collect();
+    assert_eq!(woken, [true, true, false, false, false]);
+    assert_eq!((handle.in_flight(), handle.queued()), (2, 3));
+    drop(waiters);
+    assert_eq!((handle.in_flight(), handle.queued()), (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn raising_the_limit_serves_queued_callers_and_lowering_it_waits_for_calls_to_end() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let layer = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .queue(10)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let service = layer.layer(slow(log.clone(), 100 * MS));
+    let calls: Vec<_> = (0..4)
+        .map(|id| tokio::spawn(service.clone().oneshot(id)))
+        .collect();
+    tokio::task::yield_now().await;
+    tokio::task::yield_now().await;
+    assert_eq!((handle.in_flight(), handle.queued()), (1, 3));
+    handle.set_limit(3);
+    tokio::task::yield_now().await;
+    tokio::task::yield_now().await;
+    assert_eq!((handle.in_flight(), handle.queued()), (3, 1));
+    handle.set_limit(1);
+    assert_eq!(handle.limit(), 1);
+    assert_eq!(handle.in_flight(), 3, "running calls are not interrupted");
+    // The three running calls end; one slot is left for the last caller.
+    tokio::time::advance(100 * MS).await;
+    tokio::task::yield_now().await;
+    assert_eq!((handle.in_flight(), handle.queued()), (1, 0));
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    assert_eq!(handle.in_flight(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_slot_leaks_through_ten_thousand_randomly_cancelled_calls() {
+    use rand::{Rng, SeedableRng};
+    let layer = BulkheadLayer::builder()
+        .max_concurrent(8)
+        .queue(1_000)
+        .max_wait(Duration::from_millis(5))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let service = layer.layer(service_fn(|spin: u32| async move {
+        for _ in 0..spin {
+            tokio::task::yield_now().await;
+        }
+        Ok::<_, std::io::Error>(spin)
+    }));
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(42);
+    let mut tasks = Vec::new();
+    for _ in 0..10_000 {
+        let spin = rng.random_range(0..20u32);
+        let cancel_after = rng.random_range(0..20u32);
+        let service = service.clone();
+        tasks.push(tokio::spawn(async move {
+            let call = service.oneshot(spin);
+            // Drop the call (waiting, queued, or running) after a random number of yields.
+            tokio::select! {
+                result = call => Some(result),
+                _ = async {
+                    for _ in 0..cancel_after {
+                        tokio::task::yield_now().await;
+                    }
+                } => None,
+            }
+        }));
+    }
+    let mut finished = 0;
+    for task in tasks {
+        if let Some(result) = task.await.unwrap() {
+            match result {
+                Ok(_) => finished += 1,
+                Err(e) => assert!(e.is::<Full>(), "{e}"),
+            }
+        }
+    }
+    assert!(finished > 0);
+    assert_eq!(handle.in_flight(), 0, "every slot came back");
+    assert_eq!(handle.queued(), 0, "nobody is left in the queue");
+    assert_eq!(handle.limit(), 8);
+}
