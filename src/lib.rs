@@ -5,12 +5,13 @@
 //! |---|---|---|
 //! | bulkhead: bounded concurrency with a bounded FIFO or LIFO queue | [`bulkhead`] | `bulkhead` (default) |
 //! | circuit breaker | [`circuit_breaker`] | `circuit-breaker` (default) |
+//! | load shedding | [`limit`] | `limit` (default) |
 //! | retry: backoff and jitter, budgets, server hints | [`retry`] | `retry` (default) |
 //! | timeouts and deadlines, deadline propagation | [`timeout`], [`timeout::propagate`] | `timeout` (default; propagation with `http`) |
 //! | HTTP classification, `Retry-After` | [`http`] | `http` (default) |
 //! | the `grpc-timeout` header | [`grpc`] | `http` (default) |
 //!
-//! Adaptive limits, rate limiting, load shedding and fallback layers are on the way; they share the same
+//! Adaptive limits, rate limiting and fallback layers are on the way; they share the same
 //! [`core`]: outcome classification, lock-free sliding windows, one admission gate `Service`, and one
 //! [`Observer`](core::Observer) hook for metrics and tracing.
 //!
@@ -50,6 +51,8 @@ pub mod core;
 pub mod grpc;
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "limit")]
+pub mod limit;
 #[cfg(feature = "retry")]
 pub mod retry;
 mod sync;

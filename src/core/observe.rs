@@ -59,6 +59,8 @@ pub enum RejectReason {
     QueueFull,
     /// The call waited in the queue for the longest time allowed.
     QueueTimeout,
+    /// The service was not ready and the load shedder failed the call instead of waiting.
+    Overloaded,
     /// A gate written outside seawall rejected the call.
     Other,
 }
@@ -73,6 +75,7 @@ impl RejectReason {
             RejectReason::BulkheadFull => "bulkhead_full",
             RejectReason::QueueFull => "queue_full",
             RejectReason::QueueTimeout => "queue_timeout",
+            RejectReason::Overloaded => "overloaded",
             RejectReason::Other => "other",
         }
     }

@@ -1,0 +1,4 @@
+//! Tests of the back-pressure layers.
+#![cfg(feature = "limit")]
+
+mod shed;
