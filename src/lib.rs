@@ -115,6 +115,26 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed {
         layer: timeout::TimeoutLayer<P, O>,
     ) -> tower::ServiceBuilder<tower::layer::util::Stack<timeout::TimeoutLayer<P, O>, L>>;
 
+    /// Sheds load above the services built below: calls that find them not ready fail at once.
+    /// (Not `load_shed`: `ServiceBuilder`'s own method of that name, tower's, would be chosen
+    /// instead.)
+    ///
+    /// ```
+    /// use seawall::limit::LoadShedLayer;
+    /// use seawall::ServiceBuilderExt;
+    /// use tower::{service_fn, ServiceBuilder};
+    ///
+    /// let service = ServiceBuilder::new()
+    ///     .with_load_shed(LoadShedLayer::new())
+    ///     .service(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }));
+    /// # drop(service);
+    /// ```
+    #[cfg(feature = "limit")]
+    fn with_load_shed<O>(
+        self,
+        layer: limit::LoadShedLayer<O>,
+    ) -> tower::ServiceBuilder<tower::layer::util::Stack<limit::LoadShedLayer<O>, L>>;
+
     /// Wraps the services built below in `layer`'s retries. (Not `retry`: `ServiceBuilder`'s own
     /// method of that name, tower's retry, would be chosen instead.)
     ///
@@ -161,6 +181,14 @@ impl<L> ServiceBuilderExt<L> for tower::ServiceBuilder<L> {
         self,
         layer: timeout::TimeoutLayer<P, O>,
     ) -> tower::ServiceBuilder<tower::layer::util::Stack<timeout::TimeoutLayer<P, O>, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "limit")]
+    fn with_load_shed<O>(
+        self,
+        layer: limit::LoadShedLayer<O>,
+    ) -> tower::ServiceBuilder<tower::layer::util::Stack<limit::LoadShedLayer<O>, L>> {
         self.layer(layer)
     }
 
