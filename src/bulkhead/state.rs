@@ -48,9 +48,11 @@ impl Node {
 const STRIPES: usize = 8;
 
 pub(crate) struct Inner {
-    /// Free slots, in stripes; their sum is below zero while more calls run than a lowered limit
-    /// allows.
+    /// Free slots, in stripes. Never below zero but for a moment (a failed take is undone).
     free: [Padded<AtomicI64>; STRIPES],
+    /// Slots owed after the limit was lowered below the calls running: returned slots pay it off
+    /// before they can be taken again.
+    debt: AtomicI64,
     /// Callers in the queue. New callers skip the queue only when it is empty.
     waiting: Padded<AtomicU64>,
     limit: AtomicU64,
@@ -101,6 +103,12 @@ impl Inner {
     /// A call gave its slot back: to the next queued caller, if any.
     #[inline]
     pub(crate) fn release(&self) {
+        if self.debt.load(SeqCst) > 0 {
+            if self.debt.fetch_sub(1, SeqCst) > 0 {
+                return; // the slot goes away with the lowered limit
+            }
+            self.debt.fetch_add(1, SeqCst);
+        }
         self.free[thread_index() % STRIPES].fetch_add(1, SeqCst);
         // Read after the slot is free: a caller that queued before then is seen here, and one that
         // queues after sees the free slot (both sides write, then read the other's counter).
@@ -143,16 +151,42 @@ impl Inner {
     }
 
     pub(crate) fn set_limit(&self, limit: u64) {
-        let old = self.limit.swap(limit, SeqCst);
-        self.free[0].fetch_add(limit as i64 - old as i64, SeqCst);
-        if limit > old {
+        let old = self.limit.swap(limit, SeqCst) as i64;
+        let limit = limit as i64;
+        if limit >= old {
+            // New slots first cancel what is owed.
+            let mut added = limit - old;
+            let _ = self
+                .debt
+                .fetch_update(SeqCst, SeqCst, |debt| {
+                    let paid = debt.min(added).max(0);
+                    (paid > 0).then_some(debt - paid)
+                })
+                .map(|debt| added -= debt.min(added).max(0));
+            self.free[0].fetch_add(added, SeqCst);
             self.dispatch();
+            return;
         }
+        // Take the slots away from the stripes that have them free; what running calls hold is
+        // owed, and paid when they end.
+        let mut removed = old - limit;
+        for stripe in &self.free {
+            let _ = stripe
+                .fetch_update(SeqCst, SeqCst, |free| {
+                    let taken = free.min(removed);
+                    (taken > 0).then_some(free - taken)
+                })
+                .map(|free| removed -= free.min(removed));
+            if removed == 0 {
+                return;
+            }
+        }
+        self.debt.fetch_add(removed, SeqCst);
     }
 
-    /// Calls holding a slot.
+    /// Calls holding a slot: the slots there are, and those owed, less those free.
     pub(crate) fn in_flight(&self) -> u64 {
-        (self.limit() as i64 - self.free()).max(0) as u64
+        (self.limit() as i64 + self.debt.load(SeqCst) - self.free()).max(0) as u64
     }
 
     /// Callers in the queue.
@@ -180,6 +214,7 @@ impl Bulkhead {
         Bulkhead {
             inner: Arc::new(Inner {
                 free: std::array::from_fn(|stripe| Padded(AtomicI64::new(share(stripe)))),
+                debt: AtomicI64::new(0),
                 waiting: Padded(AtomicU64::new(0)),
                 limit: AtomicU64::new(limit),
                 queue: Mutex::new(VecDeque::new()),

@@ -236,3 +236,114 @@ async fn no_slot_leaks_through_ten_thousand_randomly_cancelled_calls() {
     assert_eq!(handle.queued(), 0, "nobody is left in the queue");
     assert_eq!(handle.limit(), 8);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lowered_limit_holds_across_threads() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (r, p) = (running.clone(), peak.clone());
+    let layer = BulkheadLayer::builder()
+        .max_concurrent(8)
+        .queue(1_000)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let service = layer.layer(service_fn(move |hold: u64| {
+        let (r, p) = (r.clone(), p.clone());
+        async move {
+            let now = r.fetch_add(1, SeqCst) + 1;
+            p.fetch_max(now, SeqCst);
+            tokio::time::sleep(Duration::from_millis(hold)).await;
+            r.fetch_sub(1, SeqCst);
+            Ok::<_, std::io::Error>(())
+        }
+    }));
+    // Eight calls hold every slot, on whichever threads run them; the limit drops to 2 meanwhile.
+    let first: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(service.clone().oneshot(50)))
+        .collect();
+    while handle.in_flight() < 8 {
+        tokio::task::yield_now().await;
+    }
+    handle.set_limit(2);
+    for call in first {
+        call.await.unwrap().unwrap();
+    }
+    assert_eq!(handle.in_flight(), 0);
+    peak.store(0, SeqCst);
+    // Slots given back on every thread must not outnumber the new limit.
+    let second: Vec<_> = (0..64)
+        .map(|_| tokio::spawn(service.clone().oneshot(2)))
+        .collect();
+    for call in second {
+        call.await.unwrap().unwrap();
+    }
+    assert!(
+        peak.load(SeqCst) <= 2,
+        "{} calls ran at once",
+        peak.load(SeqCst)
+    );
+    assert_eq!(
+        (handle.in_flight(), handle.queued(), handle.limit()),
+        (0, 0, 2)
+    );
+}
+
+mod model {
+    use super::*;
+    use proptest::prelude::*;
+    use std::task::{Context, Poll, Waker};
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Acquire,
+        Release(usize),
+        SetLimit(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => Just(Op::Acquire),
+            3 => (0usize..64).prop_map(Op::Release),
+            1 => (0u64..12).prop_map(Op::SetLimit),
+        ]
+    }
+
+    proptest! {
+        /// Without a queue, a call is admitted exactly when fewer calls hold a slot than the limit,
+        /// whatever the limit did meanwhile, and the handle counts exactly the calls holding one.
+        #[test]
+        fn admission_follows_the_limit(start in 1u64..12, ops in proptest::collection::vec(op(), 1..200)) {
+            let layer = BulkheadLayer::builder().max_concurrent(start).build().unwrap();
+            let handle = layer.handle();
+            let mut limit = start;
+            let mut held = Vec::new();
+            let mut cx = Context::from_waker(Waker::noop());
+            for op in ops {
+                match op {
+                    Op::Acquire => {
+                        let mut service = layer.layer(service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) }));
+                        prop_assert!(matches!(service.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+                        if (held.len() as u64) < limit {
+                            prop_assert_eq!(handle.in_flight(), held.len() as u64 + 1, "admitted");
+                            held.push(service);
+                        } else {
+                            prop_assert_eq!(handle.in_flight(), held.len() as u64, "rejected");
+                        }
+                    }
+                    Op::Release(i) => {
+                        if !held.is_empty() {
+                            held.swap_remove(i % held.len());
+                        }
+                    }
+                    Op::SetLimit(n) => {
+                        handle.set_limit(n);
+                        limit = n;
+                    }
+                }
+                prop_assert_eq!(handle.in_flight(), held.len() as u64);
+            }
+        }
+    }
+}
