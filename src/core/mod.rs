@@ -6,6 +6,7 @@
 
 mod classify;
 mod deadline;
+mod fail_fast;
 pub(crate) mod gate;
 pub(crate) mod observe;
 mod outcome;
@@ -13,6 +14,7 @@ pub mod window;
 
 pub use classify::{Classify, ErrorIsFailure};
 pub use deadline::{Deadline, DeadlineCarrier, RequestTimeout};
+pub use fail_fast::FailFast;
 pub use gate::{Gate, GateLayer, Guard, GuardFuture};
 pub use observe::{
     CircuitState, Emitter, Event, EventKind, GiveUpReason, Observer, RejectReason, RetryReason,

@@ -1,9 +1,6 @@
 use crate::core::{EventKind, Observer, RejectReason, Source};
-use pin_project_lite::pin_project;
 use std::borrow::Cow;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{BoxError, Layer, Service};
@@ -186,62 +183,14 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         if std::mem::take(&mut self.ready) {
-            return ResponseFuture {
-                kind: Kind::Called {
-                    future: self.inner.call(req),
-                },
-            };
+            return ResponseFuture::called(self.inner.call(req));
         }
         self.source.emitter().emit(EventKind::Rejected {
             reason: RejectReason::Overloaded,
         });
-        ResponseFuture { kind: Kind::Shed }
+        ResponseFuture::failed(Overloaded)
     }
 }
 
-pin_project! {
-    /// The response future of [`LoadShed`]: the inner call, or the failure of a shed one.
-    pub struct ResponseFuture<F> {
-        #[pin]
-        kind: Kind<F>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<F> {
-        Called {
-            #[pin]
-            future: F,
-        },
-        Shed,
-    }
-}
-
-impl<F> fmt::Debug for ResponseFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match self.kind {
-            Kind::Called { .. } => "called",
-            Kind::Shed => "shed",
-        };
-        f.debug_struct("ResponseFuture")
-            .field("kind", &kind)
-            .finish()
-    }
-}
-
-impl<F, T, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
-{
-    type Output = Result<T, BoxError>;
-
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Called { future } => future.poll(cx).map_err(Into::into),
-            KindProj::Shed => Poll::Ready(Err(Overloaded.into())),
-        }
-    }
-}
+/// The response future of [`LoadShed`]: the inner call, or the failure of a shed one.
+pub type ResponseFuture<F> = crate::core::FailFast<F>;

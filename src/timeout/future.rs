@@ -107,76 +107,8 @@ where
     }
 }
 
+/// The response future of [`ReadDeadline`](super::propagate::ReadDeadline) and
+/// [`WriteDeadline`](super::propagate::WriteDeadline): the inner call, or the reason it was not
+/// made.
 #[cfg(feature = "http")]
-pin_project! {
-    /// The response future of [`ReadDeadline`](super::propagate::ReadDeadline) and
-    /// [`WriteDeadline`](super::propagate::WriteDeadline): the inner call, or the reason it was not
-    /// made.
-    pub struct PropagateFuture<F> {
-        #[pin]
-        kind: PropagateKind<F>,
-    }
-}
-
-#[cfg(feature = "http")]
-pin_project! {
-    #[project = PropagateProj]
-    enum PropagateKind<F> {
-        Called {
-            #[pin]
-            future: F,
-        },
-        Failed {
-            error: Option<BoxError>,
-        },
-    }
-}
-
-#[cfg(feature = "http")]
-impl<F> PropagateFuture<F> {
-    pub(super) fn called(future: F) -> Self {
-        PropagateFuture {
-            kind: PropagateKind::Called { future },
-        }
-    }
-
-    pub(super) fn failed(error: impl Into<BoxError>) -> Self {
-        PropagateFuture {
-            kind: PropagateKind::Failed {
-                error: Some(error.into()),
-            },
-        }
-    }
-}
-
-#[cfg(feature = "http")]
-impl<F> fmt::Debug for PropagateFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match &self.kind {
-            PropagateKind::Called { .. } => "called",
-            PropagateKind::Failed { .. } => "failed",
-        };
-        f.debug_struct("PropagateFuture")
-            .field("kind", &kind)
-            .finish()
-    }
-}
-
-#[cfg(feature = "http")]
-impl<F, T, E> Future for PropagateFuture<F>
-where
-    F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
-{
-    type Output = Result<T, BoxError>;
-
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            PropagateProj::Called { future } => future.poll(cx).map_err(Into::into),
-            PropagateProj::Failed { error } => Poll::Ready(Err(error
-                .take()
-                .expect("PropagateFuture polled after completion"))),
-        }
-    }
-}
+pub type PropagateFuture<F> = crate::core::FailFast<F>;
