@@ -1,0 +1,153 @@
+//! The adaptive limit algorithms against hand-computed sequences, and within their bounds for any
+//! stream of samples.
+
+use proptest::prelude::*;
+use seawall::limit::algorithm::{Aimd, Algorithm, Fixed, Gradient2, Sample, Vegas};
+use std::time::Duration;
+
+fn sample(rtt_ms: f64, in_flight: u64) -> Sample {
+    Sample {
+        rtt: Duration::from_secs_f64(rtt_ms / 1000.0),
+        in_flight,
+        dropped: false,
+    }
+}
+
+fn dropped(rtt_ms: f64, in_flight: u64) -> Sample {
+    Sample {
+        dropped: true,
+        ..sample(rtt_ms, in_flight)
+    }
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-9
+}
+
+#[test]
+fn aimd_adds_one_under_load_and_backs_off_on_drops() {
+    let mut aimd = Aimd::default();
+    assert_eq!(aimd.initial(), 20.0);
+    let mut limit = 20.0;
+    for expected in [21.0, 22.0, 23.0] {
+        limit = aimd.update(limit, &sample(10.0, 12));
+        assert_eq!(limit, expected);
+    }
+    // Less than half the limit in use: no change.
+    assert_eq!(aimd.update(limit, &sample(10.0, 11)), 23.0);
+    assert_eq!(aimd.update(100.0, &dropped(10.0, 80)), 90.0);
+    // A call at the timeout counts as a drop.
+    assert_eq!(aimd.update(100.0, &sample(5000.0, 80)), 90.0);
+    // Bounds: 20 to 200.
+    assert_eq!(aimd.update(20.0, &dropped(1.0, 1)), 20.0);
+    assert_eq!(aimd.update(200.0, &sample(1.0, 200)), 200.0);
+}
+
+#[test]
+fn gradient2_shrinks_as_latency_rises_and_grows_by_its_queue_otherwise() {
+    let mut g = Gradient2::default();
+    assert_eq!(g.initial(), 20.0);
+    // Steady 10 ms: gradient 1, estimate = limit + 4, smoothed by 0.2.
+    let limit = g.update(20.0, &sample(10.0, 20));
+    assert!(close(limit, 20.0 * 0.8 + 24.0 * 0.2), "{limit}"); // 20.8
+    let limit = g.update(limit, &sample(10.0, 20));
+    assert!(close(limit, 20.8 * 0.8 + 24.8 * 0.2), "{limit}"); // 21.6
+                                                               // 40 ms: the long average (plain, warming up) is 20 ms; gradient max(0.5, 1.5 × 20 / 40) = 0.75.
+    let limit = g.update(limit, &sample(40.0, 20));
+    assert!(
+        close(limit, 21.6 * 0.8 + (21.6 * 0.75 + 4.0) * 0.2),
+        "{limit}"
+    ); // 21.32
+       // A service using less than half the limit: unchanged.
+    assert!(close(g.update(limit, &sample(400.0, 5)), limit));
+    // A busy service at a steady 10 ms grows its limit by the queue allowance...
+    let mut g = Gradient2::default();
+    let mut limit = 150.0;
+    for _ in 0..20 {
+        limit = g.update(limit, &sample(10.0, 150));
+    }
+    assert!(limit > 150.0, "{limit}");
+    // ...and when latency jumps tenfold the gradient floors at 0.5: each step is 0.9 × limit + 0.8,
+    // down to the minimum.
+    let before = limit;
+    limit = g.update(limit, &sample(100.0, 150));
+    assert!(close(limit, before * 0.9 + 0.8), "{limit}");
+    for _ in 0..40 {
+        limit = g.update(limit, &sample(100.0, 150));
+    }
+    assert_eq!(limit, 20.0);
+}
+
+#[test]
+fn vegas_follows_its_queue_estimate() {
+    let mut v = Vegas::default();
+    assert_eq!(v.initial(), 20.0);
+    // No queue (rtt = rtt_min): + 6 × log (log = max(1, ⌊log10 20⌋) = 1).
+    let limit = v.update(20.0, &sample(10.0, 20));
+    assert_eq!(limit, 26.0);
+    // 20 ms against 10: queue ⌈26 × 0.5⌉ = 13 > 6: − 1.
+    let limit = v.update(limit, &sample(20.0, 26));
+    assert_eq!(limit, 25.0);
+    // Queue ⌈25 × 0.2⌉ = 5: between 3 and 6, unchanged.
+    assert_eq!(v.update(limit, &sample(12.5, 25)), 25.0);
+    // Queue ⌈25 × (1 − 10/10.5)⌉ = 2 < 3: + 1.
+    assert_eq!(v.update(limit, &sample(10.5, 25)), 26.0);
+    // A drop: − 1.
+    assert_eq!(v.update(26.0, &dropped(10.0, 26)), 25.0);
+    // Less than half in use: unchanged.
+    assert_eq!(v.update(26.0, &sample(50.0, 3)), 26.0);
+}
+
+#[test]
+fn vegas_measures_its_smallest_time_again_every_probe_period() {
+    let mut v = Vegas::default();
+    let limit = v.update(20.0, &sample(10.0, 20)); // rtt_min 10 ms
+    assert_eq!(limit, 26.0);
+    // The service is now slower for good: 50 ms, while lightly used (no change to the limit).
+    for _ in 0..(30 * 26) {
+        assert_eq!(v.update(limit, &sample(50.0, 1)), limit);
+    }
+    // The probe period has passed: 50 ms is the new smallest time, so 50 ms means no queue.
+    assert_eq!(v.update(limit, &sample(50.0, 26)), 32.0);
+}
+
+#[test]
+fn a_fixed_limit_is_fixed() {
+    let mut f = Fixed(7);
+    assert_eq!(f.initial(), 7.0);
+    assert_eq!(f.update(7.0, &dropped(1.0, 7)), 7.0);
+}
+
+fn any_sample() -> impl Strategy<Value = Sample> {
+    (
+        prop_oneof![Just(0u64), any::<u64>(), 1u64..100_000_000],
+        any::<u64>(),
+        any::<bool>(),
+    )
+        .prop_map(|(nanos, in_flight, dropped)| Sample {
+            rtt: Duration::from_nanos(nanos),
+            in_flight,
+            dropped,
+        })
+}
+
+proptest! {
+    #[test]
+    fn every_algorithm_keeps_its_limit_within_bounds(
+        samples in proptest::collection::vec(any_sample(), 1..300)
+    ) {
+        let mut algorithms: Vec<(Box<dyn Algorithm>, f64, f64)> = vec![
+            (Box::new(Aimd::default()), 20.0, 200.0),
+            (Box::new(Gradient2::new(50)), 20.0, 200.0),
+            (Box::new(Vegas::default()), 1.0, 1000.0),
+            (Box::new(Fixed(9)), 9.0, 9.0),
+        ];
+        for (algorithm, min, max) in &mut algorithms {
+            let mut limit = algorithm.initial();
+            for s in &samples {
+                limit = algorithm.update(limit, s);
+                prop_assert!(limit.is_finite() && limit >= *min && limit <= *max, "{limit}");
+            }
+        }
+    }
+}
