@@ -8,6 +8,8 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use seawall::bulkhead::BulkheadLayer;
+use seawall::limit::algorithm::Aimd;
+use seawall::limit::AdaptiveLimitLayer;
 use tower::Layer;
 
 #[path = "support/mod.rs"]
@@ -33,6 +35,26 @@ fn benches(c: &mut Criterion) {
         .build_static()
         .unwrap();
     single(c, "bulkhead/reject_when_full_static", leaked.layer(Noop));
+
+    // The adaptive limiter on the same gate: every call timed, or one in 16.
+    let aimd = || Aimd {
+        initial: 1_000_000.0,
+        max: 1_000_000.0,
+        ..Aimd::default()
+    };
+    single(
+        c,
+        "bulkhead/adaptive_aimd",
+        AdaptiveLimitLayer::builder(aimd()).build().layer(Noop),
+    );
+    single(
+        c,
+        "bulkhead/adaptive_aimd_sample_16",
+        AdaptiveLimitLayer::builder(aimd())
+            .sample_every(16)
+            .build()
+            .layer(Noop),
+    );
 
     two_threads(
         c,

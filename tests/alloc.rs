@@ -290,3 +290,30 @@ fn admitted_bulkhead_calls_allocate_nothing() {
         assert_eq!(layer.handle().in_flight(), 0);
     }
 }
+
+#[cfg(feature = "limit")]
+#[test]
+fn admitted_adaptive_limiter_calls_allocate_nothing() {
+    use seawall::limit::algorithm::{Aimd, Gradient2, Vegas};
+    use seawall::limit::AdaptiveLimitLayer;
+    // A tokio runtime for the clock the limiter reads; nothing here waits.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _entered = runtime.enter();
+    fn check<A: seawall::limit::algorithm::Algorithm>(layer: AdaptiveLimitLayer<A>) {
+        let mut service = layer.layer(support::Noop);
+        calls(&mut service, 1_000, |i| i); // warm up
+        let allocated = allocations_during(|| calls(&mut service, 100_000, |i| i));
+        assert_eq!(allocated, 0, "{layer:?}");
+        assert_eq!(layer.handle().in_flight(), 0);
+    }
+    check(AdaptiveLimitLayer::builder(Aimd::default()).build());
+    check(AdaptiveLimitLayer::builder(Gradient2::default()).build());
+    check(
+        AdaptiveLimitLayer::builder(Vegas::default())
+            .sample_every(16)
+            .build(),
+    );
+}

@@ -222,6 +222,13 @@ pub enum EventKind {
         /// Why there was no other.
         reason: GiveUpReason,
     },
+    /// An adaptive limiter changed its concurrency limit.
+    LimitChanged {
+        /// The limit before.
+        from: u64,
+        /// The limit now.
+        to: u64,
+    },
     /// A circuit breaker changed state.
     StateTransition {
         /// The state it left.
@@ -382,6 +389,9 @@ impl Observer for TracingObserver {
                 reason = reason.as_str(),
                 "gave up retrying"
             ),
+            EventKind::LimitChanged { from, to } => {
+                tracing::debug!(target: "seawall", layer, from, to, "limit changed")
+            }
             EventKind::TimedOut { elapsed, cause } => tracing::debug!(
                 target: "seawall",
                 layer,

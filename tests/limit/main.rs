@@ -1,5 +1,9 @@
 //! Tests of the back-pressure layers.
 #![cfg(feature = "limit")]
 
+#[path = "../support/mod.rs"]
+mod support;
+
+mod adaptive;
 mod algorithm;
 mod shed;

@@ -1,0 +1,344 @@
+//! The adaptive concurrency limiter: the bulkhead's gate, with a limit an [`Algorithm`] moves.
+
+use super::algorithm::{Algorithm, Sample};
+use crate::bulkhead::error::Full;
+use crate::bulkhead::{Bulkhead, Order, Waiter};
+use crate::core::gate::{Anchor, Guard, Shared};
+use crate::core::{
+    Emitter, ErrorIsFailure, EventKind, Gate, Observer, Outcome, Record, RejectReason,
+};
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::fmt;
+use std::sync::Mutex;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tokio::time::Instant;
+use tower::Layer;
+
+/// The adaptive limiter's gate: a bulkhead whose limit follows an algorithm.
+pub struct Adaptive<A> {
+    bulkhead: Bulkhead,
+    state: Mutex<State<A>>,
+    sample_every: u64,
+}
+
+struct State<A> {
+    algorithm: A,
+    limit: f64,
+}
+
+/// An admitted call of an adaptive limiter: when it started, if it is a timed sample.
+#[derive(Debug)]
+pub struct AdaptivePermit {
+    start: Option<Instant>,
+    in_flight: u64,
+}
+
+/// Whether this call of the calling thread is one to time.
+fn sampled(every: u64) -> bool {
+    thread_local! {
+        static CALLS: Cell<u64> = const { Cell::new(0) };
+    }
+    CALLS.with(|calls| {
+        let n = calls.get();
+        calls.set(n.wrapping_add(1));
+        n % every == 0
+    })
+}
+
+impl<A> fmt::Debug for Adaptive<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Adaptive")
+            .field("bulkhead", &self.bulkhead)
+            .field("sample_every", &self.sample_every)
+            .finish()
+    }
+}
+
+impl<A: Algorithm> Gate for Adaptive<A> {
+    type Permit = AdaptivePermit;
+    type Rejection = Full;
+    type Waiter = Waiter;
+
+    #[inline]
+    fn poll_acquire<O: Observer>(
+        &self,
+        cx: &mut Context<'_>,
+        waiter: &mut Waiter,
+        emit: Emitter<'_, O>,
+    ) -> Poll<Result<AdaptivePermit, Full>> {
+        ready!(self.bulkhead.poll_acquire(cx, waiter, emit))?;
+        let permit = if sampled(self.sample_every) {
+            AdaptivePermit {
+                start: Some(Instant::now()),
+                in_flight: self.bulkhead.inner.in_flight(),
+            }
+        } else {
+            AdaptivePermit {
+                start: None,
+                in_flight: 0,
+            }
+        };
+        Poll::Ready(Ok(permit))
+    }
+
+    #[inline]
+    fn complete<O: Observer>(&self, permit: AdaptivePermit, record: &Record, emit: Emitter<'_, O>) {
+        self.bulkhead.inner.release();
+        let dropped = record.outcome == Outcome::Failure;
+        if permit.start.is_some() || dropped {
+            self.learn(permit, dropped, emit);
+        }
+    }
+
+    #[inline]
+    fn cancel<O: Observer>(&self, _: AdaptivePermit, _: Emitter<'_, O>) {
+        self.bulkhead.inner.release();
+    }
+
+    #[inline]
+    fn wants_latency(&self) -> bool {
+        false
+    }
+
+    fn reject_reason(rejection: &Full) -> RejectReason {
+        rejection.reason()
+    }
+}
+
+impl<A: Algorithm> Adaptive<A> {
+    /// Feeds one finished call to the algorithm, and moves the limit if it says so. A sample that
+    /// arrives while another is being applied is skipped rather than waited for.
+    #[inline(never)]
+    fn learn<O: Observer>(&self, permit: AdaptivePermit, dropped: bool, emit: Emitter<'_, O>) {
+        let Ok(mut state) = self.state.try_lock() else {
+            return;
+        };
+        let (rtt, in_flight) = match permit.start {
+            Some(start) => (start.elapsed(), permit.in_flight),
+            // An untimed drop: what the algorithms that look at time ignore.
+            None => (Duration::ZERO, self.bulkhead.inner.in_flight() + 1),
+        };
+        let sample = Sample {
+            rtt,
+            in_flight,
+            dropped,
+        };
+        let current = state.limit;
+        let limit = state.algorithm.update(current, &sample);
+        state.limit = limit;
+        let whole = (limit.floor() as u64).max(1);
+        let slots = &self.bulkhead.inner;
+        let from = slots.limit();
+        if whole != from {
+            slots.set_limit(whole);
+            drop(state);
+            emit.emit(EventKind::LimitChanged { from, to: whole });
+        }
+    }
+}
+
+/// A service behind an adaptive limiter.
+pub type AdaptiveLimit<S, A, C = ErrorIsFailure, O = ()> = Guard<S, Adaptive<A>, C, O>;
+
+/// Limits concurrency to what the service beneath shows it can take: an [`Algorithm`] (AIMD,
+/// Gradient2, Vegas) moves the limit from the calls' round-trip times and failures, over the
+/// bulkhead's gate and its queue options. See the [module docs](super).
+///
+/// Every call's outcome comes from the classifier (every `Err` by default): a failure counts as a
+/// drop. Every call is timed unless [`sample_every`](AdaptiveLimitBuilder::sample_every) says
+/// otherwise; timing costs two clock reads.
+///
+/// ```
+/// use seawall::limit::algorithm::Aimd;
+/// use seawall::limit::AdaptiveLimitLayer;
+///
+/// let layer = AdaptiveLimitLayer::builder(Aimd::default()).queue(100).build();
+/// assert_eq!(layer.handle().limit(), 20);
+/// ```
+pub struct AdaptiveLimitLayer<A: 'static, C = ErrorIsFailure, O: 'static = ()> {
+    shared: Anchor<Shared<Adaptive<A>, O>>,
+    classify: C,
+}
+
+/// Builds an [`AdaptiveLimitLayer`].
+#[derive(Debug)]
+pub struct AdaptiveLimitBuilder<A, O = ()> {
+    algorithm: A,
+    name: Cow<'static, str>,
+    max_queue: usize,
+    max_wait: Option<Duration>,
+    order: Order,
+    sample_every: u64,
+    observer: O,
+}
+
+impl<A: Algorithm> AdaptiveLimitLayer<A> {
+    /// Starts a builder for a limiter run by `algorithm`, with no queue.
+    pub fn builder(algorithm: A) -> AdaptiveLimitBuilder<A> {
+        AdaptiveLimitBuilder {
+            algorithm,
+            name: Cow::Borrowed("adaptive_limit"),
+            max_queue: 0,
+            max_wait: None,
+            order: Order::Fifo,
+            sample_every: 1,
+            observer: (),
+        }
+    }
+}
+
+impl<A, O> AdaptiveLimitBuilder<A, O> {
+    /// The layer's name, in events.
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// How many callers may wait for a slot (default 0: fail at once with
+    /// [`Full`](crate::bulkhead::error::Full)).
+    pub fn queue(mut self, length: usize) -> Self {
+        self.max_queue = length;
+        self
+    }
+
+    /// How long a caller may wait in the queue (default: as long as it takes; needs a queue).
+    pub fn max_wait(mut self, wait: Duration) -> Self {
+        self.max_wait = Some(wait);
+        self
+    }
+
+    /// Which queued caller gets the next slot (default FIFO).
+    pub fn order(mut self, order: Order) -> Self {
+        self.order = order;
+        self
+    }
+
+    /// Times one call in `n` on each thread (default 1: every call), to save the two clock reads
+    /// of the others; failures are always counted.
+    pub fn sample_every(mut self, n: u64) -> Self {
+        self.sample_every = n.max(1);
+        self
+    }
+
+    /// Sends the layer's events (including every change of the limit) to `observer`.
+    pub fn observer<O2: Observer>(self, observer: O2) -> AdaptiveLimitBuilder<A, O2> {
+        AdaptiveLimitBuilder {
+            algorithm: self.algorithm,
+            name: self.name,
+            max_queue: self.max_queue,
+            max_wait: self.max_wait,
+            order: self.order,
+            sample_every: self.sample_every,
+            observer,
+        }
+    }
+
+    /// Builds the layer. A maximum wait without a queue is ignored.
+    pub fn build(self) -> AdaptiveLimitLayer<A, ErrorIsFailure, O>
+    where
+        A: Algorithm,
+        O: Observer,
+    {
+        let limit = self.algorithm.initial();
+        let whole = (limit.floor() as u64).max(1);
+        let max_wait = self.max_wait.filter(|_| self.max_queue > 0);
+        let gate = Adaptive {
+            bulkhead: Bulkhead::new(whole, self.max_queue, max_wait, self.order),
+            state: Mutex::new(State {
+                algorithm: self.algorithm,
+                limit,
+            }),
+            sample_every: self.sample_every,
+        };
+        AdaptiveLimitLayer {
+            shared: Anchor::counted(Shared::new(self.name, gate, self.observer)),
+            classify: ErrorIsFailure,
+        }
+    }
+}
+
+impl<A: Algorithm, C, O: Observer> AdaptiveLimitLayer<A, C, O> {
+    /// A handle on this layer's limiter.
+    pub fn handle(&self) -> AdaptiveHandle<A, O> {
+        AdaptiveHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The same limiter, with another classifier: what counts as a drop.
+    pub fn classify<C2>(self, classify: C2) -> AdaptiveLimitLayer<A, C2, O> {
+        AdaptiveLimitLayer {
+            shared: self.shared,
+            classify,
+        }
+    }
+}
+
+impl<A, C: Clone, O> Clone for AdaptiveLimitLayer<A, C, O> {
+    fn clone(&self) -> Self {
+        AdaptiveLimitLayer {
+            shared: self.shared.clone(),
+            classify: self.classify.clone(),
+        }
+    }
+}
+
+impl<A, C: fmt::Debug, O> fmt::Debug for AdaptiveLimitLayer<A, C, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdaptiveLimitLayer")
+            .field("name", &self.shared.name())
+            .field("limiter", &self.shared.gate)
+            .field("classify", &self.classify)
+            .finish()
+    }
+}
+
+impl<S, A: Algorithm, C: Clone, O: Observer> Layer<S> for AdaptiveLimitLayer<A, C, O> {
+    type Service = AdaptiveLimit<S, A, C, O>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Guard::from_shared(inner, self.shared.clone(), self.classify.clone())
+    }
+}
+
+/// A handle on an adaptive limiter: its current limit, and the calls running and waiting.
+pub struct AdaptiveHandle<A: 'static, O: 'static = ()> {
+    shared: Anchor<Shared<Adaptive<A>, O>>,
+}
+
+impl<A, O> AdaptiveHandle<A, O> {
+    /// The current limit.
+    pub fn limit(&self) -> u64 {
+        self.shared.gate.bulkhead.inner.limit()
+    }
+
+    /// How many calls hold a slot.
+    pub fn in_flight(&self) -> u64 {
+        self.shared.gate.bulkhead.inner.in_flight()
+    }
+
+    /// How many callers wait in the queue.
+    pub fn queued(&self) -> u64 {
+        self.shared.gate.bulkhead.inner.queued()
+    }
+}
+
+impl<A, O> Clone for AdaptiveHandle<A, O> {
+    fn clone(&self) -> Self {
+        AdaptiveHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<A, O> fmt::Debug for AdaptiveHandle<A, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdaptiveHandle")
+            .field("limit", &self.limit())
+            .field("in_flight", &self.in_flight())
+            .field("queued", &self.queued())
+            .finish()
+    }
+}

@@ -1,0 +1,145 @@
+//! The adaptive limiter: the limit follows the algorithm, every change is an event, and it keeps
+//! the capacity contract of the bulkhead it runs on.
+
+use seawall::core::{Event, EventKind};
+use seawall::limit::algorithm::{Aimd, Fixed};
+use seawall::limit::{AdaptiveLimit, AdaptiveLimitLayer};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
+
+use crate::support::contract;
+
+#[tokio::test(start_paused = true)]
+async fn aimd_grows_the_limit_while_the_service_keeps_up() {
+    let layer = AdaptiveLimitLayer::builder(Aimd::default())
+        .queue(1_000)
+        .build();
+    let handle = layer.handle();
+    assert_eq!(handle.limit(), 20);
+    let service = layer.layer(service_fn(|_: u32| async {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        Ok::<_, std::io::Error>(())
+    }));
+    // Forty callers, twenty calls each: the limit is always in use, and every call is quick.
+    let callers: Vec<_> = (0..40)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                for i in 0..20 {
+                    service.clone().oneshot(i).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    assert!(handle.limit() >= 40, "{}", handle.limit());
+    assert_eq!((handle.in_flight(), handle.queued()), (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn aimd_backs_off_on_failures_and_says_so() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let aimd = Aimd {
+        initial: 50.0,
+        min: 5.0,
+        ..Aimd::default()
+    };
+    let layer = AdaptiveLimitLayer::builder(aimd)
+        .observer(move |e: &Event<'_>| {
+            if let EventKind::LimitChanged { from, to } = e.kind {
+                sink.lock().unwrap().push((from, to));
+            }
+        })
+        .build();
+    let handle = layer.handle();
+    let mut service = layer.layer(service_fn(|_: u32| async { Err::<(), _>("overloaded") }));
+    for i in 0..5 {
+        service.ready().await.unwrap().call(i).await.unwrap_err();
+    }
+    // 50 × 0.9⁵ = 29.5: the limit is its whole part.
+    assert_eq!(handle.limit(), 29);
+    assert_eq!(
+        *events.lock().unwrap(),
+        [(50, 45), (45, 40), (40, 36), (36, 32), (32, 29)]
+    );
+    for i in 0..100 {
+        service.ready().await.unwrap().call(i).await.unwrap_err();
+    }
+    assert_eq!(handle.limit(), 5, "never below the minimum");
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_sampled_calls_are_timed_but_every_failure_counts() {
+    let layer = AdaptiveLimitLayer::builder(Aimd {
+        initial: 50.0,
+        min: 5.0,
+        ..Aimd::default()
+    })
+    .sample_every(1_000)
+    .build();
+    let handle = layer.handle();
+    let mut service = layer.layer(service_fn(|fail: bool| async move {
+        if fail {
+            Err::<(), _>("overloaded")
+        } else {
+            Ok(())
+        }
+    }));
+    for _ in 0..3 {
+        service.ready().await.unwrap().call(true).await.unwrap_err();
+    }
+    assert_eq!(handle.limit(), 36); // 50 × 0.9³ = 36.45
+}
+
+struct Limited {
+    layer: AdaptiveLimitLayer<Fixed>,
+    mock: tower_test::mock::Mock<u32, u32>,
+    handle: tower_test::mock::Handle<u32, u32>,
+}
+
+impl contract::Subject for Limited {
+    type Service = AdaptiveLimit<tower_test::mock::Mock<u32, u32>, Fixed>;
+
+    async fn prepare() -> Self {
+        let layer = AdaptiveLimitLayer::builder(Fixed(3)).queue(100).build();
+        let (mock, handle) = tower_test::mock::pair();
+        Limited {
+            layer,
+            mock,
+            handle,
+        }
+    }
+
+    fn service(&self) -> Self::Service {
+        self.layer.layer(self.mock.clone())
+    }
+
+    fn mock(&mut self) -> &mut tower_test::mock::Handle<u32, u32> {
+        &mut self.handle
+    }
+
+    fn capacity(&self) -> usize {
+        3
+    }
+
+    fn held(&self) -> usize {
+        self.layer.handle().in_flight() as usize
+    }
+
+    fn rejects_when_full(&self) -> bool {
+        false
+    }
+
+    fn is_rejection(&self, _: &BoxError) -> bool {
+        false
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_adaptive_limiter_keeps_the_contract() {
+    contract::check::<Limited>().await;
+}
