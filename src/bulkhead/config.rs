@@ -27,6 +27,34 @@ pub enum ConfigError {
     MaxWaitWithoutQueue,
 }
 
+/// The queue's setters, shared by the builders of every layer that runs on the bulkhead's gate
+/// (their fields `max_queue`, `max_wait` and `order`).
+macro_rules! queue_setters {
+    () => {
+        /// How many callers may wait for a slot (default 0: a call that finds every slot taken
+        /// fails at once with [`Full`](crate::bulkhead::error::Full)).
+        pub fn queue(mut self, length: usize) -> Self {
+            self.max_queue = length;
+            self
+        }
+
+        /// How long a caller may wait in the queue before it fails with
+        /// [`Full`](crate::bulkhead::error::Full) (default: as long as it takes). Needs a queue.
+        pub fn max_wait(mut self, wait: std::time::Duration) -> Self {
+            self.max_wait = Some(wait);
+            self
+        }
+
+        /// Which queued caller gets the next free slot (default FIFO).
+        pub fn order(mut self, order: crate::bulkhead::Order) -> Self {
+            self.order = order;
+            self
+        }
+    };
+}
+#[cfg(feature = "limit")]
+pub(crate) use queue_setters;
+
 /// The largest limit a bulkhead takes.
 pub const MAX_CONCURRENT: u64 = 1 << 40;
 
@@ -89,25 +117,7 @@ impl<O> Builder<O> {
         self
     }
 
-    /// How many callers may wait for a slot (default 0: a call that finds every slot taken fails at
-    /// once with [`Full`](super::error::Full)).
-    pub fn queue(mut self, length: usize) -> Self {
-        self.max_queue = length;
-        self
-    }
-
-    /// How long a caller may wait in the queue before it fails with
-    /// [`Full`](super::error::Full) (default: as long as it takes). Needs a queue.
-    pub fn max_wait(mut self, wait: Duration) -> Self {
-        self.max_wait = Some(wait);
-        self
-    }
-
-    /// Which queued caller gets the next free slot (default FIFO).
-    pub fn order(mut self, order: Order) -> Self {
-        self.order = order;
-        self
-    }
+    queue_setters!();
 
     /// Sends the layer's events to `observer`.
     pub fn observer<O2: Observer>(self, observer: O2) -> Builder<O2> {

@@ -55,7 +55,7 @@
 //! # drop(layer);
 //! ```
 
-mod config;
+pub(crate) mod config;
 pub mod error;
 mod handle;
 mod layer;

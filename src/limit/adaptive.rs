@@ -196,24 +196,7 @@ impl<A, O> AdaptiveLimitBuilder<A, O> {
         self
     }
 
-    /// How many callers may wait for a slot (default 0: fail at once with
-    /// [`Full`](crate::bulkhead::error::Full)).
-    pub fn queue(mut self, length: usize) -> Self {
-        self.max_queue = length;
-        self
-    }
-
-    /// How long a caller may wait in the queue (default: as long as it takes; needs a queue).
-    pub fn max_wait(mut self, wait: Duration) -> Self {
-        self.max_wait = Some(wait);
-        self
-    }
-
-    /// Which queued caller gets the next slot (default FIFO).
-    pub fn order(mut self, order: Order) -> Self {
-        self.order = order;
-        self
-    }
+    crate::bulkhead::config::queue_setters!();
 
     /// Times one call in `n` on each thread (default 1: every call), to save the two clock reads
     /// of the others; failures are always counted.
