@@ -1,5 +1,6 @@
-//! Per-call cost of the bulkhead beside a bare service and tower's `ConcurrencyLimit`: one task,
-//! and two threads sharing one bulkhead.
+//! Per-call cost of the bulkhead, the adaptive limiter on its gate and the client-side throttle,
+//! beside a bare service and tower's `ConcurrencyLimit`: one task, and two threads sharing one
+//! bulkhead.
 //!
 //! Every call is driven by hand with a no-op waker: `poll_ready`, `call`, poll the future once. The
 //! inner service is always ready and answers at once, so a slot is always free.
@@ -9,7 +10,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use seawall::bulkhead::BulkheadLayer;
 use seawall::limit::algorithm::Aimd;
-use seawall::limit::AdaptiveLimitLayer;
+use seawall::limit::{AdaptiveLimitLayer, ThrottleLayer};
 use tower::Layer;
 
 #[path = "support/mod.rs"]
@@ -55,6 +56,8 @@ fn benches(c: &mut Criterion) {
             .build()
             .layer(Noop),
     );
+    // Client-side throttling of a healthy service: one clock read as each call ends.
+    single(c, "bulkhead/throttle", ThrottleLayer::new().layer(Noop));
 
     two_threads(
         c,

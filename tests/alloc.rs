@@ -317,3 +317,21 @@ fn admitted_adaptive_limiter_calls_allocate_nothing() {
             .build(),
     );
 }
+
+#[cfg(feature = "limit")]
+#[test]
+fn admitted_throttle_calls_allocate_nothing() {
+    use seawall::limit::ThrottleLayer;
+    // A tokio runtime for the clock the throttle reads as calls end; nothing here waits.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _entered = runtime.enter();
+    let layer = ThrottleLayer::new();
+    let mut service = layer.layer(support::Noop);
+    calls(&mut service, 1_000, |i| i); // warm up
+    let allocated = allocations_during(|| calls(&mut service, 100_000, |i| i));
+    assert_eq!(allocated, 0, "{layer:?}");
+    assert_eq!(layer.handle().accepts(), 101_000);
+}

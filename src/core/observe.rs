@@ -61,6 +61,9 @@ pub enum RejectReason {
     QueueTimeout,
     /// The service was not ready and the load shedder failed the call instead of waiting.
     Overloaded,
+    /// The client-side throttle turned the call away, because the service has been accepting too
+    /// few of the calls sent to it.
+    Throttled,
     /// A gate written outside seawall rejected the call.
     Other,
 }
@@ -76,6 +79,7 @@ impl RejectReason {
             RejectReason::QueueFull => "queue_full",
             RejectReason::QueueTimeout => "queue_timeout",
             RejectReason::Overloaded => "overloaded",
+            RejectReason::Throttled => "throttled",
             RejectReason::Other => "other",
         }
     }

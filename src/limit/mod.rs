@@ -3,15 +3,24 @@
 //!
 //! [`AdaptiveLimitLayer`] limits concurrency to what the service beneath shows it can take: an
 //! [`algorithm`] (AIMD, Gradient2, Vegas, or a fixed limit) moves the limit from the calls' round
-//! trip times and failures, over the bulkhead's gate and queue. Client-side throttling and rate
-//! limiting will live here too.
+//! trip times and failures, over the bulkhead's gate and queue.
+//!
+//! [`ThrottleLayer`] throttles on the client side, as in Google's SRE book: when the service
+//! accepts too few of the calls sent to it, the client stops sending some, before they cost the
+//! service anything. Rate limiting will live here too.
 
 mod adaptive;
 pub mod algorithm;
+pub mod error;
 mod shed;
+mod throttle;
 
 pub use adaptive::{
     Adaptive, AdaptiveHandle, AdaptiveLimit, AdaptiveLimitBuilder, AdaptiveLimitLayer,
     AdaptivePermit,
 };
-pub use shed::{error, LoadShed, LoadShedLayer, ResponseFuture};
+pub use shed::{LoadShed, LoadShedLayer, ResponseFuture};
+pub use throttle::{
+    ConfigError as ThrottleConfigError, Throttle, ThrottleBuilder, ThrottleHandle, ThrottleLayer,
+    ThrottleService,
+};

@@ -5,26 +5,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{BoxError, Layer, Service};
 
-/// The error of a shed call.
-pub mod error {
-    use std::fmt;
-
-    /// The service beneath was not ready, so the call was failed at once instead of waiting: the
-    /// service is overloaded. A server answers it with 503, a gRPC server with
-    /// `RESOURCE_EXHAUSTED`.
-    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-    pub struct Overloaded;
-
-    impl fmt::Display for Overloaded {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("service overloaded")
-        }
-    }
-
-    impl std::error::Error for Overloaded {}
-}
-
-use error::Overloaded;
+use super::error::Overloaded;
 
 /// Sheds load: a call that finds the service beneath not ready fails at once with
 /// [`Overloaded`], and is not queued. As tower's `LoadShed`, with seawall's events.

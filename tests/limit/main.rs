@@ -7,3 +7,4 @@ mod support;
 mod adaptive;
 mod algorithm;
 mod shed;
+mod throttle;
