@@ -115,8 +115,9 @@ impl<A: Algorithm> Adaptive<A> {
         let Ok(mut state) = self.state.try_lock() else {
             return;
         };
+        let at = Instant::now();
         let (rtt, in_flight) = match permit.start {
-            Some(start) => (start.elapsed(), permit.in_flight),
+            Some(start) => (at.saturating_duration_since(start), permit.in_flight),
             // An untimed drop: what the algorithms that look at time ignore.
             None => (Duration::ZERO, self.bulkhead.inner.in_flight() + 1),
         };
@@ -124,6 +125,7 @@ impl<A: Algorithm> Adaptive<A> {
             rtt,
             in_flight,
             dropped,
+            at,
         };
         let current = state.limit;
         let limit = state.algorithm.update(current, &sample);
@@ -150,11 +152,17 @@ pub type AdaptiveLimit<S, A, C = ErrorIsFailure, O = ()> = Guard<S, Adaptive<A>,
 /// drop. Every call is timed unless [`sample_every`](AdaptiveLimitBuilder::sample_every) says
 /// otherwise; timing costs two clock reads.
 ///
+/// Wrap the algorithm in [`Windowed`](super::algorithm::Windowed) for a service of more than a few
+/// hundred calls a second, as Netflix does: `docs/back-pressure.md` shows what per-call updates do
+/// to a surge.
+///
 /// ```
-/// use seawall::limit::algorithm::Aimd;
+/// use seawall::limit::algorithm::{Gradient2, Windowed};
 /// use seawall::limit::AdaptiveLimitLayer;
 ///
-/// let layer = AdaptiveLimitLayer::builder(Aimd::default()).queue(100).build();
+/// let layer = AdaptiveLimitLayer::builder(Windowed::new(Gradient2::default()))
+///     .queue(100)
+///     .build();
 /// assert_eq!(layer.handle().limit(), 20);
 /// ```
 pub struct AdaptiveLimitLayer<A: 'static, C = ErrorIsFailure, O: 'static = ()> {

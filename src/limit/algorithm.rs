@@ -6,8 +6,14 @@
 //! and returns the new limit. Limits are kept as `f64` and rounded down where a whole number of
 //! slots is needed. Every algorithm keeps the limit within its minimum and maximum, whatever the
 //! samples (NaN and infinite times included).
+//!
+//! Every algorithm updates on each sample it is given. For services of more than a few hundred
+//! calls a second, wrap Gradient2 and Vegas in [`Windowed`], which gives them one sample a second
+//! (the average time, the most calls in flight, whether any call was dropped), as Netflix runs
+//! them: otherwise their long-term view of latency lasts less than a second.
 
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// One finished call, as an algorithm sees it.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -18,6 +24,8 @@ pub struct Sample {
     pub in_flight: u64,
     /// Whether it was dropped: rejected by the service for want of capacity, or timed out.
     pub dropped: bool,
+    /// When it ended.
+    pub at: Instant,
 }
 
 /// A concurrency limit that follows what the service shows of its load.
@@ -61,7 +69,8 @@ impl Algorithm for Fixed {
 /// use std::time::Duration;
 ///
 /// let mut aimd = Aimd::default();
-/// let busy = Sample { rtt: Duration::from_millis(10), in_flight: 15, dropped: false };
+/// let at = tokio::time::Instant::now();
+/// let busy = Sample { rtt: Duration::from_millis(10), in_flight: 15, dropped: false, at };
 /// assert_eq!(aimd.update(20.0, &busy), 21.0);
 /// let dropped = Sample { dropped: true, ..busy };
 /// assert_eq!(aimd.update(100.0, &dropped), 90.0);
@@ -291,5 +300,112 @@ impl Algorithm for Vegas {
             self.min,
             self.max,
         )
+    }
+}
+
+/// Feeds another algorithm one sample per window of time instead of one per call, as Netflix's
+/// `WindowedLimit` does: the window's average round-trip time, the most calls in flight during it,
+/// and whether any call in it was dropped.
+///
+/// A window lasts twice its shortest round-trip time, kept between `min_time` and `max_time`
+/// (both one second by default), and is used only if it holds at least `min_samples` calls (10);
+/// calls faster than `min_rtt` (100 µs), such as answers from a cache, are left out unless dropped.
+///
+/// ```
+/// use seawall::limit::algorithm::{Algorithm, Gradient2, Sample, Windowed};
+/// use std::time::Duration;
+///
+/// let mut windowed = Windowed::new(Gradient2::default());
+/// let start = tokio::time::Instant::now();
+/// let mut limit = windowed.initial();
+/// for i in 0..2_000u64 {
+///     let at = start + Duration::from_millis(i);
+///     let sample = Sample { rtt: Duration::from_millis(30), in_flight: 20, dropped: false, at };
+///     limit = windowed.update(limit, &sample);
+/// }
+/// // Two seconds of calls, one window closed: Gradient2 saw one sample and grew by a little.
+/// assert!(limit > 20.0 && limit < 21.0, "{limit}");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Windowed<A> {
+    /// The algorithm fed one sample per window.
+    pub inner: A,
+    /// The shortest window.
+    pub min_time: Duration,
+    /// The longest window.
+    pub max_time: Duration,
+    /// The fewest calls a window must hold to be used.
+    pub min_samples: u32,
+    /// Calls faster than this are left out, unless dropped.
+    pub min_rtt: Duration,
+    window: Window,
+    next_update: Option<Instant>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Window {
+    samples: u32,
+    timed: u32,
+    rtt_sum: f64,
+    rtt_min: Option<Duration>,
+    max_in_flight: u64,
+    dropped: bool,
+}
+
+impl<A: Algorithm> Windowed<A> {
+    /// Windows of one second of at least 10 calls, over `inner`.
+    pub fn new(inner: A) -> Self {
+        Windowed {
+            inner,
+            min_time: Duration::from_secs(1),
+            max_time: Duration::from_secs(1),
+            min_samples: 10,
+            min_rtt: Duration::from_micros(100),
+            window: Window::default(),
+            next_update: None,
+        }
+    }
+}
+
+impl<A: Algorithm> Algorithm for Windowed<A> {
+    fn initial(&self) -> f64 {
+        self.inner.initial()
+    }
+
+    fn update(&mut self, limit: f64, sample: &Sample) -> f64 {
+        if !sample.dropped && sample.rtt < self.min_rtt {
+            return limit;
+        }
+        let w = &mut self.window;
+        w.samples += 1;
+        w.dropped |= sample.dropped;
+        w.max_in_flight = w.max_in_flight.max(sample.in_flight);
+        // Untimed drops (zero time) say nothing about latency.
+        if !sample.rtt.is_zero() {
+            w.timed += 1;
+            w.rtt_sum += sample.rtt.as_nanos() as f64;
+            w.rtt_min = Some(w.rtt_min.map_or(sample.rtt, |m| m.min(sample.rtt)));
+        }
+        let min_time = self.min_time.min(self.max_time);
+        let next = *self.next_update.get_or_insert(sample.at + min_time);
+        if sample.at < next {
+            return limit;
+        }
+        let w = std::mem::take(&mut self.window);
+        let length = w
+            .rtt_min
+            .map_or(min_time, |m| m.saturating_mul(2))
+            .clamp(min_time, self.max_time);
+        self.next_update = Some(sample.at + length);
+        if w.samples < self.min_samples || w.timed == 0 {
+            return limit;
+        }
+        let aggregate = Sample {
+            rtt: Duration::from_nanos((w.rtt_sum / w.timed as f64) as u64),
+            in_flight: w.max_in_flight,
+            dropped: w.dropped,
+            at: sample.at,
+        };
+        self.inner.update(limit, &aggregate)
     }
 }

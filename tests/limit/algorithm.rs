@@ -2,7 +2,7 @@
 //! stream of samples.
 
 use proptest::prelude::*;
-use seawall::limit::algorithm::{Aimd, Algorithm, Fixed, Gradient2, Sample, Vegas};
+use seawall::limit::algorithm::{Aimd, Algorithm, Fixed, Gradient2, Sample, Vegas, Windowed};
 use std::time::Duration;
 
 fn sample(rtt_ms: f64, in_flight: u64) -> Sample {
@@ -10,6 +10,7 @@ fn sample(rtt_ms: f64, in_flight: u64) -> Sample {
         rtt: Duration::from_secs_f64(rtt_ms / 1000.0),
         in_flight,
         dropped: false,
+        at: tokio::time::Instant::now(),
     }
 }
 
@@ -118,17 +119,101 @@ fn a_fixed_limit_is_fixed() {
     assert_eq!(f.update(7.0, &dropped(1.0, 7)), 7.0);
 }
 
-fn any_sample() -> impl Strategy<Value = Sample> {
+/// A sample, and how long after the one before it ended.
+fn any_sample() -> impl Strategy<Value = (Sample, Duration)> {
     (
         prop_oneof![Just(0u64), any::<u64>(), 1u64..100_000_000],
         any::<u64>(),
         any::<bool>(),
+        prop_oneof![Just(0u64), 0u64..2_000_000_000],
     )
-        .prop_map(|(nanos, in_flight, dropped)| Sample {
-            rtt: Duration::from_nanos(nanos),
-            in_flight,
-            dropped,
+        .prop_map(|(nanos, in_flight, dropped, gap)| {
+            let sample = Sample {
+                rtt: Duration::from_nanos(nanos),
+                in_flight,
+                dropped,
+                at: tokio::time::Instant::now(),
+            };
+            (sample, Duration::from_nanos(gap))
         })
+}
+
+/// A sample that ended `ms` milliseconds after `start`.
+fn at(start: tokio::time::Instant, ms: u64, rtt_ms: f64, in_flight: u64) -> Sample {
+    Sample {
+        at: start + Duration::from_millis(ms),
+        ..sample(rtt_ms, in_flight)
+    }
+}
+
+#[test]
+fn windowed_feeds_one_aggregate_per_window() {
+    /// Records what it is fed, and returns the limit plus one.
+    #[derive(Default)]
+    struct Spy(Vec<Sample>);
+    impl Algorithm for Spy {
+        fn initial(&self) -> f64 {
+            20.0
+        }
+        fn update(&mut self, limit: f64, sample: &Sample) -> f64 {
+            self.0.push(*sample);
+            limit + 1.0
+        }
+    }
+    let start = tokio::time::Instant::now();
+    let mut w = Windowed::new(Spy::default());
+    assert_eq!(w.initial(), 20.0);
+    // The first window: ten calls of 10 to 19 ms over the first second, one of them dropped, and
+    // a cache hit of 50 µs that is left out. Nothing reaches the algorithm until a call ends at or
+    // after one second.
+    let mut limit = 20.0;
+    for i in 0..10u64 {
+        let mut s = at(start, i * 100, 10.0 + i as f64, 5 + i % 4);
+        s.dropped = i == 3;
+        limit = w.update(limit, &s);
+    }
+    limit = w.update(limit, &at(start, 950, 0.05, 30));
+    assert_eq!(limit, 20.0);
+    assert!(w.inner.0.is_empty());
+    limit = w.update(limit, &at(start, 1000, 25.0, 2));
+    assert_eq!(limit, 21.0);
+    let fed = w.inner.0[0];
+    // Eleven calls: (10 + 11 + … + 19 + 25) / 11 ms.
+    let average = (145.0 + 25.0) / 11.0;
+    assert!(
+        (fed.rtt.as_secs_f64() * 1000.0 - average).abs() < 1e-6,
+        "{fed:?}"
+    );
+    assert_eq!(fed.in_flight, 8);
+    assert!(fed.dropped);
+    assert_eq!(fed.at, start + Duration::from_secs(1));
+    // The next window closes one second later (twice the shortest time, 20 ms, is below the
+    // minimum), but holds too few calls to be used.
+    for i in 1..=5 {
+        limit = w.update(limit, &at(start, 1000 + i * 200, 30.0, 10));
+    }
+    assert_eq!(limit, 21.0);
+    assert_eq!(w.inner.0.len(), 1);
+}
+
+#[test]
+fn windowed_windows_last_twice_the_shortest_call_within_bounds() {
+    let start = tokio::time::Instant::now();
+    let mut w = Windowed::new(Aimd::default());
+    w.min_time = Duration::from_millis(100);
+    w.max_time = Duration::from_secs(10);
+    w.min_samples = 1;
+    // The first window opens with the first call and lasts the minimum; its shortest call took
+    // 2 s, so the next lasts 4 s.
+    let mut limit = w.initial();
+    limit = w.update(limit, &at(start, 0, 2000.0, 15));
+    assert_eq!(limit, 20.0);
+    limit = w.update(limit, &at(start, 100, 2000.0, 15));
+    assert_eq!(limit, 21.0);
+    limit = w.update(limit, &at(start, 4000, 2000.0, 15));
+    assert_eq!(limit, 21.0, "the window is still open");
+    limit = w.update(limit, &at(start, 4100, 2000.0, 15));
+    assert_eq!(limit, 22.0);
 }
 
 proptest! {
@@ -141,11 +226,16 @@ proptest! {
             (Box::new(Gradient2::new(50)), 20.0, 200.0),
             (Box::new(Vegas::default()), 1.0, 1000.0),
             (Box::new(Fixed(9)), 9.0, 9.0),
+            (Box::new(Windowed::new(Gradient2::new(50))), 20.0, 200.0),
+            (Box::new(Windowed::new(Vegas::default())), 1.0, 1000.0),
         ];
         for (algorithm, min, max) in &mut algorithms {
             let mut limit = algorithm.initial();
-            for s in &samples {
-                limit = algorithm.update(limit, s);
+            let mut now = tokio::time::Instant::now();
+            for (s, gap) in &samples {
+                now += *gap;
+                let s = Sample { at: now, ..*s };
+                limit = algorithm.update(limit, &s);
                 prop_assert!(limit.is_finite() && limit >= *min && limit <= *max, "{limit}");
             }
         }

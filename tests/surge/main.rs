@@ -1,0 +1,232 @@
+//! Surge behaviour, measured: a backend of fixed capacity (20 workers at 20 to 40 ms a call, about
+//! 667 calls a second) under 1000 open-loop users who surge from half its capacity to five times
+//! it for ten seconds, with no protection and with each back-pressure layer in front of it.
+//!
+//! Print the table of docs/back-pressure.md:
+//! `cargo test --release --all-features --test surge -- --nocapture`
+
+#[path = "../sim/mod.rs"]
+mod sim;
+
+use seawall::bulkhead::BulkheadLayer;
+use seawall::limit::algorithm::{Aimd, Algorithm, Gradient2, Vegas, Windowed};
+use seawall::limit::{AdaptiveLimitLayer, ThrottleLayer};
+use sim::{Backend, BackendConfig, Load, Report};
+use std::time::Duration;
+use tower::util::BoxCloneSyncService;
+use tower::{BoxError, Layer};
+
+const SEED: u64 = 20261122;
+/// A call answered later than this is not counted in goodput.
+const SLO: Duration = Duration::from_millis(200);
+
+type Client = BoxCloneSyncService<(), (), BoxError>;
+
+async fn scenario(
+    load: &Load,
+    config: BackendConfig,
+    stack: impl FnOnce(Backend) -> Client,
+) -> Report {
+    let backend = Backend::new(config, SEED);
+    let client = stack(backend.clone());
+    sim::run(load, SEED, &backend, client).await
+}
+
+fn none(backend: Backend) -> Client {
+    BoxCloneSyncService::new(backend)
+}
+
+fn bulkhead(backend: Backend) -> Client {
+    BoxCloneSyncService::new(BulkheadLayer::new(20).layer(backend))
+}
+
+fn adaptive<A: Algorithm + Sync>(algorithm: A) -> impl FnOnce(Backend) -> Client {
+    move |backend| {
+        let layer = AdaptiveLimitLayer::builder(algorithm).build();
+        BoxCloneSyncService::new(layer.layer(backend))
+    }
+}
+
+fn throttle(backend: Backend) -> Client {
+    let layer = ThrottleLayer::builder().seed(SEED).build().unwrap();
+    BoxCloneSyncService::new(layer.layer(backend))
+}
+
+/// A backend that refuses calls with 503 once 100 wait: what the throttle reacts to.
+const SHEDDING: BackendConfig = BackendConfig {
+    queue_limit: Some(100),
+    ..BackendConfig::STANDARD
+};
+
+struct Row {
+    name: &'static str,
+    report: Report,
+}
+
+async fn rows() -> (Report, Vec<Row>) {
+    let config = BackendConfig::STANDARD;
+    let capacity = config.capacity();
+    let load = Load::standard(capacity);
+    let unloaded = scenario(&Load::unloaded(capacity), config, none).await;
+    let mut rows = Vec::new();
+    macro_rules! row {
+        ($name:expr, $config:expr, $stack:expr) => {
+            rows.push(Row {
+                name: $name,
+                report: scenario(&load, $config, $stack).await,
+            })
+        };
+    }
+    row!("no protection", config, none);
+    row!("bulkhead, 20 slots, no queue", config, bulkhead);
+    row!("AIMD, per call", config, adaptive(Aimd::default()));
+    row!(
+        "Gradient2, per call",
+        config,
+        adaptive(Gradient2::default())
+    );
+    row!("Vegas, per call", config, adaptive(Vegas::default()));
+    row!(
+        "AIMD, windowed",
+        config,
+        adaptive(Windowed::new(Aimd::default()))
+    );
+    row!(
+        "Gradient2, windowed",
+        config,
+        adaptive(Windowed::new(Gradient2::default()))
+    );
+    row!(
+        "Vegas, windowed",
+        config,
+        adaptive(Windowed::new(Vegas::default()))
+    );
+    row!("no protection, backend sheds (503)", SHEDDING, none);
+    row!("throttle (k = 2), backend sheds (503)", SHEDDING, throttle);
+    (unloaded, rows)
+}
+
+fn print_table(unloaded: &Report, rows: &[Row], capacity: f64) {
+    println!(
+        "Unloaded (half capacity all along): p50 {:.0?}, p99 {:.0?}. Backend capacity {capacity:.0} calls/s.",
+        unloaded.quantile(0.5),
+        unloaded.quantile(0.99)
+    );
+    println!();
+    println!("| Protection | Goodput (calls/s within {SLO:?}) | p50 sent | p99 sent | Not sent | Refused by backend | Backend calls |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for Row { name, report } in rows {
+        println!(
+            "| {name} | {:.0} ({:.0}%) | {:.0?} | {:.0?} | {:.0}% | {:.0}% | {} |",
+            report.goodput(SLO),
+            report.goodput(SLO) / capacity * 100.0,
+            report.quantile(0.5),
+            report.quantile(0.99),
+            report.not_sent() * 100.0,
+            report.refused() * 100.0,
+            report.backend_received,
+        );
+    }
+}
+
+fn find<'a>(rows: &'a [Row], name: &str) -> &'a Report {
+    &rows.iter().find(|r| r.name == name).unwrap().report
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_adaptive_limiter_keeps_goodput_and_latency_through_a_surge() {
+    let capacity = BackendConfig::STANDARD.capacity();
+    let (unloaded, rows) = rows().await;
+    print_table(&unloaded, &rows, capacity);
+    let unloaded_p99 = unloaded.quantile(0.99);
+    assert!(
+        unloaded_p99 <= Duration::from_millis(45),
+        "{unloaded_p99:?}"
+    );
+
+    // The adaptive limiter, each algorithm windowed as Netflix runs them: at least 90% of the
+    // backend's capacity in goodput, and admitted calls no slower than twice the unloaded p99.
+    for name in ["AIMD, windowed", "Gradient2, windowed", "Vegas, windowed"] {
+        let report = find(&rows, name);
+        let goodput = report.goodput(SLO);
+        assert!(goodput >= 0.9 * capacity, "{name}: goodput {goodput:.0}/s");
+        let p99 = report.quantile(0.99);
+        assert!(p99 <= unloaded_p99 * 2, "{name}: p99 {p99:?}");
+        assert_eq!(report.refused(), 0.0, "{name}");
+    }
+
+    // A bulkhead sized to the backend does as well, when the size is known.
+    let fixed = find(&rows, "bulkhead, 20 slots, no queue");
+    assert!(fixed.goodput(SLO) >= 0.9 * capacity);
+    assert!(fixed.quantile(0.99) <= unloaded_p99 * 2);
+
+    // With no protection every call is sent and queues at the backend: latency grows with every
+    // second of the surge, and almost nothing is answered within the SLO.
+    let open = find(&rows, "no protection");
+    assert_eq!(open.not_sent(), 0.0);
+    let per_second = open.quantile_per_second(0.99);
+    assert_eq!(per_second.len(), 10);
+    for pair in per_second.windows(2) {
+        assert!(
+            pair[1] > pair[0] + Duration::from_secs(2),
+            "p99 by second: {per_second:?}"
+        );
+    }
+    assert!(per_second[9] > unloaded_p99 * 100, "{per_second:?}");
+    assert!(open.goodput(SLO) < 0.1 * capacity);
+
+    // Against a backend that sheds, the throttle keeps goodput and spares the backend a good part
+    // of the calls it would only refuse.
+    let shedding = find(&rows, "no protection, backend sheds (503)");
+    let throttled = find(&rows, "throttle (k = 2), backend sheds (503)");
+    assert!(throttled.goodput(SLO) >= 0.9 * capacity);
+    assert!(throttled.not_sent() > 0.3, "{}", throttled.not_sent());
+    assert!(
+        throttled.backend_received * 10 < shedding.backend_received * 7,
+        "{} vs {}",
+        throttled.backend_received,
+        shedding.backend_received
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_is_reproducible() {
+    let config = BackendConfig::STANDARD;
+    let load = Load {
+        surge: Duration::from_secs(2),
+        ..Load::standard(config.capacity())
+    };
+    let a = scenario(&load, config, bulkhead).await;
+    let b = scenario(&load, config, bulkhead).await;
+    assert_eq!(a.calls.len(), b.calls.len());
+    assert!(a
+        .calls
+        .iter()
+        .zip(&b.calls)
+        .all(|(x, y)| x.arrived == y.arrived && x.latency == y.latency && x.fate == y.fate));
+}
+
+#[test]
+fn arrivals_follow_the_load() {
+    let load = Load::standard(BackendConfig::STANDARD.capacity());
+    let arrivals = load.arrivals(SEED);
+    let count = |from: u64, to: u64| {
+        arrivals
+            .iter()
+            .filter(|t| (Duration::from_secs(from)..Duration::from_secs(to)).contains(t))
+            .count() as f64
+    };
+    let near = |n: f64, expected: f64| (n - expected).abs() < expected * 0.05;
+    assert!(near(count(0, 5), 5.0 * load.base_rate), "{}", count(0, 5));
+    assert!(
+        near(count(5, 15), 10.0 * load.surge_rate),
+        "{}",
+        count(5, 15)
+    );
+    assert!(
+        near(count(15, 20), 5.0 * load.base_rate),
+        "{}",
+        count(15, 20)
+    );
+    assert!(arrivals.windows(2).all(|w| w[0] <= w[1]));
+}
