@@ -335,3 +335,37 @@ fn admitted_throttle_calls_allocate_nothing() {
     assert_eq!(allocated, 0, "{layer:?}");
     assert_eq!(layer.handle().accepts(), 101_000);
 }
+
+#[cfg(feature = "limit")]
+#[test]
+fn rate_limited_calls_allocate_nothing_and_nor_do_new_keys() {
+    use seawall::limit::rate::{KeyedRateLimitLayer, ManualClock, Quota, RateLimitLayer};
+    let clock = ManualClock::new();
+    // A quota no call here exhausts: every call is admitted.
+    let quota = Quota::per_second(1_000_000_000);
+    let layer = RateLimitLayer::builder(quota)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let mut service = layer.layer(support::Noop);
+    calls(&mut service, 1_000, |i| i); // warm up
+    assert_eq!(
+        allocations_during(|| calls(&mut service, 100_000, |i| i)),
+        0
+    );
+
+    let keyed = KeyedRateLimitLayer::builder(quota, |k: &u32| Some(*k))
+        .max_keys(10_000)
+        .clock(clock)
+        .build()
+        .unwrap();
+    let mut service = keyed.layer(support::Noop);
+    calls(&mut service, 1_000, |i| i); // every key seen once
+    assert_eq!(keyed.handle().keys(), 1_000);
+    let allocated = allocations_during(|| calls(&mut service, 100_000, |i| i % 1_000));
+    assert_eq!(allocated, 0);
+    // New keys take slots of the table made at start: no allocation either.
+    let mut service = keyed.layer(support::Noop);
+    let allocated = allocations_during(|| calls(&mut service, 9_000, |i| 1_000_000 + i));
+    assert_eq!(allocated, 0);
+}

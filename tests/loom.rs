@@ -265,3 +265,89 @@ fn a_slot_freed_while_a_caller_queues_is_never_lost() {
         assert_eq!(handle.in_flight(), 0);
     });
 }
+
+/// A service that answers at once.
+#[derive(Clone)]
+struct Pass;
+
+impl<R> Service<R> for Pass {
+    type Response = ();
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<(), std::convert::Infallible>>;
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, _: R) -> Self::Future {
+        std::future::ready(Ok(()))
+    }
+}
+
+fn call_with<S: Service<R>, R>(service: &mut S, req: R) -> Result<S::Response, S::Error> {
+    let mut cx = Context::from_waker(Waker::noop());
+    let Poll::Ready(ready) = service.poll_ready(&mut cx) else {
+        panic!("not ready")
+    };
+    ready?;
+    let Poll::Ready(result) = pin!(service.call(req)).poll(&mut cx) else {
+        panic!("pending")
+    };
+    result
+}
+
+#[test]
+fn racing_callers_never_pass_more_than_the_burst() {
+    use seawall::limit::rate::{ManualClock, Quota, RateLimitLayer};
+    loom::model(|| {
+        let layer = RateLimitLayer::builder(Quota::per_second(1).burst(2))
+            .clock(ManualClock::new())
+            .build()
+            .unwrap();
+        let passed = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..3)
+            .map(|_| {
+                let mut service = layer.layer(Pass);
+                let passed = passed.clone();
+                thread::spawn(move || {
+                    if call_with(&mut service, ()).is_ok() {
+                        passed.fetch_add(1, SeqCst);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(passed.load(SeqCst), 2);
+    });
+}
+
+#[test]
+fn a_new_key_inserted_by_racing_callers_gets_one_cell() {
+    use seawall::limit::rate::{KeyedRateLimitLayer, ManualClock, Quota};
+    loom::model(|| {
+        let layer = KeyedRateLimitLayer::builder(Quota::per_second(1), |k: &u32| Some(*k))
+            .max_keys(2)
+            .clock(ManualClock::new())
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let passed = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let mut service = layer.layer(Pass);
+                let passed = passed.clone();
+                thread::spawn(move || {
+                    if call_with(&mut service, 7).is_ok() {
+                        passed.fetch_add(1, SeqCst);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // One cell for key 7, so one call of the two passes.
+        assert_eq!(passed.load(SeqCst), 1);
+        assert_eq!(handle.keys(), 1);
+    });
+}

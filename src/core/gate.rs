@@ -162,6 +162,10 @@ impl<G, O> Shared<G, O> {
         }
     }
 
+    pub(crate) fn from_source(gate: G, source: Source<O>) -> Self {
+        Shared { gate, source }
+    }
+
     #[inline(always)]
     pub(crate) fn emitter(&self) -> Emitter<'_, O> {
         self.source.emitter()

@@ -64,6 +64,8 @@ pub enum RejectReason {
     /// The client-side throttle turned the call away, because the service has been accepting too
     /// few of the calls sent to it.
     Throttled,
+    /// A rate limiter had no room for the call in its quota.
+    RateLimited,
     /// A gate written outside seawall rejected the call.
     Other,
 }
@@ -80,6 +82,7 @@ impl RejectReason {
             RejectReason::QueueTimeout => "queue_timeout",
             RejectReason::Overloaded => "overloaded",
             RejectReason::Throttled => "throttled",
+            RejectReason::RateLimited => "rate_limited",
             RejectReason::Other => "other",
         }
     }
@@ -233,6 +236,13 @@ pub enum EventKind {
         /// The limit now.
         to: u64,
     },
+    /// A keyed rate limiter dropped a key's state to make room for a new key. An `idle` key had
+    /// its whole burst available, so nothing about it was lost; any other starts afresh if it
+    /// comes back.
+    KeyEvicted {
+        /// Whether the key was idle.
+        idle: bool,
+    },
     /// A circuit breaker changed state.
     StateTransition {
         /// The state it left.
@@ -243,13 +253,24 @@ pub enum EventKind {
 }
 
 /// One decision of one layer, delivered to an [`Observer`].
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug)]
 #[non_exhaustive]
 pub struct Event<'a> {
     /// The name given to the layer (for example `"payments-api"`).
     pub layer: &'a str,
     /// What happened.
     pub kind: EventKind,
+    /// The key the decision was about, for layers that keep state per key (a keyed rate limiter's
+    /// client address, API key or tenant).
+    pub key: Option<&'a dyn fmt::Debug>,
+}
+
+impl PartialEq for Event<'_> {
+    /// Keys are compared by their `Debug` form.
+    fn eq(&self, other: &Self) -> bool {
+        let key = |e: &Self| e.key.map(|k| format!("{k:?}"));
+        self.layer == other.layer && self.kind == other.kind && key(self) == key(other)
+    }
 }
 
 /// The metrics hook: receives every [`Event`] of the layers it is given to.
@@ -297,7 +318,17 @@ pub trait Observer: Send + Sync + 'static {
 impl<'a> Event<'a> {
     /// An event of the layer named `layer`.
     pub fn new(layer: &'a str, kind: EventKind) -> Self {
-        Event { layer, kind }
+        Event {
+            layer,
+            kind,
+            key: None,
+        }
+    }
+
+    /// The same event, about `key`.
+    pub fn with_key(mut self, key: &'a dyn fmt::Debug) -> Self {
+        self.key = Some(key);
+        self
     }
 }
 
@@ -348,9 +379,18 @@ impl Observer for TracingObserver {
         let layer = event.layer;
         match event.kind {
             EventKind::Permitted => tracing::trace!(target: "seawall", layer, "permitted"),
-            EventKind::Rejected { reason } => {
-                tracing::debug!(target: "seawall", layer, reason = reason.as_str(), "rejected")
-            }
+            EventKind::Rejected { reason } => match event.key {
+                Some(key) => tracing::debug!(
+                    target: "seawall",
+                    layer,
+                    reason = reason.as_str(),
+                    key = ?key,
+                    "rejected"
+                ),
+                None => {
+                    tracing::debug!(target: "seawall", layer, reason = reason.as_str(), "rejected")
+                }
+            },
             EventKind::Finished { outcome, latency } => tracing::trace!(
                 target: "seawall",
                 layer,
@@ -395,6 +435,9 @@ impl Observer for TracingObserver {
             ),
             EventKind::LimitChanged { from, to } => {
                 tracing::debug!(target: "seawall", layer, from, to, "limit changed")
+            }
+            EventKind::KeyEvicted { idle } => {
+                tracing::trace!(target: "seawall", layer, idle, "key evicted")
             }
             EventKind::TimedOut { elapsed, cause } => tracing::debug!(
                 target: "seawall",
@@ -539,10 +582,17 @@ impl<'a, O: Observer> Emitter<'a, O> {
     /// Sends one event.
     #[inline(always)]
     pub fn emit(self, kind: EventKind) {
-        self.0.observer.on_event(&Event {
-            layer: &self.0.name,
-            kind,
-        })
+        self.0.observer.on_event(&Event::new(&self.0.name, kind))
+    }
+
+    /// Sends one event about `key`.
+    #[inline(always)]
+    pub fn emit_keyed(self, kind: EventKind, key: &dyn fmt::Debug) {
+        if O::ENABLED {
+            self.0
+                .observer
+                .on_event(&Event::new(&self.0.name, kind).with_key(key))
+        }
     }
 
     /// The layer's name.

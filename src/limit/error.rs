@@ -1,5 +1,5 @@
 //! The errors of the back-pressure layers: [`Overloaded`] from the load shedder, [`Throttled`]
-//! from the client-side throttle.
+//! from the client-side throttle, [`RateLimited`] from the rate limiters.
 
 use std::fmt;
 
@@ -57,3 +57,45 @@ impl fmt::Display for Throttled {
 }
 
 impl std::error::Error for Throttled {}
+
+/// A rate limiter had no room for the call in its quota, and the call was not sent.
+///
+/// [`retry_after`](RateLimited::retry_after) says when a call would be let through: a server
+/// answers 429 with [`retry_after_secs`](RateLimited::retry_after_secs) in a `Retry-After` header
+/// (gRPC: `RESOURCE_EXHAUSTED`).
+///
+/// ```
+/// use seawall::limit::error::RateLimited;
+/// # fn handle(err: tower::BoxError) -> (u16, Option<u64>) {
+/// if let Some(limited) = err.downcast_ref::<RateLimited>() {
+///     return (429, Some(limited.retry_after_secs()));
+/// }
+/// (500, None)
+/// # }
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimited {
+    pub(crate) retry_after: std::time::Duration,
+}
+
+impl RateLimited {
+    /// How long until a call would be let through (when no other call takes the slot first).
+    pub fn retry_after(&self) -> std::time::Duration {
+        self.retry_after
+    }
+
+    /// [`retry_after`](Self::retry_after) in whole seconds, rounded up: the value of an HTTP
+    /// `Retry-After` header.
+    pub fn retry_after_secs(&self) -> u64 {
+        let d = self.retry_after;
+        d.as_secs() + u64::from(d.subsec_nanos() > 0)
+    }
+}
+
+impl fmt::Display for RateLimited {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "rate limited; retry after {:?}", self.retry_after)
+    }
+}
+
+impl std::error::Error for RateLimited {}

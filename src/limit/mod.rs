@@ -7,11 +7,14 @@
 //!
 //! [`ThrottleLayer`] throttles on the client side, as in Google's SRE book: when the service
 //! accepts too few of the calls sent to it, the client stops sending some, before they cost the
-//! service anything. Rate limiting will live here too.
+//! service anything.
+//!
+//! [`rate`] limits the rate of calls with GCRA, for all calls or per key.
 
 mod adaptive;
 pub mod algorithm;
 pub mod error;
+pub mod rate;
 mod shed;
 mod throttle;
 

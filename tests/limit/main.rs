@@ -6,5 +6,6 @@ mod support;
 
 mod adaptive;
 mod algorithm;
+mod rate;
 mod shed;
 mod throttle;

@@ -1,0 +1,588 @@
+//! Per-key rate limits: one GCRA cell per key, in a table of fixed size.
+
+use super::clock::{Clock, TokioClock};
+use super::gcra::{Decision, Quota};
+use super::{settings_setters, ConfigError, Limits, Settings};
+use crate::core::{Emitter, EventKind, Observer, RejectReason, Source};
+use crate::limit::error::RateLimited;
+use crate::sync::Mutex;
+use crate::sync::{AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
+use pin_project_lite::pin_project;
+use std::fmt;
+use std::future::Future;
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tokio::time::Sleep;
+use tower::{BoxError, Layer, Service};
+
+/// The slots of one bucket: two cache lines.
+const BUCKET: usize = 8;
+/// How many locks serialise the insertion of new keys (never taken for a key already there).
+const INSERT_LOCKS: usize = 256;
+/// A slot no key has.
+const EMPTY: u64 = 0;
+/// A slot being handed to a new key.
+const BUSY: u64 = 2;
+
+/// One key's cell: the key's hash (odd, so never [`EMPTY`] or [`BUSY`]) and its GCRA time.
+struct Slot {
+    tag: AtomicU64,
+    tat: AtomicU64,
+}
+
+/// Where a key may live: its tag and its two buckets.
+#[derive(Clone, Copy)]
+struct Place {
+    tag: u64,
+    buckets: [usize; 2],
+}
+
+/// The keys' cells, allocated once, so the memory never grows whatever keys come: `max_keys`
+/// slots (rounded up to whole buckets of [`BUCKET`]). A key lives in one of two buckets chosen by
+/// its hash; a new key takes an empty slot of the emptier one, else a slot whose key is idle (its
+/// whole burst available, so forgetting it loses nothing), else the slot whose key is closest to
+/// idle, and that key starts afresh if it comes back. Two choices keep the buckets even: a table
+/// four-fifths full of busy keys drops about one of them per ten thousand new keys.
+///
+/// Keys are known by a 64-bit hash, keyed at random per table (SipHash), so a client cannot pick
+/// keys that collide; two keys with the same hash would share a limit, which for a million keys
+/// happens with a chance of about one in thirty million.
+struct Table {
+    slots: Box<[Slot]>,
+    insert: Box<[Mutex<()>]>,
+    hasher: RandomState,
+    keys: AtomicU64,
+}
+
+impl Table {
+    fn new(max_keys: usize) -> Self {
+        let buckets = max_keys.div_ceil(BUCKET);
+        Table {
+            slots: (0..buckets * BUCKET)
+                .map(|_| Slot {
+                    tag: AtomicU64::new(EMPTY),
+                    tat: AtomicU64::new(0),
+                })
+                .collect(),
+            insert: (0..INSERT_LOCKS.min(buckets))
+                .map(|_| Mutex::new(()))
+                .collect(),
+            hasher: RandomState::new(),
+            keys: AtomicU64::new(0),
+        }
+    }
+
+    #[inline]
+    fn bucket(&self, index: usize) -> &[Slot] {
+        &self.slots[index * BUCKET..][..BUCKET]
+    }
+
+    /// The tag and buckets of `key`.
+    #[inline]
+    fn locate<K: Hash>(&self, key: &K) -> Place {
+        let hash = self.hasher.hash_one(key);
+        let buckets = (self.slots.len() / BUCKET) as u128;
+        // Lemire's reduction of two independent-looking 64-bit values to 0..buckets.
+        let other = hash.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(31);
+        Place {
+            tag: hash | 1,
+            buckets: [
+                ((u128::from(hash) * buckets) >> 64) as usize,
+                ((u128::from(other) * buckets) >> 64) as usize,
+            ],
+        }
+    }
+
+    /// The slot holding `place`'s key, if any.
+    #[inline]
+    fn find(&self, place: Place) -> Option<&Slot> {
+        let [first, second] = place.buckets;
+        let holds = |slot: &&Slot| slot.tag.load(Acquire) == place.tag;
+        match self.bucket(first).iter().find(holds) {
+            Some(slot) => Some(slot),
+            None => self.bucket(second).iter().find(holds),
+        }
+    }
+
+    /// The cell of `key` at `now`, made if the key is new.
+    #[inline]
+    fn cell<K: Hash, O: Observer>(&self, key: &K, now: u64, emit: Emitter<'_, O>) -> &AtomicU64 {
+        let place = self.locate(key);
+        match self.find(place) {
+            Some(slot) => &slot.tat,
+            None => self.insert(place, now, emit),
+        }
+    }
+
+    #[cold]
+    fn insert<O: Observer>(&self, place: Place, now: u64, emit: Emitter<'_, O>) -> &AtomicU64 {
+        // Inserting the same key twice at once would give it two cells: keys with the same first
+        // bucket take one lock, and look again under it.
+        let _lock = self.insert[place.buckets[0] % self.insert.len()]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(slot) = self.find(place) {
+                return &slot.tat;
+            }
+            // The slot to take: an empty one of the emptier bucket, else one whose key is idle,
+            // else the one whose key is closest to idle.
+            let empty = |b: usize| {
+                self.bucket(b)
+                    .iter()
+                    .filter(|s| s.tag.load(Relaxed) == EMPTY)
+                    .count()
+            };
+            let [first, second] = place.buckets;
+            let order = if empty(second) > empty(first) {
+                [second, first]
+            } else {
+                [first, second]
+            };
+            let victim = order
+                .into_iter()
+                .flat_map(|b| self.bucket(b))
+                .filter_map(|slot| {
+                    let held = slot.tag.load(Acquire);
+                    let rank = match held {
+                        BUSY => return None,
+                        EMPTY => (0, 0),
+                        _ => match slot.tat.load(Relaxed) {
+                            tat if tat <= now => (1, 0),
+                            tat => (2, tat),
+                        },
+                    };
+                    Some((rank, slot, held))
+                })
+                .min_by_key(|(rank, _, _)| *rank);
+            let Some((rank, slot, held)) = victim else {
+                // Every slot of both buckets is being handed to another key right now.
+                std::hint::spin_loop();
+                continue;
+            };
+            if slot
+                .tag
+                .compare_exchange(held, BUSY, Acquire, Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            slot.tat.store(0, Relaxed);
+            slot.tag.store(place.tag, Release);
+            if held == EMPTY {
+                self.keys.fetch_add(1, Relaxed);
+            } else {
+                emit.emit(EventKind::KeyEvicted { idle: rank.0 == 1 });
+            }
+            return &slot.tat;
+        }
+    }
+}
+
+struct Keyed<Clk, O> {
+    table: Table,
+    limits: Limits<Clk>,
+    source: Source<O>,
+}
+
+/// Limits the rate of calls per key: a key taken from each request by a closure (a client
+/// address, an API key, a tenant) gets its own [`Quota`], in a table of at most `max_keys` keys
+/// whose memory is allocated once. See the [module docs](super).
+///
+/// The closure returns `None` for requests the limit does not apply to (health checks, say);
+/// they pass without being counted.
+///
+/// The limit is decided in `call`, once the request is known. A call over its key's quota fails
+/// with [`RateLimited`]; with [`max_wait`](KeyedBuilder::max_wait), a call that can have a slot
+/// within that time waits for it in its response future, and then calls a clone of the inner
+/// service (which is why the inner service must be `Clone`).
+///
+/// ```
+/// use http::{Request, Response};
+/// use seawall::limit::rate::{KeyedRateLimitLayer, Quota};
+/// use tower::{service_fn, Layer, Service, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// // One request a second per API key, in a bounded table of 100,000 keys.
+/// let layer = KeyedRateLimitLayer::builder(Quota::per_second(1), |req: &Request<()>| {
+///     req.headers().get("x-api-key").cloned()
+/// })
+/// .max_keys(100_000)
+/// .build()
+/// .unwrap();
+/// let mut service = layer.layer(service_fn(|_: Request<()>| async {
+///     Ok::<_, std::convert::Infallible>(Response::new(()))
+/// }));
+/// let request = |key: &str| Request::builder().header("x-api-key", key).body(()).unwrap();
+/// assert!(service.ready().await.unwrap().call(request("a")).await.is_ok());
+/// assert!(service.ready().await.unwrap().call(request("b")).await.is_ok());
+/// assert!(service.ready().await.unwrap().call(request("a")).await.is_err());
+/// # }
+/// ```
+pub struct KeyedRateLimitLayer<F, Clk: 'static = TokioClock, O: 'static = ()> {
+    shared: Arc<Keyed<Clk, O>>,
+    key: F,
+}
+
+/// Builds a [`KeyedRateLimitLayer`].
+pub struct KeyedBuilder<F, Clk = TokioClock, O = ()> {
+    settings: Settings<Clk, O>,
+    key: F,
+    max_keys: usize,
+}
+
+impl<F> KeyedRateLimitLayer<F> {
+    /// Starts a builder for a limit of `quota` per key, the key taken from each request by `key`.
+    /// Room for 100,000 keys by default.
+    pub fn builder(quota: Quota, key: F) -> KeyedBuilder<F> {
+        KeyedBuilder {
+            settings: Settings::new(quota, "keyed_rate_limit"),
+            key,
+            max_keys: 100_000,
+        }
+    }
+}
+
+impl<F, Clk, O> KeyedBuilder<F, Clk, O> {
+    settings_setters!(KeyedBuilder<F, Clk, O>);
+
+    /// The most keys kept (default 100,000, rounded up to a multiple of 8): 16 bytes each,
+    /// allocated when the layer is built. Allow a quarter more than the keys you expect to be
+    /// busy at once: with 80% of the slots holding busy keys, about one new key in ten thousand
+    /// takes the slot of a busy one; at 90%, about one in a hundred.
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys;
+        self
+    }
+
+    /// Reads the time from `clock` (default: tokio's).
+    pub fn clock<Clk2: Clock>(self, clock: Clk2) -> KeyedBuilder<F, Clk2, O> {
+        KeyedBuilder {
+            settings: self.settings.clock(clock),
+            key: self.key,
+            max_keys: self.max_keys,
+        }
+    }
+
+    /// Sends the layer's events to `observer`: permitted and rejected (reason `RateLimited`),
+    /// each with its key, and `KeyEvicted`.
+    pub fn observer<O2: Observer>(self, observer: O2) -> KeyedBuilder<F, Clk, O2> {
+        KeyedBuilder {
+            settings: self.settings.observer(observer),
+            key: self.key,
+            max_keys: self.max_keys,
+        }
+    }
+
+    /// Checks the settings and builds the layer, allocating its table of keys.
+    pub fn build(self) -> Result<KeyedRateLimitLayer<F, Clk, O>, ConfigError>
+    where
+        Clk: Clock,
+        O: Observer,
+    {
+        let (limits, source) = self.settings.build()?;
+        if self.max_keys == 0 {
+            return Err(ConfigError::MaxKeys);
+        }
+        Ok(KeyedRateLimitLayer {
+            shared: Arc::new(Keyed {
+                table: Table::new(self.max_keys),
+                limits,
+                source,
+            }),
+            key: self.key,
+        })
+    }
+}
+
+impl<F, Clk, O> fmt::Debug for KeyedBuilder<F, Clk, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedBuilder")
+            .field("settings", &self.settings)
+            .field("max_keys", &self.max_keys)
+            .finish()
+    }
+}
+
+impl<F, Clk, O> KeyedRateLimitLayer<F, Clk, O> {
+    /// A handle on this layer's limits.
+    pub fn handle(&self) -> KeyedHandle<Clk, O> {
+        KeyedHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<F: Clone, Clk, O> Clone for KeyedRateLimitLayer<F, Clk, O> {
+    fn clone(&self) -> Self {
+        KeyedRateLimitLayer {
+            shared: self.shared.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+impl<F, Clk, O> fmt::Debug for KeyedRateLimitLayer<F, Clk, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedRateLimitLayer")
+            .field("name", &self.shared.source.name())
+            .field("keys", &self.shared.table.keys.load(Relaxed))
+            .finish()
+    }
+}
+
+impl<S, F: Clone, Clk, O> Layer<S> for KeyedRateLimitLayer<F, Clk, O> {
+    type Service = KeyedRateLimit<S, F, Clk, O>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        KeyedRateLimit {
+            inner,
+            shared: self.shared.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+/// The service of [`KeyedRateLimitLayer`].
+pub struct KeyedRateLimit<S, F, Clk: 'static = TokioClock, O: 'static = ()> {
+    inner: S,
+    shared: Arc<Keyed<Clk, O>>,
+    key: F,
+}
+
+impl<S: Clone, F: Clone, Clk, O> Clone for KeyedRateLimit<S, F, Clk, O> {
+    fn clone(&self) -> Self {
+        KeyedRateLimit {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, F, Clk, O> fmt::Debug for KeyedRateLimit<S, F, Clk, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedRateLimit")
+            .field("name", &self.shared.source.name())
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl<S, F, K, Clk, O, Req> Service<Req> for KeyedRateLimit<S, F, Clk, O>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    F: Fn(&Req) -> Option<K>,
+    K: Hash + fmt::Debug,
+    Clk: Clock,
+    O: Observer,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = KeyedResponseFuture<S, Req>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        let Some(key) = (self.key)(&req) else {
+            return KeyedResponseFuture::called(self.inner.call(req));
+        };
+        let shared = &*self.shared;
+        let emit = shared.source.emitter();
+        let now = shared.limits.now();
+        let cell = shared.table.cell(&key, now, emit);
+        match shared.limits.decide_at(cell, now) {
+            Decision::Admit => {
+                emit.emit_keyed(EventKind::Permitted, &key);
+                KeyedResponseFuture::called(self.inner.call(req))
+            }
+            Decision::Wait(nanos) => {
+                emit.emit_keyed(EventKind::Permitted, &key);
+                // This service stays ready for its next call; a clone makes this one when its
+                // slot comes.
+                KeyedResponseFuture {
+                    state: State::Waiting {
+                        sleep: Box::pin(tokio::time::sleep(Duration::from_nanos(nanos))),
+                        pending: Some((self.inner.clone(), req)),
+                    },
+                }
+            }
+            Decision::Reject(nanos) => {
+                emit.emit_keyed(
+                    EventKind::Rejected {
+                        reason: RejectReason::RateLimited,
+                    },
+                    &key,
+                );
+                KeyedResponseFuture {
+                    state: State::Failed {
+                        error: Some(RateLimited {
+                            retry_after: Duration::from_nanos(nanos),
+                        }),
+                    },
+                }
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`KeyedRateLimit`]: the inner call, a wait for a reserved slot
+    /// followed by the call, or the failure of a call over its quota.
+    pub struct KeyedResponseFuture<S, Req>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        state: State<S, Req>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, Req>
+    where
+        S: Service<Req>,
+    {
+        Called {
+            #[pin]
+            future: S::Future,
+        },
+        Waiting {
+            sleep: Pin<Box<Sleep>>,
+            pending: Option<(S, Req)>,
+        },
+        Readying {
+            pending: Option<(S, Req)>,
+        },
+        Failed {
+            error: Option<RateLimited>,
+        },
+    }
+}
+
+impl<S: Service<Req>, Req> KeyedResponseFuture<S, Req> {
+    fn called(future: S::Future) -> Self {
+        KeyedResponseFuture {
+            state: State::Called { future },
+        }
+    }
+}
+
+impl<S: Service<Req>, Req> fmt::Debug for KeyedResponseFuture<S, Req> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Called { .. } => "called",
+            State::Waiting { .. } => "waiting",
+            State::Readying { .. } => "readying",
+            State::Failed { .. } => "failed",
+        };
+        f.debug_struct("KeyedResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl<S, Req> Future for KeyedResponseFuture<S, Req>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let mut this = self.as_mut().project();
+            match this.state.as_mut().project() {
+                StateProj::Called { future } => return future.poll(cx).map_err(Into::into),
+                StateProj::Failed { error } => {
+                    let error = error.take().expect("polled after completion");
+                    return Poll::Ready(Err(error.into()));
+                }
+                StateProj::Waiting { sleep, pending } => {
+                    ready!(sleep.as_mut().poll(cx));
+                    let pending = pending.take();
+                    this.state.set(State::Readying { pending });
+                }
+                StateProj::Readying { pending } => {
+                    let (service, _) = pending.as_mut().expect("polled after completion");
+                    ready!(service.poll_ready(cx)).map_err(Into::into)?;
+                    let (mut service, req) = pending.take().expect("checked above");
+                    let future = service.call(req);
+                    this.state.set(State::Called { future });
+                }
+            }
+        }
+    }
+}
+
+/// A handle on a keyed rate limiter: its quota, changeable at run time, and its keys.
+pub struct KeyedHandle<Clk: 'static = TokioClock, O: 'static = ()> {
+    shared: Arc<Keyed<Clk, O>>,
+}
+
+impl<Clk: Clock, O> KeyedHandle<Clk, O> {
+    /// The quota each key gets.
+    pub fn quota(&self) -> Quota {
+        self.shared.limits.quota()
+    }
+
+    /// Replaces every key's quota, from the next call on.
+    pub fn set_quota(&self, quota: Quota) -> Result<(), ConfigError> {
+        self.shared.limits.set_quota(quota)
+    }
+
+    /// How many slots of the table hold a key (idle keys included): at most
+    /// [`max_keys`](Self::max_keys).
+    pub fn keys(&self) -> u64 {
+        self.shared.table.keys.load(Relaxed)
+    }
+
+    /// The most keys kept.
+    pub fn max_keys(&self) -> usize {
+        self.shared.table.slots.len()
+    }
+
+    /// The memory the table of keys takes, in bytes: fixed when the layer is built.
+    pub fn memory(&self) -> usize {
+        let table = &self.shared.table;
+        std::mem::size_of_val(&*table.slots) + std::mem::size_of_val(&*table.insert)
+    }
+
+    /// How many calls `key` would be let through at once now (its whole burst for a key not in
+    /// the table).
+    pub fn available<K: Hash>(&self, key: &K) -> u64 {
+        let shared = &*self.shared;
+        let place = shared.table.locate(key);
+        match shared.table.find(place) {
+            Some(slot) => shared.limits.available(&slot.tat),
+            None => shared.limits.available(&AtomicU64::new(0)),
+        }
+    }
+}
+
+impl<Clk, O> Clone for KeyedHandle<Clk, O> {
+    fn clone(&self) -> Self {
+        KeyedHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<Clk, O> fmt::Debug for KeyedHandle<Clk, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedHandle")
+            .field("name", &self.shared.source.name())
+            .field("keys", &self.shared.table.keys.load(Relaxed))
+            .finish()
+    }
+}

@@ -1,0 +1,377 @@
+//! Rate limiting: GCRA in paused time, waiting, run-time quotas, keys and their bounded table.
+
+use seawall::core::{Event, EventKind, RejectReason};
+use seawall::limit::error::RateLimited;
+use seawall::limit::rate::{
+    ConfigError, KeyedRateLimitLayer, ManualClock, Quota, QuotaError, RateLimitLayer,
+};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
+
+const MS: Duration = Duration::from_millis(1);
+
+/// A service that answers every request at once.
+#[derive(Clone, Copy)]
+struct Pass;
+
+impl<R> Service<R> for Pass {
+    type Response = ();
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<(), Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: R) -> Self::Future {
+        std::future::ready(Ok(()))
+    }
+}
+
+fn ok_service() -> Pass {
+    Pass
+}
+
+/// Sends one call: `Ok(())` if let through, `Err(retry_after)` if limited.
+async fn send<S, R>(service: &mut S, req: R) -> Result<(), Duration>
+where
+    S: Service<R, Response = (), Error = BoxError>,
+{
+    match service.ready().await.unwrap().call(req).await {
+        Ok(()) => Ok(()),
+        Err(e) => Err(e
+            .downcast_ref::<RateLimited>()
+            .expect("a rate limit")
+            .retry_after()),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn exactly_the_burst_passes_at_once_then_one_per_interval() {
+    let mut service = RateLimitLayer::new(Quota::per_second(10).burst(3)).layer(ok_service());
+    for _ in 0..3 {
+        assert_eq!(send(&mut service, ()).await, Ok(()));
+    }
+    assert_eq!(send(&mut service, ()).await, Err(100 * MS));
+    tokio::time::advance(60 * MS).await;
+    assert_eq!(send(&mut service, ()).await, Err(40 * MS));
+    tokio::time::advance(40 * MS).await;
+    assert_eq!(send(&mut service, ()).await, Ok(()));
+    assert_eq!(send(&mut service, ()).await, Err(100 * MS));
+
+    // Offered far above the rate for ten seconds: one call per 100 ms gets through.
+    let mut passed = 0;
+    for _ in 0..10_000 {
+        tokio::time::advance(MS).await;
+        passed += send(&mut service, ()).await.is_ok() as u32;
+    }
+    assert_eq!(passed, 100);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quiet_spell_refills_the_burst_and_no_more() {
+    let layer = RateLimitLayer::new(Quota::per_second(10).burst(3));
+    let handle = layer.handle();
+    let mut service = layer.layer(ok_service());
+    assert_eq!(handle.available(), 3);
+    for _ in 0..3 {
+        send(&mut service, ()).await.unwrap();
+    }
+    assert_eq!(handle.available(), 0);
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    assert_eq!(handle.available(), 3);
+    for _ in 0..3 {
+        send(&mut service, ()).await.unwrap();
+    }
+    assert!(send(&mut service, ()).await.is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_mode_waits_exactly_for_the_reserved_slot() {
+    let layer = RateLimitLayer::builder(Quota::per_second(10).burst(1))
+        .max_wait(Duration::from_millis(250))
+        .build()
+        .unwrap();
+    let mut service = layer.layer(ok_service());
+    let start = Instant::now();
+    send(&mut service, ()).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    // Three callers at once: the first two get the slots 100 and 200 ms on, and wait for them;
+    // the third would wait 300 ms, more than allowed, and fails at once.
+    let mut handles = Vec::new();
+    for _ in 0..2 {
+        let mut service = service.clone();
+        handles.push(tokio::spawn(async move {
+            send(&mut service, ()).await.unwrap();
+            start.elapsed()
+        }));
+    }
+    tokio::task::yield_now().await;
+    let at = Instant::now();
+    assert_eq!(send(&mut service, ()).await, Err(300 * MS));
+    assert_eq!(at.elapsed(), Duration::ZERO, "a refusal does not wait");
+    let mut waited = Vec::new();
+    for handle in handles {
+        waited.push(handle.await.unwrap());
+    }
+    waited.sort();
+    assert_eq!(waited, [100 * MS, 200 * MS]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_service_of_a_layer_shares_the_limit_and_the_quota_changes_at_run_time() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let layer = RateLimitLayer::builder(Quota::per_second(2))
+        .name("api")
+        .observer(move |e: &Event<'_>| {
+            if !matches!(e.kind, EventKind::Finished { .. }) {
+                sink.lock().unwrap().push(e.kind)
+            }
+        })
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut a = layer.layer(ok_service());
+    let mut b = layer.clone().layer(ok_service());
+    let mut c = a.clone();
+    assert!(send(&mut a, ()).await.is_ok());
+    assert!(send(&mut b, ()).await.is_ok());
+    assert_eq!(send(&mut c, ()).await, Err(500 * MS));
+    assert_eq!(
+        *events.lock().unwrap(),
+        [
+            EventKind::Permitted,
+            EventKind::Permitted,
+            EventKind::Rejected {
+                reason: RejectReason::RateLimited
+            }
+        ]
+    );
+
+    assert_eq!(handle.quota(), Quota::per_second(2));
+    handle.set_quota(Quota::per_second(100).burst(10)).unwrap();
+    assert_eq!(handle.quota().burst_size(), 10);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let mut passed = 0;
+    for _ in 0..50 {
+        passed += send(&mut c, ()).await.is_ok() as u32;
+    }
+    assert_eq!(passed, 10);
+    assert_eq!(
+        handle.set_quota(Quota::per_second(0)),
+        Err(ConfigError::Quota(QuotaError::Count))
+    );
+}
+
+#[test]
+fn bad_quotas_are_refused_and_the_error_says_when_to_come_back() {
+    assert_eq!(
+        RateLimitLayer::builder(Quota::per_second(5).burst(0))
+            .build()
+            .unwrap_err(),
+        ConfigError::Quota(QuotaError::Burst)
+    );
+    let err = KeyedRateLimitLayer::builder(Quota::per_second(5), |_: &()| Some(1))
+        .max_keys(0)
+        .build()
+        .unwrap_err();
+    assert_eq!(err, ConfigError::MaxKeys);
+    assert_eq!(
+        err.to_string(),
+        "a keyed rate limiter needs room for at least one key"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_rounds_up_to_whole_seconds() {
+    let mut service = RateLimitLayer::new(Quota::per_minute(1)).layer(ok_service());
+    send(&mut service, ()).await.unwrap();
+    tokio::time::advance(Duration::from_millis(500)).await;
+    let err = ServiceExt::<()>::ready(&mut service)
+        .await
+        .unwrap()
+        .call(())
+        .await
+        .unwrap_err();
+    let limited = err.downcast_ref::<RateLimited>().unwrap();
+    assert_eq!(limited.retry_after(), Duration::from_millis(59_500));
+    assert_eq!(limited.retry_after_secs(), 60);
+    assert_eq!(err.to_string(), "rate limited; retry after 59.5s");
+}
+
+/// Requests keyed by their first field; `None` is not limited.
+type Keyed = (Option<u32>, ());
+
+fn by_first(req: &Keyed) -> Option<u32> {
+    req.0
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_key_has_its_own_limit_and_unkeyed_calls_pass() {
+    let layer = KeyedRateLimitLayer::builder(Quota::per_second(1), by_first)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut service = layer.layer(ok_service());
+    for key in 0..100 {
+        assert_eq!(send(&mut service, (Some(key), ())).await, Ok(()));
+    }
+    for key in 0..100 {
+        assert_eq!(
+            send(&mut service, (Some(key), ())).await,
+            Err(Duration::from_secs(1))
+        );
+    }
+    for _ in 0..100 {
+        assert_eq!(send(&mut service, (None, ())).await, Ok(()));
+    }
+    assert_eq!(handle.keys(), 100);
+    assert_eq!(handle.available(&7u32), 0);
+    assert_eq!(handle.available(&1000u32), 1);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(send(&mut service, (Some(7), ())).await, Ok(()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_keyed_call_can_wait_for_its_slot() {
+    let layer = KeyedRateLimitLayer::builder(Quota::per_second(10).burst(1), by_first)
+        .max_wait(Duration::from_millis(150))
+        .build()
+        .unwrap();
+    let mut service = layer.layer(ok_service());
+    let start = Instant::now();
+    send(&mut service, (Some(1), ())).await.unwrap();
+    send(&mut service, (Some(1), ())).await.unwrap();
+    assert_eq!(start.elapsed(), 100 * MS);
+    // Another key does not wait.
+    send(&mut service, (Some(2), ())).await.unwrap();
+    assert_eq!(start.elapsed(), 100 * MS);
+    // Key 1 now needs 100 ms, then 200: the second is more than allowed.
+    let waiting = ServiceExt::<Keyed>::ready(&mut service)
+        .await
+        .unwrap()
+        .call((Some(1), ()));
+    assert_eq!(send(&mut service, (Some(1), ())).await, Err(200 * MS));
+    waiting.await.unwrap();
+    assert_eq!(start.elapsed(), 200 * MS);
+}
+
+#[tokio::test(start_paused = true)]
+async fn keyed_events_carry_the_key() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let layer = KeyedRateLimitLayer::builder(Quota::per_second(1), by_first)
+        .name("per-client")
+        .observer(move |e: &Event<'_>| {
+            let key = e.key.map(|k| format!("{k:?}"));
+            sink.lock()
+                .unwrap()
+                .push((e.layer.to_string(), e.kind, key))
+        })
+        .build()
+        .unwrap();
+    let mut service = layer.layer(ok_service());
+    send(&mut service, (Some(1), ())).await.unwrap();
+    send(&mut service, (Some(1), ())).await.unwrap_err();
+    send(&mut service, (Some(2), ())).await.unwrap();
+    let name = || "per-client".to_string();
+    assert_eq!(
+        *events.lock().unwrap(),
+        [
+            (name(), EventKind::Permitted, Some("1".to_string())),
+            (
+                name(),
+                EventKind::Rejected {
+                    reason: RejectReason::RateLimited
+                },
+                Some("1".to_string())
+            ),
+            (name(), EventKind::Permitted, Some("2".to_string())),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_keys_make_room_first_and_an_evicted_key_starts_fresh() {
+    let evicted = Arc::new(Mutex::new(Vec::new()));
+    let sink = evicted.clone();
+    let layer = KeyedRateLimitLayer::builder(Quota::per_minute(1), by_first)
+        .max_keys(8)
+        .observer(move |e: &Event<'_>| {
+            if let EventKind::KeyEvicted { idle } = e.kind {
+                sink.lock().unwrap().push(idle);
+            }
+        })
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut service = layer.layer(ok_service());
+    for key in 0..8 {
+        send(&mut service, (Some(key), ())).await.unwrap();
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+    assert_eq!(handle.keys(), 8);
+    // The table is full and no key is idle: key 8 takes the slot of the key closest to idle,
+    // key 0 (first seen), which then starts afresh.
+    send(&mut service, (Some(8), ())).await.unwrap();
+    assert_eq!(
+        send(&mut service, (Some(1), ())).await,
+        Err(Duration::from_secs(53))
+    );
+    assert_eq!(*evicted.lock().unwrap(), [false]);
+    assert_eq!(send(&mut service, (Some(0), ())).await, Ok(()));
+    assert_eq!(handle.keys(), 8);
+    // A minute on every key is idle: new keys take their slots and lose nothing.
+    tokio::time::advance(Duration::from_secs(60)).await;
+    for key in 100..104 {
+        send(&mut service, (Some(key), ())).await.unwrap();
+    }
+    assert_eq!(evicted.lock().unwrap()[2..], [true, true, true, true]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_million_distinct_keys_stay_within_the_table() {
+    let layer = KeyedRateLimitLayer::builder(Quota::per_second(5), |k: &u64| Some(*k))
+        .max_keys(10_000)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let memory = handle.memory();
+    assert!(memory <= 10_000 * 16 + 256 * 16, "{memory}");
+    let mut service = layer.layer(service_fn(|_: u64| async { Ok::<_, Infallible>(()) }));
+    for key in 0..1_000_000u64 {
+        // Every key is new and has its full burst.
+        service.ready().await.unwrap().call(key).await.unwrap();
+    }
+    assert_eq!(handle.keys(), 10_000);
+    assert_eq!(handle.memory(), memory);
+}
+
+#[test]
+fn a_manual_clock_drives_the_limit() {
+    let clock = ManualClock::new();
+    let layer = RateLimitLayer::builder(Quota::per_second(1))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    assert_eq!(handle.available(), 1);
+    let mut service = layer.layer(ok_service());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        send(&mut service, ()).await.unwrap();
+        assert!(send(&mut service, ()).await.is_err());
+        clock.advance(Duration::from_secs(1));
+        send(&mut service, ()).await.unwrap();
+    });
+}
