@@ -6,6 +6,7 @@ mod support;
 
 mod adaptive;
 mod algorithm;
+mod axum;
 mod rate;
 mod shed;
 mod throttle;
