@@ -156,10 +156,7 @@ pub(crate) struct Shared<G, O> {
 
 impl<G, O> Shared<G, O> {
     pub(crate) fn new(name: Cow<'static, str>, gate: G, observer: O) -> Self {
-        Shared {
-            gate,
-            source: Source::new(name, observer),
-        }
+        Shared::from_source(gate, Source::new(name, observer))
     }
 
     pub(crate) fn from_source(gate: G, source: Source<O>) -> Self {
