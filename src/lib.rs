@@ -5,15 +5,18 @@
 //! |---|---|---|
 //! | bulkhead: bounded concurrency with a bounded FIFO or LIFO queue | [`bulkhead`] | `bulkhead` (default) |
 //! | circuit breaker | [`circuit_breaker`] | `circuit-breaker` (default) |
-//! | load shedding | [`limit`] | `limit` (default) |
 //! | retry: backoff and jitter, budgets, server hints | [`retry`] | `retry` (default) |
 //! | timeouts and deadlines, deadline propagation | [`timeout`], [`timeout::propagate`] | `timeout` (default; propagation with `http`) |
 //! | HTTP classification, `Retry-After` | [`http`] | `http` (default) |
 //! | the `grpc-timeout` header | [`grpc`] | `http` (default) |
+//! | adaptive concurrency, client-side throttling, rate limits | [`limit`], `limit::rate` | `limit` (default) |
+//! | what an error out of a stack is | [`error`] | always |
+//! | rejections as axum responses | `axum` | `axum` |
+//! | rejections as gRPC statuses | `tonic` | `tonic` |
 //!
-//! Adaptive limits, rate limiting and fallback layers are on the way; they share the same
-//! [`core`]: outcome classification, lock-free sliding windows, one admission gate `Service`, and one
-//! [`Observer`](core::Observer) hook for metrics and tracing.
+//! A fallback layer is on the way. Every layer shares the same [`core`]: outcome classification,
+//! lock-free sliding windows, one admission gate `Service`, and one [`Observer`](core::Observer)
+//! hook for metrics and tracing.
 //!
 //! # Example
 //!
@@ -42,11 +45,14 @@
 )]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+#[cfg(feature = "axum")]
+pub mod axum;
 #[cfg(feature = "bulkhead")]
 pub mod bulkhead;
 #[cfg(feature = "circuit-breaker")]
 pub mod circuit_breaker;
 pub mod core;
+pub mod error;
 #[cfg(feature = "http")]
 pub mod grpc;
 #[cfg(feature = "http")]
@@ -58,6 +64,8 @@ pub mod retry;
 mod sync;
 #[cfg(feature = "timeout")]
 pub mod timeout;
+#[cfg(feature = "tonic")]
+pub mod tonic;
 
 // The README's examples are compiled and run as doc tests.
 #[cfg(all(doctest, feature = "circuit-breaker", feature = "http"))]
