@@ -14,7 +14,9 @@
 //! | rejections as axum responses | `axum` | `axum` |
 //! | rejections as gRPC statuses | `tonic` | `tonic` |
 //!
-//! A fallback layer is on the way. Every layer shares the same [`core`]: outcome classification,
+//! | fallback: degraded answers in place of failures | `fallback` | `fallback` (default) |
+//!
+//! Every layer shares the same [`core`]: outcome classification,
 //! lock-free sliding windows, one admission gate `Service`, and one [`Observer`](core::Observer)
 //! hook for metrics and tracing.
 //!
@@ -53,6 +55,8 @@ pub mod bulkhead;
 pub mod circuit_breaker;
 pub mod core;
 pub mod error;
+#[cfg(feature = "fallback")]
+pub mod fallback;
 #[cfg(feature = "http")]
 pub mod grpc;
 #[cfg(feature = "http")]

@@ -369,3 +369,21 @@ fn rate_limited_calls_allocate_nothing_and_nor_do_new_keys() {
     let allocated = allocations_during(|| calls(&mut service, 9_000, |i| 1_000_000 + i));
     assert_eq!(allocated, 0);
 }
+
+#[cfg(feature = "fallback")]
+#[test]
+fn the_fallback_happy_path_allocates_nothing() {
+    use seawall::fallback::{FallbackLayer, Trigger};
+    let mut service = FallbackLayer::from_fn(|_: Trigger<'_, u32>| 0).layer(support::Noop);
+    calls(&mut service, 1_000, |i| i);
+    assert_eq!(
+        allocations_during(|| calls(&mut service, 100_000, |i| i)),
+        0
+    );
+    let mut service = FallbackLayer::value(7u32).layer(support::Noop);
+    calls(&mut service, 1_000, |i| i);
+    assert_eq!(
+        allocations_during(|| calls(&mut service, 100_000, |i| i)),
+        0
+    );
+}

@@ -17,7 +17,7 @@ pub use deadline::{Deadline, DeadlineCarrier, RequestTimeout};
 pub use fail_fast::FailFast;
 pub use gate::{Gate, GateLayer, Guard, GuardFuture};
 pub use observe::{
-    CircuitState, Emitter, Event, EventKind, GiveUpReason, Observer, RejectReason, RetryReason,
-    Source, TimeoutCause, TracingObserver,
+    CircuitState, Emitter, Event, EventKind, FallbackTrigger, GiveUpReason, Observer, RejectReason,
+    RetryReason, Source, TimeoutCause, TracingObserver,
 };
 pub use outcome::{Outcome, Record};

@@ -236,6 +236,14 @@ pub enum EventKind {
         /// The limit now.
         to: u64,
     },
+    /// A fallback layer answered in place of the service.
+    FallbackUsed {
+        /// What made it fall back.
+        trigger: FallbackTrigger,
+        /// How long the call took, the fallback included, when timing was wanted (see
+        /// [`Observer::wants_latency`]).
+        latency: Option<Duration>,
+    },
     /// A keyed rate limiter dropped a key's state to make room for a new key. An `idle` key had
     /// its whole burst available, so nothing about it was lost; any other starts afresh if it
     /// comes back.
@@ -250,6 +258,30 @@ pub enum EventKind {
         /// The state it entered.
         to: CircuitState,
     },
+}
+
+/// What made a fallback layer answer in place of the service, in [`EventKind::FallbackUsed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FallbackTrigger {
+    /// A seawall rejection of this kind (an open breaker, a timeout, ...).
+    Rejected(crate::error::ErrorKind),
+    /// Any other error.
+    Error,
+    /// A response the classifier called a failure (an HTTP 503 from upstream, say).
+    FailedResponse,
+}
+
+impl FallbackTrigger {
+    /// A short, stable label for metrics and logs: the rejection's label (`"circuit_open"`),
+    /// `"error"` or `"failed_response"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FallbackTrigger::Rejected(kind) => kind.as_str(),
+            FallbackTrigger::Error => "error",
+            FallbackTrigger::FailedResponse => "failed_response",
+        }
+    }
 }
 
 /// One decision of one layer, delivered to an [`Observer`].
@@ -436,6 +468,13 @@ impl Observer for TracingObserver {
             EventKind::LimitChanged { from, to } => {
                 tracing::debug!(target: "seawall", layer, from, to, "limit changed")
             }
+            EventKind::FallbackUsed { trigger, latency } => tracing::debug!(
+                target: "seawall",
+                layer,
+                trigger = trigger.as_str(),
+                latency_us = latency.map(|l| l.as_micros() as u64),
+                "fell back"
+            ),
             EventKind::KeyEvicted { idle } => {
                 tracing::trace!(target: "seawall", layer, idle, "key evicted")
             }

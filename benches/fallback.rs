@@ -1,0 +1,32 @@
+//! Per-call cost of the fallback layer on the happy path (the call succeeds), beside a bare
+//! service.
+//!
+//! Run: `cargo bench --bench fallback`
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use seawall::fallback::{FallbackLayer, Trigger};
+use tower::Layer;
+
+#[path = "support/mod.rs"]
+mod support;
+
+use support::{single, Noop};
+
+fn fallback(c: &mut Criterion) {
+    single(c, "fallback/bare", Noop);
+    single(
+        c,
+        "fallback/from_fn",
+        FallbackLayer::from_fn(|_: Trigger<'_, u32>| 0).layer(Noop),
+    );
+    single(c, "fallback/value", FallbackLayer::value(0u32).layer(Noop));
+    single(
+        c,
+        "fallback/with_request",
+        FallbackLayer::with_request(|req: &u32| *req, |req: u32, _: Trigger<'_, u32>| req)
+            .layer(Noop),
+    );
+}
+
+criterion_group!(benches, fallback);
+criterion_main!(benches);

@@ -1,0 +1,184 @@
+//! The fallback layer: what it answers, when, with what it kept of the request, and its events.
+#![cfg(feature = "fallback")]
+
+use http::{Request, Response, StatusCode};
+use seawall::circuit_breaker::CircuitBreakerLayer;
+use seawall::core::{CircuitState, Event, EventKind, FallbackTrigger};
+use seawall::error::ErrorKind;
+use seawall::fallback::{FallbackLayer, Select, Trigger};
+use seawall::http::HttpClassifier;
+use seawall::limit::rate::{Quota, RateLimitLayer};
+use seawall::timeout::TimeoutLayer;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tower::{service_fn, BoxError, Layer, Service, ServiceBuilder, ServiceExt};
+
+/// What the backend does with a request.
+#[derive(Clone, Copy, Debug)]
+enum Do {
+    Answer,
+    Fail,
+    Hang,
+}
+
+fn backend() -> impl Service<Do, Response = String, Error = BoxError> + Clone {
+    service_fn(|what: Do| async move {
+        match what {
+            Do::Answer => Ok("fresh".to_string()),
+            Do::Fail => Err::<String, BoxError>(std::io::Error::other("backend broke").into()),
+            Do::Hang => {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Ok("late".to_string())
+            }
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_value_answers_every_failure_and_success_passes() {
+    let service = FallbackLayer::value("stale".to_string()).layer(backend());
+    assert_eq!(service.clone().oneshot(Do::Answer).await.unwrap(), "fresh");
+    assert_eq!(service.oneshot(Do::Fail).await.unwrap(), "stale");
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_the_selected_rejections_fall_back() {
+    let breaker = CircuitBreakerLayer::builder()
+        .consecutive_failures(1)
+        .build()
+        .unwrap();
+    let breaker_handle = breaker.handle();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let service = ServiceBuilder::new()
+        .layer(
+            FallbackLayer::from_fn(move |trigger: Trigger<'_, String>| {
+                log.lock().unwrap().push(trigger.kind());
+                "degraded".to_string()
+            })
+            .when(Select::rejections([
+                ErrorKind::CircuitOpen,
+                ErrorKind::TimedOut,
+            ])),
+        )
+        .layer(breaker)
+        .layer(TimeoutLayer::new(Duration::from_secs(1)))
+        .service(backend());
+    // A timeout falls back; beneath, the breaker counted it as a failure and opened.
+    assert_eq!(service.clone().oneshot(Do::Hang).await.unwrap(), "degraded");
+    assert_eq!(breaker_handle.state(), CircuitState::Open);
+    // Now the breaker is open: its rejection falls back too.
+    assert_eq!(
+        service.clone().oneshot(Do::Answer).await.unwrap(),
+        "degraded"
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            FallbackTrigger::Rejected(ErrorKind::TimedOut),
+            FallbackTrigger::Rejected(ErrorKind::CircuitOpen)
+        ]
+    );
+    // A plain error is not selected: it goes through, as it was.
+    breaker_handle.reset();
+    let err = service.oneshot(Do::Fail).await.unwrap_err();
+    assert_eq!(err.to_string(), "backend broke");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unselected_rejection_goes_through() {
+    let service = ServiceBuilder::new()
+        .layer(
+            FallbackLayer::value("x".to_string()).when(Select::rejections([ErrorKind::TimedOut])),
+        )
+        .layer(RateLimitLayer::new(Quota::per_second(1)))
+        .service(backend());
+    service.clone().oneshot(Do::Answer).await.unwrap();
+    let err = service.oneshot(Do::Answer).await.unwrap_err();
+    assert_eq!(seawall::error::kind(&*err), Some(ErrorKind::RateLimited));
+}
+
+type Http = Request<()>;
+
+fn http_backend() -> impl Service<Http, Response = Response<String>, Error = BoxError> + Clone {
+    service_fn(|req: Http| async move {
+        let status = match req.uri().path() {
+            "/missing" => StatusCode::NOT_FOUND,
+            "/down" => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::OK,
+        };
+        let mut response = Response::new("fresh".to_string());
+        *response.status_mut() = status;
+        Ok::<_, BoxError>(response)
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_responses_fall_back_with_what_was_kept_of_the_request_but_a_404_goes_through() {
+    let layer = FallbackLayer::with_request(
+        |req: &Http| req.uri().path().to_string(),
+        |path: String, trigger: Trigger<'_, Response<String>>| {
+            let upstream = match trigger {
+                Trigger::FailedResponse(response) => response.status().as_u16(),
+                _ => 0,
+            };
+            let mut response = Response::new(format!("cached {path} (upstream {upstream})"));
+            response
+                .headers_mut()
+                .insert("x-degraded", "1".parse().unwrap());
+            response
+        },
+    )
+    .when(Select::any_rejection().or_failed_responses())
+    .classify(HttpClassifier::default());
+    let service = layer.layer(http_backend());
+    let get = |path: &str| Request::get(path).body(()).unwrap();
+    let ok = service.clone().oneshot(get("/fine")).await.unwrap();
+    assert_eq!((ok.status(), ok.body().as_str()), (StatusCode::OK, "fresh"));
+    let missing = service.clone().oneshot(get("/missing")).await.unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    let down = service.oneshot(get("/down")).await.unwrap();
+    assert_eq!(down.body(), "cached /down (upstream 503)");
+    assert_eq!(down.headers()["x-degraded"], "1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_answer_is_reported_with_its_trigger_and_latency() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let service = ServiceBuilder::new()
+        .layer(
+            FallbackLayer::value("stale".to_string()).observer("profile", move |e: &Event<'_>| {
+                sink.lock().unwrap().push((e.layer.to_string(), e.kind))
+            }),
+        )
+        .layer(TimeoutLayer::new(Duration::from_millis(250)))
+        .service(backend());
+    service.clone().oneshot(Do::Answer).await.unwrap();
+    service.clone().oneshot(Do::Hang).await.unwrap();
+    service.oneshot(Do::Fail).await.unwrap();
+    assert_eq!(
+        *events.lock().unwrap(),
+        [
+            (
+                "profile".to_string(),
+                EventKind::FallbackUsed {
+                    trigger: FallbackTrigger::Rejected(ErrorKind::TimedOut),
+                    latency: Some(Duration::from_millis(250))
+                }
+            ),
+            (
+                "profile".to_string(),
+                EventKind::FallbackUsed {
+                    trigger: FallbackTrigger::Error,
+                    latency: Some(Duration::ZERO)
+                }
+            ),
+        ]
+    );
+    assert_eq!(FallbackTrigger::Error.as_str(), "error");
+    assert_eq!(
+        FallbackTrigger::Rejected(ErrorKind::CircuitOpen).as_str(),
+        "circuit_open"
+    );
+}
