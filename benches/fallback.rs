@@ -4,7 +4,7 @@
 //! Run: `cargo bench --bench fallback`
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use seawall::fallback::{FallbackLayer, Trigger};
+use seawall::fallback::{AlternateLayer, FallbackLayer, Trigger};
 use tower::Layer;
 
 #[path = "support/mod.rs"]
@@ -25,6 +25,13 @@ fn fallback(c: &mut Criterion) {
         "fallback/with_request",
         FallbackLayer::with_request(|req: &u32| *req, |req: u32, _: Trigger<'_, u32>| req)
             .layer(Noop),
+    );
+    // The alternate service is not called on the happy path; each call clones the request and a
+    // reference to the layer's shared state.
+    single(
+        c,
+        "fallback/alternate",
+        AlternateLayer::builder(Noop).build().layer(Noop),
     );
 }
 

@@ -66,6 +66,8 @@ pub enum RejectReason {
     Throttled,
     /// A rate limiter had no room for the call in its quota.
     RateLimited,
+    /// A fallback to an alternate service was not made: as many fallbacks as allowed were running.
+    FallbackFull,
     /// A gate written outside seawall rejected the call.
     Other,
 }
@@ -83,6 +85,7 @@ impl RejectReason {
             RejectReason::Overloaded => "overloaded",
             RejectReason::Throttled => "throttled",
             RejectReason::RateLimited => "rate_limited",
+            RejectReason::FallbackFull => "fallback_full",
             RejectReason::Other => "other",
         }
     }

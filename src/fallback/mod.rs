@@ -1,5 +1,6 @@
 //! Graceful degradation: [`FallbackLayer`] answers in place of the service when a call fails, with
-//! a value, or a response made from the failure (and what it kept of the request).
+//! a value, or a response made from the failure (and what it kept of the request);
+//! [`AlternateLayer`] sends the call to another service instead, a bounded number at a time.
 //!
 //! What makes it fall back is chosen with [`Select`]: seawall rejections by kind (an open breaker,
 //! a timeout), other errors, and responses the classifier calls failures (an HTTP 503 from
@@ -34,8 +35,12 @@
 //! # }
 //! ```
 
+mod alternate;
 mod policy;
 
+pub use alternate::{
+    Alternate, AlternateBuilder, AlternateFuture, AlternateLayer, CloneRequest, MakeRequest,
+};
 pub use policy::{FromFn, Policy, Respond, Value, WithRequest};
 
 use crate::core::{
@@ -137,6 +142,40 @@ impl Select {
 impl Default for Select {
     fn default() -> Self {
         Select::all()
+    }
+}
+
+/// The result with its error boxed, and whether it is a response to answer as a failure.
+#[inline]
+fn classified<Res, E, C>(
+    result: Result<Res, E>,
+    select: Select,
+    classify: &C,
+) -> (Result<Res, BoxError>, bool)
+where
+    E: Into<BoxError>,
+    C: Classify<Res, E>,
+{
+    let failed =
+        select.failed_responses && result.is_ok() && classify.classify(&result) == Outcome::Failure;
+    (result.map_err(Into::into), failed)
+}
+
+/// What in `result` triggers a fallback, if `select` chooses it.
+#[inline]
+fn select<Res>(
+    select: Select,
+    failed_response: bool,
+    result: &Result<Res, BoxError>,
+) -> Option<Trigger<'_, Res>> {
+    match result {
+        Ok(response) => failed_response.then_some(Trigger::FailedResponse(response)),
+        Err(err) => match find(&**err) {
+            Some(cause) => select
+                .answers(cause.kind())
+                .then_some(Trigger::Rejected(cause)),
+            None => select.other_errors.then_some(Trigger::Error(&**err)),
+        },
     }
 }
 
@@ -375,20 +414,9 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.future.poll(cx));
-        let select = *this.select;
-        let failed_response = select.failed_responses
-            && result.is_ok()
-            && this.classify.classify(&result) == Outcome::Failure;
-        let result = result.map_err(Into::into);
-        let trigger = match &result {
-            Ok(response) if failed_response => Trigger::FailedResponse(response),
-            Ok(_) => return Poll::Ready(result),
-            Err(err) => match find(&**err) {
-                Some(cause) if select.answers(cause.kind()) => Trigger::Rejected(cause),
-                Some(_) => return Poll::Ready(result),
-                None if select.other_errors => Trigger::Error(&**err),
-                None => return Poll::Ready(result),
-            },
+        let (result, failed_response) = classified(result, *this.select, this.classify);
+        let Some(trigger) = select(*this.select, failed_response, &result) else {
+            return Poll::Ready(result);
         };
         let kind = trigger.kind();
         let (policy, memo) = this.fallback.take().expect("polled after completion");

@@ -182,3 +182,115 @@ async fn each_answer_is_reported_with_its_trigger_and_latency() {
         "circuit_open"
     );
 }
+
+mod alternate {
+    use super::*;
+    use seawall::core::RejectReason;
+    use seawall::fallback::AlternateLayer;
+    use tokio_test::{assert_pending, assert_ready, task};
+    use tower_test::mock;
+
+    fn failing() -> tower::util::BoxCloneSyncService<u32, String, BoxError> {
+        tower::util::BoxCloneSyncService::new(service_fn(|n: u32| async move {
+            if n == 0 {
+                Ok("primary".to_string())
+            } else {
+                Err::<String, BoxError>("primary down".into())
+            }
+        }))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_call_goes_to_the_alternate_once_it_is_ready() {
+        let (alternate, mut handle) = mock::pair::<u32, String>();
+        let layer = AlternateLayer::builder(alternate).build();
+        let service = layer.layer(failing());
+        // Success: the alternate is not asked.
+        handle.allow(0);
+        assert_eq!(service.clone().oneshot(0).await.unwrap(), "primary");
+        // A failure waits for the alternate to be ready, then calls it with a clone.
+        let mut call = task::spawn(service.oneshot(5));
+        assert_pending!(call.poll());
+        assert_eq!(layer.running(), 1);
+        handle.allow(1);
+        assert_pending!(call.poll());
+        let (req, answer) = handle.next_request().await.unwrap();
+        assert_eq!(req, 5);
+        answer.send_response("replica".to_string());
+        assert_eq!(assert_ready!(call.poll()).unwrap(), "replica");
+        assert_eq!(layer.running(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_its_bound_the_original_failure_is_returned() {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        let hanging = service_fn(|_: u32| async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok::<_, BoxError>("replica".to_string())
+        });
+        let layer = AlternateLayer::builder(hanging)
+            .max_concurrent(1)
+            .observer("replica", move |e: &Event<'_>| {
+                sink.lock().unwrap().push(e.kind)
+            })
+            .build();
+        let service = layer.layer(failing());
+        let first = tokio::spawn(service.clone().oneshot(1));
+        tokio::task::yield_now().await;
+        assert_eq!(layer.running(), 1);
+        let err = service.clone().oneshot(2).await.unwrap_err();
+        assert_eq!(err.to_string(), "primary down");
+        assert_eq!(first.await.unwrap().unwrap(), "replica");
+        assert_eq!(layer.running(), 0);
+        assert_eq!(
+            *events.lock().unwrap(),
+            [
+                EventKind::Rejected {
+                    reason: RejectReason::FallbackFull
+                },
+                EventKind::FallbackUsed {
+                    trigger: FallbackTrigger::Error,
+                    latency: Some(Duration::from_secs(1))
+                }
+            ]
+        );
+        // A fallback dropped half-way gives its place back.
+        let mut dropped = task::spawn(service.oneshot(3));
+        assert_pending!(dropped.poll());
+        assert_eq!(layer.running(), 1);
+        drop(dropped);
+        assert_eq!(layer.running(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_alternate_can_take_another_request_type_and_only_chosen_failures() {
+        let replica = service_fn(|path: String| async move {
+            Ok::<_, BoxError>(format!("{path} from the replica"))
+        });
+        let layer = AlternateLayer::builder(replica)
+            .request_with(|n: &u32| format!("/item/{n}"))
+            .when(Select::rejections([ErrorKind::TimedOut]))
+            .build();
+        let service = ServiceBuilder::new()
+            .layer(layer)
+            .layer(TimeoutLayer::new(Duration::from_millis(100)))
+            .service(service_fn(|n: u32| async move {
+                match n {
+                    1 => Err::<String, BoxError>("bad item".into()),
+                    _ => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        Ok("late".to_string())
+                    }
+                }
+            }));
+        assert_eq!(
+            service.clone().oneshot(9).await.unwrap(),
+            "/item/9 from the replica"
+        );
+        assert_eq!(
+            service.oneshot(1).await.unwrap_err().to_string(),
+            "bad item"
+        );
+    }
+}
