@@ -4,7 +4,7 @@
 //! Run: `cargo bench --bench fallback`
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use seawall::fallback::{AlternateLayer, FallbackLayer, Trigger};
+use seawall::fallback::{AlternateLayer, FallbackLayer, StaleIfErrorLayer, Trigger};
 use tower::Layer;
 
 #[path = "support/mod.rs"]
@@ -32,6 +32,14 @@ fn fallback(c: &mut Criterion) {
         c,
         "fallback/alternate",
         AlternateLayer::builder(Noop).build().layer(Noop),
+    );
+    // Stale-if-error stores every good answer: a clock read, a lock and a clone per call.
+    single(
+        c,
+        "fallback/stale_if_error_1000_keys",
+        StaleIfErrorLayer::builder(|req: &u32| Some(*req % 1_000), |_: &mut u32, _| {})
+            .build()
+            .layer(Noop),
     );
 }
 

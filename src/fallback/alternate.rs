@@ -1,6 +1,6 @@
 //! Falling back to another service: [`AlternateLayer`].
 
-use super::{classified, select, Select};
+use super::{classified, select, Options, Select};
 use crate::core::{
     Classify, ErrorIsFailure, EventKind, FallbackTrigger, Observer, RejectReason, Source,
 };
@@ -89,10 +89,7 @@ pub struct AlternateBuilder<A, M = CloneRequest, C = ErrorIsFailure, O = ()> {
     alternate: A,
     memo: M,
     max: usize,
-    select: Select,
-    classify: C,
-    name: Cow<'static, str>,
-    observer: O,
+    options: Options<C, O>,
 }
 
 impl<A> AlternateLayer<A> {
@@ -103,10 +100,7 @@ impl<A> AlternateLayer<A> {
             alternate,
             memo: CloneRequest,
             max: 64,
-            select: Select::all(),
-            classify: ErrorIsFailure,
-            name: Cow::Borrowed("alternate"),
-            observer: (),
+            options: Options::new("alternate"),
         }
     }
 }
@@ -125,16 +119,13 @@ impl<A, M, C, O> AlternateBuilder<A, M, C, O> {
             alternate: self.alternate,
             memo: make,
             max: self.max,
-            select: self.select,
-            classify: self.classify,
-            name: self.name,
-            observer: self.observer,
+            options: self.options,
         }
     }
 
     /// Falls back only on the failures `select` chooses (default: every failure).
     pub fn when(mut self, select: Select) -> Self {
-        self.select = select;
+        self.options.select = select;
         self
     }
 
@@ -145,10 +136,7 @@ impl<A, M, C, O> AlternateBuilder<A, M, C, O> {
             alternate: self.alternate,
             memo: self.memo,
             max: self.max,
-            select: self.select,
-            classify,
-            name: self.name,
-            observer: self.observer,
+            options: self.options.classify(classify),
         }
     }
 
@@ -163,25 +151,23 @@ impl<A, M, C, O> AlternateBuilder<A, M, C, O> {
             alternate: self.alternate,
             memo: self.memo,
             max: self.max,
-            select: self.select,
-            classify: self.classify,
-            name: name.into(),
-            observer,
+            options: self.options.observer(name.into(), observer),
         }
     }
 
     /// Builds the layer; every service it makes shares the alternate and its bound.
     pub fn build(self) -> AlternateLayer<A, M, C, O> {
+        let options = self.options;
         AlternateLayer {
             shared: Arc::new(Shared {
                 alternate: self.alternate,
                 max: self.max,
                 running: AtomicUsize::new(0),
-                source: Source::new(self.name, self.observer),
+                source: Source::new(options.name, options.observer),
             }),
             memo: self.memo,
-            select: self.select,
-            classify: self.classify,
+            select: options.select,
+            classify: options.classify,
         }
     }
 }
@@ -189,9 +175,8 @@ impl<A, M, C, O> AlternateBuilder<A, M, C, O> {
 impl<A, M: fmt::Debug, C: fmt::Debug, O> fmt::Debug for AlternateBuilder<A, M, C, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AlternateBuilder")
-            .field("name", &self.name)
             .field("max_concurrent", &self.max)
-            .field("select", &self.select)
+            .field("options", &self.options)
             .finish()
     }
 }

@@ -1,6 +1,7 @@
 //! Graceful degradation: [`FallbackLayer`] answers in place of the service when a call fails, with
 //! a value, or a response made from the failure (and what it kept of the request);
-//! [`AlternateLayer`] sends the call to another service instead, a bounded number at a time.
+//! [`AlternateLayer`] sends the call to another service instead, a bounded number at a time;
+//! [`StaleIfErrorLayer`] serves the last good response for the request's key, marked as stale.
 //!
 //! What makes it fall back is chosen with [`Select`]: seawall rejections by kind (an open breaker,
 //! a timeout), other errors, and responses the classifier calls failures (an HTTP 503 from
@@ -37,11 +38,15 @@
 
 mod alternate;
 mod policy;
+mod stale;
 
 pub use alternate::{
     Alternate, AlternateBuilder, AlternateFuture, AlternateLayer, CloneRequest, MakeRequest,
 };
 pub use policy::{FromFn, Policy, Respond, Value, WithRequest};
+#[cfg(feature = "http")]
+pub use stale::{mark_http, StaleResponse};
+pub use stale::{StaleFuture, StaleIfError, StaleIfErrorBuilder, StaleIfErrorLayer};
 
 use crate::core::{
     Classify, ErrorIsFailure, EventKind, FallbackTrigger, Observer, Outcome, Source,
@@ -142,6 +147,55 @@ impl Select {
 impl Default for Select {
     fn default() -> Self {
         Select::all()
+    }
+}
+
+/// What the builders of the fallback layers share: the triggers, the classifier, the name and the
+/// observer.
+pub(crate) struct Options<C, O> {
+    select: Select,
+    classify: C,
+    name: Cow<'static, str>,
+    observer: O,
+}
+
+impl Options<ErrorIsFailure, ()> {
+    fn new(name: &'static str) -> Self {
+        Options {
+            select: Select::all(),
+            classify: ErrorIsFailure,
+            name: Cow::Borrowed(name),
+            observer: (),
+        }
+    }
+}
+
+impl<C, O> Options<C, O> {
+    fn classify<C2>(self, classify: C2) -> Options<C2, O> {
+        Options {
+            select: self.select,
+            classify,
+            name: self.name,
+            observer: self.observer,
+        }
+    }
+
+    fn observer<O2>(self, name: Cow<'static, str>, observer: O2) -> Options<C, O2> {
+        Options {
+            select: self.select,
+            classify: self.classify,
+            name,
+            observer,
+        }
+    }
+}
+
+impl<C, O> fmt::Debug for Options<C, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Options")
+            .field("name", &self.name)
+            .field("select", &self.select)
+            .finish()
     }
 }
 

@@ -294,3 +294,124 @@ mod alternate {
         );
     }
 }
+
+mod stale {
+    use super::*;
+    use seawall::fallback::{mark_http, StaleIfErrorLayer, StaleResponse};
+
+    /// A backend whose answers carry a version, and which fails when told to.
+    fn versioned(
+        up: Arc<std::sync::atomic::AtomicBool>,
+    ) -> impl Service<Http, Response = Response<String>, Error = BoxError> + Clone {
+        let version = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        service_fn(move |req: Http| {
+            let up = up.load(std::sync::atomic::Ordering::Relaxed);
+            let v = version.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async move {
+                if !up {
+                    return Err::<_, BoxError>("backend down".into());
+                }
+                Ok(Response::new(format!("{} v{v}", req.uri().path())))
+            }
+        })
+    }
+
+    fn key(req: &Http) -> Option<String> {
+        (req.method() == http::Method::GET).then(|| req.uri().path().to_string())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_last_good_answer_is_served_marked_until_it_is_too_old() {
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        let layer = StaleIfErrorLayer::builder(key, mark_http)
+            .max_age(Duration::from_secs(60))
+            .observer("profiles", move |e: &Event<'_>| {
+                sink.lock().unwrap().push(e.kind)
+            })
+            .build();
+        let service = layer.layer(versioned(up.clone()));
+        let get = |path: &str| Request::get(path).body(()).unwrap();
+        assert_eq!(
+            service.clone().oneshot(get("/a")).await.unwrap().body(),
+            "/a v0"
+        );
+        assert_eq!(
+            service.clone().oneshot(get("/a")).await.unwrap().body(),
+            "/a v1"
+        );
+        let fresh = service.clone().oneshot(get("/a")).await.unwrap();
+        assert!(fresh.headers().get("warning").is_none());
+        assert_eq!(layer.stored(), 1);
+
+        up.store(false, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let stale = service.clone().oneshot(get("/a")).await.unwrap();
+        assert_eq!(stale.body(), "/a v2", "the last good answer");
+        assert_eq!(stale.headers()["age"], "30");
+        assert_eq!(stale.headers()["warning"], "110 - \"Response is Stale\"");
+        assert_eq!(
+            stale.extensions().get::<StaleResponse>(),
+            Some(&StaleResponse {
+                age: Duration::from_secs(30)
+            })
+        );
+        // Nothing stored for another key, and requests without a key are not helped.
+        assert!(service.clone().oneshot(get("/b")).await.is_err());
+        let post = Request::post("/a").body(()).unwrap();
+        assert!(service.clone().oneshot(post).await.is_err());
+        // Past the maximum age the failure goes through.
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let err = service.oneshot(get("/a")).await.unwrap_err();
+        assert_eq!(err.to_string(), "backend down");
+        assert_eq!(
+            *events.lock().unwrap(),
+            [EventKind::FallbackUsed {
+                trigger: FallbackTrigger::Error,
+                latency: Some(Duration::ZERO)
+            }]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_chosen_failures_are_served_stale() {
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let layer = StaleIfErrorLayer::builder(key, mark_http)
+            .when(Select::rejections([ErrorKind::TimedOut]))
+            .build();
+        let service = layer.layer(versioned(up.clone()));
+        let get = || Request::get("/a").body(()).unwrap();
+        service.clone().oneshot(get()).await.unwrap();
+        up.store(false, std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            service.oneshot(get()).await.is_err(),
+            "a plain error is not chosen"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hundred_thousand_keys_stay_within_the_bound() {
+        let layer = StaleIfErrorLayer::builder(|n: &u32| Some(*n), |_: &mut u32, _| {})
+            .max_entries(1_000)
+            .build();
+        let mut service = layer.layer(service_fn(|n: u32| async move { Ok::<_, BoxError>(n) }));
+        for n in 0..100_000u32 {
+            service.ready().await.unwrap().call(n).await.unwrap();
+            if n % 1_000 == 0 {
+                assert!(layer.stored() <= 1_000);
+            }
+        }
+        let stored = layer.stored();
+        assert!((900..=1_000).contains(&stored), "{stored}");
+        // The most recent keys are the ones kept.
+        let mut failing = layer.layer(service_fn(|_: u32| async {
+            Err::<u32, BoxError>("down".into())
+        }));
+        assert_eq!(
+            failing.ready().await.unwrap().call(99_999).await.unwrap(),
+            99_999
+        );
+        assert!(failing.ready().await.unwrap().call(5).await.is_err());
+    }
+}
