@@ -72,3 +72,24 @@ pub fn status(err: &(dyn Error + 'static)) -> Status {
     tracing::warn!(target: "seawall", error = %err, "unhandled error answered with INTERNAL");
     Status::internal("internal error")
 }
+
+/// A gRPC server's errors as statuses: turns the `Err` of a stack of seawall layers into the HTTP
+/// response carrying [`status`], for `ServiceBuilder::map_result` in front of a tonic server's
+/// services, so that clients get the mapped codes instead of tonic's `UNKNOWN`. It never returns
+/// `Err`; its error type is `BoxError` because `map_result` passes readiness errors through.
+///
+/// ```
+/// use seawall::limit::rate::{Quota, RateLimitLayer};
+/// use tower::ServiceBuilder;
+///
+/// let layers = ServiceBuilder::new()
+///     .map_result(seawall::tonic::or_status::<tonic::body::Body>)
+///     .layer(RateLimitLayer::new(Quota::per_second(100)));
+/// // tonic::transport::Server::builder().layer(layers).add_service(...)
+/// # drop(layers);
+/// ```
+pub fn or_status<B: Default>(
+    result: Result<http::Response<B>, tower::BoxError>,
+) -> Result<http::Response<B>, tower::BoxError> {
+    Ok(result.unwrap_or_else(|err| status(&*err).into_http()))
+}
