@@ -76,8 +76,42 @@ pub mod tonic;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-/// Adds seawall's layers to [`tower::ServiceBuilder`].
-pub trait ServiceBuilderExt<L>: sealed::Sealed {
+/// Declares [`ServiceBuilderExt`]'s methods and implements them (each is `self.layer(layer)`
+/// with the layer's type spelt out), from one list.
+macro_rules! service_builder_ext {
+    ($(
+        $(#[doc = $doc:expr])*
+        [$feature:literal] fn $name:ident<$($generic:ident),*>(layer: $layer:ty);
+    )*) => {
+        /// Adds seawall's layers to [`tower::ServiceBuilder`]. Methods whose name tower's
+        /// `ServiceBuilder` already has (`retry`, `timeout`, `load_shed`, `rate_limit`) take a
+        /// `with_` prefix, since the inherent method would be chosen instead.
+        pub trait ServiceBuilderExt<L>: sealed::Sealed {
+            $(
+                $(#[doc = $doc])*
+                #[cfg(feature = $feature)]
+                fn $name<$($generic),*>(
+                    self,
+                    layer: $layer,
+                ) -> tower::ServiceBuilder<tower::layer::util::Stack<$layer, L>>;
+            )*
+        }
+
+        impl<L> ServiceBuilderExt<L> for tower::ServiceBuilder<L> {
+            $(
+                #[cfg(feature = $feature)]
+                fn $name<$($generic),*>(
+                    self,
+                    layer: $layer,
+                ) -> tower::ServiceBuilder<tower::layer::util::Stack<$layer, L>> {
+                    self.layer(layer)
+                }
+            )*
+        }
+    };
+}
+
+service_builder_ext! {
     /// Wraps the services built below in `layer`'s bulkhead.
     ///
     /// ```
@@ -90,20 +124,10 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed {
     ///     .service(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }));
     /// # drop(service);
     /// ```
-    #[cfg(feature = "bulkhead")]
-    fn bulkhead<C, O>(
-        self,
-        layer: bulkhead::BulkheadLayer<C, O>,
-    ) -> tower::ServiceBuilder<tower::layer::util::Stack<bulkhead::BulkheadLayer<C, O>, L>>;
+    ["bulkhead"] fn bulkhead<C, O>(layer: bulkhead::BulkheadLayer<C, O>);
 
     /// Wraps the services built below in `layer`'s circuit breaker.
-    #[cfg(feature = "circuit-breaker")]
-    fn circuit_breaker<C, O>(
-        self,
-        layer: circuit_breaker::CircuitBreakerLayer<C, O>,
-    ) -> tower::ServiceBuilder<
-        tower::layer::util::Stack<circuit_breaker::CircuitBreakerLayer<C, O>, L>,
-    >;
+    ["circuit-breaker"] fn circuit_breaker<C, O>(layer: circuit_breaker::CircuitBreakerLayer<C, O>);
 
     /// Wraps the services built below in `layer`'s timeout. (Not `timeout`: `ServiceBuilder`'s own
     /// method of that name, tower's timeout, would be chosen instead.)
@@ -121,11 +145,7 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed {
     ///     }));
     /// # drop(service);
     /// ```
-    #[cfg(feature = "timeout")]
-    fn with_timeout<P, O>(
-        self,
-        layer: timeout::TimeoutLayer<P, O>,
-    ) -> tower::ServiceBuilder<tower::layer::util::Stack<timeout::TimeoutLayer<P, O>, L>>;
+    ["timeout"] fn with_timeout<P, O>(layer: timeout::TimeoutLayer<P, O>);
 
     /// Sheds load above the services built below: calls that find them not ready fail at once.
     /// (Not `load_shed`: `ServiceBuilder`'s own method of that name, tower's, would be chosen
@@ -141,11 +161,7 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed {
     ///     .service(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }));
     /// # drop(service);
     /// ```
-    #[cfg(feature = "limit")]
-    fn with_load_shed<O>(
-        self,
-        layer: limit::LoadShedLayer<O>,
-    ) -> tower::ServiceBuilder<tower::layer::util::Stack<limit::LoadShedLayer<O>, L>>;
+    ["limit"] fn with_load_shed<O>(layer: limit::LoadShedLayer<O>);
 
     /// Wraps the services built below in `layer`'s retries. (Not `retry`: `ServiceBuilder`'s own
     /// method of that name, tower's retry, would be chosen instead.)
@@ -162,55 +178,65 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed {
     ///     }));
     /// # drop(service);
     /// ```
-    #[cfg(feature = "retry")]
-    fn with_retry<C, P, O>(
-        self,
-        layer: retry::RetryLayer<C, P, O>,
-    ) -> tower::ServiceBuilder<tower::layer::util::Stack<retry::RetryLayer<C, P, O>, L>>;
-}
+    ["retry"] fn with_retry<C, P, O>(layer: retry::RetryLayer<C, P, O>);
 
-impl<L> ServiceBuilderExt<L> for tower::ServiceBuilder<L> {
-    #[cfg(feature = "bulkhead")]
-    fn bulkhead<C, O>(
-        self,
-        layer: bulkhead::BulkheadLayer<C, O>,
-    ) -> tower::ServiceBuilder<tower::layer::util::Stack<bulkhead::BulkheadLayer<C, O>, L>> {
-        self.layer(layer)
-    }
+    /// Limits concurrency above the services built below to what they show they can take.
+    ///
+    /// ```
+    /// use seawall::limit::algorithm::{Gradient2, Windowed};
+    /// use seawall::limit::AdaptiveLimitLayer;
+    /// use seawall::ServiceBuilderExt;
+    /// use tower::{service_fn, ServiceBuilder};
+    ///
+    /// let service = ServiceBuilder::new()
+    ///     .adaptive_limit(AdaptiveLimitLayer::builder(Windowed::new(Gradient2::default())).build())
+    ///     .service(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }));
+    /// # drop(service);
+    /// ```
+    ["limit"] fn adaptive_limit<A, C, O>(layer: limit::AdaptiveLimitLayer<A, C, O>);
 
-    #[cfg(feature = "circuit-breaker")]
-    fn circuit_breaker<C, O>(
-        self,
-        layer: circuit_breaker::CircuitBreakerLayer<C, O>,
-    ) -> tower::ServiceBuilder<
-        tower::layer::util::Stack<circuit_breaker::CircuitBreakerLayer<C, O>, L>,
-    > {
-        self.layer(layer)
-    }
+    /// Throttles calls to the services built below on the client side when they accept too few.
+    ["limit"] fn throttle<C, O>(layer: limit::ThrottleLayer<C, O>);
 
-    #[cfg(feature = "timeout")]
-    fn with_timeout<P, O>(
-        self,
-        layer: timeout::TimeoutLayer<P, O>,
-    ) -> tower::ServiceBuilder<tower::layer::util::Stack<timeout::TimeoutLayer<P, O>, L>> {
-        self.layer(layer)
-    }
+    /// Limits the rate of calls to the services built below. (Not `rate_limit`: tower's
+    /// `ServiceBuilder` has a method of that name.)
+    ///
+    /// ```
+    /// use seawall::limit::rate::{Quota, RateLimitLayer};
+    /// use seawall::ServiceBuilderExt;
+    /// use tower::{service_fn, ServiceBuilder};
+    ///
+    /// let service = ServiceBuilder::new()
+    ///     .with_rate_limit(RateLimitLayer::new(Quota::per_second(100)))
+    ///     .service(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }));
+    /// # drop(service);
+    /// ```
+    ["limit"] fn with_rate_limit<Clk, O>(layer: limit::rate::RateLimitLayer<Clk, O>);
 
-    #[cfg(feature = "limit")]
-    fn with_load_shed<O>(
-        self,
-        layer: limit::LoadShedLayer<O>,
-    ) -> tower::ServiceBuilder<tower::layer::util::Stack<limit::LoadShedLayer<O>, L>> {
-        self.layer(layer)
-    }
+    /// Limits the rate of calls to the services built below per key of the request.
+    ["limit"] fn keyed_rate_limit<F, Clk, O>(layer: limit::rate::KeyedRateLimitLayer<F, Clk, O>);
 
-    #[cfg(feature = "retry")]
-    fn with_retry<C, P, O>(
-        self,
-        layer: retry::RetryLayer<C, P, O>,
-    ) -> tower::ServiceBuilder<tower::layer::util::Stack<retry::RetryLayer<C, P, O>, L>> {
-        self.layer(layer)
-    }
+    /// Answers in place of the services built below when their calls fail as chosen.
+    ///
+    /// ```
+    /// use seawall::fallback::{FallbackLayer, Trigger};
+    /// use seawall::ServiceBuilderExt;
+    /// use tower::{service_fn, ServiceBuilder};
+    ///
+    /// let service = ServiceBuilder::new()
+    ///     .fallback(FallbackLayer::from_fn(|_: Trigger<'_, u32>| 0))
+    ///     .service(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }));
+    /// # drop(service);
+    /// ```
+    ["fallback"] fn fallback<P, C, O>(layer: fallback::FallbackLayer<P, C, O>);
+
+    /// Sends calls of the services built below that fail as chosen to an alternate service.
+    ["fallback"] fn alternate<A, M, C, O>(layer: fallback::AlternateLayer<A, M, C, O>);
+
+    /// Serves the last good answer of the services built below when a call fails as chosen.
+    ["fallback"] fn stale_if_error<F, K, Res, C, O>(
+        layer: fallback::StaleIfErrorLayer<F, K, Res, C, O>
+    );
 }
 
 mod sealed {
