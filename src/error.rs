@@ -49,6 +49,24 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// How many kinds there are.
+    #[allow(dead_code)]
+    pub(crate) const COUNT: usize = 7;
+
+    /// The kind's number, from 0 to `COUNT - 1`.
+    #[allow(dead_code)]
+    pub(crate) fn index(self) -> usize {
+        match self {
+            ErrorKind::CircuitOpen => 0,
+            ErrorKind::BulkheadFull => 1,
+            ErrorKind::Overloaded => 2,
+            ErrorKind::Throttled => 3,
+            ErrorKind::RateLimited => 4,
+            ErrorKind::TimedOut => 5,
+            ErrorKind::InvalidDeadline => 6,
+        }
+    }
+
     /// A short, stable label for metrics and logs, such as `"circuit_open"`.
     pub fn as_str(self) -> &'static str {
         match self {

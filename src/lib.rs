@@ -13,6 +13,7 @@
 //! | what an error out of a stack is | [`error`] | always |
 //! | rejections as axum responses | `axum` | `axum` |
 //! | rejections as gRPC statuses | `tonic` | `tonic` |
+//! | events as metrics | `metrics` | `metrics` |
 //!
 //! | fallback: degraded answers in place of failures | `fallback` | `fallback` (default) |
 //!
@@ -63,6 +64,8 @@ pub mod grpc;
 pub mod http;
 #[cfg(feature = "limit")]
 pub mod limit;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 #[cfg(feature = "retry")]
 pub mod retry;
 mod sync;

@@ -387,3 +387,23 @@ fn the_fallback_happy_path_allocates_nothing() {
         0
     );
 }
+
+#[cfg(feature = "metrics")]
+#[test]
+fn a_metrics_observer_allocates_nothing_once_its_series_are_registered() {
+    use seawall::bulkhead::BulkheadLayer;
+    use seawall::metrics::MetricsObserver;
+    // A recorder whose handles do nothing: what is measured is the observer's own work (a real
+    // recorder's storage, such as a histogram's samples, is the recorder's business).
+    metrics::with_local_recorder(&metrics::NoopRecorder, || {
+        let layer = BulkheadLayer::builder()
+            .name("pool")
+            .observer(MetricsObserver::new())
+            .build()
+            .unwrap();
+        let mut service = layer.layer(support::Noop);
+        calls(&mut service, 1_000, |i| i); // registers the series
+        let allocated = allocations_during(|| calls(&mut service, 100_000, |i| i));
+        assert_eq!(allocated, 0);
+    });
+}

@@ -86,15 +86,7 @@ pub struct Select {
 
 /// The bit of `kind` in [`Select::kinds`].
 fn bit(kind: ErrorKind) -> u32 {
-    1 << match kind {
-        ErrorKind::CircuitOpen => 0,
-        ErrorKind::BulkheadFull => 1,
-        ErrorKind::Overloaded => 2,
-        ErrorKind::Throttled => 3,
-        ErrorKind::RateLimited => 4,
-        ErrorKind::TimedOut => 5,
-        ErrorKind::InvalidDeadline => 6,
-    }
+    1 << kind.index()
 }
 
 impl Select {

@@ -1,0 +1,370 @@
+//! [`MetricsObserver`]: every layer's events as metrics, through the `metrics`
+//! facade (feature `metrics`), so that any exporter (Prometheus, StatsD, OpenTelemetry) works.
+//!
+//! | metric | kind | labels | recorded on |
+//! |---|---|---|---|
+//! | `seawall_permitted_total` | counter | `layer` | a call admitted by a gate |
+//! | `seawall_rejected_total` | counter | `layer`, `reason` | a call turned away ([`RejectReason::as_str`]) |
+//! | `seawall_calls_total` | counter | `layer`, `outcome` | an admitted call finished (`success`, `failure`, `ignored`) |
+//! | `seawall_call_duration_seconds` | histogram | `layer`, `outcome` | the same, when timed |
+//! | `seawall_cancelled_total` | counter | `layer` | an admitted call dropped before it finished |
+//! | `seawall_timeouts_total` | counter | `layer`, `cause` | a timeout ([`TimeoutCause::as_str`]) |
+//! | `seawall_attempts_total` | counter | `layer`, `outcome` | an attempt of a retry layer finished |
+//! | `seawall_retries_total` | counter | `layer`, `reason` | a retry scheduled (`backoff`, `server_hint`) |
+//! | `seawall_retry_give_ups_total` | counter | `layer`, `reason` | a retry layer gave up ([`GiveUpReason::as_str`]) |
+//! | `seawall_circuit_state` | gauge | `layer`, `state` | 1 for the state a breaker entered, 0 for the one it left |
+//! | `seawall_circuit_transitions_total` | counter | `layer`, `from`, `to` | a breaker changed state |
+//! | `seawall_concurrency_limit` | gauge | `layer` | an adaptive limiter moved its limit |
+//! | `seawall_fallbacks_total` | counter | `layer`, `trigger` | a fallback answered ([`FallbackTrigger::as_str`]) |
+//! | `seawall_keys_evicted_total` | counter | `layer`, `idle` | a keyed rate limiter dropped a key |
+//!
+//! `layer` is the name given to the layer. Label values are the stable `as_str` labels of the
+//! event types.
+//!
+//! Give each layer its own `MetricsObserver` (it is small): an observer registers its series with
+//! the installed recorder the first time each is used, and from then on an event costs an atomic
+//! update and no allocation. Events of a second layer sharing the observer are recorded too, but
+//! look their series up every time.
+//!
+//! ```
+//! use seawall::circuit_breaker::CircuitBreakerLayer;
+//! use seawall::metrics::MetricsObserver;
+//!
+//! let breaker = CircuitBreakerLayer::builder()
+//!     .name("payments")
+//!     .observer(MetricsObserver::new())
+//!     .build()
+//!     .unwrap();
+//! # drop(breaker);
+//! ```
+
+use crate::core::{
+    CircuitState, Event, EventKind, FallbackTrigger, GiveUpReason, Observer, Outcome, RejectReason,
+    RetryReason, TimeoutCause,
+};
+use crate::error::ErrorKind;
+use ::metrics::{counter, gauge, histogram, Counter, Gauge, Histogram, SharedString};
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+/// An enum with a label per variant, numbered from 0.
+trait Labelled: Copy {
+    const COUNT: usize;
+    fn index(self) -> usize;
+    fn label(self) -> &'static str;
+}
+
+impl Labelled for Outcome {
+    const COUNT: usize = 3;
+    fn index(self) -> usize {
+        match self {
+            Outcome::Success => 0,
+            Outcome::Failure => 1,
+            Outcome::Ignored => 2,
+        }
+    }
+    fn label(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+impl Labelled for RejectReason {
+    const COUNT: usize = 11;
+    fn index(self) -> usize {
+        match self {
+            RejectReason::CircuitOpen => 0,
+            RejectReason::HalfOpenFull => 1,
+            RejectReason::ForcedOpen => 2,
+            RejectReason::BulkheadFull => 3,
+            RejectReason::QueueFull => 4,
+            RejectReason::QueueTimeout => 5,
+            RejectReason::Overloaded => 6,
+            RejectReason::Throttled => 7,
+            RejectReason::RateLimited => 8,
+            RejectReason::FallbackFull => 9,
+            RejectReason::Other => 10,
+        }
+    }
+    fn label(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+impl Labelled for TimeoutCause {
+    const COUNT: usize = 3;
+    fn index(self) -> usize {
+        match self {
+            TimeoutCause::Timeout => 0,
+            TimeoutCause::Deadline => 1,
+            TimeoutCause::Expired => 2,
+        }
+    }
+    fn label(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+impl Labelled for RetryReason {
+    const COUNT: usize = 2;
+    fn index(self) -> usize {
+        match self {
+            RetryReason::Backoff => 0,
+            RetryReason::ServerHint => 1,
+        }
+    }
+    fn label(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+impl Labelled for GiveUpReason {
+    const COUNT: usize = 6;
+    fn index(self) -> usize {
+        match self {
+            GiveUpReason::Attempts => 0,
+            GiveUpReason::Elapsed => 1,
+            GiveUpReason::Deadline => 2,
+            GiveUpReason::Budget => 3,
+            GiveUpReason::HintTooLong => 4,
+            GiveUpReason::NotRetryable => 5,
+        }
+    }
+    fn label(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+impl Labelled for CircuitState {
+    const COUNT: usize = 6;
+    fn index(self) -> usize {
+        match self {
+            CircuitState::Closed => 0,
+            CircuitState::Open => 1,
+            CircuitState::HalfOpen => 2,
+            CircuitState::ForcedOpen => 3,
+            CircuitState::Disabled => 4,
+            CircuitState::MetricsOnly => 5,
+        }
+    }
+    fn label(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+impl Labelled for FallbackTrigger {
+    const COUNT: usize = ErrorKind::COUNT + 2;
+    fn index(self) -> usize {
+        match self {
+            FallbackTrigger::Rejected(kind) => kind.index(),
+            FallbackTrigger::Error => ErrorKind::COUNT,
+            FallbackTrigger::FailedResponse => ErrorKind::COUNT + 1,
+        }
+    }
+    fn label(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+impl Labelled for bool {
+    const COUNT: usize = 2;
+    fn index(self) -> usize {
+        usize::from(self)
+    }
+    fn label(self) -> &'static str {
+        if self {
+            "true"
+        } else {
+            "false"
+        }
+    }
+}
+
+/// The handles of one family of series, one per label value, registered on first use.
+struct Family<T, const N: usize>([OnceLock<T>; N]);
+
+impl<T, const N: usize> Family<T, N> {
+    fn new() -> Self {
+        Family([const { OnceLock::new() }; N])
+    }
+
+    fn get<L: Labelled>(&self, label: L, make: impl FnOnce(&'static str) -> T) -> &T {
+        self.0[label.index()].get_or_init(|| make(label.label()))
+    }
+}
+
+/// One layer's series.
+struct Series {
+    layer: SharedString,
+    permitted: OnceLock<Counter>,
+    rejected: Family<Counter, { RejectReason::COUNT }>,
+    calls: Family<Counter, { Outcome::COUNT }>,
+    durations: Family<Histogram, { Outcome::COUNT }>,
+    cancelled: OnceLock<Counter>,
+    timeouts: Family<Counter, { TimeoutCause::COUNT }>,
+    attempts: Family<Counter, { Outcome::COUNT }>,
+    retries: Family<Counter, { RetryReason::COUNT }>,
+    give_ups: Family<Counter, { GiveUpReason::COUNT }>,
+    state: Family<Gauge, { CircuitState::COUNT }>,
+    transitions: [OnceLock<Counter>; CircuitState::COUNT * CircuitState::COUNT],
+    limit: OnceLock<Gauge>,
+    fallbacks: Family<Counter, { FallbackTrigger::COUNT }>,
+    evicted: Family<Counter, { bool::COUNT }>,
+}
+
+impl Series {
+    fn new(layer: &str) -> Self {
+        Series {
+            layer: SharedString::from(layer.to_owned()),
+            permitted: OnceLock::new(),
+            rejected: Family::new(),
+            calls: Family::new(),
+            durations: Family::new(),
+            cancelled: OnceLock::new(),
+            timeouts: Family::new(),
+            attempts: Family::new(),
+            retries: Family::new(),
+            give_ups: Family::new(),
+            state: Family::new(),
+            transitions: [const { OnceLock::new() }; CircuitState::COUNT * CircuitState::COUNT],
+            limit: OnceLock::new(),
+            fallbacks: Family::new(),
+            evicted: Family::new(),
+        }
+    }
+
+    fn record(&self, kind: EventKind) {
+        let layer = || self.layer.clone();
+        match kind {
+            EventKind::Permitted => self
+                .permitted
+                .get_or_init(|| counter!("seawall_permitted_total", "layer" => layer()))
+                .increment(1),
+            EventKind::Rejected { reason } => self
+                .rejected
+                .get(
+                    reason,
+                    |r| counter!("seawall_rejected_total", "layer" => layer(), "reason" => r),
+                )
+                .increment(1),
+            EventKind::Finished { outcome, latency } => {
+                self.calls
+                    .get(
+                        outcome,
+                        |o| counter!("seawall_calls_total", "layer" => layer(), "outcome" => o),
+                    )
+                    .increment(1);
+                if let Some(latency) = latency {
+                    self.durations
+                        .get(outcome, |o| {
+                            histogram!("seawall_call_duration_seconds", "layer" => layer(), "outcome" => o)
+                        })
+                        .record(latency.as_secs_f64());
+                }
+            }
+            EventKind::Cancelled => self
+                .cancelled
+                .get_or_init(|| counter!("seawall_cancelled_total", "layer" => layer()))
+                .increment(1),
+            EventKind::TimedOut { cause, .. } => self
+                .timeouts
+                .get(
+                    cause,
+                    |c| counter!("seawall_timeouts_total", "layer" => layer(), "cause" => c),
+                )
+                .increment(1),
+            EventKind::AttemptStarted { .. } => {}
+            EventKind::AttemptFinished { outcome, .. } => self
+                .attempts
+                .get(
+                    outcome,
+                    |o| counter!("seawall_attempts_total", "layer" => layer(), "outcome" => o),
+                )
+                .increment(1),
+            EventKind::RetryScheduled { reason, .. } => self
+                .retries
+                .get(
+                    reason,
+                    |r| counter!("seawall_retries_total", "layer" => layer(), "reason" => r),
+                )
+                .increment(1),
+            EventKind::GaveUp { reason, .. } => self
+                .give_ups
+                .get(
+                    reason,
+                    |r| counter!("seawall_retry_give_ups_total", "layer" => layer(), "reason" => r),
+                )
+                .increment(1),
+            EventKind::LimitChanged { to, .. } => self
+                .limit
+                .get_or_init(|| gauge!("seawall_concurrency_limit", "layer" => layer()))
+                .set(to as f64),
+            EventKind::StateTransition { from, to } => {
+                let state = |s: CircuitState| {
+                    self.state.get(s, |label| {
+                        gauge!("seawall_circuit_state", "layer" => layer(), "state" => label)
+                    })
+                };
+                state(from).set(0.0);
+                state(to).set(1.0);
+                self.transitions[from.index() * CircuitState::COUNT + to.index()]
+                    .get_or_init(|| {
+                        counter!(
+                            "seawall_circuit_transitions_total",
+                            "layer" => layer(),
+                            "from" => from.as_str(),
+                            "to" => to.as_str()
+                        )
+                    })
+                    .increment(1);
+            }
+            EventKind::FallbackUsed { trigger, .. } => self
+                .fallbacks
+                .get(
+                    trigger,
+                    |t| counter!("seawall_fallbacks_total", "layer" => layer(), "trigger" => t),
+                )
+                .increment(1),
+            EventKind::KeyEvicted { idle } => self
+                .evicted
+                .get(
+                    idle,
+                    |i| counter!("seawall_keys_evicted_total", "layer" => layer(), "idle" => i),
+                )
+                .increment(1),
+        }
+    }
+}
+
+/// Records every event as metrics: see the [module docs](self) for the series. Clones share
+/// their series.
+#[derive(Clone, Default)]
+pub struct MetricsObserver {
+    series: Arc<OnceLock<Series>>,
+}
+
+impl MetricsObserver {
+    /// An observer whose series are registered as they are first used.
+    pub fn new() -> Self {
+        MetricsObserver::default()
+    }
+}
+
+impl fmt::Debug for MetricsObserver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MetricsObserver")
+            .field("layer", &self.series.get().map(|s| &*s.layer))
+            .finish()
+    }
+}
+
+impl Observer for MetricsObserver {
+    fn on_event(&self, event: &Event<'_>) {
+        let series = self.series.get_or_init(|| Series::new(event.layer));
+        if *series.layer == *event.layer {
+            series.record(event.kind);
+        } else {
+            // Another layer shares this observer: its series are looked up every time.
+            Series::new(event.layer).record(event.kind);
+        }
+    }
+}
