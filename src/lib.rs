@@ -68,6 +68,8 @@ pub mod limit;
 pub mod metrics;
 #[cfg(feature = "retry")]
 pub mod retry;
+#[cfg(all(feature = "timeout", feature = "retry", feature = "circuit-breaker"))]
+pub mod stack;
 mod sync;
 #[cfg(feature = "timeout")]
 pub mod timeout;

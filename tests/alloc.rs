@@ -407,3 +407,20 @@ fn a_metrics_observer_allocates_nothing_once_its_series_are_registered() {
         assert_eq!(allocated, 0);
     });
 }
+
+#[cfg(all(feature = "timeout", feature = "retry", feature = "circuit-breaker"))]
+#[test]
+fn the_client_stack_happy_path_allocates_nothing() {
+    use seawall::stack::ClientStack;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _entered = runtime.enter();
+    let mut service = ClientStack::new().layer(support::Noop);
+    calls(&mut service, 1_000, |i| i);
+    assert_eq!(
+        allocations_during(|| calls(&mut service, 100_000, |i| i)),
+        0
+    );
+}

@@ -34,11 +34,58 @@ pin_project! {
             #[pin]
             future: F,
             #[pin]
-            sleep: Sleep,
-            start: Instant,
+            timer: Timer,
             cause: TimeoutCause,
         },
         Expired,
+    }
+}
+
+pin_project! {
+    /// A call's timer: started when the call is made (deadlines), or only once the call first has
+    /// to wait (a fixed timeout), so that a call answered at once costs no clock read and no timer.
+    #[project = TimerProj]
+    pub(super) enum Timer {
+        Lazy {
+            timeout: Duration,
+        },
+        Running {
+            #[pin]
+            sleep: Sleep,
+            start: Instant,
+        },
+    }
+}
+
+impl Timer {
+    #[inline]
+    pub(super) fn lazy(timeout: Duration) -> Self {
+        Timer::Lazy { timeout }
+    }
+
+    #[inline]
+    pub(super) fn started(deadline: Instant, start: Instant) -> Self {
+        Timer::Running {
+            sleep: tokio::time::sleep_until(deadline),
+            start,
+        }
+    }
+
+    /// Polls the timer, starting it first if it has not started: `Ready` with the time it started
+    /// and its deadline once it fires.
+    fn poll_fire(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<(Instant, Instant)> {
+        if let TimerProj::Lazy { timeout } = self.as_mut().project() {
+            let now = Instant::now();
+            let deadline = crate::core::Deadline::after_from(now, *timeout).instant();
+            self.set(Timer::started(deadline, now));
+        }
+        match self.project() {
+            TimerProj::Running { sleep, start } => {
+                let deadline = sleep.deadline();
+                sleep.poll(cx).map(|()| (*start, deadline))
+            }
+            TimerProj::Lazy { .. } => unreachable!("started above"),
+        }
     }
 }
 
@@ -80,22 +127,22 @@ where
             },
             KindProj::Timed {
                 future,
-                mut sleep,
-                start,
+                timer,
                 cause,
             } => {
                 // The call first: a response that is ready when the timer fires still counts.
                 if let Poll::Ready(result) = future.poll(cx) {
                     result.map_err(Into::into)
-                } else if sleep.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
                 } else {
-                    let elapsed = Instant::now().saturating_duration_since(*start);
+                    let Poll::Ready((start, deadline)) = timer.poll_fire(cx) else {
+                        return Poll::Pending;
+                    };
+                    let elapsed = Instant::now().saturating_duration_since(start);
                     this.source.emit(EventKind::TimedOut {
                         elapsed,
                         cause: *cause,
                     });
-                    let budget = sleep.deadline().saturating_duration_since(*start);
+                    let budget = deadline.saturating_duration_since(start);
                     Err(Elapsed::new(budget, *cause).into())
                 }
             }

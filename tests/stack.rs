@@ -1,0 +1,118 @@
+//! The standard client stack: its parts in their order, and each part left out.
+#![cfg(all(feature = "timeout", feature = "retry", feature = "circuit-breaker"))]
+
+use seawall::circuit_breaker::CircuitBreakerLayer;
+use seawall::core::CircuitState;
+use seawall::error::{kind, ErrorKind};
+use seawall::retry::backoff::{Backoff, Jitter};
+use seawall::retry::RetryLayer;
+use seawall::stack::{ClientStack, OpenIsFinal};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tower::{service_fn, BoxError, Layer, ServiceExt};
+
+/// A backend that counts its calls, and hangs (`true`) or fails (`false`).
+fn backend(
+    calls: Arc<AtomicU32>,
+) -> impl tower::Service<bool, Response = (), Error = BoxError, Future = impl Send> + Clone {
+    service_fn(move |hang: bool| {
+        calls.fetch_add(1, Ordering::Relaxed);
+        async move {
+            if hang {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(())
+            } else {
+                Err::<(), BoxError>("refused".into())
+            }
+        }
+    })
+}
+
+fn retry() -> RetryLayer<OpenIsFinal<seawall::core::ErrorIsFailure>> {
+    RetryLayer::builder()
+        .classify(OpenIsFinal(seawall::core::ErrorIsFailure))
+        .backoff(Backoff::constant(Duration::from_millis(100)).jitter(Jitter::None))
+        .no_budget()
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn attempts_time_out_one_by_one_and_the_total_timeout_ends_the_retries() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let client = ClientStack::new()
+        .total_timeout(Duration::from_millis(2500))
+        .attempt_timeout(Duration::from_secs(1))
+        .retry(retry())
+        .without_breaker()
+        .layer(backend(calls.clone()));
+    let start = Instant::now();
+    let err = client.oneshot(true).await.unwrap_err();
+    // Attempts at 0, 1.1 s and 2.2 s, each cut at 1 s; the total timeout ends the third at 2.5 s.
+    assert_eq!(start.elapsed(), Duration::from_millis(2500));
+    assert_eq!(calls.load(Ordering::Relaxed), 3);
+    assert_eq!(kind(&*err), Some(ErrorKind::TimedOut));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_breaker_counts_every_attempt_and_its_rejection_is_not_retried() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let breaker = CircuitBreakerLayer::builder()
+        .consecutive_failures(4)
+        .build()
+        .unwrap();
+    let handle = breaker.handle();
+    let client = ClientStack::new()
+        .retry(retry())
+        .breaker(breaker)
+        .layer(backend(calls.clone()));
+    // One call: the first attempt and its three retries fail, and open the breaker.
+    let err = client.clone().oneshot(false).await.unwrap_err();
+    assert_eq!(err.to_string(), "refused");
+    assert_eq!(calls.load(Ordering::Relaxed), 4);
+    assert_eq!(handle.state(), CircuitState::Open);
+    // The next call is turned away at once and not retried.
+    let start = Instant::now();
+    let err = client.oneshot(false).await.unwrap_err();
+    assert_eq!(kind(&*err), Some(ErrorKind::CircuitOpen));
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(calls.load(Ordering::Relaxed), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_every_part_left_out_it_is_the_bare_service() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let client = ClientStack::new()
+        .without_total_timeout()
+        .without_retry()
+        .without_breaker()
+        .without_attempt_timeout()
+        .layer(backend(calls.clone()));
+    let err = client.oneshot(false).await.unwrap_err();
+    assert_eq!(err.to_string(), "refused");
+    assert_eq!(calls.load(Ordering::Relaxed), 1);
+    assert!(format!("{:?}", ClientStack::new().without_retry()).contains("retry: false"));
+}
+
+#[cfg(feature = "http")]
+#[tokio::test(start_paused = true)]
+async fn the_http_stack_retries_a_503_of_a_get() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    let client = ClientStack::http().layer(service_fn(move |_: http::Request<String>| {
+        let n = counter.fetch_add(1, Ordering::Relaxed);
+        async move {
+            let mut response = http::Response::new(String::new());
+            if n == 0 {
+                *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+            }
+            Ok::<_, BoxError>(response)
+        }
+    }));
+    let request = http::Request::get("/").body(String::new()).unwrap();
+    let response = client.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), http::StatusCode::OK);
+    assert_eq!(calls.load(Ordering::Relaxed), 2);
+}
