@@ -1,10 +1,11 @@
-//! Per-call cost of the standard client stack on the happy path (the first attempt succeeds),
-//! beside a bare service.
+//! Per-call cost of the standard client and server stacks on the happy path (the first attempt
+//! succeeds), beside a bare service.
 //!
 //! Run: `cargo bench --bench stack`
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use seawall::stack::ClientStack;
+use seawall::limit::rate::Quota;
+use seawall::stack::{ClientStack, ServerStack};
 use tower::Layer;
 
 #[path = "support/mod.rs"]
@@ -27,6 +28,13 @@ fn stack(c: &mut Criterion) {
         ClientStack::new()
             .without_total_timeout()
             .without_attempt_timeout()
+            .layer(Noop),
+    );
+    single(
+        c,
+        "stack/server_standard",
+        ServerStack::new()
+            .rate_limit(Quota::per_second(u32::MAX))
             .layer(Noop),
     );
 }

@@ -68,7 +68,7 @@ pub mod limit;
 pub mod metrics;
 #[cfg(feature = "retry")]
 pub mod retry;
-#[cfg(all(feature = "timeout", feature = "retry", feature = "circuit-breaker"))]
+#[cfg(feature = "timeout")]
 pub mod stack;
 mod sync;
 #[cfg(feature = "timeout")]

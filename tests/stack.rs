@@ -116,3 +116,72 @@ async fn the_http_stack_retries_a_503_of_a_get() {
     assert_eq!(response.status(), http::StatusCode::OK);
     assert_eq!(calls.load(Ordering::Relaxed), 2);
 }
+
+#[cfg(all(feature = "limit", feature = "axum"))]
+mod server {
+    use axum::body::Body;
+    use axum::error_handling::HandleErrorLayer;
+    use axum::routing::get;
+    use axum::Router;
+    use http::{Request, StatusCode};
+    use seawall::limit::rate::Quota;
+    use seawall::stack::ServerStack;
+    use std::time::Duration;
+    use tower::{ServiceBuilder, ServiceExt};
+
+    fn app(stack: ServerStack) -> Router {
+        Router::new()
+            .route("/", get(|| async { "ok" }))
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    "late"
+                }),
+            )
+            .layer(
+                ServiceBuilder::new()
+                    .layer(HandleErrorLayer::new(seawall::axum::handle_error))
+                    .layer(stack),
+            )
+    }
+
+    async fn status(app: &Router, path: &str) -> StatusCode {
+        let request = Request::get(path).body(Body::empty()).unwrap();
+        app.clone().oneshot(request).await.unwrap().status()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_router_behind_the_server_stack_answers_429_503_and_504() {
+        let app = app(ServerStack::new()
+            .rate_limit(Quota::per_second(100).burst(30))
+            .timeout(Duration::from_secs(2)));
+        assert_eq!(status(&app, "/").await, StatusCode::OK);
+        // The limiter starts at 20 calls at once: 25 slow requests, 5 shed with 503.
+        let mut slow = Vec::new();
+        for _ in 0..25 {
+            let app = app.clone();
+            slow.push(tokio::spawn(async move { status(&app, "/slow").await }));
+        }
+        let mut statuses = Vec::new();
+        for call in slow {
+            statuses.push(call.await.unwrap());
+        }
+        let count = |s: StatusCode| statuses.iter().filter(|x| **x == s).count();
+        assert_eq!(count(StatusCode::SERVICE_UNAVAILABLE), 5);
+        // The other 20 ran out of time.
+        assert_eq!(count(StatusCode::GATEWAY_TIMEOUT), 20);
+        // Two seconds on, the rate limit's burst of 30 is whole again: 40 requests at once, 30
+        // pass and 10 get 429.
+        let mut quick = Vec::new();
+        for _ in 0..40 {
+            quick.push(status(&app, "/").await);
+        }
+        let ok = quick.iter().filter(|s| **s == StatusCode::OK).count();
+        let limited = quick
+            .iter()
+            .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+            .count();
+        assert_eq!((ok, limited), (30, 10));
+    }
+}

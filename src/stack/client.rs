@@ -1,158 +1,16 @@
-//! Standard stacks: the layers a client needs in front of a dependency, in the right order, as one
-//! layer whose every part can be tuned or removed.
-//!
-//! [`ClientStack`], from the outside in:
-//!
-//! 1. **total timeout**: the caller's whole budget, retries and backoff included;
-//! 2. **retry**: jittered backoff, a retry budget, server hints; never past the total timeout's
-//!    deadline;
-//! 3. **circuit breaker**: sees every attempt, so a failing dependency opens it whatever the
-//!    retries, and its rejections end the retrying ([`OpenIsFinal`]: an open breaker is not
-//!    retried into);
-//! 4. **attempt timeout**: one attempt's limit, so that one hung attempt leaves time to retry.
-//!
-//! The order follows .NET's standard resilience handler (whose rate limiter, outermost, is left
-//! out here: add a [`RateLimitLayer`](crate::limit::rate::RateLimitLayer) above if you want one).
-//! Defaults beside .NET's:
-//!
-//! | part | seawall default | .NET standard handler |
-//! |---|---|---|
-//! | total timeout | 30 s | 30 s |
-//! | retry | 3 retries, exponential backoff with full jitter (see [`retry`](crate::retry)), ratio budget | 3 retries, exponential from 2 s with jitter |
-//! | circuit breaker | opens at 50% failures of the last 100 calls (at least 20), 5 s open, growing | opens at 10% failures over 30 s (at least 100 calls), 5 s open |
-//! | attempt timeout | 10 s | 10 s |
-//!
-//! ```
-//! use seawall::stack::ClientStack;
-//! use std::time::Duration;
-//! use tower::{service_fn, Layer, ServiceExt};
-//!
-//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
-//! # async fn main() {
-//! let stack = ClientStack::new()
-//!     .total_timeout(Duration::from_secs(5))
-//!     .attempt_timeout(Duration::from_secs(1))
-//!     .without_breaker();
-//! let client = stack.layer(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x + 1) }));
-//! assert_eq!(client.oneshot(41).await.unwrap(), 42);
-//! # }
-//! ```
+//! The standard client stack.
 
+use super::{part, Part};
 use crate::circuit_breaker::CircuitBreakerLayer;
 use crate::core::{Classify, ErrorIsFailure, Outcome};
 use crate::error::ErrorKind;
 use crate::retry::policy::Cloned;
 use crate::retry::RetryLayer;
 use crate::timeout::TimeoutLayer;
-use pin_project_lite::pin_project;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tower::layer::util::Stack;
-use tower::{BoxError, Layer, Service};
-
-/// A part of a stack that may be left out: a layer, or nothing.
-#[derive(Clone, Debug)]
-pub struct Part<L>(Option<L>);
-
-fn part<L: Clone>(layer: &Option<L>) -> Part<L> {
-    Part(layer.clone())
-}
-
-impl<S, L: Layer<S>> Layer<S> for Part<L> {
-    type Service = PartService<L::Service, S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        match &self.0 {
-            Some(layer) => PartService::With(layer.layer(inner)),
-            None => PartService::Without(inner),
-        }
-    }
-}
-
-/// The service of a [`Part`]: the layer's service, or the inner service alone. Errors are boxed,
-/// so both have one type.
-#[derive(Clone, Debug)]
-pub enum PartService<A, B> {
-    /// The part is there.
-    With(A),
-    /// The part was left out.
-    Without(B),
-}
-
-impl<A, B, Req> Service<Req> for PartService<A, B>
-where
-    A: Service<Req>,
-    A::Error: Into<BoxError>,
-    B: Service<Req, Response = A::Response>,
-    B::Error: Into<BoxError>,
-{
-    type Response = A::Response;
-    type Error = BoxError;
-    type Future = PartFuture<A::Future, B::Future>;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        match self {
-            PartService::With(a) => a.poll_ready(cx).map_err(Into::into),
-            PartService::Without(b) => b.poll_ready(cx).map_err(Into::into),
-        }
-    }
-
-    #[inline]
-    fn call(&mut self, req: Req) -> Self::Future {
-        match self {
-            PartService::With(a) => PartFuture {
-                kind: PartKind::With {
-                    future: a.call(req),
-                },
-            },
-            PartService::Without(b) => PartFuture {
-                kind: PartKind::Without {
-                    future: b.call(req),
-                },
-            },
-        }
-    }
-}
-
-pin_project! {
-    /// The response future of [`PartService`].
-    #[derive(Debug)]
-    pub struct PartFuture<A, B> {
-        #[pin]
-        kind: PartKind<A, B>,
-    }
-}
-
-pin_project! {
-    #[project = PartProj]
-    #[derive(Debug)]
-    enum PartKind<A, B> {
-        With { #[pin] future: A },
-        Without { #[pin] future: B },
-    }
-}
-
-impl<A, B, T, EA, EB> Future for PartFuture<A, B>
-where
-    A: Future<Output = Result<T, EA>>,
-    B: Future<Output = Result<T, EB>>,
-    EA: Into<BoxError>,
-    EB: Into<BoxError>,
-{
-    type Output = Result<T, BoxError>;
-
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            PartProj::With { future } => future.poll(cx).map_err(Into::into),
-            PartProj::Without { future } => future.poll(cx).map_err(Into::into),
-        }
-    }
-}
+use tower::{BoxError, Layer};
 
 /// A retry classifier that leaves an open breaker's rejection final: it is not retried (the
 /// breaker will not have closed a backoff later), and every other result is classified by `C`.
@@ -184,7 +42,7 @@ impl<Res, C: Classify<Res, BoxError>> Classify<Res, BoxError> for OpenIsFinal<C>
 }
 
 /// The standard client stack: total timeout, retry, circuit breaker, attempt timeout. See the
-/// [module docs](self).
+/// [module docs](super).
 ///
 /// Its error type is [`tower::BoxError`]. Every part is shared, as the layer alone would share
 /// it, by every service the stack makes: one breaker and one retry budget per stack.

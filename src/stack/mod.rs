@@ -1,0 +1,190 @@
+//! Standard stacks: the layers a client needs in front of a dependency, and the layers a server
+//! needs in front of its handlers, each in the right order, as one layer whose every part can be
+//! tuned or removed.
+//!
+//! # The server stack
+//!
+//! [`ServerStack`] (features `timeout` and `limit`), from the outside in:
+//!
+//! 1. **rate limit** (off until given a quota): what one server takes in at most, turned away
+//!    before any work with 429 and `Retry-After`;
+//! 2. **adaptive concurrency**: Gradient2, windowed, with no queue: calls past what the handlers
+//!    show they can take are shed at once with 503, instead of queueing into a latency spiral;
+//! 3. **timeout** (30 s): no request holds a slot for ever.
+//!
+//! Errors are seawall's: put `HandleErrorLayer::new(seawall::axum::handle_error)` (feature `axum`)
+//! above it under axum, or map them with [`tonic::or_status`](crate::tonic) for tonic.
+//!
+//! ```
+//! # #[cfg(feature = "limit")] {
+//! use seawall::limit::rate::Quota;
+//! use seawall::stack::ServerStack;
+//! use tower::{service_fn, Layer, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let stack = ServerStack::new().rate_limit(Quota::per_second(1_000));
+//! let server = stack.layer(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }));
+//! assert_eq!(server.oneshot(7).await.unwrap(), 7);
+//! # }
+//! # }
+//! ```
+//!
+//! # The client stack
+//!
+//! [`ClientStack`] (features `timeout`, `retry` and `circuit-breaker`), from the outside in:
+//!
+//! 1. **total timeout**: the caller's whole budget, retries and backoff included;
+//! 2. **retry**: jittered backoff, a retry budget, server hints; never past the total timeout's
+//!    deadline;
+//! 3. **circuit breaker**: sees every attempt, so a failing dependency opens it whatever the
+//!    retries, and its rejections end the retrying (`OpenIsFinal`: an open breaker is not
+//!    retried into);
+//! 4. **attempt timeout**: one attempt's limit, so that one hung attempt leaves time to retry.
+//!
+//! The order follows .NET's standard resilience handler (whose rate limiter, outermost, is left
+//! out here: add a [`RateLimitLayer`](crate::limit::rate::RateLimitLayer) above if you want one).
+//! Defaults beside .NET's:
+//!
+//! | part | seawall default | .NET standard handler |
+//! |---|---|---|
+//! | total timeout | 30 s | 30 s |
+//! | retry | 3 retries, exponential backoff with full jitter (see [`retry`](crate::retry)), ratio budget | 3 retries, exponential from 2 s with jitter |
+//! | circuit breaker | opens at 50% failures of the last 100 calls (at least 20), 5 s open, growing | opens at 10% failures over 30 s (at least 100 calls), 5 s open |
+//! | attempt timeout | 10 s | 10 s |
+//!
+//! ```
+//! # #[cfg(all(feature = "retry", feature = "circuit-breaker"))] {
+//! use seawall::stack::ClientStack;
+//! use std::time::Duration;
+//! use tower::{service_fn, Layer, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let stack = ClientStack::new()
+//!     .total_timeout(Duration::from_secs(5))
+//!     .attempt_timeout(Duration::from_secs(1))
+//!     .without_breaker();
+//! let client = stack.layer(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x + 1) }));
+//! assert_eq!(client.oneshot(41).await.unwrap(), 42);
+//! # }
+//! # }
+//! ```
+
+#[cfg(all(feature = "retry", feature = "circuit-breaker"))]
+mod client;
+#[cfg(feature = "limit")]
+mod server;
+
+#[cfg(all(feature = "retry", feature = "circuit-breaker"))]
+pub use client::{ClientStack, OpenIsFinal};
+#[cfg(feature = "limit")]
+pub use server::ServerStack;
+
+use pin_project_lite::pin_project;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tower::{BoxError, Layer, Service};
+
+/// A part of a stack that may be left out: a layer, or nothing.
+#[derive(Clone, Debug)]
+pub struct Part<L>(Option<L>);
+
+#[cfg(any(all(feature = "retry", feature = "circuit-breaker"), feature = "limit"))]
+fn part<L: Clone>(layer: &Option<L>) -> Part<L> {
+    Part(layer.clone())
+}
+
+impl<S, L: Layer<S>> Layer<S> for Part<L> {
+    type Service = PartService<L::Service, S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        match &self.0 {
+            Some(layer) => PartService::With(layer.layer(inner)),
+            None => PartService::Without(inner),
+        }
+    }
+}
+
+/// The service of a [`Part`]: the layer's service, or the inner service alone. Errors are boxed,
+/// so both have one type.
+#[derive(Clone, Debug)]
+pub enum PartService<A, B> {
+    /// The part is there.
+    With(A),
+    /// The part was left out.
+    Without(B),
+}
+
+impl<A, B, Req> Service<Req> for PartService<A, B>
+where
+    A: Service<Req>,
+    A::Error: Into<BoxError>,
+    B: Service<Req, Response = A::Response>,
+    B::Error: Into<BoxError>,
+{
+    type Response = A::Response;
+    type Error = BoxError;
+    type Future = PartFuture<A::Future, B::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match self {
+            PartService::With(a) => a.poll_ready(cx).map_err(Into::into),
+            PartService::Without(b) => b.poll_ready(cx).map_err(Into::into),
+        }
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        match self {
+            PartService::With(a) => PartFuture {
+                kind: PartKind::With {
+                    future: a.call(req),
+                },
+            },
+            PartService::Without(b) => PartFuture {
+                kind: PartKind::Without {
+                    future: b.call(req),
+                },
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`PartService`].
+    #[derive(Debug)]
+    pub struct PartFuture<A, B> {
+        #[pin]
+        kind: PartKind<A, B>,
+    }
+}
+
+pin_project! {
+    #[project = PartProj]
+    #[derive(Debug)]
+    enum PartKind<A, B> {
+        With { #[pin] future: A },
+        Without { #[pin] future: B },
+    }
+}
+
+impl<A, B, T, EA, EB> Future for PartFuture<A, B>
+where
+    A: Future<Output = Result<T, EA>>,
+    B: Future<Output = Result<T, EB>>,
+    EA: Into<BoxError>,
+    EB: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            PartProj::With { future } => future.poll(cx).map_err(Into::into),
+            PartProj::Without { future } => future.poll(cx).map_err(Into::into),
+        }
+    }
+}
