@@ -37,14 +37,12 @@ async fn a_healthy_service_is_never_throttled() {
     assert_eq!(handle.probability(), 0.0);
 }
 
-#[tokio::test(start_paused = true)]
-async fn throttling_starts_when_requests_pass_k_times_accepts() {
-    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let flag = healthy.clone();
-    let layer = ThrottleLayer::builder().k(2.0).seed(2).build().unwrap();
-    let handle = layer.handle();
-    let mut client = layer.layer(service_fn(move |_: ()| {
-        let ok = flag.load(Ordering::Relaxed);
+/// A service that accepts every call while `healthy`, and refuses every call otherwise.
+fn switchable(
+    healthy: Arc<std::sync::atomic::AtomicBool>,
+) -> impl Service<(), Response = (), Error = &'static str> {
+    service_fn(move |_: ()| {
+        let ok = healthy.load(Ordering::Relaxed);
         async move {
             if ok {
                 Ok(())
@@ -52,7 +50,15 @@ async fn throttling_starts_when_requests_pass_k_times_accepts() {
                 Err("overloaded")
             }
         }
-    }));
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttling_starts_when_requests_pass_k_times_accepts() {
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let layer = ThrottleLayer::builder().k(2.0).seed(2).build().unwrap();
+    let handle = layer.handle();
+    let mut client = layer.layer(switchable(healthy.clone()));
     for _ in 0..30 {
         assert_eq!(send(&mut client).await, Ok(true));
     }
@@ -150,7 +156,6 @@ async fn a_client_sends_about_k_times_what_the_service_accepts() {
 #[tokio::test(start_paused = true)]
 async fn the_window_slides_and_a_recovered_service_gets_every_call() {
     let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = healthy.clone();
     let layer = ThrottleLayer::builder()
         .window(Duration::from_secs(10))
         .buckets(10)
@@ -158,16 +163,7 @@ async fn the_window_slides_and_a_recovered_service_gets_every_call() {
         .build()
         .unwrap();
     let handle = layer.handle();
-    let mut client = layer.layer(service_fn(move |_: ()| {
-        let ok = flag.load(Ordering::Relaxed);
-        async move {
-            if ok {
-                Ok(())
-            } else {
-                Err("overloaded")
-            }
-        }
-    }));
+    let mut client = layer.layer(switchable(healthy.clone()));
     for _ in 0..1000 {
         let _ = send(&mut client).await;
         tokio::time::advance(Duration::from_millis(5)).await;
