@@ -356,7 +356,7 @@ where
             mark: layer.mark,
             select: layer.select,
             classify: layer.classify.clone(),
-            source: layer.source.clone(),
+            source: O::ENABLED.then(|| layer.source.clone()),
             start,
         }
     }
@@ -372,7 +372,8 @@ pin_project! {
         mark: fn(&mut Res, Duration),
         select: Select,
         classify: C,
-        source: Arc<Source<O>>,
+        // Kept only for a listening observer.
+        source: Option<Arc<Source<O>>>,
         start: Option<Instant>,
     }
 }
@@ -419,10 +420,12 @@ where
             return Poll::Ready(result);
         };
         (this.mark)(&mut response, age);
-        let latency = this.start.map(|start| now.saturating_duration_since(start));
-        this.source
-            .emitter()
-            .emit(EventKind::FallbackUsed { trigger, latency });
+        if let Some(source) = this.source {
+            let latency = this.start.map(|start| now.saturating_duration_since(start));
+            source
+                .emitter()
+                .emit(EventKind::FallbackUsed { trigger, latency });
+        }
         Poll::Ready(Ok(response))
     }
 }
