@@ -91,6 +91,15 @@ pub trait Gate: Send + Sync + 'static {
     /// An admitted call was dropped before it finished: give back what it held and count nothing.
     fn cancel<O: Observer>(&self, permit: Self::Permit, emit: Emitter<'_, O>);
 
+    /// A permit reserved in `poll_ready` was never used: the service was dropped, or its inner
+    /// service failed readiness, before any call was made (as when a layer above refuses the
+    /// request, or axum drops its per-request clone). Give back what it held. The default is
+    /// [`cancel`](Gate::cancel); gates whose `cancel` keeps something on purpose, because a call
+    /// that started may have reached the service, give it back here.
+    fn release_unused<O: Observer>(&self, permit: Self::Permit, emit: Emitter<'_, O>) {
+        self.cancel(permit, emit)
+    }
+
     /// Whether any rule needs call timing. When neither this nor the observer wants it, the clock is
     /// never read on the call path.
     fn wants_latency(&self) -> bool;
@@ -177,6 +186,8 @@ impl<G, O> Shared<G, O> {
 pub(crate) struct PermitGuard<G: Gate, O: Observer> {
     shared: Anchor<Shared<G, O>>,
     permit: Option<G::Permit>,
+    /// Whether the call was made: a permit dropped before it is a reservation never used.
+    called: bool,
 }
 
 impl<G: Gate, O: Observer> PermitGuard<G, O> {
@@ -199,7 +210,11 @@ impl<G: Gate, O: Observer> Drop for PermitGuard<G, O> {
         if let Some(permit) = self.permit.take() {
             let shared = &*self.shared;
             let emit = shared.emitter();
-            shared.gate.cancel(permit, emit);
+            if self.called {
+                shared.gate.cancel(permit, emit);
+            } else {
+                shared.gate.release_unused(permit, emit);
+            }
             emit.emit(EventKind::Cancelled);
         }
     }
@@ -296,6 +311,7 @@ where
                     self.permit = Some(PermitGuard {
                         shared: self.shared.clone(),
                         permit: Some(permit),
+                        called: false,
                     });
                 }
                 Err(rejection) => {
@@ -318,7 +334,8 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        if let Some(permit) = self.permit.take() {
+        if let Some(mut permit) = self.permit.take() {
+            permit.called = true;
             let shared = &*self.shared;
             let start = (shared.gate.wants_latency() || shared.source.observer().wants_latency())
                 .then(Instant::now);

@@ -375,3 +375,24 @@ fn a_manual_clock_drives_the_limit() {
         send(&mut service, ()).await.unwrap();
     });
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_slot_reserved_but_never_used_goes_back() {
+    let layer = RateLimitLayer::new(Quota::per_second(1));
+    let handle = layer.handle();
+    // Ready, then dropped without a call: as when a layer above refuses the request, or axum
+    // drops its per-request clone.
+    let mut service = layer.layer(ok_service());
+    ServiceExt::<()>::ready(&mut service).await.unwrap();
+    assert_eq!(handle.available(), 0);
+    drop(service);
+    assert_eq!(handle.available(), 1);
+    // A call made and then dropped still counts: it may have reached the service.
+    let mut service = layer.layer(ok_service());
+    let call = ServiceExt::<()>::ready(&mut service)
+        .await
+        .unwrap()
+        .call(());
+    drop(call);
+    assert_eq!(handle.available(), 0);
+}

@@ -171,6 +171,13 @@ impl Rule {
         }
     }
 
+    /// Gives back one interval the cell reserved for a call that was not made. Later
+    /// reservations keep their times; the next caller finds the slot free.
+    pub(crate) fn give_back(&self, tat: &AtomicU64) {
+        let interval = self.interval.load(Relaxed);
+        let _ = tat.fetch_update(Relaxed, Relaxed, |t| Some(t.saturating_sub(interval)));
+    }
+
     /// How many calls the cell would admit at once at `now`.
     pub(crate) fn available(&self, tat: &AtomicU64, now: u64) -> u64 {
         let interval = self.interval.load(Relaxed);

@@ -92,6 +92,11 @@ impl<Clk: Clock> Limits<Clk> {
         Ok(())
     }
 
+    /// Gives one interval back to the cell `tat`: a slot taken and not used.
+    pub(crate) fn give_back(&self, tat: &AtomicU64) {
+        self.rule.give_back(tat);
+    }
+
     /// How many calls the cell `tat` would admit at once now.
     pub(crate) fn available(&self, tat: &AtomicU64) -> u64 {
         self.rule.available(tat, self.clock.now())
@@ -261,10 +266,16 @@ impl<Clk: Clock> Gate for RateLimiter<Clk> {
     #[inline]
     fn complete<O: Observer>(&self, _: (), _: &Record, _: Emitter<'_, O>) {}
 
-    /// A call let through counts against the quota even if it is dropped before it ends: the
-    /// limiter errs on the side of letting fewer through.
+    /// A call let through counts against the quota even if it is dropped before it ends (it may
+    /// have reached the service): the limiter errs on the side of letting fewer through.
     #[inline]
     fn cancel<O: Observer>(&self, _: (), _: Emitter<'_, O>) {}
+
+    /// A slot reserved in `poll_ready` for a call that was never made goes back to the quota, so
+    /// that requests a layer above refuses, or clones dropped unused, cost nothing.
+    fn release_unused<O: Observer>(&self, _: (), _: Emitter<'_, O>) {
+        self.limits.give_back(&self.tat);
+    }
 
     #[inline]
     fn wants_latency(&self) -> bool {
