@@ -2,13 +2,16 @@
 
 use seawall::circuit_breaker::CircuitBreakerLayer;
 use seawall::limit::rate::{Quota, RateLimitLayer};
+use seawall::timeout::propagate::ReadDeadlineLayer;
+use seawall::timeout::TimeoutLayer;
+use std::time::Duration;
 use tonic::Code;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 use tower::ServiceBuilder;
 
 #[tokio::test]
-async fn clients_get_resource_exhausted_with_pushback_and_unavailable() {
+async fn clients_get_each_status_over_the_wire() {
     let breaker = CircuitBreakerLayer::new();
     let breaker_handle = breaker.handle();
     let (_reporter, health) = tonic_health::server::health_reporter();
@@ -16,6 +19,8 @@ async fn clients_get_resource_exhausted_with_pushback_and_unavailable() {
     let addr = listener.local_addr().unwrap();
     let layers = ServiceBuilder::new()
         .map_result(seawall::tonic::or_status::<tonic::body::Body>)
+        .layer(ReadDeadlineLayer::grpc())
+        .layer(TimeoutLayer::new(Duration::from_secs(10)).propagate())
         .layer(breaker)
         .layer(RateLimitLayer::new(Quota::per_minute(2)));
     let server = tokio::spawn(
@@ -31,6 +36,17 @@ async fn clients_get_resource_exhausted_with_pushback_and_unavailable() {
         .unwrap();
     let mut client = HealthClient::new(channel);
     let check = || tonic::Request::new(HealthCheckRequest::default());
+    let with_timeout = |value: &'static str| {
+        let mut request = check();
+        let value = value.parse().unwrap();
+        request.metadata_mut().insert("grpc-timeout", value);
+        request
+    };
+    // A malformed grpc-timeout is refused by the server, before the rate limit. (A caller with no
+    // time left is not tested here: tonic's channel enforces grpc-timeout itself, client-side.)
+    let invalid = client.check(with_timeout("soon")).await.unwrap_err();
+    assert_eq!(invalid.code(), Code::InvalidArgument);
+    assert_eq!(invalid.message(), "invalid deadline header");
     client.check(check()).await.unwrap();
     client.check(check()).await.unwrap();
     let limited = client.check(check()).await.unwrap_err();
