@@ -33,6 +33,20 @@ use std::fmt;
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// The clock budgets date their deposits by: tokio's, so paused time in tests moves it. Under loom
+/// it stands still: a model replays each interleaving by its recorded steps, and a real clock
+/// crossing a bucket boundary between two runs would change which steps there are.
+#[inline]
+fn now() -> Instant {
+    #[cfg(seawall_loom)]
+    {
+        static FROZEN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *FROZEN.get_or_init(Instant::now)
+    }
+    #[cfg(not(seawall_loom))]
+    Instant::now()
+}
+
 /// One retry, in the integer units balances are kept in: ratios are kept to the thousandth.
 const UNIT: i64 = 1000;
 /// Buckets a ratio budget's time to live is divided into.
@@ -77,7 +91,7 @@ impl Budget {
             (ratio * UNIT as f64).round() as i64,
             reserve,
             bucket_nanos,
-            Instant::now(),
+            now(),
         )))))
     }
 
@@ -126,7 +140,7 @@ impl Budget {
     pub fn available(&self) -> f64 {
         match &*self.0 {
             Kind::Ratio(ratio) => {
-                ratio.settle(ratio.epoch(Instant::now()));
+                ratio.settle(ratio.epoch(now()));
                 ratio.balance.load(Ordering::Acquire) as f64 / UNIT as f64
             }
             Kind::Tokens(tokens) => {
@@ -162,7 +176,7 @@ impl Budget {
     /// retry; call it yourself only for a retry loop of your own.
     pub fn try_withdraw(&self) -> bool {
         match &*self.0 {
-            Kind::Ratio(ratio) => ratio.try_withdraw(Instant::now()),
+            Kind::Ratio(ratio) => ratio.try_withdraw(now()),
             Kind::Tokens(tokens) => tokens.try_take(),
         }
     }
@@ -305,11 +319,9 @@ impl Ratio {
         let before = shard.pending.fetch_add(1, Ordering::Relaxed);
         if before == 0 {
             // The first of a batch dates the batch: two clock reads per batch of 64.
-            shard
-                .since
-                .store(self.epoch(Instant::now()), Ordering::Release);
+            shard.since.store(self.epoch(now()), Ordering::Release);
         } else if before + 1 >= DATE_EVERY {
-            self.date(shard, self.epoch(Instant::now()));
+            self.date(shard, self.epoch(now()));
         }
     }
 
