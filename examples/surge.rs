@@ -1,214 +1,977 @@
-//! A live demonstration on loopback: a backend that fails for a while, clients calling it through a
-//! circuit breaker, and a table of what happened each second.
+//! The surge demonstration: two identical backends on loopback, the same crowd of users on each,
+//! one side without seawall and one with it, through a 5x surge, an outage and a slow period.
 //!
 //! ```text
-//! cargo run --release --example surge [-- --seconds 12 --clients 16]
+//! cargo run --release --example surge [-- --users 1000 --surge 5 --capacity 400 --scale 1]
 //! ```
 //!
-//! The backend (axum, on 127.0.0.1) is healthy for the first quarter of the run, answers 503 after a
-//! slow 40 ms during the middle half, and recovers for the last quarter. While it fails, the breaker
-//! opens and turns calls away in microseconds instead of letting every client wait on a dead backend;
-//! it probes now and then, and closes once the backend is back.
+//! Each backend is an axum server with a fixed capacity: 8 workers that take 20 ms a request
+//! (400 requests a second by default); requests beyond that wait for a worker. Users come back
+//! about once a second (think times of 0.5 to 1.5 s), and give up on a request after one second
+//! (`--patience`). The scenario, about 40 seconds at `--scale 1`:
+//!
+//! | phase  | users             | backend                                 |
+//! |--------|-------------------|-----------------------------------------|
+//! | steady | 200 (1000 / 5)    | healthy, half loaded                    |
+//! | surge  | 1000              | 2.5 times more traffic than it can take |
+//! | outage | 200               | answers 500 to everything               |
+//! | slow   | 200               | each request takes five times as long   |
+//!
+//! with steady periods between them. Without seawall, users wait on the backend: in the surge
+//! and the slow period requests queue until users give up, and the backend spends its workers on
+//! requests nobody waits for any more; in the outage users get errors. With seawall, the backend
+//! runs behind [`ServerStack`] (an adaptive concurrency limit that sheds what it cannot take with
+//! a fast 503, and a timeout), and users call it through [`ClientStack::http`] (deadline, retries
+//! on a budget, a circuit breaker, a per-attempt timeout) under a stale-if-error cache and a
+//! default answer: what the backend cannot serve in time is answered, fast, with the last good
+//! answer or a default, marked as degraded.
+//!
+//! It prints a row a second for both sides, a summary per phase, and writes an SVG plot of
+//! answers per second and p99 latency over time to `target/surge.svg` (`--svg PATH`). `--check`
+//! makes it exit with an error when the side with seawall did not keep its promises (what CI
+//! runs).
 
+use axum::body::Bytes;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use seawall::circuit_breaker::{error::Open, CircuitBreakerLayer};
-use seawall::core::{CircuitState, Event, EventKind};
+use rand::Rng;
+use seawall::circuit_breaker::CircuitBreakerLayer;
+use seawall::core::{CircuitState, Classify, Event, EventKind, Outcome};
+use seawall::error::ErrorKind;
+use seawall::fallback::{FallbackLayer, StaleIfErrorLayer, Trigger};
 use seawall::http::HttpClassifier;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use seawall::limit::algorithm::{Gradient2, Windowed};
+use seawall::limit::AdaptiveLimitLayer;
+use seawall::stack::{ClientStack, ServerStack};
+use std::fmt::Write as _;
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::{BoxError, ServiceBuilder, ServiceExt};
 
-type Body = Empty<axum::body::Bytes>;
+type Body = Empty<Bytes>;
 
-#[derive(Default)]
-struct Second {
-    passed: AtomicU64,
-    failed: AtomicU64,
-    rejected: AtomicU64,
-    backend_calls: AtomicU64,
-    latency_ns: AtomicU64,
-}
+/// How many distinct items users ask for: what the stale-if-error cache holds.
+const ITEMS: u64 = 50;
+/// The backend's workers; with `--capacity` they fix how long one request takes.
+const WORKERS: usize = 8;
+/// How much slower the backend is in the slow period.
+const SLOWDOWN: u32 = 5;
 
 struct Options {
-    seconds: u64,
-    clients: usize,
+    users: u64,
+    surge: u64,
+    capacity: u64,
+    scale: f64,
+    patience: Duration,
+    svg: PathBuf,
+    check: bool,
 }
+
+const USAGE: &str = "usage: surge [--users N] [--surge X] [--capacity RPS] [--scale F] \
+                     [--patience MS] [--svg PATH] [--check]";
 
 fn options() -> Options {
     let mut options = Options {
-        seconds: 12,
-        clients: 16,
+        users: 1000,
+        surge: 5,
+        capacity: 400,
+        scale: 1.0,
+        patience: Duration::from_secs(1),
+        svg: PathBuf::from("target/surge.svg"),
+        check: false,
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < args.len() {
-        let value = args.get(i + 1).and_then(|v| v.parse::<u64>().ok());
-        match (args[i].as_str(), value) {
-            ("--seconds", Some(v)) if v >= 4 => options.seconds = v,
-            ("--clients", Some(v)) if v >= 1 => options.clients = v as usize,
-            _ => {
-                eprintln!("usage: surge [--seconds N (>= 4)] [--clients N (>= 1)]");
-                std::process::exit(2);
-            }
+    let mut args = std::env::args().skip(1);
+    let bad = |what: &str| -> ! {
+        eprintln!("surge: bad {what}\n{USAGE}");
+        std::process::exit(2)
+    };
+    while let Some(flag) = args.next() {
+        if flag == "--check" {
+            options.check = true;
+            continue;
         }
-        i += 2;
+        let Some(value) = args.next() else { bad(&flag) };
+        let number = |min: f64| match value.parse::<f64>() {
+            Ok(v) if v >= min && v.is_finite() => v,
+            _ => bad(&flag),
+        };
+        match flag.as_str() {
+            "--users" => options.users = number(1.0) as u64,
+            "--surge" => options.surge = number(1.0) as u64,
+            "--capacity" => options.capacity = number(10.0) as u64,
+            "--scale" => options.scale = number(0.1),
+            "--patience" => options.patience = Duration::from_millis(number(10.0) as u64),
+            "--svg" => options.svg = PathBuf::from(value),
+            _ => bad(&flag),
+        }
     }
     options
 }
 
-#[tokio::main]
-async fn main() -> Result<(), tower::BoxError> {
-    let Options { seconds, clients } = options();
+/// What the backend is doing.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Health {
+    Healthy,
+    Down,
+    Slow,
+}
 
-    // The backend: fails during the middle half of the run.
-    let failing = Arc::new(AtomicBool::new(false));
-    let backend_calls = Arc::new(AtomicU64::new(0));
-    let app = {
-        let (failing, calls) = (failing.clone(), backend_calls.clone());
-        Router::new().route(
-            "/",
-            get(move || {
-                let (failing, calls) = (failing.clone(), calls.clone());
-                async move {
-                    calls.fetch_add(1, Relaxed);
-                    if failing.load(Relaxed) {
-                        tokio::time::sleep(Duration::from_millis(40)).await;
-                        (StatusCode::SERVICE_UNAVAILABLE, "overloaded")
-                    } else {
-                        (StatusCode::OK, "fine")
-                    }
-                }
-            }),
-        )
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move { axum::serve(listener, app).await });
+struct Phase {
+    name: &'static str,
+    seconds: f64,
+    surge: bool,
+    health: Health,
+}
 
-    // The client stack: a breaker around a hyper client.
-    let transitions = Arc::new(AtomicU64::new(0));
-    let seen = transitions.clone();
-    let breaker = CircuitBreakerLayer::builder()
-        .name("backend")
-        .classify(HttpClassifier::default())
-        .count_window(50)
-        .minimum_calls(20)
-        .failure_rate_threshold(50.0)
-        .open_duration(Duration::from_millis(800))
-        .open_backoff(2.0, Duration::from_millis(1600))
-        .half_open_probes(5)
-        .observer(move |e: &Event<'_>| {
-            if let EventKind::StateTransition { .. } = e.kind {
-                seen.fetch_add(1, Relaxed);
-            }
+const SCENARIO: [Phase; 7] = [
+    Phase::new("steady", 5.0, false, Health::Healthy),
+    Phase::new("surge", 10.0, true, Health::Healthy),
+    Phase::new("steady", 5.0, false, Health::Healthy),
+    Phase::new("outage", 6.0, false, Health::Down),
+    Phase::new("steady", 4.0, false, Health::Healthy),
+    Phase::new("slow", 6.0, false, Health::Slow),
+    Phase::new("steady", 4.0, false, Health::Healthy),
+];
+
+impl Phase {
+    const fn new(name: &'static str, seconds: f64, surge: bool, health: Health) -> Self {
+        Phase {
+            name,
+            seconds,
+            surge,
+            health,
+        }
+    }
+}
+
+/// The scenario in time: which phase runs at an offset from the start.
+struct Timeline {
+    start: Instant,
+    scale: f64,
+}
+
+impl Timeline {
+    fn total(&self) -> Duration {
+        Duration::from_secs_f64(SCENARIO.iter().map(|p| p.seconds).sum::<f64>() * self.scale)
+    }
+
+    fn phase_at(&self, offset: Duration) -> Option<&'static Phase> {
+        let mut end = 0.0;
+        SCENARIO.iter().find(|p| {
+            end += p.seconds * self.scale;
+            offset.as_secs_f64() < end
         })
-        .build()?;
-    let handle = breaker.handle();
-    let client = ServiceBuilder::new()
-        .layer(breaker)
-        .service(Client::builder(TokioExecutor::new()).build_http::<Body>());
+    }
 
-    let table: Arc<Vec<Second>> = Arc::new((0..seconds).map(|_| Second::default()).collect());
-    let start = Instant::now();
-    let end = start + Duration::from_secs(seconds);
-    let uri: http::Uri = format!("http://{addr}/").parse()?;
+    fn now(&self) -> Option<&'static Phase> {
+        self.phase_at(self.start.elapsed())
+    }
+}
 
-    let workers: Vec<_> = (0..clients)
-        .map(|_| {
-            let (mut client, table, uri) = (client.clone(), table.clone(), uri.clone());
-            tokio::spawn(async move {
-                while Instant::now() < end {
-                    let sent = Instant::now();
-                    let second = &table[(sent - start).as_secs().min(seconds - 1) as usize];
-                    let request = http::Request::get(uri.clone()).body(Body::new()).unwrap();
-                    let result = match client.ready().await {
-                        Ok(ready) => ready.call(request).await,
-                        Err(e) => Err(e),
-                    };
-                    match result {
-                        Ok(response) => {
-                            let ok = response.status().is_success();
-                            let _ = response.into_body().collect().await;
-                            let counter = if ok { &second.passed } else { &second.failed };
-                            counter.fetch_add(1, Relaxed);
-                        }
-                        Err(e) if e.is::<Open>() => {
-                            second.rejected.fetch_add(1, Relaxed);
-                        }
-                        Err(_) => {
-                            second.failed.fetch_add(1, Relaxed);
-                        }
-                    }
-                    second
-                        .latency_ns
-                        .fetch_add(sent.elapsed().as_nanos() as u64, Relaxed);
-                    // Each client paces itself: about 200 requests per second at most.
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+/// A backend with `WORKERS` workers: a request waits for one, then takes `work` (or
+/// `SLOWDOWN` times as long in the slow period); in an outage every request fails at once.
+struct Backend {
+    workers: Semaphore,
+    work: Duration,
+    health: AtomicU8,
+    served: AtomicU64,
+}
+
+async fn item(State(backend): State<Arc<Backend>>) -> (StatusCode, &'static str) {
+    let health = backend.health.load(Relaxed);
+    if health == Health::Down as u8 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        return (StatusCode::INTERNAL_SERVER_ERROR, "backend down");
+    }
+    let _worker = backend.workers.acquire().await.expect("never closed");
+    let work = if health == Health::Slow as u8 {
+        backend.work * SLOWDOWN
+    } else {
+        backend.work
+    };
+    tokio::time::sleep(work).await;
+    backend.served.fetch_add(1, Relaxed);
+    (StatusCode::OK, "item")
+}
+
+/// What happened in one second on one side.
+#[derive(Default)]
+struct Second {
+    offered: AtomicU64,
+    fresh: AtomicU64,
+    degraded: AtomicU64,
+    failed: AtomicU64,
+    /// 503s the server stack's concurrency limit answered at once.
+    shed: AtomicU64,
+    /// Calls the client's open breaker turned away without a request.
+    open: AtomicU64,
+    /// Calls given up on: the user's patience (without seawall), a deadline (with it).
+    timed_out: AtomicU64,
+    /// Latencies, in microseconds, of the calls that ended in this second.
+    latencies: Mutex<Vec<u32>>,
+    /// Seawall's side only: the breaker's state and the concurrency limit at the second's end.
+    breaker: Mutex<Option<CircuitState>>,
+    limit: AtomicU64,
+}
+
+/// One side's record, a `Second` for each second of the run.
+struct Side {
+    seconds: Vec<Second>,
+    start: Instant,
+}
+
+enum Answer {
+    Fresh,
+    Degraded,
+    Failed,
+}
+
+impl Side {
+    fn new(start: Instant, seconds: usize) -> Arc<Self> {
+        Arc::new(Side {
+            seconds: (0..seconds).map(|_| Second::default()).collect(),
+            start,
+        })
+    }
+
+    fn now(&self) -> &Second {
+        let i = self.start.elapsed().as_secs() as usize;
+        &self.seconds[i.min(self.seconds.len() - 1)]
+    }
+
+    fn ended(&self, since: Instant, answer: Answer) {
+        let second = self.now();
+        match answer {
+            Answer::Fresh => &second.fresh,
+            Answer::Degraded => &second.degraded,
+            Answer::Failed => &second.failed,
+        }
+        .fetch_add(1, Relaxed);
+        let micros = since.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        second.latencies.lock().unwrap().push(micros);
+    }
+}
+
+/// An answer as seawall's side of the crowd gets it: cloned (stale-if-error keeps copies), and
+/// marked with where it came from.
+#[derive(Clone, Debug)]
+struct Reply {
+    status: StatusCode,
+    from: From,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum From {
+    Backend,
+    Stale,
+    Default,
+}
+
+/// The outer layers' classifier: a reply that is not a 2xx, or an error, is a failure.
+#[derive(Clone, Copy)]
+struct Success2xx;
+
+impl Classify<Reply, BoxError> for Success2xx {
+    fn classify(&self, result: &Result<Reply, BoxError>) -> Outcome {
+        match result {
+            Ok(reply) if reply.status.is_success() => Outcome::Success,
+            _ => Outcome::Failure,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let options = options();
+    let baseline = (options.users / options.surge).max(1);
+    let work = Duration::from_secs_f64(WORKERS as f64 / options.capacity as f64);
+    let start = Instant::now() + Duration::from_millis(200);
+    let timeline = Arc::new(Timeline {
+        start,
+        scale: options.scale,
+    });
+    let length = (timeline.total() + options.patience).as_secs() as usize + 2;
+    let (bare, guarded) = (Side::new(start, length), Side::new(start, length));
+
+    // Two identical backends.
+    let backend = || {
+        Arc::new(Backend {
+            workers: Semaphore::new(WORKERS),
+            work,
+            health: AtomicU8::new(Health::Healthy as u8),
+            served: AtomicU64::new(0),
+        })
+    };
+    let (bare_backend, guarded_backend) = (backend(), backend());
+    let router = |backend: Arc<Backend>| {
+        Router::new()
+            .route("/item/{id}", get(item))
+            .with_state(backend)
+    };
+
+    // Without seawall: the router as it is.
+    let bare_addr = serve(router(bare_backend.clone())).await?;
+
+    // With seawall: the standard server stack, with an adaptive concurrency limit that starts
+    // low enough for the backend's workers, and rejections mapped to their status codes.
+    let mut gradient = Gradient2::default();
+    gradient.initial = WORKERS as f64 * 2.0;
+    gradient.min = 2.0;
+    let limiter = AdaptiveLimitLayer::builder(Windowed::new(gradient)).build();
+    let limit = limiter.handle();
+    let server_stack = ServerStack::new()
+        .without_rate_limit()
+        .concurrency(limiter)
+        .timeout(options.patience / 2);
+    let guarded_addr = serve(
+        router(guarded_backend.clone()).layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(rejection))
+                .layer(server_stack),
+        ),
+    )
+    .await?;
+
+    // The client with seawall: a stale-if-error cache and a default answer over the standard
+    // client stack, whose breaker reports the calls it turns away.
+    let breaker = {
+        let side = guarded.clone();
+        CircuitBreakerLayer::builder()
+            .name("backend")
+            // A 503 from the server stack says "full, come back later", not "broken": the
+            // retry budget and the fallbacks deal with it, and the breaker does not open on it
+            // and leave the backend idle.
+            .classify(HttpClassifier::default().ignore(StatusCode::SERVICE_UNAVAILABLE))
+            .count_window(100)
+            .minimum_calls(20)
+            .failure_rate_threshold(50.0)
+            .open_duration(Duration::from_millis(500))
+            .open_backoff(2.0, Duration::from_secs(2))
+            .half_open_probes(5)
+            .observer(move |event: &Event<'_>| {
+                if let EventKind::Rejected { .. } = event.kind {
+                    side.now().open.fetch_add(1, Relaxed);
                 }
             })
+            .build()?
+    };
+    let breaker_handle = breaker.handle();
+    let client_stack = ClientStack::http()
+        .total_timeout(options.patience)
+        .attempt_timeout(options.patience / 2)
+        .breaker(breaker);
+    let hyper = Client::builder(TokioExecutor::new()).build_http::<Body>();
+    let fetch = {
+        let (hyper, side) = (hyper.clone(), guarded.clone());
+        tower::service_fn(move |request: http::Request<Body>| {
+            let (hyper, side) = (hyper.clone(), side.clone());
+            // A concrete error type, not `BoxError`: with a boxed error out of an `async`
+            // block, rustc cannot prove the spawned future `Send` (rust-lang/rust#102211).
+            async move {
+                let response = hyper.request(request).await.map_err(io::Error::other)?;
+                let (parts, body) = response.into_parts();
+                let body = body.collect().await.map_err(io::Error::other)?.to_bytes();
+                match parts.status {
+                    StatusCode::SERVICE_UNAVAILABLE => side.now().shed.fetch_add(1, Relaxed),
+                    StatusCode::GATEWAY_TIMEOUT => side.now().timed_out.fetch_add(1, Relaxed),
+                    _ => 0,
+                };
+                Ok::<_, io::Error>(http::Response::from_parts(parts, body))
+            }
         })
-        .collect();
+    };
+    let timeouts = {
+        let side = guarded.clone();
+        move |event: &Event<'_>| {
+            if let EventKind::FallbackUsed { trigger, .. } = event.kind {
+                if trigger == seawall::core::FallbackTrigger::Rejected(ErrorKind::TimedOut) {
+                    side.now().timed_out.fetch_add(1, Relaxed);
+                }
+            }
+        }
+    };
+    let client = ServiceBuilder::new()
+        .layer(
+            FallbackLayer::from_fn(|_: Trigger<'_, Reply>| Reply {
+                status: StatusCode::OK,
+                from: From::Default,
+            })
+            .classify(Success2xx)
+            .observer("default", timeouts.clone()),
+        )
+        .layer(
+            StaleIfErrorLayer::builder(
+                |request: &http::Request<Body>| Some(request.uri().path().to_owned()),
+                |reply: &mut Reply, _age| reply.from = From::Stale,
+            )
+            .max_age(Duration::from_secs(60))
+            .classify(Success2xx)
+            .observer("stale", timeouts)
+            .build(),
+        )
+        .map_response(|response: http::Response<Bytes>| Reply {
+            status: response.status(),
+            from: From::Backend,
+        })
+        .layer(client_stack)
+        .service(fetch);
 
-    println!("seawall surge: {clients} clients for {seconds} s against http://{addr}/");
     println!(
-        "the backend fails (slow 503s) from second {} to second {}\n",
-        seconds / 4,
-        seconds * 3 / 4
+        "seawall surge: {} users ({} outside the surge), two backends of {} requests/s each on \
+         loopback\nwithout seawall: http://{bare_addr}/   with seawall: http://{guarded_addr}/\n",
+        options.users, baseline, options.capacity
     );
-    println!(" sec | backend | sent  | passed | failed | rejected | backend calls | mean latency | breaker");
-    println!("-----+---------+-------+--------+--------+----------+---------------+--------------+----------");
-    let mut last_backend = 0;
-    for s in 0..seconds {
-        failing.store(s >= seconds / 4 && s < seconds * 3 / 4, Relaxed);
-        let backend_state = if failing.load(Relaxed) {
-            "failing"
-        } else {
-            "healthy"
-        };
+
+    // The crowd: `users` users on each side; those past the phase's count wait.
+    let users_now = {
+        let timeline = timeline.clone();
+        move || match timeline.now() {
+            Some(p) if p.surge => Some(options.users),
+            Some(_) => Some(baseline),
+            None => None,
+        }
+    };
+    let mut crowd = tokio::task::JoinSet::new();
+    for user in 0..options.users {
+        // Without seawall: the same client, waiting at most the user's patience.
+        let (side, hyper, now) = (bare.clone(), hyper.clone(), users_now.clone());
+        let patience = options.patience;
+        crowd.spawn(user_loop(user, now, start, move |id| {
+            let (side, hyper) = (side.clone(), hyper.clone());
+            async move {
+                side.now().offered.fetch_add(1, Relaxed);
+                let since = Instant::now();
+                let uri = format!("http://{bare_addr}/item/{id}");
+                let request = http::Request::get(uri).body(Body::new()).unwrap();
+                let call = async {
+                    let response = hyper.request(request).await?;
+                    let status = response.status();
+                    response.into_body().collect().await?;
+                    Ok::<_, BoxError>(status)
+                };
+                match tokio::time::timeout(patience, call).await {
+                    Ok(Ok(status)) if status.is_success() => side.ended(since, Answer::Fresh),
+                    Ok(_) => side.ended(since, Answer::Failed),
+                    Err(_) => {
+                        side.now().timed_out.fetch_add(1, Relaxed);
+                        side.ended(since, Answer::Failed)
+                    }
+                }
+            }
+        }));
+        // With seawall.
+        let (side, client, now) = (guarded.clone(), client.clone(), users_now.clone());
+        crowd.spawn(user_loop(user, now, start, move |id| {
+            let (side, client) = (side.clone(), client.clone());
+            async move {
+                side.now().offered.fetch_add(1, Relaxed);
+                let since = Instant::now();
+                let uri = format!("http://{guarded_addr}/item/{id}");
+                let request = http::Request::get(uri).body(Body::new()).unwrap();
+                match client.oneshot(request).await {
+                    Ok(reply) if reply.from == From::Backend => side.ended(since, Answer::Fresh),
+                    Ok(_) => side.ended(since, Answer::Degraded),
+                    Err(_) => side.ended(since, Answer::Failed),
+                }
+            }
+        }));
+    }
+
+    // The scenario, and a row a second.
+    println!("{}", header());
+    let mut s = 0;
+    while let Some(phase) = timeline.phase_at(Duration::from_secs(s)) {
+        // Set the backends' health for the phases that start within this second.
+        let mut at = Duration::from_secs(s);
+        while at < Duration::from_secs(s + 1) {
+            tokio::time::sleep_until(start + at).await;
+            if let Some(p) = timeline.now() {
+                for backend in [&bare_backend, &guarded_backend] {
+                    backend.health.store(p.health as u8, Relaxed);
+                }
+            }
+            at += Duration::from_millis(100);
+        }
         tokio::time::sleep_until(start + Duration::from_secs(s + 1)).await;
-        let row = &table[s as usize];
-        let calls = backend_calls.load(Relaxed);
-        row.backend_calls.store(calls - last_backend, Relaxed);
-        last_backend = calls;
-        let (p, f, r) = (
-            row.passed.load(Relaxed),
-            row.failed.load(Relaxed),
-            row.rejected.load(Relaxed),
-        );
-        let sent = p + f + r;
-        let mean = row.latency_ns.load(Relaxed) as f64 / sent.max(1) as f64 / 1000.0;
-        let state = match handle.state() {
-            CircuitState::Closed => "closed",
-            CircuitState::Open => "OPEN",
-            CircuitState::HalfOpen => "half-open",
-            other => other.as_str(),
-        };
-        println!(
-            "{:>4} | {backend_state:>7} | {sent:>5} | {p:>6} | {f:>6} | {r:>8} | {:>13} | {:>9.1} µs | {state}",
-            s + 1,
-            row.backend_calls.load(Relaxed),
-            mean,
-        );
+        let second = &guarded.seconds[s as usize];
+        *second.breaker.lock().unwrap() = Some(breaker_handle.state());
+        second.limit.store(limit.limit(), Relaxed);
+        let users = if phase.surge { options.users } else { baseline };
+        println!("{}", row(s, phase, users, &bare, &guarded));
+        s += 1;
     }
-    for w in workers {
-        w.await?;
+    while crowd.join_next().await.is_some() {}
+    let seconds = s as usize;
+    // Calls that ended after the last full second belong to it.
+    for side in [&bare, &guarded] {
+        let last = &side.seconds[seconds - 1];
+        for late in &side.seconds[seconds..] {
+            for (to, from) in [
+                (&last.fresh, &late.fresh),
+                (&last.degraded, &late.degraded),
+                (&last.failed, &late.failed),
+                (&last.timed_out, &late.timed_out),
+            ] {
+                to.fetch_add(from.load(Relaxed), Relaxed);
+            }
+            let mut latencies = late.latencies.lock().unwrap();
+            last.latencies.lock().unwrap().append(&mut latencies);
+        }
     }
 
-    let sum = |f: fn(&Second) -> &AtomicU64| table.iter().map(|s| f(s).load(Relaxed)).sum::<u64>();
-    let (passed, failed, rejected) = (sum(|s| &s.passed), sum(|s| &s.failed), sum(|s| &s.rejected));
+    let mut summary = summary(&timeline, seconds, &bare, &guarded);
+    println!("\n{}", summary.table);
     println!(
-        "\ntotal: {} calls, {passed} passed, {failed} failed, {rejected} rejected by the open breaker \
-         without touching the backend; {} state transitions; breaker now {}",
-        passed + failed + rejected,
-        transitions.load(Relaxed),
-        handle.state(),
+        "backend requests served: {} without seawall, {} with it",
+        bare_backend.served.load(Relaxed),
+        guarded_backend.served.load(Relaxed)
     );
+    if let Some(dir) = options.svg.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(
+        &options.svg,
+        svg(&timeline, seconds, &bare, &guarded, options.patience),
+    )?;
+    println!(
+        "plot of answers per second and p99 latency: {}",
+        options.svg.display()
+    );
+
+    if options.check {
+        println!("check passed: {}", summary.check(options.patience)?);
+    }
     Ok(())
+}
+
+/// Serves `router` on a loopback port and returns its address.
+async fn serve(router: Router) -> std::io::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Ok(addr)
+}
+
+/// The status of a server stack's rejection (as `seawall::axum::handle_error` answers, with
+/// the `axum` feature).
+async fn rejection(err: BoxError) -> StatusCode {
+    match seawall::error::kind(&*err) {
+        Some(ErrorKind::TimedOut) => StatusCode::GATEWAY_TIMEOUT,
+        Some(ErrorKind::RateLimited) => StatusCode::TOO_MANY_REQUESTS,
+        Some(_) => StatusCode::SERVICE_UNAVAILABLE,
+        None => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// One user: while the scenario runs and the phase counts this user in, asks for an item, then
+/// thinks for 0.5 to 1.5 s.
+async fn user_loop<F, Fut>(
+    user: u64,
+    users_now: impl Fn() -> Option<u64>,
+    start: Instant,
+    mut call: F,
+) where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let think = || Duration::from_millis(rand::rng().random_range(500..1500));
+    let first = start + think();
+    tokio::time::sleep_until(first).await;
+    while let Some(users) = users_now() {
+        if user >= users {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        let item = rand::rng().random_range(0..ITEMS);
+        call(item).await;
+        let pause = think();
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// The 50th and 99th percentiles of `latencies` (microseconds), if there are any.
+fn percentiles(latencies: &mut [u32]) -> Option<(u32, u32)> {
+    if latencies.is_empty() {
+        return None;
+    }
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    Some((at(0.50), at(0.99)))
+}
+
+fn millis(micros: Option<u32>) -> String {
+    match micros {
+        None => "-".into(),
+        Some(us) if us >= 10_000_000 => format!("{}s", us / 1_000_000),
+        Some(us) if us >= 999_500 => format!("{:.1}s", us as f64 / 1e6),
+        Some(us) => format!("{}ms", (us + 500) / 1000),
+    }
+}
+
+fn header() -> String {
+    format!(
+        "{:>3} {:<7}{:>5} | {:^32} | {:^68}\n{:>3} {:<7}{:>5} | {:>7}{:>6}{:>6}{:>6}{:>7} | \
+         {:>7}{:>6}{:>6}{:>6}{:>6}{:>6}{:>5}{:>6}{:>7} {:<9}{:>5}",
+        "",
+        "",
+        "",
+        "without seawall",
+        "with seawall",
+        "s",
+        "phase",
+        "users",
+        "offered",
+        "ok",
+        "fail",
+        "p50",
+        "p99",
+        "offered",
+        "ok",
+        "degr",
+        "fail",
+        "shed",
+        "open",
+        "t/o",
+        "p50",
+        "p99",
+        "breaker",
+        "limit",
+    )
+}
+
+fn row(s: u64, phase: &Phase, users: u64, bare: &Side, guarded: &Side) -> String {
+    let n = |c: &AtomicU64| c.load(Relaxed);
+    let (b, g) = (&bare.seconds[s as usize], &guarded.seconds[s as usize]);
+    let (b50, b99) = split(percentiles(&mut b.latencies.lock().unwrap().clone()));
+    let (g50, g99) = split(percentiles(&mut g.latencies.lock().unwrap().clone()));
+    let breaker = match *g.breaker.lock().unwrap() {
+        Some(CircuitState::Open) => "OPEN",
+        Some(CircuitState::HalfOpen) => "half-open",
+        Some(state) => state.as_str(),
+        None => "-",
+    };
+    format!(
+        "{:>3} {:<7}{:>5} | {:>7}{:>6}{:>6}{:>6}{:>7} | {:>7}{:>6}{:>6}{:>6}{:>6}{:>6}{:>5}{:>6}{:>7} {:<9}{:>5}",
+        s + 1,
+        phase.name,
+        users,
+        n(&b.offered),
+        n(&b.fresh),
+        n(&b.failed),
+        millis(b50),
+        millis(b99),
+        n(&g.offered),
+        n(&g.fresh),
+        n(&g.degraded),
+        n(&g.failed),
+        n(&g.shed),
+        n(&g.open),
+        n(&g.timed_out),
+        millis(g50),
+        millis(g99),
+        breaker,
+        n(&g.limit),
+    )
+}
+
+fn split(p: Option<(u32, u32)>) -> (Option<u32>, Option<u32>) {
+    (p.map(|p| p.0), p.map(|p| p.1))
+}
+
+/// Totals over the seconds of one kind of phase, on one side.
+#[derive(Default, Clone)]
+struct Totals {
+    fresh: u64,
+    degraded: u64,
+    failed: u64,
+    latencies: Vec<u32>,
+}
+
+impl Totals {
+    fn add(&mut self, second: &Second) {
+        self.fresh += second.fresh.load(Relaxed);
+        self.degraded += second.degraded.load(Relaxed);
+        self.failed += second.failed.load(Relaxed);
+        self.latencies
+            .extend_from_slice(&second.latencies.lock().unwrap());
+    }
+
+    fn ended(&self) -> u64 {
+        self.fresh + self.degraded + self.failed
+    }
+
+    fn percent(&self, part: u64) -> f64 {
+        100.0 * part as f64 / self.ended().max(1) as f64
+    }
+}
+
+struct Summary {
+    table: String,
+    /// Per phase kind: (name, seconds, without, with).
+    phases: Vec<(&'static str, u64, Totals, Totals)>,
+}
+
+const KINDS: [&str; 4] = ["steady", "surge", "outage", "slow"];
+
+fn summary(timeline: &Timeline, seconds: usize, bare: &Side, guarded: &Side) -> Summary {
+    let mut phases: Vec<(&'static str, u64, Totals, Totals)> = KINDS
+        .iter()
+        .map(|k| (*k, 0, Totals::default(), Totals::default()))
+        .collect();
+    for s in 0..seconds {
+        let Some(phase) = timeline.phase_at(Duration::from_secs(s as u64)) else {
+            continue;
+        };
+        let entry = phases.iter_mut().find(|p| p.0 == phase.name).unwrap();
+        entry.1 += 1;
+        entry.2.add(&bare.seconds[s]);
+        entry.3.add(&guarded.seconds[s]);
+    }
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "{:<7}{:>4} | {:^31} | {:^49}",
+        "", "", "without seawall", "with seawall"
+    );
+    let _ = writeln!(
+        table,
+        "{:<7}{:>4} | {:>6}{:>5}{:>6}{:>7}{:>7} | {:>6}{:>8}{:>6}{:>9}{:>6}{:>7}{:>7}",
+        "phase",
+        "s",
+        "calls",
+        "ok/s",
+        "ok",
+        "p50",
+        "p99",
+        "calls",
+        "fresh/s",
+        "fresh",
+        "degraded",
+        "fail",
+        "p50",
+        "p99"
+    );
+    for (name, seconds, b, g) in phases.iter_mut() {
+        let (b50, b99) = split(percentiles(&mut b.latencies));
+        let (g50, g99) = split(percentiles(&mut g.latencies));
+        let per_second = |n: u64| n as f64 / (*seconds).max(1) as f64;
+        let _ = writeln!(
+            table,
+            "{:<7}{:>4} | {:>6}{:>5.0}{:>5.0}%{:>7}{:>7} | {:>6}{:>8.0}{:>5.0}%{:>8.0}%{:>5.0}%{:>7}{:>7}",
+            name,
+            seconds,
+            b.ended(),
+            per_second(b.fresh),
+            b.percent(b.fresh),
+            millis(b50),
+            millis(b99),
+            g.ended(),
+            per_second(g.fresh),
+            g.percent(g.fresh),
+            g.percent(g.degraded),
+            g.percent(g.failed),
+            millis(g50),
+            millis(g99),
+        );
+    }
+    let _ = write!(
+        table,
+        "ok: a 2xx from the backend within the users' patience; fresh: the same, with seawall; \
+         degraded: the last good answer or a default,\ngiven at once when the backend could not \
+         answer in time; fail: an error or no answer in time; p50, p99: as the users waited"
+    );
+    Summary { table, phases }
+}
+
+impl Summary {
+    /// What the side with seawall promises: all but a few calls answered (fresh or degraded) in
+    /// every phase; in the surge, more fresh answers than the side without it got at all, and a
+    /// p99 well within the users' patience.
+    fn check(&mut self, patience: Duration) -> Result<String, BoxError> {
+        for (name, _, _, g) in &self.phases {
+            if g.ended() == 0 {
+                return Err(format!("no calls ended in the {name} phases").into());
+            }
+            let answered = g.percent(g.fresh + g.degraded);
+            if answered < 95.0 {
+                return Err(format!("with seawall, {answered:.1}% answered in {name}").into());
+            }
+        }
+        let (_, _, bare, guarded) = &mut self.phases[1];
+        if guarded.fresh <= bare.fresh {
+            return Err(format!(
+                "in the surge, {} fresh answers with seawall, {} without",
+                guarded.fresh, bare.fresh
+            )
+            .into());
+        }
+        let p99 = percentiles(&mut guarded.latencies).map_or(0, |p| p.1);
+        if Duration::from_micros(p99.into()) > patience / 2 {
+            return Err(format!("with seawall, p99 {} in the surge", millis(Some(p99))).into());
+        }
+        Ok(format!(
+            "with seawall every phase answered, and the surge got {} fresh answers (without: {}) \
+             at p99 {}",
+            guarded.fresh,
+            bare.fresh,
+            millis(Some(p99))
+        ))
+    }
+}
+
+/// An SVG plot: answers per second on both sides (top), p99 latency (bottom), phases shaded.
+fn svg(
+    timeline: &Timeline,
+    seconds: usize,
+    bare: &Side,
+    guarded: &Side,
+    patience: Duration,
+) -> String {
+    let (width, left, right, panel, gap, top) = (960.0, 60.0, 20.0, 200.0, 60.0, 40.0);
+    let plot = width - left - right;
+    let x = |s: f64| left + plot * s / seconds as f64;
+    let n = |c: &AtomicU64| c.load(Relaxed) as f64;
+    let mut rate_max: f64 = 1.0;
+    let mut series: [Vec<f64>; 4] = Default::default(); // offered, bare ok, seawall fresh, seawall answered
+    let mut p99s: [Vec<f64>; 2] = Default::default();
+    for s in 0..seconds {
+        let (b, g) = (&bare.seconds[s], &guarded.seconds[s]);
+        let values = [
+            n(&g.offered),
+            n(&b.fresh),
+            n(&g.fresh),
+            n(&g.fresh) + n(&g.degraded),
+        ];
+        for (line, v) in series.iter_mut().zip(values) {
+            rate_max = rate_max.max(v);
+            line.push(v);
+        }
+        for (line, side) in p99s.iter_mut().zip([b, g]) {
+            let p = percentiles(&mut side.latencies.lock().unwrap().clone()).map_or(0, |p| p.1);
+            line.push(p as f64 / 1000.0);
+        }
+    }
+    let rate_max = (rate_max / 100.0).ceil() * 100.0;
+    let ms_max = patience.as_secs_f64() * 1000.0 * 1.1;
+    let height = top + 2.0 * panel + gap + 50.0;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    // Phases.
+    let mut at = 0.0;
+    for (i, phase) in SCENARIO.iter().enumerate() {
+        let end = at + phase.seconds * timeline.scale;
+        if phase.name != "steady" {
+            let _ = writeln!(
+                out,
+                r##"<rect x="{:.1}" y="{top}" width="{:.1}" height="{:.1}" fill="#{}"/><text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+                x(at),
+                x(end) - x(at),
+                2.0 * panel + gap,
+                ["fff3d6", "fde0e0", "e3e8fb"][i % 3],
+                (x(at) + x(end)) / 2.0,
+                top - 8.0,
+                phase.name
+            );
+        }
+        at = end;
+    }
+    let panels = [
+        (
+            "answers per second",
+            rate_max,
+            top,
+            &series[..],
+            ["#999999", "#d62728", "#1f77b4", "#1f77b4"],
+        ),
+        (
+            "p99 latency, ms",
+            ms_max,
+            top + panel + gap,
+            &p99s[..],
+            ["#d62728", "#1f77b4", "", ""],
+        ),
+    ];
+    for (title, max, y0, lines, colours) in panels {
+        let y = |v: f64| y0 + panel - panel * v.min(max) / max;
+        let _ = writeln!(
+            out,
+            r##"<rect x="{left}" y="{y0}" width="{plot}" height="{panel}" fill="none" stroke="#444"/><text x="{left}" y="{:.1}">{title}</text>"##,
+            y0 - 22.0
+        );
+        for tick in 0..=4 {
+            let v = max * tick as f64 / 4.0;
+            let _ = writeln!(
+                out,
+                r##"<text x="{:.1}" y="{:.1}" text-anchor="end">{:.0}</text><line x1="{left}" x2="{:.1}" y1="{:.1}" y2="{:.1}" stroke="#ddd"/>"##,
+                left - 6.0,
+                y(v) + 4.0,
+                v,
+                left + plot,
+                y(v),
+                y(v)
+            );
+        }
+        for (i, (line, colour)) in lines.iter().zip(colours).enumerate() {
+            let dash = if lines.len() == 4 && i == 2 {
+                r#" stroke-dasharray="6 4""#
+            } else {
+                ""
+            };
+            let points: Vec<String> = line
+                .iter()
+                .enumerate()
+                .map(|(s, v)| format!("{:.1},{:.1}", x(s as f64 + 0.5), y(*v)))
+                .collect();
+            let _ = writeln!(
+                out,
+                r#"<polyline fill="none" stroke="{colour}" stroke-width="2"{dash} points="{}"/>"#,
+                points.join(" ")
+            );
+        }
+    }
+    for s in (0..=seconds).step_by(5) {
+        let _ = writeln!(
+            out,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{s}s</text>"#,
+            x(s as f64),
+            top + 2.0 * panel + gap + 16.0
+        );
+    }
+    let legend = [
+        ("#999999", "offered (side with seawall)"),
+        ("#d62728", "without seawall: answered"),
+        (
+            "#1f77b4",
+            "with seawall: answered (fresh or degraded); dashed: fresh",
+        ),
+    ];
+    for (i, (colour, text)) in legend.iter().enumerate() {
+        let lx = left + i as f64 * 280.0;
+        let ly = height - 12.0;
+        let _ = writeln!(
+            out,
+            r#"<line x1="{lx}" x2="{:.1}" y1="{:.1}" y2="{:.1}" stroke="{colour}" stroke-width="3"/><text x="{:.1}" y="{ly}">{text}</text>"#,
+            lx + 20.0,
+            ly - 4.0,
+            ly - 4.0,
+            lx + 26.0
+        );
+    }
+    out.push_str("</svg>\n");
+    out
 }
