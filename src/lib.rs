@@ -81,6 +81,16 @@ pub mod tonic;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+// So are the migration guide's.
+#[cfg(all(
+    doctest,
+    feature = "bulkhead",
+    feature = "circuit-breaker",
+    feature = "timeout"
+))]
+#[doc = include_str!("../docs/migration.md")]
+struct MigrationDoctests;
+
 /// Declares [`ServiceBuilderExt`]'s methods and implements them (each is `self.layer(layer)`
 /// with the layer's type spelt out), from one list.
 macro_rules! service_builder_ext {
