@@ -2,17 +2,20 @@
 //! generator on loopback.
 //!
 //! Run: `cargo bench --bench server_throughput --features axum [-- --seconds 3 --rounds 10
-//! --connections 32 --pipeline 1 --work-us 0 --same --tower]`
+//! --connections 32 --pipeline 1 --work-us 0 --rate-limit --handle-error --tower --same --sleepy]`
 //!
 //! The server runs on one thread (its own single-threaded runtime) and the load generator on
 //! another, so on a 2-core machine each has a core. Two servers serve the same `Router` (one
 //! route answering `"hello"`, after `--work-us` microseconds of busy work): one bare, one behind
-//! `ServerStack` (a rate limit too high to refuse anything, the adaptive concurrency limit, the
-//! timeout) and `HandleErrorLayer` with `seawall::axum::handle_error`, added with
-//! `Router::layer`. The generator keeps `--connections` HTTP/1.1 keep-alive connections busy
-//! with `--pipeline` requests in flight on each, writing prepared requests and counting answers
-//! (so that it costs much less than the server, which is what runs out of time), against one
-//! server at a time, alternating between the two for `--rounds` rounds of `--seconds` each.
+//! `seawall::axum::HandleErrorsLayer` (`--handle-error`: axum's `HandleErrorLayer` with
+//! `seawall::axum::handle_error` instead) and `ServerStack::new()` (adaptive concurrency limit,
+//! timeout; `--rate-limit` adds a rate limit that never refuses, to count its cost), added with
+//! `Router::layer`. The generator keeps `--connections` HTTP/1.1 keep-alive
+//! connections busy with `--pipeline` requests in flight on each, writing prepared requests and
+//! counting answers, so that it costs much less than the server, which is what runs out of time.
+//! It never sleeps (`--sleepy` lets it wait in the kernel, and shows why it should not: see
+//! `load`). It loads one server at a time, alternating between the two for `--rounds` rounds of
+//! `--seconds` each.
 //!
 //! Each round prints both servers' requests per second and, from Linux's count of the server
 //! thread's CPU time, how busy it was and its CPU time per request; the end prints the medians
@@ -26,6 +29,7 @@ use axum::error_handling::HandleErrorLayer;
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use axum::Router;
+use seawall::axum::HandleErrorsLayer;
 use seawall::limit::rate::Quota;
 use seawall::stack::ServerStack;
 use std::net::SocketAddr;
@@ -40,6 +44,10 @@ struct Options {
     pipeline: usize,
     same: bool,
     tower: bool,
+    rate_limit: bool,
+    sleepy: bool,
+    handle_error: bool,
+    outer: bool,
     work: Duration,
 }
 
@@ -51,6 +59,10 @@ fn options() -> Options {
         pipeline: 1,
         same: false,
         tower: false,
+        rate_limit: false,
+        sleepy: false,
+        handle_error: false,
+        outer: false,
         work: Duration::ZERO,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -63,9 +75,19 @@ fn options() -> Options {
             ("--connections", Some(v)) if v >= 1.0 => options.connections = v as usize,
             ("--pipeline", Some(v)) if v >= 1.0 => options.pipeline = v as usize,
             ("--work-us", Some(v)) if v >= 0.0 => options.work = Duration::from_secs_f64(v / 1e6),
-            ("--same", _) | ("--tower", _) => {
-                options.same |= args[i] == "--same";
-                options.tower |= args[i] == "--tower";
+            ("--same", _)
+            | ("--tower", _)
+            | ("--rate-limit", _)
+            | ("--sleepy", _)
+            | ("--handle-error", _)
+            | ("--outer", _) => {
+                let flag = args[i].as_str();
+                options.outer |= flag == "--outer";
+                options.handle_error |= flag == "--handle-error";
+                options.same |= flag == "--same";
+                options.tower |= flag == "--tower";
+                options.rate_limit |= flag == "--rate-limit";
+                options.sleepy |= flag == "--sleepy";
                 i += 1;
                 continue;
             }
@@ -102,14 +124,22 @@ fn main() {
 
     // The servers, on a thread of their own.
     let (addrs_tx, addrs_rx) = std::sync::mpsc::channel();
-    let (work, tower_stack) = (options.work, options.tower);
+    let (work, tower_stack, rate_limit) = (options.work, options.tower, options.rate_limit);
+    let (axum_handle_error, outer) = (options.handle_error, options.outer);
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         runtime.block_on(async move {
-            let stack = ServerStack::new().rate_limit(Quota::per_second(u32::MAX));
+            // The standard server stack as it comes (adaptive concurrency limit, timeout), with
+            // a rate limit that never refuses if asked for, to count its cost too.
+            let stack = if rate_limit {
+                ServerStack::new().rate_limit(Quota::per_second(u32::MAX))
+            } else {
+                ServerStack::new()
+            };
+            let stack_outer = stack.clone();
             let guarded = if tower_stack {
                 // tower's nearest built-ins, for comparison: a concurrency limit and a timeout.
                 router(work).layer(
@@ -118,15 +148,30 @@ fn main() {
                         .concurrency_limit(10_000)
                         .timeout(Duration::from_secs(30)),
                 )
-            } else {
+            } else if axum_handle_error {
                 router(work).layer(
                     ServiceBuilder::new()
                         .layer(HandleErrorLayer::new(seawall::axum::handle_error))
                         .layer(stack),
                 )
+            } else {
+                router(work).layer(
+                    ServiceBuilder::new()
+                        .layer(HandleErrorsLayer::new())
+                        .layer(stack),
+                )
             };
             let bare = serve(router(work)).await;
-            let guarded = serve(guarded).await;
+            let guarded = if outer {
+                // The stack around the whole router rather than through `Router::layer`.
+                let service = ServiceBuilder::new()
+                    .layer(HandleErrorsLayer::new())
+                    .layer(stack_outer)
+                    .service(router(work));
+                serve_service(service).await
+            } else {
+                serve(guarded).await
+            };
             let stat = std::fs::read_link("/proc/thread-self")
                 .ok()
                 .map(|task| std::path::Path::new("/proc").join(task).join("stat"));
@@ -215,6 +260,27 @@ fn main() {
     }
 }
 
+async fn serve_service<S>(service: S) -> SocketAddr
+where
+    S: tower::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    use axum::ServiceExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tokio::spawn(async move { axum::serve(listener, service.into_make_service()).await });
+    addr
+}
+
 async fn serve(router: Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -236,10 +302,8 @@ fn cpu_ticks(stat: Option<&std::path::Path>) -> Option<u64> {
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
-/// Keeps `connections` connections busy against `addr` for the round's seconds, `PIPELINE`
-/// requests in flight on each (HTTP/1.1 pipelining, so that the generator, which only writes
-/// prepared bytes and counts answers, costs far less than the server and the server is what
-/// runs out of time); returns the requests answered per second.
+/// Keeps `connections` connections busy against `addr` for the round's seconds, `pipeline`
+/// requests in flight on each; returns the requests answered per second.
 async fn load(addr: SocketAddr, options: &Options) -> f64 {
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(options.seconds);
@@ -263,6 +327,19 @@ async fn load(addr: SocketAddr, options: &Options) -> f64 {
                 }
             }
             answered
+        });
+    }
+    if !options.sleepy {
+        // The generator never sleeps: with nothing to read it polls again rather than waiting
+        // in the kernel. Otherwise every answer the server sends has to wake the generator's
+        // thread on the other core, which costs the server more than most of its own work (a
+        // VM exit, on a virtual machine), and a server a little slower than another lets the
+        // generator fall asleep more often, pays more wakeups, and ends up much slower.
+        tasks.spawn(async move {
+            while Instant::now() < end {
+                tokio::task::yield_now().await;
+            }
+            0
         });
     }
     let mut answered = 0;

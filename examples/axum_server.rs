@@ -6,11 +6,10 @@
 //!
 //! The router's `/report` handler takes 200 ms. The server stack rate limits to 300 requests a
 //! second (bursts of 100), sheds what its adaptive concurrency limit cannot take (503), and cuts
-//! requests at one second (504); `seawall::axum::handle_error` turns each rejection into its
-//! status. 400 requests arrive at once; the example prints how many got each status and the
+//! requests at one second (504); `seawall::axum::HandleErrorsLayer` turns each rejection into
+//! its status. 400 requests arrive at once; the example prints how many got each status and the
 //! limiter's limit, and stops by itself.
 
-use axum::error_handling::HandleErrorLayer;
 use axum::routing::get;
 use axum::Router;
 use http_body_util::Empty;
@@ -42,7 +41,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .layer(
             ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(seawall::axum::handle_error))
+                .layer(seawall::axum::HandleErrorsLayer::new())
                 .layer(stack),
         );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

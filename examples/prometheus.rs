@@ -9,7 +9,6 @@
 //! of the `metrics` facade works). The example sends 120 requests at once, scrapes `/metrics`,
 //! prints seawall's series, and checks that the traffic is there. It stops by itself.
 
-use axum::error_handling::HandleErrorLayer;
 use axum::routing::get;
 use axum::Router;
 use http_body_util::{BodyExt, Empty};
@@ -31,7 +30,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/work", get(|| async { "done" }))
         .layer(
             ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(seawall::axum::handle_error))
+                .layer(seawall::axum::HandleErrorsLayer::new())
                 .layer(limit),
         )
         .route(

@@ -12,15 +12,19 @@
 //! Bodies are short fixed texts ([`ErrorKind::describe`]); an unknown error's message is never
 //! sent to the client, only logged (at `WARN`, target `seawall`).
 //!
+//! Put [`HandleErrorsLayer`] above the seawall layers of a `Router` (or axum's
+//! `HandleErrorLayer` with [`handle_error`]: the same answers, with a boxed future and a clone of
+//! the service for each request):
+//!
 //! ```
-//! use axum::error_handling::HandleErrorLayer;
 //! use axum::{routing::get, Router};
+//! use seawall::axum::HandleErrorsLayer;
 //! use seawall::limit::rate::{Quota, RateLimitLayer};
 //! use tower::ServiceBuilder;
 //!
 //! let app: Router = Router::new().route("/", get(|| async { "hello" })).layer(
 //!     ServiceBuilder::new()
-//!         .layer(HandleErrorLayer::new(seawall::axum::handle_error))
+//!         .layer(HandleErrorsLayer::new())
 //!         .layer(RateLimitLayer::new(Quota::per_second(100))),
 //! );
 //! # drop(app);
@@ -30,10 +34,15 @@ use crate::error::{find, ErrorKind};
 use axum_core::response::{IntoResponse, Response};
 use http::header::RETRY_AFTER;
 use http::{HeaderValue, StatusCode};
+use pin_project_lite::pin_project;
+use std::convert::Infallible;
 use std::error::Error;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tower::BoxError;
+use tower::{BoxError, Layer, Service};
 
 /// The status a rejection of kind `kind` is answered with.
 pub fn status(kind: ErrorKind) -> StatusCode {
@@ -111,5 +120,155 @@ impl IntoResponse for ErrorResponse {
 impl fmt::Debug for ErrorResponse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("ErrorResponse").field(&self.0).finish()
+    }
+}
+
+/// Answers every error of the services beneath with [`error_response`], so that a stack of
+/// seawall layers fits `Router::layer` (which needs an infallible service) as it is.
+///
+/// It does what axum's `HandleErrorLayer::new(handle_error)` does, without boxing a future and
+/// cloning the service beneath for each request. An error from the inner service's `poll_ready`
+/// is answered too: the service reports itself ready, and the next call gets the error's response
+/// without reaching the inner service.
+///
+/// ```
+/// use axum::{routing::get, Router};
+/// use seawall::axum::HandleErrorsLayer;
+/// use seawall::stack::ServerStack;
+/// use tower::ServiceBuilder;
+///
+/// let app: Router = Router::new()
+///     .route("/", get(|| async { "hello" }))
+///     .layer(ServiceBuilder::new().layer(HandleErrorsLayer::new()).layer(ServerStack::new()));
+/// # drop(app);
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HandleErrorsLayer {
+    _private: (),
+}
+
+impl HandleErrorsLayer {
+    /// The layer.
+    pub fn new() -> Self {
+        HandleErrorsLayer { _private: () }
+    }
+}
+
+impl<S> Layer<S> for HandleErrorsLayer {
+    type Service = HandleErrors<S>;
+
+    fn layer(&self, inner: S) -> HandleErrors<S> {
+        HandleErrors {
+            inner,
+            not_ready: None,
+        }
+    }
+}
+
+/// The service of [`HandleErrorsLayer`].
+pub struct HandleErrors<S> {
+    inner: S,
+    /// What the inner service's `poll_ready` failed with, answered to the next call.
+    not_ready: Option<BoxError>,
+}
+
+impl<S: Clone> Clone for HandleErrors<S> {
+    /// A clone shares nothing of the original's state: a pending `poll_ready` error stays with
+    /// the original.
+    fn clone(&self) -> Self {
+        HandleErrors {
+            inner: self.inner.clone(),
+            not_ready: None,
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for HandleErrors<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandleErrors")
+            .field("inner", &self.inner)
+            .field("not_ready", &self.not_ready)
+            .finish()
+    }
+}
+
+impl<S, Req> Service<Req> for HandleErrors<S>
+where
+    S: Service<Req, Response = Response>,
+    S::Error: Into<BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = HandleErrorsFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        if self.not_ready.is_none() {
+            if let Err(err) = std::task::ready!(self.inner.poll_ready(cx)) {
+                self.not_ready = Some(err.into());
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        match self.not_ready.take() {
+            None => HandleErrorsFuture {
+                kind: Kind::Called {
+                    future: self.inner.call(req),
+                },
+            },
+            Some(err) => HandleErrorsFuture {
+                kind: Kind::NotReady {
+                    response: Some(error_response(&*err)),
+                },
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`HandleErrors`].
+    pub struct HandleErrorsFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        Called { #[pin] future: F },
+        NotReady { response: Option<Response> },
+    }
+}
+
+impl<F> fmt::Debug for HandleErrorsFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandleErrorsFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, E> Future for HandleErrorsFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response, Infallible>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Called { future } => {
+                Poll::Ready(Ok(match std::task::ready!(future.poll(cx)) {
+                    Ok(response) => response,
+                    Err(err) => error_response(&*err.into()),
+                }))
+            }
+            KindProj::NotReady { response } => Poll::Ready(Ok(response
+                .take()
+                .expect("HandleErrorsFuture polled after it finished"))),
+        }
     }
 }

@@ -12,7 +12,7 @@
 //!    show they can take are shed at once with 503, instead of queueing into a latency spiral;
 //! 3. **timeout** (30 s): no request holds a slot for ever.
 //!
-//! Errors are seawall's: put `HandleErrorLayer::new(seawall::axum::handle_error)` (feature `axum`)
+//! Errors are seawall's: put `seawall::axum::HandleErrorsLayer` (feature `axum`)
 //! above it under axum, or map them with [`tonic::or_status`](crate::tonic) for tonic.
 //!
 //! ```

@@ -30,8 +30,17 @@ fn hanging() -> Inner {
     }))
 }
 
-/// Mounts `layer` over `inner` at `path`, errors answered by seawall's handler.
-fn route<L>(router: Router, path: &str, layer: L, inner: Inner) -> Router
+/// Which of the two ways to answer errors a router uses.
+#[derive(Clone, Copy)]
+enum Answering {
+    /// axum's `HandleErrorLayer` with `seawall::axum::handle_error`.
+    HandleError,
+    /// `seawall::axum::HandleErrorsLayer`.
+    HandleErrors,
+}
+
+/// Mounts `layer` over `inner` at `path`, errors answered as `how` says.
+fn route<L>(how: Answering, router: Router, path: &str, layer: L, inner: Inner) -> Router
 where
     L: Layer<Inner>,
     L::Service: tower::Service<Request<Body>, Response = Response<Body>, Error = BoxError>
@@ -41,10 +50,20 @@ where
         + 'static,
     <L::Service as tower::Service<Request<Body>>>::Future: Send,
 {
-    let service = ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(seawall::axum::handle_error))
-        .service(layer.layer(inner));
-    router.route_service(path, service)
+    match how {
+        Answering::HandleError => router.route_service(
+            path,
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(seawall::axum::handle_error))
+                .service(layer.layer(inner)),
+        ),
+        Answering::HandleErrors => router.route_service(
+            path,
+            ServiceBuilder::new()
+                .layer(seawall::axum::HandleErrorsLayer::new())
+                .service(layer.layer(inner)),
+        ),
+    }
 }
 
 struct Answer {
@@ -55,6 +74,15 @@ struct Answer {
 
 #[tokio::test(start_paused = true)]
 async fn a_server_answers_each_rejection_with_its_status() {
+    every_rejection(Answering::HandleError).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn handle_errors_layer_answers_as_handle_error_does() {
+    every_rejection(Answering::HandleErrors).await;
+}
+
+async fn every_rejection(how: Answering) {
     let full = BulkheadLayer::new(1);
     let full_handle = full.handle();
     let queueing = BulkheadLayer::builder()
@@ -70,9 +98,10 @@ async fn a_server_answers_each_rejection_with_its_status() {
         .open_jitter(0.0)
         .build()
         .unwrap();
-    app = route(app, "/open", breaker, answering(|| Err("down".into())));
-    app = route(app, "/full", full, hanging());
+    app = route(how, app, "/open", breaker, answering(|| Err("down".into())));
+    app = route(how, app, "/full", full, hanging());
     app = route(
+        how,
         app,
         "/overloaded",
         tower::layer::layer_fn(move |inner| LoadShedLayer::new().layer(queueing.layer(inner))),
@@ -80,30 +109,34 @@ async fn a_server_answers_each_rejection_with_its_status() {
     );
     let throttle = ThrottleLayer::builder().seed(3).build().unwrap();
     app = route(
+        how,
         app,
         "/throttled",
         throttle,
         answering(|| Err("refused".into())),
     );
     let limit = RateLimitLayer::new(Quota::per_second(1));
-    app = route(app, "/limited", limit, answering(|| Ok(())));
+    app = route(how, app, "/limited", limit, answering(|| Ok(())));
     let slow = Inner::new(service_fn(|_: Request<Body>| async {
         tokio::time::sleep(Duration::from_secs(10)).await;
         Ok(Response::new(Body::empty()))
     }));
     app = route(
+        how,
         app,
         "/slow",
         TimeoutLayer::new(Duration::from_millis(10)),
         slow,
     );
     app = route(
+        how,
         app,
         "/deadline",
         ReadDeadlineLayer::http(),
         answering(|| Ok(())),
     );
     app = route(
+        how,
         app,
         "/boom",
         tower::layer::util::Identity::new(),
@@ -204,4 +237,73 @@ fn an_error_response_from_a_handler() {
     use axum::response::IntoResponse;
     let response = seawall::axum::ErrorResponse::from(std::io::Error::other("x")).into_response();
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+}
+
+/// A service whose `poll_ready` fails once, then works.
+#[derive(Clone)]
+struct FailsReadyOnce {
+    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl tower::Service<Request<Body>> for FailsReadyOnce {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<Response<Body>, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        std::task::Poll::Ready(if self.failed.swap(true, SeqCst) {
+            Ok(())
+        } else {
+            Err("not ready: secret detail".into())
+        })
+    }
+
+    fn call(&mut self, _: Request<Body>) -> Self::Future {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::future::ready(Ok(Response::new(Body::from("fine"))))
+    }
+}
+
+#[tokio::test]
+async fn handle_errors_answers_a_poll_ready_error_without_calling_the_service() {
+    use std::sync::atomic::Ordering::SeqCst;
+    use tower::{Service, ServiceExt};
+    let inner = FailsReadyOnce {
+        failed: Default::default(),
+        calls: Default::default(),
+    };
+    let calls = inner.calls.clone();
+    let mut service = seawall::axum::HandleErrorsLayer::new().layer(inner);
+    let request = || Request::new(Body::empty());
+    // Ready (the error is kept), and the call answers it without reaching the service.
+    let first = service
+        .ready()
+        .await
+        .unwrap()
+        .call(request())
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body = first.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        &body[..],
+        b"internal error",
+        "the message stays on the server"
+    );
+    assert_eq!(calls.load(SeqCst), 0);
+    // The next call goes through.
+    let second = service
+        .ready()
+        .await
+        .unwrap()
+        .call(request())
+        .await
+        .unwrap();
+    assert_eq!(second.status(), StatusCode::OK);
+    assert_eq!(calls.load(SeqCst), 1);
 }
