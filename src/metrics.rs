@@ -9,6 +9,7 @@
 //! | `seawall_call_duration_seconds` | histogram | `layer`, `outcome` | the same, when timed |
 //! | `seawall_cancelled_total` | counter | `layer` | an admitted call dropped before it finished |
 //! | `seawall_timeouts_total` | counter | `layer`, `cause` | a timeout ([`TimeoutCause::as_str`]) |
+//! | `seawall_attempts_started_total` | counter | `layer` | a retry layer started an attempt (the first included) |
 //! | `seawall_attempts_total` | counter | `layer`, `outcome` | an attempt of a retry layer finished |
 //! | `seawall_retries_total` | counter | `layer`, `reason` | a retry scheduled (`backoff`, `server_hint`) |
 //! | `seawall_retry_give_ups_total` | counter | `layer`, `reason` | a retry layer gave up ([`GiveUpReason::as_str`]) |
@@ -201,6 +202,7 @@ struct Series {
     durations: Family<Histogram, { Outcome::COUNT }>,
     cancelled: OnceLock<Counter>,
     timeouts: Family<Counter, { TimeoutCause::COUNT }>,
+    attempts_started: OnceLock<Counter>,
     attempts: Family<Counter, { Outcome::COUNT }>,
     retries: Family<Counter, { RetryReason::COUNT }>,
     give_ups: Family<Counter, { GiveUpReason::COUNT }>,
@@ -221,6 +223,7 @@ impl Series {
             durations: Family::new(),
             cancelled: OnceLock::new(),
             timeouts: Family::new(),
+            attempts_started: OnceLock::new(),
             attempts: Family::new(),
             retries: Family::new(),
             give_ups: Family::new(),
@@ -272,7 +275,10 @@ impl Series {
                     |c| counter!("seawall_timeouts_total", "layer" => layer(), "cause" => c),
                 )
                 .increment(1),
-            EventKind::AttemptStarted { .. } => {}
+            EventKind::AttemptStarted { .. } => self
+                .attempts_started
+                .get_or_init(|| counter!("seawall_attempts_started_total", "layer" => layer()))
+                .increment(1),
             EventKind::AttemptFinished { outcome, .. } => self
                 .attempts
                 .get(

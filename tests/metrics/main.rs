@@ -3,6 +3,10 @@
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use metrics_util::MetricKind;
 use seawall::circuit_breaker::CircuitBreakerLayer;
+use seawall::core::{
+    CircuitState, Event, EventKind, FallbackTrigger, GiveUpReason, Observer, Outcome, RejectReason,
+    RetryReason, TimeoutCause, TracingObserver,
+};
 use seawall::fallback::FallbackLayer;
 use seawall::limit::rate::{Quota, RateLimitLayer};
 use seawall::metrics::MetricsObserver;
@@ -120,6 +124,7 @@ fn traffic_through_each_layer_leaves_its_series() {
         "seawall_attempts_total{layer=db-retry,outcome=success}",
         "1",
     );
+    expect("seawall_attempts_started_total{layer=db-retry}", "5");
     expect("seawall_retries_total{layer=db-retry,reason=backoff}", "2");
     expect(
         "seawall_retry_give_ups_total{layer=db-retry,reason=attempts}",
@@ -171,4 +176,135 @@ fn one_observer_shared_by_two_layers_records_both() {
     let series = snapshot(&recorder);
     assert_eq!(series["seawall_permitted_total{layer=a}"], "1");
     assert_eq!(series["seawall_permitted_total{layer=b}"], "1");
+}
+
+/// Every kind of event, as some layer sends it.
+fn every_kind() -> Vec<EventKind> {
+    let ms = Duration::from_millis;
+    vec![
+        EventKind::Permitted,
+        EventKind::Rejected {
+            reason: RejectReason::CircuitOpen,
+        },
+        EventKind::Finished {
+            outcome: Outcome::Failure,
+            latency: Some(ms(3)),
+        },
+        EventKind::Cancelled,
+        EventKind::TimedOut {
+            elapsed: ms(50),
+            cause: TimeoutCause::Deadline,
+        },
+        EventKind::AttemptStarted { attempt: 2 },
+        EventKind::AttemptFinished {
+            attempt: 2,
+            outcome: Outcome::Success,
+            latency: Some(ms(4)),
+        },
+        EventKind::RetryScheduled {
+            attempt: 3,
+            delay: ms(20),
+            reason: RetryReason::ServerHint,
+        },
+        EventKind::GaveUp {
+            attempts: 3,
+            reason: GiveUpReason::Budget,
+        },
+        EventKind::LimitChanged { from: 20, to: 18 },
+        EventKind::FallbackUsed {
+            trigger: FallbackTrigger::Rejected(seawall::error::ErrorKind::TimedOut),
+            latency: Some(ms(5)),
+        },
+        EventKind::KeyEvicted { idle: true },
+        EventKind::StateTransition {
+            from: CircuitState::Closed,
+            to: CircuitState::Open,
+        },
+    ]
+}
+
+/// The tracing observer and the metrics observer report the same events: each kind leaves a
+/// series and one log line, and every label value of the series (the reason, the outcome, the
+/// state, the trigger, ...) is in the line too.
+#[test]
+fn tracing_and_metrics_observers_report_every_event_alike() {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .without_time()
+        .with_writer(move || writer.clone())
+        .finish();
+    let recorder = DebuggingRecorder::new();
+    let lines = || {
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(str::to_owned).collect::<Vec<_>>()
+    };
+
+    tracing::subscriber::with_default(subscriber, || {
+        metrics::with_local_recorder(&recorder, || {
+            let (metrics, tracing) = (MetricsObserver::new(), TracingObserver);
+            assert!(
+                tracing.wants_latency(),
+                "a TRACE subscriber wants latencies"
+            );
+            for kind in every_kind() {
+                let event = Event::new("parity", kind);
+                let before = snapshot(&recorder);
+                let logged = lines().len();
+                metrics.on_event(&event);
+                tracing.on_event(&event);
+                let after = snapshot(&recorder);
+                let changed: Vec<&String> = after
+                    .iter()
+                    .filter(|(series, value)| before.get(*series) != Some(*value))
+                    .map(|(series, _)| series)
+                    .collect();
+                assert!(!changed.is_empty(), "{kind:?} left no series");
+                let new_lines = lines()[logged..].to_vec();
+                assert_eq!(new_lines.len(), 1, "{kind:?} logged {new_lines:?}");
+                let line = &new_lines[0];
+                assert!(line.contains("parity"), "{kind:?}: no layer in {line}");
+                for series in changed {
+                    assert!(series.contains("layer=parity"), "{series}");
+                    let labels = &series[series.find('{').unwrap() + 1..series.len() - 1];
+                    for label in labels.split(',').filter(|l| !l.starts_with("layer=")) {
+                        let value = label.split_once('=').unwrap().1;
+                        assert!(
+                            line.contains(value),
+                            "{kind:?}: the series {series} has {value}, the log line does not: {line}"
+                        );
+                    }
+                }
+            }
+        })
+    });
+}
+
+#[test]
+fn the_tracing_observer_wants_no_latency_when_nobody_listens_at_trace() {
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        assert!(
+            !TracingObserver.wants_latency(),
+            "no clock reads for nobody"
+        );
+    });
 }
