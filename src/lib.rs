@@ -52,6 +52,8 @@
 pub mod axum;
 #[cfg(feature = "bulkhead")]
 pub mod bulkhead;
+#[cfg(feature = "chaos")]
+pub mod chaos;
 #[cfg(feature = "circuit-breaker")]
 pub mod circuit_breaker;
 pub mod core;

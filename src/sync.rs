@@ -46,3 +46,31 @@ pub(crate) fn thread_index() -> usize {
     }
     INDEX.with(Cell::get)
 }
+
+/// A SplitMix64 generator (Steele, Lea and Flood, "Fast splittable pseudorandom number
+/// generators", 2014) whose state is one atomic, advanced by one addition per draw: shared by
+/// every thread without a lock, and reproducible from its seed.
+#[cfg(any(feature = "limit", feature = "chaos"))]
+pub(crate) struct SplitMix(AtomicU64);
+
+#[cfg(any(feature = "limit", feature = "chaos"))]
+impl SplitMix {
+    const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+
+    pub(crate) fn new(seed: u64) -> Self {
+        SplitMix(AtomicU64::new(seed))
+    }
+
+    /// A uniform draw from `[0, 1)`.
+    #[inline]
+    pub(crate) fn next_f64(&self) -> f64 {
+        let mut z = self
+            .0
+            .fetch_add(Self::GOLDEN, Ordering::Relaxed)
+            .wrapping_add(Self::GOLDEN);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+}

@@ -6,7 +6,7 @@ use super::error::Throttled;
 use crate::core::gate::{Anchor, Guard, Shared};
 use crate::core::window::{Sample, TimeWindow, MAX_BUCKETS};
 use crate::core::{Emitter, ErrorIsFailure, Gate, Observer, Outcome, Record, RejectReason};
-use crate::sync::{AtomicU64, Ordering::Relaxed};
+use crate::sync::SplitMix;
 use std::borrow::Cow;
 use std::fmt;
 use std::task::{Context, Poll};
@@ -25,19 +25,8 @@ pub struct Throttle {
     k: f64,
     max_probability: f64,
     origin: Instant,
-    /// The state of a SplitMix64 generator, advanced by one atomic addition per draw.
-    rng: AtomicU64,
-}
-
-const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
-
-/// SplitMix64's output function (Steele, Lea and Flood, "Fast splittable pseudorandom number
-/// generators", 2014).
-#[inline]
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    /// Draws for the throttle's coin.
+    rng: SplitMix,
 }
 
 impl Throttle {
@@ -63,8 +52,7 @@ impl Throttle {
 
     /// A uniform draw from `[0, 1)`.
     fn draw(&self) -> f64 {
-        let x = mix(self.rng.fetch_add(GOLDEN, Relaxed).wrapping_add(GOLDEN));
-        (x >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+        self.rng.next_f64()
     }
 }
 
@@ -330,7 +318,7 @@ impl<O> ThrottleBuilder<O> {
             k: self.k,
             max_probability: self.max_probability,
             origin: Instant::now(),
-            rng: AtomicU64::new(seed),
+            rng: SplitMix::new(seed),
         };
         Ok(ThrottleLayer {
             shared: Anchor::counted(Shared::new(self.name, gate, self.observer)),
