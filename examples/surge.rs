@@ -563,15 +563,10 @@ async fn serve(router: Router) -> std::io::Result<std::net::SocketAddr> {
     Ok(addr)
 }
 
-/// The status of a server stack's rejection (as `seawall::axum::handle_error` answers, with
-/// the `axum` feature).
+/// The status of a server stack's rejection (`seawall::axum::HandleErrorsLayer` answers the
+/// same, with bodies and `Retry-After`, under the `axum` feature).
 async fn rejection(err: BoxError) -> StatusCode {
-    match seawall::error::kind(&*err) {
-        Some(ErrorKind::TimedOut) => StatusCode::GATEWAY_TIMEOUT,
-        Some(ErrorKind::RateLimited) => StatusCode::TOO_MANY_REQUESTS,
-        Some(_) => StatusCode::SERVICE_UNAVAILABLE,
-        None => StatusCode::INTERNAL_SERVER_ERROR,
-    }
+    seawall::error::kind(&*err).map_or(StatusCode::INTERNAL_SERVER_ERROR, seawall::http::status)
 }
 
 /// One user: while the scenario runs and the phase counts this user in, asks for an item, then

@@ -44,17 +44,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tower::{BoxError, Layer, Service};
 
-/// The status a rejection of kind `kind` is answered with.
+/// The status a rejection of kind `kind` is answered with: [`http::status`](crate::http::status).
 pub fn status(kind: ErrorKind) -> StatusCode {
-    match kind {
-        ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-        ErrorKind::TimedOut => StatusCode::GATEWAY_TIMEOUT,
-        ErrorKind::InvalidDeadline => StatusCode::BAD_REQUEST,
-        ErrorKind::CircuitOpen
-        | ErrorKind::BulkheadFull
-        | ErrorKind::Overloaded
-        | ErrorKind::Throttled => StatusCode::SERVICE_UNAVAILABLE,
-    }
+    crate::http::status(kind)
 }
 
 /// Whole seconds, rounded up and at least 1: a `Retry-After` value.

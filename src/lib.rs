@@ -11,15 +11,15 @@
 //! | the `grpc-timeout` header | [`grpc`] | `http` (default) |
 //! | adaptive concurrency, client-side throttling, rate limits | [`limit`], `limit::rate` | `limit` (default) |
 //! | what an error out of a stack is | [`error`] | always |
+//! | fallback: degraded answers in place of failures | `fallback` | `fallback` (default) |
+//! | the standard client and server stacks | `stack` | `timeout` (default), with the layers they hold |
 //! | rejections as axum responses | `axum` | `axum` |
 //! | rejections as gRPC statuses | `tonic` | `tonic` |
 //! | events as metrics | `metrics` | `metrics` |
+//! | fault injection for resilience tests | `chaos` | `chaos` |
 //!
-//! | fallback: degraded answers in place of failures | `fallback` | `fallback` (default) |
-//!
-//! Every layer shares the same [`core`]: outcome classification,
-//! lock-free sliding windows, one admission gate `Service`, and one [`Observer`](core::Observer)
-//! hook for metrics and tracing.
+//! Every layer shares the same [`core`]: outcome classification, lock-free sliding windows, one
+//! admission gate `Service`, and one [`Observer`](core::Observer) hook for metrics and tracing.
 //!
 //! # Example
 //!

@@ -1,6 +1,7 @@
 //! HTTP support: [`HttpClassifier`], and `Retry-After` and `X-RateLimit-Reset` parsing.
 
 use crate::core::{Classify, Outcome};
+use crate::error::ErrorKind;
 use http::{header, HeaderValue, Response, StatusCode};
 use std::time::{Duration, SystemTime};
 
@@ -238,4 +239,28 @@ pub fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duratio
     }
     let at = httpdate::parse_http_date(text).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// The HTTP status a server answers a seawall rejection of kind `kind` with: 503 for an open
+/// breaker, a full bulkhead or limiter, overload and throttling; 429 for a rate limit; 504 for a
+/// timeout; 400 for a malformed deadline header. `seawall::axum` (feature `axum`) builds whole
+/// responses from it; this is for servers on hyper or another framework.
+///
+/// ```
+/// use http::StatusCode;
+/// use seawall::error::ErrorKind;
+///
+/// assert_eq!(seawall::http::status(ErrorKind::RateLimited), StatusCode::TOO_MANY_REQUESTS);
+/// assert_eq!(seawall::http::status(ErrorKind::TimedOut), StatusCode::GATEWAY_TIMEOUT);
+/// ```
+pub fn status(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::TimedOut => StatusCode::GATEWAY_TIMEOUT,
+        ErrorKind::InvalidDeadline => StatusCode::BAD_REQUEST,
+        ErrorKind::CircuitOpen
+        | ErrorKind::BulkheadFull
+        | ErrorKind::Overloaded
+        | ErrorKind::Throttled => StatusCode::SERVICE_UNAVAILABLE,
+    }
 }
