@@ -205,3 +205,168 @@ async fn futures_dropped_at_random_points_leave_nothing_behind() {
     let m = handle.metrics();
     assert!(m.calls <= 50 && m.failures <= m.calls);
 }
+
+/// A backend told per call whether to fail, staying in flight across a few scheduling rounds.
+#[derive(Clone, Default)]
+struct Told;
+
+impl Service<bool> for Told {
+    type Response = ();
+    type Error = Fail;
+    type Future = Pin<Box<dyn Future<Output = Result<(), Fail>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Fail>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, fail: bool) -> Self::Future {
+        Box::pin(async move {
+            for _ in 0..2 {
+                tokio::task::yield_now().await;
+            }
+            if fail {
+                Err(Fail)
+            } else {
+                Ok(())
+            }
+        })
+    }
+}
+
+/// Polls `future` at most `polls` times, then drops it: `None` if it had not finished.
+async fn poll_at_most<F: Future>(future: F, polls: u32) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut left = polls;
+    std::future::poll_fn(move |cx| match future.as_mut().poll(cx) {
+        Poll::Ready(output) => Poll::Ready(Some(output)),
+        Poll::Pending if left <= 1 => Poll::Ready(None),
+        Poll::Pending => {
+            left -= 1;
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// Calls, outcomes and drops drawn at random by 16 tasks on four threads, for several seeds: the
+/// breaker never has more than K probes in flight (watched while it runs), every state change
+/// is one its machine allows, and every admitted call is reported finished or cancelled, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_calls_outcomes_and_drops_keep_the_invariants() {
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+    const PROBES: u32 = 3;
+
+    for seed in 0..4u64 {
+        let counts = Arc::new([const { AtomicU64::new(0) }; 4]); // permitted, rejected, finished, cancelled
+        let illegal = Arc::new(AtomicU64::new(0));
+        let (c, bad) = (counts.clone(), illegal.clone());
+        let layer = CircuitBreakerLayer::builder()
+            .count_window(20)
+            .minimum_calls(10)
+            .failure_rate_threshold(50.0)
+            .half_open_probes(PROBES)
+            .open_duration(Duration::from_micros(50))
+            .open_backoff(1.0, Duration::from_micros(50))
+            .observer(move |e: &Event<'_>| {
+                let slot = match e.kind {
+                    EventKind::Permitted => 0,
+                    EventKind::Rejected { .. } => 1,
+                    EventKind::Finished { .. } => 2,
+                    EventKind::Cancelled => 3,
+                    EventKind::StateTransition { from, to } => {
+                        use CircuitState::*;
+                        let legal = matches!(
+                            (from, to),
+                            (Closed, Open)
+                                | (Open, HalfOpen)
+                                | (HalfOpen, Closed)
+                                | (HalfOpen, Open)
+                        );
+                        if !legal {
+                            bad.fetch_add(1, SeqCst);
+                        }
+                        return;
+                    }
+                    _ => return,
+                };
+                c[slot].fetch_add(1, SeqCst);
+            })
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let service = layer.layer(Told);
+
+        // A watcher samples the probes in flight while the tasks run.
+        let running = Arc::new(AtomicBool::new(true));
+        let watcher = {
+            let (handle, running) = (handle.clone(), running.clone());
+            tokio::spawn(async move {
+                let mut most = 0;
+                while running.load(SeqCst) {
+                    most = most.max(handle.metrics().probes_in_flight);
+                    tokio::task::yield_now().await;
+                }
+                most
+            })
+        };
+        let tasks: Vec<_> = (0..16u64)
+            .map(|task| {
+                let service = service.clone();
+                tokio::spawn(async move {
+                    let mut rng = SmallRng::seed_from_u64(seed * 1_000 + task);
+                    let (mut ended, mut dropped) = (0u64, 0u64);
+                    for call in 0..1_500u32 {
+                        // The backend's failure rate swings between phases: healthy, failing,
+                        // flapping.
+                        let fail_rate = [0.05, 0.9, 0.5][(call / 250 % 3) as usize];
+                        let fail = rng.random_bool(fail_rate);
+                        let polls = if rng.random_bool(0.2) {
+                            rng.random_range(1..4)
+                        } else {
+                            100
+                        };
+                        match poll_at_most(service.clone().oneshot(fail), polls).await {
+                            Some(_) => ended += 1,
+                            None => dropped += 1,
+                        }
+                    }
+                    (ended, dropped)
+                })
+            })
+            .collect();
+        let (mut ended, mut dropped) = (0, 0);
+        for t in tasks {
+            let (e, d) = t.await.unwrap();
+            ended += e;
+            dropped += d;
+        }
+        running.store(false, SeqCst);
+        let most = watcher.await.unwrap();
+
+        let [permitted, rejected, finished, cancelled] =
+            [0, 1, 2, 3].map(|i| counts[i].load(SeqCst));
+        assert_eq!(ended + dropped, 16 * 1_500);
+        assert!(
+            // How many of each depends on timing: only that each happened is certain.
+            dropped > 0 && rejected > 0 && finished > 0,
+            "seed {seed}: {dropped} dropped, {rejected} rejected, {finished} finished"
+        );
+        assert!(
+            most <= PROBES,
+            "seed {seed}: {most} probes in flight at once"
+        );
+        assert_eq!(
+            illegal.load(SeqCst),
+            0,
+            "seed {seed}: an illegal transition"
+        );
+        assert_eq!(
+            permitted,
+            finished + cancelled,
+            "seed {seed}: every admitted call ends once ({permitted} permitted, {finished} finished, {cancelled} cancelled)"
+        );
+        assert_eq!(handle.metrics().probes_in_flight, 0, "seed {seed}");
+        println!("seed {seed}: {finished} finished, {cancelled} cancelled, {rejected} rejected, at most {most} probes");
+    }
+}
