@@ -11,6 +11,13 @@ pub(crate) use loom::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64,
 
 pub(crate) use std::sync::atomic::Ordering;
 
+/// A duration in nanoseconds, saturating at `u64::MAX` (about 584 years): how every layer keeps
+/// times in its atomics.
+#[inline]
+pub(crate) fn nanos(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
 #[cfg(not(seawall_loom))]
 #[allow(unused_imports)]
 pub(crate) use std::sync::{Mutex, MutexGuard};

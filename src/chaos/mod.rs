@@ -44,7 +44,7 @@
 //! # }
 //! ```
 
-use crate::sync::{AtomicBool, AtomicU64, Ordering::Relaxed, SplitMix};
+use crate::sync::{nanos, AtomicBool, AtomicU64, Ordering::Relaxed, SplitMix};
 use pin_project_lite::pin_project;
 use std::fmt;
 use std::future::Future;
@@ -262,7 +262,7 @@ impl<M> ChaosBuilder<M> {
             error: Probability::new(check(self.error)?),
             latency: Probability::new(check(self.latency)?),
             response: Probability::new(check(self.response)?),
-            delay: AtomicU64::new(duration_nanos(self.delay)),
+            delay: AtomicU64::new(nanos(self.delay)),
             rng: SplitMix::new(self.seed.unwrap_or_else(rand::random)),
             injected: Default::default(),
         };
@@ -272,10 +272,6 @@ impl<M> ChaosBuilder<M> {
             make_error: self.make_error,
         })
     }
-}
-
-fn duration_nanos(duration: Duration) -> u64 {
-    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl<M> fmt::Debug for ChaosBuilder<M> {
@@ -370,7 +366,7 @@ impl ChaosHandle {
     /// Sets the probability and the length of a delay.
     pub fn set_latency(&self, probability: f64, delay: Duration) -> Result<(), ConfigError> {
         self.state.latency.set(check(probability)?);
-        self.state.delay.store(duration_nanos(delay), Relaxed);
+        self.state.delay.store(nanos(delay), Relaxed);
         Ok(())
     }
 

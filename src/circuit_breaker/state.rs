@@ -14,7 +14,7 @@ use crate::core::window::{CountWindow, Counts, Sample, TimeWindow};
 use crate::core::{
     CircuitState, Emitter, EventKind, Gate, Observer, Outcome, Record, RejectReason,
 };
-use crate::sync::{AtomicU32, AtomicU64, Ordering::*, Padded};
+use crate::sync::{nanos, AtomicU32, AtomicU64, Ordering::*, Padded};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::fmt;
@@ -172,7 +172,7 @@ impl Breaker {
 
     #[inline]
     fn nanos(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+        nanos(at.saturating_duration_since(self.origin))
     }
 
     fn now(&self) -> u64 {
@@ -253,7 +253,7 @@ impl Breaker {
             (Some(hint), Some(max)) => hint.min(max),
             _ => self.open_duration(attempt),
         };
-        let until = now.saturating_add(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX));
+        let until = now.saturating_add(nanos(duration));
         // Published before the state so that nobody sees Open with a stale deadline.
         self.open_until.store(until, Release);
         self.state

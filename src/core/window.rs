@@ -16,7 +16,7 @@
 //!
 //! Both keep running totals, so [`counts`](CountWindow::counts) is a few loads.
 
-use crate::sync::{AtomicI64, AtomicU64, AtomicU8, Ordering::Relaxed, Padded};
+use crate::sync::{nanos, AtomicI64, AtomicU64, AtomicU8, Ordering::Relaxed, Padded};
 use std::fmt;
 use std::time::Duration;
 
@@ -294,7 +294,7 @@ impl TimeWindow {
     /// the bucket length is at least one nanosecond).
     pub fn new(duration: Duration, buckets: u32) -> Self {
         let buckets = buckets.clamp(1, MAX_BUCKETS);
-        let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        let nanos = nanos(duration);
         TimeWindow {
             head: Padded(AtomicU64::new(0)),
             totals: Padded([AtomicI64::new(0), AtomicI64::new(0), AtomicI64::new(0)]),

@@ -6,7 +6,7 @@ use super::error::Throttled;
 use crate::core::gate::{Anchor, Guard, Shared};
 use crate::core::window::{Sample, TimeWindow, MAX_BUCKETS};
 use crate::core::{Emitter, ErrorIsFailure, Gate, Observer, Outcome, Record, RejectReason};
-use crate::sync::SplitMix;
+use crate::sync::{nanos, SplitMix};
 use std::borrow::Cow;
 use std::fmt;
 use std::task::{Context, Poll};
@@ -31,7 +31,7 @@ pub struct Throttle {
 
 impl Throttle {
     fn nanos(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+        nanos(at.saturating_duration_since(self.origin))
     }
 
     /// The probability of turning a call away, given the window's counts.

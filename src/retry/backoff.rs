@@ -24,6 +24,7 @@
 //! Arithmetic saturates: no attempt number, however large, overflows or panics.
 
 use super::config::ConfigError;
+use crate::sync::nanos;
 use rand::Rng;
 use std::time::Duration;
 
@@ -213,9 +214,4 @@ fn uniform<R: Rng + ?Sized>(rng: &mut R, low: Duration, high: Duration) -> Durat
     let low = nanos(low);
     let high = nanos(high);
     Duration::from_nanos(rng.random_range(low..=high))
-}
-
-/// Nanoseconds, saturating at `u64::MAX` (about 584 years).
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }

@@ -48,7 +48,7 @@ impl Default for TokioClock {
 impl Clock for TokioClock {
     #[inline]
     fn now(&self) -> u64 {
-        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        crate::sync::nanos(self.origin.elapsed())
     }
 }
 
@@ -67,7 +67,7 @@ impl ManualClock {
 
     /// Moves the clock forward by `by`.
     pub fn advance(&self, by: Duration) {
-        let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        let by = crate::sync::nanos(by);
         self.nanos.fetch_add(by, Ordering::Relaxed);
     }
 }

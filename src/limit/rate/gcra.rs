@@ -1,6 +1,6 @@
 //! The generic cell rate algorithm on one atomic word, and the quota it enforces.
 
-use crate::sync::{AtomicU64, Ordering::Relaxed};
+use crate::sync::{nanos, AtomicU64, Ordering::Relaxed};
 use std::fmt;
 use std::time::Duration;
 
@@ -67,7 +67,7 @@ impl Quota {
     }
 
     fn interval_nanos(&self) -> u64 {
-        let period = u64::try_from(self.period.as_nanos()).unwrap_or(u64::MAX);
+        let period = nanos(self.period);
         (period / u64::from(self.count.max(1))).max(1)
     }
 

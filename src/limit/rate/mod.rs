@@ -164,7 +164,7 @@ impl<Clk, O> Settings<Clk, O> {
             rule: Rule::new(&self.quota),
             quota: Mutex::new(self.quota),
             clock: self.clock,
-            max_wait: u64::try_from(self.max_wait.as_nanos()).unwrap_or(u64::MAX),
+            max_wait: crate::sync::nanos(self.max_wait),
         };
         Ok((limits, Source::new(self.name, self.observer)))
     }
