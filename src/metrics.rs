@@ -18,6 +18,7 @@
 //! | `seawall_concurrency_limit` | gauge | `layer` | an adaptive limiter moved its limit |
 //! | `seawall_fallbacks_total` | counter | `layer`, `trigger` | a fallback answered ([`FallbackTrigger::as_str`]) |
 //! | `seawall_keys_evicted_total` | counter | `layer`, `idle` | a keyed rate limiter dropped a key |
+//! | `seawall_store_degraded` | gauge | `layer` | 1 while a fleet rate limiter's store is degraded, else 0 |
 //!
 //! `layer` is the name given to the layer. Label values are the stable `as_str` labels of the
 //! event types.
@@ -211,6 +212,7 @@ struct Series {
     limit: OnceLock<Gauge>,
     fallbacks: Family<Counter, { FallbackTrigger::COUNT }>,
     evicted: Family<Counter, { bool::COUNT }>,
+    store_degraded: OnceLock<Gauge>,
 }
 
 impl Series {
@@ -232,6 +234,7 @@ impl Series {
             limit: OnceLock::new(),
             fallbacks: Family::new(),
             evicted: Family::new(),
+            store_degraded: OnceLock::new(),
         }
     }
 
@@ -337,6 +340,10 @@ impl Series {
                     |i| counter!("seawall_keys_evicted_total", "layer" => layer(), "idle" => i),
                 )
                 .increment(1),
+            EventKind::StoreHealth { degraded } => self
+                .store_degraded
+                .get_or_init(|| gauge!("seawall_store_degraded", "layer" => layer()))
+                .set(if degraded { 1.0 } else { 0.0 }),
         }
     }
 }

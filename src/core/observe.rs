@@ -254,6 +254,12 @@ pub enum EventKind {
         /// Whether the key was idle.
         idle: bool,
     },
+    /// A fleet-wide rate limiter's shared store became unreachable (`degraded`: calls without a
+    /// lease are decided by the failure mode) or answered again (not `degraded`).
+    StoreHealth {
+        /// Whether the store is degraded now.
+        degraded: bool,
+    },
     /// A circuit breaker changed state.
     StateTransition {
         /// The state it left.
@@ -480,6 +486,12 @@ impl Observer for TracingObserver {
             ),
             EventKind::KeyEvicted { idle } => {
                 tracing::trace!(target: "seawall", layer, idle, "key evicted")
+            }
+            EventKind::StoreHealth { degraded: true } => {
+                tracing::warn!(target: "seawall", layer, degraded = true, "store degraded")
+            }
+            EventKind::StoreHealth { degraded: false } => {
+                tracing::info!(target: "seawall", layer, degraded = false, "store recovered")
             }
             EventKind::TimedOut { elapsed, cause } => tracing::debug!(
                 target: "seawall",

@@ -9,11 +9,15 @@
 //! accepts too few of the calls sent to it, the client stops sending some, before they cost the
 //! service anything.
 //!
-//! [`rate`] limits the rate of calls with GCRA, for all calls or per key.
+//! [`rate`] limits the rate of calls with GCRA, for all calls or per key; [`fleet`] (feature
+//! `fleet`) shares a per-key limit between every instance of a service through a store such as
+//! Redis.
 
 mod adaptive;
 pub mod algorithm;
 pub mod error;
+#[cfg(feature = "fleet")]
+pub mod fleet;
 pub mod rate;
 mod shed;
 mod throttle;

@@ -216,6 +216,7 @@ fn every_kind() -> Vec<EventKind> {
             latency: Some(ms(5)),
         },
         EventKind::KeyEvicted { idle: true },
+        EventKind::StoreHealth { degraded: true },
         EventKind::StateTransition {
             from: CircuitState::Closed,
             to: CircuitState::Open,

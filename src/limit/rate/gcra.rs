@@ -66,7 +66,7 @@ impl Quota {
         self.burst
     }
 
-    fn interval_nanos(&self) -> u64 {
+    pub(crate) fn interval_nanos(&self) -> u64 {
         let period = nanos(self.period);
         (period / u64::from(self.count.max(1))).max(1)
     }
@@ -187,6 +187,36 @@ impl Rule {
     }
 }
 
+/// Takes up to `want` calls at once from the cell `tat` at `now`, for a quota of `interval` and
+/// `tolerance` (see [`Rule::decide`]): as many as fit, `k` such that
+/// `max(tat, now) + k × interval − now ≤ tolerance`. Returns how many were taken and, when none
+/// could be, how long until one can.
+#[cfg_attr(not(feature = "fleet"), allow(dead_code))]
+pub(crate) fn take(
+    tat: &AtomicU64,
+    now: u64,
+    interval: u64,
+    tolerance: u64,
+    want: u64,
+) -> (u64, u64) {
+    let interval = interval.max(1);
+    let mut current = tat.load(Relaxed);
+    loop {
+        let base = current.max(now);
+        let used = base - now;
+        let room = tolerance.saturating_sub(used) / interval;
+        let granted = room.min(want);
+        if granted == 0 {
+            return (0, (used + interval).saturating_sub(tolerance));
+        }
+        let next = base.saturating_add(granted * interval);
+        match tat.compare_exchange_weak(current, next, Relaxed, Relaxed) {
+            Ok(_) => return (granted, 0),
+            Err(actual) => current = actual,
+        }
+    }
+}
+
 impl fmt::Debug for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Rule")
@@ -234,6 +264,24 @@ mod tests {
         );
         // A quiet spell refills the burst, and no more.
         assert_eq!(rule.available(&tat, 10_000 * MS), 3);
+    }
+
+    #[test]
+    fn take_grants_what_fits_and_says_when_more_will() {
+        let tat = AtomicU64::new(0);
+        // 10 a second, burst 3: three at once, then one per 100 ms.
+        assert_eq!(take(&tat, 0, 100 * MS, 300 * MS, 5), (3, 0));
+        assert_eq!(take(&tat, 0, 100 * MS, 300 * MS, 5), (0, 100 * MS));
+        assert_eq!(take(&tat, 150 * MS, 100 * MS, 300 * MS, 5), (1, 0));
+        assert_eq!(take(&tat, 150 * MS, 100 * MS, 300 * MS, 1), (0, 50 * MS));
+        assert_eq!(take(&tat, 10_000 * MS, 100 * MS, 300 * MS, 2), (2, 0));
+        // The same calls one at a time through `decide` take the same slots.
+        let rule = Rule::new(&Quota::per_second(10).burst(3));
+        let one = AtomicU64::new(0);
+        for _ in 0..3 {
+            assert_eq!(rule.decide(&one, 0, 0), Decision::Admit);
+        }
+        assert_eq!(rule.decide(&one, 0, 0), Decision::Reject(100 * MS));
     }
 
     #[test]

@@ -15,7 +15,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
-use tokio::time::Sleep;
 use tower::{BoxError, Layer, Service};
 
 /// The slots of one bucket: two cache lines.
@@ -27,16 +26,46 @@ const EMPTY: u64 = 0;
 /// A slot being handed to a new key.
 const BUSY: u64 = 2;
 
-/// One key's cell: the key's hash (odd, so never [`EMPTY`] or [`BUSY`]) and its GCRA time.
-struct Slot {
-    tag: AtomicU64,
-    tat: AtomicU64,
+/// One key's slot: the key's hash (odd, so never [`EMPTY`] or [`BUSY`]) and its cell.
+pub(crate) struct Slot<C> {
+    pub(crate) tag: AtomicU64,
+    pub(crate) cell: C,
+}
+
+/// What a [`Table`] keeps per key.
+pub(crate) trait Cell: Send + Sync {
+    /// A cell for no key.
+    fn new() -> Self;
+    /// Forgets the previous key's state, for a new key.
+    fn clear(&self);
+    /// How readily the cell's key may be dropped at `now`, lowest first: `(1, _)` for a key whose
+    /// state is worth nothing (dropping it loses nothing), `(2, order)` for others, `(3, _)` for
+    /// one that should be kept if at all possible.
+    fn rank(&self, now: u64) -> (u8, u64);
+}
+
+/// A GCRA cell: the key's theoretical arrival time.
+impl Cell for AtomicU64 {
+    fn new() -> Self {
+        AtomicU64::new(0)
+    }
+
+    fn clear(&self) {
+        self.store(0, Relaxed);
+    }
+
+    fn rank(&self, now: u64) -> (u8, u64) {
+        match self.load(Relaxed) {
+            tat if tat <= now => (1, 0),
+            tat => (2, tat),
+        }
+    }
 }
 
 /// Where a key may live: its tag and its two buckets.
-#[derive(Clone, Copy)]
-struct Place {
-    tag: u64,
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Place {
+    pub(crate) tag: u64,
     buckets: [usize; 2],
 }
 
@@ -50,21 +79,21 @@ struct Place {
 /// Keys are known by a 64-bit hash, keyed at random per table (SipHash), so a client cannot pick
 /// keys that collide; two keys with the same hash would share a limit, which for a million keys
 /// happens with a chance of about one in thirty million.
-struct Table {
-    slots: Box<[Slot]>,
+pub(crate) struct Table<C = AtomicU64> {
+    slots: Box<[Slot<C>]>,
     insert: Box<[Mutex<()>]>,
     hasher: RandomState,
     keys: AtomicU64,
 }
 
-impl Table {
-    fn new(max_keys: usize) -> Self {
+impl<C: Cell> Table<C> {
+    pub(crate) fn new(max_keys: usize) -> Self {
         let buckets = max_keys.div_ceil(BUCKET);
         Table {
             slots: (0..buckets * BUCKET)
                 .map(|_| Slot {
                     tag: AtomicU64::new(EMPTY),
-                    tat: AtomicU64::new(0),
+                    cell: C::new(),
                 })
                 .collect(),
             insert: (0..INSERT_LOCKS.min(buckets))
@@ -76,13 +105,34 @@ impl Table {
     }
 
     #[inline]
-    fn bucket(&self, index: usize) -> &[Slot] {
+    fn bucket(&self, index: usize) -> &[Slot<C>] {
         &self.slots[index * BUCKET..][..BUCKET]
+    }
+
+    /// The slot at `index`.
+    #[inline]
+    pub(crate) fn slot(&self, index: usize) -> &Slot<C> {
+        &self.slots[index]
+    }
+
+    /// How many slots hold a key.
+    pub(crate) fn keys(&self) -> u64 {
+        self.keys.load(Relaxed)
+    }
+
+    /// How many keys fit.
+    pub(crate) fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The memory the table takes, in bytes.
+    pub(crate) fn memory(&self) -> usize {
+        std::mem::size_of_val(&*self.slots) + std::mem::size_of_val(&*self.insert)
     }
 
     /// The tag and buckets of `key`.
     #[inline]
-    fn locate<K: Hash>(&self, key: &K) -> Place {
+    pub(crate) fn locate<K: Hash + ?Sized>(&self, key: &K) -> Place {
         let hash = self.hasher.hash_one(key);
         let buckets = (self.slots.len() / BUCKET) as u128;
         // Lemire's reduction of two independent-looking 64-bit values to 0..buckets.
@@ -96,37 +146,41 @@ impl Table {
         }
     }
 
-    /// The slot holding `place`'s key, if any.
+    /// The index of the slot holding `place`'s key, if any.
     #[inline]
-    fn find(&self, place: Place) -> Option<&Slot> {
-        let [first, second] = place.buckets;
-        let holds = |slot: &&Slot| slot.tag.load(Acquire) == place.tag;
-        match self.bucket(first).iter().find(holds) {
-            Some(slot) => Some(slot),
-            None => self.bucket(second).iter().find(holds),
-        }
+    pub(crate) fn find(&self, place: Place) -> Option<usize> {
+        let holds = |bucket: usize| {
+            (bucket * BUCKET..(bucket + 1) * BUCKET)
+                .find(|&i| self.slots[i].tag.load(Acquire) == place.tag)
+        };
+        holds(place.buckets[0]).or_else(|| holds(place.buckets[1]))
     }
 
-    /// The cell of `key` at `now`, made if the key is new.
+    /// The index of the slot of `place`'s key, given a slot if the key is new; `now` reads the
+    /// time, which ranks the keys that might make room.
     #[inline]
-    fn cell<K: Hash, O: Observer>(&self, key: &K, now: u64, emit: Emitter<'_, O>) -> &AtomicU64 {
-        let place = self.locate(key);
+    pub(crate) fn entry<O: Observer>(
+        &self,
+        place: Place,
+        now: impl FnOnce() -> u64,
+        emit: Emitter<'_, O>,
+    ) -> usize {
         match self.find(place) {
-            Some(slot) => &slot.tat,
-            None => self.insert(place, now, emit),
+            Some(index) => index,
+            None => self.insert(place, now(), emit),
         }
     }
 
     #[cold]
-    fn insert<O: Observer>(&self, place: Place, now: u64, emit: Emitter<'_, O>) -> &AtomicU64 {
+    fn insert<O: Observer>(&self, place: Place, now: u64, emit: Emitter<'_, O>) -> usize {
         // Inserting the same key twice at once would give it two cells: keys with the same first
         // bucket take one lock, and look again under it.
         let _lock = self.insert[place.buckets[0] % self.insert.len()]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         loop {
-            if let Some(slot) = self.find(place) {
-                return &slot.tat;
+            if let Some(index) = self.find(place) {
+                return index;
             }
             // The slot to take: an empty one of the emptier bucket, else one whose key is idle,
             // else the one whose key is closest to idle.
@@ -144,25 +198,24 @@ impl Table {
             };
             let victim = order
                 .into_iter()
-                .flat_map(|b| self.bucket(b))
-                .filter_map(|slot| {
+                .flat_map(|b| b * BUCKET..(b + 1) * BUCKET)
+                .filter_map(|index| {
+                    let slot = &self.slots[index];
                     let held = slot.tag.load(Acquire);
                     let rank = match held {
                         BUSY => return None,
                         EMPTY => (0, 0),
-                        _ => match slot.tat.load(Relaxed) {
-                            tat if tat <= now => (1, 0),
-                            tat => (2, tat),
-                        },
+                        _ => slot.cell.rank(now),
                     };
-                    Some((rank, slot, held))
+                    Some((rank, index, held))
                 })
                 .min_by_key(|(rank, _, _)| *rank);
-            let Some((rank, slot, held)) = victim else {
+            let Some((rank, index, held)) = victim else {
                 // Every slot of both buckets is being handed to another key right now.
                 std::hint::spin_loop();
                 continue;
             };
+            let slot = &self.slots[index];
             if slot
                 .tag
                 .compare_exchange(held, BUSY, Acquire, Relaxed)
@@ -170,14 +223,14 @@ impl Table {
             {
                 continue;
             }
-            slot.tat.store(0, Relaxed);
+            slot.cell.clear();
             slot.tag.store(place.tag, Release);
             if held == EMPTY {
                 self.keys.fetch_add(1, Relaxed);
             } else {
                 emit.emit(EventKind::KeyEvicted { idle: rank.0 == 1 });
             }
-            return &slot.tat;
+            return index;
         }
     }
 }
@@ -330,7 +383,7 @@ impl<F, Clk, O> fmt::Debug for KeyedRateLimitLayer<F, Clk, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedRateLimitLayer")
             .field("name", &self.shared.source.name())
-            .field("keys", &self.shared.table.keys.load(Relaxed))
+            .field("keys", &self.shared.table.keys())
             .finish()
     }
 }
@@ -399,7 +452,10 @@ where
         let shared = &*self.shared;
         let emit = shared.source.emitter();
         let now = shared.limits.now();
-        let cell = shared.table.cell(&key, now, emit);
+        let table = &shared.table;
+        let cell = &table
+            .slot(table.entry(table.locate(&key), || now, emit))
+            .cell;
         match shared.limits.decide_at(cell, now) {
             Decision::Admit => {
                 emit.emit_keyed(EventKind::Permitted, &key);
@@ -409,12 +465,15 @@ where
                 emit.emit_keyed(EventKind::Permitted, &key);
                 // This service stays ready for its next call; a clone makes this one when its
                 // slot comes.
-                KeyedResponseFuture {
-                    state: State::Waiting {
-                        sleep: Box::pin(tokio::time::sleep(Duration::from_nanos(nanos))),
-                        pending: Some((self.inner.clone(), req)),
-                    },
-                }
+                let sleep = tokio::time::sleep(Duration::from_nanos(nanos));
+                KeyedResponseFuture::waiting(
+                    Box::pin(async move {
+                        sleep.await;
+                        Ok(())
+                    }),
+                    self.inner.clone(),
+                    req,
+                )
             }
             Decision::Reject(nanos) => {
                 emit.emit_keyed(
@@ -423,21 +482,20 @@ where
                     },
                     &key,
                 );
-                KeyedResponseFuture {
-                    state: State::Failed {
-                        error: Some(RateLimited {
-                            retry_after: Duration::from_nanos(nanos),
-                        }),
-                    },
-                }
+                KeyedResponseFuture::failed(RateLimited {
+                    retry_after: Duration::from_nanos(nanos),
+                })
             }
         }
     }
 }
 
+/// A call's wait for its turn: done when the call may go ahead, or failed when it may not.
+pub(crate) type Wait = Pin<Box<dyn Future<Output = Result<(), RateLimited>> + Send>>;
+
 pin_project! {
-    /// The response future of [`KeyedRateLimit`]: the inner call, a wait for a reserved slot
-    /// followed by the call, or the failure of a call over its quota.
+    /// The response future of [`KeyedRateLimit`] (and of the fleet-wide limiter): the inner call,
+    /// a wait for a reserved slot followed by the call, or the failure of a call over its quota.
     pub struct KeyedResponseFuture<S, Req>
     where
         S: Service<Req>,
@@ -458,7 +516,7 @@ pin_project! {
             future: S::Future,
         },
         Waiting {
-            sleep: Pin<Box<Sleep>>,
+            wait: Wait,
             pending: Option<(S, Req)>,
         },
         Readying {
@@ -471,9 +529,25 @@ pin_project! {
 }
 
 impl<S: Service<Req>, Req> KeyedResponseFuture<S, Req> {
-    fn called(future: S::Future) -> Self {
+    pub(crate) fn called(future: S::Future) -> Self {
         KeyedResponseFuture {
             state: State::Called { future },
+        }
+    }
+
+    /// Waits for `wait`, then calls `service` (once ready) with `req`.
+    pub(crate) fn waiting(wait: Wait, service: S, req: Req) -> Self {
+        KeyedResponseFuture {
+            state: State::Waiting {
+                wait,
+                pending: Some((service, req)),
+            },
+        }
+    }
+
+    pub(crate) fn failed(error: RateLimited) -> Self {
+        KeyedResponseFuture {
+            state: State::Failed { error: Some(error) },
         }
     }
 }
@@ -508,8 +582,11 @@ where
                     let error = error.take().expect("polled after completion");
                     return Poll::Ready(Err(error.into()));
                 }
-                StateProj::Waiting { sleep, pending } => {
-                    ready!(sleep.as_mut().poll(cx));
+                StateProj::Waiting { wait, pending } => {
+                    if let Err(error) = ready!(wait.as_mut().poll(cx)) {
+                        this.state.set(State::Failed { error: Some(error) });
+                        continue;
+                    }
                     let pending = pending.take();
                     this.state.set(State::Readying { pending });
                 }
@@ -544,18 +621,17 @@ impl<Clk: Clock, O> KeyedHandle<Clk, O> {
     /// How many slots of the table hold a key (idle keys included): at most
     /// [`max_keys`](Self::max_keys).
     pub fn keys(&self) -> u64 {
-        self.shared.table.keys.load(Relaxed)
+        self.shared.table.keys()
     }
 
     /// The most keys kept.
     pub fn max_keys(&self) -> usize {
-        self.shared.table.slots.len()
+        self.shared.table.capacity()
     }
 
     /// The memory the table of keys takes, in bytes: fixed when the layer is built.
     pub fn memory(&self) -> usize {
-        let table = &self.shared.table;
-        std::mem::size_of_val(&*table.slots) + std::mem::size_of_val(&*table.insert)
+        self.shared.table.memory()
     }
 
     /// How many calls `key` would be let through at once now (its whole burst for a key not in
@@ -564,7 +640,7 @@ impl<Clk: Clock, O> KeyedHandle<Clk, O> {
         let shared = &*self.shared;
         let place = shared.table.locate(key);
         match shared.table.find(place) {
-            Some(slot) => shared.limits.available(&slot.tat),
+            Some(index) => shared.limits.available(&shared.table.slot(index).cell),
             None => shared.limits.available(&AtomicU64::new(0)),
         }
     }
@@ -582,7 +658,7 @@ impl<Clk, O> fmt::Debug for KeyedHandle<Clk, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedHandle")
             .field("name", &self.shared.source.name())
-            .field("keys", &self.shared.table.keys.load(Relaxed))
+            .field("keys", &self.shared.table.keys())
             .finish()
     }
 }

@@ -23,8 +23,8 @@
 //! limit starts: forgetting an idle limit loses nothing.
 
 mod clock;
-mod gcra;
-mod keyed;
+pub(crate) mod gcra;
+pub(crate) mod keyed;
 
 pub use clock::{Clock, ManualClock, TokioClock};
 pub use gcra::{Quota, QuotaError};

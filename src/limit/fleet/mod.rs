@@ -1,0 +1,833 @@
+//! Fleet-wide rate limits: one [`Quota`] per key (a tenant, an API key) shared by every instance
+//! of a service, kept in a [`Store`] that all of them reach, and spent locally from leases so
+//! that calls do not wait on the store.
+//!
+//! - [`MemoryStore`]: the store in this process's memory, the same GCRA as
+//!   [`KeyedRateLimitLayer`](crate::limit::rate::KeyedRateLimitLayer). For tests, for one instance,
+//!   and as the model a shared store follows.
+//! - [`RedisStore`](redis::RedisStore) (feature `redis`): each key's GCRA state in Redis, updated
+//!   in one server-side script, on Redis's own clock, so instances never overshoot together.
+//!
+//! # Leases
+//!
+//! An instance does not ask the store about every call. It takes a *lease* of a few admissions
+//! for a key (one script call, taking that many slots of the key's GCRA at once) and spends it
+//! locally with one atomic decrement per call. When half the lease is spent it asks for the next
+//! one in the background, so a key with steady traffic never waits on the store. The lease size
+//! adapts to the key's rate: it doubles while leases last less than half the
+//! [`lease_lasts`](FleetBuilder::lease_lasts) target and halves while they last more than twice
+//! it, between the [`lease`](FleetBuilder::lease) bounds. The store sees about
+//! `rate ÷ lease size` calls per second per key and instance.
+//!
+//! What the fleet admits in any window is what the store granted in it, plus the admissions
+//! leased before the window and spent in it: **at most `instances × max lease` per key above the
+//! quota**, and nothing above it for a fleet that starts with no leases. Admissions leased and
+//! never spent (an instance that stops, a key evicted from the local table) are lost, which errs
+//! on letting fewer through.
+//!
+//! # When the store fails
+//!
+//! Store calls go through seawall's own [`Timeout`] and [`CircuitBreaker`]. A call that fails or
+//! times out marks the store *degraded* ([`EventKind::StoreHealth`]); from then on, calls without
+//! a lease are decided by the failure mode, at once:
+//!
+//! - [`fail_open`](FleetBuilder::fail_open) (the default, with the fleet's own quota): a local
+//!   limit per key, in this instance alone. Set it to the quota divided by the instances for the
+//!   fleet to keep about its quota while the store is down.
+//! - [`fail_closed`](FleetBuilder::fail_closed): every call without a lease fails with
+//!   [`RateLimited`].
+//!
+//! While degraded, one call every [`probe_every`](FleetBuilder::probe_every) tries the store again
+//! (the breaker lets it through once its open spell is over); the first answer ends the degraded
+//! state, and leases resume. A call waiting for a lease waits at most about the store timeout.
+//!
+//! ```
+//! use seawall::limit::fleet::{FleetRateLimitLayer, MemoryStore};
+//! use seawall::limit::rate::Quota;
+//! use tower::{service_fn, Layer, Service, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! // Two instances sharing one store: 3 calls a second per tenant for both together.
+//! let store = MemoryStore::new();
+//! let tenant = |req: &&'static str| Some(*req);
+//! let layer = |store: &MemoryStore| {
+//!     FleetRateLimitLayer::builder(store.clone(), Quota::per_second(3), tenant)
+//!         .build()
+//!         .unwrap()
+//! };
+//! let service = service_fn(|_: &'static str| async { Ok::<_, std::io::Error>(()) });
+//! let mut one = layer(&store).layer(service);
+//! let mut two = layer(&store).layer(service);
+//! let mut admitted = 0;
+//! for _ in 0..4 {
+//!     admitted += one.ready().await.unwrap().call("acme").await.is_ok() as u32;
+//!     admitted += two.ready().await.unwrap().call("acme").await.is_ok() as u32;
+//! }
+//! assert_eq!(admitted, 3);
+//! # }
+//! ```
+
+mod lease;
+mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
+
+pub use memory::MemoryStore;
+
+use super::error::RateLimited;
+use super::rate::gcra::{Decision, Rule};
+use super::rate::keyed::{KeyedResponseFuture, Place, Table};
+use super::rate::{Clock, Quota, QuotaError, TokioClock};
+use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
+use crate::core::{Emitter, EventKind, Observer, RejectReason, Source};
+use crate::sync::{nanos, Mutex};
+use crate::timeout::Timeout;
+use lease::Lease;
+use std::borrow::Cow;
+use std::fmt;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::AcqRel, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tower::{BoxError, Layer, Service};
+
+/// A store's part of a fleet-wide limit: take up to [`want`](Take::want) admissions for
+/// [`key`](Take::key) from its [`quota`](Take::quota), atomically for every instance that shares
+/// the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Take {
+    /// The key, as the limiter's key function's `Display` writes it.
+    pub key: String,
+    /// How many admissions the instance would like (at least 1).
+    pub want: u32,
+    /// The key's quota.
+    pub quota: Quota,
+}
+
+impl Take {
+    /// A take of up to `want` admissions for `key` from `quota`.
+    pub fn new(key: impl Into<String>, want: u32, quota: Quota) -> Self {
+        Take {
+            key: key.into(),
+            want,
+            quota,
+        }
+    }
+}
+
+/// A store's answer to a [`Take`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// How many admissions were taken for the instance: from 0 to the number wanted.
+    pub granted: u32,
+    /// When none were: how long until one can be.
+    pub retry_after: Duration,
+}
+
+/// Where a fleet-wide limit is kept: a service answering [`Take`]s with [`Grant`]s, cheap to
+/// clone (clones share the store). Implemented by [`MemoryStore`] and, with feature `redis`,
+/// [`RedisStore`](redis::RedisStore); any service of that shape is one.
+pub trait Store:
+    Service<Take, Response = Grant, Error = BoxError, Future: Send> + Clone + Send + Sync + 'static
+{
+}
+
+impl<T> Store for T where
+    T: Service<Take, Response = Grant, Error = BoxError, Future: Send>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// A mistake in a fleet-wide rate limiter's configuration.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The fleet's quota or the local fallback quota lets nothing through.
+    #[error(transparent)]
+    Quota(#[from] QuotaError),
+    /// Room for no key.
+    #[error("a fleet rate limiter needs room for at least one key")]
+    MaxKeys,
+    /// The lease bounds are not `1 ≤ min ≤ max`.
+    #[error("lease bounds must satisfy 1 <= min <= max (got {min}..={max})")]
+    Lease {
+        /// The smallest lease.
+        min: u32,
+        /// The largest lease.
+        max: u32,
+    },
+    /// A duration that must be longer than zero is zero.
+    #[error("the fleet rate limiter's {0} must be longer than zero")]
+    Zero(&'static str),
+}
+
+/// The store behind the limiter: the user's store under seawall's timeout and breaker.
+type Guarded<St> = CircuitBreaker<Timeout<St>>;
+
+/// What a fleet limiter shares between its layers, services and background renewals.
+struct Fleet<St: Store, Clk, O> {
+    table: Table<Lease>,
+    store: Guarded<St>,
+    quota: Mutex<Quota>,
+    /// The local limit while the store is degraded; `None` to fail closed.
+    local: Option<Rule>,
+    lease_min: u64,
+    lease_max: u64,
+    lease_lasts: u64,
+    probe_every: u64,
+    wait_limit: Duration,
+    clock: Clk,
+    source: Source<O>,
+    degraded: AtomicBool,
+    next_probe: AtomicU64,
+    store_calls: AtomicU64,
+    store_failures: AtomicU64,
+}
+
+/// What becomes of a call with no lease to spend.
+enum Verdict {
+    Admit,
+    Reject(RateLimited),
+    /// Wait for the renewal in flight.
+    Wait,
+}
+
+/// Shows a key's `Display` form where events want `Debug`.
+struct Shown<'a, K: ?Sized>(&'a K);
+
+impl<K: fmt::Display + ?Sized> fmt::Debug for Shown<'_, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self.0, f)
+    }
+}
+
+impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
+    fn emitter(&self) -> Emitter<'_, O> {
+        self.source.emitter()
+    }
+
+    /// The slot of `place`'s key, made if the key is new.
+    fn entry(&self, place: Place) -> usize {
+        self.table.entry(place, || self.clock.now(), self.emitter())
+    }
+
+    /// Starts a renewal of the lease at `index` unless one is in flight (or, while the store is
+    /// degraded, unless a probe is due). Returns whether one is in flight now.
+    fn renew(self: &Arc<Self>, index: usize, place: Place, key: &dyn fmt::Display) -> bool {
+        if self.degraded.load(Relaxed) && !self.probe_due(self.clock.now()) {
+            return false;
+        }
+        let lease = &self.table.slot(index).cell;
+        // The store said when it would have room: asking before then would only be refused
+        // again, and would hand every freed slot to the instance that asks most often.
+        let denied = lease.denied_until.load(Relaxed);
+        if denied != 0 && denied > self.clock.now() {
+            return false;
+        }
+        if lease.renewing.swap(true, AcqRel) {
+            return true;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            lease.renewing.store(false, Relaxed);
+            self.degrade(self.clock.now());
+            return false;
+        };
+        let want = lease.want(self.lease_min);
+        runtime.spawn(Arc::clone(self).renewal(index, place.tag, key.to_string(), want));
+        true
+    }
+
+    /// Whether a probe of a degraded store is due at `now`; if so, the next is not before
+    /// `probe_every` from now.
+    fn probe_due(&self, now: u64) -> bool {
+        let next = self.next_probe.load(Relaxed);
+        now >= next
+            && self
+                .next_probe
+                .compare_exchange(next, now + self.probe_every, Relaxed, Relaxed)
+                .is_ok()
+    }
+
+    /// One lease renewal: a store call, then the grant credited to the key (if the slot still
+    /// holds it) and the waiters woken.
+    async fn renewal(self: Arc<Self>, index: usize, tag: u64, key: String, want: u64) {
+        let quota = self.quota();
+        self.store_calls.fetch_add(1, Relaxed);
+        let mut store = self.store.clone();
+        let take = Take {
+            key,
+            want: u32::try_from(want).unwrap_or(u32::MAX),
+            quota,
+        };
+        let result = async {
+            std::future::poll_fn(|cx| store.poll_ready(cx)).await?;
+            store.call(take).await
+        }
+        .await;
+        let now = self.clock.now();
+        let slot = self.table.slot(index);
+        let ours = slot.tag.load(std::sync::atomic::Ordering::Acquire) == tag;
+        match result {
+            Ok(grant) => {
+                self.recovered();
+                if ours {
+                    slot.cell.credit(
+                        grant,
+                        want,
+                        now,
+                        (self.lease_min, self.lease_max),
+                        self.lease_lasts,
+                    );
+                }
+            }
+            Err(_) => {
+                self.store_failures.fetch_add(1, Relaxed);
+                self.degrade(now);
+            }
+        }
+        if ours {
+            slot.cell
+                .renewing
+                .store(false, std::sync::atomic::Ordering::Release);
+        }
+        slot.cell.notify.notify_waiters();
+    }
+
+    fn degrade(&self, now: u64) {
+        self.next_probe.store(now + self.probe_every, Relaxed);
+        if !self.degraded.swap(true, AcqRel) {
+            self.emitter()
+                .emit(EventKind::StoreHealth { degraded: true });
+        }
+    }
+
+    fn recovered(&self) {
+        if self.degraded.swap(false, AcqRel) {
+            self.emitter()
+                .emit(EventKind::StoreHealth { degraded: false });
+        }
+    }
+
+    fn quota(&self) -> Quota {
+        *self.quota.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Decides a call whose key has no lease left.
+    fn without_lease(
+        self: &Arc<Self>,
+        index: usize,
+        place: Place,
+        key: &dyn fmt::Display,
+    ) -> Verdict {
+        let lease = &self.table.slot(index).cell;
+        let now = self.clock.now();
+        if self.degraded.load(Relaxed) {
+            self.renew(index, place, key);
+            return self.fallback(lease, now);
+        }
+        let denied = lease.denied_until.load(Relaxed);
+        if denied > now {
+            return Verdict::Reject(RateLimited {
+                retry_after: Duration::from_nanos(denied - now),
+            });
+        }
+        if self.renew(index, place, key) {
+            Verdict::Wait
+        } else {
+            self.fallback(lease, now)
+        }
+    }
+
+    /// The failure mode's decision, while the store is degraded.
+    fn fallback(&self, lease: &Lease, now: u64) -> Verdict {
+        match &self.local {
+            Some(rule) => match rule.decide(&lease.local, now, 0) {
+                Decision::Reject(nanos) => Verdict::Reject(RateLimited {
+                    retry_after: Duration::from_nanos(nanos),
+                }),
+                _ => Verdict::Admit,
+            },
+            None => Verdict::Reject(RateLimited {
+                retry_after: Duration::from_nanos(self.probe_every),
+            }),
+        }
+    }
+
+    /// Waits for a lease for `key`: woken by each renewal, deciding again each time, and
+    /// falling back if the store takes longer than it may.
+    async fn wait(
+        self: Arc<Self>,
+        mut index: usize,
+        place: Place,
+        key: String,
+    ) -> Result<(), RateLimited> {
+        let waited = tokio::time::timeout(self.wait_limit, async {
+            loop {
+                let slot = self.table.slot(index);
+                if slot.tag.load(std::sync::atomic::Ordering::Acquire) != place.tag {
+                    // The key lost its slot to another: start over in a new one.
+                    index = self.entry(place);
+                    continue;
+                }
+                let lease = &slot.cell;
+                let notified = lease.notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if let Some(left) = lease.take() {
+                    if left <= lease.low_water(self.lease_min) {
+                        self.renew(index, place, &key);
+                    }
+                    return Ok(());
+                }
+                match self.without_lease(index, place, &key) {
+                    Verdict::Admit => return Ok(()),
+                    Verdict::Reject(limited) => return Err(limited),
+                    Verdict::Wait => notified.await,
+                }
+            }
+        })
+        .await;
+        let decided = match waited {
+            Ok(decided) => decided,
+            Err(_) => {
+                let lease = &self.table.slot(index).cell;
+                match self.fallback(lease, self.clock.now()) {
+                    Verdict::Reject(limited) => Err(limited),
+                    _ => Ok(()),
+                }
+            }
+        };
+        let emit = self.emitter();
+        match decided {
+            Ok(()) => emit.emit_keyed(EventKind::Permitted, &Shown(&key)),
+            Err(_) => emit.emit_keyed(
+                EventKind::Rejected {
+                    reason: RejectReason::RateLimited,
+                },
+                &Shown(&key),
+            ),
+        }
+        decided
+    }
+}
+
+/// Limits the rate of calls per key across a fleet: every instance's layer over the same
+/// [`Store`] shares one [`Quota`] per key. See the [module docs](self) for leases and failure
+/// modes.
+///
+/// The key function returns `None` for requests the limit does not apply to; they pass
+/// uncounted. A call over its key's quota fails with [`RateLimited`]. A call that finds its
+/// key's lease spent while the next is on its way waits for it in its response future, and then
+/// calls a clone of the inner service (which is why the inner service must be `Clone`).
+pub struct FleetRateLimitLayer<St: Store, F, Clk: 'static = TokioClock, O: 'static = ()> {
+    shared: Arc<Fleet<St, Clk, O>>,
+    key: F,
+}
+
+impl<St: Store, F> FleetRateLimitLayer<St, F> {
+    /// Starts a builder for a limit of `quota` per key across every instance using `store`, the
+    /// key taken from each request by `key`.
+    pub fn builder(store: St, quota: Quota, key: F) -> FleetBuilder<St, F> {
+        FleetBuilder {
+            store,
+            key,
+            settings: FleetSettings {
+                quota,
+                name: Cow::Borrowed("fleet_rate_limit"),
+                max_keys: 10_000,
+                lease: (1, 32),
+                lease_lasts: Duration::from_millis(100),
+                store_timeout: Duration::from_millis(100),
+                probe_every: Duration::from_millis(200),
+                breaker: None,
+                local: Some(quota),
+            },
+            clock: TokioClock::new(),
+            observer: (),
+        }
+    }
+}
+
+/// Builds a [`FleetRateLimitLayer`].
+pub struct FleetBuilder<St, F, Clk = TokioClock, O = ()> {
+    store: St,
+    key: F,
+    settings: FleetSettings,
+    clock: Clk,
+    observer: O,
+}
+
+/// A [`FleetBuilder`]'s settings that do not change its type.
+#[derive(Debug)]
+struct FleetSettings {
+    quota: Quota,
+    name: Cow<'static, str>,
+    max_keys: usize,
+    lease: (u32, u32),
+    lease_lasts: Duration,
+    store_timeout: Duration,
+    probe_every: Duration,
+    breaker: Option<CircuitBreakerLayer>,
+    /// The local limit while the store is degraded; `None` to fail closed.
+    local: Option<Quota>,
+}
+
+impl<St, F, Clk, O> FleetBuilder<St, F, Clk, O> {
+    /// The layer's name, in events.
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.settings.name = name.into();
+        self
+    }
+
+    /// The most keys this instance keeps leases for (default 10,000; about 100 bytes each,
+    /// allocated when the layer is built). A key dropped to make room loses its unspent lease.
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.settings.max_keys = max_keys;
+        self
+    }
+
+    /// The smallest and largest lease, in admissions (default 1 and 32). The largest bounds the
+    /// fleet's overshoot: at most `instances × max` per key above the quota in any window.
+    pub fn lease(mut self, min: u32, max: u32) -> Self {
+        self.settings.lease = (min, max);
+        self
+    }
+
+    /// How long a lease should last at the key's rate (default 100 ms): leases grow for keys that
+    /// spend them faster and shrink for keys that spend them slower.
+    pub fn lease_lasts(mut self, lasts: Duration) -> Self {
+        self.settings.lease_lasts = lasts;
+        self
+    }
+
+    /// The longest a store call may take before it counts as a failure (default 100 ms).
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.store_timeout = timeout;
+        self
+    }
+
+    /// The circuit breaker on store calls (default: open after 3 failures in a row, for 1 s
+    /// doubling to 10 s). Its handle shows the store's state.
+    pub fn store_breaker(mut self, breaker: CircuitBreakerLayer) -> Self {
+        self.settings.breaker = Some(breaker);
+        self
+    }
+
+    /// How often, while the store is degraded, a call tries it again (default 200 ms).
+    pub fn probe_every(mut self, every: Duration) -> Self {
+        self.settings.probe_every = every;
+        self
+    }
+
+    /// While the store is degraded, limits each key to `local` in this instance alone (the
+    /// default, with the fleet's quota).
+    pub fn fail_open(mut self, local: Quota) -> Self {
+        self.settings.local = Some(local);
+        self
+    }
+
+    /// While the store is degraded, fails every call that has no lease left.
+    pub fn fail_closed(mut self) -> Self {
+        self.settings.local = None;
+        self
+    }
+
+    /// Reads the time from `clock` (default: tokio's).
+    pub fn clock<Clk2: Clock>(self, clock: Clk2) -> FleetBuilder<St, F, Clk2, O> {
+        FleetBuilder {
+            store: self.store,
+            key: self.key,
+            settings: self.settings,
+            clock,
+            observer: self.observer,
+        }
+    }
+
+    /// Sends the layer's events to `observer`: permitted and rejected (reason `RateLimited`),
+    /// each with its key, `KeyEvicted`, and `StoreHealth` when the store becomes degraded or
+    /// healthy again.
+    pub fn observer<O2: Observer>(self, observer: O2) -> FleetBuilder<St, F, Clk, O2> {
+        FleetBuilder {
+            store: self.store,
+            key: self.key,
+            settings: self.settings,
+            clock: self.clock,
+            observer,
+        }
+    }
+
+    /// Checks the settings and builds the layer, allocating its table of keys.
+    pub fn build(self) -> Result<FleetRateLimitLayer<St, F, Clk, O>, ConfigError>
+    where
+        St: Store,
+        Clk: Clock,
+        O: Observer,
+    {
+        let FleetBuilder {
+            store,
+            key,
+            settings,
+            clock,
+            observer,
+        } = self;
+        settings.quota.validate()?;
+        if let Some(local) = &settings.local {
+            local.validate()?;
+        }
+        if settings.max_keys == 0 {
+            return Err(ConfigError::MaxKeys);
+        }
+        let (min, max) = settings.lease;
+        if min == 0 || min > max {
+            return Err(ConfigError::Lease { min, max });
+        }
+        for (value, what) in [
+            (settings.lease_lasts, "lease_lasts"),
+            (settings.store_timeout, "store timeout"),
+            (settings.probe_every, "probe interval"),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::Zero(what));
+            }
+        }
+        let breaker = match settings.breaker {
+            Some(breaker) => breaker,
+            None => CircuitBreakerLayer::builder()
+                .name(format!("{}.store", settings.name))
+                .no_failure_rate()
+                .consecutive_failures(3)
+                .open_duration(Duration::from_secs(1))
+                .open_backoff(2.0, Duration::from_secs(10))
+                .build()
+                .expect("the store breaker's settings are valid"),
+        };
+        let store = breaker.layer(Timeout::new(store, settings.store_timeout));
+        Ok(FleetRateLimitLayer {
+            shared: Arc::new(Fleet {
+                table: Table::new(settings.max_keys),
+                store,
+                quota: Mutex::new(settings.quota),
+                local: settings.local.as_ref().map(Rule::new),
+                lease_min: min.into(),
+                lease_max: max.into(),
+                lease_lasts: nanos(settings.lease_lasts),
+                probe_every: nanos(settings.probe_every),
+                wait_limit: settings.store_timeout.saturating_mul(2),
+                clock,
+                source: Source::new(settings.name, observer),
+                degraded: AtomicBool::new(false),
+                next_probe: AtomicU64::new(0),
+                store_calls: AtomicU64::new(0),
+                store_failures: AtomicU64::new(0),
+            }),
+            key,
+        })
+    }
+}
+
+impl<St, F, Clk, O> fmt::Debug for FleetBuilder<St, F, Clk, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FleetBuilder")
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+impl<St: Store, F, Clk, O> FleetRateLimitLayer<St, F, Clk, O> {
+    /// A handle on this layer's limit.
+    pub fn handle(&self) -> FleetHandle<St, Clk, O> {
+        FleetHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<St: Store, F: Clone, Clk, O> Clone for FleetRateLimitLayer<St, F, Clk, O> {
+    fn clone(&self) -> Self {
+        FleetRateLimitLayer {
+            shared: self.shared.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+impl<St: Store, F, Clk, O> fmt::Debug for FleetRateLimitLayer<St, F, Clk, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FleetRateLimitLayer")
+            .field("name", &self.shared.source.name())
+            .field("keys", &self.shared.table.keys())
+            .finish()
+    }
+}
+
+impl<S, St: Store, F: Clone, Clk, O> Layer<S> for FleetRateLimitLayer<St, F, Clk, O> {
+    type Service = FleetRateLimit<S, St, F, Clk, O>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        FleetRateLimit {
+            inner,
+            shared: self.shared.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+/// The service of [`FleetRateLimitLayer`].
+pub struct FleetRateLimit<S, St: Store, F, Clk: 'static = TokioClock, O: 'static = ()> {
+    inner: S,
+    shared: Arc<Fleet<St, Clk, O>>,
+    key: F,
+}
+
+impl<S: Clone, St: Store, F: Clone, Clk, O> Clone for FleetRateLimit<S, St, F, Clk, O> {
+    fn clone(&self) -> Self {
+        FleetRateLimit {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, St: Store, F, Clk, O> fmt::Debug for FleetRateLimit<S, St, F, Clk, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FleetRateLimit")
+            .field("name", &self.shared.source.name())
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl<S, St, F, K, Clk, O, Req> Service<Req> for FleetRateLimit<S, St, F, Clk, O>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    St: Store,
+    F: Fn(&Req) -> Option<K>,
+    K: Hash + fmt::Display,
+    Clk: Clock,
+    O: Observer,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = KeyedResponseFuture<S, Req>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        let Some(key) = (self.key)(&req) else {
+            return KeyedResponseFuture::called(self.inner.call(req));
+        };
+        let fleet = &self.shared;
+        let emit = fleet.emitter();
+        let place = fleet.table.locate(&key);
+        let index = fleet.entry(place);
+        let lease = &fleet.table.slot(index).cell;
+        let verdict = match lease.take() {
+            Some(left) => {
+                if left <= lease.low_water(fleet.lease_min) {
+                    fleet.renew(index, place, &key);
+                }
+                Verdict::Admit
+            }
+            None => fleet.without_lease(index, place, &key),
+        };
+        match verdict {
+            Verdict::Admit => {
+                emit.emit_keyed(EventKind::Permitted, &Shown(&key));
+                KeyedResponseFuture::called(self.inner.call(req))
+            }
+            Verdict::Reject(limited) => {
+                emit.emit_keyed(
+                    EventKind::Rejected {
+                        reason: RejectReason::RateLimited,
+                    },
+                    &Shown(&key),
+                );
+                KeyedResponseFuture::failed(limited)
+            }
+            Verdict::Wait => {
+                let wait = Arc::clone(fleet).wait(index, place, key.to_string());
+                KeyedResponseFuture::waiting(Box::pin(wait), self.inner.clone(), req)
+            }
+        }
+    }
+}
+
+/// A handle on a fleet-wide rate limiter: its quota, changeable at run time, the store's health,
+/// and counts of store calls.
+pub struct FleetHandle<St: Store, Clk: 'static = TokioClock, O: 'static = ()> {
+    shared: Arc<Fleet<St, Clk, O>>,
+}
+
+impl<St: Store, Clk: Clock, O: Observer> FleetHandle<St, Clk, O> {
+    /// The quota each key gets across the fleet.
+    pub fn quota(&self) -> Quota {
+        self.shared.quota()
+    }
+
+    /// Replaces this instance's quota per key, from its next lease on. Every instance sharing the
+    /// store should be given the same quota.
+    pub fn set_quota(&self, quota: Quota) -> Result<(), ConfigError> {
+        quota.validate()?;
+        *self.shared.quota.lock().unwrap_or_else(|e| e.into_inner()) = quota;
+        Ok(())
+    }
+
+    /// Whether the store is degraded now: its last call failed, and calls without a lease are
+    /// decided by the failure mode.
+    pub fn degraded(&self) -> bool {
+        self.shared.degraded.load(Relaxed)
+    }
+
+    /// How many calls this instance has made to the store.
+    pub fn store_calls(&self) -> u64 {
+        self.shared.store_calls.load(Relaxed)
+    }
+
+    /// How many of them failed or timed out.
+    pub fn store_failures(&self) -> u64 {
+        self.shared.store_failures.load(Relaxed)
+    }
+
+    /// The admissions this instance holds for `key` and has not spent yet.
+    pub fn leased<K: Hash + ?Sized>(&self, key: &K) -> u64 {
+        let table = &self.shared.table;
+        table
+            .find(table.locate(key))
+            .map_or(0, |index| table.slot(index).cell.remaining.load(Relaxed))
+    }
+
+    /// How many keys this instance holds leases or state for.
+    pub fn keys(&self) -> u64 {
+        self.shared.table.keys()
+    }
+}
+
+impl<St: Store, Clk, O> Clone for FleetHandle<St, Clk, O> {
+    fn clone(&self) -> Self {
+        FleetHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<St: Store, Clk, O> fmt::Debug for FleetHandle<St, Clk, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FleetHandle")
+            .field("name", &self.shared.source.name())
+            .field("degraded", &self.shared.degraded.load(Relaxed))
+            .field("store_calls", &self.shared.store_calls.load(Relaxed))
+            .finish()
+    }
+}

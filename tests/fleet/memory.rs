@@ -1,0 +1,259 @@
+//! The fleet limiter over the in-memory store, in paused time.
+
+use super::{admitted, load, ok, Flaky, KeyFn, Mode, Req, KEY};
+use seawall::core::{Event, EventKind, Observer};
+use seawall::limit::error::RateLimited;
+use seawall::limit::fleet::{ConfigError, FleetBuilder, FleetRateLimitLayer, MemoryStore, Store};
+use seawall::limit::rate::{Quota, TokioClock};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::{sleep, Instant};
+use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
+
+/// Three instances over one store, each with four callers about every 10 ms for 5 s, share a
+/// limit of 20 a second (burst 5): the total stays within 20 × 5 + burst + the instances' largest
+/// leases, comes close to it, and each instance gets a share.
+#[tokio::test(start_paused = true)]
+async fn instances_share_one_limit() {
+    let store = MemoryStore::new();
+    let instances = (0..3)
+        .map(|_| {
+            let layer =
+                FleetRateLimitLayer::builder(store.clone(), Quota::per_second(20).burst(5), KEY)
+                    .lease(1, 4)
+                    .build()
+                    .unwrap();
+            (0..4).map(|_| layer.layer(service_fn(ok))).collect()
+        })
+        .collect();
+    let each = load(instances, "tenant", Duration::from_secs(5)).await;
+    let total: u64 = each.iter().sum();
+    assert!(total <= 20 * 5 + 5 + 3 * 4, "admitted {total} ({each:?})");
+    assert!(total >= 95, "admitted only {total} ({each:?})");
+    for n in &each {
+        assert!(*n >= total / 10, "an instance starved: {each:?}");
+    }
+}
+
+/// A hot key's lease grows, so the store sees far fewer calls than the limiter admits, and the
+/// lease never exceeds its bound.
+#[tokio::test(start_paused = true)]
+async fn leases_grow_for_a_hot_key_and_spare_the_store() {
+    let layer = FleetRateLimitLayer::builder(MemoryStore::new(), Quota::per_second(10_000), KEY)
+        .lease(1, 64)
+        .lease_lasts(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut service = layer.layer(service_fn(ok));
+    let mut admitted_calls = 0u64;
+    for _ in 0..2_000 {
+        if admitted(&mut service, "hot").await {
+            admitted_calls += 1;
+        }
+        assert!(handle.leased(&"hot") <= 64);
+        sleep(Duration::from_micros(500)).await;
+    }
+    assert_eq!(admitted_calls, 2_000);
+    // 2,000 calls in a second: at lease 64 about 31 store calls; growing from 1 costs a few more.
+    let calls = handle.store_calls();
+    assert!(
+        calls <= 2_000 / 16,
+        "{calls} store calls for 2,000 admissions"
+    );
+    assert_eq!(handle.store_failures(), 0);
+}
+
+/// Keys are limited apart, and requests without a key pass uncounted.
+#[tokio::test(start_paused = true)]
+async fn keys_are_isolated_and_keyless_requests_pass() {
+    let layer = FleetRateLimitLayer::builder(MemoryStore::new(), Quota::per_second(2), KEY)
+        .build()
+        .unwrap();
+    let mut service = layer.layer(service_fn(ok));
+    async fn five<S>(service: &mut S, k: &'static str) -> u32
+    where
+        S: Service<Req, Response = (), Error = BoxError>,
+    {
+        let mut n = 0;
+        for _ in 0..5 {
+            n += admitted(service, k).await as u32;
+        }
+        n
+    }
+    assert_eq!(five(&mut service, "a").await, 2);
+    assert_eq!(five(&mut service, "b").await, 2);
+    assert_eq!(five(&mut service, "").await, 5);
+    assert_eq!(five(&mut service, "a").await, 0);
+    sleep(Duration::from_millis(500)).await;
+    assert_eq!(five(&mut service, "a").await, 1);
+}
+
+#[derive(Clone, Default)]
+struct Health(Arc<Mutex<Vec<bool>>>);
+
+impl Observer for Health {
+    fn on_event(&self, event: &Event<'_>) {
+        if let EventKind::StoreHealth { degraded } = event.kind {
+            self.0.lock().unwrap().push(degraded);
+        }
+    }
+}
+
+type Builder<St, O = ()> = FleetBuilder<St, KeyFn, TokioClock, O>;
+
+fn flaky_layer(store: &Flaky<MemoryStore>, health: &Health) -> Builder<Flaky<MemoryStore>, Health> {
+    FleetRateLimitLayer::builder(store.clone(), Quota::per_second(100), KEY)
+        .store_timeout(Duration::from_millis(50))
+        .probe_every(Duration::from_millis(100))
+        .observer(health.clone())
+}
+
+/// A store that fails: the limiter falls back to its local limit at once, says so once, and goes
+/// back to the store by itself when it answers again.
+#[tokio::test(start_paused = true)]
+async fn a_failing_store_falls_back_to_the_local_limit_and_recovers() {
+    let store = Flaky::new(MemoryStore::new());
+    let health = Health::default();
+    let layer = flaky_layer(&store, &health)
+        .fail_open(Quota::per_second(3))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut service = layer.layer(service_fn(ok));
+    assert!(admitted(&mut service, "k").await);
+    store.set(Mode::Failing);
+    let mut n = 0;
+    for _ in 0..10 {
+        n += admitted(&mut service, "k").await as u32;
+    }
+    assert!(handle.degraded());
+    // The lease left over (at most 1, the smallest), then the local limit's burst of 3.
+    assert!((3..=4).contains(&n), "admitted {n} while degraded");
+    assert_eq!(*health.0.lock().unwrap(), [true]);
+
+    store.set(Mode::Up);
+    // The breaker opened after 3 failures for 1 s; probes resume after it.
+    sleep(Duration::from_millis(1_200)).await;
+    let mut n = 0;
+    for _ in 0..20 {
+        n += admitted(&mut service, "k").await as u32;
+        sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!handle.degraded(), "not recovered");
+    assert_eq!(*health.0.lock().unwrap(), [true, false]);
+    assert!(n >= 15, "admitted {n} of 20 after recovery (quota 100/s)");
+}
+
+/// A store that never answers: a call waiting for a lease gets the fallback's answer within
+/// about the store timeout, never hangs; fail closed, it is refused.
+#[tokio::test(start_paused = true)]
+async fn a_hung_store_costs_at_most_the_store_timeout() {
+    let store = Flaky::new(MemoryStore::new());
+    let health = Health::default();
+    let layer = flaky_layer(&store, &health).fail_closed().build().unwrap();
+    let mut service = layer.layer(service_fn(ok));
+    store.set(Mode::Hanging);
+    let start = Instant::now();
+    let first = service.ready().await.unwrap().call(Req("k")).await;
+    let waited = start.elapsed();
+    let err = first.unwrap_err();
+    let limited = err.downcast_ref::<RateLimited>().expect("RateLimited");
+    assert!(limited.retry_after() > Duration::ZERO);
+    assert!(waited <= Duration::from_millis(60), "waited {waited:?}");
+    // Degraded now: the next call is refused at once, without waiting.
+    let start = Instant::now();
+    assert!(!admitted(&mut service, "k").await);
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(*health.0.lock().unwrap(), [true]);
+}
+
+/// Dropping calls that wait for a lease loses nothing: the renewal still lands, and the next
+/// call spends it.
+#[tokio::test(start_paused = true)]
+async fn cancelled_waiters_leave_the_lease_whole() {
+    let layer = FleetRateLimitLayer::builder(MemoryStore::new(), Quota::per_second(5), KEY)
+        .lease(4, 4)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut service = layer.layer(service_fn(ok));
+    let waiting = service.ready().await.unwrap().call(Req("k"));
+    drop(waiting);
+    tokio::task::yield_now().await;
+    assert_eq!(handle.leased(&"k"), 4);
+    for _ in 0..4 {
+        assert!(admitted(&mut service, "k").await);
+    }
+}
+
+/// A small table: keys beyond it take idle keys' slots, and limits still hold.
+#[tokio::test(start_paused = true)]
+async fn a_full_table_recycles_slots() {
+    let layer =
+        FleetRateLimitLayer::builder(MemoryStore::new(), Quota::per_second(1), |k: &String| {
+            Some(k.clone())
+        })
+        .max_keys(8)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut service = layer.layer(service_fn(|_: String| async {
+        Ok::<_, std::io::Error>(())
+    }));
+    for i in 0..100 {
+        let key = format!("k{i}");
+        assert!(service
+            .ready()
+            .await
+            .unwrap()
+            .call(key.clone())
+            .await
+            .is_ok());
+        assert!(service.ready().await.unwrap().call(key).await.is_err());
+    }
+    assert!(handle.keys() <= 8);
+}
+
+#[test]
+fn bad_settings_are_errors() {
+    let build = |f: fn(Builder<MemoryStore>) -> Builder<MemoryStore>| {
+        f(FleetRateLimitLayer::builder(
+            MemoryStore::new(),
+            Quota::per_second(1),
+            KEY,
+        ))
+        .build()
+        .map(|_| ())
+    };
+    assert!(matches!(
+        build(|b| b.lease(0, 4)),
+        Err(ConfigError::Lease { min: 0, max: 4 })
+    ));
+    assert!(matches!(
+        build(|b| b.lease(5, 4)),
+        Err(ConfigError::Lease { .. })
+    ));
+    assert_eq!(build(|b| b.max_keys(0)), Err(ConfigError::MaxKeys));
+    assert!(matches!(
+        build(|b| b.store_timeout(Duration::ZERO)),
+        Err(ConfigError::Zero(_))
+    ));
+    assert!(matches!(
+        build(|b| b.fail_open(Quota::per_second(0))),
+        Err(ConfigError::Quota(_))
+    ));
+    assert_eq!(build(|b| b), Ok(()));
+    let err = build(|b| b.lease(5, 4)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "lease bounds must satisfy 1 <= min <= max (got 5..=4)"
+    );
+}
+
+#[test]
+fn memory_and_test_stores_are_stores() {
+    fn store<St: Store>(_: &St) {}
+    store(&MemoryStore::new());
+    store(&Flaky::new(MemoryStore::new()));
+}
