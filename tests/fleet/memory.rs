@@ -12,7 +12,7 @@ use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
 
 /// Three instances over one store, each with four callers about every 10 ms for 5 s, share a
 /// limit of 20 a second (burst 5): the total stays within 20 × 5 + burst + the instances' largest
-/// leases, comes close to it, and each instance gets a share.
+/// leases (4 + 1 each), comes close to it, and each instance gets a share.
 #[tokio::test(start_paused = true)]
 async fn instances_share_one_limit() {
     let store = MemoryStore::new();
@@ -28,7 +28,10 @@ async fn instances_share_one_limit() {
         .collect();
     let each = load(instances, "tenant", Duration::from_secs(5)).await;
     let total: u64 = each.iter().sum();
-    assert!(total <= 20 * 5 + 5 + 3 * 4, "admitted {total} ({each:?})");
+    assert!(
+        total <= 20 * 5 + 5 + 3 * (4 + 1),
+        "admitted {total} ({each:?})"
+    );
     assert!(total >= 95, "admitted only {total} ({each:?})");
     for n in &each {
         assert!(*n >= total / 10, "an instance starved: {each:?}");
@@ -51,7 +54,7 @@ async fn leases_grow_for_a_hot_key_and_spare_the_store() {
         if admitted(&mut service, "hot").await {
             admitted_calls += 1;
         }
-        assert!(handle.leased(&"hot") <= 64);
+        assert!(handle.leased(&"hot") <= 64 + 16);
         sleep(Duration::from_micros(500)).await;
     }
     assert_eq!(admitted_calls, 2_000);

@@ -40,18 +40,11 @@ impl Lease {
         self.size.load(Relaxed).max(min)
     }
 
-    /// How many admissions the next renewal asks for: what tops the lease up to its size, so
-    /// that an instance never holds more than the largest lease.
-    pub(super) fn want(&self, min: u64) -> u64 {
-        self.size(min)
-            .saturating_sub(self.remaining.load(Relaxed))
-            .max(1)
-    }
-
-    /// At or below how many admissions left the next lease is asked for.
+    /// At or below how many admissions left the next lease is asked for: a quarter of the lease
+    /// (rounded up), so an instance holds at most `size + ⌈size / 4⌉`.
     #[inline]
     pub(super) fn low_water(&self, min: u64) -> u64 {
-        self.size(min) / 2
+        self.size(min).div_ceil(4)
     }
 
     /// Credits a renewal's `grant` (of `want` asked for) at `now`, and sizes the next lease: a

@@ -12,16 +12,18 @@
 //!
 //! An instance does not ask the store about every call. It takes a *lease* of a few admissions
 //! for a key (one script call, taking that many slots of the key's GCRA at once) and spends it
-//! locally with one atomic decrement per call. When half the lease is spent it asks for the next
-//! one in the background, so a key with steady traffic never waits on the store. The lease size
+//! locally with one atomic decrement per call. When three quarters of the lease are spent it asks
+//! for the next one in the background, so a key with steady traffic never waits on the store, and
+//! an instance holds at most `lease + ⌈lease / 4⌉` admissions of a key. The lease size
 //! adapts to the key's rate: it doubles while leases last less than half the
 //! [`lease_lasts`](FleetBuilder::lease_lasts) target and halves while they last more than twice
 //! it, between the [`lease`](FleetBuilder::lease) bounds. The store sees about
 //! `rate ÷ lease size` calls per second per key and instance.
 //!
 //! What the fleet admits in any window is what the store granted in it, plus the admissions
-//! leased before the window and spent in it: **at most `instances × max lease` per key above the
-//! quota**, and nothing above it for a fleet that starts with no leases. Admissions leased and
+//! leased before the window and spent in it: **at most `instances × (max + ⌈max / 4⌉)` per key
+//! above the quota** (`max` the largest [`lease`](FleetBuilder::lease), 32 by default), and
+//! nothing above it for a fleet that starts with no leases. Admissions leased and
 //! never spent (an instance that stops, a key evicted from the local table) are lost, which errs
 //! on letting fewer through.
 //!
@@ -238,7 +240,7 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
             self.degrade(self.clock.now());
             return false;
         };
-        let want = lease.want(self.lease_min);
+        let want = lease.size(self.lease_min);
         runtime.spawn(Arc::clone(self).renewal(index, place.tag, key.to_string(), want));
         true
     }
@@ -493,7 +495,8 @@ impl<St, F, Clk, O> FleetBuilder<St, F, Clk, O> {
     }
 
     /// The smallest and largest lease, in admissions (default 1 and 32). The largest bounds the
-    /// fleet's overshoot: at most `instances × max` per key above the quota in any window.
+    /// fleet's overshoot: at most `instances × (max + ⌈max / 4⌉)` per key above the quota in any
+    /// window (40 per instance at the default).
     pub fn lease(mut self, min: u32, max: u32) -> Self {
         self.settings.lease = (min, max);
         self

@@ -43,6 +43,11 @@ static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(GCRA));
 /// clock, not the instances'. A key expires as soon as it is idle (its burst whole again), so idle
 /// keys do not accumulate.
 ///
+/// Times in Redis are whole microseconds: a quota's interval is rounded up to one, so quotas of
+/// up to 1,000,000 calls a second per key are kept, exactly when the interval is a whole number
+/// of microseconds (20, 1,000 or 250,000 a second) and a little under otherwise (300,000 a second
+/// is kept as 250,000).
+///
 /// The connection is tokio's multiplexed connection under `redis`'s connection manager, which
 /// reconnects by itself when the server comes back. Clones share it.
 ///
@@ -215,7 +220,9 @@ impl Service<Take> for RedisStore {
     fn call(&mut self, take: Take) -> RedisFuture {
         let mut connection = self.connection.clone();
         let key = format!("{}{}", self.prefix, take.key);
-        let interval = (take.quota.interval_nanos() / 1_000).max(1);
+        // Whole microseconds, rounded up, so that the store never lets more through than the
+        // quota.
+        let interval = take.quota.interval_nanos().div_ceil(1_000);
         let tolerance = interval.saturating_mul(take.quota.burst_size().into());
         let want = take.want.max(1);
         Box::pin(async move {
