@@ -16,6 +16,7 @@ use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
 #[tokio::test(start_paused = true)]
 async fn instances_share_one_limit() {
     let store = MemoryStore::new();
+    let mut handles = Vec::new();
     let instances = (0..3)
         .map(|_| {
             let layer =
@@ -23,6 +24,7 @@ async fn instances_share_one_limit() {
                     .lease(1, 4)
                     .build()
                     .unwrap();
+            handles.push(layer.handle());
             (0..4).map(|_| layer.layer(service_fn(ok))).collect()
         })
         .collect();
@@ -36,6 +38,12 @@ async fn instances_share_one_limit() {
     for n in &each {
         assert!(*n >= total / 10, "an instance starved: {each:?}");
     }
+    // Slots are reserved ahead, not polled for: about one store call per admission.
+    let calls: u64 = handles.iter().map(|h| h.store_calls()).sum();
+    assert!(
+        calls <= total + 3 * 10,
+        "{calls} store calls for {total} admissions"
+    );
 }
 
 /// A hot key's lease grows, so the store sees far fewer calls than the limiter admits, and the

@@ -29,7 +29,7 @@ use tower::{BoxError, Service};
 /// assert_eq!(grant.granted, 5); // the whole burst, no more
 /// let grant = store.oneshot(take).await.unwrap();
 /// assert_eq!(grant.granted, 0);
-/// assert_eq!(grant.retry_after, std::time::Duration::from_millis(200));
+/// assert_eq!(grant.wait, std::time::Duration::from_millis(200));
 /// # }
 /// ```
 #[derive(Clone)]
@@ -102,10 +102,11 @@ impl Service<Take> for MemoryStore {
             interval,
             tolerance,
             take.want.max(1).into(),
+            crate::sync::nanos(take.max_wait),
         );
         std::future::ready(Ok(Grant {
             granted: granted as u32,
-            retry_after: Duration::from_nanos(wait),
+            wait: Duration::from_nanos(wait),
         }))
     }
 }

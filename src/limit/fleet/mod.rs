@@ -20,6 +20,13 @@
 //! it, between the [`lease`](FleetBuilder::lease) bounds. The store sees about
 //! `rate ÷ lease size` calls per second per key and instance.
 //!
+//! A key over its quota is not polled for: when no slot is free, the store reserves the
+//! instance's next ones, up to [`reserve_ahead`](FleetBuilder::reserve_ahead) ahead (1 s by
+//! default), and the instance refuses calls with the exact time to come back until they are due,
+//! asking the store nothing meanwhile. Its lease halves while the key stays over quota, so
+//! instances take the key's slots in small turns, in the order they ask, and the store sees at
+//! most about the key's rate in calls, however many instances there are.
+//!
 //! What the fleet admits in any window is what the store granted in it, plus the admissions
 //! leased before the window and spent in it: **at most `instances × (max + ⌈max / 4⌉)` per key
 //! above the quota** (`max` the largest [`lease`](FleetBuilder::lease), 32 by default), and
@@ -89,7 +96,9 @@ use lease::Lease;
 use std::borrow::Cow;
 use std::fmt;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::AcqRel, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed,
+};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -107,16 +116,26 @@ pub struct Take {
     pub want: u32,
     /// The key's quota.
     pub quota: Quota,
+    /// How far ahead the store may reserve slots when none is free now (zero: only slots free
+    /// now).
+    pub max_wait: Duration,
 }
 
 impl Take {
-    /// A take of up to `want` admissions for `key` from `quota`.
+    /// A take of up to `want` admissions for `key` from `quota`, of slots free now.
     pub fn new(key: impl Into<String>, want: u32, quota: Quota) -> Self {
         Take {
             key: key.into(),
             want,
             quota,
+            max_wait: Duration::ZERO,
         }
+    }
+
+    /// Lets the store reserve slots up to `max_wait` ahead.
+    pub fn max_wait(mut self, max_wait: Duration) -> Self {
+        self.max_wait = max_wait;
+        self
     }
 }
 
@@ -125,8 +144,9 @@ impl Take {
 pub struct Grant {
     /// How many admissions were taken for the instance: from 0 to the number wanted.
     pub granted: u32,
-    /// When none were: how long until one can be.
-    pub retry_after: Duration,
+    /// When some were: how long until they are due (zero: now; at most the take's `max_wait`).
+    /// When none were: how long until one could be taken at once.
+    pub wait: Duration,
 }
 
 /// Where a fleet-wide limit is kept: a service answering [`Take`]s with [`Grant`]s, cheap to
@@ -182,6 +202,7 @@ struct Fleet<St: Store, Clk, O> {
     lease_min: u64,
     lease_max: u64,
     lease_lasts: u64,
+    reserve_ahead: Duration,
     probe_every: u64,
     wait_limit: Duration,
     clock: Clk,
@@ -226,6 +247,10 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
             return false;
         }
         let lease = &self.table.slot(index).cell;
+        // Slots reserved and not due yet: the next lease is asked for once they are spent.
+        if lease.reserved.load(Acquire) != 0 {
+            return false;
+        }
         // The store said when it would have room: asking before then would only be refused
         // again, and would hand every freed slot to the instance that asks most often.
         let denied = lease.denied_until.load(Relaxed);
@@ -266,6 +291,7 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
             key,
             want: u32::try_from(want).unwrap_or(u32::MAX),
             quota,
+            max_wait: self.reserve_ahead,
         };
         let result = async {
             std::future::poll_fn(|cx| store.poll_ready(cx)).await?;
@@ -329,6 +355,23 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
     ) -> Verdict {
         let lease = &self.table.slot(index).cell;
         let now = self.clock.now();
+        if lease.reserved.load(Acquire) != 0 {
+            let due = lease.due.load(Relaxed);
+            if due > now {
+                return Verdict::Reject(RateLimited {
+                    retry_after: Duration::from_nanos(due - now),
+                });
+            }
+            lease
+                .remaining
+                .fetch_add(lease.reserved.swap(0, Relaxed), Relaxed);
+            if let Some(left) = lease.take() {
+                if left <= lease.low_water(self.lease_min) {
+                    self.renew(index, place, key);
+                }
+                return Verdict::Admit;
+            }
+        }
         if self.degraded.load(Relaxed) {
             self.renew(index, place, key);
             return self.fallback(lease, now);
@@ -445,6 +488,7 @@ impl<St: Store, F> FleetRateLimitLayer<St, F> {
                 max_keys: 10_000,
                 lease: (1, 32),
                 lease_lasts: Duration::from_millis(100),
+                reserve_ahead: Duration::from_secs(1),
                 store_timeout: Duration::from_millis(100),
                 probe_every: Duration::from_millis(200),
                 breaker: None,
@@ -473,6 +517,7 @@ struct FleetSettings {
     max_keys: usize,
     lease: (u32, u32),
     lease_lasts: Duration,
+    reserve_ahead: Duration,
     store_timeout: Duration,
     probe_every: Duration,
     breaker: Option<CircuitBreakerLayer>,
@@ -506,6 +551,17 @@ impl<St, F, Clk, O> FleetBuilder<St, F, Clk, O> {
     /// spend them faster and shrink for keys that spend them slower.
     pub fn lease_lasts(mut self, lasts: Duration) -> Self {
         self.settings.lease_lasts = lasts;
+        self
+    }
+
+    /// How far ahead the store may reserve a key's next slots when it has none free now (default
+    /// 1 s; zero: never). An instance holding a reservation refuses calls until it is due, with
+    /// the exact time to come back, and asks the store nothing meanwhile: a key held over its
+    /// quota by many instances costs one store call per lease, not one per instance each time a
+    /// slot frees. Reserved slots an instance does not use (its callers gave up, it stopped) are
+    /// lost, at most one lease's worth.
+    pub fn reserve_ahead(mut self, ahead: Duration) -> Self {
+        self.settings.reserve_ahead = ahead;
         self
     }
 
@@ -620,6 +676,7 @@ impl<St, F, Clk, O> FleetBuilder<St, F, Clk, O> {
                 lease_min: min.into(),
                 lease_max: max.into(),
                 lease_lasts: nanos(settings.lease_lasts),
+                reserve_ahead: settings.reserve_ahead,
                 probe_every: nanos(settings.probe_every),
                 wait_limit: settings.store_timeout.saturating_mul(2),
                 clock,
@@ -803,12 +860,14 @@ impl<St: Store, Clk: Clock, O: Observer> FleetHandle<St, Clk, O> {
         self.shared.store_failures.load(Relaxed)
     }
 
-    /// The admissions this instance holds for `key` and has not spent yet.
+    /// The admissions this instance holds for `key` and has not spent yet, those reserved for
+    /// later included.
     pub fn leased<K: Hash + ?Sized>(&self, key: &K) -> u64 {
         let table = &self.shared.table;
-        table
-            .find(table.locate(key))
-            .map_or(0, |index| table.slot(index).cell.remaining.load(Relaxed))
+        table.find(table.locate(key)).map_or(0, |index| {
+            let lease = &table.slot(index).cell;
+            lease.remaining.load(Relaxed) + lease.reserved.load(Relaxed)
+        })
     }
 
     /// How many keys this instance holds leases or state for.

@@ -11,28 +11,33 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tower::{BoxError, Service};
 
-/// The GCRA of [`gcra::take`](crate::limit::rate::gcra) for up to `want` admissions at once, on
-/// Redis's clock (so that instances need not agree on the time), in microseconds. A key whose
-/// theoretical arrival time has passed is worth nothing, so it expires then: idle keys leave
-/// nothing behind. Lua numbers are doubles, exact to 2^53 µs (285 years) since the epoch.
+/// The GCRA of the in-memory store for up to `want` admissions at once, reserving slots up to
+/// `max_wait` ahead, on Redis's clock (so that instances need not agree on the time), in
+/// microseconds. A key whose theoretical arrival time has passed is worth nothing, so it expires
+/// then: idle keys leave nothing behind. Lua numbers are doubles, exact to 2^53 µs (285 years)
+/// since the epoch.
 ///
-/// KEYS[1]: the key. ARGV: interval, tolerance (µs), want. Returns {granted, retry_after µs}.
+/// KEYS[1]: the key. ARGV: interval, tolerance, want, max_wait (times in µs).
+/// Returns {granted, wait µs}: the wait until the first granted slot, or, when none was granted,
+/// until one could be taken at once.
 const GCRA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
 local want = tonumber(ARGV[3])
+local max_wait = tonumber(ARGV[4])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 local used = tat - now
-local granted = math.min(want, math.floor((tolerance - used) / interval))
+local wait = math.max(used + interval - tolerance, 0)
+local granted = math.min(want, math.floor((tolerance + max_wait - used) / interval))
 if granted < 1 then
-  return {0, used + interval - tolerance}
+  return {0, wait}
 end
 tat = tat + granted * interval
 redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
-return {granted, 0}
+return {granted, wait}
 ";
 
 static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(GCRA));
@@ -225,17 +230,19 @@ impl Service<Take> for RedisStore {
         let interval = take.quota.interval_nanos().div_ceil(1_000);
         let tolerance = interval.saturating_mul(take.quota.burst_size().into());
         let want = take.want.max(1);
+        let max_wait = take.max_wait.as_micros() as u64;
         Box::pin(async move {
-            let (granted, retry_after): (u32, u64) = SCRIPT
+            let (granted, wait): (u32, u64) = SCRIPT
                 .key(key)
                 .arg(interval)
                 .arg(tolerance)
                 .arg(want)
+                .arg(max_wait)
                 .invoke_async(&mut connection)
                 .await?;
             Ok(Grant {
                 granted,
-                retry_after: Duration::from_micros(retry_after),
+                wait: Duration::from_micros(wait),
             })
         })
     }

@@ -188,9 +188,10 @@ impl Rule {
 }
 
 /// Takes up to `want` calls at once from the cell `tat` at `now`, for a quota of `interval` and
-/// `tolerance` (see [`Rule::decide`]): as many as fit, `k` such that
-/// `max(tat, now) + k × interval − now ≤ tolerance`. Returns how many were taken and, when none
-/// could be, how long until one can.
+/// `tolerance` (see [`Rule::decide`]), reserving slots up to `max_wait` ahead: as many as fit,
+/// `k` such that `max(tat, now) + k × interval − now ≤ tolerance + max_wait`. Returns how many
+/// were taken and how long until the first of them is due (0: now); when none could be, how
+/// long until one could be taken without waiting.
 #[cfg_attr(not(feature = "fleet"), allow(dead_code))]
 pub(crate) fn take(
     tat: &AtomicU64,
@@ -198,20 +199,22 @@ pub(crate) fn take(
     interval: u64,
     tolerance: u64,
     want: u64,
+    max_wait: u64,
 ) -> (u64, u64) {
     let interval = interval.max(1);
     let mut current = tat.load(Relaxed);
     loop {
         let base = current.max(now);
         let used = base - now;
-        let room = tolerance.saturating_sub(used) / interval;
+        let wait = (used + interval).saturating_sub(tolerance);
+        let room = tolerance.saturating_add(max_wait).saturating_sub(used) / interval;
         let granted = room.min(want);
         if granted == 0 {
-            return (0, (used + interval).saturating_sub(tolerance));
+            return (0, wait);
         }
         let next = base.saturating_add(granted * interval);
         match tat.compare_exchange_weak(current, next, Relaxed, Relaxed) {
-            Ok(_) => return (granted, 0),
+            Ok(_) => return (granted, wait),
             Err(actual) => current = actual,
         }
     }
@@ -270,11 +273,20 @@ mod tests {
     fn take_grants_what_fits_and_says_when_more_will() {
         let tat = AtomicU64::new(0);
         // 10 a second, burst 3: three at once, then one per 100 ms.
-        assert_eq!(take(&tat, 0, 100 * MS, 300 * MS, 5), (3, 0));
-        assert_eq!(take(&tat, 0, 100 * MS, 300 * MS, 5), (0, 100 * MS));
-        assert_eq!(take(&tat, 150 * MS, 100 * MS, 300 * MS, 5), (1, 0));
-        assert_eq!(take(&tat, 150 * MS, 100 * MS, 300 * MS, 1), (0, 50 * MS));
-        assert_eq!(take(&tat, 10_000 * MS, 100 * MS, 300 * MS, 2), (2, 0));
+        assert_eq!(take(&tat, 0, 100 * MS, 300 * MS, 5, 0), (3, 0));
+        assert_eq!(take(&tat, 0, 100 * MS, 300 * MS, 5, 0), (0, 100 * MS));
+        assert_eq!(take(&tat, 150 * MS, 100 * MS, 300 * MS, 5, 0), (1, 0));
+        assert_eq!(take(&tat, 150 * MS, 100 * MS, 300 * MS, 1, 0), (0, 50 * MS));
+        // Reserving ahead: the next two slots, the first due in 50 ms, the second 150 ms on.
+        assert_eq!(
+            take(&tat, 150 * MS, 100 * MS, 300 * MS, 5, 150 * MS),
+            (2, 50 * MS)
+        );
+        assert_eq!(
+            take(&tat, 150 * MS, 100 * MS, 300 * MS, 5, 150 * MS),
+            (0, 250 * MS)
+        );
+        assert_eq!(take(&tat, 10_000 * MS, 100 * MS, 300 * MS, 2, 0), (2, 0));
         // The same calls one at a time through `decide` take the same slots.
         let rule = Rule::new(&Quota::per_second(10).burst(3));
         let one = AtomicU64::new(0);
