@@ -10,6 +10,7 @@
 //! | HTTP classification, `Retry-After` | [`http`] | `http` (default) |
 //! | the `grpc-timeout` header | [`grpc`] | `http` (default) |
 //! | adaptive concurrency, client-side throttling, rate limits | [`limit`], `limit::rate` | `limit` (default) |
+//! | fleet-wide rate limits through a shared store (Redis) | `limit::fleet` | `fleet`; Redis with `redis` |
 //! | what an error out of a stack is | [`error`] | always |
 //! | fallback: degraded answers in place of failures | `fallback` | `fallback` (default) |
 //! | the standard client and server stacks | `stack` | `timeout` (default), with the layers they hold |
@@ -232,6 +233,10 @@ service_builder_ext! {
 
     /// Limits the rate of calls to the services built below per key of the request.
     ["limit"] fn keyed_rate_limit<F, Clk, O>(layer: limit::rate::KeyedRateLimitLayer<F, Clk, O>);
+
+    /// Limits the rate of calls per key of the request across every instance sharing the
+    /// layer's store.
+    ["fleet"] fn fleet_rate_limit<St, F, Clk, O>(layer: limit::fleet::FleetRateLimitLayer<St, F, Clk, O>);
 
     /// Answers in place of the services built below when their calls fail as chosen.
     ///

@@ -193,7 +193,7 @@ pub enum ConfigError {
 type Guarded<St> = CircuitBreaker<Timeout<St>>;
 
 /// What a fleet limiter shares between its layers, services and background renewals.
-struct Fleet<St: Store, Clk, O> {
+struct Fleet<St, Clk, O> {
     table: Table<Lease>,
     store: Guarded<St>,
     quota: Mutex<Quota>,
@@ -470,7 +470,7 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
 /// uncounted. A call over its key's quota fails with [`RateLimited`]. A call that finds its
 /// key's lease spent while the next is on its way waits for it in its response future, and then
 /// calls a clone of the inner service (which is why the inner service must be `Clone`).
-pub struct FleetRateLimitLayer<St: Store, F, Clk: 'static = TokioClock, O: 'static = ()> {
+pub struct FleetRateLimitLayer<St, F, Clk: 'static = TokioClock, O: 'static = ()> {
     shared: Arc<Fleet<St, Clk, O>>,
     key: F,
 }
@@ -699,7 +699,7 @@ impl<St, F, Clk, O> fmt::Debug for FleetBuilder<St, F, Clk, O> {
     }
 }
 
-impl<St: Store, F, Clk, O> FleetRateLimitLayer<St, F, Clk, O> {
+impl<St, F, Clk, O> FleetRateLimitLayer<St, F, Clk, O> {
     /// A handle on this layer's limit.
     pub fn handle(&self) -> FleetHandle<St, Clk, O> {
         FleetHandle {
@@ -708,7 +708,7 @@ impl<St: Store, F, Clk, O> FleetRateLimitLayer<St, F, Clk, O> {
     }
 }
 
-impl<St: Store, F: Clone, Clk, O> Clone for FleetRateLimitLayer<St, F, Clk, O> {
+impl<St, F: Clone, Clk, O> Clone for FleetRateLimitLayer<St, F, Clk, O> {
     fn clone(&self) -> Self {
         FleetRateLimitLayer {
             shared: self.shared.clone(),
@@ -717,7 +717,7 @@ impl<St: Store, F: Clone, Clk, O> Clone for FleetRateLimitLayer<St, F, Clk, O> {
     }
 }
 
-impl<St: Store, F, Clk, O> fmt::Debug for FleetRateLimitLayer<St, F, Clk, O> {
+impl<St, F, Clk, O> fmt::Debug for FleetRateLimitLayer<St, F, Clk, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FleetRateLimitLayer")
             .field("name", &self.shared.source.name())
@@ -726,7 +726,7 @@ impl<St: Store, F, Clk, O> fmt::Debug for FleetRateLimitLayer<St, F, Clk, O> {
     }
 }
 
-impl<S, St: Store, F: Clone, Clk, O> Layer<S> for FleetRateLimitLayer<St, F, Clk, O> {
+impl<S, St, F: Clone, Clk, O> Layer<S> for FleetRateLimitLayer<St, F, Clk, O> {
     type Service = FleetRateLimit<S, St, F, Clk, O>;
 
     fn layer(&self, inner: S) -> Self::Service {
@@ -739,13 +739,13 @@ impl<S, St: Store, F: Clone, Clk, O> Layer<S> for FleetRateLimitLayer<St, F, Clk
 }
 
 /// The service of [`FleetRateLimitLayer`].
-pub struct FleetRateLimit<S, St: Store, F, Clk: 'static = TokioClock, O: 'static = ()> {
+pub struct FleetRateLimit<S, St, F, Clk: 'static = TokioClock, O: 'static = ()> {
     inner: S,
     shared: Arc<Fleet<St, Clk, O>>,
     key: F,
 }
 
-impl<S: Clone, St: Store, F: Clone, Clk, O> Clone for FleetRateLimit<S, St, F, Clk, O> {
+impl<S: Clone, St, F: Clone, Clk, O> Clone for FleetRateLimit<S, St, F, Clk, O> {
     fn clone(&self) -> Self {
         FleetRateLimit {
             inner: self.inner.clone(),
@@ -755,7 +755,7 @@ impl<S: Clone, St: Store, F: Clone, Clk, O> Clone for FleetRateLimit<S, St, F, C
     }
 }
 
-impl<S: fmt::Debug, St: Store, F, Clk, O> fmt::Debug for FleetRateLimit<S, St, F, Clk, O> {
+impl<S: fmt::Debug, St, F, Clk, O> fmt::Debug for FleetRateLimit<S, St, F, Clk, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FleetRateLimit")
             .field("name", &self.shared.source.name())
@@ -826,7 +826,7 @@ where
 
 /// A handle on a fleet-wide rate limiter: its quota, changeable at run time, the store's health,
 /// and counts of store calls.
-pub struct FleetHandle<St: Store, Clk: 'static = TokioClock, O: 'static = ()> {
+pub struct FleetHandle<St, Clk: 'static = TokioClock, O: 'static = ()> {
     shared: Arc<Fleet<St, Clk, O>>,
 }
 
@@ -876,7 +876,7 @@ impl<St: Store, Clk: Clock, O: Observer> FleetHandle<St, Clk, O> {
     }
 }
 
-impl<St: Store, Clk, O> Clone for FleetHandle<St, Clk, O> {
+impl<St, Clk, O> Clone for FleetHandle<St, Clk, O> {
     fn clone(&self) -> Self {
         FleetHandle {
             shared: self.shared.clone(),
@@ -884,7 +884,7 @@ impl<St: Store, Clk, O> Clone for FleetHandle<St, Clk, O> {
     }
 }
 
-impl<St: Store, Clk, O> fmt::Debug for FleetHandle<St, Clk, O> {
+impl<St, Clk, O> fmt::Debug for FleetHandle<St, Clk, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FleetHandle")
             .field("name", &self.shared.source.name())
