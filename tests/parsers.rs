@@ -71,7 +71,8 @@ proptest! {
 
     #[test]
     fn pushback_reads_milliseconds_and_refuses_the_rest(value in header_value()) {
-        let text = value.to_str().ok().map(str::to_owned);
+        // Spaces and tabs around the value are not part of it.
+        let text = value.to_str().ok().map(|t| t.trim_matches([' ', '\t']).to_owned());
         let parsed = parse_retry_pushback(&value);
         match text.as_deref().map(|t| (t, t.parse::<u64>())) {
             Some((t, Ok(ms))) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => {

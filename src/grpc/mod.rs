@@ -176,7 +176,8 @@ pub enum Pushback {
 }
 
 /// Reads a `grpc-retry-pushback-ms` value: a non-negative number of milliseconds, ASCII digits
-/// only. Anything else, a negative value included, means do not retry.
+/// only, between optional spaces and tabs (which are not part of a field's value, as for
+/// `Retry-After`). Anything else, a negative value included, means do not retry.
 ///
 /// ```
 /// use http::HeaderValue;
@@ -185,6 +186,7 @@ pub enum Pushback {
 ///
 /// let parse = |v: &'static str| parse_retry_pushback(&HeaderValue::from_static(v));
 /// assert_eq!(parse("250"), Pushback::After(Duration::from_millis(250)));
+/// assert_eq!(parse(" 250\t"), Pushback::After(Duration::from_millis(250)));
 /// assert_eq!(parse("-1"), Pushback::DoNotRetry);
 /// assert_eq!(parse("soon"), Pushback::DoNotRetry);
 /// ```
@@ -192,6 +194,7 @@ pub fn parse_retry_pushback(value: &HeaderValue) -> Pushback {
     let Ok(text) = value.to_str() else {
         return Pushback::DoNotRetry;
     };
+    let text = text.trim_matches([' ', '\t']);
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return Pushback::DoNotRetry;
     }
