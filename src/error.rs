@@ -46,12 +46,15 @@ pub enum ErrorKind {
     TimedOut,
     /// A request carried a malformed deadline header.
     InvalidDeadline,
+    /// A call failed and the retry budget had nothing left for another attempt (made only by a
+    /// retry layer built with [`report_budget`](crate::retry::Builder::report_budget)).
+    RetryBudgetExhausted,
 }
 
 impl ErrorKind {
     /// How many kinds there are.
     #[allow(dead_code)]
-    pub(crate) const COUNT: usize = 7;
+    pub(crate) const COUNT: usize = 8;
 
     /// The kind's number, from 0 to `COUNT - 1`.
     #[allow(dead_code)]
@@ -64,6 +67,7 @@ impl ErrorKind {
             ErrorKind::RateLimited => 4,
             ErrorKind::TimedOut => 5,
             ErrorKind::InvalidDeadline => 6,
+            ErrorKind::RetryBudgetExhausted => 7,
         }
     }
 
@@ -77,6 +81,7 @@ impl ErrorKind {
             ErrorKind::RateLimited => "rate_limited",
             ErrorKind::TimedOut => "timed_out",
             ErrorKind::InvalidDeadline => "invalid_deadline",
+            ErrorKind::RetryBudgetExhausted => "retry_budget_exhausted",
         }
     }
 }
@@ -93,6 +98,7 @@ impl ErrorKind {
             ErrorKind::RateLimited => "rate limited",
             ErrorKind::TimedOut => "timed out",
             ErrorKind::InvalidDeadline => "invalid deadline header",
+            ErrorKind::RetryBudgetExhausted => "retry budget exhausted",
         }
     }
 }
@@ -128,12 +134,16 @@ pub enum Cause<'a> {
     /// A malformed deadline header.
     #[cfg(all(feature = "timeout", feature = "http"))]
     InvalidDeadline(&'a crate::timeout::error::InvalidTimeoutHeader),
+    /// A retry layer's budget ran out on a failing call.
+    #[cfg(feature = "retry")]
+    RetryBudgetExhausted(&'a crate::retry::policy::BudgetExhausted),
     /// Never made: it keeps the lifetime when no layer feature is on.
     #[cfg(not(any(
         feature = "circuit-breaker",
         feature = "bulkhead",
         feature = "limit",
-        feature = "timeout"
+        feature = "timeout",
+        feature = "retry"
     )))]
     #[doc(hidden)]
     _None(std::marker::PhantomData<&'a ()>),
@@ -157,11 +167,14 @@ impl Cause<'_> {
             Cause::TimedOut(_) => ErrorKind::TimedOut,
             #[cfg(all(feature = "timeout", feature = "http"))]
             Cause::InvalidDeadline(_) => ErrorKind::InvalidDeadline,
+            #[cfg(feature = "retry")]
+            Cause::RetryBudgetExhausted(_) => ErrorKind::RetryBudgetExhausted,
             #[cfg(not(any(
                 feature = "circuit-breaker",
                 feature = "bulkhead",
                 feature = "limit",
-                feature = "timeout"
+                feature = "timeout",
+                feature = "retry"
             )))]
             Cause::_None(_) => unreachable!("never made"),
         }
@@ -228,6 +241,10 @@ pub(crate) fn identify<'a>(err: &'a (dyn Error + 'static)) -> Option<Cause<'a>> 
     #[cfg(all(feature = "timeout", feature = "http"))]
     if let Some(e) = err.downcast_ref() {
         return Some(Cause::InvalidDeadline(e));
+    }
+    #[cfg(feature = "retry")]
+    if let Some(e) = err.downcast_ref() {
+        return Some(Cause::RetryBudgetExhausted(e));
     }
     None
 }

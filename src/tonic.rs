@@ -2,7 +2,7 @@
 //!
 //! | rejection ([`ErrorKind`]) | code |
 //! |---|---|
-//! | circuit open, throttled | `UNAVAILABLE` |
+//! | circuit open, throttled, retry budget exhausted | `UNAVAILABLE` |
 //! | bulkhead or adaptive limiter full, overloaded, rate limited | `RESOURCE_EXHAUSTED` |
 //! | timed out | `DEADLINE_EXCEEDED` |
 //! | malformed `grpc-timeout` | `INVALID_ARGUMENT` |
@@ -39,7 +39,9 @@ use tonic::{Code, Status};
 /// The code a rejection of kind `kind` is answered with.
 pub fn code(kind: ErrorKind) -> Code {
     match kind {
-        ErrorKind::CircuitOpen | ErrorKind::Throttled => Code::Unavailable,
+        ErrorKind::CircuitOpen | ErrorKind::Throttled | ErrorKind::RetryBudgetExhausted => {
+            Code::Unavailable
+        }
         ErrorKind::BulkheadFull | ErrorKind::Overloaded | ErrorKind::RateLimited => {
             Code::ResourceExhausted
         }

@@ -261,6 +261,7 @@ pub fn status(kind: ErrorKind) -> StatusCode {
         ErrorKind::CircuitOpen
         | ErrorKind::BulkheadFull
         | ErrorKind::Overloaded
-        | ErrorKind::Throttled => StatusCode::SERVICE_UNAVAILABLE,
+        | ErrorKind::Throttled
+        | ErrorKind::RetryBudgetExhausted => StatusCode::SERVICE_UNAVAILABLE,
     }
 }

@@ -186,6 +186,17 @@ impl<C, P, O> Builder<C, P, O> {
         self.with_hooks(|classify, _, observer| (classify, policy, observer))
     }
 
+    /// Makes a failed call that the retry budget would not retry end in
+    /// [`BudgetExhausted`](super::policy::BudgetExhausted) (wrapping the last attempt's error), so
+    /// that servers and fallbacks can tell "the dependency is failing for everyone" from the
+    /// failure itself: it maps to 503 and gRPC `UNAVAILABLE`. The service's error type must take
+    /// it (`BoxError` does). A failed *response* (an HTTP 503, say) is returned as it is.
+    pub fn report_budget(self) -> Builder<C, super::policy::ReportBudget<P>, O> {
+        self.with_hooks(|classify, policy, observer| {
+            (classify, super::policy::ReportBudget::new(policy), observer)
+        })
+    }
+
     /// Retries a failure only if `predicate(request, result)` also says so.
     ///
     /// ```

@@ -184,7 +184,7 @@ where
                                 reason,
                             });
                             this.source.done();
-                            return Poll::Ready(result);
+                            return Poll::Ready(this.policy.give_up(reason, attempt, result));
                         }
                     }
                 }

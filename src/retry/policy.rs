@@ -1,7 +1,8 @@
 //! What may be retried, and how a request is copied for another attempt: [`Policy`].
 
-use crate::core::{Deadline, DeadlineCarrier};
+use crate::core::{Deadline, DeadlineCarrier, GiveUpReason};
 use std::fmt;
+use tower::BoxError;
 
 /// Copies requests for further attempts, may decline to retry some, and reads their deadline.
 ///
@@ -23,6 +24,19 @@ pub trait Policy<Req, Res, E> {
     fn deadline(&self, req: &Req) -> Option<Deadline> {
         let _ = req;
         None
+    }
+
+    /// What the call returns when the layer stops retrying after `attempts` attempts for
+    /// `reason`: the last attempt's `result`, unchanged by default. See [`ReportBudget`], which
+    /// turns a failure the budget would not retry into [`BudgetExhausted`].
+    fn give_up(
+        &self,
+        reason: GiveUpReason,
+        attempts: u32,
+        result: Result<Res, E>,
+    ) -> Result<Res, E> {
+        let _ = (reason, attempts);
+        result
     }
 }
 
@@ -91,5 +105,105 @@ where
 
     fn deadline(&self, req: &Req) -> Option<Deadline> {
         self.policy.deadline(req)
+    }
+
+    fn give_up(
+        &self,
+        reason: GiveUpReason,
+        attempts: u32,
+        result: Result<Res, E>,
+    ) -> Result<Res, E> {
+        self.policy.give_up(reason, attempts, result)
+    }
+}
+
+/// A policy whose calls that fail and that the retry budget would not retry end in
+/// [`BudgetExhausted`], wrapping the last attempt's error; see
+/// [`Builder::report_budget`](super::Builder::report_budget). Everything else is the inner
+/// policy's.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReportBudget<P>(P);
+
+impl<P> ReportBudget<P> {
+    pub(crate) fn new(policy: P) -> Self {
+        ReportBudget(policy)
+    }
+}
+
+impl<Req, Res, E, P> Policy<Req, Res, E> for ReportBudget<P>
+where
+    P: Policy<Req, Res, E>,
+    E: Into<BoxError> + From<BudgetExhausted>,
+{
+    #[inline]
+    fn replay(&self, req: &Req) -> Option<Req> {
+        self.0.replay(req)
+    }
+
+    fn should_retry(&self, req: &Req, result: &Result<Res, E>) -> bool {
+        self.0.should_retry(req, result)
+    }
+
+    fn deadline(&self, req: &Req) -> Option<Deadline> {
+        self.0.deadline(req)
+    }
+
+    fn give_up(
+        &self,
+        reason: GiveUpReason,
+        attempts: u32,
+        result: Result<Res, E>,
+    ) -> Result<Res, E> {
+        match self.0.give_up(reason, attempts, result) {
+            Err(last) if reason == GiveUpReason::Budget => Err(E::from(BudgetExhausted {
+                attempts,
+                last: last.into(),
+            })),
+            result => result,
+        }
+    }
+}
+
+/// A call failed, and the retry budget had nothing left for another attempt: the service beneath
+/// is failing for many callers at once. Its [source](std::error::Error::source) is the last
+/// attempt's error. Made only by a retry layer built with
+/// [`report_budget`](super::Builder::report_budget); it maps to `503 Service Unavailable` and
+/// gRPC `UNAVAILABLE`.
+///
+/// ```
+/// use seawall::error::ErrorKind;
+/// use seawall::retry::budget::Budget;
+/// use seawall::retry::policy::BudgetExhausted;
+/// use seawall::retry::RetryLayer;
+/// use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// // A budget with nothing in it: no call may be retried.
+/// let layer = RetryLayer::builder()
+///     .budget(Budget::ratio(0.0, 0, std::time::Duration::from_secs(10)).unwrap())
+///     .report_budget()
+///     .build()
+///     .unwrap();
+/// let mut service = layer.layer(service_fn(|_: u32| async { Err::<u32, BoxError>("down".into()) }));
+/// let err = service.ready().await.unwrap().call(1).await.unwrap_err();
+/// let exhausted = err.downcast_ref::<BudgetExhausted>().unwrap();
+/// assert_eq!(exhausted.attempts(), 1);
+/// assert_eq!(seawall::error::kind(&*err), Some(ErrorKind::RetryBudgetExhausted));
+/// assert_eq!(std::error::Error::source(exhausted).unwrap().to_string(), "down");
+/// # }
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[error("retry budget exhausted after {attempts} attempt(s)")]
+pub struct BudgetExhausted {
+    attempts: u32,
+    #[source]
+    last: BoxError,
+}
+
+impl BudgetExhausted {
+    /// How many attempts were made.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
     }
 }

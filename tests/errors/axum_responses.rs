@@ -13,7 +13,7 @@ use seawall::limit::{LoadShedLayer, ThrottleLayer};
 use seawall::timeout::propagate::ReadDeadlineLayer;
 use seawall::timeout::TimeoutLayer;
 use std::time::Duration;
-use tower::{service_fn, BoxError, Layer, ServiceBuilder};
+use tower::{service_fn, BoxError, Layer, ServiceBuilder, ServiceExt};
 
 type Inner = tower::util::BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
 
@@ -128,6 +128,18 @@ async fn every_rejection(how: Answering) {
         TimeoutLayer::new(Duration::from_millis(10)),
         slow,
     );
+    // A retry layer with an empty budget over a failing service, behind the route.
+    let budget = Inner::new(service_fn(|_: Request<Body>| async {
+        let result = super::exhausted_retry::<()>().oneshot(()).await;
+        result.map(|()| Response::new(Body::empty()))
+    }));
+    app = route(
+        how,
+        app,
+        "/budget",
+        tower::layer::util::Identity::new(),
+        budget,
+    );
     app = route(
         how,
         app,
@@ -224,6 +236,10 @@ async fn every_rejection(how: Answering) {
     let slow = get("/slow", None).await;
     assert_eq!(slow.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(slow.body, "timed out");
+
+    let budget = get("/budget", None).await;
+    assert_eq!(budget.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(budget.body, "service unavailable: retry budget exhausted");
 
     assert_eq!(get("/deadline", Some("1S")).await.status, StatusCode::OK);
     let bad = get("/deadline", Some("soon")).await;

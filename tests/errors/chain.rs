@@ -7,7 +7,7 @@ use std::time::Duration;
 #[tokio::test(start_paused = true)]
 async fn every_rejection_is_found_bare_and_wrapped() {
     let rejections = every_rejection().await;
-    assert_eq!(rejections.len(), 6);
+    assert_eq!(rejections.len(), 7);
     for (name, err) in rejections {
         let found = kind(&*err).unwrap_or_else(|| panic!("{name}: not found in {err}"));
         assert_eq!(found.as_str(), name);

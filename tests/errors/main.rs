@@ -89,7 +89,33 @@ pub async fn every_rejection() -> Vec<(&'static str, BoxError)> {
         "timed_out",
         slow.ready().await.unwrap().call(()).await.unwrap_err(),
     ));
+
+    out.push((
+        "retry_budget_exhausted",
+        exhausted_retry()
+            .ready()
+            .await
+            .unwrap()
+            .call(())
+            .await
+            .unwrap_err(),
+    ));
     out
+}
+
+/// A retry layer with an empty budget that reports it, over a service that always fails.
+pub fn exhausted_retry<Req: Clone + Send + 'static>(
+) -> impl Service<Req, Response = (), Error = BoxError, Future: Send> + Send {
+    use seawall::retry::budget::Budget;
+    use seawall::retry::RetryLayer;
+    RetryLayer::builder()
+        .budget(Budget::ratio(0.0, 0, Duration::from_secs(10)).unwrap())
+        .report_budget()
+        .build()
+        .unwrap()
+        .layer(service_fn(|_: Req| async {
+            Err::<(), BoxError>("down".into())
+        }))
 }
 
 /// An error of an application that wraps another one, as client libraries do.

@@ -9,7 +9,7 @@ async fn every_rejection_has_its_code_and_pushback_when_known() {
         let status = seawall::tonic::status(&*err);
         let (code, pushback) = match name {
             "circuit_open" => (Code::Unavailable, Some("1500")),
-            "throttled" => (Code::Unavailable, None),
+            "throttled" | "retry_budget_exhausted" => (Code::Unavailable, None),
             "bulkhead_full" | "overloaded" => (Code::ResourceExhausted, None),
             "rate_limited" => (Code::ResourceExhausted, Some("1000")),
             "timed_out" => (Code::DeadlineExceeded, None),
