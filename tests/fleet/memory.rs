@@ -268,3 +268,104 @@ fn memory_and_test_stores_are_stores() {
     store(&MemoryStore::new());
     store(&Flaky::new(MemoryStore::new()));
 }
+
+/// A store that counts what it grants.
+#[derive(Clone)]
+struct Counting {
+    inner: MemoryStore,
+    granted: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl tower::Service<seawall::limit::fleet::Take> for Counting {
+    type Response = seawall::limit::fleet::Grant;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<Self::Response, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, take: seawall::limit::fleet::Take) -> Self::Future {
+        let grant = self.inner.call(take).into_inner();
+        if let Ok(grant) = &grant {
+            self.granted.fetch_add(
+                u64::from(grant.granted),
+                std::sync::atomic::Ordering::SeqCst,
+            );
+        }
+        std::future::ready(grant)
+    }
+}
+
+/// 32 tasks on four threads make 16,000 calls on one key of 1,000 an hour between two instances:
+/// nothing is admitted that the store did not grant, and nothing granted is lost: the calls
+/// admitted and the leases left add up to the store's grants exactly, and they are the whole
+/// quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_calls_spend_exactly_what_the_store_granted() {
+    let granted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let store = Counting {
+        inner: MemoryStore::new(),
+        granted: granted.clone(),
+    };
+    let quota = Quota::per_hour(1_000).burst(1_000);
+    let layers: Vec<_> = (0..2)
+        .map(|_| {
+            FleetRateLimitLayer::builder(store.clone(), quota, KEY)
+                .lease(1, 16)
+                .store_timeout(Duration::from_secs(5))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let admitted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let mut service = layers[i % 2].layer(service_fn(ok));
+        let admitted = admitted.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..500 {
+                if admitted_call(&mut service).await {
+                    admitted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    // A renewal may still be in flight on another thread: wait (a bounded while) for it to land.
+    let count = || {
+        let admitted = admitted.load(std::sync::atomic::Ordering::SeqCst);
+        let leased: u64 = layers.iter().map(|l| l.handle().leased(&"k")).sum();
+        (
+            admitted,
+            leased,
+            granted.load(std::sync::atomic::Ordering::SeqCst),
+        )
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while count().0 + count().1 != count().2 && std::time::Instant::now() < deadline {
+        tokio::task::yield_now().await;
+    }
+    for layer in &layers {
+        assert_eq!(layer.handle().store_failures(), 0);
+    }
+    let (admitted, leased, granted) = count();
+    assert_eq!(
+        admitted + leased,
+        granted,
+        "admitted {admitted}, leased {leased}"
+    );
+    assert_eq!(granted, 1_000);
+}
+
+async fn admitted_call<S>(service: &mut S) -> bool
+where
+    S: Service<Req, Response = (), Error = BoxError>,
+{
+    admitted(service, "k").await
+}
