@@ -47,11 +47,19 @@ impl<T> std::ops::Deref for Padded<T> {
 pub(crate) fn thread_index() -> usize {
     use std::cell::Cell;
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    // Const-initialised, so that reading it needs no check of a lazy initialisation; the number
+    // is handed out on the first read instead.
     thread_local! {
-        static INDEX: Cell<usize> =
-            Cell::new(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
     }
-    INDEX.with(Cell::get)
+    INDEX.with(|index| match index.get() {
+        usize::MAX => {
+            let next = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % (usize::MAX - 1);
+            index.set(next);
+            next
+        }
+        known => known,
+    })
 }
 
 /// A SplitMix64 generator (Steele, Lea and Flood, "Fast splittable pseudorandom number

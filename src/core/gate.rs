@@ -10,6 +10,8 @@
 //!
 //! Implement [`Gate`] to add a policy of your own; wrap it with [`GateLayer`].
 
+pub(crate) use super::anchor::Anchor;
+use super::anchor::CallAnchor;
 use super::{
     Classify, Emitter, ErrorIsFailure, EventKind, Observer, Outcome, Record, RejectReason, Source,
 };
@@ -18,7 +20,6 @@ use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use tokio::time::Instant;
 use tower::{BoxError, Layer, Service};
@@ -116,47 +117,6 @@ pub trait Gate: Send + Sync + 'static {
     }
 }
 
-/// How services and futures reach their layer's shared state: counted (`Arc`, the default, freed
-/// with the last user) or `'static` (leaked once, on purpose, so that admitted calls never touch a
-/// reference count).
-pub(crate) enum Anchor<T: 'static> {
-    Counted(Arc<T>),
-    Static(&'static T),
-}
-
-impl<T> Anchor<T> {
-    pub(crate) fn counted(value: T) -> Self {
-        Anchor::Counted(Arc::new(value))
-    }
-
-    /// Leaks `value`: it lives, and its memory stays allocated, until the process ends.
-    pub(crate) fn leaked(value: T) -> Self {
-        Anchor::Static(Box::leak(Box::new(value)))
-    }
-}
-
-impl<T> Clone for Anchor<T> {
-    #[inline(always)]
-    fn clone(&self) -> Self {
-        match self {
-            Anchor::Counted(arc) => Anchor::Counted(arc.clone()),
-            Anchor::Static(r) => Anchor::Static(r),
-        }
-    }
-}
-
-impl<T> std::ops::Deref for Anchor<T> {
-    type Target = T;
-
-    #[inline(always)]
-    fn deref(&self) -> &T {
-        match self {
-            Anchor::Counted(arc) => arc,
-            Anchor::Static(r) => r,
-        }
-    }
-}
-
 /// A gate with its name and observer: the state every service made by one layer shares.
 pub(crate) struct Shared<G, O> {
     pub(crate) gate: G,
@@ -184,7 +144,7 @@ impl<G, O> Shared<G, O> {
 
 /// An admitted call's permit; gives it back to the gate if dropped before the call finished.
 pub(crate) struct PermitGuard<G: Gate, O: Observer> {
-    shared: Anchor<Shared<G, O>>,
+    shared: CallAnchor<Shared<G, O>>,
     permit: Option<G::Permit>,
     /// Whether the call was made: a permit dropped before it is a reservation never used.
     called: bool,
@@ -309,7 +269,7 @@ where
                 Ok(permit) => {
                     emit.emit(EventKind::Permitted);
                     self.permit = Some(PermitGuard {
-                        shared: self.shared.clone(),
+                        shared: self.shared.call(),
                         permit: Some(permit),
                         called: false,
                     });

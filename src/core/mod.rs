@@ -4,6 +4,7 @@
 //! Most users never touch this module; it is the toolkit for writing a [`Gate`] of your own and the
 //! home of the types every layer shares ([`Outcome`], [`Classify`], [`Observer`], [`Event`]).
 
+pub(crate) mod anchor;
 mod classify;
 mod deadline;
 mod fail_fast;

@@ -27,7 +27,7 @@
 //! (retries) read the clock and settle the deposits: a few dozen atomic operations, once per retry.
 
 use super::config::ConfigError;
-use crate::core::gate::Anchor;
+use crate::core::anchor::{Anchor, CallAnchor};
 use crate::sync::{thread_index, AtomicI64, AtomicU64, Ordering, Padded};
 use std::fmt;
 use std::time::Duration;
@@ -129,10 +129,7 @@ impl Budget {
     /// without contending. Other clones keep working and share its balance. Make such budgets once,
     /// at start-up.
     pub fn leak(self) -> Budget {
-        match self.0 {
-            Anchor::Counted(arc) => Budget(Anchor::Static(&**Box::leak(Box::new(arc)))),
-            leaked => Budget(leaked),
-        }
+        Budget(self.0.leak())
     }
 
     /// How many retries the budget would allow now (a fraction for a partly funded retry; can be
@@ -153,16 +150,57 @@ impl Budget {
     /// this; call it yourself only for a retry loop of your own.
     #[inline]
     pub fn record_request(&self) {
-        if let Kind::Ratio(ratio) = &*self.0 {
-            ratio.deposit();
-        }
+        self.0.record_request();
     }
 
     /// Records a request that succeeded after `retries` retries: a token bucket takes its refund.
     /// The retry layer calls this; call it yourself only for a retry loop of your own.
     #[inline]
     pub fn record_success(&self, retries: u32) {
-        if let Kind::Tokens(tokens) = &*self.0 {
+        self.0.record_success(retries);
+    }
+
+    /// Takes one retry from the budget if it has one, and says whether it did: a single atomic
+    /// step, so concurrent retries cannot overdraw it. The retry layer calls this before each
+    /// retry; call it yourself only for a retry loop of your own.
+    pub fn try_withdraw(&self) -> bool {
+        self.0.try_withdraw()
+    }
+
+    /// The budget for one call of a retry layer: kept alive by the call without touching the
+    /// budget's shared reference count (see `core::anchor`).
+    #[inline]
+    pub(crate) fn call(&self) -> BudgetCall {
+        BudgetCall(self.0.call())
+    }
+}
+
+/// A retry layer call's reference to its budget.
+pub(crate) struct BudgetCall(CallAnchor<Kind>);
+
+impl BudgetCall {
+    #[inline]
+    pub(crate) fn record_success(&self, retries: u32) {
+        self.0.record_success(retries);
+    }
+
+    #[inline]
+    pub(crate) fn try_withdraw(&self) -> bool {
+        self.0.try_withdraw()
+    }
+}
+
+impl Kind {
+    #[inline]
+    fn record_request(&self) {
+        if let Kind::Ratio(ratio) = self {
+            ratio.deposit();
+        }
+    }
+
+    #[inline]
+    fn record_success(&self, retries: u32) {
+        if let Kind::Tokens(tokens) = self {
             tokens.put(if retries == 0 {
                 tokens.refund
             } else {
@@ -171,11 +209,8 @@ impl Budget {
         }
     }
 
-    /// Takes one retry from the budget if it has one, and says whether it did: a single atomic
-    /// step, so concurrent retries cannot overdraw it. The retry layer calls this before each
-    /// retry; call it yourself only for a retry loop of your own.
-    pub fn try_withdraw(&self) -> bool {
-        match &*self.0 {
+    fn try_withdraw(&self) -> bool {
+        match self {
             Kind::Ratio(ratio) => ratio.try_withdraw(now()),
             Kind::Tokens(tokens) => tokens.try_take(),
         }

@@ -1,6 +1,6 @@
 //! The response future of [`Retry`](super::Retry).
 
-use super::budget::Budget;
+use super::budget::{Budget, BudgetCall};
 use super::config::Limits;
 use super::policy::Policy;
 use super::RetryLayer;
@@ -41,7 +41,7 @@ pin_project! {
         limits: Limits,
         classify: C,
         policy: P,
-        budget: Option<Budget>,
+        budget: Option<BudgetCall>,
         source: Listener<O>,
     }
 }
@@ -106,7 +106,7 @@ where
             limits: layer.limits,
             classify: layer.classify.clone(),
             policy: layer.policy.clone(),
-            budget: layer.budget.clone(),
+            budget: layer.budget.as_ref().map(Budget::call),
             source,
         }
     }
