@@ -355,41 +355,45 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
     ) -> Verdict {
         let lease = &self.table.slot(index).cell;
         let now = self.clock.now();
-        if lease.reserved.load(Acquire) != 0 {
-            let due = lease.due.load(Relaxed);
-            if due > now {
-                return Verdict::Reject(RateLimited {
-                    retry_after: Duration::from_nanos(due - now),
-                });
+        // Twice at most: a renewal that ends between the look at the lease and the start of the
+        // next one leaves a lease, a reservation or a denial to decide on again.
+        for _ in 0..2 {
+            if lease.reserved.load(Acquire) != 0 {
+                let due = lease.due.load(Relaxed);
+                if due > now {
+                    return Verdict::Reject(RateLimited {
+                        retry_after: Duration::from_nanos(due - now),
+                    });
+                }
+                lease
+                    .remaining
+                    .fetch_add(lease.reserved.swap(0, Relaxed), Relaxed);
             }
-            lease
-                .remaining
-                .fetch_add(lease.reserved.swap(0, Relaxed), Relaxed);
             if let Some(left) = lease.take() {
                 if left <= lease.low_water(self.lease_min) {
                     self.renew(index, place, key);
                 }
                 return Verdict::Admit;
             }
+            if self.degraded.load(Relaxed) {
+                self.renew(index, place, key);
+                return self.fallback(lease, now);
+            }
+            let denied = lease.denied_until.load(Relaxed);
+            if denied > now {
+                return Verdict::Reject(RateLimited {
+                    retry_after: Duration::from_nanos(denied - now),
+                });
+            }
+            if self.renew(index, place, key) {
+                return Verdict::Wait;
+            }
         }
-        if self.degraded.load(Relaxed) {
-            self.renew(index, place, key);
-            return self.fallback(lease, now);
-        }
-        let denied = lease.denied_until.load(Relaxed);
-        if denied > now {
-            return Verdict::Reject(RateLimited {
-                retry_after: Duration::from_nanos(denied - now),
-            });
-        }
-        if self.renew(index, place, key) {
-            Verdict::Wait
-        } else {
-            self.fallback(lease, now)
-        }
+        self.fallback(lease, now)
     }
 
-    /// The failure mode's decision, while the store is degraded.
+    /// The failure mode's decision: while the store is degraded, or when a race with renewals
+    /// left nothing to decide on.
     fn fallback(&self, lease: &Lease, now: u64) -> Verdict {
         match &self.local {
             Some(rule) => match rule.decide(&lease.local, now, 0) {
