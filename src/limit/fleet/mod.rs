@@ -98,6 +98,7 @@ use std::fmt;
 use std::hash::Hash;
 use std::sync::atomic::{
     AtomicBool, AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed,
+    Ordering::Release,
 };
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -300,7 +301,7 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
         .await;
         let now = self.clock.now();
         let slot = self.table.slot(index);
-        let ours = slot.tag.load(std::sync::atomic::Ordering::Acquire) == tag;
+        let ours = slot.tag.load(Acquire) == tag;
         match result {
             Ok(grant) => {
                 self.recovered();
@@ -320,9 +321,7 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
             }
         }
         if ours {
-            slot.cell
-                .renewing
-                .store(false, std::sync::atomic::Ordering::Release);
+            slot.cell.renewing.store(false, Release);
         }
         slot.cell.notify.notify_waiters();
     }
@@ -419,7 +418,7 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
         let waited = tokio::time::timeout(self.wait_limit, async {
             loop {
                 let slot = self.table.slot(index);
-                if slot.tag.load(std::sync::atomic::Ordering::Acquire) != place.tag {
+                if slot.tag.load(Acquire) != place.tag {
                     // The key lost its slot to another: start over in a new one.
                     index = self.entry(place);
                     continue;
