@@ -115,8 +115,9 @@ impl Cell for Lease {
         self.local.store(0, Relaxed);
     }
 
-    /// A key with nothing leased or reserved, nothing in flight and its local limit idle loses nothing when
-    /// dropped; one with a renewal in flight is kept if at all possible; others go oldest first.
+    /// A key with nothing leased or reserved, nothing in flight and its local limit idle loses
+    /// nothing when dropped; one with a renewal in flight is kept if at all possible; others go
+    /// oldest first.
     fn rank(&self, now: u64) -> (u8, u64) {
         if self.renewing.load(Relaxed) {
             (3, 0)

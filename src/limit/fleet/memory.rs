@@ -2,8 +2,9 @@
 
 use super::{Grant, Take};
 use crate::core::Source;
+use crate::limit::rate::gcra::{self, Rule};
 use crate::limit::rate::keyed::Table;
-use crate::limit::rate::{gcra, Clock, TokioClock};
+use crate::limit::rate::{Clock, TokioClock};
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -94,8 +95,7 @@ impl Service<Take> for MemoryStore {
             || now,
             memory.source.emitter(),
         );
-        let interval = take.quota.interval_nanos();
-        let tolerance = interval.saturating_mul(take.quota.burst_size().into());
+        let (interval, tolerance) = Rule::parts(&take.quota);
         let (granted, wait) = gcra::take(
             &table.slot(index).cell,
             now,

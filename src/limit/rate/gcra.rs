@@ -130,7 +130,8 @@ impl Rule {
         }
     }
 
-    fn parts(quota: &Quota) -> (u64, u64) {
+    /// A quota's emission interval and tolerance (`burst × interval`), in nanoseconds.
+    pub(crate) fn parts(quota: &Quota) -> (u64, u64) {
         let interval = quota.interval_nanos();
         (interval, interval.saturating_mul(quota.burst.into()))
     }
