@@ -230,7 +230,7 @@ impl Service<Take> for RedisStore {
         let interval = take.quota.interval_nanos().div_ceil(1_000);
         let tolerance = interval.saturating_mul(take.quota.burst_size().into());
         let want = take.want.max(1);
-        let max_wait = take.max_wait.as_micros() as u64;
+        let max_wait = crate::sync::nanos(take.max_wait) / 1_000;
         Box::pin(async move {
             let (granted, wait): (u32, u64) = SCRIPT
                 .key(key)
