@@ -37,7 +37,8 @@ fn benches(c: &mut Criterion) {
         .unwrap();
     single(c, "bulkhead/reject_when_full_static", leaked.layer(Noop));
 
-    // The adaptive limiter on the same gate: every call timed, or one in 16.
+    // The adaptive limiter on the same gate: as built (it times a share of the calls at this rate),
+    // every call timed, or one in 16.
     let aimd = || Aimd {
         initial: 1_000_000.0,
         max: 1_000_000.0,
@@ -47,6 +48,14 @@ fn benches(c: &mut Criterion) {
         c,
         "bulkhead/adaptive_aimd",
         AdaptiveLimitLayer::builder(aimd()).build().layer(Noop),
+    );
+    single(
+        c,
+        "bulkhead/adaptive_aimd_every_call",
+        AdaptiveLimitLayer::builder(aimd())
+            .sample_every(1)
+            .build()
+            .layer(Noop),
     );
     single(
         c,

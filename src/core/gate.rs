@@ -142,12 +142,10 @@ impl<G, O> Shared<G, O> {
     }
 }
 
-/// An admitted call's permit; gives it back to the gate if dropped before the call finished.
+/// The permit of a call in flight; gives it back to the gate if dropped before the call finished.
 pub(crate) struct PermitGuard<G: Gate, O: Observer> {
     shared: CallAnchor<Shared<G, O>>,
     permit: Option<G::Permit>,
-    /// Whether the call was made: a permit dropped before it is a reservation never used.
-    called: bool,
 }
 
 impl<G: Gate, O: Observer> PermitGuard<G, O> {
@@ -170,13 +168,38 @@ impl<G: Gate, O: Observer> Drop for PermitGuard<G, O> {
         if let Some(permit) = self.permit.take() {
             let shared = &*self.shared;
             let emit = shared.emitter();
-            if self.called {
-                shared.gate.cancel(permit, emit);
-            } else {
-                shared.gate.release_unused(permit, emit);
-            }
+            shared.gate.cancel(permit, emit);
             emit.emit(EventKind::Cancelled);
         }
+    }
+}
+
+/// A service's hold on its gate, with the permit `poll_ready` reserved and `call` has not used
+/// yet; gives that permit back if dropped first.
+///
+/// The permit stays a bare `G::Permit` until `call` wraps it with its own reference to the gate:
+/// `call` then moves one small value, written and read at the same width, instead of a whole
+/// [`PermitGuard`] just written field by field (a wide read of narrow fresh writes stalls the CPU).
+struct Reserved<G: Gate, O: Observer> {
+    shared: Anchor<Shared<G, O>>,
+    permit: Option<G::Permit>,
+}
+
+impl<G: Gate, O: Observer> Reserved<G, O> {
+    /// Gives a reserved permit back to the gate.
+    fn give_back(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            let shared = &*self.shared;
+            let emit = shared.emitter();
+            shared.gate.release_unused(permit, emit);
+            emit.emit(EventKind::Cancelled);
+        }
+    }
+}
+
+impl<G: Gate, O: Observer> Drop for Reserved<G, O> {
+    fn drop(&mut self) {
+        self.give_back();
     }
 }
 
@@ -185,11 +208,10 @@ impl<G: Gate, O: Observer> Drop for PermitGuard<G, O> {
 /// future or the service is dropped first.
 pub struct Guard<S, G: Gate, C, O: Observer> {
     inner: S,
-    shared: Anchor<Shared<G, O>>,
     classify: C,
-    // Kept apart rather than as one `Option<Result<..>>` so the common path moves two words, not the
-    // rejection's bytes too.
-    permit: Option<PermitGuard<G, O>>,
+    // The permit is kept apart from the rejection rather than as one `Option<Result<..>>`, so the
+    // common path moves the permit alone, not the rejection's bytes too.
+    reserved: Reserved<G, O>,
     rejected: Option<G::Rejection>,
     waiter: G::Waiter,
 }
@@ -198,9 +220,11 @@ impl<S, G: Gate, C, O: Observer> Guard<S, G, C, O> {
     pub(crate) fn from_shared(inner: S, shared: Anchor<Shared<G, O>>, classify: C) -> Self {
         Guard {
             inner,
-            shared,
             classify,
-            permit: None,
+            reserved: Reserved {
+                shared,
+                permit: None,
+            },
             rejected: None,
             waiter: G::Waiter::default(),
         }
@@ -227,7 +251,7 @@ impl<S: Clone, G: Gate, C: Clone, O: Observer> Clone for Guard<S, G, C, O> {
     fn clone(&self) -> Self {
         Guard::from_shared(
             self.inner.clone(),
-            self.shared.clone(),
+            self.reserved.shared.clone(),
             self.classify.clone(),
         )
     }
@@ -236,10 +260,10 @@ impl<S: Clone, G: Gate, C: Clone, O: Observer> Clone for Guard<S, G, C, O> {
 impl<S: fmt::Debug, G: Gate, C: fmt::Debug, O: Observer> fmt::Debug for Guard<S, G, C, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Guard")
-            .field("name", &self.shared.name())
+            .field("name", &self.reserved.shared.name())
             .field("inner", &self.inner)
             .field("classify", &self.classify)
-            .field("reserved", &self.permit.is_some())
+            .field("reserved", &self.reserved.permit.is_some())
             .field("rejected", &self.rejected.is_some())
             .finish()
     }
@@ -259,20 +283,16 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.permit.is_none() {
+        if self.reserved.permit.is_none() {
             if self.rejected.is_some() {
                 return Poll::Ready(Ok(()));
             }
-            let shared = &*self.shared;
+            let shared = &*self.reserved.shared;
             let emit = shared.emitter();
             match ready!(shared.gate.poll_acquire(cx, &mut self.waiter, emit)) {
                 Ok(permit) => {
                     emit.emit(EventKind::Permitted);
-                    self.permit = Some(PermitGuard {
-                        shared: self.shared.call(),
-                        permit: Some(permit),
-                        called: false,
-                    });
+                    self.reserved.permit = Some(permit);
                 }
                 Err(rejection) => {
                     emit.emit(EventKind::Rejected {
@@ -286,7 +306,7 @@ where
             }
         }
         if let Err(e) = ready!(self.inner.poll_ready(cx)) {
-            self.permit = None; // gives the permit back
+            self.reserved.give_back();
             return Poll::Ready(Err(e.into()));
         }
         Poll::Ready(Ok(()))
@@ -294,9 +314,13 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        if let Some(mut permit) = self.permit.take() {
-            permit.called = true;
-            let shared = &*self.shared;
+        if let Some(permit) = self.reserved.permit.take() {
+            let anchor = &self.reserved.shared;
+            let permit = PermitGuard {
+                shared: anchor.call(),
+                permit: Some(permit),
+            };
+            let shared = &**anchor;
             let start = (shared.gate.wants_latency() || shared.source.observer().wants_latency())
                 .then(Instant::now);
             return GuardFuture {

@@ -10,6 +10,7 @@ use crate::core::{
 use std::borrow::Cow;
 use std::cell::Cell;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -20,7 +21,30 @@ use tower::Layer;
 pub struct Adaptive<A> {
     bulkhead: Bulkhead,
     state: Mutex<State<A>>,
-    sample_every: u64,
+    /// Time one call in this many on each thread.
+    sample_every: AtomicU64,
+    /// Whether `sample_every` follows the call rate (the default) or was fixed by the builder.
+    auto_sample: bool,
+}
+
+/// With automatic sampling, about how many calls a second are timed: every call of a limiter
+/// that sees fewer, one in `rate / TIMED_PER_SECOND` of one that sees more.
+const TIMED_PER_SECOND: f64 = 4_096.0;
+
+/// With automatic sampling, at least one call in this many is timed, whatever the rate.
+const MAX_SAMPLE_EVERY: u64 = 64;
+
+/// How often to time calls, from one timed call: by Little's law, a limiter whose calls take
+/// `rtt` with `in_flight` running sees `in_flight / rtt` calls a second. `None` when the call took
+/// no measurable time (paused time in tests), which says nothing of the rate.
+fn auto_sample_every(rtt: Duration, in_flight: u64) -> Option<u64> {
+    let nanos = rtt.as_nanos();
+    if nanos == 0 {
+        return None;
+    }
+    let rate = in_flight as f64 * 1e9 / nanos as f64;
+    // The float-to-int cast saturates, and the clamp keeps it within 1..=MAX_SAMPLE_EVERY.
+    Some(((rate / TIMED_PER_SECOND) as u64).clamp(1, MAX_SAMPLE_EVERY))
 }
 
 struct State<A> {
@@ -35,15 +59,25 @@ pub struct AdaptivePermit {
     in_flight: u64,
 }
 
-/// Whether this call of the calling thread is one to time.
+/// Whether this call of the calling thread is one to time: one in `every`, counted down on the
+/// thread (a division per call would cost more than the count). Limiters called on one thread share
+/// its count, so the share is roughly of all the calls the thread makes through adaptive limiters,
+/// not of each limiter's own.
+#[inline]
 fn sampled(every: u64) -> bool {
     thread_local! {
-        static CALLS: Cell<u64> = const { Cell::new(0) };
+        static UNTIL_NEXT: Cell<u64> = const { Cell::new(0) };
     }
-    CALLS.with(|calls| {
-        let n = calls.get();
-        calls.set(n.wrapping_add(1));
-        n % every == 0
+    UNTIL_NEXT.with(|left| {
+        let n = left.get();
+        // A count left from a sparser rate than `every` starts again at once.
+        if n == 0 || n >= every {
+            left.set(every - 1);
+            true
+        } else {
+            left.set(n - 1);
+            false
+        }
     })
 }
 
@@ -51,7 +85,8 @@ impl<A> fmt::Debug for Adaptive<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Adaptive")
             .field("bulkhead", &self.bulkhead)
-            .field("sample_every", &self.sample_every)
+            .field("sample_every", &self.sample_every.load(Relaxed))
+            .field("auto_sample", &self.auto_sample)
             .finish()
     }
 }
@@ -69,7 +104,7 @@ impl<A: Algorithm> Gate for Adaptive<A> {
         emit: Emitter<'_, O>,
     ) -> Poll<Result<AdaptivePermit, Full>> {
         ready!(self.bulkhead.poll_acquire(cx, waiter, emit))?;
-        let permit = if sampled(self.sample_every) {
+        let permit = if sampled(self.sample_every.load(Relaxed)) {
             AdaptivePermit {
                 start: Some(Instant::now()),
                 in_flight: self.bulkhead.inner.in_flight(),
@@ -117,7 +152,15 @@ impl<A: Algorithm> Adaptive<A> {
         };
         let at = Instant::now();
         let (rtt, in_flight) = match permit.start {
-            Some(start) => (at.saturating_duration_since(start), permit.in_flight),
+            Some(start) => {
+                let rtt = at.saturating_duration_since(start);
+                if self.auto_sample {
+                    if let Some(every) = auto_sample_every(rtt, permit.in_flight) {
+                        self.sample_every.store(every, Relaxed);
+                    }
+                }
+                (rtt, permit.in_flight)
+            }
             // An untimed drop: what the algorithms that look at time ignore.
             None => (Duration::ZERO, self.bulkhead.inner.in_flight() + 1),
         };
@@ -149,8 +192,9 @@ pub type AdaptiveLimit<S, A, C = ErrorIsFailure, O = ()> = Guard<S, Adaptive<A>,
 /// bulkhead's gate and its queue options. See the [module docs](super).
 ///
 /// Every call's outcome comes from the classifier (every `Err` by default): a failure counts as a
-/// drop. Every call is timed unless [`sample_every`](AdaptiveLimitBuilder::sample_every) says
-/// otherwise; timing costs two clock reads.
+/// drop. Timing a call costs two clock reads, so a limiter that sees more than about 4,000 calls a
+/// second times only a share of them; see
+/// [`sample_every`](AdaptiveLimitBuilder::sample_every).
 ///
 /// Wrap the algorithm in [`Windowed`](super::algorithm::Windowed) for a service of more than a few
 /// hundred calls a second, as Netflix does: `docs/back-pressure.md` shows what per-call updates do
@@ -178,7 +222,7 @@ pub struct AdaptiveLimitBuilder<A, O = ()> {
     max_queue: usize,
     max_wait: Option<Duration>,
     order: Order,
-    sample_every: u64,
+    sample_every: Option<u64>,
     observer: O,
 }
 
@@ -191,7 +235,7 @@ impl<A: Algorithm> AdaptiveLimitLayer<A> {
             max_queue: 0,
             max_wait: None,
             order: Order::Fifo,
-            sample_every: 1,
+            sample_every: None,
             observer: (),
         }
     }
@@ -206,10 +250,26 @@ impl<A, O> AdaptiveLimitBuilder<A, O> {
 
     crate::bulkhead::config::queue_setters!();
 
-    /// Times one call in `n` on each thread (default 1: every call), to save the two clock reads
-    /// of the others; failures are always counted.
+    /// Times one call in `n` on each thread (1: every call), to save the two clock reads of the
+    /// others; failures are always counted.
+    ///
+    /// By default the limiter chooses: it times every call while it sees up to about 4,000 calls a
+    /// second, and about 4,000 calls a second above that (at least one call in 64), judging its rate
+    /// from each timed call (calls in flight over round-trip time, by Little's law). A windowed
+    /// algorithm then still gets thousands of round-trip times a window, while a fast service pays
+    /// for a clock read on only a few of its calls. An algorithm that updates on every sample
+    /// (unwindowed) sees only the timed ones at high rates: fix `n` at 1 to feed it every call.
+    ///
+    /// ```
+    /// use seawall::limit::algorithm::Aimd;
+    /// use seawall::limit::AdaptiveLimitLayer;
+    ///
+    /// // Every call timed, whatever the rate.
+    /// let layer = AdaptiveLimitLayer::builder(Aimd::default()).sample_every(1).build();
+    /// # let _ = layer;
+    /// ```
     pub fn sample_every(mut self, n: u64) -> Self {
-        self.sample_every = n.max(1);
+        self.sample_every = Some(n.max(1));
         self
     }
 
@@ -241,7 +301,8 @@ impl<A, O> AdaptiveLimitBuilder<A, O> {
                 algorithm: self.algorithm,
                 limit,
             }),
-            sample_every: self.sample_every,
+            sample_every: AtomicU64::new(self.sample_every.unwrap_or(1)),
+            auto_sample: self.sample_every.is_none(),
         };
         AdaptiveLimitLayer {
             shared: Anchor::counted(Shared::new(self.name, gate, self.observer)),
@@ -314,6 +375,12 @@ impl<A, O> AdaptiveHandle<A, O> {
     pub fn queued(&self) -> u64 {
         self.shared.gate.bulkhead.inner.queued()
     }
+
+    /// One call in how many is timed on each thread: fixed by
+    /// [`sample_every`](AdaptiveLimitBuilder::sample_every), or the limiter's current choice.
+    pub fn sample_every(&self) -> u64 {
+        self.shared.gate.sample_every.load(Relaxed)
+    }
 }
 
 impl<A, O> Clone for AdaptiveHandle<A, O> {
@@ -330,6 +397,41 @@ impl<A, O> fmt::Debug for AdaptiveHandle<A, O> {
             .field("limit", &self.limit())
             .field("in_flight", &self.in_flight())
             .field("queued", &self.queued())
+            .field("sample_every", &self.sample_every())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_share_of_timed_calls_follows_the_rate_by_littles_law() {
+        // 100 calls a second: every one.
+        assert_eq!(auto_sample_every(Duration::from_millis(30), 3), Some(1));
+        // 200,000 calls a second: one in 48.
+        assert_eq!(auto_sample_every(Duration::from_millis(1), 200), Some(48));
+        // A no-op service: the most it skips.
+        assert_eq!(auto_sample_every(Duration::from_nanos(30), 1), Some(64));
+        assert_eq!(
+            auto_sample_every(Duration::from_nanos(1), u64::MAX),
+            Some(64)
+        );
+        // No time measured: no rate.
+        assert_eq!(auto_sample_every(Duration::ZERO, 10), None);
+    }
+
+    #[test]
+    fn a_thread_times_one_call_in_every() {
+        // Start from a fresh count (another test on this thread may have left one).
+        sampled(1);
+        let timed = (0..64).filter(|_| sampled(16)).count();
+        assert_eq!(timed, 4);
+        // A smaller `every` starts again at once instead of finishing a longer count.
+        sampled(64);
+        assert!(sampled(2));
+        assert!(!sampled(2));
+        assert!(sampled(2));
     }
 }

@@ -95,6 +95,73 @@ async fn only_sampled_calls_are_timed_but_every_failure_counts() {
     assert_eq!(handle.limit(), 36); // 50 × 0.9³ = 36.45
 }
 
+/// Runs `callers` tasks that each make `calls` calls in turn.
+async fn load<S>(service: &S, callers: usize, calls: u32)
+where
+    S: Service<u32, Response = (), Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                for i in 0..calls {
+                    service.clone().oneshot(i).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn by_default_a_busy_limiter_times_a_share_of_its_calls_and_a_quiet_one_every_call() {
+    let build = |every: Option<u64>| {
+        let builder = AdaptiveLimitLayer::builder(Aimd {
+            initial: 1_000.0,
+            max: 1_000.0,
+            ..Aimd::default()
+        });
+        match every {
+            Some(every) => builder.sample_every(every).build(),
+            None => builder.build(),
+        }
+    };
+    let work = Arc::new(Mutex::new(Duration::from_millis(1)));
+    let service = |layer: &AdaptiveLimitLayer<Aimd>| {
+        let work = work.clone();
+        layer.layer(service_fn(move |_: u32| {
+            let work = *work.lock().unwrap();
+            async move {
+                tokio::time::sleep(work).await;
+                Ok::<_, BoxError>(())
+            }
+        }))
+    };
+    let auto = build(None);
+    let fixed = build(Some(1));
+    assert_eq!(
+        auto.handle().sample_every(),
+        1,
+        "every call until it knows the rate"
+    );
+
+    // 200 calls in flight that take 1 ms: 200,000 calls a second, so about one in 49 is timed.
+    load(&service(&auto), 200, 20).await;
+    load(&service(&fixed), 200, 20).await;
+    let every = auto.handle().sample_every();
+    assert!((40..=64).contains(&every), "one call in {every} timed");
+    assert_eq!(fixed.handle().sample_every(), 1, "a fixed choice stays");
+
+    // One caller whose calls take 10 ms: 100 calls a second, every one timed again once the next
+    // timed call shows it.
+    *work.lock().unwrap() = Duration::from_millis(10);
+    load(&service(&auto), 1, 2 * every as u32).await;
+    assert_eq!(auto.handle().sample_every(), 1);
+}
+
 struct Limited {
     layer: AdaptiveLimitLayer<Fixed>,
     mock: tower_test::mock::Mock<u32, u32>,
