@@ -5,7 +5,8 @@
 //! limited, so every call is admitted. `governor` has no tower layer: its check is wrapped in a
 //! minimal service, so that both sides pay for a `poll_ready`, a `call` and a poll.
 //!
-//! Run: `cargo bench --bench rate_limit`
+//! Run: `cargo bench --bench rate_limit` (add `--features quanta` for the limiter on the CPU's
+//! time-stamp counter, as `governor` reads it)
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use seawall::limit::rate::{KeyedRateLimitLayer, ManualClock, Quota, RateLimitLayer};
@@ -63,6 +64,13 @@ fn rate_limit(c: &mut Criterion) {
         manual.layer(Noop),
     );
     single(c, "rate_limit/governor_direct", governor.clone());
+    #[cfg(feature = "quanta")]
+    let quanta = RateLimitLayer::builder(quota)
+        .clock(seawall::limit::rate::QuantaClock::new())
+        .build()
+        .unwrap();
+    #[cfg(feature = "quanta")]
+    single(c, "rate_limit/one_key_quanta_clock", quanta.layer(Noop));
 
     let keyed = KeyedRateLimitLayer::builder(quota, |k: &u32| Some(*k % KEYS))
         .max_keys(2 * KEYS as usize)
@@ -88,6 +96,12 @@ fn rate_limit(c: &mut Criterion) {
         c,
         "rate_limit_two_threads/one_key_static",
         leaked.layer(Noop),
+    );
+    #[cfg(feature = "quanta")]
+    two_threads(
+        c,
+        "rate_limit_two_threads/one_key_quanta_clock",
+        quanta.layer(Noop),
     );
     two_threads(c, "rate_limit_two_threads/governor_direct", governor);
 }

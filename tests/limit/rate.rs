@@ -396,3 +396,61 @@ async fn a_slot_reserved_but_never_used_goes_back() {
     drop(call);
     assert_eq!(handle.available(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_listening_observer_hears_calls_finish_and_drop_though_the_limiter_does_not_follow_them()
+{
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let layer = RateLimitLayer::builder(Quota::per_second(10).burst(2))
+        .observer(move |e: &Event<'_>| sink.lock().unwrap().push(e.kind))
+        .build()
+        .unwrap();
+    let mut service = layer.layer(ok_service());
+    send(&mut service, ()).await.unwrap();
+    let call = ServiceExt::<()>::ready(&mut service)
+        .await
+        .unwrap()
+        .call(());
+    drop(call);
+    let events = events.lock().unwrap();
+    assert_eq!(events.len(), 4, "{events:?}");
+    assert_eq!(events[0], EventKind::Permitted);
+    assert!(matches!(events[1], EventKind::Finished { .. }));
+    assert_eq!(events[2], EventKind::Permitted);
+    assert_eq!(events[3], EventKind::Cancelled);
+}
+
+/// The counter clock, in real time: no sleep, so only what holds at once is checked.
+#[cfg(feature = "quanta")]
+#[test]
+fn on_the_time_stamp_counter_the_burst_passes_then_the_next_call_is_told_when() {
+    use seawall::limit::rate::{Clock, QuantaClock};
+
+    let clock = QuantaClock::new();
+    let mut last = clock.now();
+    for _ in 0..10_000 {
+        let now = clock.now();
+        assert!(now >= last, "{now} after {last} on one thread");
+        last = now;
+    }
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let mut service = RateLimitLayer::builder(Quota::per_hour(1).burst(3))
+        .clock(clock)
+        .build()
+        .unwrap()
+        .layer(ok_service());
+    runtime.block_on(async {
+        for _ in 0..3 {
+            send(&mut service, ()).await.unwrap();
+        }
+        let wait = send(&mut service, ()).await.unwrap_err();
+        // One interval of the quota (an hour), less the moments since the burst began.
+        assert!(wait <= Duration::from_secs(3600), "{wait:?}");
+        assert!(wait > Duration::from_secs(3590), "{wait:?}");
+    });
+}

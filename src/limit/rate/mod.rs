@@ -26,6 +26,8 @@ mod clock;
 pub(crate) mod gcra;
 pub(crate) mod keyed;
 
+#[cfg(feature = "quanta")]
+pub use clock::QuantaClock;
 pub use clock::{Clock, ManualClock, TokioClock};
 pub use gcra::{Quota, QuotaError};
 pub use keyed::{
@@ -240,6 +242,9 @@ impl<Clk: Clock> Gate for RateLimiter<Clk> {
     type Permit = ();
     type Rejection = RateLimited;
     type Waiter = RateWaiter;
+
+    /// A call is settled when it is let through: its response future need not come back.
+    const FOLLOWS_CALLS: bool = false;
 
     #[inline]
     fn poll_acquire<O: Observer>(
