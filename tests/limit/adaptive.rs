@@ -10,6 +10,27 @@ use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
 
 use crate::support::contract;
 
+/// Runs `callers` tasks that each make `calls` calls in turn.
+async fn load<S>(service: &S, callers: usize, calls: u32)
+where
+    S: Service<u32, Response = (), Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                for i in 0..calls {
+                    service.clone().oneshot(i).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn aimd_grows_the_limit_while_the_service_keeps_up() {
     let layer = AdaptiveLimitLayer::builder(Aimd::default())
@@ -22,19 +43,7 @@ async fn aimd_grows_the_limit_while_the_service_keeps_up() {
         Ok::<_, std::io::Error>(())
     }));
     // Forty callers, twenty calls each: the limit is always in use, and every call is quick.
-    let callers: Vec<_> = (0..40)
-        .map(|_| {
-            let service = service.clone();
-            tokio::spawn(async move {
-                for i in 0..20 {
-                    service.clone().oneshot(i).await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for caller in callers {
-        caller.await.unwrap();
-    }
+    load(&service, 40, 20).await;
     assert!(handle.limit() >= 40, "{}", handle.limit());
     assert_eq!((handle.in_flight(), handle.queued()), (0, 0));
 }
@@ -93,27 +102,6 @@ async fn only_sampled_calls_are_timed_but_every_failure_counts() {
         service.ready().await.unwrap().call(true).await.unwrap_err();
     }
     assert_eq!(handle.limit(), 36); // 50 × 0.9³ = 36.45
-}
-
-/// Runs `callers` tasks that each make `calls` calls in turn.
-async fn load<S>(service: &S, callers: usize, calls: u32)
-where
-    S: Service<u32, Response = (), Error = BoxError> + Clone + Send + 'static,
-    S::Future: Send,
-{
-    let tasks: Vec<_> = (0..callers)
-        .map(|_| {
-            let service = service.clone();
-            tokio::spawn(async move {
-                for i in 0..calls {
-                    service.clone().oneshot(i).await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap();
-    }
 }
 
 #[tokio::test(start_paused = true)]
