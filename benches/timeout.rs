@@ -150,6 +150,12 @@ fn timeout(c: &mut Criterion) {
     bench(c, "timeout/http_with_deadline/bare", Noop, with_deadline);
     bench(
         c,
+        "timeout/http_with_deadline/tower",
+        tower::timeout::TimeoutLayer::new(second).layer(Noop),
+        with_deadline,
+    );
+    bench(
+        c,
         "timeout/http_with_deadline/seawall",
         TimeoutLayer::new(second).layer(Noop),
         with_deadline,
