@@ -96,7 +96,9 @@ impl<T> Anchor<T> {
         Anchor::Static(Box::leak(Box::new(value)))
     }
 
-    /// A reference for one call (see the [module docs](self)).
+    /// A reference for one call (see the [module docs](self)). (Gate services build theirs in
+    /// place instead; see `Guard::call`.)
+    #[cfg_attr(not(feature = "retry"), allow(dead_code))]
     #[inline(always)]
     pub(crate) fn call(&self) -> CallAnchor<T> {
         match self {
