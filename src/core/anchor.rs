@@ -96,14 +96,23 @@ impl<T> Anchor<T> {
         Anchor::Static(Box::leak(Box::new(value)))
     }
 
-    /// A reference for one call (see the [module docs](self)). (Gate services build theirs in
-    /// place instead; see `Guard::call`.)
+    /// A reference for one call (see the [module docs](self)).
     #[cfg_attr(not(feature = "retry"), allow(dead_code))]
     #[inline(always)]
     pub(crate) fn call(&self) -> CallAnchor<T> {
+        self.with_call(std::convert::identity)
+    }
+
+    /// `build` applied to a reference for one call, in one arm per kind of anchor: what `build`
+    /// makes of the reference is then written where it goes. (Choosing the reference first and
+    /// building once after it wrote the reference to a temporary as two words and copied it as
+    /// one wide word: a read the CPU cannot serve from its pending writes, which stalled every
+    /// call of a gate service by 4 to 6 ns.)
+    #[inline(always)]
+    pub(crate) fn with_call<R>(&self, build: impl FnOnce(CallAnchor<T>) -> R) -> R {
         match self {
-            Anchor::Counted(counted) => CallAnchor::Counted(counted.call()),
-            Anchor::Static(r) => CallAnchor::Static(r),
+            Anchor::Counted(counted) => build(CallAnchor::Counted(counted.call())),
+            Anchor::Static(r) => build(CallAnchor::Static(r)),
         }
     }
 

@@ -342,20 +342,13 @@ where
             if !follow {
                 return admitted(None);
             }
-            let guard = |shared| {
-                Some(PermitGuard {
+            // The whole future built around the reference, in place (see `Anchor::with_call`).
+            return anchor.with_call(|shared| {
+                admitted(Some(PermitGuard {
                     shared,
                     permit: Some(permit),
-                })
-            };
-            // A whole future built in each arm, in place. Built once from a reference chosen
-            // by a `match` before it, the reference was written to a temporary as two words
-            // and copied into the future as one wide word: a read the CPU cannot serve from
-            // its pending writes, which stalled every call (4 to 6 ns of a breaker's 24).
-            return match anchor {
-                Anchor::Counted(counted) => admitted(guard(CallAnchor::Counted(counted.call()))),
-                Anchor::Static(state) => admitted(guard(CallAnchor::Static(state))),
-            };
+                }))
+            });
         }
         let rejection = self
             .rejected
