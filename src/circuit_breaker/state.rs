@@ -110,6 +110,45 @@ enum Window {
     Time(TimeWindow),
 }
 
+/// A time written by the transition that won, tagged with the generation it started: one word, so a
+/// reader sees the time and whose it is together, and a completion that lost the race to trip (or a
+/// caller that lost the race to start a half-open trial) never writes one.
+///
+/// The low 16 bits of the generation and 48 bits of microseconds since the breaker's origin (about
+/// 8.9 years; later times saturate).
+struct Stamp(AtomicU64);
+
+const STAMP_GEN_BITS: u32 = 16;
+const STAMP_GEN_MASK: u64 = (1 << STAMP_GEN_BITS) - 1;
+const STAMP_TIME_MASK: u64 = (1 << (64 - STAMP_GEN_BITS)) - 1;
+
+impl Stamp {
+    fn new() -> Self {
+        // Generation 0 is the first closed period, which has no stamp.
+        Stamp(AtomicU64::new(0))
+    }
+
+    /// Records `nanos` (rounded up to a microsecond) as the time of the transition to `generation`,
+    /// while the breaker (whose state word is `state`) is still in that generation. Every write is
+    /// a compare-and-swap that checks the state first, so a transition that has been overtaken never
+    /// overwrites a later one's time.
+    fn publish(&self, state: &AtomicU64, generation: u32, nanos: u64) {
+        let micros = nanos.div_ceil(1_000).min(STAMP_TIME_MASK);
+        let word = micros << STAMP_GEN_BITS | generation as u64 & STAMP_GEN_MASK;
+        let _ = self.0.fetch_update(AcqRel, Acquire, |_| {
+            (self::generation(state.load(Acquire)) == generation).then_some(word)
+        });
+    }
+
+    /// The time recorded for `generation`, in nanoseconds since the origin; `None` while the
+    /// transition that started it has not recorded it yet.
+    fn read(&self, generation: u32) -> Option<u64> {
+        let word = self.0.load(Acquire);
+        (word & STAMP_GEN_MASK == generation as u64 & STAMP_GEN_MASK)
+            .then(|| (word >> STAMP_GEN_BITS).saturating_mul(1_000))
+    }
+}
+
 /// The circuit breaker's [`Gate`]: its state machine, window and counters, shared by every service
 /// made from one [`CircuitBreakerLayer`](super::CircuitBreakerLayer). Reach it through a
 /// [`Handle`](super::Handle).
@@ -117,10 +156,10 @@ pub struct Breaker {
     state: Padded<AtomicU64>,
     window: Window,
     consecutive: Padded<AtomicU32>,
-    /// Nanoseconds since `origin` at which an open breaker admits its first probe.
-    open_until: AtomicU64,
-    /// Nanoseconds since `origin` at which the breaker last went half-open.
-    half_open_since: AtomicU64,
+    /// When an open breaker admits its first probe, written by the trip that opened it.
+    open_until: Stamp,
+    /// When the breaker last went half-open, written by the call that moved it there.
+    half_open_since: Stamp,
     /// Trips since the breaker last closed; the open duration grows with it.
     trips: AtomicU32,
     wants_time: bool,
@@ -161,8 +200,8 @@ impl Breaker {
             plain_success: config.slow_rate_ppm.is_none() && config.consecutive_failures.is_none(),
             window,
             consecutive: Padded(AtomicU32::new(0)),
-            open_until: AtomicU64::new(0),
-            half_open_since: AtomicU64::new(0),
+            open_until: Stamp::new(),
+            half_open_since: Stamp::new(),
             trips: AtomicU32::new(0),
             origin: Instant::now(),
             config,
@@ -254,11 +293,14 @@ impl Breaker {
             _ => self.open_duration(attempt),
         };
         let until = now.saturating_add(nanos(duration));
-        // Published before the state so that nobody sees Open with a stale deadline.
-        self.open_until.store(until, Release);
+        let open = next(word, OPEN);
         self.state
-            .compare_exchange(word, next(word, OPEN), AcqRel, Acquire)
+            .compare_exchange(word, open, AcqRel, Acquire)
             .ok()?;
+        // Only the trip that won writes its open period; until it has, callers see an open breaker
+        // whose period is not known yet, and are rejected.
+        self.open_until
+            .publish(&self.state, generation(open), until);
         self.trips.store(attempt, Relaxed);
         emit.emit(EventKind::StateTransition {
             from: state_of(tag(word)),
@@ -294,6 +336,11 @@ impl Breaker {
             .state
             .fetch_update(AcqRel, Acquire, |word| Some(next(word, to_tag)))
             .expect("the update always succeeds");
+        // Keeps the stamps' 16-bit generation tags from meeting an old stamp again after many
+        // transitions by hand: a stamp is written at least once every few generations.
+        let now = generation(next(from, to_tag));
+        self.open_until.publish(&self.state, now, 0);
+        self.half_open_since.publish(&self.state, now, 0);
         if tag(from) != to_tag {
             emit.emit(EventKind::StateTransition {
                 from: state_of(tag(from)),
@@ -491,13 +538,7 @@ impl Gate for Breaker {
     #[inline]
     fn cancel<O: Observer>(&self, permit: Permit, _emit: Emitter<'_, O>) {
         if permit.probe {
-            // Give the probe slot back, if its trial is still running.
-            let _ = self.state.fetch_update(AcqRel, Acquire, |word| {
-                (tag(word) == HALF_OPEN
-                    && generation(word) == permit.generation
-                    && field(word, ADMITTED_SHIFT) > 0)
-                    .then(|| word - (1 << ADMITTED_SHIFT))
-            });
+            self.give_back_probe(permit);
         }
     }
 
@@ -517,6 +558,16 @@ impl Gate for Breaker {
 }
 
 impl Breaker {
+    /// Gives a probe's slot back to its trial, if the trial is still running.
+    fn give_back_probe(&self, permit: Permit) {
+        let _ = self.state.fetch_update(AcqRel, Acquire, |word| {
+            (tag(word) == HALF_OPEN
+                && generation(word) == permit.generation
+                && field(word, ADMITTED_SHIFT) > 0)
+                .then(|| word - (1 << ADMITTED_SHIFT))
+        });
+    }
+
     /// Every completion but a plain closed-state success.
     #[inline(never)]
     fn complete_other<O: Observer>(
@@ -566,20 +617,30 @@ impl Breaker {
                 }
                 OPEN => {
                     let now = self.now();
-                    let until = self.open_until.load(Acquire);
+                    let Some(until) = self.open_until.read(generation(word)) else {
+                        // Tripped a moment ago; the trip has not written its period yet.
+                        return Err(Open {
+                            retry_after: None,
+                            reason: RejectReason::CircuitOpen,
+                        });
+                    };
                     if now < until {
                         return Err(Open::open_for(until - now));
                     }
                     // The open period is over: this call is the first probe.
-                    self.half_open_since.store(now, Relaxed);
                     let half = next(word, HALF_OPEN) + (1 << ADMITTED_SHIFT);
                     match self.state.compare_exchange(word, half, AcqRel, Acquire) {
                         Ok(_) => {
+                            self.half_open_since
+                                .publish(&self.state, generation(half), now);
+                            let permit = Permit::of(half, true);
+                            // Should the observer panic, the probe goes back to the trial.
+                            let unsent = ProbeGuard(self, Some(permit));
                             emit.emit(EventKind::StateTransition {
                                 from: CircuitState::Open,
                                 to: CircuitState::HalfOpen,
                             });
-                            return Ok(Permit::of(half, true));
+                            return Ok(unsent.sent());
                         }
                         Err(actual) => word = actual,
                     }
@@ -601,7 +662,8 @@ impl Breaker {
                         }
                     }
                     let now = self.now();
-                    let since = self.half_open_since.load(Relaxed);
+                    // Not written yet: the trial has only just started.
+                    let since = self.half_open_since.read(generation(word)).unwrap_or(now);
                     let waited = Duration::from_nanos(now.saturating_sub(since));
                     if waited < self.config.max_half_open_wait {
                         return Err(Open {
@@ -617,5 +679,133 @@ impl Breaker {
                 }
             }
         }
+    }
+}
+
+/// A half-open probe admitted but not yet handed to its caller; given back if dropped (an observer
+/// panicked while the transition was being reported).
+struct ProbeGuard<'a>(&'a Breaker, Option<Permit>);
+
+impl ProbeGuard<'_> {
+    fn sent(mut self) -> Permit {
+        self.1.take().expect("a probe is sent once")
+    }
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(permit) = self.1.take() {
+            self.0.give_back_probe(permit);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{Event, Source};
+
+    fn breaker(probes: u32) -> Breaker {
+        Breaker::new(Config {
+            failure_rate_ppm: Some(500_000),
+            slow_rate_ppm: None,
+            slow_call_duration: Duration::from_secs(60),
+            consecutive_failures: None,
+            minimum_calls: 20,
+            window: WindowKind::Count(100),
+            half_open_probes: probes,
+            max_half_open_wait: Duration::from_secs(30),
+            open_duration: Duration::from_secs(5),
+            max_open_duration: Duration::from_secs(120),
+            open_multiplier: 2.0,
+            open_jitter: 0.0,
+            max_retry_after: Some(Duration::from_secs(600)),
+            seed: Some(7),
+        })
+    }
+
+    const SECOND: u64 = 1_000_000_000;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trip_that_lost_the_race_does_not_write_the_open_period() {
+        let source = Source::new("b", ());
+        let b = breaker(1);
+        let closed = b.state.load(Acquire);
+        let now = b.now();
+        assert_eq!(
+            b.trip(closed, now, None, source.emitter()),
+            Some(now + 5 * SECOND)
+        );
+        // A completion that read the same closed state, with a server's hint of 60 s, loses.
+        let hint = Some(Duration::from_secs(60));
+        assert_eq!(b.trip(closed, now, hint, source.emitter()), None);
+        let open = b
+            .acquire_slow(b.state.load(Acquire), source.emitter())
+            .unwrap_err();
+        assert_eq!(
+            open.retry_after,
+            Some(Duration::from_secs(5)),
+            "the winner's period stands"
+        );
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(
+            b.acquire_slow(b.state.load(Acquire), source.emitter())
+                .unwrap()
+                .probe
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_that_lost_the_race_to_start_a_trial_does_not_move_its_start() {
+        let source = Source::new("b", ());
+        let b = breaker(1);
+        let closed = b.state.load(Acquire);
+        b.trip(closed, b.now(), None, source.emitter()).unwrap();
+        let open = b.state.load(Acquire);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(
+            b.acquire_slow(open, source.emitter()).unwrap().probe,
+            "the trial starts at 5 s"
+        );
+        tokio::time::advance(Duration::from_secs(20)).await;
+        // A caller that read the open state long ago, and only now tries to start the trial.
+        let late = b.acquire_slow(open, source.emitter()).unwrap_err();
+        assert_eq!(late.reason, RejectReason::HalfOpenFull);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        // 30 s after the trial started, its probe has not come back: the trial has failed.
+        let now = b
+            .acquire_slow(b.state.load(Acquire), source.emitter())
+            .unwrap_err();
+        assert_eq!(now.reason, RejectReason::CircuitOpen, "{now:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_observer_at_half_open_gives_the_probe_back() {
+        let panicking = Source::new("b", |event: &Event<'_>| {
+            if let EventKind::StateTransition {
+                to: CircuitState::HalfOpen,
+                ..
+            } = event.kind
+            {
+                panic!("observer fails");
+            }
+        });
+        let quiet = Source::new("b", ());
+        let b = breaker(1);
+        b.trip(b.state.load(Acquire), b.now(), None, quiet.emitter())
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let open = b.state.load(Acquire);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            b.acquire_slow(open, panicking.emitter())
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(b.state(), CircuitState::HalfOpen);
+        assert_eq!(b.probes_in_flight(), 0, "the probe went back to the trial");
+        assert!(
+            b.acquire_slow(b.state.load(Acquire), quiet.emitter())
+                .unwrap()
+                .probe
+        );
     }
 }

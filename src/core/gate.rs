@@ -290,22 +290,24 @@ where
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.reserved.permit.is_none() {
-            if self.rejected.is_some() {
-                return Poll::Ready(Ok(()));
-            }
+            // A rejection found by an earlier `poll_ready` answers for the state then: a caller
+            // that polls readiness long before it calls (a balancer, `ReadyCache`, `select!`) asks
+            // the gate again, and is rejected only if the gate still says no.
+            self.rejected = None;
             let shared = &*self.reserved.shared;
             let emit = shared.emitter();
             match ready!(shared.gate.poll_acquire(cx, &mut self.waiter, emit)) {
                 Ok(permit) => {
-                    emit.emit(EventKind::Permitted);
+                    // Kept before the event is sent: an observer that panics cannot leak it, since
+                    // the service gives it back when dropped.
                     self.reserved.permit = Some(permit);
+                    emit.emit(EventKind::Permitted);
                 }
                 Err(rejection) => {
-                    emit.emit(EventKind::Rejected {
-                        reason: G::reject_reason(&rejection),
-                    });
                     // A rejection is ready at once and fails in the future, so readiness counts
                     // once and the layer works under axum, which assumes services are always ready.
+                    // It is reported when `call` hands it out: a service polled again, or dropped
+                    // without a call, rejected nobody.
                     self.rejected = Some(rejection);
                     return Poll::Ready(Ok(()));
                 }
@@ -354,6 +356,9 @@ where
             .rejected
             .take()
             .expect("poll_ready must be called first");
+        self.reserved.shared.emitter().emit(EventKind::Rejected {
+            reason: G::reject_reason(&rejection),
+        });
         GuardFuture {
             kind: Kind::Rejected {
                 rejection: Some(rejection),

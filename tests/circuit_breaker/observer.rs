@@ -30,7 +30,15 @@ async fn every_decision_is_an_event() {
     tokio::time::advance(Duration::from_secs(1)).await;
     send(&mut service, Call::ok()).await;
     handle.force_open();
+    // Readiness alone rejects nobody: the rejection is reported when a call receives it.
     let _ = tower::ServiceExt::ready(&mut service).await.unwrap();
+    assert!(!events.lock().unwrap().iter().any(|(_, kind)| matches!(
+        kind,
+        EventKind::Rejected {
+            reason: RejectReason::ForcedOpen
+        }
+    )));
+    send(&mut service, Call::ok()).await;
     let events = events.lock().unwrap().clone();
     assert!(events.iter().all(|(layer, _)| layer == "db"));
     let kinds: Vec<_> = events.into_iter().map(|(_, k)| k).collect();
