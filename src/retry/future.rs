@@ -31,6 +31,9 @@ pin_project! {
         service: S,
         // A copy of the request for the next attempt; `None` when it may not be retried.
         request: Option<Req>,
+        // The failed attempt being retried, kept while the request carries a deadline: should the
+        // deadline come before the next attempt can start, the caller gets this answer.
+        last: Option<Result<S::Response, S::Error>>,
         attempt: u32,
         previous_delay: Duration,
         // Set when a rule or the observer needs time.
@@ -53,19 +56,50 @@ pin_project! {
             #[pin]
             future: F,
         },
+        // The backoff, then (`readying`) the wait for the inner service's readiness, which `sleep`
+        // bounds by the request's deadline when it carries one (`bounded`).
         Waiting {
             #[pin]
             sleep: Sleep,
+            readying: bool,
+            bounded: bool,
         },
-        Readying,
     }
 }
 
 /// What to do after a failed attempt.
 enum Next {
-    /// Wait `delay` (until the instant), for this reason.
-    Retry(Duration, RetryReason, Instant),
+    /// Wait `delay` (until the instant), for this reason, before the deadline if there is one.
+    Retry(
+        Duration,
+        RetryReason,
+        Instant,
+        Option<crate::core::Deadline>,
+    ),
     GiveUp(GiveUpReason),
+}
+
+/// The deadline came while the next attempt waited for the inner service: the caller gets the
+/// answer of the attempt that failed last.
+fn give_up_at_deadline<S, Req, C, P, O>(
+    this: &mut Proj<'_, S, Req, C, P, O>,
+) -> Result<S::Response, S::Error>
+where
+    S: Service<Req>,
+    P: Policy<Req, S::Response, S::Error>,
+    O: Observer,
+{
+    let attempts = *this.attempt;
+    this.source.emit(EventKind::GaveUp {
+        attempts,
+        reason: GiveUpReason::Deadline,
+    });
+    this.source.done();
+    let last = this
+        .last
+        .take()
+        .expect("a retry with a deadline keeps the answer it retries");
+    this.policy.give_up(GiveUpReason::Deadline, attempts, last)
 }
 
 impl<S, Req, C, P, O> ResponseFuture<S, Req, C, P, O>
@@ -94,6 +128,7 @@ where
             state: State::Calling { future },
             service,
             request,
+            last: None,
             attempt: 1,
             previous_delay: Duration::ZERO,
             start,
@@ -126,8 +161,10 @@ where
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
             State::Calling { .. } => "calling",
-            State::Waiting { .. } => "waiting",
-            State::Readying => "readying",
+            State::Waiting {
+                readying: false, ..
+            } => "waiting",
+            State::Waiting { .. } => "readying",
         };
         f.debug_struct("ResponseFuture")
             .field("attempt", &self.attempt)
@@ -168,15 +205,22 @@ where
                         return Poll::Ready(result);
                     }
                     match decide(&mut this, &result) {
-                        Next::Retry(delay, reason, resume) => {
+                        Next::Retry(delay, reason, resume, deadline) => {
                             *this.previous_delay = delay;
                             this.source.emit(EventKind::RetryScheduled {
                                 attempt: attempt + 1,
                                 delay,
                                 reason,
                             });
+                            if deadline.is_some() {
+                                *this.last = Some(result);
+                            }
                             let sleep = tokio::time::sleep_until(resume);
-                            this.state.set(State::Waiting { sleep });
+                            this.state.set(State::Waiting {
+                                sleep,
+                                readying: false,
+                                bounded: false,
+                            });
                         }
                         Next::GiveUp(reason) => {
                             this.source.emit(EventKind::GaveUp {
@@ -188,16 +232,43 @@ where
                         }
                     }
                 }
-                StateProj::Waiting { sleep } => {
-                    ready!(sleep.poll(cx));
-                    this.state.set(State::Readying);
-                }
-                StateProj::Readying => {
-                    // Capacity is asked for only now, after the backoff, never held through it.
-                    if let Err(e) = ready!(this.service.poll_ready(cx)) {
-                        this.source.done();
-                        return Poll::Ready(Err(e));
+                StateProj::Waiting {
+                    mut sleep,
+                    readying,
+                    bounded,
+                } => {
+                    let deadline = this
+                        .request
+                        .as_ref()
+                        .and_then(|request| this.policy.deadline(request));
+                    if !*readying {
+                        ready!(sleep.as_mut().poll(cx));
+                        *readying = true;
+                        if let Some(deadline) = deadline {
+                            // The wait for readiness ends at the deadline at the latest.
+                            sleep.as_mut().reset(deadline.instant());
+                            *bounded = true;
+                        }
                     }
+                    // Capacity is asked for only now, after the backoff, never held through it.
+                    match this.service.poll_ready(cx) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(e)) => {
+                            this.source.done();
+                            return Poll::Ready(Err(e));
+                        }
+                        Poll::Pending => {
+                            if *bounded && sleep.poll(cx).is_ready() {
+                                return Poll::Ready(give_up_at_deadline(&mut this));
+                            }
+                            return Poll::Pending;
+                        }
+                    }
+                    // Ready, but maybe only after the deadline: an attempt then could not finish.
+                    if deadline.is_some_and(|d| d.is_expired_at(Instant::now())) {
+                        return Poll::Ready(give_up_at_deadline(&mut this));
+                    }
+                    *this.last = None;
                     *this.attempt += 1;
                     let req = this
                         .request
@@ -268,7 +339,8 @@ where
         // Beyond the clock's range: no deadline or limit could be met.
         return Next::GiveUp(GiveUpReason::Elapsed);
     };
-    if let Some(deadline) = this.policy.deadline(request) {
+    let deadline = this.policy.deadline(request);
+    if let Some(deadline) = deadline {
         if resume >= deadline.instant() {
             return Next::GiveUp(GiveUpReason::Deadline);
         }
@@ -283,5 +355,5 @@ where
             return Next::GiveUp(GiveUpReason::Budget);
         }
     }
-    Next::Retry(delay, reason, resume)
+    Next::Retry(delay, reason, resume, deadline)
 }

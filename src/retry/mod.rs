@@ -11,7 +11,8 @@
 //!   of the last 10 s, plus 10 per second), so that retries cannot multiply the load on a
 //!   dependency that is already down;
 //! - the retry would end before the request's deadline and the layer's
-//!   [`max_elapsed`](Builder::max_elapsed), if set;
+//!   [`max_elapsed`](Builder::max_elapsed), if set (the wait for the inner service's readiness
+//!   ends at the deadline too: no attempt starts after it, and the caller gets the last answer);
 //! - a server hint (`Retry-After`, read by the classifier) asks for no more than
 //!   [`max_hint`](Builder::max_hint).
 //!

@@ -128,7 +128,9 @@ where
                 }
             },
         };
-        if cause == TimeoutCause::Deadline && deadline.is_expired_at(now) {
+        // No time left, whether the budget came with the request or is this layer's own (a timeout
+        // of zero): the inner service is not called.
+        if deadline.is_expired_at(now) {
             self.source.emitter().emit(EventKind::TimedOut {
                 elapsed: Duration::ZERO,
                 cause: TimeoutCause::Expired,

@@ -715,3 +715,70 @@ async fn delays_beyond_the_clock_give_up_instead_of_panicking() {
     service.ready().await.unwrap().call(1).await.unwrap_err();
     assert!(backend.calls() >= 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn no_attempt_starts_after_the_deadline_even_when_readiness_came_late() {
+    // The backoff ends before the deadline, but the inner service is not ready: the wait for it
+    // ends at the deadline, with the last answer, and no attempt is sent.
+    let (mock, mut handle) = tower_test::mock::pair::<Request<String>, u32>();
+    let (events, observer) = recorder();
+    let mut service = RetryLayer::builder()
+        .policy(ClonedWithDeadline)
+        .no_budget()
+        .backoff(constant(10 * MS))
+        .observer(observer)
+        .build()
+        .unwrap()
+        .layer(mock);
+    handle.allow(1);
+    let mut request = req("late");
+    request.set_deadline(Deadline::after(100 * MS));
+    let call = service.ready().await.unwrap().call(request);
+    let mut call = tokio_test::task::spawn(call);
+    tokio_test::assert_pending!(call.poll());
+    let (_, reply) = handle.next_request().await.unwrap();
+    reply.send_error("first attempt failed");
+    tokio_test::assert_pending!(call.poll());
+    tokio::time::advance(10 * MS).await;
+    tokio_test::assert_pending!(call.poll());
+    tokio::time::advance(89 * MS).await;
+    tokio_test::assert_pending!(call.poll());
+    tokio::time::advance(MS).await;
+    assert!(call.is_woken(), "the deadline wakes the wait for readiness");
+    let err = tokio_test::assert_ready!(call.poll()).unwrap_err();
+    assert_eq!(err.to_string(), "first attempt failed");
+    assert!(handle.poll_request().is_pending(), "no second attempt");
+    assert_eq!(
+        events.lock().unwrap().last(),
+        Some(&EventKind::GaveUp {
+            attempts: 1,
+            reason: GiveUpReason::Deadline
+        })
+    );
+
+    // Readiness that arrives only after the deadline starts nothing either.
+    let (mock, mut handle) = tower_test::mock::pair::<Request<String>, u32>();
+    let mut service = RetryLayer::builder()
+        .policy(ClonedWithDeadline)
+        .no_budget()
+        .backoff(constant(10 * MS))
+        .build()
+        .unwrap()
+        .layer(mock);
+    handle.allow(1);
+    let mut request = req("later");
+    request.set_deadline(Deadline::after(100 * MS));
+    let mut call = tokio_test::task::spawn(service.ready().await.unwrap().call(request));
+    tokio_test::assert_pending!(call.poll());
+    let (_, reply) = handle.next_request().await.unwrap();
+    reply.send_error("failed again");
+    tokio_test::assert_pending!(call.poll());
+    tokio::time::advance(150 * MS).await;
+    handle.allow(1);
+    let err = tokio_test::assert_ready!(call.poll()).unwrap_err();
+    assert_eq!(err.to_string(), "failed again");
+    assert!(
+        handle.poll_request().is_pending(),
+        "no attempt after the deadline"
+    );
+}

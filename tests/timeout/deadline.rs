@@ -205,3 +205,35 @@ async fn a_deadline_with_time_left_is_not_expired() {
     service.ready().await.unwrap().call(req).await.unwrap();
     assert_eq!(spy.calls(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_propagating_timeout_of_zero_fails_fast_without_calling_the_inner_service() {
+    let spy = Spy::default();
+    let mut service = TimeoutLayer::new(Duration::ZERO)
+        .propagate()
+        .layer(spy.service());
+    let err = service
+        .ready()
+        .await
+        .unwrap()
+        .call(request(MS))
+        .await
+        .unwrap_err();
+    let err = elapsed(err);
+    assert_eq!(err.cause(), TimeoutCause::Expired);
+    assert_eq!(err.budget(), Duration::ZERO);
+    assert_eq!(spy.calls(), 0, "a budget of zero never reaches the backend");
+    // A per-request timeout that leaves nothing does the same.
+    let mut service = TimeoutLayer::per_request(|_: &Request| Some(Duration::ZERO))
+        .propagate()
+        .layer(spy.service());
+    let err = service
+        .ready()
+        .await
+        .unwrap()
+        .call(request(MS))
+        .await
+        .unwrap_err();
+    assert_eq!(elapsed(err).cause(), TimeoutCause::Expired);
+    assert_eq!(spy.calls(), 0);
+}
