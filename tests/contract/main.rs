@@ -1,0 +1,42 @@
+//! Every layer under the one tower contract (see `harness`). Adding a layer means adding one line
+//! to the list at the end.
+
+mod harness;
+mod subjects;
+
+#[path = "../support/mod.rs"]
+mod support;
+
+pub use support::Fail;
+
+/// One test per subject, each running every clause of the contract.
+macro_rules! contract {
+    ($($name:ident: $subject:ty,)*) => {
+        $(
+            #[tokio::test(start_paused = true)]
+            async fn $name() {
+                harness::check::<$subject>().await;
+            }
+        )*
+    };
+}
+
+contract! {
+    bulkhead_without_queue: subjects::Bulkhead<0>,
+    bulkhead_with_queue: subjects::Bulkhead<8>,
+    adaptive_limiter: subjects::Adaptive,
+    load_shed: subjects::Shed,
+    throttle: subjects::Throttle,
+    circuit_breaker: subjects::Breaker,
+    rate_limit: subjects::RateLimit,
+    keyed_rate_limit: subjects::KeyedRateLimit,
+    fleet_rate_limit: subjects::FleetRateLimit,
+    retry: subjects::Retry,
+    timeout_fixed: subjects::FixedTimeout,
+    timeout_per_request: subjects::PerRequestTimeout,
+    timeout_propagating: subjects::PropagatingTimeout,
+    fallback: subjects::Fallback,
+    chaos: subjects::Chaos,
+    client_stack: subjects::Client,
+    server_stack: subjects::Server,
+}

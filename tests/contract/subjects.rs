@@ -1,0 +1,459 @@
+//! Each layer as a contract subject: built over a `tower_test` mock, with the test's observer where
+//! the layer takes one, and the means to make it refuse calls where the test can.
+
+use crate::harness::{Blocked, Probe, Subject};
+use seawall::bulkhead::{BulkheadLayer, Handle as BulkheadHandle};
+use seawall::chaos::ChaosLayer;
+use seawall::circuit_breaker::{CircuitBreakerLayer, Handle as BreakerHandle};
+use seawall::core::{Deadline, DeadlineCarrier};
+use seawall::fallback::FallbackLayer;
+use seawall::limit::algorithm::Fixed;
+use seawall::limit::fleet::{FleetRateLimitLayer, MemoryStore};
+use seawall::limit::rate::{KeyedRateLimitLayer, Quota, RateLimitLayer};
+use seawall::limit::{AdaptiveHandle, AdaptiveLimitLayer, LoadShedLayer, ThrottleLayer};
+use seawall::retry::backoff::{Backoff, Jitter};
+use seawall::retry::RetryLayer;
+use seawall::stack::{ClientStack, ServerStack};
+use seawall::timeout::TimeoutLayer;
+use std::time::Duration;
+use tower::util::BoxCloneService;
+use tower::{BoxError, Layer, Service, ServiceBuilder, ServiceExt};
+use tower_test::mock;
+
+type Erased = BoxCloneService<u32, u32, BoxError>;
+
+const SLOTS: u64 = 3;
+const QUEUE: usize = 8;
+
+fn erase<S>(service: S) -> Erased
+where
+    S: tower::Service<u32, Response = u32, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    BoxCloneService::new(service)
+}
+
+/// What every subject has: a way to make services over the mock, the mock's handle, and the
+/// services that hold capacity while the subject is blocked.
+pub struct Over<X> {
+    make: Box<dyn Fn(mock::Mock<u32, u32>) -> Erased + Send + Sync>,
+    mock: mock::Mock<u32, u32>,
+    handle: mock::Handle<u32, u32>,
+    blockers: Vec<Erased>,
+    /// What the subject reads its state through.
+    x: X,
+}
+
+impl<X> Over<X> {
+    fn new(x: X, make: impl Fn(mock::Mock<u32, u32>) -> Erased + Send + Sync + 'static) -> Self {
+        let (mock, handle) = mock::pair::<u32, u32>();
+        Over {
+            make: Box::new(make),
+            mock,
+            handle,
+            blockers: Vec::new(),
+            x,
+        }
+    }
+
+    fn make(&self) -> Erased {
+        (self.make)(self.mock.clone())
+    }
+
+    /// A layer that passes its inner service's readiness on waits while the mock is not ready.
+    fn block_beneath(&mut self) -> Option<Blocked> {
+        self.handle.allow(0);
+        Some(Blocked::Waits)
+    }
+
+    fn unblock_beneath(&mut self) {
+        self.handle.allow(u64::MAX);
+    }
+
+    /// Takes every slot with services that keep their reservations until unblocked.
+    async fn fill(&mut self, slots: u64) {
+        let mut cx = tokio_test::task::spawn(());
+        for _ in 0..slots {
+            let mut s = self.make();
+            let ready = cx.enter(|cx, _| s.poll_ready(cx));
+            assert!(
+                matches!(ready, std::task::Poll::Ready(Ok(()))),
+                "every slot is free to take"
+            );
+            self.blockers.push(s);
+        }
+    }
+}
+
+/// The parts of `Subject` every subject writes the same way.
+macro_rules! common {
+    () => {
+        type Service = Erased;
+        fn service(&self) -> Erased {
+            self.make()
+        }
+        fn mock(&mut self) -> &mut mock::Handle<u32, u32> {
+            &mut self.handle
+        }
+    };
+}
+
+/// A subject that passes readiness through and holds nothing of its own.
+macro_rules! pass_through {
+    ($name:ident, |$probe:ident| $make:expr, observed: $observed:expr) => {
+        pub struct $name(Over<()>);
+
+        impl std::ops::Deref for $name {
+            type Target = Over<()>;
+            fn deref(&self) -> &Over<()> {
+                &self.0
+            }
+        }
+
+        impl std::ops::DerefMut for $name {
+            fn deref_mut(&mut self) -> &mut Over<()> {
+                &mut self.0
+            }
+        }
+
+        impl Subject for $name {
+            common!();
+            async fn prepare($probe: Probe) -> Self {
+                $name(Over::new((), $make))
+            }
+            async fn block(&mut self) -> Option<Blocked> {
+                self.block_beneath()
+            }
+            async fn unblock(&mut self) {
+                self.unblock_beneath()
+            }
+            fn observed(&self) -> bool {
+                $observed
+            }
+        }
+    };
+}
+
+/// A subject over a slot-holding layer, read through a handle.
+macro_rules! slots {
+    ($name:ident<$($q:ident)?>, $x:ty, |$probe:ident| $make:expr, held: |$h:ident| $held:expr,
+     capacity: $capacity:expr, blocked: $blocked:expr $(, observed: $observed:expr)?) => {
+        impl$(<const $q: usize>)? std::ops::Deref for $name$(<$q>)? {
+            type Target = Over<$x>;
+            fn deref(&self) -> &Over<$x> {
+                &self.0
+            }
+        }
+
+        impl$(<const $q: usize>)? std::ops::DerefMut for $name$(<$q>)? {
+            fn deref_mut(&mut self) -> &mut Over<$x> {
+                &mut self.0
+            }
+        }
+
+        impl$(<const $q: usize>)? Subject for $name$(<$q>)? {
+            common!();
+            async fn prepare($probe: Probe) -> Self {
+                $name($make)
+            }
+            fn capacity(&self) -> Option<usize> {
+                Some($capacity)
+            }
+            fn held(&self) -> usize {
+                let $h = &self.x;
+                $held
+            }
+            async fn block(&mut self) -> Option<Blocked> {
+                self.fill(SLOTS).await;
+                Some($blocked)
+            }
+            async fn unblock(&mut self) {
+                self.blockers.clear();
+            }
+            $(fn observed(&self) -> bool {
+                $observed
+            })?
+        }
+    };
+}
+
+pub struct Bulkhead<const Q: usize>(Over<BulkheadHandle<Probe>>);
+
+slots!(Bulkhead<Q>, BulkheadHandle<Probe>, |probe| {
+        let layer = BulkheadLayer::builder()
+            .max_concurrent(SLOTS)
+            .queue(Q)
+            .observer(probe)
+            .build()
+            .unwrap();
+        Over::new(layer.handle(), move |mock| erase(layer.layer(mock)))
+    },
+    held: |h| (h.in_flight() + h.queued()) as usize,
+    capacity: SLOTS as usize,
+    blocked: if Q == 0 { Blocked::Rejects } else { Blocked::Waits });
+
+pub struct Adaptive(Over<AdaptiveHandle<Fixed, Probe>>);
+
+slots!(Adaptive<>, AdaptiveHandle<Fixed, Probe>, |probe| {
+        let layer = AdaptiveLimitLayer::builder(Fixed(SLOTS))
+            .queue(QUEUE)
+            .observer(probe)
+            .build();
+        Over::new(layer.handle(), move |mock| erase(layer.layer(mock)))
+    },
+    held: |h| (h.in_flight() + h.queued()) as usize,
+    capacity: SLOTS as usize,
+    blocked: Blocked::Waits);
+
+/// The breaker, blocked by forcing it open.
+pub struct Breaker(Over<BreakerHandle<Probe>>);
+
+impl std::ops::Deref for Breaker {
+    type Target = Over<BreakerHandle<Probe>>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Breaker {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Subject for Breaker {
+    common!();
+    async fn prepare(probe: Probe) -> Self {
+        let layer = CircuitBreakerLayer::builder()
+            .observer(probe)
+            .build()
+            .unwrap();
+        Breaker(Over::new(layer.handle(), move |mock| {
+            erase(layer.layer(mock))
+        }))
+    }
+    fn held(&self) -> usize {
+        self.x.metrics().probes_in_flight as usize
+    }
+    async fn block(&mut self) -> Option<Blocked> {
+        self.x.force_open();
+        Some(Blocked::Rejects)
+    }
+    async fn unblock(&mut self) {
+        self.x.force_closed();
+    }
+}
+
+/// The load shedder, blocked by a service beneath that is not ready.
+pub struct Shed(Over<()>);
+
+impl std::ops::Deref for Shed {
+    type Target = Over<()>;
+    fn deref(&self) -> &Over<()> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Shed {
+    fn deref_mut(&mut self) -> &mut Over<()> {
+        &mut self.0
+    }
+}
+
+impl Subject for Shed {
+    common!();
+    async fn prepare(probe: Probe) -> Self {
+        let layer = LoadShedLayer::new().with_observer("shed", probe);
+        Shed(Over::new((), move |mock| erase(layer.layer(mock))))
+    }
+    async fn block(&mut self) -> Option<Blocked> {
+        self.handle.allow(0);
+        Some(Blocked::Rejects)
+    }
+    async fn unblock(&mut self) {
+        self.unblock_beneath()
+    }
+}
+
+/// A layer that holds nothing and that the test does not make refuse calls.
+macro_rules! unblockable {
+    ($name:ident, |$probe:ident| $make:expr) => {
+        pub struct $name(Over<()>);
+
+        impl std::ops::Deref for $name {
+            type Target = Over<()>;
+            fn deref(&self) -> &Over<()> {
+                &self.0
+            }
+        }
+
+        impl std::ops::DerefMut for $name {
+            fn deref_mut(&mut self) -> &mut Over<()> {
+                &mut self.0
+            }
+        }
+
+        impl Subject for $name {
+            common!();
+            async fn prepare($probe: Probe) -> Self {
+                $name(Over::new((), $make))
+            }
+            async fn block(&mut self) -> Option<Blocked> {
+                None
+            }
+            async fn unblock(&mut self) {}
+        }
+    };
+}
+
+unblockable!(Throttle, |probe| {
+    let layer = ThrottleLayer::builder().observer(probe).build().unwrap();
+    move |mock| erase(layer.layer(mock))
+});
+
+unblockable!(RateLimit, |probe| {
+    let layer = RateLimitLayer::builder(Quota::per_second(1_000).burst(100))
+        .observer(probe)
+        .build()
+        .unwrap();
+    move |mock| erase(layer.layer(mock))
+});
+
+unblockable!(KeyedRateLimit, |probe| {
+    let layer =
+        KeyedRateLimitLayer::builder(Quota::per_second(1_000).burst(100), |n: &u32| Some(n % 4))
+            .observer(probe)
+            .build()
+            .unwrap();
+    move |mock| erase(layer.layer(mock))
+});
+
+unblockable!(FleetRateLimit, |probe| {
+    let layer = FleetRateLimitLayer::builder(
+        MemoryStore::new(),
+        Quota::per_second(1_000).burst(100),
+        |n: &u32| Some(n % 4),
+    )
+    .observer(probe)
+    .build()
+    .unwrap();
+    move |mock| erase(layer.layer(mock))
+});
+
+pass_through!(Retry, |probe| {
+    let layer = RetryLayer::builder()
+        .backoff(Backoff::constant(Duration::from_millis(10)).jitter(Jitter::None))
+        .observer(probe)
+        .build()
+        .unwrap();
+    move |mock| erase(layer.layer(mock))
+}, observed: true);
+
+pass_through!(FixedTimeout, |probe| {
+    let layer = TimeoutLayer::new(Duration::from_secs(1)).with_observer("timeout", probe);
+    move |mock| erase(layer.layer(mock))
+}, observed: true);
+
+pass_through!(PerRequestTimeout, |probe| {
+    let layer = TimeoutLayer::per_request(|_: &u32| Some(Duration::from_secs(1)))
+        .with_observer("timeout", probe);
+    move |mock| erase(layer.layer(mock))
+}, observed: true);
+
+/// A request that carries a deadline, for the propagating timeout.
+#[derive(Clone, Debug)]
+pub struct Carried {
+    n: u32,
+    deadline: Option<Deadline>,
+}
+
+impl DeadlineCarrier for Carried {
+    fn deadline(&self) -> Option<Deadline> {
+        self.deadline
+    }
+    fn set_deadline(&mut self, deadline: Deadline) {
+        self.deadline = Some(deadline);
+    }
+}
+
+pass_through!(PropagatingTimeout, |probe| {
+    let layer = TimeoutLayer::new(Duration::from_secs(1))
+        .propagate()
+        .with_observer("timeout", probe);
+    move |mock| {
+        erase(
+            ServiceBuilder::new()
+                .map_request(|n| Carried { n, deadline: None })
+                .layer(layer.clone())
+                .map_request(|c: Carried| {
+                    assert!(c.deadline.is_some(), "the deadline reaches the service");
+                    c.n
+                })
+                .service(mock),
+        )
+    }
+}, observed: true);
+
+pass_through!(Fallback, |probe| {
+    let layer = FallbackLayer::value(99u32).observer("fallback", probe);
+    move |mock| erase(layer.layer(mock))
+}, observed: true);
+
+pass_through!(Chaos, |_probe| {
+    let layer = ChaosLayer::builder().error(0.0).build().unwrap();
+    move |mock| erase(ServiceBuilder::new().layer(layer.clone()).service(mock).map_err(Into::into))
+}, observed: false);
+
+/// The client stack, read through its breaker (its probes are what it holds).
+pub struct Client(Over<BreakerHandle>);
+
+impl std::ops::Deref for Client {
+    type Target = Over<BreakerHandle>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Client {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Subject for Client {
+    common!();
+    async fn prepare(_: Probe) -> Self {
+        let stack = ClientStack::new();
+        let breaker = stack
+            .breaker_layer()
+            .expect("a breaker by default")
+            .handle();
+        Client(Over::new(breaker, move |mock| erase(stack.layer(mock))))
+    }
+    fn held(&self) -> usize {
+        self.x.metrics().probes_in_flight as usize
+    }
+    async fn block(&mut self) -> Option<Blocked> {
+        self.block_beneath()
+    }
+    async fn unblock(&mut self) {
+        self.unblock_beneath()
+    }
+    fn observed(&self) -> bool {
+        false
+    }
+}
+
+/// The server stack with a fixed concurrency limit and a queue, read through its limiter.
+pub struct Server(Over<AdaptiveHandle<Fixed>>);
+
+slots!(Server<>, AdaptiveHandle<Fixed>, |_probe| {
+        let limiter = AdaptiveLimitLayer::builder(Fixed(SLOTS)).queue(QUEUE).build();
+        let handle = limiter.handle();
+        let stack = ServerStack::new().concurrency(limiter);
+        Over::new(handle, move |mock| erase(stack.layer(mock)))
+    },
+    held: |h| (h.in_flight() + h.queued()) as usize,
+    capacity: SLOTS as usize,
+    blocked: Blocked::Waits,
+    observed: false);
