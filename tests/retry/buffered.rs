@@ -206,7 +206,10 @@ struct Upload {
 impl Upload {
     fn new(chunks: &[&'static str], gate: futures::channel::oneshot::Receiver<()>) -> Self {
         Upload {
-            chunks: chunks.iter().map(|c| Bytes::from_static(c.as_bytes())).collect(),
+            chunks: chunks
+                .iter()
+                .map(|c| Bytes::from_static(c.as_bytes()))
+                .collect(),
             gate: Some(gate),
             sent_first: false,
         }
@@ -251,7 +254,11 @@ fn a_copy_reports_the_whole_size_after_a_partial_attempt() {
     let frame = original.frame().now_or_never().unwrap().unwrap().unwrap();
     assert_eq!(frame.into_data().unwrap(), "first ");
     assert!(original.frame().now_or_never().is_none(), "the rest waits");
-    assert_eq!(original.size_hint().exact(), Some(12), "what this attempt has left");
+    assert_eq!(
+        original.size_hint().exact(),
+        Some(12),
+        "what this attempt has left"
+    );
     drop(original); // the server answered before reading the rest
     assert_eq!(
         copy.size_hint().exact(),
@@ -354,7 +361,10 @@ mod over_hyper {
             seen,
             vec![
                 (Some("18".to_owned()), Bytes::from_static(b"first ")),
-                (Some("18".to_owned()), Bytes::from_static(b"first second third")),
+                (
+                    Some("18".to_owned()),
+                    Bytes::from_static(b"first second third")
+                ),
             ]
         );
         server.abort();
