@@ -31,7 +31,7 @@ fn fallback(c: &mut Criterion) {
     single(
         c,
         "fallback/alternate",
-        AlternateLayer::builder(Noop).build().layer(Noop),
+        AlternateLayer::builder(Noop).build().unwrap().layer(Noop),
     );
     // Stale-if-error stores every good answer: a clock read, a lock and a clone per call.
     single(
@@ -39,6 +39,7 @@ fn fallback(c: &mut Criterion) {
         "fallback/stale_if_error_1000_keys",
         StaleIfErrorLayer::builder(|req: &u32| Some(*req % 1_000), |_: &mut u32, _| {})
             .build()
+            .unwrap()
             .layer(Noop),
     );
 }

@@ -418,7 +418,8 @@ async fn main() -> Result<(), BoxError> {
             .max_age(Duration::from_secs(60))
             .classify(Success2xx)
             .observer("stale", timeouts)
-            .build(),
+            .build()
+            .expect("a valid stale-if-error configuration"),
         )
         .map_response(|response: http::Response<Bytes>| Reply {
             status: response.status(),

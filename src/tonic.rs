@@ -2,12 +2,19 @@
 //!
 //! | rejection ([`ErrorKind`]) | code |
 //! |---|---|
-//! | circuit open, throttled, retry budget exhausted | `UNAVAILABLE` |
-//! | bulkhead or adaptive limiter full, overloaded, rate limited | `RESOURCE_EXHAUSTED` |
+//! | circuit open, bulkhead or adaptive limiter full, overloaded (load shed), throttled, retry budget exhausted | `UNAVAILABLE` |
+//! | rate limited | `RESOURCE_EXHAUSTED` |
 //! | timed out | `DEADLINE_EXCEEDED` |
 //! | malformed `grpc-timeout` | `INVALID_ARGUMENT` |
 //! | a `tonic::Status` found in the error's chain | that status, as it is |
 //! | anything else | `INTERNAL` |
+//!
+//! A full bulkhead, a full adaptive limiter and shed load are `UNAVAILABLE`, not
+//! `RESOURCE_EXHAUSTED`: the call was refused before it did any work, another attempt (on another
+//! instance, or a moment later) may well succeed, and `UNAVAILABLE` is the code gRPC clients'
+//! retry policies retry. A rate limit is a quota the caller has used up: `RESOURCE_EXHAUSTED`,
+//! which gRPC clients retry only when the server pushes back, and it always does, with the time
+//! to its next slot. HTTP answers are not affected ([`crate::http::status`]).
 //!
 //! When the rejection says when to come back (an open breaker, a rate limit), the status carries
 //! it in `grpc-retry-pushback-ms`, which gRPC clients' retry policies obey. Messages are short
@@ -36,15 +43,24 @@ use std::error::Error;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
-/// The code a rejection of kind `kind` is answered with.
+/// The code a rejection of kind `kind` is answered with (the table in the [module docs](self)).
+///
+/// ```
+/// use seawall::error::ErrorKind;
+/// use tonic::Code;
+///
+/// assert_eq!(seawall::tonic::code(ErrorKind::BulkheadFull), Code::Unavailable);
+/// assert_eq!(seawall::tonic::code(ErrorKind::Overloaded), Code::Unavailable);
+/// assert_eq!(seawall::tonic::code(ErrorKind::RateLimited), Code::ResourceExhausted);
+/// ```
 pub fn code(kind: ErrorKind) -> Code {
     match kind {
-        ErrorKind::CircuitOpen | ErrorKind::Throttled | ErrorKind::RetryBudgetExhausted => {
-            Code::Unavailable
-        }
-        ErrorKind::BulkheadFull | ErrorKind::Overloaded | ErrorKind::RateLimited => {
-            Code::ResourceExhausted
-        }
+        ErrorKind::CircuitOpen
+        | ErrorKind::BulkheadFull
+        | ErrorKind::Overloaded
+        | ErrorKind::Throttled
+        | ErrorKind::RetryBudgetExhausted => Code::Unavailable,
+        ErrorKind::RateLimited => Code::ResourceExhausted,
         ErrorKind::TimedOut => Code::DeadlineExceeded,
         ErrorKind::InvalidDeadline => Code::InvalidArgument,
     }

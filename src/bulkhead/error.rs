@@ -10,7 +10,7 @@ use std::time::Duration;
 /// `err.downcast_ref::<Full>()`. It says why: every slot taken and no queue
 /// ([`at_capacity`](Full::at_capacity)), the queue full too ([`queue_full`](Full::queue_full)), or
 /// a wait in the queue longer than allowed ([`waited_too_long`](Full::waited_too_long)). A server
-/// answers it with 503.
+/// answers it with 503, a gRPC server with `UNAVAILABLE` (which gRPC clients retry).
 ///
 /// ```
 /// use seawall::bulkhead::error::Full;

@@ -33,11 +33,25 @@ pub struct BulkheadLayer<C = ErrorIsFailure, O: 'static = ()> {
 
 impl BulkheadLayer {
     /// At most `limit` calls at once; a call that finds every slot taken fails at once.
+    ///
+    /// # Panics
+    ///
+    /// If `limit` is zero or above [`MAX_CONCURRENT`](super::MAX_CONCURRENT). For a limit that
+    /// comes from configuration, use the [builder](Self::builder), which returns these mistakes as
+    /// a [`ConfigError`](super::ConfigError):
+    ///
+    /// ```
+    /// use seawall::bulkhead::{BulkheadLayer, ConfigError};
+    ///
+    /// let limit = 0; // read from a file
+    /// let built = BulkheadLayer::builder().max_concurrent(limit).build();
+    /// assert_eq!(built.unwrap_err(), ConfigError::MaxConcurrent);
+    /// ```
     pub fn new(limit: u64) -> Self {
-        Builder::default()
-            .max_concurrent(limit)
-            .build()
-            .expect("a valid limit (at least 1)")
+        match Builder::default().max_concurrent(limit).build() {
+            Ok(layer) => layer,
+            Err(err) => panic!("BulkheadLayer::new: {err}"),
+        }
     }
 
     /// Starts a [`Builder`] from the default settings.

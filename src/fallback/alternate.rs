@@ -1,6 +1,6 @@
 //! Falling back to another service: [`AlternateLayer`].
 
-use super::{classified, select, Options, Select};
+use super::{classified, select, ConfigError, Options, Select};
 use crate::core::{
     Classify, ErrorIsFailure, EventKind, FallbackTrigger, Observer, RejectReason, Source,
 };
@@ -32,7 +32,7 @@ use tower::{BoxError, Layer, Service};
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
 /// let replica = service_fn(|q: String| async move { Ok::<_, std::io::Error>(format!("{q} from the replica")) });
-/// let layer = AlternateLayer::builder(replica).max_concurrent(16).build();
+/// let layer = AlternateLayer::builder(replica).max_concurrent(16).build().unwrap();
 /// let primary = service_fn(|_: String| async { Err::<String, _>(std::io::Error::other("down")) });
 /// let answer = layer.layer(primary).oneshot("user 7".to_string()).await.unwrap();
 /// assert_eq!(answer, "user 7 from the replica");
@@ -106,9 +106,10 @@ impl<A> AlternateLayer<A> {
 }
 
 impl<A, M, C, O> AlternateBuilder<A, M, C, O> {
-    /// At most `max` fallbacks run at once (default 64; at least 1).
+    /// At most `max` fallbacks run at once (default 64; at least 1, or
+    /// [`build`](Self::build) fails with [`ConfigError::MaxConcurrent`]).
     pub fn max_concurrent(mut self, max: usize) -> Self {
-        self.max = max.max(1);
+        self.max = max;
         self
     }
 
@@ -155,10 +156,14 @@ impl<A, M, C, O> AlternateBuilder<A, M, C, O> {
         }
     }
 
-    /// Builds the layer; every service it makes shares the alternate and its bound.
-    pub fn build(self) -> AlternateLayer<A, M, C, O> {
+    /// Checks the settings and builds the layer; every service it makes shares the alternate and
+    /// its bound.
+    pub fn build(self) -> Result<AlternateLayer<A, M, C, O>, ConfigError> {
+        if self.max == 0 {
+            return Err(ConfigError::MaxConcurrent);
+        }
         let options = self.options;
-        AlternateLayer {
+        Ok(AlternateLayer {
             shared: Arc::new(Shared {
                 alternate: self.alternate,
                 max: self.max,
@@ -168,7 +173,7 @@ impl<A, M, C, O> AlternateBuilder<A, M, C, O> {
             memo: self.memo,
             select: options.select,
             classify: options.classify,
-        }
+        })
     }
 }
 

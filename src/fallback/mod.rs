@@ -37,12 +37,14 @@
 //! ```
 
 mod alternate;
+mod config;
 mod policy;
 mod stale;
 
 pub use alternate::{
     Alternate, AlternateBuilder, AlternateFuture, AlternateLayer, CloneRequest, MakeRequest,
 };
+pub use config::ConfigError;
 pub use policy::{FromFn, Policy, Respond, Value, WithRequest};
 #[cfg(feature = "http")]
 pub use stale::{mark_http, StaleResponse};

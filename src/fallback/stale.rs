@@ -1,7 +1,7 @@
 //! Stale-if-error: [`StaleIfErrorLayer`] keeps the last good response per key and serves it,
 //! marked, when the live call fails.
 
-use super::{select, Options, Select};
+use super::{select, ConfigError, Options, Select};
 use crate::core::{Classify, ErrorIsFailure, EventKind, Observer, Outcome, Source};
 use pin_project_lite::pin_project;
 use std::borrow::Cow;
@@ -147,7 +147,8 @@ impl<K: Hash + Eq + Clone, Res: Clone> Store<K, Res> {
 ///     |user: &(u32, bool)| Some(user.0),
 ///     |answer: &mut String, age| answer.push_str(&format!(" (stale, {age:?} old)")),
 /// )
-/// .build();
+/// .build()
+/// .unwrap();
 /// let service = layer.layer(service_fn(|(user, up): (u32, bool)| async move {
 ///     if up { Ok(format!("profile {user}")) } else { Err("down") }
 /// }));
@@ -189,13 +190,15 @@ impl StaleIfErrorLayer<(), (), ()> {
 }
 
 impl<F, Res, C, O> StaleIfErrorBuilder<F, Res, C, O> {
-    /// Keeps at most `max` responses (default 10,000).
+    /// Keeps at most `max` responses (default 10,000; at least 1, or [`build`](Self::build) fails
+    /// with [`ConfigError::MaxEntries`]).
     pub fn max_entries(mut self, max: usize) -> Self {
         self.max_entries = max;
         self
     }
 
-    /// Serves responses at most `age` old (default five minutes).
+    /// Serves responses at most `age` old (default five minutes; more than zero, or
+    /// [`build`](Self::build) fails with [`ConfigError::MaxAge`]).
     pub fn max_age(mut self, age: Duration) -> Self {
         self.max_age = age;
         self
@@ -233,21 +236,27 @@ impl<F, Res, C, O> StaleIfErrorBuilder<F, Res, C, O> {
         }
     }
 
-    /// Builds the layer and its store, shared by every service it makes.
-    pub fn build<K>(self) -> StaleIfErrorLayer<F, K, Res, C, O>
+    /// Checks the settings and builds the layer and its store, shared by every service it makes.
+    pub fn build<K>(self) -> Result<StaleIfErrorLayer<F, K, Res, C, O>, ConfigError>
     where
         K: Hash + Eq + Clone,
         Res: Clone,
     {
+        if self.max_entries == 0 {
+            return Err(ConfigError::MaxEntries);
+        }
+        if self.max_age.is_zero() {
+            return Err(ConfigError::MaxAge);
+        }
         let options = self.options;
-        StaleIfErrorLayer {
+        Ok(StaleIfErrorLayer {
             store: Arc::new(Store::new(self.max_entries, self.max_age)),
             key: self.key,
             mark: self.mark,
             select: options.select,
             classify: options.classify,
             source: Arc::new(Source::new(options.name, options.observer)),
-        }
+        })
     }
 }
 

@@ -5,7 +5,8 @@
 //! flight when it started, and whether it was dropped: failed for want of capacity, or timed out)
 //! and returns the new limit. Limits are kept as `f64` and rounded down where a whole number of
 //! slots is needed. Every algorithm keeps the limit within its minimum and maximum, whatever the
-//! samples (NaN and infinite times included).
+//! samples (NaN and infinite times included). Bounds the wrong way round (a minimum above the
+//! maximum) never panic: the maximum wins.
 //!
 //! Every algorithm updates on each sample it is given. For services of more than a few hundred
 //! calls a second, wrap Gradient2 and Vegas in [`Windowed`], which gives them one sample a second
@@ -38,11 +39,10 @@ pub trait Algorithm: Send + 'static {
 }
 
 fn clamp(limit: f64, min: f64, max: f64) -> f64 {
-    if limit.is_nan() {
-        min
-    } else {
-        limit.clamp(min, max)
-    }
+    // Not `f64::clamp`, which panics when the bounds are the wrong way round or not numbers: they
+    // are public fields, and a configuration mistake must not panic on every call.
+    let limit = if limit.is_nan() { min } else { limit };
+    limit.max(min).min(max)
 }
 
 /// A limit that never changes.

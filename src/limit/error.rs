@@ -4,8 +4,8 @@
 use std::fmt;
 
 /// The service beneath was not ready, so the call was failed at once instead of waiting: the
-/// service is overloaded. A server answers it with 503, a gRPC server with
-/// `RESOURCE_EXHAUSTED`.
+/// service is overloaded. A server answers it with 503, a gRPC server with `UNAVAILABLE`
+/// (which gRPC clients retry).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Overloaded;
 

@@ -20,6 +20,9 @@ use tower::BoxError;
 /// When the body is larger than `max`, or failed, it cannot be sent again and the request is not
 /// retried ([`can_replay`](ReplayBody::can_replay)).
 ///
+/// A copy's [`size_hint`](Body::size_hint) counts what it sends again and the rest of the inner
+/// body (exact when the rest is), so that HTTP frames a replay with its whole length.
+///
 /// ```
 /// use http::Request;
 /// use seawall::retry::buffered::Buffered;
@@ -33,6 +36,8 @@ pub struct Buffered<B> {
     shared: Arc<Mutex<Shared<B>>>,
     // Which frame to send next, when this handle replays.
     next: usize,
+    // How many of the kept bytes this handle has sent again.
+    resent: usize,
     // Whether this handle streams (and keeps) the inner body.
     streaming: Option<B>,
     sent_trailers: bool,
@@ -65,6 +70,7 @@ impl<B> Buffered<B> {
                 lost: false,
             })),
             next: 0,
+            resent: 0,
             streaming: None,
             sent_trailers: false,
         }
@@ -105,6 +111,7 @@ impl<B> ReplayBody for Buffered<B> {
         Some(Buffered {
             shared: self.shared.clone(),
             next: 0,
+            resent: 0,
             streaming: None,
             sent_trailers: false,
         })
@@ -144,6 +151,7 @@ where
             // First what earlier attempts sent, then the rest of the inner body.
             if let Some(frame) = shared.frames.get(this.next) {
                 this.next += 1;
+                this.resent += frame.len();
                 return Poll::Ready(Some(Ok(Frame::data(frame.clone()))));
             }
             if shared.complete {
@@ -219,17 +227,35 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.streaming {
-            Some(inner) => inner.size_hint(),
-            None => {
-                let shared = self.shared();
-                match &shared.inner {
-                    Some(inner) => inner.size_hint(),
-                    None if shared.complete && !shared.lost => {
-                        SizeHint::with_exact(shared.kept as u64)
-                    }
-                    None => SizeHint::default(),
+        // What is left to send: for a handle streaming the inner body, what the body has left;
+        // for a copy, the kept frames it has not sent yet and then the rest of the inner body, so
+        // that a replay after a partial attempt is framed with its whole length.
+        if let Some(inner) = &self.streaming {
+            return inner.size_hint();
+        }
+        let shared = self.shared();
+        if shared.lost {
+            return SizeHint::default();
+        }
+        let kept = (shared.kept - self.resent) as u64;
+        if shared.complete {
+            return SizeHint::with_exact(kept);
+        }
+        match &shared.inner {
+            Some(inner) => {
+                let rest = inner.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(kept.saturating_add(rest.lower()));
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(kept.saturating_add(upper));
                 }
+                hint
+            }
+            // Another attempt is sending the rest: at least what was kept.
+            None => {
+                let mut hint = SizeHint::new();
+                hint.set_lower(kept);
+                hint
             }
         }
     }

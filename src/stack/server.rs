@@ -45,7 +45,9 @@ impl<A> ServerStack<A> {
     ///
     /// # Panics
     ///
-    /// If the quota lets nothing through.
+    /// If the quota lets nothing through. For a quota that comes from configuration, build the
+    /// layer with [`RateLimitLayer::builder`], which returns the mistake as an error, and pass it
+    /// to [`rate_limit_layer`](Self::rate_limit_layer).
     pub fn rate_limit(mut self, quota: Quota) -> Self {
         self.rate = Some(RateLimitLayer::new(quota));
         self

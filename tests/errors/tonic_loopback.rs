@@ -267,14 +267,14 @@ mod every_kind {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let full = check("full").await.unwrap_err();
-        expect(full, Code::ResourceExhausted, ErrorKind::BulkheadFull);
+        expect(full, Code::Unavailable, ErrorKind::BulkheadFull);
         holding.abort();
         let holding = tokio::spawn(check("overloaded"));
         while queue_handle.in_flight() == 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let shed = check("overloaded").await.unwrap_err();
-        expect(shed, Code::ResourceExhausted, ErrorKind::Overloaded);
+        expect(shed, Code::Unavailable, ErrorKind::Overloaded);
         holding.abort();
 
         // The throttle refuses some calls once the service has refused enough of them.

@@ -9,8 +9,9 @@ async fn every_rejection_has_its_code_and_pushback_when_known() {
         let status = seawall::tonic::status(&*err);
         let (code, pushback) = match name {
             "circuit_open" => (Code::Unavailable, Some("1500")),
-            "throttled" | "retry_budget_exhausted" => (Code::Unavailable, None),
-            "bulkhead_full" | "overloaded" => (Code::ResourceExhausted, None),
+            "throttled" | "retry_budget_exhausted" | "bulkhead_full" | "overloaded" => {
+                (Code::Unavailable, None)
+            }
             "rate_limited" => (Code::ResourceExhausted, Some("1000")),
             "timed_out" => (Code::DeadlineExceeded, None),
             other => panic!("unexpected {other}"),
@@ -18,6 +19,43 @@ async fn every_rejection_has_its_code_and_pushback_when_known() {
         assert_eq!(status.code(), code, "{name}");
         let got = status.metadata().get("grpc-retry-pushback-ms");
         assert_eq!(got.map(|v| v.to_str().unwrap()), pushback, "{name}");
+    }
+}
+
+/// Load shed, a full bulkhead and a full adaptive limiter are answered UNAVAILABLE, which gRPC
+/// clients retry (here seawall's own gRPC retry policy, which follows gRPC's A6); a rate limit is
+/// RESOURCE_EXHAUSTED, retried only after its pushback.
+#[tokio::test(start_paused = true)]
+async fn a_grpc_client_retries_shed_and_full_and_waits_out_a_rate_limit() {
+    use seawall::limit::algorithm::Fixed;
+    use seawall::limit::AdaptiveLimitLayer;
+    use seawall::retry::grpc::GrpcPolicy;
+    use seawall::retry::policy::Policy;
+    use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
+
+    let mut adaptive = AdaptiveLimitLayer::builder(Fixed(1))
+        .build()
+        .layer(service_fn(|_: ()| async {
+            std::future::pending::<()>().await;
+            Ok::<_, BoxError>(())
+        }));
+    let held = adaptive.ready().await.unwrap().call(());
+    let full = adaptive.ready().await.unwrap().call(()).await.unwrap_err();
+    drop(held);
+    let mut rejections = every_rejection().await;
+    rejections.push(("adaptive_full", full));
+
+    let request = http::Request::post("/pkg.Service/Method")
+        .body(String::new())
+        .unwrap();
+    for (name, err) in rejections {
+        let response = seawall::tonic::status(&*err).into_http::<()>();
+        let retried = Policy::<_, _, ()>::should_retry(&GrpcPolicy, &request, &Ok(response));
+        let expected = name != "timed_out";
+        assert_eq!(retried, expected, "{name}");
+        if name == "adaptive_full" {
+            assert_eq!(seawall::tonic::status(&*err).code(), Code::Unavailable);
+        }
     }
 }
 

@@ -203,7 +203,7 @@ mod alternate {
     #[tokio::test(start_paused = true)]
     async fn a_failed_call_goes_to_the_alternate_once_it_is_ready() {
         let (alternate, mut handle) = mock::pair::<u32, String>();
-        let layer = AlternateLayer::builder(alternate).build();
+        let layer = AlternateLayer::builder(alternate).build().unwrap();
         let service = layer.layer(failing());
         // Success: the alternate is not asked.
         handle.allow(0);
@@ -234,7 +234,8 @@ mod alternate {
             .observer("replica", move |e: &Event<'_>| {
                 sink.lock().unwrap().push(e.kind)
             })
-            .build();
+            .build()
+            .unwrap();
         let service = layer.layer(failing());
         let first = tokio::spawn(service.clone().oneshot(1));
         tokio::task::yield_now().await;
@@ -271,7 +272,8 @@ mod alternate {
         let layer = AlternateLayer::builder(replica)
             .request_with(|n: &u32| format!("/item/{n}"))
             .when(Select::rejections([ErrorKind::TimedOut]))
-            .build();
+            .build()
+            .unwrap();
         let service = ServiceBuilder::new()
             .layer(layer)
             .layer(TimeoutLayer::new(Duration::from_millis(100)))
@@ -292,6 +294,25 @@ mod alternate {
             service.oneshot(1).await.unwrap_err().to_string(),
             "bad item"
         );
+    }
+
+    #[test]
+    fn a_bound_of_zero_is_a_typed_error() {
+        use seawall::fallback::ConfigError;
+        let replica = service_fn(|n: u32| async move { Ok::<_, BoxError>(n.to_string()) });
+        let err = AlternateLayer::builder(replica)
+            .max_concurrent(0)
+            .build()
+            .unwrap_err();
+        assert_eq!(err, ConfigError::MaxConcurrent);
+        assert_eq!(
+            err.to_string(),
+            "an alternate's max concurrent fallbacks must be at least 1"
+        );
+        assert!(AlternateLayer::builder(replica)
+            .max_concurrent(1)
+            .build()
+            .is_ok());
     }
 }
 
@@ -330,7 +351,8 @@ mod stale {
             .observer("profiles", move |e: &Event<'_>| {
                 sink.lock().unwrap().push(e.kind)
             })
-            .build();
+            .build()
+            .unwrap();
         let service = layer.layer(versioned(up.clone()));
         let get = |path: &str| Request::get(path).body(()).unwrap();
         assert_eq!(
@@ -379,7 +401,8 @@ mod stale {
         let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let layer = StaleIfErrorLayer::builder(key, mark_http)
             .when(Select::rejections([ErrorKind::TimedOut]))
-            .build();
+            .build()
+            .unwrap();
         let service = layer.layer(versioned(up.clone()));
         let get = || Request::get("/a").body(()).unwrap();
         service.clone().oneshot(get()).await.unwrap();
@@ -394,7 +417,8 @@ mod stale {
     async fn a_hundred_thousand_keys_stay_within_the_bound() {
         let layer = StaleIfErrorLayer::builder(|n: &u32| Some(*n), |_: &mut u32, _| {})
             .max_entries(1_000)
-            .build();
+            .build()
+            .unwrap();
         let mut service = layer.layer(service_fn(|n: u32| async move { Ok::<_, BoxError>(n) }));
         for n in 0..100_000u32 {
             service.ready().await.unwrap().call(n).await.unwrap();
@@ -413,5 +437,31 @@ mod stale {
             99_999
         );
         assert!(failing.ready().await.unwrap().call(5).await.is_err());
+    }
+
+    #[test]
+    fn no_room_or_no_age_is_a_typed_error() {
+        use seawall::fallback::ConfigError;
+        let builder = || StaleIfErrorLayer::builder(|n: &u32| Some(*n), |_: &mut u32, _| {});
+        let err = builder().max_entries(0).build::<u32>().unwrap_err();
+        assert_eq!(err, ConfigError::MaxEntries);
+        assert_eq!(
+            err.to_string(),
+            "stale-if-error max entries must be at least 1"
+        );
+        let err = builder()
+            .max_age(Duration::ZERO)
+            .build::<u32>()
+            .unwrap_err();
+        assert_eq!(err, ConfigError::MaxAge);
+        assert_eq!(
+            err.to_string(),
+            "stale-if-error max age must be greater than zero"
+        );
+        assert!(builder()
+            .max_entries(1)
+            .max_age(Duration::from_nanos(1))
+            .build::<u32>()
+            .is_ok());
     }
 }

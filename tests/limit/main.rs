@@ -7,6 +7,7 @@ mod support;
 mod adaptive;
 mod algorithm;
 mod axum;
+mod config;
 mod rate;
 mod shed;
 mod throttle;

@@ -194,3 +194,179 @@ mod tonic_retries {
         assert_eq!(*calls.lock().unwrap(), 2);
     }
 }
+
+/// An upload of known length sent in chunks, whose chunks after the first wait for `gate`: the
+/// size it reports is exact, so that hyper frames it with `content-length`.
+struct Upload {
+    chunks: std::collections::VecDeque<Bytes>,
+    gate: Option<futures::channel::oneshot::Receiver<()>>,
+    sent_first: bool,
+}
+
+impl Upload {
+    fn new(chunks: &[&'static str], gate: futures::channel::oneshot::Receiver<()>) -> Self {
+        Upload {
+            chunks: chunks
+                .iter()
+                .map(|c| Bytes::from_static(c.as_bytes()))
+                .collect(),
+            gate: Some(gate),
+            sent_first: false,
+        }
+    }
+}
+
+impl Body for Upload {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        use std::future::Future;
+        if self.sent_first {
+            if let Some(gate) = self.gate.as_mut() {
+                let _ = std::task::ready!(std::pin::Pin::new(gate).poll(cx));
+                self.gate = None;
+            }
+        }
+        self.sent_first = true;
+        std::task::Poll::Ready(self.chunks.pop_front().map(|c| Ok(Frame::data(c))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.chunks.iter().map(|c| c.len() as u64).sum())
+    }
+}
+
+#[test]
+fn a_copy_reports_the_whole_size_after_a_partial_attempt() {
+    use futures::FutureExt;
+    let (_open, gate) = futures::channel::oneshot::channel();
+    let mut original = Buffered::new(Upload::new(&["first ", "second ", "third"], gate), 1024);
+    let copy = original.replay().unwrap();
+    assert_eq!(copy.size_hint().exact(), Some(18), "nothing sent yet");
+    let frame = original.frame().now_or_never().unwrap().unwrap().unwrap();
+    assert_eq!(frame.into_data().unwrap(), "first ");
+    assert!(original.frame().now_or_never().is_none(), "the rest waits");
+    assert_eq!(
+        original.size_hint().exact(),
+        Some(12),
+        "what this attempt has left"
+    );
+    drop(original); // the server answered before reading the rest
+    assert_eq!(
+        copy.size_hint().exact(),
+        Some(18),
+        "the copy sends what was kept and then the rest"
+    );
+
+    // A rest of unknown length: kept bytes are added to its bounds.
+    let mut original = Buffered::new(streaming(), 1024);
+    let copy = original.replay().unwrap();
+    let _ = original.frame().now_or_never().unwrap().unwrap().unwrap();
+    drop(original);
+    let hint = copy.size_hint();
+    assert_eq!((hint.lower(), hint.upper()), (6, None));
+
+    // Sent whole: exactly what was kept.
+    let mut original = Buffered::new(streaming(), 1024);
+    let copy = original.replay().unwrap();
+    while original.frame().now_or_never().unwrap().is_some() {}
+    assert_eq!(copy.size_hint().exact(), Some(18));
+}
+
+mod over_hyper {
+    //! A real hyper client and server on loopback, the retry layer between them.
+
+    use super::*;
+    use hyper_util::rt::TokioIo;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replay_after_a_partial_attempt_arrives_whole_with_its_length() {
+        let (open, gate) = futures::channel::oneshot::channel::<()>();
+        let open = Arc::new(Mutex::new(Some(open)));
+        // What the server saw of each request: its content-length and its body.
+        let seen = Arc::new(Mutex::new(Vec::<(Option<String>, Bytes)>::new()));
+        let sink = seen.clone();
+        let app = service_fn(move |req: Request<axum::body::Body>| {
+            let (sink, open) = (sink.clone(), open.clone());
+            async move {
+                let length = req
+                    .headers()
+                    .get(http::header::CONTENT_LENGTH)
+                    .map(|v| v.to_str().unwrap().to_owned());
+                let first = sink.lock().unwrap().is_empty();
+                let mut body = req.into_body();
+                if first {
+                    // Reads one chunk and answers before the rest was sent.
+                    let chunk = body.frame().await.unwrap().unwrap().into_data().unwrap();
+                    sink.lock().unwrap().push((length, chunk));
+                    let mut response = Response::new(axum::body::Body::empty());
+                    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    return Ok::<_, Infallible>(response);
+                }
+                // The rest of the upload is sent from now on.
+                if let Some(open) = open.lock().unwrap().take() {
+                    let _ = open.send(());
+                }
+                let whole = match body.collect().await {
+                    Ok(body) => body.to_bytes(),
+                    Err(_) => Bytes::from_static(b"<malformed>"),
+                };
+                sink.lock().unwrap().push((length, whole));
+                Ok(Response::new(axum::body::Body::empty()))
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, tower::make::Shared::new(app))
+                .await
+                .unwrap()
+        });
+
+        // A hyper client, a connection per attempt. An attempt's connection is closed once it
+        // has its answer, so that the body it was sending is given back before the next one.
+        let client = service_fn(move |req: Request<Buffered<Upload>>| async move {
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            let conn = tokio::spawn(conn);
+            let response = sender.send_request(req).await;
+            conn.abort();
+            let _ = conn.await;
+            let response = response?;
+            Ok::<_, BoxError>(response.map(|_| ()))
+        });
+        let mut service = RetryLayer::builder()
+            .http()
+            .backoff(Backoff::constant(Duration::from_millis(5)).jitter(Jitter::None))
+            .build()
+            .unwrap()
+            .layer(client);
+        let upload = Upload::new(&["first ", "second ", "third"], gate);
+        let request = Request::put(format!("http://{addr}/files/1"))
+            .body(Buffered::new(upload, 1024))
+            .unwrap();
+        let response = service.ready().await.unwrap().call(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            vec![
+                (Some("18".to_owned()), Bytes::from_static(b"first ")),
+                (
+                    Some("18".to_owned()),
+                    Bytes::from_static(b"first second third")
+                ),
+            ]
+        );
+        server.abort();
+    }
+}

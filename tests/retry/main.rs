@@ -8,6 +8,7 @@ mod backoff;
 mod budget;
 #[cfg(feature = "http")]
 mod buffered;
+mod config;
 #[cfg(feature = "http")]
 mod grpc;
 #[cfg(feature = "http")]
