@@ -51,6 +51,74 @@ fn count_window_aggregate_matches_its_slots() {
 }
 
 #[test]
+fn count_window_reset_racing_records_keeps_the_counts_exact() {
+    loom::model(|| {
+        let window = Arc::new(CountWindow::new(2));
+        window.record(Sample::new(true, true));
+        let recorder = {
+            let window = window.clone();
+            thread::spawn(move || {
+                window.record(Sample::new(true, false));
+                window.record(Sample::new(false, true));
+            })
+        };
+        let resetter = {
+            let window = window.clone();
+            thread::spawn(move || {
+                window.reset();
+                // Right after its own reset, the window holds nothing older than the reset.
+                let c = window.counts();
+                assert!(c.calls <= 2 && c.failures <= 1 && c.slow <= 1, "{c:?}");
+            })
+        };
+        recorder.join().unwrap();
+        resetter.join().unwrap();
+        let c = window.counts();
+        assert!(c.calls <= 2 && c.failures <= 1 && c.slow <= 1, "{c:?}");
+        // Overwrite both slots with known outcomes: the counts must follow exactly.
+        window.record(Sample::new(true, false));
+        window.record(Sample::new(false, false));
+        assert_eq!(
+            window.counts(),
+            Counts {
+                calls: 2,
+                failures: 1,
+                slow: 0
+            }
+        );
+        window.reset();
+        assert_eq!(window.counts(), Counts::default());
+    });
+}
+
+#[test]
+fn count_window_racing_resets_leave_an_empty_window() {
+    loom::model(|| {
+        let window = Arc::new(CountWindow::new(2));
+        window.record(Sample::new(true, false));
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let window = window.clone();
+                thread::spawn(move || window.reset())
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(window.counts(), Counts::default());
+        window.record(Sample::new(false, true));
+        assert_eq!(
+            window.counts(),
+            Counts {
+                calls: 1,
+                failures: 0,
+                slow: 1
+            }
+        );
+    });
+}
+
+#[test]
 fn time_window_totals_stay_exact_across_rotation() {
     loom::model(|| {
         let window = Arc::new(TimeWindow::new(Duration::from_nanos(2), 2));
