@@ -92,6 +92,46 @@ fn count_window_reset_racing_records_keeps_the_counts_exact() {
 }
 
 #[test]
+fn a_call_overtaken_by_a_reset_does_not_overwrite_a_later_one() {
+    // One slot, so that the call of the generation before the reset and the one after it race
+    // for it.
+    loom::model(|| {
+        let window = Arc::new(CountWindow::new(1));
+        window.record(Sample::new(true, true));
+        let recorder = {
+            let window = window.clone();
+            thread::spawn(move || {
+                window.record(Sample::new(true, false));
+            })
+        };
+        let resetter = {
+            let window = window.clone();
+            thread::spawn(move || {
+                window.reset();
+                window.record(Sample::new(false, true));
+                let c = window.counts();
+                assert_eq!(c.calls, 1, "{c:?}");
+                assert!(c.failures + c.slow == 1, "one call, after the reset: {c:?}");
+            })
+        };
+        recorder.join().unwrap();
+        resetter.join().unwrap();
+        let c = window.counts();
+        assert!(c.calls == 1 && c.failures + c.slow == 1, "{c:?}");
+        // The counts are exactly what the one slot holds: one known outcome makes them exact.
+        window.record(Sample::new(false, false));
+        assert_eq!(
+            window.counts(),
+            Counts {
+                calls: 1,
+                failures: 0,
+                slow: 0
+            }
+        );
+    });
+}
+
+#[test]
 fn count_window_racing_resets_leave_an_empty_window() {
     loom::model(|| {
         let window = Arc::new(CountWindow::new(2));
