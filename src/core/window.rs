@@ -733,7 +733,7 @@ mod tests {
         w.aggregate.0.store(pack(0, 1, 0, true), Relaxed);
         w.record(Sample::default());
         let cursor = w.cursor.load(Relaxed);
-        assert!(cursor < POS_REWIND_AT && cursor >= 7, "{cursor}");
+        assert!((7..POS_REWIND_AT).contains(&cursor), "{cursor}");
         assert_eq!(w.index(cursor), w.index(position + 1));
         assert_eq!(w.counts().failures, 0);
         // The ring goes on in order: the next six calls replace the six oldest, then this one.

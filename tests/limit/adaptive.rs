@@ -150,11 +150,14 @@ async fn by_default_a_busy_limiter_times_a_share_of_its_calls_and_a_quiet_one_ev
     assert_eq!(auto.handle().sample_every(), 1);
 }
 
+/// What [`Reentrant`] runs inside its first update.
+type Inside = Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>>;
+
 /// Records every sample it is fed and takes one slot off the limit for each drop; the first time
 /// it is fed, it runs `inside`, while the limiter's lock is held.
 struct Reentrant {
     seen: Arc<Mutex<Vec<Sample>>>,
-    inside: Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>>,
+    inside: Inside,
 }
 
 impl Algorithm for Reentrant {
@@ -179,7 +182,7 @@ impl Algorithm for Reentrant {
 #[tokio::test(start_paused = true)]
 async fn a_failure_that_finds_the_limit_being_updated_still_counts() {
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let inside = Arc::new(Mutex::new(None));
+    let inside: Inside = Arc::new(Mutex::new(None));
     let layer = AdaptiveLimitLayer::builder(Reentrant {
         seen: seen.clone(),
         inside: inside.clone(),
