@@ -51,6 +51,114 @@ fn count_window_aggregate_matches_its_slots() {
 }
 
 #[test]
+fn count_window_reset_racing_records_keeps_the_counts_exact() {
+    loom::model(|| {
+        let window = Arc::new(CountWindow::new(2));
+        window.record(Sample::new(true, true));
+        let recorder = {
+            let window = window.clone();
+            thread::spawn(move || {
+                window.record(Sample::new(true, false));
+                window.record(Sample::new(false, true));
+            })
+        };
+        let resetter = {
+            let window = window.clone();
+            thread::spawn(move || {
+                window.reset();
+                // Right after its own reset, the window holds nothing older than the reset.
+                let c = window.counts();
+                assert!(c.calls <= 2 && c.failures <= 1 && c.slow <= 1, "{c:?}");
+            })
+        };
+        recorder.join().unwrap();
+        resetter.join().unwrap();
+        let c = window.counts();
+        assert!(c.calls <= 2 && c.failures <= 1 && c.slow <= 1, "{c:?}");
+        // Overwrite both slots with known outcomes: the counts must follow exactly.
+        window.record(Sample::new(true, false));
+        window.record(Sample::new(false, false));
+        assert_eq!(
+            window.counts(),
+            Counts {
+                calls: 2,
+                failures: 1,
+                slow: 0
+            }
+        );
+        window.reset();
+        assert_eq!(window.counts(), Counts::default());
+    });
+}
+
+#[test]
+fn a_call_overtaken_by_a_reset_does_not_overwrite_a_later_one() {
+    // One slot, so that the call of the generation before the reset and the one after it race
+    // for it.
+    loom::model(|| {
+        let window = Arc::new(CountWindow::new(1));
+        window.record(Sample::new(true, true));
+        let recorder = {
+            let window = window.clone();
+            thread::spawn(move || {
+                window.record(Sample::new(true, false));
+            })
+        };
+        let resetter = {
+            let window = window.clone();
+            thread::spawn(move || {
+                window.reset();
+                window.record(Sample::new(false, true));
+                let c = window.counts();
+                assert_eq!(c.calls, 1, "{c:?}");
+                assert!(c.failures + c.slow == 1, "one call, after the reset: {c:?}");
+            })
+        };
+        recorder.join().unwrap();
+        resetter.join().unwrap();
+        let c = window.counts();
+        assert!(c.calls == 1 && c.failures + c.slow == 1, "{c:?}");
+        // The counts are exactly what the one slot holds: one known outcome makes them exact.
+        window.record(Sample::new(false, false));
+        assert_eq!(
+            window.counts(),
+            Counts {
+                calls: 1,
+                failures: 0,
+                slow: 0
+            }
+        );
+    });
+}
+
+#[test]
+fn count_window_racing_resets_leave_an_empty_window() {
+    loom::model(|| {
+        let window = Arc::new(CountWindow::new(2));
+        window.record(Sample::new(true, false));
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let window = window.clone();
+                thread::spawn(move || window.reset())
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(window.counts(), Counts::default());
+        window.record(Sample::new(false, true));
+        assert_eq!(
+            window.counts(),
+            Counts {
+                calls: 1,
+                failures: 0,
+                slow: 1
+            }
+        );
+    });
+}
+
+#[test]
 fn time_window_totals_stay_exact_across_rotation() {
     loom::model(|| {
         let window = Arc::new(TimeWindow::new(Duration::from_nanos(2), 2));

@@ -257,10 +257,16 @@ impl<C, O> Builder<C, O> {
         self
     }
 
-    /// Rates over the calls of the last `duration`, in one-second buckets (clamped to 1 to 256
-    /// buckets of equal length for windows shorter than a second or longer than 256 seconds).
+    /// Rates over the calls of the last `duration`: in one-second buckets from ten seconds up
+    /// (at most 256 buckets, longer ones beyond 256 seconds), in ten buckets of equal length below,
+    /// so that a short window slides a tenth of its length at a time rather than emptying at once.
     pub fn time_window(mut self, duration: Duration) -> Self {
-        let buckets = duration.as_secs().clamp(1, MAX_BUCKETS as u64) as u32;
+        let buckets = match duration.as_secs() {
+            // A window of under ten nanoseconds, which `build` refuses unless it has one bucket
+            // per nanosecond at least, gets one per nanosecond.
+            0..10 => duration.as_nanos().clamp(1, 10) as u32,
+            secs => secs.min(MAX_BUCKETS as u64) as u32,
+        };
         self.settings.window = WindowKind::Time { duration, buckets };
         self
     }

@@ -21,6 +21,9 @@ use tower::Layer;
 pub struct Adaptive<A> {
     bulkhead: Bulkhead,
     state: Mutex<State<A>>,
+    /// Drops that found the algorithm busy with another sample, for whoever holds it next to
+    /// apply: no drop is lost to contention.
+    missed_drops: AtomicU64,
     /// Time one call in this many on each thread.
     sample_every: AtomicU64,
     /// Whether `sample_every` follows the call rate (the default) or was fixed by the builder.
@@ -143,35 +146,63 @@ impl<A: Algorithm> Gate for Adaptive<A> {
 }
 
 impl<A: Algorithm> Adaptive<A> {
-    /// Feeds one finished call to the algorithm, and moves the limit if it says so. A sample that
-    /// arrives while another is being applied is skipped rather than waited for.
+    /// Feeds one finished call to the algorithm, and moves the limit if it says so.
+    ///
+    /// The algorithm is behind a lock that is never waited for. A timed success that finds it
+    /// taken is skipped (it is one round-trip time among many); a drop is counted in
+    /// `missed_drops` instead, and applied by whoever holds the lock next (the holder now, if it
+    /// has not finished, or the next call fed to the algorithm), so that no drop is lost.
     #[inline(never)]
     fn learn<O: Observer>(&self, permit: AdaptivePermit, dropped: bool, emit: Emitter<'_, O>) {
-        let Ok(mut state) = self.state.try_lock() else {
-            return;
+        let (mut state, sample) = match self.state.try_lock() {
+            Ok(state) => (state, Some(permit)),
+            Err(_) if dropped => {
+                self.missed_drops.fetch_add(1, Relaxed);
+                // The holder may have let go meanwhile: then apply it (and any other) now.
+                match self.state.try_lock() {
+                    Ok(state) => (state, None),
+                    Err(_) => return,
+                }
+            }
+            Err(_) => return,
         };
         let at = Instant::now();
-        let (rtt, in_flight) = match permit.start {
-            Some(start) => {
-                let rtt = at.saturating_duration_since(start);
-                if self.auto_sample {
-                    if let Some(every) = auto_sample_every(rtt, permit.in_flight) {
-                        self.sample_every.store(every, Relaxed);
+        let mut limit = state.limit;
+        if let Some(permit) = sample {
+            let (rtt, in_flight) = match permit.start {
+                Some(start) => {
+                    let rtt = at.saturating_duration_since(start);
+                    if self.auto_sample {
+                        if let Some(every) = auto_sample_every(rtt, permit.in_flight) {
+                            self.sample_every.store(every, Relaxed);
+                        }
                     }
+                    (rtt, permit.in_flight)
                 }
-                (rtt, permit.in_flight)
+                // An untimed drop.
+                None => (Duration::ZERO, self.bulkhead.inner.in_flight() + 1),
+            };
+            let sample = Sample {
+                rtt,
+                in_flight,
+                dropped,
+                at,
+            };
+            limit = state.algorithm.update(limit, &sample);
+        }
+        // Drops that found the lock taken, as untimed drops.
+        if self.missed_drops.load(Relaxed) != 0 {
+            let missed = self.missed_drops.swap(0, Relaxed);
+            let drop = Sample {
+                rtt: Duration::ZERO,
+                in_flight: self.bulkhead.inner.in_flight() + 1,
+                dropped: true,
+                at,
+            };
+            for _ in 0..missed {
+                limit = state.algorithm.update(limit, &drop);
             }
-            // An untimed drop: what the algorithms that look at time ignore.
-            None => (Duration::ZERO, self.bulkhead.inner.in_flight() + 1),
-        };
-        let sample = Sample {
-            rtt,
-            in_flight,
-            dropped,
-            at,
-        };
-        let current = state.limit;
-        let limit = state.algorithm.update(current, &sample);
+        }
         state.limit = limit;
         let whole = (limit.floor() as u64).max(1);
         let slots = &self.bulkhead.inner;
@@ -301,6 +332,7 @@ impl<A, O> AdaptiveLimitBuilder<A, O> {
                 algorithm: self.algorithm,
                 limit,
             }),
+            missed_drops: AtomicU64::new(0),
             sample_every: AtomicU64::new(self.sample_every.unwrap_or(1)),
             auto_sample: self.sample_every.is_none(),
         };

@@ -12,6 +12,23 @@
 //! calls a second, wrap Gradient2 and Vegas in [`Windowed`], which gives them one sample a second
 //! (the average time, the most calls in flight, whether any call was dropped), as Netflix runs
 //! them: otherwise their long-term view of latency lasts less than a second.
+//!
+//! # Where they differ from Netflix's
+//!
+//! Netflix times every call; the [adaptive limiter](super::AdaptiveLimitLayer) times only a share
+//! of them at high rates, but feeds every dropped call, so an algorithm may be given a drop with no
+//! time ([`Duration::ZERO`]). Netflix's have no such sample; here:
+//!
+//! - [`Aimd`] backs off, as for any drop;
+//! - [`Vegas`] decreases the limit, as for any drop, without counting the sample towards its next
+//!   probe or as a round-trip time;
+//! - [`Gradient2`], which Netflix's reads only through times (a drop, a timeout, by its length),
+//!   reads it as the slowest time there is: the gradient at its floor (0.5), under the same rule
+//!   that a service using less than half its limit says nothing. A timed drop is read by its time,
+//!   as Netflix's does.
+//!
+//! Vegas draws the jitter of its probe period from a generator seeded at random, or by
+//! [`Vegas::seed`] for a reproducible run, where Netflix's uses `ThreadLocalRandom`.
 
 use std::time::Duration;
 use tokio::time::Instant;
@@ -152,6 +169,8 @@ impl ExpAvg {
 /// Follows the ratio of a long-term average round-trip time to the latest one: the limit shrinks
 /// (to no less than half) as latency rises above its usual level, and grows by a small queue
 /// allowance otherwise; smoothed, and left alone while the service uses less than half of it.
+/// A drop is read by its time; a drop that was not timed as the slowest time (see the
+/// [module docs](self)).
 ///
 /// Defaults, Netflix's: initial 20, minimum 20, maximum 200, smoothing 0.2, tolerance 1.5, long
 /// window 600 samples (10 of warm-up), queue allowance 4.
@@ -201,7 +220,11 @@ impl Algorithm for Gradient2 {
     fn update(&mut self, limit: f64, sample: &Sample) -> f64 {
         let short = sample.rtt.as_nanos() as f64;
         if short <= 0.0 {
-            return clamp(limit, self.min, self.max);
+            // Untimed: only a drop says anything, and it is read as the slowest time there is.
+            if !sample.dropped || (sample.in_flight as f64) < limit / 2.0 {
+                return clamp(limit, self.min, self.max);
+            }
+            return self.toward(limit, MIN_GRADIENT);
         }
         let long = self.long.add(short);
         // After a lasting rise in latency the long average would lag for long: let it catch up.
@@ -212,7 +235,17 @@ impl Algorithm for Gradient2 {
         if (sample.in_flight as f64) < limit / 2.0 {
             return clamp(limit, self.min, self.max);
         }
-        let gradient = (self.tolerance * long / short).clamp(0.5, 1.0);
+        let gradient = (self.tolerance * long / short).clamp(MIN_GRADIENT, 1.0);
+        self.toward(limit, gradient)
+    }
+}
+
+/// The least gradient [`Gradient2`] applies: it never takes more than half the limit at once.
+const MIN_GRADIENT: f64 = 0.5;
+
+impl Gradient2 {
+    /// The limit moved towards `limit × gradient + queue`, smoothed.
+    fn toward(&self, limit: f64, gradient: f64) -> f64 {
         let estimate = limit * gradient + self.queue;
         let next = limit * (1.0 - self.smoothing) + estimate * self.smoothing;
         clamp(next, self.min, self.max)
@@ -221,12 +254,27 @@ impl Algorithm for Gradient2 {
 
 /// TCP Vegas for concurrency: estimates the queue from the latest round-trip time against the
 /// smallest seen (`queue = limit × (1 − rtt_min / rtt)`), grows the limit while the queue is short
-/// and shrinks it when it is long or a call is dropped. The smallest time is measured afresh every
-/// `probe` × limit samples, so that it can rise with the service.
+/// and shrinks it when it is long or a call is dropped, as Netflix's `VegasLimit` does.
 ///
 /// With `l = max(1, ⌊log10 limit⌋)`: a queue of at most `l` grows the limit by `6l`, under `3l` by
-/// `l`, over `6l` shrinks it by `l`. Defaults, Netflix's: initial 20, maximum 1000, smoothing 1,
-/// probe every 30 × limit samples.
+/// `l`, over `6l` shrinks it by `l`, and so does a drop. A sample with a new smallest time only
+/// records it, leaving the limit. The smallest time is measured afresh, from one sample, after
+/// `jitter × probe × limit` samples, with `jitter` drawn anew each time in `[0.5, 1)`, so that it
+/// can rise with the service and limiters started together do not probe together. Defaults,
+/// Netflix's: initial 20, maximum 1000, smoothing 1, probe 30; the jitter from a generator seeded
+/// at random ([`seed`](Vegas::seed) to choose).
+///
+/// ```
+/// use seawall::limit::algorithm::{Algorithm, Sample, Vegas};
+/// use std::time::Duration;
+///
+/// let mut vegas = Vegas::default().seed(7);
+/// let at = tokio::time::Instant::now();
+/// let call = |ms, in_flight| Sample { rtt: Duration::from_millis(ms), in_flight, dropped: false, at };
+/// assert_eq!(vegas.update(20.0, &call(10, 20)), 20.0); // the first smallest time
+/// assert_eq!(vegas.update(20.0, &call(10, 20)), 26.0); // no queue: up by 6
+/// assert_eq!(vegas.update(26.0, &call(20, 26)), 25.0); // a queue of 13: down by 1
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Vegas {
     /// The limit to start with.
@@ -237,10 +285,14 @@ pub struct Vegas {
     pub max: f64,
     /// How much of each new estimate is taken, in `(0, 1]`.
     pub smoothing: f64,
-    /// The smallest round-trip time is measured again every `probe × limit` samples.
+    /// The smallest round-trip time is measured again after `jitter × probe × limit` samples.
     pub probe: f64,
     rtt_min: Option<f64>,
     since_probe: f64,
+    /// This probe period's jitter, in `[0.5, 1)`.
+    jitter: f64,
+    /// The state of the SplitMix64 generator the jitter is drawn from.
+    rng: u64,
 }
 
 impl Default for Vegas {
@@ -253,7 +305,41 @@ impl Default for Vegas {
             probe: 30.0,
             rtt_min: None,
             since_probe: 0.0,
+            jitter: 1.0,
+            rng: 0,
         }
+        .seed(rand::random())
+    }
+}
+
+impl Vegas {
+    /// The same algorithm, with the probe jitter drawn from a generator seeded with `seed`: the same
+    /// seed gives the same probe periods, for tests and simulations. By default the seed is random,
+    /// so that limiters started together probe at different times.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.rng = seed;
+        self.jitter = self.draw_jitter();
+        self
+    }
+
+    /// A draw from `[0.5, 1)` (SplitMix64: Steele, Lea and Flood, 2014).
+    fn draw_jitter(&mut self) -> f64 {
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        0.5 + 0.5 * ((z >> 11) as f64 / (1u64 << 53) as f64)
+    }
+
+    /// The limit after a step from `limit` to `next`, smoothed and kept within bounds.
+    fn step(&self, limit: f64, next: f64) -> f64 {
+        let next = clamp(next, self.min, self.max);
+        clamp(
+            limit * (1.0 - self.smoothing) + next * self.smoothing,
+            self.min,
+            self.max,
+        )
     }
 }
 
@@ -263,21 +349,31 @@ impl Algorithm for Vegas {
     }
 
     fn update(&mut self, limit: f64, sample: &Sample) -> f64 {
+        let log = limit.max(1.0).log10().floor().max(1.0);
         let rtt = sample.rtt.as_nanos() as f64;
         if rtt <= 0.0 {
+            // Untimed: only a drop says anything, and a drop always takes the limit down.
+            if sample.dropped {
+                return self.step(limit, limit - log);
+            }
             return clamp(limit, self.min, self.max);
         }
         self.since_probe += 1.0;
-        if self.since_probe >= self.probe * limit.max(1.0) {
+        if self.jitter * self.probe * limit.max(1.0) <= self.since_probe {
             // Measure the smallest time again, from this sample.
             self.since_probe = 0.0;
+            self.jitter = self.draw_jitter();
             self.rtt_min = Some(rtt);
             return clamp(limit, self.min, self.max);
         }
-        let rtt_min = *self.rtt_min.get_or_insert(rtt);
-        let rtt_min = rtt_min.min(rtt);
-        self.rtt_min = Some(rtt_min);
-        let log = limit.max(1.0).log10().floor().max(1.0);
+        let rtt_min = match self.rtt_min {
+            Some(min) if rtt >= min => min,
+            // A new smallest time is recorded, and says nothing of the queue yet.
+            _ => {
+                self.rtt_min = Some(rtt);
+                return clamp(limit, self.min, self.max);
+            }
+        };
         let next = if sample.dropped {
             limit - log
         } else if (sample.in_flight as f64) * 2.0 < limit {
@@ -294,12 +390,7 @@ impl Algorithm for Vegas {
                 return clamp(limit, self.min, self.max);
             }
         };
-        let next = clamp(next, self.min, self.max);
-        clamp(
-            limit * (1.0 - self.smoothing) + next * self.smoothing,
-            self.min,
-            self.max,
-        )
+        self.step(limit, next)
     }
 }
 

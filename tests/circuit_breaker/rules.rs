@@ -107,6 +107,53 @@ async fn time_window_forgets_old_failures() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_time_window_under_a_second_slides() {
+    let ms = Duration::from_millis;
+    let layer = CircuitBreakerLayer::builder()
+        .time_window(ms(500))
+        .minimum_calls(4)
+        .failure_rate_threshold(50.0)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut service = layer.layer(Backend);
+    tokio::time::advance(ms(400)).await;
+    for _ in 0..3 {
+        send(&mut service, Call::fail()).await;
+    }
+    tokio::time::advance(ms(200)).await;
+    assert_eq!(
+        handle.metrics().calls,
+        3,
+        "200 ms old, the failures are still in a 500 ms window"
+    );
+    send(&mut service, Call::fail()).await;
+    assert_eq!(
+        handle.state(),
+        CircuitState::Open,
+        "4 failures in the last 500 ms"
+    );
+    // Well past them, the window has slid on.
+    let layer = CircuitBreakerLayer::builder()
+        .time_window(ms(500))
+        .minimum_calls(1)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut service = layer.layer(Backend);
+    send(&mut service, Call::ok()).await;
+    tokio::time::advance(ms(450)).await;
+    send(&mut service, Call::ok()).await;
+    assert_eq!(handle.metrics().calls, 2);
+    tokio::time::advance(ms(100)).await;
+    assert_eq!(
+        handle.metrics().calls,
+        1,
+        "the first call left after 500 ms"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn slow_calls_trip_even_when_they_succeed() {
     let layer = CircuitBreakerLayer::builder()
         .no_failure_rate()

@@ -1,7 +1,7 @@
 //! Sliding windows against plain models, and under concurrent recording.
 
 use proptest::prelude::*;
-use seawall::core::window::{CountWindow, Counts, Sample, TimeWindow};
+use seawall::core::window::{CountWindow, Counts, Sample, TimeWindow, MAX_COUNT_WINDOW};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +38,34 @@ proptest! {
         }
         window.reset();
         prop_assert_eq!(window.counts(), Counts::default());
+    }
+
+    #[test]
+    fn count_window_starts_again_from_nothing_on_each_reset(
+        size in 1u32..20,
+        steps in proptest::collection::vec(prop_oneof![9 => sample().prop_map(Some), 1 => Just(None)], 0..400),
+    ) {
+        let window = CountWindow::new(size);
+        let mut model = VecDeque::new();
+        for step in steps {
+            match step {
+                Some(s) => {
+                    let before = window.counts();
+                    let changed = window.record(s);
+                    model.push_back(s);
+                    if model.len() > size as usize {
+                        model.pop_front();
+                    }
+                    let now = window.counts();
+                    prop_assert_eq!(changed, now != before || before.calls < size as u64);
+                }
+                None => {
+                    window.reset();
+                    model.clear();
+                }
+            }
+            prop_assert_eq!(window.counts(), count(model.iter().copied()));
+        }
     }
 
     #[test]
@@ -94,6 +122,93 @@ fn count_window_is_exact_under_concurrent_recording() {
             calls: 97,
             failures: 40,
             slow: 10
+        }
+    );
+}
+
+#[test]
+fn a_reset_of_the_largest_window_is_followed_by_exact_counts() {
+    let window = CountWindow::new(MAX_COUNT_WINDOW);
+    for i in 0..MAX_COUNT_WINDOW {
+        window.record(Sample::new(i % 2 == 0, i % 3 == 0));
+    }
+    for round in 0..3u32 {
+        window.reset();
+        assert_eq!(window.counts(), Counts::default());
+        for i in 0..10 + round {
+            window.record(Sample::new(i < 4, i < 1));
+        }
+        assert_eq!(
+            window.counts(),
+            Counts {
+                calls: 10 + round as u64,
+                failures: 4,
+                slow: 1
+            }
+        );
+    }
+}
+
+#[test]
+fn count_window_is_exact_under_resets_racing_records() {
+    let window = Arc::new(CountWindow::new(61));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let recorders: Vec<_> = (0..3)
+        .map(|t| {
+            let window = window.clone();
+            std::thread::spawn(move || {
+                for i in 0..100_000u64 {
+                    window.record(Sample::new((i + t) % 3 == 0, i % 4 == 0));
+                }
+            })
+        })
+        .collect();
+    let resetter = {
+        let window = window.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut resets = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                window.reset();
+                resets += 1;
+                std::thread::yield_now();
+            }
+            resets
+        })
+    };
+    for t in recorders {
+        t.join().unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(resetter.join().unwrap() > 0);
+    let c = window.counts();
+    assert!(
+        c.calls <= 61 && c.failures <= c.calls && c.slow <= c.calls,
+        "{c:?}"
+    );
+    // Whatever landed before or after which reset, the counts follow the current generation's
+    // slots exactly: 61 known outcomes replace every slot, and the counts are then exactly theirs.
+    for i in 0..61 {
+        window.record(Sample::new(i < 11, false));
+    }
+    assert_eq!(
+        window.counts(),
+        Counts {
+            calls: 61,
+            failures: 11,
+            slow: 0
+        }
+    );
+    window.reset();
+    for i in 0..30 {
+        window.record(Sample::new(i < 7, i < 2));
+    }
+    assert_eq!(
+        window.counts(),
+        Counts {
+            calls: 30,
+            failures: 7,
+            slow: 2
         }
     );
 }

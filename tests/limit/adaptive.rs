@@ -2,7 +2,7 @@
 //! the capacity contract of the bulkhead it runs on.
 
 use seawall::core::{Event, EventKind};
-use seawall::limit::algorithm::{Aimd, Fixed};
+use seawall::limit::algorithm::{Aimd, Algorithm, Fixed, Sample, Vegas};
 use seawall::limit::{AdaptiveLimit, AdaptiveLimitLayer};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -148,6 +148,89 @@ async fn by_default_a_busy_limiter_times_a_share_of_its_calls_and_a_quiet_one_ev
     *work.lock().unwrap() = Duration::from_millis(10);
     load(&service(&auto), 1, 2 * every as u32).await;
     assert_eq!(auto.handle().sample_every(), 1);
+}
+
+/// What [`Reentrant`] runs inside its first update.
+type Inside = Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>>;
+
+/// Records every sample it is fed and takes one slot off the limit for each drop; the first time
+/// it is fed, it runs `inside`, while the limiter's lock is held.
+struct Reentrant {
+    seen: Arc<Mutex<Vec<Sample>>>,
+    inside: Inside,
+}
+
+impl Algorithm for Reentrant {
+    fn initial(&self) -> f64 {
+        10.0
+    }
+
+    fn update(&mut self, limit: f64, sample: &Sample) -> f64 {
+        self.seen.lock().unwrap().push(*sample);
+        let inside = self.inside.lock().unwrap().take();
+        if let Some(inside) = inside {
+            inside();
+        }
+        if sample.dropped {
+            limit - 1.0
+        } else {
+            limit
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_that_finds_the_limit_being_updated_still_counts() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let inside: Inside = Arc::new(Mutex::new(None));
+    let layer = AdaptiveLimitLayer::builder(Reentrant {
+        seen: seen.clone(),
+        inside: inside.clone(),
+    })
+    .sample_every(1)
+    .build();
+    let handle = layer.handle();
+    let mut service = layer.layer(service_fn(|fail: bool| async move {
+        if fail {
+            Err::<(), _>("overloaded")
+        } else {
+            Ok(())
+        }
+    }));
+    // A failing call, admitted but not yet run, ends while a success is being fed to the
+    // algorithm (so while the lock is held).
+    let failing = service.ready().await.unwrap().call(true);
+    *inside.lock().unwrap() = Some(Box::new(move || {
+        let mut failing = tokio_test::task::spawn(failing);
+        assert!(failing.poll().is_ready());
+    }) as Box<dyn FnOnce() + Send>);
+    service.ready().await.unwrap().call(false).await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(!seen[0].dropped && seen[1].dropped, "{seen:?}");
+    assert_eq!(handle.limit(), 9);
+    assert_eq!(handle.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn untimed_failures_move_vegas() {
+    let layer = AdaptiveLimitLayer::builder(Vegas::default())
+        .sample_every(1_000)
+        .build();
+    let handle = layer.handle();
+    let mut service = layer.layer(service_fn(|fail: bool| async move {
+        if fail {
+            Err::<(), _>("overloaded")
+        } else {
+            Ok(())
+        }
+    }));
+    // The first call of the thread is timed (it took no time: paused), the next ones are not.
+    service.ready().await.unwrap().call(false).await.unwrap();
+    for _ in 0..3 {
+        service.ready().await.unwrap().call(true).await.unwrap_err();
+    }
+    assert_eq!(handle.limit(), 17, "20 less one per drop");
 }
 
 struct Limited {

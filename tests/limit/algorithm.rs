@@ -83,6 +83,8 @@ fn gradient2_shrinks_as_latency_rises_and_grows_by_its_queue_otherwise() {
 fn vegas_follows_its_queue_estimate() {
     let mut v = Vegas::default();
     assert_eq!(v.initial(), 20.0);
+    // The first call sets the smallest time, 10 ms.
+    assert_eq!(v.update(20.0, &sample(10.0, 20)), 20.0);
     // No queue (rtt = rtt_min): + 6 × log (log = max(1, ⌊log10 20⌋) = 1).
     let limit = v.update(20.0, &sample(10.0, 20));
     assert_eq!(limit, 26.0);
@@ -102,14 +104,99 @@ fn vegas_follows_its_queue_estimate() {
 #[test]
 fn vegas_measures_its_smallest_time_again_every_probe_period() {
     let mut v = Vegas::default();
-    let limit = v.update(20.0, &sample(10.0, 20)); // rtt_min 10 ms
+    assert_eq!(v.update(20.0, &sample(10.0, 20)), 20.0); // rtt_min 10 ms
+    let limit = v.update(20.0, &sample(10.0, 20));
     assert_eq!(limit, 26.0);
     // The service is now slower for good: 50 ms, while lightly used (no change to the limit).
     for _ in 0..(30 * 26) {
         assert_eq!(v.update(limit, &sample(50.0, 1)), limit);
     }
-    // The probe period has passed: 50 ms is the new smallest time, so 50 ms means no queue.
+    // The probe period (at most 30 × limit samples, whatever the jitter) has passed: 50 ms is the
+    // new smallest time, so 50 ms means no queue.
     assert_eq!(v.update(limit, &sample(50.0, 26)), 32.0);
+}
+
+/// A failed call that was not timed: no round-trip time.
+fn untimed_drop(in_flight: u64) -> Sample {
+    Sample {
+        rtt: Duration::ZERO,
+        ..dropped(0.0, in_flight)
+    }
+}
+
+#[test]
+fn vegas_leaves_the_limit_on_a_new_minimum_time() {
+    // As Netflix's VegasLimit: a sample that sets a new smallest time only records it.
+    let mut v = Vegas::default();
+    assert_eq!(v.update(20.0, &sample(10.0, 20)), 20.0, "the first time");
+    assert_eq!(v.update(20.0, &sample(10.0, 20)), 26.0, "no queue");
+    assert_eq!(v.update(26.0, &sample(5.0, 26)), 26.0, "a new minimum");
+    assert_eq!(v.update(26.0, &sample(5.0, 26)), 32.0, "no queue at 5 ms");
+    // A drop that sets a new minimum records it too, as Netflix's does.
+    assert_eq!(v.update(32.0, &dropped(4.0, 32)), 32.0);
+    assert_eq!(v.update(32.0, &dropped(4.0, 32)), 31.0);
+}
+
+#[test]
+fn untimed_drops_move_vegas_and_gradient2() {
+    let mut v = Vegas::default();
+    assert_eq!(v.update(26.0, &untimed_drop(26)), 25.0, "no time yet");
+    v.update(25.0, &sample(10.0, 25));
+    assert_eq!(
+        v.update(25.0, &untimed_drop(1)),
+        24.0,
+        "whatever is in flight"
+    );
+    // Gradient2 reads an untimed drop as the slowest time it knows: the gradient at its floor.
+    let mut g = Gradient2::default();
+    let limit = g.update(100.0, &untimed_drop(100));
+    assert!(
+        close(limit, 100.0 * 0.8 + (100.0 * 0.5 + 4.0) * 0.2),
+        "{limit}"
+    ); // 90.8
+    let mut limit = limit;
+    for _ in 0..3 {
+        limit = g.update(limit, &sample(10.0, 100));
+    }
+    let before = limit;
+    limit = g.update(limit, &untimed_drop(100));
+    assert!(close(limit, before * 0.9 + 0.8), "{limit}");
+    // Like any other sample, it says nothing while the service uses under half the limit.
+    assert!(close(g.update(limit, &untimed_drop(10)), limit));
+}
+
+/// How many samples Vegas takes before it measures its smallest time again: after one sample of
+/// 10 ms (the first minimum), lightly loaded samples of 50 ms, until a busy sample of 50 ms reads
+/// as no queue (50 ms is then the minimum).
+fn probe_after(mut v: Vegas) -> u32 {
+    let limit = 20.0;
+    assert_eq!(v.update(limit, &sample(10.0, 20)), limit);
+    for n in 2..10_000 {
+        assert_eq!(v.update(limit, &sample(50.0, 1)), limit);
+        let mut busy = v;
+        if busy.update(limit, &sample(50.0, 20)) > limit {
+            return n;
+        }
+    }
+    panic!("never probed");
+}
+
+#[test]
+fn vegas_probes_again_after_a_jittered_count() {
+    // Netflix's VegasLimit probes after `jitter × probe × limit` samples, jitter in [0.5, 1):
+    // here 300 to 600 samples, from a seeded generator.
+    let counts: Vec<u32> = (0..8)
+        .map(|seed| probe_after(Vegas::default().seed(seed)))
+        .collect();
+    for &n in &counts {
+        assert!((300..=600).contains(&n), "{counts:?}");
+    }
+    let mut distinct = counts.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert!(distinct.len() >= 4, "jittered: {counts:?}");
+    // The same seed, the same draws.
+    assert_eq!(probe_after(Vegas::default().seed(3)), counts[3]);
 }
 
 #[test]
@@ -224,10 +311,10 @@ proptest! {
         let mut algorithms: Vec<(Box<dyn Algorithm>, f64, f64)> = vec![
             (Box::new(Aimd::default()), 20.0, 200.0),
             (Box::new(Gradient2::new(50)), 20.0, 200.0),
-            (Box::new(Vegas::default()), 1.0, 1000.0),
+            (Box::new(Vegas::default().seed(1)), 1.0, 1000.0),
             (Box::new(Fixed(9)), 9.0, 9.0),
             (Box::new(Windowed::new(Gradient2::new(50))), 20.0, 200.0),
-            (Box::new(Windowed::new(Vegas::default())), 1.0, 1000.0),
+            (Box::new(Windowed::new(Vegas::default().seed(1))), 1.0, 1000.0),
         ];
         for (algorithm, min, max) in &mut algorithms {
             let mut limit = algorithm.initial();

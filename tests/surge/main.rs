@@ -85,7 +85,11 @@ async fn rows() -> (Report, Vec<Row>) {
         config,
         adaptive(Gradient2::default())
     );
-    row!("Vegas, per call", config, adaptive(Vegas::default()));
+    row!(
+        "Vegas, per call",
+        config,
+        adaptive(Vegas::default().seed(SEED))
+    );
     row!(
         "AIMD, windowed",
         config,
@@ -99,7 +103,7 @@ async fn rows() -> (Report, Vec<Row>) {
     row!(
         "Vegas, windowed",
         config,
-        adaptive(Windowed::new(Vegas::default()))
+        adaptive(Windowed::new(Vegas::default().seed(SEED)))
     );
     row!("no protection, backend sheds (503)", SHEDDING, none);
     row!("throttle (k = 2), backend sheds (503)", SHEDDING, throttle);
