@@ -5,5 +5,4 @@
 mod support;
 
 mod config;
-mod contract;
 mod queue;

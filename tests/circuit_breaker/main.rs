@@ -5,7 +5,6 @@ mod support;
 
 mod concurrency;
 mod config;
-mod contract;
 mod handle;
 #[cfg(feature = "http")]
 mod integration;

@@ -28,6 +28,7 @@ contract! {
     load_shed: subjects::Shed,
     throttle: subjects::Throttle,
     circuit_breaker: subjects::Breaker,
+    circuit_breaker_half_open: subjects::HalfOpen,
     rate_limit: subjects::RateLimit,
     keyed_rate_limit: subjects::KeyedRateLimit,
     fleet_rate_limit: subjects::FleetRateLimit,

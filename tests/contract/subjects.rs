@@ -153,6 +153,7 @@ macro_rules! slots {
 
         impl$(<const $q: usize>)? Subject for $name$(<$q>)? {
             common!();
+            // Every slot is taken by `block`: as many as there are.
             async fn prepare($probe: Probe) -> Self {
                 $name($make)
             }
@@ -164,7 +165,7 @@ macro_rules! slots {
                 $held
             }
             async fn block(&mut self) -> Option<Blocked> {
-                self.fill(SLOTS).await;
+                self.fill($capacity as u64).await;
                 Some($blocked)
             }
             async fn unblock(&mut self) {
@@ -243,6 +244,32 @@ impl Subject for Breaker {
         self.x.force_closed();
     }
 }
+
+/// The breaker in a half-open trial: its probe slots are capacity, and a full trial rejects.
+pub struct HalfOpen(Over<BreakerHandle<Probe>>);
+
+const PROBES: u32 = 3;
+
+slots!(HalfOpen<>, BreakerHandle<Probe>, |probe| {
+        let layer = CircuitBreakerLayer::builder()
+            .consecutive_failures(1)
+            .open_duration(Duration::from_secs(1))
+            .open_jitter(0.0)
+            .half_open_probes(PROBES)
+            .observer(probe)
+            .build()
+            .unwrap();
+        let (mock, mut handle) = mock::pair::<u32, u32>();
+        let trip = tokio::spawn(layer.layer(mock).oneshot(0));
+        let (_, reply) = handle.next_request().await.unwrap();
+        reply.send_error(crate::Fail);
+        assert!(trip.await.unwrap().is_err());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        Over::new(layer.handle(), move |mock| erase(layer.layer(mock)))
+    },
+    held: |h| h.metrics().probes_in_flight as usize,
+    capacity: PROBES as usize,
+    blocked: Blocked::Rejects);
 
 /// The load shedder, blocked by a service beneath that is not ready.
 pub struct Shed(Over<()>);

@@ -1,14 +1,12 @@
-//! The adaptive limiter: the limit follows the algorithm, every change is an event, and it keeps
-//! the capacity contract of the bulkhead it runs on.
+//! The adaptive limiter: the limit follows the algorithm, and every change is an event (its tower
+//! contract is checked in tests/contract/).
 
 use seawall::core::{Event, EventKind};
-use seawall::limit::algorithm::{Aimd, Algorithm, Fixed, Sample, Vegas};
-use seawall::limit::{AdaptiveLimit, AdaptiveLimitLayer};
+use seawall::limit::algorithm::{Aimd, Algorithm, Sample, Vegas};
+use seawall::limit::AdaptiveLimitLayer;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
-
-use crate::support::contract;
 
 /// Runs `callers` tasks that each make `calls` calls in turn.
 async fn load<S>(service: &S, callers: usize, calls: u32)
@@ -231,53 +229,4 @@ async fn untimed_failures_move_vegas() {
         service.ready().await.unwrap().call(true).await.unwrap_err();
     }
     assert_eq!(handle.limit(), 17, "20 less one per drop");
-}
-
-struct Limited {
-    layer: AdaptiveLimitLayer<Fixed>,
-    mock: tower_test::mock::Mock<u32, u32>,
-    handle: tower_test::mock::Handle<u32, u32>,
-}
-
-impl contract::Subject for Limited {
-    type Service = AdaptiveLimit<tower_test::mock::Mock<u32, u32>, Fixed>;
-
-    async fn prepare() -> Self {
-        let layer = AdaptiveLimitLayer::builder(Fixed(3)).queue(100).build();
-        let (mock, handle) = tower_test::mock::pair();
-        Limited {
-            layer,
-            mock,
-            handle,
-        }
-    }
-
-    fn service(&self) -> Self::Service {
-        self.layer.layer(self.mock.clone())
-    }
-
-    fn mock(&mut self) -> &mut tower_test::mock::Handle<u32, u32> {
-        &mut self.handle
-    }
-
-    fn capacity(&self) -> usize {
-        3
-    }
-
-    fn held(&self) -> usize {
-        self.layer.handle().in_flight() as usize
-    }
-
-    fn rejects_when_full(&self) -> bool {
-        false
-    }
-
-    fn is_rejection(&self, _: &BoxError) -> bool {
-        false
-    }
-}
-
-#[tokio::test(start_paused = true)]
-async fn the_adaptive_limiter_keeps_the_contract() {
-    contract::check::<Limited>().await;
 }

@@ -1,8 +1,6 @@
 //! Helpers shared by the test binaries.
 #![allow(dead_code, unreachable_pub)]
 
-pub mod contract;
-
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
