@@ -369,3 +369,72 @@ where
 {
     admitted(service, "k").await
 }
+
+/// A healthy store that is slow: every take is answered after 90 ms, with one admission.
+#[derive(Clone)]
+struct Slow;
+
+impl tower::Service<seawall::limit::fleet::Take> for Slow {
+    type Response = seawall::limit::fleet::Grant;
+    type Error = BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: seawall::limit::fleet::Take) -> Self::Future {
+        Box::pin(async {
+            sleep(Duration::from_millis(90)).await;
+            Ok(seawall::limit::fleet::Grant {
+                granted: 1,
+                wait: Duration::ZERO,
+            })
+        })
+    }
+}
+
+/// Four callers wait on a key whose store is healthy but hands out one admission per 90 ms: in
+/// the 200 ms they may wait (twice the store timeout), two get one; the others are refused,
+/// told when to come back, rather than let through by the local limit, which is for a store
+/// that is down and would let the whole fleet's quota through in this instance alone.
+#[tokio::test(start_paused = true)]
+async fn a_caller_that_waits_too_long_on_a_healthy_store_is_refused_not_let_through() {
+    let layer = FleetRateLimitLayer::builder(Slow, Quota::per_second(100), KEY)
+        .lease(1, 1)
+        .store_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let start = Instant::now();
+    let callers: Vec<_> = (0..4)
+        .map(|_| {
+            let mut service = layer.layer(service_fn(ok));
+            tokio::spawn(async move {
+                let result = service.ready().await.unwrap().call(Req("k")).await;
+                (
+                    result.map_err(|e| *e.downcast::<RateLimited>().unwrap()),
+                    start.elapsed(),
+                )
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for caller in callers {
+        let (result, at) = caller.await.unwrap();
+        match result {
+            Ok(()) => admitted += 1,
+            Err(limited) => {
+                assert!(at >= Duration::from_millis(200), "refused after {at:?}");
+                assert!(limited.retry_after() > Duration::ZERO);
+            }
+        }
+    }
+    assert!(!handle.degraded());
+    assert_eq!(admitted, 2);
+}

@@ -48,7 +48,25 @@
 //!
 //! While degraded, one call every [`probe_every`](FleetBuilder::probe_every) tries the store again
 //! (the breaker lets it through once its open spell is over); the first answer ends the degraded
-//! state, and leases resume. A call waiting for a lease waits at most about the store timeout.
+//! state, and leases resume.
+//!
+//! A call waiting for a lease waits at most twice the store timeout. If it has none by then while
+//! the store is healthy (the store answers, but other callers took what it granted), it fails
+//! with [`RateLimited`]: the failure mode is only for a store that is down, so that the bound
+//! above holds whenever the store is up.
+//!
+//! # The store's clock
+//!
+//! [`RedisStore`](redis::RedisStore)'s script reads the time with Redis's `TIME` and then
+//! writes, which Redis allows from version 5 on (scripts are replicated by their effects since
+//! then): **it needs Redis 5 or later**. Every instance's slots are timed on the Redis server's
+//! clock, so the instances' clocks need not agree; but that clock is the server's wall clock. If
+//! it steps forward by `d`, every key's state looks `d` older: keys get their whole burst back at
+//! once (up to one burst more per key than the quota allows, once), and slots reserved ahead come
+//! due sooner. If it steps back by `d`, every key looks `d` busier: the fleet lets fewer through
+//! (nothing at all for a key, for up to `d` beyond its burst) until the clock has caught up. A
+//! failover to a replica whose clock differs does the same. Gradual corrections (NTP slewing)
+//! change nothing noticeable. The in-memory store uses the process's monotonic clock.
 //!
 //! ```
 //! use seawall::limit::fleet::{FleetRateLimitLayer, MemoryStore};
@@ -388,11 +406,37 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
                 return Verdict::Wait;
             }
         }
-        self.fallback(lease, now)
+        self.undecided(lease, now)
     }
 
-    /// The failure mode's decision: while the store is degraded, or when a race with renewals
-    /// left nothing to decide on.
+    /// The decision on a call the store's leases could not settle: the failure mode's while the
+    /// store is degraded; a refusal while it is healthy, so that the local limit (by default the
+    /// whole fleet's quota, in this instance alone) never adds to what the store grants.
+    fn undecided(&self, lease: &Lease, now: u64) -> Verdict {
+        if self.degraded.load(Relaxed) {
+            self.fallback(lease, now)
+        } else {
+            Verdict::Reject(self.busy(lease, now))
+        }
+    }
+
+    /// The refusal of a call that waited as long as it may for a healthy store's lease: come
+    /// back when the slots reserved for this instance are due, when the store said it would have
+    /// room, or else once the renewal in flight has had its time.
+    fn busy(&self, lease: &Lease, now: u64) -> RateLimited {
+        let reserved = match lease.reserved.load(Acquire) {
+            0 => 0,
+            _ => lease.due.load(Relaxed),
+        };
+        let until = reserved.max(lease.denied_until.load(Relaxed));
+        let retry_after = match until.checked_sub(now) {
+            Some(left) if left > 0 => Duration::from_nanos(left),
+            _ => self.wait_limit / 2,
+        };
+        RateLimited { retry_after }
+    }
+
+    /// The failure mode's decision, while the store is degraded.
     fn fallback(&self, lease: &Lease, now: u64) -> Verdict {
         match &self.local {
             Some(rule) => match rule.decide(&lease.local, now, 0) {
@@ -444,8 +488,10 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
         let decided = match waited {
             Ok(decided) => decided,
             Err(_) => {
+                // While the store is healthy, it answered, but not with an admission for this
+                // call in time: the key is busy across the fleet, and the call is refused.
                 let lease = &self.table.slot(index).cell;
-                match self.fallback(lease, self.clock.now()) {
+                match self.undecided(lease, self.clock.now()) {
                     Verdict::Reject(limited) => Err(limited),
                     _ => Ok(()),
                 }
