@@ -4,7 +4,7 @@ use super::{admitted, load, ok, Flaky, KeyFn, Mode, Req, KEY};
 use seawall::core::{Event, EventKind, Observer};
 use seawall::limit::error::RateLimited;
 use seawall::limit::fleet::{ConfigError, FleetBuilder, FleetRateLimitLayer, MemoryStore, Store};
-use seawall::limit::rate::{Quota, TokioClock};
+use seawall::limit::rate::{Quota, QuotaError, TokioClock};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::{sleep, Instant};
@@ -226,6 +226,12 @@ async fn a_full_table_recycles_slots() {
     assert!(handle.keys() <= 8);
 }
 
+fn build_layer() -> FleetRateLimitLayer<MemoryStore, KeyFn> {
+    FleetRateLimitLayer::builder(MemoryStore::new(), Quota::per_second(1), KEY)
+        .build()
+        .unwrap()
+}
+
 #[test]
 fn bad_settings_are_errors() {
     let build = |f: fn(Builder<MemoryStore>) -> Builder<MemoryStore>| {
@@ -254,6 +260,44 @@ fn bad_settings_are_errors() {
         build(|b| b.fail_open(Quota::per_second(0))),
         Err(ConfigError::Quota(_))
     ));
+    assert_eq!(
+        build(|b| b.max_keys(usize::MAX)),
+        Err(ConfigError::TooManyKeys)
+    );
+    for (f, what) in [
+        (
+            (|b| b.lease_lasts(Duration::MAX)) as fn(Builder<MemoryStore>) -> _,
+            "lease_lasts",
+        ),
+        (|b| b.store_timeout(Duration::MAX), "store timeout"),
+        (|b| b.probe_every(Duration::MAX), "probe interval"),
+        (|b| b.reserve_ahead(Duration::MAX), "reserve_ahead"),
+    ] {
+        assert_eq!(build(f), Err(ConfigError::TooLong(what)));
+    }
+    assert_eq!(
+        build(|b| b.fail_open(Quota::new(10, Duration::from_nanos(5)))),
+        Err(ConfigError::Quota(QuotaError::Interval))
+    );
+    assert_eq!(
+        build(|b| b.fail_open(Quota::new(1, Duration::MAX))),
+        Err(ConfigError::Quota(QuotaError::TooLong))
+    );
+    let fleet =
+        FleetRateLimitLayer::builder(MemoryStore::new(), Quota::per_hour(1).burst(u32::MAX), KEY);
+    assert_eq!(
+        fleet.build().map(|_| ()),
+        Err(ConfigError::Quota(QuotaError::TooLong))
+    );
+    let handle = build_layer().handle();
+    assert_eq!(
+        handle.set_quota(Quota::new(10, Duration::from_nanos(5))),
+        Err(ConfigError::Quota(QuotaError::Interval))
+    );
+    assert_eq!(
+        ConfigError::TooLong("probe interval").to_string(),
+        "the fleet rate limiter's probe interval must be at most about nine years"
+    );
     assert_eq!(build(|b| b), Ok(()));
     let err = build(|b| b.lease(5, 4)).unwrap_err();
     assert_eq!(

@@ -773,3 +773,66 @@ async fn a_slot_left_unused_behind_later_reservations_is_not_given_twice() {
     assert_eq!(second.await.unwrap(), Duration::from_secs(2));
     assert_eq!(third.await.unwrap(), Duration::from_secs(3));
 }
+
+#[test]
+fn absurd_settings_are_typed_errors_never_panics() {
+    use QuotaError::{Burst, Count, Interval, Period, TooLong};
+    let quotas = [
+        (Quota::per_second(0), Count),
+        (Quota::new(1, Duration::ZERO), Period),
+        (Quota::per_second(1).burst(0), Burst),
+        // Ten calls in five nanoseconds: the interval would round to nothing.
+        (Quota::new(10, Duration::from_nanos(5)), Interval),
+        (Quota::new(1, Duration::MAX), TooLong),
+        // An hour between calls, and a burst of four billion of them.
+        (Quota::per_hour(1).burst(u32::MAX), TooLong),
+    ];
+    for (quota, error) in quotas {
+        let error = Err(ConfigError::Quota(error));
+        assert_eq!(RateLimitLayer::builder(quota).build().map(drop), error);
+        let keyed = KeyedRateLimitLayer::builder(quota, |_: &()| Some(1));
+        assert_eq!(keyed.build().map(drop), error);
+        let handle = RateLimitLayer::new(Quota::per_second(1)).handle();
+        assert_eq!(handle.set_quota(quota), error);
+        assert!(std::panic::catch_unwind(|| RateLimitLayer::new(quota)).is_err());
+    }
+    let quota = Quota::per_second(1);
+    assert_eq!(
+        RateLimitLayer::builder(quota)
+            .max_wait(Duration::MAX)
+            .build()
+            .map(drop),
+        Err(ConfigError::MaxWait)
+    );
+    let keyed = || KeyedRateLimitLayer::builder(quota, |_: &()| Some(1));
+    assert_eq!(
+        keyed()
+            .max_wait(Duration::from_secs(1 << 40))
+            .build()
+            .map(drop),
+        Err(ConfigError::MaxWait)
+    );
+    assert_eq!(
+        keyed().max_keys(0).build().map(drop),
+        Err(ConfigError::MaxKeys)
+    );
+    assert_eq!(
+        keyed().max_keys(usize::MAX).build().map(drop),
+        Err(ConfigError::TooManyKeys)
+    );
+    // At the bounds, they build.
+    assert!(
+        RateLimitLayer::builder(Quota::new(10, Duration::from_nanos(10)))
+            .max_wait(Duration::from_secs(86_400 * 365))
+            .build()
+            .is_ok()
+    );
+    assert_eq!(
+        ConfigError::Quota(Interval).to_string(),
+        "a quota's period must be at least one nanosecond per call"
+    );
+    assert_eq!(
+        ConfigError::MaxWait.to_string(),
+        "a rate limiter's maximum wait must be at most about nine years"
+    );
+}

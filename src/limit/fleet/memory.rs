@@ -51,8 +51,8 @@ impl MemoryStore {
         MemoryStore::with_max_keys(100_000)
     }
 
-    /// A store with room for `max_keys` keys (at least 1); when full, a new key takes the slot of
-    /// an idle one.
+    /// A store with room for `max_keys` keys (at least 1, at most 2^28: less or more is taken
+    /// as the nearest bound, never a panic); when full, a new key takes the slot of an idle one.
     pub fn with_max_keys(max_keys: usize) -> Self {
         MemoryStore {
             shared: Arc::new(Memory {

@@ -103,8 +103,8 @@ pub mod redis;
 pub use memory::MemoryStore;
 
 use super::error::RateLimited;
-use super::rate::gcra::{Decision, Rule};
-use super::rate::keyed::{KeyedResponseFuture, Place, Table};
+use super::rate::gcra::{Decision, Rule, MAX_SPAN};
+use super::rate::keyed::{KeyedResponseFuture, Place, Table, MAX_KEYS};
 use super::rate::{Clock, Quota, QuotaError, TokioClock};
 use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 use crate::core::{Emitter, EventKind, Observer, RejectReason, Source};
@@ -206,6 +206,12 @@ pub enum ConfigError {
     /// A duration that must be longer than zero is zero.
     #[error("the fleet rate limiter's {0} must be longer than zero")]
     Zero(&'static str),
+    /// A duration longer than the limiter keeps (about nine years).
+    #[error("the fleet rate limiter's {0} must be at most about nine years")]
+    TooLong(&'static str),
+    /// Room for more than 2^28 keys.
+    #[error("a fleet rate limiter keeps at most 2^28 keys")]
+    TooManyKeys,
 }
 
 /// The store behind the limiter: the user's store under seawall's timeout and breaker.
@@ -670,7 +676,10 @@ impl<St, F, Clk, O> FleetBuilder<St, F, Clk, O> {
         }
     }
 
-    /// Checks the settings and builds the layer, allocating its table of keys.
+    /// Checks the settings and builds the layer, allocating its table of keys. Every mistake is
+    /// an error, never a panic: an invalid quota (fleet or local), no keys or more than 2^28,
+    /// lease bounds not `1 ≤ min ≤ max`, a zero `lease_lasts`, store timeout or probe interval,
+    /// or any of those or `reserve_ahead` longer than about nine years.
     pub fn build(self) -> Result<FleetRateLimitLayer<St, F, Clk, O>, ConfigError>
     where
         St: Store,
@@ -691,6 +700,9 @@ impl<St, F, Clk, O> FleetBuilder<St, F, Clk, O> {
         if settings.max_keys == 0 {
             return Err(ConfigError::MaxKeys);
         }
+        if settings.max_keys > MAX_KEYS {
+            return Err(ConfigError::TooManyKeys);
+        }
         let (min, max) = settings.lease;
         if min == 0 || min > max {
             return Err(ConfigError::Lease { min, max });
@@ -702,6 +714,16 @@ impl<St, F, Clk, O> FleetBuilder<St, F, Clk, O> {
         ] {
             if value.is_zero() {
                 return Err(ConfigError::Zero(what));
+            }
+        }
+        for (value, what) in [
+            (settings.lease_lasts, "lease_lasts"),
+            (settings.store_timeout, "store timeout"),
+            (settings.probe_every, "probe interval"),
+            (settings.reserve_ahead, "reserve_ahead"),
+        ] {
+            if nanos(value) > MAX_SPAN {
+                return Err(ConfigError::TooLong(what));
             }
         }
         let breaker = match settings.breaker {

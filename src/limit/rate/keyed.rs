@@ -28,6 +28,8 @@ const INSERT_LOCKS: usize = 256;
 const EMPTY: u64 = 0;
 /// A slot being handed to a new key.
 const BUSY: u64 = 2;
+/// The most keys a table keeps (2^28, 4 GiB of cells): more is refused as a mistake.
+pub(crate) const MAX_KEYS: usize = 1 << 28;
 
 /// One key's slot: the key's hash (odd, so never [`EMPTY`] or [`BUSY`]) and its cell.
 pub(crate) struct Slot<C> {
@@ -104,7 +106,7 @@ pub(crate) struct Table<C = AtomicU64> {
 
 impl<C: Cell> Table<C> {
     pub(crate) fn new(max_keys: usize) -> Self {
-        let buckets = max_keys.div_ceil(BUCKET);
+        let buckets = max_keys.clamp(1, MAX_KEYS).div_ceil(BUCKET);
         Table {
             slots: (0..buckets * BUCKET)
                 .map(|_| Slot {
@@ -446,6 +448,9 @@ impl<F, Clk, O, D> KeyedBuilder<F, Clk, O, D> {
     /// allocated when the layer is built. Allow a quarter more than the keys you expect to be
     /// busy at once: with 80% of the slots holding busy keys, about one new key in ten thousand
     /// takes the slot of a busy one; at 90%, about one in a hundred.
+    ///
+    /// Between 1 and 2^28 (268,435,456): `build` refuses others with [`ConfigError::MaxKeys`]
+    /// or [`ConfigError::TooManyKeys`].
     pub fn max_keys(mut self, max_keys: usize) -> Self {
         self.max_keys = max_keys;
         self
@@ -472,7 +477,9 @@ impl<F, Clk, O, D> KeyedBuilder<F, Clk, O, D> {
         }
     }
 
-    /// Checks the settings and builds the layer, allocating its table of keys.
+    /// Checks the settings and builds the layer, allocating its table of keys. Every mistake is
+    /// an error, never a panic: an invalid quota ([`QuotaError`](super::QuotaError)), a maximum
+    /// wait of more than about nine years, no keys or more than 2^28.
     pub fn build(self) -> Result<KeyedRateLimitLayer<F, Clk, O, D>, ConfigError>
     where
         Clk: Clock,
@@ -481,6 +488,9 @@ impl<F, Clk, O, D> KeyedBuilder<F, Clk, O, D> {
         let (limits, source) = self.settings.build()?;
         if self.max_keys == 0 {
             return Err(ConfigError::MaxKeys);
+        }
+        if self.max_keys > MAX_KEYS {
+            return Err(ConfigError::TooManyKeys);
         }
         Ok(KeyedRateLimitLayer {
             shared: Arc::new(Keyed {

@@ -79,6 +79,9 @@ pub enum ConfigError {
     /// A keyed limiter with room for no key.
     #[error("a keyed rate limiter needs room for at least one key")]
     MaxKeys,
+    /// A keyed limiter asked to keep more than 2^28 keys (4 GiB of cells).
+    #[error("a keyed rate limiter keeps at most 2^28 keys")]
+    TooManyKeys,
     /// A maximum wait longer than a limiter keeps (about nine years).
     #[error("a rate limiter's maximum wait must be at most about nine years")]
     MaxWait,
@@ -462,7 +465,8 @@ impl<Clk, O> RateLimitBuilder<Clk, O> {
         }
     }
 
-    /// Checks the quota and builds the layer.
+    /// Checks the settings and builds the layer. Every mistake is an error, never a panic: an
+    /// invalid quota ([`QuotaError`]) or a maximum wait of more than about nine years.
     pub fn build(self) -> Result<RateLimitLayer<Clk, O>, ConfigError>
     where
         Clk: Clock,
