@@ -138,9 +138,11 @@ pub(crate) enum Decision {
     Reject(u64),
 }
 
-/// A slot taken from a cell: the value the cell held before, and the value the taking wrote.
-/// While the cell still holds `after`, no later call has been decided on it, and the slot can be
-/// given back exactly by writing `before` again (see [`Rule::undo`]).
+/// The slot a rate limiter gave a call: the permit of [`RateLimiter`](super::RateLimiter),
+/// which gives it back if no call is made in it and no later slot was given since.
+// The value the cell held before, and the value the taking wrote. While the cell still holds
+// `after`, no later call has been decided on it, and the slot can be given back exactly by
+// writing `before` again (see `Rule::undo`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Slot {
     pub(crate) before: u64,
