@@ -353,7 +353,7 @@ impl<Req> ReadDeadline<Req> for NoDeadline {
 }
 
 /// Reads the deadline a request carries through [`DeadlineCarrier`] (put there by a
-/// propagating [`TimeoutLayer`](crate::timeout::TimeoutLayer) above, or read from
+/// propagating `TimeoutLayer` above, or read from
 /// `grpc-timeout`); see [`KeyedBuilder::honour_deadlines`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CarriedDeadline;
@@ -431,7 +431,7 @@ impl<F, Clk, O, D> KeyedBuilder<F, Clk, O, D> {
     settings_setters!(KeyedBuilder<F, Clk, O, D>);
 
     /// Honours the [`Deadline`] each request carries (see [`DeadlineCarrier`]; a propagating
-    /// [`TimeoutLayer`](crate::timeout::TimeoutLayer) above puts one in): a call that cannot go
+    /// `TimeoutLayer` above puts one in): a call that cannot go
     /// ahead at once waits only for a slot due by its deadline, and fails at once with
     /// [`RateLimited`] (and the time to come back) when there is none, rather than taking a
     /// slot it cannot use.
