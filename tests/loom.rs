@@ -459,3 +459,46 @@ fn a_new_key_inserted_by_racing_callers_gets_one_cell() {
         assert_eq!(handle.keys(), 1);
     });
 }
+
+#[test]
+fn a_call_racing_the_eviction_of_its_key_is_never_charged_to_the_new_key() {
+    use seawall::limit::rate::{KeyedRateLimitLayer, ManualClock, Quota};
+    let mut model = loom::model::Builder::new();
+    model.preemption_bound = Some(3);
+    model.max_branches = 100_000;
+    model.check(|| {
+        // One bucket of eight slots, full of busy keys; key 0 is the closest to idle.
+        let layer = KeyedRateLimitLayer::builder(Quota::per_second(1).burst(2), |k: &u32| Some(*k))
+            .max_keys(1)
+            .clock(ManualClock::new())
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let mut service = layer.layer(Pass);
+        call_with(&mut service, 0).unwrap();
+        for key in 1..8 {
+            call_with(&mut service, key).unwrap();
+            call_with(&mut service, key).unwrap();
+        }
+        // Key 0's second call races key 8, which takes key 0's slot.
+        let threads: Vec<_> = [0, 8]
+            .into_iter()
+            .map(|key| {
+                let mut service = layer.layer(Pass);
+                thread::spawn(move || call_with(&mut service, key).is_ok())
+            })
+            .collect();
+        for t in threads {
+            assert!(
+                t.join().unwrap(),
+                "a call refused: charged with the other key's call"
+            );
+        }
+        // Key 8 made one call: one of its burst of two is left, unless key 0's call was
+        // charged to it (or key 0 took the slot back, leaving key 8 a fresh key).
+        assert!(
+            handle.available(&8u32) >= 1,
+            "key 0's call charged to key 8"
+        );
+    });
+}

@@ -4,7 +4,7 @@ use super::{admitted, load, ok, Flaky, KeyFn, Mode, Req, KEY};
 use seawall::core::{Event, EventKind, Observer};
 use seawall::limit::error::RateLimited;
 use seawall::limit::fleet::{ConfigError, FleetBuilder, FleetRateLimitLayer, MemoryStore, Store};
-use seawall::limit::rate::{Quota, TokioClock};
+use seawall::limit::rate::{Quota, QuotaError, TokioClock};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::{sleep, Instant};
@@ -226,6 +226,12 @@ async fn a_full_table_recycles_slots() {
     assert!(handle.keys() <= 8);
 }
 
+fn build_layer() -> FleetRateLimitLayer<MemoryStore, KeyFn> {
+    FleetRateLimitLayer::builder(MemoryStore::new(), Quota::per_second(1), KEY)
+        .build()
+        .unwrap()
+}
+
 #[test]
 fn bad_settings_are_errors() {
     let build = |f: fn(Builder<MemoryStore>) -> Builder<MemoryStore>| {
@@ -254,6 +260,44 @@ fn bad_settings_are_errors() {
         build(|b| b.fail_open(Quota::per_second(0))),
         Err(ConfigError::Quota(_))
     ));
+    assert_eq!(
+        build(|b| b.max_keys(usize::MAX)),
+        Err(ConfigError::TooManyKeys)
+    );
+    for (f, what) in [
+        (
+            (|b| b.lease_lasts(Duration::MAX)) as fn(Builder<MemoryStore>) -> _,
+            "lease_lasts",
+        ),
+        (|b| b.store_timeout(Duration::MAX), "store timeout"),
+        (|b| b.probe_every(Duration::MAX), "probe interval"),
+        (|b| b.reserve_ahead(Duration::MAX), "reserve_ahead"),
+    ] {
+        assert_eq!(build(f), Err(ConfigError::TooLong(what)));
+    }
+    assert_eq!(
+        build(|b| b.fail_open(Quota::new(10, Duration::from_nanos(5)))),
+        Err(ConfigError::Quota(QuotaError::Interval))
+    );
+    assert_eq!(
+        build(|b| b.fail_open(Quota::new(1, Duration::MAX))),
+        Err(ConfigError::Quota(QuotaError::TooLong))
+    );
+    let fleet =
+        FleetRateLimitLayer::builder(MemoryStore::new(), Quota::per_hour(1).burst(u32::MAX), KEY);
+    assert_eq!(
+        fleet.build().map(|_| ()),
+        Err(ConfigError::Quota(QuotaError::TooLong))
+    );
+    let handle = build_layer().handle();
+    assert_eq!(
+        handle.set_quota(Quota::new(10, Duration::from_nanos(5))),
+        Err(ConfigError::Quota(QuotaError::Interval))
+    );
+    assert_eq!(
+        ConfigError::TooLong("probe interval").to_string(),
+        "the fleet rate limiter's probe interval must be at most about nine years"
+    );
     assert_eq!(build(|b| b), Ok(()));
     let err = build(|b| b.lease(5, 4)).unwrap_err();
     assert_eq!(
@@ -368,4 +412,73 @@ where
     S: Service<Req, Response = (), Error = BoxError>,
 {
     admitted(service, "k").await
+}
+
+/// A healthy store that is slow: every take is answered after 90 ms, with one admission.
+#[derive(Clone)]
+struct Slow;
+
+impl tower::Service<seawall::limit::fleet::Take> for Slow {
+    type Response = seawall::limit::fleet::Grant;
+    type Error = BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: seawall::limit::fleet::Take) -> Self::Future {
+        Box::pin(async {
+            sleep(Duration::from_millis(90)).await;
+            Ok(seawall::limit::fleet::Grant {
+                granted: 1,
+                wait: Duration::ZERO,
+            })
+        })
+    }
+}
+
+/// Four callers wait on a key whose store is healthy but hands out one admission per 90 ms: in
+/// the 200 ms they may wait (twice the store timeout), two get one; the others are refused,
+/// told when to come back, rather than let through by the local limit, which is for a store
+/// that is down and would let the whole fleet's quota through in this instance alone.
+#[tokio::test(start_paused = true)]
+async fn a_caller_that_waits_too_long_on_a_healthy_store_is_refused_not_let_through() {
+    let layer = FleetRateLimitLayer::builder(Slow, Quota::per_second(100), KEY)
+        .lease(1, 1)
+        .store_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let start = Instant::now();
+    let callers: Vec<_> = (0..4)
+        .map(|_| {
+            let mut service = layer.layer(service_fn(ok));
+            tokio::spawn(async move {
+                let result = service.ready().await.unwrap().call(Req("k")).await;
+                (
+                    result.map_err(|e| *e.downcast::<RateLimited>().unwrap()),
+                    start.elapsed(),
+                )
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for caller in callers {
+        let (result, at) = caller.await.unwrap();
+        match result {
+            Ok(()) => admitted += 1,
+            Err(limited) => {
+                assert!(at >= Duration::from_millis(200), "refused after {at:?}");
+                assert!(limited.retry_after() > Duration::ZERO);
+            }
+        }
+    }
+    assert!(!handle.degraded());
+    assert_eq!(admitted, 2);
 }

@@ -454,3 +454,385 @@ fn on_the_time_stamp_counter_the_burst_passes_then_the_next_call_is_told_when() 
         assert!(wait > Duration::from_secs(3590), "{wait:?}");
     });
 }
+
+// ---------------------------------------------------------------------------------------------
+// Callers that give up while they wait for a slot (issue 19, defect 1).
+
+/// A service that records when each call reaches it.
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<Instant>>>);
+
+impl<R> Service<R> for Recorder {
+    type Response = ();
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<(), Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: R) -> Self::Future {
+        self.0.lock().unwrap().push(Instant::now());
+        std::future::ready(Ok(()))
+    }
+}
+
+impl Recorder {
+    /// How many calls reached the service between `from` and `until`, and the most in any one
+    /// second.
+    fn seen(&self, from: Instant, until: Instant) -> (usize, usize) {
+        let mut times: Vec<Instant> = self
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .copied()
+            .filter(|t| (from..until).contains(t))
+            .collect();
+        times.sort();
+        let mut most = 0;
+        let mut first = 0;
+        for (last, t) in times.iter().enumerate() {
+            while *t - times[first] >= Duration::from_secs(1) {
+                first += 1;
+            }
+            most = most.max(last + 1 - first);
+        }
+        (times.len(), most)
+    }
+}
+
+/// Offers 400 calls a second for five seconds, each on its own clone of `service` (as axum
+/// does), each caller giving up after `patience` if given. Returns how many reached `backend` in
+/// those five seconds, and the most in any one second.
+async fn surge<S, R>(
+    service: S,
+    request: impl Fn() -> R,
+    backend: &Recorder,
+    patience: Option<Duration>,
+) -> (usize, usize)
+where
+    S: Service<R, Response = (), Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send,
+    R: Send + 'static,
+{
+    let start = Instant::now();
+    let mut callers = Vec::new();
+    for _ in 0..2000 {
+        let call = service.clone().oneshot(request());
+        callers.push(tokio::spawn(async move {
+            match patience {
+                Some(patience) => drop(tokio::time::timeout(patience, call).await),
+                None => drop(call.await),
+            }
+        }));
+        tokio::time::sleep(Duration::from_micros(2500)).await;
+    }
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    backend.seen(start, start + Duration::from_secs(5))
+}
+
+/// 100 a second, bursts of 10, waits of up to a second: what every surge test limits to.
+const SURGE_QUOTA: u32 = 100;
+const SURGE_BURST: u32 = 10;
+
+fn assert_surge_served((total, most): (usize, usize)) {
+    let quota = 5 * SURGE_QUOTA as usize;
+    let bound = (SURGE_QUOTA + SURGE_BURST) as usize;
+    assert!(
+        total * 10 >= quota * 9,
+        "{total} calls in 5 s: less than 90% of the quota ({quota})"
+    );
+    assert!(
+        total <= quota + SURGE_BURST as usize,
+        "{total} calls in 5 s: more than the quota plus the burst"
+    );
+    assert!(
+        most <= bound,
+        "{most} calls in one second: more than the quota plus the burst ({bound})"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn under_a_surge_a_timeout_above_a_waiting_keyed_limit_lets_the_quota_through() {
+    let backend = Recorder::default();
+    let limit =
+        KeyedRateLimitLayer::builder(Quota::per_second(SURGE_QUOTA).burst(SURGE_BURST), by_first)
+            .max_wait(Duration::from_secs(1))
+            .build()
+            .unwrap();
+    let service = tower::ServiceBuilder::new()
+        .layer(seawall::timeout::TimeoutLayer::new(200 * MS))
+        .layer(limit)
+        .service(backend.clone());
+    assert_surge_served(surge(service, || (Some(7), ()), &backend, None).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn under_a_surge_callers_that_give_up_waiting_leave_the_quota_to_others() {
+    let backend = Recorder::default();
+    let limit = RateLimitLayer::builder(Quota::per_second(SURGE_QUOTA).burst(SURGE_BURST))
+        .max_wait(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let service = tower::ServiceBuilder::new()
+        .layer(seawall::timeout::TimeoutLayer::new(200 * MS))
+        .layer(limit)
+        .service(backend.clone());
+    assert_surge_served(surge(service, || (), &backend, Some(200 * MS)).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn under_a_surge_a_timeout_above_a_waiting_global_limit_lets_the_quota_through() {
+    let backend = Recorder::default();
+    let limit = RateLimitLayer::builder(Quota::per_second(SURGE_QUOTA).burst(SURGE_BURST))
+        .max_wait(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let service = tower::ServiceBuilder::new()
+        .layer(seawall::timeout::TimeoutLayer::new(200 * MS))
+        .layer(limit)
+        .service(backend.clone());
+    assert_surge_served(surge(service, || (), &backend, None).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn under_a_surge_a_keyed_limit_that_honours_deadlines_refuses_at_once_what_would_come_too_late(
+) {
+    let backend = Recorder::default();
+    let limit = KeyedRateLimitLayer::builder(
+        Quota::per_second(SURGE_QUOTA).burst(SURGE_BURST),
+        |_: &http::Request<()>| Some("tenant"),
+    )
+    .max_wait(Duration::from_secs(1))
+    .honour_deadlines()
+    .build()
+    .unwrap();
+    let service = tower::ServiceBuilder::new()
+        .layer(seawall::timeout::TimeoutLayer::new(200 * MS).propagate())
+        .layer(limit)
+        .service(backend.clone());
+    assert_surge_served(surge(service, || http::Request::new(()), &backend, None).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_keyed_call_is_never_given_a_slot_after_its_deadline() {
+    let layer =
+        KeyedRateLimitLayer::builder(Quota::per_second(10).burst(1), |_: &http::Request<()>| {
+            Some(1)
+        })
+        .max_wait(Duration::from_secs(1))
+        .honour_deadlines()
+        .build()
+        .unwrap();
+    let mut service = tower::ServiceBuilder::new()
+        .layer(seawall::timeout::TimeoutLayer::new(150 * MS).propagate())
+        .layer(layer)
+        .service(ok_service());
+    let start = Instant::now();
+    send(&mut service, http::Request::new(())).await.unwrap();
+    // The next slot, 100 ms on, is within the deadline: the call waits for it.
+    let waiting = tokio::spawn({
+        let mut service = service.clone();
+        async move { send(&mut service, http::Request::new(())).await }
+    });
+    tokio::task::yield_now().await;
+    // The one after, 200 ms on, is not: refused at once, told when to come back.
+    assert_eq!(
+        send(&mut service, http::Request::new(())).await,
+        Err(200 * MS)
+    );
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(waiting.await.unwrap(), Ok(()));
+    assert_eq!(start.elapsed(), 100 * MS);
+    // A request without a deadline may still wait up to the maximum.
+    let mut bare =
+        KeyedRateLimitLayer::builder(Quota::per_second(10).burst(1), |_: &http::Request<()>| {
+            Some(1)
+        })
+        .max_wait(Duration::from_secs(1))
+        .honour_deadlines()
+        .build()
+        .unwrap()
+        .layer(ok_service());
+    send(&mut bare, http::Request::new(())).await.unwrap();
+    send(&mut bare, http::Request::new(())).await.unwrap();
+    assert_eq!(start.elapsed(), 200 * MS);
+}
+
+/// A caller of `layer` on a clone of its own, in a task: when it got through, from `start`.
+fn waiter<L, R>(layer: &L, req: R, start: Instant) -> tokio::task::JoinHandle<Duration>
+where
+    L: Layer<Pass>,
+    L::Service: Service<R, Response = (), Error = BoxError> + Send + 'static,
+    <L::Service as Service<R>>::Future: Send,
+    R: Send + 'static,
+{
+    let mut service = layer.layer(ok_service());
+    tokio::spawn(async move {
+        send(&mut service, req).await.unwrap();
+        start.elapsed()
+    })
+}
+
+/// Lets the tasks spawned so far run until they wait.
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_that_stops_waiting_leaves_its_slot_to_the_next() {
+    let layer = RateLimitLayer::builder(Quota::per_second(10).burst(1))
+        .max_wait(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    send(&mut layer.layer(ok_service()), ()).await.unwrap();
+    // Two callers wait, for the slots 100 and 200 ms on; the first gives up.
+    let first = waiter(&layer, (), start);
+    settle().await;
+    let second = waiter(&layer, (), start);
+    settle().await;
+    first.abort();
+    settle().await;
+    // The next caller takes the slot it left, not one after the second's.
+    let third = waiter(&layer, (), start);
+    settle().await;
+    // And no more than the quota: the one after that waits for the slot 300 ms on.
+    let fourth = waiter(&layer, (), start);
+    settle().await;
+    assert_eq!(third.await.unwrap(), 100 * MS);
+    assert_eq!(second.await.unwrap(), 200 * MS);
+    assert_eq!(fourth.await.unwrap(), 300 * MS);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_keyed_caller_that_stops_waiting_leaves_its_slot_to_the_next() {
+    let layer = KeyedRateLimitLayer::builder(Quota::per_second(10).burst(1), by_first)
+        .max_wait(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    send(&mut layer.layer(ok_service()), (Some(1), ()))
+        .await
+        .unwrap();
+    let first = waiter(&layer, (Some(1), ()), start);
+    settle().await;
+    let second = waiter(&layer, (Some(1), ()), start);
+    settle().await;
+    first.abort();
+    settle().await;
+    // Another key's callers cannot have it.
+    let other = waiter(&layer, (Some(2), ()), start);
+    let third = waiter(&layer, (Some(1), ()), start);
+    settle().await;
+    let fourth = waiter(&layer, (Some(1), ()), start);
+    settle().await;
+    assert_eq!(other.await.unwrap(), Duration::ZERO);
+    assert_eq!(third.await.unwrap(), 100 * MS);
+    assert_eq!(second.await.unwrap(), 200 * MS);
+    assert_eq!(fourth.await.unwrap(), 300 * MS);
+    // The last slot reserved goes straight back to the key when its caller leaves.
+    let fifth = waiter(&layer, (Some(1), ()), start);
+    settle().await;
+    fifth.abort();
+    settle().await;
+    assert_eq!(
+        waiter(&layer, (Some(1), ()), start).await.unwrap(),
+        400 * MS
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slot_left_unused_behind_later_reservations_is_not_given_twice() {
+    let layer = RateLimitLayer::builder(Quota::per_second(1).burst(1))
+        .max_wait(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    // A service made ready and kept: the slot now is its.
+    let mut idle = layer.layer(ok_service());
+    ServiceExt::<()>::ready(&mut idle).await.unwrap();
+    let first = waiter(&layer, (), start);
+    settle().await;
+    let second = waiter(&layer, (), start);
+    settle().await;
+    // Dropped unused after two slots were reserved behind its own: giving it back by moving the
+    // limit back one interval would hand the next caller the slot 2 s on, the second's.
+    drop(idle);
+    let third = waiter(&layer, (), start);
+    settle().await;
+    assert_eq!(first.await.unwrap(), Duration::from_secs(1));
+    assert_eq!(second.await.unwrap(), Duration::from_secs(2));
+    assert_eq!(third.await.unwrap(), Duration::from_secs(3));
+}
+
+#[test]
+fn absurd_settings_are_typed_errors_never_panics() {
+    use QuotaError::{Burst, Count, Interval, Period, TooLong};
+    let quotas = [
+        (Quota::per_second(0), Count),
+        (Quota::new(1, Duration::ZERO), Period),
+        (Quota::per_second(1).burst(0), Burst),
+        // Ten calls in five nanoseconds: the interval would round to nothing.
+        (Quota::new(10, Duration::from_nanos(5)), Interval),
+        (Quota::new(1, Duration::MAX), TooLong),
+        // An hour between calls, and a burst of four billion of them.
+        (Quota::per_hour(1).burst(u32::MAX), TooLong),
+    ];
+    for (quota, error) in quotas {
+        let error = Err(ConfigError::Quota(error));
+        assert_eq!(RateLimitLayer::builder(quota).build().map(drop), error);
+        let keyed = KeyedRateLimitLayer::builder(quota, |_: &()| Some(1));
+        assert_eq!(keyed.build().map(drop), error);
+        let handle = RateLimitLayer::new(Quota::per_second(1)).handle();
+        assert_eq!(handle.set_quota(quota), error);
+        assert!(std::panic::catch_unwind(|| RateLimitLayer::new(quota)).is_err());
+    }
+    let quota = Quota::per_second(1);
+    assert_eq!(
+        RateLimitLayer::builder(quota)
+            .max_wait(Duration::MAX)
+            .build()
+            .map(drop),
+        Err(ConfigError::MaxWait)
+    );
+    let keyed = || KeyedRateLimitLayer::builder(quota, |_: &()| Some(1));
+    assert_eq!(
+        keyed()
+            .max_wait(Duration::from_secs(1 << 40))
+            .build()
+            .map(drop),
+        Err(ConfigError::MaxWait)
+    );
+    assert_eq!(
+        keyed().max_keys(0).build().map(drop),
+        Err(ConfigError::MaxKeys)
+    );
+    assert_eq!(
+        keyed().max_keys(usize::MAX).build().map(drop),
+        Err(ConfigError::TooManyKeys)
+    );
+    // At the bounds, they build.
+    assert!(
+        RateLimitLayer::builder(Quota::new(10, Duration::from_nanos(10)))
+            .max_wait(Duration::from_secs(86_400 * 365))
+            .build()
+            .is_ok()
+    );
+    assert_eq!(
+        ConfigError::Quota(Interval).to_string(),
+        "a quota's period must be at least one nanosecond per call"
+    );
+    assert_eq!(
+        ConfigError::MaxWait.to_string(),
+        "a rate limiter's maximum wait must be at most about nine years"
+    );
+}

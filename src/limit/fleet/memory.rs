@@ -6,6 +6,7 @@ use crate::limit::rate::gcra::{self, Rule};
 use crate::limit::rate::keyed::Table;
 use crate::limit::rate::{Clock, TokioClock};
 use std::fmt;
+use std::sync::atomic::Ordering::Acquire;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -50,8 +51,8 @@ impl MemoryStore {
         MemoryStore::with_max_keys(100_000)
     }
 
-    /// A store with room for `max_keys` keys (at least 1); when full, a new key takes the slot of
-    /// an idle one.
+    /// A store with room for `max_keys` keys (at least 1, at most 2^28: less or more is taken
+    /// as the nearest bound, never a panic); when full, a new key takes the slot of an idle one.
     pub fn with_max_keys(max_keys: usize) -> Self {
         MemoryStore {
             shared: Arc::new(Memory {
@@ -90,20 +91,23 @@ impl Service<Take> for MemoryStore {
         let memory = &*self.shared;
         let now = memory.clock.now();
         let table = &memory.table;
-        let index = table.entry(
-            table.locate(take.key.as_str()),
-            || now,
-            memory.source.emitter(),
-        );
-        let (interval, tolerance) = Rule::parts(&take.quota);
-        let (granted, wait) = gcra::take(
-            &table.slot(index).cell,
-            now,
-            interval,
-            tolerance,
-            take.want.max(1).into(),
-            crate::sync::nanos(take.max_wait),
-        );
+        let place = table.locate(take.key.as_str());
+        let (granted, wait) = loop {
+            let index = table.entry(place, || now, memory.source.emitter());
+            let slot = table.slot(index);
+            // Taken only while the cell holds the key: a key that loses its cell meanwhile is
+            // served from its new one, and never from another key's.
+            if let Some(taken) = gcra::take(
+                &slot.cell,
+                now,
+                Rule::parts(&take.quota),
+                take.want.max(1).into(),
+                crate::sync::nanos(take.max_wait),
+                || slot.tag.load(Acquire) == place.tag,
+            ) {
+                break taken;
+            }
+        };
         std::future::ready(Ok(Grant {
             granted: granted as u32,
             wait: Duration::from_nanos(wait),

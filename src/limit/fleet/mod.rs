@@ -48,7 +48,25 @@
 //!
 //! While degraded, one call every [`probe_every`](FleetBuilder::probe_every) tries the store again
 //! (the breaker lets it through once its open spell is over); the first answer ends the degraded
-//! state, and leases resume. A call waiting for a lease waits at most about the store timeout.
+//! state, and leases resume.
+//!
+//! A call waiting for a lease waits at most twice the store timeout. If it has none by then while
+//! the store is healthy (the store answers, but other callers took what it granted), it fails
+//! with [`RateLimited`]: the failure mode is only for a store that is down, so that the bound
+//! above holds whenever the store is up.
+//!
+//! # The store's clock
+//!
+//! [`RedisStore`](redis::RedisStore)'s script reads the time with Redis's `TIME` and then
+//! writes, which Redis allows from version 5 on (scripts are replicated by their effects since
+//! then): **it needs Redis 5 or later**. Every instance's slots are timed on the Redis server's
+//! clock, so the instances' clocks need not agree; but that clock is the server's wall clock. If
+//! it steps forward by `d`, every key's state looks `d` older: keys get their whole burst back at
+//! once (up to one burst more per key than the quota allows, once), and slots reserved ahead come
+//! due sooner. If it steps back by `d`, every key looks `d` busier: the fleet lets fewer through
+//! (nothing at all for a key, for up to `d` beyond its burst) until the clock has caught up. A
+//! failover to a replica whose clock differs does the same. Gradual corrections (NTP slewing)
+//! change nothing noticeable. The in-memory store uses the process's monotonic clock.
 //!
 //! ```
 //! use seawall::limit::fleet::{FleetRateLimitLayer, MemoryStore};
@@ -85,8 +103,8 @@ pub mod redis;
 pub use memory::MemoryStore;
 
 use super::error::RateLimited;
-use super::rate::gcra::{Decision, Rule};
-use super::rate::keyed::{KeyedResponseFuture, Place, Table};
+use super::rate::gcra::{Decision, Rule, MAX_SPAN};
+use super::rate::keyed::{KeyedResponseFuture, Place, Table, MAX_KEYS};
 use super::rate::{Clock, Quota, QuotaError, TokioClock};
 use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 use crate::core::{Emitter, EventKind, Observer, RejectReason, Source};
@@ -188,6 +206,12 @@ pub enum ConfigError {
     /// A duration that must be longer than zero is zero.
     #[error("the fleet rate limiter's {0} must be longer than zero")]
     Zero(&'static str),
+    /// A duration longer than the limiter keeps (about nine years).
+    #[error("the fleet rate limiter's {0} must be at most about nine years")]
+    TooLong(&'static str),
+    /// Room for more than 2^28 keys.
+    #[error("a fleet rate limiter keeps at most 2^28 keys")]
+    TooManyKeys,
 }
 
 /// The store behind the limiter: the user's store under seawall's timeout and breaker.
@@ -388,11 +412,37 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
                 return Verdict::Wait;
             }
         }
-        self.fallback(lease, now)
+        self.undecided(lease, now)
     }
 
-    /// The failure mode's decision: while the store is degraded, or when a race with renewals
-    /// left nothing to decide on.
+    /// The decision on a call the store's leases could not settle: the failure mode's while the
+    /// store is degraded; a refusal while it is healthy, so that the local limit (by default the
+    /// whole fleet's quota, in this instance alone) never adds to what the store grants.
+    fn undecided(&self, lease: &Lease, now: u64) -> Verdict {
+        if self.degraded.load(Relaxed) {
+            self.fallback(lease, now)
+        } else {
+            Verdict::Reject(self.busy(lease, now))
+        }
+    }
+
+    /// The refusal of a call that waited as long as it may for a healthy store's lease: come
+    /// back when the slots reserved for this instance are due, when the store said it would have
+    /// room, or else once the renewal in flight has had its time.
+    fn busy(&self, lease: &Lease, now: u64) -> RateLimited {
+        let reserved = match lease.reserved.load(Acquire) {
+            0 => 0,
+            _ => lease.due.load(Relaxed),
+        };
+        let until = reserved.max(lease.denied_until.load(Relaxed));
+        let retry_after = match until.checked_sub(now) {
+            Some(left) if left > 0 => Duration::from_nanos(left),
+            _ => self.wait_limit / 2,
+        };
+        RateLimited { retry_after }
+    }
+
+    /// The failure mode's decision, while the store is degraded.
     fn fallback(&self, lease: &Lease, now: u64) -> Verdict {
         match &self.local {
             Some(rule) => match rule.decide(&lease.local, now, 0) {
@@ -444,8 +494,10 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
         let decided = match waited {
             Ok(decided) => decided,
             Err(_) => {
+                // While the store is healthy, it answered, but not with an admission for this
+                // call in time: the key is busy across the fleet, and the call is refused.
                 let lease = &self.table.slot(index).cell;
-                match self.fallback(lease, self.clock.now()) {
+                match self.undecided(lease, self.clock.now()) {
                     Verdict::Reject(limited) => Err(limited),
                     _ => Ok(()),
                 }
@@ -624,7 +676,10 @@ impl<St, F, Clk, O> FleetBuilder<St, F, Clk, O> {
         }
     }
 
-    /// Checks the settings and builds the layer, allocating its table of keys.
+    /// Checks the settings and builds the layer, allocating its table of keys. Every mistake is
+    /// an error, never a panic: an invalid quota (fleet or local), no keys or more than 2^28,
+    /// lease bounds not `1 ≤ min ≤ max`, a zero `lease_lasts`, store timeout or probe interval,
+    /// or any of those or `reserve_ahead` longer than about nine years.
     pub fn build(self) -> Result<FleetRateLimitLayer<St, F, Clk, O>, ConfigError>
     where
         St: Store,
@@ -645,6 +700,9 @@ impl<St, F, Clk, O> FleetBuilder<St, F, Clk, O> {
         if settings.max_keys == 0 {
             return Err(ConfigError::MaxKeys);
         }
+        if settings.max_keys > MAX_KEYS {
+            return Err(ConfigError::TooManyKeys);
+        }
         let (min, max) = settings.lease;
         if min == 0 || min > max {
             return Err(ConfigError::Lease { min, max });
@@ -656,6 +714,16 @@ impl<St, F, Clk, O> FleetBuilder<St, F, Clk, O> {
         ] {
             if value.is_zero() {
                 return Err(ConfigError::Zero(what));
+            }
+        }
+        for (value, what) in [
+            (settings.lease_lasts, "lease_lasts"),
+            (settings.store_timeout, "store timeout"),
+            (settings.probe_every, "probe interval"),
+            (settings.reserve_ahead, "reserve_ahead"),
+        ] {
+            if nanos(value) > MAX_SPAN {
+                return Err(ConfigError::TooLong(what));
             }
         }
         let breaker = match settings.breaker {

@@ -20,6 +20,10 @@ use tower::{BoxError, Service};
 /// KEYS[1]: the key. ARGV: interval, tolerance, want, max_wait (times in µs).
 /// Returns {granted, wait µs}: the wait until the first granted slot, or, when none was granted,
 /// until one could be taken at once.
+///
+/// `TIME` followed by a write is refused by Redis before 5.0, which replicated scripts verbatim
+/// (and so forbade writes after non-deterministic commands); from 5.0 on scripts are replicated
+/// by their effects.
 const GCRA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -45,8 +49,10 @@ static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(GCRA));
 /// A fleet [`Store`](super::Store) in Redis: each key's GCRA state is one Redis key, updated by
 /// one server-side script per lease, so instances sharing the server never admit more together
 /// than the quota (plus their leases; see the [module docs](super)). The script reads Redis's
-/// clock, not the instances'. A key expires as soon as it is idle (its burst whole again), so idle
-/// keys do not accumulate.
+/// clock, not the instances', and writes after reading it: it needs **Redis 5 or later**. A step
+/// of the server's clock moves every key's state with it (see
+/// [the store's clock](super#the-stores-clock)). A key expires as soon as it is idle (its burst
+/// whole again), so idle keys do not accumulate.
 ///
 /// Times in Redis are whole microseconds: a quota's interval is rounded up to one, so quotas of
 /// up to 1,000,000 calls a second per key are kept, exactly when the interval is a whole number

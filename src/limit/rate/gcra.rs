@@ -1,6 +1,6 @@
 //! The generic cell rate algorithm on one atomic word, and the quota it enforces.
 
-use crate::sync::{nanos, AtomicU64, Ordering::Relaxed};
+use crate::sync::{nanos, AtomicU64, Ordering::Acquire, Ordering::Relaxed};
 use std::fmt;
 use std::time::Duration;
 
@@ -71,7 +71,8 @@ impl Quota {
         (period / u64::from(self.count.max(1))).max(1)
     }
 
-    /// Checks that the quota lets some call through.
+    /// Checks that the quota lets some call through, at the rate it says, within the times a
+    /// limiter can keep.
     pub(crate) fn validate(&self) -> Result<(), QuotaError> {
         if self.count == 0 {
             return Err(QuotaError::Count);
@@ -82,9 +83,26 @@ impl Quota {
         if self.burst == 0 {
             return Err(QuotaError::Burst);
         }
+        if nanos(self.period) < u64::from(self.count) {
+            return Err(QuotaError::Interval);
+        }
+        let (_, tolerance) = Rule::parts(self);
+        if nanos(self.period) > MAX_SPAN || tolerance > MAX_SPAN {
+            return Err(QuotaError::TooLong);
+        }
         Ok(())
     }
 }
+
+/// The longest time a limiter keeps, in nanoseconds (2^58, about nine years): a quota's period,
+/// its burst's worth of intervals, a maximum wait. Limits keep times in the low 60 bits of a
+/// word (see [`TIME`]), and sums of these stay within them for decades of uptime.
+pub(crate) const MAX_SPAN: u64 = 1 << 58;
+
+/// The bits of a keyed cell that hold its theoretical arrival time; the top four count the
+/// keys the cell has held (see `keyed::Table`), so that a decision made for an evicted key
+/// cannot land on the cell of the key that replaced it. A global limiter's cell keeps them zero.
+pub(crate) const TIME: u64 = (1 << 60) - 1;
 
 /// A quota that lets nothing through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -99,17 +117,36 @@ pub enum QuotaError {
     /// The burst is zero.
     #[error("a quota's burst must be at least 1")]
     Burst,
+    /// The period is shorter than one nanosecond per call (`count` nanoseconds): the interval
+    /// between calls would round to nothing.
+    #[error("a quota's period must be at least one nanosecond per call")]
+    Interval,
+    /// The period, or the burst's worth of intervals, is longer than a limiter keeps (about nine
+    /// years).
+    #[error("a quota's period and burst must span at most about nine years")]
+    TooLong,
 }
 
 /// What the algorithm says of one call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Decision {
-    /// Go ahead now.
-    Admit,
-    /// A slot is reserved this many nanoseconds from now: wait, then go ahead.
-    Wait(u64),
+    /// Go ahead now, in this slot.
+    Admit(Slot),
+    /// This slot is reserved this many nanoseconds from now: wait, then go ahead.
+    Wait(u64, Slot),
     /// No room: the call would be let through this many nanoseconds from now.
     Reject(u64),
+}
+
+/// The slot a rate limiter gave a call: the permit of [`RateLimiter`](super::RateLimiter),
+/// which gives it back if no call is made in it and no later slot was given since.
+// The value the cell held before, and the value the taking wrote. While the cell still holds
+// `after`, no later call has been decided on it, and the slot can be given back exactly by
+// writing `before` again (see `Rule::undo`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot {
+    pub(crate) before: u64,
+    pub(crate) after: u64,
 }
 
 /// A quota as the algorithm uses it: the emission interval and the tolerance (`burst × interval`),
@@ -152,70 +189,145 @@ impl Rule {
     /// read and written only through itself, so relaxed ordering suffices.)
     #[inline]
     pub(crate) fn decide(&self, tat: &AtomicU64, now: u64, max_wait: u64) -> Decision {
+        match self.decide_as::<false>(tat, now, max_wait, || true) {
+            Some(decision) => decision,
+            None => unreachable!("a global cell is never moved"),
+        }
+    }
+
+    /// [`decide`](Self::decide) for a call that may only go ahead now: admits it, or leaves the
+    /// cell as it is and says when it could go ahead.
+    #[inline]
+    pub(crate) fn admit(&self, tat: &AtomicU64, now: u64) -> Result<Slot, u64> {
+        match self.decide(tat, now, 0) {
+            Decision::Admit(slot) => Ok(slot),
+            Decision::Wait(after, _) | Decision::Reject(after) => Err(after),
+        }
+    }
+
+    /// [`decide`](Self::decide) on a cell of a keyed table: the cell's top bits (outside
+    /// [`TIME`]) are kept as they are, and `holds` (whether the cell still holds the caller's
+    /// key) is asked after each read of the cell and before the swap that would decide on it.
+    /// `None` when the cell no longer holds the key: nothing was decided on it.
+    ///
+    /// A swap succeeds only if the cell still holds the value read, top bits included; the table
+    /// changes them (and then the tag, which `holds` reads) whenever it hands the cell to another
+    /// key. So a swap that succeeds was decided on the state of the key `holds` vouched for:
+    /// never on another key's.
+    #[inline]
+    pub(crate) fn decide_keyed(
+        &self,
+        tat: &AtomicU64,
+        now: u64,
+        max_wait: u64,
+        holds: impl Fn() -> bool,
+    ) -> Option<Decision> {
+        self.decide_as::<true>(tat, now, max_wait, holds)
+    }
+
+    #[inline(always)]
+    fn decide_as<const KEYED: bool>(
+        &self,
+        tat: &AtomicU64,
+        now: u64,
+        max_wait: u64,
+        holds: impl Fn() -> bool,
+    ) -> Option<Decision> {
         let interval = self.interval.load(Relaxed);
         let tolerance = self.tolerance.load(Relaxed);
-        let mut current = tat.load(Relaxed);
+        let (load, fail) = if KEYED {
+            (Acquire, Acquire)
+        } else {
+            (Relaxed, Relaxed)
+        };
+        let mut current = tat.load(load);
         loop {
-            let next = current.max(now).saturating_add(interval);
-            let ahead = next - now;
-            let decision = if ahead <= tolerance {
-                Decision::Admit
-            } else if ahead - tolerance <= max_wait {
-                Decision::Wait(ahead - tolerance)
+            let (epoch, time) = if KEYED {
+                (current & !TIME, current & TIME)
             } else {
-                return Decision::Reject(ahead - tolerance);
+                (0, current)
             };
-            match tat.compare_exchange_weak(current, next, Relaxed, Relaxed) {
-                Ok(_) => return decision,
+            let next = time.max(now).saturating_add(interval);
+            let ahead = next - now;
+            let wait = if ahead <= tolerance {
+                0
+            } else if ahead - tolerance <= max_wait {
+                ahead - tolerance
+            } else {
+                return Some(Decision::Reject(ahead - tolerance));
+            };
+            let next = if KEYED { epoch | next.min(TIME) } else { next };
+            if KEYED && !holds() {
+                return None;
+            }
+            match tat.compare_exchange_weak(current, next, Relaxed, fail) {
+                Ok(_) => {
+                    let slot = Slot {
+                        before: current,
+                        after: next,
+                    };
+                    return Some(match wait {
+                        0 => Decision::Admit(slot),
+                        wait => Decision::Wait(wait, slot),
+                    });
+                }
                 Err(actual) => current = actual,
             }
         }
     }
 
-    /// Gives back one interval the cell reserved for a call that was not made. Later
-    /// reservations keep their times; the next caller finds the slot free.
-    pub(crate) fn give_back(&self, tat: &AtomicU64) {
-        let interval = self.interval.load(Relaxed);
-        let _ = tat.fetch_update(Relaxed, Relaxed, |t| Some(t.saturating_sub(interval)));
+    /// Gives `slot`, taken from the cell `tat`, back, if no later call has been decided on the
+    /// cell: then the cell is exactly as if the slot had never been taken. Returns whether it
+    /// was given back. A slot with later ones taken after it is not: moving the cell back one
+    /// interval would let a caller take a slot next to those already promised, a call more in
+    /// some window than the quota allows.
+    pub(crate) fn undo(tat: &AtomicU64, slot: Slot) -> bool {
+        tat.compare_exchange(slot.after, slot.before, Relaxed, Relaxed)
+            .is_ok()
     }
 
     /// How many calls the cell would admit at once at `now`.
     pub(crate) fn available(&self, tat: &AtomicU64, now: u64) -> u64 {
         let interval = self.interval.load(Relaxed);
         let tolerance = self.tolerance.load(Relaxed);
-        let used = tat.load(Relaxed).saturating_sub(now);
+        let used = (tat.load(Relaxed) & TIME).saturating_sub(now);
         tolerance.saturating_sub(used) / interval
     }
 }
 
-/// Takes up to `want` calls at once from the cell `tat` at `now`, for a quota of `interval` and
-/// `tolerance` (see [`Rule::decide`]), reserving slots up to `max_wait` ahead: as many as fit,
-/// `k` such that `max(tat, now) + k × interval − now ≤ tolerance + max_wait`. Returns how many
-/// were taken and how long until the first of them is due (0: now); when none could be, how
-/// long until one could be taken without waiting.
+/// Takes up to `want` calls at once from the keyed cell `tat` at `now`, for a quota of
+/// `interval` and `tolerance` (see [`Rule::decide`]), reserving slots up to `max_wait` ahead: as
+/// many as fit, `k` such that `max(tat, now) + k × interval − now ≤ tolerance + max_wait`.
+/// Returns how many were taken and how long until the first of them is due (0: now); when none
+/// could be, how long until one could be taken without waiting. `None` when the cell no longer
+/// holds the key (`holds`; see [`Rule::decide_keyed`]): nothing was taken.
 #[cfg_attr(not(feature = "fleet"), allow(dead_code))]
 pub(crate) fn take(
     tat: &AtomicU64,
     now: u64,
-    interval: u64,
-    tolerance: u64,
+    (interval, tolerance): (u64, u64),
     want: u64,
     max_wait: u64,
-) -> (u64, u64) {
+    holds: impl Fn() -> bool,
+) -> Option<(u64, u64)> {
     let interval = interval.max(1);
-    let mut current = tat.load(Relaxed);
+    let mut current = tat.load(Acquire);
     loop {
-        let base = current.max(now);
+        let (epoch, time) = (current & !TIME, current & TIME);
+        let base = time.max(now);
         let used = base - now;
         let wait = (used + interval).saturating_sub(tolerance);
         let room = tolerance.saturating_add(max_wait).saturating_sub(used) / interval;
         let granted = room.min(want);
         if granted == 0 {
-            return (0, wait);
+            return Some((0, wait));
         }
-        let next = base.saturating_add(granted * interval);
-        match tat.compare_exchange_weak(current, next, Relaxed, Relaxed) {
-            Ok(_) => return (granted, wait),
+        let next = epoch | base.saturating_add(granted * interval).min(TIME);
+        if !holds() {
+            return None;
+        }
+        match tat.compare_exchange_weak(current, next, Relaxed, Acquire) {
+            Ok(_) => return Some((granted, wait)),
             Err(actual) => current = actual,
         }
     }
@@ -242,26 +354,30 @@ mod tests {
 
     const MS: u64 = 1_000_000;
 
+    fn take(tat: &AtomicU64, now: u64, i: u64, t: u64, want: u64, wait: u64) -> (u64, u64) {
+        super::take(tat, now, (i, t), want, wait, || true).unwrap()
+    }
+
     #[test]
     fn burst_then_one_per_interval() {
         let rule = Rule::new(&Quota::per_second(10).burst(3));
         let tat = AtomicU64::new(0);
         for _ in 0..3 {
-            assert_eq!(rule.decide(&tat, 0, 0), Decision::Admit);
+            assert!(matches!(rule.decide(&tat, 0, 0), Decision::Admit(_)));
         }
         assert_eq!(rule.decide(&tat, 0, 0), Decision::Reject(100 * MS));
         assert_eq!(rule.decide(&tat, 99 * MS, 0), Decision::Reject(MS));
-        assert_eq!(rule.decide(&tat, 100 * MS, 0), Decision::Admit);
+        assert!(matches!(rule.decide(&tat, 100 * MS, 0), Decision::Admit(_)));
         assert_eq!(rule.decide(&tat, 100 * MS, 0), Decision::Reject(100 * MS));
         // Waiting: the slot 100 ms on is reserved, and the next 200 ms on.
-        assert_eq!(
+        assert!(matches!(
             rule.decide(&tat, 100 * MS, 250 * MS),
-            Decision::Wait(100 * MS)
-        );
-        assert_eq!(
+            Decision::Wait(wait, _) if wait == 100 * MS
+        ));
+        assert!(matches!(
             rule.decide(&tat, 100 * MS, 250 * MS),
-            Decision::Wait(200 * MS)
-        );
+            Decision::Wait(wait, _) if wait == 200 * MS
+        ));
         assert_eq!(
             rule.decide(&tat, 100 * MS, 250 * MS),
             Decision::Reject(300 * MS)
@@ -292,7 +408,7 @@ mod tests {
         let rule = Rule::new(&Quota::per_second(10).burst(3));
         let one = AtomicU64::new(0);
         for _ in 0..3 {
-            assert_eq!(rule.decide(&one, 0, 0), Decision::Admit);
+            assert!(matches!(rule.decide(&one, 0, 0), Decision::Admit(_)));
         }
         assert_eq!(rule.decide(&one, 0, 0), Decision::Reject(100 * MS));
     }

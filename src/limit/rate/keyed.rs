@@ -1,12 +1,15 @@
 //! Per-key rate limits: one GCRA cell per key, in a table of fixed size.
 
 use super::clock::{Clock, TokioClock};
-use super::gcra::{Decision, Quota};
-use super::{settings_setters, ConfigError, Limits, Settings};
-use crate::core::{Emitter, EventKind, Observer, RejectReason, Source};
+use super::gcra::{Decision, Quota, TIME};
+use super::holes::{Hole, Holes};
+use super::{settings_setters, ConfigError, Held, Limits, Settings};
+use crate::core::{Deadline, DeadlineCarrier, Emitter, EventKind, Observer, RejectReason, Source};
 use crate::limit::error::RateLimited;
 use crate::sync::Mutex;
-use crate::sync::{AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
+use crate::sync::{
+    AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 use pin_project_lite::pin_project;
 use std::fmt;
 use std::future::Future;
@@ -25,6 +28,8 @@ const INSERT_LOCKS: usize = 256;
 const EMPTY: u64 = 0;
 /// A slot being handed to a new key.
 const BUSY: u64 = 2;
+/// The most keys a table keeps (2^28, 4 GiB of cells): more is refused as a mistake.
+pub(crate) const MAX_KEYS: usize = 1 << 28;
 
 /// One key's slot: the key's hash (odd, so never [`EMPTY`] or [`BUSY`]) and its cell.
 pub(crate) struct Slot<C> {
@@ -44,18 +49,31 @@ pub(crate) trait Cell: Send + Sync {
     fn rank(&self, now: u64) -> (u8, u64);
 }
 
-/// A GCRA cell: the key's theoretical arrival time.
+/// A GCRA cell: the key's theoretical arrival time, in the low bits ([`TIME`]), and in the top
+/// four how many keys the cell has held (modulo 16).
 impl Cell for AtomicU64 {
     fn new() -> Self {
         AtomicU64::new(0)
     }
 
+    /// Starts the cell afresh for a new key, and counts one more key in its top bits: a decision
+    /// for the key it held, read before and swapped after, then fails, since the cell no longer
+    /// holds the value it read (see [`Rule::decide_keyed`](super::gcra::Rule::decide_keyed)).
+    /// Released after the tag was taken from the old key: whoever reads the new value sees that
+    /// the tag changed.
     fn clear(&self) {
-        self.store(0, Relaxed);
+        let mut current = self.load(Relaxed);
+        loop {
+            let next = (current & !TIME).wrapping_add(TIME + 1);
+            match self.compare_exchange_weak(current, next, AcqRel, Relaxed) {
+                Ok(_) => return,
+                Err(actual) => current = actual,
+            }
+        }
     }
 
     fn rank(&self, now: u64) -> (u8, u64) {
-        match self.load(Relaxed) {
+        match self.load(Relaxed) & TIME {
             tat if tat <= now => (1, 0),
             tat => (2, tat),
         }
@@ -88,7 +106,7 @@ pub(crate) struct Table<C = AtomicU64> {
 
 impl<C: Cell> Table<C> {
     pub(crate) fn new(max_keys: usize) -> Self {
-        let buckets = max_keys.div_ceil(BUCKET);
+        let buckets = max_keys.clamp(1, MAX_KEYS).div_ceil(BUCKET);
         Table {
             slots: (0..buckets * BUCKET)
                 .map(|_| Slot {
@@ -239,6 +257,112 @@ struct Keyed<Clk, O> {
     table: Table,
     limits: Limits<Clk>,
     source: Source<O>,
+    /// Slots given back by callers that stopped waiting for them (waiting mode only).
+    holes: Arc<Holes>,
+}
+
+/// What becomes of one keyed call.
+enum Verdict {
+    Admit,
+    Wait(Hole),
+    Reject(u64),
+}
+
+impl<Clk: Clock, O: Observer> Keyed<Clk, O> {
+    /// Decides a call of the key at `place` at `now`, reading its deadline (`deadline`) only if
+    /// it cannot go ahead at once.
+    ///
+    /// Each decision is made on the key's cell only while the cell holds the key (see
+    /// [`Rule::decide_keyed`](super::gcra::Rule::decide_keyed)): if the key loses its cell to
+    /// another meanwhile, nothing is charged to that other key, and the call is decided again
+    /// in the key's new cell.
+    #[inline]
+    fn decide(
+        &self,
+        place: Place,
+        now: u64,
+        deadline: impl FnOnce() -> Option<Deadline>,
+    ) -> Verdict {
+        let table = &self.table;
+        let rule = &self.limits.rule;
+        let max_wait = self.limits.max_wait;
+        let mut deadline = Some(deadline);
+        let mut until = None;
+        loop {
+            let index = table.entry(place, || now, self.source.emitter());
+            let slot = table.slot(index);
+            let holds = || slot.tag.load(Acquire) == place.tag;
+            let not_before = match rule.decide_keyed(&slot.cell, now, 0, holds) {
+                None => continue,
+                Some(Decision::Admit(_)) => return Verdict::Admit,
+                Some(Decision::Reject(nanos) | Decision::Wait(nanos, _)) => nanos,
+            };
+            if max_wait == 0 {
+                return Verdict::Reject(not_before);
+            }
+            // Not at once: how long the call may wait, the sooner of the limit's maximum and
+            // the request's deadline.
+            let until = *until.get_or_insert_with(|| {
+                let most = now.saturating_add(max_wait);
+                match deadline.take().and_then(|read| read()) {
+                    Some(deadline) => {
+                        most.min(now.saturating_add(crate::sync::nanos(deadline.remaining())))
+                    }
+                    None => most,
+                }
+            });
+            if let Some(hole) = self.holes.take(index, place.tag, &slot.cell, now, until) {
+                return Verdict::Wait(hole);
+            }
+            match rule.decide_keyed(&slot.cell, now, until - now, holds) {
+                None => continue,
+                Some(Decision::Admit(_)) => return Verdict::Admit,
+                Some(Decision::Wait(nanos, taken)) => {
+                    return Verdict::Wait(Hole {
+                        cell: index,
+                        tag: place.tag,
+                        due: now + nanos,
+                        slot: taken,
+                    })
+                }
+                Some(Decision::Reject(nanos)) => return Verdict::Reject(nanos),
+            }
+        }
+    }
+}
+
+/// How a keyed rate limiter reads the [`Deadline`] a request carries: a call whose slot would
+/// come after its deadline fails at once with [`RateLimited`] instead of taking the slot.
+/// [`NoDeadline`] (the default) reads none; [`CarriedDeadline`] reads a
+/// [`DeadlineCarrier`]'s (an `http::Request`'s, with feature `http`).
+pub trait ReadDeadline<Req> {
+    /// The deadline `req` carries, if any.
+    fn deadline(&self, req: &Req) -> Option<Deadline>;
+}
+
+/// Reads no deadline: calls may wait up to the limiter's maximum wait, whatever their deadline.
+/// The default of [`KeyedBuilder`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoDeadline;
+
+impl<Req> ReadDeadline<Req> for NoDeadline {
+    #[inline(always)]
+    fn deadline(&self, _: &Req) -> Option<Deadline> {
+        None
+    }
+}
+
+/// Reads the deadline a request carries through [`DeadlineCarrier`] (put there by a
+/// propagating `TimeoutLayer` above, or read from
+/// `grpc-timeout`); see [`KeyedBuilder::honour_deadlines`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CarriedDeadline;
+
+impl<Req: DeadlineCarrier> ReadDeadline<Req> for CarriedDeadline {
+    #[inline]
+    fn deadline(&self, req: &Req) -> Option<Deadline> {
+        req.deadline()
+    }
 }
 
 /// Limits the rate of calls per key: a key taken from each request by a closure (a client
@@ -276,16 +400,18 @@ struct Keyed<Clk, O> {
 /// assert!(service.ready().await.unwrap().call(request("a")).await.is_err());
 /// # }
 /// ```
-pub struct KeyedRateLimitLayer<F, Clk: 'static = TokioClock, O: 'static = ()> {
+pub struct KeyedRateLimitLayer<F, Clk: 'static = TokioClock, O: 'static = (), D = NoDeadline> {
     shared: Arc<Keyed<Clk, O>>,
     key: F,
+    deadline: D,
 }
 
 /// Builds a [`KeyedRateLimitLayer`].
-pub struct KeyedBuilder<F, Clk = TokioClock, O = ()> {
+pub struct KeyedBuilder<F, Clk = TokioClock, O = (), D = NoDeadline> {
     settings: Settings<Clk, O>,
     key: F,
     max_keys: usize,
+    deadline: D,
 }
 
 impl<F> KeyedRateLimitLayer<F> {
@@ -296,43 +422,65 @@ impl<F> KeyedRateLimitLayer<F> {
             settings: Settings::new(quota, "keyed_rate_limit"),
             key,
             max_keys: 100_000,
+            deadline: NoDeadline,
         }
     }
 }
 
-impl<F, Clk, O> KeyedBuilder<F, Clk, O> {
-    settings_setters!(KeyedBuilder<F, Clk, O>);
+impl<F, Clk, O, D> KeyedBuilder<F, Clk, O, D> {
+    settings_setters!(KeyedBuilder<F, Clk, O, D>);
+
+    /// Honours the [`Deadline`] each request carries (see [`DeadlineCarrier`]; a propagating
+    /// `TimeoutLayer` above puts one in): a call that cannot go
+    /// ahead at once waits only for a slot due by its deadline, and fails at once with
+    /// [`RateLimited`] (and the time to come back) when there is none, rather than taking a
+    /// slot it cannot use.
+    pub fn honour_deadlines(self) -> KeyedBuilder<F, Clk, O, CarriedDeadline> {
+        KeyedBuilder {
+            settings: self.settings,
+            key: self.key,
+            max_keys: self.max_keys,
+            deadline: CarriedDeadline,
+        }
+    }
 
     /// The most keys kept (default 100,000, rounded up to a multiple of 8): 16 bytes each,
     /// allocated when the layer is built. Allow a quarter more than the keys you expect to be
     /// busy at once: with 80% of the slots holding busy keys, about one new key in ten thousand
     /// takes the slot of a busy one; at 90%, about one in a hundred.
+    ///
+    /// Between 1 and 2^28 (268,435,456): `build` refuses others with [`ConfigError::MaxKeys`]
+    /// or [`ConfigError::TooManyKeys`].
     pub fn max_keys(mut self, max_keys: usize) -> Self {
         self.max_keys = max_keys;
         self
     }
 
     /// Reads the time from `clock` (default: tokio's).
-    pub fn clock<Clk2: Clock>(self, clock: Clk2) -> KeyedBuilder<F, Clk2, O> {
+    pub fn clock<Clk2: Clock>(self, clock: Clk2) -> KeyedBuilder<F, Clk2, O, D> {
         KeyedBuilder {
             settings: self.settings.clock(clock),
             key: self.key,
             max_keys: self.max_keys,
+            deadline: self.deadline,
         }
     }
 
     /// Sends the layer's events to `observer`: permitted and rejected (reason `RateLimited`),
     /// each with its key, and `KeyEvicted`.
-    pub fn observer<O2: Observer>(self, observer: O2) -> KeyedBuilder<F, Clk, O2> {
+    pub fn observer<O2: Observer>(self, observer: O2) -> KeyedBuilder<F, Clk, O2, D> {
         KeyedBuilder {
             settings: self.settings.observer(observer),
             key: self.key,
             max_keys: self.max_keys,
+            deadline: self.deadline,
         }
     }
 
-    /// Checks the settings and builds the layer, allocating its table of keys.
-    pub fn build(self) -> Result<KeyedRateLimitLayer<F, Clk, O>, ConfigError>
+    /// Checks the settings and builds the layer, allocating its table of keys. Every mistake is
+    /// an error, never a panic: an invalid quota ([`QuotaError`](super::QuotaError)), a maximum
+    /// wait of more than about nine years, no keys or more than 2^28.
+    pub fn build(self) -> Result<KeyedRateLimitLayer<F, Clk, O, D>, ConfigError>
     where
         Clk: Clock,
         O: Observer,
@@ -341,18 +489,23 @@ impl<F, Clk, O> KeyedBuilder<F, Clk, O> {
         if self.max_keys == 0 {
             return Err(ConfigError::MaxKeys);
         }
+        if self.max_keys > MAX_KEYS {
+            return Err(ConfigError::TooManyKeys);
+        }
         Ok(KeyedRateLimitLayer {
             shared: Arc::new(Keyed {
                 table: Table::new(self.max_keys),
                 limits,
                 source,
+                holes: Arc::new(Holes::new(64)),
             }),
             key: self.key,
+            deadline: self.deadline,
         })
     }
 }
 
-impl<F, Clk, O> fmt::Debug for KeyedBuilder<F, Clk, O> {
+impl<F, Clk, O, D> fmt::Debug for KeyedBuilder<F, Clk, O, D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedBuilder")
             .field("settings", &self.settings)
@@ -361,7 +514,7 @@ impl<F, Clk, O> fmt::Debug for KeyedBuilder<F, Clk, O> {
     }
 }
 
-impl<F, Clk, O> KeyedRateLimitLayer<F, Clk, O> {
+impl<F, Clk, O, D> KeyedRateLimitLayer<F, Clk, O, D> {
     /// A handle on this layer's limits.
     pub fn handle(&self) -> KeyedHandle<Clk, O> {
         KeyedHandle {
@@ -370,16 +523,17 @@ impl<F, Clk, O> KeyedRateLimitLayer<F, Clk, O> {
     }
 }
 
-impl<F: Clone, Clk, O> Clone for KeyedRateLimitLayer<F, Clk, O> {
+impl<F: Clone, Clk, O, D: Clone> Clone for KeyedRateLimitLayer<F, Clk, O, D> {
     fn clone(&self) -> Self {
         KeyedRateLimitLayer {
             shared: self.shared.clone(),
             key: self.key.clone(),
+            deadline: self.deadline.clone(),
         }
     }
 }
 
-impl<F, Clk, O> fmt::Debug for KeyedRateLimitLayer<F, Clk, O> {
+impl<F, Clk, O, D> fmt::Debug for KeyedRateLimitLayer<F, Clk, O, D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedRateLimitLayer")
             .field("name", &self.shared.source.name())
@@ -388,36 +542,39 @@ impl<F, Clk, O> fmt::Debug for KeyedRateLimitLayer<F, Clk, O> {
     }
 }
 
-impl<S, F: Clone, Clk, O> Layer<S> for KeyedRateLimitLayer<F, Clk, O> {
-    type Service = KeyedRateLimit<S, F, Clk, O>;
+impl<S, F: Clone, Clk, O, D: Clone> Layer<S> for KeyedRateLimitLayer<F, Clk, O, D> {
+    type Service = KeyedRateLimit<S, F, Clk, O, D>;
 
     fn layer(&self, inner: S) -> Self::Service {
         KeyedRateLimit {
             inner,
             shared: self.shared.clone(),
             key: self.key.clone(),
+            deadline: self.deadline.clone(),
         }
     }
 }
 
 /// The service of [`KeyedRateLimitLayer`].
-pub struct KeyedRateLimit<S, F, Clk: 'static = TokioClock, O: 'static = ()> {
+pub struct KeyedRateLimit<S, F, Clk: 'static = TokioClock, O: 'static = (), D = NoDeadline> {
     inner: S,
     shared: Arc<Keyed<Clk, O>>,
     key: F,
+    deadline: D,
 }
 
-impl<S: Clone, F: Clone, Clk, O> Clone for KeyedRateLimit<S, F, Clk, O> {
+impl<S: Clone, F: Clone, Clk, O, D: Clone> Clone for KeyedRateLimit<S, F, Clk, O, D> {
     fn clone(&self) -> Self {
         KeyedRateLimit {
             inner: self.inner.clone(),
             shared: self.shared.clone(),
             key: self.key.clone(),
+            deadline: self.deadline.clone(),
         }
     }
 }
 
-impl<S: fmt::Debug, F, Clk, O> fmt::Debug for KeyedRateLimit<S, F, Clk, O> {
+impl<S: fmt::Debug, F, Clk, O, D> fmt::Debug for KeyedRateLimit<S, F, Clk, O, D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedRateLimit")
             .field("name", &self.shared.source.name())
@@ -426,7 +583,7 @@ impl<S: fmt::Debug, F, Clk, O> fmt::Debug for KeyedRateLimit<S, F, Clk, O> {
     }
 }
 
-impl<S, F, K, Clk, O, Req> Service<Req> for KeyedRateLimit<S, F, Clk, O>
+impl<S, F, K, Clk, O, D, Req> Service<Req> for KeyedRateLimit<S, F, Clk, O, D>
 where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
@@ -434,6 +591,7 @@ where
     K: Hash + fmt::Debug,
     Clk: Clock,
     O: Observer,
+    D: ReadDeadline<Req>,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -452,30 +610,30 @@ where
         let shared = &*self.shared;
         let emit = shared.source.emitter();
         let now = shared.limits.now();
-        let table = &shared.table;
-        let cell = &table
-            .slot(table.entry(table.locate(&key), || now, emit))
-            .cell;
-        match shared.limits.decide_at(cell, now) {
-            Decision::Admit => {
+        let place = shared.table.locate(&key);
+        let deadline = &self.deadline;
+        match shared.decide(place, now, || deadline.deadline(&req)) {
+            Verdict::Admit => {
                 emit.emit_keyed(EventKind::Permitted, &key);
                 KeyedResponseFuture::called(self.inner.call(req))
             }
-            Decision::Wait(nanos) => {
+            Verdict::Wait(hole) => {
                 emit.emit_keyed(EventKind::Permitted, &key);
                 // This service stays ready for its next call; a clone makes this one when its
-                // slot comes.
-                let sleep = tokio::time::sleep(Duration::from_nanos(nanos));
+                // slot comes. Dropped before then, the wait gives the slot back.
+                let held = Held::new(&shared.holes, hole);
+                let sleep = tokio::time::sleep(Duration::from_nanos(hole.due - now));
                 KeyedResponseFuture::waiting(
                     Box::pin(async move {
                         sleep.await;
+                        held.used();
                         Ok(())
                     }),
                     self.inner.clone(),
                     req,
                 )
             }
-            Decision::Reject(nanos) => {
+            Verdict::Reject(nanos) => {
                 emit.emit_keyed(
                     EventKind::Rejected {
                         reason: RejectReason::RateLimited,

@@ -10,6 +10,22 @@
 //! [`RateLimited`] (which says when to come back: the `Retry-After`
 //! value), or, with a maximum wait, reserve the call a later slot and make it wait for it.
 //!
+//! # Callers that stop waiting
+//!
+//! A caller that goes away while it waits for its slot (a timeout above it fired, its client
+//! left) gives the slot back: the next caller that can wait until then takes it, and goes ahead
+//! at that very time, in place of the one that left; a slot that is still the last one reserved
+//! goes back to the limit itself. So a surge of callers that give up does not use the quota up
+//! for nothing, and the limit holds exactly as it would have: the calls let through are ones the
+//! algorithm had already allowed. (Moving the limit back by one interval whatever came after
+//! would not be safe: two calls would then share one slot.)
+//!
+//! The keyed limiter decides in `call` and can read the [`Deadline`](crate::core::Deadline) a
+//! request carries ([`KeyedBuilder::honour_deadlines`]): a call whose slot would come after its
+//! deadline fails at once with [`RateLimited`], rather than taking a slot it cannot use. The
+//! global limiter decides in `poll_ready`, before the request exists, so it cannot; a timeout
+//! above it starts only when the call is made, after the wait.
+//!
 //! State is created once per layer and shared by every clone of the layer and every service it
 //! makes, so a limit holds under axum, which clones services per connection. Quotas can be changed
 //! at run time through a handle.
@@ -24,14 +40,16 @@
 
 mod clock;
 pub(crate) mod gcra;
+mod holes;
 pub(crate) mod keyed;
 
 #[cfg(feature = "quanta")]
 pub use clock::QuantaClock;
 pub use clock::{Clock, ManualClock, TokioClock};
-pub use gcra::{Quota, QuotaError};
+pub use gcra::{Quota, QuotaError, Slot};
 pub use keyed::{
-    KeyedBuilder, KeyedHandle, KeyedRateLimit, KeyedRateLimitLayer, KeyedResponseFuture,
+    CarriedDeadline, KeyedBuilder, KeyedHandle, KeyedRateLimit, KeyedRateLimitLayer,
+    KeyedResponseFuture, NoDeadline, ReadDeadline,
 };
 
 use super::error::RateLimited;
@@ -40,10 +58,12 @@ use crate::core::{Emitter, ErrorIsFailure, Gate, Observer, Record, RejectReason,
 use crate::sync::Mutex;
 use crate::sync::{AtomicU64, Padded};
 use gcra::{Decision, Rule};
+use holes::{Hole, Holes};
 use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::time::Sleep;
@@ -59,6 +79,12 @@ pub enum ConfigError {
     /// A keyed limiter with room for no key.
     #[error("a keyed rate limiter needs room for at least one key")]
     MaxKeys,
+    /// A keyed limiter asked to keep more than 2^28 keys (4 GiB of cells).
+    #[error("a keyed rate limiter keeps at most 2^28 keys")]
+    TooManyKeys,
+    /// A maximum wait longer than a limiter keeps (about nine years).
+    #[error("a rate limiter's maximum wait must be at most about nine years")]
+    MaxWait,
 }
 
 /// A quota as it is applied: its rule, changeable at run time, the clock and the longest wait.
@@ -71,12 +97,6 @@ pub(crate) struct Limits<Clk> {
 }
 
 impl<Clk: Clock> Limits<Clk> {
-    /// Decides one call on the cell `tat` at `now`.
-    #[inline]
-    pub(crate) fn decide_at(&self, tat: &AtomicU64, now: u64) -> Decision {
-        self.rule.decide(tat, now, self.max_wait)
-    }
-
     #[inline]
     pub(crate) fn now(&self) -> u64 {
         self.clock.now()
@@ -92,11 +112,6 @@ impl<Clk: Clock> Limits<Clk> {
         self.rule.set(&quota);
         *current = quota;
         Ok(())
-    }
-
-    /// Gives one interval back to the cell `tat`: a slot taken and not used.
-    pub(crate) fn give_back(&self, tat: &AtomicU64) {
-        self.rule.give_back(tat);
     }
 
     /// How many calls the cell `tat` would admit at once now.
@@ -162,6 +177,9 @@ impl<Clk, O> Settings<Clk, O> {
     /// Checks the quota; the limits, and the name and observer of the layer's events.
     fn build(self) -> Result<(Limits<Clk>, Source<O>), ConfigError> {
         self.quota.validate()?;
+        if crate::sync::nanos(self.max_wait) > gcra::MAX_SPAN {
+            return Err(ConfigError::MaxWait);
+        }
         let limits = Limits {
             rule: Rule::new(&self.quota),
             quota: Mutex::new(self.quota),
@@ -192,6 +210,7 @@ macro_rules! settings_setters {
         }
 
         /// Lets a call over the quota wait up to `wait` for a slot (default zero: fail at once).
+        /// At most about nine years: `build` refuses more with [`ConfigError::MaxWait`].
         pub fn max_wait(mut self, wait: std::time::Duration) -> Self {
             self.settings.max_wait = wait;
             self
@@ -204,6 +223,8 @@ use settings_setters;
 pub struct RateLimiter<Clk = TokioClock> {
     limits: Limits<Clk>,
     tat: Padded<AtomicU64>,
+    /// Slots given back by callers that stopped waiting for them (waiting mode only).
+    holes: Arc<Holes>,
 }
 
 impl<Clk> fmt::Debug for RateLimiter<Clk> {
@@ -214,10 +235,44 @@ impl<Clk> fmt::Debug for RateLimiter<Clk> {
     }
 }
 
-/// A caller's wait for its reserved slot, in waiting mode.
+/// A caller's wait for its reserved slot, in waiting mode. Dropped before the slot is due (the
+/// service dropped while its `poll_ready` waits), it gives the slot back: see the
+/// [module docs](self).
 #[derive(Default)]
 pub struct RateWaiter {
     sleep: Option<Pin<Box<Sleep>>>,
+    held: Option<Held>,
+}
+
+/// A slot a caller waits for, given back if the caller leaves first.
+pub(crate) struct Held {
+    holes: Arc<Holes>,
+    hole: Hole,
+    used: bool,
+}
+
+impl Held {
+    pub(crate) fn new(holes: &Arc<Holes>, hole: Hole) -> Self {
+        Held {
+            holes: holes.clone(),
+            hole,
+            used: false,
+        }
+    }
+
+    /// The slot is due and the caller goes ahead in it.
+    pub(crate) fn used(mut self) -> gcra::Slot {
+        self.used = true;
+        self.hole.slot
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if !self.used {
+            self.holes.add(self.hole);
+        }
+    }
 }
 
 impl fmt::Debug for RateWaiter {
@@ -228,18 +283,60 @@ impl fmt::Debug for RateWaiter {
     }
 }
 
-/// Sleeps until a reserved slot, or returns at once if it is already due.
-fn wait_for(nanos: u64, cx: &mut Context<'_>, slot: &mut Option<Pin<Box<Sleep>>>) -> Poll<()> {
-    let mut sleep = Box::pin(tokio::time::sleep(Duration::from_nanos(nanos)));
-    if sleep.as_mut().poll(cx).is_ready() {
-        return Poll::Ready(());
+impl<Clk: Clock> RateLimiter<Clk> {
+    /// Every decision but an admission at once: a hole to take, a slot to reserve and wait for,
+    /// or a rejection.
+    #[cold]
+    #[inline(never)]
+    fn poll_slow(
+        &self,
+        cx: &mut Context<'_>,
+        waiter: &mut RateWaiter,
+        now: u64,
+    ) -> Poll<Result<gcra::Slot, RateLimited>> {
+        let limits = &self.limits;
+        if limits.max_wait == 0 {
+            return match limits.rule.decide(&self.tat, now, 0) {
+                Decision::Admit(slot) => Poll::Ready(Ok(slot)),
+                Decision::Wait(nanos, _) | Decision::Reject(nanos) => {
+                    Poll::Ready(Err(RateLimited {
+                        retry_after: Duration::from_nanos(nanos),
+                    }))
+                }
+            };
+        }
+        let until = now.saturating_add(limits.max_wait);
+        let hole = match self.holes.take(0, 0, &self.tat, now, until) {
+            Some(hole) => hole,
+            None => match limits.rule.decide(&self.tat, now, limits.max_wait) {
+                Decision::Admit(slot) => return Poll::Ready(Ok(slot)),
+                Decision::Wait(nanos, slot) => Hole {
+                    cell: 0,
+                    tag: 0,
+                    due: now + nanos,
+                    slot,
+                },
+                Decision::Reject(nanos) => {
+                    return Poll::Ready(Err(RateLimited {
+                        retry_after: Duration::from_nanos(nanos),
+                    }))
+                }
+            },
+        };
+        let held = Held::new(&self.holes, hole);
+        let mut sleep = Box::pin(tokio::time::sleep(Duration::from_nanos(hole.due - now)));
+        if sleep.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Ok(held.used()));
+        }
+        waiter.sleep = Some(sleep);
+        waiter.held = Some(held);
+        Poll::Pending
     }
-    *slot = Some(sleep);
-    Poll::Pending
 }
 
 impl<Clk: Clock> Gate for RateLimiter<Clk> {
-    type Permit = ();
+    /// The slot taken: given back exactly if no call was made in it and none taken after it.
+    type Permit = gcra::Slot;
     type Rejection = RateLimited;
     type Waiter = RateWaiter;
 
@@ -252,34 +349,34 @@ impl<Clk: Clock> Gate for RateLimiter<Clk> {
         cx: &mut Context<'_>,
         waiter: &mut RateWaiter,
         _: Emitter<'_, O>,
-    ) -> Poll<Result<(), RateLimited>> {
+    ) -> Poll<Result<gcra::Slot, RateLimited>> {
         if let Some(sleep) = waiter.sleep.as_mut() {
             ready!(sleep.as_mut().poll(cx));
             waiter.sleep = None;
-            return Poll::Ready(Ok(()));
+            let held = waiter.held.take().expect("a waiter holds its slot");
+            return Poll::Ready(Ok(held.used()));
         }
         let limits = &self.limits;
-        match limits.decide_at(&self.tat, limits.now()) {
-            Decision::Admit => Poll::Ready(Ok(())),
-            Decision::Wait(nanos) => wait_for(nanos, cx, &mut waiter.sleep).map(Ok),
-            Decision::Reject(nanos) => Poll::Ready(Err(RateLimited {
-                retry_after: Duration::from_nanos(nanos),
-            })),
+        let now = limits.now();
+        match limits.rule.admit(&self.tat, now) {
+            Ok(slot) => Poll::Ready(Ok(slot)),
+            Err(_) => self.poll_slow(cx, waiter, now),
         }
     }
 
     #[inline]
-    fn complete<O: Observer>(&self, _: (), _: &Record, _: Emitter<'_, O>) {}
+    fn complete<O: Observer>(&self, _: gcra::Slot, _: &Record, _: Emitter<'_, O>) {}
 
     /// A call let through counts against the quota even if it is dropped before it ends (it may
     /// have reached the service): the limiter errs on the side of letting fewer through.
     #[inline]
-    fn cancel<O: Observer>(&self, _: (), _: Emitter<'_, O>) {}
+    fn cancel<O: Observer>(&self, _: gcra::Slot, _: Emitter<'_, O>) {}
 
-    /// A slot reserved in `poll_ready` for a call that was never made goes back to the quota, so
-    /// that requests a layer above refuses, or clones dropped unused, cost nothing.
-    fn release_unused<O: Observer>(&self, _: (), _: Emitter<'_, O>) {
-        self.limits.give_back(&self.tat);
+    /// A slot reserved in `poll_ready` for a call that was never made goes back to the quota
+    /// when no later slot has been taken since (see the [module docs](self)), so that requests a
+    /// layer above refuses, or clones dropped unused, cost nothing; otherwise it is lost.
+    fn release_unused<O: Observer>(&self, slot: gcra::Slot, _: Emitter<'_, O>) {
+        Rule::undo(&self.tat, slot);
     }
 
     #[inline]
@@ -327,7 +424,8 @@ impl RateLimitLayer {
     ///
     /// # Panics
     ///
-    /// If the quota lets nothing through (a count, period or burst of zero); use the
+    /// If the quota is invalid (a count, period or burst of zero, a period shorter than a
+    /// nanosecond per call, or one of more than about nine years: see [`QuotaError`]); use the
     /// [builder](Self::builder) to get an error instead.
     pub fn new(quota: Quota) -> Self {
         RateLimitLayer::builder(quota)
@@ -367,7 +465,8 @@ impl<Clk, O> RateLimitBuilder<Clk, O> {
         }
     }
 
-    /// Checks the quota and builds the layer.
+    /// Checks the settings and builds the layer. Every mistake is an error, never a panic: an
+    /// invalid quota ([`QuotaError`]) or a maximum wait of more than about nine years.
     pub fn build(self) -> Result<RateLimitLayer<Clk, O>, ConfigError>
     where
         Clk: Clock,
@@ -396,6 +495,7 @@ impl<Clk, O> RateLimitBuilder<Clk, O> {
         let gate = RateLimiter {
             limits,
             tat: Padded(AtomicU64::new(0)),
+            holes: Arc::new(Holes::new(1)),
         };
         let shared = Shared::from_source(gate, source);
         let shared = if leak {

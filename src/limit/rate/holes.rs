@@ -1,0 +1,171 @@
+//! Slots reserved for callers that gave up waiting for them, kept for the next callers.
+//!
+//! # Why not just move the cell back
+//!
+//! A caller that waits has taken a future slot of its cell: the cell's theoretical arrival time
+//! moved on one interval, and later callers reserved the slots after it. Moving the cell back one
+//! interval when it gives up would be exact only if no later slot was taken: otherwise the next
+//! caller would be given the slot after the last one promised, where one is already due, and two
+//! calls would share a time the quota spaces one interval apart. Repeated (every caller of a surge
+//! gives up), that lets through more than the quota plus the burst in a window.
+//!
+//! So a slot given back is kept as a *hole*: its due time, and the cell's values around its taking
+//! (a [`Slot`]). A later caller of the same cell that could wait until then takes the hole instead
+//! of a new slot, and goes ahead at exactly the hole's due time: the calls let through are then
+//! exactly those the algorithm had already allowed, the caller standing in for the one that left,
+//! so the limit holds as it would have. When the hole's slot is still the last one taken from its
+//! cell (the cell still holds the value its taking wrote), it is given back to the cell instead
+//! ([`Rule::undo`]), which is exact too. A hole whose time passes unused is forgotten: that slot is
+//! lost, which errs on letting fewer through.
+//!
+//! Holes are looked at only by callers that cannot go ahead at once (a cell with a hole still to
+//! come is reserved at least that far ahead, so no caller is admitted at once meanwhile), under a
+//! lock, never on the path of an admitted call.
+
+use super::gcra::{Rule, Slot, TIME};
+use crate::sync::{AtomicU64, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+/// A slot given back by a caller that stopped waiting for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Hole {
+    /// The cell it was taken from: its index in a keyed table, 0 for a global limiter.
+    pub(crate) cell: usize,
+    /// The tag of the key the cell held (0 for a global limiter).
+    pub(crate) tag: u64,
+    /// When the slot is due, on the limiter's clock.
+    pub(crate) due: u64,
+    /// The cell's values around the taking.
+    pub(crate) slot: Slot,
+}
+
+/// The holes of a limiter's cells, in shards by cell, each sorted by due time.
+pub(crate) struct Holes {
+    count: AtomicUsize,
+    shards: Box<[Mutex<Vec<Hole>>]>,
+}
+
+impl Holes {
+    pub(crate) fn new(shards: usize) -> Self {
+        Holes {
+            count: AtomicUsize::new(0),
+            shards: (0..shards.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
+        }
+    }
+
+    fn shard(&self, cell: usize) -> MutexGuard<'_, Vec<Hole>> {
+        // Nothing is left half-done under this lock by a panic.
+        self.shards[cell % self.shards.len()]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps `hole` for the next callers of its cell.
+    pub(crate) fn add(&self, hole: Hole) {
+        let mut shard = self.shard(hole.cell);
+        let at = shard.partition_point(|h| h.due <= hole.due);
+        shard.insert(at, hole);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    /// For a caller of `cell` (holding the key tagged `tag`) at `now` that may wait until
+    /// `until`: gives back to `tat` the slots its holes hold that are still the last taken from it,
+    /// forgets the holes whose time has passed, and takes the earliest hole of the key due by
+    /// `until`, if any.
+    pub(crate) fn take(
+        &self,
+        cell: usize,
+        tag: u64,
+        tat: &AtomicU64,
+        now: u64,
+        until: u64,
+    ) -> Option<Hole> {
+        if self.count.load(Relaxed) == 0 {
+            return None;
+        }
+        let mut shard = self.shard(cell);
+        let before = shard.len();
+        let ours = |h: &Hole| h.cell == cell && h.tag == tag;
+        // The last slot taken first: giving it back may make the one before it the last.
+        while let Some(i) = shard
+            .iter()
+            .rposition(|h| ours(h) && h.slot.after == tat.load(Relaxed))
+        {
+            if !Rule::undo(tat, shard[i].slot) {
+                break;
+            }
+            shard.remove(i);
+        }
+        let passed = shard.partition_point(|h| h.due < now);
+        shard.drain(..passed);
+        // Only a hole of the key's present tenure of the cell: the top bits count the keys the
+        // cell has held.
+        let epoch = tat.load(Relaxed) & !TIME;
+        let taken = shard
+            .iter()
+            .position(|h| ours(h) && h.slot.after & !TIME == epoch)
+            .filter(|&i| shard[i].due <= until)
+            .map(|i| shard.remove(i));
+        self.count.fetch_sub(before - shard.len(), Relaxed);
+        taken
+    }
+
+    /// How many holes are kept.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.count.load(Relaxed)
+    }
+}
+
+#[cfg(all(test, not(seawall_loom)))]
+mod tests {
+    use super::*;
+    use crate::limit::rate::gcra::{Decision, Quota};
+
+    const MS: u64 = 1_000_000;
+
+    fn reserve(rule: &Rule, tat: &AtomicU64, now: u64) -> Hole {
+        match rule.decide(tat, now, u64::MAX) {
+            Decision::Wait(wait, slot) => Hole {
+                cell: 0,
+                tag: 0,
+                due: now + wait,
+                slot,
+            },
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_last_slot_goes_back_to_the_cell_and_others_to_the_next_callers() {
+        // 10 a second, burst 1: after the first call, slots at 100, 200 and 300 ms.
+        let rule = Rule::new(&Quota::per_second(10).burst(1));
+        let tat = AtomicU64::new(0);
+        assert!(matches!(rule.decide(&tat, 0, 0), Decision::Admit(_)));
+        let [first, second, third] = [(); 3].map(|()| reserve(&rule, &tat, 0));
+        assert_eq!(third.due, 300 * MS);
+        let holes = Holes::new(1);
+        // The first gives up: a later slot was taken, so it is kept as a hole, and the next
+        // caller takes it rather than a slot after the third.
+        holes.add(first);
+        assert_eq!(
+            holes.take(0, 0, &tat, 10 * MS, 10 * MS),
+            None,
+            "out of reach"
+        );
+        assert_eq!(holes.take(0, 0, &tat, 10 * MS, 1000 * MS), Some(first));
+        assert_eq!(holes.len(), 0);
+        // The third gives up, then the second: both go back to the cell, last first.
+        holes.add(third);
+        holes.add(second);
+        assert_eq!(holes.take(0, 0, &tat, 20 * MS, 20 * MS), None);
+        assert_eq!(holes.len(), 0);
+        assert_eq!(tat.load(Relaxed), second.slot.before);
+        // A hole whose time has passed is forgotten.
+        let fourth = reserve(&rule, &tat, 20 * MS);
+        let _fifth = reserve(&rule, &tat, 20 * MS);
+        holes.add(fourth);
+        assert_eq!(holes.take(0, 0, &tat, fourth.due + 1, u64::MAX), None);
+        assert_eq!(holes.len(), 0);
+    }
+}
