@@ -542,6 +542,12 @@ impl Gate for Breaker {
         }
     }
 
+    /// A permit answers for the period it was admitted in: after any transition (a trip, a trial
+    /// that ended, a change by hand) a service polled again asks anew.
+    fn still_valid(&self, permit: &Permit) -> bool {
+        generation(self.state.load(Acquire)) == permit.generation
+    }
+
     #[inline]
     fn wants_latency(&self) -> bool {
         self.wants_time

@@ -111,6 +111,22 @@ pub trait Gate: Send + Sync + 'static {
     /// its response futures then keep no reference to it, which saves two atomic operations a call.
     const FOLLOWS_CALLS: bool = true;
 
+    /// Whether a permit reserved earlier still answers for the gate's state now. A service that
+    /// holds one and is polled again asks this, and gives the permit back and asks the gate anew
+    /// when it does not (a breaker's permit from a closed period that has since ended). Only
+    /// repeated polls ask: the one `poll_ready` before each `call` never does. `true` by default.
+    fn still_valid(&self, permit: &Self::Permit) -> bool {
+        let _ = permit;
+        true
+    }
+
+    /// Whether a rejection stays with the service until `call` even if the service is polled
+    /// again, instead of the gate being asked anew. `false` by default: a rejection answers for the
+    /// moment it was found. A gate whose refusal is a random draw that it records (the client-side
+    /// throttle) says `true`: asking again would draw again, until some draw admitted the call, and
+    /// count one request many times.
+    const KEEPS_REJECTION: bool = false;
+
     /// Whether [`Record::retry_after`] should be filled in for failures.
     fn wants_retry_after(&self) -> bool {
         false
@@ -289,7 +305,16 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if let Some(permit) = &self.reserved.permit {
+            // Polled again while holding a permit: keep it only if it still answers for now.
+            if !self.reserved.shared.gate.still_valid(permit) {
+                self.reserved.give_back();
+            }
+        }
         if self.reserved.permit.is_none() {
+            if G::KEEPS_REJECTION && self.rejected.is_some() {
+                return Poll::Ready(Ok(()));
+            }
             // A rejection found by an earlier `poll_ready` answers for the state then: a caller
             // that polls readiness long before it calls (a balancer, `ReadyCache`, `select!`) asks
             // the gate again, and is rejected only if the gate still says no.

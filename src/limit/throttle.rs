@@ -112,6 +112,9 @@ impl Gate for Throttle {
     fn reject_reason(_: &Throttled) -> RejectReason {
         RejectReason::Throttled
     }
+
+    // A refusal is a draw, recorded as a request: a service polled again keeps it.
+    const KEEPS_REJECTION: bool = true;
 }
 
 impl Throttle {

@@ -95,11 +95,11 @@ where
         reason: GiveUpReason::Deadline,
     });
     this.source.done();
-    let last = this
-        .last
-        .take()
-        .expect("a retry with a deadline keeps the answer it retries");
-    this.policy.give_up(GiveUpReason::Deadline, attempts, last)
+    match this.last.take() {
+        Some(last) => this.policy.give_up(GiveUpReason::Deadline, attempts, last),
+        // Not reached: the deadline is only acted on when the last answer was kept.
+        None => unreachable!("a retry gives up at its deadline only with the answer it kept"),
+    }
 }
 
 impl<S, Req, C, P, O> ResponseFuture<S, Req, C, P, O>
@@ -237,10 +237,13 @@ where
                     readying,
                     bounded,
                 } => {
+                    // Only an attempt whose answer was kept can be given up for the deadline (a
+                    // policy could name a deadline now that it did not when the retry was planned).
                     let deadline = this
                         .request
                         .as_ref()
-                        .and_then(|request| this.policy.deadline(request));
+                        .and_then(|request| this.policy.deadline(request))
+                        .filter(|_| this.last.is_some());
                     if !*readying {
                         ready!(sleep.as_mut().poll(cx));
                         *readying = true;

@@ -147,3 +147,27 @@ async fn a_static_breaker_behaves_like_a_counted_one() {
     assert_eq!(send(&mut a, Call::ok()).await, Ended::Ok);
     assert_eq!(handle.state(), CircuitState::Closed);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_permit_from_a_period_that_has_ended_is_not_used() {
+    // Polled ready while closed, polled again after the breaker was opened: the second answer is
+    // for now, and the call is rejected instead of reaching the backend.
+    let layer = tripping();
+    let handle = layer.handle();
+    let mut service = layer.layer(Backend);
+    service.ready().await.unwrap();
+    handle.force_open();
+    service.ready().await.unwrap();
+    let err = service.call(Call::ok()).await.unwrap_err();
+    assert!(
+        err.is::<seawall::circuit_breaker::error::Open>(),
+        "rejected, not sent: {err}"
+    );
+    // And a permit kept across a change that still admits is exchanged for one of now.
+    handle.force_closed();
+    service.ready().await.unwrap();
+    handle.reset();
+    service.ready().await.unwrap();
+    assert_eq!(send(&mut service, Call::fail()).await, Ended::Failed);
+    assert_eq!(handle.state(), CircuitState::Open, "the failure counted");
+}

@@ -63,8 +63,11 @@ struct ProbeState {
 }
 
 /// The kinds of event a layer may send, by name.
-pub const KINDS: [&str; 11] = [
+pub const KINDS: [&str; 14] = [
     "Permitted",
+    "LimitChanged",
+    "KeyEvicted",
+    "StoreHealth",
     "Rejected",
     "Finished",
     "Cancelled",

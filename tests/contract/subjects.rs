@@ -9,7 +9,9 @@ use seawall::core::{Deadline, DeadlineCarrier};
 use seawall::fallback::FallbackLayer;
 use seawall::limit::algorithm::Fixed;
 use seawall::limit::fleet::{FleetRateLimitLayer, MemoryStore};
-use seawall::limit::rate::{KeyedRateLimitLayer, Quota, RateLimitLayer};
+use seawall::limit::rate::{
+    KeyedRateLimitLayer, Quota, RateLimitHandle, RateLimitLayer, TokioClock,
+};
 use seawall::limit::{AdaptiveHandle, AdaptiveLimitLayer, LoadShedLayer, ThrottleLayer};
 use seawall::retry::backoff::{Backoff, Jitter};
 use seawall::retry::RetryLayer;
@@ -64,6 +66,13 @@ impl<X> Over<X> {
     fn block_beneath(&mut self) -> Option<Blocked> {
         self.handle.allow(0);
         Some(Blocked::Waits)
+    }
+
+    /// Drops the blocking services, the last reserved first.
+    fn release(&mut self) {
+        while let Some(blocker) = self.blockers.pop() {
+            drop(blocker);
+        }
     }
 
     fn unblock_beneath(&mut self) {
@@ -169,7 +178,7 @@ macro_rules! slots {
                 Some($blocked)
             }
             async fn unblock(&mut self) {
-                self.blockers.clear();
+                self.release();
             }
             $(fn observed(&self) -> bool {
                 $observed
@@ -338,13 +347,51 @@ unblockable!(Throttle, |probe| {
     move |mock| erase(layer.layer(mock))
 });
 
-unblockable!(RateLimit, |probe| {
-    let layer = RateLimitLayer::builder(Quota::per_second(1_000).burst(100))
-        .observer(probe)
-        .build()
-        .unwrap();
-    move |mock| erase(layer.layer(mock))
-});
+/// The rate limiter, blocked by services that reserve every slot its burst has; unblocked by
+/// dropping them, which gives those slots back.
+pub struct RateLimit(Over<RateLimitHandle<TokioClock, Probe>>);
+
+impl std::ops::Deref for RateLimit {
+    type Target = Over<RateLimitHandle<TokioClock, Probe>>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for RateLimit {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Subject for RateLimit {
+    common!();
+    async fn prepare(probe: Probe) -> Self {
+        let layer = RateLimitLayer::builder(Quota::per_second(100).burst(20))
+            .observer(probe)
+            .build()
+            .unwrap();
+        RateLimit(Over::new(layer.handle(), move |mock| {
+            erase(layer.layer(mock))
+        }))
+    }
+    async fn block(&mut self) -> Option<Blocked> {
+        let available = self.x.available();
+        self.fill(available).await;
+        assert_eq!(self.x.available(), 0, "the reservations took every slot");
+        Some(Blocked::Rejects)
+    }
+    async fn unblock(&mut self) {
+        let held = self.blockers.len() as u64;
+        let before = self.x.available();
+        self.release();
+        assert_eq!(
+            self.x.available(),
+            before + held,
+            "slots reserved and never used go back to the limit"
+        );
+    }
+}
 
 unblockable!(KeyedRateLimit, |probe| {
     let layer =

@@ -310,3 +310,52 @@ async fn the_error_says_how_much_is_throttled() {
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_polled_again_is_neither_drawn_nor_counted_again() {
+    // A balancer polls readiness many times before it calls: a throttled service keeps its one
+    // refusal, instead of drawing again until a draw lets the call through.
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let layer = ThrottleLayer::builder()
+        .k(1.0)
+        .max_probability(0.95)
+        .seed(9)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut client = layer.layer(switchable(healthy));
+    let mut refused = None;
+    for _ in 0..200 {
+        if let Err(p) = send(&mut client).await {
+            refused = Some(p);
+            break;
+        }
+    }
+    assert!(refused.is_some(), "a failing service gets throttled");
+    // A fresh service, polled until it is refused once, then polled a hundred times more.
+    let mut polled = layer.layer(service_fn(|_: ()| async { Ok::<_, &str>(()) }));
+    let waker = futures::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut found = false;
+    for _ in 0..1000 {
+        let before = handle.requests();
+        assert!(polled.poll_ready(&mut cx).is_ready());
+        if handle.requests() > before {
+            found = true; // the draw refused, and counted the request
+            break;
+        }
+        // Admitted: spend the permit and try again.
+        let _ = polled.call(()).await;
+    }
+    assert!(found, "some poll is refused");
+    let requests = handle.requests();
+    for _ in 0..100 {
+        assert!(polled.poll_ready(&mut cx).is_ready());
+    }
+    assert_eq!(handle.requests(), requests, "the refusal is counted once");
+    let err = polled.call(()).await.unwrap_err();
+    assert!(
+        err.is::<Throttled>(),
+        "the call gets the refusal it was polled for"
+    );
+}
