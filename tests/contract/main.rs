@@ -37,6 +37,7 @@ contract! {
     timeout_per_request: subjects::PerRequestTimeout,
     timeout_propagating: subjects::PropagatingTimeout,
     fallback: subjects::Fallback,
+    fallback_alternate: subjects::Alternate,
     chaos: subjects::Chaos,
     client_stack: subjects::Client,
     server_stack: subjects::Server,

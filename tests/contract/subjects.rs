@@ -6,7 +6,7 @@ use seawall::bulkhead::{BulkheadLayer, Handle as BulkheadHandle};
 use seawall::chaos::ChaosLayer;
 use seawall::circuit_breaker::{CircuitBreakerLayer, Handle as BreakerHandle};
 use seawall::core::{Deadline, DeadlineCarrier};
-use seawall::fallback::FallbackLayer;
+use seawall::fallback::{AlternateLayer, FallbackLayer};
 use seawall::limit::algorithm::Fixed;
 use seawall::limit::fleet::{FleetRateLimitLayer, MemoryStore};
 use seawall::limit::rate::{
@@ -472,6 +472,48 @@ pass_through!(Fallback, |probe| {
     let layer = FallbackLayer::value(99u32).observer("fallback", probe);
     move |mock| erase(layer.layer(mock))
 }, observed: true);
+
+/// Falling back to another service: its running fallbacks are what it holds.
+pub struct Alternate(Over<Box<dyn Fn() -> usize + Send + Sync>>);
+
+impl std::ops::Deref for Alternate {
+    type Target = Over<Box<dyn Fn() -> usize + Send + Sync>>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Alternate {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Subject for Alternate {
+    common!();
+    async fn prepare(probe: Probe) -> Self {
+        let alternate = tower::service_fn(|n: u32| async move { Ok::<_, BoxError>(n + 1000) });
+        let layer = AlternateLayer::builder(alternate)
+            .max_concurrent(2)
+            .observer("alternate", probe)
+            .build()
+            .unwrap();
+        let running = layer.clone();
+        Alternate(Over::new(
+            Box::new(move || running.running()),
+            move |mock| erase(layer.layer(mock)),
+        ))
+    }
+    fn held(&self) -> usize {
+        (self.x)()
+    }
+    async fn block(&mut self) -> Option<Blocked> {
+        self.block_beneath()
+    }
+    async fn unblock(&mut self) {
+        self.unblock_beneath()
+    }
+}
 
 pass_through!(Chaos, |_probe| {
     let layer = ChaosLayer::builder().error(0.0).build().unwrap();
