@@ -145,14 +145,45 @@ pub mod code {
     pub const DEADLINE_EXCEEDED: u32 = 4;
     /// Something was not found.
     pub const NOT_FOUND: u32 = 5;
+    /// The caller may not do this.
+    pub const PERMISSION_DENIED: u32 = 7;
     /// A resource, such as a quota or the server's capacity, is exhausted.
     pub const RESOURCE_EXHAUSTED: u32 = 8;
+    /// The method is not implemented, or not served here.
+    pub const UNIMPLEMENTED: u32 = 12;
     /// An internal error.
     pub const INTERNAL: u32 = 13;
     /// The service is unavailable, most likely for a short while: the code to retry.
     pub const UNAVAILABLE: u32 = 14;
     /// Data was lost or corrupted.
     pub const DATA_LOSS: u32 = 15;
+    /// The caller's credentials are missing or not valid.
+    pub const UNAUTHENTICATED: u32 = 16;
+}
+
+/// The gRPC status code of a response that came back with HTTP status `status` and no gRPC status
+/// of its own (from a proxy, a load balancer or an authentication gateway in front of the server),
+/// as gRPC's mapping says: 400 INTERNAL, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404
+/// UNIMPLEMENTED, 429, 502, 503 and 504 UNAVAILABLE, anything else UNKNOWN; 200 is OK.
+///
+/// ```
+/// use http::StatusCode;
+/// use seawall::grpc::{code, code_of_http_status};
+///
+/// assert_eq!(code_of_http_status(StatusCode::UNAUTHORIZED), code::UNAUTHENTICATED);
+/// assert_eq!(code_of_http_status(StatusCode::SERVICE_UNAVAILABLE), code::UNAVAILABLE);
+/// assert_eq!(code_of_http_status(StatusCode::INTERNAL_SERVER_ERROR), code::UNKNOWN);
+/// ```
+pub fn code_of_http_status(status: StatusCode) -> u32 {
+    match status.as_u16() {
+        200 => code::OK,
+        400 => code::INTERNAL,
+        401 => code::UNAUTHENTICATED,
+        403 => code::PERMISSION_DENIED,
+        404 => code::UNIMPLEMENTED,
+        429 | 502 | 503 | 504 => code::UNAVAILABLE,
+        _ => code::UNKNOWN,
+    }
 }
 
 /// The `grpc-status` a response carries in its headers (a "trailers-only" response, which is how
@@ -214,11 +245,14 @@ pub fn retry_pushback(headers: &HeaderMap) -> Option<Pushback> {
 /// Classifies gRPC calls, `Result<http::Response<B>, E>`, from the `grpc-status` of trailers-only
 /// responses.
 ///
-/// By default every `Err` is a failure, and so are a response whose HTTP status is not 200 and the
-/// codes UNKNOWN, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL, UNAVAILABLE and DATA_LOSS: what
-/// says the server is in trouble, for a circuit breaker. Other codes say the call was wrong, not the
-/// server, and are successes; so is a response without `grpc-status` in its headers (its status
-/// comes in the trailers). [`GrpcClassifier::retryable`] is the classifier for retries. A
+/// By default every `Err` is a failure, and so are the codes UNKNOWN, DEADLINE_EXCEEDED,
+/// RESOURCE_EXHAUSTED, INTERNAL, UNAVAILABLE and DATA_LOSS: what says the server is in trouble, for
+/// a circuit breaker. Other codes say the call was wrong, not the server, and are successes; so is a
+/// response without `grpc-status` in its headers (its status comes in the trailers). A response
+/// whose HTTP status is not 200 is classified by the code gRPC maps it to
+/// ([`code_of_http_status`]): an expired token answered 401 by an authentication proxy is
+/// UNAUTHENTICATED, the caller's mistake, and trips no breaker; a 503 from a load balancer is
+/// UNAVAILABLE. [`GrpcClassifier::retryable`] is the classifier for retries. A
 /// `grpc-retry-pushback-ms` is read as the server's hint.
 ///
 /// ```
@@ -260,8 +294,8 @@ impl Default for GrpcClassifier {
 
 impl GrpcClassifier {
     /// The classifier for retries: UNAVAILABLE and RESOURCE_EXHAUSTED are failures, and so are
-    /// `Err`s and HTTP statuses other than 200; every other error code is ignored (returned as it
-    /// is). [`GrpcPolicy`](crate::retry::grpc::GrpcPolicy) then retries RESOURCE_EXHAUSTED only
+    /// `Err`s and the HTTP statuses gRPC maps to UNAVAILABLE (429, 502, 503, 504); every other
+    /// error code (401 and 403 included) is ignored (returned as it is). [`GrpcPolicy`](crate::retry::grpc::GrpcPolicy) then retries RESOURCE_EXHAUSTED only
     /// when the server sent a pushback.
     pub fn retryable() -> Self {
         let all_errors = (1u32 << 17) - 2; // codes 1 to 16
@@ -317,7 +351,9 @@ impl<B, E> Classify<Response<B>, E> for GrpcClassifier {
     fn classify(&self, result: &Result<Response<B>, E>) -> Outcome {
         match result {
             Err(_) => Outcome::Failure,
-            Ok(response) if response.status() != StatusCode::OK => Outcome::Failure,
+            Ok(response) if response.status() != StatusCode::OK => {
+                self.classify_code(code_of_http_status(response.status()))
+            }
             Ok(response) => match grpc_status(response.headers()) {
                 Some(code) => self.classify_code(code),
                 None => Outcome::Success,

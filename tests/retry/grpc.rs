@@ -175,3 +175,55 @@ proptest! {
         );
     }
 }
+
+#[test]
+fn http_statuses_are_classified_by_the_code_grpc_maps_them_to() {
+    let response = |status: StatusCode| -> Result<Response<()>, ()> {
+        Ok(Response::builder().status(status).body(()).unwrap())
+    };
+    let breaker = GrpcClassifier::default();
+    let retry = GrpcClassifier::retryable();
+    // An expired token behind an authentication proxy, or a forbidden call: the caller's problem.
+    for status in [
+        StatusCode::UNAUTHORIZED,
+        StatusCode::FORBIDDEN,
+        StatusCode::NOT_FOUND,
+    ] {
+        assert_eq!(
+            breaker.classify(&response(status)),
+            Outcome::Success,
+            "{status}"
+        );
+        assert_eq!(
+            retry.classify(&response(status)),
+            Outcome::Ignored,
+            "{status}"
+        );
+    }
+    // What a proxy says when the server is down or busy: UNAVAILABLE, retried.
+    for status in [
+        StatusCode::TOO_MANY_REQUESTS,
+        StatusCode::BAD_GATEWAY,
+        StatusCode::SERVICE_UNAVAILABLE,
+        StatusCode::GATEWAY_TIMEOUT,
+    ] {
+        assert_eq!(
+            breaker.classify(&response(status)),
+            Outcome::Failure,
+            "{status}"
+        );
+        assert_eq!(
+            retry.classify(&response(status)),
+            Outcome::Failure,
+            "{status}"
+        );
+    }
+    // Anything else is UNKNOWN: trouble for a breaker, not retried.
+    let status = StatusCode::INTERNAL_SERVER_ERROR;
+    assert_eq!(breaker.classify(&response(status)), Outcome::Failure);
+    assert_eq!(retry.classify(&response(status)), Outcome::Ignored);
+    assert_eq!(
+        seawall::grpc::code_of_http_status(StatusCode::BAD_REQUEST),
+        code::INTERNAL
+    );
+}
