@@ -85,9 +85,12 @@ impl Default for HttpClassifier {
 }
 
 impl HttpClassifier {
-    /// The classifier for retries: only 408, 429, 502, 503 and 504, and every `Err`, are failures
-    /// (worth retrying); other 4xx and 5xx responses are ignored (returned as they are, and never
-    /// counted as successes). What [`RetryLayer`](crate::retry::RetryLayer)'s HTTP settings use.
+    /// The classifier for retries: only 408, 429, 500, 502, 503 and 504, and every `Err`, are
+    /// failures (worth retrying); other 4xx and 5xx responses are ignored (returned as they are,
+    /// and never counted as successes). What [`RetryLayer`](crate::retry::RetryLayer)'s HTTP
+    /// settings use. A 500 is retried as Envoy's `5xx` and .NET's standard resilience handler do:
+    /// the HTTP retry policy only retries idempotent requests, which a second try cannot harm;
+    /// `.success(StatusCode::INTERNAL_SERVER_ERROR)` or `.ignore(..)` turns that off.
     ///
     /// ```
     /// use http::Response;
@@ -99,7 +102,8 @@ impl HttpClassifier {
     ///     Ok(Response::builder().status(code).body(()).unwrap())
     /// };
     /// assert_eq!(classify.classify(&answer(503)), Outcome::Failure);
-    /// assert_eq!(classify.classify(&answer(500)), Outcome::Ignored);
+    /// assert_eq!(classify.classify(&answer(500)), Outcome::Failure);
+    /// assert_eq!(classify.classify(&answer(501)), Outcome::Ignored);
     /// assert_eq!(classify.classify(&answer(200)), Outcome::Success);
     /// ```
     pub fn retryable() -> Self {
@@ -110,7 +114,7 @@ impl HttpClassifier {
         for code in FIRST..=LAST {
             classify.ignored.set(code, true);
         }
-        for code in [408, 429, 502, 503, 504] {
+        for code in [408, 429, 500, 502, 503, 504] {
             classify = classify.failure(StatusCode::from_u16(code).expect("a valid status"));
         }
         classify

@@ -217,7 +217,7 @@ impl<C, P, O> Builder<C, P, O> {
 
     /// The settings for HTTP clients: retries only idempotent requests (or ones with an
     /// `Idempotency-Key`) whose body can be replayed (see [`HttpPolicy`](super::http::HttpPolicy)),
-    /// on transport errors and on 408, 429, 502, 503 and 504 (see
+    /// on transport errors and on 408, 429, 500, 502, 503 and 504 (see
     /// [`HttpClassifier::retryable`](crate::http::HttpClassifier::retryable)), honouring
     /// `Retry-After` and `X-RateLimit-Reset`, and the request's deadline.
     ///

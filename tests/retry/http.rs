@@ -112,7 +112,7 @@ async fn only_transient_statuses_are_retried() {
         (StatusCode::BAD_GATEWAY, 4),
         (StatusCode::SERVICE_UNAVAILABLE, 4),
         (StatusCode::GATEWAY_TIMEOUT, 4),
-        (StatusCode::INTERNAL_SERVER_ERROR, 1),
+        (StatusCode::INTERNAL_SERVER_ERROR, 4),
         (StatusCode::NOT_IMPLEMENTED, 1),
         (StatusCode::NOT_FOUND, 1),
         (StatusCode::BAD_REQUEST, 1),
