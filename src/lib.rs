@@ -99,7 +99,7 @@ struct MigrationDoctests;
 macro_rules! service_builder_ext {
     ($(
         $(#[doc = $doc:expr])*
-        [$feature:literal] fn $name:ident<$($generic:ident),*>(layer: $layer:ty);
+        [$($cfg:tt)*] fn $name:ident<$($generic:ident),*>(layer: $layer:ty);
     )*) => {
         /// Adds seawall's layers to [`tower::ServiceBuilder`]. Methods whose name tower's
         /// `ServiceBuilder` already has (`retry`, `timeout`, `load_shed`, `rate_limit`) take a
@@ -107,7 +107,7 @@ macro_rules! service_builder_ext {
         pub trait ServiceBuilderExt<L>: sealed::Sealed {
             $(
                 $(#[doc = $doc])*
-                #[cfg(feature = $feature)]
+                #[cfg($($cfg)*)]
                 fn $name<$($generic),*>(
                     self,
                     layer: $layer,
@@ -117,7 +117,7 @@ macro_rules! service_builder_ext {
 
         impl<L> ServiceBuilderExt<L> for tower::ServiceBuilder<L> {
             $(
-                #[cfg(feature = $feature)]
+                #[cfg($($cfg)*)]
                 fn $name<$($generic),*>(
                     self,
                     layer: $layer,
@@ -142,10 +142,10 @@ service_builder_ext! {
     ///     .service(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }));
     /// # drop(service);
     /// ```
-    ["bulkhead"] fn bulkhead<C, O>(layer: bulkhead::BulkheadLayer<C, O>);
+    [feature = "bulkhead"] fn bulkhead<C, O>(layer: bulkhead::BulkheadLayer<C, O>);
 
     /// Wraps the services built below in `layer`'s circuit breaker.
-    ["circuit-breaker"] fn circuit_breaker<C, O>(layer: circuit_breaker::CircuitBreakerLayer<C, O>);
+    [feature = "circuit-breaker"] fn circuit_breaker<C, O>(layer: circuit_breaker::CircuitBreakerLayer<C, O>);
 
     /// Wraps the services built below in `layer`'s timeout. (Not `timeout`: `ServiceBuilder`'s own
     /// method of that name, tower's timeout, would be chosen instead.)
@@ -163,7 +163,7 @@ service_builder_ext! {
     ///     }));
     /// # drop(service);
     /// ```
-    ["timeout"] fn with_timeout<P, O>(layer: timeout::TimeoutLayer<P, O>);
+    [feature = "timeout"] fn with_timeout<P, O>(layer: timeout::TimeoutLayer<P, O>);
 
     /// Sheds load above the services built below: calls that find them not ready fail at once.
     /// (Not `load_shed`: `ServiceBuilder`'s own method of that name, tower's, would be chosen
@@ -179,7 +179,7 @@ service_builder_ext! {
     ///     .service(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }));
     /// # drop(service);
     /// ```
-    ["limit"] fn with_load_shed<O>(layer: limit::LoadShedLayer<O>);
+    [feature = "limit"] fn with_load_shed<O>(layer: limit::LoadShedLayer<O>);
 
     /// Wraps the services built below in `layer`'s retries. (Not `retry`: `ServiceBuilder`'s own
     /// method of that name, tower's retry, would be chosen instead.)
@@ -196,7 +196,7 @@ service_builder_ext! {
     ///     }));
     /// # drop(service);
     /// ```
-    ["retry"] fn with_retry<C, P, O>(layer: retry::RetryLayer<C, P, O>);
+    [feature = "retry"] fn with_retry<C, P, O>(layer: retry::RetryLayer<C, P, O>);
 
     /// Limits concurrency above the services built below to what they show they can take.
     ///
@@ -211,10 +211,10 @@ service_builder_ext! {
     ///     .service(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }));
     /// # drop(service);
     /// ```
-    ["limit"] fn adaptive_limit<A, C, O>(layer: limit::AdaptiveLimitLayer<A, C, O>);
+    [feature = "limit"] fn adaptive_limit<A, C, O>(layer: limit::AdaptiveLimitLayer<A, C, O>);
 
     /// Throttles calls to the services built below on the client side when they accept too few.
-    ["limit"] fn throttle<C, O>(layer: limit::ThrottleLayer<C, O>);
+    [feature = "limit"] fn throttle<C, O>(layer: limit::ThrottleLayer<C, O>);
 
     /// Limits the rate of calls to the services built below. (Not `rate_limit`: tower's
     /// `ServiceBuilder` has a method of that name.)
@@ -229,14 +229,14 @@ service_builder_ext! {
     ///     .service(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }));
     /// # drop(service);
     /// ```
-    ["limit"] fn with_rate_limit<Clk, O>(layer: limit::rate::RateLimitLayer<Clk, O>);
+    [feature = "limit"] fn with_rate_limit<Clk, O>(layer: limit::rate::RateLimitLayer<Clk, O>);
 
     /// Limits the rate of calls to the services built below per key of the request.
-    ["limit"] fn keyed_rate_limit<F, Clk, O>(layer: limit::rate::KeyedRateLimitLayer<F, Clk, O>);
+    [feature = "limit"] fn keyed_rate_limit<F, Clk, O, D>(layer: limit::rate::KeyedRateLimitLayer<F, Clk, O, D>);
 
     /// Limits the rate of calls per key of the request across every instance sharing the
     /// layer's store.
-    ["fleet"] fn fleet_rate_limit<St, F, Clk, O>(layer: limit::fleet::FleetRateLimitLayer<St, F, Clk, O>);
+    [feature = "fleet"] fn fleet_rate_limit<St, F, Clk, O>(layer: limit::fleet::FleetRateLimitLayer<St, F, Clk, O>);
 
     /// Answers in place of the services built below when their calls fail as chosen.
     ///
@@ -250,15 +250,55 @@ service_builder_ext! {
     ///     .service(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }));
     /// # drop(service);
     /// ```
-    ["fallback"] fn fallback<P, C, O>(layer: fallback::FallbackLayer<P, C, O>);
+    [feature = "fallback"] fn fallback<P, C, O>(layer: fallback::FallbackLayer<P, C, O>);
 
     /// Sends calls of the services built below that fail as chosen to an alternate service.
-    ["fallback"] fn alternate<A, M, C, O>(layer: fallback::AlternateLayer<A, M, C, O>);
+    [feature = "fallback"] fn alternate<A, M, C, O>(layer: fallback::AlternateLayer<A, M, C, O>);
 
     /// Serves the last good answer of the services built below when a call fails as chosen.
-    ["fallback"] fn stale_if_error<F, K, Res, C, O>(
+    [feature = "fallback"] fn stale_if_error<F, K, Res, C, O>(
         layer: fallback::StaleIfErrorLayer<F, K, Res, C, O>
     );
+
+    /// Injects faults (errors, latency, substituted responses) into the services built below.
+    ///
+    /// ```
+    /// use seawall::chaos::ChaosLayer;
+    /// use seawall::ServiceBuilderExt;
+    /// use tower::{service_fn, ServiceBuilder};
+    ///
+    /// let service = ServiceBuilder::new()
+    ///     .chaos(ChaosLayer::builder().error(0.01).build().unwrap())
+    ///     .service(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }));
+    /// # drop(service);
+    /// ```
+    [feature = "chaos"] fn chaos<M>(layer: chaos::ChaosLayer<M>);
+
+    /// Reads a timeout header (`grpc-timeout`, or another in its format) on the requests of the
+    /// services built below into their deadline, or writes what is left of their deadline into it
+    /// (see [`timeout::propagate`]).
+    ///
+    /// ```
+    /// use seawall::timeout::propagate::{ReadDeadlineLayer, WriteDeadlineLayer};
+    /// use seawall::timeout::TimeoutLayer;
+    /// use seawall::ServiceBuilderExt;
+    /// use std::time::Duration;
+    /// use tower::{service_fn, ServiceBuilder};
+    ///
+    /// let server = ServiceBuilder::new()
+    ///     .deadline_header(ReadDeadlineLayer::grpc())
+    ///     .with_timeout(TimeoutLayer::new(Duration::from_secs(10)).propagate())
+    ///     .service(service_fn(|req: http::Request<()>| async move {
+    ///         Ok::<_, std::io::Error>(req)
+    ///     }));
+    /// let client = ServiceBuilder::new()
+    ///     .deadline_header(WriteDeadlineLayer::grpc())
+    ///     .service(service_fn(|req: http::Request<()>| async move {
+    ///         Ok::<_, std::io::Error>(req)
+    ///     }));
+    /// # drop((server, client));
+    /// ```
+    [all(feature = "timeout", feature = "http")] fn deadline_header<D>(layer: timeout::propagate::DeadlineHeaderLayer<D>);
 }
 
 mod sealed {
