@@ -262,13 +262,16 @@ impl Algorithm for Aimd {
     }
 
     /// `backoff` to the power of `count`: each drop backs off, as one by one.
-    fn update_dropped(&mut self, limit: f64, _: &Sample, count: u64) -> f64 {
+    fn update_dropped(&mut self, limit: f64, sample: &Sample, count: u64) -> f64 {
         if count == 0 {
             return limit;
         }
-        // An exponent past i32 is as good as infinite (the backoff is below 1).
-        let factor = self.backoff.powi(count.min(i32::MAX as u64) as i32);
-        clamp(limit * factor, self.min, self.max)
+        // The first as one (which brings a limit from outside the bounds within them), then the
+        // others at once: from within the bounds, the limit only moves one way, so clamping once
+        // at the end is clamping after each. An exponent past i32 is as good as infinite.
+        let first = self.update(limit, sample);
+        let factor = self.backoff.powi((count - 1).min(i32::MAX as u64) as i32);
+        clamp(first * factor, self.min, self.max)
     }
 
     fn check(&self) -> Result<(), InvalidSetting> {
