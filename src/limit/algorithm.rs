@@ -277,7 +277,13 @@ impl Algorithm for Aimd {
     fn check(&self) -> Result<(), InvalidSetting> {
         check_bounds("Aimd", self.initial, self.min, self.max)?;
         let backoff = self.backoff;
-        within("Aimd", "backoff", backoff, backoff > 0.0 && backoff < 1.0, "in (0, 1)")?;
+        within(
+            "Aimd",
+            "backoff",
+            backoff,
+            backoff > 0.0 && backoff < 1.0,
+            "in (0, 1)",
+        )?;
         let timeout = self.timeout.as_secs_f64();
         within("Aimd", "timeout", timeout, timeout > 0.0, "more than zero")
     }

@@ -1,8 +1,8 @@
 //! The adaptive limiter: the limit follows the algorithm, and every change is an event (its tower
 //! contract is checked in tests/contract/).
 
-use seawall::core::{Event, EventKind};
 use seawall::bulkhead::MAX_CONCURRENT;
+use seawall::core::{Event, EventKind};
 use seawall::limit::algorithm::{Aimd, Algorithm, Sample, Vegas};
 use seawall::limit::AdaptiveLimitLayer;
 use std::collections::VecDeque;
@@ -252,7 +252,10 @@ async fn a_failure_that_ends_while_missed_drops_are_applied_is_applied_before_th
     // The first failure ends while a success is fed to the algorithm; the second while the first
     // is, by the same holder: after the holder took the drops it had missed, and while it still
     // holds the lock. No call follows: the holder itself must apply it.
-    inside.lock().unwrap().extend([finish(first), finish(second)]);
+    inside
+        .lock()
+        .unwrap()
+        .extend([finish(first), finish(second)]);
     service.ready().await.unwrap().call(false).await.unwrap();
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 3, "{seen:?}");

@@ -374,7 +374,10 @@ proptest! {
 fn drops_at_once_cost_constant_time_and_the_default_feeds_at_most_a_batch() {
     let drop = untimed_drop(1_000);
     // A billion drops at once: Aimd at its floor, in one step.
-    assert_eq!(Aimd::default().update_dropped(200.0, &drop, 1_000_000_000), 20.0);
+    assert_eq!(
+        Aimd::default().update_dropped(200.0, &drop, 1_000_000_000),
+        20.0
+    );
     assert_eq!(Aimd::default().update_dropped(200.0, &drop, u64::MAX), 20.0);
     let mut windowed = Windowed::new(Aimd::default());
     assert_eq!(windowed.update_dropped(50.0, &drop, u64::MAX), 50.0);

@@ -78,8 +78,20 @@ fn bounds_that_are_not_numbers_are_refused_and_never_panic_an_algorithm() {
 #[test]
 fn every_algorithm_setting_out_of_range_is_refused() {
     let aimd = Aimd::default();
-    assert_eq!(refused(Aimd { backoff: 1.0, ..aimd }), "backoff");
-    assert_eq!(refused(Aimd { backoff: 0.0, ..aimd }), "backoff");
+    assert_eq!(
+        refused(Aimd {
+            backoff: 1.0,
+            ..aimd
+        }),
+        "backoff"
+    );
+    assert_eq!(
+        refused(Aimd {
+            backoff: 0.0,
+            ..aimd
+        }),
+        "backoff"
+    );
     assert_eq!(
         refused(Aimd {
             timeout: Duration::ZERO,
@@ -172,7 +184,9 @@ fn a_maximum_wait_without_a_queue_is_refused() {
 }
 
 #[test]
-#[should_panic(expected = "invalid adaptive limiter configuration: sample_every must be at least 1")]
+#[should_panic(
+    expected = "invalid adaptive limiter configuration: sample_every must be at least 1"
+)]
 fn build_panics_on_what_try_build_refuses() {
     let _ = AdaptiveLimitLayer::builder(Aimd::default())
         .sample_every(0)
