@@ -199,22 +199,22 @@ impl<A: Algorithm> Adaptive<A> {
     /// may not come. No drop is lost, and no call does more than constant work.
     #[inline(never)]
     fn learn<O: Observer>(&self, permit: AdaptivePermit, dropped: bool, emit: Emitter<'_, O>) {
-        let state = match self.try_state() {
-            Some(state) => state,
+        match self.try_state() {
+            Some(state) => self.apply(state, Some((permit, dropped)), emit),
             None if dropped => {
                 self.missed_drops.fetch_add(1, SeqCst);
-                // The count before the lock is read again, as the holder lets go of the lock
-                // before it reads the count: one of the two sees the other's write.
+                // This side counts the drop, then tries the lock again; the holder lets go of the
+                // lock, then reads the count (`drain`). With a fence between on both sides, at
+                // least one of the two sees what the other wrote: the drop is applied here, or
+                // by the holder.
                 fence(SeqCst);
                 match self.try_state() {
                     Some(state) => self.apply(state, None, emit),
                     None => return,
                 }
-                return self.drain(emit);
             }
             None => return,
-        };
-        self.apply(state, Some((permit, dropped)), emit);
+        }
         self.drain(emit);
     }
 
