@@ -1,8 +1,8 @@
 //! The adaptive concurrency limiter: the bulkhead's gate, with a limit an [`Algorithm`] moves.
 
-use super::algorithm::{Algorithm, Sample};
+use super::algorithm::{Algorithm, InvalidSetting, Sample};
 use crate::bulkhead::error::Full;
-use crate::bulkhead::{Bulkhead, Order, Waiter};
+use crate::bulkhead::{Bulkhead, Order, Waiter, MAX_CONCURRENT};
 use crate::core::gate::{Anchor, Guard, Shared};
 use crate::core::{
     Emitter, ErrorIsFailure, EventKind, Gate, Observer, Outcome, Record, RejectReason,
@@ -10,8 +10,8 @@ use crate::core::{
 use std::borrow::Cow;
 use std::cell::Cell;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::atomic::{fence, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -53,6 +53,38 @@ fn auto_sample_every(rtt: Duration, in_flight: u64) -> Option<u64> {
 struct State<A> {
     algorithm: A,
     limit: f64,
+}
+
+/// How many times a call that let go of the algorithm looks again for drops that came while it
+/// held it.
+const DRAIN_PASSES: usize = 4;
+
+/// The limit an algorithm gave, as the bulkhead's slots can count it: within
+/// `1..=MAX_CONCURRENT`, and one if it is not a number. Whatever an algorithm (a user's, or one
+/// with no maximum) says, the bulkhead's counts cannot overflow.
+fn applicable(limit: f64) -> f64 {
+    if limit.is_nan() {
+        1.0
+    } else {
+        limit.clamp(1.0, MAX_CONCURRENT as f64)
+    }
+}
+
+/// A mistake in an adaptive limiter's configuration, found by
+/// [`AdaptiveLimitBuilder::try_build`].
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// [`sample_every`](AdaptiveLimitBuilder::sample_every) is zero: one call in zero cannot be
+    /// timed.
+    #[error("sample_every must be at least 1 (one call in n is timed)")]
+    SampleEvery,
+    /// A maximum wait was set for a limiter that does not queue.
+    #[error("a maximum wait needs a queue (queue length is zero)")]
+    MaxWaitWithoutQueue,
+    /// A setting of the algorithm cannot work (see [`Algorithm::check`]).
+    #[error("invalid algorithm setting: {0}")]
+    Algorithm(#[from] InvalidSetting),
 }
 
 /// An admitted call of an adaptive limiter: when it started, if it is a timed sample.
@@ -146,29 +178,76 @@ impl<A: Algorithm> Gate for Adaptive<A> {
 }
 
 impl<A: Algorithm> Adaptive<A> {
+    /// The algorithm's state if no one else holds it. A lock poisoned by an algorithm that
+    /// panicked is taken all the same: the limit it holds is the last one applied, and learning
+    /// goes on from there.
+    fn try_state(&self) -> Option<MutexGuard<'_, State<A>>> {
+        match self.state.try_lock() {
+            Ok(state) => Some(state),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
     /// Feeds one finished call to the algorithm, and moves the limit if it says so.
     ///
     /// The algorithm is behind a lock that is never waited for. A timed success that finds it
     /// taken is skipped (it is one round-trip time among many); a drop is counted in
-    /// `missed_drops` instead, and applied by whoever holds the lock next (the holder now, if it
-    /// has not finished, or the next call fed to the algorithm), so that no drop is lost.
+    /// `missed_drops` instead, for the holder to apply: the holder takes them all in one step
+    /// ([`Algorithm::update_dropped`]) while it holds the lock, and looks again once it has let
+    /// go, so that a drop that came too late for it is applied by it, not left for a call that
+    /// may not come. No drop is lost, and no call does more than constant work.
     #[inline(never)]
     fn learn<O: Observer>(&self, permit: AdaptivePermit, dropped: bool, emit: Emitter<'_, O>) {
-        let (mut state, sample) = match self.state.try_lock() {
-            Ok(state) => (state, Some(permit)),
-            Err(_) if dropped => {
-                self.missed_drops.fetch_add(1, Relaxed);
-                // The holder may have let go meanwhile: then apply it (and any other) now.
-                match self.state.try_lock() {
-                    Ok(state) => (state, None),
-                    Err(_) => return,
+        match self.try_state() {
+            Some(state) => self.apply(state, Some((permit, dropped)), emit),
+            None if dropped => {
+                self.missed_drops.fetch_add(1, SeqCst);
+                // This side counts the drop, then tries the lock again; the holder lets go of the
+                // lock, then reads the count (`drain`). With a fence between on both sides, at
+                // least one of the two sees what the other wrote: the drop is applied here, or
+                // by the holder.
+                fence(SeqCst);
+                match self.try_state() {
+                    Some(state) => self.apply(state, None, emit),
+                    None => return,
                 }
             }
-            Err(_) => return,
-        };
+            None => return,
+        }
+        self.drain(emit);
+    }
+
+    /// Once the lock is let go: applies the drops that came while it was held, and whose callers
+    /// found it held. Each pass applies, in one step, every drop counted before it; it stops when
+    /// none came meanwhile, when another caller holds the lock (who looks in turn once it lets
+    /// go), or after [`DRAIN_PASSES`], so that no call does more than constant work. Drops still
+    /// left then came during each of those passes: a stream of failures, whose next call applies
+    /// them.
+    fn drain<O: Observer>(&self, emit: Emitter<'_, O>) {
+        for _ in 0..DRAIN_PASSES {
+            fence(SeqCst);
+            if self.missed_drops.load(SeqCst) == 0 {
+                return;
+            }
+            match self.try_state() {
+                Some(state) => self.apply(state, None, emit),
+                None => return,
+            }
+        }
+    }
+
+    /// Under the lock: feeds the call (if any) and the drops missed so far to the algorithm,
+    /// applies the limit, lets go of the lock, and says if the limit moved.
+    fn apply<O: Observer>(
+        &self,
+        mut state: MutexGuard<'_, State<A>>,
+        call: Option<(AdaptivePermit, bool)>,
+        emit: Emitter<'_, O>,
+    ) {
         let at = Instant::now();
         let mut limit = state.limit;
-        if let Some(permit) = sample {
+        if let Some((permit, dropped)) = call {
             let (rtt, in_flight) = match permit.start {
                 Some(start) => {
                     let rtt = at.saturating_duration_since(start);
@@ -188,23 +267,21 @@ impl<A: Algorithm> Adaptive<A> {
                 dropped,
                 at,
             };
-            limit = state.algorithm.update(limit, &sample);
+            limit = applicable(state.algorithm.update(limit, &sample));
         }
-        // Drops that found the lock taken, as untimed drops.
-        if self.missed_drops.load(Relaxed) != 0 {
-            let missed = self.missed_drops.swap(0, Relaxed);
+        // Drops that found the lock taken, as untimed drops, all in one step.
+        if self.missed_drops.load(SeqCst) != 0 {
+            let missed = self.missed_drops.swap(0, SeqCst);
             let drop = Sample {
                 rtt: Duration::ZERO,
                 in_flight: self.bulkhead.inner.in_flight() + 1,
                 dropped: true,
                 at,
             };
-            for _ in 0..missed {
-                limit = state.algorithm.update(limit, &drop);
-            }
+            limit = applicable(state.algorithm.update_dropped(limit, &drop, missed));
         }
         state.limit = limit;
-        let whole = (limit.floor() as u64).max(1);
+        let whole = limit as u64;
         let slots = &self.bulkhead.inner;
         let from = slots.limit();
         if whole != from {
@@ -282,7 +359,8 @@ impl<A, O> AdaptiveLimitBuilder<A, O> {
     crate::bulkhead::config::queue_setters!();
 
     /// Times one call in `n` on each thread (1: every call), to save the two clock reads of the
-    /// others; failures are always counted.
+    /// others; failures are always counted. Zero is a mistake, which
+    /// [`try_build`](Self::try_build) refuses with [`ConfigError::SampleEvery`].
     ///
     /// By default the limiter chooses: it times every call while it sees up to about 4,000 calls a
     /// second, and about 4,000 calls a second above that (at least one call in 64), judging its rate
@@ -300,7 +378,7 @@ impl<A, O> AdaptiveLimitBuilder<A, O> {
     /// # let _ = layer;
     /// ```
     pub fn sample_every(mut self, n: u64) -> Self {
-        self.sample_every = Some(n.max(1));
+        self.sample_every = Some(n);
         self
     }
 
@@ -317,17 +395,31 @@ impl<A, O> AdaptiveLimitBuilder<A, O> {
         }
     }
 
-    /// Builds the layer. A maximum wait without a queue is ignored.
-    pub fn build(self) -> AdaptiveLimitLayer<A, ErrorIsFailure, O>
+    /// Checks the settings and builds the layer.
+    ///
+    /// ```
+    /// use seawall::limit::algorithm::Aimd;
+    /// use seawall::limit::{AdaptiveConfigError, AdaptiveLimitLayer};
+    ///
+    /// let backwards = Aimd { min: 50.0, max: 10.0, ..Aimd::default() };
+    /// let err = AdaptiveLimitLayer::builder(backwards).try_build().unwrap_err();
+    /// assert!(matches!(err, AdaptiveConfigError::Algorithm(_)), "{err}");
+    /// ```
+    pub fn try_build(self) -> Result<AdaptiveLimitLayer<A, ErrorIsFailure, O>, ConfigError>
     where
         A: Algorithm,
         O: Observer,
     {
-        let limit = self.algorithm.initial();
-        let whole = (limit.floor() as u64).max(1);
-        let max_wait = self.max_wait.filter(|_| self.max_queue > 0);
+        if self.sample_every == Some(0) {
+            return Err(ConfigError::SampleEvery);
+        }
+        if self.max_queue == 0 && self.max_wait.is_some() {
+            return Err(ConfigError::MaxWaitWithoutQueue);
+        }
+        self.algorithm.check()?;
+        let limit = applicable(self.algorithm.initial());
         let gate = Adaptive {
-            bulkhead: Bulkhead::new(whole, self.max_queue, max_wait, self.order),
+            bulkhead: Bulkhead::new(limit as u64, self.max_queue, self.max_wait, self.order),
             state: Mutex::new(State {
                 algorithm: self.algorithm,
                 limit,
@@ -336,9 +428,27 @@ impl<A, O> AdaptiveLimitBuilder<A, O> {
             sample_every: AtomicU64::new(self.sample_every.unwrap_or(1)),
             auto_sample: self.sample_every.is_none(),
         };
-        AdaptiveLimitLayer {
+        Ok(AdaptiveLimitLayer {
             shared: Anchor::counted(Shared::new(self.name, gate, self.observer)),
             classify: ErrorIsFailure,
+        })
+    }
+
+    /// Builds the layer: [`try_build`](Self::try_build), for settings known to be right.
+    ///
+    /// # Panics
+    ///
+    /// If [`try_build`](Self::try_build) finds a mistake: `sample_every(0)`, a maximum wait
+    /// without a queue, or an algorithm whose [`check`](Algorithm::check) fails (bounds that are
+    /// not numbers or the wrong way round, a backoff or smoothing out of range, `Fixed(0)`...).
+    pub fn build(self) -> AdaptiveLimitLayer<A, ErrorIsFailure, O>
+    where
+        A: Algorithm,
+        O: Observer,
+    {
+        match self.try_build() {
+            Ok(layer) => layer,
+            Err(e) => panic!("invalid adaptive limiter configuration: {e}"),
         }
     }
 }

@@ -29,6 +29,18 @@
 //!
 //! Vegas draws the jitter of its probe period from a generator seeded at random, or by
 //! [`Vegas::seed`] for a reproducible run, where Netflix's uses `ThreadLocalRandom`.
+//!
+//! Drops that end while the limiter is busy feeding the algorithm another call are given to it
+//! together, through [`Algorithm::update_dropped`], in one step whatever their number: [`Aimd`],
+//! [`Fixed`] and [`Windowed`] count each of them exactly; Gradient2 and Vegas, fed them one by
+//! one, at most [`DROPS_AT_ONCE`] of a batch.
+//!
+//! # Settings
+//!
+//! [`Algorithm::check`] tells the [adaptive limiter's builder](super::AdaptiveLimitBuilder) which
+//! settings cannot work (bounds that are not numbers or the wrong way round, a backoff or a
+//! smoothing out of its range, a fixed limit of zero...): the builder refuses them with a typed
+//! error. An algorithm given such settings directly still never panics.
 
 use std::time::Duration;
 use tokio::time::Instant;
@@ -47,12 +59,110 @@ pub struct Sample {
 }
 
 /// A concurrency limit that follows what the service shows of its load.
+///
+/// The limiter keeps whatever limit an algorithm gives within what its slots can count: at least
+/// one, at most [`MAX_CONCURRENT`](crate::bulkhead::MAX_CONCURRENT) (not a number counts as one).
 pub trait Algorithm: Send + 'static {
     /// The limit to start with.
     fn initial(&self) -> f64;
 
     /// The new limit, given the current one and a finished call.
     fn update(&mut self, limit: f64, sample: &Sample) -> f64;
+
+    /// The new limit after `count` drops like `sample` (untimed, ended at the same moment), in
+    /// one step: the limiter calls it for drops that ended while it was feeding the algorithm
+    /// another call, so it runs in constant time whatever `count`.
+    ///
+    /// By default `sample` is fed to [`update`](Self::update) `count` times, but at most
+    /// [`DROPS_AT_ONCE`]: an algorithm for which more drops at once mean more should count them
+    /// itself.
+    fn update_dropped(&mut self, limit: f64, sample: &Sample, count: u64) -> f64 {
+        (0..count.min(DROPS_AT_ONCE)).fold(limit, |limit, _| self.update(limit, sample))
+    }
+
+    /// Checks the settings, for the limiter's builder, which refuses an algorithm whose settings
+    /// cannot work with [`ConfigError::Algorithm`](super::AdaptiveConfigError::Algorithm). By
+    /// default every setting is taken.
+    fn check(&self) -> Result<(), InvalidSetting> {
+        Ok(())
+    }
+}
+
+/// The most drops in one batch that [`Algorithm::update_dropped`] feeds, one by one, to an
+/// algorithm that does not count them itself.
+pub const DROPS_AT_ONCE: u64 = 32;
+
+/// A setting of an algorithm that cannot work, found by [`Algorithm::check`].
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{algorithm}: {setting} must be {expected}, got {value}")]
+pub struct InvalidSetting {
+    algorithm: &'static str,
+    setting: &'static str,
+    value: f64,
+    expected: &'static str,
+}
+
+impl InvalidSetting {
+    /// `algorithm`'s `setting` is `value`, where it must be `expected` (a phrase such as
+    /// "in (0, 1)" or "at most max").
+    pub fn new(
+        algorithm: &'static str,
+        setting: &'static str,
+        value: f64,
+        expected: &'static str,
+    ) -> Self {
+        InvalidSetting {
+            algorithm,
+            setting,
+            value,
+            expected,
+        }
+    }
+
+    /// The algorithm whose setting it is.
+    pub fn algorithm(&self) -> &'static str {
+        self.algorithm
+    }
+
+    /// The setting, by its field's name.
+    pub fn setting(&self) -> &'static str {
+        self.setting
+    }
+
+    /// The value given.
+    pub fn value(&self) -> f64 {
+        self.value
+    }
+}
+
+/// `Ok` if `ok`, else the error that `algorithm`'s `setting` is `value` where it must be
+/// `expected`.
+fn within(
+    algorithm: &'static str,
+    setting: &'static str,
+    value: f64,
+    ok: bool,
+    expected: &'static str,
+) -> Result<(), InvalidSetting> {
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidSetting::new(algorithm, setting, value, expected))
+    }
+}
+
+/// The checks common to every bounded algorithm: the starting limit and the minimum are numbers,
+/// the maximum is a number or infinite, and the minimum is at most the maximum.
+fn check_bounds(
+    algorithm: &'static str,
+    initial: f64,
+    min: f64,
+    max: f64,
+) -> Result<(), InvalidSetting> {
+    within(algorithm, "initial", initial, !initial.is_nan(), "a number")?;
+    within(algorithm, "min", min, min.is_finite(), "a finite number")?;
+    within(algorithm, "max", max, !max.is_nan(), "a number")?;
+    within(algorithm, "min", min, min <= max, "at most max")
 }
 
 fn clamp(limit: f64, min: f64, max: f64) -> f64 {
@@ -73,6 +183,23 @@ impl Algorithm for Fixed {
 
     fn update(&mut self, _: f64, _: &Sample) -> f64 {
         self.0 as f64
+    }
+
+    fn update_dropped(&mut self, _: f64, _: &Sample, _: u64) -> f64 {
+        self.0 as f64
+    }
+
+    /// A fixed limit is a number of slots: at least 1, at most
+    /// [`MAX_CONCURRENT`](crate::bulkhead::MAX_CONCURRENT).
+    fn check(&self) -> Result<(), InvalidSetting> {
+        let max = crate::bulkhead::MAX_CONCURRENT;
+        within(
+            "Fixed",
+            "limit",
+            self.0 as f64,
+            (1..=max).contains(&self.0),
+            "at least 1 and at most bulkhead::MAX_CONCURRENT",
+        )
     }
 }
 
@@ -132,6 +259,33 @@ impl Algorithm for Aimd {
             limit
         };
         clamp(next, self.min, self.max)
+    }
+
+    /// `backoff` to the power of `count`: each drop backs off, as one by one.
+    fn update_dropped(&mut self, limit: f64, sample: &Sample, count: u64) -> f64 {
+        if count == 0 {
+            return limit;
+        }
+        // The first as one (which brings a limit from outside the bounds within them), then the
+        // others at once: from within the bounds, the limit only moves one way, so clamping once
+        // at the end is clamping after each. An exponent past i32 is as good as infinite.
+        let first = self.update(limit, sample);
+        let factor = self.backoff.powi((count - 1).min(i32::MAX as u64) as i32);
+        clamp(first * factor, self.min, self.max)
+    }
+
+    fn check(&self) -> Result<(), InvalidSetting> {
+        check_bounds("Aimd", self.initial, self.min, self.max)?;
+        let backoff = self.backoff;
+        within(
+            "Aimd",
+            "backoff",
+            backoff,
+            backoff > 0.0 && backoff < 1.0,
+            "in (0, 1)",
+        )?;
+        let timeout = self.timeout.as_secs_f64();
+        within("Aimd", "timeout", timeout, timeout > 0.0, "more than zero")
     }
 }
 
@@ -237,6 +391,32 @@ impl Algorithm for Gradient2 {
         }
         let gradient = (self.tolerance * long / short).clamp(MIN_GRADIENT, 1.0);
         self.toward(limit, gradient)
+    }
+
+    fn check(&self) -> Result<(), InvalidSetting> {
+        check_bounds("Gradient2", self.initial, self.min, self.max)?;
+        let (smoothing, tolerance, queue) = (self.smoothing, self.tolerance, self.queue);
+        within(
+            "Gradient2",
+            "smoothing",
+            smoothing,
+            smoothing > 0.0 && smoothing <= 1.0,
+            "in (0, 1]",
+        )?;
+        within(
+            "Gradient2",
+            "tolerance",
+            tolerance,
+            tolerance.is_finite() && tolerance >= 1.0,
+            "at least 1",
+        )?;
+        within(
+            "Gradient2",
+            "queue",
+            queue,
+            queue.is_finite() && queue >= 0.0,
+            "a number, at least 0",
+        )
     }
 }
 
@@ -392,6 +572,25 @@ impl Algorithm for Vegas {
         };
         self.step(limit, next)
     }
+
+    fn check(&self) -> Result<(), InvalidSetting> {
+        check_bounds("Vegas", self.initial, self.min, self.max)?;
+        let (smoothing, probe) = (self.smoothing, self.probe);
+        within(
+            "Vegas",
+            "smoothing",
+            smoothing,
+            smoothing > 0.0 && smoothing <= 1.0,
+            "in (0, 1]",
+        )?;
+        within(
+            "Vegas",
+            "probe",
+            probe,
+            probe.is_finite() && probe > 0.0,
+            "a number above 0",
+        )
+    }
 }
 
 /// Feeds another algorithm one sample per window of time instead of one per call, as Netflix's
@@ -468,7 +667,7 @@ impl<A: Algorithm> Algorithm for Windowed<A> {
             return limit;
         }
         let w = &mut self.window;
-        w.samples += 1;
+        w.samples = w.samples.saturating_add(1);
         w.dropped |= sample.dropped;
         w.max_in_flight = w.max_in_flight.max(sample.in_flight);
         // Untimed drops (zero time) say nothing about latency.
@@ -498,5 +697,31 @@ impl<A: Algorithm> Algorithm for Windowed<A> {
             at: sample.at,
         };
         self.inner.update(limit, &aggregate)
+    }
+
+    /// The first drop as one call; the others join the window then open, which has room for
+    /// them (it ends later), as one by one.
+    fn update_dropped(&mut self, limit: f64, sample: &Sample, count: u64) -> f64 {
+        if count == 0 {
+            return limit;
+        }
+        let limit = self.update(limit, sample);
+        if self.next_update.is_some_and(|next| sample.at >= next) {
+            // A window of no length (`max_time` zero): one by one, each would close a window of
+            // its own, holding no time, which feeds the algorithm nothing.
+            return limit;
+        }
+        let rest = u32::try_from(count - 1).unwrap_or(u32::MAX);
+        let w = &mut self.window;
+        w.samples = w.samples.saturating_add(rest);
+        if rest > 0 {
+            w.dropped = true;
+            w.max_in_flight = w.max_in_flight.max(sample.in_flight);
+        }
+        limit
+    }
+
+    fn check(&self) -> Result<(), InvalidSetting> {
+        self.inner.check()
     }
 }

@@ -24,7 +24,7 @@ mod throttle;
 
 pub use adaptive::{
     Adaptive, AdaptiveHandle, AdaptiveLimit, AdaptiveLimitBuilder, AdaptiveLimitLayer,
-    AdaptivePermit,
+    AdaptivePermit, ConfigError as AdaptiveConfigError,
 };
 pub use shed::{LoadShed, LoadShedLayer, ResponseFuture};
 pub use throttle::{

@@ -1,9 +1,12 @@
 //! The adaptive limiter: the limit follows the algorithm, and every change is an event (its tower
 //! contract is checked in tests/contract/).
 
+use seawall::bulkhead::MAX_CONCURRENT;
 use seawall::core::{Event, EventKind};
 use seawall::limit::algorithm::{Aimd, Algorithm, Sample, Vegas};
 use seawall::limit::AdaptiveLimitLayer;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
@@ -148,24 +151,26 @@ async fn by_default_a_busy_limiter_times_a_share_of_its_calls_and_a_quiet_one_ev
     assert_eq!(auto.handle().sample_every(), 1);
 }
 
-/// What [`Reentrant`] runs inside its first update.
-type Inside = Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>>;
+/// What [`Reentrant`] runs inside its updates, one closure per update, in turn.
+type Inside = Arc<Mutex<VecDeque<Box<dyn FnOnce() + Send>>>>;
 
-/// Records every sample it is fed and takes one slot off the limit for each drop; the first time
-/// it is fed, it runs `inside`, while the limiter's lock is held.
+/// Starts at `initial`, records every sample it is fed and takes one slot off the limit for each
+/// drop; each time it is fed, it runs the next closure of `inside`, if any, while the limiter's
+/// lock is held.
 struct Reentrant {
+    initial: f64,
     seen: Arc<Mutex<Vec<Sample>>>,
     inside: Inside,
 }
 
 impl Algorithm for Reentrant {
     fn initial(&self) -> f64 {
-        10.0
+        self.initial
     }
 
     fn update(&mut self, limit: f64, sample: &Sample) -> f64 {
         self.seen.lock().unwrap().push(*sample);
-        let inside = self.inside.lock().unwrap().take();
+        let inside = self.inside.lock().unwrap().pop_front();
         if let Some(inside) = inside {
             inside();
         }
@@ -177,37 +182,218 @@ impl Algorithm for Reentrant {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_failure_that_finds_the_limit_being_updated_still_counts() {
+/// A limiter over [`Reentrant`] starting at `initial`, and a service whose calls fail when asked.
+fn reentrant(
+    initial: f64,
+) -> (
+    AdaptiveLimitLayer<Reentrant>,
+    Arc<Mutex<Vec<Sample>>>,
+    Inside,
+) {
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let inside: Inside = Arc::new(Mutex::new(None));
+    let inside: Inside = Arc::new(Mutex::new(VecDeque::new()));
     let layer = AdaptiveLimitLayer::builder(Reentrant {
+        initial,
         seen: seen.clone(),
         inside: inside.clone(),
     })
     .sample_every(1)
     .build();
-    let handle = layer.handle();
-    let mut service = layer.layer(service_fn(|fail: bool| async move {
+    (layer, seen, inside)
+}
+
+fn failing_when_asked() -> impl Service<
+    bool,
+    Response = (),
+    Error = &'static str,
+    Future = impl std::future::Future<Output = Result<(), &'static str>> + Send,
+> + Clone {
+    service_fn(|fail: bool| async move {
         if fail {
             Err::<(), _>("overloaded")
         } else {
             Ok(())
         }
-    }));
+    })
+}
+
+/// Runs `future` to its end from inside the algorithm (it must be ready at once).
+fn finish<F: std::future::Future + Send + 'static>(future: F) -> Box<dyn FnOnce() + Send> {
+    Box::new(move || {
+        let mut future = tokio_test::task::spawn(future);
+        assert!(future.poll().is_ready());
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_that_finds_the_limit_being_updated_still_counts() {
+    let (layer, seen, inside) = reentrant(10.0);
+    let handle = layer.handle();
+    let mut service = layer.layer(failing_when_asked());
     // A failing call, admitted but not yet run, ends while a success is being fed to the
     // algorithm (so while the lock is held).
     let failing = service.ready().await.unwrap().call(true);
-    *inside.lock().unwrap() = Some(Box::new(move || {
-        let mut failing = tokio_test::task::spawn(failing);
-        assert!(failing.poll().is_ready());
-    }) as Box<dyn FnOnce() + Send>);
+    inside.lock().unwrap().push_back(finish(failing));
     service.ready().await.unwrap().call(false).await.unwrap();
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert!(!seen[0].dropped && seen[1].dropped, "{seen:?}");
     assert_eq!(handle.limit(), 9);
     assert_eq!(handle.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_that_ends_while_missed_drops_are_applied_is_applied_before_the_holder_leaves() {
+    let (layer, seen, inside) = reentrant(10.0);
+    let handle = layer.handle();
+    let mut service = layer.layer(failing_when_asked());
+    let first = service.ready().await.unwrap().call(true);
+    let second = service.ready().await.unwrap().call(true);
+    // The first failure ends while a success is fed to the algorithm; the second while the first
+    // is, by the same holder: after the holder took the drops it had missed, and while it still
+    // holds the lock. No call follows: the holder itself must apply it.
+    inside
+        .lock()
+        .unwrap()
+        .extend([finish(first), finish(second)]);
+    service.ready().await.unwrap().call(false).await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen[1].dropped && seen[2].dropped, "{seen:?}");
+    assert_eq!(handle.limit(), 8);
+    assert_eq!(handle.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn many_drops_missed_at_once_cost_a_bounded_number_of_updates() {
+    let (layer, seen, inside) = reentrant(2_000.0);
+    let handle = layer.handle();
+    let mut service = layer.layer(failing_when_asked());
+    let mut failing = Vec::new();
+    for _ in 0..1_000 {
+        failing.push(service.ready().await.unwrap().call(true));
+    }
+    // A thousand failures end while a success is fed to the algorithm: a thousand missed drops,
+    // for the one completion that holds the lock to apply.
+    inside.lock().unwrap().push_back(Box::new(move || {
+        for future in failing {
+            let mut future = tokio_test::task::spawn(future);
+            assert!(future.poll().is_ready());
+        }
+    }));
+    service.ready().await.unwrap().call(false).await.unwrap();
+    let updates = seen.lock().unwrap().len();
+    assert!(
+        (2..=1 + 64).contains(&updates),
+        "one completion fed the algorithm {updates} samples"
+    );
+    assert!(handle.limit() < 2_000, "{}", handle.limit());
+    assert_eq!(handle.in_flight(), 0);
+}
+
+/// Panics on its first update, while the limiter's lock is held; then takes one slot off the
+/// limit per drop.
+struct PanicsOnce(Arc<AtomicBool>);
+
+impl Algorithm for PanicsOnce {
+    fn initial(&self) -> f64 {
+        10.0
+    }
+
+    fn update(&mut self, limit: f64, sample: &Sample) -> f64 {
+        if !self.0.swap(true, SeqCst) {
+            panic!("an algorithm that panics");
+        }
+        if sample.dropped {
+            limit - 1.0
+        } else {
+            limit
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_algorithm_that_panicked_once_still_learns() {
+    let panicked = Arc::new(AtomicBool::new(false));
+    let layer = AdaptiveLimitLayer::builder(PanicsOnce(panicked.clone()))
+        .sample_every(1)
+        .build();
+    let handle = layer.handle();
+    let mut service = layer.layer(failing_when_asked());
+    let call = service.ready().await.unwrap().call(true);
+    let mut call = tokio_test::task::spawn(call);
+    let poll = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call.poll()));
+    assert!(poll.is_err() && panicked.load(SeqCst));
+    drop(call);
+    assert_eq!(handle.in_flight(), 0);
+    for _ in 0..2 {
+        service.ready().await.unwrap().call(true).await.unwrap_err();
+    }
+    assert_eq!(handle.limit(), 8, "both drops after the panic count");
+}
+
+/// Jumps the limit to whatever `to` holds (past every count, or back down).
+struct Jump(Arc<Mutex<f64>>);
+
+impl Algorithm for Jump {
+    fn initial(&self) -> f64 {
+        *self.0.lock().unwrap()
+    }
+
+    fn update(&mut self, _: f64, _: &Sample) -> f64 {
+        *self.0.lock().unwrap()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unbounded_algorithm_never_overflows_the_bulkhead() {
+    // Aimd with no maximum, started past every count.
+    let layer = AdaptiveLimitLayer::builder(Aimd {
+        initial: 1e30,
+        max: f64::INFINITY,
+        ..Aimd::default()
+    })
+    .sample_every(1)
+    .build();
+    let handle = layer.handle();
+    assert_eq!(handle.limit(), MAX_CONCURRENT);
+    let mut service = layer.layer(failing_when_asked());
+    for _ in 0..3 {
+        service.ready().await.unwrap().call(false).await.unwrap();
+    }
+    assert_eq!((handle.limit(), handle.in_flight()), (MAX_CONCURRENT, 0));
+
+    // An algorithm that jumps to infinity and back while calls run.
+    let to = Arc::new(Mutex::new(10.0));
+    let layer = AdaptiveLimitLayer::builder(Jump(to.clone()))
+        .sample_every(1)
+        .build();
+    let handle = layer.handle();
+    let mut service = layer.layer(failing_when_asked());
+    let mut running = Vec::new();
+    for _ in 0..5 {
+        running.push(service.ready().await.unwrap().call(false));
+    }
+    for limit in [f64::INFINITY, u64::MAX as f64, 1e300] {
+        *to.lock().unwrap() = limit;
+        service.ready().await.unwrap().call(false).await.unwrap();
+        assert_eq!(handle.limit(), MAX_CONCURRENT, "after a jump to {limit}");
+        assert_eq!(handle.in_flight(), 5, "after a jump to {limit}");
+    }
+    // Back down below the calls running, then past every count again, then not a number.
+    *to.lock().unwrap() = 2.0;
+    service.ready().await.unwrap().call(false).await.unwrap();
+    assert_eq!((handle.limit(), handle.in_flight()), (2, 5));
+    for call in running {
+        call.await.unwrap();
+    }
+    assert_eq!((handle.in_flight(), handle.queued()), (0, 0));
+    for (to_limit, expected) in [(f64::INFINITY, MAX_CONCURRENT), (f64::NAN, 1)] {
+        *to.lock().unwrap() = to_limit;
+        service.ready().await.unwrap().call(false).await.unwrap();
+        assert_eq!(handle.limit(), expected, "after a jump to {to_limit}");
+        assert_eq!(handle.in_flight(), 0);
+    }
 }
 
 #[tokio::test(start_paused = true)]

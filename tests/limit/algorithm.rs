@@ -328,3 +328,65 @@ proptest! {
         }
     }
 }
+
+/// `count` untimed drops fed one by one.
+fn one_by_one<A: Algorithm>(algorithm: &mut A, limit: f64, drop: &Sample, count: u64) -> f64 {
+    (0..count).fold(limit, |limit, _| algorithm.update(limit, drop))
+}
+
+proptest! {
+    #[test]
+    fn drops_at_once_count_as_one_by_one(
+        count in prop_oneof![0u64..100, Just(0), Just(1)],
+        limit in 1.0f64..300.0,
+        in_flight in 0u64..400,
+        gap_ms in 0u64..3_000,
+        backoff in 0.05f64..0.99,
+    ) {
+        let drop = Sample { at: tokio::time::Instant::now(), ..untimed_drop(in_flight) };
+        let aimd = Aimd { backoff, ..Aimd::default() };
+        let (mut a, mut b) = (aimd, aimd);
+        let (x, y) = (a.update_dropped(limit, &drop, count), one_by_one(&mut b, limit, &drop, count));
+        prop_assert!((x - y).abs() <= 1e-9 * y.abs().max(1.0), "aimd: {x} vs {y}");
+
+        // A window with calls in it, then the drops, then a call that may close it.
+        let start = tokio::time::Instant::now();
+        let mut windowed = Windowed::new(Gradient2::new(50));
+        windowed.min_samples = 3;
+        let mut l = windowed.initial();
+        for i in 0..5 {
+            l = windowed.update(l, &at(start, i * 100, 10.0, in_flight));
+        }
+        let (mut a, mut b) = (windowed, windowed);
+        let drop = Sample { at: start + Duration::from_millis(gap_ms), ..drop };
+        let (x, y) = (a.update_dropped(l, &drop, count), one_by_one(&mut b, l, &drop, count));
+        prop_assert_eq!(x, y);
+        prop_assert_eq!(a, b);
+        let next = at(start, gap_ms + 1_500, 20.0, in_flight);
+        prop_assert_eq!(a.update(x, &next), b.update(y, &next));
+
+        let mut fixed = Fixed(9);
+        prop_assert_eq!(fixed.update_dropped(limit, &drop, count), 9.0);
+    }
+}
+
+#[test]
+fn drops_at_once_cost_constant_time_and_the_default_feeds_at_most_a_batch() {
+    let drop = untimed_drop(1_000);
+    // A billion drops at once: Aimd at its floor, in one step.
+    assert_eq!(
+        Aimd::default().update_dropped(200.0, &drop, 1_000_000_000),
+        20.0
+    );
+    assert_eq!(Aimd::default().update_dropped(200.0, &drop, u64::MAX), 20.0);
+    let mut windowed = Windowed::new(Aimd::default());
+    assert_eq!(windowed.update_dropped(50.0, &drop, u64::MAX), 50.0);
+
+    // Vegas counts them one by one, at most a batch of them.
+    let mut vegas = Vegas::default().seed(3);
+    let mut reference = vegas;
+    let batch = seawall::limit::algorithm::DROPS_AT_ONCE;
+    let once = vegas.update_dropped(500.0, &drop, u64::MAX);
+    assert_eq!(once, one_by_one(&mut reference, 500.0, &drop, batch));
+    assert_eq!(once, 500.0 - 2.0 * batch as f64);
+}
