@@ -520,7 +520,10 @@ async fn a_store_never_ready_is_degraded_after_the_store_timeout() {
     let handle = layer.handle();
     let mut service = layer.layer(service_fn(ok));
     let start = Instant::now();
-    assert!(admitted(&mut service, "k").await, "not admitted by the local limit");
+    assert!(
+        admitted(&mut service, "k").await,
+        "not admitted by the local limit"
+    );
     assert_eq!(start.elapsed(), Duration::from_millis(50));
     assert!(handle.degraded());
     assert_eq!(*health.0.lock().unwrap(), [true]);

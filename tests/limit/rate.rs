@@ -852,8 +852,7 @@ async fn an_observer_panicking_at_a_keyed_wait_leaves_the_slot_to_the_next() {
     let layer = KeyedRateLimitLayer::builder(Quota::per_second(10).burst(1), by_first)
         .max_wait(Duration::from_secs(1))
         .observer(move |e: &Event<'_>| {
-            if e.kind == EventKind::Permitted && trigger.load(std::sync::atomic::Ordering::SeqCst)
-            {
+            if e.kind == EventKind::Permitted && trigger.load(std::sync::atomic::Ordering::SeqCst) {
                 panic!("observer panics at Permitted");
             }
         })
@@ -931,7 +930,10 @@ async fn a_keyed_wait_dropped_before_its_slot_is_reported_cancelled() {
     settle().await;
     abandoned.abort();
     settle().await;
-    assert_eq!(waiter(&layer, (Some(1), ()), start).await.unwrap(), 100 * MS);
+    assert_eq!(
+        waiter(&layer, (Some(1), ()), start).await.unwrap(),
+        100 * MS
+    );
     let key = || Some("1".to_string());
     assert_eq!(
         *events.lock().unwrap(),
