@@ -502,3 +502,47 @@ fn a_call_racing_the_eviction_of_its_key_is_never_charged_to_the_new_key() {
         );
     });
 }
+
+#[test]
+fn a_call_racing_a_new_key_that_fills_its_burst_is_not_refused_for_it() {
+    use seawall::limit::rate::{KeyedRateLimitLayer, ManualClock, Quota};
+    let mut model = loom::model::Builder::new();
+    model.preemption_bound = Some(3);
+    model.max_branches = 100_000;
+    model.check(|| {
+        // One bucket of eight slots, full of busy keys; key 0 is the closest to idle.
+        let layer = KeyedRateLimitLayer::builder(Quota::per_second(1).burst(2), |k: &u32| Some(*k))
+            .max_keys(1)
+            .clock(ManualClock::new())
+            .build()
+            .unwrap();
+        let mut service = layer.layer(Pass);
+        call_with(&mut service, 0).unwrap();
+        for key in 1..8 {
+            call_with(&mut service, key).unwrap();
+            call_with(&mut service, key).unwrap();
+        }
+        // Key 0's second call races key 8, which takes key 0's slot and spends its whole burst
+        // there: key 0's call, if decided on what it reads there, would be refused, told to
+        // come back when key 8 may.
+        let zero = {
+            let mut service = layer.layer(Pass);
+            thread::spawn(move || call_with(&mut service, 0).is_ok())
+        };
+        let eight = {
+            let mut service = layer.layer(Pass);
+            thread::spawn(move || {
+                let first = call_with(&mut service, 8).is_ok();
+                first && call_with(&mut service, 8).is_ok()
+            })
+        };
+        assert!(
+            zero.join().unwrap(),
+            "key 0's call refused: decided on key 8's full cell"
+        );
+        assert!(
+            eight.join().unwrap(),
+            "a call of key 8 refused: charged with key 0's call"
+        );
+    });
+}

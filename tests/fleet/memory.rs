@@ -482,3 +482,57 @@ async fn a_caller_that_waits_too_long_on_a_healthy_store_is_refused_not_let_thro
     assert!(!handle.degraded());
     assert_eq!(admitted, 2);
 }
+
+/// A store that is never ready: its `poll_ready` is pending for ever.
+#[derive(Clone)]
+struct NeverReady;
+
+impl tower::Service<seawall::limit::fleet::Take> for NeverReady {
+    type Response = seawall::limit::fleet::Grant;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<Self::Response, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Pending
+    }
+
+    fn call(&mut self, _: seawall::limit::fleet::Take) -> Self::Future {
+        unreachable!("never ready, so never called")
+    }
+}
+
+/// A store stuck in `poll_ready` is bounded by the store timeout like one stuck in `call`: the
+/// renewal fails when it runs out, the store is marked degraded, and the caller waiting for it
+/// (and those after it) are decided by the local limit, not refused for ever.
+#[tokio::test(start_paused = true)]
+async fn a_store_never_ready_is_degraded_after_the_store_timeout() {
+    let health = Health::default();
+    let layer = FleetRateLimitLayer::builder(NeverReady, Quota::per_second(100), KEY)
+        .store_timeout(Duration::from_millis(50))
+        .probe_every(Duration::from_millis(100))
+        .fail_open(Quota::per_second(3))
+        .observer(health.clone())
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut service = layer.layer(service_fn(ok));
+    let start = Instant::now();
+    assert!(
+        admitted(&mut service, "k").await,
+        "not admitted by the local limit"
+    );
+    assert_eq!(start.elapsed(), Duration::from_millis(50));
+    assert!(handle.degraded());
+    assert_eq!(*health.0.lock().unwrap(), [true]);
+    assert_eq!(handle.store_failures(), 1);
+    // Degraded: the rest of the local burst of 3 at once, then refusals.
+    let mut n = 0;
+    for _ in 0..5 {
+        n += admitted(&mut service, "k").await as u32;
+    }
+    assert_eq!(n, 2);
+    assert_eq!(start.elapsed(), Duration::from_millis(50));
+}

@@ -587,8 +587,13 @@ async fn under_a_surge_callers_that_give_up_waiting_leave_the_quota_to_others() 
     assert_surge_served(surge(service, || (), &backend, Some(200 * MS)).await);
 }
 
+/// A regression guard, not a test of abandoned waits: with seawall's `TimeoutLayer` above a
+/// waiting global limiter, the quota still gets through a surge, and no more. That timeout passes
+/// `poll_ready` through and starts its timer only in `call`, after the limiter's wait, so it
+/// never cuts a wait short; callers that give up while they wait are
+/// `under_a_surge_callers_that_give_up_waiting_leave_the_quota_to_others`.
 #[tokio::test(start_paused = true)]
-async fn under_a_surge_a_timeout_above_a_waiting_global_limit_lets_the_quota_through() {
+async fn under_a_surge_a_waiting_global_limit_below_a_timeout_still_lets_the_quota_through() {
     let backend = Recorder::default();
     let limit = RateLimitLayer::builder(Quota::per_second(SURGE_QUOTA).burst(SURGE_BURST))
         .max_wait(Duration::from_secs(1))
@@ -834,5 +839,109 @@ fn absurd_settings_are_typed_errors_never_panics() {
     assert_eq!(
         ConfigError::MaxWait.to_string(),
         "a rate limiter's maximum wait must be at most about nine years"
+    );
+}
+
+/// An observer that panics at `Permitted` on a call that waits for its slot: the slot the call
+/// reserved is given back as the panic unwinds, so the next caller goes at 100 ms, in it, not
+/// at 200 ms, after it.
+#[tokio::test(start_paused = true)]
+async fn an_observer_panicking_at_a_keyed_wait_leaves_the_slot_to_the_next() {
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trigger = armed.clone();
+    let layer = KeyedRateLimitLayer::builder(Quota::per_second(10).burst(1), by_first)
+        .max_wait(Duration::from_secs(1))
+        .observer(move |e: &Event<'_>| {
+            if e.kind == EventKind::Permitted && trigger.load(std::sync::atomic::Ordering::SeqCst) {
+                panic!("observer panics at Permitted");
+            }
+        })
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    send(&mut layer.layer(ok_service()), (Some(1), ()))
+        .await
+        .unwrap();
+    armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut service = layer.layer(ok_service());
+    ServiceExt::<Keyed>::ready(&mut service).await.unwrap();
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drop(service.call((Some(1), ())));
+    }));
+    assert!(panicked.is_err(), "the observer did not panic");
+    armed.store(false, std::sync::atomic::Ordering::SeqCst);
+    let next = waiter(&layer, (Some(1), ()), start);
+    assert_eq!(next.await.unwrap(), 100 * MS);
+}
+
+/// A keyed call whose slot would come exactly at its deadline is refused at once: at its
+/// deadline it has no time left (a deadline at or before now has passed).
+#[tokio::test(start_paused = true)]
+async fn a_keyed_call_is_never_given_a_slot_at_its_deadline() {
+    let layer =
+        KeyedRateLimitLayer::builder(Quota::per_second(10).burst(1), |_: &http::Request<()>| {
+            Some(1)
+        })
+        .max_wait(Duration::from_secs(1))
+        .honour_deadlines()
+        .build()
+        .unwrap();
+    let mut service = tower::ServiceBuilder::new()
+        .layer(seawall::timeout::TimeoutLayer::new(100 * MS).propagate())
+        .layer(layer)
+        .service(ok_service());
+    let start = Instant::now();
+    send(&mut service, http::Request::new(())).await.unwrap();
+    // The next slot is due 100 ms on, exactly when the call's deadline passes.
+    let result = service
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::new(()))
+        .await;
+    let err = result.expect_err("a call let through at its deadline");
+    let limited = err
+        .downcast_ref::<RateLimited>()
+        .unwrap_or_else(|| panic!("not refused at once by the limit: {err}"));
+    assert_eq!(limited.retry_after(), 100 * MS);
+    assert_eq!(start.elapsed(), Duration::ZERO);
+}
+
+/// A keyed call is reported `Permitted` when its slot is reserved; if it is dropped while it
+/// waits, it is reported `Cancelled` too (with its key), so that admissions are not overcounted.
+/// A call that waits to the end is not.
+#[tokio::test(start_paused = true)]
+async fn a_keyed_wait_dropped_before_its_slot_is_reported_cancelled() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let layer = KeyedRateLimitLayer::builder(Quota::per_second(10).burst(1), by_first)
+        .max_wait(Duration::from_secs(1))
+        .observer(move |e: &Event<'_>| {
+            let key = e.key.map(|k| format!("{k:?}"));
+            sink.lock().unwrap().push((e.kind, key))
+        })
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    send(&mut layer.layer(ok_service()), (Some(1), ()))
+        .await
+        .unwrap();
+    let abandoned = waiter(&layer, (Some(1), ()), start);
+    settle().await;
+    abandoned.abort();
+    settle().await;
+    assert_eq!(
+        waiter(&layer, (Some(1), ()), start).await.unwrap(),
+        100 * MS
+    );
+    let key = || Some("1".to_string());
+    assert_eq!(
+        *events.lock().unwrap(),
+        [
+            (EventKind::Permitted, key()),
+            (EventKind::Permitted, key()),
+            (EventKind::Cancelled, key()),
+            (EventKind::Permitted, key()),
+        ]
     );
 }

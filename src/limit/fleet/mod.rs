@@ -36,9 +36,11 @@
 //!
 //! # When the store fails
 //!
-//! Store calls go through seawall's own [`Timeout`] and [`CircuitBreaker`]. A call that fails or
-//! times out marks the store *degraded* ([`EventKind::StoreHealth`]); from then on, calls without
-//! a lease are decided by the failure mode, at once:
+//! Store calls go through seawall's own [`Timeout`] and [`CircuitBreaker`], and the store
+//! timeout bounds each renewal whole: waiting for the store to be ready (`poll_ready`) and the
+//! call together. A renewal that fails or times out, in either, marks the store *degraded*
+//! ([`EventKind::StoreHealth`]); from then on, calls without a lease are decided by the failure
+//! mode, at once:
 //!
 //! - [`fail_open`](FleetBuilder::fail_open) (the default, with the fleet's own quota): a local
 //!   limit per key, in this instance alone. Set it to the quota divided by the instances for the
@@ -229,6 +231,8 @@ struct Fleet<St, Clk, O> {
     lease_lasts: u64,
     reserve_ahead: Duration,
     probe_every: u64,
+    /// The longest a renewal may take, waiting for the store's readiness included.
+    store_timeout: Duration,
     wait_limit: Duration,
     clock: Clk,
     source: Source<O>,
@@ -318,11 +322,15 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
             quota,
             max_wait: self.reserve_ahead,
         };
-        let result = async {
+        // The store timeout bounds readiness and the call together: a store stuck in
+        // `poll_ready` fails the renewal (and degrades the store) like one stuck in `call`,
+        // instead of holding the renewal, and every call waiting for it, for ever.
+        let result = tokio::time::timeout(self.store_timeout, async {
             std::future::poll_fn(|cx| store.poll_ready(cx)).await?;
             store.call(take).await
-        }
-        .await;
+        })
+        .await
+        .unwrap_or_else(|elapsed| Err(elapsed.into()));
         let now = self.clock.now();
         let slot = self.table.slot(index);
         let ours = slot.tag.load(Acquire) == tag;
@@ -620,7 +628,8 @@ impl<St, F, Clk, O> FleetBuilder<St, F, Clk, O> {
         self
     }
 
-    /// The longest a store call may take before it counts as a failure (default 100 ms).
+    /// The longest a store call may take, waiting for the store to be ready included, before
+    /// it counts as a failure and marks the store degraded (default 100 ms).
     pub fn store_timeout(mut self, timeout: Duration) -> Self {
         self.settings.store_timeout = timeout;
         self
@@ -749,6 +758,7 @@ impl<St, F, Clk, O> FleetBuilder<St, F, Clk, O> {
                 lease_lasts: nanos(settings.lease_lasts),
                 reserve_ahead: settings.reserve_ahead,
                 probe_every: nanos(settings.probe_every),
+                store_timeout: settings.store_timeout,
                 wait_limit: settings.store_timeout.saturating_mul(2),
                 clock,
                 source: Source::new(settings.name, observer),

@@ -207,8 +207,9 @@ impl Rule {
 
     /// [`decide`](Self::decide) on a cell of a keyed table: the cell's top bits (outside
     /// [`TIME`]) are kept as they are, and `holds` (whether the cell still holds the caller's
-    /// key) is asked after each read of the cell and before the swap that would decide on it.
-    /// `None` when the cell no longer holds the key: nothing was decided on it.
+    /// key) is asked after each read of the cell, before anything is decided on what was read
+    /// (a refusal as much as a swap). `None` when the cell no longer holds the key: nothing was
+    /// decided on it.
     ///
     /// A swap succeeds only if the cell still holds the value read, top bits included; the table
     /// changes them (and then the tag, which `holds` reads) whenever it hands the cell to another
@@ -242,6 +243,12 @@ impl Rule {
         };
         let mut current = tat.load(load);
         loop {
+            // Whatever this read leads to, a refusal included, is decided on the key's state
+            // only if the cell still held the key when it was read: a cell just handed to a
+            // busy new key would otherwise refuse the caller with that key's time to come back.
+            if KEYED && !holds() {
+                return None;
+            }
             let (epoch, time) = if KEYED {
                 (current & !TIME, current & TIME)
             } else {
@@ -257,9 +264,6 @@ impl Rule {
                 return Some(Decision::Reject(ahead - tolerance));
             };
             let next = if KEYED { epoch | next.min(TIME) } else { next };
-            if KEYED && !holds() {
-                return None;
-            }
             match tat.compare_exchange_weak(current, next, Relaxed, fail) {
                 Ok(_) => {
                     let slot = Slot {
@@ -313,6 +317,10 @@ pub(crate) fn take(
     let interval = interval.max(1);
     let mut current = tat.load(Acquire);
     loop {
+        // Checked after every read, before anything is decided on it, a refusal included.
+        if !holds() {
+            return None;
+        }
         let (epoch, time) = (current & !TIME, current & TIME);
         let base = time.max(now);
         let used = base - now;
@@ -323,9 +331,6 @@ pub(crate) fn take(
             return Some((0, wait));
         }
         let next = epoch | base.saturating_add(granted * interval).min(TIME);
-        if !holds() {
-            return None;
-        }
         match tat.compare_exchange_weak(current, next, Relaxed, Acquire) {
             Ok(_) => return Some((granted, wait)),
             Err(actual) => current = actual,
@@ -411,6 +416,31 @@ mod tests {
             assert!(matches!(rule.decide(&one, 0, 0), Decision::Admit(_)));
         }
         assert_eq!(rule.decide(&one, 0, 0), Decision::Reject(100 * MS));
+    }
+
+    #[test]
+    fn a_keyed_cell_that_no_longer_holds_the_key_decides_nothing_even_a_refusal() {
+        // 10 a second, burst 1: the cell's key (another's now) has just used its burst.
+        let rule = Rule::new(&Quota::per_second(10).burst(1));
+        let tat = AtomicU64::new(100 * MS);
+        // Over quota on that cell: without the tag check, the caller would be refused with
+        // the other key's time to come back.
+        assert_eq!(rule.decide_keyed(&tat, 0, 0, || false), None);
+        assert_eq!(rule.decide_keyed(&tat, 0, 50 * MS, || false), None);
+        assert_eq!(
+            rule.decide_keyed(&tat, 0, 0, || true),
+            Some(Decision::Reject(100 * MS))
+        );
+        // A take with no room is told the same way.
+        assert_eq!(
+            super::take(&tat, 0, (100 * MS, 100 * MS), 1, 0, || false),
+            None
+        );
+        assert_eq!(
+            super::take(&tat, 0, (100 * MS, 100 * MS), 1, 0, || true),
+            Some((0, 100 * MS))
+        );
+        assert_eq!(tat.load(Relaxed), 100 * MS);
     }
 
     #[test]

@@ -20,10 +20,15 @@
 //!
 //! Holes are looked at only by callers that cannot go ahead at once (a cell with a hole still to
 //! come is reserved at least that far ahead, so no caller is admitted at once meanwhile), under a
-//! lock, never on the path of an admitted call.
+//! lock, never on the path of an admitted call; each look is O(log n) in the holes kept (a global
+//! limiter keeps them in one shard, up to about its rate times its maximum wait). A hole is filed
+//! by the value its taking wrote to the cell, which orders a key's holes as their due times while
+//! the quota stays the same; after a change of quota, a caller may be offered a hole later than
+//! the earliest one it could have had, which errs on letting fewer through.
 
 use super::gcra::{Rule, Slot, TIME};
 use crate::sync::{AtomicU64, Mutex, MutexGuard};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 /// A slot given back by a caller that stopped waiting for it.
@@ -39,21 +44,51 @@ pub(crate) struct Hole {
     pub(crate) slot: Slot,
 }
 
-/// The holes of a limiter's cells, in shards by cell, each sorted by due time.
+/// Where a hole is filed: its cell, its key's tag, and the value its taking wrote to the cell
+/// (the key's tenure of the cell in the top bits, then the time). Within one tenure these
+/// values are distinct (the cell only moves on, but for the last slot given back), and they
+/// order the holes as their due times: each is due one tolerance before that value's time.
+type Place = (usize, u64, u64);
+
+/// One shard's holes, filed twice: by place, to find in O(log n) the hole whose slot is the last
+/// taken from its cell and the earliest of a key's tenure; and by due time, to forget in O(log n)
+/// each those whose time has passed, whatever their cell.
+#[derive(Default)]
+struct Shard {
+    by_place: BTreeMap<Place, Hole>,
+    by_due: BTreeSet<(u64, Place)>,
+}
+
+impl Shard {
+    fn remove(&mut self, place: Place) -> Option<Hole> {
+        let hole = self.by_place.remove(&place)?;
+        self.by_due.remove(&(hole.due, place));
+        Some(hole)
+    }
+}
+
+fn place(hole: &Hole) -> Place {
+    (hole.cell, hole.tag, hole.slot.after)
+}
+
+/// The holes of a limiter's cells, in shards by cell. Each operation is O(log n) in the holes of
+/// its shard.
 pub(crate) struct Holes {
     count: AtomicUsize,
-    shards: Box<[Mutex<Vec<Hole>>]>,
+    shards: Box<[Mutex<Shard>]>,
 }
 
 impl Holes {
     pub(crate) fn new(shards: usize) -> Self {
         Holes {
             count: AtomicUsize::new(0),
-            shards: (0..shards.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
+            shards: (0..shards.max(1))
+                .map(|_| Mutex::new(Shard::default()))
+                .collect(),
         }
     }
 
-    fn shard(&self, cell: usize) -> MutexGuard<'_, Vec<Hole>> {
+    fn shard(&self, cell: usize) -> MutexGuard<'_, Shard> {
         // Nothing is left half-done under this lock by a panic.
         self.shards[cell % self.shards.len()]
             .lock()
@@ -63,9 +98,15 @@ impl Holes {
     /// Keeps `hole` for the next callers of its cell.
     pub(crate) fn add(&self, hole: Hole) {
         let mut shard = self.shard(hole.cell);
-        let at = shard.partition_point(|h| h.due <= hole.due);
-        shard.insert(at, hole);
-        self.count.fetch_add(1, Relaxed);
+        let at = place(&hole);
+        // A hole filed at the same place could only be of a tenure sixteen keys back, long
+        // passed: it is forgotten.
+        let replaced = shard.remove(at).is_some();
+        shard.by_place.insert(at, hole);
+        shard.by_due.insert((hole.due, at));
+        if !replaced {
+            self.count.fetch_add(1, Relaxed);
+        }
     }
 
     /// For a caller of `cell` (holding the key tagged `tag`) at `now` that may wait until
@@ -84,29 +125,37 @@ impl Holes {
             return None;
         }
         let mut shard = self.shard(cell);
-        let before = shard.len();
-        let ours = |h: &Hole| h.cell == cell && h.tag == tag;
+        let mut gone = 0;
         // The last slot taken first: giving it back may make the one before it the last.
-        while let Some(i) = shard
-            .iter()
-            .rposition(|h| ours(h) && h.slot.after == tat.load(Relaxed))
-        {
-            if !Rule::undo(tat, shard[i].slot) {
+        loop {
+            let last = (cell, tag, tat.load(Relaxed));
+            match shard.by_place.get(&last) {
+                Some(hole) if Rule::undo(tat, hole.slot) => {
+                    shard.remove(last);
+                    gone += 1;
+                }
+                _ => break,
+            }
+        }
+        while let Some(&(due, at)) = shard.by_due.first() {
+            if due >= now {
                 break;
             }
-            shard.remove(i);
+            shard.remove(at);
+            gone += 1;
         }
-        let passed = shard.partition_point(|h| h.due < now);
-        shard.drain(..passed);
-        // Only a hole of the key's present tenure of the cell: the top bits count the keys the
-        // cell has held.
+        // Only a hole of the key's present tenure of the cell (the top bits of the cell count
+        // the keys it has held), the earliest.
         let epoch = tat.load(Relaxed) & !TIME;
-        let taken = shard
-            .iter()
-            .position(|h| ours(h) && h.slot.after & !TIME == epoch)
-            .filter(|&i| shard[i].due <= until)
-            .map(|i| shard.remove(i));
-        self.count.fetch_sub(before - shard.len(), Relaxed);
+        let earliest = shard
+            .by_place
+            .range((cell, tag, epoch)..=(cell, tag, epoch | TIME))
+            .next()
+            .filter(|(_, hole)| hole.due <= until)
+            .map(|(&at, _)| at);
+        let taken = earliest.and_then(|at| shard.remove(at));
+        gone += usize::from(taken.is_some());
+        self.count.fetch_sub(gone, Relaxed);
         taken
     }
 
@@ -167,5 +216,41 @@ mod tests {
         holes.add(fourth);
         assert_eq!(holes.take(0, 0, &tat, fourth.due + 1, u64::MAX), None);
         assert_eq!(holes.len(), 0);
+    }
+
+    #[test]
+    fn many_holes_are_taken_earliest_first_per_key_and_passed_ones_forgotten() {
+        // 1,000 a second, burst 1: slots every millisecond; 2,000 reserved, every other one
+        // given back, in a scrambled order.
+        let rule = Rule::new(&Quota::per_second(1000).burst(1));
+        let tat = AtomicU64::new(0);
+        assert!(matches!(rule.decide(&tat, 0, 0), Decision::Admit(_)));
+        let reserved: Vec<Hole> = (0..2000).map(|_| reserve(&rule, &tat, 0)).collect();
+        let holes = Holes::new(1);
+        for i in 0..1000 {
+            // 7 and 1000 are coprime: every odd slot once.
+            holes.add(reserved[2 * (i * 7 % 1000)]);
+        }
+        // Another cell's hole in the same shard, due first: never offered to cell 0.
+        let other = Hole {
+            cell: 1,
+            tag: 9,
+            ..reserved[0]
+        };
+        holes.add(other);
+        assert_eq!(holes.len(), 1001);
+        assert_eq!(holes.take(0, 0, &tat, 0, 0), None, "none due by now");
+        for i in 0..10 {
+            assert_eq!(holes.take(0, 0, &tat, 0, u64::MAX), Some(reserved[2 * i]));
+        }
+        // At 1 s, the holes due before then are forgotten (the other cell's too), and the
+        // next is the first due at or after it.
+        let next = holes.take(0, 0, &tat, 1000 * MS, u64::MAX).unwrap();
+        assert_eq!(next.due, 1000 * MS + MS);
+        // 1,000 - 10 taken - 490 passed (due 21 to 999 ms) - 1 taken; the other cell's passed.
+        assert_eq!(holes.len(), 499);
+        assert_eq!(holes.take(1, 9, &tat, 1000 * MS, u64::MAX), None);
+        // The last slot reserved is not a hole: nothing went back to the cell.
+        assert_eq!(tat.load(Relaxed), reserved[1999].slot.after);
     }
 }

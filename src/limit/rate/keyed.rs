@@ -301,12 +301,15 @@ impl<Clk: Clock, O: Observer> Keyed<Clk, O> {
                 return Verdict::Reject(not_before);
             }
             // Not at once: how long the call may wait, the sooner of the limit's maximum and
-            // the request's deadline.
+            // the request's deadline. A slot due at the deadline itself is too late (a deadline
+            // at or before now has passed: no time is left for the call), so the last slot the
+            // call may have is one nanosecond before it.
             let until = *until.get_or_insert_with(|| {
                 let most = now.saturating_add(max_wait);
                 match deadline.take().and_then(|read| read()) {
                     Some(deadline) => {
-                        most.min(now.saturating_add(crate::sync::nanos(deadline.remaining())))
+                        let left = crate::sync::nanos(deadline.remaining());
+                        most.min(now.saturating_add(left.saturating_sub(1)))
                     }
                     None => most,
                 }
@@ -618,10 +621,12 @@ where
                 KeyedResponseFuture::called(self.inner.call(req))
             }
             Verdict::Wait(hole) => {
+                // The slot is held (given back if the call goes away) before anyone hears of
+                // it: an observer that panics at `Permitted` leaves nothing reserved.
+                let held = Waiting::new(&self.shared, hole, &key);
                 emit.emit_keyed(EventKind::Permitted, &key);
                 // This service stays ready for its next call; a clone makes this one when its
                 // slot comes. Dropped before then, the wait gives the slot back.
-                let held = Held::new(&shared.holes, hole);
                 let sleep = tokio::time::sleep(Duration::from_nanos(hole.due - now));
                 KeyedResponseFuture::waiting(
                     Box::pin(async move {
@@ -645,6 +650,60 @@ where
                 })
             }
         }
+    }
+}
+
+/// A keyed call's reserved slot while it waits for it. Dropped before the slot is due (the
+/// call went away), it gives the slot back, then reports the call [`EventKind::Cancelled`]: it
+/// was reported `Permitted` when the slot was reserved, and would otherwise count as admitted.
+struct Waiting<Clk: 'static, O: Observer> {
+    held: Option<Held>,
+    /// The limiter and the key's `Debug` form, kept only for an observer that listens.
+    report: Option<(Arc<Keyed<Clk, O>>, String)>,
+}
+
+impl<Clk, O: Observer> Waiting<Clk, O> {
+    fn new(shared: &Arc<Keyed<Clk, O>>, hole: Hole, key: &dyn fmt::Debug) -> Self {
+        Waiting {
+            held: Some(Held::new(&shared.holes, hole)),
+            report: O::ENABLED.then(|| (shared.clone(), format!("{key:?}"))),
+        }
+    }
+
+    /// The slot is due and the call goes ahead in it.
+    fn used(mut self) {
+        if let Some(held) = self.held.take() {
+            held.used();
+        }
+    }
+}
+
+impl<Clk, O: Observer> Drop for Waiting<Clk, O> {
+    fn drop(&mut self) {
+        let Some(held) = self.held.take() else {
+            return;
+        };
+        // State first (the slot given back), then the event.
+        drop(held);
+        if let Some((shared, key)) = self.report.take() {
+            // Not while a panic unwinds (an observer that panicked at `Permitted`, say): a
+            // second panic in the observer would abort the process.
+            if !std::thread::panicking() {
+                shared
+                    .source
+                    .emitter()
+                    .emit_keyed(EventKind::Cancelled, &Written(&key));
+            }
+        }
+    }
+}
+
+/// A key's `Debug` form, written as it is.
+struct Written<'a>(&'a str);
+
+impl fmt::Debug for Written<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
     }
 }
 
