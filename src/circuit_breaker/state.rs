@@ -128,16 +128,24 @@ impl Stamp {
         Stamp(AtomicU64::new(0))
     }
 
-    /// Records `nanos` (rounded up to a microsecond) as the time of the transition to `generation`,
+    /// Records `nanos` (to the microsecond) as the time of the transition to `generation`,
     /// while the breaker (whose state word is `state`) is still in that generation. Every write is
-    /// a compare-and-swap that checks the state first, so a transition that has been overtaken never
-    /// overwrites a later one's time.
+    /// a compare-and-swap made after checking the state, so a transition that has been overtaken
+    /// never overwrites a later one's time.
     fn publish(&self, state: &AtomicU64, generation: u32, nanos: u64) {
-        let micros = nanos.div_ceil(1_000).min(STAMP_TIME_MASK);
+        // Truncated: an open period recorded ends up to a microsecond early, never late, so a
+        // caller that reads the clock after a period's last nanosecond always finds it over.
+        let micros = (nanos / 1_000).min(STAMP_TIME_MASK);
         let word = micros << STAMP_GEN_BITS | generation as u64 & STAMP_GEN_MASK;
-        let _ = self.0.fetch_update(AcqRel, Acquire, |_| {
-            (self::generation(state.load(Acquire)) == generation).then_some(word)
-        });
+        // Read the stamp, then the state, then swap: a later transition that publishes in between
+        // changes the stamp (its tag differs), so the swap fails and the state is read again.
+        let mut current = self.0.load(Acquire);
+        while self::generation(state.load(Acquire)) == generation {
+            match self.0.compare_exchange_weak(current, word, AcqRel, Acquire) {
+                Ok(_) => return,
+                Err(actual) => current = actual,
+            }
+        }
     }
 
     /// The time recorded for `generation`, in nanoseconds since the origin; `None` while the
