@@ -191,7 +191,7 @@ impl<G: Gate, O: Observer> Drop for PermitGuard<G, O> {
             let shared = &*self.shared;
             let emit = shared.emitter();
             shared.gate.cancel(permit, emit);
-            emit.emit(EventKind::Cancelled);
+            emit.emit_from_drop(EventKind::Cancelled);
         }
     }
 }
@@ -214,7 +214,7 @@ impl<G: Gate, O: Observer> Reserved<G, O> {
             let shared = &*self.shared;
             let emit = shared.emitter();
             shared.gate.release_unused(permit, emit);
-            emit.emit(EventKind::Cancelled);
+            emit.emit_from_drop(EventKind::Cancelled);
         }
     }
 }

@@ -580,7 +580,7 @@ impl<O: Observer> Drop for Listener<O> {
     fn drop(&mut self) {
         if O::ENABLED {
             if let Some(source) = self.0.take() {
-                source.emitter().emit(EventKind::Cancelled);
+                source.emitter().emit_from_drop(EventKind::Cancelled);
             }
         }
     }
@@ -637,6 +637,15 @@ impl<'a, O: Observer> Emitter<'a, O> {
     #[inline(always)]
     pub fn emit(self, kind: EventKind) {
         self.0.observer.on_event(&Event::new(&self.0.name, kind))
+    }
+
+    /// Sends one event from a destructor: not while a panic unwinds, when a second panic from the
+    /// observer would abort the process. (What the destructor gives back is given back either way.)
+    #[inline(always)]
+    pub(crate) fn emit_from_drop(self, kind: EventKind) {
+        if O::ENABLED && !std::thread::panicking() {
+            self.emit(kind)
+        }
     }
 
     /// Sends one event about `key`.

@@ -199,8 +199,10 @@ impl<A: Algorithm> Adaptive<A> {
     /// may not come. No drop is lost, and no call does more than constant work.
     #[inline(never)]
     fn learn<O: Observer>(&self, permit: AdaptivePermit, dropped: bool, emit: Emitter<'_, O>) {
-        match self.try_state() {
-            Some(state) => self.apply(state, Some((permit, dropped)), emit),
+        // Where the limit was before this call's learning, if it moved: reported once, at the
+        // end, so that an observer that panics cannot stop the missed drops being applied.
+        let moved = match self.try_state() {
+            Some(state) => self.apply(state, Some((permit, dropped))),
             None if dropped => {
                 self.missed_drops.fetch_add(1, SeqCst);
                 // This side counts the drop, then tries the lock again; the holder lets go of the
@@ -209,13 +211,19 @@ impl<A: Algorithm> Adaptive<A> {
                 // by the holder.
                 fence(SeqCst);
                 match self.try_state() {
-                    Some(state) => self.apply(state, None, emit),
+                    Some(state) => self.apply(state, None),
                     None => return,
                 }
             }
             None => return,
+        };
+        let moved = self.drain().or(moved);
+        if let Some(from) = moved {
+            let to = self.bulkhead.inner.limit();
+            if to != from {
+                emit.emit(EventKind::LimitChanged { from, to });
+            }
         }
-        self.drain(emit);
     }
 
     /// Once the lock is let go: applies the drops that came while it was held, and whose callers
@@ -224,27 +232,33 @@ impl<A: Algorithm> Adaptive<A> {
     /// go), or after [`DRAIN_PASSES`], so that no call does more than constant work. Drops still
     /// left then came during each of those passes: a stream of failures, whose next call applies
     /// them.
-    fn drain<O: Observer>(&self, emit: Emitter<'_, O>) {
+    /// Returns where the limit was before the first pass that moved it.
+    fn drain(&self) -> Option<u64> {
+        let mut moved = None;
         for _ in 0..DRAIN_PASSES {
             fence(SeqCst);
             if self.missed_drops.load(SeqCst) == 0 {
-                return;
+                break;
             }
             match self.try_state() {
-                Some(state) => self.apply(state, None, emit),
-                None => return,
+                Some(state) => {
+                    if let Some(from) = self.apply(state, None) {
+                        moved.get_or_insert(from);
+                    }
+                }
+                None => break,
             }
         }
+        moved
     }
 
     /// Under the lock: feeds the call (if any) and the drops missed so far to the algorithm,
-    /// applies the limit, lets go of the lock, and says if the limit moved.
-    fn apply<O: Observer>(
+    /// applies the limit, lets go of the lock, and returns where the limit was if it moved.
+    fn apply(
         &self,
         mut state: MutexGuard<'_, State<A>>,
         call: Option<(AdaptivePermit, bool)>,
-        emit: Emitter<'_, O>,
-    ) {
+    ) -> Option<u64> {
         let at = Instant::now();
         let mut limit = state.limit;
         if let Some((permit, dropped)) = call {
@@ -284,11 +298,11 @@ impl<A: Algorithm> Adaptive<A> {
         let whole = limit as u64;
         let slots = &self.bulkhead.inner;
         let from = slots.limit();
-        if whole != from {
-            slots.set_limit(whole);
-            drop(state);
-            emit.emit(EventKind::LimitChanged { from, to: whole });
+        if whole == from {
+            return None;
         }
+        slots.set_limit(whole);
+        Some(from)
     }
 }
 

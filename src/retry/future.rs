@@ -31,9 +31,12 @@ pin_project! {
         service: S,
         // A copy of the request for the next attempt; `None` when it may not be retried.
         request: Option<Req>,
-        // The failed attempt being retried, kept while the request carries a deadline: should the
-        // deadline come before the next attempt can start, the caller gets this answer.
+        // The failed attempt being retried, kept while the retry has a time limit (the request's
+        // deadline, the layer's `max_elapsed`): should the limit come before the next attempt can
+        // start, the caller gets this answer.
         last: Option<Result<S::Response, S::Error>>,
+        // That limit, and the reason to give up when it comes.
+        limit: Option<(Instant, GiveUpReason)>,
         attempt: u32,
         previous_delay: Duration,
         // Set when a rule or the observer needs time.
@@ -57,7 +60,7 @@ pin_project! {
             future: F,
         },
         // The backoff, then (`readying`) the wait for the inner service's readiness, which `sleep`
-        // bounds by the request's deadline when it carries one (`bounded`).
+        // bounds by the retry's time limit when it has one (`bounded`).
         Waiting {
             #[pin]
             sleep: Sleep,
@@ -69,19 +72,19 @@ pin_project! {
 
 /// What to do after a failed attempt.
 enum Next {
-    /// Wait `delay` (until the instant), for this reason, before the deadline if there is one.
+    /// Wait `delay` (until the instant), for this reason, before the time limit if there is one.
     Retry(
         Duration,
         RetryReason,
         Instant,
-        Option<crate::core::Deadline>,
+        Option<(Instant, GiveUpReason)>,
     ),
     GiveUp(GiveUpReason),
 }
 
-/// The deadline came while the next attempt waited for the inner service: the caller gets the
+/// The time limit came while the next attempt waited for the inner service: the caller gets the
 /// answer of the attempt that failed last.
-fn give_up_at_deadline<S, Req, C, P, O>(
+fn give_up_at_limit<S, Req, C, P, O>(
     this: &mut Proj<'_, S, Req, C, P, O>,
 ) -> Result<S::Response, S::Error>
 where
@@ -90,15 +93,15 @@ where
     O: Observer,
 {
     let attempts = *this.attempt;
-    this.source.emit(EventKind::GaveUp {
-        attempts,
-        reason: GiveUpReason::Deadline,
-    });
+    let reason = this
+        .limit
+        .map_or(GiveUpReason::Deadline, |(_, reason)| reason);
+    this.source.emit(EventKind::GaveUp { attempts, reason });
     this.source.done();
     match this.last.take() {
-        Some(last) => this.policy.give_up(GiveUpReason::Deadline, attempts, last),
-        // Not reached: the deadline is only acted on when the last answer was kept.
-        None => unreachable!("a retry gives up at its deadline only with the answer it kept"),
+        Some(last) => this.policy.give_up(reason, attempts, last),
+        // Not reached: a limit is only set together with the answer it keeps.
+        None => unreachable!("a retry gives up at its limit only with the answer it kept"),
     }
 }
 
@@ -129,6 +132,7 @@ where
             service,
             request,
             last: None,
+            limit: None,
             attempt: 1,
             previous_delay: Duration::ZERO,
             start,
@@ -205,14 +209,15 @@ where
                         return Poll::Ready(result);
                     }
                     match decide(&mut this, &result) {
-                        Next::Retry(delay, reason, resume, deadline) => {
+                        Next::Retry(delay, reason, resume, limit) => {
                             *this.previous_delay = delay;
                             this.source.emit(EventKind::RetryScheduled {
                                 attempt: attempt + 1,
                                 delay,
                                 reason,
                             });
-                            if deadline.is_some() {
+                            *this.limit = limit;
+                            if limit.is_some() {
                                 *this.last = Some(result);
                             }
                             let sleep = tokio::time::sleep_until(resume);
@@ -237,19 +242,13 @@ where
                     readying,
                     bounded,
                 } => {
-                    // Only an attempt whose answer was kept can be given up for the deadline (a
-                    // policy could name a deadline now that it did not when the retry was planned).
-                    let deadline = this
-                        .request
-                        .as_ref()
-                        .and_then(|request| this.policy.deadline(request))
-                        .filter(|_| this.last.is_some());
+                    let limit = *this.limit;
                     if !*readying {
                         ready!(sleep.as_mut().poll(cx));
                         *readying = true;
-                        if let Some(deadline) = deadline {
-                            // The wait for readiness ends at the deadline at the latest.
-                            sleep.as_mut().reset(deadline.instant());
+                        if let Some((at, _)) = limit {
+                            // The wait for readiness ends at the time limit at the latest.
+                            sleep.as_mut().reset(at);
                             *bounded = true;
                         }
                     }
@@ -262,16 +261,17 @@ where
                         }
                         Poll::Pending => {
                             if *bounded && sleep.poll(cx).is_ready() {
-                                return Poll::Ready(give_up_at_deadline(&mut this));
+                                return Poll::Ready(give_up_at_limit(&mut this));
                             }
                             return Poll::Pending;
                         }
                     }
-                    // Ready, but maybe only after the deadline: an attempt then could not finish.
-                    if deadline.is_some_and(|d| d.is_expired_at(Instant::now())) {
-                        return Poll::Ready(give_up_at_deadline(&mut this));
+                    // Ready, but maybe only after the limit: an attempt then could not finish.
+                    if limit.is_some_and(|(at, _)| at <= Instant::now()) {
+                        return Poll::Ready(give_up_at_limit(&mut this));
                     }
                     *this.last = None;
+                    *this.limit = None;
                     *this.attempt += 1;
                     let req = this
                         .request
@@ -342,15 +342,22 @@ where
         // Beyond the clock's range: no deadline or limit could be met.
         return Next::GiveUp(GiveUpReason::Elapsed);
     };
-    let deadline = this.policy.deadline(request);
-    if let Some(deadline) = deadline {
+    let mut limit = None;
+    if let Some(deadline) = this.policy.deadline(request) {
         if resume >= deadline.instant() {
             return Next::GiveUp(GiveUpReason::Deadline);
         }
+        limit = Some((deadline.instant(), GiveUpReason::Deadline));
     }
     if let (Some(max), Some(start)) = (this.limits.max_elapsed, *this.start) {
         if resume.saturating_duration_since(start) >= max {
             return Next::GiveUp(GiveUpReason::Elapsed);
+        }
+        // The earlier of the two limits bounds the wait for readiness.
+        if let Some(end) = start.checked_add(max) {
+            if limit.is_none_or(|(at, _)| end < at) {
+                limit = Some((end, GiveUpReason::Elapsed));
+            }
         }
     }
     if let Some(budget) = this.budget {
@@ -358,5 +365,5 @@ where
             return Next::GiveUp(GiveUpReason::Budget);
         }
     }
-    Next::Retry(delay, reason, resume, deadline)
+    Next::Retry(delay, reason, resume, limit)
 }

@@ -482,6 +482,30 @@ async fn panicking_observers_leak_nothing<T: Subject>() {
             }
         }
         let _ = catch_unwind(AssertUnwindSafe(move || drop(a)));
+        // A panic elsewhere (a handler) unwinding through a reserved service and a call in
+        // flight: what they hold comes back, and the layer sends no event while the panic
+        // unwinds (an observer panicking again then would abort the process).
+        let mut held = t.service();
+        let mut calling = t.service();
+        let ready = |s: &mut T::Service, cx: &mut task::Spawn<()>| {
+            matches!(
+                catch_unwind(AssertUnwindSafe(|| poll_ready(cx, s))),
+                Ok(Poll::Ready(Ok(())))
+            )
+        };
+        let mut future = None;
+        if ready(&mut held, &mut cx) && ready(&mut calling, &mut cx) {
+            if let Ok(call) = catch_unwind(AssertUnwindSafe(|| calling.call(3))) {
+                let mut call = start(call);
+                let _ = catch_unwind(AssertUnwindSafe(|| call.poll()));
+                future = Some(call);
+            }
+        }
+        let unwound = catch_unwind(AssertUnwindSafe(move || {
+            let _in_scope = (held, calling, future);
+            panic!("a handler fails");
+        }));
+        assert!(unwound.is_err());
         // A rejection, where the layer can be made to reject. (Blocking by hand, through a
         // handle, reports too: the observer stays quiet for that.)
         probe.panic_at(None);

@@ -782,3 +782,39 @@ async fn no_attempt_starts_after_the_deadline_even_when_readiness_came_late() {
         "no attempt after the deadline"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_maximum_elapsed_time_bounds_the_wait_for_readiness_too() {
+    let (mock, mut handle) = tower_test::mock::pair::<u32, u32>();
+    let (events, observer) = recorder();
+    let mut service = RetryLayer::builder()
+        .no_budget()
+        .backoff(constant(10 * MS))
+        .max_elapsed(100 * MS)
+        .observer(observer)
+        .build()
+        .unwrap()
+        .layer(mock);
+    handle.allow(1);
+    let mut call = tokio_test::task::spawn(service.ready().await.unwrap().call(1));
+    tokio_test::assert_pending!(call.poll());
+    let (_, reply) = handle.next_request().await.unwrap();
+    reply.send_error("failed");
+    tokio_test::assert_pending!(call.poll());
+    tokio::time::advance(99 * MS).await;
+    tokio_test::assert_pending!(call.poll());
+    tokio::time::advance(MS).await;
+    let err = tokio_test::assert_ready!(call.poll()).unwrap_err();
+    assert_eq!(err.to_string(), "failed");
+    assert!(
+        handle.poll_request().is_pending(),
+        "no attempt after the limit"
+    );
+    assert_eq!(
+        events.lock().unwrap().last(),
+        Some(&EventKind::GaveUp {
+            attempts: 1,
+            reason: GiveUpReason::Elapsed
+        })
+    );
+}

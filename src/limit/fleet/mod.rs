@@ -322,15 +322,20 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
             quota,
             max_wait: self.reserve_ahead,
         };
-        // The store timeout bounds readiness and the call together: a store stuck in
-        // `poll_ready` fails the renewal (and degrades the store) like one stuck in `call`,
-        // instead of holding the renewal, and every call waiting for it, for ever.
-        let result = tokio::time::timeout(self.store_timeout, async {
-            std::future::poll_fn(|cx| store.poll_ready(cx)).await?;
-            store.call(take).await
-        })
-        .await
-        .unwrap_or_else(|elapsed| Err(elapsed.into()));
+        // The store timeout bounds readiness: a store stuck in `poll_ready` fails the renewal (and
+        // degrades the store) like one stuck in `call`, instead of holding the renewal, and every
+        // call waiting for it, for ever. The call itself is timed beneath the store's breaker, so
+        // that a call that times out counts there as a failure, not a cancellation.
+        let ready = tokio::time::timeout(
+            self.store_timeout,
+            std::future::poll_fn(|cx| store.poll_ready(cx)),
+        )
+        .await;
+        let result = match ready {
+            Ok(Ok(())) => store.call(take).await,
+            Ok(Err(error)) => Err(error),
+            Err(elapsed) => Err(elapsed.into()),
+        };
         let now = self.clock.now();
         let slot = self.table.slot(index);
         let ours = slot.tag.load(Acquire) == tag;

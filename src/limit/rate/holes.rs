@@ -73,6 +73,9 @@ fn place(hole: &Hole) -> Place {
 
 /// The holes of a limiter's cells, in shards by cell. Each operation is O(log n) in the holes of
 /// its shard.
+/// The most holes one `take` gives back or forgets, so that its work under the lock is bounded.
+const CLEANUP_PER_TAKE: usize = 8;
+
 pub(crate) struct Holes {
     count: AtomicUsize,
     shards: Box<[Mutex<Shard>]>,
@@ -126,8 +129,11 @@ impl Holes {
         }
         let mut shard = self.shard(cell);
         let mut gone = 0;
-        // The last slot taken first: giving it back may make the one before it the last.
-        loop {
+        // The last slot taken first: giving it back may make the one before it the last. Both
+        // clean-ups stop after a few holes, so that no caller does more than constant work under
+        // the lock: what is left is done by the next callers (a slot not yet given back only lets
+        // fewer calls through meanwhile).
+        for _ in 0..CLEANUP_PER_TAKE {
             let last = (cell, tag, tat.load(Relaxed));
             match shard.by_place.get(&last) {
                 Some(hole) if Rule::undo(tat, hole.slot) => {
@@ -137,20 +143,26 @@ impl Holes {
                 _ => break,
             }
         }
-        while let Some(&(due, at)) = shard.by_due.first() {
-            if due >= now {
-                break;
+        for _ in 0..CLEANUP_PER_TAKE {
+            match shard.by_due.first() {
+                Some(&(due, at)) if due < now => {
+                    shard.remove(at);
+                    gone += 1;
+                }
+                _ => break,
             }
-            shard.remove(at);
-            gone += 1;
         }
         // Only a hole of the key's present tenure of the cell (the top bits of the cell count
         // the keys it has held), the earliest.
         let epoch = tat.load(Relaxed) & !TIME;
+        // Holes whose time has passed and that are not forgotten yet come first; they are never
+        // taken (a slot used after its time could let more through than the quota), and only a
+        // few are looked past.
         let earliest = shard
             .by_place
             .range((cell, tag, epoch)..=(cell, tag, epoch | TIME))
-            .next()
+            .take(CLEANUP_PER_TAKE + 1)
+            .find(|(_, hole)| hole.due >= now)
             .filter(|(_, hole)| hole.due <= until)
             .map(|(&at, _)| at);
         let taken = earliest.and_then(|at| shard.remove(at));
@@ -243,10 +255,25 @@ mod tests {
         for i in 0..10 {
             assert_eq!(holes.take(0, 0, &tat, 0, u64::MAX), Some(reserved[2 * i]));
         }
-        // At 1 s, the holes due before then are forgotten (the other cell's too), and the
-        // next is the first due at or after it.
-        let next = holes.take(0, 0, &tat, 1000 * MS, u64::MAX).unwrap();
+        // At 1 s, the holes due before then are forgotten (the other cell's too), a few on each
+        // take, and none of them is ever taken: the next taken is the first due at or after it.
+        let mut takes = 0;
+        let next = loop {
+            takes += 1;
+            if let Some(hole) = holes.take(0, 0, &tat, 1000 * MS, u64::MAX) {
+                break hole;
+            }
+            assert!(
+                takes < 100,
+                "the passed holes are forgotten, a few at a time"
+            );
+        };
+        assert!(takes > 1, "one take forgets a bounded number of holes");
         assert_eq!(next.due, 1000 * MS + MS);
+        // Callers that take nothing (they cannot wait) still forget what has passed.
+        for _ in 0..4 {
+            assert_eq!(holes.take(0, 0, &tat, 1000 * MS, 0), None);
+        }
         // 1,000 - 10 taken - 490 passed (due 21 to 999 ms) - 1 taken; the other cell's passed.
         assert_eq!(holes.len(), 499);
         assert_eq!(holes.take(1, 9, &tat, 1000 * MS, u64::MAX), None);
