@@ -43,7 +43,7 @@ impl<F: FnMut(u32) -> bool> Service<u32> for Checked<F> {
 }
 
 fn rate_limit(c: &mut Criterion) {
-    let quota = Quota::per_second(u32::MAX);
+    let quota = Quota::per_second(1_000_000_000);
     let gov_quota = governor::Quota::per_second(NonZeroU32::MAX);
     let limit = RateLimitLayer::new(quota);
     let leaked = RateLimitLayer::builder(quota).build_static().unwrap();

@@ -135,7 +135,7 @@ fn main() {
             // The standard server stack as it comes (adaptive concurrency limit, timeout), with
             // a rate limit that never refuses if asked for, to count its cost too.
             let stack = if rate_limit {
-                ServerStack::new().rate_limit(Quota::per_second(u32::MAX))
+                ServerStack::new().rate_limit(Quota::per_second(1_000_000_000))
             } else {
                 ServerStack::new()
             };

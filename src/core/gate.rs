@@ -219,6 +219,20 @@ impl<G: Gate, O: Observer> Reserved<G, O> {
     }
 }
 
+impl<G: Gate, O: Observer> Reserved<G, O> {
+    /// Gives the reserved permit back if it no longer answers for the gate's state. Out of line:
+    /// only a service polled again before its call gets here.
+    #[cold]
+    #[inline(never)]
+    fn recheck(&mut self) {
+        if let Some(permit) = &self.permit {
+            if !self.shared.gate.still_valid(permit) {
+                self.give_back();
+            }
+        }
+    }
+}
+
 impl<G: Gate, O: Observer> Drop for Reserved<G, O> {
     fn drop(&mut self) {
         self.give_back();
@@ -305,11 +319,9 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if let Some(permit) = &self.reserved.permit {
+        if self.reserved.permit.is_some() {
             // Polled again while holding a permit: keep it only if it still answers for now.
-            if !self.reserved.shared.gate.still_valid(permit) {
-                self.reserved.give_back();
-            }
+            self.reserved.recheck();
         }
         if self.reserved.permit.is_none() {
             if G::KEEPS_REJECTION && self.rejected.is_some() {
