@@ -94,6 +94,27 @@ impl<X> Over<X> {
     }
 }
 
+/// Declares a subject: a struct around an [`Over`] that reads its state through `X`, and
+/// dereferences to it.
+macro_rules! subject {
+    ($name:ident $(<const $q:ident: usize>)?, $x:ty) => {
+        pub struct $name$(<const $q: usize>)?(Over<$x>);
+
+        impl$(<const $q: usize>)? std::ops::Deref for $name$(<$q>)? {
+            type Target = Over<$x>;
+            fn deref(&self) -> &Over<$x> {
+                &self.0
+            }
+        }
+
+        impl$(<const $q: usize>)? std::ops::DerefMut for $name$(<$q>)? {
+            fn deref_mut(&mut self) -> &mut Over<$x> {
+                &mut self.0
+            }
+        }
+    };
+}
+
 /// The parts of `Subject` every subject writes the same way.
 macro_rules! common {
     () => {
@@ -110,20 +131,7 @@ macro_rules! common {
 /// A subject that passes readiness through and holds nothing of its own.
 macro_rules! pass_through {
     ($name:ident, |$probe:ident| $make:expr, observed: $observed:expr) => {
-        pub struct $name(Over<()>);
-
-        impl std::ops::Deref for $name {
-            type Target = Over<()>;
-            fn deref(&self) -> &Over<()> {
-                &self.0
-            }
-        }
-
-        impl std::ops::DerefMut for $name {
-            fn deref_mut(&mut self) -> &mut Over<()> {
-                &mut self.0
-            }
-        }
+        subject!($name, ());
 
         impl Subject for $name {
             common!();
@@ -147,18 +155,7 @@ macro_rules! pass_through {
 macro_rules! slots {
     ($name:ident<$($q:ident)?>, $x:ty, |$probe:ident| $make:expr, held: |$h:ident| $held:expr,
      capacity: $capacity:expr, blocked: $blocked:expr $(, observed: $observed:expr)?) => {
-        impl$(<const $q: usize>)? std::ops::Deref for $name$(<$q>)? {
-            type Target = Over<$x>;
-            fn deref(&self) -> &Over<$x> {
-                &self.0
-            }
-        }
-
-        impl$(<const $q: usize>)? std::ops::DerefMut for $name$(<$q>)? {
-            fn deref_mut(&mut self) -> &mut Over<$x> {
-                &mut self.0
-            }
-        }
+        subject!($name$(<const $q: usize>)?, $x);
 
         impl$(<const $q: usize>)? Subject for $name$(<$q>)? {
             common!();
@@ -187,8 +184,6 @@ macro_rules! slots {
     };
 }
 
-pub struct Bulkhead<const Q: usize>(Over<BulkheadHandle<Probe>>);
-
 slots!(Bulkhead<Q>, BulkheadHandle<Probe>, |probe| {
         let layer = BulkheadLayer::builder()
             .max_concurrent(SLOTS)
@@ -202,8 +197,6 @@ slots!(Bulkhead<Q>, BulkheadHandle<Probe>, |probe| {
     capacity: SLOTS as usize,
     blocked: if Q == 0 { Blocked::Rejects } else { Blocked::Waits });
 
-pub struct Adaptive(Over<AdaptiveHandle<Fixed, Probe>>);
-
 slots!(Adaptive<>, AdaptiveHandle<Fixed, Probe>, |probe| {
         let layer = AdaptiveLimitLayer::builder(Fixed(SLOTS))
             .queue(QUEUE)
@@ -216,20 +209,7 @@ slots!(Adaptive<>, AdaptiveHandle<Fixed, Probe>, |probe| {
     blocked: Blocked::Waits);
 
 /// The breaker, blocked by forcing it open.
-pub struct Breaker(Over<BreakerHandle<Probe>>);
-
-impl std::ops::Deref for Breaker {
-    type Target = Over<BreakerHandle<Probe>>;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Breaker {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
+subject!(Breaker, BreakerHandle<Probe>);
 
 impl Subject for Breaker {
     common!();
@@ -255,8 +235,6 @@ impl Subject for Breaker {
 }
 
 /// The breaker in a half-open trial: its probe slots are capacity, and a full trial rejects.
-pub struct HalfOpen(Over<BreakerHandle<Probe>>);
-
 const PROBES: u32 = 3;
 
 slots!(HalfOpen<>, BreakerHandle<Probe>, |probe| {
@@ -281,20 +259,7 @@ slots!(HalfOpen<>, BreakerHandle<Probe>, |probe| {
     blocked: Blocked::Rejects);
 
 /// The load shedder, blocked by a service beneath that is not ready.
-pub struct Shed(Over<()>);
-
-impl std::ops::Deref for Shed {
-    type Target = Over<()>;
-    fn deref(&self) -> &Over<()> {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Shed {
-    fn deref_mut(&mut self) -> &mut Over<()> {
-        &mut self.0
-    }
-}
+subject!(Shed, ());
 
 impl Subject for Shed {
     common!();
@@ -314,20 +279,7 @@ impl Subject for Shed {
 /// A layer that holds nothing and that the test does not make refuse calls.
 macro_rules! unblockable {
     ($name:ident, |$probe:ident| $make:expr) => {
-        pub struct $name(Over<()>);
-
-        impl std::ops::Deref for $name {
-            type Target = Over<()>;
-            fn deref(&self) -> &Over<()> {
-                &self.0
-            }
-        }
-
-        impl std::ops::DerefMut for $name {
-            fn deref_mut(&mut self) -> &mut Over<()> {
-                &mut self.0
-            }
-        }
+        subject!($name, ());
 
         impl Subject for $name {
             common!();
@@ -349,20 +301,7 @@ unblockable!(Throttle, |probe| {
 
 /// The rate limiter, blocked by services that reserve every slot its burst has; unblocked by
 /// dropping them, which gives those slots back.
-pub struct RateLimit(Over<RateLimitHandle<TokioClock, Probe>>);
-
-impl std::ops::Deref for RateLimit {
-    type Target = Over<RateLimitHandle<TokioClock, Probe>>;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for RateLimit {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
+subject!(RateLimit, RateLimitHandle<TokioClock, Probe>);
 
 impl Subject for RateLimit {
     common!();
@@ -474,20 +413,7 @@ pass_through!(Fallback, |probe| {
 }, observed: true);
 
 /// Falling back to another service: its running fallbacks are what it holds.
-pub struct Alternate(Over<Box<dyn Fn() -> usize + Send + Sync>>);
-
-impl std::ops::Deref for Alternate {
-    type Target = Over<Box<dyn Fn() -> usize + Send + Sync>>;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Alternate {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
+subject!(Alternate, Box<dyn Fn() -> usize + Send + Sync>);
 
 impl Subject for Alternate {
     common!();
@@ -521,20 +447,7 @@ pass_through!(Chaos, |_probe| {
 }, observed: false);
 
 /// The client stack, read through its breaker (its probes are what it holds).
-pub struct Client(Over<BreakerHandle>);
-
-impl std::ops::Deref for Client {
-    type Target = Over<BreakerHandle>;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Client {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
+subject!(Client, BreakerHandle);
 
 impl Subject for Client {
     common!();
@@ -561,8 +474,6 @@ impl Subject for Client {
 }
 
 /// The server stack with a fixed concurrency limit and a queue, read through its limiter.
-pub struct Server(Over<AdaptiveHandle<Fixed>>);
-
 slots!(Server<>, AdaptiveHandle<Fixed>, |_probe| {
         let limiter = AdaptiveLimitLayer::builder(Fixed(SLOTS)).queue(QUEUE).build();
         let handle = limiter.handle();
