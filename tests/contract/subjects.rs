@@ -208,7 +208,7 @@ slots!(Adaptive<>, AdaptiveHandle<Fixed, Probe>, |probe| {
     capacity: SLOTS as usize,
     blocked: Blocked::Waits);
 
-/// The breaker, blocked by forcing it open.
+// The breaker, blocked by forcing it open.
 subject!(Breaker, BreakerHandle<Probe>);
 
 impl Subject for Breaker {
@@ -258,7 +258,7 @@ slots!(HalfOpen<>, BreakerHandle<Probe>, |probe| {
     capacity: PROBES as usize,
     blocked: Blocked::Rejects);
 
-/// The load shedder, blocked by a service beneath that is not ready.
+// The load shedder, blocked by a service beneath that is not ready.
 subject!(Shed, ());
 
 impl Subject for Shed {
@@ -299,8 +299,8 @@ unblockable!(Throttle, |probe| {
     move |mock| erase(layer.layer(mock))
 });
 
-/// The rate limiter, blocked by services that reserve every slot its burst has; unblocked by
-/// dropping them, which gives those slots back.
+// The rate limiter, blocked by services that reserve every slot its burst has; unblocked by
+// dropping them, which gives those slots back.
 subject!(RateLimit, RateLimitHandle<TokioClock, Probe>);
 
 impl Subject for RateLimit {
@@ -412,7 +412,7 @@ pass_through!(Fallback, |probe| {
     move |mock| erase(layer.layer(mock))
 }, observed: true);
 
-/// Falling back to another service: its running fallbacks are what it holds.
+// Falling back to another service: its running fallbacks are what it holds.
 subject!(Alternate, Box<dyn Fn() -> usize + Send + Sync>);
 
 impl Subject for Alternate {
@@ -446,7 +446,7 @@ pass_through!(Chaos, |_probe| {
     move |mock| erase(ServiceBuilder::new().layer(layer.clone()).service(mock).map_err(Into::into))
 }, observed: false);
 
-/// The client stack, read through its breaker (its probes are what it holds).
+// The client stack, read through its breaker (its probes are what it holds).
 subject!(Client, BreakerHandle);
 
 impl Subject for Client {
@@ -473,7 +473,7 @@ impl Subject for Client {
     }
 }
 
-/// The server stack with a fixed concurrency limit and a queue, read through its limiter.
+// The server stack with a fixed concurrency limit and a queue, read through its limiter.
 slots!(Server<>, AdaptiveHandle<Fixed>, |_probe| {
         let limiter = AdaptiveLimitLayer::builder(Fixed(SLOTS)).queue(QUEUE).build();
         let handle = limiter.handle();
