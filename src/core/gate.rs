@@ -217,9 +217,7 @@ impl<G: Gate, O: Observer> Reserved<G, O> {
             emit.emit_from_drop(EventKind::Cancelled);
         }
     }
-}
 
-impl<G: Gate, O: Observer> Reserved<G, O> {
     /// Gives the reserved permit back if it no longer answers for the gate's state. Out of line:
     /// only a service polled again before its call gets here.
     #[cold]

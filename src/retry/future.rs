@@ -60,12 +60,11 @@ pin_project! {
             future: F,
         },
         // The backoff, then (`readying`) the wait for the inner service's readiness, which `sleep`
-        // bounds by the retry's time limit when it has one (`bounded`).
+        // (reset to it) bounds by the retry's time limit when it has one.
         Waiting {
             #[pin]
             sleep: Sleep,
             readying: bool,
-            bounded: bool,
         },
     }
 }
@@ -224,7 +223,6 @@ where
                             this.state.set(State::Waiting {
                                 sleep,
                                 readying: false,
-                                bounded: false,
                             });
                         }
                         Next::GiveUp(reason) => {
@@ -240,7 +238,6 @@ where
                 StateProj::Waiting {
                     mut sleep,
                     readying,
-                    bounded,
                 } => {
                     let limit = *this.limit;
                     if !*readying {
@@ -249,7 +246,6 @@ where
                         if let Some((at, _)) = limit {
                             // The wait for readiness ends at the time limit at the latest.
                             sleep.as_mut().reset(at);
-                            *bounded = true;
                         }
                     }
                     // Capacity is asked for only now, after the backoff, never held through it.
@@ -260,7 +256,7 @@ where
                             return Poll::Ready(Err(e));
                         }
                         Poll::Pending => {
-                            if *bounded && sleep.poll(cx).is_ready() {
+                            if limit.is_some() && sleep.poll(cx).is_ready() {
                                 return Poll::Ready(give_up_at_limit(&mut this));
                             }
                             return Poll::Pending;
