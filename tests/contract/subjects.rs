@@ -332,14 +332,53 @@ impl Subject for RateLimit {
     }
 }
 
-unblockable!(KeyedRateLimit, |probe| {
-    let layer =
-        KeyedRateLimitLayer::builder(Quota::per_second(1_000).burst(100), |n: &u32| Some(n % 4))
+// The keyed rate limiter, one key for every request: blocked by calls that use up its burst, and
+// unblocked when the quota has come back.
+subject!(KeyedRateLimit, ());
+
+const KEYED_BURST: u32 = 20;
+const KEYED_REFILL: Duration = Duration::from_millis(200); // 20 calls at 100 a second
+
+impl Subject for KeyedRateLimit {
+    common!();
+    async fn prepare(probe: Probe) -> Self {
+        let layer =
+            KeyedRateLimitLayer::builder(Quota::per_second(100).burst(KEYED_BURST), |_: &u32| {
+                Some(0u8)
+            })
             .observer(probe)
             .build()
             .unwrap();
-    move |mock| erase(layer.layer(mock))
-});
+        KeyedRateLimit(Over::new((), move |mock| erase(layer.layer(mock))))
+    }
+    async fn block(&mut self) -> Option<Blocked> {
+        // Calls left unanswered by the case before are not the ones made here.
+        tokio::task::yield_now().await;
+        while let std::task::Poll::Ready(Some(_)) = self.handle.poll_request() {}
+        let mut cx = tokio_test::task::spawn(());
+        for _ in 0..=KEYED_BURST {
+            let mut s = self.make();
+            let ready = cx.enter(|cx, _| s.poll_ready(cx));
+            assert!(matches!(ready, std::task::Poll::Ready(Ok(()))));
+            let mut call = tokio_test::task::spawn(s.call(0));
+            if let std::task::Poll::Ready(result) = call.poll() {
+                assert!(result.is_err(), "refused once the burst is used up");
+                return Some(Blocked::Rejects);
+            }
+            let (_, reply) = self
+                .handle
+                .next_request()
+                .await
+                .expect("a call let through");
+            reply.send_response(0);
+            assert!(matches!(call.poll(), std::task::Poll::Ready(Ok(0))));
+        }
+        panic!("the burst was never used up");
+    }
+    async fn unblock(&mut self) {
+        tokio::time::advance(KEYED_REFILL).await;
+    }
+}
 
 unblockable!(FleetRateLimit, |probe| {
     let layer = FleetRateLimitLayer::builder(
