@@ -165,6 +165,17 @@ fn check_bounds(
     within(algorithm, "min", min, min <= max, "at most max")
 }
 
+/// A smoothing factor of an exponential average: in (0, 1].
+fn check_smoothing(algorithm: &'static str, smoothing: f64) -> Result<(), InvalidSetting> {
+    within(
+        algorithm,
+        "smoothing",
+        smoothing,
+        smoothing > 0.0 && smoothing <= 1.0,
+        "in (0, 1]",
+    )
+}
+
 fn clamp(limit: f64, min: f64, max: f64) -> f64 {
     // Not `f64::clamp`, which panics when the bounds are the wrong way round or not numbers: they
     // are public fields, and a configuration mistake must not panic on every call.
@@ -396,13 +407,7 @@ impl Algorithm for Gradient2 {
     fn check(&self) -> Result<(), InvalidSetting> {
         check_bounds("Gradient2", self.initial, self.min, self.max)?;
         let (smoothing, tolerance, queue) = (self.smoothing, self.tolerance, self.queue);
-        within(
-            "Gradient2",
-            "smoothing",
-            smoothing,
-            smoothing > 0.0 && smoothing <= 1.0,
-            "in (0, 1]",
-        )?;
+        check_smoothing("Gradient2", smoothing)?;
         within(
             "Gradient2",
             "tolerance",
@@ -576,13 +581,7 @@ impl Algorithm for Vegas {
     fn check(&self) -> Result<(), InvalidSetting> {
         check_bounds("Vegas", self.initial, self.min, self.max)?;
         let (smoothing, probe) = (self.smoothing, self.probe);
-        within(
-            "Vegas",
-            "smoothing",
-            smoothing,
-            smoothing > 0.0 && smoothing <= 1.0,
-            "in (0, 1]",
-        )?;
+        check_smoothing("Vegas", smoothing)?;
         within(
             "Vegas",
             "probe",
