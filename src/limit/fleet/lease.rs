@@ -1,15 +1,31 @@
 //! One key's lease in one instance: admissions taken from the store and not spent yet.
 
 use super::Grant;
+use crate::limit::rate::gcra::TIME;
 use crate::limit::rate::keyed::Cell;
 use crate::sync::nanos;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::Release};
+use crate::sync::{AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
 use tokio::sync::Notify;
+
+/// The count in [`Lease::remaining`]; its top four bits count the keys the lease has served.
+pub(super) const COUNT: u64 = TIME;
+
+/// What a [`Lease::take`] found.
+pub(super) enum Spent {
+    /// One admission, with this many left.
+    Taken(u64),
+    /// None left.
+    Empty,
+    /// The slot no longer holds the key: nothing was taken.
+    Lost,
+}
 
 /// A key's lease, the renewal in flight for it, and its local limit for when the store is
 /// degraded.
 pub(super) struct Lease {
-    /// Admissions taken from the store and not spent.
+    /// Admissions taken from the store and not spent ([`COUNT`]), and in the top four bits how
+    /// many keys the slot has held (modulo 16), as in a keyed GCRA cell: a take decided for the
+    /// key the slot held fails once the slot is cleared for another.
     pub(super) remaining: AtomicU64,
     /// Admissions reserved by the store, due at `due`: moved to `remaining` by the first call
     /// after then.
@@ -18,26 +34,49 @@ pub(super) struct Lease {
     pub(super) due: AtomicU64,
     /// How many to ask for next (0 before the first renewal: the smallest lease).
     size: AtomicU64,
-    /// Whether a renewal is in flight.
-    pub(super) renewing: AtomicBool,
+    /// The tag of the key whose renewal is in flight, 0 if none: a renewal ends its own mark
+    /// only, even if its key lost the slot to another meanwhile.
+    pub(super) renewing: AtomicU64,
     /// Until when the store said there is no room (on the limiter's clock; 0: not denied).
     pub(super) denied_until: AtomicU64,
     /// When the last renewal ended.
     renewed_at: AtomicU64,
-    /// The local limit's GCRA cell, used while the store is degraded.
+    /// The local limit's GCRA cell, used while the store is degraded (a keyed cell: the keys it
+    /// served in its top bits).
     pub(super) local: AtomicU64,
     /// Wakes the calls waiting for a renewal.
     pub(super) notify: Notify,
 }
 
 impl Lease {
-    /// Spends one admission; returns how many are left, or `None` if there was none.
+    /// Spends one admission of the key the slot holds while `holds` says so. The slot may have
+    /// been handed to another key since the caller found it: the count is read, then `holds`
+    /// checked, and the count changed only if it is still the one read. Clearing the slot for a
+    /// new key changes the top bits after the slot's tag has changed, so a take never spends an
+    /// admission of the new key; a take that the clearing follows spent the old key's own.
     #[inline]
-    pub(super) fn take(&self) -> Option<u64> {
-        self.remaining
-            .fetch_update(Relaxed, Relaxed, |left| left.checked_sub(1))
-            .ok()
-            .map(|before| before - 1)
+    pub(super) fn take(&self, holds: impl Fn() -> bool) -> Spent {
+        let mut current = self.remaining.load(Acquire);
+        loop {
+            if current & COUNT == 0 {
+                return Spent::Empty;
+            }
+            if !holds() {
+                return Spent::Lost;
+            }
+            match self
+                .remaining
+                .compare_exchange_weak(current, current - 1, Relaxed, Acquire)
+            {
+                Ok(_) => return Spent::Taken((current - 1) & COUNT),
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// The admissions left.
+    pub(super) fn left(&self) -> u64 {
+        self.remaining.load(Relaxed) & COUNT
     }
 
     /// How many admissions the lease should hold.
@@ -96,7 +135,7 @@ impl Cell for Lease {
             reserved: AtomicU64::new(0),
             due: AtomicU64::new(0),
             size: AtomicU64::new(0),
-            renewing: AtomicBool::new(false),
+            renewing: AtomicU64::new(0),
             denied_until: AtomicU64::new(0),
             renewed_at: AtomicU64::new(0),
             local: AtomicU64::new(0),
@@ -104,26 +143,29 @@ impl Cell for Lease {
         }
     }
 
+    /// Empties the lease for a new key, and counts one more key in the top bits of the
+    /// admissions left and of the local cell (see [`Lease::take`] and
+    /// [`Rule::decide_keyed`](crate::limit::rate::gcra::Rule::decide_keyed)).
     fn clear(&self) {
-        self.remaining.store(0, Relaxed);
+        Cell::clear(&self.remaining);
         self.reserved.store(0, Relaxed);
         self.due.store(0, Relaxed);
         self.size.store(0, Relaxed);
-        self.renewing.store(false, Relaxed);
+        self.renewing.store(0, Relaxed);
         self.denied_until.store(0, Relaxed);
         self.renewed_at.store(0, Relaxed);
-        self.local.store(0, Relaxed);
+        Cell::clear(&self.local);
     }
 
     /// A key with nothing leased or reserved, nothing in flight and its local limit idle loses
     /// nothing when dropped; one with a renewal in flight is kept if at all possible; others go
     /// oldest first.
     fn rank(&self, now: u64) -> (u8, u64) {
-        if self.renewing.load(Relaxed) {
+        if self.renewing.load(Relaxed) != 0 {
             (3, 0)
-        } else if self.remaining.load(Relaxed) == 0
+        } else if self.left() == 0
             && self.reserved.load(Relaxed) == 0
-            && self.local.load(Relaxed) <= now
+            && self.local.load(Relaxed) & TIME <= now
         {
             (1, 0)
         } else {

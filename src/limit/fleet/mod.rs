@@ -101,6 +101,8 @@ mod lease;
 mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(test)]
+mod tests;
 
 pub use memory::MemoryStore;
 
@@ -112,7 +114,7 @@ use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 use crate::core::{Emitter, EventKind, Observer, RejectReason, Source};
 use crate::sync::{nanos, Mutex};
 use crate::timeout::Timeout;
-use lease::Lease;
+use lease::{Lease, Spent};
 use std::borrow::Cow;
 use std::fmt;
 use std::hash::Hash;
@@ -240,6 +242,9 @@ struct Fleet<St, Clk, O> {
     next_probe: AtomicU64,
     store_calls: AtomicU64,
     store_failures: AtomicU64,
+    /// Run once where a test wants a race to happen (see [`Fleet::at`]).
+    #[cfg(test)]
+    hook: tests::Hook,
 }
 
 /// What becomes of a call with no lease to spend.
@@ -248,6 +253,15 @@ enum Verdict {
     Reject(RateLimited),
     /// Wait for the renewal in flight.
     Wait,
+}
+
+/// The steps of a decision between which a test may run a race's other side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Point {
+    /// The key's slot is found, nothing taken from it yet.
+    Found,
+    /// The key's lease was empty; about to look at it again.
+    NoLease,
 }
 
 /// Shows a key's `Display` form where events want `Debug`.
@@ -264,18 +278,36 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
         self.source.emitter()
     }
 
+    /// Where a test may make another thread's work happen (an eviction, say) between two steps
+    /// of a decision; nothing outside the crate's own tests.
+    #[cfg(test)]
+    fn at(&self, point: Point) {
+        self.hook.run(point);
+    }
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    fn at(&self, _: Point) {}
+
     /// The slot of `place`'s key, made if the key is new.
     fn entry(&self, place: Place) -> usize {
         self.table.entry(place, || self.clock.now(), self.emitter())
     }
 
-    /// Starts a renewal of the lease at `index` unless one is in flight (or, while the store is
-    /// degraded, unless a probe is due). Returns whether one is in flight now.
+    /// Starts a renewal of the lease at `index` for `place`'s key unless one is in flight (or,
+    /// while the store is degraded, unless a probe is due), or the slot no longer holds the key.
+    /// Returns whether one is in flight now.
     fn renew(self: &Arc<Self>, index: usize, place: Place, key: &dyn fmt::Display) -> bool {
+        let slot = self.table.slot(index);
+        let holds = || slot.tag.load(Acquire) == place.tag;
+        // A key that lost its slot asks nothing (nor spends a degraded store's probe).
+        if !holds() {
+            return false;
+        }
         if self.degraded.load(Relaxed) && !self.probe_due(self.clock.now()) {
             return false;
         }
-        let lease = &self.table.slot(index).cell;
+        let lease = &slot.cell;
         // Slots reserved and not due yet: the next lease is asked for once they are spent.
         if lease.reserved.load(Acquire) != 0 {
             return false;
@@ -286,17 +318,35 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
         if denied != 0 && denied > self.clock.now() {
             return false;
         }
-        if lease.renewing.swap(true, AcqRel) {
+        // The mark names the key, so that only the key's own renewal ends it.
+        if lease
+            .renewing
+            .compare_exchange(0, place.tag, AcqRel, Relaxed)
+            .is_err()
+        {
             return true;
         }
+        // The slot may have gone to another key since it was looked at: a renewal for a key no
+        // longer there would keep the new key's calls waiting for it.
+        if !holds() {
+            Self::unmark(lease, place.tag);
+            return false;
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            lease.renewing.store(false, Relaxed);
+            Self::unmark(lease, place.tag);
             self.degrade(self.clock.now());
             return false;
         };
         let want = lease.size(self.lease_min);
         runtime.spawn(Arc::clone(self).renewal(index, place.tag, key.to_string(), want));
         true
+    }
+
+    /// Takes `tag`'s renewal mark off `lease` if it is still there, and wakes the calls waiting
+    /// on the lease to decide again.
+    fn unmark(lease: &Lease, tag: u64) {
+        let _ = lease.renewing.compare_exchange(tag, 0, Release, Relaxed);
+        lease.notify.notify_waiters();
     }
 
     /// Whether a probe of a degraded store is due at `now`; if so, the next is not before
@@ -357,10 +407,8 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
                 self.degrade(now);
             }
         }
-        if ours {
-            slot.cell.renewing.store(false, Release);
-        }
-        slot.cell.notify.notify_waiters();
+        // Even if the key lost the slot meanwhile: its mark, if still there, ends.
+        Self::unmark(&slot.cell, tag);
     }
 
     fn degrade(&self, now: u64) {
@@ -382,60 +430,115 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
         *self.quota.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Decides a call whose key has no lease left.
+    /// Decides a call of `place`'s key, in the key's slot (given one if the key is new). Returns
+    /// the slot and the verdict.
+    #[inline]
+    fn decide(self: &Arc<Self>, place: Place, key: &dyn fmt::Display) -> (usize, Verdict) {
+        loop {
+            let index = self.entry(place);
+            self.at(Point::Found);
+            // `None`: the key lost the slot to another before anything was decided there; it
+            // starts over in a new one.
+            if let Some(verdict) = self.decide_in(index, place, key) {
+                return (index, verdict);
+            }
+        }
+    }
+
+    /// Decides a call of `place`'s key in the slot at `index`, or `None` if the slot turns out
+    /// not to hold the key: nothing of the key that holds it is spent, and nobody is refused for
+    /// its state.
+    #[inline]
+    fn decide_in(
+        self: &Arc<Self>,
+        index: usize,
+        place: Place,
+        key: &dyn fmt::Display,
+    ) -> Option<Verdict> {
+        let slot = self.table.slot(index);
+        let lease = &slot.cell;
+        match lease.take(|| slot.tag.load(Acquire) == place.tag) {
+            Spent::Taken(left) => {
+                if left <= lease.low_water(self.lease_min) {
+                    self.renew(index, place, key);
+                }
+                Some(Verdict::Admit)
+            }
+            Spent::Lost => None,
+            Spent::Empty => self.without_lease(index, place, key),
+        }
+    }
+
+    /// Decides a call whose key had no lease left, or `None` if the slot turns out not to hold
+    /// the key.
     fn without_lease(
         self: &Arc<Self>,
         index: usize,
         place: Place,
         key: &dyn fmt::Display,
-    ) -> Verdict {
-        let lease = &self.table.slot(index).cell;
+    ) -> Option<Verdict> {
+        let slot = self.table.slot(index);
+        let holds = || slot.tag.load(Acquire) == place.tag;
+        let lease = &slot.cell;
         let now = self.clock.now();
         // Twice at most: a renewal that ends between the look at the lease and the start of the
-        // next one leaves a lease, a reservation or a denial to decide on again.
+        // next one leaves a lease, a reservation or a denial to decide on again. Every decision
+        // on what the slot holds is made only while the slot holds the key.
         for _ in 0..2 {
             if lease.reserved.load(Acquire) != 0 {
                 let due = lease.due.load(Relaxed);
                 if due > now {
-                    return Verdict::Reject(RateLimited {
-                        retry_after: Duration::from_nanos(due - now),
+                    return holds().then(|| {
+                        Verdict::Reject(RateLimited {
+                            retry_after: Duration::from_nanos(due - now),
+                        })
                     });
                 }
                 lease
                     .remaining
                     .fetch_add(lease.reserved.swap(0, Relaxed), Relaxed);
             }
-            if let Some(left) = lease.take() {
-                if left <= lease.low_water(self.lease_min) {
-                    self.renew(index, place, key);
+            self.at(Point::NoLease);
+            match lease.take(holds) {
+                Spent::Taken(left) => {
+                    if left <= lease.low_water(self.lease_min) {
+                        self.renew(index, place, key);
+                    }
+                    return Some(Verdict::Admit);
                 }
-                return Verdict::Admit;
+                Spent::Lost => return None,
+                Spent::Empty => {}
             }
             if self.degraded.load(Relaxed) {
                 self.renew(index, place, key);
-                return self.fallback(lease, now);
+                return self.fallback(index, place, now);
             }
             let denied = lease.denied_until.load(Relaxed);
             if denied > now {
-                return Verdict::Reject(RateLimited {
-                    retry_after: Duration::from_nanos(denied - now),
+                return holds().then(|| {
+                    Verdict::Reject(RateLimited {
+                        retry_after: Duration::from_nanos(denied - now),
+                    })
                 });
             }
             if self.renew(index, place, key) {
-                return Verdict::Wait;
+                return Some(Verdict::Wait);
             }
         }
-        self.undecided(lease, now)
+        self.undecided(index, place, now)
     }
 
     /// The decision on a call the store's leases could not settle: the failure mode's while the
     /// store is degraded; a refusal while it is healthy, so that the local limit (by default the
-    /// whole fleet's quota, in this instance alone) never adds to what the store grants.
-    fn undecided(&self, lease: &Lease, now: u64) -> Verdict {
+    /// whole fleet's quota, in this instance alone) never adds to what the store grants. `None`
+    /// if the slot at `index` does not hold `place`'s key.
+    fn undecided(&self, index: usize, place: Place, now: u64) -> Option<Verdict> {
         if self.degraded.load(Relaxed) {
-            self.fallback(lease, now)
+            self.fallback(index, place, now)
         } else {
-            Verdict::Reject(self.busy(lease, now))
+            let slot = self.table.slot(index);
+            let limited = self.busy(&slot.cell, now);
+            (slot.tag.load(Acquire) == place.tag).then_some(Verdict::Reject(limited))
         }
     }
 
@@ -455,18 +558,23 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
         RateLimited { retry_after }
     }
 
-    /// The failure mode's decision, while the store is degraded.
-    fn fallback(&self, lease: &Lease, now: u64) -> Verdict {
+    /// The failure mode's decision for `place`'s key in the slot at `index`, while the store is
+    /// degraded; `None` if the slot does not hold the key (its local limit is the new key's).
+    fn fallback(&self, index: usize, place: Place, now: u64) -> Option<Verdict> {
         match &self.local {
-            Some(rule) => match rule.decide(&lease.local, now, 0) {
-                Decision::Reject(nanos) => Verdict::Reject(RateLimited {
-                    retry_after: Duration::from_nanos(nanos),
-                }),
-                _ => Verdict::Admit,
-            },
-            None => Verdict::Reject(RateLimited {
+            Some(rule) => {
+                let slot = self.table.slot(index);
+                let holds = || slot.tag.load(Acquire) == place.tag;
+                Some(match rule.decide_keyed(&slot.cell.local, now, 0, holds)? {
+                    Decision::Reject(nanos) => Verdict::Reject(RateLimited {
+                        retry_after: Duration::from_nanos(nanos),
+                    }),
+                    _ => Verdict::Admit,
+                })
+            }
+            None => Some(Verdict::Reject(RateLimited {
                 retry_after: Duration::from_nanos(self.probe_every),
-            }),
+            })),
         }
     }
 
@@ -486,20 +594,15 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
                     index = self.entry(place);
                     continue;
                 }
-                let lease = &slot.cell;
-                let notified = lease.notify.notified();
+                let notified = slot.cell.notify.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                if let Some(left) = lease.take() {
-                    if left <= lease.low_water(self.lease_min) {
-                        self.renew(index, place, &key);
-                    }
-                    return Ok(());
-                }
-                match self.without_lease(index, place, &key) {
-                    Verdict::Admit => return Ok(()),
-                    Verdict::Reject(limited) => return Err(limited),
-                    Verdict::Wait => notified.await,
+                match self.decide_in(index, place, &key) {
+                    Some(Verdict::Admit) => return Ok(()),
+                    Some(Verdict::Reject(limited)) => return Err(limited),
+                    Some(Verdict::Wait) => notified.await,
+                    // Lost the slot: the check above finds it a new one.
+                    None => {}
                 }
             }
         })
@@ -509,8 +612,13 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
             Err(_) => {
                 // While the store is healthy, it answered, but not with an admission for this
                 // call in time: the key is busy across the fleet, and the call is refused.
-                let lease = &self.table.slot(index).cell;
-                match self.undecided(lease, self.clock.now()) {
+                let verdict = loop {
+                    if let Some(verdict) = self.undecided(index, place, self.clock.now()) {
+                        break verdict;
+                    }
+                    index = self.entry(place);
+                };
+                match verdict {
                     Verdict::Reject(limited) => Err(limited),
                     _ => Ok(()),
                 }
@@ -771,6 +879,8 @@ impl<St, F, Clk, O> FleetBuilder<St, F, Clk, O> {
                 next_probe: AtomicU64::new(0),
                 store_calls: AtomicU64::new(0),
                 store_failures: AtomicU64::new(0),
+                #[cfg(test)]
+                hook: tests::Hook::default(),
             }),
             key,
         })
@@ -877,17 +987,7 @@ where
         let fleet = &self.shared;
         let emit = fleet.emitter();
         let place = fleet.table.locate(&key);
-        let index = fleet.entry(place);
-        let lease = &fleet.table.slot(index).cell;
-        let verdict = match lease.take() {
-            Some(left) => {
-                if left <= lease.low_water(fleet.lease_min) {
-                    fleet.renew(index, place, &key);
-                }
-                Verdict::Admit
-            }
-            None => fleet.without_lease(index, place, &key),
-        };
+        let (index, verdict) = fleet.decide(place, &key);
         match verdict {
             Verdict::Admit => {
                 emit.emit_keyed(EventKind::Permitted, &Shown(&key));
@@ -952,7 +1052,7 @@ impl<St: Store, Clk: Clock, O: Observer> FleetHandle<St, Clk, O> {
         let table = &self.shared.table;
         table.find(table.locate(key)).map_or(0, |index| {
             let lease = &table.slot(index).cell;
-            lease.remaining.load(Relaxed) + lease.reserved.load(Relaxed)
+            lease.left() + lease.reserved.load(Relaxed)
         })
     }
 

@@ -1,0 +1,175 @@
+//! Races between a call's decision and the eviction of its key, made to happen at a chosen step.
+
+use super::{FleetRateLimitLayer, Lease, MemoryStore, Point};
+use crate::limit::rate::gcra::TIME;
+use crate::limit::rate::{Clock, Quota};
+use std::convert::Infallible;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use tower::{service_fn, Layer, Service, ServiceExt};
+
+/// Something to run once, when a decision reaches its point.
+type Armed = (Point, Box<dyn FnOnce() + Send>);
+
+/// The hook a test arms: runs once, at the first decision that reaches its point.
+#[derive(Default)]
+pub(super) struct Hook(Mutex<Option<Armed>>);
+
+impl Hook {
+    pub(super) fn run(&self, point: Point) {
+        let mut armed = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(&*armed, Some((at, _)) if *at == point) {
+            let (_, run) = armed.take().expect("checked above");
+            // Not under the lock: what runs may decide calls itself.
+            drop(armed);
+            run();
+        }
+    }
+
+    fn arm(&self, point: Point, run: impl FnOnce() + Send + 'static) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((point, Box::new(run)));
+    }
+}
+
+type Key = fn(&&'static str) -> Option<&'static str>;
+type Fleet = super::Fleet<MemoryStore, crate::limit::rate::TokioClock, ()>;
+
+/// A limiter with one bucket of eight slots.
+fn layer() -> FleetRateLimitLayer<MemoryStore, Key> {
+    let key: Key = |k| Some(*k);
+    FleetRateLimitLayer::builder(MemoryStore::new(), Quota::per_second(100).burst(10), key)
+        .max_keys(1)
+        .build()
+        .unwrap()
+}
+
+fn slot_of(fleet: &Fleet, key: &'static str) -> usize {
+    fleet.entry(fleet.table.locate(&key))
+}
+
+/// Fills the table: key `a`, six keys holding a lease (whose slots are not taken while an idle
+/// key's is there) and an idle key `spare`. Returns the slots of `a` and `spare`.
+fn crowd(fleet: &Fleet) -> (usize, usize) {
+    let a = slot_of(fleet, "a");
+    for key in ["k1", "k2", "k3", "k4", "k5", "k6"] {
+        let index = slot_of(fleet, key);
+        fleet.table.slot(index).cell.remaining.fetch_add(1, Relaxed);
+    }
+    let spare = slot_of(fleet, "spare");
+    assert_eq!(fleet.table.keys(), 8, "eight keys in eight slots");
+    (a, spare)
+}
+
+/// Arms the fleet so that, when a decision reaches `point`, key `b` takes key `a`'s slot (the
+/// only idle one then) and `then` is done to `b`'s lease; `spare` is idle again afterwards, so a
+/// call of `a` that starts over takes its slot (unless `b` is left idle).
+fn evict_a_at(
+    fleet: &Arc<Fleet>,
+    point: Point,
+    then: impl FnOnce(&Fleet, &Lease) + Send + 'static,
+) {
+    let (a, spare) = crowd(fleet);
+    let weak = Arc::downgrade(fleet);
+    fleet.hook.arm(point, move || {
+        let fleet = weak.upgrade().expect("the fleet is alive");
+        let spare = &fleet.table.slot(spare).cell.remaining;
+        spare.fetch_add(1, Relaxed);
+        let b = slot_of(&fleet, "b");
+        assert_eq!(b, a, "b takes a's slot");
+        spare.fetch_sub(1, Relaxed);
+        then(&fleet, &fleet.table.slot(b).cell);
+    });
+}
+
+async fn call(
+    service: &mut (impl Service<&'static str, Response = (), Error = tower::BoxError> + Send),
+    key: &'static str,
+) -> Result<(), tower::BoxError> {
+    service.ready().await?.call(key).await
+}
+
+fn service(
+    layer: &FleetRateLimitLayer<MemoryStore, Key>,
+) -> impl Service<&'static str, Response = (), Error = tower::BoxError> + Send {
+    layer.layer(service_fn(|_: &'static str| async {
+        Ok::<_, Infallible>(())
+    }))
+}
+
+/// Key `b` takes key `a`'s slot, and gets a lease, between the lookup of `a`'s slot and the take
+/// from its lease: `a`'s call spends nothing of `b`'s lease.
+#[tokio::test(start_paused = true)]
+async fn a_call_racing_the_eviction_of_its_key_spends_nothing_of_the_new_keys_lease() {
+    let layer = layer();
+    evict_a_at(&layer.shared, Point::Found, |_, b| {
+        b.remaining.fetch_add(5, Relaxed);
+    });
+    let mut service = service(&layer);
+    let admitted = service.ready().await.unwrap().call("a");
+    assert_eq!(
+        layer.handle().leased(&"b"),
+        5,
+        "a's call spent a unit of b's lease"
+    );
+    assert!(
+        admitted.await.is_ok(),
+        "a's call goes ahead on a lease of its own"
+    );
+}
+
+/// The same race once `a`'s lease was found empty, before it is looked at again.
+#[tokio::test(start_paused = true)]
+async fn a_call_without_a_lease_racing_the_eviction_of_its_key_spends_nothing_of_the_new_keys() {
+    let layer = layer();
+    evict_a_at(&layer.shared, Point::NoLease, |_, b| {
+        b.remaining.fetch_add(5, Relaxed);
+    });
+    let mut service = service(&layer);
+    let admitted = service.ready().await.unwrap().call("a");
+    assert_eq!(
+        layer.handle().leased(&"b"),
+        5,
+        "a's call spent a unit of b's lease"
+    );
+    assert!(
+        admitted.await.is_ok(),
+        "a's call goes ahead on a lease of its own"
+    );
+}
+
+/// `b` takes `a`'s slot with no lease, while `a`'s call is about to ask for one: the renewal `a`
+/// starts is not left marked in flight on `b`'s slot, which would keep `b` waiting for ever.
+#[tokio::test(start_paused = true)]
+async fn a_renewal_for_an_evicted_key_does_not_hold_up_the_new_key() {
+    let layer = layer();
+    evict_a_at(&layer.shared, Point::NoLease, |_, _| {});
+    let mut service = service(&layer);
+    assert!(call(&mut service, "a").await.is_ok());
+    let b = call(&mut service, "b").await;
+    assert!(b.is_ok(), "b is refused: {b:?}");
+}
+
+/// While the store is degraded: `a`'s call, decided by the local limit, is not charged to `b`,
+/// which took `a`'s slot and made calls of its own there (five of its burst of ten).
+#[tokio::test(start_paused = true)]
+async fn a_local_decision_racing_the_eviction_of_its_key_is_not_charged_to_the_new_key() {
+    let layer = layer();
+    let fleet = &layer.shared;
+    fleet.degraded.store(true, Relaxed);
+    fleet.next_probe.store(u64::MAX, Relaxed);
+    let five = fleet.clock.now() + 5 * 10_000_000;
+    evict_a_at(fleet, Point::NoLease, move |_, b| {
+        b.local.fetch_add(five, Relaxed);
+    });
+    let mut service = service(&layer);
+    assert!(call(&mut service, "a").await.is_ok());
+    let b = fleet
+        .table
+        .find(fleet.table.locate(&"b"))
+        .expect("b has a slot");
+    assert_eq!(
+        fleet.table.slot(b).cell.local.load(Relaxed) & TIME,
+        five,
+        "a's call was charged to b's local limit"
+    );
+}
