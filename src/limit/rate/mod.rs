@@ -42,6 +42,7 @@ mod clock;
 pub(crate) mod gcra;
 mod holes;
 pub(crate) mod keyed;
+mod wait;
 
 #[cfg(feature = "quanta")]
 pub use clock::QuantaClock;
@@ -68,6 +69,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::time::Sleep;
 use tower::Layer;
+use wait::Verdict;
 
 /// A mistake in a rate limiter's configuration.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -284,6 +286,16 @@ impl fmt::Debug for RateWaiter {
 }
 
 impl<Clk: Clock> RateLimiter<Clk> {
+    /// For a call at `now` that could not go ahead at once: a slot given back by a caller that
+    /// left, or a new one, due by `until`; else a refusal.
+    fn reserve(&self, now: u64, until: u64) -> Verdict {
+        let decide = |wait| Some(self.limits.rule.decide(&self.tat, now, wait));
+        match wait::reserve(&self.holes, (0, 0), &self.tat, now, until, decide) {
+            Some(verdict) => verdict,
+            None => unreachable!("a global cell always decides"),
+        }
+    }
+
     /// Every decision but an admission at once: a hole to take, a slot to reserve and wait for,
     /// or a rejection.
     #[cold]
@@ -305,23 +317,14 @@ impl<Clk: Clock> RateLimiter<Clk> {
                 }
             };
         }
-        let until = now.saturating_add(limits.max_wait);
-        let hole = match self.holes.take(0, 0, &self.tat, now, until) {
-            Some(hole) => hole,
-            None => match limits.rule.decide(&self.tat, now, limits.max_wait) {
-                Decision::Admit(slot) => return Poll::Ready(Ok(slot)),
-                Decision::Wait(nanos, slot) => Hole {
-                    cell: 0,
-                    tag: 0,
-                    due: now + nanos,
-                    slot,
-                },
-                Decision::Reject(nanos) => {
-                    return Poll::Ready(Err(RateLimited {
-                        retry_after: Duration::from_nanos(nanos),
-                    }))
-                }
-            },
+        let hole = match self.reserve(now, wait::last_slot(now, limits.max_wait, None)) {
+            Verdict::Admit(slot) => return Poll::Ready(Ok(slot)),
+            Verdict::Wait(hole) => hole,
+            Verdict::Reject(nanos) => {
+                return Poll::Ready(Err(RateLimited {
+                    retry_after: Duration::from_nanos(nanos),
+                }))
+            }
         };
         let held = Held::new(&self.holes, hole);
         let mut sleep = Box::pin(tokio::time::sleep(Duration::from_nanos(hole.due - now)));
