@@ -312,14 +312,15 @@ impl<Clk: Clock, O: Observer> Keyed<Clk, O> {
 /// How a keyed rate limiter reads the [`Deadline`] a request carries: a call whose slot would
 /// come after its deadline fails at once with [`RateLimited`] instead of taking the slot.
 /// [`NoDeadline`] (the default) reads none; [`CarriedDeadline`] reads a
-/// [`DeadlineCarrier`]'s (an `http::Request`'s, with feature `http`).
+/// [`DeadlineCarrier`]'s (an `http::Request`'s, with feature `http`). The two also mark whether
+/// a global [`RateLimitLayer`](super::RateLimitLayer) honours deadlines.
 pub trait ReadDeadline<Req> {
     /// The deadline `req` carries, if any.
     fn deadline(&self, req: &Req) -> Option<Deadline>;
 }
 
 /// Reads no deadline: calls may wait up to the limiter's maximum wait, whatever their deadline.
-/// The default of [`KeyedBuilder`].
+/// The default of [`KeyedBuilder`] and [`RateLimitBuilder`](super::RateLimitBuilder).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoDeadline;
 
@@ -332,7 +333,8 @@ impl<Req> ReadDeadline<Req> for NoDeadline {
 
 /// Reads the deadline a request carries through [`DeadlineCarrier`] (put there by a
 /// propagating `TimeoutLayer` above, or read from
-/// `grpc-timeout`); see [`KeyedBuilder::honour_deadlines`].
+/// `grpc-timeout`); see [`KeyedBuilder::honour_deadlines`] and
+/// [`RateLimitBuilder::honour_deadlines`](super::RateLimitBuilder::honour_deadlines).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CarriedDeadline;
 
@@ -644,8 +646,9 @@ impl fmt::Debug for Written<'_> {
 }
 
 pin_project! {
-    /// The response future of [`KeyedRateLimit`] (and of the fleet-wide limiter): the inner call,
-    /// a wait for a reserved slot followed by the call, or the failure of a call over its quota.
+    /// The response future of [`KeyedRateLimit`], of [`DeadlineRateLimit`](super::DeadlineRateLimit)
+    /// (a global limiter that honours deadlines) and of the fleet-wide limiter: the inner call, a
+    /// wait for a reserved slot followed by the call, or the failure of a call over its quota.
     pub struct KeyedResponseFuture<S, Req>
     where
         S: Service<Req>,
