@@ -229,7 +229,7 @@ service_builder_ext! {
     ///     .service(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }));
     /// # drop(service);
     /// ```
-    [feature = "limit"] fn with_rate_limit<Clk, O>(layer: limit::rate::RateLimitLayer<Clk, O>);
+    [feature = "limit"] fn with_rate_limit<Clk, O, D>(layer: limit::rate::RateLimitLayer<Clk, O, D>);
 
     /// Limits the rate of calls to the services built below per key of the request.
     [feature = "limit"] fn keyed_rate_limit<F, Clk, O, D>(layer: limit::rate::KeyedRateLimitLayer<F, Clk, O, D>);

@@ -354,6 +354,33 @@ fn rate_limited_calls_allocate_nothing_and_nor_do_new_keys() {
         0
     );
 
+    // Deciding in `call` to honour deadlines: a call admitted at once allocates nothing either.
+    struct Carried(u32, Option<seawall::core::Deadline>);
+    impl seawall::core::DeadlineCarrier for Carried {
+        fn deadline(&self) -> Option<seawall::core::Deadline> {
+            self.1
+        }
+        fn set_deadline(&mut self, deadline: seawall::core::Deadline) {
+            self.1 = Some(deadline);
+        }
+    }
+    let honouring = RateLimitLayer::builder(quota)
+        .clock(clock.clone())
+        .max_wait(Duration::from_secs(1))
+        .honour_deadlines()
+        .build()
+        .unwrap();
+    let mut service = tower::ServiceBuilder::new()
+        .map_request(|n: u32| Carried(n, None))
+        .layer(honouring)
+        .map_request(|c: Carried| c.0)
+        .service(support::Noop);
+    calls(&mut service, 1_000, |i| i); // warm up
+    assert_eq!(
+        allocations_during(|| calls(&mut service, 100_000, |i| i)),
+        0
+    );
+
     let keyed = KeyedRateLimitLayer::builder(quota, |k: &u32| Some(*k))
         .max_keys(10_000)
         .clock(clock)

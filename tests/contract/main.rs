@@ -30,6 +30,8 @@ contract! {
     circuit_breaker: subjects::Breaker,
     circuit_breaker_half_open: subjects::HalfOpen,
     rate_limit: subjects::RateLimit,
+    rate_limit_waiting: subjects::RateLimitWaiting,
+    rate_limit_honouring_deadlines: subjects::RateLimitDeadlines,
     keyed_rate_limit: subjects::KeyedRateLimit,
     fleet_rate_limit: subjects::FleetRateLimit,
     retry: subjects::Retry,

@@ -347,6 +347,139 @@ impl Subject for RateLimit {
     }
 }
 
+// The rate limiter with a maximum wait, which waits in `poll_ready`: blocked by services that
+// reserve every slot its burst has, so that the next `poll_ready` waits for a later slot;
+// unblocked when the quota has come back, which the waiting `poll_ready` is woken for.
+subject!(RateLimitWaiting, RateLimitHandle<TokioClock, Probe>);
+
+/// The quota of the waiting rate limiters: 100 a second, bursts of 20, waits of up to a second.
+fn waiting_quota() -> Quota {
+    Quota::per_second(100).burst(20)
+}
+
+/// How long the waiting rate limiters take to get back their whole burst once blocked, with a
+/// few slots reserved ahead.
+const WAITING_REFILL: Duration = Duration::from_millis(300);
+
+impl Subject for RateLimitWaiting {
+    common!();
+    async fn prepare(probe: Probe) -> Self {
+        let layer = RateLimitLayer::builder(waiting_quota())
+            .max_wait(Duration::from_secs(1))
+            .observer(probe)
+            .build()
+            .unwrap();
+        RateLimitWaiting(Over::new(layer.handle(), move |mock| {
+            erase(layer.layer(mock))
+        }))
+    }
+    async fn block(&mut self) -> Option<Blocked> {
+        let available = self.x.available();
+        self.fill(available).await;
+        assert_eq!(self.x.available(), 0, "the reservations took every slot");
+        Some(Blocked::Waits)
+    }
+    async fn unblock(&mut self) {
+        self.release();
+        tokio::time::advance(WAITING_REFILL).await;
+        assert_eq!(self.x.available(), 20, "the whole burst is back");
+    }
+}
+
+/// A wait of a call of the rate limiter that honours deadlines, kept while it is blocked.
+type Waiting = tokio_test::task::Spawn<<Erased as Service<u32>>::Future>;
+
+// The rate limiter with a maximum wait that honours deadlines, deciding in `call`; every request
+// carries a deadline 50 ms on, shorter than the maximum wait. Blocked by calls that use up its
+// burst and then wait for every slot due before their deadline (kept waiting, in their response
+// futures), so that the next call is refused at once; unblocked by dropping those waits, which
+// give their slots back, and letting the quota come back.
+subject!(
+    RateLimitDeadlines,
+    (RateLimitHandle<TokioClock, Probe>, Vec<Waiting>)
+);
+
+impl Subject for RateLimitDeadlines {
+    common!();
+    async fn prepare(probe: Probe) -> Self {
+        let layer = RateLimitLayer::builder(waiting_quota())
+            .max_wait(Duration::from_secs(1))
+            .honour_deadlines()
+            .observer(probe)
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        RateLimitDeadlines(Over::new((handle, Vec::new()), move |mock| {
+            erase(
+                ServiceBuilder::new()
+                    .map_request(|n| Carried {
+                        n,
+                        deadline: Some(Deadline::after(Duration::from_millis(50))),
+                    })
+                    .layer(layer.clone())
+                    .map_request(|c: Carried| c.n)
+                    .service(mock),
+            )
+        }))
+    }
+    async fn block(&mut self) -> Option<Blocked> {
+        // Calls left unanswered by the case before are not the ones made here.
+        tokio::task::yield_now().await;
+        while let std::task::Poll::Ready(Some(_)) = self.handle.poll_request() {}
+        let mut cx = tokio_test::task::spawn(());
+        for _ in 0..64 {
+            let mut s = self.make();
+            let ready = cx.enter(|cx, _| s.poll_ready(cx));
+            assert!(
+                matches!(ready, std::task::Poll::Ready(Ok(()))),
+                "ready at once"
+            );
+            let mut call = tokio_test::task::spawn(s.call(0));
+            if let std::task::Poll::Ready(result) = call.poll() {
+                assert!(result.is_err(), "refused once no slot is due in time");
+                assert_eq!(self.x.1.len(), 4, "waits for the slots 10 to 40 ms on");
+                return Some(Blocked::Rejects);
+            }
+            tokio::task::yield_now().await;
+            match self.handle.poll_request() {
+                // Let through at once: answered.
+                std::task::Poll::Ready(Some((_, reply))) => {
+                    reply.send_response(0);
+                    assert!(matches!(call.poll(), std::task::Poll::Ready(Ok(0))));
+                }
+                // Waiting for a slot: kept waiting.
+                _ => self.x.1.push(call),
+            }
+        }
+        panic!("never refused");
+    }
+    async fn unblock(&mut self) {
+        // The waits dropped give their slots back: a call now waits for the first of them,
+        // where it was refused.
+        self.x.1.clear();
+        let mut s = self.make();
+        let mut cx = tokio_test::task::spawn(());
+        let ready = cx.enter(|cx, _| s.poll_ready(cx));
+        assert!(
+            matches!(ready, std::task::Poll::Ready(Ok(()))),
+            "ready at once"
+        );
+        let mut call = tokio_test::task::spawn(s.call(0));
+        assert!(
+            call.poll().is_pending(),
+            "the slots given back are taken again"
+        );
+        tokio::task::yield_now().await;
+        assert!(
+            self.handle.poll_request().is_pending(),
+            "it waits for its slot"
+        );
+        drop(call);
+        tokio::time::advance(WAITING_REFILL).await;
+        assert_eq!(self.x.0.available(), 20, "the whole burst is back");
+    }
+}
+
 // The keyed rate limiter, one key for every request: blocked by calls that use up its burst, and
 // unblocked when the quota has come back.
 subject!(KeyedRateLimit, ());

@@ -945,3 +945,113 @@ async fn a_keyed_wait_dropped_before_its_slot_is_reported_cancelled() {
         ]
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The global limiter that honours deadlines (issue 19, defect 1): it decides in `call`.
+
+/// A request whose deadline is `left` from now.
+fn due_in(left: Duration) -> http::Request<()> {
+    use seawall::core::{Deadline, DeadlineCarrier};
+    let mut req = http::Request::new(());
+    req.set_deadline(Deadline::after(left));
+    req
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_global_call_whose_deadline_comes_before_its_slot_is_refused_at_once_and_takes_nothing() {
+    let backend = Recorder::default();
+    // Two a second, burst 1: after one call, the next slot is 500 ms on.
+    let layer = RateLimitLayer::builder(Quota::per_second(2).burst(1))
+        .max_wait(Duration::from_secs(1))
+        .honour_deadlines()
+        .build()
+        .unwrap();
+    let mut service = layer.layer(backend.clone());
+    let start = Instant::now();
+    send(&mut service, due_in(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    // The next slot is 500 ms on, after this call's deadline: refused at once, told when.
+    assert_eq!(send(&mut service, due_in(100 * MS)).await, Err(500 * MS));
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(
+        backend.0.lock().unwrap().len(),
+        1,
+        "the refused call reached the service"
+    );
+    // It took nothing: the next caller whose deadline allows the wait goes ahead at 500 ms, in
+    // the slot the refused one did not take, and reaches the service then.
+    let next = waiter(&layer, due_in(600 * MS), start);
+    assert_eq!(next.await.unwrap(), 500 * MS);
+    send(&mut service, due_in(Duration::from_secs(2)))
+        .await
+        .unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    assert_eq!(
+        *backend.0.lock().unwrap(),
+        [start, start + Duration::from_secs(1)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_global_call_waits_for_its_slot_in_its_future_and_gives_it_back_if_dropped() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let layer = RateLimitLayer::builder(Quota::per_second(2).burst(1))
+        .max_wait(Duration::from_secs(1))
+        .honour_deadlines()
+        .observer(move |e: &Event<'_>| sink.lock().unwrap().push(e.kind))
+        .build()
+        .unwrap();
+    let mut service = layer.layer(ok_service());
+    let start = Instant::now();
+    send(&mut service, due_in(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    // Over the quota, the service is still ready at once: the call waits, in its response
+    // future, for the slot 500 ms on.
+    let mut cx = tokio_test::task::spawn(());
+    let ready = cx.enter(|cx, _| Service::<http::Request<()>>::poll_ready(&mut service, cx));
+    assert!(
+        matches!(ready, std::task::Poll::Ready(Ok(()))),
+        "ready at once"
+    );
+    let mut first = tokio_test::task::spawn(service.call(due_in(Duration::from_secs(2))));
+    assert!(first.poll().is_pending());
+    // A second waits for the slot after, 1 s on; then the first is dropped while it waits.
+    let second = waiter(&layer, due_in(Duration::from_secs(2)), start);
+    settle().await;
+    drop(first);
+    // The slot it left goes to the next caller that can wait until then, at 500 ms.
+    let third = waiter(&layer, due_in(600 * MS), start);
+    settle().await;
+    assert_eq!(third.await.unwrap(), 500 * MS);
+    assert_eq!(second.await.unwrap(), Duration::from_secs(1));
+    // The dropped wait was reported permitted, then cancelled.
+    assert_eq!(
+        *events.lock().unwrap(),
+        [
+            EventKind::Permitted,
+            EventKind::Permitted,
+            EventKind::Permitted,
+            EventKind::Cancelled,
+            EventKind::Permitted,
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn under_a_surge_a_global_limit_that_honours_deadlines_refuses_at_once_what_would_come_too_late(
+) {
+    let backend = Recorder::default();
+    let limit = RateLimitLayer::builder(Quota::per_second(SURGE_QUOTA).burst(SURGE_BURST))
+        .max_wait(Duration::from_secs(1))
+        .honour_deadlines()
+        .build()
+        .unwrap();
+    let service = tower::ServiceBuilder::new()
+        .layer(seawall::timeout::TimeoutLayer::new(200 * MS).propagate())
+        .layer(limit)
+        .service(backend.clone());
+    assert_surge_served(surge(service, || http::Request::new(()), &backend, None).await);
+}

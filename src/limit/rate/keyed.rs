@@ -2,8 +2,9 @@
 
 use super::clock::{Clock, TokioClock};
 use super::gcra::{Decision, Quota, TIME};
-use super::holes::{Hole, Holes};
-use super::{settings_setters, ConfigError, Held, Limits, Settings};
+use super::holes::Holes;
+use super::wait::{self, Report, Verdict, Wait, Waiting};
+use super::{settings_setters, ConfigError, Limits, Settings};
 use crate::core::{Deadline, DeadlineCarrier, Emitter, EventKind, Observer, RejectReason, Source};
 use crate::limit::error::RateLimited;
 use crate::sync::Mutex;
@@ -261,13 +262,6 @@ struct Keyed<Clk, O> {
     holes: Arc<Holes>,
 }
 
-/// What becomes of one keyed call.
-enum Verdict {
-    Admit,
-    Wait(Hole),
-    Reject(u64),
-}
-
 impl<Clk: Clock, O: Observer> Keyed<Clk, O> {
     /// Decides a call of the key at `place` at `now`, reading its deadline (`deadline`) only if
     /// it cannot go ahead at once.
@@ -294,41 +288,22 @@ impl<Clk: Clock, O: Observer> Keyed<Clk, O> {
             let holds = || slot.tag.load(Acquire) == place.tag;
             let not_before = match rule.decide_keyed(&slot.cell, now, 0, holds) {
                 None => continue,
-                Some(Decision::Admit(_)) => return Verdict::Admit,
+                Some(Decision::Admit(taken)) => return Verdict::Admit(taken),
                 Some(Decision::Reject(nanos) | Decision::Wait(nanos, _)) => nanos,
             };
             if max_wait == 0 {
                 return Verdict::Reject(not_before);
             }
             // Not at once: how long the call may wait, the sooner of the limit's maximum and
-            // the request's deadline. A slot due at the deadline itself is too late (a deadline
-            // at or before now has passed: no time is left for the call), so the last slot the
-            // call may have is one nanosecond before it.
+            // the request's deadline, read once.
             let until = *until.get_or_insert_with(|| {
-                let most = now.saturating_add(max_wait);
-                match deadline.take().and_then(|read| read()) {
-                    Some(deadline) => {
-                        let left = crate::sync::nanos(deadline.remaining());
-                        most.min(now.saturating_add(left.saturating_sub(1)))
-                    }
-                    None => most,
-                }
+                wait::last_slot(now, max_wait, deadline.take().and_then(|read| read()))
             });
-            if let Some(hole) = self.holes.take(index, place.tag, &slot.cell, now, until) {
-                return Verdict::Wait(hole);
-            }
-            match rule.decide_keyed(&slot.cell, now, until - now, holds) {
-                None => continue,
-                Some(Decision::Admit(_)) => return Verdict::Admit,
-                Some(Decision::Wait(nanos, taken)) => {
-                    return Verdict::Wait(Hole {
-                        cell: index,
-                        tag: place.tag,
-                        due: now + nanos,
-                        slot: taken,
-                    })
-                }
-                Some(Decision::Reject(nanos)) => return Verdict::Reject(nanos),
+            let decide = |wait| rule.decide_keyed(&slot.cell, now, wait, holds);
+            let cell = (index, place.tag);
+            if let Some(verdict) = wait::reserve(&self.holes, cell, &slot.cell, now, until, decide)
+            {
+                return verdict;
             }
         }
     }
@@ -337,14 +312,15 @@ impl<Clk: Clock, O: Observer> Keyed<Clk, O> {
 /// How a keyed rate limiter reads the [`Deadline`] a request carries: a call whose slot would
 /// come after its deadline fails at once with [`RateLimited`] instead of taking the slot.
 /// [`NoDeadline`] (the default) reads none; [`CarriedDeadline`] reads a
-/// [`DeadlineCarrier`]'s (an `http::Request`'s, with feature `http`).
+/// [`DeadlineCarrier`]'s (an `http::Request`'s, with feature `http`). The two also mark whether
+/// a global [`RateLimitLayer`](super::RateLimitLayer) honours deadlines.
 pub trait ReadDeadline<Req> {
     /// The deadline `req` carries, if any.
     fn deadline(&self, req: &Req) -> Option<Deadline>;
 }
 
 /// Reads no deadline: calls may wait up to the limiter's maximum wait, whatever their deadline.
-/// The default of [`KeyedBuilder`].
+/// The default of [`KeyedBuilder`] and [`RateLimitBuilder`](super::RateLimitBuilder).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoDeadline;
 
@@ -357,7 +333,8 @@ impl<Req> ReadDeadline<Req> for NoDeadline {
 
 /// Reads the deadline a request carries through [`DeadlineCarrier`] (put there by a
 /// propagating `TimeoutLayer` above, or read from
-/// `grpc-timeout`); see [`KeyedBuilder::honour_deadlines`].
+/// `grpc-timeout`); see [`KeyedBuilder::honour_deadlines`] and
+/// [`RateLimitBuilder::honour_deadlines`](super::RateLimitBuilder::honour_deadlines).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CarriedDeadline;
 
@@ -616,27 +593,19 @@ where
         let place = shared.table.locate(&key);
         let deadline = &self.deadline;
         match shared.decide(place, now, || deadline.deadline(&req)) {
-            Verdict::Admit => {
+            Verdict::Admit(_) => {
                 emit.emit_keyed(EventKind::Permitted, &key);
                 KeyedResponseFuture::called(self.inner.call(req))
             }
             Verdict::Wait(hole) => {
                 // The slot is held (given back if the call goes away) before anyone hears of
                 // it: an observer that panics at `Permitted` leaves nothing reserved.
-                let held = Waiting::new(&self.shared, hole, &key);
+                let report = O::ENABLED.then(|| KeyReport(self.shared.clone(), format!("{key:?}")));
+                let held = Waiting::new(&shared.holes, hole, report);
                 emit.emit_keyed(EventKind::Permitted, &key);
                 // This service stays ready for its next call; a clone makes this one when its
                 // slot comes. Dropped before then, the wait gives the slot back.
-                let sleep = tokio::time::sleep(Duration::from_nanos(hole.due - now));
-                KeyedResponseFuture::waiting(
-                    Box::pin(async move {
-                        sleep.await;
-                        held.used();
-                        Ok(())
-                    }),
-                    self.inner.clone(),
-                    req,
-                )
+                KeyedResponseFuture::waiting(held.wait(hole.due - now), self.inner.clone(), req)
             }
             Verdict::Reject(nanos) => {
                 emit.emit_keyed(
@@ -653,48 +622,17 @@ where
     }
 }
 
-/// A keyed call's reserved slot while it waits for it. Dropped before the slot is due (the
-/// call went away), it gives the slot back, then reports the call [`EventKind::Cancelled`]: it
-/// was reported `Permitted` when the slot was reserved, and would otherwise count as admitted.
-struct Waiting<Clk: 'static, O: Observer> {
-    held: Option<Held>,
-    /// The limiter and the key's `Debug` form, kept only for an observer that listens.
-    report: Option<(Arc<Keyed<Clk, O>>, String)>,
-}
+/// How a keyed wait dropped before its slot is reported: `Cancelled`, with its key. Holds the
+/// limiter and the key's `Debug` form.
+struct KeyReport<Clk: 'static, O>(Arc<Keyed<Clk, O>>, String);
 
-impl<Clk, O: Observer> Waiting<Clk, O> {
-    fn new(shared: &Arc<Keyed<Clk, O>>, hole: Hole, key: &dyn fmt::Debug) -> Self {
-        Waiting {
-            held: Some(Held::new(&shared.holes, hole)),
-            report: O::ENABLED.then(|| (shared.clone(), format!("{key:?}"))),
-        }
-    }
-
-    /// The slot is due and the call goes ahead in it.
-    fn used(mut self) {
-        if let Some(held) = self.held.take() {
-            held.used();
-        }
-    }
-}
-
-impl<Clk, O: Observer> Drop for Waiting<Clk, O> {
-    fn drop(&mut self) {
-        let Some(held) = self.held.take() else {
-            return;
-        };
-        // State first (the slot given back), then the event.
-        drop(held);
-        if let Some((shared, key)) = self.report.take() {
-            // Not while a panic unwinds (an observer that panicked at `Permitted`, say): a
-            // second panic in the observer would abort the process.
-            if !std::thread::panicking() {
-                shared
-                    .source
-                    .emitter()
-                    .emit_keyed(EventKind::Cancelled, &Written(&key));
-            }
-        }
+impl<Clk: Send + Sync + 'static, O: Observer> Report for KeyReport<Clk, O> {
+    fn cancelled(self) {
+        let KeyReport(shared, key) = self;
+        shared
+            .source
+            .emitter()
+            .emit_keyed(EventKind::Cancelled, &Written(&key));
     }
 }
 
@@ -707,12 +645,10 @@ impl fmt::Debug for Written<'_> {
     }
 }
 
-/// A call's wait for its turn: done when the call may go ahead, or failed when it may not.
-pub(crate) type Wait = Pin<Box<dyn Future<Output = Result<(), RateLimited>> + Send>>;
-
 pin_project! {
-    /// The response future of [`KeyedRateLimit`] (and of the fleet-wide limiter): the inner call,
-    /// a wait for a reserved slot followed by the call, or the failure of a call over its quota.
+    /// The response future of [`KeyedRateLimit`], of [`DeadlineRateLimit`](super::DeadlineRateLimit)
+    /// (a global limiter that honours deadlines) and of the fleet-wide limiter: the inner call, a
+    /// wait for a reserved slot followed by the call, or the failure of a call over its quota.
     pub struct KeyedResponseFuture<S, Req>
     where
         S: Service<Req>,

@@ -20,11 +20,18 @@
 //! algorithm had already allowed. (Moving the limit back by one interval whatever came after
 //! would not be safe: two calls would then share one slot.)
 //!
-//! The keyed limiter decides in `call` and can read the [`Deadline`](crate::core::Deadline) a
-//! request carries ([`KeyedBuilder::honour_deadlines`]): a call whose slot would come after its
-//! deadline fails at once with [`RateLimited`], rather than taking a slot it cannot use. The
-//! global limiter decides in `poll_ready`, before the request exists, so it cannot; a timeout
-//! above it starts only when the call is made, after the wait.
+//! # Deadlines
+//!
+//! The global limiter decides in `poll_ready` by default, as tower's back-pressure expects: a
+//! call that must wait waits there, before the request exists, so its deadline is unknown; a
+//! timeout above starts only when the call is made, after the wait. With `honour_deadlines()`
+//! ([`RateLimitBuilder::honour_deadlines`], [`KeyedBuilder::honour_deadlines`]) a limiter reads
+//! the [`Deadline`](crate::core::Deadline) a request carries: a call whose slot would come at or
+//! after its deadline fails at once with [`RateLimited`] and its `retry_after`, taking nothing,
+//! rather than a slot it cannot use. That needs the request, so the limiter then decides in
+//! `call`: its services are as ready as the service beneath, and a call that must wait does so in
+//! its response future, then is made on a clone of the inner service (which must be `Clone`).
+//! The keyed limiter always decides in `call`, once the key is known.
 //!
 //! State is created once per layer and shared by every clone of the layer and every service it
 //! makes, so a limit holds under axum, which clones services per connection. Quotas can be changed
@@ -39,13 +46,16 @@
 //! limit starts: forgetting an idle limit loses nothing.
 
 mod clock;
+mod deadline;
 pub(crate) mod gcra;
 mod holes;
 pub(crate) mod keyed;
+mod wait;
 
 #[cfg(feature = "quanta")]
 pub use clock::QuantaClock;
 pub use clock::{Clock, ManualClock, TokioClock};
+pub use deadline::DeadlineRateLimit;
 pub use gcra::{Quota, QuotaError, Slot};
 pub use keyed::{
     CarriedDeadline, KeyedBuilder, KeyedHandle, KeyedRateLimit, KeyedRateLimitLayer,
@@ -68,6 +78,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::time::Sleep;
 use tower::Layer;
+use wait::Verdict;
 
 /// A mistake in a rate limiter's configuration.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -284,6 +295,34 @@ impl fmt::Debug for RateWaiter {
 }
 
 impl<Clk: Clock> RateLimiter<Clk> {
+    /// For a call at `now` that could not go ahead at once: a slot given back by a caller that
+    /// left, or a new one, due by `until`; else a refusal.
+    fn reserve(&self, now: u64, until: u64) -> Verdict {
+        let decide = |wait| Some(self.limits.rule.decide(&self.tat, now, wait));
+        match wait::reserve(&self.holes, (0, 0), &self.tat, now, until, decide) {
+            Some(verdict) => verdict,
+            None => unreachable!("a global cell always decides"),
+        }
+    }
+
+    /// A call over the quota at `now`, which could go ahead `not_before` nanoseconds from now,
+    /// decided in `call` (see [`RateLimitBuilder::honour_deadlines`]): it may wait up to the
+    /// maximum wait, and never for a slot at or after its deadline (read only here).
+    #[cold]
+    #[inline(never)]
+    fn decide_late(
+        &self,
+        now: u64,
+        not_before: u64,
+        deadline: impl FnOnce() -> Option<crate::core::Deadline>,
+    ) -> Verdict {
+        let max_wait = self.limits.max_wait;
+        if max_wait == 0 {
+            return Verdict::Reject(not_before);
+        }
+        self.reserve(now, wait::last_slot(now, max_wait, deadline()))
+    }
+
     /// Every decision but an admission at once: a hole to take, a slot to reserve and wait for,
     /// or a rejection.
     #[cold]
@@ -305,23 +344,14 @@ impl<Clk: Clock> RateLimiter<Clk> {
                 }
             };
         }
-        let until = now.saturating_add(limits.max_wait);
-        let hole = match self.holes.take(0, 0, &self.tat, now, until) {
-            Some(hole) => hole,
-            None => match limits.rule.decide(&self.tat, now, limits.max_wait) {
-                Decision::Admit(slot) => return Poll::Ready(Ok(slot)),
-                Decision::Wait(nanos, slot) => Hole {
-                    cell: 0,
-                    tag: 0,
-                    due: now + nanos,
-                    slot,
-                },
-                Decision::Reject(nanos) => {
-                    return Poll::Ready(Err(RateLimited {
-                        retry_after: Duration::from_nanos(nanos),
-                    }))
-                }
-            },
+        let hole = match self.reserve(now, wait::last_slot(now, limits.max_wait, None)) {
+            Verdict::Admit(slot) => return Poll::Ready(Ok(slot)),
+            Verdict::Wait(hole) => hole,
+            Verdict::Reject(nanos) => {
+                return Poll::Ready(Err(RateLimited {
+                    retry_after: Duration::from_nanos(nanos),
+                }))
+            }
         };
         let held = Held::new(&self.holes, hole);
         let mut sleep = Box::pin(tokio::time::sleep(Duration::from_nanos(hole.due - now)));
@@ -397,7 +427,9 @@ pub type RateLimit<S, Clk = TokioClock, O = ()> = Guard<S, RateLimiter<Clk>, Err
 ///
 /// Readiness reserves the call's slot: a call over the quota is ready at once and fails with
 /// [`RateLimited`]; with [`max_wait`](RateLimitBuilder::max_wait), a call that can have a slot
-/// within that time waits for it in `poll_ready`.
+/// within that time waits for it in `poll_ready`. Built with
+/// [`honour_deadlines`](RateLimitBuilder::honour_deadlines) (`D` is then [`CarriedDeadline`]),
+/// it decides in `call` instead, and makes [`DeadlineRateLimit`] services.
 ///
 /// ```
 /// use seawall::limit::error::RateLimited;
@@ -415,8 +447,11 @@ pub type RateLimit<S, Clk = TokioClock, O = ()> = Guard<S, RateLimiter<Clk>, Err
 /// assert_eq!(limited.retry_after(), std::time::Duration::from_millis(100));
 /// # }
 /// ```
-pub struct RateLimitLayer<Clk: 'static = TokioClock, O: 'static = ()> {
+pub struct RateLimitLayer<Clk: 'static = TokioClock, O: 'static = (), D = NoDeadline> {
     shared: Anchor<Shared<RateLimiter<Clk>, O>>,
+    /// Where it decides: in `poll_ready` ([`NoDeadline`]), or in `call`, reading the request's
+    /// deadline ([`CarriedDeadline`]).
+    deadline: D,
 }
 
 impl RateLimitLayer {
@@ -437,37 +472,62 @@ impl RateLimitLayer {
     pub fn builder(quota: Quota) -> RateLimitBuilder {
         RateLimitBuilder {
             settings: Settings::new(quota, "rate_limit"),
+            deadline: NoDeadline,
         }
     }
 }
 
 /// Builds a [`RateLimitLayer`].
 #[derive(Debug)]
-pub struct RateLimitBuilder<Clk = TokioClock, O = ()> {
+pub struct RateLimitBuilder<Clk = TokioClock, O = (), D = NoDeadline> {
     settings: Settings<Clk, O>,
+    deadline: D,
 }
 
-impl<Clk, O> RateLimitBuilder<Clk, O> {
-    settings_setters!(RateLimitBuilder<Clk, O>);
+impl<Clk, O, D> RateLimitBuilder<Clk, O, D> {
+    settings_setters!(RateLimitBuilder<Clk, O, D>);
 
-    /// Reads the time from `clock` (default: tokio's).
-    pub fn clock<Clk2: Clock>(self, clock: Clk2) -> RateLimitBuilder<Clk2, O> {
+    /// Decides in `call`, where the request is known, rather than in `poll_ready`, and honours
+    /// the [`Deadline`](crate::core::Deadline) each request carries (see
+    /// [`DeadlineCarrier`](crate::core::DeadlineCarrier); a propagating `TimeoutLayer` above puts
+    /// one in): a call that cannot go ahead at once waits only for a slot due before its
+    /// deadline, and fails at once with [`RateLimited`] (and the time to come back) when there is
+    /// none, rather than taking a slot it cannot use. Useful only with
+    /// [`max_wait`](Self::max_wait): without it, no call waits.
+    ///
+    /// The layer's services are then [`DeadlineRateLimit`]s: always as ready as the service
+    /// beneath; a call that must wait waits in its response future, and is then made on a clone
+    /// of the inner service, made ready then (so the inner service must be `Clone`, as under the
+    /// keyed limiter). Dropped while it waits, the call gives its slot back.
+    pub fn honour_deadlines(self) -> RateLimitBuilder<Clk, O, CarriedDeadline> {
         RateLimitBuilder {
-            settings: self.settings.clock(clock),
+            settings: self.settings,
+            deadline: CarriedDeadline,
         }
     }
 
-    /// Sends the layer's events (permitted, and rejected with reason `RateLimited`) to
-    /// `observer`.
-    pub fn observer<O2: Observer>(self, observer: O2) -> RateLimitBuilder<Clk, O2> {
+    /// Reads the time from `clock` (default: tokio's).
+    pub fn clock<Clk2: Clock>(self, clock: Clk2) -> RateLimitBuilder<Clk2, O, D> {
+        RateLimitBuilder {
+            settings: self.settings.clock(clock),
+            deadline: self.deadline,
+        }
+    }
+
+    /// Sends the layer's events to `observer`: permitted, and rejected with reason
+    /// `RateLimited`; with [`honour_deadlines`](Self::honour_deadlines), cancelled for a call
+    /// dropped while it waits for its slot (it was reported permitted when its slot was
+    /// reserved).
+    pub fn observer<O2: Observer>(self, observer: O2) -> RateLimitBuilder<Clk, O2, D> {
         RateLimitBuilder {
             settings: self.settings.observer(observer),
+            deadline: self.deadline,
         }
     }
 
     /// Checks the settings and builds the layer. Every mistake is an error, never a panic: an
     /// invalid quota ([`QuotaError`]) or a maximum wait of more than about nine years.
-    pub fn build(self) -> Result<RateLimitLayer<Clk, O>, ConfigError>
+    pub fn build(self) -> Result<RateLimitLayer<Clk, O, D>, ConfigError>
     where
         Clk: Clock,
         O: Observer,
@@ -478,7 +538,7 @@ impl<Clk, O> RateLimitBuilder<Clk, O> {
     /// Like [`build`](Self::build), for a limiter that lives as long as the process: it is leaked
     /// on purpose (never freed), and in exchange calls never touch its reference count. Use it for
     /// limiters built once at start-up, never per request.
-    pub fn build_static(self) -> Result<RateLimitLayer<Clk, O>, ConfigError>
+    pub fn build_static(self) -> Result<RateLimitLayer<Clk, O, D>, ConfigError>
     where
         Clk: Clock,
         O: Observer,
@@ -486,7 +546,7 @@ impl<Clk, O> RateLimitBuilder<Clk, O> {
         self.build_with(true)
     }
 
-    fn build_with(self, leak: bool) -> Result<RateLimitLayer<Clk, O>, ConfigError>
+    fn build_with(self, leak: bool) -> Result<RateLimitLayer<Clk, O, D>, ConfigError>
     where
         Clk: Clock,
         O: Observer,
@@ -503,11 +563,14 @@ impl<Clk, O> RateLimitBuilder<Clk, O> {
         } else {
             Anchor::counted(shared)
         };
-        Ok(RateLimitLayer { shared })
+        Ok(RateLimitLayer {
+            shared,
+            deadline: self.deadline,
+        })
     }
 }
 
-impl<Clk: Clock, O: Observer> RateLimitLayer<Clk, O> {
+impl<Clk: Clock, O: Observer, D> RateLimitLayer<Clk, O, D> {
     /// A handle on this layer's limit.
     pub fn handle(&self) -> RateLimitHandle<Clk, O> {
         RateLimitHandle {
@@ -516,19 +579,21 @@ impl<Clk: Clock, O: Observer> RateLimitLayer<Clk, O> {
     }
 }
 
-impl<Clk, O> Clone for RateLimitLayer<Clk, O> {
+impl<Clk, O, D: Clone> Clone for RateLimitLayer<Clk, O, D> {
     fn clone(&self) -> Self {
         RateLimitLayer {
             shared: self.shared.clone(),
+            deadline: self.deadline.clone(),
         }
     }
 }
 
-impl<Clk, O> fmt::Debug for RateLimitLayer<Clk, O> {
+impl<Clk, O, D: fmt::Debug> fmt::Debug for RateLimitLayer<Clk, O, D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimitLayer")
             .field("name", &self.shared.name())
             .field("limiter", &self.shared.gate)
+            .field("deadline", &self.deadline)
             .finish()
     }
 }
@@ -538,6 +603,14 @@ impl<S, Clk: Clock, O: Observer> Layer<S> for RateLimitLayer<Clk, O> {
 
     fn layer(&self, inner: S) -> Self::Service {
         Guard::from_shared(inner, self.shared.clone(), ErrorIsFailure)
+    }
+}
+
+impl<S, Clk: Clock, O: Observer> Layer<S> for RateLimitLayer<Clk, O, CarriedDeadline> {
+    type Service = DeadlineRateLimit<S, Clk, O>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        DeadlineRateLimit::new(inner, self.shared.clone())
     }
 }
 
