@@ -71,7 +71,7 @@ impl Labelled for Outcome {
 }
 
 impl Labelled for RejectReason {
-    const COUNT: usize = 11;
+    const COUNT: usize = 12;
     fn index(self) -> usize {
         match self {
             RejectReason::CircuitOpen => 0,
@@ -85,6 +85,7 @@ impl Labelled for RejectReason {
             RejectReason::RateLimited => 8,
             RejectReason::FallbackFull => 9,
             RejectReason::Other => 10,
+            RejectReason::ConcurrencyLimited => 11,
         }
     }
     fn label(self) -> &'static str {

@@ -126,6 +126,17 @@ impl<A> fmt::Debug for Adaptive<A> {
     }
 }
 
+/// The bulkhead's rejection as the limiter's own: every slot taken is its limit reached, not a
+/// full bulkhead, in events and metrics. (Its queue's rejections are a bulkhead queue's.)
+#[cold]
+fn limit_reached(full: Full) -> Full {
+    if full.reason() == RejectReason::BulkheadFull {
+        Full::new(RejectReason::ConcurrencyLimited, full.waited())
+    } else {
+        full
+    }
+}
+
 impl<A: Algorithm> Gate for Adaptive<A> {
     type Permit = AdaptivePermit;
     type Rejection = Full;
@@ -138,7 +149,7 @@ impl<A: Algorithm> Gate for Adaptive<A> {
         waiter: &mut Waiter,
         emit: Emitter<'_, O>,
     ) -> Poll<Result<AdaptivePermit, Full>> {
-        ready!(self.bulkhead.poll_acquire(cx, waiter, emit))?;
+        ready!(self.bulkhead.poll_acquire(cx, waiter, emit)).map_err(limit_reached)?;
         let permit = if sampled(self.sample_every.load(Relaxed)) {
             AdaptivePermit {
                 start: Some(Instant::now()),
