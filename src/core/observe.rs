@@ -278,6 +278,16 @@ pub enum EventKind {
         /// The state it entered.
         to: CircuitState,
     },
+    /// A layer was built, and starts in this state: sent once, before any other event of the
+    /// layer, by the layers whose state is a gauge (a circuit breaker, an adaptive limiter), so
+    /// that the gauge exists from the start rather than from its first change. It is no change:
+    /// no transition, no limit moved.
+    Started {
+        /// A circuit breaker's state.
+        state: Option<CircuitState>,
+        /// An adaptive limiter's concurrency limit.
+        limit: Option<u64>,
+    },
 }
 
 /// What made a fallback layer answer in place of the service, in [`EventKind::FallbackUsed`].
@@ -510,6 +520,13 @@ impl Observer for TracingObserver {
                 cause = cause.as_str(),
                 elapsed_us = elapsed.as_micros() as u64,
                 "timed out"
+            ),
+            EventKind::Started { state, limit } => tracing::debug!(
+                target: "seawall",
+                layer,
+                state = state.map(CircuitState::as_str),
+                limit,
+                "started"
             ),
             EventKind::StateTransition { from, to } => match to {
                 CircuitState::Open | CircuitState::ForcedOpen => tracing::warn!(

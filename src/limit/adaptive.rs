@@ -453,8 +453,13 @@ impl<A, O> AdaptiveLimitBuilder<A, O> {
             sample_every: AtomicU64::new(self.sample_every.unwrap_or(1)),
             auto_sample: self.sample_every.is_none(),
         };
+        let shared = Shared::new(self.name, gate, self.observer);
+        shared.emitter().emit(EventKind::Started {
+            state: None,
+            limit: Some(limit as u64),
+        });
         Ok(AdaptiveLimitLayer {
-            shared: Anchor::counted(Shared::new(self.name, gate, self.observer)),
+            shared: Anchor::counted(shared),
             classify: ErrorIsFailure,
         })
     }
