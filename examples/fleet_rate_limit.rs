@@ -9,20 +9,20 @@
 //! local limit, a third of the quota each, and go back to the shared one when Redis returns.
 //!
 //! Run: `cargo run --release --example fleet_rate_limit --features redis`
-//! Options: `--seconds N` (default 12), `--redis URL` (no outage then), `--no-outage`.
+//! Options: `--seconds N` (default 12), `--redis URL` (no outage then), `--no-outage`. The
+//! `redis-server` started is the one on the `PATH`, or `SEAWALL_REDIS_SERVER`.
 
 use seawall::limit::fleet::redis::RedisStore;
 use seawall::limit::fleet::{FleetHandle, FleetRateLimitLayer};
 use seawall::limit::rate::Quota;
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{sleep, Instant};
 use tower::{service_fn, Layer, Service, ServiceExt};
-
-#[path = "../tests/fleet/server.rs"]
-#[allow(dead_code)]
-mod server;
 
 const RATE: u32 = 50;
 const BURST: u32 = 10;
@@ -42,7 +42,7 @@ struct Options {
     outage: bool,
 }
 
-fn options() -> Options {
+fn options() -> Result<Options, String> {
     let mut options = Options {
         seconds: 12,
         url: None,
@@ -55,26 +55,97 @@ fn options() -> Options {
                 options.seconds = args
                     .next()
                     .and_then(|s| s.parse().ok())
-                    .expect("--seconds N")
+                    .ok_or("--seconds takes a number")?
             }
-            "--redis" => options.url = Some(args.next().expect("--redis URL")),
+            "--redis" => options.url = Some(args.next().ok_or("--redis takes a URL")?),
             "--no-outage" => options.outage = false,
-            other => panic!("unknown option {other}; see the example's docs"),
+            other => return Err(format!("unknown option {other}; see the example's docs")),
         }
     }
-    options
+    Ok(options)
+}
+
+/// A `redis-server` of the example's own on a loopback port, killed when dropped.
+struct OwnRedis {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl OwnRedis {
+    fn start() -> std::io::Result<OwnRedis> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let dir = std::env::temp_dir().join(format!("seawall-example-redis-{port}"));
+        std::fs::create_dir_all(&dir)?;
+        let mut server = OwnRedis {
+            child: None,
+            port,
+            dir,
+        };
+        server.restart()?;
+        Ok(server)
+    }
+
+    /// Starts it (again, after `stop`), empty, and waits until it listens.
+    fn restart(&mut self) -> std::io::Result<()> {
+        let program =
+            std::env::var("SEAWALL_REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned());
+        let mut child = Command::new(program)
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = child.try_wait()? {
+                return Err(std::io::Error::other(format!(
+                    "redis-server exited: {status}"
+                )));
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(std::io::Error::other(
+                    "redis-server did not listen within 10 s",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Kills it, as a crash would.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let options = options();
+    let options = options()?;
     let mut own = None;
     let url = match &options.url {
         Some(url) => url.clone(),
         None => {
-            let Some(server) = server::RedisServer::start("fleet_rate_limit") else {
-                return Err("no redis-server to start: install it (apt-get install redis-server) or pass --redis URL".into());
-            };
+            let server = OwnRedis::start().map_err(|e| {
+                format!("no redis-server could be started ({e}): install it (apt-get install redis-server) or pass --redis URL")
+            })?;
             let url = server.url();
             own = Some(server);
             url
@@ -104,14 +175,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 while Instant::now() < end {
                     let tenant = n % 2;
                     n += 1;
-                    if service
-                        .ready()
-                        .await
-                        .unwrap()
-                        .call(Req(tenant))
-                        .await
-                        .is_ok()
-                    {
+                    // A service that cannot get ready will not get better by being asked again:
+                    // say so and stop this caller, rather than panic in a task nobody joins.
+                    let ready = match service.ready().await {
+                        Ok(ready) => ready,
+                        Err(e) => {
+                            eprintln!(
+                                "instance {instance}, caller {caller}: not ready ({e}); stopping"
+                            );
+                            return;
+                        }
+                    };
+                    if ready.call(Req(tenant)).await.is_ok() {
                         admitted[instance][tenant].fetch_add(1, Relaxed);
                     }
                     sleep(Duration::from_micros(rand::random_range(5_000..15_000))).await;
@@ -157,17 +232,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         // A healthy second after the first (which may spend the burst) stays within the quota
         // and the leases in hand.
         if degraded == 0 && !fresh {
-            worst = worst.max(*fleet.iter().max().unwrap());
+            worst = worst.max(fleet[0].max(fleet[1]));
         }
         fresh = false;
-        if outage && second == down_at {
-            println!("      -- Redis killed for 3 s --");
-            own.as_mut().unwrap().stop();
-        }
-        if outage && second == up_at {
-            println!("      -- Redis restarted --");
-            own.as_mut().unwrap().restart()?;
-            fresh = true;
+        if let Some(server) = own.as_mut().filter(|_| outage) {
+            if second == down_at {
+                println!("      -- Redis killed for 3 s --");
+                server.stop();
+            }
+            if second == up_at {
+                println!("      -- Redis restarted --");
+                server.restart()?;
+                fresh = true;
+            }
         }
     }
     let bound = u64::from(RATE + 3 * (MAX_LEASE + MAX_LEASE.div_ceil(4)));

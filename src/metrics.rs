@@ -13,15 +13,16 @@
 //! | `seawall_attempts_total` | counter | `layer`, `outcome` | an attempt of a retry layer finished |
 //! | `seawall_retries_total` | counter | `layer`, `reason` | a retry scheduled (`backoff`, `server_hint`) |
 //! | `seawall_retry_give_ups_total` | counter | `layer`, `reason` | a retry layer gave up ([`GiveUpReason::as_str`]) |
-//! | `seawall_circuit_state` | gauge | `layer`, `state` | 1 for the state a breaker entered, 0 for the one it left |
+//! | `seawall_circuit_state` | gauge | `layer`, `state` | 1 for the state a breaker entered (or was built in), 0 for the one it left |
 //! | `seawall_circuit_transitions_total` | counter | `layer`, `from`, `to` | a breaker changed state |
-//! | `seawall_concurrency_limit` | gauge | `layer` | an adaptive limiter moved its limit |
+//! | `seawall_concurrency_limit` | gauge | `layer` | an adaptive limiter was built or moved its limit |
 //! | `seawall_fallbacks_total` | counter | `layer`, `trigger` | a fallback answered ([`FallbackTrigger::as_str`]) |
 //! | `seawall_keys_evicted_total` | counter | `layer`, `idle` | a keyed rate limiter dropped a key |
 //! | `seawall_store_degraded` | gauge | `layer` | 1 while a fleet rate limiter's store is degraded, else 0 |
 //!
 //! `layer` is the name given to the layer. Label values are the stable `as_str` labels of the
-//! event types.
+//! event types. The two gauges exist from the moment their layer is built (from its
+//! [`Started`](EventKind::Started) event), so install the recorder before building the layers.
 //!
 //! Give each layer its own `MetricsObserver` (it is small): an observer registers its series with
 //! the installed recorder the first time each is used, and from then on an event costs an atomic
@@ -71,7 +72,7 @@ impl Labelled for Outcome {
 }
 
 impl Labelled for RejectReason {
-    const COUNT: usize = 11;
+    const COUNT: usize = 12;
     fn index(self) -> usize {
         match self {
             RejectReason::CircuitOpen => 0,
@@ -85,6 +86,7 @@ impl Labelled for RejectReason {
             RejectReason::RateLimited => 8,
             RejectReason::FallbackFull => 9,
             RejectReason::Other => 10,
+            RejectReason::ConcurrencyLimited => 11,
         }
     }
     fn label(self) -> &'static str {
@@ -238,6 +240,12 @@ impl Series {
         }
     }
 
+    fn limit(&self, limit: u64) {
+        self.limit
+            .get_or_init(|| gauge!("seawall_concurrency_limit", "layer" => self.layer.clone()))
+            .set(limit as f64)
+    }
+
     fn record(&self, kind: EventKind) {
         let layer = || self.layer.clone();
         match kind {
@@ -303,10 +311,19 @@ impl Series {
                     |r| counter!("seawall_retry_give_ups_total", "layer" => layer(), "reason" => r),
                 )
                 .increment(1),
-            EventKind::LimitChanged { to, .. } => self
-                .limit
-                .get_or_init(|| gauge!("seawall_concurrency_limit", "layer" => layer()))
-                .set(to as f64),
+            EventKind::LimitChanged { to, .. } => self.limit(to),
+            EventKind::Started { state, limit } => {
+                if let Some(state) = state {
+                    self.state
+                        .get(state, |label| {
+                            gauge!("seawall_circuit_state", "layer" => layer(), "state" => label)
+                        })
+                        .set(1.0);
+                }
+                if let Some(limit) = limit {
+                    self.limit(limit);
+                }
+            }
             EventKind::StateTransition { from, to } => {
                 let state = |s: CircuitState| {
                     self.state.get(s, |label| {

@@ -35,9 +35,12 @@ impl Full {
         Full { reason, waited }
     }
 
-    /// Every slot was taken and the bulkhead does not queue.
+    /// Every slot was taken and the bulkhead (or adaptive limiter) does not queue.
     pub fn at_capacity(&self) -> bool {
-        self.reason == RejectReason::BulkheadFull
+        matches!(
+            self.reason,
+            RejectReason::BulkheadFull | RejectReason::ConcurrencyLimited
+        )
     }
 
     /// Every slot was taken and so was every place in the queue.
@@ -55,7 +58,8 @@ impl Full {
         self.waited
     }
 
-    /// Why, as reported to observers.
+    /// Why, as reported to observers: `BulkheadFull` from a bulkhead, `ConcurrencyLimited` from
+    /// an adaptive limiter, `QueueFull` or `QueueTimeout` from either's queue.
     pub fn reason(&self) -> RejectReason {
         self.reason
     }
@@ -68,6 +72,7 @@ impl fmt::Display for Full {
             RejectReason::QueueTimeout => {
                 write!(f, "bulkhead is full; waited {:?} in its queue", self.waited)
             }
+            RejectReason::ConcurrencyLimited => f.write_str("concurrency limit reached"),
             _ => f.write_str("bulkhead is full"),
         }
     }

@@ -4,7 +4,7 @@ use super::state::{Breaker, MAX_PROBES};
 use super::CircuitBreakerLayer;
 use crate::core::gate::{Anchor, Shared};
 use crate::core::window::{MAX_BUCKETS, MAX_COUNT_WINDOW};
-use crate::core::{ErrorIsFailure, Observer};
+use crate::core::{ErrorIsFailure, EventKind, Observer};
 use std::borrow::Cow;
 use std::time::Duration;
 
@@ -382,6 +382,10 @@ impl<C, O> Builder<C, O> {
     {
         let config = self.settings.validate()?;
         let shared = Shared::new(self.settings.name, Breaker::new(config), self.observer);
+        shared.emitter().emit(EventKind::Started {
+            state: Some(shared.gate.state()),
+            limit: None,
+        });
         let anchor = if leak {
             Anchor::leaked(shared)
         } else {

@@ -208,13 +208,13 @@ struct Reserved<G: Gate, O: Observer> {
 }
 
 impl<G: Gate, O: Observer> Reserved<G, O> {
-    /// Gives a reserved permit back to the gate.
+    /// Gives a reserved permit back to the gate. No event: the permit was never reported
+    /// `Permitted` (that is sent by `call`), and a slot given back unused (a layer above refused the
+    /// request, the service was dropped or polled again) is no call, admitted or cancelled.
     fn give_back(&mut self) {
         if let Some(permit) = self.permit.take() {
             let shared = &*self.shared;
-            let emit = shared.emitter();
-            shared.gate.release_unused(permit, emit);
-            emit.emit_from_drop(EventKind::Cancelled);
+            shared.gate.release_unused(permit, shared.emitter());
         }
     }
 
@@ -332,12 +332,9 @@ where
             let shared = &*self.reserved.shared;
             let emit = shared.emitter();
             match ready!(shared.gate.poll_acquire(cx, &mut self.waiter, emit)) {
-                Ok(permit) => {
-                    // Kept before the event is sent: an observer that panics cannot leak it, since
-                    // the service gives it back when dropped.
-                    self.reserved.permit = Some(permit);
-                    emit.emit(EventKind::Permitted);
-                }
+                // Reported `Permitted` when `call` uses it: a permit given back unused (a layer
+                // above refused the request in its `call`) admitted nobody.
+                Ok(permit) => self.reserved.permit = Some(permit),
                 Err(rejection) => {
                     // A rejection is ready at once and fails in the future, so readiness counts
                     // once and the layer works under axum, which assumes services are always ready.
@@ -357,6 +354,11 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
+        if self.reserved.permit.is_some() {
+            // Sent while the service still holds the permit: an observer that panics cannot leak
+            // it, since the service gives it back when dropped.
+            self.reserved.shared.emitter().emit(EventKind::Permitted);
+        }
         if let Some(permit) = self.reserved.permit.take() {
             let anchor = &self.reserved.shared;
             // Nothing to report to a gate that does not follow calls, or to an observer that

@@ -53,8 +53,15 @@ pub enum RejectReason {
     HalfOpenFull,
     /// The circuit breaker was forced open by hand.
     ForcedOpen,
-    /// Every slot of a bulkhead or limiter was taken, and it does not queue.
+    /// Every slot of a bulkhead was taken, and it does not queue.
     BulkheadFull,
+    /// Every slot of an adaptive concurrency limiter was taken (its current limit reached), and
+    /// it does not queue. (Its queue's rejections are `QueueFull` and `QueueTimeout`, as a
+    /// bulkhead's.) Answered as a full bulkhead is: [`ErrorKind::BulkheadFull`], 503,
+    /// `UNAVAILABLE`.
+    ///
+    /// [`ErrorKind::BulkheadFull`]: crate::error::ErrorKind::BulkheadFull
+    ConcurrencyLimited,
     /// Every slot and every place in the queue were taken.
     QueueFull,
     /// The call waited in the queue for the longest time allowed.
@@ -80,6 +87,7 @@ impl RejectReason {
             RejectReason::HalfOpenFull => "half_open_full",
             RejectReason::ForcedOpen => "forced_open",
             RejectReason::BulkheadFull => "bulkhead_full",
+            RejectReason::ConcurrencyLimited => "concurrency_limited",
             RejectReason::QueueFull => "queue_full",
             RejectReason::QueueTimeout => "queue_timeout",
             RejectReason::Overloaded => "overloaded",
@@ -179,7 +187,9 @@ impl GiveUpReason {
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum EventKind {
-    /// A call was admitted.
+    /// A call was admitted: sent when the call is made (`call`), not when its capacity was
+    /// reserved (`poll_ready`). Capacity reserved and given back unused (a layer above refused the
+    /// request in its own `call`, or the service was dropped before any call) sends nothing.
     Permitted,
     /// A call was turned away before reaching the inner service.
     Rejected {
@@ -193,7 +203,8 @@ pub enum EventKind {
         /// How long it took, when timing was wanted (see [`Observer::wants_latency`]).
         latency: Option<Duration>,
     },
-    /// An admitted call was dropped before it finished. Nothing about it was counted.
+    /// An admitted call (one reported [`Permitted`](Self::Permitted)) was dropped before it
+    /// finished. Nothing about it was counted.
     Cancelled,
     /// A timeout layer gave up on a call (or, for [`TimeoutCause::Expired`], did not start it).
     TimedOut {
@@ -266,6 +277,16 @@ pub enum EventKind {
         from: CircuitState,
         /// The state it entered.
         to: CircuitState,
+    },
+    /// A layer was built, and starts in this state: sent once, before any other event of the
+    /// layer, by the layers whose state is a gauge (a circuit breaker, an adaptive limiter), so
+    /// that the gauge exists from the start rather than from its first change. It is no change:
+    /// no transition, no limit moved.
+    Started {
+        /// A circuit breaker's state.
+        state: Option<CircuitState>,
+        /// An adaptive limiter's concurrency limit.
+        limit: Option<u64>,
     },
 }
 
@@ -499,6 +520,13 @@ impl Observer for TracingObserver {
                 cause = cause.as_str(),
                 elapsed_us = elapsed.as_micros() as u64,
                 "timed out"
+            ),
+            EventKind::Started { state, limit } => tracing::debug!(
+                target: "seawall",
+                layer,
+                state = state.map(CircuitState::as_str),
+                limit,
+                "started"
             ),
             EventKind::StateTransition { from, to } => match to {
                 CircuitState::Open | CircuitState::ForcedOpen => tracing::warn!(

@@ -6,6 +6,7 @@ use crate::core::{
 };
 use pin_project_lite::pin_project;
 use std::borrow::Cow;
+use std::error::Error;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -24,6 +25,14 @@ use tower::{BoxError, Layer, Service};
 /// [`max_concurrent`](AlternateBuilder::max_concurrent) fallbacks at once: past that, the
 /// original failure is returned, with a `Rejected { reason: FallbackFull }` event, so that a storm
 /// of failures cannot pile work onto the alternate without bound.
+///
+/// When the alternate fails too (its readiness or its call), the primary's failure is what the
+/// caller gets: an error comes back as an [`AlternateFailed`], whose `source()` is the primary's
+/// error, so that [`seawall::error::find`](crate::error::find) and the HTTP and gRPC mappings answer
+/// for the primary's failure (a timeout stays a 504, not the alternate breaker's 503), and whose
+/// [`alternate`](AlternateFailed::alternate) is the alternate's error. A response the classifier
+/// called a failure is answered as it is, as it would have been without the layer (it is kept
+/// while the alternate runs), and the alternate's error is dropped.
 ///
 /// ```
 /// use seawall::fallback::AlternateLayer;
@@ -50,6 +59,85 @@ struct Shared<A, O> {
     max: usize,
     running: AtomicUsize,
     source: Source<O>,
+}
+
+/// The error of a call that failed, and whose alternate failed too: the primary's error, with the
+/// alternate's beside it.
+///
+/// Its [`source`](Error::source) is the primary's error, so that
+/// [`seawall::error::find`](crate::error::find), [`error::kind`](crate::error::kind), the axum and
+/// tonic mappings and any error reporter walk the primary's chain and answer for the primary's
+/// failure. The alternate's error is [`alternate`](Self::alternate): look there for what went wrong
+/// with the fallback (`seawall::error::find(failed.alternate())`).
+///
+/// ```
+/// use seawall::error::{kind, ErrorKind};
+/// use seawall::fallback::{AlternateFailed, AlternateLayer};
+/// use seawall::timeout::TimeoutLayer;
+/// use std::time::Duration;
+/// use tower::{service_fn, BoxError, ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let replica = service_fn(|_: u32| async { Err::<u32, BoxError>("replica down".into()) });
+/// let service = ServiceBuilder::new()
+///     .layer(AlternateLayer::builder(replica).build().unwrap())
+///     .layer(TimeoutLayer::new(Duration::from_millis(100)))
+///     .service(service_fn(|n: u32| async move {
+///         tokio::time::sleep(Duration::from_secs(1)).await;
+///         Ok::<_, BoxError>(n)
+///     }));
+/// let err = service.oneshot(7).await.unwrap_err();
+/// // Answered as the primary's timeout (a 504), not as the replica's failure.
+/// assert_eq!(kind(&*err), Some(ErrorKind::TimedOut));
+/// let both = err.downcast_ref::<AlternateFailed>().unwrap();
+/// assert_eq!(both.alternate().to_string(), "replica down");
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct AlternateFailed {
+    primary: BoxError,
+    alternate: BoxError,
+}
+
+impl AlternateFailed {
+    /// The primary's error: the failure that made the layer fall back.
+    pub fn primary(&self) -> &(dyn Error + Send + Sync + 'static) {
+        &*self.primary
+    }
+
+    /// The alternate's error: its readiness's or its call's.
+    pub fn alternate(&self) -> &(dyn Error + Send + Sync + 'static) {
+        &*self.alternate
+    }
+
+    /// The primary's error and the alternate's, in that order.
+    pub fn into_parts(self) -> (BoxError, BoxError) {
+        (self.primary, self.alternate)
+    }
+}
+
+impl fmt::Display for AlternateFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The primary's message is the source's, not repeated here.
+        write!(f, "the alternate failed too ({})", self.alternate)
+    }
+}
+
+impl Error for AlternateFailed {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&*self.primary)
+    }
+}
+
+/// What a call whose alternate failed answers: the primary's error, with the alternate's beside
+/// it, or the primary's response that the classifier called a failure, as it is.
+#[cold]
+fn primary_failure<Res>(
+    primary: Result<Res, BoxError>,
+    alternate: BoxError,
+) -> Result<Res, BoxError> {
+    primary.map_err(|primary| BoxError::from(AlternateFailed { primary, alternate }))
 }
 
 /// Makes the alternate's request by cloning the original.
@@ -335,12 +423,15 @@ pin_project! {
             request: Option<R>,
             trigger: FallbackTrigger,
             running: Option<Running<A, O>>,
+            // What the primary answered, for the caller if the alternate fails too.
+            primary: Option<Result<A::Response, BoxError>>,
         },
         Calling {
             #[pin]
             future: A::Future,
             trigger: FallbackTrigger,
             running: Running<A, O>,
+            primary: Option<Result<A::Response, BoxError>>,
         },
     }
 }
@@ -399,6 +490,7 @@ where
                         request: request.take(),
                         trigger,
                         running: Some(running),
+                        primary: Some(result),
                     }
                 }
                 StateProj::Readying {
@@ -406,28 +498,40 @@ where
                     request,
                     trigger,
                     running,
+                    primary,
                 } => {
-                    ready!(alternate.poll_ready(cx)).map_err(Into::into)?;
+                    if let Err(e) = ready!(alternate.poll_ready(cx)) {
+                        let primary = primary.take().expect("polled after completion");
+                        return Poll::Ready(primary_failure(primary, e.into()));
+                    }
                     let future = alternate.call(request.take().expect("polled after completion"));
                     State::Calling {
                         future,
                         trigger: *trigger,
                         // The place in the bound moves on with the call.
                         running: running.take().expect("polled after completion"),
+                        primary: primary.take(),
                     }
                 }
                 StateProj::Calling {
-                    future, trigger, ..
+                    future,
+                    trigger,
+                    primary,
+                    ..
                 } => {
-                    let result = ready!(future.poll(cx)).map_err(Into::into);
-                    if result.is_ok() {
-                        let latency = this.start.map(|start| start.elapsed());
-                        this.shared.source.emitter().emit(EventKind::FallbackUsed {
-                            trigger: *trigger,
-                            latency,
-                        });
-                    }
-                    return Poll::Ready(result);
+                    let result = match ready!(future.poll(cx)) {
+                        Ok(response) => response,
+                        Err(e) => {
+                            let primary = primary.take().expect("polled after completion");
+                            return Poll::Ready(primary_failure(primary, e.into()));
+                        }
+                    };
+                    let latency = this.start.map(|start| start.elapsed());
+                    this.shared.source.emitter().emit(EventKind::FallbackUsed {
+                        trigger: *trigger,
+                        latency,
+                    });
+                    return Poll::Ready(Ok(result));
                 }
             };
             this.state.set(next);

@@ -42,7 +42,8 @@ mod policy;
 mod stale;
 
 pub use alternate::{
-    Alternate, AlternateBuilder, AlternateFuture, AlternateLayer, CloneRequest, MakeRequest,
+    Alternate, AlternateBuilder, AlternateFailed, AlternateFuture, AlternateLayer, CloneRequest,
+    MakeRequest,
 };
 pub use config::ConfigError;
 pub use policy::{FromFn, Policy, Respond, Value, WithRequest};

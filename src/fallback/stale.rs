@@ -132,7 +132,8 @@ impl<K: Hash + Eq + Clone, Res: Clone> Store<K, Res> {
 /// the request; requests with no key are not stored nor served. When a call fails in a way
 /// [`Select`] chooses and a response for its key is at most `max_age` old (default five minutes),
 /// that response is served, after `mark` has marked it, with a `FallbackUsed` event. For HTTP,
-/// [`mark_http`] adds an `Age` header, a `Warning: 110` header and a [`StaleResponse`] extension.
+/// [`mark_http`] sets the `Age` header (the upstream's plus the time kept) and adds a
+/// [`StaleResponse`] extension.
 ///
 /// Responses must be `Clone`: buffer HTTP bodies first (`http::Response<Bytes>`, `String`).
 /// Storing costs a clone, a clock read and a short lock per successful call.
@@ -447,15 +448,30 @@ pub struct StaleResponse {
     pub age: Duration,
 }
 
-/// Marks a stale HTTP response for [`StaleIfErrorLayer`]: an `Age` header (whole seconds), a
-/// `Warning: 110 - "Response is Stale"` header, and a [`StaleResponse`] extension.
+/// Marks a stale HTTP response for [`StaleIfErrorLayer`]: its `Age` header and a
+/// [`StaleResponse`] extension.
+///
+/// `Age` is set as a cache sets it (RFC 9111 §4.2.3): the `Age` the upstream sent with the
+/// response, if any, plus `age`, the time the response was kept, in whole seconds (at most 2^31, as
+/// the RFC caps it); an `Age` that is not a number counts as none. No `Warning: 110` header is added:
+/// RFC 9111 obsoletes `Warning` (§5.5). A stale answer is told by its `Age` and, in
+/// the process, by the [`StaleResponse`] extension (whose `age` is the time kept alone); mark it
+/// another way (a header of your own) with a function of your own.
 #[cfg(feature = "http")]
 pub fn mark_http<B>(response: &mut http::Response<B>, age: Duration) {
+    /// The greatest age RFC 9111 §1.2.2 counts: 2^31 seconds.
+    const MAX_AGE: u64 = 1 << 31;
     let headers = response.headers_mut();
-    headers.insert(http::header::AGE, http::HeaderValue::from(age.as_secs()));
-    headers.insert(
-        http::header::WARNING,
-        http::HeaderValue::from_static("110 - \"Response is Stale\""),
-    );
+    let upstream = headers.get(http::header::AGE).and_then(|value| {
+        let text = value.to_str().ok()?.trim();
+        let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+        // All digits but too many for a u64: too great to count.
+        digits.then(|| text.parse::<u64>().unwrap_or(MAX_AGE))
+    });
+    let total = upstream
+        .unwrap_or(0)
+        .saturating_add(age.as_secs())
+        .min(MAX_AGE);
+    headers.insert(http::header::AGE, http::HeaderValue::from(total));
     response.extensions_mut().insert(StaleResponse { age });
 }

@@ -126,6 +126,17 @@ impl<A> fmt::Debug for Adaptive<A> {
     }
 }
 
+/// The bulkhead's rejection as the limiter's own: every slot taken is its limit reached, not a
+/// full bulkhead, in events and metrics. (Its queue's rejections are a bulkhead queue's.)
+#[cold]
+fn limit_reached(full: Full) -> Full {
+    if full.reason() == RejectReason::BulkheadFull {
+        Full::new(RejectReason::ConcurrencyLimited, full.waited())
+    } else {
+        full
+    }
+}
+
 impl<A: Algorithm> Gate for Adaptive<A> {
     type Permit = AdaptivePermit;
     type Rejection = Full;
@@ -138,7 +149,7 @@ impl<A: Algorithm> Gate for Adaptive<A> {
         waiter: &mut Waiter,
         emit: Emitter<'_, O>,
     ) -> Poll<Result<AdaptivePermit, Full>> {
-        ready!(self.bulkhead.poll_acquire(cx, waiter, emit))?;
+        ready!(self.bulkhead.poll_acquire(cx, waiter, emit)).map_err(limit_reached)?;
         let permit = if sampled(self.sample_every.load(Relaxed)) {
             AdaptivePermit {
                 start: Some(Instant::now()),
@@ -442,8 +453,13 @@ impl<A, O> AdaptiveLimitBuilder<A, O> {
             sample_every: AtomicU64::new(self.sample_every.unwrap_or(1)),
             auto_sample: self.sample_every.is_none(),
         };
+        let shared = Shared::new(self.name, gate, self.observer);
+        shared.emitter().emit(EventKind::Started {
+            state: None,
+            limit: Some(limit as u64),
+        });
         Ok(AdaptiveLimitLayer {
-            shared: Anchor::counted(Shared::new(self.name, gate, self.observer)),
+            shared: Anchor::counted(shared),
             classify: ErrorIsFailure,
         })
     }

@@ -46,6 +46,11 @@ async fn every_decision_is_an_event() {
     assert_eq!(
         kinds,
         vec![
+            // Built closed: the state is reported before any call.
+            EventKind::Started {
+                state: Some(CircuitState::Closed),
+                limit: None
+            },
             EventKind::Permitted,
             // The closure observer wants latency, so the clock was read.
             EventKind::Finished {
@@ -91,7 +96,17 @@ async fn cancellations_are_reported_as_such() {
         .call(Call::fail().after(Duration::from_secs(1)));
     drop(future);
     let kinds: Vec<_> = events.lock().unwrap().iter().map(|(_, k)| *k).collect();
-    assert_eq!(kinds, vec![EventKind::Permitted, EventKind::Cancelled]);
+    assert_eq!(
+        kinds,
+        vec![
+            EventKind::Started {
+                state: Some(CircuitState::Closed),
+                limit: None
+            },
+            EventKind::Permitted,
+            EventKind::Cancelled
+        ]
+    );
     assert_eq!(handle.metrics().calls, 0, "a cancelled call is not counted");
 }
 

@@ -186,7 +186,7 @@ async fn each_answer_is_reported_with_its_trigger_and_latency() {
 mod alternate {
     use super::*;
     use seawall::core::RejectReason;
-    use seawall::fallback::AlternateLayer;
+    use seawall::fallback::{AlternateFailed, AlternateLayer};
     use tokio_test::{assert_pending, assert_ready, task};
     use tower_test::mock;
 
@@ -296,6 +296,92 @@ mod alternate {
         );
     }
 
+    /// A primary that times out (504) and an alternate behind an open breaker (503): the caller
+    /// gets the primary's failure, which the alternate's does not hide.
+    #[tokio::test(start_paused = true)]
+    async fn when_the_alternate_fails_too_the_primary_failure_is_returned() {
+        let breaker = CircuitBreakerLayer::builder()
+            .name("replica")
+            .build()
+            .unwrap();
+        breaker.handle().force_open();
+        let replica = ServiceBuilder::new()
+            .layer(breaker)
+            .service(service_fn(|_: u32| async {
+                Ok::<_, BoxError>("replica".to_string())
+            }));
+        let layer = AlternateLayer::builder(replica).build().unwrap();
+        let service = ServiceBuilder::new()
+            .layer(layer)
+            .layer(TimeoutLayer::new(Duration::from_millis(100)))
+            .service(service_fn(|_: u32| async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Ok::<_, BoxError>("late".to_string())
+            }));
+        let err = service.oneshot(1).await.unwrap_err();
+        let kind = seawall::error::kind(&*err);
+        assert_eq!(kind, Some(ErrorKind::TimedOut), "{err}");
+        assert_eq!(
+            seawall::http::status(kind.unwrap()),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        // Both are there: the primary's failure in the chain, the alternate's beside it.
+        let both = err
+            .downcast_ref::<AlternateFailed>()
+            .expect("both failures");
+        assert_eq!(
+            seawall::error::kind(both.alternate()),
+            Some(ErrorKind::CircuitOpen)
+        );
+        assert_eq!(
+            seawall::error::kind(both.primary()),
+            Some(ErrorKind::TimedOut)
+        );
+    }
+
+    /// A plain primary error and an alternate that is never ready: the primary's error comes
+    /// back (as the source of the combined error), with the alternate's readiness error.
+    #[tokio::test(start_paused = true)]
+    async fn an_alternate_that_cannot_get_ready_keeps_the_primary_error() {
+        let (alternate, mut handle) = mock::pair::<u32, String>();
+        handle.send_error("replica unreachable");
+        let layer = AlternateLayer::builder(alternate).build().unwrap();
+        let err = layer.layer(failing()).oneshot(1).await.unwrap_err();
+        let source = std::error::Error::source(&*err).map(|e| e.to_string());
+        assert_eq!(
+            source.as_deref(),
+            Some("primary down"),
+            "the primary's error is the source of: {err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "the alternate failed too (replica unreachable)"
+        );
+        assert_eq!(layer.running(), 0);
+    }
+
+    /// A response the classifier called a failure, and an alternate that fails: the primary's
+    /// response is answered, as it would have been without the layer.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_response_is_answered_when_the_alternate_fails() {
+        let replica = service_fn(|_: Http| async {
+            Err::<Response<String>, BoxError>("replica down".into())
+        });
+        let layer = AlternateLayer::builder(replica)
+            .request_with(|req: &Http| Request::get(req.uri().clone()).body(()).unwrap())
+            .when(Select::all().or_failed_responses())
+            .classify(HttpClassifier::default())
+            .build()
+            .unwrap();
+        let service = layer.layer(http_backend());
+        let down = service
+            .oneshot(Request::get("/down").body(()).unwrap())
+            .await
+            .expect("the primary's response");
+        assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(layer.running(), 0);
+    }
+
     #[test]
     fn a_bound_of_zero_is_a_typed_error() {
         use seawall::fallback::ConfigError;
@@ -313,6 +399,44 @@ mod alternate {
             .max_concurrent(1)
             .build()
             .is_ok());
+    }
+}
+
+/// `mark_http` on a stored response: its `Age` is the upstream's plus the time it was kept (RFC 9111
+/// §4.2.3), and no obsolete `Warning` header is added (RFC 9111 §5.5).
+mod mark {
+    use super::*;
+    use seawall::fallback::{mark_http, StaleResponse};
+
+    fn marked(upstream_age: Option<&str>) -> Response<()> {
+        let mut response = Response::new(());
+        if let Some(age) = upstream_age {
+            response.headers_mut().insert("age", age.parse().unwrap());
+        }
+        mark_http(&mut response, Duration::from_secs(30));
+        response
+    }
+
+    #[test]
+    fn the_age_is_the_upstream_age_plus_the_time_kept_and_no_warning_is_added() {
+        let response = marked(Some("100"));
+        assert_eq!(response.headers()["age"], "130");
+        assert_eq!(response.headers().get_all("age").iter().count(), 1);
+        assert!(response.headers().get("warning").is_none());
+        assert_eq!(
+            response.extensions().get::<StaleResponse>(),
+            Some(&StaleResponse {
+                age: Duration::from_secs(30)
+            })
+        );
+        // No upstream Age, or one that is not a number: the time kept.
+        assert_eq!(marked(None).headers()["age"], "30");
+        assert_eq!(marked(Some("soon")).headers()["age"], "30");
+        // Too great to count: 2^31, as RFC 9111 says.
+        assert_eq!(
+            marked(Some("99999999999999999999999")).headers()["age"],
+            "2147483648"
+        );
     }
 }
 
@@ -372,7 +496,7 @@ mod stale {
         let stale = service.clone().oneshot(get("/a")).await.unwrap();
         assert_eq!(stale.body(), "/a v2", "the last good answer");
         assert_eq!(stale.headers()["age"], "30");
-        assert_eq!(stale.headers()["warning"], "110 - \"Response is Stale\"");
+        assert!(stale.headers().get("warning").is_none());
         assert_eq!(
             stale.extensions().get::<StaleResponse>(),
             Some(&StaleResponse {

@@ -416,3 +416,92 @@ async fn untimed_failures_move_vegas() {
     }
     assert_eq!(handle.limit(), 17, "20 less one per drop");
 }
+
+/// A keyed rate limiter outside an adaptive limiter: the inner limiter reserves a slot in
+/// `poll_ready`, the keyed limiter refuses the key in `call`, and the slot goes back unused. That
+/// is neither an admitted call nor a cancelled one: the adaptive limiter reports nothing for it,
+/// and the call it admits next is reported once.
+#[tokio::test(start_paused = true)]
+async fn a_slot_given_back_unused_under_a_keyed_limiter_is_not_reported() {
+    use seawall::limit::algorithm::Fixed;
+    use seawall::limit::rate::{KeyedRateLimitLayer, Quota};
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let adaptive = AdaptiveLimitLayer::builder(Fixed(4))
+        .name("adaptive")
+        .observer(move |e: &Event<'_>| sink.lock().unwrap().push(e.kind))
+        .build();
+    let handle = adaptive.handle();
+    let keyed = KeyedRateLimitLayer::builder(Quota::per_minute(1), |key: &u32| Some(*key))
+        .build()
+        .unwrap();
+    let service = tower::ServiceBuilder::new()
+        .layer(keyed)
+        .layer(adaptive)
+        .service(service_fn(|_: u32| async { Ok::<_, BoxError>(()) }));
+    service.clone().oneshot(7).await.unwrap();
+    events.lock().unwrap().clear();
+    // Key 7 has used its quota: refused by the keyed limiter, on a per-request clone (as axum
+    // makes them), which is dropped with the slot it reserved.
+    let err = service.clone().oneshot(7).await.unwrap_err();
+    assert_eq!(
+        seawall::error::kind(&*err),
+        Some(seawall::error::ErrorKind::RateLimited)
+    );
+    assert_eq!(handle.in_flight(), 0, "the slot is back");
+    assert_eq!(
+        *events.lock().unwrap(),
+        [],
+        "nothing was admitted or cancelled"
+    );
+    // On one service: refused, then admitted in the slot still reserved.
+    let mut one = service.clone();
+    one.ready().await.unwrap().call(7).await.unwrap_err();
+    one.ready().await.unwrap().call(8).await.unwrap();
+    drop(one);
+    let kinds = events.lock().unwrap().clone();
+    assert_eq!(kinds.len(), 2, "{kinds:?}");
+    assert_eq!(kinds[0], EventKind::Permitted);
+    assert!(matches!(kinds[1], EventKind::Finished { .. }), "{kinds:?}");
+}
+
+/// The adaptive limiter's rejections are its own, in events and metrics labels, and still
+/// answered as a full bulkhead is (503, `UNAVAILABLE`).
+#[tokio::test(start_paused = true)]
+async fn the_adaptive_limiter_rejects_with_its_own_reason() {
+    use seawall::core::RejectReason;
+    use seawall::limit::algorithm::Fixed;
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let layer = AdaptiveLimitLayer::builder(Fixed(1))
+        .observer(move |e: &Event<'_>| sink.lock().unwrap().push(e.kind))
+        .build();
+    let service = layer.layer(service_fn(|_: u32| async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok::<_, BoxError>(())
+    }));
+    let busy = tokio::spawn(service.clone().oneshot(1));
+    tokio::task::yield_now().await;
+    let err = service.clone().oneshot(2).await.unwrap_err();
+    busy.await.unwrap().unwrap();
+    let reasons: Vec<_> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|kind| match kind {
+            EventKind::Rejected { reason } => Some(reason.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons, ["concurrency_limited"]);
+    let full = err
+        .downcast_ref::<seawall::bulkhead::error::Full>()
+        .expect("the limiter's rejection");
+    assert!(full.at_capacity());
+    assert_ne!(full.reason(), RejectReason::BulkheadFull);
+    assert_eq!(
+        seawall::error::kind(&*err),
+        Some(seawall::error::ErrorKind::BulkheadFull),
+        "answered as a full bulkhead: 503, UNAVAILABLE"
+    );
+}

@@ -178,6 +178,47 @@ fn one_observer_shared_by_two_layers_records_both() {
     assert_eq!(series["seawall_permitted_total{layer=b}"], "1");
 }
 
+/// A breaker's state and an adaptive limiter's limit are gauges from the moment the layer is
+/// built, before any traffic, not from their first change.
+#[test]
+fn state_and_limit_gauges_exist_from_the_start() {
+    let recorder = DebuggingRecorder::new();
+    metrics::with_local_recorder(&recorder, || {
+        let breaker = CircuitBreakerLayer::builder()
+            .name("db")
+            .observer(MetricsObserver::new())
+            .build()
+            .unwrap();
+        let limiter =
+            seawall::limit::AdaptiveLimitLayer::builder(seawall::limit::algorithm::Aimd::default())
+                .name("server")
+                .observer(MetricsObserver::new())
+                .build();
+        drop((breaker, limiter));
+    });
+    let series = snapshot(&recorder);
+    assert_eq!(
+        series
+            .get("seawall_circuit_state{layer=db,state=closed}")
+            .map(String::as_str),
+        Some("1"),
+        "{series:#?}"
+    );
+    assert_eq!(
+        series
+            .get("seawall_concurrency_limit{layer=server}")
+            .map(String::as_str),
+        Some("20"),
+        "{series:#?}"
+    );
+    assert!(
+        !series
+            .keys()
+            .any(|s| s.starts_with("seawall_circuit_transitions_total")),
+        "building is no transition: {series:#?}"
+    );
+}
+
 /// Every kind of event, as some layer sends it.
 fn every_kind() -> Vec<EventKind> {
     let ms = Duration::from_millis;
@@ -220,6 +261,14 @@ fn every_kind() -> Vec<EventKind> {
         EventKind::StateTransition {
             from: CircuitState::Closed,
             to: CircuitState::Open,
+        },
+        EventKind::Started {
+            state: Some(CircuitState::HalfOpen),
+            limit: None,
+        },
+        EventKind::Started {
+            state: None,
+            limit: Some(17),
         },
     ]
 }
