@@ -45,7 +45,9 @@ pub use alternate::{
     Alternate, AlternateBuilder, AlternateFuture, AlternateLayer, CloneRequest, MakeRequest,
 };
 pub use config::ConfigError;
-pub use policy::{FromFn, Policy, Respond, Value, WithRequest};
+#[cfg(feature = "http")]
+pub use policy::{BodySize, HttpStore};
+pub use policy::{FromFn, Policy, Respond, StorePolicy, StoreSuccesses, Value, WithRequest};
 #[cfg(feature = "http")]
 pub use stale::{mark_http, StaleResponse};
 pub use stale::{StaleFuture, StaleIfError, StaleIfErrorBuilder, StaleIfErrorLayer};

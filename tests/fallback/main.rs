@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tower::{service_fn, BoxError, Layer, Service, ServiceBuilder, ServiceExt};
 
+mod stale_rules;
+
 /// What the backend does with a request.
 #[derive(Clone, Copy, Debug)]
 enum Do {
