@@ -424,7 +424,8 @@ impl StaleIfErrorLayer<(), (), ()> {
     /// success (every `Ok` by default) and the [`may_store`](StaleIfErrorBuilder::may_store)
     /// predicate accepts, and weighs each by its inline size only unless given a
     /// [`weigh`](StaleIfErrorBuilder::weigh)er. For `http::Response`s use
-    /// [`http`](Self::http), which stores only shareable `2xx` answers.
+    /// [`http`](Self::http), which stores only shareable `2xx` answers: `builder(key, mark_http)`
+    /// compiles, but applies none of its rules.
     pub fn builder<F, Res>(key: F, mark: fn(&mut Res, Duration)) -> StaleIfErrorBuilder<F, Res> {
         StaleIfErrorBuilder {
             key,
