@@ -320,7 +320,7 @@ mod alternate {
 
 mod stale {
     use super::*;
-    use seawall::fallback::{mark_http, StaleIfErrorLayer, StaleResponse};
+    use seawall::fallback::{StaleIfErrorLayer, StaleResponse};
 
     /// A backend whose answers carry a version, and which fails when told to.
     fn versioned(
@@ -348,7 +348,7 @@ mod stale {
         let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = events.clone();
-        let layer = StaleIfErrorLayer::builder(key, mark_http)
+        let layer = StaleIfErrorLayer::http(key)
             .max_age(Duration::from_secs(60))
             .observer("profiles", move |e: &Event<'_>| {
                 sink.lock().unwrap().push(e.kind)
@@ -401,7 +401,7 @@ mod stale {
     #[tokio::test(start_paused = true)]
     async fn only_chosen_failures_are_served_stale() {
         let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let layer = StaleIfErrorLayer::builder(key, mark_http)
+        let layer = StaleIfErrorLayer::http(key)
             .when(Select::rejections([ErrorKind::TimedOut]))
             .build()
             .unwrap();
