@@ -256,8 +256,8 @@ service_builder_ext! {
     [feature = "fallback"] fn alternate<A, M, C, O>(layer: fallback::AlternateLayer<A, M, C, O>);
 
     /// Serves the last good answer of the services built below when a call fails as chosen.
-    [feature = "fallback"] fn stale_if_error<F, K, Res, C, O>(
-        layer: fallback::StaleIfErrorLayer<F, K, Res, C, O>
+    [feature = "fallback"] fn stale_if_error<F, K, Res, C, O, P>(
+        layer: fallback::StaleIfErrorLayer<F, K, Res, C, O, P>
     );
 
     /// Injects faults (errors, latency, substituted responses) into the services built below.

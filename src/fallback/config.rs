@@ -14,4 +14,7 @@ pub enum ConfigError {
     /// A stale-if-error maximum age of zero: nothing stored could ever be served.
     #[error("stale-if-error max age must be greater than zero")]
     MaxAge,
+    /// A stale-if-error byte budget of zero: nothing could ever be stored.
+    #[error("stale-if-error max bytes must be at least 1")]
+    MaxBytes,
 }

@@ -8,6 +8,33 @@
 //! upstream), so that "fall back on an open breaker or a timeout, but let a 404 through" is one
 //! line, without downcasting. The fallback sees what triggered it, as a [`Trigger`].
 //!
+//! # Stale-if-error: the key decides who is served what
+//!
+//! <div class="warning">
+//!
+//! [`StaleIfErrorLayer`] serves a stored answer to **any** request with the same key, whoever
+//! sends it. Key only on what makes an answer the same for everyone who may ask: a public
+//! catalog page by its path, yes; `/me` or `/cart` by their path, never (put the user in the
+//! key, or give such requests no key, and they are neither stored nor served).
+//!
+//! </div>
+//!
+//! - [`StaleIfErrorLayer::http`] is for `http::Response`s: it stores only `2xx` answers, never
+//!   one with `Set-Cookie`, `Cache-Control: private` or `no-store`, nor the answer to a request
+//!   with `Authorization` or `Cookie` (unless
+//!   [`key_includes_credentials`](StaleIfErrorBuilder::key_includes_credentials) says the key
+//!   includes them), nor one that `Vary`s on a header the key does not cover
+//!   ([`key_covers_headers`](StaleIfErrorBuilder::key_covers_headers)): see [`HttpStore`].
+//! - [`StaleIfErrorLayer::builder`] is for any other type and knows nothing of it: it stores
+//!   every response the classifier calls a success and the
+//!   [`may_store`](StaleIfErrorBuilder::may_store) predicate accepts, and only the key keeps
+//!   users apart.
+//!
+//! Either way a response that is not stored (a `500`, a `404`) leaves the last good one in
+//! place, and the store is bounded in entries, in bytes
+//! ([`max_bytes`](StaleIfErrorBuilder::max_bytes), [`weigh`](StaleIfErrorBuilder::weigh)) and
+//! in time.
+//!
 //! ```
 //! use seawall::error::ErrorKind;
 //! use seawall::fallback::{FallbackLayer, Select, Trigger};
@@ -46,9 +73,11 @@ pub use alternate::{
     MakeRequest,
 };
 pub use config::ConfigError;
-pub use policy::{FromFn, Policy, Respond, Value, WithRequest};
 #[cfg(feature = "http")]
-pub use stale::{mark_http, StaleResponse};
+pub use policy::{BodySize, HttpStore};
+pub use policy::{FromFn, Policy, Respond, StorePolicy, StoreSuccesses, Value, WithRequest};
+#[cfg(feature = "http")]
+pub use stale::StaleResponse;
 pub use stale::{StaleFuture, StaleIfError, StaleIfErrorBuilder, StaleIfErrorLayer};
 
 use crate::core::{

@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tower::{service_fn, BoxError, Layer, Service, ServiceBuilder, ServiceExt};
 
+mod stale_rules;
+
 /// What the backend does with a request.
 #[derive(Clone, Copy, Debug)]
 enum Do {
@@ -402,47 +404,9 @@ mod alternate {
     }
 }
 
-/// `mark_http` on a stored response: its `Age` is the upstream's plus the time it was kept (RFC 9111
-/// §4.2.3), and no obsolete `Warning` header is added (RFC 9111 §5.5).
-mod mark {
-    use super::*;
-    use seawall::fallback::{mark_http, StaleResponse};
-
-    fn marked(upstream_age: Option<&str>) -> Response<()> {
-        let mut response = Response::new(());
-        if let Some(age) = upstream_age {
-            response.headers_mut().insert("age", age.parse().unwrap());
-        }
-        mark_http(&mut response, Duration::from_secs(30));
-        response
-    }
-
-    #[test]
-    fn the_age_is_the_upstream_age_plus_the_time_kept_and_no_warning_is_added() {
-        let response = marked(Some("100"));
-        assert_eq!(response.headers()["age"], "130");
-        assert_eq!(response.headers().get_all("age").iter().count(), 1);
-        assert!(response.headers().get("warning").is_none());
-        assert_eq!(
-            response.extensions().get::<StaleResponse>(),
-            Some(&StaleResponse {
-                age: Duration::from_secs(30)
-            })
-        );
-        // No upstream Age, or one that is not a number: the time kept.
-        assert_eq!(marked(None).headers()["age"], "30");
-        assert_eq!(marked(Some("soon")).headers()["age"], "30");
-        // Too great to count: 2^31, as RFC 9111 says.
-        assert_eq!(
-            marked(Some("99999999999999999999999")).headers()["age"],
-            "2147483648"
-        );
-    }
-}
-
 mod stale {
     use super::*;
-    use seawall::fallback::{mark_http, StaleIfErrorLayer, StaleResponse};
+    use seawall::fallback::{StaleIfErrorLayer, StaleResponse};
 
     /// A backend whose answers carry a version, and which fails when told to.
     fn versioned(
@@ -470,7 +434,7 @@ mod stale {
         let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = events.clone();
-        let layer = StaleIfErrorLayer::builder(key, mark_http)
+        let layer = StaleIfErrorLayer::http(key)
             .max_age(Duration::from_secs(60))
             .observer("profiles", move |e: &Event<'_>| {
                 sink.lock().unwrap().push(e.kind)
@@ -523,7 +487,7 @@ mod stale {
     #[tokio::test(start_paused = true)]
     async fn only_chosen_failures_are_served_stale() {
         let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let layer = StaleIfErrorLayer::builder(key, mark_http)
+        let layer = StaleIfErrorLayer::http(key)
             .when(Select::rejections([ErrorKind::TimedOut]))
             .build()
             .unwrap();

@@ -1,0 +1,424 @@
+//! Stale-if-error: what it stores (only good answers that may be shared), and the bounds of its
+//! store in bytes and in time.
+
+use http::{Request, Response, StatusCode};
+use seawall::fallback::{ConfigError, StaleIfErrorLayer, StaleResponse};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
+
+/// What the backend answers next: a response, or (`None`) an error.
+type Next = Arc<Mutex<Option<Response<String>>>>;
+
+/// A backend answering each call with what the test last told it to.
+fn backend(
+    next: &Next,
+) -> impl Service<Request<()>, Response = Response<String>, Error = BoxError> + Clone {
+    let next = next.clone();
+    service_fn(move |_: Request<()>| {
+        let answer = next.lock().unwrap().clone();
+        async move { answer.ok_or_else(|| BoxError::from("backend down")) }
+    })
+}
+
+fn answer(next: &Next, status: u16, body: &str, headers: &[(&str, &str)]) {
+    let mut response = Response::builder().status(status);
+    for (name, value) in headers {
+        response = response.header(*name, *value);
+    }
+    *next.lock().unwrap() = Some(response.body(body.to_owned()).unwrap());
+}
+
+fn fail(next: &Next) {
+    *next.lock().unwrap() = None;
+}
+
+fn get(path: &str, headers: &[(&str, &str)]) -> Request<()> {
+    let mut request = Request::get(path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.body(()).unwrap()
+}
+
+fn path(request: &Request<()>) -> Option<String> {
+    Some(request.uri().path().to_owned())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_500_after_a_200_does_not_replace_it() {
+    let next = Next::default();
+    let layer = StaleIfErrorLayer::http(path).build().unwrap();
+    let service = layer.layer(backend(&next));
+    answer(&next, 200, "good", &[]);
+    let fresh = service.clone().oneshot(get("/page", &[])).await.unwrap();
+    assert_eq!(fresh.body(), "good");
+    answer(&next, 500, "oops", &[]);
+    let during = service.clone().oneshot(get("/page", &[])).await.unwrap();
+    fail(&next);
+    let after = service.clone().oneshot(get("/page", &[])).await.unwrap();
+    assert_eq!(
+        (after.status(), after.body().as_str()),
+        (StatusCode::OK, "good"),
+        "the 500 replaced the good answer"
+    );
+    // The HTTP classifier calls the 500 a failure: it is answered with the good answer too.
+    assert_eq!(
+        (during.status(), during.body().as_str()),
+        (StatusCode::OK, "good")
+    );
+    assert!(during.extensions().get::<StaleResponse>().is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_2xx_is_stored_not_a_redirect_nor_a_4xx() {
+    for status in [404, 401, 403, 301] {
+        let next = Next::default();
+        let layer = StaleIfErrorLayer::http(path).build().unwrap();
+        let service = layer.layer(backend(&next));
+        answer(&next, 200, "good", &[]);
+        service.clone().oneshot(get("/a", &[])).await.unwrap();
+        answer(&next, status, "not this", &[]);
+        let passed = service.clone().oneshot(get("/a", &[])).await.unwrap();
+        assert_eq!(passed.status(), status, "not a failure: passed through");
+        fail(&next);
+        let after = service.clone().oneshot(get("/a", &[])).await.unwrap();
+        assert_eq!(
+            (after.status(), after.body().as_str()),
+            (StatusCode::OK, "good"),
+            "a {status} replaced the good answer"
+        );
+        // Nothing stored for a key that never had a 2xx.
+        answer(&next, status, "not this", &[]);
+        service.clone().oneshot(get("/b", &[])).await.unwrap();
+        fail(&next);
+        assert!(service.clone().oneshot(get("/b", &[])).await.is_err());
+        assert_eq!(layer.stored(), 1);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn alice_s_response_with_set_cookie_is_never_served_to_bob() {
+    let next = Next::default();
+    let layer = StaleIfErrorLayer::http(path).build().unwrap();
+    let service = layer.layer(backend(&next));
+    answer(
+        &next,
+        200,
+        "alice's profile",
+        &[("set-cookie", "session=alice")],
+    );
+    let alice = service.clone().oneshot(get("/me", &[])).await.unwrap();
+    assert_eq!(alice.body(), "alice's profile");
+    fail(&next);
+    let bob = service.clone().oneshot(get("/me", &[])).await;
+    assert_eq!(
+        bob.map(|r| r.into_body()).unwrap_err().to_string(),
+        "backend down",
+        "Alice's answer served to Bob"
+    );
+    assert_eq!(layer.stored(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn private_and_no_store_responses_are_not_stored() {
+    let refused: [&[(&str, &str)]; 5] = [
+        &[("cache-control", "private")],
+        &[("cache-control", "no-store")],
+        &[("cache-control", "max-age=60, No-Store")],
+        &[("cache-control", "PRIVATE=\"x-user\", max-age=60")],
+        &[
+            ("cache-control", "max-age=60"),
+            ("cache-control", "private"),
+        ],
+    ];
+    for headers in refused {
+        let next = Next::default();
+        let layer = StaleIfErrorLayer::http(path).build().unwrap();
+        let service = layer.layer(backend(&next));
+        answer(&next, 200, "mine", headers);
+        service.clone().oneshot(get("/a", &[])).await.unwrap();
+        fail(&next);
+        assert!(
+            service.clone().oneshot(get("/a", &[])).await.is_err(),
+            "stored with {headers:?}"
+        );
+    }
+    // A public answer is stored.
+    let next = Next::default();
+    let layer = StaleIfErrorLayer::http(path).build().unwrap();
+    let service = layer.layer(backend(&next));
+    answer(
+        &next,
+        200,
+        "ours",
+        &[("cache-control", "public, max-age=60")],
+    );
+    service.clone().oneshot(get("/a", &[])).await.unwrap();
+    fail(&next);
+    let stale = service.oneshot(get("/a", &[])).await.unwrap();
+    assert_eq!(stale.body(), "ours");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_answer_to_a_request_with_credentials_is_not_stored_by_default() {
+    for credentials in [
+        ("authorization", "Bearer alice"),
+        ("cookie", "session=alice"),
+    ] {
+        let next = Next::default();
+        let layer = StaleIfErrorLayer::http(path).build().unwrap();
+        let service = layer.layer(backend(&next));
+        answer(&next, 200, "alice's", &[]);
+        service
+            .clone()
+            .oneshot(get("/a", &[credentials]))
+            .await
+            .unwrap();
+        fail(&next);
+        assert!(
+            service.clone().oneshot(get("/a", &[])).await.is_err(),
+            "{credentials:?}: Alice's answer served to Bob"
+        );
+        assert!(service.oneshot(get("/a", &[credentials])).await.is_err());
+        assert_eq!(layer.stored(), 0);
+    }
+}
+
+/// The path and the request's `Authorization`: a key that makes each user's answers their own.
+fn path_and_user(request: &Request<()>) -> Option<(String, Option<String>)> {
+    let user = request.headers().get("authorization");
+    let user = user.map(|v| v.to_str().ok().map(str::to_owned));
+    Some((request.uri().path().to_owned(), user?))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_that_includes_the_credentials_may_store_their_answers() {
+    let next = Next::default();
+    let layer = StaleIfErrorLayer::http(path_and_user)
+        .key_includes_credentials()
+        .build()
+        .unwrap();
+    let service = layer.layer(backend(&next));
+    let alice = [("authorization", "Bearer alice")];
+    answer(&next, 200, "alice's", &[]);
+    service.clone().oneshot(get("/a", &alice)).await.unwrap();
+    fail(&next);
+    let stale = service.clone().oneshot(get("/a", &alice)).await.unwrap();
+    assert_eq!(stale.body(), "alice's");
+    let bob = [("authorization", "Bearer bob")];
+    assert!(service.clone().oneshot(get("/a", &bob)).await.is_err());
+    assert!(service.oneshot(get("/a", &[])).await.is_err());
+}
+
+/// The path and the request's `Accept-Language`.
+fn path_and_language(request: &Request<()>) -> Option<(String, Option<String>)> {
+    let language = request.headers().get("accept-language");
+    let language = language.map(|v| v.to_str().ok().map(str::to_owned));
+    Some((request.uri().path().to_owned(), language.flatten()))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_response_that_varies_on_headers_the_key_does_not_cover_is_not_stored() {
+    // By default the key covers no header: any `Vary` keeps the answer out.
+    let next = Next::default();
+    let layer = StaleIfErrorLayer::http(path).build().unwrap();
+    let service = layer.layer(backend(&next));
+    answer(&next, 200, "bonjour", &[("vary", "Accept-Language")]);
+    let french = [("accept-language", "fr")];
+    service.clone().oneshot(get("/a", &french)).await.unwrap();
+    fail(&next);
+    assert!(
+        service
+            .oneshot(get("/a", &[("accept-language", "en")]))
+            .await
+            .is_err(),
+        "a French answer served to an English reader"
+    );
+
+    // A key that covers `Accept-Language` stores answers that vary on it, and only those.
+    let next = Next::default();
+    let layer = StaleIfErrorLayer::http(path_and_language)
+        .key_covers_headers([http::header::ACCEPT_LANGUAGE])
+        .build()
+        .unwrap();
+    let service = layer.layer(backend(&next));
+    answer(&next, 200, "bonjour", &[("vary", "accept-LANGUAGE")]);
+    service.clone().oneshot(get("/a", &french)).await.unwrap();
+    for vary in ["*", "Accept-Language, Accept-Encoding"] {
+        answer(&next, 200, "not stored", &[("vary", vary)]);
+        service.clone().oneshot(get("/b", &french)).await.unwrap();
+    }
+    answer(
+        &next,
+        200,
+        "not stored",
+        &[("vary", "accept-language"), ("vary", "user-agent")],
+    );
+    service.clone().oneshot(get("/c", &french)).await.unwrap();
+    fail(&next);
+    let stale = service.clone().oneshot(get("/a", &french)).await.unwrap();
+    assert_eq!(stale.body(), "bonjour");
+    let english = [("accept-language", "en")];
+    assert!(service.clone().oneshot(get("/a", &english)).await.is_err());
+    assert!(service.clone().oneshot(get("/b", &french)).await.is_err());
+    assert!(service.oneshot(get("/c", &french)).await.is_err());
+    assert_eq!(layer.stored(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn other_types_store_what_the_classifier_and_the_predicate_accept() {
+    use seawall::core::Outcome;
+    let classify = |result: &Result<String, BoxError>| match result {
+        Ok(answer) if answer == "bad" => Outcome::Failure,
+        Ok(_) => Outcome::Success,
+        Err(_) => Outcome::Failure,
+    };
+    let layer = StaleIfErrorLayer::builder(
+        |request: &(u32, &'static str)| Some(request.0),
+        |answer: &mut String, _| answer.push_str(" (stale)"),
+    )
+    .classify(classify)
+    .may_store(|answer: &String| !answer.starts_with("partial"))
+    .build()
+    .unwrap();
+    let service = layer.layer(service_fn(|(_, answer): (u32, &'static str)| async move {
+        match answer {
+            "down" => Err(BoxError::from("down")),
+            answer => Ok(answer.to_owned()),
+        }
+    }));
+    assert_eq!(service.clone().oneshot((1, "full")).await.unwrap(), "full");
+    assert_eq!(
+        service.clone().oneshot((1, "partial")).await.unwrap(),
+        "partial"
+    );
+    assert_eq!(
+        service.clone().oneshot((1, "bad")).await.unwrap(),
+        "full (stale)",
+        "a failure is answered with the stored answer"
+    );
+    assert_eq!(
+        service.oneshot((1, "down")).await.unwrap(),
+        "full (stale)",
+        "what the predicate refuses is not stored"
+    );
+}
+
+/// A response that keeps count of the bytes every live copy of it holds.
+#[derive(Debug)]
+struct Blob {
+    live: Arc<AtomicUsize>,
+    bytes: Vec<u8>,
+}
+
+impl Blob {
+    fn new(live: &Arc<AtomicUsize>, len: usize) -> Self {
+        live.fetch_add(len, Ordering::Relaxed);
+        Blob {
+            live: live.clone(),
+            bytes: vec![0; len],
+        }
+    }
+}
+
+impl Clone for Blob {
+    fn clone(&self) -> Self {
+        Blob::new(&self.live, self.bytes.len())
+    }
+}
+
+impl Drop for Blob {
+    fn drop(&mut self) {
+        self.live.fetch_sub(self.bytes.len(), Ordering::Relaxed);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn churning_keys_keep_the_store_within_its_byte_budget() {
+    const BUDGET: usize = 256 * 1024;
+    let live = Arc::new(AtomicUsize::new(0));
+    let layer = StaleIfErrorLayer::builder(|n: &u32| Some(*n), |_: &mut Blob, _| {})
+        .weigh(|blob: &Blob| blob.bytes.len())
+        .max_bytes(BUDGET)
+        .build()
+        .unwrap();
+    let made = live.clone();
+    let mut service = layer.layer(service_fn(move |_: u32| {
+        let blob = Blob::new(&made, 1024);
+        async move { Ok::<_, BoxError>(blob) }
+    }));
+    for n in 0..20_000u32 {
+        drop(service.ready().await.unwrap().call(n).await.unwrap());
+        if n % 500 == 0 {
+            let held = live.load(Ordering::Relaxed);
+            assert!(
+                held <= BUDGET,
+                "{held} bytes of responses held after {n} keys"
+            );
+            assert!(layer.stored_bytes() <= BUDGET);
+        }
+    }
+    let held = live.load(Ordering::Relaxed);
+    assert!(held <= BUDGET, "{held} bytes of responses held");
+    assert!(held >= BUDGET / 4, "the budget is used: {held}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn expired_entries_are_compacted_as_the_store_is_used() {
+    let layer = StaleIfErrorLayer::builder(|n: &u32| Some(*n), |_: &mut u32, _| {})
+        .max_entries(2_000)
+        .max_age(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let mut service = layer.layer(service_fn(|n: u32| async move { Ok::<_, BoxError>(n) }));
+    for n in 0..50 {
+        service.ready().await.unwrap().call(n).await.unwrap();
+    }
+    assert_eq!(layer.stored(), 50);
+    tokio::time::advance(Duration::from_secs(61)).await;
+    for n in 1_000..2_000 {
+        service.ready().await.unwrap().call(n).await.unwrap();
+    }
+    assert_eq!(layer.stored(), 1_000, "expired entries are still held");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_http_answer_weighs_its_body_headers_and_key_and_one_too_heavy_is_not_stored() {
+    let next = Next::default();
+    let layer = StaleIfErrorLayer::http(path).build().unwrap();
+    let service = layer.layer(backend(&next));
+    let header = "h".repeat(1_000);
+    answer(&next, 200, &"b".repeat(10_000), &[("x-big", &header)]);
+    service.clone().oneshot(get("/key", &[])).await.unwrap();
+    let least = 10_000 + "x-big".len() + 1_000 + "/key".len();
+    let weight = layer.stored_bytes();
+    assert!((least..least + 1_024).contains(&weight), "{weight}");
+
+    // With a budget of 8 KiB, the 11 KB answer is not stored, and leaves the last one in place.
+    let layer = StaleIfErrorLayer::http(path)
+        .max_bytes(8 * 1024)
+        .build()
+        .unwrap();
+    let service = layer.layer(backend(&next));
+    answer(&next, 200, "small", &[]);
+    service.clone().oneshot(get("/key", &[])).await.unwrap();
+    answer(&next, 200, &"b".repeat(10_000), &[("x-big", &header)]);
+    service.clone().oneshot(get("/key", &[])).await.unwrap();
+    fail(&next);
+    let stale = service.oneshot(get("/key", &[])).await.unwrap();
+    assert_eq!(stale.body(), "small");
+}
+
+#[test]
+fn a_byte_budget_of_zero_is_a_typed_error() {
+    let builder = || StaleIfErrorLayer::builder(|n: &u32| Some(*n), |_: &mut u32, _| {});
+    let err = builder().max_bytes(0).build::<u32>().unwrap_err();
+    assert_eq!(err, ConfigError::MaxBytes);
+    assert_eq!(
+        err.to_string(),
+        "stale-if-error max bytes must be at least 1"
+    );
+    assert!(builder().max_bytes(1).build::<u32>().is_ok());
+}
