@@ -87,27 +87,26 @@ async fn main() -> Result<(), BoxError> {
     );
 
     // Writes: 5 a second per API key, bursts of 5.
-    let per_key = KeyedRateLimitLayer::builder(Quota::per_second(5).burst(5), |req: &Request<Body>| {
-        req.headers()
-            .get("x-api-key")
-            .and_then(|key| key.to_str().ok())
-            .map(str::to_owned)
-    })
-    .name("orders_per_key")
-    .observer(MetricsObserver::new())
-    .build()?;
+    let per_key =
+        KeyedRateLimitLayer::builder(Quota::per_second(5).burst(5), |req: &Request<Body>| {
+            req.headers()
+                .get("x-api-key")
+                .and_then(|key| key.to_str().ok())
+                .map(str::to_owned)
+        })
+        .name("orders_per_key")
+        .observer(MetricsObserver::new())
+        .build()?;
     // Everything: 200 a second per client address, bursts of 100.
-    let per_client = KeyedRateLimitLayer::builder(
-        Quota::per_second(200).burst(100),
-        |req: &Request<Body>| {
+    let per_client =
+        KeyedRateLimitLayer::builder(Quota::per_second(200).burst(100), |req: &Request<Body>| {
             req.extensions()
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|ConnectInfo(addr)| addr.ip())
-        },
-    )
-    .name("per_client")
-    .observer(MetricsObserver::new())
-    .build()?;
+        })
+        .name("per_client")
+        .observer(MetricsObserver::new())
+        .build()?;
 
     let app = Router::new()
         .route("/items/{id}", get(item))
@@ -267,7 +266,10 @@ async fn drive(addr: SocketAddr, down: &AtomicBool) -> Result<(), BoxError> {
             other => return Err(format!("unexpected {other}").into()),
         }
     }
-    println!("   alice: {} ordered, {} told to retry later", alice.0, alice.1);
+    println!(
+        "   alice: {} ordered, {} told to retry later",
+        alice.0, alice.1
+    );
     println!("   bob:   {} ordered, {} told to retry later", bob.0, bob.1);
     if alice.1 == 0 || bob != (3, 0) {
         return Err("the per-key limit did not hold alice alone back".into());
