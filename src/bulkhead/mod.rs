@@ -64,4 +64,4 @@ mod state;
 pub use config::{Builder, ConfigError, MAX_CONCURRENT};
 pub use handle::Handle;
 pub use layer::{BulkheadLayer, BulkheadService};
-pub use state::{Bulkhead, Order, Waiter};
+pub use state::{Bulkhead, Codel, Order, Waiter};
