@@ -329,7 +329,8 @@ pub type AdaptiveLimit<S, A, C = ErrorIsFailure, O = ()> = Guard<S, Adaptive<A>,
 /// bulkhead's gate and its queue options. See the [module docs](super).
 ///
 /// Every call's outcome comes from the classifier (every `Err` by default): a failure counts as a
-/// drop. Timing a call costs two clock reads, so a limiter that sees more than about 4,000 calls a
+/// drop. A call is timed from the moment it has its slot, after any wait in the queue, to its end,
+/// so the algorithm learns from time in service and a queue never inflates the limit. Timing a call costs two clock reads, so a limiter that sees more than about 4,000 calls a
 /// second times only a share of them; see
 /// [`sample_every`](AdaptiveLimitBuilder::sample_every).
 ///
