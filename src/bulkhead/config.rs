@@ -1,6 +1,6 @@
 //! Building a bulkhead: [`Builder`] and [`ConfigError`].
 
-use super::state::{Bulkhead, Order};
+use super::state::{Bulkhead, Codel, Order};
 use super::BulkheadLayer;
 use crate::core::gate::{Anchor, Shared};
 use crate::core::{ErrorIsFailure, Observer};
@@ -25,10 +25,63 @@ pub enum ConfigError {
     /// A maximum wait was set for a bulkhead that does not queue.
     #[error("a maximum wait needs a queue (queue length is zero)")]
     MaxWaitWithoutQueue,
+    /// Controlled delay ([`codel`](Builder::codel)) was set for a bulkhead that does not queue.
+    #[error("controlled delay (codel) needs a queue (queue length is zero)")]
+    CodelWithoutQueue,
+    /// The [`Codel`] target is zero, or longer than its interval.
+    #[error(
+        "codel target must be above zero and at most the interval, got target {target:?}, interval {interval:?}"
+    )]
+    Codel {
+        /// The target given.
+        target: Duration,
+        /// The interval given.
+        interval: Duration,
+    },
+}
+
+/// A mistake in the queue's settings, shared by the builders of every layer on the bulkhead's
+/// gate, each of which reports it in its own error type.
+pub(crate) enum QueueMistake {
+    MaxWaitWithoutQueue,
+    CodelWithoutQueue,
+    Codel(Codel),
+}
+
+/// Checks the queue's settings.
+pub(crate) fn check_queue(
+    max_queue: usize,
+    max_wait: Option<Duration>,
+    codel: Option<Codel>,
+) -> Result<(), QueueMistake> {
+    if max_queue == 0 && max_wait.is_some() {
+        return Err(QueueMistake::MaxWaitWithoutQueue);
+    }
+    if let Some(codel) = codel {
+        if max_queue == 0 {
+            return Err(QueueMistake::CodelWithoutQueue);
+        }
+        if codel.target.is_zero() || codel.target > codel.interval {
+            return Err(QueueMistake::Codel(codel));
+        }
+    }
+    Ok(())
+}
+
+impl From<QueueMistake> for ConfigError {
+    fn from(mistake: QueueMistake) -> Self {
+        match mistake {
+            QueueMistake::MaxWaitWithoutQueue => ConfigError::MaxWaitWithoutQueue,
+            QueueMistake::CodelWithoutQueue => ConfigError::CodelWithoutQueue,
+            QueueMistake::Codel(Codel { target, interval }) => {
+                ConfigError::Codel { target, interval }
+            }
+        }
+    }
 }
 
 /// The queue's setters, shared by the builders of every layer that runs on the bulkhead's gate
-/// (their fields `max_queue`, `max_wait` and `order`).
+/// (their fields `max_queue`, `max_wait`, `order` and `codel`).
 macro_rules! queue_setters {
     () => {
         /// How many callers may wait for a slot (default 0: a call that finds every slot taken
@@ -46,8 +99,23 @@ macro_rules! queue_setters {
         }
 
         /// Which queued caller gets the next free slot (default FIFO).
+        /// [`Order::Adaptive`](crate::bulkhead::Order::Adaptive) is FIFO while the queue keeps
+        /// emptying and LIFO once it has not emptied for an interval.
         pub fn order(mut self, order: crate::bulkhead::Order) -> Self {
             self.order = order;
+            self
+        }
+
+        /// Controlled delay (default off): a caller who joins a queue that has not been empty
+        /// within the last `interval` may wait only `target`, one who joins a queue that has may
+        /// wait up to `interval`; [`max_wait`](Self::max_wait), if set, caps both. A caller that
+        /// waits that long without a slot fails with
+        /// [`Full`](crate::bulkhead::error::Full). Needs a queue. See
+        /// [`Codel`](crate::bulkhead::Codel); pair it with
+        /// [`Order::Adaptive`](crate::bulkhead::Order::Adaptive) for the whole of "Fail at
+        /// Scale"'s queue.
+        pub fn codel(mut self, codel: crate::bulkhead::Codel) -> Self {
+            self.codel = Some(codel);
             self
         }
     };
@@ -66,6 +134,7 @@ pub const MAX_CONCURRENT: u64 = 1 << 40;
 /// | [`queue`](Self::queue) | 0: reject at once | 0 wait (`maxWaitDuration` 0) | 0 (`QueueLimit`) |
 /// | [`max_wait`](Self::max_wait) | none (wait in the queue as long as it takes) | | |
 /// | [`order`](Self::order) | FIFO | | FIFO |
+/// | [`codel`](Self::codel) | off; when set, [`Codel::default`]: target 5 ms, interval 100 ms | | |
 ///
 /// ```
 /// use seawall::bulkhead::{BulkheadLayer, Order};
@@ -88,6 +157,7 @@ pub struct Builder<O = ()> {
     max_queue: usize,
     max_wait: Option<Duration>,
     order: Order,
+    codel: Option<Codel>,
     observer: O,
 }
 
@@ -99,6 +169,7 @@ impl Default for Builder {
             max_queue: 0,
             max_wait: None,
             order: Order::Fifo,
+            codel: None,
             observer: (),
         }
     }
@@ -127,6 +198,7 @@ impl<O> Builder<O> {
             max_queue: self.max_queue,
             max_wait: self.max_wait,
             order: self.order,
+            codel: self.codel,
             observer,
         }
     }
@@ -163,10 +235,14 @@ impl<O> Builder<O> {
                 max: MAX_CONCURRENT,
             });
         }
-        if self.max_queue == 0 && self.max_wait.is_some() {
-            return Err(ConfigError::MaxWaitWithoutQueue);
-        }
-        let gate = Bulkhead::new(self.limit, self.max_queue, self.max_wait, self.order);
+        check_queue(self.max_queue, self.max_wait, self.codel)?;
+        let gate = Bulkhead::new(
+            self.limit,
+            self.max_queue,
+            self.max_wait,
+            self.order,
+            self.codel,
+        );
         let shared = Shared::new(self.name, gate, self.observer);
         let anchor = if leak {
             Anchor::leaked(shared)

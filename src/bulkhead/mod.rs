@@ -7,6 +7,31 @@
 //! (under overload LIFO serves the freshest callers, whose clients are still waiting). A call that
 //! finds the queue full, or waits too long, fails with `Full`, which says which.
 //!
+//! # Controlled delay and adaptive LIFO
+//!
+//! A queue absorbs bursts, but a queue that never empties only adds its wait to every call. The
+//! queue of Facebook's "Fail at Scale" (Maurer, ACM Queue 2015) tells the two apart by whether it
+//! has been empty lately:
+//!
+//! - [`codel`](Builder::codel) ([`Codel`], default target 5 ms, interval 100 ms): a caller that
+//!   joins a queue that has been empty at some moment within the last interval may wait up to the
+//!   interval; one that joins a queue that has not may wait only the target. The wait is fixed
+//!   when the caller joins, `max_wait` caps it (the wait is `min(target or interval, max_wait)`),
+//!   and a caller that waits it out fails with `Full` (`waited_too_long`; a server answers 503),
+//!   never with a timeout.
+//! - [`Order::Adaptive`]: FIFO while the queue has been empty within the interval (a burst, served
+//!   fairly), LIFO while it has not (overload: the freshest callers, whose clients are still
+//!   waiting, are served, and the oldest give up). It uses codel's interval, or 100 ms without
+//!   codel.
+//!
+//! A queue of some length with both absorbs a burst of up to about `interval` of work, and under
+//! sustained overload turns surplus callers away within the target.
+//!
+//! The wait happens in `poll_ready`, before the request exists, so a [`Deadline`](crate::core::Deadline) the request
+//! carries cannot shorten it: the waits above bound it instead. A request whose deadline passed
+//! while it waited is failed at once, without reaching the service, by a propagating timeout
+//! beneath the bulkhead (`TimeoutLayer::from_extension(None).propagate()`, feature `timeout`).
+//!
 //! The slot is reserved in `poll_ready`, moves into the response future, and is given back when the
 //! call completes, fails, or is dropped, and when a service holding an unused reservation is
 //! dropped; a caller dropped while queued leaves the queue. A rejection is `Ready` and fails in the
@@ -16,8 +41,10 @@
 //! # Cost
 //!
 //! Admission while a slot is free takes no lock: one atomic subtraction (and a read of the queue's
-//! length), and completion one atomic addition; no allocation, no clock read. Only callers that must
-//! wait take the queue's lock and allocate their place in it.
+//! length), and completion one atomic addition; no allocation, no clock read, whatever the queue's
+//! settings. Only callers that must wait take the queue's lock, read the clock once and allocate
+//! their place in it; a slot given to a queued caller reads the clock once more under adaptive
+//! LIFO.
 //!
 //! # Examples
 //!
@@ -54,6 +81,36 @@
 //!     .unwrap();
 //! # drop(layer);
 //! ```
+//!
+//! With a controlled-delay, adaptive-LIFO queue, in a `ServiceBuilder`:
+//!
+//! ```
+//! use seawall::bulkhead::{error::Full, BulkheadLayer, Codel, Order};
+//! use std::time::Duration;
+//! use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let bulkhead = BulkheadLayer::builder()
+//!     .max_concurrent(1)
+//!     .queue(32)
+//!     .codel(Codel::default()) // 5 ms under overload, 100 ms otherwise
+//!     .order(Order::Adaptive)
+//!     .build()
+//!     .unwrap();
+//! let mut service = ServiceBuilder::new()
+//!     .layer(bulkhead)
+//!     .service(service_fn(|_: ()| async {
+//!         tokio::time::sleep(Duration::from_secs(1)).await;
+//!         Ok::<_, std::io::Error>("done")
+//!     }));
+//! let slow = service.ready().await.unwrap().call(()); // holds the only slot for a second
+//! // The queue was empty: this caller may wait up to the interval, then gives up with `Full`.
+//! let err = service.clone().oneshot(()).await.unwrap_err();
+//! assert_eq!(err.downcast_ref::<Full>().unwrap().waited(), Duration::from_millis(100));
+//! # drop(slow);
+//! # }
+//! ```
 
 pub(crate) mod config;
 pub mod error;
@@ -64,4 +121,4 @@ mod state;
 pub use config::{Builder, ConfigError, MAX_CONCURRENT};
 pub use handle::Handle;
 pub use layer::{BulkheadLayer, BulkheadService};
-pub use state::{Bulkhead, Order, Waiter};
+pub use state::{Bulkhead, Codel, Order, Waiter};

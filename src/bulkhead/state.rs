@@ -25,6 +25,61 @@ pub enum Order {
     /// Last come, first served: under overload the freshest callers, whose clients are still
     /// waiting, are served, and the oldest time out.
     Lifo,
+    /// Adaptive LIFO ("Fail at Scale", Maurer 2015): first come, first served while the queue has
+    /// been empty at some moment within the last interval (the [`Codel`] interval, 100 ms by
+    /// default even without controlled delay), last come, first served while it has not. A queue
+    /// that keeps emptying is a burst being absorbed, and is served fairly; one that has not
+    /// emptied for a whole interval is overloaded, and serves the freshest callers, whose clients
+    /// are still waiting, while the oldest give up.
+    Adaptive,
+}
+
+/// Controlled delay ("Fail at Scale", Maurer 2015, after CoDel): how long a queued caller may wait
+/// depends on whether the queue has been empty lately.
+///
+/// A caller that joins a queue that has been empty at some moment within the last
+/// [`interval`](Codel::interval) (a burst, being absorbed) may wait up to the interval; one that
+/// joins a queue that has not (a standing queue: overload) may wait only the
+/// [`target`](Codel::target). The wait is fixed when the caller joins, and capped by the builder's
+/// `max_wait` if one is set: the wait is `min(target or interval, max_wait)`. A caller that waits
+/// that long without a slot fails with [`Full`] (`waited_too_long`), as with `max_wait`.
+///
+/// The defaults are the paper's: a target of 5 ms and an interval of 100 ms.
+///
+/// ```
+/// use seawall::bulkhead::{BulkheadLayer, Codel, Order};
+/// use std::time::Duration;
+///
+/// let layer = BulkheadLayer::builder()
+///     .max_concurrent(8)
+///     .queue(64)
+///     .codel(Codel::default())
+///     .order(Order::Adaptive)
+///     .build()
+///     .unwrap();
+/// # drop(layer);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Codel {
+    /// How long a caller may wait when the queue has not been empty within the interval (default
+    /// 5 ms). Above zero, and at most the interval.
+    pub target: Duration,
+    /// How long a caller may wait when the queue has been empty within it, and how long the queue
+    /// must go without emptying to count as overloaded (default 100 ms).
+    pub interval: Duration,
+}
+
+impl Codel {
+    /// Controlled delay with these waits.
+    pub const fn new(target: Duration, interval: Duration) -> Self {
+        Codel { target, interval }
+    }
+}
+
+impl Default for Codel {
+    fn default() -> Self {
+        Codel::new(Duration::from_millis(5), Duration::from_millis(100))
+    }
 }
 
 /// One queued caller.
@@ -56,14 +111,35 @@ pub(crate) struct Inner {
     /// Callers in the queue. New callers skip the queue only when it is empty.
     waiting: Padded<AtomicU64>,
     limit: AtomicU64,
-    queue: Mutex<VecDeque<Arc<Node>>>,
+    queue: Mutex<Queue>,
     pub(crate) max_queue: usize,
     pub(crate) max_wait: Option<Duration>,
     pub(crate) order: Order,
+    pub(crate) codel: Option<Codel>,
+}
+
+/// The queued callers, and since when the queue has not been empty: kept under the queue's lock,
+/// so callers who never queue never touch it (nor read the clock for it).
+struct Queue {
+    nodes: VecDeque<Arc<Node>>,
+    /// When the queue last went from empty to not empty; meaningless while it is empty.
+    busy_since: Instant,
+}
+
+impl Queue {
+    /// Whether the queue has not been empty at any moment of the `interval` before `now`.
+    fn overloaded(&self, now: Instant, interval: Duration) -> bool {
+        !self.nodes.is_empty() && now.saturating_duration_since(self.busy_since) > interval
+    }
 }
 
 impl Inner {
-    fn queue(&self) -> MutexGuard<'_, VecDeque<Arc<Node>>> {
+    /// The interval of controlled delay and adaptive LIFO.
+    fn interval(&self) -> Duration {
+        self.codel.unwrap_or_default().interval
+    }
+
+    fn queue(&self) -> MutexGuard<'_, Queue> {
         // Nothing is left half-done under this lock by a panic.
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -120,10 +196,19 @@ impl Inner {
     /// Hands free slots to queued callers, in the queue's order.
     fn dispatch(&self) {
         let mut queue = self.queue();
-        while !queue.is_empty() && self.try_take() {
-            let node = match self.order {
-                Order::Fifo => queue.pop_front(),
-                Order::Lifo => queue.pop_back(),
+        // Adaptive LIFO decides once per hand-out, with one clock read, and only when a slot goes
+        // to a queued caller (never on the uncontended path, where nobody is queued).
+        let mut lifo = None;
+        while !queue.nodes.is_empty() && self.try_take() {
+            let lifo = *lifo.get_or_insert_with(|| match self.order {
+                Order::Fifo => false,
+                Order::Lifo => true,
+                Order::Adaptive => queue.overloaded(Instant::now(), self.interval()),
+            });
+            let node = if lifo {
+                queue.nodes.pop_back()
+            } else {
+                queue.nodes.pop_front()
             }
             .expect("not empty");
             self.waiting.fetch_sub(1, SeqCst);
@@ -139,8 +224,8 @@ impl Inner {
         if node.granted.load(SeqCst) {
             return true;
         }
-        if let Some(at) = queue.iter().position(|n| Arc::ptr_eq(n, node)) {
-            queue.remove(at);
+        if let Some(at) = queue.nodes.iter().position(|n| Arc::ptr_eq(n, node)) {
+            queue.nodes.remove(at);
             self.waiting.fetch_sub(1, SeqCst);
         }
         false
@@ -206,6 +291,7 @@ impl Bulkhead {
         max_queue: usize,
         max_wait: Option<Duration>,
         order: Order,
+        codel: Option<Codel>,
     ) -> Self {
         // The slots, spread over the stripes as evenly as they go.
         let share = |stripe: usize| {
@@ -217,10 +303,14 @@ impl Bulkhead {
                 debt: AtomicI64::new(0),
                 waiting: Padded(AtomicU64::new(0)),
                 limit: AtomicU64::new(limit),
-                queue: Mutex::new(VecDeque::new()),
+                queue: Mutex::new(Queue {
+                    nodes: VecDeque::new(),
+                    busy_since: Instant::now(),
+                }),
                 max_queue,
                 max_wait,
                 order,
+                codel,
             }),
         }
     }
@@ -235,6 +325,7 @@ impl fmt::Debug for Bulkhead {
             .field("max_queue", &self.inner.max_queue)
             .field("max_wait", &self.inner.max_wait)
             .field("order", &self.inner.order)
+            .field("codel", &self.inner.codel)
             .finish()
     }
 }
@@ -326,23 +417,41 @@ impl Bulkhead {
                 inner.waiting.fetch_sub(1, SeqCst);
                 return Poll::Ready(Ok(()));
             }
-            if queue.len() >= inner.max_queue {
+            if queue.nodes.len() >= inner.max_queue {
                 inner.waiting.fetch_sub(1, SeqCst);
                 return Poll::Ready(Err(Full::new(RejectReason::QueueFull, Duration::ZERO)));
             }
+            let now = Instant::now();
+            // Controlled delay: the interval if the queue has been empty within it (it is empty
+            // now, or emptied lately), the target if not; `max_wait` caps either.
+            let codel = inner.codel.map(|codel| {
+                if queue.overloaded(now, codel.interval) {
+                    codel.target
+                } else {
+                    codel.interval
+                }
+            });
+            let wait = match (codel, inner.max_wait) {
+                (Some(codel), Some(max)) => Some(codel.min(max)),
+                (codel, max) => codel.or(max),
+            };
             let node = Arc::new(Node {
                 granted: AtomicBool::new(false),
                 waker: Mutex::new(Some(cx.waker().clone())),
             });
-            queue.push_back(node.clone());
+            if queue.nodes.is_empty() {
+                queue.busy_since = now;
+            }
+            queue.nodes.push_back(node.clone());
             drop(queue);
             waiter.queued = Some(Queued {
                 node,
                 inner: inner.clone(),
-                since: Instant::now(),
-                timer: inner
-                    .max_wait
-                    .map(|wait| Box::pin(tokio::time::sleep(wait))),
+                since: now,
+                timer: wait.map(|wait| {
+                    let until = crate::core::Deadline::after_from(now, wait).instant();
+                    Box::pin(tokio::time::sleep_until(until))
+                }),
             });
         }
         let queued = waiter.queued.as_mut().expect("queued");

@@ -1,8 +1,9 @@
 //! The adaptive concurrency limiter: the bulkhead's gate, with a limit an [`Algorithm`] moves.
 
 use super::algorithm::{Algorithm, InvalidSetting, Sample};
+use crate::bulkhead::config::{check_queue, QueueMistake};
 use crate::bulkhead::error::Full;
-use crate::bulkhead::{Bulkhead, Order, Waiter, MAX_CONCURRENT};
+use crate::bulkhead::{Bulkhead, Codel, Order, Waiter, MAX_CONCURRENT};
 use crate::core::gate::{Anchor, Guard, Shared};
 use crate::core::{
     Emitter, ErrorIsFailure, EventKind, Gate, Observer, Outcome, Record, RejectReason,
@@ -82,6 +83,20 @@ pub enum ConfigError {
     /// A maximum wait was set for a limiter that does not queue.
     #[error("a maximum wait needs a queue (queue length is zero)")]
     MaxWaitWithoutQueue,
+    /// Controlled delay ([`codel`](AdaptiveLimitBuilder::codel)) was set for a limiter that does
+    /// not queue.
+    #[error("controlled delay (codel) needs a queue (queue length is zero)")]
+    CodelWithoutQueue,
+    /// The [`Codel`] target is zero, or longer than its interval.
+    #[error(
+        "codel target must be above zero and at most the interval, got target {target:?}, interval {interval:?}"
+    )]
+    Codel {
+        /// The target given.
+        target: Duration,
+        /// The interval given.
+        interval: Duration,
+    },
     /// A setting of the algorithm cannot work (see [`Algorithm::check`]).
     #[error("invalid algorithm setting: {0}")]
     Algorithm(#[from] InvalidSetting),
@@ -325,7 +340,8 @@ pub type AdaptiveLimit<S, A, C = ErrorIsFailure, O = ()> = Guard<S, Adaptive<A>,
 /// bulkhead's gate and its queue options. See the [module docs](super).
 ///
 /// Every call's outcome comes from the classifier (every `Err` by default): a failure counts as a
-/// drop. Timing a call costs two clock reads, so a limiter that sees more than about 4,000 calls a
+/// drop. A call is timed from the moment it has its slot, after any wait in the queue, to its end,
+/// so the algorithm learns from time in service and a queue never inflates the limit. Timing a call costs two clock reads, so a limiter that sees more than about 4,000 calls a
 /// second times only a share of them; see
 /// [`sample_every`](AdaptiveLimitBuilder::sample_every).
 ///
@@ -355,6 +371,7 @@ pub struct AdaptiveLimitBuilder<A, O = ()> {
     max_queue: usize,
     max_wait: Option<Duration>,
     order: Order,
+    codel: Option<Codel>,
     sample_every: Option<u64>,
     observer: O,
 }
@@ -368,6 +385,7 @@ impl<A: Algorithm> AdaptiveLimitLayer<A> {
             max_queue: 0,
             max_wait: None,
             order: Order::Fifo,
+            codel: None,
             sample_every: None,
             observer: (),
         }
@@ -415,6 +433,7 @@ impl<A, O> AdaptiveLimitBuilder<A, O> {
             max_queue: self.max_queue,
             max_wait: self.max_wait,
             order: self.order,
+            codel: self.codel,
             sample_every: self.sample_every,
             observer,
         }
@@ -438,13 +457,25 @@ impl<A, O> AdaptiveLimitBuilder<A, O> {
         if self.sample_every == Some(0) {
             return Err(ConfigError::SampleEvery);
         }
-        if self.max_queue == 0 && self.max_wait.is_some() {
-            return Err(ConfigError::MaxWaitWithoutQueue);
-        }
+        check_queue(self.max_queue, self.max_wait, self.codel).map_err(
+            |mistake| match mistake {
+                QueueMistake::MaxWaitWithoutQueue => ConfigError::MaxWaitWithoutQueue,
+                QueueMistake::CodelWithoutQueue => ConfigError::CodelWithoutQueue,
+                QueueMistake::Codel(Codel { target, interval }) => {
+                    ConfigError::Codel { target, interval }
+                }
+            },
+        )?;
         self.algorithm.check()?;
         let limit = applicable(self.algorithm.initial());
         let gate = Adaptive {
-            bulkhead: Bulkhead::new(limit as u64, self.max_queue, self.max_wait, self.order),
+            bulkhead: Bulkhead::new(
+                limit as u64,
+                self.max_queue,
+                self.max_wait,
+                self.order,
+                self.codel,
+            ),
             state: Mutex::new(State {
                 algorithm: self.algorithm,
                 limit,
@@ -468,8 +499,8 @@ impl<A, O> AdaptiveLimitBuilder<A, O> {
     ///
     /// # Panics
     ///
-    /// If [`try_build`](Self::try_build) finds a mistake: `sample_every(0)`, a maximum wait
-    /// without a queue, or an algorithm whose [`check`](Algorithm::check) fails (bounds that are
+    /// If [`try_build`](Self::try_build) finds a mistake: `sample_every(0)`, a maximum wait or
+    /// controlled delay without a queue, a codel target of zero or above its interval, or an algorithm whose [`check`](Algorithm::check) fails (bounds that are
     /// not numbers or the wrong way round, a backoff or smoothing out of range, `Fixed(0)`...).
     pub fn build(self) -> AdaptiveLimitLayer<A, ErrorIsFailure, O>
     where

@@ -25,6 +25,8 @@ contract! {
     bulkhead_without_queue: subjects::Bulkhead<0>,
     bulkhead_with_queue: subjects::Bulkhead<8>,
     adaptive_limiter: subjects::Adaptive,
+    bulkhead_codel: subjects::BulkheadCodel,
+    adaptive_limiter_codel: subjects::AdaptiveCodel,
     load_shed: subjects::Shed,
     throttle: subjects::Throttle,
     circuit_breaker: subjects::Breaker,

@@ -3,6 +3,7 @@
 
 use crate::harness::{Blocked, Probe, Subject};
 use seawall::bulkhead::{BulkheadLayer, Handle as BulkheadHandle};
+use seawall::bulkhead::{Codel, Order};
 use seawall::chaos::ChaosLayer;
 use seawall::circuit_breaker::{CircuitBreakerLayer, Handle as BreakerHandle};
 use seawall::core::{Deadline, DeadlineCarrier};
@@ -202,6 +203,36 @@ slots!(Bulkhead<Q>, BulkheadHandle<Probe>, |probe| {
 slots!(Adaptive<>, AdaptiveHandle<Fixed, Probe>, |probe| {
         let layer = AdaptiveLimitLayer::builder(Fixed(SLOTS))
             .queue(QUEUE)
+            .observer(probe)
+            .build();
+        Over::new(layer.handle(), move |mock| erase(layer.layer(mock)))
+    },
+    held: |h| (h.in_flight() + h.queued()) as usize,
+    capacity: SLOTS as usize,
+    blocked: Blocked::Waits);
+
+// The bulkhead with a controlled-delay, adaptive-LIFO queue.
+slots!(BulkheadCodel<>, BulkheadHandle<Probe>, |probe| {
+        let layer = BulkheadLayer::builder()
+            .max_concurrent(SLOTS)
+            .queue(QUEUE)
+            .codel(Codel::default())
+            .order(Order::Adaptive)
+            .observer(probe)
+            .build()
+            .unwrap();
+        Over::new(layer.handle(), move |mock| erase(layer.layer(mock)))
+    },
+    held: |h| (h.in_flight() + h.queued()) as usize,
+    capacity: SLOTS as usize,
+    blocked: Blocked::Waits);
+
+// The adaptive limiter with a controlled-delay, adaptive-LIFO queue.
+slots!(AdaptiveCodel<>, AdaptiveHandle<Fixed, Probe>, |probe| {
+        let layer = AdaptiveLimitLayer::builder(Fixed(SLOTS))
+            .queue(QUEUE)
+            .codel(Codel::default())
+            .order(Order::Adaptive)
             .observer(probe)
             .build();
         Over::new(layer.handle(), move |mock| erase(layer.layer(mock)))

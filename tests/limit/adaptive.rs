@@ -505,3 +505,115 @@ async fn the_adaptive_limiter_rejects_with_its_own_reason() {
         "answered as a full bulkhead: 503, UNAVAILABLE"
     );
 }
+
+/// A limiter of one slot over [`Reentrant`] with a queue, timing every call, built by `queue`.
+fn queued(
+    queue: impl FnOnce(
+        seawall::limit::AdaptiveLimitBuilder<Reentrant>,
+    ) -> seawall::limit::AdaptiveLimitBuilder<Reentrant>,
+) -> (AdaptiveLimitLayer<Reentrant>, Arc<Mutex<Vec<Sample>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let builder = AdaptiveLimitLayer::builder(Reentrant {
+        initial: 1.0,
+        seen: seen.clone(),
+        inside: Inside::default(),
+    })
+    .sample_every(1)
+    .queue(10);
+    (queue(builder).build(), seen)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_limiter_learns_from_time_in_service_not_in_the_queue() {
+    use seawall::bulkhead::{Codel, Order};
+    for codel in [false, true] {
+        let (layer, seen) = queued(|b| {
+            if codel {
+                b.codel(Codel::default()).order(Order::Adaptive)
+            } else {
+                b
+            }
+        });
+        let handle = layer.handle();
+        // Each call is served for as many milliseconds as it asks.
+        let service = layer.layer(service_fn(|ms: u64| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, BoxError>(())
+        }));
+        let first = tokio::spawn(service.clone().oneshot(50));
+        tokio::task::yield_now().await;
+        // Queued for 50 ms behind the first, then served for 10 ms.
+        let second = tokio::spawn(service.clone().oneshot(10));
+        tokio::task::yield_now().await;
+        assert_eq!((handle.in_flight(), handle.queued()), (1, 1));
+        first.await.unwrap().unwrap();
+        second.await.unwrap().unwrap();
+        let rtts: Vec<_> = seen.lock().unwrap().iter().map(|s| s.rtt).collect();
+        assert_eq!(
+            rtts,
+            [Duration::from_millis(50), Duration::from_millis(10)],
+            "codel: {codel}"
+        );
+        assert_eq!((handle.in_flight(), handle.queued()), (0, 0));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_limiters_queue_has_codels_waits() {
+    use seawall::bulkhead::{error::Full, Codel};
+    let (layer, seen) = queued(|b| b.codel(Codel::default()));
+    let handle = layer.handle();
+    let service = layer.layer(service_fn(|ms: u64| async move {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok::<_, BoxError>(())
+    }));
+    let holder = tokio::spawn(service.clone().oneshot(1_000));
+    tokio::task::yield_now().await;
+    // The queue was empty: 100 ms. Then it has been busy for 100 ms and more: 5 ms.
+    let start = tokio::time::Instant::now();
+    let first = tokio::spawn(service.clone().oneshot(1));
+    tokio::task::yield_now().await;
+    tokio::time::advance(Duration::from_millis(99)).await;
+    let second = tokio::spawn(service.clone().oneshot(1));
+    tokio::task::yield_now().await;
+    tokio::time::advance(Duration::from_millis(1)).await;
+    tokio::task::yield_now().await;
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let third = tokio::spawn(service.clone().oneshot(1));
+    tokio::task::yield_now().await;
+    assert_eq!(handle.queued(), 2, "the first gave up at 100 ms");
+    for (call, waited) in [(first, 100), (second, 100), (third, 5)] {
+        let err = call.await.unwrap().unwrap_err();
+        let full = err.downcast_ref::<Full>().expect("Full");
+        assert!(full.waited_too_long(), "{full}");
+        assert_eq!(full.waited(), Duration::from_millis(waited));
+    }
+    assert_eq!(start.elapsed(), Duration::from_millis(199));
+    holder.await.unwrap().unwrap();
+    assert_eq!(seen.lock().unwrap().len(), 1, "turned away: not samples");
+    assert_eq!((handle.in_flight(), handle.queued()), (0, 0));
+}
+
+#[test]
+fn codel_settings_that_cannot_work_are_typed_errors() {
+    use seawall::bulkhead::Codel;
+    use seawall::limit::AdaptiveConfigError;
+    let err = AdaptiveLimitLayer::builder(Aimd::default())
+        .codel(Codel::default())
+        .try_build()
+        .unwrap_err();
+    assert_eq!(err, AdaptiveConfigError::CodelWithoutQueue);
+    let backwards = Codel::new(Duration::from_millis(200), Duration::from_millis(100));
+    let err = AdaptiveLimitLayer::builder(Aimd::default())
+        .queue(1)
+        .codel(backwards)
+        .try_build()
+        .unwrap_err();
+    assert_eq!(
+        err,
+        AdaptiveConfigError::Codel {
+            target: backwards.target,
+            interval: backwards.interval
+        }
+    );
+}
