@@ -43,6 +43,7 @@ fn retry() -> RetryLayer<OpenIsFinal<seawall::core::ErrorIsFailure>> {
 async fn attempts_time_out_one_by_one_and_the_total_timeout_ends_the_retries() {
     let calls = Arc::new(AtomicU32::new(0));
     let client = ClientStack::new()
+        .without_deadlines()
         .total_timeout(Duration::from_millis(2500))
         .attempt_timeout(Duration::from_secs(1))
         .retry(retry())
@@ -65,6 +66,7 @@ async fn the_breaker_counts_every_attempt_and_its_rejection_is_not_retried() {
         .unwrap();
     let handle = breaker.handle();
     let client = ClientStack::new()
+        .without_deadlines()
         .retry(retry())
         .breaker(breaker)
         .layer(backend(calls.clone()));
@@ -85,6 +87,7 @@ async fn the_breaker_counts_every_attempt_and_its_rejection_is_not_retried() {
 async fn with_every_part_left_out_it_is_the_bare_service() {
     let calls = Arc::new(AtomicU32::new(0));
     let client = ClientStack::new()
+        .without_deadlines()
         .without_total_timeout()
         .without_retry()
         .without_breaker()
@@ -115,6 +118,99 @@ async fn the_http_stack_retries_a_503_of_a_get() {
     let response = client.oneshot(request).await.unwrap();
     assert_eq!(response.status(), http::StatusCode::OK);
     assert_eq!(calls.load(Ordering::Relaxed), 2);
+}
+
+/// A request of the caller's own type that carries a deadline.
+#[derive(Clone, Debug, Default)]
+struct Query {
+    deadline: Option<seawall::core::Deadline>,
+}
+
+impl seawall::core::DeadlineCarrier for Query {
+    fn deadline(&self) -> Option<seawall::core::Deadline> {
+        self.deadline
+    }
+    fn set_deadline(&mut self, deadline: seawall::core::Deadline) {
+        self.deadline = Some(deadline);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_stack_puts_its_deadline_in_the_request_and_the_retry_stops_at_it() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let retry = RetryLayer::builder()
+        .classify(OpenIsFinal(seawall::core::ErrorIsFailure))
+        .policy(seawall::retry::policy::ClonedWithDeadline)
+        .backoff(Backoff::constant(Duration::from_millis(100)).jitter(Jitter::None))
+        .no_budget()
+        .build()
+        .unwrap();
+    let client = ClientStack::new()
+        .total_timeout(Duration::from_secs(1))
+        .retry(retry)
+        .layer(service_fn(move |query: Query| {
+            use seawall::core::DeadlineCarrier;
+            log.lock()
+                .unwrap()
+                .push(query.deadline().map(|d| d.remaining()));
+            async move {
+                tokio::time::sleep(Duration::from_millis(950)).await;
+                Err::<(), BoxError>("refused".into())
+            }
+        }));
+    let start = Instant::now();
+    let err = client.oneshot(Query::default()).await.unwrap_err();
+    // The attempt sees the total budget; a retry 100 ms on would end past it, so none is made and
+    // the caller gets the failure when it comes, not a timeout at 1 s.
+    assert_eq!(*seen.lock().unwrap(), [Some(Duration::from_secs(1))]);
+    assert_eq!(err.to_string(), "refused");
+    assert_eq!(start.elapsed(), Duration::from_millis(950));
+}
+
+#[cfg(feature = "http")]
+#[tokio::test(start_paused = true)]
+async fn a_503_whose_retry_after_ends_past_the_total_timeout_is_returned_when_it_comes() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    let client = ClientStack::http()
+        .total_timeout(Duration::from_secs(1))
+        .layer(service_fn(move |_: http::Request<String>| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            async move {
+                tokio::time::sleep(Duration::from_millis(950)).await;
+                let response = http::Response::builder()
+                    .status(http::StatusCode::SERVICE_UNAVAILABLE)
+                    .header(http::header::RETRY_AFTER, "1")
+                    .body(String::new())
+                    .unwrap();
+                Ok::<_, BoxError>(response)
+            }
+        }));
+    let start = Instant::now();
+    let request = http::Request::get("/").body(String::new()).unwrap();
+    let response = client.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()[http::header::RETRY_AFTER], "1");
+    assert_eq!(start.elapsed(), Duration::from_millis(950));
+    assert_eq!(calls.load(Ordering::Relaxed), 1);
+}
+
+#[cfg(feature = "http")]
+#[tokio::test(start_paused = true)]
+async fn a_deadline_header_layer_beneath_the_stack_writes_what_is_left() {
+    use seawall::timeout::propagate::WriteDeadlineLayer;
+    let client = tower::ServiceBuilder::new()
+        .layer(ClientStack::http().total_timeout(Duration::from_secs(2)))
+        .layer(WriteDeadlineLayer::grpc())
+        .service(service_fn(|req: http::Request<String>| async move {
+            let sent = req.headers().get("grpc-timeout").cloned();
+            Ok::<_, BoxError>(http::Response::new(sent))
+        }));
+    let request = http::Request::get("/").body(String::new()).unwrap();
+    let sent = client.oneshot(request).await.unwrap().into_body();
+    // The total timeout's 2 s, tighter than the attempt's 10 s.
+    assert_eq!(sent.unwrap(), "2000000u");
 }
 
 #[cfg(all(feature = "limit", feature = "axum"))]
