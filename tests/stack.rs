@@ -213,6 +213,123 @@ async fn a_deadline_header_layer_beneath_the_stack_writes_what_is_left() {
     assert_eq!(sent.unwrap(), "2000000u");
 }
 
+#[cfg(feature = "http")]
+mod grpc {
+    use super::*;
+    use http::{Request, Response};
+
+    /// No headers besides `grpc-status`.
+    const NONE: &[(&str, &str)] = &[];
+
+    /// A trailers-only answer with gRPC status `code`, and `headers` besides.
+    fn answer(code: u32, headers: &[(&'static str, &'static str)]) -> Response<String> {
+        let mut response = Response::builder().header("grpc-status", code.to_string());
+        for (name, value) in headers {
+            response = response.header(*name, *value);
+        }
+        response.body(String::new()).unwrap()
+    }
+
+    /// A backend that answers `codes` in turn (then OK), and counts its calls and what it was sent.
+    fn backend(
+        codes: &'static [(u32, &'static [(&'static str, &'static str)])],
+        calls: Arc<AtomicU32>,
+    ) -> impl tower::Service<
+        Request<String>,
+        Response = Response<String>,
+        Error = BoxError,
+        Future = impl Send,
+    > + Clone {
+        service_fn(move |request: Request<String>| {
+            let n = calls.fetch_add(1, Ordering::Relaxed) as usize;
+            assert_eq!(request.body(), "message", "the request is replayed whole");
+            let response = match codes.get(n) {
+                Some((code, headers)) => answer(*code, headers),
+                None => answer(0, &[]),
+            };
+            async move { Ok::<_, BoxError>(response) }
+        })
+    }
+
+    fn call() -> Request<String> {
+        Request::post("/grpc.health.v1.Health/Check")
+            .body("message".to_string())
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_breaker_counts_unavailable_and_not_the_callers_mistakes() {
+        use seawall::grpc::code;
+        // 20 calls answered NOT_FOUND and 20 answered INVALID_ARGUMENT: the caller's mistakes, not
+        // the server's trouble; the breaker stays closed.
+        const MISTAKES: &[(u32, &[(&str, &str)])] = &[(code::NOT_FOUND, NONE); 20];
+        let stack = ClientStack::grpc().without_retry();
+        let handle = stack.breaker_layer().unwrap().handle();
+        let calls = Arc::new(AtomicU32::new(0));
+        let client = stack.layer(backend(MISTAKES, calls.clone()));
+        for _ in 0..20 {
+            let response = client.clone().oneshot(call()).await.unwrap();
+            assert_eq!(response.headers()["grpc-status"], "5");
+        }
+        assert_eq!(handle.state(), CircuitState::Closed);
+
+        // 20 calls answered UNAVAILABLE (trailers-only): failures, which open it.
+        const DOWN: &[(u32, &[(&str, &str)])] = &[(code::UNAVAILABLE, NONE); 20];
+        let stack = ClientStack::grpc().without_retry();
+        let handle = stack.breaker_layer().unwrap().handle();
+        let calls = Arc::new(AtomicU32::new(0));
+        let client = stack.layer(backend(DOWN, calls.clone()));
+        for _ in 0..20 {
+            client.clone().oneshot(call()).await.unwrap();
+        }
+        assert_eq!(handle.state(), CircuitState::Open);
+        let err = client.oneshot(call()).await.unwrap_err();
+        assert_eq!(kind(&*err), Some(ErrorKind::CircuitOpen));
+        assert_eq!(calls.load(Ordering::Relaxed), 20);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn it_retries_unavailable_and_pushed_back_resource_exhausted_only() {
+        use seawall::grpc::code;
+        type Script = &'static [(u32, &'static [(&'static str, &'static str)])];
+        let cases: [(Script, u32, &str); 5] = [
+            (&[(code::UNAVAILABLE, NONE)], 2, "0"),
+            (&[(code::INVALID_ARGUMENT, NONE)], 1, "3"),
+            (&[(code::DEADLINE_EXCEEDED, NONE)], 1, "4"),
+            (&[(code::RESOURCE_EXHAUSTED, NONE)], 1, "8"),
+            (
+                &[(
+                    code::RESOURCE_EXHAUSTED,
+                    &[("grpc-retry-pushback-ms", "250")],
+                )],
+                2,
+                "0",
+            ),
+        ];
+        for (script, attempts, status) in cases {
+            let calls = Arc::new(AtomicU32::new(0));
+            let client = ClientStack::grpc().layer(backend(script, calls.clone()));
+            let response = client.oneshot(call()).await.unwrap();
+            assert_eq!(response.headers()["grpc-status"], status, "{script:?}");
+            assert_eq!(calls.load(Ordering::Relaxed), attempts, "{script:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_grpc_timeout_writer_beneath_it_sends_what_is_left() {
+        use seawall::timeout::propagate::WriteDeadlineLayer;
+        let client = tower::ServiceBuilder::new()
+            .layer(ClientStack::grpc().total_timeout(Duration::from_secs(3)))
+            .layer(WriteDeadlineLayer::grpc())
+            .service(service_fn(|req: Request<String>| async move {
+                let sent = req.headers().get("grpc-timeout").cloned();
+                Ok::<_, BoxError>(Response::new(sent))
+            }));
+        let sent = client.oneshot(call()).await.unwrap().into_body();
+        assert_eq!(sent.unwrap(), "3000000u");
+    }
+}
+
 #[cfg(all(feature = "limit", feature = "axum"))]
 mod server {
     use axum::body::Body;

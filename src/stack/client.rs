@@ -207,6 +207,62 @@ impl
     }
 }
 
+#[cfg(feature = "http")]
+impl
+    ClientStack<
+        OpenIsFinal<crate::grpc::GrpcClassifier>,
+        crate::retry::grpc::GrpcPolicy,
+        (),
+        crate::grpc::GrpcClassifier,
+        (),
+        Propagate<Duration>,
+    >
+{
+    /// The stack for a gRPC client: retries as [`retry::Builder::grpc`](crate::retry::Builder::grpc)
+    /// (transport errors and UNAVAILABLE, RESOURCE_EXHAUSTED only when the server pushed back,
+    /// never DEADLINE_EXCEEDED or a code that says the call was wrong; `grpc-retry-pushback-ms`
+    /// obeyed), and a breaker that counts what
+    /// [`GrpcClassifier`](crate::grpc::GrpcClassifier) calls failures (transport errors, UNKNOWN,
+    /// DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL, UNAVAILABLE, DATA_LOSS; not NOT_FOUND,
+    /// INVALID_ARGUMENT, UNAUTHENTICATED and the other codes of a caller's mistake). Both read the
+    /// `grpc-status` of trailers-only responses, which is how servers answer calls that fail before
+    /// any message; a status sent in trailers after a message is not seen.
+    ///
+    /// Its timeouts put their deadline in the request's extensions; a
+    /// [`WriteDeadlineLayer::grpc`](crate::timeout::propagate::WriteDeadlineLayer::grpc) beneath
+    /// the stack sends what is left in `grpc-timeout`, so that the server gives up when the caller
+    /// does. Requests are replayed when their body implements
+    /// [`ReplayBody`](crate::retry::http::ReplayBody); tonic's does not, so for a tonic client use
+    /// `seawall::tonic::ClientLayer` (feature `tonic`), which keeps each request's body in a
+    /// [`Buffered`](crate::retry::buffered::Buffered) for the retries, writes `grpc-timeout`
+    /// beneath the stack and turns its errors into `tonic::Status`es:
+    ///
+    /// ```text
+    /// let channel = Channel::from_static("http://[::1]:50051").connect_lazy();
+    /// let channel = seawall::tonic::ClientLayer::new(ClientStack::grpc()).layer(channel);
+    /// let mut client = HealthClient::new(channel);
+    /// ```
+    pub fn grpc() -> Self {
+        ClientStack {
+            total: Some(StackTimeout::timeout_layer(Duration::from_secs(30))),
+            retry: Some(
+                RetryLayer::builder()
+                    .grpc()
+                    .map_classify(OpenIsFinal)
+                    .build()
+                    .expect("the default configuration is valid"),
+            ),
+            breaker: Some(
+                CircuitBreakerLayer::builder()
+                    .classify(crate::grpc::GrpcClassifier::default())
+                    .build()
+                    .expect("the default configuration is valid"),
+            ),
+            attempt: Some(StackTimeout::timeout_layer(Duration::from_secs(10))),
+        }
+    }
+}
+
 impl<RC, RP, RO, BC, BO: 'static, T: StackTimeout> ClientStack<RC, RP, RO, BC, BO, T> {
     /// The caller's whole budget, retries included (default 30 s).
     pub fn total_timeout(mut self, timeout: Duration) -> Self {
