@@ -53,6 +53,12 @@
 //! send what is left to the server (`grpc-timeout`, or an HTTP header). For a request type that
 //! cannot carry a deadline, [`ClientStack::without_deadlines`] makes the timeouts plain ones.
 //!
+//! `ClientStack::http()` and `ClientStack::grpc()` (feature `http`) are the stacks for an HTTP
+//! and a gRPC client: their retry and breaker classify responses as the protocol says. For a
+//! tonic client, `seawall::tonic::ClientLayer` (feature `tonic`) puts the gRPC stack between the
+//! generated client and its channel: it keeps request bodies for the retries, writes
+//! `grpc-timeout` beneath the stack, and turns errors into client-side statuses.
+//!
 //! The order follows .NET's standard resilience handler (whose rate limiter, outermost, is left
 //! out here: add a [`RateLimitLayer`](crate::limit::rate::RateLimitLayer) above if you want one).
 //! Defaults beside .NET's:
