@@ -273,7 +273,7 @@ pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
 /// channel (features `retry` and `timeout` too):
 ///
 /// - each request's body is kept, up to [`max_body`](Self::max_body) bytes, in a
-///   [`Buffered`](crate::retry::buffered::Buffered), so that the stack's retries can send it again
+///   [`Buffered`], so that the stack's retries can send it again
 ///   (tonic's bodies are streams, which cannot be cloned); a larger one is sent once;
 /// - beneath the stack, a [`WriteDeadlineLayer::grpc`] writes what is left of the deadline the
 ///   stack's timeouts set into `grpc-timeout`, so that the server gives up when the client does
