@@ -438,13 +438,42 @@ fn a_metrics_observer_allocates_nothing_once_its_series_are_registered() {
 #[cfg(all(feature = "timeout", feature = "retry", feature = "circuit-breaker"))]
 #[test]
 fn the_client_stack_happy_path_allocates_nothing() {
+    use seawall::core::{Deadline, DeadlineCarrier};
     use seawall::stack::ClientStack;
+    use tower::ServiceExt;
+
+    /// A request that carries its deadline in a field, as the default stack's requests must.
+    #[derive(Clone)]
+    struct Carried(u32, Option<Deadline>);
+
+    impl DeadlineCarrier for Carried {
+        fn deadline(&self) -> Option<Deadline> {
+            self.1
+        }
+        fn set_deadline(&mut self, deadline: Deadline) {
+            self.1 = Some(deadline);
+        }
+    }
+
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .unwrap();
     let _entered = runtime.enter();
-    let mut service = ClientStack::new().layer(support::Noop);
+    // The default stack, whose timeouts put deadlines in the request.
+    let backend = tower::service_fn(|req: Carried| {
+        std::future::ready(Ok::<_, std::convert::Infallible>(req.0))
+    });
+    let mut service = ClientStack::new()
+        .layer(backend)
+        .map_request(|i: u32| Carried(i, None));
+    calls(&mut service, 1_000, |i| i);
+    assert_eq!(
+        allocations_during(|| calls(&mut service, 100_000, |i| i)),
+        0
+    );
+    // Plain timeouts, for requests that carry no deadline.
+    let mut service = ClientStack::new().without_deadlines().layer(support::Noop);
     calls(&mut service, 1_000, |i| i);
     assert_eq!(
         allocations_during(|| calls(&mut service, 100_000, |i| i)),

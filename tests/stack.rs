@@ -43,6 +43,7 @@ fn retry() -> RetryLayer<OpenIsFinal<seawall::core::ErrorIsFailure>> {
 async fn attempts_time_out_one_by_one_and_the_total_timeout_ends_the_retries() {
     let calls = Arc::new(AtomicU32::new(0));
     let client = ClientStack::new()
+        .without_deadlines()
         .total_timeout(Duration::from_millis(2500))
         .attempt_timeout(Duration::from_secs(1))
         .retry(retry())
@@ -65,6 +66,7 @@ async fn the_breaker_counts_every_attempt_and_its_rejection_is_not_retried() {
         .unwrap();
     let handle = breaker.handle();
     let client = ClientStack::new()
+        .without_deadlines()
         .retry(retry())
         .breaker(breaker)
         .layer(backend(calls.clone()));
@@ -85,6 +87,7 @@ async fn the_breaker_counts_every_attempt_and_its_rejection_is_not_retried() {
 async fn with_every_part_left_out_it_is_the_bare_service() {
     let calls = Arc::new(AtomicU32::new(0));
     let client = ClientStack::new()
+        .without_deadlines()
         .without_total_timeout()
         .without_retry()
         .without_breaker()
@@ -115,6 +118,216 @@ async fn the_http_stack_retries_a_503_of_a_get() {
     let response = client.oneshot(request).await.unwrap();
     assert_eq!(response.status(), http::StatusCode::OK);
     assert_eq!(calls.load(Ordering::Relaxed), 2);
+}
+
+/// A request of the caller's own type that carries a deadline.
+#[derive(Clone, Debug, Default)]
+struct Query {
+    deadline: Option<seawall::core::Deadline>,
+}
+
+impl seawall::core::DeadlineCarrier for Query {
+    fn deadline(&self) -> Option<seawall::core::Deadline> {
+        self.deadline
+    }
+    fn set_deadline(&mut self, deadline: seawall::core::Deadline) {
+        self.deadline = Some(deadline);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_stack_puts_its_deadline_in_the_request_and_the_retry_stops_at_it() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let retry = RetryLayer::builder()
+        .classify(OpenIsFinal(seawall::core::ErrorIsFailure))
+        .policy(seawall::retry::policy::ClonedWithDeadline)
+        .backoff(Backoff::constant(Duration::from_millis(100)).jitter(Jitter::None))
+        .no_budget()
+        .build()
+        .unwrap();
+    let client = ClientStack::new()
+        .total_timeout(Duration::from_secs(1))
+        .retry(retry)
+        .layer(service_fn(move |query: Query| {
+            use seawall::core::DeadlineCarrier;
+            log.lock()
+                .unwrap()
+                .push(query.deadline().map(|d| d.remaining()));
+            async move {
+                tokio::time::sleep(Duration::from_millis(950)).await;
+                Err::<(), BoxError>("refused".into())
+            }
+        }));
+    let start = Instant::now();
+    let err = client.oneshot(Query::default()).await.unwrap_err();
+    // The attempt sees the total budget; a retry 100 ms on would end past it, so none is made and
+    // the caller gets the failure when it comes, not a timeout at 1 s.
+    assert_eq!(*seen.lock().unwrap(), [Some(Duration::from_secs(1))]);
+    assert_eq!(err.to_string(), "refused");
+    assert_eq!(start.elapsed(), Duration::from_millis(950));
+}
+
+#[cfg(feature = "http")]
+#[tokio::test(start_paused = true)]
+async fn a_503_whose_retry_after_ends_past_the_total_timeout_is_returned_when_it_comes() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    let client = ClientStack::http()
+        .total_timeout(Duration::from_secs(1))
+        .layer(service_fn(move |_: http::Request<String>| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            async move {
+                tokio::time::sleep(Duration::from_millis(950)).await;
+                let response = http::Response::builder()
+                    .status(http::StatusCode::SERVICE_UNAVAILABLE)
+                    .header(http::header::RETRY_AFTER, "1")
+                    .body(String::new())
+                    .unwrap();
+                Ok::<_, BoxError>(response)
+            }
+        }));
+    let start = Instant::now();
+    let request = http::Request::get("/").body(String::new()).unwrap();
+    let response = client.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()[http::header::RETRY_AFTER], "1");
+    assert_eq!(start.elapsed(), Duration::from_millis(950));
+    assert_eq!(calls.load(Ordering::Relaxed), 1);
+}
+
+#[cfg(feature = "http")]
+#[tokio::test(start_paused = true)]
+async fn a_deadline_header_layer_beneath_the_stack_writes_what_is_left() {
+    use seawall::timeout::propagate::WriteDeadlineLayer;
+    let client = tower::ServiceBuilder::new()
+        .layer(ClientStack::http().total_timeout(Duration::from_secs(2)))
+        .layer(WriteDeadlineLayer::grpc())
+        .service(service_fn(|req: http::Request<String>| async move {
+            let sent = req.headers().get("grpc-timeout").cloned();
+            Ok::<_, BoxError>(http::Response::new(sent))
+        }));
+    let request = http::Request::get("/").body(String::new()).unwrap();
+    let sent = client.oneshot(request).await.unwrap().into_body();
+    // The total timeout's 2 s, tighter than the attempt's 10 s.
+    assert_eq!(sent.unwrap(), "2000000u");
+}
+
+#[cfg(feature = "http")]
+mod grpc {
+    use super::*;
+    use http::{Request, Response};
+
+    /// No headers besides `grpc-status`.
+    const NONE: &[(&str, &str)] = &[];
+
+    /// A trailers-only answer with gRPC status `code`, and `headers` besides.
+    fn answer(code: u32, headers: &[(&'static str, &'static str)]) -> Response<String> {
+        let mut response = Response::builder().header("grpc-status", code.to_string());
+        for (name, value) in headers {
+            response = response.header(*name, *value);
+        }
+        response.body(String::new()).unwrap()
+    }
+
+    /// A backend that answers `codes` in turn (then OK), and counts its calls and what it was sent.
+    fn backend(
+        codes: &'static [(u32, &'static [(&'static str, &'static str)])],
+        calls: Arc<AtomicU32>,
+    ) -> impl tower::Service<
+        Request<String>,
+        Response = Response<String>,
+        Error = BoxError,
+        Future = impl Send,
+    > + Clone {
+        service_fn(move |request: Request<String>| {
+            let n = calls.fetch_add(1, Ordering::Relaxed) as usize;
+            assert_eq!(request.body(), "message", "the request is replayed whole");
+            let response = match codes.get(n) {
+                Some((code, headers)) => answer(*code, headers),
+                None => answer(0, &[]),
+            };
+            async move { Ok::<_, BoxError>(response) }
+        })
+    }
+
+    fn call() -> Request<String> {
+        Request::post("/grpc.health.v1.Health/Check")
+            .body("message".to_string())
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_breaker_counts_unavailable_and_not_the_callers_mistakes() {
+        use seawall::grpc::code;
+        // 20 calls answered NOT_FOUND and 20 answered INVALID_ARGUMENT: the caller's mistakes, not
+        // the server's trouble; the breaker stays closed.
+        const MISTAKES: &[(u32, &[(&str, &str)])] = &[(code::NOT_FOUND, NONE); 20];
+        let stack = ClientStack::grpc().without_retry();
+        let handle = stack.breaker_layer().unwrap().handle();
+        let calls = Arc::new(AtomicU32::new(0));
+        let client = stack.layer(backend(MISTAKES, calls.clone()));
+        for _ in 0..20 {
+            let response = client.clone().oneshot(call()).await.unwrap();
+            assert_eq!(response.headers()["grpc-status"], "5");
+        }
+        assert_eq!(handle.state(), CircuitState::Closed);
+
+        // 20 calls answered UNAVAILABLE (trailers-only): failures, which open it.
+        const DOWN: &[(u32, &[(&str, &str)])] = &[(code::UNAVAILABLE, NONE); 20];
+        let stack = ClientStack::grpc().without_retry();
+        let handle = stack.breaker_layer().unwrap().handle();
+        let calls = Arc::new(AtomicU32::new(0));
+        let client = stack.layer(backend(DOWN, calls.clone()));
+        for _ in 0..20 {
+            client.clone().oneshot(call()).await.unwrap();
+        }
+        assert_eq!(handle.state(), CircuitState::Open);
+        let err = client.oneshot(call()).await.unwrap_err();
+        assert_eq!(kind(&*err), Some(ErrorKind::CircuitOpen));
+        assert_eq!(calls.load(Ordering::Relaxed), 20);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn it_retries_unavailable_and_pushed_back_resource_exhausted_only() {
+        use seawall::grpc::code;
+        type Script = &'static [(u32, &'static [(&'static str, &'static str)])];
+        let cases: [(Script, u32, &str); 5] = [
+            (&[(code::UNAVAILABLE, NONE)], 2, "0"),
+            (&[(code::INVALID_ARGUMENT, NONE)], 1, "3"),
+            (&[(code::DEADLINE_EXCEEDED, NONE)], 1, "4"),
+            (&[(code::RESOURCE_EXHAUSTED, NONE)], 1, "8"),
+            (
+                &[(
+                    code::RESOURCE_EXHAUSTED,
+                    &[("grpc-retry-pushback-ms", "250")],
+                )],
+                2,
+                "0",
+            ),
+        ];
+        for (script, attempts, status) in cases {
+            let calls = Arc::new(AtomicU32::new(0));
+            let client = ClientStack::grpc().layer(backend(script, calls.clone()));
+            let response = client.oneshot(call()).await.unwrap();
+            assert_eq!(response.headers()["grpc-status"], status, "{script:?}");
+            assert_eq!(calls.load(Ordering::Relaxed), attempts, "{script:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_grpc_timeout_writer_beneath_it_sends_what_is_left() {
+        use seawall::timeout::propagate::WriteDeadlineLayer;
+        let client = tower::ServiceBuilder::new()
+            .layer(ClientStack::grpc().total_timeout(Duration::from_secs(3)))
+            .layer(WriteDeadlineLayer::grpc())
+            .service(service_fn(|req: Request<String>| async move {
+                let sent = req.headers().get("grpc-timeout").cloned();
+                Ok::<_, BoxError>(Response::new(sent))
+            }));
+        let sent = client.oneshot(call()).await.unwrap().into_body();
+        assert_eq!(sent.unwrap(), "3000000u");
+    }
 }
 
 #[cfg(all(feature = "limit", feature = "axum"))]

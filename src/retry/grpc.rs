@@ -15,7 +15,8 @@ use http::{Request, Response};
 ///
 /// Requests are replayed when their body implements [`ReplayBody`]. gRPC clients send streaming
 /// bodies (tonic's included): wrap them in [`Buffered`](super::buffered::Buffered) above the retry
-/// layer, and turn them back into the client's body type beneath it.
+/// layer, and turn them back into the client's body type beneath it (for tonic,
+/// `seawall::tonic::ClientLayer` does both).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct GrpcPolicy;
 

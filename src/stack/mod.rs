@@ -34,13 +34,30 @@
 //!
 //! [`ClientStack`] (features `timeout`, `retry` and `circuit-breaker`), from the outside in:
 //!
-//! 1. **total timeout**: the caller's whole budget, retries and backoff included;
-//! 2. **retry**: jittered backoff, a retry budget, server hints; never past the total timeout's
-//!    deadline;
+//! 1. **total timeout**: the caller's whole budget, retries and backoff included; it puts its
+//!    [`Deadline`](crate::core::Deadline) in the request (or keeps an earlier one the request
+//!    already carries);
+//! 2. **retry**: jittered backoff, a retry budget, server hints; reads the deadline, and starts no
+//!    attempt or backoff that would end past it: a failure whose retry could not finish in time
+//!    (a 503 whose `Retry-After` ends after the deadline) is returned as it is, when it comes;
 //! 3. **circuit breaker**: sees every attempt, so a failing dependency opens it whatever the
 //!    retries, and its rejections end the retrying (`OpenIsFinal`: an open breaker is not
 //!    retried into);
-//! 4. **attempt timeout**: one attempt's limit, so that one hung attempt leaves time to retry.
+//! 4. **attempt timeout**: one attempt's limit, so that one hung attempt leaves time to retry;
+//!    never past the deadline, which it tightens for the client beneath.
+//!
+//! Both timeouts propagate deadlines (see [`timeout`](crate::timeout#deadlines)), so requests
+//! must carry one: `http::Request` does, in its extensions, and a type of your own can through
+//! [`DeadlineCarrier`](crate::core::DeadlineCarrier). Put a
+//! [`WriteDeadlineLayer`](crate::timeout::propagate::WriteDeadlineLayer) beneath the stack to
+//! send what is left to the server (`grpc-timeout`, or an HTTP header). For a request type that
+//! cannot carry a deadline, [`ClientStack::without_deadlines`] makes the timeouts plain ones.
+//!
+//! `ClientStack::http()` and `ClientStack::grpc()` (feature `http`) are the stacks for an HTTP
+//! and a gRPC client: their retry and breaker classify responses as the protocol says. For a
+//! tonic client, `seawall::tonic::ClientLayer` (feature `tonic`) puts the gRPC stack between the
+//! generated client and its channel: it keeps request bodies for the retries, writes
+//! `grpc-timeout` beneath the stack, and turns errors into client-side statuses.
 //!
 //! The order follows .NET's standard resilience handler (whose rate limiter, outermost, is left
 //! out here: add a [`RateLimitLayer`](crate::limit::rate::RateLimitLayer) above if you want one).
@@ -54,7 +71,8 @@
 //! | attempt timeout | 10 s | 10 s |
 //!
 //! ```
-//! # #[cfg(all(feature = "retry", feature = "circuit-breaker"))] {
+//! # #[cfg(all(feature = "retry", feature = "circuit-breaker", feature = "http"))] {
+//! use seawall::core::{Deadline, DeadlineCarrier};
 //! use seawall::stack::ClientStack;
 //! use std::time::Duration;
 //! use tower::{service_fn, Layer, ServiceExt};
@@ -65,8 +83,13 @@
 //!     .total_timeout(Duration::from_secs(5))
 //!     .attempt_timeout(Duration::from_secs(1))
 //!     .without_breaker();
-//! let client = stack.layer(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x + 1) }));
-//! assert_eq!(client.oneshot(41).await.unwrap(), 42);
+//! // Built once, cloned for each call.
+//! let client = stack.layer(service_fn(|req: http::Request<()>| async move {
+//!     // What the client beneath sees: the attempt's second, within the total's five.
+//!     Ok::<_, std::io::Error>(req.deadline().map(Deadline::remaining))
+//! }));
+//! let left = client.clone().oneshot(http::Request::new(())).await.unwrap();
+//! assert_eq!(left, Some(Duration::from_secs(1)));
 //! # }
 //! # }
 //! ```
@@ -77,7 +100,7 @@ mod client;
 mod server;
 
 #[cfg(all(feature = "retry", feature = "circuit-breaker"))]
-pub use client::{ClientStack, OpenIsFinal};
+pub use client::{ClientStack, OpenIsFinal, StackTimeout};
 #[cfg(feature = "limit")]
 pub use server::ServerStack;
 

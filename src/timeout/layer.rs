@@ -81,6 +81,15 @@ impl<P, O> TimeoutLayer<P, O> {
         }
     }
 
+    /// The same layer (name and observer shared) with another policy.
+    #[cfg(all(feature = "retry", feature = "circuit-breaker"))]
+    pub(crate) fn map_policy<P2>(self, map: impl FnOnce(P) -> P2) -> TimeoutLayer<P2, O> {
+        TimeoutLayer {
+            policy: map(self.policy),
+            source: self.source,
+        }
+    }
+
     /// Names the layer and sends its events (calls timed out, calls cancelled by their caller) to
     /// `observer`.
     pub fn with_observer<O2: Observer>(

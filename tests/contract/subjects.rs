@@ -722,7 +722,7 @@ subject!(Client, BreakerHandle);
 impl Subject for Client {
     common!();
     async fn prepare(_: Probe) -> Self {
-        let stack = ClientStack::new();
+        let stack = ClientStack::new().without_deadlines();
         let breaker = stack
             .breaker_layer()
             .expect("a breaker by default")

@@ -3,6 +3,7 @@
 
 mod axum_responses;
 mod chain;
+mod tonic_client;
 mod tonic_loopback;
 mod tonic_statuses;
 

@@ -68,7 +68,7 @@ async fn health_client(addr: std::net::SocketAddr) -> HealthClient<tonic::transp
 }
 
 /// A stream of the listener's connections, as tonic's server takes them.
-mod tokio_stream_like {
+pub(crate) mod tokio_stream_like {
     use std::pin::Pin;
     use std::task::{Context, Poll};
     use tokio::net::{TcpListener, TcpStream};
