@@ -7,7 +7,8 @@ use crate::sync::nanos;
 use crate::sync::{AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
 use tokio::sync::Notify;
 
-/// The count in [`Lease::remaining`]; its top four bits count the keys the lease has served.
+/// The value in [`Lease::remaining`] and in a lease's `reserved`, `due` and `denied_until`;
+/// their top four bits count the keys the lease has served.
 pub(super) const COUNT: u64 = TIME;
 
 /// What a [`Lease::take`] found.
@@ -28,16 +29,18 @@ pub(super) struct Lease {
     /// key the slot held fails once the slot is cleared for another.
     pub(super) remaining: AtomicU64,
     /// Admissions reserved by the store, due at `due`: moved to `remaining` by the first call
-    /// after then.
+    /// after then ([`COUNT`]; the keys served in the top bits, as in `remaining`).
     pub(super) reserved: AtomicU64,
-    /// When the reserved admissions are due (on the limiter's clock).
+    /// When the reserved admissions are due (on the limiter's clock; the keys served in the top
+    /// bits).
     pub(super) due: AtomicU64,
     /// How many to ask for next (0 before the first renewal: the smallest lease).
     size: AtomicU64,
     /// The tag of the key whose renewal is in flight, 0 if none: a renewal ends its own mark
     /// only, even if its key lost the slot to another meanwhile.
     pub(super) renewing: AtomicU64,
-    /// Until when the store said there is no room (on the limiter's clock; 0: not denied).
+    /// Until when the store said there is no room (on the limiter's clock; 0: not denied; the
+    /// keys served in the top bits).
     pub(super) denied_until: AtomicU64,
     /// When the last renewal ended.
     renewed_at: AtomicU64,
@@ -79,6 +82,63 @@ impl Lease {
         self.remaining.load(Relaxed) & COUNT
     }
 
+    /// The admissions reserved and not due yet (read before [`Lease::due()`]: a reservation is
+    /// published after its due time).
+    pub(super) fn reserved(&self) -> u64 {
+        self.reserved.load(Acquire) & COUNT
+    }
+
+    /// When the reserved admissions are due.
+    pub(super) fn due(&self) -> u64 {
+        self.due.load(Relaxed) & COUNT
+    }
+
+    /// Until when the store said there is no room (0: not denied).
+    pub(super) fn denied_until(&self) -> u64 {
+        self.denied_until.load(Relaxed) & COUNT
+    }
+
+    /// The keys the lease has served, modulo 16, in the top bits: read by a renewal as it starts,
+    /// before it checks that the slot holds its key (see [`Lease::credit`]).
+    pub(super) fn generation(&self) -> u64 {
+        self.remaining.load(Acquire) & !COUNT
+    }
+
+    /// Takes the reserved admissions (their due time has come), with the key count they were
+    /// reserved under in the top bits, for [`Lease::add_reserved`].
+    pub(super) fn take_reserved(&self) -> u64 {
+        self.reserved.fetch_and(!COUNT, Relaxed)
+    }
+
+    /// Adds admissions taken by [`Lease::take_reserved`] to the lease, unless the slot was
+    /// cleared for another key in between: they go to the key they were reserved for or to
+    /// nobody. They are added only while the lease still counts the key they were reserved
+    /// under (see [`Lease::credit`] for why the counts of the two fields agree: `clear` bumps
+    /// `remaining` before `reserved`, so a reservation taken under the old count finds the new
+    /// one in `remaining`, or is added before the bump, which wipes it).
+    pub(super) fn add_reserved(&self, taken: u64) {
+        let count = taken & COUNT;
+        if count != 0 {
+            Self::put(&self.remaining, taken & !COUNT, |left| left + count);
+        }
+    }
+
+    /// Replaces the value of `field` by `with(value)` while its top bits still count
+    /// `generation`; false, changing nothing, once the lease has been cleared for another key.
+    fn put(field: &AtomicU64, generation: u64, with: impl Fn(u64) -> u64) -> bool {
+        let mut current = field.load(Relaxed);
+        loop {
+            if current & !COUNT != generation {
+                return false;
+            }
+            let next = generation | (with(current & COUNT) & COUNT);
+            match field.compare_exchange_weak(current, next, Release, Relaxed) {
+                Ok(_) => return true,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
     /// How many admissions the lease should hold.
     pub(super) fn size(&self, min: u64) -> u64 {
         self.size.load(Relaxed).max(min)
@@ -97,20 +157,60 @@ impl Lease {
     /// lease would otherwise stay with whoever grew the largest), and the store sees at most the
     /// key's rate in calls. Otherwise a lease that lasted less than half of `lasts` doubles the
     /// next, and one that lasted more than twice `lasts` halves it; always within `min..=max`.
-    pub(super) fn credit(&self, grant: Grant, want: u64, now: u64, bounds: (u64, u64), lasts: u64) {
+    ///
+    /// The grant is for the key whose renewal read `generation` ([`Lease::generation`]) as it
+    /// started, and is credited only while the lease still serves that key: the slot may be
+    /// handed to another key after the renewal last saw its own there. Every field the grant
+    /// writes (`denied_until`, `due`, `reserved`, `remaining`) counts the keys served in its top
+    /// bits; [`Cell::clear`] bumps the count of each, once per new key, after taking the tag
+    /// from the old key and before releasing the new one; and each write here is a
+    /// compare-and-swap that succeeds only while its field still counts `generation`. So:
+    ///
+    /// - `generation` is a count of this key's: the renewal read it before checking that the
+    ///   slot holds its key. Had a clearing for another key set it, the check would find that
+    ///   clearing's mark or a later tag, its own only if its key took the slot back since; that
+    ///   clearing bumped every field past `generation` before releasing the tag, and the
+    ///   renewal, which started after, finds none at `generation` again: it writes nothing.
+    /// - In each field, in that field's own order of changes, a write either comes before the
+    ///   next clearing's bump, which then wipes it along with the old key's state, or after it,
+    ///   where it finds the count changed and writes nothing. No interleaving with `clear`, at
+    ///   any step of it, gives the new key any of the grant.
+    ///
+    /// The count wraps at 16: a renewal would have to stay in flight while its slot changed
+    /// hands 16 times for this to fail, as for [`Lease::take`].
+    ///
+    /// A grant that finds its key gone is dropped, and the rest of it with it: those admissions
+    /// are lost, as any leased to an evicted key. Sizing the next lease (`size`, `renewed_at`)
+    /// comes after the grant only if all of it was credited; a clearing that slips in between
+    /// leaves the new key a size within the bounds and an older renewal time, which only
+    /// change how much its first lease asks for and which key is evicted first, not what the
+    /// store grants it.
+    pub(super) fn credit(
+        &self,
+        generation: u64,
+        grant: Grant,
+        want: u64,
+        now: u64,
+        bounds: (u64, u64),
+        lasts: u64,
+    ) {
         let granted = u64::from(grant.granted);
         let wait = nanos(grant.wait);
-        if granted == 0 {
-            self.denied_until
-                .store(now.saturating_add(wait.max(1)), Relaxed);
+        let put = |field, value: u64| Self::put(field, generation, |_| value.min(COUNT));
+        let credited = if granted == 0 {
+            put(&self.denied_until, now.saturating_add(wait.max(1)))
         } else if wait == 0 {
-            self.denied_until.store(0, Relaxed);
-            self.remaining.fetch_add(granted, Relaxed);
+            put(&self.denied_until, 0)
+                && Self::put(&self.remaining, generation, |left| left + granted)
         } else {
-            // No renewal starts while slots are reserved, so this is the only reservation.
-            self.denied_until.store(0, Relaxed);
-            self.due.store(now.saturating_add(wait), Relaxed);
-            self.reserved.store(granted, Release);
+            // No renewal starts while slots are reserved, so this is the only reservation; its
+            // due time is in place before it is (`reserved` is read first).
+            put(&self.denied_until, 0)
+                && put(&self.due, now.saturating_add(wait))
+                && put(&self.reserved, granted)
+        };
+        if !credited {
+            return;
         }
         let (min, max) = bounds;
         let last = self.renewed_at.swap(now, Relaxed);
@@ -144,15 +244,16 @@ impl Cell for Lease {
     }
 
     /// Empties the lease for a new key, and counts one more key in the top bits of the
-    /// admissions left and of the local cell (see [`Lease::take`] and
+    /// admissions left, of the reservation and the denial (see [`Lease::take`] and
+    /// [`Lease::credit`]) and of the local cell (see
     /// [`Rule::decide_keyed`](crate::limit::rate::gcra::Rule::decide_keyed)).
     fn clear(&self) {
         Cell::clear(&self.remaining);
-        self.reserved.store(0, Relaxed);
-        self.due.store(0, Relaxed);
+        Cell::clear(&self.reserved);
+        Cell::clear(&self.due);
         self.size.store(0, Relaxed);
         self.renewing.store(0, Relaxed);
-        self.denied_until.store(0, Relaxed);
+        Cell::clear(&self.denied_until);
         self.renewed_at.store(0, Relaxed);
         Cell::clear(&self.local);
     }
@@ -164,7 +265,7 @@ impl Cell for Lease {
         if self.renewing.load(Relaxed) != 0 {
             (3, 0)
         } else if self.left() == 0
-            && self.reserved.load(Relaxed) == 0
+            && self.reserved.load(Relaxed) & COUNT == 0
             && self.local.load(Relaxed) & TIME <= now
         {
             (1, 0)

@@ -262,6 +262,11 @@ enum Point {
     Found,
     /// The key's lease was empty; about to look at it again.
     NoLease,
+    /// Reserved admissions now due were taken from the key's reservation; about to add them to
+    /// its lease.
+    Reserved,
+    /// A renewal found its key in the slot; about to credit the store's grant.
+    Credit,
 }
 
 /// Shows a key's `Display` form where events want `Debug`.
@@ -309,12 +314,12 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
         }
         let lease = &slot.cell;
         // Slots reserved and not due yet: the next lease is asked for once they are spent.
-        if lease.reserved.load(Acquire) != 0 {
+        if lease.reserved() != 0 {
             return false;
         }
         // The store said when it would have room: asking before then would only be refused
         // again, and would hand every freed slot to the instance that asks most often.
-        let denied = lease.denied_until.load(Relaxed);
+        let denied = lease.denied_until();
         if denied != 0 && denied > self.clock.now() {
             return false;
         }
@@ -326,6 +331,10 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
         {
             return true;
         }
+        // The keys the slot has served, read before the check that it holds this one: the grant
+        // is credited only while that count stands, so never to a key that takes the slot
+        // meanwhile (see `Lease::credit`).
+        let generation = lease.generation();
         // The slot may have gone to another key since it was looked at: a renewal for a key no
         // longer there would keep the new key's calls waiting for it.
         if !holds() {
@@ -338,7 +347,8 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
             return false;
         };
         let want = lease.size(self.lease_min);
-        runtime.spawn(Arc::clone(self).renewal(index, place.tag, key.to_string(), want));
+        let renewal = Arc::clone(self).renewal(index, place.tag, generation, key.to_string(), want);
+        runtime.spawn(renewal);
         true
     }
 
@@ -361,8 +371,15 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
     }
 
     /// One lease renewal: a store call, then the grant credited to the key (if the slot still
-    /// holds it) and the waiters woken.
-    async fn renewal(self: Arc<Self>, index: usize, tag: u64, key: String, want: u64) {
+    /// holds it: it held it when the lease had served `generation` keys) and the waiters woken.
+    async fn renewal(
+        self: Arc<Self>,
+        index: usize,
+        tag: u64,
+        generation: u64,
+        key: String,
+        want: u64,
+    ) {
         let quota = self.quota();
         self.store_calls.fetch_add(1, Relaxed);
         let mut store = self.store.clone();
@@ -388,12 +405,16 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
         };
         let now = self.clock.now();
         let slot = self.table.slot(index);
+        // A quick look only: the key may still lose the slot before its grant is credited, which
+        // the credit itself detects.
         let ours = slot.tag.load(Acquire) == tag;
         match result {
             Ok(grant) => {
                 self.recovered();
                 if ours {
+                    self.at(Point::Credit);
                     slot.cell.credit(
+                        generation,
                         grant,
                         want,
                         now,
@@ -485,8 +506,8 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
         // next one leaves a lease, a reservation or a denial to decide on again. Every decision
         // on what the slot holds is made only while the slot holds the key.
         for _ in 0..2 {
-            if lease.reserved.load(Acquire) != 0 {
-                let due = lease.due.load(Relaxed);
+            if lease.reserved() != 0 {
+                let due = lease.due();
                 if due > now {
                     return holds().then(|| {
                         Verdict::Reject(RateLimited {
@@ -494,9 +515,9 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
                         })
                     });
                 }
-                lease
-                    .remaining
-                    .fetch_add(lease.reserved.swap(0, Relaxed), Relaxed);
+                let taken = lease.take_reserved();
+                self.at(Point::Reserved);
+                lease.add_reserved(taken);
             }
             self.at(Point::NoLease);
             match lease.take(holds) {
@@ -513,7 +534,7 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
                 self.renew(index, place, key);
                 return self.fallback(index, place, now);
             }
-            let denied = lease.denied_until.load(Relaxed);
+            let denied = lease.denied_until();
             if denied > now {
                 return holds().then(|| {
                     Verdict::Reject(RateLimited {
@@ -546,11 +567,11 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
     /// back when the slots reserved for this instance are due, when the store said it would have
     /// room, or else once the renewal in flight has had its time.
     fn busy(&self, lease: &Lease, now: u64) -> RateLimited {
-        let reserved = match lease.reserved.load(Acquire) {
+        let reserved = match lease.reserved() {
             0 => 0,
-            _ => lease.due.load(Relaxed),
+            _ => lease.due(),
         };
-        let until = reserved.max(lease.denied_until.load(Relaxed));
+        let until = reserved.max(lease.denied_until());
         let retry_after = match until.checked_sub(now) {
             Some(left) if left > 0 => Duration::from_nanos(left),
             _ => self.wait_limit / 2,
@@ -1052,7 +1073,7 @@ impl<St: Store, Clk: Clock, O: Observer> FleetHandle<St, Clk, O> {
         let table = &self.shared.table;
         table.find(table.locate(key)).map_or(0, |index| {
             let lease = &table.slot(index).cell;
-            lease.left() + lease.reserved.load(Relaxed)
+            lease.left() + lease.reserved()
         })
     }
 

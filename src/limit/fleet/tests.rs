@@ -1,11 +1,12 @@
 //! Races between a call's decision and the eviction of its key, made to happen at a chosen step.
 
-use super::{FleetRateLimitLayer, Lease, MemoryStore, Point};
+use super::{FleetRateLimitLayer, Lease, MemoryStore, Point, Take};
 use crate::limit::rate::gcra::TIME;
 use crate::limit::rate::{Clock, Quota};
 use std::convert::Infallible;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tower::{service_fn, Layer, Service, ServiceExt};
 
 /// Something to run once, when a decision reaches its point.
@@ -34,13 +35,30 @@ impl Hook {
 type Key = fn(&&'static str) -> Option<&'static str>;
 type Fleet = super::Fleet<MemoryStore, crate::limit::rate::TokioClock, ()>;
 
+/// Each key's quota: a slot every 10 ms, ten at once.
+fn quota() -> Quota {
+    Quota::per_second(100).burst(10)
+}
+
 /// A limiter with one bucket of eight slots.
 fn layer() -> FleetRateLimitLayer<MemoryStore, Key> {
+    layer_over(MemoryStore::new(), Duration::from_secs(1))
+}
+
+/// A limiter with one bucket of eight slots over `store`, which may reserve slots up to `ahead`.
+fn layer_over(store: MemoryStore, ahead: Duration) -> FleetRateLimitLayer<MemoryStore, Key> {
     let key: Key = |k| Some(*k);
-    FleetRateLimitLayer::builder(MemoryStore::new(), Quota::per_second(100).burst(10), key)
+    FleetRateLimitLayer::builder(store, quota(), key)
         .max_keys(1)
+        .reserve_ahead(ahead)
         .build()
         .unwrap()
+}
+
+/// Takes `key`'s whole burst from `store`, leaving no slot free now.
+async fn drain(store: &MemoryStore, key: &str) {
+    let grant = store.clone().oneshot(Take::new(key, 10, quota())).await;
+    assert_eq!(grant.unwrap().granted, 10);
 }
 
 fn slot_of(fleet: &Fleet, key: &'static str) -> usize {
@@ -171,5 +189,129 @@ async fn a_local_decision_racing_the_eviction_of_its_key_is_not_charged_to_the_n
         fleet.table.slot(b).cell.local.load(Relaxed) & TIME,
         five,
         "a's call was charged to b's local limit"
+    );
+}
+
+/// Arms the fleet so that, when a renewal has found its key in the slot and is about to credit
+/// the store's grant, key `b` takes key `a`'s slot although `a` has a renewal in flight: every
+/// other slot has one too at that moment (such keys are evicted last, so only then). Afterwards
+/// `spare` is idle again, for `a` to start over in.
+fn evict_renewing_a(fleet: &Arc<Fleet>) {
+    let (a, _) = crowd(fleet);
+    let weak = Arc::downgrade(fleet);
+    fleet.hook.arm(Point::Credit, move || {
+        let fleet = weak.upgrade().expect("the fleet is alive");
+        assert_ne!(
+            fleet.table.slot(a).cell.renewing.load(Relaxed),
+            0,
+            "a's renewal is in flight"
+        );
+        let others = (0..fleet.table.capacity()).filter(|&index| index != a);
+        for index in others.clone() {
+            fleet.table.slot(index).cell.renewing.store(1, Relaxed);
+        }
+        let b = slot_of(&fleet, "b");
+        assert_eq!(b, a, "b takes a's slot");
+        for index in others {
+            fleet.table.slot(index).cell.renewing.store(0, Relaxed);
+        }
+    });
+}
+
+/// The slot of `b`, once the renewal that a call of `a` starts has ended, `b` having taken
+/// `a`'s slot between the renewal's check that `a` holds it and the credit of its grant.
+async fn b_after_a_renewal_lost_at_credit(layer: &FleetRateLimitLayer<MemoryStore, Key>) -> usize {
+    let fleet = &layer.shared;
+    evict_renewing_a(fleet);
+    let mut service = service(layer);
+    let mut a = tokio_test::task::spawn(service.ready().await.unwrap().call("a"));
+    tokio_test::assert_pending!(a.poll(), "a waits for its renewal");
+    // The renewal wakes `a` when it ends, after the credit. `a` is not polled again: it would
+    // start over in a slot of its own, and might take `b`'s if `b` were left idle.
+    for _ in 0..10 {
+        if a.is_woken() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(a.is_woken(), "a's renewal has ended");
+    assert!(fleet.hook.0.lock().unwrap().is_none(), "the race was run");
+    fleet
+        .table
+        .find(fleet.table.locate(&"b"))
+        .expect("b keeps a's slot")
+}
+
+/// The store grants `a` a lease at once: none of it is credited to `b`.
+#[tokio::test(start_paused = true)]
+async fn a_grant_for_an_evicted_key_is_not_credited_to_the_new_key() {
+    let layer = layer();
+    let b = b_after_a_renewal_lost_at_credit(&layer).await;
+    let lease = &layer.shared.table.slot(b).cell;
+    assert_eq!(lease.left(), 0, "a's grant was credited to b's lease");
+}
+
+/// `b`'s lease after the store reserved `a` slots ahead and `b` took `a`'s slot just before
+/// they were credited.
+async fn b_after_a_reservation_lost_at_credit() -> (FleetRateLimitLayer<MemoryStore, Key>, usize) {
+    let store = MemoryStore::new();
+    drain(&store, "a").await;
+    let layer = layer_over(store, Duration::from_secs(1));
+    let b = b_after_a_renewal_lost_at_credit(&layer).await;
+    (layer, b)
+}
+
+/// The store reserves `a` slots ahead: `b` is not given them.
+#[tokio::test(start_paused = true)]
+async fn a_reservation_for_an_evicted_key_is_not_given_to_the_new_key() {
+    let (layer, b) = b_after_a_reservation_lost_at_credit().await;
+    let lease = &layer.shared.table.slot(b).cell;
+    assert_eq!(lease.reserved(), 0, "a's reserved slots were given to b");
+}
+
+/// The same: `b` is not given their due time, which would refuse its calls until then once it
+/// has a reservation of its own.
+#[tokio::test(start_paused = true)]
+async fn a_reservations_due_time_for_an_evicted_key_is_not_given_to_the_new_key() {
+    let (layer, b) = b_after_a_reservation_lost_at_credit().await;
+    let lease = &layer.shared.table.slot(b).cell;
+    assert_eq!(
+        lease.due(),
+        0,
+        "a's reserved slots' due time was given to b"
+    );
+}
+
+/// The store has no room for `a` and reserves nothing: `b` is not refused until `a`'s denial
+/// ends.
+#[tokio::test(start_paused = true)]
+async fn a_denial_for_an_evicted_key_is_not_given_to_the_new_key() {
+    let store = MemoryStore::new();
+    drain(&store, "a").await;
+    let layer = layer_over(store, Duration::ZERO);
+    let b = b_after_a_renewal_lost_at_credit(&layer).await;
+    let lease = &layer.shared.table.slot(b).cell;
+    assert_eq!(lease.denied_until(), 0, "a's denial was given to b");
+}
+
+/// `a`'s reserved admissions are due: `b` takes `a`'s slot after they were taken from the
+/// reservation and before they are added to the lease, and is given none of them.
+#[tokio::test(start_paused = true)]
+async fn reserved_admissions_of_an_evicted_key_are_not_given_to_the_new_key() {
+    let layer = layer();
+    let fleet = &layer.shared;
+    evict_a_at(fleet, Point::Reserved, |_, b| {
+        b.remaining.fetch_add(5, Relaxed);
+    });
+    let a = slot_of(fleet, "a");
+    // Three admissions reserved for `a`, due now.
+    fleet.table.slot(a).cell.reserved.fetch_add(3, Relaxed);
+    let mut service = service(&layer);
+    assert!(call(&mut service, "a").await.is_ok());
+    assert!(fleet.hook.0.lock().unwrap().is_none(), "the race was run");
+    assert_eq!(
+        layer.handle().leased(&"b"),
+        5,
+        "a's reserved admissions were given to b"
     );
 }
