@@ -328,7 +328,7 @@ async fn main() -> Result<(), BoxError> {
     let mut gradient = Gradient2::default();
     gradient.initial = WORKERS as f64 * 2.0;
     gradient.min = 2.0;
-    let limiter = AdaptiveLimitLayer::builder(Windowed::new(gradient)).build();
+    let limiter = AdaptiveLimitLayer::builder(Windowed::new(gradient)).build()?;
     let limit = limiter.handle();
     let server_stack = ServerStack::new()
         .without_rate_limit()

@@ -204,7 +204,7 @@ slots!(Adaptive<>, AdaptiveHandle<Fixed, Probe>, |probe| {
         let layer = AdaptiveLimitLayer::builder(Fixed(SLOTS))
             .queue(QUEUE)
             .observer(probe)
-            .build();
+            .build().unwrap();
         Over::new(layer.handle(), move |mock| erase(layer.layer(mock)))
     },
     held: |h| (h.in_flight() + h.queued()) as usize,
@@ -234,7 +234,7 @@ slots!(AdaptiveCodel<>, AdaptiveHandle<Fixed, Probe>, |probe| {
             .codel(Codel::default())
             .order(Order::Adaptive)
             .observer(probe)
-            .build();
+            .build().unwrap();
         Over::new(layer.handle(), move |mock| erase(layer.layer(mock)))
     },
     held: |h| (h.in_flight() + h.queued()) as usize,
@@ -745,7 +745,7 @@ impl Subject for Client {
 
 // The server stack with a fixed concurrency limit and a queue, read through its limiter.
 slots!(Server<>, AdaptiveHandle<Fixed>, |_probe| {
-        let limiter = AdaptiveLimitLayer::builder(Fixed(SLOTS)).queue(QUEUE).build();
+        let limiter = AdaptiveLimitLayer::builder(Fixed(SLOTS)).queue(QUEUE).build().unwrap();
         let handle = limiter.handle();
         let stack = ServerStack::new().concurrency(limiter);
         Over::new(handle, move |mock| erase(stack.layer(mock)))

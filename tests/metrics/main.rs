@@ -193,7 +193,8 @@ fn state_and_limit_gauges_exist_from_the_start() {
             seawall::limit::AdaptiveLimitLayer::builder(seawall::limit::algorithm::Aimd::default())
                 .name("server")
                 .observer(MetricsObserver::new())
-                .build();
+                .build()
+                .unwrap();
         drop((breaker, limiter));
     });
     let series = snapshot(&recorder);
