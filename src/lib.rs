@@ -190,7 +190,7 @@ service_builder_ext! {
     /// use tower::{service_fn, ServiceBuilder};
     ///
     /// let service = ServiceBuilder::new()
-    ///     .with_retry(RetryLayer::builder().http().build().unwrap())
+    ///     .with_retry(RetryLayer::http().build().unwrap())
     ///     .service(service_fn(|_: http::Request<String>| async {
     ///         Ok::<_, std::io::Error>(http::Response::new(()))
     ///     }));
