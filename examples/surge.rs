@@ -408,7 +408,8 @@ async fn main() -> Result<(), BoxError> {
                 from: From::Default,
             })
             .classify(Success2xx)
-            .observer("default", timeouts.clone()),
+            .name("default")
+            .observer(timeouts.clone()),
         )
         .layer(
             StaleIfErrorLayer::builder(
@@ -417,7 +418,8 @@ async fn main() -> Result<(), BoxError> {
             )
             .max_age(Duration::from_secs(60))
             .classify(Success2xx)
-            .observer("stale", timeouts)
+            .name("stale")
+            .observer(timeouts)
             .build()
             .expect("a valid stale-if-error configuration"),
         )

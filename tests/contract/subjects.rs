@@ -297,7 +297,7 @@ subject!(Shed, ());
 impl Subject for Shed {
     common!();
     async fn prepare(probe: Probe) -> Self {
-        let layer = LoadShedLayer::new().with_observer("shed", probe);
+        let layer = LoadShedLayer::new().name("shed").observer(probe);
         Shed(Over::new((), move |mock| erase(layer.layer(mock))))
     }
     async fn block(&mut self) -> Option<Blocked> {
@@ -633,13 +633,13 @@ pass_through!(Retry, |probe| {
 }, observed: true);
 
 pass_through!(FixedTimeout, |probe| {
-    let layer = TimeoutLayer::new(Duration::from_secs(1)).with_observer("timeout", probe);
+    let layer = TimeoutLayer::new(Duration::from_secs(1)).name("timeout").observer(probe);
     move |mock| erase(layer.layer(mock))
 }, observed: true);
 
 pass_through!(PerRequestTimeout, |probe| {
     let layer = TimeoutLayer::per_request(|_: &u32| Some(Duration::from_secs(1)))
-        .with_observer("timeout", probe);
+        .name("timeout").observer(probe);
     move |mock| erase(layer.layer(mock))
 }, observed: true);
 
@@ -662,7 +662,7 @@ impl DeadlineCarrier for Carried {
 pass_through!(PropagatingTimeout, |probe| {
     let layer = TimeoutLayer::new(Duration::from_secs(1))
         .propagate()
-        .with_observer("timeout", probe);
+        .name("timeout").observer(probe);
     move |mock| {
         erase(
             ServiceBuilder::new()
@@ -678,7 +678,7 @@ pass_through!(PropagatingTimeout, |probe| {
 }, observed: true);
 
 pass_through!(Fallback, |probe| {
-    let layer = FallbackLayer::value(99u32).observer("fallback", probe);
+    let layer = FallbackLayer::value(99u32).name("fallback").observer(probe);
     move |mock| erase(layer.layer(mock))
 }, observed: true);
 
@@ -691,7 +691,8 @@ impl Subject for Alternate {
         let alternate = tower::service_fn(|n: u32| async move { Ok::<_, BoxError>(n + 1000) });
         let layer = AlternateLayer::builder(alternate)
             .max_concurrent(2)
-            .observer("alternate", probe)
+            .name("alternate")
+            .observer(probe)
             .build()
             .unwrap();
         let running = layer.clone();

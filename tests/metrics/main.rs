@@ -66,8 +66,9 @@ fn traffic_through_each_layer_leaves_its_series() {
                 .observer(MetricsObserver::new())
                 .build()
                 .unwrap();
-            let fallback =
-                FallbackLayer::value(0u32).observer("db-fallback", MetricsObserver::new());
+            let fallback = FallbackLayer::value(0u32)
+                .name("db-fallback")
+                .observer(MetricsObserver::new());
             let limit = RateLimitLayer::builder(Quota::per_second(3))
                 .name("db-rate")
                 .observer(MetricsObserver::new())
