@@ -91,7 +91,6 @@ use std::error::Error;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use tokio::time::Instant;
 use tower::{BoxError, Layer, Service};
