@@ -47,7 +47,10 @@ fn benches(c: &mut Criterion) {
     single(
         c,
         "bulkhead/adaptive_aimd",
-        AdaptiveLimitLayer::builder(aimd()).build().layer(Noop),
+        AdaptiveLimitLayer::builder(aimd())
+            .build()
+            .unwrap()
+            .layer(Noop),
     );
     single(
         c,
@@ -55,6 +58,7 @@ fn benches(c: &mut Criterion) {
         AdaptiveLimitLayer::builder(aimd())
             .sample_every(1)
             .build()
+            .unwrap()
             .layer(Noop),
     );
     single(
@@ -63,6 +67,7 @@ fn benches(c: &mut Criterion) {
         AdaptiveLimitLayer::builder(aimd())
             .sample_every(16)
             .build()
+            .unwrap()
             .layer(Noop),
     );
     // Client-side throttling of a healthy service: one clock read as each call ends.

@@ -25,7 +25,7 @@ use tower::ServiceBuilder;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let limiter = AdaptiveLimitLayer::builder(Windowed::new(Gradient2::default())).build();
+    let limiter = AdaptiveLimitLayer::builder(Windowed::new(Gradient2::default())).build()?;
     let limit = limiter.handle();
     let stack = ServerStack::new()
         .rate_limit(Quota::per_second(300).burst(100))

@@ -67,7 +67,8 @@ async fn main() -> Result<(), BoxError> {
         Some(req.uri().path().to_owned())
     })
     .max_age(Duration::from_secs(60))
-    .observer("catalog_stale", MetricsObserver::new())
+    .name("catalog_stale")
+    .observer(MetricsObserver::new())
     .build()?;
     let catalog: Catalog = BoxCloneSyncService::new(
         ServiceBuilder::new()

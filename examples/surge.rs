@@ -328,7 +328,7 @@ async fn main() -> Result<(), BoxError> {
     let mut gradient = Gradient2::default();
     gradient.initial = WORKERS as f64 * 2.0;
     gradient.min = 2.0;
-    let limiter = AdaptiveLimitLayer::builder(Windowed::new(gradient)).build();
+    let limiter = AdaptiveLimitLayer::builder(Windowed::new(gradient)).build()?;
     let limit = limiter.handle();
     let server_stack = ServerStack::new()
         .without_rate_limit()
@@ -408,7 +408,8 @@ async fn main() -> Result<(), BoxError> {
                 from: From::Default,
             })
             .classify(Success2xx)
-            .observer("default", timeouts.clone()),
+            .name("default")
+            .observer(timeouts.clone()),
         )
         .layer(
             StaleIfErrorLayer::builder(
@@ -417,7 +418,8 @@ async fn main() -> Result<(), BoxError> {
             )
             .max_age(Duration::from_secs(60))
             .classify(Success2xx)
-            .observer("stale", timeouts)
+            .name("stale")
+            .observer(timeouts)
             .build()
             .expect("a valid stale-if-error configuration"),
         )

@@ -190,7 +190,7 @@ service_builder_ext! {
     /// use tower::{service_fn, ServiceBuilder};
     ///
     /// let service = ServiceBuilder::new()
-    ///     .with_retry(RetryLayer::builder().http().build().unwrap())
+    ///     .with_retry(RetryLayer::http().build().unwrap())
     ///     .service(service_fn(|_: http::Request<String>| async {
     ///         Ok::<_, std::io::Error>(http::Response::new(()))
     ///     }));
@@ -207,7 +207,11 @@ service_builder_ext! {
     /// use tower::{service_fn, ServiceBuilder};
     ///
     /// let service = ServiceBuilder::new()
-    ///     .adaptive_limit(AdaptiveLimitLayer::builder(Windowed::new(Gradient2::default())).build())
+    ///     .adaptive_limit(
+    ///         AdaptiveLimitLayer::builder(Windowed::new(Gradient2::default()))
+    ///             .build()
+    ///             .unwrap(),
+    ///     )
     ///     .service(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }));
     /// # drop(service);
     /// ```

@@ -309,12 +309,21 @@ fn admitted_adaptive_limiter_calls_allocate_nothing() {
         assert_eq!(allocated, 0, "{layer:?}");
         assert_eq!(layer.handle().in_flight(), 0);
     }
-    check(AdaptiveLimitLayer::builder(Aimd::default()).build());
-    check(AdaptiveLimitLayer::builder(Gradient2::default()).build());
+    check(
+        AdaptiveLimitLayer::builder(Aimd::default())
+            .build()
+            .unwrap(),
+    );
+    check(
+        AdaptiveLimitLayer::builder(Gradient2::default())
+            .build()
+            .unwrap(),
+    );
     check(
         AdaptiveLimitLayer::builder(Vegas::default())
             .sample_every(16)
-            .build(),
+            .build()
+            .unwrap(),
     );
 }
 

@@ -91,7 +91,9 @@ async fn every_request_of_a_soak_through_faults_is_accounted_for() {
     gradient.initial = 300.0;
     gradient.min = 300.0;
     gradient.max = 1_000.0;
-    let limiter = AdaptiveLimitLayer::builder(Windowed::new(gradient)).build();
+    let limiter = AdaptiveLimitLayer::builder(Windowed::new(gradient))
+        .build()
+        .unwrap();
     let limit = limiter.handle();
     let server_stack = ServerStack::new()
         .concurrency(limiter)
@@ -355,7 +357,8 @@ async fn a_cancellation_storm_leaves_every_layer_idle() {
         .unwrap();
     let adaptive = AdaptiveLimitLayer::builder(Windowed::new(Gradient2::default()))
         .queue(32)
-        .build();
+        .build()
+        .unwrap();
     let breaker = CircuitBreakerLayer::builder()
         .failure_rate_threshold(90.0)
         .build()

@@ -647,6 +647,67 @@ impl<O> Source<O> {
     }
 }
 
+/// An observer shared by several [`Source`]s: the layers configured without a builder (a timeout,
+/// a load shedder, a fallback) keep theirs this way, so that `.name(..)` can come after
+/// `.observer(..)` (a new source, the same observer) on a layer that may already have been cloned.
+#[cfg(any(feature = "timeout", feature = "limit", feature = "fallback"))]
+pub(crate) struct SharedObserver<O>(std::sync::Arc<O>);
+
+#[cfg(any(feature = "timeout", feature = "limit", feature = "fallback"))]
+impl<O> Clone for SharedObserver<O> {
+    fn clone(&self) -> Self {
+        SharedObserver(self.0.clone())
+    }
+}
+
+#[cfg(any(feature = "timeout", feature = "limit", feature = "fallback"))]
+impl<O: Observer> Observer for SharedObserver<O> {
+    const ENABLED: bool = O::ENABLED;
+
+    #[inline(always)]
+    fn on_event(&self, event: &Event<'_>) {
+        self.0.on_event(event)
+    }
+
+    #[inline(always)]
+    fn wants_latency(&self) -> bool {
+        self.0.wants_latency()
+    }
+}
+
+/// The name and observer of a layer configured without a builder, shared by the layer, its
+/// clones and every service it makes.
+#[cfg(any(feature = "timeout", feature = "limit", feature = "fallback"))]
+pub(crate) type LayerSource<O> = std::sync::Arc<Source<SharedObserver<O>>>;
+
+#[cfg(any(feature = "timeout", feature = "limit", feature = "fallback"))]
+impl<O> Source<SharedObserver<O>> {
+    /// A layer's source named `name`, sending to `observer`.
+    pub(crate) fn shared(
+        name: impl Into<std::borrow::Cow<'static, str>>,
+        observer: O,
+    ) -> LayerSource<O> {
+        std::sync::Arc::new(Source::new(
+            name,
+            SharedObserver(std::sync::Arc::new(observer)),
+        ))
+    }
+
+    /// A new source with this one's observer and another name; this one, and the layers and
+    /// services that hold it, are left as they are.
+    pub(crate) fn renamed(
+        &self,
+        name: impl Into<std::borrow::Cow<'static, str>>,
+    ) -> LayerSource<O> {
+        std::sync::Arc::new(Source::new(name, self.observer.clone()))
+    }
+
+    /// A new source with this one's name and another observer.
+    pub(crate) fn observed<O2>(&self, observer: O2) -> LayerSource<O2> {
+        Source::shared(self.name.clone(), observer)
+    }
+}
+
 /// What gates send events through: a reference to a layer's [`Source`], one pointer wide and
 /// `Copy`, so that passing it costs nothing when the observer is `()`.
 #[derive(Debug)]

@@ -229,18 +229,21 @@ impl<A, M, C, O> AlternateBuilder<A, M, C, O> {
         }
     }
 
-    /// Names the layer and sends its events (`FallbackUsed` for each answer of the alternate,
-    /// `Rejected { reason: FallbackFull }` for each fallback not made) to `observer`.
-    pub fn observer<O2: Observer>(
-        self,
-        name: impl Into<Cow<'static, str>>,
-        observer: O2,
-    ) -> AlternateBuilder<A, M, C, O2> {
+    /// The layer's name, in events (default `"alternate"`).
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.options.name = name.into();
+        self
+    }
+
+    /// Sends the layer's events (`FallbackUsed` for each answer of the alternate,
+    /// `Rejected { reason: FallbackFull }` for each fallback not made) to `observer` (default:
+    /// none).
+    pub fn observer<O2: Observer>(self, observer: O2) -> AlternateBuilder<A, M, C, O2> {
         AlternateBuilder {
             alternate: self.alternate,
             memo: self.memo,
             max: self.max,
-            options: self.options.observer(name.into(), observer),
+            options: self.options.observer(observer),
         }
     }
 

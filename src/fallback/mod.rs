@@ -80,6 +80,7 @@ pub use policy::{FromFn, Policy, Respond, StorePolicy, StoreSuccesses, Value, Wi
 pub use stale::StaleResponse;
 pub use stale::{StaleFuture, StaleIfError, StaleIfErrorBuilder, StaleIfErrorLayer};
 
+use crate::core::observe::LayerSource;
 use crate::core::{
     Classify, ErrorIsFailure, EventKind, FallbackTrigger, Observer, Outcome, Source,
 };
@@ -90,7 +91,6 @@ use std::error::Error;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use tokio::time::Instant;
 use tower::{BoxError, Layer, Service};
@@ -204,11 +204,11 @@ impl<C, O> Options<C, O> {
         }
     }
 
-    fn observer<O2>(self, name: Cow<'static, str>, observer: O2) -> Options<C, O2> {
+    fn observer<O2>(self, observer: O2) -> Options<C, O2> {
         Options {
             select: self.select,
             classify: self.classify,
-            name,
+            name: self.name,
             observer,
         }
     }
@@ -288,7 +288,7 @@ pub struct FallbackLayer<P, C = ErrorIsFailure, O = ()> {
     policy: P,
     select: Select,
     classify: C,
-    source: Arc<Source<O>>,
+    source: LayerSource<O>,
 }
 
 impl<T> FallbackLayer<Value<T>> {
@@ -320,7 +320,7 @@ impl<P> FallbackLayer<P> {
             policy,
             select: Select::all(),
             classify: ErrorIsFailure,
-            source: Arc::new(Source::new("fallback", ())),
+            source: Source::shared("fallback", ()),
         }
     }
 }
@@ -343,17 +343,21 @@ impl<P, C, O> FallbackLayer<P, C, O> {
         }
     }
 
-    /// Names the layer and sends a `FallbackUsed` event for each answer to `observer`.
-    pub fn observer<O2: Observer>(
-        self,
-        name: impl Into<Cow<'static, str>>,
-        observer: O2,
-    ) -> FallbackLayer<P, C, O2> {
+    /// The layer's name, in events (default `"fallback"`).
+    pub fn name(self, name: impl Into<Cow<'static, str>>) -> Self {
+        FallbackLayer {
+            source: self.source.renamed(name),
+            ..self
+        }
+    }
+
+    /// Sends a `FallbackUsed` event for each answer to `observer` (default: none).
+    pub fn observer<O2: Observer>(self, observer: O2) -> FallbackLayer<P, C, O2> {
         FallbackLayer {
             policy: self.policy,
             select: self.select,
             classify: self.classify,
-            source: Arc::new(Source::new(name, observer)),
+            source: self.source.observed(observer),
         }
     }
 }
@@ -399,7 +403,7 @@ pub struct Fallback<S, P, C = ErrorIsFailure, O = ()> {
     policy: P,
     select: Select,
     classify: C,
-    source: Arc<Source<O>>,
+    source: LayerSource<O>,
 }
 
 impl<S: Clone, P: Clone, C: Clone, O> Clone for Fallback<S, P, C, O> {
@@ -465,7 +469,7 @@ pin_project! {
         fallback: Option<(P, M)>,
         select: Select,
         classify: C,
-        source: Option<Arc<Source<O>>>,
+        source: Option<LayerSource<O>>,
         start: Option<Instant>,
     }
 }

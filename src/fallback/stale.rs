@@ -594,12 +594,14 @@ impl<F, Res, C, O, P> StaleIfErrorBuilder<F, Res, C, O, P> {
         }
     }
 
-    /// Names the layer and sends a `FallbackUsed` event for each stale answer to `observer`.
-    pub fn observer<O2: Observer>(
-        self,
-        name: impl Into<Cow<'static, str>>,
-        observer: O2,
-    ) -> StaleIfErrorBuilder<F, Res, C, O2, P> {
+    /// The layer's name, in events (default `"stale_if_error"`).
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.options.name = name.into();
+        self
+    }
+
+    /// Sends a `FallbackUsed` event for each stale answer to `observer` (default: none).
+    pub fn observer<O2: Observer>(self, observer: O2) -> StaleIfErrorBuilder<F, Res, C, O2, P> {
         StaleIfErrorBuilder {
             key: self.key,
             mark: self.mark,
@@ -609,7 +611,7 @@ impl<F, Res, C, O, P> StaleIfErrorBuilder<F, Res, C, O, P> {
             max_entries: self.max_entries,
             max_bytes: self.max_bytes,
             max_age: self.max_age,
-            options: self.options.observer(name.into(), observer),
+            options: self.options.observer(observer),
         }
     }
 

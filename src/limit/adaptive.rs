@@ -72,7 +72,7 @@ fn applicable(limit: f64) -> f64 {
 }
 
 /// A mistake in an adaptive limiter's configuration, found by
-/// [`AdaptiveLimitBuilder::try_build`].
+/// [`AdaptiveLimitBuilder::build`].
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
@@ -355,7 +355,8 @@ pub type AdaptiveLimit<S, A, C = ErrorIsFailure, O = ()> = Guard<S, Adaptive<A>,
 ///
 /// let layer = AdaptiveLimitLayer::builder(Windowed::new(Gradient2::default()))
 ///     .queue(100)
-///     .build();
+///     .build()
+///     .unwrap();
 /// assert_eq!(layer.handle().limit(), 20);
 /// ```
 pub struct AdaptiveLimitLayer<A: 'static, C = ErrorIsFailure, O: 'static = ()> {
@@ -403,7 +404,7 @@ impl<A, O> AdaptiveLimitBuilder<A, O> {
 
     /// Times one call in `n` on each thread (1: every call), to save the two clock reads of the
     /// others; failures are always counted. Zero is a mistake, which
-    /// [`try_build`](Self::try_build) refuses with [`ConfigError::SampleEvery`].
+    /// [`build`](Self::build) refuses with [`ConfigError::SampleEvery`].
     ///
     /// By default the limiter chooses: it times every call while it sees up to about 4,000 calls a
     /// second, and about 4,000 calls a second above that (at least one call in 64), judging its rate
@@ -417,8 +418,11 @@ impl<A, O> AdaptiveLimitBuilder<A, O> {
     /// use seawall::limit::AdaptiveLimitLayer;
     ///
     /// // Every call timed, whatever the rate.
-    /// let layer = AdaptiveLimitLayer::builder(Aimd::default()).sample_every(1).build();
-    /// # let _ = layer;
+    /// let layer = AdaptiveLimitLayer::builder(Aimd::default())
+    ///     .sample_every(1)
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(layer);
     /// ```
     pub fn sample_every(mut self, n: u64) -> Self {
         self.sample_every = Some(n);
@@ -439,17 +443,21 @@ impl<A, O> AdaptiveLimitBuilder<A, O> {
         }
     }
 
-    /// Checks the settings and builds the layer.
+    /// Checks the settings and builds the layer. A mistake is a [`ConfigError`], never a panic:
+    /// `sample_every(0)`, a maximum wait or controlled delay without a queue, a codel target of
+    /// zero or above its interval, or an algorithm whose [`check`](Algorithm::check) fails
+    /// (bounds that are not numbers or the wrong way round, a backoff or smoothing out of range,
+    /// `Fixed(0)`...).
     ///
     /// ```
     /// use seawall::limit::algorithm::Aimd;
     /// use seawall::limit::{AdaptiveConfigError, AdaptiveLimitLayer};
     ///
     /// let backwards = Aimd { min: 50.0, max: 10.0, ..Aimd::default() };
-    /// let err = AdaptiveLimitLayer::builder(backwards).try_build().unwrap_err();
+    /// let err = AdaptiveLimitLayer::builder(backwards).build().unwrap_err();
     /// assert!(matches!(err, AdaptiveConfigError::Algorithm(_)), "{err}");
     /// ```
-    pub fn try_build(self) -> Result<AdaptiveLimitLayer<A, ErrorIsFailure, O>, ConfigError>
+    pub fn build(self) -> Result<AdaptiveLimitLayer<A, ErrorIsFailure, O>, ConfigError>
     where
         A: Algorithm,
         O: Observer,
@@ -495,22 +503,14 @@ impl<A, O> AdaptiveLimitBuilder<A, O> {
         })
     }
 
-    /// Builds the layer: [`try_build`](Self::try_build), for settings known to be right.
-    ///
-    /// # Panics
-    ///
-    /// If [`try_build`](Self::try_build) finds a mistake: `sample_every(0)`, a maximum wait or
-    /// controlled delay without a queue, a codel target of zero or above its interval, or an algorithm whose [`check`](Algorithm::check) fails (bounds that are
-    /// not numbers or the wrong way round, a backoff or smoothing out of range, `Fixed(0)`...).
-    pub fn build(self) -> AdaptiveLimitLayer<A, ErrorIsFailure, O>
+    /// The same as [`build`](Self::build), which now returns the error itself.
+    #[deprecated(note = "use `build`, which returns a `Result`")]
+    pub fn try_build(self) -> Result<AdaptiveLimitLayer<A, ErrorIsFailure, O>, ConfigError>
     where
         A: Algorithm,
         O: Observer,
     {
-        match self.try_build() {
-            Ok(layer) => layer,
-            Err(e) => panic!("invalid adaptive limiter configuration: {e}"),
-        }
+        self.build()
     }
 }
 

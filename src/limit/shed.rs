@@ -1,7 +1,7 @@
+use crate::core::observe::LayerSource;
 use crate::core::{EventKind, Observer, RejectReason, Source};
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{BoxError, Layer, Service};
 
@@ -31,15 +31,19 @@ use super::error::Overloaded;
 /// assert!(err.is::<Overloaded>());
 /// # }
 /// ```
+///
+/// Its events (a `Rejected` with reason `Overloaded` for each shed call) go to the observer set
+/// with [`observer`](Self::observer), under the name set with [`name`](Self::name), in either
+/// order.
 pub struct LoadShedLayer<O = ()> {
-    source: Arc<Source<O>>,
+    source: LayerSource<O>,
 }
 
 impl LoadShedLayer {
     /// A load shedder named `"load_shed"`, without an observer.
     pub fn new() -> Self {
         LoadShedLayer {
-            source: Arc::new(Source::new("load_shed", ())),
+            source: Source::shared("load_shed", ()),
         }
     }
 }
@@ -51,16 +55,29 @@ impl Default for LoadShedLayer {
 }
 
 impl<O> LoadShedLayer<O> {
-    /// Names the layer and sends its events (a `Rejected` with reason `Overloaded` for each shed
-    /// call) to `observer`.
+    /// The layer's name, in events (default `"load_shed"`).
+    pub fn name(self, name: impl Into<Cow<'static, str>>) -> Self {
+        LoadShedLayer {
+            source: self.source.renamed(name),
+        }
+    }
+
+    /// Sends the layer's events (a `Rejected` with reason `Overloaded` for each shed call) to
+    /// `observer` (default: none).
+    pub fn observer<O2: Observer>(self, observer: O2) -> LoadShedLayer<O2> {
+        LoadShedLayer {
+            source: self.source.observed(observer),
+        }
+    }
+
+    /// Names the layer and sends its events to `observer`.
+    #[deprecated(note = "use `.name(name).observer(observer)`")]
     pub fn with_observer<O2: Observer>(
         self,
         name: impl Into<Cow<'static, str>>,
         observer: O2,
     ) -> LoadShedLayer<O2> {
-        LoadShedLayer {
-            source: Arc::new(Source::new(name, observer)),
-        }
+        self.name(name).observer(observer)
     }
 }
 
@@ -95,7 +112,7 @@ impl<S, O> Layer<S> for LoadShedLayer<O> {
 /// The service of [`LoadShedLayer`].
 pub struct LoadShed<S, O = ()> {
     inner: S,
-    source: Arc<Source<O>>,
+    source: LayerSource<O>,
     // Whether the inner service said it was ready: its reservation, which clones do not share.
     ready: bool,
 }

@@ -89,6 +89,10 @@ pub(crate) struct Limits {
 ///     .unwrap();
 /// # drop(layer);
 /// ```
+///
+/// The HTTP and gRPC settings are where a builder starts ([`RetryLayer::http`],
+/// [`RetryLayer::grpc`]), not steps after other settings, so they never replace a classifier or
+/// a policy given before them.
 #[derive(Debug)]
 pub struct Builder<C = ErrorIsFailure, P = Cloned, O = ()> {
     name: Cow<'static, str>,
@@ -120,7 +124,7 @@ impl Default for Builder {
 }
 
 impl<C, P, O> Builder<C, P, O> {
-    /// The layer's name, in events.
+    /// The layer's name, in events (default `"retry"`).
     pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
         self.name = name.into();
         self
@@ -215,34 +219,7 @@ impl<C, P, O> Builder<C, P, O> {
         })
     }
 
-    /// The settings for HTTP clients: retries only idempotent requests (or ones with an
-    /// `Idempotency-Key`) whose body can be replayed (see [`HttpPolicy`](super::http::HttpPolicy)),
-    /// on transport errors and on 408, 429, 500, 502, 503 and 504 (see
-    /// [`HttpClassifier::retryable`](crate::http::HttpClassifier::retryable)), honouring
-    /// `Retry-After` and `X-RateLimit-Reset`, and the request's deadline.
-    ///
-    /// ```
-    /// use seawall::retry::RetryLayer;
-    ///
-    /// let layer = RetryLayer::builder().http().build().unwrap();
-    /// # drop(layer);
-    /// ```
-    #[cfg(feature = "http")]
-    pub fn http(self) -> Builder<crate::http::HttpClassifier, super::http::HttpPolicy, O> {
-        self.classify(crate::http::HttpClassifier::retryable())
-            .policy(super::http::HttpPolicy::default())
-    }
-
-    /// The settings for gRPC clients: retries transport errors and UNAVAILABLE, RESOURCE_EXHAUSTED
-    /// only with a pushback, never DEADLINE_EXCEEDED (see [`GrpcPolicy`](super::grpc::GrpcPolicy)),
-    /// honouring `grpc-retry-pushback-ms` and the request's deadline.
-    #[cfg(feature = "http")]
-    pub fn grpc(self) -> Builder<crate::grpc::GrpcClassifier, super::grpc::GrpcPolicy, O> {
-        self.classify(crate::grpc::GrpcClassifier::retryable())
-            .policy(super::grpc::GrpcPolicy)
-    }
-
-    /// Sends the layer's events to `observer`.
+    /// Sends the layer's events to `observer` (default: none).
     pub fn observer<O2: Observer>(self, observer: O2) -> Builder<C, P, O2> {
         self.with_hooks(|classify, policy, _| (classify, policy, observer))
     }

@@ -11,7 +11,7 @@ use http::{Request, Response};
 /// UNAVAILABLE, unless the server's `grpc-retry-pushback-ms` says not to; RESOURCE_EXHAUSTED only
 /// when the server sent a pushback saying when; never DEADLINE_EXCEEDED or any other code. Use it
 /// with [`GrpcClassifier::retryable`](crate::grpc::GrpcClassifier::retryable) (see
-/// [`Builder::grpc`](super::Builder::grpc)). The request's [`Deadline`] is honoured.
+/// [`RetryLayer::grpc`](super::RetryLayer::grpc)). The request's [`Deadline`] is honoured.
 ///
 /// Requests are replayed when their body implements [`ReplayBody`]. gRPC clients send streaming
 /// bodies (tonic's included): wrap them in [`Buffered`](super::buffered::Buffered) above the retry

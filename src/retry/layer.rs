@@ -31,6 +31,62 @@ impl RetryLayer {
     pub fn builder() -> Builder {
         Builder::default()
     }
+
+    /// Starts a [`Builder`] with the settings for HTTP clients: retries only idempotent requests
+    /// (or ones with an `Idempotency-Key`) whose body can be replayed (see
+    /// [`HttpPolicy`](super::http::HttpPolicy)), on transport errors and on 408, 429, 500, 502,
+    /// 503 and 504 (see [`HttpClassifier::retryable`](crate::http::HttpClassifier::retryable)),
+    /// honouring `Retry-After` and `X-RateLimit-Reset`, and the request's deadline.
+    ///
+    /// It is where the builder starts, so it cannot discard a setting made before it: every
+    /// setter may follow it. [`classify`](Builder::classify) and [`policy`](Builder::policy) then
+    /// replace the HTTP classifier or policy (and only it);
+    /// [`retry_if`](Builder::retry_if) and [`report_budget`](Builder::report_budget) wrap the
+    /// HTTP policy.
+    ///
+    /// ```
+    /// use seawall::retry::RetryLayer;
+    ///
+    /// let layer = RetryLayer::http().name("catalog").max_retries(2).build().unwrap();
+    /// # drop(layer);
+    /// ```
+    ///
+    /// It is not a step of a builder, which could silently replace a classifier set before it:
+    ///
+    /// ```compile_fail,E0599
+    /// use seawall::http::HttpClassifier;
+    /// use seawall::retry::RetryLayer;
+    ///
+    /// let builder = RetryLayer::builder().classify(HttpClassifier::default()).http();
+    /// ```
+    #[cfg(feature = "http")]
+    pub fn http() -> Builder<crate::http::HttpClassifier, super::http::HttpPolicy> {
+        Builder::default()
+            .classify(crate::http::HttpClassifier::retryable())
+            .policy(super::http::HttpPolicy::default())
+    }
+
+    /// Starts a [`Builder`] with the settings for gRPC clients: retries transport errors and
+    /// UNAVAILABLE, RESOURCE_EXHAUSTED only with a pushback, never DEADLINE_EXCEEDED (see
+    /// [`GrpcPolicy`](super::grpc::GrpcPolicy)), honouring `grpc-retry-pushback-ms` and the
+    /// request's deadline.
+    ///
+    /// As with [`http`](Self::http), it is where the builder starts: every setter may follow it,
+    /// and [`classify`](Builder::classify) or [`policy`](Builder::policy) then replace the gRPC
+    /// classifier or policy.
+    ///
+    /// ```
+    /// use seawall::retry::RetryLayer;
+    ///
+    /// let layer = RetryLayer::grpc().name("inventory").build().unwrap();
+    /// # drop(layer);
+    /// ```
+    #[cfg(feature = "http")]
+    pub fn grpc() -> Builder<crate::grpc::GrpcClassifier, super::grpc::GrpcPolicy> {
+        Builder::default()
+            .classify(crate::grpc::GrpcClassifier::retryable())
+            .policy(super::grpc::GrpcPolicy)
+    }
 }
 
 impl Default for RetryLayer {

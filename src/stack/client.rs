@@ -180,7 +180,7 @@ impl
         Propagate<Duration>,
     >
 {
-    /// The stack for an HTTP client: retries as [`retry::Builder::http`](crate::retry::Builder::http)
+    /// The stack for an HTTP client: retries as [`RetryLayer::http`]
     /// (idempotent methods, 5xx, 408, 429 and transport errors, `Retry-After`), and a breaker that
     /// counts what [`HttpClassifier`](crate::http::HttpClassifier) calls failures. Its timeouts
     /// put their deadline in the request's extensions: a
@@ -190,8 +190,7 @@ impl
         ClientStack {
             total: Some(StackTimeout::timeout_layer(Duration::from_secs(30))),
             retry: Some(
-                RetryLayer::builder()
-                    .http()
+                RetryLayer::http()
                     .map_classify(OpenIsFinal)
                     .build()
                     .expect("the default configuration is valid"),
@@ -218,7 +217,7 @@ impl
         Propagate<Duration>,
     >
 {
-    /// The stack for a gRPC client: retries as [`retry::Builder::grpc`](crate::retry::Builder::grpc)
+    /// The stack for a gRPC client: retries as [`RetryLayer::grpc`]
     /// (transport errors and UNAVAILABLE, RESOURCE_EXHAUSTED only when the server pushed back,
     /// never DEADLINE_EXCEEDED or a code that says the call was wrong; `grpc-retry-pushback-ms`
     /// obeyed), and a breaker that counts what
@@ -246,8 +245,7 @@ impl
         ClientStack {
             total: Some(StackTimeout::timeout_layer(Duration::from_secs(30))),
             retry: Some(
-                RetryLayer::builder()
-                    .grpc()
+                RetryLayer::grpc()
                     .map_classify(OpenIsFinal)
                     .build()
                     .expect("the default configuration is valid"),
@@ -288,8 +286,10 @@ impl<RC, RP, RO, BC, BO: 'static, T: StackTimeout> ClientStack<RC, RP, RO, BC, B
         self
     }
 
-    /// Replaces the retry layer. Classify with [`OpenIsFinal`] to keep an open breaker's
-    /// rejections from being retried.
+    /// Replaces the retry layer, with its classifier and policy: the stack's (those of
+    /// `ClientStack::http()` or `grpc()`, say) are not kept, so start from `RetryLayer::http()` or
+    /// `RetryLayer::grpc()` for such a stack. Classify with [`OpenIsFinal`] to keep an open
+    /// breaker's rejections from being retried.
     pub fn retry<RC2, RP2, RO2>(
         self,
         retry: RetryLayer<RC2, RP2, RO2>,
@@ -309,7 +309,10 @@ impl<RC, RP, RO, BC, BO: 'static, T: StackTimeout> ClientStack<RC, RP, RO, BC, B
     }
 
     /// Replaces the circuit breaker (build it once, and keep its
-    /// [`handle`](CircuitBreakerLayer::handle) to watch or force it).
+    /// [`handle`](CircuitBreakerLayer::handle) to watch or force it), with its classifier: the
+    /// stack's is not kept, so give the breaker of a `ClientStack::http()` stack
+    /// `.classify(HttpClassifier::default())` (and that of a `grpc()` one `GrpcClassifier`)
+    /// yourself, or it counts every `Ok` as a success.
     pub fn breaker<BC2, BO2>(
         self,
         breaker: CircuitBreakerLayer<BC2, BO2>,

@@ -27,7 +27,9 @@ impl ServerStack {
         ServerStack {
             rate: None,
             concurrency: Some(
-                AdaptiveLimitLayer::builder(Windowed::new(Gradient2::default())).build(),
+                AdaptiveLimitLayer::builder(Windowed::new(Gradient2::default()))
+                    .build()
+                    .expect("the default configuration is valid"),
             ),
             timeout: Some(TimeoutLayer::new(Duration::from_secs(30))),
         }

@@ -1,7 +1,7 @@
 //! The response futures of the timeout layers.
 
 use super::error::Elapsed;
-use crate::core::observe::Listener;
+use crate::core::observe::{Listener, SharedObserver};
 use crate::core::{EventKind, Observer, TimeoutCause};
 use pin_project_lite::pin_project;
 use std::fmt;
@@ -19,7 +19,7 @@ pin_project! {
         kind: Kind<F>,
         // Kept only for a listening observer, and taken when the call ends: still here on drop
         // means the caller gave up on the call, which is a cancellation, not a timeout.
-        source: Listener<O>,
+        source: Listener<SharedObserver<O>>,
     }
 }
 
@@ -91,7 +91,7 @@ impl Timer {
 
 impl<F, O: Observer> ResponseFuture<F, O> {
     #[inline(always)]
-    pub(super) fn new(kind: Kind<F>, source: Listener<O>) -> Self {
+    pub(super) fn new(kind: Kind<F>, source: Listener<SharedObserver<O>>) -> Self {
         ResponseFuture { kind, source }
     }
 }

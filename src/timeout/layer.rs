@@ -1,18 +1,30 @@
 use super::policy::{FromExtension, PerRequest, Propagate};
 use super::Timeout;
+use crate::core::observe::LayerSource;
 use crate::core::{Observer, Source};
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 use tower::Layer;
 
 /// Applies a [`Timeout`] to the services it wraps; see the [module docs](super).
 ///
-/// Every service the layer makes, and every clone of those, shares the layer's name and observer.
+/// Every service the layer makes, and every clone of those, shares the layer's name and observer,
+/// set with [`name`](Self::name) and [`observer`](Self::observer) in either order:
+///
+/// ```
+/// use seawall::core::TracingObserver;
+/// use seawall::timeout::TimeoutLayer;
+/// use std::time::Duration;
+///
+/// let layer = TimeoutLayer::new(Duration::from_secs(2))
+///     .name("search")
+///     .observer(TracingObserver);
+/// # drop(layer);
+/// ```
 pub struct TimeoutLayer<P = Duration, O = ()> {
     policy: P,
-    source: Arc<Source<O>>,
+    source: LayerSource<O>,
 }
 
 impl TimeoutLayer {
@@ -61,7 +73,7 @@ impl<P> TimeoutLayer<P> {
     fn with_policy(policy: P) -> Self {
         TimeoutLayer {
             policy,
-            source: Arc::new(Source::new("timeout", ())),
+            source: Source::shared("timeout", ()),
         }
     }
 }
@@ -90,17 +102,31 @@ impl<P, O> TimeoutLayer<P, O> {
         }
     }
 
-    /// Names the layer and sends its events (calls timed out, calls cancelled by their caller) to
-    /// `observer`.
+    /// The layer's name, in events (default `"timeout"`).
+    pub fn name(self, name: impl Into<Cow<'static, str>>) -> Self {
+        TimeoutLayer {
+            source: self.source.renamed(name),
+            policy: self.policy,
+        }
+    }
+
+    /// Sends the layer's events (calls timed out, calls cancelled by their caller) to `observer`
+    /// (default: none).
+    pub fn observer<O2: Observer>(self, observer: O2) -> TimeoutLayer<P, O2> {
+        TimeoutLayer {
+            source: self.source.observed(observer),
+            policy: self.policy,
+        }
+    }
+
+    /// Names the layer and sends its events to `observer`.
+    #[deprecated(note = "use `.name(name).observer(observer)`")]
     pub fn with_observer<O2: Observer>(
         self,
         name: impl Into<Cow<'static, str>>,
         observer: O2,
     ) -> TimeoutLayer<P, O2> {
-        TimeoutLayer {
-            policy: self.policy,
-            source: Arc::new(Source::new(name, observer)),
-        }
+        self.name(name).observer(observer)
     }
 }
 

@@ -84,7 +84,8 @@
 //!     (req.method() != http::Method::POST).then(|| Duration::from_secs(1))
 //! })
 //! .propagate()
-//! .with_observer("search", |event: &Event<'_>| {
+//! .name("search")
+//! .observer(|event: &Event<'_>| {
 //!     if let EventKind::TimedOut { elapsed, cause } = event.kind {
 //!         eprintln!("{}: {cause} after {elapsed:?}", event.layer);
 //!     }

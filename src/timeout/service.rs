@@ -1,10 +1,9 @@
 use super::future::{Kind, ResponseFuture, Timer};
 use super::policy::Policy;
 use super::TimeoutLayer;
-use crate::core::observe::Listener;
+use crate::core::observe::{LayerSource, Listener};
 use crate::core::{Deadline, EventKind, Observer, Source, TimeoutCause};
 use std::fmt;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -15,13 +14,13 @@ use tower::{BoxError, Service};
 pub struct Timeout<S, P = Duration, O = ()> {
     inner: S,
     policy: P,
-    source: Arc<Source<O>>,
+    source: LayerSource<O>,
 }
 
 impl<S> Timeout<S> {
     /// Wraps `inner`: every call may take at most `timeout`.
     pub fn new(inner: S, timeout: Duration) -> Self {
-        Timeout::from_parts(inner, timeout, Arc::new(Source::new("timeout", ())))
+        Timeout::from_parts(inner, timeout, Source::shared("timeout", ()))
     }
 
     /// A [`TimeoutLayer`] with a fixed `timeout`.
@@ -31,7 +30,7 @@ impl<S> Timeout<S> {
 }
 
 impl<S, P, O> Timeout<S, P, O> {
-    pub(super) fn from_parts(inner: S, policy: P, source: Arc<Source<O>>) -> Self {
+    pub(super) fn from_parts(inner: S, policy: P, source: LayerSource<O>) -> Self {
         Timeout {
             inner,
             policy,

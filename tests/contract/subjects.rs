@@ -204,7 +204,7 @@ slots!(Adaptive<>, AdaptiveHandle<Fixed, Probe>, |probe| {
         let layer = AdaptiveLimitLayer::builder(Fixed(SLOTS))
             .queue(QUEUE)
             .observer(probe)
-            .build();
+            .build().unwrap();
         Over::new(layer.handle(), move |mock| erase(layer.layer(mock)))
     },
     held: |h| (h.in_flight() + h.queued()) as usize,
@@ -234,7 +234,7 @@ slots!(AdaptiveCodel<>, AdaptiveHandle<Fixed, Probe>, |probe| {
             .codel(Codel::default())
             .order(Order::Adaptive)
             .observer(probe)
-            .build();
+            .build().unwrap();
         Over::new(layer.handle(), move |mock| erase(layer.layer(mock)))
     },
     held: |h| (h.in_flight() + h.queued()) as usize,
@@ -297,7 +297,7 @@ subject!(Shed, ());
 impl Subject for Shed {
     common!();
     async fn prepare(probe: Probe) -> Self {
-        let layer = LoadShedLayer::new().with_observer("shed", probe);
+        let layer = LoadShedLayer::new().name("shed").observer(probe);
         Shed(Over::new((), move |mock| erase(layer.layer(mock))))
     }
     async fn block(&mut self) -> Option<Blocked> {
@@ -633,13 +633,13 @@ pass_through!(Retry, |probe| {
 }, observed: true);
 
 pass_through!(FixedTimeout, |probe| {
-    let layer = TimeoutLayer::new(Duration::from_secs(1)).with_observer("timeout", probe);
+    let layer = TimeoutLayer::new(Duration::from_secs(1)).name("timeout").observer(probe);
     move |mock| erase(layer.layer(mock))
 }, observed: true);
 
 pass_through!(PerRequestTimeout, |probe| {
     let layer = TimeoutLayer::per_request(|_: &u32| Some(Duration::from_secs(1)))
-        .with_observer("timeout", probe);
+        .name("timeout").observer(probe);
     move |mock| erase(layer.layer(mock))
 }, observed: true);
 
@@ -662,7 +662,7 @@ impl DeadlineCarrier for Carried {
 pass_through!(PropagatingTimeout, |probe| {
     let layer = TimeoutLayer::new(Duration::from_secs(1))
         .propagate()
-        .with_observer("timeout", probe);
+        .name("timeout").observer(probe);
     move |mock| {
         erase(
             ServiceBuilder::new()
@@ -678,7 +678,7 @@ pass_through!(PropagatingTimeout, |probe| {
 }, observed: true);
 
 pass_through!(Fallback, |probe| {
-    let layer = FallbackLayer::value(99u32).observer("fallback", probe);
+    let layer = FallbackLayer::value(99u32).name("fallback").observer(probe);
     move |mock| erase(layer.layer(mock))
 }, observed: true);
 
@@ -691,7 +691,8 @@ impl Subject for Alternate {
         let alternate = tower::service_fn(|n: u32| async move { Ok::<_, BoxError>(n + 1000) });
         let layer = AlternateLayer::builder(alternate)
             .max_concurrent(2)
-            .observer("alternate", probe)
+            .name("alternate")
+            .observer(probe)
             .build()
             .unwrap();
         let running = layer.clone();
@@ -745,7 +746,7 @@ impl Subject for Client {
 
 // The server stack with a fixed concurrency limit and a queue, read through its limiter.
 slots!(Server<>, AdaptiveHandle<Fixed>, |_probe| {
-        let limiter = AdaptiveLimitLayer::builder(Fixed(SLOTS)).queue(QUEUE).build();
+        let limiter = AdaptiveLimitLayer::builder(Fixed(SLOTS)).queue(QUEUE).build().unwrap();
         let handle = limiter.handle();
         let stack = ServerStack::new().concurrency(limiter);
         Over::new(handle, move |mock| erase(stack.layer(mock)))

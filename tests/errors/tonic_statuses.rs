@@ -35,6 +35,7 @@ async fn a_grpc_client_retries_shed_and_full_and_waits_out_a_rate_limit() {
 
     let mut adaptive = AdaptiveLimitLayer::builder(Fixed(1))
         .build()
+        .unwrap()
         .layer(service_fn(|_: ()| async {
             std::future::pending::<()>().await;
             Ok::<_, BoxError>(())

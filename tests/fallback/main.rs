@@ -150,9 +150,11 @@ async fn each_answer_is_reported_with_its_trigger_and_latency() {
     let sink = events.clone();
     let service = ServiceBuilder::new()
         .layer(
-            FallbackLayer::value("stale".to_string()).observer("profile", move |e: &Event<'_>| {
-                sink.lock().unwrap().push((e.layer.to_string(), e.kind))
-            }),
+            FallbackLayer::value("stale".to_string())
+                .name("profile")
+                .observer(move |e: &Event<'_>| {
+                    sink.lock().unwrap().push((e.layer.to_string(), e.kind))
+                }),
         )
         .layer(TimeoutLayer::new(Duration::from_millis(250)))
         .service(backend());
@@ -233,9 +235,8 @@ mod alternate {
         });
         let layer = AlternateLayer::builder(hanging)
             .max_concurrent(1)
-            .observer("replica", move |e: &Event<'_>| {
-                sink.lock().unwrap().push(e.kind)
-            })
+            .name("replica")
+            .observer(move |e: &Event<'_>| sink.lock().unwrap().push(e.kind))
             .build()
             .unwrap();
         let service = layer.layer(failing());
@@ -436,9 +437,8 @@ mod stale {
         let sink = events.clone();
         let layer = StaleIfErrorLayer::http(key)
             .max_age(Duration::from_secs(60))
-            .observer("profiles", move |e: &Event<'_>| {
-                sink.lock().unwrap().push(e.kind)
-            })
+            .name("profiles")
+            .observer(move |e: &Event<'_>| sink.lock().unwrap().push(e.kind))
             .build()
             .unwrap();
         let service = layer.layer(versioned(up.clone()));

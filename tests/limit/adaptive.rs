@@ -36,7 +36,8 @@ where
 async fn aimd_grows_the_limit_while_the_service_keeps_up() {
     let layer = AdaptiveLimitLayer::builder(Aimd::default())
         .queue(1_000)
-        .build();
+        .build()
+        .unwrap();
     let handle = layer.handle();
     assert_eq!(handle.limit(), 20);
     let service = layer.layer(service_fn(|_: u32| async {
@@ -64,7 +65,8 @@ async fn aimd_backs_off_on_failures_and_says_so() {
                 sink.lock().unwrap().push((from, to));
             }
         })
-        .build();
+        .build()
+        .unwrap();
     let handle = layer.handle();
     let mut service = layer.layer(service_fn(|_: u32| async { Err::<(), _>("overloaded") }));
     for i in 0..5 {
@@ -90,7 +92,8 @@ async fn only_sampled_calls_are_timed_but_every_failure_counts() {
         ..Aimd::default()
     })
     .sample_every(1_000)
-    .build();
+    .build()
+    .unwrap();
     let handle = layer.handle();
     let mut service = layer.layer(service_fn(|fail: bool| async move {
         if fail {
@@ -114,8 +117,8 @@ async fn by_default_a_busy_limiter_times_a_share_of_its_calls_and_a_quiet_one_ev
             ..Aimd::default()
         });
         match every {
-            Some(every) => builder.sample_every(every).build(),
-            None => builder.build(),
+            Some(every) => builder.sample_every(every).build().unwrap(),
+            None => builder.build().unwrap(),
         }
     };
     let work = Arc::new(Mutex::new(Duration::from_millis(1)));
@@ -198,7 +201,8 @@ fn reentrant(
         inside: inside.clone(),
     })
     .sample_every(1)
-    .build();
+    .build()
+    .unwrap();
     (layer, seen, inside)
 }
 
@@ -317,7 +321,8 @@ async fn an_algorithm_that_panicked_once_still_learns() {
     let panicked = Arc::new(AtomicBool::new(false));
     let layer = AdaptiveLimitLayer::builder(PanicsOnce(panicked.clone()))
         .sample_every(1)
-        .build();
+        .build()
+        .unwrap();
     let handle = layer.handle();
     let mut service = layer.layer(failing_when_asked());
     let call = service.ready().await.unwrap().call(true);
@@ -354,7 +359,8 @@ async fn an_unbounded_algorithm_never_overflows_the_bulkhead() {
         ..Aimd::default()
     })
     .sample_every(1)
-    .build();
+    .build()
+    .unwrap();
     let handle = layer.handle();
     assert_eq!(handle.limit(), MAX_CONCURRENT);
     let mut service = layer.layer(failing_when_asked());
@@ -367,7 +373,8 @@ async fn an_unbounded_algorithm_never_overflows_the_bulkhead() {
     let to = Arc::new(Mutex::new(10.0));
     let layer = AdaptiveLimitLayer::builder(Jump(to.clone()))
         .sample_every(1)
-        .build();
+        .build()
+        .unwrap();
     let handle = layer.handle();
     let mut service = layer.layer(failing_when_asked());
     let mut running = Vec::new();
@@ -400,7 +407,8 @@ async fn an_unbounded_algorithm_never_overflows_the_bulkhead() {
 async fn untimed_failures_move_vegas() {
     let layer = AdaptiveLimitLayer::builder(Vegas::default())
         .sample_every(1_000)
-        .build();
+        .build()
+        .unwrap();
     let handle = layer.handle();
     let mut service = layer.layer(service_fn(|fail: bool| async move {
         if fail {
@@ -430,7 +438,8 @@ async fn a_slot_given_back_unused_under_a_keyed_limiter_is_not_reported() {
     let adaptive = AdaptiveLimitLayer::builder(Fixed(4))
         .name("adaptive")
         .observer(move |e: &Event<'_>| sink.lock().unwrap().push(e.kind))
-        .build();
+        .build()
+        .unwrap();
     let handle = adaptive.handle();
     let keyed = KeyedRateLimitLayer::builder(Quota::per_minute(1), |key: &u32| Some(*key))
         .build()
@@ -475,7 +484,8 @@ async fn the_adaptive_limiter_rejects_with_its_own_reason() {
     let sink = events.clone();
     let layer = AdaptiveLimitLayer::builder(Fixed(1))
         .observer(move |e: &Event<'_>| sink.lock().unwrap().push(e.kind))
-        .build();
+        .build()
+        .unwrap();
     let service = layer.layer(service_fn(|_: u32| async {
         tokio::time::sleep(Duration::from_secs(1)).await;
         Ok::<_, BoxError>(())
@@ -520,7 +530,7 @@ fn queued(
     })
     .sample_every(1)
     .queue(10);
-    (queue(builder).build(), seen)
+    (queue(builder).build().unwrap(), seen)
 }
 
 #[tokio::test(start_paused = true)]
@@ -600,14 +610,14 @@ fn codel_settings_that_cannot_work_are_typed_errors() {
     use seawall::limit::AdaptiveConfigError;
     let err = AdaptiveLimitLayer::builder(Aimd::default())
         .codel(Codel::default())
-        .try_build()
+        .build()
         .unwrap_err();
     assert_eq!(err, AdaptiveConfigError::CodelWithoutQueue);
     let backwards = Codel::new(Duration::from_millis(200), Duration::from_millis(100));
     let err = AdaptiveLimitLayer::builder(Aimd::default())
         .queue(1)
         .codel(backwards)
-        .try_build()
+        .build()
         .unwrap_err();
     assert_eq!(
         err,

@@ -1,6 +1,5 @@
-//! Adaptive limiter configurations: mistakes are typed errors from `try_build` (and a documented
-//! panic from `build`); an algorithm given bounds the wrong way round, or not a number, directly
-//! never panics.
+//! Adaptive limiter configurations: mistakes are typed errors from `build`, never a panic; an
+//! algorithm given bounds the wrong way round, or not a number, directly never panics.
 
 use seawall::bulkhead::MAX_CONCURRENT;
 use seawall::limit::algorithm::{Aimd, Algorithm, Fixed, Gradient2, Sample, Vegas, Windowed};
@@ -16,9 +15,9 @@ fn sample() -> Sample {
     }
 }
 
-/// The setting `try_build` refuses `algorithm` for.
+/// The setting `build` refuses `algorithm` for.
 fn refused<A: Algorithm>(algorithm: A) -> &'static str {
-    match AdaptiveLimitLayer::builder(algorithm).try_build() {
+    match AdaptiveLimitLayer::builder(algorithm).build() {
         Err(AdaptiveConfigError::Algorithm(invalid)) => invalid.setting(),
         Err(other) => panic!("another error: {other}"),
         Ok(_) => panic!("built"),
@@ -132,16 +131,16 @@ fn every_algorithm_setting_out_of_range_is_refused() {
 #[test]
 fn good_settings_are_taken_and_a_maximum_past_every_count_is_capped() {
     let layer = AdaptiveLimitLayer::builder(Fixed(MAX_CONCURRENT))
-        .try_build()
+        .build()
         .unwrap();
     assert_eq!(layer.handle().limit(), MAX_CONCURRENT);
     for layer in [
-        AdaptiveLimitLayer::builder(Aimd::default()).try_build(),
+        AdaptiveLimitLayer::builder(Aimd::default()).build(),
         AdaptiveLimitLayer::builder(Aimd {
             max: f64::INFINITY,
             ..Aimd::default()
         })
-        .try_build(),
+        .build(),
     ] {
         assert_eq!(layer.unwrap().handle().limit(), 20);
     }
@@ -153,15 +152,15 @@ fn good_settings_are_taken_and_a_maximum_past_every_count_is_capped() {
     .queue(10)
     .max_wait(Duration::from_millis(100))
     .sample_every(4)
-    .try_build()
+    .build()
     .unwrap();
     assert_eq!(layer.handle().limit(), MAX_CONCURRENT);
     assert_eq!(layer.handle().sample_every(), 4);
     AdaptiveLimitLayer::builder(Windowed::new(Gradient2::default()))
-        .try_build()
+        .build()
         .unwrap();
     AdaptiveLimitLayer::builder(Vegas::default())
-        .try_build()
+        .build()
         .unwrap();
 }
 
@@ -169,7 +168,7 @@ fn good_settings_are_taken_and_a_maximum_past_every_count_is_capped() {
 fn sampling_no_call_in_zero_is_refused() {
     let err = AdaptiveLimitLayer::builder(Aimd::default())
         .sample_every(0)
-        .try_build()
+        .build()
         .unwrap_err();
     assert_eq!(err, AdaptiveConfigError::SampleEvery);
 }
@@ -178,17 +177,23 @@ fn sampling_no_call_in_zero_is_refused() {
 fn a_maximum_wait_without_a_queue_is_refused() {
     let err = AdaptiveLimitLayer::builder(Aimd::default())
         .max_wait(Duration::from_millis(100))
-        .try_build()
+        .build()
         .unwrap_err();
     assert_eq!(err, AdaptiveConfigError::MaxWaitWithoutQueue);
 }
 
 #[test]
-#[should_panic(
-    expected = "invalid adaptive limiter configuration: sample_every must be at least 1"
-)]
-fn build_panics_on_what_try_build_refuses() {
-    let _ = AdaptiveLimitLayer::builder(Aimd::default())
+fn build_refuses_what_it_used_to_panic_on_with_an_error() {
+    let err = AdaptiveLimitLayer::builder(Aimd::default())
         .sample_every(0)
-        .build();
+        .build()
+        .unwrap_err();
+    assert_eq!(err, AdaptiveConfigError::SampleEvery);
+    let backwards = Aimd {
+        min: 50.0,
+        max: 10.0,
+        ..Aimd::default()
+    };
+    let err = AdaptiveLimitLayer::builder(backwards).build().unwrap_err();
+    assert!(matches!(err, AdaptiveConfigError::Algorithm(_)), "{err}");
 }

@@ -11,9 +11,9 @@ use tower_test::mock;
 async fn a_ready_service_is_called_and_an_unready_one_is_shed() {
     let events = Arc::new(Mutex::new(Vec::new()));
     let sink = events.clone();
-    let layer = LoadShedLayer::new().with_observer("api", move |e: &Event<'_>| {
-        sink.lock().unwrap().push((e.layer.to_string(), e.kind))
-    });
+    let layer = LoadShedLayer::new()
+        .name("api")
+        .observer(move |e: &Event<'_>| sink.lock().unwrap().push((e.layer.to_string(), e.kind)));
     let (mock, mut handle) = mock::pair::<u32, u32>();
     let mut service = layer.layer(mock);
 

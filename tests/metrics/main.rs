@@ -66,8 +66,9 @@ fn traffic_through_each_layer_leaves_its_series() {
                 .observer(MetricsObserver::new())
                 .build()
                 .unwrap();
-            let fallback =
-                FallbackLayer::value(0u32).observer("db-fallback", MetricsObserver::new());
+            let fallback = FallbackLayer::value(0u32)
+                .name("db-fallback")
+                .observer(MetricsObserver::new());
             let limit = RateLimitLayer::builder(Quota::per_second(3))
                 .name("db-rate")
                 .observer(MetricsObserver::new())
@@ -193,7 +194,8 @@ fn state_and_limit_gauges_exist_from_the_start() {
             seawall::limit::AdaptiveLimitLayer::builder(seawall::limit::algorithm::Aimd::default())
                 .name("server")
                 .observer(MetricsObserver::new())
-                .build();
+                .build()
+                .unwrap();
         drop((breaker, limiter));
     });
     let series = snapshot(&recorder);

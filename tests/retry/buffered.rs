@@ -98,8 +98,7 @@ async fn a_streaming_request_is_retried_byte_for_byte() {
             Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap())
         }
     });
-    let mut service = RetryLayer::builder()
-        .http()
+    let mut service = RetryLayer::http()
         .backoff(Backoff::constant(Duration::from_millis(5)).jitter(Jitter::None))
         .build()
         .unwrap()
@@ -132,7 +131,7 @@ async fn a_streaming_request_too_large_to_keep_is_sent_once() {
             )
         }
     });
-    let mut service = RetryLayer::builder().http().build().unwrap().layer(backend);
+    let mut service = RetryLayer::http().build().unwrap().layer(backend);
     let request = Request::put("/")
         .body(Buffered::new(streaming(), 8))
         .unwrap();
@@ -173,8 +172,7 @@ mod tonic_retries {
         let client = ServiceBuilder::new()
             .map_request(|req: Request<tonic::body::Body>| req.map(|b| Buffered::new(b, 64 * 1024)))
             .layer(
-                RetryLayer::builder()
-                    .grpc()
+                RetryLayer::grpc()
                     .backoff(Backoff::constant(Duration::from_millis(20)))
                     .build()
                     .unwrap(),
@@ -344,8 +342,7 @@ mod over_hyper {
             let response = response?;
             Ok::<_, BoxError>(response.map(|_| ()))
         });
-        let mut service = RetryLayer::builder()
-            .http()
+        let mut service = RetryLayer::http()
             .backoff(Backoff::constant(Duration::from_millis(5)).jitter(Jitter::None))
             .build()
             .unwrap()

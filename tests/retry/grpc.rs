@@ -34,8 +34,7 @@ async fn attempts(first: fn() -> Response<()>) -> Vec<Duration> {
             answer("0", None)
         }))
     });
-    let mut service = RetryLayer::builder()
-        .grpc()
+    let mut service = RetryLayer::grpc()
         .backoff(Backoff::constant(Duration::from_millis(10)).jitter(Jitter::None))
         .build()
         .unwrap()

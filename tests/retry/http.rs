@@ -3,6 +3,7 @@
 
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use proptest::prelude::*;
+use seawall::core::Outcome;
 use seawall::http::{parse_rate_limit_reset, HttpClassifier};
 use seawall::retry::backoff::{Backoff, Jitter};
 use seawall::retry::http::HttpPolicy;
@@ -51,8 +52,7 @@ fn backend(
 }
 
 fn layer() -> RetryLayer<HttpClassifier, HttpPolicy> {
-    RetryLayer::builder()
-        .http()
+    RetryLayer::http()
         .backoff(Backoff::constant(Duration::from_millis(10)).jitter(Jitter::None))
         .build()
         .unwrap()
@@ -79,6 +79,39 @@ async fn idempotent_methods_are_retried_and_a_post_is_not() {
         let response = service.ready().await.unwrap().call(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(log.lock().unwrap().len(), attempts, "{method}");
+    }
+}
+
+/// The preset is where a builder starts, so nothing set before it can be lost: a classifier given
+/// after it replaces the preset's classifier and keeps its policy. (Given before it, it is a
+/// compile error: the preset is not a builder method; see `RetryLayer::http`.)
+#[tokio::test(start_paused = true)]
+async fn a_classifier_after_the_http_preset_replaces_only_the_classifier() {
+    // Only a 404 is a failure to retry (a replica still catching up), not a 503.
+    let classify = |result: &Result<Response<()>, std::io::Error>| match result {
+        Ok(response) if response.status() != StatusCode::NOT_FOUND => Outcome::Success,
+        _ => Outcome::Failure,
+    };
+    for (method, status, attempts) in [
+        (Method::GET, StatusCode::NOT_FOUND, 4),
+        (Method::GET, StatusCode::SERVICE_UNAVAILABLE, 1),
+        // The preset's policy is kept: a POST is not retried.
+        (Method::POST, StatusCode::NOT_FOUND, 1),
+    ] {
+        let (log, backend) = backend(status, &[], usize::MAX);
+        let mut service = RetryLayer::http()
+            .classify(classify)
+            .backoff(Backoff::constant(Duration::from_millis(10)).jitter(Jitter::None))
+            .build()
+            .unwrap()
+            .layer(backend);
+        let request = Request::builder()
+            .method(method.clone())
+            .body(String::new())
+            .unwrap();
+        let response = service.ready().await.unwrap().call(request).await.unwrap();
+        assert_eq!(response.status(), status);
+        assert_eq!(log.lock().unwrap().len(), attempts, "{method} {status}");
     }
 }
 

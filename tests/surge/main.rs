@@ -42,7 +42,7 @@ fn bulkhead(backend: Backend) -> Client {
 
 fn adaptive<A: Algorithm + Sync>(algorithm: A) -> impl FnOnce(Backend) -> Client {
     move |backend| {
-        let layer = AdaptiveLimitLayer::builder(algorithm).build();
+        let layer = AdaptiveLimitLayer::builder(algorithm).build().unwrap();
         BoxCloneSyncService::new(layer.layer(backend))
     }
 }

@@ -32,7 +32,8 @@ async fn started(
 ) {
     let (seen, observer) = recorder();
     let mut service = TimeoutLayer::new(100 * MS)
-        .with_observer("db", observer)
+        .name("db")
+        .observer(observer)
         .layer(Backend);
     let call = service.ready().await.unwrap().call(Call::ok().after(after));
     let mut call = task::spawn(call);
@@ -85,7 +86,8 @@ async fn a_call_that_ends_in_time_sends_no_event_even_when_dropped_after() {
 async fn calls_that_end_in_time_send_no_event() {
     let (seen, observer) = recorder();
     let mut service = TimeoutLayer::new(100 * MS)
-        .with_observer("db", observer)
+        .name("db")
+        .observer(observer)
         .layer(Backend);
     service
         .ready()
@@ -108,7 +110,8 @@ async fn calls_that_end_in_time_send_no_event() {
 async fn a_call_dropped_before_its_first_poll_is_a_cancellation() {
     let (seen, observer) = recorder();
     let mut service = TimeoutLayer::per_request(|_: &Call| None)
-        .with_observer("db", observer)
+        .name("db")
+        .observer(observer)
         .layer(Backend);
     drop(service.ready().await.unwrap().call(Call::ok()));
     assert_eq!(kinds(&seen), vec![EventKind::Cancelled]);

@@ -164,9 +164,8 @@ async fn an_expired_deadline_fails_fast_without_calling_the_inner_service() {
     let sink = events.clone();
     let mut service = TimeoutLayer::new(1000 * MS)
         .propagate()
-        .with_observer("api", move |event: &Event<'_>| {
-            sink.lock().unwrap().push(event.kind)
-        })
+        .name("api")
+        .observer(move |event: &Event<'_>| sink.lock().unwrap().push(event.kind))
         .layer(spy.service());
 
     for passed_by in [Duration::ZERO, MS, 10_000 * MS] {
