@@ -536,3 +536,63 @@ async fn a_store_never_ready_is_degraded_after_the_store_timeout() {
     assert_eq!(n, 2);
     assert_eq!(start.elapsed(), Duration::from_millis(50));
 }
+
+/// A store that takes 60 ms to be ready, and as long again to answer, with one admission.
+#[derive(Default)]
+struct Sluggish {
+    ready: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Clone for Sluggish {
+    fn clone(&self) -> Self {
+        Sluggish::default()
+    }
+}
+
+impl tower::Service<seawall::limit::fleet::Take> for Sluggish {
+    type Response = seawall::limit::fleet::Grant;
+    type Error = BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        let ready = self
+            .ready
+            .get_or_insert_with(|| Box::pin(sleep(Duration::from_millis(60))));
+        std::future::Future::poll(ready.as_mut(), cx).map(Ok)
+    }
+
+    fn call(&mut self, _: seawall::limit::fleet::Take) -> Self::Future {
+        self.ready = None;
+        Box::pin(async {
+            sleep(Duration::from_millis(60)).await;
+            Ok(seawall::limit::fleet::Grant {
+                granted: 1,
+                wait: Duration::ZERO,
+            })
+        })
+    }
+}
+
+/// The store timeout bounds a renewal whole: 60 ms waiting for the store's readiness and 60 ms
+/// for its answer run out a store timeout of 100 ms, and the store is marked degraded then.
+#[tokio::test(start_paused = true)]
+async fn the_store_timeout_bounds_readiness_and_the_call_together() {
+    let layer = FleetRateLimitLayer::builder(Sluggish::default(), Quota::per_second(100), KEY)
+        .store_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut service = layer.layer(service_fn(ok));
+    let start = Instant::now();
+    assert!(admitted(&mut service, "k").await, "the local limit's");
+    assert!(
+        handle.degraded(),
+        "a renewal took 120 ms with a store timeout of 100 ms"
+    );
+    assert_eq!(start.elapsed(), Duration::from_millis(100));
+}

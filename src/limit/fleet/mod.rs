@@ -113,7 +113,8 @@ use super::rate::{Clock, Quota, QuotaError, TokioClock};
 use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 use crate::core::{Emitter, EventKind, Observer, RejectReason, Source};
 use crate::sync::{nanos, Mutex};
-use crate::timeout::Timeout;
+use crate::timeout::policy::PerRequest;
+use crate::timeout::{Timeout, TimeoutLayer};
 use lease::{Lease, Spent};
 use std::borrow::Cow;
 use std::fmt;
@@ -125,6 +126,7 @@ use std::sync::atomic::{
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::time::Instant;
 use tower::{BoxError, Layer, Service};
 
 /// A store's part of a fleet-wide limit: take up to [`want`](Take::want) admissions for
@@ -218,8 +220,41 @@ pub enum ConfigError {
     TooManyKeys,
 }
 
-/// The store behind the limiter: the user's store under seawall's timeout and breaker.
-type Guarded<St> = CircuitBreaker<Timeout<St>>;
+/// The store behind the limiter: the user's store under seawall's timeout and breaker, taking
+/// [`Timed`] takes.
+type Guarded<St> = CircuitBreaker<Timeout<Untimed<St>, PerRequest<fn(&Timed) -> Option<Duration>>>>;
+
+/// A take, with the instant by which its renewal must be done: one store timeout from the
+/// renewal's start, the wait for the store's readiness included.
+struct Timed {
+    take: Take,
+    deadline: Instant,
+}
+
+impl Timed {
+    /// What is left of the renewal's store timeout: the timeout of its call.
+    fn left(&self) -> Option<Duration> {
+        Some(self.deadline.saturating_duration_since(Instant::now()))
+    }
+}
+
+/// The user's store, called with the take of a [`Timed`] one.
+#[derive(Clone)]
+struct Untimed<St>(St);
+
+impl<St: Store> Service<Timed> for Untimed<St> {
+    type Response = Grant;
+    type Error = BoxError;
+    type Future = St::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, timed: Timed) -> St::Future {
+        self.0.call(timed.take)
+    }
+}
 
 /// What a fleet limiter shares between its layers, services and background renewals.
 struct Fleet<St, Clk, O> {
@@ -389,17 +424,17 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
             quota,
             max_wait: self.reserve_ahead,
         };
-        // The store timeout bounds readiness: a store stuck in `poll_ready` fails the renewal (and
-        // degrades the store) like one stuck in `call`, instead of holding the renewal, and every
-        // call waiting for it, for ever. The call itself is timed beneath the store's breaker, so
-        // that a call that times out counts there as a failure, not a cancellation.
-        let ready = tokio::time::timeout(
-            self.store_timeout,
-            std::future::poll_fn(|cx| store.poll_ready(cx)),
-        )
-        .await;
+        // One store timeout for the whole renewal: a store stuck in `poll_ready` fails the
+        // renewal (and degrades the store) like one stuck in `call`, instead of holding the
+        // renewal, and every call waiting for it, for ever; the call gets what readiness left of
+        // it. The call is timed beneath the store's breaker, so that a call that times out counts
+        // there as a failure, not a cancellation.
+        let deadline = Instant::now() + self.store_timeout;
+        let ready =
+            tokio::time::timeout_at(deadline, std::future::poll_fn(|cx| store.poll_ready(cx)))
+                .await;
         let result = match ready {
-            Ok(Ok(())) => store.call(take).await,
+            Ok(Ok(())) => store.call(Timed { take, deadline }).await,
             Ok(Err(error)) => Err(error),
             Err(elapsed) => Err(elapsed.into()),
         };
@@ -880,7 +915,8 @@ impl<St, F, Clk, O> FleetBuilder<St, F, Clk, O> {
                 .build()
                 .expect("the store breaker's settings are valid"),
         };
-        let store = breaker.layer(Timeout::new(store, settings.store_timeout));
+        let left: fn(&Timed) -> Option<Duration> = Timed::left;
+        let store = breaker.layer(TimeoutLayer::per_request(left).layer(Untimed(store)));
         Ok(FleetRateLimitLayer {
             shared: Arc::new(Fleet {
                 table: Table::new(settings.max_keys),
