@@ -50,6 +50,11 @@ pub trait Subject: Sized {
     fn observed(&self) -> bool {
         true
     }
+    /// For a layer whose calls wait in their response future for capacity that comes by itself,
+    /// in batches (a fleet limiter's leases): how many calls the first batch lets through.
+    fn batch(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// An observer that records every event, and panics at the events of one kind when told to.
@@ -202,6 +207,7 @@ pub async fn check<T: Subject>() {
     completion_and_error_free::<T>().await;
     dropped_futures_free::<T>().await;
     waiters_are_woken::<T>().await;
+    waiting_calls_are_woken::<T>().await;
     panicking_observers_leak_nothing::<T>().await;
 }
 
@@ -437,6 +443,35 @@ async fn waiters_are_woken<T: Subject>() {
     drop(waiters);
     assert!(no_request(&mut t));
     idle(&t, "waiters");
+}
+
+/// Calls that wait in their response future (for a lease): the capacity that comes wakes only as
+/// many of them as it lets through, and the others go through in later batches.
+async fn waiting_calls_are_woken<T: Subject>() {
+    let (mut t, _) = fresh::<T>().await;
+    let Some(batch) = t.batch() else {
+        return;
+    };
+    let mut cx = task::spawn(());
+    let mut calls = Vec::new();
+    for n in 0..batch + 2 {
+        let mut s = t.service();
+        assert_ready!(poll_ready(&mut cx, &mut s)).unwrap();
+        let mut call = start(s.call(n as u32));
+        assert_pending!(call.poll(), "the call waits for capacity");
+        calls.push(call);
+    }
+    settle().await;
+    let woken = calls.iter().filter(|call| call.is_woken()).count();
+    assert_eq!(woken, batch, "a batch wakes the waiters it lets through");
+    for call in &mut calls {
+        assert!(
+            serve(&mut t, call, Ok(1)).await,
+            "every waiting call goes through in the end"
+        );
+        assert_eq!(output(call).expect("answered").unwrap(), 1);
+    }
+    idle(&t, "waiting calls");
 }
 
 async fn panicking_observers_leak_nothing<T: Subject>() {

@@ -36,6 +36,7 @@ contract! {
     rate_limit_honouring_deadlines: subjects::RateLimitDeadlines,
     keyed_rate_limit: subjects::KeyedRateLimit,
     fleet_rate_limit: subjects::FleetRateLimit,
+    fleet_rate_limit_store_fails: subjects::FleetRateLimitStoreFails,
     retry: subjects::Retry,
     timeout_fixed: subjects::FixedTimeout,
     timeout_per_request: subjects::PerRequestTimeout,

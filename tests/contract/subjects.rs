@@ -10,7 +10,7 @@ use seawall::core::{Deadline, DeadlineCarrier};
 use seawall::fallback::{AlternateLayer, FallbackLayer};
 use seawall::limit::algorithm::Fixed;
 use seawall::limit::error::RateLimited;
-use seawall::limit::fleet::{FleetHandle, FleetRateLimitLayer, MemoryStore};
+use seawall::limit::fleet::{FleetHandle, FleetRateLimitLayer, Grant, MemoryStore, Take};
 use seawall::limit::rate::{
     KeyedRateLimitLayer, Quota, RateLimitHandle, RateLimitLayer, TokioClock,
 };
@@ -620,6 +620,93 @@ impl Subject for FleetRateLimit {
     }
     async fn unblock(&mut self) {
         tokio::time::advance(FLEET_REFILL).await;
+    }
+    fn batch(&self) -> Option<usize> {
+        // The first lease is the smallest: one admission.
+        Some(1)
+    }
+}
+
+/// A store that fails its first take and answers the others from a `MemoryStore`.
+#[derive(Clone, Default)]
+pub struct FailsFirst {
+    store: MemoryStore,
+    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Service<Take> for FailsFirst {
+    type Response = Grant;
+    type Error = BoxError;
+    type Future = futures::future::BoxFuture<'static, Result<Grant, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.store.poll_ready(cx)
+    }
+
+    fn call(&mut self, take: Take) -> Self::Future {
+        if self.failed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            Box::pin(self.store.call(take))
+        } else {
+            Box::pin(async { Err("the store is down".into()) })
+        }
+    }
+}
+
+// The fleet rate limiter over a store whose first take fails: the first renewal marks the store
+// degraded (a `StoreHealth` event, sent from the renewal's task), calls are decided by the local
+// limit until a probe finds the store up. It cannot be blocked by hand; `unblock`, which the
+// panicking observer's clause calls after its steps, checks that the store is asked again once
+// a probe is due, however the observer behaved when the store failed.
+subject!(FleetRateLimitStoreFails, FleetHandle<FailsFirst, TokioClock, Probe>);
+
+const FLEET_PROBE: Duration = Duration::from_millis(200);
+
+impl Subject for FleetRateLimitStoreFails {
+    common!();
+    async fn prepare(probe: Probe) -> Self {
+        let layer = FleetRateLimitLayer::builder(
+            FailsFirst::default(),
+            Quota::per_second(100).burst(FLEET_BURST),
+            |_: &u32| Some(0u8),
+        )
+        .probe_every(FLEET_PROBE)
+        .observer(probe)
+        .build()
+        .unwrap();
+        FleetRateLimitStoreFails(Over::new(layer.handle(), move |mock| {
+            erase(layer.layer(mock))
+        }))
+    }
+    async fn block(&mut self) -> Option<Blocked> {
+        None
+    }
+    async fn unblock(&mut self) {
+        if !self.x.degraded() {
+            return;
+        }
+        // A call once the probe is due probes the store (and is decided by the local limit).
+        tokio::time::advance(FLEET_PROBE).await;
+        let mut s = self.make();
+        let mut cx = tokio_test::task::spawn(());
+        let ready = cx.enter(|cx, _| s.poll_ready(cx));
+        assert!(matches!(ready, Poll::Ready(Ok(()))));
+        let mut call = tokio_test::task::spawn(s.call(0));
+        for _ in 0..16 {
+            if call.poll().is_ready() {
+                break;
+            }
+            tokio::task::yield_now().await;
+            if let Poll::Ready(Some((_, reply))) = self.handle.poll_request() {
+                reply.send_response(0);
+            }
+        }
+        for _ in 0..16 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !self.x.degraded(),
+            "the store, answering again, is asked again once a probe is due"
+        );
     }
 }
 

@@ -536,3 +536,138 @@ async fn a_store_never_ready_is_degraded_after_the_store_timeout() {
     assert_eq!(n, 2);
     assert_eq!(start.elapsed(), Duration::from_millis(50));
 }
+
+/// An observer that panics at `StoreHealth`, sent from the background renewal that found the
+/// store down, stops nothing: the key renews again, and once the store answers again the
+/// limiter goes back to it.
+#[tokio::test(start_paused = true)]
+async fn an_observer_panicking_at_store_health_does_not_stop_the_keys_renewals() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let store = Flaky::new(MemoryStore::new());
+    store.set(Mode::Failing);
+    let panicked = Arc::new(AtomicBool::new(false));
+    let once = panicked.clone();
+    let layer = FleetRateLimitLayer::builder(store.clone(), Quota::per_second(100), KEY)
+        .store_timeout(Duration::from_millis(50))
+        .probe_every(Duration::from_millis(100))
+        .observer(move |event: &Event<'_>| {
+            if matches!(event.kind, EventKind::StoreHealth { .. }) && !once.swap(true, SeqCst) {
+                panic!("the observer panics at StoreHealth");
+            }
+        })
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut service = layer.layer(service_fn(ok));
+    // The first call waits for the first renewal, which fails: the observer panics there.
+    assert!(admitted(&mut service, "k").await, "the local limit's");
+    assert!(panicked.load(SeqCst) && handle.degraded());
+    let calls = handle.store_calls();
+    store.set(Mode::Up);
+    sleep(Duration::from_millis(100)).await;
+    // Degraded, the probe is due: this call's probes the store, which answers.
+    assert!(admitted(&mut service, "k").await);
+    tokio::task::yield_now().await;
+    assert!(
+        !handle.degraded() && handle.store_calls() > calls,
+        "the store, answering again, was not asked again: degraded {}, store calls {} (then {calls})",
+        handle.degraded(),
+        handle.store_calls()
+    );
+}
+
+/// A store that takes 60 ms to be ready, and as long again to answer, with one admission.
+#[derive(Default)]
+struct Sluggish {
+    ready: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Clone for Sluggish {
+    fn clone(&self) -> Self {
+        Sluggish::default()
+    }
+}
+
+impl tower::Service<seawall::limit::fleet::Take> for Sluggish {
+    type Response = seawall::limit::fleet::Grant;
+    type Error = BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        let ready = self
+            .ready
+            .get_or_insert_with(|| Box::pin(sleep(Duration::from_millis(60))));
+        std::future::Future::poll(ready.as_mut(), cx).map(Ok)
+    }
+
+    fn call(&mut self, _: seawall::limit::fleet::Take) -> Self::Future {
+        self.ready = None;
+        Box::pin(async {
+            sleep(Duration::from_millis(60)).await;
+            Ok(seawall::limit::fleet::Grant {
+                granted: 1,
+                wait: Duration::ZERO,
+            })
+        })
+    }
+}
+
+/// The store timeout bounds a renewal whole: 60 ms waiting for the store's readiness and 60 ms
+/// for its answer run out a store timeout of 100 ms, and the store is marked degraded then.
+#[tokio::test(start_paused = true)]
+async fn the_store_timeout_bounds_readiness_and_the_call_together() {
+    let layer = FleetRateLimitLayer::builder(Sluggish::default(), Quota::per_second(100), KEY)
+        .store_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut service = layer.layer(service_fn(ok));
+    let start = Instant::now();
+    assert!(admitted(&mut service, "k").await, "the local limit's");
+    assert!(
+        handle.degraded(),
+        "a renewal took 120 ms with a store timeout of 100 ms"
+    );
+    assert_eq!(start.elapsed(), Duration::from_millis(100));
+}
+
+/// A renewal wakes only as many of the calls waiting for it as it brought admissions; the others
+/// wait on for the next renewal, and every call goes through in the end.
+#[tokio::test(start_paused = true)]
+async fn a_renewal_wakes_only_the_waiters_it_has_admissions_for() {
+    let layer =
+        FleetRateLimitLayer::builder(MemoryStore::new(), Quota::per_second(100).burst(10), KEY)
+            .lease(2, 2)
+            .build()
+            .unwrap();
+    let mut service = layer.layer(service_fn(ok));
+    let mut calls = Vec::new();
+    for _ in 0..5 {
+        let mut call = tokio_test::task::spawn(service.ready().await.unwrap().call(Req("k")));
+        tokio_test::assert_pending!(call.poll(), "waits for the first lease");
+        calls.push(call);
+    }
+    for _ in 0..4 {
+        tokio::task::yield_now().await;
+    }
+    let woken = calls.iter().filter(|call| call.is_woken()).count();
+    assert_eq!(woken, 2, "a lease of two woke {woken} waiters");
+    let mut done = [false; 5];
+    for _ in 0..16 {
+        for (call, done) in calls.iter_mut().zip(&mut done) {
+            if !*done && call.is_woken() {
+                if let std::task::Poll::Ready(result) = call.poll() {
+                    assert!(result.is_ok());
+                    *done = true;
+                }
+            }
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(done, [true; 5], "every waiting call went through");
+}

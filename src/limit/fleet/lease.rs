@@ -11,6 +11,23 @@ use tokio::sync::Notify;
 /// their top four bits count the keys the lease has served.
 pub(super) const COUNT: u64 = TIME;
 
+/// How many waiting calls a renewal mark's holder wakes, at most, one by one; past this, waking
+/// them all costs less.
+const WAKE_ONE_BY_ONE: u64 = 64;
+
+/// Whom the holder of a key's renewal mark wakes as it takes the mark off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Wake {
+    /// Every call waiting on the lease, to decide again: the holder brought no admissions, or a
+    /// denial, a reservation or a failure that each of them must be told of.
+    All,
+    /// As many as the holder added admissions to the lease: only they can proceed. Those that
+    /// find the admissions taken by others wait again; the rest are woken by the next holder,
+    /// which the call that takes the lease's last admission starts (or, when none can start,
+    /// that call wakes them all).
+    Only(u64),
+}
+
 /// What a [`Lease::take`] found.
 pub(super) enum Spent {
     /// One admission, with this many left.
@@ -36,8 +53,10 @@ pub(super) struct Lease {
     pub(super) due: AtomicU64,
     /// How many to ask for next (0 before the first renewal: the smallest lease).
     size: AtomicU64,
-    /// The tag of the key whose renewal is in flight, 0 if none: a renewal ends its own mark
-    /// only, even if its key lost the slot to another meanwhile.
+    /// The mark of the renewal in flight, or of a call moving the due reservation to the lease
+    /// ([`Lease::mark`]), 0 if none: it names the key and its tenure of the slot, so that its
+    /// holder takes off its own mark only, even if its key lost the slot meanwhile and took it
+    /// back.
     pub(super) renewing: AtomicU64,
     /// Until when the store said there is no room (on the limiter's clock; 0: not denied; the
     /// keys served in the top bits).
@@ -104,10 +123,49 @@ impl Lease {
         self.remaining.load(Acquire) & !COUNT
     }
 
-    /// Takes the reserved admissions (their due time has come), with the key count they were
-    /// reserved under in the top bits, for [`Lease::add_reserved`].
-    pub(super) fn take_reserved(&self) -> u64 {
-        self.reserved.fetch_and(!COUNT, Relaxed)
+    /// Takes the reserved admissions (their due time has come) if they were reserved while the
+    /// lease had served `generation` keys, with that count in the top bits, for
+    /// [`Lease::add_reserved`]; 0 if there are none of that count's.
+    pub(super) fn take_reserved(&self, generation: u64) -> u64 {
+        let mut current = self.reserved.load(Acquire);
+        loop {
+            if current & !COUNT != generation || current & COUNT == 0 {
+                return 0;
+            }
+            match self
+                .reserved
+                .compare_exchange_weak(current, generation, Relaxed, Acquire)
+            {
+                Ok(_) => return current,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// The renewal mark of the key tagged `tag` in its tenure of the slot that began when the
+    /// lease had served `generation` keys ([`Lease::generation`]): the tag with the count in
+    /// bits 4 to 7. Still odd (a tag is), so never 0; another tenure's mark differs unless the
+    /// slot changed hands a multiple of 16 times meanwhile.
+    pub(super) fn mark(tag: u64, generation: u64) -> u64 {
+        tag ^ (generation >> 56)
+    }
+
+    /// Takes `mark` off the lease if it is still there (a clearing for another key, or that key's
+    /// own mark since, stays), and wakes the calls waiting on the lease: `wake` of them, or all
+    /// if the mark was no longer there (the slot changed hands: its waiters start over).
+    pub(super) fn unmark(&self, mark: u64, wake: Wake) {
+        let ours = self
+            .renewing
+            .compare_exchange(mark, 0, Release, Relaxed)
+            .is_ok();
+        match wake {
+            Wake::Only(n) if ours && n <= WAKE_ONE_BY_ONE => {
+                for _ in 0..n {
+                    self.notify.notify_one();
+                }
+            }
+            _ => self.notify.notify_waiters(),
+        }
     }
 
     /// Adds admissions taken by [`Lease::take_reserved`] to the lease, unless the slot was
@@ -180,7 +238,7 @@ impl Lease {
     /// hands 16 times for this to fail, as for [`Lease::take`].
     ///
     /// A grant that finds its key gone is dropped, and the rest of it with it: those admissions
-    /// are lost, as any leased to an evicted key. Sizing the next lease (`size`, `renewed_at`)
+    /// are lost, as any leased to an evicted key. Returns whether the grant was credited. Sizing the next lease (`size`, `renewed_at`)
     /// comes after the grant only if all of it was credited; a clearing that slips in between
     /// leaves the new key a size within the bounds and an older renewal time, which only
     /// change how much its first lease asks for and which key is evicted first, not what the
@@ -193,7 +251,7 @@ impl Lease {
         now: u64,
         bounds: (u64, u64),
         lasts: u64,
-    ) {
+    ) -> bool {
         let granted = u64::from(grant.granted);
         let wait = nanos(grant.wait);
         let put = |field, value: u64| Self::put(field, generation, |_| value.min(COUNT));
@@ -210,7 +268,7 @@ impl Lease {
                 && put(&self.reserved, granted)
         };
         if !credited {
-            return;
+            return false;
         }
         let (min, max) = bounds;
         let last = self.renewed_at.swap(now, Relaxed);
@@ -225,6 +283,7 @@ impl Lease {
             size
         };
         self.size.store(next.clamp(min, max), Relaxed);
+        true
     }
 }
 

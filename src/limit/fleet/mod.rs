@@ -113,18 +113,19 @@ use super::rate::{Clock, Quota, QuotaError, TokioClock};
 use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 use crate::core::{Emitter, EventKind, Observer, RejectReason, Source};
 use crate::sync::{nanos, Mutex};
-use crate::timeout::Timeout;
-use lease::{Lease, Spent};
+use crate::timeout::policy::PerRequest;
+use crate::timeout::{Timeout, TimeoutLayer};
+use lease::{Lease, Spent, Wake};
 use std::borrow::Cow;
 use std::fmt;
 use std::hash::Hash;
 use std::sync::atomic::{
     AtomicBool, AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed,
-    Ordering::Release,
 };
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::time::Instant;
 use tower::{BoxError, Layer, Service};
 
 /// A store's part of a fleet-wide limit: take up to [`want`](Take::want) admissions for
@@ -218,8 +219,41 @@ pub enum ConfigError {
     TooManyKeys,
 }
 
-/// The store behind the limiter: the user's store under seawall's timeout and breaker.
-type Guarded<St> = CircuitBreaker<Timeout<St>>;
+/// The store behind the limiter: the user's store under seawall's timeout and breaker, taking
+/// [`Timed`] takes.
+type Guarded<St> = CircuitBreaker<Timeout<Untimed<St>, PerRequest<fn(&Timed) -> Option<Duration>>>>;
+
+/// A take, with the instant by which its renewal must be done: one store timeout from the
+/// renewal's start, the wait for the store's readiness included.
+struct Timed {
+    take: Take,
+    deadline: Instant,
+}
+
+impl Timed {
+    /// What is left of the renewal's store timeout: the timeout of its call.
+    fn left(&self) -> Option<Duration> {
+        Some(self.deadline.saturating_duration_since(Instant::now()))
+    }
+}
+
+/// The user's store, called with the take of a [`Timed`] one.
+#[derive(Clone)]
+struct Untimed<St>(St);
+
+impl<St: Store> Service<Timed> for Untimed<St> {
+    type Response = Grant;
+    type Error = BoxError;
+    type Future = St::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, timed: Timed) -> St::Future {
+        self.0.call(timed.take)
+    }
+}
 
 /// What a fleet limiter shares between its layers, services and background renewals.
 struct Fleet<St, Clk, O> {
@@ -267,6 +301,41 @@ enum Point {
     Reserved,
     /// A renewal found its key in the slot; about to credit the store's grant.
     Credit,
+    /// The key's reserved admissions were found due; about to take the key's renewal mark to
+    /// move them.
+    Due,
+}
+
+/// A key's renewal mark, held by a call moving the key's due reservation to its lease: taken off
+/// when dropped, however the call ends, waking the calls waiting on the lease.
+struct Marked<'a> {
+    lease: &'a Lease,
+    mark: u64,
+    wake: Wake,
+}
+
+impl Drop for Marked<'_> {
+    fn drop(&mut self) {
+        self.lease.unmark(self.mark, self.wake);
+    }
+}
+
+/// A renewal's mark on its key, owned by the renewal from before it is spawned: taken off when
+/// dropped, however the renewal ends (done, its task panicked, or dropped before it ran when its
+/// runtime shut down), waking the calls waiting on the lease. Left on, it would keep the key
+/// from ever renewing again.
+struct Renewing<St, Clk: 'static, O: 'static> {
+    fleet: Arc<Fleet<St, Clk, O>>,
+    index: usize,
+    mark: u64,
+    wake: Wake,
+}
+
+impl<St, Clk, O> Drop for Renewing<St, Clk, O> {
+    fn drop(&mut self) {
+        let lease = &self.fleet.table.slot(self.index).cell;
+        lease.unmark(self.mark, self.wake);
+    }
 }
 
 /// Shows a key's `Display` form where events want `Debug`.
@@ -305,11 +374,13 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
     fn renew(self: &Arc<Self>, index: usize, place: Place, key: &dyn fmt::Display) -> bool {
         let slot = self.table.slot(index);
         let holds = || slot.tag.load(Acquire) == place.tag;
-        // A key that lost its slot asks nothing (nor spends a degraded store's probe).
+        // A key that lost its slot asks nothing.
         if !holds() {
             return false;
         }
-        if self.degraded.load(Relaxed) && !self.probe_due(self.clock.now()) {
+        // While degraded, only a probe asks the store. The probe is spent last, just before the
+        // renewal starts, so that a call that asks nothing spends none; here it is only looked at.
+        if self.degraded.load(Relaxed) && self.clock.now() < self.next_probe.load(Relaxed) {
             return false;
         }
         let lease = &slot.cell;
@@ -323,40 +394,55 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
         if denied != 0 && denied > self.clock.now() {
             return false;
         }
-        // The mark names the key, so that only the key's own renewal ends it.
-        if lease
-            .renewing
-            .compare_exchange(0, place.tag, AcqRel, Relaxed)
-            .is_err()
-        {
+        // A renewal in flight (the common case at low water): seen without a compare-and-swap.
+        if lease.renewing.load(Relaxed) != 0 {
             return true;
         }
         // The keys the slot has served, read before the check that it holds this one: the grant
         // is credited only while that count stands, so never to a key that takes the slot
-        // meanwhile (see `Lease::credit`).
+        // meanwhile (see `Lease::credit`). The mark names the key and this tenure of the slot,
+        // so that only this renewal takes it off.
         let generation = lease.generation();
+        let mark = Lease::mark(place.tag, generation);
+        if lease
+            .renewing
+            .compare_exchange(0, mark, AcqRel, Relaxed)
+            .is_err()
+        {
+            return true;
+        }
+        // From here on the mark comes off with `renewing`, on every path.
+        let renewing = Renewing {
+            fleet: Arc::clone(self),
+            index,
+            mark,
+            wake: Wake::All,
+        };
         // The slot may have gone to another key since it was looked at: a renewal for a key no
         // longer there would keep the new key's calls waiting for it.
         if !holds() {
-            Self::unmark(lease, place.tag);
+            return false;
+        }
+        if self.degraded.load(Relaxed) && !self.probe_due(self.clock.now()) {
             return false;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            Self::unmark(lease, place.tag);
-            self.degrade(self.clock.now());
+            drop(renewing);
+            if self.degrade(self.clock.now()) {
+                self.emitter()
+                    .emit(EventKind::StoreHealth { degraded: true });
+            }
             return false;
         };
         let want = lease.size(self.lease_min);
-        let renewal = Arc::clone(self).renewal(index, place.tag, generation, key.to_string(), want);
-        runtime.spawn(renewal);
+        runtime.spawn(Self::renewal(
+            renewing,
+            place.tag,
+            generation,
+            key.to_string(),
+            want,
+        ));
         true
-    }
-
-    /// Takes `tag`'s renewal mark off `lease` if it is still there, and wakes the calls waiting
-    /// on the lease to decide again.
-    fn unmark(lease: &Lease, tag: u64) {
-        let _ = lease.renewing.compare_exchange(tag, 0, Release, Relaxed);
-        lease.notify.notify_waiters();
     }
 
     /// Whether a probe of a degraded store is due at `now`; if so, the next is not before
@@ -370,81 +456,85 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
                 .is_ok()
     }
 
-    /// One lease renewal: a store call, then the grant credited to the key (if the slot still
-    /// holds it: it held it when the lease had served `generation` keys) and the waiters woken.
+    /// One lease renewal, holding its key's mark (`renewing`): a store call, then the grant
+    /// credited to the key (if the slot still holds it: it held it when the lease had served
+    /// `generation` keys), the mark taken off and the waiters woken, and last the store's health
+    /// reported if it changed.
     async fn renewal(
-        self: Arc<Self>,
-        index: usize,
+        mut renewing: Renewing<St, Clk, O>,
         tag: u64,
         generation: u64,
         key: String,
         want: u64,
     ) {
-        let quota = self.quota();
-        self.store_calls.fetch_add(1, Relaxed);
-        let mut store = self.store.clone();
+        let fleet = Arc::clone(&renewing.fleet);
+        let quota = fleet.quota();
+        fleet.store_calls.fetch_add(1, Relaxed);
+        let mut store = fleet.store.clone();
         let take = Take {
             key,
             want: u32::try_from(want).unwrap_or(u32::MAX),
             quota,
-            max_wait: self.reserve_ahead,
+            max_wait: fleet.reserve_ahead,
         };
-        // The store timeout bounds readiness: a store stuck in `poll_ready` fails the renewal (and
-        // degrades the store) like one stuck in `call`, instead of holding the renewal, and every
-        // call waiting for it, for ever. The call itself is timed beneath the store's breaker, so
-        // that a call that times out counts there as a failure, not a cancellation.
-        let ready = tokio::time::timeout(
-            self.store_timeout,
-            std::future::poll_fn(|cx| store.poll_ready(cx)),
-        )
-        .await;
+        // One store timeout for the whole renewal: a store stuck in `poll_ready` fails the
+        // renewal (and degrades the store) like one stuck in `call`, instead of holding the
+        // renewal, and every call waiting for it, for ever; the call gets what readiness left of
+        // it. The call is timed beneath the store's breaker, so that a call that times out counts
+        // there as a failure, not a cancellation.
+        let deadline = Instant::now() + fleet.store_timeout;
+        let ready =
+            tokio::time::timeout_at(deadline, std::future::poll_fn(|cx| store.poll_ready(cx)))
+                .await;
         let result = match ready {
-            Ok(Ok(())) => store.call(take).await,
+            Ok(Ok(())) => store.call(Timed { take, deadline }).await,
             Ok(Err(error)) => Err(error),
             Err(elapsed) => Err(elapsed.into()),
         };
-        let now = self.clock.now();
-        let slot = self.table.slot(index);
+        let now = fleet.clock.now();
+        let slot = fleet.table.slot(renewing.index);
         // A quick look only: the key may still lose the slot before its grant is credited, which
         // the credit itself detects.
         let ours = slot.tag.load(Acquire) == tag;
-        match result {
+        let health = match result {
             Ok(grant) => {
-                self.recovered();
+                let recovered = fleet.degraded.swap(false, AcqRel);
                 if ours {
-                    self.at(Point::Credit);
-                    slot.cell.credit(
+                    fleet.at(Point::Credit);
+                    let credited = slot.cell.credit(
                         generation,
                         grant,
                         want,
                         now,
-                        (self.lease_min, self.lease_max),
-                        self.lease_lasts,
+                        (fleet.lease_min, fleet.lease_max),
+                        fleet.lease_lasts,
                     );
+                    // Admissions to spend now: only as many waiters can proceed. A denial or a
+                    // reservation refuses them all, with the time to come back.
+                    if credited && grant.granted > 0 && grant.wait.is_zero() {
+                        renewing.wake = Wake::Only(grant.granted.into());
+                    }
                 }
+                recovered.then_some(false)
             }
             Err(_) => {
-                self.store_failures.fetch_add(1, Relaxed);
-                self.degrade(now);
+                fleet.store_failures.fetch_add(1, Relaxed);
+                fleet.degrade(now).then_some(true)
             }
+        };
+        // Even if the key lost the slot meanwhile: its mark, if still there, comes off. Before
+        // the event: an observer that panics there leaves nothing held.
+        drop(renewing);
+        if let Some(degraded) = health {
+            fleet.emitter().emit(EventKind::StoreHealth { degraded });
         }
-        // Even if the key lost the slot meanwhile: its mark, if still there, ends.
-        Self::unmark(&slot.cell, tag);
     }
 
-    fn degrade(&self, now: u64) {
+    /// Marks the store degraded at `now`; whether it was not already (the caller reports it,
+    /// once whatever it holds is given back).
+    fn degrade(&self, now: u64) -> bool {
         self.next_probe.store(now + self.probe_every, Relaxed);
-        if !self.degraded.swap(true, AcqRel) {
-            self.emitter()
-                .emit(EventKind::StoreHealth { degraded: true });
-        }
-    }
-
-    fn recovered(&self) {
-        if self.degraded.swap(false, AcqRel) {
-            self.emitter()
-                .emit(EventKind::StoreHealth { degraded: false });
-        }
+        !self.degraded.swap(true, AcqRel)
     }
 
     fn quota(&self) -> Quota {
@@ -480,14 +570,59 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
         let lease = &slot.cell;
         match lease.take(|| slot.tag.load(Acquire) == place.tag) {
             Spent::Taken(left) => {
-                if left <= lease.low_water(self.lease_min) {
-                    self.renew(index, place, key);
-                }
+                self.taken(index, place, key, left);
                 Some(Verdict::Admit)
             }
             Spent::Lost => None,
             Spent::Empty => self.without_lease(index, place, key),
         }
+    }
+
+    /// After a call took one of the lease's admissions, leaving `left`: asks for the next lease
+    /// at low water. A renewal wakes only as many waiting calls as it brought admissions (see
+    /// [`Wake::Only`]), so the call that takes the last one either starts the next renewal, whose
+    /// end wakes the others, or, when none can start, wakes them all to decide again.
+    #[inline]
+    fn taken(self: &Arc<Self>, index: usize, place: Place, key: &dyn fmt::Display, left: u64) {
+        let lease = &self.table.slot(index).cell;
+        if left <= lease.low_water(self.lease_min) && !self.renew(index, place, key) && left == 0 {
+            lease.notify.notify_waiters();
+        }
+    }
+
+    /// Moves the key's reserved admissions, found due at `now`, to its lease, holding the key's
+    /// renewal mark: the renewal that would store the next reservation holds it too, so a call
+    /// that found these due never takes a later reservation instead. False, moving nothing, if
+    /// the mark is held (by the renewal in flight, or by a call moving them): the caller waits
+    /// for it to come off.
+    fn move_due(&self, lease: &Lease, place: Place, now: u64, holds: impl Fn() -> bool) -> bool {
+        // As in `renew`: the keys served, read before the check that the slot holds the key.
+        let generation = lease.generation();
+        let mark = Lease::mark(place.tag, generation);
+        if lease
+            .renewing
+            .compare_exchange(0, mark, AcqRel, Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        let mut marked = Marked {
+            lease,
+            mark,
+            wake: Wake::All,
+        };
+        // Under the mark only a clearing for another key changes the reservation, and then its
+        // count of keys served too: read again, it is taken only if it is still due and still
+        // this tenure's.
+        if holds() && lease.reserved() != 0 && lease.due() <= now {
+            let taken = lease.take_reserved(generation);
+            self.at(Point::Reserved);
+            lease.add_reserved(taken);
+            if taken & lease::COUNT != 0 {
+                marked.wake = Wake::Only(taken & lease::COUNT);
+            }
+        }
+        true
     }
 
     /// Decides a call whose key had no lease left, or `None` if the slot turns out not to hold
@@ -515,16 +650,15 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
                         })
                     });
                 }
-                let taken = lease.take_reserved();
-                self.at(Point::Reserved);
-                lease.add_reserved(taken);
+                self.at(Point::Due);
+                if !self.move_due(lease, place, now, holds) {
+                    return holds().then_some(Verdict::Wait);
+                }
             }
             self.at(Point::NoLease);
             match lease.take(holds) {
                 Spent::Taken(left) => {
-                    if left <= lease.low_water(self.lease_min) {
-                        self.renew(index, place, key);
-                    }
+                    self.taken(index, place, key, left);
                     return Some(Verdict::Admit);
                 }
                 Spent::Lost => return None,
@@ -608,10 +742,16 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
         key: String,
     ) -> Result<(), RateLimited> {
         let waited = tokio::time::timeout(self.wait_limit, async {
+            let mut woken = false;
             loop {
                 let slot = self.table.slot(index);
                 if slot.tag.load(Acquire) != place.tag {
-                    // The key lost its slot to another: start over in a new one.
+                    // The key lost its slot to another: start over in a new one. A wake taken
+                    // here may have been meant for a call of the slot's new key: passed on.
+                    if woken {
+                        slot.cell.notify.notify_one();
+                        woken = false;
+                    }
                     index = self.entry(place);
                     continue;
                 }
@@ -621,7 +761,10 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
                 match self.decide_in(index, place, &key) {
                     Some(Verdict::Admit) => return Ok(()),
                     Some(Verdict::Reject(limited)) => return Err(limited),
-                    Some(Verdict::Wait) => notified.await,
+                    Some(Verdict::Wait) => {
+                        notified.await;
+                        woken = true;
+                    }
                     // Lost the slot: the check above finds it a new one.
                     None => {}
                 }
@@ -880,7 +1023,8 @@ impl<St, F, Clk, O> FleetBuilder<St, F, Clk, O> {
                 .build()
                 .expect("the store breaker's settings are valid"),
         };
-        let store = breaker.layer(Timeout::new(store, settings.store_timeout));
+        let left: fn(&Timed) -> Option<Duration> = Timed::left;
+        let store = breaker.layer(TimeoutLayer::per_request(left).layer(Untimed(store)));
         Ok(FleetRateLimitLayer {
             shared: Arc::new(Fleet {
                 table: Table::new(settings.max_keys),

@@ -192,19 +192,20 @@ async fn a_local_decision_racing_the_eviction_of_its_key_is_not_charged_to_the_n
     );
 }
 
-/// Arms the fleet so that, when a renewal has found its key in the slot and is about to credit
-/// the store's grant, key `b` takes key `a`'s slot although `a` has a renewal in flight: every
-/// other slot has one too at that moment (such keys are evicted last, so only then). Afterwards
-/// `spare` is idle again, for `a` to start over in.
-fn evict_renewing_a(fleet: &Arc<Fleet>) {
+/// Arms the fleet so that, when a decision or a renewal reaches `point` while key `a`'s renewal
+/// mark is on (a renewal in flight, or a call moving its reservation), key `b` takes `a`'s slot
+/// although the mark is on: every other slot has one too at that moment (such keys are evicted
+/// last, so only then); then `then` is done to `b`'s lease. Afterwards `spare` is idle again, for
+/// `a` to start over in.
+fn evict_marked_a_at(fleet: &Arc<Fleet>, point: Point, then: impl FnOnce(&Lease) + Send + 'static) {
     let (a, _) = crowd(fleet);
     let weak = Arc::downgrade(fleet);
-    fleet.hook.arm(Point::Credit, move || {
+    fleet.hook.arm(point, move || {
         let fleet = weak.upgrade().expect("the fleet is alive");
         assert_ne!(
             fleet.table.slot(a).cell.renewing.load(Relaxed),
             0,
-            "a's renewal is in flight"
+            "a's mark is on"
         );
         let others = (0..fleet.table.capacity()).filter(|&index| index != a);
         for index in others.clone() {
@@ -215,7 +216,14 @@ fn evict_renewing_a(fleet: &Arc<Fleet>) {
         for index in others {
             fleet.table.slot(index).cell.renewing.store(0, Relaxed);
         }
+        then(&fleet.table.slot(b).cell);
     });
+}
+
+/// [`evict_marked_a_at`] when a renewal has found its key in the slot and is about to credit the
+/// store's grant.
+fn evict_renewing_a(fleet: &Arc<Fleet>) {
+    evict_marked_a_at(fleet, Point::Credit, |_| {});
 }
 
 /// The slot of `b`, once the renewal that a call of `a` starts has ended, `b` having taken
@@ -295,12 +303,13 @@ async fn a_denial_for_an_evicted_key_is_not_given_to_the_new_key() {
 }
 
 /// `a`'s reserved admissions are due: `b` takes `a`'s slot after they were taken from the
-/// reservation and before they are added to the lease, and is given none of them.
+/// reservation (under `a`'s mark) and before they are added to the lease, and is given none of
+/// them.
 #[tokio::test(start_paused = true)]
 async fn reserved_admissions_of_an_evicted_key_are_not_given_to_the_new_key() {
     let layer = layer();
     let fleet = &layer.shared;
-    evict_a_at(fleet, Point::Reserved, |_, b| {
+    evict_marked_a_at(fleet, Point::Reserved, |b| {
         b.remaining.fetch_add(5, Relaxed);
     });
     let a = slot_of(fleet, "a");
@@ -314,4 +323,145 @@ async fn reserved_admissions_of_an_evicted_key_are_not_given_to_the_new_key() {
         5,
         "a's reserved admissions were given to b"
     );
+}
+
+/// `a`'s renewal R1 is in flight; `b` takes `a`'s slot, then `a` takes it back (a new tenure)
+/// and starts renewal R2, which marks the slot. R1 ends: its credit is refused (an old tenure's),
+/// and it leaves R2's mark, which names the new tenure, in place.
+#[tokio::test(start_paused = true)]
+async fn an_old_tenures_renewal_leaves_the_new_tenures_mark() {
+    let layer = layer();
+    let fleet = &layer.shared;
+    let (a, _) = crowd(fleet);
+    let a_tag = fleet.table.locate(&"a").tag;
+    let weak = Arc::downgrade(fleet);
+    let r2 = Arc::new(Mutex::new(0));
+    let mark = r2.clone();
+    fleet.hook.arm(Point::Credit, move || {
+        let fleet = weak.upgrade().expect("the fleet is alive");
+        let others: Vec<usize> = (0..fleet.table.capacity()).filter(|&i| i != a).collect();
+        for &i in &others {
+            fleet.table.slot(i).cell.renewing.store(1, Relaxed);
+        }
+        assert_eq!(slot_of(&fleet, "b"), a, "b takes a's slot");
+        assert_eq!(slot_of(&fleet, "a"), a, "a takes it back");
+        for &i in &others {
+            fleet.table.slot(i).cell.renewing.store(0, Relaxed);
+        }
+        // R2, the new tenure's renewal, in flight: its mark.
+        let lease = &fleet.table.slot(a).cell;
+        let r2 = Lease::mark(a_tag, lease.generation());
+        assert!(lease
+            .renewing
+            .compare_exchange(0, r2, Relaxed, Relaxed)
+            .is_ok());
+        *mark.lock().unwrap() = r2;
+    });
+    let mut service = service(&layer);
+    let mut call_a = tokio_test::task::spawn(service.ready().await.unwrap().call("a"));
+    tokio_test::assert_pending!(call_a.poll());
+    for _ in 0..10 {
+        if call_a.is_woken() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(fleet.hook.0.lock().unwrap().is_none(), "the race was run");
+    let r2 = *r2.lock().unwrap();
+    assert_ne!(r2, 0);
+    assert_eq!(
+        fleet.table.slot(a).cell.renewing.load(Relaxed),
+        r2,
+        "R1 (old tenure) removed the mark of R2 (new tenure), still in flight"
+    );
+}
+
+/// A call of `a` finds `a`'s reservation due; before it takes it, another call of `a` moved and
+/// spent it, and the renewal that followed was given a new reservation, due 500 ms on. The first
+/// call leaves the new reservation alone, and is refused until it is due.
+#[tokio::test(start_paused = true)]
+async fn a_call_that_found_a_reservation_due_does_not_take_the_next_one_early() {
+    use super::Grant;
+    let layer = layer();
+    let fleet = &layer.shared;
+    let a = slot_of(fleet, "a");
+    fleet.table.slot(a).cell.reserved.fetch_add(3, Relaxed);
+    let weak = Arc::downgrade(fleet);
+    fleet.hook.arm(Point::Due, move || {
+        let fleet = weak.upgrade().expect("the fleet is alive");
+        let lease = &fleet.table.slot(a).cell;
+        // The other call: moves the 3 due admissions and spends them.
+        let _ = lease.take_reserved(lease.generation());
+        // The renewal that followed: 4 admissions reserved, due 500 ms on.
+        let generation = lease.generation();
+        let now = fleet.clock.now();
+        let grant = Grant {
+            granted: 4,
+            wait: Duration::from_millis(500),
+        };
+        lease.credit(generation, grant, 4, now, (1, 32), 100_000_000);
+        assert_eq!(lease.reserved(), 4);
+    });
+    let mut service = service(&layer);
+    let first = call(&mut service, "a").await;
+    assert!(fleet.hook.0.lock().unwrap().is_none(), "the race was run");
+    let lease = &fleet.table.slot(a).cell;
+    assert_eq!(
+        (lease.reserved(), lease.left(), first.is_ok()),
+        (4, 0, false),
+        "the reservation due in 500 ms was spent now (reserved, left, admitted)"
+    );
+}
+
+/// A renewal task dropped before it ever runs (its runtime shut down) takes its mark off the key:
+/// left there, it would keep every later renewal of the key from starting.
+#[test]
+fn a_renewal_dropped_before_it_runs_takes_its_mark_off() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let (layer, a) = runtime.block_on(async {
+        let layer = layer();
+        let a = slot_of(&layer.shared, "a");
+        let mut service = service(&layer);
+        // The call starts a renewal for `a`, spawned, and not run before the runtime stops.
+        drop(service.ready().await.unwrap().call("a"));
+        (layer, a)
+    });
+    let lease = &layer.shared.table.slot(a).cell;
+    assert_ne!(lease.renewing.load(Relaxed), 0, "a renewal was started");
+    assert_eq!(layer.handle().store_calls(), 0, "and has not run");
+    drop(runtime);
+    assert_eq!(
+        lease.renewing.load(Relaxed),
+        0,
+        "the renewal dropped unrun left its mark"
+    );
+}
+
+/// While the store is degraded, a call that takes its key's last admission and asks the store
+/// nothing (its key has slots reserved) does not spend the probe that is due: the next call that
+/// needs the store, of another key, probes it.
+#[tokio::test(start_paused = true)]
+async fn a_probe_is_spent_only_by_a_call_that_asks_the_store() {
+    let layer = layer();
+    let fleet = &layer.shared;
+    fleet.degraded.store(true, Relaxed);
+    fleet.next_probe.store(0, Relaxed);
+    let a = &fleet.table.slot(slot_of(fleet, "a")).cell;
+    a.remaining.fetch_add(1, Relaxed);
+    a.reserved.fetch_add(3, Relaxed);
+    a.due.fetch_add(fleet.clock.now() + 1_000_000_000, Relaxed);
+    let mut service = service(&layer);
+    assert!(call(&mut service, "a").await.is_ok());
+    assert!(call(&mut service, "b").await.is_ok());
+    tokio::task::yield_now().await;
+    assert_eq!(
+        layer.handle().store_calls(),
+        1,
+        "b did not probe the store: a's call spent the probe"
+    );
+    assert!(!layer.handle().degraded(), "the probe found the store up");
 }
