@@ -423,6 +423,14 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
         if !holds() {
             return false;
         }
+        // A renewal that ended between the checks above and the mark may have left a
+        // reservation or a denial: looked at again under the mark, so that no second renewal
+        // starts while a reservation stands (its credit would replace it) or before the store
+        // has room.
+        let denied = lease.denied_until();
+        if lease.reserved() != 0 || (denied != 0 && denied > self.clock.now()) {
+            return false;
+        }
         if self.degraded.load(Relaxed) && !self.probe_due(self.clock.now()) {
             return false;
         }
