@@ -180,10 +180,10 @@ mod server {
         let start = tokio::time::Instant::now();
         assert_eq!(burst(&app, "/work", 60).await, [(StatusCode::OK, 60)]);
         assert_eq!(start.elapsed(), Duration::from_millis(30));
-        // A burst larger than the queue (64) and the limit: the rest are shed at once.
+        // A burst larger than the limit and the queue (128): the rest are shed at once.
         assert_eq!(
-            burst(&app, "/work", 100).await,
-            [(StatusCode::OK, 84), (StatusCode::SERVICE_UNAVAILABLE, 16)]
+            burst(&app, "/work", 200).await,
+            [(StatusCode::OK, 148), (StatusCode::SERVICE_UNAVAILABLE, 52)]
         );
     }
 

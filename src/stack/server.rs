@@ -23,12 +23,12 @@ pub struct ServerStack<A: 'static = Windowed<Gradient2>> {
 }
 
 /// How many callers the default limiter's queue holds.
-const QUEUE: usize = 64;
+const QUEUE: usize = 128;
 /// The default limiter's controlled delay: 5 ms while the queue stands, 150 ms after it emptied.
 const CODEL: Codel = Codel::new(Duration::from_millis(5), Duration::from_millis(150));
 
 impl ServerStack {
-    /// No rate limit; a windowed Gradient2 limiter with a queue of 64, controlled delay (5 ms
+    /// No rate limit; a windowed Gradient2 limiter with a queue of 128, controlled delay (5 ms
     /// while the queue stands, 150 ms after it emptied) and LIFO order; a 30 s timeout. See the
     /// [module docs](super) for why.
     pub fn new() -> Self {
