@@ -78,7 +78,9 @@ impl<A> ServerStack<A> {
         self
     }
 
-    /// Replaces the adaptive concurrency limiter (keep its handle to watch the limit).
+    /// Replaces the adaptive concurrency limiter (keep its handle to watch the limit). Its queue
+    /// is the one its builder was given: none unless set (see the [module docs](super) for the
+    /// default's).
     pub fn concurrency<A2>(self, layer: AdaptiveLimitLayer<A2>) -> ServerStack<A2> {
         ServerStack {
             rate: self.rate,
