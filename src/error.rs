@@ -181,11 +181,14 @@ impl Cause<'_> {
     }
 
     /// When to come back, if the rejection says: an open breaker's next probe, a rate limit's
-    /// next slot.
+    /// next slot, a full bulkhead's or adaptive limiter's second
+    /// ([`Full::retry_after`](crate::bulkhead::error::Full::retry_after)).
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             #[cfg(feature = "circuit-breaker")]
             Cause::CircuitOpen(open) => open.retry_after(),
+            #[cfg(feature = "bulkhead")]
+            Cause::BulkheadFull(full) => Some(full.retry_after()),
             #[cfg(feature = "limit")]
             Cause::RateLimited(limited) => Some(limited.retry_after()),
             #[allow(unreachable_patterns)]

@@ -21,7 +21,8 @@
 //! which gRPC clients retry only when the server pushes back, and it always does, with the time
 //! to its next slot. HTTP answers are not affected ([`crate::http::status`]).
 //!
-//! When the rejection says when to come back (an open breaker, a rate limit), the status carries
+//! When the rejection says when to come back (an open breaker, a rate limit, a full bulkhead or
+//! adaptive limiter: one second), the status carries
 //! it in `grpc-retry-pushback-ms`, which gRPC clients' retry policies obey. Messages are short
 //! fixed texts ([`ErrorKind::describe`]); an unknown error's message is never sent, only logged
 //! (at `WARN`, target `seawall`).

@@ -346,6 +346,13 @@ mod server {
         Router::new()
             .route("/", get(|| async { "ok" }))
             .route(
+                "/work",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    "done"
+                }),
+            )
+            .route(
                 "/slow",
                 get(|| async {
                     tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -362,6 +369,35 @@ mod server {
     async fn status(app: &Router, path: &str) -> StatusCode {
         let request = Request::get(path).body(Body::empty()).unwrap();
         app.clone().oneshot(request).await.unwrap().status()
+    }
+
+    /// `n` requests for `path` at once; how many got each status.
+    async fn burst(app: &Router, path: &'static str, n: usize) -> Vec<(StatusCode, usize)> {
+        let mut calls = Vec::new();
+        for _ in 0..n {
+            let app = app.clone();
+            calls.push(tokio::spawn(async move { status(&app, path).await }));
+        }
+        let mut counts = std::collections::BTreeMap::new();
+        for call in calls {
+            *counts.entry(call.await.unwrap()).or_insert(0) += 1;
+        }
+        counts.into_iter().collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_server_stack_queues_a_burst_past_its_limit_rather_than_shedding_it() {
+        // The limiter starts at 20 calls at once: a burst of 60 requests of 10 ms is 30 ms of
+        // work, within the queue's wait (150 ms after it was empty): every one is served.
+        let app = app(ServerStack::new());
+        let start = tokio::time::Instant::now();
+        assert_eq!(burst(&app, "/work", 60).await, [(StatusCode::OK, 60)]);
+        assert_eq!(start.elapsed(), Duration::from_millis(30));
+        // A burst larger than the limit and the queue (128): the rest are shed at once.
+        assert_eq!(
+            burst(&app, "/work", 200).await,
+            [(StatusCode::OK, 148), (StatusCode::SERVICE_UNAVAILABLE, 52)]
+        );
     }
 
     #[tokio::test(start_paused = true)]

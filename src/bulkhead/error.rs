@@ -10,7 +10,8 @@ use std::time::Duration;
 /// `err.downcast_ref::<Full>()`. It says why: every slot taken and no queue
 /// ([`at_capacity`](Full::at_capacity)), the queue full too ([`queue_full`](Full::queue_full)), or
 /// a wait in the queue longer than allowed ([`waited_too_long`](Full::waited_too_long)). A server
-/// answers it with 503, a gRPC server with `UNAVAILABLE` (which gRPC clients retry).
+/// answers it with 503 and `Retry-After: 1` ([`retry_after`](Full::retry_after)), a gRPC server
+/// with `UNAVAILABLE` (which gRPC clients retry) and a pushback of one second.
 ///
 /// ```
 /// use seawall::bulkhead::error::Full;
@@ -56,6 +57,21 @@ impl Full {
     /// How long the call waited in the queue (zero unless it waited too long).
     pub fn waited(&self) -> Duration {
         self.waited
+    }
+
+    /// When to come back: one second, whatever the reason. A server answers it as
+    /// `Retry-After: 1` (a gRPC server as `grpc-retry-pushback-ms: 1000`).
+    ///
+    /// The bulkhead cannot know when a slot will free, but it turns a call away only when every
+    /// slot is taken and the queue, if any, is full or stands (the call waited its allowed time
+    /// without a slot): an overload, which lasts longer than one call. A client that comes back
+    /// at once adds to it; one told to wait long leaves the server idle once a burst has passed.
+    /// HTTP's `Retry-After` counts whole seconds, and 0 would ask for the immediate retry, so one
+    /// second is its smallest useful value: the same for every reason, and for gRPC, so that both
+    /// say the same. Clients that honour it (seawall's retry with an HTTP classifier, and a
+    /// breaker built with `honor_retry_after`) spread their retries over it.
+    pub fn retry_after(&self) -> Duration {
+        Duration::from_secs(1)
     }
 
     /// Why, as reported to observers: `BulkheadFull` from a bulkhead, `ConcurrencyLimited` from

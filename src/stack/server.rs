@@ -1,6 +1,7 @@
 //! The standard server stack.
 
 use super::{part, Part};
+use crate::bulkhead::{Codel, Order};
 use crate::limit::algorithm::{Gradient2, Windowed};
 use crate::limit::rate::{Quota, RateLimitLayer};
 use crate::limit::AdaptiveLimitLayer;
@@ -21,13 +22,23 @@ pub struct ServerStack<A: 'static = Windowed<Gradient2>> {
     timeout: Option<TimeoutLayer>,
 }
 
+/// How many callers the default limiter's queue holds.
+const QUEUE: usize = 128;
+/// The default limiter's controlled delay: 5 ms while the queue stands, 150 ms after it emptied.
+const CODEL: Codel = Codel::new(Duration::from_millis(5), Duration::from_millis(150));
+
 impl ServerStack {
-    /// No rate limit, a windowed Gradient2 limiter without a queue, a 30 s timeout.
+    /// No rate limit; a windowed Gradient2 limiter with a queue of 128, controlled delay (5 ms
+    /// while the queue stands, 150 ms after it emptied) and LIFO order; a 30 s timeout. See the
+    /// [module docs](super) for why.
     pub fn new() -> Self {
         ServerStack {
             rate: None,
             concurrency: Some(
                 AdaptiveLimitLayer::builder(Windowed::new(Gradient2::default()))
+                    .queue(QUEUE)
+                    .codel(CODEL)
+                    .order(Order::Lifo)
                     .build()
                     .expect("the default configuration is valid"),
             ),
@@ -68,7 +79,9 @@ impl<A> ServerStack<A> {
         self
     }
 
-    /// Replaces the adaptive concurrency limiter (keep its handle to watch the limit).
+    /// Replaces the adaptive concurrency limiter (keep its handle to watch the limit). Its queue
+    /// is the one its builder was given: none unless set (see the [module docs](super) for the
+    /// default's).
     pub fn concurrency<A2>(self, layer: AdaptiveLimitLayer<A2>) -> ServerStack<A2> {
         ServerStack {
             rate: self.rate,

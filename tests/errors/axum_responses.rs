@@ -208,6 +208,7 @@ async fn every_rejection(how: Answering) {
     let full = get("/full", None).await;
     assert_eq!(full.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(full.body, "service unavailable: at capacity");
+    assert_eq!(full.retry_after.as_deref(), Some("1"));
     holding.abort();
     let holding = tokio::spawn(get("/overloaded", None));
     while queue_handle.in_flight() == 0 {

@@ -9,9 +9,8 @@ async fn every_rejection_has_its_code_and_pushback_when_known() {
         let status = seawall::tonic::status(&*err);
         let (code, pushback) = match name {
             "circuit_open" => (Code::Unavailable, Some("1500")),
-            "throttled" | "retry_budget_exhausted" | "bulkhead_full" | "overloaded" => {
-                (Code::Unavailable, None)
-            }
+            "throttled" | "retry_budget_exhausted" | "overloaded" => (Code::Unavailable, None),
+            "bulkhead_full" => (Code::Unavailable, Some("1000")),
             "rate_limited" => (Code::ResourceExhausted, Some("1000")),
             "timed_out" => (Code::DeadlineExceeded, None),
             other => panic!("unexpected {other}"),

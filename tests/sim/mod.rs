@@ -5,8 +5,9 @@
 //!   latency grows with the queue. The queue is unbounded unless `queue_limit` is set, in which case
 //!   the backend refuses calls beyond it at once with [`Busy`] (an HTTP 503).
 //! - [`Load`]: open-loop arrivals, as from a crowd of independent virtual users (a Poisson process),
-//!   at a base rate with a surge of some multiple of the backend's capacity for a while. Arrivals do
-//!   not wait for answers, as real users do not.
+//!   or in synchronised bursts, or from on-off sources ([`Pattern`]), at a base rate with a surge
+//!   of some multiple of the backend's capacity for a while. Arrivals do not wait for answers, as
+//!   real users do not.
 //! - [`run`]: sends the load through a stack over the backend and returns a [`Report`] of what
 //!   happened to the calls that arrived during the surge.
 //!
@@ -124,9 +125,32 @@ impl Service<()> for Backend {
     }
 }
 
+/// How the calls of a [`Load`] arrive, at the same average rate.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Pattern {
+    /// Each user is a Poisson process with a share of the rate: the crowd's arrivals are Poisson.
+    Poisson,
+    /// Synchronised bursts: every `every`, a burst of the calls of that period arrives at once
+    /// (users sending in step: a cron job, clients retrying together, an HTTP/2 fan-out).
+    Bursts {
+        /// The time between bursts.
+        every: Duration,
+    },
+    /// On-off sources: each user is on for `on`, then off for `off`, from a random phase, and
+    /// while on sends as a Poisson process at `(on + off) / on` times its share of the rate.
+    OnOff {
+        /// How long a user sends.
+        on: Duration,
+        /// How long it is quiet.
+        off: Duration,
+    },
+}
+
 /// An open-loop load: a base rate, then a surge, then the base rate again.
 #[derive(Clone, Copy, Debug)]
 pub struct Load {
+    /// How the calls arrive (Poisson unless set).
+    pub pattern: Pattern,
     /// How many virtual users the arrivals are spread over (each sends a call now and then).
     pub users: u32,
     /// Calls a second before and after the surge.
@@ -145,6 +169,7 @@ impl Load {
     /// 1000 users at half the backend's capacity, surging to five times it for ten seconds.
     pub fn standard(capacity: f64) -> Self {
         Load {
+            pattern: Pattern::Poisson,
             users: 1000,
             base_rate: capacity / 2.0,
             surge_rate: capacity * 5.0,
@@ -167,10 +192,43 @@ impl Load {
         (self.before, self.before + self.surge)
     }
 
-    /// The arrival times of every user's calls, merged: each user is a Poisson process with a
-    /// share of the current rate.
+    /// The arrival times of every user's calls, merged, following the [`Pattern`].
     pub fn arrivals(&self, seed: u64) -> Vec<Duration> {
+        match self.pattern {
+            Pattern::Poisson => self.poisson(seed, None),
+            Pattern::Bursts { every } => self.bursts(every),
+            Pattern::OnOff { on, off } => self.poisson(seed, Some((on, off))),
+        }
+    }
+
+    /// Bursts every `every`, each of the calls of its period at the rate then.
+    fn bursts(&self, every: Duration) -> Vec<Duration> {
+        let end = self.before + self.surge + self.after;
+        let (surge_from, surge_to) = self.surge_window();
+        let mut all = Vec::new();
+        let mut owed = 0.0;
+        let mut t = Duration::ZERO;
+        while t < end {
+            let rate = if (surge_from..surge_to).contains(&t) {
+                self.surge_rate
+            } else {
+                self.base_rate
+            };
+            owed += rate * every.as_secs_f64();
+            let n = owed.floor();
+            owed -= n;
+            all.extend(std::iter::repeat_n(t, n as usize));
+            t += every;
+        }
+        all
+    }
+
+    /// Each user a Poisson process with a share of the current rate; with `on_off`, only while
+    /// the user is on, at a rate raised to keep the average.
+    fn poisson(&self, seed: u64, on_off: Option<(Duration, Duration)>) -> Vec<Duration> {
         let mut rng = SmallRng::seed_from_u64(seed);
+        let cycle = on_off.map(|(on, off)| (on.as_secs_f64(), (on + off).as_secs_f64()));
+        let boost = cycle.map_or(1.0, |(on, period)| period / on);
         let end = (self.before + self.surge + self.after).as_secs_f64();
         let (surge_from, surge_to) = self.surge_window();
         let (surge_from, surge_to) = (surge_from.as_secs_f64(), surge_to.as_secs_f64());
@@ -181,9 +239,11 @@ impl Load {
                 self.base_rate
             }
         };
-        let peak = self.base_rate.max(self.surge_rate) / self.users as f64;
+        let peak = self.base_rate.max(self.surge_rate) * boost / self.users as f64;
         let mut all = Vec::new();
         for _ in 0..self.users {
+            let phase = cycle.map_or(0.0, |(_, period)| rng.random::<f64>() * period);
+            let on = |t: f64| cycle.is_none_or(|(on, period)| (t + phase) % period < on);
             // Thinning: candidates at the peak rate, each kept with the current rate's share.
             let mut t = 0.0;
             loop {
@@ -191,7 +251,12 @@ impl Load {
                 if t >= end {
                     break;
                 }
-                if rng.random::<f64>() * peak < rate_at(t) / self.users as f64 {
+                let share = if on(t) {
+                    rate_at(t) * boost / self.users as f64
+                } else {
+                    0.0
+                };
+                if rng.random::<f64>() * peak < share {
                     all.push(Duration::from_secs_f64(t));
                 }
             }

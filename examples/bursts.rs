@@ -1,0 +1,456 @@
+//! The loopback load check: a handler of known capacity, served bare and behind
+//! [`ServerStack::new()`], driven by `hey` (a load generator from Debian's packages, spawned as a
+//! process) under three arrival patterns. It prints a table and, with `--check`, fails unless the
+//! stack meets its targets (what CI runs).
+//!
+//! ```text
+//! cargo run --release --example bursts --features axum -- --check
+//! ```
+//!
+//! The handler has 8 slots of 20 ms (a tokio `Semaphore` of 8 and a 20 ms sleep, as a database
+//! pool: callers wait for a slot), about 400 requests a second. Each pattern runs for `--seconds`
+//! (8 by default; about a minute in all) against a fresh server, first bare, then behind the stack
+//! (with `seawall::axum::HandleErrorsLayer` above it):
+//!
+//! | pattern | `hey` | load |
+//! |---|---|---|
+//! | flood | `-c 400` | 400 connections sending back to back |
+//! | bursts | `-c 100 -q 5` | 100 connections sending 5 a second each, in step: bursts of 100 every 200 ms (1.25x capacity on average) |
+//! | half | `-c 20 -q 10` | 20 connections at 10 a second each (half capacity) |
+//!
+//! Measured from `hey -o csv` (every request's latency and status): 2xx answered within 0.5 s,
+//! per second; 2xx p50 and p99; how many were turned away (any other status). Requests `hey`
+//! could not complete at all (connection errors, its 20 s timeout) are not in its CSV, so not
+//! counted.
+//!
+//! The targets (`--check`):
+//!
+//! - bursts: the stack answers at least 0.9x the bare server's 2xx within 0.5 s, at a 2xx p99 of
+//!   at most 300 ms;
+//! - flood: at least 85 % of the handler's capacity answered within 0.5 s, at a 2xx p99 of at
+//!   most 150 ms;
+//! - half: nothing turned away, and a 2xx p99 within 1.2x the bare server's plus 15 ms (the
+//!   connections send in step, so p99s are about 65 ms, and a 2-core machine's scheduling noise
+//!   is as large as 20 % of them).
+//!
+//! `--stack no-queue` runs the stack as it was before it had a queue (its adaptive limiter shed
+//! at once), and `--queue N [--target MS --interval MS] [--order fifo|lifo|adaptive]` a windowed
+//! Gradient2 limiter with those queue settings (controlled delay only if a wait is given; order
+//! adaptive unless given), to compare; `--pattern NAME` (repeatable) runs only some patterns and
+//! `--side bare|stack` only one side.
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::Router;
+use seawall::axum::HandleErrorsLayer;
+use seawall::bulkhead::{Codel, Order};
+use seawall::limit::algorithm::{Gradient2, Windowed};
+use seawall::limit::AdaptiveLimitLayer;
+use seawall::stack::ServerStack;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tower::ServiceBuilder;
+
+/// The handler's slots.
+const WORKERS: usize = 8;
+/// How long a request holds a slot.
+const WORK: Duration = Duration::from_millis(20);
+/// An answer later than this does not count.
+const PATIENCE: Duration = Duration::from_millis(500);
+
+/// The handler's capacity, in requests a second.
+fn capacity() -> f64 {
+    WORKERS as f64 / WORK.as_secs_f64()
+}
+
+struct Pattern {
+    name: &'static str,
+    what: &'static str,
+    hey: &'static [&'static str],
+}
+
+const PATTERNS: [Pattern; 3] = [
+    Pattern {
+        name: "flood",
+        what: "400 connections sending back to back",
+        hey: &["-c", "400"],
+    },
+    Pattern {
+        name: "bursts",
+        what: "100 connections at 5/s each, in step (bursts of 100 every 200 ms, 1.25x capacity)",
+        hey: &["-c", "100", "-q", "5"],
+    },
+    Pattern {
+        name: "half",
+        what: "20 connections at 10/s each (half capacity)",
+        hey: &["-c", "20", "-q", "10"],
+    },
+];
+
+/// How the stack side is built.
+#[derive(Clone)]
+enum StackKind {
+    /// `ServerStack::new()`.
+    Default,
+    /// The stack before it had a queue: its adaptive limiter sheds at once.
+    NoQueue,
+    /// A limiter with these queue settings.
+    Queue {
+        length: usize,
+        codel: Option<Codel>,
+        order: Order,
+    },
+}
+
+struct Options {
+    seconds: u64,
+    check: bool,
+    stack: StackKind,
+    patterns: Vec<&'static Pattern>,
+    bare: bool,
+    guarded: bool,
+}
+
+const USAGE: &str = "usage: bursts [--seconds N] [--check] [--stack default|no-queue] \
+                     [--queue N [--target MS] [--interval MS] [--order fifo|lifo|adaptive]] \
+                     [--pattern flood|bursts|half]... [--side bare|stack]";
+
+fn options() -> Result<Options, String> {
+    let mut options = Options {
+        seconds: 8,
+        check: false,
+        stack: StackKind::Default,
+        patterns: Vec::new(),
+        bare: true,
+        guarded: true,
+    };
+    let (mut queue, mut target, mut interval, mut order) = (None, None, None, Order::Adaptive);
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        if flag == "--check" {
+            options.check = true;
+            continue;
+        }
+        let value = args.next().ok_or(format!("{flag} needs a value"))?;
+        let number = || {
+            value
+                .parse::<u64>()
+                .map_err(|_| format!("bad {flag}: {value}"))
+        };
+        match flag.as_str() {
+            "--seconds" => options.seconds = number()?.max(1),
+            "--queue" => queue = Some(number()? as usize),
+            "--target" => target = Some(Duration::from_millis(number()?)),
+            "--interval" => interval = Some(Duration::from_millis(number()?)),
+            "--order" => {
+                order = match value.as_str() {
+                    "fifo" => Order::Fifo,
+                    "lifo" => Order::Lifo,
+                    "adaptive" => Order::Adaptive,
+                    _ => return Err(format!("bad --order: {value}")),
+                }
+            }
+            "--stack" => {
+                options.stack = match value.as_str() {
+                    "default" => StackKind::Default,
+                    "no-queue" => StackKind::NoQueue,
+                    _ => return Err(format!("bad --stack: {value}")),
+                }
+            }
+            "--pattern" => options.patterns.push(
+                PATTERNS
+                    .iter()
+                    .find(|p| p.name == value)
+                    .ok_or(format!("no pattern {value}"))?,
+            ),
+            "--side" => match value.as_str() {
+                "bare" => options.guarded = false,
+                "stack" => options.bare = false,
+                _ => return Err(format!("bad --side: {value}")),
+            },
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    if let Some(length) = queue {
+        let codel = match (target, interval) {
+            (None, None) => None,
+            (t, i) => Some(Codel::new(
+                t.unwrap_or(Codel::default().target),
+                i.unwrap_or(Codel::default().interval),
+            )),
+        };
+        options.stack = StackKind::Queue {
+            length,
+            codel,
+            order,
+        };
+    }
+    if options.patterns.is_empty() {
+        options.patterns = PATTERNS.iter().collect();
+    }
+    if options.check && !(options.bare && options.guarded) {
+        return Err("--check needs both sides".into());
+    }
+    Ok(options)
+}
+
+/// The handler: waits for one of the `WORKERS` slots, holds it for `WORK`.
+async fn work(State(slots): State<Arc<Semaphore>>) -> &'static str {
+    let _slot = slots.acquire().await.expect("never closed");
+    tokio::time::sleep(WORK).await;
+    "done"
+}
+
+fn router() -> Router {
+    Router::new()
+        .route("/", get(work))
+        .with_state(Arc::new(Semaphore::new(WORKERS)))
+}
+
+fn guarded(kind: &StackKind) -> Result<Router, String> {
+    let stack = match kind {
+        StackKind::Default => ServerStack::new(),
+        StackKind::NoQueue => ServerStack::new().concurrency(
+            AdaptiveLimitLayer::builder(Windowed::new(Gradient2::default()))
+                .build()
+                .map_err(|e| e.to_string())?,
+        ),
+        StackKind::Queue {
+            length,
+            codel,
+            order,
+        } => {
+            let mut builder = AdaptiveLimitLayer::builder(Windowed::new(Gradient2::default()))
+                .queue(*length)
+                .order(*order);
+            if let Some(codel) = codel {
+                builder = builder.codel(*codel);
+            }
+            ServerStack::new().concurrency(builder.build().map_err(|e| e.to_string())?)
+        }
+    };
+    Ok(router().layer(
+        ServiceBuilder::new()
+            .layer(HandleErrorsLayer::new())
+            .layer(stack),
+    ))
+}
+
+/// What one run of `hey` measured.
+struct Stats {
+    /// 2xx answered within `PATIENCE`, per second.
+    good: f64,
+    p50: Duration,
+    p99: Duration,
+    /// Answered with anything but a 2xx.
+    turned_away: usize,
+    total: usize,
+}
+
+/// Serves `app` on loopback, runs `hey` against it for `seconds` with `args`, and reads its CSV.
+async fn measure(app: Router, args: &[&str], seconds: u64) -> Result<Stats, String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let output = tokio::process::Command::new("hey")
+        .args(["-z", &format!("{seconds}s"), "-o", "csv"])
+        .args(args)
+        .arg(format!("http://{addr}/"))
+        .kill_on_drop(true)
+        .output()
+        .await;
+    server.abort();
+    let output = match output {
+        Ok(output) => output,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err("`hey` was not found: install it (Debian: `apt-get install hey`)".into())
+        }
+        Err(e) => return Err(format!("could not run hey: {e}")),
+    };
+    if !output.status.success() {
+        return Err(format!(
+            "hey failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    parse(&String::from_utf8_lossy(&output.stdout), seconds)
+}
+
+/// Reads `hey -o csv`: response-time (s), four phases, status-code, offset.
+fn parse(csv: &str, seconds: u64) -> Result<Stats, String> {
+    let mut ok = Vec::new();
+    let (mut turned_away, mut total) = (0, 0);
+    for line in csv.lines().skip(1).filter(|l| !l.trim().is_empty()) {
+        let fields: Vec<&str> = line.split(',').collect();
+        let (Some(latency), Some(status)) = (fields.first(), fields.get(6)) else {
+            return Err(format!("unexpected line from hey: {line}"));
+        };
+        let latency = latency
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| format!("unexpected latency from hey: {line}"))?;
+        let status = status
+            .trim()
+            .parse::<u16>()
+            .map_err(|_| format!("unexpected status from hey: {line}"))?;
+        total += 1;
+        if (200..300).contains(&status) {
+            ok.push(Duration::from_secs_f64(latency));
+        } else {
+            turned_away += 1;
+        }
+    }
+    if total == 0 {
+        return Err("hey reported no requests".into());
+    }
+    ok.sort();
+    let good = ok.iter().filter(|l| **l <= PATIENCE).count();
+    Ok(Stats {
+        good: good as f64 / seconds as f64,
+        p50: quantile(&ok, 0.5),
+        p99: quantile(&ok, 0.99),
+        turned_away,
+        total,
+    })
+}
+
+/// The `q` quantile by nearest rank; zero for no samples.
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn cell(stats: Option<&Stats>) -> String {
+    match stats {
+        None => "| | | |".into(),
+        Some(s) => format!(
+            "| {:.0}/s | {} ms / {} ms | {} of {} ({:.0} %) ",
+            s.good,
+            s.p50.as_millis(),
+            s.p99.as_millis(),
+            s.turned_away,
+            s.total,
+            s.turned_away as f64 * 100.0 / s.total as f64
+        ),
+    }
+}
+
+/// The targets; an `Err` says which was missed.
+fn check(name: &str, bare: &Stats, stack: &Stats) -> Result<(), String> {
+    let ms = Duration::from_millis;
+    match name {
+        "bursts" => {
+            if stack.good < 0.9 * bare.good {
+                return Err(format!(
+                    "bursts: the stack answered {:.0}/s within 0.5 s, under 0.9x the bare server's {:.0}/s",
+                    stack.good, bare.good
+                ));
+            }
+            if stack.p99 > ms(300) {
+                return Err(format!("bursts: the stack's 2xx p99 is {:?}", stack.p99));
+            }
+        }
+        "flood" => {
+            if stack.good < 0.85 * capacity() {
+                return Err(format!(
+                    "flood: the stack answered {:.0}/s within 0.5 s, under 85 % of {:.0}/s",
+                    stack.good,
+                    capacity()
+                ));
+            }
+            if stack.p99 > ms(150) {
+                return Err(format!("flood: the stack's 2xx p99 is {:?}", stack.p99));
+            }
+        }
+        "half" => {
+            if stack.turned_away > 0 {
+                return Err(format!(
+                    "half capacity: the stack turned {} away",
+                    stack.turned_away
+                ));
+            }
+            if stack.p99 > bare.p99.mul_f64(1.2) + ms(15) {
+                return Err(format!(
+                    "half capacity: the stack's 2xx p99 is {:?}, the bare server's {:?}",
+                    stack.p99, bare.p99
+                ));
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bursts: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), String> {
+    let options = options().map_err(|e| format!("{e}\n{USAGE}"))?;
+    println!(
+        "handler: {WORKERS} slots of {WORK:?} ({:.0}/s); {} s per run; patience {PATIENCE:?}",
+        capacity(),
+        options.seconds
+    );
+    let mut rows = Vec::new();
+    for pattern in &options.patterns {
+        let bare = if options.bare {
+            Some(measure(router(), pattern.hey, options.seconds).await?)
+        } else {
+            None
+        };
+        let stack = if options.guarded {
+            Some(measure(guarded(&options.stack)?, pattern.hey, options.seconds).await?)
+        } else {
+            None
+        };
+        println!(
+            "{}: bare {} stack {}",
+            pattern.name,
+            cell(bare.as_ref()),
+            cell(stack.as_ref())
+        );
+        rows.push((pattern, bare, stack));
+    }
+    println!();
+    println!("| arrivals | bare: 2xx within 0.5 s | bare 2xx p50 / p99 | bare turned away | stack: 2xx within 0.5 s | stack 2xx p50 / p99 | stack turned away |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (pattern, bare, stack) in &rows {
+        println!(
+            "| {} {}{}|",
+            pattern.what,
+            cell(bare.as_ref()),
+            cell(stack.as_ref())
+        );
+    }
+    if options.check {
+        let mut failed = Vec::new();
+        for (pattern, bare, stack) in &rows {
+            if let (Some(bare), Some(stack)) = (bare, stack) {
+                if let Err(e) = check(pattern.name, bare, stack) {
+                    failed.push(e);
+                }
+            }
+        }
+        if !failed.is_empty() {
+            return Err(failed.join("\n"));
+        }
+        println!("\ncheck passed: the stack met every target");
+    }
+    Ok(())
+}
