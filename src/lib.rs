@@ -97,6 +97,17 @@ struct ReadmeDoctests;
 #[doc = include_str!("../docs/migration.md")]
 struct MigrationDoctests;
 
+// And the health page's.
+#[cfg(all(
+    doctest,
+    feature = "health",
+    feature = "axum",
+    feature = "bulkhead",
+    feature = "circuit-breaker"
+))]
+#[doc = include_str!("../docs/health.md")]
+struct HealthDoctests;
+
 /// Declares [`ServiceBuilderExt`]'s methods and implements them (each is `self.layer(layer)`
 /// with the layer's type spelt out), from one list.
 macro_rules! service_builder_ext {
