@@ -332,6 +332,43 @@ fn the_overall_status_follows_the_criticalities() {
     assert_eq!((snapshot.status, snapshot.ready), (Status::Degraded, false));
 }
 
+#[cfg(feature = "fleet")]
+#[tokio::test(start_paused = true)]
+async fn a_fleet_store_that_fails_is_degraded_since_its_first_failure() {
+    use seawall::limit::fleet::{FleetRateLimitLayer, Grant, Take};
+    let down = service_fn(|_: Take| async { Err::<Grant, tower::BoxError>("store down".into()) });
+    let layer = FleetRateLimitLayer::builder(down, Quota::per_second(10), |n: &u32| Some(*n))
+        .build()
+        .unwrap();
+    let registry = Registry::new();
+    registry
+        .register("fleet", &layer.handle(), Criticality::Informational)
+        .unwrap();
+    let fleet = |registry: &Registry| {
+        let snapshot = registry.snapshot();
+        let component = &snapshot.components[0];
+        match &component.details {
+            Details::FleetRateLimit(f) => (component.status, *f),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(fleet(&registry).0, Status::Up);
+    let mut service = layer.layer(service_fn(|_: u32| async { Ok::<_, std::io::Error>(()) }));
+    // The first call of a key asks the store, which fails: the store is degraded from then on.
+    let _ = service.ready().await.unwrap().call(1).await;
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let degraded_at = tokio::time::Instant::now();
+    tokio::time::advance(Duration::from_millis(1500)).await;
+    let (status, details) = fleet(&registry);
+    assert!(details.degraded, "{details:?}");
+    assert!(!details.fails_closed);
+    assert_eq!(status, Status::Degraded, "failing open to local limits");
+    assert_eq!(details.degraded_for, Some(degraded_at.elapsed()));
+    assert!(details.store_failures >= 1);
+}
+
 // Over loopback: a real axum server and a real HTTP client. Nothing waits on time; each request
 // is bounded so that a stuck server fails the test instead of hanging it.
 
