@@ -5,7 +5,8 @@
 //! Every call is driven by hand with a no-op waker: `poll_ready`, `call`, poll the future once. The
 //! inner service is always ready and answers at once, so a slot is always free.
 //!
-//! Run: `cargo bench --bench bulkhead`
+//! Run: `cargo bench --bench bulkhead` (with `--features health` for the `registered` variants:
+//! the same bulkhead watched by a health registry).
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use seawall::bulkhead::BulkheadLayer;
@@ -30,6 +31,23 @@ fn benches(c: &mut Criterion) {
     single(c, "bulkhead/bare", Noop);
     single(c, "bulkhead/tower_concurrency_limit", limit.layer(Noop));
     single(c, "bulkhead/reject_when_full", bulkhead.layer(Noop));
+    // The same bulkhead watched by a health registry: registering must change nothing per call
+    // (compare with bulkhead/reject_when_full).
+    #[cfg(feature = "health")]
+    let registry = seawall::health::Registry::new();
+    #[cfg(feature = "health")]
+    let registered = BulkheadLayer::new(1_000_000);
+    #[cfg(feature = "health")]
+    {
+        registry
+            .register(
+                "bulkhead",
+                &registered.handle(),
+                seawall::health::Criticality::Informational,
+            )
+            .unwrap();
+        single(c, "bulkhead/registered", registered.layer(Noop));
+    }
     single(c, "bulkhead/queue_when_full", queueing.layer(Noop));
     let leaked = BulkheadLayer::builder()
         .max_concurrent(1_000_000)
@@ -83,6 +101,8 @@ fn benches(c: &mut Criterion) {
         "bulkhead_two_threads/reject_when_full",
         bulkhead.layer(Noop),
     );
+    #[cfg(feature = "health")]
+    two_threads(c, "bulkhead_two_threads/registered", registered.layer(Noop));
     two_threads(
         c,
         "bulkhead_two_threads/queue_when_full",

@@ -4,7 +4,8 @@
 //! plain system clock): `poll_ready`, `call`, poll the future once. The inner service is always ready
 //! and answers at once, so what is measured is the layer.
 //!
-//! Run: `cargo bench --bench circuit_breaker`
+//! Run: `cargo bench --bench circuit_breaker` (with `--features health` for the `_registered`
+//! variants: the same breaker watched by a health registry).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use seawall::circuit_breaker::CircuitBreakerLayer;
@@ -97,6 +98,31 @@ fn benches(c: &mut Criterion) {
         "single/breaker_count_100_static",
         static_breaker().layer(Noop),
     );
+    // The same breaker watched by a health registry: registering must change nothing per call
+    // (compare with single/breaker_count_100).
+    #[cfg(feature = "health")]
+    let registry = seawall::health::Registry::new();
+    #[cfg(feature = "health")]
+    {
+        let registered = count_window_breaker();
+        registry
+            .register(
+                "breaker",
+                &registered.handle(),
+                seawall::health::Criticality::Informational,
+            )
+            .unwrap();
+        single(
+            c,
+            "single/breaker_count_100_registered",
+            registered.layer(Noop),
+        );
+        two_threads(
+            c,
+            "two_threads/breaker_count_100_registered",
+            registered.layer(Noop),
+        );
+    }
     let mixed = CircuitBreakerLayer::builder()
         .count_window(100)
         .classify(one_in_ten_fails as fn(&Result<u32, Infallible>) -> Outcome);

@@ -30,6 +30,11 @@
 //! answers per second and p99 latency over time to `target/surge.svg` (`--svg PATH`). `--check`
 //! makes it exit with an error when the side with seawall did not keep its promises (what CI
 //! runs).
+//!
+//! The side with seawall registers its breaker and its concurrency limit in a
+//! [`seawall::health::Registry`], served on a third loopback port as `/live`, `/ready` and
+//! `/health` (its URL is printed): the breaker is informational, so while it is open in the
+//! outage `/health` says `DEGRADED` and `/ready` stays 200.
 
 use axum::body::Bytes;
 use axum::error_handling::HandleErrorLayer;
@@ -45,6 +50,7 @@ use seawall::circuit_breaker::CircuitBreakerLayer;
 use seawall::core::{CircuitState, Classify, Event, EventKind, Outcome};
 use seawall::error::ErrorKind;
 use seawall::fallback::{FallbackLayer, StaleIfErrorLayer, Trigger};
+use seawall::health::{Criticality, Registry, Status};
 use seawall::http::HttpClassifier;
 use seawall::limit::algorithm::{Gradient2, Windowed};
 use seawall::limit::AdaptiveLimitLayer;
@@ -430,9 +436,30 @@ async fn main() -> Result<(), BoxError> {
         .layer(client_stack)
         .service(fetch);
 
+    // The layers of the side with seawall, watched from one place, with probes served beside
+    // the demo. Both are informational: a dependency's breaker and a limiter under load must not
+    // take the instance out of its load balancer.
+    let registry = Registry::new();
+    registry.register(
+        "backend-breaker",
+        &breaker_handle,
+        Criticality::Informational,
+    )?;
+    registry.register("server-limit", &limit, Criticality::Informational)?;
+    let routes = registry.routes();
+    let health_addr = serve(
+        Router::new()
+            .route_service("/live", routes.clone())
+            .route_service("/ready", routes.clone())
+            .route_service("/health", routes),
+    )
+    .await?;
+    registry.start_serving();
+
     println!(
         "seawall surge: {} users ({} outside the surge), two backends of {} requests/s each on \
-         loopback\nwithout seawall: http://{bare_addr}/   with seawall: http://{guarded_addr}/\n",
+         loopback\nwithout seawall: http://{bare_addr}/   with seawall: http://{guarded_addr}/\n\
+         health of the side with seawall: http://{health_addr}/health (and /ready, /live)\n",
         options.users, baseline, options.capacity
     );
 
@@ -494,6 +521,7 @@ async fn main() -> Result<(), BoxError> {
     // The scenario, and a row a second.
     println!("{}", header());
     let mut s = 0;
+    let (mut not_ready, mut degraded) = (0, 0);
     while let Some(phase) = timeline.phase_at(Duration::from_secs(s)) {
         // Set the backends' health for the phases that start within this second.
         let mut at = Duration::from_secs(s);
@@ -510,6 +538,9 @@ async fn main() -> Result<(), BoxError> {
         let second = &guarded.seconds[s as usize];
         *second.breaker.lock().unwrap() = Some(breaker_handle.state());
         second.limit.store(limit.limit(), Relaxed);
+        let snapshot = registry.snapshot();
+        not_ready += u64::from(!snapshot.ready);
+        degraded += u64::from(snapshot.status != Status::Up);
         let users = if phase.surge { options.users } else { baseline };
         println!("{}", row(s, phase, users, &bare, &guarded));
         s += 1;
@@ -552,9 +583,50 @@ async fn main() -> Result<(), BoxError> {
         options.svg.display()
     );
 
+    println!(
+        "health: degraded in {degraded} of {seconds} seconds, not ready in {not_ready} \
+         (the breaker and the limit are informational)"
+    );
+
     if options.check {
         println!("check passed: {}", summary.check(options.patience)?);
+        check_health(health_addr, &registry, not_ready).await?;
     }
+    Ok(())
+}
+
+/// The probes over loopback: the snapshot names the layers, readiness held all along (nothing
+/// registered is required), and answers 503 once the instance drains.
+async fn check_health(
+    addr: std::net::SocketAddr,
+    registry: &Registry,
+    not_ready: u64,
+) -> Result<(), BoxError> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
+    let get = |path: &str| {
+        let request = http::Request::get(format!("http://{addr}{path}"))
+            .body(Body::new())
+            .unwrap();
+        let response = client.request(request);
+        async move {
+            let response = tokio::time::timeout(Duration::from_secs(10), response).await??;
+            let status = response.status();
+            let body = response.into_body().collect().await?.to_bytes();
+            Ok::<_, BoxError>((status, String::from_utf8_lossy(&body).into_owned()))
+        }
+    };
+    let (status, body) = get("/health").await?;
+    if status != StatusCode::OK || !body.contains("\"backend-breaker\"") {
+        return Err(format!("/health answered {status}: {body}").into());
+    }
+    if not_ready > 0 || get("/ready").await?.0 != StatusCode::OK {
+        return Err("readiness failed while only informational components were down".into());
+    }
+    registry.drain();
+    if get("/ready").await?.0 != StatusCode::SERVICE_UNAVAILABLE {
+        return Err("/ready still answered 200 after drain".into());
+    }
+    println!("health check passed: /health names the layers, /ready held, and drained to 503");
     Ok(())
 }
 

@@ -18,6 +18,7 @@
 //! | rejections as gRPC statuses | `tonic` | `tonic` |
 //! | events as metrics | `metrics` | `metrics` |
 //! | fault injection for resilience tests | `chaos` | `chaos` |
+//! | a registry of every layer's state; liveness, readiness and health probes | `health` | `health`; routes with `http` |
 //!
 //! Every layer shares the same [`core`]: outcome classification, lock-free sliding windows, one
 //! admission gate `Service`, and one [`Observer`](core::Observer) hook for metrics and tracing.
@@ -63,6 +64,8 @@ pub mod error;
 pub mod fallback;
 #[cfg(feature = "http")]
 pub mod grpc;
+#[cfg(feature = "health")]
+pub mod health;
 #[cfg(feature = "http")]
 pub mod http;
 #[cfg(feature = "limit")]
@@ -93,6 +96,17 @@ struct ReadmeDoctests;
 ))]
 #[doc = include_str!("../docs/migration.md")]
 struct MigrationDoctests;
+
+// And the health page's.
+#[cfg(all(
+    doctest,
+    feature = "health",
+    feature = "axum",
+    feature = "bulkhead",
+    feature = "circuit-breaker"
+))]
+#[doc = include_str!("../docs/health.md")]
+struct HealthDoctests;
 
 /// Declares [`ServiceBuilderExt`]'s methods and implements them (each is `self.layer(layer)`
 /// with the layer's type spelt out), from one list.

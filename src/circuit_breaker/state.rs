@@ -168,6 +168,9 @@ pub struct Breaker {
     open_until: Stamp,
     /// When the breaker last went half-open, written by the call that moved it there.
     half_open_since: Stamp,
+    /// When the breaker last opened (tripped or was forced open): for `health`, never read on
+    /// the call path.
+    opened_at: Stamp,
     /// Trips since the breaker last closed; the open duration grows with it.
     trips: AtomicU32,
     wants_time: bool,
@@ -210,6 +213,7 @@ impl Breaker {
             consecutive: Padded(AtomicU32::new(0)),
             open_until: Stamp::new(),
             half_open_since: Stamp::new(),
+            opened_at: Stamp::new(),
             trips: AtomicU32::new(0),
             origin: Instant::now(),
             config,
@@ -254,6 +258,31 @@ impl Breaker {
         } else {
             0
         }
+    }
+
+    /// How long ago the breaker opened, and how long until it admits its next probe, read
+    /// together from one state: both `None` unless open; `opened` also when forced open;
+    /// `next_probe` zero once the open period is over (the next call probes). For `health`.
+    #[cfg_attr(
+        not(all(
+            feature = "health",
+            any(feature = "bulkhead", feature = "circuit-breaker", feature = "limit")
+        )),
+        allow(dead_code)
+    )]
+    pub(crate) fn open_times(&self) -> (Option<Duration>, Option<Duration>) {
+        let word = self.state.load(Acquire);
+        if !matches!(tag(word), OPEN | FORCED_OPEN) {
+            return (None, None);
+        }
+        let now = self.now();
+        let ago = |at: u64| Duration::from_nanos(now.saturating_sub(at));
+        let opened = self.opened_at.read(generation(word)).map(ago);
+        let next_probe = (tag(word) == OPEN)
+            .then(|| self.open_until.read(generation(word)))
+            .flatten()
+            .map(|until| Duration::from_nanos(until.saturating_sub(now)));
+        (opened, next_probe)
     }
 
     pub(crate) fn consecutive_failures(&self) -> u32 {
@@ -309,6 +338,7 @@ impl Breaker {
         // whose period is not known yet, and are rejected.
         self.open_until
             .publish(&self.state, generation(open), until);
+        self.opened_at.publish(&self.state, generation(open), now);
         self.trips.store(attempt, Relaxed);
         emit.emit(EventKind::StateTransition {
             from: state_of(tag(word)),
@@ -349,6 +379,8 @@ impl Breaker {
         let now = generation(next(from, to_tag));
         self.open_until.publish(&self.state, now, 0);
         self.half_open_since.publish(&self.state, now, 0);
+        let opened = if to_tag == FORCED_OPEN { self.now() } else { 0 };
+        self.opened_at.publish(&self.state, now, opened);
         if tag(from) != to_tag {
             emit.emit(EventKind::StateTransition {
                 from: state_of(tag(from)),

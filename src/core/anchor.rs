@@ -11,7 +11,7 @@
 //! state. The state goes with the last holder or call, whichever is last, with no unsafe code.
 
 use crate::sync::thread_index;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 /// How many proxies count the calls in flight.
 const STRIPES: usize = 8;
@@ -22,7 +22,7 @@ const STRIPES: usize = 8;
 struct Proxy<T>(Arc<T>);
 
 /// What the holders share: the state, and its proxies.
-struct Root<T> {
+pub(crate) struct Root<T> {
     state: Arc<T>,
     proxies: [Arc<Proxy<T>>; STRIPES],
 }
@@ -39,6 +39,18 @@ impl<T> Counted<T> {
         Counted {
             root: Arc::new(Root { state, proxies }),
         }
+    }
+
+    /// A reference that does not keep the state alive: [`WeakAnchor`].
+    #[cfg_attr(
+        not(all(
+            feature = "health",
+            any(feature = "bulkhead", feature = "circuit-breaker", feature = "limit")
+        )),
+        allow(dead_code)
+    )]
+    fn downgrade(&self) -> Weak<Root<T>> {
+        Arc::downgrade(&self.root)
     }
 
     /// A reference for one call, through the calling thread's proxy.
@@ -63,6 +75,40 @@ impl<T> std::ops::Deref for Counted<T> {
     #[inline(always)]
     fn deref(&self) -> &T {
         &self.root.state
+    }
+}
+
+/// A reference to a layer's shared state that does not keep it alive (what `health`'s registry
+/// holds): it upgrades to an [`Anchor`] while some holder (a layer, a service, a handle) is left.
+/// Calls still in flight after the last holder went do not count: the layer is gone.
+#[cfg_attr(
+    not(all(
+        feature = "health",
+        any(feature = "bulkhead", feature = "circuit-breaker", feature = "limit")
+    )),
+    allow(dead_code)
+)]
+pub(crate) enum WeakAnchor<T: 'static> {
+    Counted(Weak<Root<T>>),
+    Static(&'static T),
+}
+
+#[cfg_attr(
+    not(all(
+        feature = "health",
+        any(feature = "bulkhead", feature = "circuit-breaker", feature = "limit")
+    )),
+    allow(dead_code)
+)]
+impl<T> WeakAnchor<T> {
+    /// The state, if a holder is left.
+    pub(crate) fn upgrade(&self) -> Option<Anchor<T>> {
+        match self {
+            WeakAnchor::Counted(weak) => {
+                weak.upgrade().map(|root| Anchor::Counted(Counted { root }))
+            }
+            WeakAnchor::Static(r) => Some(Anchor::Static(r)),
+        }
     }
 }
 
@@ -113,6 +159,21 @@ impl<T> Anchor<T> {
         match self {
             Anchor::Counted(counted) => build(CallAnchor::Counted(counted.call())),
             Anchor::Static(r) => build(CallAnchor::Static(r)),
+        }
+    }
+
+    /// A reference that does not keep the state alive.
+    #[cfg_attr(
+        not(all(
+            feature = "health",
+            any(feature = "bulkhead", feature = "circuit-breaker", feature = "limit")
+        )),
+        allow(dead_code)
+    )]
+    pub(crate) fn downgrade(&self) -> WeakAnchor<T> {
+        match self {
+            Anchor::Counted(counted) => WeakAnchor::Counted(counted.downgrade()),
+            Anchor::Static(r) => WeakAnchor::Static(r),
         }
     }
 

@@ -15,11 +15,13 @@ use super::anchor::CallAnchor;
 use super::{
     Classify, Emitter, ErrorIsFailure, EventKind, Observer, Outcome, Record, RejectReason, Source,
 };
+use crate::sync::Padded;
 use pin_project_lite::pin_project;
 use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{ready, Context, Poll};
 use tokio::time::Instant;
 use tower::{BoxError, Layer, Service};
@@ -143,6 +145,10 @@ pub trait Gate: Send + Sync + 'static {
 pub(crate) struct Shared<G, O> {
     pub(crate) gate: G,
     pub(crate) source: Source<O>,
+    /// Calls turned away, counted when a rejection is handed to its caller (what `health`
+    /// reports). Written only on that cold path, and on a line of its own so that those writes
+    /// never slow the admitted calls' reads of the gate.
+    rejected: Padded<AtomicU64>,
 }
 
 impl<G, O> Shared<G, O> {
@@ -151,7 +157,29 @@ impl<G, O> Shared<G, O> {
     }
 
     pub(crate) fn from_source(gate: G, source: Source<O>) -> Self {
-        Shared { gate, source }
+        Shared {
+            gate,
+            source,
+            rejected: Padded(AtomicU64::new(0)),
+        }
+    }
+
+    /// Counts one call turned away.
+    #[cold]
+    pub(crate) fn count_rejected(&self) {
+        self.rejected.fetch_add(1, Relaxed);
+    }
+
+    /// Calls turned away since the layer was built.
+    #[cfg_attr(
+        not(all(
+            feature = "health",
+            any(feature = "bulkhead", feature = "circuit-breaker", feature = "limit")
+        )),
+        allow(dead_code)
+    )]
+    pub(crate) fn rejected(&self) -> u64 {
+        self.rejected.load(Relaxed)
     }
 
     #[inline(always)]
@@ -393,6 +421,7 @@ where
             .rejected
             .take()
             .expect("poll_ready must be called first");
+        self.reserved.shared.count_rejected();
         self.reserved.shared.emitter().emit(EventKind::Rejected {
             reason: G::reject_reason(&rejection),
         });

@@ -560,7 +560,7 @@ impl<S, A: Algorithm, C: Clone, O: Observer> Layer<S> for AdaptiveLimitLayer<A, 
 
 /// A handle on an adaptive limiter: its current limit, and the calls running and waiting.
 pub struct AdaptiveHandle<A: 'static, O: 'static = ()> {
-    shared: Anchor<Shared<Adaptive<A>, O>>,
+    pub(crate) shared: Anchor<Shared<Adaptive<A>, O>>,
 }
 
 impl<A, O> AdaptiveHandle<A, O> {

@@ -376,7 +376,7 @@ impl<S, C: Clone, O: Observer> Layer<S> for ThrottleLayer<C, O> {
 
 /// A handle on a throttle: the counts in its window and the probability they give.
 pub struct ThrottleHandle<O: 'static = ()> {
-    shared: Anchor<Shared<Throttle, O>>,
+    pub(crate) shared: Anchor<Shared<Throttle, O>>,
 }
 
 impl<O> ThrottleHandle<O> {

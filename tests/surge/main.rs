@@ -57,7 +57,8 @@ fn queued(backend: Backend) -> Client {
             Duration::from_millis(150),
         ))
         .order(Order::Lifo)
-        .build();
+        .build()
+        .expect("valid settings");
     BoxCloneSyncService::new(layer.layer(backend))
 }
 

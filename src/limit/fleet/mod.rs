@@ -112,7 +112,7 @@ use super::rate::keyed::{KeyedResponseFuture, Place, Table, MAX_KEYS};
 use super::rate::{Clock, Quota, QuotaError, TokioClock};
 use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 use crate::core::{Emitter, EventKind, Observer, RejectReason, Source};
-use crate::sync::{nanos, Mutex};
+use crate::sync::{nanos, Mutex, Padded};
 use crate::timeout::policy::PerRequest;
 use crate::timeout::{Timeout, TimeoutLayer};
 use lease::{Lease, Spent, Wake};
@@ -256,7 +256,7 @@ impl<St: Store> Service<Timed> for Untimed<St> {
 }
 
 /// What a fleet limiter shares between its layers, services and background renewals.
-struct Fleet<St, Clk, O> {
+pub(crate) struct Fleet<St, Clk, O> {
     table: Table<Lease>,
     store: Guarded<St>,
     quota: Mutex<Quota>,
@@ -273,9 +273,13 @@ struct Fleet<St, Clk, O> {
     clock: Clk,
     source: Source<O>,
     degraded: AtomicBool,
+    /// When the store last became degraded, on the clock.
+    degraded_since: AtomicU64,
     next_probe: AtomicU64,
     store_calls: AtomicU64,
     store_failures: AtomicU64,
+    /// Calls turned away (what `health` reports); written only when one is, on a line of its own.
+    rejected: Padded<AtomicU64>,
     /// Run once where a test wants a race to happen (see [`Fleet::at`]).
     #[cfg(test)]
     hook: tests::Hook,
@@ -542,7 +546,11 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
     /// once whatever it holds is given back).
     fn degrade(&self, now: u64) -> bool {
         self.next_probe.store(now + self.probe_every, Relaxed);
-        !self.degraded.swap(true, AcqRel)
+        if self.degraded.swap(true, AcqRel) {
+            return false;
+        }
+        self.degraded_since.store(now, Relaxed);
+        true
     }
 
     fn quota(&self) -> Quota {
@@ -799,12 +807,15 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
         let emit = self.emitter();
         match decided {
             Ok(()) => emit.emit_keyed(EventKind::Permitted, &Shown(&key)),
-            Err(_) => emit.emit_keyed(
-                EventKind::Rejected {
-                    reason: RejectReason::RateLimited,
-                },
-                &Shown(&key),
-            ),
+            Err(_) => {
+                self.rejected.fetch_add(1, Relaxed);
+                emit.emit_keyed(
+                    EventKind::Rejected {
+                        reason: RejectReason::RateLimited,
+                    },
+                    &Shown(&key),
+                )
+            }
         }
         decided
     }
@@ -1049,9 +1060,11 @@ impl<St, F, Clk, O> FleetBuilder<St, F, Clk, O> {
                 clock,
                 source: Source::new(settings.name, observer),
                 degraded: AtomicBool::new(false),
+                degraded_since: AtomicU64::new(0),
                 next_probe: AtomicU64::new(0),
                 store_calls: AtomicU64::new(0),
                 store_failures: AtomicU64::new(0),
+                rejected: Padded(AtomicU64::new(0)),
                 #[cfg(test)]
                 hook: tests::Hook::default(),
             }),
@@ -1167,6 +1180,7 @@ where
                 KeyedResponseFuture::called(self.inner.call(req))
             }
             Verdict::Reject(limited) => {
+                fleet.rejected.fetch_add(1, Relaxed);
                 emit.emit_keyed(
                     EventKind::Rejected {
                         reason: RejectReason::RateLimited,
@@ -1186,7 +1200,7 @@ where
 /// A handle on a fleet-wide rate limiter: its quota, changeable at run time, the store's health,
 /// and counts of store calls.
 pub struct FleetHandle<St, Clk: 'static = TokioClock, O: 'static = ()> {
-    shared: Arc<Fleet<St, Clk, O>>,
+    pub(crate) shared: Arc<Fleet<St, Clk, O>>,
 }
 
 impl<St: Store, Clk: Clock, O: Observer> FleetHandle<St, Clk, O> {
@@ -1232,6 +1246,29 @@ impl<St: Store, Clk: Clock, O: Observer> FleetHandle<St, Clk, O> {
     /// How many keys this instance holds leases or state for.
     pub fn keys(&self) -> u64 {
         self.shared.table.keys()
+    }
+
+    /// How long the store has been degraded, if it is.
+    #[cfg(feature = "health")]
+    pub(crate) fn degraded_for(&self) -> Option<Duration> {
+        let fleet = &*self.shared;
+        let since = fleet.degraded_since.load(Relaxed);
+        fleet
+            .degraded
+            .load(Relaxed)
+            .then(|| Duration::from_nanos(fleet.clock.now().saturating_sub(since)))
+    }
+
+    /// Whether calls without a lease fail while the store is degraded.
+    #[cfg(feature = "health")]
+    pub(crate) fn fails_closed(&self) -> bool {
+        self.shared.local.is_none()
+    }
+
+    /// Calls turned away since the layer was built.
+    #[cfg(feature = "health")]
+    pub(crate) fn rejected(&self) -> u64 {
+        self.shared.rejected.load(Relaxed)
     }
 }
 

@@ -153,6 +153,7 @@ where
                 KeyedResponseFuture::waiting(held.wait(hole.due - now), self.inner.clone(), req)
             }
             Verdict::Reject(nanos) => {
+                shared.count_rejected();
                 emit.emit(EventKind::Rejected {
                     reason: RejectReason::RateLimited,
                 });

@@ -9,7 +9,7 @@ use crate::core::{Deadline, DeadlineCarrier, Emitter, EventKind, Observer, Rejec
 use crate::limit::error::RateLimited;
 use crate::sync::Mutex;
 use crate::sync::{
-    AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+    AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed, Ordering::Release, Padded,
 };
 use pin_project_lite::pin_project;
 use std::fmt;
@@ -254,12 +254,14 @@ impl<C: Cell> Table<C> {
     }
 }
 
-struct Keyed<Clk, O> {
+pub(crate) struct Keyed<Clk, O> {
     table: Table,
     limits: Limits<Clk>,
     source: Source<O>,
     /// Slots given back by callers that stopped waiting for them (waiting mode only).
     holes: Arc<Holes>,
+    /// Calls turned away (what `health` reports); written only when one is, on a line of its own.
+    pub(crate) rejected: Padded<AtomicU64>,
 }
 
 impl<Clk: Clock, O: Observer> Keyed<Clk, O> {
@@ -478,6 +480,7 @@ impl<F, Clk, O, D> KeyedBuilder<F, Clk, O, D> {
                 limits,
                 source,
                 holes: Arc::new(Holes::new(64)),
+                rejected: Padded(AtomicU64::new(0)),
             }),
             key: self.key,
             deadline: self.deadline,
@@ -608,6 +611,7 @@ where
                 KeyedResponseFuture::waiting(held.wait(hole.due - now), self.inner.clone(), req)
             }
             Verdict::Reject(nanos) => {
+                shared.rejected.fetch_add(1, Relaxed);
                 emit.emit_keyed(
                     EventKind::Rejected {
                         reason: RejectReason::RateLimited,
@@ -757,7 +761,7 @@ where
 
 /// A handle on a keyed rate limiter: its quota, changeable at run time, and its keys.
 pub struct KeyedHandle<Clk: 'static = TokioClock, O: 'static = ()> {
-    shared: Arc<Keyed<Clk, O>>,
+    pub(crate) shared: Arc<Keyed<Clk, O>>,
 }
 
 impl<Clk: Clock, O> KeyedHandle<Clk, O> {

@@ -617,7 +617,7 @@ impl<S, Clk: Clock, O: Observer> Layer<S> for RateLimitLayer<Clk, O, CarriedDead
 /// A handle on a rate limiter: its quota, changeable at run time, and the calls it would let
 /// through now.
 pub struct RateLimitHandle<Clk: 'static = TokioClock, O: 'static = ()> {
-    shared: Anchor<Shared<RateLimiter<Clk>, O>>,
+    pub(crate) shared: Anchor<Shared<RateLimiter<Clk>, O>>,
 }
 
 impl<Clk: Clock, O> RateLimitHandle<Clk, O> {
