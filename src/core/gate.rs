@@ -386,8 +386,6 @@ where
             // Sent while the service still holds the permit: an observer that panics cannot leak
             // it, since the service gives it back when dropped.
             self.reserved.shared.emitter().emit(EventKind::Permitted);
-        }
-        if let Some(permit) = self.reserved.permit.take() {
             let anchor = &self.reserved.shared;
             // Nothing to report to a gate that does not follow calls, or to an observer that
             // ignores events: the permit ends here.
@@ -396,8 +394,13 @@ where
             let start =
                 follow && (shared.gate.wants_latency() || shared.source.observer().wants_latency());
             let start = start.then(Instant::now);
-            let future = self.inner.call(req);
             let classify = self.classify.clone();
+            // The inner call is made while the service still holds the permit: if it panics (an
+            // inner layer's observer, say), the service gives the permit back when dropped.
+            let future = self.inner.call(req);
+            let Some(permit) = self.reserved.permit.take() else {
+                unreachable!("held above, and the inner service cannot reach it");
+            };
             let admitted = |permit| GuardFuture {
                 kind: Kind::Admitted {
                     future,

@@ -13,7 +13,7 @@ use tower::Service;
 
 /// What the routes answer: a text or JSON body, which axum, hyper and any `http` server take as
 /// it is (so the routes need only the `http` feature, not axum).
-pub type Response = http::Response<String>;
+type Response = http::Response<String>;
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response {
     let mut response = Response::new(body.into());

@@ -4,7 +4,9 @@
 //! it can proceed; a panicking observer leaves nothing held; and the layer is idle after every case.
 
 use futures::future::{maybe_done, MaybeDone};
+use seawall::bulkhead::Handle as BulkheadHandle;
 use seawall::core::{Event, EventKind, Observer};
+use seawall::error::ErrorKind;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
@@ -53,6 +55,18 @@ pub trait Subject: Sized {
     /// For a layer whose calls wait in their response future for capacity that comes by itself,
     /// in batches (a fleet limiter's leases): how many calls the first batch lets through.
     fn batch(&self) -> Option<usize> {
+        None
+    }
+    /// Whether [`block`](Self::block) works while a service holds what its `poll_ready`
+    /// reserved, and if so whether that reservation then stops answering for the layer's state
+    /// (`true`: a breaker forced open; a limiter deciding in `call`, which reserves nothing of its
+    /// own) or stays good (`false`: a rate limit slot taken). `None`: the test cannot tell.
+    fn blocking_revokes_a_held_permit(&self) -> Option<bool> {
+        None
+    }
+    /// A new service of the layer over a bulkhead of one slot (no queue) over the mock, and the
+    /// bulkhead's handle; `None` where the subject does not build one.
+    fn over_a_bulkhead_of_one(&self) -> Option<(Self::Service, BulkheadHandle)> {
         None
     }
 }
@@ -203,6 +217,8 @@ fn no_request<T: Subject>(t: &mut T) -> bool {
 pub async fn check<T: Subject>() {
     repeated_poll_ready::<T>().await;
     a_blocked_answer_is_asked_again::<T>().await;
+    a_free_answer_is_asked_again::<T>().await;
+    sequential_calls_over_a_slot_held_beneath::<T>().await;
     reservations_without_a_call::<T>().await;
     completion_and_error_free::<T>().await;
     dropped_futures_free::<T>().await;
@@ -277,6 +293,113 @@ async fn a_blocked_answer_is_asked_again<T: Subject>() {
         drop(b);
         idle(&t, "rejected");
     }
+}
+
+/// The other direction: a service ready while the layer could take its call, polled again once
+/// the layer is blocked, answers for the state now: refused if what it held no longer counts,
+/// let through if it still does.
+async fn a_free_answer_is_asked_again<T: Subject>() {
+    let (mut t, _) = fresh::<T>().await;
+    let Some(revokes) = t.blocking_revokes_a_held_permit() else {
+        return;
+    };
+    let mut cx = task::spawn(());
+    let mut a = t.service();
+    assert_ready!(poll_ready(&mut cx, &mut a)).unwrap();
+    let blocked = t.block().await;
+    assert!(blocked.is_some(), "the subject can be blocked");
+    assert_ready!(poll_ready(&mut cx, &mut a)).unwrap();
+    let mut call = start(a.call(4));
+    if revokes {
+        let error = output(&mut call)
+            .expect("refused at once")
+            .expect_err("the layer is blocked now: the call is refused");
+        assert!(
+            seawall::error::kind(&*error).is_some(),
+            "refused by the layer: {error}"
+        );
+        assert!(
+            no_request(&mut t),
+            "a refused call never reaches the service"
+        );
+    } else {
+        assert!(
+            serve(&mut t, &mut call, Ok(40)).await,
+            "what the service held still counts: its call reaches the service"
+        );
+        assert_eq!(output(&mut call).expect("answered").unwrap(), 40);
+    }
+    drop(call);
+    drop(a);
+    t.unblock().await;
+    idle(&t, "free, then asked again once blocked");
+}
+
+/// A sequential client (ready, call, await; again) of the layer over a bulkhead of one slot:
+/// every call completes, none fails for want of the slot beneath (a call made later, after a
+/// wait, is made on the service that reserved it), and between calls nothing is held beneath (a
+/// refused call gives back what its readiness reserved).
+async fn sequential_calls_over_a_slot_held_beneath<T: Subject>() {
+    let (mut t, _) = fresh::<T>().await;
+    let Some((mut a, beneath)) = t.over_a_bulkhead_of_one() else {
+        return;
+    };
+    let mut cx = task::spawn(());
+    let step = std::time::Duration::from_millis(5);
+    let (mut admitted, mut refused) = (0, 0);
+    for n in 0..40 {
+        // A layer that waits in poll_ready is given the time it waits for.
+        let mut polls = 0;
+        loop {
+            match poll_ready(&mut cx, &mut a) {
+                Poll::Ready(ready) => break ready.unwrap(),
+                Poll::Pending => {
+                    polls += 1;
+                    assert!(polls < 1_000, "call {n}: never ready");
+                    tokio::time::advance(step).await;
+                }
+            }
+        }
+        let mut call = start(a.call(n));
+        let mut polls = 0;
+        let result = loop {
+            if let Some(result) = output(&mut call) {
+                break result;
+            }
+            polls += 1;
+            assert!(
+                polls < 1_000,
+                "call {n} of a sequential client never completes (beneath: {} in flight)",
+                beneath.in_flight()
+            );
+            if !answer(&mut t, Ok(n)).await {
+                tokio::time::advance(step).await;
+            }
+        };
+        match result {
+            Ok(answer) => {
+                assert_eq!(answer, n);
+                admitted += 1;
+            }
+            Err(error) => {
+                assert_ne!(
+                    seawall::error::kind(&*error),
+                    Some(ErrorKind::BulkheadFull),
+                    "call {n} refused beneath although nothing else was in flight"
+                );
+                refused += 1;
+            }
+        }
+        assert_eq!(
+            beneath.in_flight(),
+            0,
+            "after call {n}, nothing is held beneath"
+        );
+    }
+    assert!(admitted > 0, "calls go through ({refused} refused)");
+    drop(a);
+    assert_eq!(beneath.in_flight(), 0);
+    idle(&t, "sequential calls over a slot held beneath");
 }
 
 async fn reservations_without_a_call<T: Subject>() {
@@ -517,6 +640,18 @@ async fn panicking_observers_leak_nothing<T: Subject>() {
             }
         }
         let _ = catch_unwind(AssertUnwindSafe(move || drop(a)));
+        // Before anything is blocked and time moves on (which would refill a rate limit and
+        // hide a slot lost above), nothing is held once the calls have ended.
+        for _ in 0..64 {
+            if !answer(&mut t, Ok(0)).await {
+                break;
+            }
+        }
+        assert_eq!(
+            t.held(),
+            0,
+            "an observer panicking at {kind} leaves nothing held, as soon as the calls end"
+        );
         // A panic elsewhere (a handler) unwinding through a reserved service and a call in
         // flight: what they hold comes back, and the layer sends no event while the panic
         // unwinds (an observer panicking again then would abort the process).

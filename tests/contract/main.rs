@@ -45,5 +45,6 @@ contract! {
     fallback_alternate: subjects::Alternate,
     chaos: subjects::Chaos,
     client_stack: subjects::Client,
+    bulkhead_over_breaker: subjects::BulkheadOverBreaker,
     server_stack: subjects::Server,
 }

@@ -132,3 +132,41 @@ fn reject_reason_defaults_to_other() {
     );
     assert_eq!(e.layer, "x");
 }
+
+/// A service whose `call` panics, as one does when an inner layer's observer panics.
+#[derive(Clone)]
+struct PanicsInCall;
+
+impl Service<Call> for PanicsInCall {
+    type Response = u32;
+    type Error = tower::BoxError;
+    type Future = std::future::Ready<Result<u32, tower::BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Call) -> Self::Future {
+        panic!("the inner call panics");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panic_in_the_inner_call_gives_the_permit_back() {
+    let layer = GateLayer::new("quota", quota(1));
+    let mut service = layer.layer(PanicsInCall);
+    service.ready().await.unwrap();
+    let call = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drop(service.call(Call::ok()));
+    }));
+    assert!(call.is_err(), "the inner call panicked");
+    drop(service);
+    assert_eq!(
+        layer.gate().left.load(Ordering::Relaxed),
+        1,
+        "the permit taken for the call comes back"
+    );
+    // And the gate still admits.
+    let mut service = layer.layer(Backend);
+    assert_eq!(send_quota(&mut service).await, Ended::Ok);
+}

@@ -510,7 +510,7 @@ impl Recorder {
 /// those five seconds, and the most in any one second.
 async fn surge<S, R>(
     service: S,
-    request: impl Fn() -> R,
+    mut request: impl FnMut() -> R,
     backend: &Recorder,
     patience: Option<Duration>,
 ) -> (usize, usize)
@@ -1054,4 +1054,290 @@ async fn under_a_surge_a_global_limit_that_honours_deadlines_refuses_at_once_wha
         .layer(limit)
         .service(backend.clone());
     assert_surge_served(surge(service, || http::Request::new(()), &backend, None).await);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The limiters that decide in `call`, over a service whose readiness reserves (issue 19 review,
+// finding 1), with a panicking observer (finding 6), and with requests out of time (finding 7).
+
+/// Over a bulkhead of one, `limit` serves a sequential client (ready, call, await; again): a
+/// call that waits for its slot is made on the service made ready for it, holding the
+/// bulkhead's slot, and a call refused gives that slot back; between calls nothing is held.
+async fn sequential_over_a_bulkhead_of_one<L, R>(
+    limit: L,
+    queue: usize,
+    mut request: impl FnMut() -> R,
+) -> Vec<Result<(), Duration>>
+where
+    L: Layer<seawall::bulkhead::BulkheadService<Pass>>,
+    L::Service: Service<R, Response = (), Error = BoxError>,
+{
+    let bulkhead = seawall::bulkhead::BulkheadLayer::builder()
+        .max_concurrent(1)
+        .queue(queue)
+        .build()
+        .unwrap();
+    let handle = bulkhead.handle();
+    let mut service = limit.layer(bulkhead.layer(ok_service()));
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        let call = send(&mut service, request());
+        let answer = tokio::time::timeout(Duration::from_secs(5), call)
+            .await
+            .expect("every call completes");
+        answers.push(answer);
+        assert_eq!(
+            (handle.in_flight(), handle.queued()),
+            (0, 0),
+            "between calls, nothing is held beneath"
+        );
+    }
+    drop(service);
+    assert_eq!(handle.in_flight(), 0);
+    answers
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_global_limit_honouring_deadlines_makes_a_waiting_call_on_the_service_made_ready_for_it()
+{
+    // Two a second, burst 1: the second call waits 500 ms, the third 500 ms more; the fourth
+    // can wait only 400 ms, and is refused.
+    let deadlines = [1000, 1000, 1000, 400];
+    for queue in [0, 4] {
+        let limit = RateLimitLayer::builder(Quota::per_second(2).burst(1))
+            .max_wait(Duration::from_secs(1))
+            .honour_deadlines()
+            .build()
+            .unwrap();
+        let start = Instant::now();
+        let mut left = deadlines.iter();
+        let answers =
+            sequential_over_a_bulkhead_of_one(limit, queue, || due_in(*left.next().unwrap() * MS))
+                .await;
+        assert_eq!(
+            answers,
+            [Ok(()), Ok(()), Ok(()), Err(500 * MS)],
+            "queue {queue}"
+        );
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_keyed_limit_makes_a_waiting_call_on_the_service_made_ready_for_it() {
+    for queue in [0, 4] {
+        let limit =
+            KeyedRateLimitLayer::builder(Quota::per_second(2).burst(1), |_: &http::Request<()>| {
+                Some(1)
+            })
+            .max_wait(Duration::from_millis(600))
+            .build()
+            .unwrap();
+        let answers =
+            sequential_over_a_bulkhead_of_one(limit, queue, || http::Request::new(())).await;
+        // At 0, at 500 ms (waited), at 1 s (waited); then the next is 500 ms more: too far.
+        assert_eq!(answers[..3], [Ok(()), Ok(()), Ok(())], "queue {queue}");
+        assert!(answers[3].is_ok(), "queue {queue}: {:?}", answers[3]);
+        // And refused calls give back what readiness reserved.
+        let limit =
+            KeyedRateLimitLayer::builder(Quota::per_second(2).burst(1), |_: &http::Request<()>| {
+                Some(1)
+            })
+            .build()
+            .unwrap();
+        let answers =
+            sequential_over_a_bulkhead_of_one(limit, queue, || http::Request::new(())).await;
+        assert_eq!(
+            answers,
+            [Ok(()), Err(500 * MS), Err(500 * MS), Err(500 * MS)]
+        );
+    }
+}
+
+/// A service whose readiness a test switches; its clones share the switch.
+#[derive(Clone)]
+struct Switch(Arc<std::sync::atomic::AtomicBool>);
+
+impl<R> Service<R> for Switch {
+    type Response = ();
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<(), Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        if self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            std::task::Poll::Ready(Ok(()))
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+
+    fn call(&mut self, _: R) -> Self::Future {
+        std::future::ready(Ok(()))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_once_its_slot_came_but_before_the_service_was_ready_gives_the_slot_back() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let layer = RateLimitLayer::builder(Quota::per_second(2).burst(1))
+        .max_wait(Duration::from_secs(1))
+        .honour_deadlines()
+        .observer(move |e: &Event<'_>| sink.lock().unwrap().push(e.kind))
+        .build()
+        .unwrap();
+    let ready = Arc::new(AtomicBool::new(true));
+    let mut service = layer.layer(Switch(ready.clone()));
+    let start = Instant::now();
+    ServiceExt::<http::Request<()>>::ready(&mut service)
+        .await
+        .unwrap()
+        .call(due_in(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    // The next call waits for its slot, 500 ms on; by then the service beneath is not ready.
+    ServiceExt::<http::Request<()>>::ready(&mut service)
+        .await
+        .unwrap();
+    let mut waiting = tokio_test::task::spawn(service.call(due_in(Duration::from_secs(5))));
+    assert!(waiting.poll().is_pending());
+    ready.store(false, SeqCst);
+    tokio::time::advance(500 * MS).await;
+    assert!(waiting.poll().is_pending(), "waiting for the service");
+    // Dropped then, the call was never made: its slot goes back, and it is reported cancelled.
+    drop(waiting);
+    assert_eq!(
+        *events.lock().unwrap(),
+        [
+            EventKind::Permitted,
+            EventKind::Permitted,
+            EventKind::Cancelled
+        ]
+    );
+    // The slot it left is the next caller's, now, not 500 ms on.
+    ready.store(true, SeqCst);
+    let mut next = layer.layer(Switch(ready.clone()));
+    ServiceExt::<http::Request<()>>::ready(&mut next)
+        .await
+        .unwrap()
+        .call(due_in(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(start.elapsed(), 500 * MS);
+}
+
+/// An observer that panics at `Permitted`.
+fn panics_at_permitted(e: &Event<'_>) {
+    if matches!(e.kind, EventKind::Permitted) {
+        panic!("observer panics at Permitted");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_observer_panicking_at_permitted_loses_no_slot_of_a_limiter_deciding_in_call() {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    fn call_panics<S: Service<http::Request<()>>>(service: &mut S) {
+        let call = catch_unwind(AssertUnwindSafe(|| {
+            drop(service.call(due_in(Duration::from_secs(1))))
+        }));
+        assert!(call.is_err(), "the observer panicked");
+    }
+    // The global limiter, deciding in `poll_ready` and (honouring deadlines) in `call`.
+    let builder = || RateLimitLayer::builder(Quota::per_second(1).burst(5));
+    let layer = builder().observer(panics_at_permitted).build().unwrap();
+    let mut service = layer.layer(ok_service());
+    ServiceExt::<http::Request<()>>::ready(&mut service)
+        .await
+        .unwrap();
+    call_panics(&mut service);
+    drop(service);
+    assert_eq!(layer.handle().available(), 5, "in poll_ready");
+    let layer = builder()
+        .honour_deadlines()
+        .observer(panics_at_permitted)
+        .build()
+        .unwrap();
+    let mut service = layer.layer(ok_service());
+    ServiceExt::<http::Request<()>>::ready(&mut service)
+        .await
+        .unwrap();
+    call_panics(&mut service);
+    assert_eq!(layer.handle().available(), 5, "in call");
+    // The keyed limiter.
+    let layer =
+        KeyedRateLimitLayer::builder(Quota::per_second(1).burst(5), |_: &http::Request<()>| {
+            Some(1)
+        })
+        .observer(panics_at_permitted)
+        .build()
+        .unwrap();
+    let mut service = layer.layer(ok_service());
+    ServiceExt::<http::Request<()>>::ready(&mut service)
+        .await
+        .unwrap();
+    call_panics(&mut service);
+    assert_eq!(layer.handle().available(&1), 5, "keyed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_request_is_refused_by_a_limiter_that_honours_deadlines_taking_nothing() {
+    let expired = || {
+        let req = due_in(Duration::ZERO);
+        assert!(seawall::core::DeadlineCarrier::deadline(&req)
+            .unwrap()
+            .is_expired());
+        req
+    };
+    // The global limiter, with room now: refused, told it could come back at once.
+    let backend = Recorder::default();
+    let layer = RateLimitLayer::builder(Quota::per_second(1).burst(5))
+        .max_wait(Duration::from_secs(1))
+        .honour_deadlines()
+        .build()
+        .unwrap();
+    let mut service = layer.layer(backend.clone());
+    assert_eq!(send(&mut service, expired()).await, Err(Duration::ZERO));
+    assert_eq!(layer.handle().available(), 5);
+    // With no room now, and a slot given back due now that it could otherwise take.
+    for _ in 0..5 {
+        send(&mut service, due_in(Duration::from_secs(5)))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        send(&mut service, expired()).await,
+        Err(Duration::from_secs(1))
+    );
+    assert_eq!(
+        backend.0.lock().unwrap().len(),
+        5,
+        "the expired calls reached no service"
+    );
+    // The keyed limiter honouring deadlines: the same, and no key is added for it.
+    let layer =
+        KeyedRateLimitLayer::builder(Quota::per_second(1).burst(5), |_: &http::Request<()>| {
+            Some(1)
+        })
+        .max_wait(Duration::from_secs(1))
+        .honour_deadlines()
+        .build()
+        .unwrap();
+    let mut service = layer.layer(backend.clone());
+    assert_eq!(send(&mut service, expired()).await, Err(Duration::ZERO));
+    assert_eq!(layer.handle().keys(), 0);
+    assert_eq!(layer.handle().available(&1), 5);
+    for _ in 0..5 {
+        send(&mut service, due_in(Duration::from_secs(5)))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        send(&mut service, expired()).await,
+        Err(Duration::from_secs(1))
+    );
+    assert_eq!(backend.0.lock().unwrap().len(), 10);
 }

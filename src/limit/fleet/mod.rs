@@ -108,7 +108,7 @@ pub use memory::MemoryStore;
 
 use super::error::RateLimited;
 use super::rate::gcra::{Decision, Rule, MAX_SPAN};
-use super::rate::keyed::{KeyedResponseFuture, Place, Table, MAX_KEYS};
+use super::rate::keyed::{ready_service, KeyedResponseFuture, Place, Table, MAX_KEYS};
 use super::rate::{Clock, Quota, QuotaError, TokioClock};
 use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 use crate::core::{Emitter, EventKind, Observer, RejectReason, Source};
@@ -828,7 +828,8 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
 /// The key function returns `None` for requests the limit does not apply to; they pass
 /// uncounted. A call over its key's quota fails with [`RateLimited`]. A call that finds its
 /// key's lease spent while the next is on its way waits for it in its response future, and then
-/// calls a clone of the inner service (which is why the inner service must be `Clone`).
+/// makes the call on the inner service made ready for it, this service keeping a clone for its
+/// next call (which is why the inner service must be `Clone`).
 pub struct FleetRateLimitLayer<St, F, Clk: 'static = TokioClock, O: 'static = ()> {
     shared: Arc<Fleet<St, Clk, O>>,
     key: F,
@@ -1176,11 +1177,16 @@ where
         let (index, verdict) = fleet.decide(place, &key);
         match verdict {
             Verdict::Admit => {
+                // Reported once the call is made in the lease's admission (a lease cannot take
+                // one back): an observer that panics then only drops a call made.
+                let future = self.inner.call(req);
                 emit.emit_keyed(EventKind::Permitted, &Shown(&key));
-                KeyedResponseFuture::called(self.inner.call(req))
+                KeyedResponseFuture::called(future)
             }
             Verdict::Reject(limited) => {
                 fleet.rejected.fetch_add(1, Relaxed);
+                // What readiness reserved beneath is given back (see `ready_service`).
+                drop(ready_service(&mut self.inner));
                 emit.emit_keyed(
                     EventKind::Rejected {
                         reason: RejectReason::RateLimited,
@@ -1191,7 +1197,8 @@ where
             }
             Verdict::Wait => {
                 let wait = Arc::clone(fleet).wait(index, place, key.to_string());
-                KeyedResponseFuture::waiting(Box::pin(wait), self.inner.clone(), req)
+                let ready = ready_service(&mut self.inner);
+                KeyedResponseFuture::waiting(Box::pin(wait), ready, req)
             }
         }
     }

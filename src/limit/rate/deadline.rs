@@ -2,8 +2,8 @@
 //! ([`RateLimitBuilder::honour_deadlines`](super::RateLimitBuilder::honour_deadlines)).
 
 use super::clock::{Clock, TokioClock};
-use super::keyed::KeyedResponseFuture;
-use super::wait::{Report, Verdict, Waiting};
+use super::keyed::{ready_service, KeyedResponseFuture};
+use super::wait::{self, Report, Unused, Verdict, Waiting};
 use super::RateLimiter;
 use crate::core::gate::{Anchor, Shared};
 use crate::core::{DeadlineCarrier, EventKind, Observer, RejectReason};
@@ -20,9 +20,13 @@ use tower::{BoxError, Service};
 /// It is as ready as the service beneath and reserves nothing in `poll_ready`. A call the quota
 /// lets through at once is made at once; one that must wait gets the earliest slot due before
 /// both the limiter's maximum wait and its deadline, waits for it in its response future, and is
-/// then made on a clone of the inner service (which is why the inner service must be `Clone`);
-/// one that would wait longer fails at once with [`RateLimited`], taking nothing. A call dropped
-/// while it waits gives its slot back, to the next caller that can wait until then.
+/// then made on the inner service that was made ready for it, which it takes along (so what that
+/// readiness reserved beneath, a bulkhead's slot say, is the call's), leaving a clone in this
+/// service, to be made ready for the next call (which is why the inner service must be `Clone`);
+/// one that would wait longer, or whose deadline has passed, fails at once with [`RateLimited`],
+/// taking nothing, and gives back what readiness reserved beneath. A call dropped while it waits
+/// (or once its slot came, but before the service beneath was ready again) gives its slot back,
+/// to the next caller that can wait until then.
 ///
 /// ```
 /// use seawall::core::{Deadline, DeadlineCarrier};
@@ -133,14 +137,25 @@ where
         let gate = &shared.gate;
         let emit = shared.emitter();
         let now = gate.limits.now();
+        // The deadline is read on every call, the clock for it only when the request carries
+        // one: a request with no time left is refused, taking nothing, even when the quota has
+        // room now.
+        let left = wait::time_left(req.deadline());
+        if left == Some(0) {
+            return self.refuse(gate.expired(now));
+        }
         let verdict = match gate.limits.rule.admit(&gate.tat, now) {
             Ok(slot) => Verdict::Admit(slot),
-            Err(not_before) => gate.decide_late(now, not_before, || req.deadline()),
+            Err(not_before) => gate.decide_late(now, not_before, left),
         };
         match verdict {
-            Verdict::Admit(_) => {
+            Verdict::Admit(slot) => {
+                // Given back if the observer or the inner call panics before the call is made.
+                let unused = Unused::new(&gate.tat, slot);
                 emit.emit(EventKind::Permitted);
-                KeyedResponseFuture::called(self.inner.call(req))
+                let future = self.inner.call(req);
+                unused.used();
+                KeyedResponseFuture::called(future)
             }
             Verdict::Wait(hole) => {
                 // The slot is held (given back if the call goes away) before anyone hears of
@@ -148,20 +163,33 @@ where
                 let report = O::ENABLED.then(|| Cancelled(self.shared.clone()));
                 let held = Waiting::new(&gate.holes, hole, report);
                 emit.emit(EventKind::Permitted);
-                // This service stays ready for its next call; a clone makes this one when its
-                // slot comes. Dropped before then, the wait gives the slot back.
-                KeyedResponseFuture::waiting(held.wait(hole.due - now), self.inner.clone(), req)
+                // The service made ready for this call makes it when its slot comes (what it
+                // reserved beneath, a bulkhead's slot say, goes with it); this one keeps a clone,
+                // to be made ready for the next call.
+                let ready = ready_service(&mut self.inner);
+                KeyedResponseFuture::waiting(held.wait(hole.due - now), ready, req)
             }
-            Verdict::Reject(nanos) => {
-                shared.count_rejected();
-                emit.emit(EventKind::Rejected {
-                    reason: RejectReason::RateLimited,
-                });
-                KeyedResponseFuture::failed(RateLimited {
-                    retry_after: Duration::from_nanos(nanos),
-                })
-            }
+            Verdict::Reject(nanos) => self.refuse(RateLimited {
+                retry_after: Duration::from_nanos(nanos),
+            }),
         }
+    }
+}
+
+impl<S: Clone, Clk: Clock, O: Observer> DeadlineRateLimit<S, Clk, O> {
+    /// Refuses a call: what readiness reserved beneath is given back, and the refusal reported.
+    #[cold]
+    #[inline(never)]
+    fn refuse<Req>(&mut self, limited: RateLimited) -> KeyedResponseFuture<S, Req>
+    where
+        S: Service<Req>,
+    {
+        drop(ready_service(&mut self.inner));
+        self.shared.count_rejected();
+        self.shared.emitter().emit(EventKind::Rejected {
+            reason: RejectReason::RateLimited,
+        });
+        KeyedResponseFuture::failed(limited)
     }
 }
 

@@ -290,6 +290,14 @@ impl Rule {
             .is_ok()
     }
 
+    /// How long from `now` until the cell would admit a call at once (0: now), deciding nothing.
+    pub(crate) fn not_before(&self, tat: &AtomicU64, now: u64) -> u64 {
+        let interval = self.interval.load(Relaxed);
+        let tolerance = self.tolerance.load(Relaxed);
+        let next = (tat.load(Relaxed) & TIME).max(now).saturating_add(interval);
+        (next - now).saturating_sub(tolerance)
+    }
+
     /// How many calls the cell would admit at once at `now`.
     pub(crate) fn available(&self, tat: &AtomicU64, now: u64) -> u64 {
         let interval = self.interval.load(Relaxed);

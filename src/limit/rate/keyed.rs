@@ -3,7 +3,7 @@
 use super::clock::{Clock, TokioClock};
 use super::gcra::{Decision, Quota, TIME};
 use super::holes::Holes;
-use super::wait::{self, Report, Verdict, Wait, Waiting};
+use super::wait::{self, Report, Unused, Verdict, Wait, Waiting};
 use super::{settings_setters, ConfigError, Limits, Settings};
 use crate::core::{Deadline, DeadlineCarrier, Emitter, EventKind, Observer, RejectReason, Source};
 use crate::limit::error::RateLimited;
@@ -265,50 +265,65 @@ pub(crate) struct Keyed<Clk, O> {
 }
 
 impl<Clk: Clock, O: Observer> Keyed<Clk, O> {
-    /// Decides a call of the key at `place` at `now`, reading its deadline (`deadline`) only if
-    /// it cannot go ahead at once.
+    /// Decides a call of the key at `place` at `now` that has `left` nanoseconds before its
+    /// deadline (`None`: no deadline); returns the index of the key's cell with the verdict.
     ///
     /// Each decision is made on the key's cell only while the cell holds the key (see
     /// [`Rule::decide_keyed`](super::gcra::Rule::decide_keyed)): if the key loses its cell to
     /// another meanwhile, nothing is charged to that other key, and the call is decided again
     /// in the key's new cell.
     #[inline]
-    fn decide(
-        &self,
-        place: Place,
-        now: u64,
-        deadline: impl FnOnce() -> Option<Deadline>,
-    ) -> Verdict {
+    fn decide(&self, place: Place, now: u64, left: Option<u64>) -> (usize, Verdict) {
         let table = &self.table;
         let rule = &self.limits.rule;
         let max_wait = self.limits.max_wait;
-        let mut deadline = Some(deadline);
-        let mut until = None;
         loop {
             let index = table.entry(place, || now, self.source.emitter());
             let slot = table.slot(index);
             let holds = || slot.tag.load(Acquire) == place.tag;
             let not_before = match rule.decide_keyed(&slot.cell, now, 0, holds) {
                 None => continue,
-                Some(Decision::Admit(taken)) => return Verdict::Admit(taken),
+                Some(Decision::Admit(taken)) => return (index, Verdict::Admit(taken)),
                 Some(Decision::Reject(nanos) | Decision::Wait(nanos, _)) => nanos,
             };
-            if max_wait == 0 {
-                return Verdict::Reject(not_before);
-            }
             // Not at once: how long the call may wait, the sooner of the limit's maximum and
-            // the request's deadline, read once.
-            let until = *until.get_or_insert_with(|| {
-                wait::last_slot(now, max_wait, deadline.take().and_then(|read| read()))
-            });
+            // the request's deadline.
+            let until = match wait::last_slot(now, max_wait, left) {
+                Some(until) if max_wait != 0 => until,
+                _ => return (index, Verdict::Reject(not_before)),
+            };
             let decide = |wait| rule.decide_keyed(&slot.cell, now, wait, holds);
             let cell = (index, place.tag);
             if let Some(verdict) = wait::reserve(&self.holes, cell, &slot.cell, now, until, decide)
             {
-                return verdict;
+                return (index, verdict);
             }
         }
     }
+
+    /// The refusal of a call of the key at `place` at `now` whose deadline has passed: it takes
+    /// nothing (not even a place in the table), and is told when the key could go ahead.
+    #[cold]
+    #[inline(never)]
+    fn expired(&self, place: Place, now: u64) -> RateLimited {
+        let table = &self.table;
+        let not_before = table.find(place).map_or(0, |index| {
+            self.limits.rule.not_before(&table.slot(index).cell, now)
+        });
+        RateLimited {
+            retry_after: Duration::from_nanos(not_before),
+        }
+    }
+}
+
+/// Takes the service made ready for a call out of `inner`, leaving a clone in its place, made
+/// ready for the next call: a call that waits for its slot makes it on the service that was made
+/// ready for it, which may have reserved capacity beneath (a bulkhead's slot); a call refused
+/// drops it, giving that capacity back, rather than keep it reserved until the next call.
+#[inline]
+pub(crate) fn ready_service<S: Clone>(inner: &mut S) -> S {
+    let fresh = inner.clone();
+    std::mem::replace(inner, fresh)
 }
 
 /// How a keyed rate limiter reads the [`Deadline`] a request carries: a call whose slot would
@@ -356,8 +371,9 @@ impl<Req: DeadlineCarrier> ReadDeadline<Req> for CarriedDeadline {
 ///
 /// The limit is decided in `call`, once the request is known. A call over its key's quota fails
 /// with [`RateLimited`]; with [`max_wait`](KeyedBuilder::max_wait), a call that can have a slot
-/// within that time waits for it in its response future, and then calls a clone of the inner
-/// service (which is why the inner service must be `Clone`).
+/// within that time waits for it in its response future, and is then made on the inner service
+/// made ready for it, this service keeping a clone for its next call (which is why the inner
+/// service must be `Clone`); a call refused gives back what readiness reserved beneath.
 ///
 /// ```
 /// use http::{Request, Response};
@@ -416,7 +432,9 @@ impl<F, Clk, O, D> KeyedBuilder<F, Clk, O, D> {
     /// `TimeoutLayer` above puts one in): a call that cannot go
     /// ahead at once waits only for a slot due by its deadline, and fails at once with
     /// [`RateLimited`] (and the time to come back) when there is none, rather than taking a
-    /// slot it cannot use.
+    /// slot it cannot use. A request whose deadline has passed is refused even when its key has
+    /// room: the deadline is then read on every call, and the clock for it only when the request
+    /// carries one.
     pub fn honour_deadlines(self) -> KeyedBuilder<F, Clk, O, CarriedDeadline> {
         KeyedBuilder {
             settings: self.settings,
@@ -594,11 +612,21 @@ where
         let emit = shared.source.emitter();
         let now = shared.limits.now();
         let place = shared.table.locate(&key);
-        let deadline = &self.deadline;
-        match shared.decide(place, now, || deadline.deadline(&req)) {
-            Verdict::Admit(_) => {
+        // Honouring deadlines, the deadline is read on every call, the clock for it only when
+        // the request carries one: a request with no time left is refused, taking nothing.
+        let left = wait::time_left(self.deadline.deadline(&req));
+        let (index, verdict) = match left {
+            Some(0) => (0, Verdict::Reject(0)),
+            _ => shared.decide(place, now, left),
+        };
+        match verdict {
+            Verdict::Admit(slot) => {
+                // Given back if the observer or the inner call panics before the call is made.
+                let unused = Unused::new(&shared.table.slot(index).cell, slot);
                 emit.emit_keyed(EventKind::Permitted, &key);
-                KeyedResponseFuture::called(self.inner.call(req))
+                let future = self.inner.call(req);
+                unused.used();
+                KeyedResponseFuture::called(future)
             }
             Verdict::Wait(hole) => {
                 // The slot is held (given back if the call goes away) before anyone hears of
@@ -606,21 +634,28 @@ where
                 let report = O::ENABLED.then(|| KeyReport(self.shared.clone(), format!("{key:?}")));
                 let held = Waiting::new(&shared.holes, hole, report);
                 emit.emit_keyed(EventKind::Permitted, &key);
-                // This service stays ready for its next call; a clone makes this one when its
-                // slot comes. Dropped before then, the wait gives the slot back.
-                KeyedResponseFuture::waiting(held.wait(hole.due - now), self.inner.clone(), req)
+                // The service made ready for this call makes it when its slot comes (what it
+                // reserved beneath goes with it); this one keeps a clone for the next call.
+                let ready = ready_service(&mut self.inner);
+                KeyedResponseFuture::waiting(held.wait(hole.due - now), ready, req)
             }
             Verdict::Reject(nanos) => {
                 shared.rejected.fetch_add(1, Relaxed);
+                let limited = match left {
+                    Some(0) => shared.expired(place, now),
+                    _ => RateLimited {
+                        retry_after: Duration::from_nanos(nanos),
+                    },
+                };
+                // What readiness reserved beneath is given back before the refusal is reported.
+                drop(ready_service(&mut self.inner));
                 emit.emit_keyed(
                     EventKind::Rejected {
                         reason: RejectReason::RateLimited,
                     },
                     &key,
                 );
-                KeyedResponseFuture::failed(RateLimited {
-                    retry_after: Duration::from_nanos(nanos),
-                })
+                KeyedResponseFuture::failed(limited)
             }
         }
     }
@@ -672,11 +707,11 @@ pin_project! {
             #[pin]
             future: S::Future,
         },
+        // Waiting for the turn (`due` false), then for the service made ready for the call to
+        // say it still is; the turn (its slot) is held until the call is made.
         Waiting {
             wait: Wait,
-            pending: Option<(S, Req)>,
-        },
-        Readying {
+            due: bool,
             pending: Option<(S, Req)>,
         },
         Failed {
@@ -692,11 +727,13 @@ impl<S: Service<Req>, Req> KeyedResponseFuture<S, Req> {
         }
     }
 
-    /// Waits for `wait`, then calls `service` (once ready) with `req`.
+    /// Waits for `wait`, then calls `service` (made ready for this call, and asked again once
+    /// the wait is over) with `req`.
     pub(crate) fn waiting(wait: Wait, service: S, req: Req) -> Self {
         KeyedResponseFuture {
             state: State::Waiting {
                 wait,
+                due: false,
                 pending: Some((service, req)),
             },
         }
@@ -713,8 +750,8 @@ impl<S: Service<Req>, Req> fmt::Debug for KeyedResponseFuture<S, Req> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
             State::Called { .. } => "called",
-            State::Waiting { .. } => "waiting",
-            State::Readying { .. } => "readying",
+            State::Waiting { due: false, .. } => "waiting",
+            State::Waiting { due: true, .. } => "readying",
             State::Failed { .. } => "failed",
         };
         f.debug_struct("KeyedResponseFuture")
@@ -739,19 +776,25 @@ where
                     let error = error.take().expect("polled after completion");
                     return Poll::Ready(Err(error.into()));
                 }
-                StateProj::Waiting { wait, pending } => {
-                    if let Err(error) = ready!(wait.as_mut().poll(cx)) {
-                        this.state.set(State::Failed { error: Some(error) });
-                        continue;
+                StateProj::Waiting { wait, due, pending } => {
+                    if !*due {
+                        if let Err(error) = ready!(wait.as_mut().poll_turn(cx)) {
+                            this.state.set(State::Failed { error: Some(error) });
+                            continue;
+                        }
+                        *due = true;
                     }
-                    let pending = pending.take();
-                    this.state.set(State::Readying { pending });
-                }
-                StateProj::Readying { pending } => {
                     let (service, _) = pending.as_mut().expect("polled after completion");
-                    ready!(service.poll_ready(cx)).map_err(Into::into)?;
+                    if let Err(error) = ready!(service.poll_ready(cx)) {
+                        // No call is made: the turn's slot goes back as the state is left.
+                        this.state.set(State::Failed { error: None });
+                        return Poll::Ready(Err(error.into()));
+                    }
                     let (mut service, req) = pending.take().expect("checked above");
+                    // The call is made before its slot counts as used: a call that panics
+                    // leaves the slot to be given back with the turn.
                     let future = service.call(req);
+                    wait.as_mut().used();
                     this.state.set(State::Called { future });
                 }
             }

@@ -27,10 +27,12 @@
 //! timeout above starts only when the call is made, after the wait. With `honour_deadlines()`
 //! ([`RateLimitBuilder::honour_deadlines`], [`KeyedBuilder::honour_deadlines`]) a limiter reads
 //! the [`Deadline`](crate::core::Deadline) a request carries: a call whose slot would come at or
-//! after its deadline fails at once with [`RateLimited`] and its `retry_after`, taking nothing,
-//! rather than a slot it cannot use. That needs the request, so the limiter then decides in
-//! `call`: its services are as ready as the service beneath, and a call that must wait does so in
-//! its response future, then is made on a clone of the inner service (which must be `Clone`).
+//! after its deadline (one whose deadline has passed, whatever the quota) fails at once with
+//! [`RateLimited`] and its `retry_after`, taking nothing, rather than a slot it cannot use. That
+//! needs the request, so the limiter then decides in `call`: its services are as ready as the
+//! service beneath, and a call that must wait does so in its response future, then is made on
+//! the inner service made ready for it, the limiter's service keeping a clone for its next call
+//! (the inner service must be `Clone`).
 //! The keyed limiter always decides in `call`, once the key is known.
 //!
 //! State is created once per layer and shared by every clone of the layer and every service it
@@ -307,20 +309,29 @@ impl<Clk: Clock> RateLimiter<Clk> {
 
     /// A call over the quota at `now`, which could go ahead `not_before` nanoseconds from now,
     /// decided in `call` (see [`RateLimitBuilder::honour_deadlines`]): it may wait up to the
-    /// maximum wait, and never for a slot at or after its deadline (read only here).
+    /// maximum wait, and never for a slot at or after its deadline, `left` nanoseconds from now
+    /// (`None`: none).
     #[cold]
     #[inline(never)]
-    fn decide_late(
-        &self,
-        now: u64,
-        not_before: u64,
-        deadline: impl FnOnce() -> Option<crate::core::Deadline>,
-    ) -> Verdict {
+    fn decide_late(&self, now: u64, not_before: u64, left: Option<u64>) -> Verdict {
         let max_wait = self.limits.max_wait;
         if max_wait == 0 {
             return Verdict::Reject(not_before);
         }
-        self.reserve(now, wait::last_slot(now, max_wait, deadline()))
+        match wait::last_slot(now, max_wait, left) {
+            Some(until) => self.reserve(now, until),
+            None => Verdict::Reject(not_before),
+        }
+    }
+
+    /// The refusal of a call at `now` whose deadline has passed: it takes nothing, and is told
+    /// when a call could go ahead.
+    #[cold]
+    #[inline(never)]
+    fn expired(&self, now: u64) -> RateLimited {
+        RateLimited {
+            retry_after: Duration::from_nanos(self.limits.rule.not_before(&self.tat, now)),
+        }
     }
 
     /// Every decision but an admission at once: a hole to take, a slot to reserve and wait for,
@@ -344,7 +355,8 @@ impl<Clk: Clock> RateLimiter<Clk> {
                 }
             };
         }
-        let hole = match self.reserve(now, wait::last_slot(now, limits.max_wait, None)) {
+        let until = now.saturating_add(limits.max_wait);
+        let hole = match self.reserve(now, until) {
             Verdict::Admit(slot) => return Poll::Ready(Ok(slot)),
             Verdict::Wait(hole) => hole,
             Verdict::Reject(nanos) => {
@@ -496,9 +508,12 @@ impl<Clk, O, D> RateLimitBuilder<Clk, O, D> {
     /// [`max_wait`](Self::max_wait): without it, no call waits.
     ///
     /// The layer's services are then [`DeadlineRateLimit`]s: always as ready as the service
-    /// beneath; a call that must wait waits in its response future, and is then made on a clone
-    /// of the inner service, made ready then (so the inner service must be `Clone`, as under the
-    /// keyed limiter). Dropped while it waits, the call gives its slot back.
+    /// beneath; a call that must wait waits in its response future, and is then made on the inner
+    /// service made ready for it (asked again whether it still is), the limiter's service keeping
+    /// a clone for its next call (so the inner service must be `Clone`, as under the keyed
+    /// limiter). Dropped while it waits, the call gives its slot back. A request whose deadline
+    /// has passed is refused even when the quota has room: the deadline is then read on every
+    /// call, and the clock for it only when the request carries one.
     pub fn honour_deadlines(self) -> RateLimitBuilder<Clk, O, CarriedDeadline> {
         RateLimitBuilder {
             settings: self.settings,
