@@ -444,6 +444,33 @@ fn a_metrics_observer_allocates_nothing_once_its_series_are_registered() {
     });
 }
 
+/// One observer cloned into several layers (as a stack's `.observer(..)` does for its parts)
+/// keeps each layer's series: no layer looks its series up, allocating, on every event.
+#[cfg(feature = "metrics")]
+#[test]
+fn a_metrics_observer_shared_by_several_layers_allocates_nothing_once_registered() {
+    use seawall::bulkhead::BulkheadLayer;
+    use seawall::metrics::MetricsObserver;
+    metrics::with_local_recorder(&metrics::NoopRecorder, || {
+        let observer = MetricsObserver::new();
+        let layer = |name: &'static str| {
+            BulkheadLayer::builder()
+                .name(name)
+                .observer(observer.clone())
+                .build()
+                .unwrap()
+        };
+        let mut service = tower::ServiceBuilder::new()
+            .layer(layer("outer"))
+            .layer(layer("middle"))
+            .layer(layer("inner"))
+            .service(support::Noop);
+        calls(&mut service, 1_000, |i| i); // registers the series
+        let allocated = allocations_during(|| calls(&mut service, 100_000, |i| i));
+        assert_eq!(allocated, 0);
+    });
+}
+
 #[cfg(all(feature = "timeout", feature = "retry", feature = "circuit-breaker"))]
 #[test]
 fn the_client_stack_happy_path_allocates_nothing() {
