@@ -516,3 +516,31 @@ fn the_client_stack_happy_path_allocates_nothing() {
         0
     );
 }
+
+/// A stack observed by one `MetricsObserver`: its parts share it, and no call allocates once
+/// their series are registered.
+#[cfg(all(feature = "metrics", feature = "limit"))]
+#[test]
+fn observed_stacks_allocate_nothing_once_their_series_are_registered() {
+    use seawall::limit::rate::Quota;
+    use seawall::metrics::MetricsObserver;
+    use seawall::stack::{ClientStack, ServerStack};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _entered = runtime.enter();
+    metrics::with_local_recorder(&metrics::NoopRecorder, || {
+        let observer = MetricsObserver::new();
+        let client = ClientStack::new()
+            .without_deadlines()
+            .observer(observer.clone());
+        let server = ServerStack::new()
+            .rate_limit(Quota::per_second(1_000_000_000))
+            .observer(observer);
+        let mut service = server.layer(client.layer(support::Noop));
+        calls(&mut service, 1_000, |i| i); // registers the series
+        let allocated = allocations_during(|| calls(&mut service, 100_000, |i| i));
+        assert_eq!(allocated, 0);
+    });
+}

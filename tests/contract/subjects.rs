@@ -805,12 +805,12 @@ pass_through!(Chaos, |_probe| {
 }, observed: false);
 
 // The client stack, read through its breaker (its probes are what it holds).
-subject!(Client, BreakerHandle);
+subject!(Client, BreakerHandle<Probe>);
 
 impl Subject for Client {
     common!();
-    async fn prepare(_: Probe) -> Self {
-        let stack = ClientStack::new().without_deadlines();
+    async fn prepare(probe: Probe) -> Self {
+        let stack = ClientStack::new().without_deadlines().observer(probe);
         let breaker = stack
             .breaker_layer()
             .expect("a breaker by default")
@@ -826,19 +826,20 @@ impl Subject for Client {
     async fn unblock(&mut self) {
         self.unblock_beneath()
     }
-    fn observed(&self) -> bool {
-        false
-    }
 }
 
-// The server stack with a fixed concurrency limit and a queue, read through its limiter.
-slots!(Server<>, AdaptiveHandle<Fixed>, |_probe| {
-        let limiter = AdaptiveLimitLayer::builder(Fixed(SLOTS)).queue(QUEUE).build().unwrap();
+// The server stack with a fixed concurrency limit and a queue, read through its limiter (given
+// built, with the probe; the stack's observer reaches its own timeout).
+slots!(Server<>, AdaptiveHandle<Fixed, Probe>, |probe| {
+        let limiter = AdaptiveLimitLayer::builder(Fixed(SLOTS))
+            .queue(QUEUE)
+            .observer(probe.clone())
+            .build()
+            .unwrap();
         let handle = limiter.handle();
-        let stack = ServerStack::new().concurrency(limiter);
+        let stack = ServerStack::new().concurrency_layer(limiter).observer(probe);
         Over::new(handle, move |mock| erase(stack.layer(mock)))
     },
     held: |h| (h.in_flight() + h.queued()) as usize,
     capacity: SLOTS as usize,
-    blocked: Blocked::Waits,
-    observed: false);
+    blocked: Blocked::Waits);
