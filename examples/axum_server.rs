@@ -29,7 +29,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let limit = limiter.handle();
     let stack = ServerStack::new()
         .rate_limit(Quota::per_second(300).burst(100))
-        .concurrency(limiter)
+        .concurrency_layer(limiter)
         .timeout(Duration::from_secs(1));
     let app = Router::new()
         .route(

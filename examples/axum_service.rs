@@ -19,7 +19,9 @@
 //!   refusal would count as a failed call and push the limit down for everyone.
 //! - **Timeouts** nest: the client's (1 s in total, 300 ms an attempt) are below the server's
 //!   (2 s), so a read that cannot be answered ends with an answer of ours, not the server's 504.
-//! - **Metrics** are served at `/metrics` in the Prometheus text format.
+//! - **Metrics** are served at `/metrics` in the Prometheus text format: the keyed limits', the
+//!   stale store's, and every part of both stacks, each stack given one observer and its parts
+//!   named after it (`server.concurrency`, `catalog.retry`, `catalog.breaker`...).
 //!
 //! The example drives the service itself (healthy reads, an outage, a client over its quota),
 //! prints what each step got, and fails if something is not as described.
@@ -80,9 +82,13 @@ async fn main() -> Result<(), BoxError> {
                 Ok::<_, BoxError>(Response::from_parts(parts, body))
             })
             .layer(
+                // Its parts report as catalog.total_timeout, catalog.retry, catalog.breaker
+                // and catalog.attempt_timeout.
                 ClientStack::http()
                     .total_timeout(Duration::from_secs(1))
-                    .attempt_timeout(Duration::from_millis(300)),
+                    .attempt_timeout(Duration::from_millis(300))
+                    .name("catalog")
+                    .observer(MetricsObserver::new()),
             )
             .service(hyper),
     );
@@ -125,7 +131,12 @@ async fn main() -> Result<(), BoxError> {
             ServiceBuilder::new()
                 .layer(seawall::axum::HandleErrorsLayer::new())
                 .layer(per_client)
-                .layer(ServerStack::new().timeout(Duration::from_secs(2))),
+                // Its parts report as server.concurrency and server.timeout.
+                .layer(
+                    ServerStack::new()
+                        .timeout(Duration::from_secs(2))
+                        .observer(MetricsObserver::new()),
+                ),
         )
         .route(
             "/metrics",
@@ -287,6 +298,13 @@ async fn drive(addr: SocketAddr, down: &AtomicBool) -> Result<(), BoxError> {
             alice.1
         ),
         "seawall_fallbacks_total{layer=\"catalog_stale\"".to_owned(),
+        // The stacks' parts, each under its name.
+        "seawall_concurrency_limit{layer=\"server.concurrency\"}".to_owned(),
+        "seawall_permitted_total{layer=\"server.concurrency\"}".to_owned(),
+        "seawall_circuit_state{layer=\"catalog.breaker\"".to_owned(),
+        "seawall_permitted_total{layer=\"catalog.breaker\"}".to_owned(),
+        "seawall_attempts_started_total{layer=\"catalog.retry\"}".to_owned(),
+        "seawall_attempts_total{layer=\"catalog.retry\",outcome=\"failure\"}".to_owned(),
     ];
     for series in &expect {
         if !text.lines().any(|line| line.starts_with(series.as_str())) {

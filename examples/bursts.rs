@@ -223,9 +223,10 @@ fn router() -> Router {
 }
 
 fn guarded(kind: &StackKind) -> Result<Router, String> {
-    let stack = match kind {
-        StackKind::Default => ServerStack::new(),
-        StackKind::NoQueue => ServerStack::new().concurrency(
+    // The stack's own limiter, or one built here in its place (a part of another type).
+    let limiter = match kind {
+        StackKind::Default => None,
+        StackKind::NoQueue => Some(
             AdaptiveLimitLayer::builder(Windowed::new(Gradient2::default()))
                 .build()
                 .map_err(|e| e.to_string())?,
@@ -241,14 +242,22 @@ fn guarded(kind: &StackKind) -> Result<Router, String> {
             if let Some(codel) = codel {
                 builder = builder.codel(*codel);
             }
-            ServerStack::new().concurrency(builder.build().map_err(|e| e.to_string())?)
+            Some(builder.build().map_err(|e| e.to_string())?)
         }
     };
-    Ok(router().layer(
-        ServiceBuilder::new()
-            .layer(HandleErrorsLayer::new())
-            .layer(stack),
-    ))
+    let errors = HandleErrorsLayer::new();
+    Ok(match limiter {
+        None => router().layer(
+            ServiceBuilder::new()
+                .layer(errors)
+                .layer(ServerStack::new()),
+        ),
+        Some(limiter) => router().layer(
+            ServiceBuilder::new()
+                .layer(errors)
+                .layer(ServerStack::new().concurrency_layer(limiter)),
+        ),
+    })
 }
 
 /// What one run of `hey` measured.

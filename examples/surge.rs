@@ -338,7 +338,7 @@ async fn main() -> Result<(), BoxError> {
     let limit = limiter.handle();
     let server_stack = ServerStack::new()
         .without_rate_limit()
-        .concurrency(limiter)
+        .concurrency_layer(limiter)
         .timeout(options.patience / 2);
     let guarded_addr = serve(
         router(guarded_backend.clone()).layer(

@@ -24,10 +24,12 @@
 //! event types. The two gauges exist from the moment their layer is built (from its
 //! [`Started`](EventKind::Started) event), so install the recorder before building the layers.
 //!
-//! Give each layer its own `MetricsObserver` (it is small): an observer registers its series with
-//! the installed recorder the first time each is used, and from then on an event costs an atomic
-//! update and no allocation. Events of a second layer sharing the observer are recorded too, but
-//! look their series up every time.
+//! An observer registers its series with the installed recorder the first time each is used, and
+//! from then on an event costs an atomic update and no allocation. One observer (and its clones)
+//! keeps the series of up to eight layers, so that a stack's parts can share one (see
+//! `seawall::stack`): an event finds its layer's among them by name. Events of further layers
+//! sharing it are recorded too, but look their series up (allocating) every time: give a busy
+//! layer beyond those its own `MetricsObserver`.
 //!
 //! ```
 //! use seawall::circuit_breaker::CircuitBreakerLayer;
@@ -365,11 +367,16 @@ impl Series {
     }
 }
 
+/// How many layers' series one [`MetricsObserver`] (and its clones) keeps: enough for the parts
+/// of a stack (`seawall::stack`), which share one observer.
+const LAYERS: usize = 8;
+
 /// Records every event as metrics: see the [module docs](self) for the series. Clones share
 /// their series.
 #[derive(Clone, Default)]
 pub struct MetricsObserver {
-    series: Arc<OnceLock<Series>>,
+    /// The series of the first layers to report, each in the first free place, found by name.
+    series: Arc<[OnceLock<Box<Series>>; LAYERS]>,
 }
 
 impl MetricsObserver {
@@ -381,20 +388,30 @@ impl MetricsObserver {
 
 impl fmt::Debug for MetricsObserver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let layers: Vec<&str> = self
+            .series
+            .iter()
+            .filter_map(|s| s.get().map(|s| &*s.layer))
+            .collect();
         f.debug_struct("MetricsObserver")
-            .field("layer", &self.series.get().map(|s| &*s.layer))
+            .field("layers", &layers)
             .finish()
     }
 }
 
 impl Observer for MetricsObserver {
     fn on_event(&self, event: &Event<'_>) {
-        let series = self.series.get_or_init(|| Series::new(event.layer));
-        if *series.layer == *event.layer {
-            series.record(event.kind);
-        } else {
-            // Another layer shares this observer: its series are looked up every time.
-            Series::new(event.layer).record(event.kind);
+        // Places are taken in order and never given up, so the first place that is free or
+        // holds this layer's name is this layer's (two layers racing for one place: one takes
+        // it, the other goes on to the next).
+        for place in self.series.iter() {
+            let series = place.get_or_init(|| Box::new(Series::new(event.layer)));
+            if *series.layer == *event.layer {
+                series.record(event.kind);
+                return;
+            }
         }
+        // More layers than places: the others' series are looked up every time.
+        Series::new(event.layer).record(event.kind);
     }
 }

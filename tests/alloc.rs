@@ -444,6 +444,33 @@ fn a_metrics_observer_allocates_nothing_once_its_series_are_registered() {
     });
 }
 
+/// One observer cloned into several layers (as a stack's `.observer(..)` does for its parts)
+/// keeps each layer's series: no layer looks its series up, allocating, on every event.
+#[cfg(feature = "metrics")]
+#[test]
+fn a_metrics_observer_shared_by_several_layers_allocates_nothing_once_registered() {
+    use seawall::bulkhead::BulkheadLayer;
+    use seawall::metrics::MetricsObserver;
+    metrics::with_local_recorder(&metrics::NoopRecorder, || {
+        let observer = MetricsObserver::new();
+        let layer = |name: &'static str| {
+            BulkheadLayer::builder()
+                .name(name)
+                .observer(observer.clone())
+                .build()
+                .unwrap()
+        };
+        let mut service = tower::ServiceBuilder::new()
+            .layer(layer("outer"))
+            .layer(layer("middle"))
+            .layer(layer("inner"))
+            .service(support::Noop);
+        calls(&mut service, 1_000, |i| i); // registers the series
+        let allocated = allocations_during(|| calls(&mut service, 100_000, |i| i));
+        assert_eq!(allocated, 0);
+    });
+}
+
 #[cfg(all(feature = "timeout", feature = "retry", feature = "circuit-breaker"))]
 #[test]
 fn the_client_stack_happy_path_allocates_nothing() {
@@ -488,4 +515,32 @@ fn the_client_stack_happy_path_allocates_nothing() {
         allocations_during(|| calls(&mut service, 100_000, |i| i)),
         0
     );
+}
+
+/// A stack observed by one `MetricsObserver`: its parts share it, and no call allocates once
+/// their series are registered.
+#[cfg(all(feature = "metrics", feature = "limit"))]
+#[test]
+fn observed_stacks_allocate_nothing_once_their_series_are_registered() {
+    use seawall::limit::rate::Quota;
+    use seawall::metrics::MetricsObserver;
+    use seawall::stack::{ClientStack, ServerStack};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _entered = runtime.enter();
+    metrics::with_local_recorder(&metrics::NoopRecorder, || {
+        let observer = MetricsObserver::new();
+        let client = ClientStack::new()
+            .without_deadlines()
+            .observer(observer.clone());
+        let server = ServerStack::new()
+            .rate_limit(Quota::per_second(1_000_000_000))
+            .observer(observer);
+        let mut service = server.layer(client.layer(support::Noop));
+        calls(&mut service, 1_000, |i| i); // registers the series
+        let allocated = allocations_during(|| calls(&mut service, 100_000, |i| i));
+        assert_eq!(allocated, 0);
+    });
 }

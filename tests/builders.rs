@@ -253,3 +253,36 @@ async fn fallbacks_name_their_events_in_either_order() {
         all_named(&names, "stale", order);
     }
 }
+
+/// The stacks follow the convention too: their `.name(n)` (the prefix of their parts' names) and
+/// `.observer(o)` in either order.
+#[tokio::test(start_paused = true)]
+async fn stacks_name_their_parts_in_either_order() {
+    use seawall::stack::{ClientStack, ServerStack};
+    let slow = || {
+        service_fn(|x: u32| async move {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok::<_, BoxError>(x)
+        })
+    };
+    for (observer_first, order) in ORDERS {
+        let (names, observer) = probe();
+        let stack = ServerStack::new()
+            .without_concurrency_limit()
+            .timeout(Duration::from_secs(1));
+        let stack = configured!(stack, observer_first, observer, "api");
+        stack.layer(slow()).oneshot(1).await.unwrap_err();
+        all_named(&names, "api.timeout", order);
+
+        let (names, observer) = probe();
+        let stack = ClientStack::new()
+            .without_deadlines()
+            .without_retry()
+            .without_breaker()
+            .without_attempt_timeout()
+            .total_timeout(Duration::from_secs(1));
+        let stack = configured!(stack, observer_first, observer, "catalog");
+        stack.layer(slow()).oneshot(1).await.unwrap_err();
+        all_named(&names, "catalog.total_timeout", order);
+    }
+}

@@ -96,7 +96,7 @@ async fn every_request_of_a_soak_through_faults_is_accounted_for() {
         .unwrap();
     let limit = limiter.handle();
     let server_stack = ServerStack::new()
-        .concurrency(limiter)
+        .concurrency_layer(limiter)
         .timeout(Duration::from_secs(1));
     let app = Router::new()
         .route(

@@ -434,3 +434,202 @@ mod server {
         assert_eq!((ok, limited), (30, 10));
     }
 }
+
+/// The metrics a stack reports: every part it makes, each under its own name, to the stack's
+/// observer; parts given as layers, to their own.
+mod observed {
+    use super::*;
+    use seawall::core::Event;
+    use seawall::timeout::TimeoutLayer;
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+
+    pub(super) type Events = Arc<Mutex<Vec<(String, String)>>>;
+
+    /// An observer that keeps each event's layer and kind (`"TimedOut"`, ...).
+    pub(super) fn recorder() -> (Events, impl seawall::core::Observer + Clone) {
+        let events = Events::default();
+        let sink = events.clone();
+        let observer = move |event: &Event<'_>| {
+            let kind = format!("{:?}", event.kind);
+            let kind = kind
+                .split([' ', '{', '('])
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            sink.lock().unwrap().push((event.layer.to_owned(), kind));
+        };
+        (events, observer)
+    }
+
+    /// The layers that reported.
+    pub(super) fn layers(events: &Events) -> BTreeSet<String> {
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(l, _)| l.clone())
+            .collect()
+    }
+
+    /// How many events of `kind` `layer` reported.
+    pub(super) fn count(events: &Events, layer: &str, kind: &str) -> usize {
+        let events = events.lock().unwrap();
+        events
+            .iter()
+            .filter(|(l, k)| l == layer && k == kind)
+            .count()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_client_stack_observer_hears_every_part_under_its_name() {
+        let (events, observer) = recorder();
+        let calls = Arc::new(AtomicU32::new(0));
+        let client = ClientStack::new()
+            .without_deadlines()
+            .total_timeout(Duration::from_millis(2500))
+            .attempt_timeout(Duration::from_secs(1))
+            .observer(observer)
+            .layer(backend(calls.clone()));
+        let err = client.oneshot(true).await.unwrap_err();
+        assert_eq!(kind(&*err), Some(ErrorKind::TimedOut));
+        let parts = [
+            "client.attempt_timeout",
+            "client.breaker",
+            "client.retry",
+            "client.total_timeout",
+        ];
+        assert_eq!(layers(&events), parts.map(String::from).into());
+        assert_eq!(count(&events, "client.breaker", "Started"), 1);
+        assert!(count(&events, "client.breaker", "Permitted") >= 2);
+        assert!(count(&events, "client.retry", "AttemptStarted") >= 2);
+        assert!(count(&events, "client.retry", "RetryScheduled") >= 1);
+        assert!(count(&events, "client.attempt_timeout", "TimedOut") >= 1);
+        assert_eq!(count(&events, "client.total_timeout", "TimedOut"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_part_given_built_keeps_its_own_name_and_observer() {
+        let (mine, my_observer) = recorder();
+        let (events, observer) = recorder();
+        let breaker = CircuitBreakerLayer::builder()
+            .name("mine")
+            .observer(my_observer)
+            .build()
+            .unwrap();
+        let calls = Arc::new(AtomicU32::new(0));
+        let client = ClientStack::new()
+            .without_deadlines()
+            .breaker(breaker)
+            // Built without an observer: it reports nothing, the stack's observer or not.
+            .total_timeout_layer(TimeoutLayer::new(Duration::from_millis(2500)))
+            .attempt_timeout(Duration::from_secs(1))
+            .observer(observer)
+            .layer(backend(calls.clone()));
+        let err = client.oneshot(true).await.unwrap_err();
+        assert_eq!(kind(&*err), Some(ErrorKind::TimedOut));
+        assert_eq!(layers(&mine), ["mine".to_owned()].into());
+        assert!(count(&mine, "mine", "Permitted") >= 2);
+        assert_eq!(
+            layers(&events),
+            ["client.attempt_timeout", "client.retry"]
+                .map(String::from)
+                .into()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_client_stack_s_parts_are_made_once_and_shared_by_its_clones() {
+        let (events, observer) = recorder();
+        let calls = Arc::new(AtomicU32::new(0));
+        let stack = ClientStack::new()
+            .without_deadlines()
+            .without_retry()
+            .observer(observer)
+            .name("catalog");
+        // A clone of the stack, and services made apart from each: one breaker.
+        let a = stack.clone().layer(backend(calls.clone()));
+        let b = stack.layer(backend(calls.clone()));
+        let handle = stack.breaker_layer().unwrap().handle();
+        for _ in 0..10 {
+            a.clone().oneshot(false).await.unwrap_err();
+            b.clone().oneshot(false).await.unwrap_err();
+        }
+        assert_eq!(handle.metrics().calls, 20);
+        assert_eq!(count(&events, "catalog.breaker", "Started"), 1);
+        assert_eq!(count(&events, "catalog.breaker", "Finished"), 20);
+    }
+}
+
+#[cfg(feature = "limit")]
+mod observed_server {
+    use super::observed::{count, layers, recorder};
+    use seawall::error::{kind, ErrorKind};
+    use seawall::limit::rate::Quota;
+    use seawall::stack::ServerStack;
+    use std::time::Duration;
+    use tower::{service_fn, BoxError, Layer, ServiceExt};
+
+    /// A handler that hangs (`true`) or answers at once.
+    async fn handler(hang: bool) -> Result<(), BoxError> {
+        if hang {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_server_stack_observer_hears_every_part_and_the_parts_are_shared() {
+        let (events, observer) = recorder();
+        let stack = ServerStack::new()
+            .rate_limit(Quota::per_second(10).burst(2))
+            .timeout(Duration::from_secs(1))
+            .observer(observer);
+        // As axum does: the stack cloned, and a service made from each clone.
+        let a = stack.clone().layer(service_fn(handler));
+        let b = stack.layer(service_fn(handler));
+        a.clone().oneshot(false).await.unwrap();
+        let hung = tokio::spawn(b.clone().oneshot(true));
+        tokio::task::yield_now().await;
+        // The burst of two is one for both services: the third call is turned away.
+        let err = a.clone().oneshot(false).await.unwrap_err();
+        assert_eq!(kind(&*err), Some(ErrorKind::RateLimited));
+        let err = hung.await.unwrap().unwrap_err();
+        assert_eq!(kind(&*err), Some(ErrorKind::TimedOut));
+        assert_eq!(
+            layers(&events),
+            ["server.concurrency", "server.rate_limit", "server.timeout"]
+                .map(String::from)
+                .into()
+        );
+        assert_eq!(count(&events, "server.rate_limit", "Permitted"), 2);
+        assert_eq!(count(&events, "server.rate_limit", "Rejected"), 1);
+        // One limiter for both: built once.
+        assert_eq!(count(&events, "server.concurrency", "Started"), 1);
+        assert_eq!(count(&events, "server.concurrency", "Permitted"), 2);
+        assert_eq!(count(&events, "server.timeout", "TimedOut"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_stack_named_apart_reports_apart() {
+        let (events, observer) = recorder();
+        let stack = ServerStack::new().observer(observer.clone()).name("admin");
+        let other = ServerStack::new().name("public").observer(observer);
+        stack
+            .layer(service_fn(handler))
+            .oneshot(false)
+            .await
+            .unwrap();
+        other
+            .layer(service_fn(handler))
+            .oneshot(false)
+            .await
+            .unwrap();
+        assert_eq!(
+            layers(&events),
+            ["admin.concurrency", "public.concurrency"]
+                .map(String::from)
+                .into()
+        );
+    }
+}

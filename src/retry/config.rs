@@ -224,13 +224,6 @@ impl<C, P, O> Builder<C, P, O> {
         self.with_hooks(|classify, policy, _| (classify, policy, observer))
     }
 
-    /// The same settings with other hooks.
-    /// Wraps the classifier, whatever it is.
-    #[cfg(all(feature = "timeout", feature = "circuit-breaker"))]
-    pub(crate) fn map_classify<C2>(self, wrap: impl FnOnce(C) -> C2) -> Builder<C2, P, O> {
-        self.with_hooks(|classify, policy, observer| (wrap(classify), policy, observer))
-    }
-
     fn with_hooks<C2, P2, O2>(
         self,
         hooks: impl FnOnce(C, P, O) -> (C2, P2, O2),

@@ -100,19 +100,6 @@ impl<C, P, O> RetryLayer<C, P, O> {
     pub fn budget(&self) -> Option<&Budget> {
         self.budget.as_ref()
     }
-
-    /// The same layer (budget, sessions and source shared) with another policy.
-    #[cfg(all(feature = "timeout", feature = "circuit-breaker"))]
-    pub(crate) fn map_policy<P2>(self, map: impl FnOnce(P) -> P2) -> RetryLayer<C, P2, O> {
-        RetryLayer {
-            limits: self.limits,
-            budget: self.budget,
-            sessions: self.sessions,
-            classify: self.classify,
-            policy: map(self.policy),
-            source: self.source,
-        }
-    }
 }
 
 impl<C: Clone, P: Clone, O> Clone for RetryLayer<C, P, O> {

@@ -1,13 +1,18 @@
 //! The standard client stack.
 
-use super::{part, Part};
+use super::part::{
+    BreakerSettings, Own, OwnBreaker, OwnRetry, OwnTimeout, Plain, Reobserve, RetrySettings,
+    StackPart,
+};
+use super::Part;
 use crate::circuit_breaker::CircuitBreakerLayer;
-use crate::core::{Classify, ErrorIsFailure, Outcome};
+use crate::core::{Classify, ErrorIsFailure, Observer, Outcome};
 use crate::error::ErrorKind;
-use crate::retry::policy::{Cloned, ClonedWithDeadline};
+use crate::retry::policy::ClonedWithDeadline;
 use crate::retry::RetryLayer;
 use crate::timeout::policy::Propagate;
 use crate::timeout::TimeoutLayer;
+use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 use tower::layer::util::Stack;
@@ -42,7 +47,7 @@ impl<Res, C: Classify<Res, BoxError>> Classify<Res, BoxError> for OpenIsFinal<C>
     }
 }
 
-/// How the timeouts of a [`ClientStack`] treat deadlines: its type parameter `T`. Sealed.
+/// How the timeouts a [`ClientStack`] makes treat deadlines: its type parameter `T`. Sealed.
 ///
 /// - [`Propagate<Duration>`](Propagate), the default: each timeout honours the
 ///   [`Deadline`](crate::core::Deadline) the request carries and gives the layers beneath a
@@ -58,24 +63,24 @@ pub trait StackTimeout: Clone + sealed::Sealed {
     #[doc(hidden)]
     const PROPAGATES: bool;
 
-    /// The stack's timeout layer for `timeout`.
+    /// The policy of a timeout of `timeout`.
     #[doc(hidden)]
-    fn timeout_layer(timeout: Duration) -> TimeoutLayer<Self>;
+    fn policy(timeout: Duration) -> Self;
 }
 
 impl StackTimeout for Propagate<Duration> {
     const PROPAGATES: bool = true;
 
-    fn timeout_layer(timeout: Duration) -> TimeoutLayer<Self> {
-        TimeoutLayer::new(timeout).propagate()
+    fn policy(timeout: Duration) -> Self {
+        Propagate(timeout)
     }
 }
 
 impl StackTimeout for Duration {
     const PROPAGATES: bool = false;
 
-    fn timeout_layer(timeout: Duration) -> TimeoutLayer<Self> {
-        TimeoutLayer::new(timeout)
+    fn policy(timeout: Duration) -> Self {
+        timeout
     }
 }
 
@@ -88,8 +93,10 @@ mod sealed {
 /// The standard client stack: total timeout, retry, circuit breaker, attempt timeout. See the
 /// [module docs](super).
 ///
-/// Its error type is [`tower::BoxError`]. Every part is shared, as the layer alone would share
-/// it, by every service the stack makes: one breaker and one retry budget per stack.
+/// Its error type is [`tower::BoxError`]. Each part's state (the breaker, the retry budget) is
+/// made once, when the stack first makes a service or hands out a part, and shared by every clone
+/// of the stack and every service made from any of them: one breaker and one retry budget per
+/// stack. Configure the stack, then clone it.
 ///
 /// Its timeouts propagate deadlines (`T` is [`Propagate<Duration>`](Propagate), see
 /// [`StackTimeout`]): the total timeout puts its deadline in the request, the retry reads it, and
@@ -97,49 +104,86 @@ mod sealed {
 /// ([`DeadlineCarrier`](crate::core::DeadlineCarrier): `http::Request` does, and a type of your own
 /// can in a few lines); for one that cannot, [`without_deadlines`](ClientStack::without_deadlines)
 /// makes them plain timeouts.
+///
+/// Its other type parameters are its parts (total timeout `Tot`, retry `R`, breaker `B`, attempt
+/// timeout `Att`; see [`part`](super::part)) and its observer `O`: you never need to write them.
 pub struct ClientStack<
-    RC = OpenIsFinal<ErrorIsFailure>,
-    RP = ClonedWithDeadline,
-    RO = (),
-    BC = ErrorIsFailure,
-    BO: 'static = (),
+    Tot = OwnTimeout<Propagate<Duration>>,
+    R = OwnRetry<OpenIsFinal<ErrorIsFailure>, ClonedWithDeadline>,
+    B = OwnBreaker<ErrorIsFailure>,
+    Att = OwnTimeout<Propagate<Duration>>,
     T = Propagate<Duration>,
+    O = (),
 > {
-    total: Option<TimeoutLayer<T>>,
-    retry: Option<RetryLayer<RC, RP, RO>>,
-    breaker: Option<CircuitBreakerLayer<BC, BO>>,
-    attempt: Option<TimeoutLayer<T>>,
+    total: Option<Tot>,
+    retry: Option<R>,
+    breaker: Option<B>,
+    attempt: Option<Att>,
+    /// What the timeouts the stack makes from a `Duration` are.
+    policy: std::marker::PhantomData<fn() -> T>,
+    name: Cow<'static, str>,
+    observer: O,
+}
+
+/// A client stack whose every part is its own, before any is replaced.
+type Made<C, P, BC> = ClientStack<
+    OwnTimeout<Propagate<Duration>>,
+    OwnRetry<C, P>,
+    OwnBreaker<BC>,
+    OwnTimeout<Propagate<Duration>>,
+>;
+
+/// The stack's parts as one makes them, named `"client"` and observed by nothing.
+fn made<C: Clone, P: Clone, BC: Clone>(
+    retry: RetrySettings<C, P>,
+    breaker: BreakerSettings<BC>,
+) -> Made<C, P, BC> {
+    ClientStack {
+        total: Some(Own::new(Propagate(Duration::from_secs(30)))),
+        retry: Some(Own::new(retry)),
+        breaker: Some(Own::new(breaker)),
+        attempt: Some(Own::new(Propagate(Duration::from_secs(10)))),
+        policy: std::marker::PhantomData,
+        name: Cow::Borrowed("client"),
+        observer: (),
+    }
 }
 
 impl ClientStack {
     /// The stack with its defaults, for any request type that can be cloned (for retries) and
     /// carries a [`Deadline`](crate::core::Deadline) (see
     /// [`DeadlineCarrier`](crate::core::DeadlineCarrier)); add
-    /// [`without_deadlines`](Self::without_deadlines) for one that cannot.
+    /// [`without_deadlines`](Self::without_deadlines) for one that cannot. Named `"client"`,
+    /// observed by nothing.
     pub fn new() -> Self {
-        ClientStack {
-            total: Some(StackTimeout::timeout_layer(Duration::from_secs(30))),
-            retry: Some(
-                RetryLayer::builder()
-                    .policy(ClonedWithDeadline)
-                    .map_classify(OpenIsFinal)
-                    .build()
-                    .expect("the default configuration is valid"),
-            ),
-            breaker: Some(CircuitBreakerLayer::new()),
-            attempt: Some(StackTimeout::timeout_layer(Duration::from_secs(10))),
-        }
+        made(
+            RetrySettings {
+                classify: OpenIsFinal(ErrorIsFailure),
+                policy: ClonedWithDeadline,
+            },
+            BreakerSettings {
+                classify: ErrorIsFailure,
+            },
+        )
     }
 }
 
-impl<RC, RO, BC, BO: 'static> ClientStack<RC, ClonedWithDeadline, RO, BC, BO, Propagate<Duration>> {
+impl<Tot, R, B, Att, O> ClientStack<Tot, R, B, Att, Propagate<Duration>, O>
+where
+    O: Observer,
+    Tot: Plain<O>,
+    R: Plain<O>,
+    Att: Plain<O>,
+{
     /// For requests that cannot carry a [`Deadline`](crate::core::Deadline) (that do not implement
-    /// [`DeadlineCarrier`](crate::core::DeadlineCarrier)): the timeouts are plain ones, which
-    /// leave the request alone, and the retry clones requests without reading a deadline. Each
-    /// timeout still ends the calls beneath it, but the retry no longer knows when the total
-    /// timeout will end: it may start an attempt or a backoff that the total timeout then cuts,
-    /// and the caller gets [`Elapsed`](crate::timeout::error::Elapsed) rather than the last
-    /// attempt's answer. Call it before [`retry`](Self::retry), whose layer it keeps.
+    /// [`DeadlineCarrier`](crate::core::DeadlineCarrier)): the timeouts the stack makes are plain
+    /// ones, which leave the request alone, and the retry it makes clones requests without
+    /// reading a deadline. Each timeout still ends the calls beneath it, but the retry no longer
+    /// knows when the total timeout will end: it may start an attempt or a backoff that the total
+    /// timeout then cuts, and the caller gets [`Elapsed`](crate::timeout::error::Elapsed) rather
+    /// than the last attempt's answer. Parts given as built layers are kept as they are (give
+    /// plain ones), and so is the stack's `ClientStack::http()` or `grpc()` retry, whose requests
+    /// carry deadlines: this is for `ClientStack::new()`.
     ///
     /// ```
     /// use seawall::stack::ClientStack;
@@ -152,13 +196,17 @@ impl<RC, RO, BC, BO: 'static> ClientStack<RC, ClonedWithDeadline, RO, BC, BO, Pr
     /// assert_eq!(client.oneshot(41).await.unwrap(), 42);
     /// # }
     /// ```
-    pub fn without_deadlines(self) -> ClientStack<RC, Cloned, RO, BC, BO, Duration> {
-        let plain = |timeout: TimeoutLayer<Propagate<Duration>>| timeout.map_policy(|p| p.0);
+    pub fn without_deadlines(
+        self,
+    ) -> ClientStack<Tot::Output, R::Output, B, Att::Output, Duration, O> {
         ClientStack {
-            total: self.total.map(plain),
-            retry: self.retry.map(|retry| retry.map_policy(|_| Cloned)),
+            total: self.total.map(Plain::plain),
+            retry: self.retry.map(Plain::plain),
             breaker: self.breaker,
-            attempt: self.attempt.map(plain),
+            attempt: self.attempt.map(Plain::plain),
+            policy: std::marker::PhantomData,
+            name: self.name,
+            observer: self.observer,
         }
     }
 }
@@ -171,13 +219,10 @@ impl Default for ClientStack {
 
 #[cfg(feature = "http")]
 impl
-    ClientStack<
+    Made<
         OpenIsFinal<crate::http::HttpClassifier>,
         crate::retry::http::HttpPolicy,
-        (),
         crate::http::HttpClassifier,
-        (),
-        Propagate<Duration>,
     >
 {
     /// The stack for an HTTP client: retries as [`RetryLayer::http`]
@@ -187,34 +232,24 @@ impl
     /// [`WriteDeadlineLayer`](crate::timeout::propagate::WriteDeadlineLayer) beneath the stack
     /// sends what is left to the server.
     pub fn http() -> Self {
-        ClientStack {
-            total: Some(StackTimeout::timeout_layer(Duration::from_secs(30))),
-            retry: Some(
-                RetryLayer::http()
-                    .map_classify(OpenIsFinal)
-                    .build()
-                    .expect("the default configuration is valid"),
-            ),
-            breaker: Some(
-                CircuitBreakerLayer::builder()
-                    .classify(crate::http::HttpClassifier::default())
-                    .build()
-                    .expect("the default configuration is valid"),
-            ),
-            attempt: Some(StackTimeout::timeout_layer(Duration::from_secs(10))),
-        }
+        made(
+            RetrySettings {
+                classify: OpenIsFinal(crate::http::HttpClassifier::retryable()),
+                policy: crate::retry::http::HttpPolicy::default(),
+            },
+            BreakerSettings {
+                classify: crate::http::HttpClassifier::default(),
+            },
+        )
     }
 }
 
 #[cfg(feature = "http")]
 impl
-    ClientStack<
+    Made<
         OpenIsFinal<crate::grpc::GrpcClassifier>,
         crate::retry::grpc::GrpcPolicy,
-        (),
         crate::grpc::GrpcClassifier,
-        (),
-        Propagate<Duration>,
     >
 {
     /// The stack for a gRPC client: retries as [`RetryLayer::grpc`]
@@ -242,30 +277,53 @@ impl
     /// let mut client = HealthClient::new(channel);
     /// ```
     pub fn grpc() -> Self {
-        ClientStack {
-            total: Some(StackTimeout::timeout_layer(Duration::from_secs(30))),
-            retry: Some(
-                RetryLayer::grpc()
-                    .map_classify(OpenIsFinal)
-                    .build()
-                    .expect("the default configuration is valid"),
-            ),
-            breaker: Some(
-                CircuitBreakerLayer::builder()
-                    .classify(crate::grpc::GrpcClassifier::default())
-                    .build()
-                    .expect("the default configuration is valid"),
-            ),
-            attempt: Some(StackTimeout::timeout_layer(Duration::from_secs(10))),
-        }
+        made(
+            RetrySettings {
+                classify: OpenIsFinal(crate::grpc::GrpcClassifier::retryable()),
+                policy: crate::retry::grpc::GrpcPolicy,
+            },
+            BreakerSettings {
+                classify: crate::grpc::GrpcClassifier::default(),
+            },
+        )
     }
 }
 
-impl<RC, RP, RO, BC, BO: 'static, T: StackTimeout> ClientStack<RC, RP, RO, BC, BO, T> {
-    /// The caller's whole budget, retries included (default 30 s).
-    pub fn total_timeout(mut self, timeout: Duration) -> Self {
-        self.total = Some(T::timeout_layer(timeout));
-        self
+impl<Tot, R, B, Att, T, O> ClientStack<Tot, R, B, Att, T, O> {
+    /// The caller's whole budget, retries included (default 30 s): a part the stack makes, named
+    /// `"{name}.total_timeout"`.
+    pub fn total_timeout(self, timeout: Duration) -> ClientStack<OwnTimeout<T, O>, R, B, Att, T, O>
+    where
+        T: StackTimeout,
+        O: Observer,
+    {
+        ClientStack {
+            total: Some(Own::new(T::policy(timeout))),
+            retry: self.retry,
+            breaker: self.breaker,
+            attempt: self.attempt,
+            policy: self.policy,
+            name: self.name,
+            observer: self.observer,
+        }
+    }
+
+    /// Uses `layer` as the total timeout, with its own name and observer: the stack's
+    /// [`observer`](Self::observer) does not reach it. Make it propagate deadlines
+    /// ([`TimeoutLayer::propagate`]), or the retry beneath will not know when it ends.
+    pub fn total_timeout_layer<P, O2>(
+        self,
+        layer: TimeoutLayer<P, O2>,
+    ) -> ClientStack<TimeoutLayer<P, O2>, R, B, Att, T, O> {
+        ClientStack {
+            total: Some(layer),
+            retry: self.retry,
+            breaker: self.breaker,
+            attempt: self.attempt,
+            policy: self.policy,
+            name: self.name,
+            observer: self.observer,
+        }
     }
 
     /// Leaves the total timeout out.
@@ -274,10 +332,42 @@ impl<RC, RP, RO, BC, BO: 'static, T: StackTimeout> ClientStack<RC, RP, RO, BC, B
         self
     }
 
-    /// One attempt's limit (default 10 s).
-    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
-        self.attempt = Some(T::timeout_layer(timeout));
-        self
+    /// One attempt's limit (default 10 s): a part the stack makes, named
+    /// `"{name}.attempt_timeout"`.
+    pub fn attempt_timeout(
+        self,
+        timeout: Duration,
+    ) -> ClientStack<Tot, R, B, OwnTimeout<T, O>, T, O>
+    where
+        T: StackTimeout,
+        O: Observer,
+    {
+        ClientStack {
+            total: self.total,
+            retry: self.retry,
+            breaker: self.breaker,
+            attempt: Some(Own::new(T::policy(timeout))),
+            policy: self.policy,
+            name: self.name,
+            observer: self.observer,
+        }
+    }
+
+    /// Uses `layer` as the attempt timeout, with its own name and observer: the stack's
+    /// [`observer`](Self::observer) does not reach it.
+    pub fn attempt_timeout_layer<P, O2>(
+        self,
+        layer: TimeoutLayer<P, O2>,
+    ) -> ClientStack<Tot, R, B, TimeoutLayer<P, O2>, T, O> {
+        ClientStack {
+            total: self.total,
+            retry: self.retry,
+            breaker: self.breaker,
+            attempt: Some(layer),
+            policy: self.policy,
+            name: self.name,
+            observer: self.observer,
+        }
     }
 
     /// Leaves the attempt timeout out.
@@ -286,19 +376,23 @@ impl<RC, RP, RO, BC, BO: 'static, T: StackTimeout> ClientStack<RC, RP, RO, BC, B
         self
     }
 
-    /// Replaces the retry layer, with its classifier and policy: the stack's (those of
-    /// `ClientStack::http()` or `grpc()`, say) are not kept, so start from `RetryLayer::http()` or
-    /// `RetryLayer::grpc()` for such a stack. Classify with [`OpenIsFinal`] to keep an open
+    /// Replaces the retry layer, with its classifier, policy, name and observer (the stack's
+    /// [`observer`](Self::observer) does not reach it): the stack's classifier and policy (those
+    /// of `ClientStack::http()` or `grpc()`, say) are not kept, so start from `RetryLayer::http()`
+    /// or `RetryLayer::grpc()` for such a stack. Classify with [`OpenIsFinal`] to keep an open
     /// breaker's rejections from being retried.
-    pub fn retry<RC2, RP2, RO2>(
+    pub fn retry<RC, RP, RO>(
         self,
-        retry: RetryLayer<RC2, RP2, RO2>,
-    ) -> ClientStack<RC2, RP2, RO2, BC, BO, T> {
+        retry: RetryLayer<RC, RP, RO>,
+    ) -> ClientStack<Tot, RetryLayer<RC, RP, RO>, B, Att, T, O> {
         ClientStack {
             total: self.total,
             retry: Some(retry),
             breaker: self.breaker,
             attempt: self.attempt,
+            policy: self.policy,
+            name: self.name,
+            observer: self.observer,
         }
     }
 
@@ -309,19 +403,23 @@ impl<RC, RP, RO, BC, BO: 'static, T: StackTimeout> ClientStack<RC, RP, RO, BC, B
     }
 
     /// Replaces the circuit breaker (build it once, and keep its
-    /// [`handle`](CircuitBreakerLayer::handle) to watch or force it), with its classifier: the
-    /// stack's is not kept, so give the breaker of a `ClientStack::http()` stack
+    /// [`handle`](CircuitBreakerLayer::handle) to watch or force it), with its classifier, name
+    /// and observer (the stack's [`observer`](Self::observer) does not reach it): the stack's
+    /// classifier is not kept, so give the breaker of a `ClientStack::http()` stack
     /// `.classify(HttpClassifier::default())` (and that of a `grpc()` one `GrpcClassifier`)
     /// yourself, or it counts every `Ok` as a success.
-    pub fn breaker<BC2, BO2>(
+    pub fn breaker<BC, BO>(
         self,
-        breaker: CircuitBreakerLayer<BC2, BO2>,
-    ) -> ClientStack<RC, RP, RO, BC2, BO2, T> {
+        breaker: CircuitBreakerLayer<BC, BO>,
+    ) -> ClientStack<Tot, R, CircuitBreakerLayer<BC, BO>, Att, T, O> {
         ClientStack {
             total: self.total,
             retry: self.retry,
             breaker: Some(breaker),
             attempt: self.attempt,
+            policy: self.policy,
+            name: self.name,
+            observer: self.observer,
         }
     }
 
@@ -331,14 +429,84 @@ impl<RC, RP, RO, BC, BO: 'static, T: StackTimeout> ClientStack<RC, RP, RO, BC, B
         self
     }
 
-    /// The circuit breaker, to take its handle.
-    pub fn breaker_layer(&self) -> Option<&CircuitBreakerLayer<BC, BO>> {
-        self.breaker.as_ref()
+    /// The circuit breaker, to take its handle. The stack's own breaker is made now if it has not
+    /// been yet (with the stack's name and observer as they are now: set those first).
+    pub fn breaker_layer(&self) -> Option<&B::Layer>
+    where
+        B: StackPart<O>,
+    {
+        self.breaker
+            .as_ref()
+            .map(|b| b.layer(|| self.part_name("breaker"), &self.observer))
+    }
+
+    /// Names the stack (default `"client"`): the parts it makes report as
+    /// `"{name}.total_timeout"`, `"{name}.retry"`, `"{name}.breaker"` and
+    /// `"{name}.attempt_timeout"`. Give two stacks in one process different names (a stack per
+    /// dependency: `"catalog"`, `"payments"`), or their metrics mix. Before or after
+    /// [`observer`](Self::observer), as you like; the parts are made anew (see
+    /// [`part`](super::part)), so set it before cloning the stack.
+    pub fn name(self, name: impl Into<Cow<'static, str>>) -> Self
+    where
+        Tot: StackPart<O>,
+        R: StackPart<O>,
+        B: StackPart<O>,
+        Att: StackPart<O>,
+    {
+        ClientStack {
+            total: self.total.map(StackPart::fresh),
+            retry: self.retry.map(StackPart::fresh),
+            breaker: self.breaker.map(StackPart::fresh),
+            attempt: self.attempt.map(StackPart::fresh),
+            policy: self.policy,
+            name: name.into(),
+            observer: self.observer,
+        }
+    }
+
+    /// Sends the events of every part the stack makes to `observer`, each under its own name (see
+    /// [`name`](Self::name)): the timeouts' timeouts, the retry's attempts, retries and give-ups,
+    /// the breaker's state, admissions, rejections and finished calls. Each part gets a clone of
+    /// `observer`; a [`MetricsObserver`](crate::metrics::MetricsObserver)'s clones share their
+    /// series, and keep each part's apart.
+    ///
+    /// A part given as a built layer ([`retry`](Self::retry), [`breaker`](Self::breaker),
+    /// [`total_timeout_layer`](Self::total_timeout_layer),
+    /// [`attempt_timeout_layer`](Self::attempt_timeout_layer)) keeps its own name and observer,
+    /// and reports nothing if it was built without one: give it the observer yourself
+    /// (`.name("catalog.breaker").observer(observer.clone())` on its builder).
+    ///
+    /// The parts are made anew (see [`part`](super::part)), so set it before cloning the stack.
+    pub fn observer<O2>(
+        self,
+        observer: O2,
+    ) -> ClientStack<Tot::Output, R::Output, B::Output, Att::Output, T, O2>
+    where
+        O2: Observer + Clone,
+        Tot: Reobserve<O2>,
+        R: Reobserve<O2>,
+        B: Reobserve<O2>,
+        Att: Reobserve<O2>,
+    {
+        ClientStack {
+            total: self.total.map(Reobserve::reobserve),
+            retry: self.retry.map(Reobserve::reobserve),
+            breaker: self.breaker.map(Reobserve::reobserve),
+            attempt: self.attempt.map(Reobserve::reobserve),
+            policy: self.policy,
+            name: self.name,
+            observer,
+        }
+    }
+
+    /// The name of the part called `part`.
+    fn part_name(&self, part: &str) -> Cow<'static, str> {
+        Cow::Owned(format!("{}.{part}", self.name))
     }
 }
 
-impl<RC: Clone, RP: Clone, RO, BC: Clone, BO: 'static, T: Clone> Clone
-    for ClientStack<RC, RP, RO, BC, BO, T>
+impl<Tot: Clone, R: Clone, B: Clone, Att: Clone, T, O: Clone> Clone
+    for ClientStack<Tot, R, B, Att, T, O>
 {
     fn clone(&self) -> Self {
         ClientStack {
@@ -346,15 +514,17 @@ impl<RC: Clone, RP: Clone, RO, BC: Clone, BO: 'static, T: Clone> Clone
             retry: self.retry.clone(),
             breaker: self.breaker.clone(),
             attempt: self.attempt.clone(),
+            policy: self.policy,
+            name: self.name.clone(),
+            observer: self.observer.clone(),
         }
     }
 }
 
-impl<RC, RP, RO, BC, BO: 'static, T: StackTimeout> fmt::Debug
-    for ClientStack<RC, RP, RO, BC, BO, T>
-{
+impl<Tot, R, B, Att, T: StackTimeout, O> fmt::Debug for ClientStack<Tot, R, B, Att, T, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientStack")
+            .field("name", &self.name)
             .field("total_timeout", &self.total.is_some())
             .field("retry", &self.retry.is_some())
             .field("breaker", &self.breaker.is_some())
@@ -365,32 +535,31 @@ impl<RC, RP, RO, BC, BO: 'static, T: StackTimeout> fmt::Debug
 }
 
 /// The layers of a [`ClientStack`], innermost first.
-type ClientLayers<RC, RP, RO, BC, BO, T> = Stack<
-    Part<TimeoutLayer<T>>,
-    Stack<
-        Part<CircuitBreakerLayer<BC, BO>>,
-        Stack<Part<RetryLayer<RC, RP, RO>>, Part<TimeoutLayer<T>>>,
-    >,
->;
+type ClientLayers<Tot, R, B, Att> = Stack<Part<Att>, Stack<Part<B>, Stack<Part<R>, Part<Tot>>>>;
 
-impl<S, RC, RP, RO, BC, BO: 'static, T> Layer<S> for ClientStack<RC, RP, RO, BC, BO, T>
+impl<S, Tot, R, B, Att, T, O> Layer<S> for ClientStack<Tot, R, B, Att, T, O>
 where
-    RC: Clone,
-    RP: Clone,
-    BC: Clone,
-    T: Clone,
-    ClientLayers<RC, RP, RO, BC, BO, T>: Layer<S>,
+    Tot: StackPart<O>,
+    R: StackPart<O>,
+    B: StackPart<O>,
+    Att: StackPart<O>,
+    ClientLayers<Tot::Layer, R::Layer, B::Layer, Att::Layer>: Layer<S>,
 {
-    type Service = <ClientLayers<RC, RP, RO, BC, BO, T> as Layer<S>>::Service;
+    type Service = <ClientLayers<Tot::Layer, R::Layer, B::Layer, Att::Layer> as Layer<S>>::Service;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let layers = Stack::new(
-            part(&self.attempt),
+        let name = |part: &'static str| move || self.part_name(part);
+        let observer = &self.observer;
+        Stack::new(
+            Part::of(&self.attempt, name("attempt_timeout"), observer),
             Stack::new(
-                part(&self.breaker),
-                Stack::new(part(&self.retry), part(&self.total)),
+                Part::of(&self.breaker, name("breaker"), observer),
+                Stack::new(
+                    Part::of(&self.retry, name("retry"), observer),
+                    Part::of(&self.total, name("total_timeout"), observer),
+                ),
             ),
-        );
-        layers.layer(inner)
+        )
+        .layer(inner)
     }
 }

@@ -22,9 +22,9 @@
 //! server's 375/s; 150 ms serves 370/s at a p99 of 216 ms. LIFO, rather than adaptive LIFO, kept
 //! the p99 of a sustained flood lower: a flood's queue empties now and then, and adaptive order
 //! then serves it first come first served for an interval, behind a full queue. A limiter passed
-//! to [`concurrency`](ServerStack::concurrency) replaces it with its own queue settings (none
-//! unless set): give it `.queue(128).codel(Codel::new(5 ms, 150 ms)).order(Order::Lifo)` to keep
-//! them.
+//! to [`concurrency_layer`](ServerStack::concurrency_layer) replaces it with its own queue
+//! settings (none unless set): give it `.queue(128).codel(Codel::new(5 ms, 150 ms))
+//! .order(Order::Lifo)` to keep them.
 //!
 //! Errors are seawall's: put `seawall::axum::HandleErrorsLayer` (feature `axum`)
 //! above it under axum, or map them with [`tonic::or_status`](crate::tonic) for tonic.
@@ -107,9 +107,54 @@
 //! # }
 //! # }
 //! ```
+//!
+//! # Metrics
+//!
+//! A stack's `.observer(o)` sends the events of every part it makes to `o` (each part gets a
+//! clone), each part under its own name: the stack's name (`.name(..)`, `"server"` and
+//! `"client"` by default), a dot, and the part's.
+//!
+//! | stack | parts' names |
+//! |---|---|
+//! | [`ServerStack`] | `server.rate_limit`, `server.concurrency`, `server.timeout` |
+//! | [`ClientStack`] | `client.total_timeout`, `client.retry`, `client.breaker`, `client.attempt_timeout` |
+//!
+//! Name each stack of a process apart (a client stack per dependency: `"catalog"`,
+//! `"payments"`), or two stacks' series mix. `.name(..)` and `.observer(..)` come in either
+//! order, before the stack is cloned: the stack makes each part once, when it first makes a
+//! service (or hands out its breaker), and every clone of the stack, and every service made from
+//! any of them, shares it, as axum's per-connection clones need. With no observer (the default,
+//! `()`) the parts are the same layers as unobserved ones, at no cost per call.
+//!
+//! A part given as a built layer (`rate_limit_layer`, `concurrency_layer`, `timeout_layer`;
+//! `retry`, `breaker`, `total_timeout_layer`, `attempt_timeout_layer`) is used as it is: the
+//! stack's observer does not replace its own, and one built without an observer reports
+//! nothing. Give it a name and the observer when you build it. See [`part`].
+//!
+//! ```
+//! # #[cfg(all(feature = "limit", feature = "metrics", feature = "retry", feature = "circuit-breaker"))] {
+//! use seawall::metrics::MetricsObserver;
+//! use seawall::stack::{ClientStack, ServerStack};
+//! use std::time::Duration;
+//!
+//! let metrics = MetricsObserver::new();
+//! // server.concurrency, server.timeout
+//! let server = ServerStack::new().observer(metrics.clone());
+//! // catalog.total_timeout, catalog.retry, catalog.breaker, catalog.attempt_timeout
+//! let catalog = ClientStack::new()
+//!     .total_timeout(Duration::from_secs(1))
+//!     .name("catalog")
+//!     .observer(metrics);
+//! # drop((server, catalog));
+//! # }
+//! ```
+//!
+//! One [`MetricsObserver`](crate::metrics::MetricsObserver) keeps the series of up to eight
+//! layers, so two stacks can share one, and no call allocates.
 
 #[cfg(all(feature = "retry", feature = "circuit-breaker"))]
 mod client;
+pub mod part;
 #[cfg(feature = "limit")]
 mod server;
 
@@ -129,8 +174,19 @@ use tower::{BoxError, Layer, Service};
 pub struct Part<L>(Option<L>);
 
 #[cfg(any(all(feature = "retry", feature = "circuit-breaker"), feature = "limit"))]
-fn part<L: Clone>(layer: &Option<L>) -> Part<L> {
-    Part(layer.clone())
+impl<L: Clone> Part<L> {
+    /// The layer of `part`, if the stack has it, made now if need be (named `name()`, observed by
+    /// `observer`).
+    fn of<P, O>(
+        part: &Option<P>,
+        name: impl FnOnce() -> std::borrow::Cow<'static, str>,
+        observer: &O,
+    ) -> Self
+    where
+        P: part::StackPart<O, Layer = L>,
+    {
+        Part(part.as_ref().map(|p| p.layer(name, observer).clone()))
+    }
 }
 
 impl<S, L: Layer<S>> Layer<S> for Part<L> {

@@ -93,15 +93,6 @@ impl<P, O> TimeoutLayer<P, O> {
         }
     }
 
-    /// The same layer (name and observer shared) with another policy.
-    #[cfg(all(feature = "retry", feature = "circuit-breaker"))]
-    pub(crate) fn map_policy<P2>(self, map: impl FnOnce(P) -> P2) -> TimeoutLayer<P2, O> {
-        TimeoutLayer {
-            policy: map(self.policy),
-            source: self.source,
-        }
-    }
-
     /// The layer's name, in events (default `"timeout"`).
     pub fn name(self, name: impl Into<Cow<'static, str>>) -> Self {
         TimeoutLayer {

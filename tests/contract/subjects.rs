@@ -6,7 +6,7 @@ use seawall::bulkhead::{BulkheadLayer, Handle as BulkheadHandle};
 use seawall::bulkhead::{Codel, Order};
 use seawall::chaos::ChaosLayer;
 use seawall::circuit_breaker::{CircuitBreakerLayer, Handle as BreakerHandle};
-use seawall::core::{Deadline, DeadlineCarrier, ErrorIsFailure};
+use seawall::core::{Deadline, DeadlineCarrier};
 use seawall::fallback::{AlternateLayer, FallbackLayer};
 use seawall::limit::algorithm::Fixed;
 use seawall::limit::error::RateLimited;
@@ -16,9 +16,8 @@ use seawall::limit::rate::{
 };
 use seawall::limit::{AdaptiveHandle, AdaptiveLimitLayer, LoadShedLayer, ThrottleLayer};
 use seawall::retry::backoff::{Backoff, Jitter};
-use seawall::retry::policy::Cloned;
 use seawall::retry::RetryLayer;
-use seawall::stack::{ClientStack, OpenIsFinal, ServerStack};
+use seawall::stack::{ClientStack, ServerStack};
 use seawall::timeout::TimeoutLayer;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
@@ -944,29 +943,18 @@ pass_through!(Chaos, |_probe| {
     move |mock| erase(ServiceBuilder::new().layer(layer.clone()).service(mock).map_err(Into::into))
 }, observed: false);
 
-// The client stack, read through its breaker (its probes are what it holds); its breaker and
-// its retry send their events to the test's observer (its timeouts take none).
+// The client stack, read through its breaker (its probes are what it holds).
 subject!(Client, BreakerHandle<Probe>);
 
 impl Subject for Client {
     common!();
     async fn prepare(probe: Probe) -> Self {
-        let breaker = CircuitBreakerLayer::builder()
-            .observer(probe.clone())
-            .build()
-            .unwrap();
-        let handle = breaker.handle();
-        let retry = RetryLayer::builder()
-            .policy(Cloned)
-            .classify(OpenIsFinal(ErrorIsFailure))
-            .observer(probe)
-            .build()
-            .unwrap();
-        let stack = ClientStack::new()
-            .without_deadlines()
-            .breaker(breaker)
-            .retry(retry);
-        Client(Over::new(handle, move |mock| erase(stack.layer(mock))))
+        let stack = ClientStack::new().without_deadlines().observer(probe);
+        let breaker = stack
+            .breaker_layer()
+            .expect("a breaker by default")
+            .handle();
+        Client(Over::new(breaker, move |mock| erase(stack.layer(mock))))
     }
     fn held(&self) -> usize {
         self.x.metrics().probes_in_flight as usize
@@ -979,19 +967,21 @@ impl Subject for Client {
     }
 }
 
-// The server stack with a fixed concurrency limit and a queue, read through its limiter. It
-// cannot take the test's observer: its rate limit and concurrency limit are layers without one
-// (`RateLimitLayer`, `AdaptiveLimitLayer<A>`), and its timeout too.
-slots!(Server<>, AdaptiveHandle<Fixed>, |_probe| {
-        let limiter = AdaptiveLimitLayer::builder(Fixed(SLOTS)).queue(QUEUE).build().unwrap();
+// The server stack with a fixed concurrency limit and a queue, read through its limiter (given
+// built, with the probe; the stack's observer reaches its own timeout).
+slots!(Server<>, AdaptiveHandle<Fixed, Probe>, |probe| {
+        let limiter = AdaptiveLimitLayer::builder(Fixed(SLOTS))
+            .queue(QUEUE)
+            .observer(probe.clone())
+            .build()
+            .unwrap();
         let handle = limiter.handle();
-        let stack = ServerStack::new().concurrency(limiter);
+        let stack = ServerStack::new().concurrency_layer(limiter).observer(probe);
         Over::new(handle, move |mock| erase(stack.layer(mock)))
     },
     held: |h| (h.in_flight() + h.queued()) as usize,
     capacity: SLOTS as usize,
-    blocked: Blocked::Waits,
-    observed: false);
+    blocked: Blocked::Waits);
 
 // A bulkhead over a breaker, the breaker's events to the test's observer (the bulkhead's to none):
 // an inner call that panics (the breaker's observer, at `Permitted`) leaves the bulkhead's slot

@@ -360,3 +360,70 @@ fn the_tracing_observer_wants_no_latency_when_nobody_listens_at_trace() {
         );
     });
 }
+
+/// One `MetricsObserver` given to a server stack and a client stack: each part the stacks make
+/// leaves its series, under the stack's name and the part's.
+#[test]
+fn the_stacks_parts_leave_their_series_under_their_names() {
+    use seawall::stack::{ClientStack, ServerStack};
+    let recorder = DebuggingRecorder::new();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let observer = MetricsObserver::new();
+            let server = ServerStack::new()
+                .rate_limit(Quota::per_second(100))
+                .timeout(Duration::from_secs(2))
+                .observer(observer.clone());
+            let client = ClientStack::new()
+                .without_deadlines()
+                .total_timeout(Duration::from_millis(2500))
+                .attempt_timeout(Duration::from_secs(1))
+                .name("catalog")
+                .observer(observer);
+            // Attempts cut at 1 s, until the server's 2 s end the call.
+            let hang = service_fn(|_: u32| async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok::<u32, BoxError>(0)
+            });
+            let server = server.layer(client.layer(hang));
+            server.oneshot(1).await.unwrap_err();
+        });
+    });
+    let series = snapshot(&recorder);
+    for (name, value) in [
+        (
+            "seawall_permitted_total{layer=server.rate_limit}",
+            Some("1"),
+        ),
+        ("seawall_concurrency_limit{layer=server.concurrency}", None),
+        (
+            "seawall_permitted_total{layer=server.concurrency}",
+            Some("1"),
+        ),
+        (
+            "seawall_timeouts_total{cause=timeout,layer=server.timeout}",
+            Some("1"),
+        ),
+        (
+            "seawall_circuit_state{layer=catalog.breaker,state=closed}",
+            Some("1"),
+        ),
+        ("seawall_permitted_total{layer=catalog.breaker}", None),
+        ("seawall_attempts_started_total{layer=catalog.retry}", None),
+        (
+            "seawall_timeouts_total{cause=timeout,layer=catalog.attempt_timeout}",
+            None,
+        ),
+    ] {
+        let found = series.get(name).map(String::as_str);
+        match value {
+            Some(value) => assert_eq!(found, Some(value), "{name}: {series:#?}"),
+            None => assert!(found.is_some(), "{name}: {series:#?}"),
+        }
+    }
+}
