@@ -692,11 +692,115 @@ impl Subject for KeyedRateLimit {
     }
 }
 
+/// A fleet limiter's accounts, kept from outside it: the admissions its store granted, the store
+/// calls in flight, and the calls made on leased admissions. The admissions granted that are
+/// neither in the lease (spent by no call yet) nor used by a call that reached the service were
+/// taken by a call not made, or lost: held. (Unlike a GCRA's slots, none come back with time.)
+#[derive(Clone, Default)]
+pub struct Ledger {
+    granted: Arc<AtomicUsize>,
+    in_flight: Arc<AtomicUsize>,
+    made: Arc<AtomicUsize>,
+}
+
+impl Ledger {
+    /// `store`, its grants and calls in flight counted.
+    fn store<St>(&self, store: St) -> Counted<St> {
+        Counted {
+            store,
+            ledger: self.clone(),
+        }
+    }
+
+    /// `inner`, counting the calls made on it while `leased()` says calls spend leased
+    /// admissions (not the local limit's).
+    fn count<S>(&self, inner: S, leased: impl Fn() -> bool + Send + Sync + 'static) -> Erased
+    where
+        S: Service<u32, Response = u32, Error = BoxError> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        let made = self.made.clone();
+        let leased = Arc::new(leased);
+        erase(
+            ServiceBuilder::new()
+                .map_request(move |n: u32| {
+                    if leased() {
+                        made.fetch_add(1, SeqCst);
+                    }
+                    n
+                })
+                .service(inner),
+        )
+    }
+
+    /// What the limiter holds with `leased` admissions in its lease: store calls in flight, and
+    /// admissions granted, not in the lease and not used by a call made.
+    fn held(&self, leased: u64) -> usize {
+        let granted = self.granted.load(SeqCst);
+        let made = self.made.load(SeqCst);
+        let spent = made + leased as usize;
+        assert!(
+            spent <= granted,
+            "calls made ({made}) and admissions leased ({leased}) outnumber those granted \
+             ({granted})"
+        );
+        self.in_flight.load(SeqCst) + (granted - spent)
+    }
+}
+
+/// A fleet store whose grants and calls in flight a [`Ledger`] counts.
+#[derive(Clone)]
+pub struct Counted<St> {
+    store: St,
+    ledger: Ledger,
+}
+
+/// A store call in flight, counted until it ends or is dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
+}
+
+impl<St> Service<Take> for Counted<St>
+where
+    St: Service<Take, Response = Grant, Error = BoxError>,
+    St::Future: Send + 'static,
+{
+    type Response = Grant;
+    type Error = BoxError;
+    type Future = futures::future::BoxFuture<'static, Result<Grant, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.store.poll_ready(cx)
+    }
+
+    fn call(&mut self, take: Take) -> Self::Future {
+        let future = self.store.call(take);
+        let ledger = self.ledger.clone();
+        ledger.in_flight.fetch_add(1, SeqCst);
+        let flight = InFlight(ledger.in_flight.clone());
+        Box::pin(async move {
+            let _flight = flight;
+            let grant = future.await?;
+            ledger.granted.fetch_add(grant.granted as usize, SeqCst);
+            Ok(grant)
+        })
+    }
+}
+
 // The fleet rate limiter over the in-memory store, one key for every request: blocked by calls
 // that use up the key's quota, so that the store denies the next lease and calls are refused at
 // once; unblocked when the quota has come back. The store reserves no slots ahead: a key over its
 // quota is then refused until the time the store gave, not admitted later in a reserved slot.
-subject!(FleetRateLimit, FleetHandle<MemoryStore, TokioClock, Probe>);
+// What it holds is read from its `Ledger`: store calls in flight, and admissions granted that are
+// neither in the lease nor used by a call made.
+subject!(
+    FleetRateLimit,
+    (FleetHandle<Counted<MemoryStore>, TokioClock, Probe>, Ledger)
+);
 
 const FLEET_BURST: u32 = 20;
 const FLEET_REFILL: Duration = Duration::from_millis(200); // 20 calls at 100 a second
@@ -704,8 +808,9 @@ const FLEET_REFILL: Duration = Duration::from_millis(200); // 20 calls at 100 a 
 impl Subject for FleetRateLimit {
     common!();
     async fn prepare(probe: Probe) -> Self {
+        let ledger = Ledger::default();
         let layer = FleetRateLimitLayer::builder(
-            MemoryStore::new(),
+            ledger.store(MemoryStore::new()),
             Quota::per_second(100).burst(FLEET_BURST),
             |_: &u32| Some(0u8),
         )
@@ -714,10 +819,16 @@ impl Subject for FleetRateLimit {
         .build()
         .unwrap();
         let over = layer.clone();
+        let (count, beneath) = (ledger.clone(), ledger.clone());
         FleetRateLimit(
-            Over::new(layer.handle(), move |mock| erase(layer.layer(mock)))
-                .beneath(move |inner| erase(over.layer(inner))),
+            Over::new((layer.handle(), ledger), move |mock| {
+                erase(layer.layer(count.count(mock, || true)))
+            })
+            .beneath(move |inner| erase(over.layer(beneath.count(inner, || true)))),
         )
+    }
+    fn held(&self) -> usize {
+        self.x.1.held(self.x.0.leased(&0u8))
     }
     fn blocking_revokes_a_held_permit(&self) -> Option<bool> {
         Some(true)
@@ -750,7 +861,7 @@ impl Subject for FleetRateLimit {
             };
             if let Err(error) = admitted {
                 assert!(error.is::<RateLimited>(), "refused for its quota: {error}");
-                assert_eq!(self.x.leased(&0u8), 0, "nothing left to spend");
+                assert_eq!(self.x.0.leased(&0u8), 0, "nothing left to spend");
                 return Some(Blocked::Rejects);
             }
         }
@@ -794,16 +905,21 @@ impl Service<Take> for FailsFirst {
 // degraded (a `StoreHealth` event, sent from the renewal's task), calls are decided by the local
 // limit until a probe finds the store up. It cannot be blocked by hand; `unblock`, which the
 // panicking observer's clause calls after its steps, checks that the store is asked again once
-// a probe is due, however the observer behaved when the store failed.
-subject!(FleetRateLimitStoreFails, FleetHandle<FailsFirst, TokioClock, Probe>);
+// a probe is due, however the observer behaved when the store failed. What it holds is read from
+// its `Ledger`, as for `FleetRateLimit`: once the store answers, the leases it grants.
+subject!(
+    FleetRateLimitStoreFails,
+    (FleetHandle<Counted<FailsFirst>, TokioClock, Probe>, Ledger)
+);
 
 const FLEET_PROBE: Duration = Duration::from_millis(200);
 
 impl Subject for FleetRateLimitStoreFails {
     common!();
     async fn prepare(probe: Probe) -> Self {
+        let ledger = Ledger::default();
         let layer = FleetRateLimitLayer::builder(
-            FailsFirst::default(),
+            ledger.store(FailsFirst::default()),
             Quota::per_second(100).burst(FLEET_BURST),
             |_: &u32| Some(0u8),
         )
@@ -811,15 +927,24 @@ impl Subject for FleetRateLimitStoreFails {
         .observer(probe)
         .build()
         .unwrap();
-        FleetRateLimitStoreFails(Over::new(layer.handle(), move |mock| {
-            erase(layer.layer(mock))
+        let handle = layer.handle();
+        let count = ledger.clone();
+        FleetRateLimitStoreFails(Over::new((layer.handle(), ledger), move |mock| {
+            // While the store is degraded its lease is empty (the store failed before granting
+            // any): the calls made then spend the local limit's slots, which the ledger does not
+            // count (the fleet's own tests check that those come back).
+            let handle = handle.clone();
+            erase(layer.layer(count.count(mock, move || !handle.degraded())))
         }))
+    }
+    fn held(&self) -> usize {
+        self.x.1.held(self.x.0.leased(&0u8))
     }
     async fn block(&mut self) -> Option<Blocked> {
         None
     }
     async fn unblock(&mut self) {
-        if !self.x.degraded() {
+        if !self.x.0.degraded() {
             return;
         }
         // A call once the probe is due probes the store (and is decided by the local limit).
@@ -842,7 +967,7 @@ impl Subject for FleetRateLimitStoreFails {
             tokio::task::yield_now().await;
         }
         assert!(
-            !self.x.degraded(),
+            !self.x.0.degraded(),
             "the store, answering again, is asked again once a probe is due"
         );
     }

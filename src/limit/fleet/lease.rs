@@ -30,8 +30,9 @@ pub(super) enum Wake {
 
 /// What a [`Lease::take`] found.
 pub(super) enum Spent {
-    /// One admission, with this many left.
-    Taken(u64),
+    /// One admission, with this many left, taken while the lease had served this many keys (in
+    /// the top bits, as [`Lease::generation`] reads it): what [`Lease::give_back`] needs.
+    Taken(u64, u64),
     /// None left.
     Empty,
     /// The slot no longer holds the key: nothing was taken.
@@ -90,10 +91,23 @@ impl Lease {
                 .remaining
                 .compare_exchange_weak(current, current - 1, Relaxed, Acquire)
             {
-                Ok(_) => return Spent::Taken((current - 1) & COUNT),
+                Ok(_) => return Spent::Taken((current - 1) & COUNT, current & !COUNT),
                 Err(actual) => current = actual,
             }
         }
+    }
+
+    /// Gives back one admission taken by [`Lease::take`] while the lease had served
+    /// `generation` keys, for a call that was not made after all, and wakes a call waiting on
+    /// the lease to take it. Only while the lease still serves that key: once the slot has been
+    /// cleared for another key (its count of keys served bumped), the admission goes to nobody,
+    /// as any leased to an evicted key. Returns whether it was given back.
+    pub(super) fn give_back(&self, generation: u64) -> bool {
+        let back = Self::put(&self.remaining, generation, |left| left + 1);
+        if back {
+            self.notify.notify_one();
+        }
+        back
     }
 
     /// The admissions left.

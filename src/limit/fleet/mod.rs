@@ -32,7 +32,10 @@
 //! above the quota** (`max` the largest [`lease`](FleetBuilder::lease), 32 by default), and
 //! nothing above it for a fleet that starts with no leases. Admissions leased and
 //! never spent (an instance that stops, a key evicted from the local table) are lost, which errs
-//! on letting fewer through.
+//! on letting fewer through. An admission taken by a call that is then not made (dropped while
+//! the service beneath is made ready, that service failing, its observer or its inner `call`
+//! panicking) goes back to its key's lease (a local limit's slot to the local limit), or to
+//! nobody if the key lost its slot meanwhile.
 //!
 //! # When the store fails
 //!
@@ -107,8 +110,9 @@ mod tests;
 pub use memory::MemoryStore;
 
 use super::error::RateLimited;
-use super::rate::gcra::{Decision, Rule, MAX_SPAN};
+use super::rate::gcra::{Decision, Rule, Slot, MAX_SPAN};
 use super::rate::keyed::{ready_service, KeyedResponseFuture, Place, Table, MAX_KEYS};
+use super::rate::wait::Turn;
 use super::rate::{Clock, Quota, QuotaError, TokioClock};
 use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 use crate::core::{Emitter, EventKind, Observer, RejectReason, Source};
@@ -116,9 +120,12 @@ use crate::sync::{nanos, Mutex, Padded};
 use crate::timeout::policy::PerRequest;
 use crate::timeout::{Timeout, TimeoutLayer};
 use lease::{Lease, Spent, Wake};
+use pin_project_lite::pin_project;
 use std::borrow::Cow;
 use std::fmt;
+use std::future::Future;
 use std::hash::Hash;
+use std::pin::Pin;
 use std::sync::atomic::{
     AtomicBool, AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed,
 };
@@ -285,12 +292,23 @@ pub(crate) struct Fleet<St, Clk, O> {
     hook: tests::Hook,
 }
 
-/// What becomes of a call with no lease to spend.
+/// What becomes of a call.
 enum Verdict {
-    Admit,
+    /// Go ahead, on what was spent for it.
+    Admit(Unit),
     Reject(RateLimited),
     /// Wait for the renewal in flight.
     Wait,
+}
+
+/// What an admitted call spent, given back if the call is not made after all.
+#[derive(Clone, Copy)]
+enum Unit {
+    /// One of its key's leased admissions, taken while the lease had served this many keys (see
+    /// [`Lease::give_back`]).
+    Leased(u64),
+    /// A slot of its key's local limit, while the store is degraded.
+    Local(Slot),
 }
 
 /// The steps of a decision between which a test may run a race's other side.
@@ -342,12 +360,54 @@ impl<St, Clk, O> Drop for Renewing<St, Clk, O> {
     }
 }
 
+/// What a call admitted at once spent, given back if the call is not made after all: the
+/// observer told of it, or the inner `call`, panicked.
+struct Unspent<'a, St, Clk, O> {
+    fleet: &'a Fleet<St, Clk, O>,
+    index: usize,
+    unit: Unit,
+}
+
+impl<St, Clk, O> Unspent<'_, St, Clk, O> {
+    /// The call was made on it.
+    #[inline(always)]
+    fn used(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl<St, Clk, O> Drop for Unspent<'_, St, Clk, O> {
+    fn drop(&mut self) {
+        self.fleet.give_back(self.index, self.unit);
+    }
+}
+
 /// Shows a key's `Display` form where events want `Debug`.
 struct Shown<'a, K: ?Sized>(&'a K);
 
 impl<K: fmt::Display + ?Sized> fmt::Debug for Shown<'_, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self.0, f)
+    }
+}
+
+impl<St, Clk, O> Fleet<St, Clk, O> {
+    /// Gives back what a call admitted in the slot at `index` spent, the call not being made
+    /// after all: a leased admission to the lease, if it still serves the key it was taken for
+    /// (else to nobody); a local slot to the local limit, if no later slot was taken since
+    /// (then it is as if the call had never been admitted; else, as in the keyed limiter, it is
+    /// not given back, which errs on letting fewer through).
+    #[cold]
+    fn give_back(&self, index: usize, unit: Unit) {
+        let lease = &self.table.slot(index).cell;
+        match unit {
+            Unit::Leased(generation) => {
+                lease.give_back(generation);
+            }
+            Unit::Local(slot) => {
+                Rule::undo(&lease.local, slot);
+            }
+        }
     }
 }
 
@@ -585,9 +645,9 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
         let slot = self.table.slot(index);
         let lease = &slot.cell;
         match lease.take(|| slot.tag.load(Acquire) == place.tag) {
-            Spent::Taken(left) => {
+            Spent::Taken(left, generation) => {
                 self.taken(index, place, key, left);
-                Some(Verdict::Admit)
+                Some(Verdict::Admit(Unit::Leased(generation)))
             }
             Spent::Lost => None,
             Spent::Empty => self.without_lease(index, place, key),
@@ -673,9 +733,9 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
             }
             self.at(Point::NoLease);
             match lease.take(holds) {
-                Spent::Taken(left) => {
+                Spent::Taken(left, generation) => {
                     self.taken(index, place, key, left);
-                    return Some(Verdict::Admit);
+                    return Some(Verdict::Admit(Unit::Leased(generation)));
                 }
                 Spent::Lost => return None,
                 Spent::Empty => {}
@@ -740,7 +800,10 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
                     Decision::Reject(nanos) => Verdict::Reject(RateLimited {
                         retry_after: Duration::from_nanos(nanos),
                     }),
-                    _ => Verdict::Admit,
+                    // No wait is allowed: a slot is one now.
+                    Decision::Admit(slot) | Decision::Wait(_, slot) => {
+                        Verdict::Admit(Unit::Local(slot))
+                    }
                 })
             }
             None => Some(Verdict::Reject(RateLimited {
@@ -750,13 +813,14 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
     }
 
     /// Waits for a lease for `key`: woken by each renewal, deciding again each time, and
-    /// falling back if the store takes longer than it may.
+    /// falling back if the store takes longer than it may. Admitted, the call's [`Admission`]
+    /// holds what it spent until the call is made; refused, the refusal is reported here.
     async fn wait(
         self: Arc<Self>,
         mut index: usize,
         place: Place,
         key: String,
-    ) -> Result<(), RateLimited> {
+    ) -> Result<Admission<St, Clk, O>, RateLimited> {
         let waited = tokio::time::timeout(self.wait_limit, async {
             let mut woken = false;
             loop {
@@ -775,7 +839,7 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
                 tokio::pin!(notified);
                 notified.as_mut().enable();
                 match self.decide_in(index, place, &key) {
-                    Some(Verdict::Admit) => return Ok(()),
+                    Some(Verdict::Admit(unit)) => return Ok(unit),
                     Some(Verdict::Reject(limited)) => return Err(limited),
                     Some(Verdict::Wait) => {
                         notified.await;
@@ -799,25 +863,102 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
                     index = self.entry(place);
                 };
                 match verdict {
+                    Verdict::Admit(unit) => Ok(unit),
                     Verdict::Reject(limited) => Err(limited),
-                    _ => Ok(()),
+                    // A call the leases could not settle is never told to wait again.
+                    Verdict::Wait => Err(self.busy(&self.table.slot(index).cell, self.clock.now())),
                 }
             }
         };
-        let emit = self.emitter();
         match decided {
-            Ok(()) => emit.emit_keyed(EventKind::Permitted, &Shown(&key)),
-            Err(_) => {
+            // Reported `Permitted` once it is held (see `Leasing`).
+            Ok(unit) => Ok(Admission {
+                fleet: self,
+                index,
+                unit: Some(unit),
+                key,
+                reported: false,
+            }),
+            Err(limited) => {
                 self.rejected.fetch_add(1, Relaxed);
-                emit.emit_keyed(
+                self.emitter().emit_keyed(
                     EventKind::Rejected {
                         reason: RejectReason::RateLimited,
                     },
                     &Shown(&key),
-                )
+                );
+                Err(limited)
             }
         }
-        decided
+    }
+}
+
+/// What a call admitted after its wait spent, held until the call is made. Dropped before then
+/// (the call went away while the service beneath was made ready again, or that service failed),
+/// it gives it back ([`Fleet::give_back`]), then reports the call, if it was reported
+/// `Permitted`, as `Cancelled` (not while a panic unwinds: a second panic in the observer would
+/// abort the process), as the keyed limiter does for a call dropped before its slot is used.
+struct Admission<St, Clk: 'static, O: Observer + 'static> {
+    fleet: Arc<Fleet<St, Clk, O>>,
+    index: usize,
+    /// `None` once the call is made.
+    unit: Option<Unit>,
+    key: String,
+    /// Whether the call was reported `Permitted`.
+    reported: bool,
+}
+
+impl<St, Clk, O: Observer> Drop for Admission<St, Clk, O> {
+    fn drop(&mut self) {
+        let Some(unit) = self.unit.take() else {
+            return;
+        };
+        // State first (what was spent given back), then the event.
+        self.fleet.give_back(self.index, unit);
+        if self.reported && !std::thread::panicking() {
+            self.fleet
+                .source
+                .emitter()
+                .emit_keyed(EventKind::Cancelled, &Shown(&self.key));
+        }
+    }
+}
+
+pin_project! {
+    /// A call's wait for a lease, then the admission it took, held until the call is made.
+    struct Leasing<F, St, Clk: 'static, O: Observer> {
+        #[pin]
+        wait: F,
+        admission: Option<Admission<St, Clk, O>>,
+    }
+}
+
+impl<F, St, Clk, O> Turn for Leasing<F, St, Clk, O>
+where
+    F: Future<Output = Result<Admission<St, Clk, O>, RateLimited>> + Send,
+    St: Send + Sync,
+    Clk: Send + Sync,
+    O: Observer,
+{
+    fn poll_turn(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), RateLimited>> {
+        let this = self.project();
+        let mut admission = std::task::ready!(this.wait.poll(cx))?;
+        // The admission is held (given back if the call is not made) before anyone hears of it:
+        // an observer that panics at `Permitted` unwinds through it, and it goes back.
+        admission
+            .fleet
+            .source
+            .emitter()
+            .emit_keyed(EventKind::Permitted, &Shown(&admission.key));
+        admission.reported = true;
+        *this.admission = Some(admission);
+        Poll::Ready(Ok(()))
+    }
+
+    fn used(self: Pin<&mut Self>) {
+        if let Some(mut admission) = self.project().admission.take() {
+            admission.unit = None;
+        }
     }
 }
 
@@ -829,7 +970,10 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
 /// uncounted. A call over its key's quota fails with [`RateLimited`]. A call that finds its
 /// key's lease spent while the next is on its way waits for it in its response future, and then
 /// makes the call on the inner service made ready for it, this service keeping a clone for its
-/// next call (which is why the inner service must be `Clone`).
+/// next call (which is why the inner service must be `Clone`). Such a call is reported
+/// `Permitted` once it has taken an admission of the new lease, and holds it until the call is
+/// made: dropped before then, or failed by the service beneath as it is made ready again, it
+/// gives the admission back and is reported `Cancelled`.
 pub struct FleetRateLimitLayer<St, F, Clk: 'static = TokioClock, O: 'static = ()> {
     shared: Arc<Fleet<St, Clk, O>>,
     key: F,
@@ -970,8 +1114,8 @@ impl<St, F, Clk, O> FleetBuilder<St, F, Clk, O> {
     }
 
     /// Sends the layer's events to `observer`: permitted and rejected (reason `RateLimited`),
-    /// each with its key, `KeyEvicted`, and `StoreHealth` when the store becomes degraded or
-    /// healthy again.
+    /// each with its key, cancelled (with its key) for a call permitted after a wait and not
+    /// made, `KeyEvicted`, and `StoreHealth` when the store becomes degraded or healthy again.
     pub fn observer<O2: Observer>(self, observer: O2) -> FleetBuilder<St, F, Clk, O2> {
         FleetBuilder {
             store: self.store,
@@ -1176,11 +1320,12 @@ where
         let place = fleet.table.locate(&key);
         let (index, verdict) = fleet.decide(place, &key);
         match verdict {
-            Verdict::Admit => {
-                // Reported once the call is made in the lease's admission (a lease cannot take
-                // one back): an observer that panics then only drops a call made.
-                let future = self.inner.call(req);
+            Verdict::Admit(unit) => {
+                // Given back if the observer or the inner call panics before the call is made.
+                let unspent = Unspent { fleet, index, unit };
                 emit.emit_keyed(EventKind::Permitted, &Shown(&key));
+                let future = self.inner.call(req);
+                unspent.used();
                 KeyedResponseFuture::called(future)
             }
             Verdict::Reject(limited) => {
@@ -1196,7 +1341,10 @@ where
                 KeyedResponseFuture::failed(limited)
             }
             Verdict::Wait => {
-                let wait = Arc::clone(fleet).wait(index, place, key.to_string());
+                let wait = Leasing {
+                    wait: Arc::clone(fleet).wait(index, place, key.to_string()),
+                    admission: None,
+                };
                 let ready = ready_service(&mut self.inner);
                 KeyedResponseFuture::waiting(Box::pin(wait), ready, req)
             }

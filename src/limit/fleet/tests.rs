@@ -465,3 +465,297 @@ async fn a_probe_is_spent_only_by_a_call_that_asks_the_store() {
     );
     assert!(!layer.handle().degraded(), "the probe found the store up");
 }
+
+/// The service beneath the limiter in the tests of calls not made: ready, never ready, or failing
+/// readiness, as told (its clones with it); or ready, with a `call` that panics.
+#[derive(Clone, Default)]
+struct Beneath(Arc<std::sync::atomic::AtomicU8>);
+
+const READY: u8 = 0;
+const NOT_READY: u8 = 1;
+const FAILING: u8 = 2;
+const PANICS: u8 = 3;
+
+impl Beneath {
+    fn set(&self, state: u8) {
+        self.0.store(state, Relaxed);
+    }
+}
+
+impl Service<&'static str> for Beneath {
+    type Response = ();
+    type Error = tower::BoxError;
+    type Future = std::future::Ready<Result<(), tower::BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), tower::BoxError>> {
+        match self.0.load(Relaxed) {
+            NOT_READY => std::task::Poll::Pending,
+            FAILING => std::task::Poll::Ready(Err("not ready".into())),
+            _ => std::task::Poll::Ready(Ok(())),
+        }
+    }
+
+    fn call(&mut self, _: &'static str) -> Self::Future {
+        assert_ne!(self.0.load(Relaxed), PANICS, "the inner call panics");
+        std::future::ready(Ok(()))
+    }
+}
+
+/// An observer that records the kinds of event it is sent, and panics at `Permitted` if told to.
+#[derive(Clone, Default)]
+struct Recorder {
+    events: Arc<Mutex<Vec<crate::core::EventKind>>>,
+    panic_at_permitted: bool,
+}
+
+impl Recorder {
+    fn count(&self, kind: crate::core::EventKind) -> usize {
+        let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        events.iter().filter(|seen| **seen == kind).count()
+    }
+}
+
+impl crate::core::Observer for Recorder {
+    fn on_event(&self, event: &crate::core::Event<'_>) {
+        let kind = event.kind;
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(kind);
+        assert!(
+            !(self.panic_at_permitted && kind == crate::core::EventKind::Permitted),
+            "the observer panics at Permitted"
+        );
+    }
+}
+
+/// A limiter over a store of its own with one bucket of eight slots, its events sent to
+/// `recorder`.
+fn observed(
+    recorder: &Recorder,
+) -> FleetRateLimitLayer<MemoryStore, Key, crate::limit::rate::TokioClock, Recorder> {
+    let key: Key = |k| Some(*k);
+    FleetRateLimitLayer::builder(MemoryStore::new(), quota(), key)
+        .max_keys(1)
+        .observer(recorder.clone())
+        .build()
+        .unwrap()
+}
+
+/// Lets the renewal that `call` waits for run, until it wakes `call`.
+async fn until_woken<F: std::future::Future>(call: &tokio_test::task::Spawn<F>) {
+    for _ in 0..10 {
+        if call.is_woken() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("the call waiting for a lease was never woken");
+}
+
+/// A call of `a` over `beneath`, which waited for `a`'s first lease and took an admission of it,
+/// and now waits for `beneath` (told to be `then` once the call waits) to be ready again.
+async fn admitted_after_a_wait<S>(
+    service: &mut S,
+    beneath: &Beneath,
+    then: u8,
+) -> tokio_test::task::Spawn<S::Future>
+where
+    S: Service<&'static str, Response = (), Error = tower::BoxError>,
+{
+    let mut call = tokio_test::task::spawn(service.ready().await.unwrap().call("a"));
+    tokio_test::assert_pending!(call.poll(), "a waits for its first lease");
+    beneath.set(then);
+    until_woken(&call).await;
+    call
+}
+
+/// A call that waited for its lease, took an admission and is dropped while the service beneath
+/// is made ready again: the admission goes back to the lease, and the call, reported
+/// `Permitted`, is reported `Cancelled`.
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_after_its_wait_while_the_service_beneath_gets_ready_gives_its_admission_back(
+) {
+    use crate::core::EventKind::{Cancelled, Permitted};
+    let recorder = Recorder::default();
+    let layer = observed(&recorder);
+    let beneath = Beneath::default();
+    let mut service = layer.layer(beneath.clone());
+    let mut call = admitted_after_a_wait(&mut service, &beneath, NOT_READY).await;
+    tokio_test::assert_pending!(call.poll(), "a waits for the service beneath");
+    assert_eq!(recorder.count(Permitted), 1, "a's call is admitted");
+    let leased = layer.handle().leased(&"a");
+    drop(call);
+    assert_eq!(
+        (layer.handle().leased(&"a"), recorder.count(Cancelled)),
+        (leased + 1, 1),
+        "the admission of a call never made was lost (leased, cancellations)"
+    );
+}
+
+/// The same when the service beneath fails as it is made ready: the call fails, its admission
+/// goes back to the lease, and it is reported `Cancelled`.
+#[tokio::test(start_paused = true)]
+async fn a_call_whose_service_beneath_fails_after_its_wait_gives_its_admission_back() {
+    use crate::core::EventKind::{Cancelled, Permitted};
+    let recorder = Recorder::default();
+    let layer = observed(&recorder);
+    let beneath = Beneath::default();
+    let mut service = layer.layer(beneath.clone());
+    let mut call = admitted_after_a_wait(&mut service, &beneath, FAILING).await;
+    // The poll takes one of these, and must give it back.
+    let leased = layer.handle().leased(&"a");
+    let failed = tokio_test::assert_ready!(call.poll());
+    assert!(failed.is_err(), "the service beneath failed");
+    assert_eq!(recorder.count(Permitted), 1, "a's call was admitted");
+    assert_eq!(
+        (layer.handle().leased(&"a"), recorder.count(Cancelled)),
+        (leased, 1),
+        "the admission of a call never made was lost (leased, cancellations)"
+    );
+}
+
+/// An observer that panics at the `Permitted` of a call that waited for its lease: the call's
+/// admission goes back to the lease (and no `Cancelled` is sent while the panic unwinds).
+#[tokio::test(start_paused = true)]
+async fn an_observer_panicking_at_permitted_after_a_wait_leaves_the_admission_in_the_lease() {
+    use crate::core::EventKind::Cancelled;
+    let recorder = Recorder {
+        panic_at_permitted: true,
+        ..Recorder::default()
+    };
+    let layer = observed(&recorder);
+    let beneath = Beneath::default();
+    let mut service = layer.layer(beneath.clone());
+    let mut call = admitted_after_a_wait(&mut service, &beneath, READY).await;
+    // The poll takes one of these, and must give it back.
+    let leased = layer.handle().leased(&"a");
+    let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call.poll()));
+    assert!(polled.is_err(), "the observer panicked");
+    drop(call);
+    assert_eq!(
+        (layer.handle().leased(&"a"), recorder.count(Cancelled)),
+        (leased, 0),
+        "the admission of a call never made was lost (leased, cancellations)"
+    );
+}
+
+/// A call admitted at once on its key's lease whose inner `call` panics: the admission goes back
+/// to the lease.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_inner_call_gives_its_leased_admission_back() {
+    let layer = layer();
+    let a = slot_of(&layer.shared, "a");
+    layer
+        .shared
+        .table
+        .slot(a)
+        .cell
+        .remaining
+        .fetch_add(3, Relaxed);
+    let beneath = Beneath::default();
+    let mut service = layer.layer(beneath.clone());
+    let ready = service.ready().await.unwrap();
+    beneath.set(PANICS);
+    let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ready.call("a")));
+    assert!(called.is_err(), "the inner call panicked");
+    assert_eq!(
+        layer.handle().leased(&"a"),
+        3,
+        "the admission of a call that panicked was lost"
+    );
+}
+
+/// While the store is degraded, a call admitted at once by the local limit whose inner `call`
+/// panics: the local limit's slot goes back.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_inner_call_gives_its_local_slot_back() {
+    let layer = layer();
+    let fleet = &layer.shared;
+    fleet.degraded.store(true, Relaxed);
+    fleet.next_probe.store(u64::MAX, Relaxed);
+    let local = &fleet.table.slot(slot_of(fleet, "a")).cell.local;
+    let before = local.load(Relaxed);
+    let beneath = Beneath::default();
+    let mut service = layer.layer(beneath.clone());
+    let ready = service.ready().await.unwrap();
+    beneath.set(PANICS);
+    let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ready.call("a")));
+    assert!(called.is_err(), "the inner call panicked");
+    assert_eq!(
+        local.load(Relaxed),
+        before,
+        "the local slot of a call that panicked was lost"
+    );
+}
+
+/// A call that waited for its lease, was decided by the local limit when the store failed, and
+/// is dropped while the service beneath is made ready again: the local limit's slot goes back.
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_after_its_wait_gives_its_local_slot_back() {
+    let down = tower::service_fn(|_: Take| async {
+        Err::<super::Grant, tower::BoxError>("the store is down".into())
+    });
+    let key: Key = |k| Some(*k);
+    let layer = FleetRateLimitLayer::builder(down, quota(), key)
+        .max_keys(1)
+        .build()
+        .unwrap();
+    let fleet = &layer.shared;
+    let local = &fleet
+        .table
+        .slot(fleet.entry(fleet.table.locate(&"a")))
+        .cell
+        .local;
+    let before = local.load(Relaxed);
+    let beneath = Beneath::default();
+    let mut service = layer.layer(beneath.clone());
+    let mut call = admitted_after_a_wait(&mut service, &beneath, NOT_READY).await;
+    tokio_test::assert_pending!(call.poll(), "a waits for the service beneath");
+    assert!(layer.handle().degraded(), "the store failed");
+    assert_ne!(
+        local.load(Relaxed),
+        before,
+        "a was admitted by the local limit"
+    );
+    drop(call);
+    assert_eq!(
+        local.load(Relaxed),
+        before,
+        "the local slot of a call never made was lost"
+    );
+}
+
+/// A call of `a` took an admission of `a`'s lease after its wait, and waits for the service
+/// beneath; meanwhile `b` takes `a`'s slot, and is given a lease of 5. The call, dropped, gives
+/// its admission back to nobody: not to `b`.
+#[tokio::test(start_paused = true)]
+async fn an_admission_given_back_after_its_key_lost_the_slot_goes_to_nobody() {
+    let layer = layer();
+    let fleet = &layer.shared;
+    let (a, _) = crowd(fleet);
+    let beneath = Beneath::default();
+    let mut service = layer.layer(beneath.clone());
+    let mut call = admitted_after_a_wait(&mut service, &beneath, NOT_READY).await;
+    tokio_test::assert_pending!(call.poll(), "a waits for the service beneath");
+    // Every other slot marked as renewing (such keys are evicted last): `b` takes `a`'s.
+    let others = (0..fleet.table.capacity()).filter(|&index| index != a);
+    for index in others.clone() {
+        fleet.table.slot(index).cell.renewing.store(1, Relaxed);
+    }
+    let b = slot_of(fleet, "b");
+    assert_eq!(b, a, "b takes a's slot");
+    for index in others {
+        fleet.table.slot(index).cell.renewing.store(0, Relaxed);
+    }
+    fleet.table.slot(b).cell.remaining.fetch_add(5, Relaxed);
+    drop(call);
+    assert_eq!(
+        layer.handle().leased(&"b"),
+        5,
+        "a's admission was given back to b"
+    );
+}

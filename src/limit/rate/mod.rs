@@ -52,7 +52,7 @@ mod deadline;
 pub(crate) mod gcra;
 mod holes;
 pub(crate) mod keyed;
-mod wait;
+pub(crate) mod wait;
 
 #[cfg(feature = "quanta")]
 pub use clock::QuantaClock;
