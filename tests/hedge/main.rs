@@ -1,0 +1,4 @@
+//! The hedge layer: each outcome rule, budgets, deadlines, replay, cancellation, and the
+//! percentile delay, in paused time.
+
+mod rules;
