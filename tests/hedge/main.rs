@@ -3,3 +3,4 @@
 
 mod percentile;
 mod rules;
+mod tail;
