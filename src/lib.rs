@@ -66,6 +66,8 @@ pub mod fallback;
 pub mod grpc;
 #[cfg(feature = "health")]
 pub mod health;
+#[cfg(feature = "hedge")]
+pub mod hedge;
 #[cfg(feature = "http")]
 pub mod http;
 #[cfg(feature = "limit")]

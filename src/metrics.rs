@@ -13,6 +13,9 @@
 //! | `seawall_attempts_total` | counter | `layer`, `outcome` | an attempt of a retry layer finished |
 //! | `seawall_retries_total` | counter | `layer`, `reason` | a retry scheduled (`backoff`, `server_hint`) |
 //! | `seawall_retry_give_ups_total` | counter | `layer`, `reason` | a retry layer gave up ([`GiveUpReason::as_str`]) |
+//! | `seawall_hedges_total` | counter | `layer` | a hedge layer sent a hedge (an attempt after the first) |
+//! | `seawall_hedges_won_total` | counter | `layer` | a hedge answered first, with a success |
+//! | `seawall_hedge_budget_exhausted_total` | counter | `layer` | a hedge not sent: the budget was empty |
 //! | `seawall_circuit_state` | gauge | `layer`, `state` | 1 for the state a breaker entered (or was built in), 0 for the one it left |
 //! | `seawall_circuit_transitions_total` | counter | `layer`, `from`, `to` | a breaker changed state |
 //! | `seawall_concurrency_limit` | gauge | `layer` | an adaptive limiter was built or moved its limit |
@@ -211,6 +214,9 @@ struct Series {
     attempts: Family<Counter, { Outcome::COUNT }>,
     retries: Family<Counter, { RetryReason::COUNT }>,
     give_ups: Family<Counter, { GiveUpReason::COUNT }>,
+    hedges: OnceLock<Counter>,
+    hedges_won: OnceLock<Counter>,
+    hedge_budget: OnceLock<Counter>,
     state: Family<Gauge, { CircuitState::COUNT }>,
     transitions: [OnceLock<Counter>; CircuitState::COUNT * CircuitState::COUNT],
     limit: OnceLock<Gauge>,
@@ -233,6 +239,9 @@ impl Series {
             attempts: Family::new(),
             retries: Family::new(),
             give_ups: Family::new(),
+            hedges: OnceLock::new(),
+            hedges_won: OnceLock::new(),
+            hedge_budget: OnceLock::new(),
             state: Family::new(),
             transitions: [const { OnceLock::new() }; CircuitState::COUNT * CircuitState::COUNT],
             limit: OnceLock::new(),
@@ -311,6 +320,20 @@ impl Series {
                 .get(
                     reason,
                     |r| counter!("seawall_retry_give_ups_total", "layer" => layer(), "reason" => r),
+                )
+                .increment(1),
+            EventKind::HedgeSent { .. } => self
+                .hedges
+                .get_or_init(|| counter!("seawall_hedges_total", "layer" => layer()))
+                .increment(1),
+            EventKind::HedgeWon { .. } => self
+                .hedges_won
+                .get_or_init(|| counter!("seawall_hedges_won_total", "layer" => layer()))
+                .increment(1),
+            EventKind::HedgeBudgetExhausted { .. } => self
+                .hedge_budget
+                .get_or_init(
+                    || counter!("seawall_hedge_budget_exhausted_total", "layer" => layer()),
                 )
                 .increment(1),
             EventKind::LimitChanged { to, .. } => self.limit(to),

@@ -9,6 +9,8 @@ mod classify;
 mod deadline;
 mod fail_fast;
 pub(crate) mod gate;
+#[cfg(feature = "hedge")]
+pub(crate) mod histogram;
 pub(crate) mod observe;
 mod outcome;
 pub mod window;

@@ -243,6 +243,24 @@ pub enum EventKind {
         /// Why there was no other.
         reason: GiveUpReason,
     },
+    /// A hedge layer sent attempt number `attempt` (2 for the first hedge) of a call, while the
+    /// attempts before it were still running or had failed.
+    HedgeSent {
+        /// The attempt's number.
+        attempt: u32,
+    },
+    /// A hedge (attempt number `attempt`, 2 or more) answered a call first, with a success: the
+    /// attempts still running were dropped.
+    HedgeWon {
+        /// The winning attempt's number.
+        attempt: u32,
+    },
+    /// A hedge layer would have sent attempt number `attempt`, but its budget had nothing left:
+    /// the call waits for the attempts already sent.
+    HedgeBudgetExhausted {
+        /// The number of the attempt not sent.
+        attempt: u32,
+    },
     /// An adaptive limiter changed its concurrency limit.
     LimitChanged {
         /// The limit before.
@@ -495,6 +513,15 @@ impl Observer for TracingObserver {
                 reason = reason.as_str(),
                 "gave up retrying"
             ),
+            EventKind::HedgeSent { attempt } => {
+                tracing::debug!(target: "seawall", layer, attempt, "hedge sent")
+            }
+            EventKind::HedgeWon { attempt } => {
+                tracing::debug!(target: "seawall", layer, attempt, "hedge won")
+            }
+            EventKind::HedgeBudgetExhausted { attempt } => {
+                tracing::debug!(target: "seawall", layer, attempt, "hedge budget exhausted")
+            }
             EventKind::LimitChanged { from, to } => {
                 tracing::debug!(target: "seawall", layer, from, to, "limit changed")
             }
@@ -554,10 +581,10 @@ impl Observer for TracingObserver {
 
 /// A listening observer's source, kept by a response future until its call ends; dropped before
 /// that, it reports the call as [`EventKind::Cancelled`]. Holds nothing for `()`.
-#[cfg(any(feature = "timeout", feature = "retry"))]
+#[cfg(any(feature = "timeout", feature = "retry", feature = "hedge"))]
 pub(crate) struct Listener<O: Observer>(Option<std::sync::Arc<Source<O>>>);
 
-#[cfg(any(feature = "timeout", feature = "retry"))]
+#[cfg(any(feature = "timeout", feature = "retry", feature = "hedge"))]
 impl<O: Observer> Listener<O> {
     /// Keeps `source` if its observer listens at all.
     #[inline(always)]
@@ -583,7 +610,7 @@ impl<O: Observer> Listener<O> {
     }
 
     /// Whether the observer wants latencies.
-    #[cfg(feature = "retry")]
+    #[cfg(any(feature = "retry", feature = "hedge"))]
     #[inline(always)]
     pub(crate) fn wants_latency(&self) -> bool {
         O::ENABLED
@@ -602,7 +629,7 @@ impl<O: Observer> Listener<O> {
     }
 }
 
-#[cfg(any(feature = "timeout", feature = "retry"))]
+#[cfg(any(feature = "timeout", feature = "retry", feature = "hedge"))]
 impl<O: Observer> Drop for Listener<O> {
     #[inline(always)]
     fn drop(&mut self) {

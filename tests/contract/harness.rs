@@ -82,7 +82,7 @@ struct ProbeState {
 }
 
 /// The kinds of event a layer may send, by name.
-pub const KINDS: [&str; 14] = [
+pub const KINDS: [&str; 17] = [
     "Permitted",
     "LimitChanged",
     "KeyEvicted",
@@ -96,6 +96,9 @@ pub const KINDS: [&str; 14] = [
     "AttemptFinished",
     "RetryScheduled",
     "GaveUp",
+    "HedgeSent",
+    "HedgeWon",
+    "HedgeBudgetExhausted",
     "FallbackUsed",
 ];
 

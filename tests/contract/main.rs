@@ -38,6 +38,7 @@ contract! {
     fleet_rate_limit: subjects::FleetRateLimit,
     fleet_rate_limit_store_fails: subjects::FleetRateLimitStoreFails,
     retry: subjects::Retry,
+    hedge: subjects::Hedge,
     timeout_fixed: subjects::FixedTimeout,
     timeout_per_request: subjects::PerRequestTimeout,
     timeout_propagating: subjects::PropagatingTimeout,

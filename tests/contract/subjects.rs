@@ -8,6 +8,7 @@ use seawall::chaos::ChaosLayer;
 use seawall::circuit_breaker::{CircuitBreakerLayer, Handle as BreakerHandle};
 use seawall::core::{Deadline, DeadlineCarrier};
 use seawall::fallback::{AlternateLayer, FallbackLayer};
+use seawall::hedge::HedgeLayer;
 use seawall::limit::algorithm::Fixed;
 use seawall::limit::error::RateLimited;
 use seawall::limit::fleet::{FleetHandle, FleetRateLimitLayer, Grant, MemoryStore, Take};
@@ -976,6 +977,17 @@ impl Subject for FleetRateLimitStoreFails {
 pass_through!(Retry, |probe| {
     let layer = RetryLayer::builder()
         .backoff(Backoff::constant(Duration::from_millis(10)).jitter(Jitter::None))
+        .observer(probe)
+        .build()
+        .unwrap();
+    move |mock| erase(layer.layer(mock))
+}, observed: true);
+
+// Hedging after 10 ms: a call the harness leaves waiting that long sends a second attempt to the
+// mock, which the harness answers as any other.
+pass_through!(Hedge, |probe| {
+    let layer = HedgeLayer::builder()
+        .delay(Duration::from_millis(10))
         .observer(probe)
         .build()
         .unwrap();
