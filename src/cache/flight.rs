@@ -16,12 +16,17 @@ const SHARDS: usize = 16;
 
 /// Locks, shrugging off poisoning: every critical section here leaves the state consistent.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// One locked part of the table of flights.
+type Table<K, V> = Mutex<HashMap<K, Arc<Flight<V>>>>;
 
 /// The flights in progress, by key.
 pub(crate) struct Flights<K, V> {
-    shards: Box<[Mutex<HashMap<K, Arc<Flight<V>>>>]>,
+    shards: Box<[Table<K, V>]>,
     hasher: RandomState,
 }
 
@@ -55,7 +60,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
         }
     }
 
-    fn shard(&self, key: &K) -> &Mutex<HashMap<K, Arc<Flight<V>>>> {
+    fn shard(&self, key: &K) -> &Table<K, V> {
         let hash = self.hasher.hash_one(key) as usize;
         &self.shards[hash % self.shards.len()]
     }
@@ -116,12 +121,6 @@ impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
             flight,
             done: false,
         }
-    }
-
-    /// How many flights are in progress (for tests).
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.shards.iter().map(|shard| lock(shard).len()).sum()
     }
 
     /// Removes `key`'s flight if it is `flight`.

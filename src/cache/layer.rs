@@ -3,7 +3,7 @@
 use super::error::{ConfigError, Shared};
 use super::flight::{Flights, Joined};
 use super::future::CacheFuture;
-use super::store::{Entry, MemoryStore, Store};
+use super::store::{Budget, Entry, MemoryStore, Store};
 use crate::core::{Classify, ErrorIsFailure, Observer, Outcome, Source};
 use crate::fallback::{Select, StorePolicy, StoreSuccesses};
 use std::borrow::Cow;
@@ -246,11 +246,21 @@ where
 }
 
 /// Caches a service's answers per key. See the [module docs](super).
-pub struct CacheLayer<F, K, V, C = ErrorIsFailure, O = (), P = StoreSuccesses, St = MemoryStore<K, V>>
-{
+pub struct CacheLayer<
+    F,
+    K,
+    V,
+    C = ErrorIsFailure,
+    O = (),
+    P = StoreSuccesses,
+    St = MemoryStore<K, V>,
+> {
     pub(crate) core: Arc<Core<K, V, St, C, P, O>>,
     pub(crate) key: F,
 }
+
+/// What `build` returns.
+type Built<F, K, V, C, O, P, St> = Result<CacheLayer<F, K, V, C, O, P, St>, ConfigError>;
 
 /// The store a [`CacheBuilder`] makes unless given one: a [`MemoryStore`] bounded by
 /// [`max_entries`](CacheBuilder::max_entries) or [`max_weight`](CacheBuilder::max_weight).
@@ -277,7 +287,7 @@ pub struct CacheBuilder<F, V, C = ErrorIsFailure, O = (), P = StoreSuccesses, St
     policy: P,
     mark: fn(&mut V, Duration),
     max_entries: usize,
-    max_weight: Option<(u64, fn(&V) -> u64)>,
+    max_weight: Budget<V>,
     store: St,
 }
 
@@ -531,8 +541,8 @@ impl<F, V, C, O, P, St> CacheBuilder<F, V, C, O, P, St> {
 
     fn finish<K, St2>(
         self,
-        make: impl FnOnce(St, usize, Option<(u64, fn(&V) -> u64)>) -> Result<St2, ConfigError>,
-    ) -> Result<CacheLayer<F, K, V, C, O, P, St2>, ConfigError>
+        make: impl FnOnce(St, usize, Budget<V>) -> Result<St2, ConfigError>,
+    ) -> Built<F, K, V, C, O, P, St2>
     where
         K: Hash + Eq + Clone,
         V: Clone,
@@ -584,7 +594,7 @@ impl<F, V, C, O, P> CacheBuilder<F, V, C, O, P, Memory> {
 
 impl<F, V, C, O, P, St> CacheBuilder<F, V, C, O, P, Given<St>> {
     /// Checks the settings and builds the layer over the store given.
-    pub fn build<K>(self) -> Result<CacheLayer<F, K, V, C, O, P, St>, ConfigError>
+    pub fn build<K>(self) -> Built<F, K, V, C, O, P, St>
     where
         K: Hash + Eq + Clone,
         V: Clone,

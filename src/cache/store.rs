@@ -103,6 +103,9 @@ pub trait Store<K, V>: Send + Sync + 'static {
     }
 }
 
+/// A weight budget and the function that weighs a value against it.
+pub(crate) type Budget<V> = Option<(u64, fn(&V) -> u64)>;
+
 /// Weighs entries for [`MemoryStore`]: one unit each, or what the user's weigher says.
 #[derive(Clone)]
 pub(crate) struct Weigh<V> {
@@ -133,13 +136,8 @@ impl<K, V> quick_cache::Lifecycle<K, V> for Evictions {
     }
 }
 
-type Inner<K, V> = quick_cache::sync::Cache<
-    K,
-    Entry<V>,
-    Weigh<V>,
-    quick_cache::DefaultHashBuilder,
-    Evictions,
->;
+type Inner<K, V> =
+    quick_cache::sync::Cache<K, Entry<V>, Weigh<V>, quick_cache::DefaultHashBuilder, Evictions>;
 
 /// The default [`Store`]: bounded in entries (or in a weight of your own, bytes say), sharded, with
 /// a scan-resistant eviction policy.
@@ -161,7 +159,7 @@ where
     V: Clone,
 {
     /// A store of at most `max_entries` entries (at least 1).
-    pub(crate) fn new(max_entries: usize, max_weight: Option<(u64, fn(&V) -> u64)>) -> Self {
+    pub(crate) fn new(max_entries: usize, max_weight: Budget<V>) -> Self {
         let evictions = Evictions::default();
         let (capacity, weigh) = match max_weight {
             Some((max, weigh)) => (max, Some(weigh)),
