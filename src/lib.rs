@@ -54,6 +54,8 @@
 pub mod axum;
 #[cfg(feature = "bulkhead")]
 pub mod bulkhead;
+#[cfg(feature = "cache")]
+pub mod cache;
 #[cfg(feature = "chaos")]
 pub mod chaos;
 #[cfg(feature = "circuit-breaker")]

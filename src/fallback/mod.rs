@@ -166,6 +166,12 @@ impl Select {
     pub fn answers(&self, kind: ErrorKind) -> bool {
         self.kinds & bit(kind) != 0
     }
+
+    /// Whether responses the classifier calls failures are answered.
+    #[cfg(feature = "cache")]
+    pub(crate) fn answers_failed_responses(&self) -> bool {
+        self.failed_responses
+    }
 }
 
 impl Default for Select {
@@ -241,7 +247,7 @@ where
 
 /// What in `result` triggers a fallback, if `select` chooses it.
 #[inline]
-fn select<Res>(
+pub(crate) fn select<Res>(
     select: Select,
     failed_response: bool,
     result: &Result<Res, BoxError>,

@@ -1,0 +1,221 @@
+//! [`CacheFuture`], the response future of [`Cache`](super::Cache).
+
+use super::error::Shared;
+use super::flight::{Leader, Waited, Waiter};
+use super::layer::Core;
+use super::store::{Entry, Store};
+use crate::core::{Classify, Observer};
+use crate::fallback::StorePolicy;
+use pin_project_lite::pin_project;
+use std::fmt;
+use std::future::Future;
+use std::hash::Hash;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use tokio::time::Instant;
+use tower::{BoxError, Service};
+
+pin_project! {
+    /// The response future of [`Cache`](super::Cache): an answer from the store, ready at once,
+    /// or a miss: waiting for another caller's call for the same key, or for a clone of the inner
+    /// service to be ready, then for its call.
+    pub struct CacheFuture<S, Req, K, V, St, C, P, O>
+    where
+        S: Service<Req>,
+        K: Hash,
+        K: Eq,
+        K: Clone,
+        V: Clone,
+        P: StorePolicy<Req, V>,
+    {
+        #[pin]
+        state: State<S, S::Future, Req, K, V>,
+        // The rest is only for misses: a hit carries none of it.
+        core: Option<Arc<Core<K, V, St, C, P, O>>>,
+        key: Option<K>,
+        memo: Option<P::Memo>,
+        stale: Option<Entry<V>>,
+        leader: Option<Leader<K, V>>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, Fut, Req, K, V>
+    where
+        K: Hash,
+        K: Eq,
+        K: Clone,
+        V: Clone,
+    {
+        Answer { answer: Option<Result<V, BoxError>> },
+        Wait { waiter: Waiter<K, V>, inner: Option<S>, req: Option<Req> },
+        Ready { inner: S, req: Option<Req> },
+        Call { #[pin] future: Fut, start: Instant },
+    }
+}
+
+impl<S, Req, K, V, St, C, P, O> CacheFuture<S, Req, K, V, St, C, P, O>
+where
+    S: Service<Req>,
+    K: Hash + Eq + Clone,
+    V: Clone,
+    P: StorePolicy<Req, V>,
+{
+    #[inline]
+    pub(crate) fn hit(value: Result<V, Shared>) -> Self {
+        CacheFuture {
+            state: State::Answer {
+                answer: Some(value.map_err(Into::into)),
+            },
+            core: None,
+            key: None,
+            memo: None,
+            stale: None,
+            leader: None,
+        }
+    }
+
+    pub(crate) fn bypass(inner: S, req: Req) -> Self {
+        CacheFuture {
+            state: State::Ready {
+                inner,
+                req: Some(req),
+            },
+            core: None,
+            key: None,
+            memo: None,
+            stale: None,
+            leader: None,
+        }
+    }
+
+    pub(crate) fn lead(
+        inner: S,
+        req: Req,
+        core: Arc<Core<K, V, St, C, P, O>>,
+        leader: Leader<K, V>,
+        key: K,
+        memo: P::Memo,
+        stale: Option<Entry<V>>,
+    ) -> Self {
+        CacheFuture {
+            state: State::Ready {
+                inner,
+                req: Some(req),
+            },
+            core: Some(core),
+            key: Some(key),
+            memo: Some(memo),
+            stale,
+            leader: Some(leader),
+        }
+    }
+
+    pub(crate) fn wait(
+        inner: S,
+        req: Req,
+        core: Arc<Core<K, V, St, C, P, O>>,
+        waiter: Waiter<K, V>,
+        key: K,
+        memo: P::Memo,
+        stale: Option<Entry<V>>,
+    ) -> Self {
+        CacheFuture {
+            state: State::Wait {
+                waiter,
+                inner: Some(inner),
+                req: Some(req),
+            },
+            core: Some(core),
+            key: Some(key),
+            memo: Some(memo),
+            stale,
+            leader: None,
+        }
+    }
+}
+
+impl<S, Req, K, V, St, C, P, O> fmt::Debug for CacheFuture<S, Req, K, V, St, C, P, O>
+where
+    S: Service<Req>,
+    K: Hash + Eq + Clone,
+    V: Clone,
+    P: StorePolicy<Req, V>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            State::Answer { .. } => "answer",
+            State::Wait { .. } => "wait",
+            State::Ready { .. } => "ready",
+            State::Call { .. } => "call",
+        };
+        f.debug_struct("CacheFuture")
+            .field("state", &state)
+            .field("leads", &self.leader.is_some())
+            .finish()
+    }
+}
+
+impl<S, Req, K, V, St, C, P, O> Future for CacheFuture<S, Req, K, V, St, C, P, O>
+where
+    S: Service<Req, Response = V>,
+    S::Error: Into<BoxError>,
+    K: Hash + Eq + Clone,
+    V: Clone,
+    St: Store<K, V>,
+    C: Classify<V, S::Error>,
+    P: StorePolicy<Req, V>,
+    O: Observer,
+{
+    type Output = Result<V, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let result = match this.state.as_mut().project() {
+                StateProj::Answer { answer } => {
+                    return Poll::Ready(answer.take().expect("polled after completion"));
+                }
+                StateProj::Wait { waiter, inner, req } => match ready!(waiter.poll(cx)) {
+                    Waited::Outcome(outcome) => return Poll::Ready(outcome.map_err(Into::into)),
+                    Waited::Lead(leader) => {
+                        // The leader left: make the call with this request.
+                        *this.leader = Some(leader);
+                        let inner = inner.take().expect("a waiter keeps its service");
+                        let req = req.take();
+                        this.state.set(State::Ready { inner, req });
+                        continue;
+                    }
+                },
+                StateProj::Ready { inner, req } => match ready!(inner.poll_ready(cx)) {
+                    Ok(()) => {
+                        let req = req.take().expect("polled after completion");
+                        let future = inner.call(req);
+                        this.state.set(State::Call {
+                            future,
+                            start: Instant::now(),
+                        });
+                        continue;
+                    }
+                    Err(error) => (Err(error), Instant::now()),
+                },
+                StateProj::Call { future, start } => (ready!(future.poll(cx)), *start),
+            };
+            let (result, start) = result;
+            let Some(leader) = this.leader.take() else {
+                // Not cached: the call passes through.
+                return Poll::Ready(result.map_err(Into::into));
+            };
+            let core = this.core.as_ref().expect("a miss keeps the core");
+            let key = this.key.as_ref().expect("a miss keeps its key");
+            let memo = this.memo.as_ref().expect("a miss keeps its memo");
+            let (answer, _stale) =
+                core.complete(key, memo, result, start.elapsed(), this.stale.take());
+            let (answer, _waited) = leader.finish(answer);
+            this.state.set(State::Answer { answer: None });
+            return Poll::Ready(answer);
+        }
+    }
+}

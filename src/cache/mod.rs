@@ -1,0 +1,73 @@
+//! A response cache: [`CacheLayer`] answers a request from the answers it stored under the
+//! request's key, and calls the inner service only when it has none worth serving.
+//!
+//! - **Hits** are answered from the [`Store`] in `call`, at once: the inner service is neither
+//!   polled nor called, no lock is taken, nothing shared is written, nothing is allocated beyond
+//!   the stored value's clone (store an `Arc` or `Bytes` value to keep that cheap).
+//! - **Readiness**: [`Cache`] is always ready. A miss clones the inner service into its future
+//!   and waits there for that clone to be ready, so back-pressure from beneath applies to misses
+//!   only; the inner service must be `Clone` (wrap it in `tower::buffer::Buffer` if it is not).
+//! - **Single-flight**: concurrent misses for one key make one inner call; the others wait and
+//!   get a clone of its outcome (an error as [`Shared`]). An error is not cached unless negative
+//!   caching is on. A caller whose call is dropped first hands it to a waiter, which calls with
+//!   its own request.
+//! - **Freshness**: an answer is fresh for [`ttl`](CacheBuilder::ttl); then, for
+//!   [`stale_while_revalidate`](CacheBuilder::stale_while_revalidate), served at once while one
+//!   background refresh per key runs (spawned on the current tokio runtime); and, for
+//!   [`stale_if_error`](CacheBuilder::stale_if_error), served in place of a live call that fails
+//!   as [`when`](CacheBuilder::when) and the classifier decide (an error, a timeout, a breaker's
+//!   or a limiter's rejection, a failed response), the backend being asked again at most once per
+//!   [`revalidate_interval`](CacheBuilder::revalidate_interval). Negative caching
+//!   ([`negative_ttl`](CacheBuilder::negative_ttl)) is opt-in.
+//! - **Early refresh** (XFetch, on by default with `beta` 1): a hit on a fresh answer refreshes
+//!   it in the background with a probability that grows as expiry nears, scaled by how long the
+//!   answer took to compute, so a hot key is recomputed about once per ttl and no caller waits
+//!   on the recompute; while that refresh is in flight the answer is served even a little past
+//!   its expiry.
+//! - **Memory store**: [`MemoryStore`], over `quick_cache` (sharded, bounded in entries or in a
+//!   weight of your own, scan-resistant eviction). Any [`Store`] can replace it.
+//!
+//! Key only on what makes an answer the same for everyone who may ask; a request whose key
+//! function says `None` passes by the cache.
+//!
+//! # Example
+//!
+//! ```
+//! use seawall::cache::CacheLayer;
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use tower::{service_fn, BoxError, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), BoxError> {
+//! // A catalog looked up by product id; answers are `Arc`s, cheap to clone on a hit.
+//! let cache = CacheLayer::builder(|id: &u32| Some(*id))
+//!     .ttl(Duration::from_secs(60))
+//!     .stale_while_revalidate(Duration::from_secs(30))
+//!     .stale_if_error(Duration::from_secs(300))
+//!     .max_entries(50_000)
+//!     .name("catalog")
+//!     .build()?;
+//! let service = ServiceBuilder::new()
+//!     .layer(cache.clone())
+//!     .service(service_fn(|id: u32| async move {
+//!         Ok::<_, BoxError>(Arc::new(format!("product {id}")))
+//!     }));
+//! assert_eq!(*service.clone().oneshot(7).await?, "product 7");
+//! // The second call is a hit: the backend is not asked.
+//! assert_eq!(*service.oneshot(7).await?, "product 7");
+//! assert_eq!(cache.stats().misses, 1);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod error;
+mod flight;
+pub mod future;
+mod layer;
+mod store;
+
+pub use error::{ConfigError, Shared};
+pub use future::CacheFuture;
+pub use layer::{Cache, CacheBuilder, CacheLayer, Given, Memory, Stats};
+pub use store::{Entry, MemoryStore, Store};
