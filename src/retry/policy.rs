@@ -67,6 +67,38 @@ impl<Req: Clone + DeadlineCarrier, Res, E> Policy<Req, Res, E> for ClonedWithDea
     }
 }
 
+/// A policy `P` that also honours the [`Deadline`] the request carries (see
+/// [`DeadlineCarrier`]) when `P` reads none: what
+/// [`ClientStack::retry`](crate::stack::ClientStack::retry) makes of the policy of a retry layer
+/// given to a stack whose timeouts propagate deadlines, so that its retries stop at the stack's
+/// deadline. Everything else is `P`'s.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WithDeadline<P>(pub P);
+
+impl<Req: DeadlineCarrier, Res, E, P: Policy<Req, Res, E>> Policy<Req, Res, E> for WithDeadline<P> {
+    #[inline]
+    fn replay(&self, req: &Req) -> Option<Req> {
+        self.0.replay(req)
+    }
+
+    fn should_retry(&self, req: &Req, result: &Result<Res, E>) -> bool {
+        self.0.should_retry(req, result)
+    }
+
+    fn deadline(&self, req: &Req) -> Option<Deadline> {
+        self.0.deadline(req).or_else(|| req.deadline())
+    }
+
+    fn give_up(
+        &self,
+        reason: GiveUpReason,
+        attempts: u32,
+        result: Result<Res, E>,
+    ) -> Result<Res, E> {
+        self.0.give_up(reason, attempts, result)
+    }
+}
+
 /// A policy whose retries a predicate may also decline; see
 /// [`Builder::retry_if`](super::Builder::retry_if).
 #[derive(Clone, Copy)]
