@@ -225,6 +225,42 @@ async fn a_retry_given_to_the_stack_does_not_retry_an_open_breaker() {
     assert_eq!(calls.load(Ordering::Relaxed), 0);
 }
 
+/// A 503 at 950 ms of a 1 s budget, and a 10 ms backoff: the second attempt starts with 40 ms
+/// left and the deadline cuts it. The caller gets the 503 in hand, not a timeout.
+#[cfg(feature = "http")]
+#[tokio::test(start_paused = true)]
+async fn an_attempt_cut_by_the_deadline_gives_back_the_answer_in_hand() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    let retry = RetryLayer::http()
+        .classify(OpenIsFinal(seawall::http::HttpClassifier::retryable()))
+        .backoff(Backoff::constant(Duration::from_millis(10)).jitter(Jitter::None))
+        .no_budget()
+        .build()
+        .unwrap();
+    let client = ClientStack::http()
+        .total_timeout(Duration::from_secs(1))
+        .retry(retry)
+        .layer(service_fn(move |_: http::Request<String>| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            async move {
+                tokio::time::sleep(Duration::from_millis(950)).await;
+                let response = http::Response::builder()
+                    .status(http::StatusCode::SERVICE_UNAVAILABLE)
+                    .body(String::new())
+                    .unwrap();
+                Ok::<_, BoxError>(response)
+            }
+        }));
+    let start = Instant::now();
+    let request = http::Request::get("/").body(String::new()).unwrap();
+    let got = client.oneshot(request).await;
+    let response = got.expect("the 503 in hand, not a timeout");
+    assert_eq!(response.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    assert_eq!(calls.load(Ordering::Relaxed), 2);
+}
+
 #[cfg(feature = "http")]
 #[tokio::test(start_paused = true)]
 async fn a_503_whose_retry_after_ends_past_the_total_timeout_is_returned_when_it_comes() {

@@ -52,7 +52,8 @@ impl<Req: Clone, Res, E> Policy<Req, Res, E> for Cloned {
 }
 
 /// Retries any request that is `Clone`, and honours the [`Deadline`] it carries (see
-/// [`DeadlineCarrier`]): no retry is started that would end past it.
+/// [`DeadlineCarrier`]): no backoff is started that would end past it, and should the deadline
+/// pass during a retry, the call ends then with the answer of the attempt before.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ClonedWithDeadline;
 
