@@ -412,7 +412,7 @@ impl<Tot, R, B, Att, T, O> ClientStack<Tot, R, B, Att, T, O> {
     pub fn retry<RC, RP, RO>(
         self,
         retry: RetryLayer<RC, RP, RO>,
-    ) -> ClientStack<Tot, RetryLayer<OpenIsFinal<RC>, T::RetryPolicy<RP>, RO>, B, Att, T, O>
+    ) -> ClientStack<Tot, GivenRetry<RC, RP, RO, T>, B, Att, T, O>
     where
         T: StackTimeout,
     {
@@ -564,6 +564,10 @@ impl<Tot, R, B, Att, T: StackTimeout, O> fmt::Debug for ClientStack<Tot, R, B, A
             .finish()
     }
 }
+
+/// A retry layer given to a [`ClientStack`] whose timeouts are `T`, as the stack uses it (see
+/// [`ClientStack::retry`]).
+type GivenRetry<C, P, O, T> = RetryLayer<OpenIsFinal<C>, <T as StackTimeout>::RetryPolicy<P>, O>;
 
 /// The layers of a [`ClientStack`], innermost first.
 type ClientLayers<Tot, R, B, Att> = Stack<Part<Att>, Stack<Part<B>, Stack<Part<R>, Part<Tot>>>>;
