@@ -39,6 +39,7 @@
 //! | timed out (the stack's deadline) | `DEADLINE_EXCEEDED` |
 //! | malformed deadline header (a layer of the client's own) | `INTERNAL` |
 //! | a `tonic::Status` found in the error's chain (the server's answer) | that status, as it is |
+//! | the channel's own timeout (`tonic::TimeoutExpired`: the `grpc-timeout` it was sent, or `Endpoint::timeout`) | `DEADLINE_EXCEEDED` |
 //! | a transport error tonic knows (`Status::try_from_error`: no connection, HTTP/2 errors, a cancelled call) | tonic's code for it |
 //! | any other error of the channel beneath | `UNAVAILABLE` |
 //!
@@ -246,6 +247,12 @@ pub fn client_status(err: BoxError) -> Status {
             found = Some(status.clone());
             break;
         }
+        // The channel's own timer (`grpc-timeout`, `Endpoint::timeout`): the call's time ran
+        // out on this side, which a gRPC client reports DEADLINE_EXCEEDED (tonic: CANCELLED).
+        if e.is::<tonic::TimeoutExpired>() {
+            found = Some(Status::deadline_exceeded(e.to_string()));
+            break;
+        }
         next = e.source();
     }
     let mut status = match found {
@@ -280,7 +287,9 @@ pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
 ///   stack's timeouts set into `grpc-timeout`, so that the server gives up when the client does
 ///   (a smaller timeout tonic already wrote, for `Request::set_timeout`, is kept);
 /// - errors are turned into `tonic::Status`es by [`client_status`]: transport errors and the
-///   stack's rejections are `UNAVAILABLE`, its timeouts `DEADLINE_EXCEEDED`.
+///   stack's rejections are `UNAVAILABLE`, its timeouts `DEADLINE_EXCEEDED`; the channel's own
+///   timer, which enforces the `grpc-timeout` written and so ends with the stack's deadline, is
+///   reported as the stack's [`Elapsed`](crate::timeout::error::Elapsed) (see [`Unbuffer`]).
 ///
 /// Every service it makes, and every clone of those, shares the stack's parts: build it once,
 /// as in the [module docs](self#examples). Per call it allocates the body's buffer, and the box
@@ -416,7 +425,17 @@ where
 }
 
 /// Beneath a [`ClientLayer`]'s stack: hands each request's kept body to the channel as tonic's
-/// own body type.
+/// own body type, and reports the end of the channel's own `grpc-timeout` timer as the stack's
+/// deadline passing.
+///
+/// tonic's `Channel` enforces the `grpc-timeout` it is sent with a timer of its own, which ends
+/// when the stack's deadline does; when it fires first, the call ends in `tonic::TimeoutExpired`
+/// (which tonic calls `CANCELLED`). For a request that carries a
+/// [`Deadline`](crate::core::Deadline) that error is turned into the stack's
+/// [`Elapsed`](crate::timeout::error::Elapsed), cause
+/// [`Deadline`](crate::timeout::error::TimeoutCause::Deadline): what the stack's own timer would
+/// have returned an instant later, so that the retry, the breaker, fallbacks and
+/// [`client_status`] (`DEADLINE_EXCEEDED`) see a timeout.
 #[cfg(all(feature = "retry", feature = "timeout"))]
 #[derive(Clone, Debug)]
 pub struct Unbuffer<S> {
@@ -427,20 +446,82 @@ pub struct Unbuffer<S> {
 impl<S, B> Service<http::Request<Buffered<B>>> for Unbuffer<S>
 where
     S: Service<http::Request<tonic::body::Body>>,
+    S::Error: Into<BoxError>,
     B: http_body::Body + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
 {
     type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
+    type Error = BoxError;
+    type Future = UnbufferFuture<S::Future>;
 
     #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     #[inline]
-    fn call(&mut self, req: http::Request<Buffered<B>>) -> S::Future {
-        self.inner.call(req.map(tonic::body::Body::new))
+    fn call(&mut self, req: http::Request<Buffered<B>>) -> Self::Future {
+        use crate::core::DeadlineCarrier;
+        // What the channel was told is left (`grpc-timeout`), for the error should its timer end
+        // the call: one clock read, only for a request with a deadline.
+        let budget = req.deadline().map(crate::core::Deadline::remaining);
+        UnbufferFuture {
+            future: self.inner.call(req.map(tonic::body::Body::new)),
+            budget,
+        }
     }
+}
+
+#[cfg(all(feature = "retry", feature = "timeout"))]
+pin_project! {
+    /// The response future of [`Unbuffer`]: the channel's call, its own timeout turned into the
+    /// stack's deadline.
+    #[derive(Debug)]
+    pub struct UnbufferFuture<F> {
+        #[pin]
+        future: F,
+        // What was left of the request's deadline when it was sent, if it carried one.
+        budget: Option<Duration>,
+    }
+}
+
+#[cfg(all(feature = "retry", feature = "timeout"))]
+impl<F, T, E> Future for UnbufferFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.future.poll(cx));
+        Poll::Ready(result.map_err(|err| {
+            let err = err.into();
+            match this.budget {
+                Some(budget) if is_timeout_expired(&*err) => {
+                    Box::new(crate::timeout::error::Elapsed::new(
+                        *budget,
+                        crate::core::TimeoutCause::Deadline,
+                    ))
+                }
+                _ => err,
+            }
+        }))
+    }
+}
+
+/// Whether tonic's own timer (the channel's `grpc-timeout` or `Endpoint::timeout`) ended the
+/// call: `tonic::TimeoutExpired` in `err`'s chain.
+#[cfg(all(feature = "retry", feature = "timeout"))]
+fn is_timeout_expired(err: &(dyn Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if e.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }

@@ -168,6 +168,99 @@ async fn the_stack_puts_its_deadline_in_the_request_and_the_retry_stops_at_it() 
     assert_eq!(start.elapsed(), Duration::from_millis(950));
 }
 
+/// A retry layer built the ordinary way (the default policy, which reads no deadline) and given
+/// to the stack: the stack makes it read the deadline, so no retry is started that the total
+/// timeout would cut, and the caller gets the failure when it comes.
+#[tokio::test(start_paused = true)]
+async fn a_retry_given_to_the_stack_reads_its_deadline() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    let retry = RetryLayer::builder()
+        .backoff(Backoff::constant(Duration::from_millis(100)).jitter(Jitter::None))
+        .no_budget()
+        .build()
+        .unwrap();
+    let client = ClientStack::new()
+        .total_timeout(Duration::from_secs(1))
+        .retry(retry)
+        .layer(service_fn(move |_: Query| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            async move {
+                tokio::time::sleep(Duration::from_millis(950)).await;
+                Err::<(), BoxError>("refused".into())
+            }
+        }));
+    let start = Instant::now();
+    let err = client.oneshot(Query::default()).await.unwrap_err();
+    assert_eq!(err.to_string(), "refused");
+    assert_eq!(start.elapsed(), Duration::from_millis(950));
+    assert_eq!(calls.load(Ordering::Relaxed), 1);
+}
+
+/// A retry layer given to the stack without `OpenIsFinal`: the stack adds it, so an open
+/// breaker's rejection is not retried (the caller gets it at once, not after the backoffs).
+#[tokio::test(start_paused = true)]
+async fn a_retry_given_to_the_stack_does_not_retry_an_open_breaker() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let retry = RetryLayer::builder()
+        .backoff(Backoff::constant(Duration::from_millis(100)).jitter(Jitter::None))
+        .no_budget()
+        .build()
+        .unwrap();
+    let breaker = CircuitBreakerLayer::builder()
+        .consecutive_failures(1)
+        .build()
+        .unwrap();
+    let handle = breaker.handle();
+    handle.force_open();
+    let client = ClientStack::new()
+        .without_deadlines()
+        .retry(retry)
+        .breaker(breaker)
+        .layer(backend(calls.clone()));
+    let start = Instant::now();
+    let err = client.oneshot(false).await.unwrap_err();
+    assert_eq!(kind(&*err), Some(ErrorKind::CircuitOpen));
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(calls.load(Ordering::Relaxed), 0);
+}
+
+/// A 503 at 950 ms of a 1 s budget, and a 10 ms backoff: the second attempt starts with 40 ms
+/// left and the deadline cuts it. The caller gets the 503 in hand, not a timeout.
+#[cfg(feature = "http")]
+#[tokio::test(start_paused = true)]
+async fn an_attempt_cut_by_the_deadline_gives_back_the_answer_in_hand() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    let retry = RetryLayer::http()
+        .classify(OpenIsFinal(seawall::http::HttpClassifier::retryable()))
+        .backoff(Backoff::constant(Duration::from_millis(10)).jitter(Jitter::None))
+        .no_budget()
+        .build()
+        .unwrap();
+    let client = ClientStack::http()
+        .total_timeout(Duration::from_secs(1))
+        .retry(retry)
+        .layer(service_fn(move |_: http::Request<String>| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            async move {
+                tokio::time::sleep(Duration::from_millis(950)).await;
+                let response = http::Response::builder()
+                    .status(http::StatusCode::SERVICE_UNAVAILABLE)
+                    .body(String::new())
+                    .unwrap();
+                Ok::<_, BoxError>(response)
+            }
+        }));
+    let start = Instant::now();
+    let request = http::Request::get("/").body(String::new()).unwrap();
+    let got = client.oneshot(request).await;
+    let response = got.expect("the 503 in hand, not a timeout");
+    assert_eq!(response.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    assert_eq!(calls.load(Ordering::Relaxed), 2);
+}
+
 #[cfg(feature = "http")]
 #[tokio::test(start_paused = true)]
 async fn a_503_whose_retry_after_ends_past_the_total_timeout_is_returned_when_it_comes() {

@@ -11,8 +11,9 @@ const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 /// The instant by which a request must be answered.
 ///
 /// The outermost [`Timeout`](crate::timeout::Timeout) that propagates deadlines puts one in the
-/// request (see [`DeadlineCarrier`]); inner timeouts never wait past it, retries never start an
-/// attempt or a backoff that would end after it, and clients write what is left of it into
+/// request (see [`DeadlineCarrier`]); inner timeouts never wait past it, retries never start a
+/// backoff that would end after it (and return the answer they had when it cuts an attempt),
+/// and clients write what is left of it into
 /// `grpc-timeout`. Time is `tokio::time`, so tests can pause it.
 ///
 /// ```

@@ -530,6 +530,7 @@ impl<G: Gate> GateLayer<G> {
     }
 
     /// A layer over `gate` whose events go to `observer`.
+    #[deprecated(note = "use `GateLayer::builder(gate).name(name).observer(observer).build()`")]
     pub fn with_observer<O: Observer>(
         name: impl Into<Cow<'static, str>>,
         gate: G,
@@ -541,6 +542,51 @@ impl<G: Gate> GateLayer<G> {
         }
     }
 
+    /// Starts a [`GateBuilder`] over `gate`: named `"gate"`, the default classifier, no observer,
+    /// as [`name`](GateBuilder::name), [`observer`](GateBuilder::observer) and
+    /// [`classify`](GateBuilder::classify) change; [`build`](GateBuilder::build) or
+    /// [`build_static`](GateBuilder::build_static) make the layer.
+    ///
+    /// ```
+    /// use seawall::core::{Emitter, Event, Gate, GateLayer, Observer, Record};
+    /// use std::task::{Context, Poll};
+    ///
+    /// /// Admits every call.
+    /// struct Open;
+    ///
+    /// impl Gate for Open {
+    ///     type Permit = ();
+    ///     type Rejection = std::convert::Infallible;
+    ///     type Waiter = ();
+    ///
+    ///     fn poll_acquire<O: Observer>(
+    ///         &self,
+    ///         _: &mut Context<'_>,
+    ///         _: &mut (),
+    ///         _: Emitter<'_, O>,
+    ///     ) -> Poll<Result<(), std::convert::Infallible>> {
+    ///         Poll::Ready(Ok(()))
+    ///     }
+    ///     fn complete<O: Observer>(&self, _: (), _: &Record, _: Emitter<'_, O>) {}
+    ///     fn cancel<O: Observer>(&self, _: (), _: Emitter<'_, O>) {}
+    ///     fn wants_latency(&self) -> bool { false }
+    /// }
+    ///
+    /// let layer = GateLayer::builder(Open)
+    ///     .name("quota")
+    ///     .observer(|event: &Event<'_>| println!("{:?}", event.kind))
+    ///     .build();
+    /// # drop(layer);
+    /// ```
+    pub fn builder(gate: G) -> GateBuilder<G> {
+        GateBuilder {
+            gate,
+            name: Cow::Borrowed("gate"),
+            classify: ErrorIsFailure,
+            observer: (),
+        }
+    }
+
     /// Like [`new`](Self::new), for a gate that lives as long as the process: it is leaked on purpose
     /// (never freed), and in exchange admitted calls never touch a reference count. Build such
     /// layers once, at start-up, never per request.
@@ -548,6 +594,61 @@ impl<G: Gate> GateLayer<G> {
         GateLayer {
             shared: Anchor::leaked(Shared::new(name.into(), gate, ())),
             classify: ErrorIsFailure,
+        }
+    }
+}
+
+/// Builds a [`GateLayer`] with a name, an observer and a classifier: see
+/// [`GateLayer::builder`]. Nothing in it can be wrong, so its `build`s return the layer.
+#[derive(Debug)]
+pub struct GateBuilder<G, C = ErrorIsFailure, O = ()> {
+    gate: G,
+    name: Cow<'static, str>,
+    classify: C,
+    observer: O,
+}
+
+impl<G: Gate, C, O: Observer> GateBuilder<G, C, O> {
+    /// The layer's name, in events (default `"gate"`).
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Sends the layer's events to `observer` (default: none).
+    pub fn observer<O2: Observer>(self, observer: O2) -> GateBuilder<G, C, O2> {
+        GateBuilder {
+            gate: self.gate,
+            name: self.name,
+            classify: self.classify,
+            observer,
+        }
+    }
+
+    /// Classifies the calls' results (default: an `Err` is a failure).
+    pub fn classify<C2>(self, classify: C2) -> GateBuilder<G, C2, O> {
+        GateBuilder {
+            gate: self.gate,
+            name: self.name,
+            classify,
+            observer: self.observer,
+        }
+    }
+
+    /// The layer, its gate shared by every service it makes.
+    pub fn build(self) -> GateLayer<G, C, O> {
+        GateLayer {
+            shared: Anchor::counted(Shared::new(self.name, self.gate, self.observer)),
+            classify: self.classify,
+        }
+    }
+
+    /// The layer, its gate leaked on purpose, as [`GateLayer::new_static`] does: build it once,
+    /// at start-up.
+    pub fn build_static(self) -> GateLayer<G, C, O> {
+        GateLayer {
+            shared: Anchor::leaked(Shared::new(self.name, self.gate, self.observer)),
+            classify: self.classify,
         }
     }
 }

@@ -18,7 +18,7 @@ pub mod window;
 pub use classify::{Classify, ErrorIsFailure};
 pub use deadline::{Deadline, DeadlineCarrier, RequestTimeout};
 pub use fail_fast::FailFast;
-pub use gate::{Gate, GateLayer, Guard, GuardFuture};
+pub use gate::{Gate, GateBuilder, GateLayer, Guard, GuardFuture};
 pub use observe::{
     CircuitState, Emitter, Event, EventKind, FallbackTrigger, GiveUpReason, Observer, RejectReason,
     RetryReason, Source, TimeoutCause, TracingObserver,

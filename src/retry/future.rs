@@ -33,10 +33,13 @@ pin_project! {
         request: Option<Req>,
         // The failed attempt being retried, kept while the retry has a time limit (the request's
         // deadline, the layer's `max_elapsed`): should the limit come before the next attempt can
-        // start, the caller gets this answer.
+        // start, the caller gets this answer. With a deadline it is kept through the next attempt
+        // too: should the deadline end that attempt, the caller gets this answer, not a timeout.
         last: Option<Result<S::Response, S::Error>>,
         // That limit, and the reason to give up when it comes.
         limit: Option<(Instant, GiveUpReason)>,
+        // The request's deadline, when the retry scheduled is bounded by one.
+        deadline: Option<Instant>,
         attempt: u32,
         previous_delay: Duration,
         // Set when a rule or the observer needs time.
@@ -58,6 +61,10 @@ pin_project! {
         Calling {
             #[pin]
             future: F,
+            // The request's deadline, while the answer of the attempt before is kept: when it
+            // passes with this attempt unfinished, that answer is the call's.
+            #[pin]
+            cutoff: Option<Sleep>,
         },
         // The backoff, then (`readying`) the wait for the inner service's readiness, which `sleep`
         // (reset to it) bounds by the retry's time limit when it has one.
@@ -71,12 +78,14 @@ pin_project! {
 
 /// What to do after a failed attempt.
 enum Next {
-    /// Wait `delay` (until the instant), for this reason, before the time limit if there is one.
+    /// Wait `delay` (until the instant), for this reason, before the time limit if there is one
+    /// (and the request's deadline, if it has one).
     Retry(
         Duration,
         RetryReason,
         Instant,
         Option<(Instant, GiveUpReason)>,
+        Option<Instant>,
     ),
     GiveUp(GiveUpReason),
 }
@@ -91,10 +100,24 @@ where
     P: Policy<Req, S::Response, S::Error>,
     O: Observer,
 {
-    let attempts = *this.attempt;
     let reason = this
         .limit
         .map_or(GiveUpReason::Deadline, |(_, reason)| reason);
+    give_up_with_last(this, reason)
+}
+
+/// Ends the call with the answer of the attempt that failed last, kept for this, giving up for
+/// `reason`.
+fn give_up_with_last<S, Req, C, P, O>(
+    this: &mut Proj<'_, S, Req, C, P, O>,
+    reason: GiveUpReason,
+) -> Result<S::Response, S::Error>
+where
+    S: Service<Req>,
+    P: Policy<Req, S::Response, S::Error>,
+    O: Observer,
+{
+    let attempts = *this.attempt;
     this.source.emit(EventKind::GaveUp { attempts, reason });
     this.source.done();
     match this.last.take() {
@@ -127,11 +150,15 @@ where
         source.emit(EventKind::AttemptStarted { attempt: 1 });
         let future = service.call(req);
         ResponseFuture {
-            state: State::Calling { future },
+            state: State::Calling {
+                future,
+                cutoff: None,
+            },
             service,
             request,
             last: None,
             limit: None,
+            deadline: None,
             attempt: 1,
             previous_delay: Duration::ZERO,
             start,
@@ -189,8 +216,23 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Calling { future } => {
-                    let result = ready!(future.poll(cx));
+                StateProj::Calling { future, cutoff } => {
+                    let result = match future.poll(cx) {
+                        Poll::Ready(result) => result,
+                        Poll::Pending => {
+                            // The deadline passed with the attempt unfinished: the answer in hand
+                            // is the call's (a timeout above would otherwise replace it).
+                            if let Some(sleep) = cutoff.as_pin_mut() {
+                                if sleep.poll(cx).is_ready() {
+                                    return Poll::Ready(give_up_with_last(
+                                        &mut this,
+                                        GiveUpReason::Deadline,
+                                    ));
+                                }
+                            }
+                            return Poll::Pending;
+                        }
+                    };
                     let attempt = *this.attempt;
                     let outcome = this.classify.classify(&result);
                     this.source.emit(EventKind::AttemptFinished {
@@ -198,6 +240,18 @@ where
                         outcome,
                         latency: this.attempt_start.map(|t| t.elapsed()),
                     });
+                    // An attempt that failed once the deadline had passed was cut by it (by a
+                    // timeout beneath): the answer of the attempt before is the call's.
+                    let cut = this.last.is_some()
+                        && cutoff
+                            .as_ref()
+                            .get_ref()
+                            .as_ref()
+                            .is_some_and(|sleep| sleep.deadline() <= Instant::now());
+                    if outcome == Outcome::Failure && cut {
+                        return Poll::Ready(give_up_with_last(&mut this, GiveUpReason::Deadline));
+                    }
+                    *this.last = None;
                     if outcome != Outcome::Failure {
                         if outcome == Outcome::Success {
                             if let Some(budget) = this.budget {
@@ -208,7 +262,7 @@ where
                         return Poll::Ready(result);
                     }
                     match decide(&mut this, &result) {
-                        Next::Retry(delay, reason, resume, limit) => {
+                        Next::Retry(delay, reason, resume, limit, deadline) => {
                             *this.previous_delay = delay;
                             this.source.emit(EventKind::RetryScheduled {
                                 attempt: attempt + 1,
@@ -216,6 +270,7 @@ where
                                 reason,
                             });
                             *this.limit = limit;
+                            *this.deadline = deadline;
                             if limit.is_some() {
                                 *this.last = Some(result);
                             }
@@ -266,8 +321,15 @@ where
                     if limit.is_some_and(|(at, _)| at <= Instant::now()) {
                         return Poll::Ready(give_up_at_limit(&mut this));
                     }
-                    *this.last = None;
+                    // Past this point only a deadline keeps the answer in hand (see `cutoff`).
                     *this.limit = None;
+                    let cutoff = match this.deadline.take() {
+                        Some(at) if this.last.is_some() => Some(tokio::time::sleep_until(at)),
+                        _ => {
+                            *this.last = None;
+                            None
+                        }
+                    };
                     *this.attempt += 1;
                     let req = this
                         .request
@@ -285,7 +347,7 @@ where
                         *this.attempt_start = Some(Instant::now());
                     }
                     let future = this.service.call(req);
-                    this.state.set(State::Calling { future });
+                    this.state.set(State::Calling { future, cutoff });
                 }
             }
         }
@@ -339,11 +401,12 @@ where
         return Next::GiveUp(GiveUpReason::Elapsed);
     };
     let mut limit = None;
-    if let Some(deadline) = this.policy.deadline(request) {
-        if resume >= deadline.instant() {
+    let deadline = this.policy.deadline(request).map(|d| d.instant());
+    if let Some(deadline) = deadline {
+        if resume >= deadline {
             return Next::GiveUp(GiveUpReason::Deadline);
         }
-        limit = Some((deadline.instant(), GiveUpReason::Deadline));
+        limit = Some((deadline, GiveUpReason::Deadline));
     }
     if let (Some(max), Some(start)) = (this.limits.max_elapsed, *this.start) {
         if resume.saturating_duration_since(start) >= max {
@@ -361,5 +424,5 @@ where
             return Next::GiveUp(GiveUpReason::Budget);
         }
     }
-    Next::Retry(delay, reason, resume, limit)
+    Next::Retry(delay, reason, resume, limit, deadline)
 }

@@ -100,6 +100,24 @@ impl<C, P, O> RetryLayer<C, P, O> {
     pub fn budget(&self) -> Option<&Budget> {
         self.budget.as_ref()
     }
+
+    /// The same layer (budget, limits, name and observer shared) with its classifier and policy
+    /// wrapped: for the stacks, which make a retry given to them honour their deadline.
+    #[cfg(all(feature = "circuit-breaker", feature = "timeout"))]
+    pub(crate) fn wrap<C2, P2>(
+        self,
+        classify: impl FnOnce(C) -> C2,
+        policy: impl FnOnce(P) -> P2,
+    ) -> RetryLayer<C2, P2, O> {
+        RetryLayer {
+            limits: self.limits,
+            budget: self.budget,
+            sessions: self.sessions,
+            classify: classify(self.classify),
+            policy: policy(self.policy),
+            source: self.source,
+        }
+    }
 }
 
 impl<C: Clone, P: Clone, O> Clone for RetryLayer<C, P, O> {

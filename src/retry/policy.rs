@@ -52,7 +52,8 @@ impl<Req: Clone, Res, E> Policy<Req, Res, E> for Cloned {
 }
 
 /// Retries any request that is `Clone`, and honours the [`Deadline`] it carries (see
-/// [`DeadlineCarrier`]): no retry is started that would end past it.
+/// [`DeadlineCarrier`]): no backoff is started that would end past it, and should the deadline
+/// pass during a retry, the call ends then with the answer of the attempt before.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ClonedWithDeadline;
 
@@ -64,6 +65,38 @@ impl<Req: Clone + DeadlineCarrier, Res, E> Policy<Req, Res, E> for ClonedWithDea
 
     fn deadline(&self, req: &Req) -> Option<Deadline> {
         req.deadline()
+    }
+}
+
+/// A policy `P` that also honours the [`Deadline`] the request carries (see
+/// [`DeadlineCarrier`]) when `P` reads none: what
+/// [`ClientStack::retry`](crate::stack::ClientStack::retry) makes of the policy of a retry layer
+/// given to a stack whose timeouts propagate deadlines, so that its retries stop at the stack's
+/// deadline. Everything else is `P`'s.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WithDeadline<P>(pub P);
+
+impl<Req: DeadlineCarrier, Res, E, P: Policy<Req, Res, E>> Policy<Req, Res, E> for WithDeadline<P> {
+    #[inline]
+    fn replay(&self, req: &Req) -> Option<Req> {
+        self.0.replay(req)
+    }
+
+    fn should_retry(&self, req: &Req, result: &Result<Res, E>) -> bool {
+        self.0.should_retry(req, result)
+    }
+
+    fn deadline(&self, req: &Req) -> Option<Deadline> {
+        self.0.deadline(req).or_else(|| req.deadline())
+    }
+
+    fn give_up(
+        &self,
+        reason: GiveUpReason,
+        attempts: u32,
+        result: Result<Res, E>,
+    ) -> Result<Res, E> {
+        self.0.give_up(reason, attempts, result)
     }
 }
 

@@ -8,7 +8,7 @@ use super::Part;
 use crate::circuit_breaker::CircuitBreakerLayer;
 use crate::core::{Classify, ErrorIsFailure, Observer, Outcome};
 use crate::error::ErrorKind;
-use crate::retry::policy::ClonedWithDeadline;
+use crate::retry::policy::{ClonedWithDeadline, WithDeadline};
 use crate::retry::RetryLayer;
 use crate::timeout::policy::Propagate;
 use crate::timeout::TimeoutLayer;
@@ -63,24 +63,44 @@ pub trait StackTimeout: Clone + sealed::Sealed {
     #[doc(hidden)]
     const PROPAGATES: bool;
 
+    /// The retry policy `P` of a retry layer given to the stack
+    /// ([`ClientStack::retry`]), as the stack uses it: made to read the deadline
+    /// ([`WithDeadline`]) when the timeouts propagate, left as it is when they do not.
+    #[doc(hidden)]
+    type RetryPolicy<P>;
+
     /// The policy of a timeout of `timeout`.
     #[doc(hidden)]
     fn policy(timeout: Duration) -> Self;
+
+    /// The retry policy `policy` as the stack uses it.
+    #[doc(hidden)]
+    fn retry_policy<P>(policy: P) -> Self::RetryPolicy<P>;
 }
 
 impl StackTimeout for Propagate<Duration> {
     const PROPAGATES: bool = true;
+    type RetryPolicy<P> = WithDeadline<P>;
 
     fn policy(timeout: Duration) -> Self {
         Propagate(timeout)
+    }
+
+    fn retry_policy<P>(policy: P) -> WithDeadline<P> {
+        WithDeadline(policy)
     }
 }
 
 impl StackTimeout for Duration {
     const PROPAGATES: bool = false;
+    type RetryPolicy<P> = P;
 
     fn policy(timeout: Duration) -> Self {
         timeout
+    }
+
+    fn retry_policy<P>(policy: P) -> P {
+        policy
     }
 }
 
@@ -376,18 +396,29 @@ impl<Tot, R, B, Att, T, O> ClientStack<Tot, R, B, Att, T, O> {
         self
     }
 
-    /// Replaces the retry layer, with its classifier, policy, name and observer (the stack's
+    /// Replaces the retry layer, with its budget, limits, name and observer (the stack's
     /// [`observer`](Self::observer) does not reach it): the stack's classifier and policy (those
     /// of `ClientStack::http()` or `grpc()`, say) are not kept, so start from `RetryLayer::http()`
-    /// or `RetryLayer::grpc()` for such a stack. Classify with [`OpenIsFinal`] to keep an open
-    /// breaker's rejections from being retried.
+    /// or `RetryLayer::grpc()` for such a stack.
+    ///
+    /// The stack keeps two things of its own retry in the one given: its classifier is wrapped
+    /// in [`OpenIsFinal`], so that an open breaker's rejections are not retried, and, when the
+    /// stack's timeouts propagate deadlines (the default), its policy in
+    /// [`WithDeadline`](crate::retry::policy::WithDeadline), so that it reads the stack's
+    /// deadline even if it was built with one that does not (the default `Cloned`): no backoff
+    /// is started that would end past the total timeout. Call
+    /// [`without_deadlines`](Self::without_deadlines) before this, not after, for requests that
+    /// cannot carry a deadline.
     pub fn retry<RC, RP, RO>(
         self,
         retry: RetryLayer<RC, RP, RO>,
-    ) -> ClientStack<Tot, RetryLayer<RC, RP, RO>, B, Att, T, O> {
+    ) -> ClientStack<Tot, GivenRetry<RC, RP, RO, T>, B, Att, T, O>
+    where
+        T: StackTimeout,
+    {
         ClientStack {
             total: self.total,
-            retry: Some(retry),
+            retry: Some(retry.wrap(OpenIsFinal, T::retry_policy)),
             breaker: self.breaker,
             attempt: self.attempt,
             policy: self.policy,
@@ -533,6 +564,10 @@ impl<Tot, R, B, Att, T: StackTimeout, O> fmt::Debug for ClientStack<Tot, R, B, A
             .finish()
     }
 }
+
+/// A retry layer given to a [`ClientStack`] whose timeouts are `T`, as the stack uses it (see
+/// [`ClientStack::retry`]).
+type GivenRetry<C, P, O, T> = RetryLayer<OpenIsFinal<C>, <T as StackTimeout>::RetryPolicy<P>, O>;
 
 /// The layers of a [`ClientStack`], innermost first.
 type ClientLayers<Tot, R, B, Att> = Stack<Part<Att>, Stack<Part<B>, Stack<Part<R>, Part<Tot>>>>;

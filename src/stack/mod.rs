@@ -52,8 +52,10 @@
 //!    [`Deadline`](crate::core::Deadline) in the request (or keeps an earlier one the request
 //!    already carries);
 //! 2. **retry**: jittered backoff, a retry budget, server hints; reads the deadline, and starts no
-//!    attempt or backoff that would end past it: a failure whose retry could not finish in time
-//!    (a 503 whose `Retry-After` ends after the deadline) is returned as it is, when it comes;
+//!    backoff that would end past it: a failure whose retry could not finish in time (a 503
+//!    whose `Retry-After` ends after the deadline) is returned as it is, when it comes; and when
+//!    the deadline cuts an attempt it did start, the answer before that attempt is returned at
+//!    the deadline, not the timeout;
 //! 3. **circuit breaker**: sees every attempt, so a failing dependency opens it whatever the
 //!    retries, and its rejections end the retrying (`OpenIsFinal`: an open breaker is not
 //!    retried into);

@@ -103,9 +103,11 @@ where
 async fn a_custom_gate_reports_to_its_observer() {
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let sink = seen.clone();
-    let layer = GateLayer::with_observer("quota", quota(1), move |e: &Event<'_>| {
-        sink.lock().unwrap().push(e.kind)
-    });
+    let layer = GateLayer::builder(quota(1))
+        .name("quota")
+        .observer(move |e: &Event<'_>| sink.lock().unwrap().push(e.kind))
+        .build();
+    assert!(format!("{layer:?}").contains("quota"));
     let mut service = layer.layer(Backend);
     send_quota(&mut service).await;
     let _ = service.ready().await.unwrap().call(Call::ok()).await;
@@ -119,6 +121,20 @@ async fn a_custom_gate_reports_to_its_observer() {
             reason: RejectReason::Other
         }
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_static_gate_can_be_observed() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let layer = GateLayer::builder(quota(1))
+        .name("quota")
+        .observer(move |e: &Event<'_>| sink.lock().unwrap().push(e.kind))
+        .build_static();
+    let mut service = layer.layer(Backend);
+    send_quota(&mut service).await;
+    let kinds = seen.lock().unwrap().clone();
+    assert_eq!(kinds.first(), Some(&EventKind::Permitted), "{kinds:?}");
 }
 
 #[test]

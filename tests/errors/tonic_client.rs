@@ -145,6 +145,63 @@ async fn its_errors_are_client_side_statuses() {
     assert_eq!(start.elapsed(), Duration::from_secs(1));
 }
 
+/// A channel that, like tonic's, ends a call with `tonic::TimeoutExpired` when the `grpc-timeout`
+/// it was sent runs out, at the very moment the stack's own deadline passes.
+fn enforces_grpc_timeout() -> impl Service<
+    http::Request<Body>,
+    Response = http::Response<Body>,
+    Error = BoxError,
+    Future = impl Send,
+> + Clone {
+    service_fn(|req: http::Request<Body>| async move {
+        let sent = req
+            .headers()
+            .get("grpc-timeout")
+            .expect("grpc-timeout sent");
+        let left = seawall::grpc::parse_grpc_timeout_header(sent).unwrap();
+        tokio::time::sleep(left).await;
+        Err::<http::Response<Body>, BoxError>(Box::new(tonic::TimeoutExpired(())))
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_channel_s_own_timeout_at_the_deadline_is_deadline_exceeded() {
+    let stack = ClientStack::grpc()
+        .total_timeout(Duration::from_millis(200))
+        .without_retry();
+    let start = Instant::now();
+    let status = ClientLayer::new(stack)
+        .layer(enforces_grpc_timeout())
+        .oneshot(request())
+        .await
+        .unwrap_err();
+    // Not tonic's CANCELLED: the stack's deadline passed, and the error says so.
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(start.elapsed(), Duration::from_millis(200));
+    let source = std::error::Error::source(&status).expect("the error is kept");
+    assert_eq!(
+        seawall::error::kind(source),
+        Some(seawall::error::ErrorKind::TimedOut)
+    );
+    let Some(seawall::error::Cause::TimedOut(elapsed)) = seawall::error::find(source) else {
+        panic!("no timeout in {status:?}");
+    };
+    assert_eq!(
+        elapsed.cause(),
+        seawall::timeout::error::TimeoutCause::Deadline
+    );
+    assert_eq!(elapsed.budget(), Duration::from_millis(200));
+}
+
+#[test]
+fn tonic_s_timeout_expired_is_deadline_exceeded_on_the_client_side() {
+    // Left to tonic (`Status::try_from_error`) it would be CANCELLED, which no caller reads as a
+    // timeout.
+    let status = seawall::tonic::client_status(Box::new(tonic::TimeoutExpired(())));
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+    assert!(std::error::Error::source(&status).is_some());
+}
+
 mod loopback {
     //! A real tonic server and client: the request body crosses HTTP/2 twice.
 
@@ -266,5 +323,46 @@ mod loopback {
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    }
+
+    /// Over a real tonic `Channel`, which enforces the `grpc-timeout` it is sent with a timer of
+    /// its own that ends with the stack's deadline: whichever fires first, the caller gets
+    /// DEADLINE_EXCEEDED (tonic alone makes its own timer's end CANCELLED).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_past_its_deadline_over_a_real_channel_is_deadline_exceeded() {
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .layer(tower::ServiceBuilder::new().map_future(|f| async move {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    f.await
+                }))
+                .add_service(health)
+                .serve_with_incoming(crate::tonic_loopback::tokio_stream_like::incoming(listener)),
+        );
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        let stack = ClientStack::grpc()
+            .total_timeout(Duration::from_millis(100))
+            .without_retry();
+        let client = HealthClient::new(ClientLayer::new(stack).layer(channel));
+        let mut codes = std::collections::BTreeMap::new();
+        for _ in 0..20 {
+            let status = client
+                .clone()
+                .check(HealthCheckRequest::default())
+                .await
+                .unwrap_err();
+            *codes.entry(format!("{:?}", status.code())).or_insert(0) += 1;
+        }
+        server.abort();
+        assert_eq!(
+            codes.keys().collect::<Vec<_>>(),
+            ["DeadlineExceeded"],
+            "{codes:?}"
+        );
     }
 }

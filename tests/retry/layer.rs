@@ -784,6 +784,50 @@ async fn no_attempt_starts_after_the_deadline_even_when_readiness_came_late() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_attempt_still_running_at_the_deadline_gives_back_the_answer_in_hand() {
+    // The first attempt fails at 95 ms of 100, the retry starts at 100 - 5 ms and hangs: at the
+    // deadline the caller gets the first attempt's answer (which a timeout above would otherwise
+    // replace with its own), and the hung attempt is dropped.
+    let (mock, mut handle) = tower_test::mock::pair::<Request<String>, u32>();
+    let (events, observer) = recorder();
+    let mut service = RetryLayer::builder()
+        .policy(ClonedWithDeadline)
+        .no_budget()
+        .backoff(constant(MS))
+        .observer(observer)
+        .build()
+        .unwrap()
+        .layer(mock);
+    handle.allow(2);
+    let mut request = req("cut");
+    request.set_deadline(Deadline::after(100 * MS));
+    let mut call = tokio_test::task::spawn(service.ready().await.unwrap().call(request));
+    tokio_test::assert_pending!(call.poll());
+    let (_, reply) = handle.next_request().await.unwrap();
+    tokio::time::advance(95 * MS).await;
+    reply.send_error("first attempt failed");
+    tokio_test::assert_pending!(call.poll());
+    tokio::time::advance(MS).await;
+    tokio_test::assert_pending!(call.poll());
+    let (_, hung) = handle.next_request().await.unwrap();
+    tokio::time::advance(3 * MS).await;
+    tokio_test::assert_pending!(call.poll());
+    tokio::time::advance(MS).await;
+    assert!(call.is_woken(), "the deadline wakes the call");
+    let err = tokio_test::assert_ready!(call.poll()).unwrap_err();
+    assert_eq!(err.to_string(), "first attempt failed");
+    assert_eq!(
+        events.lock().unwrap().last(),
+        Some(&EventKind::GaveUp {
+            attempts: 2,
+            reason: GiveUpReason::Deadline
+        })
+    );
+    drop(call);
+    drop(hung);
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_maximum_elapsed_time_bounds_the_wait_for_readiness_too() {
     let (mock, mut handle) = tower_test::mock::pair::<u32, u32>();
     let (events, observer) = recorder();
