@@ -64,9 +64,16 @@ async fn main() -> Result<(), BoxError> {
     // The catalog client: built once.
     let hyper = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let stale = StaleIfErrorLayer::http(|req: &Request<Empty<Bytes>>| {
-        // Keyed on the path only: right for a public catalog, wrong for anything personal (the
-        // store refuses answers that say they are personal; the key is still ours to get right).
-        Some(req.uri().path().to_owned())
+        // Keyed on method, host, path and query: right for a public catalog, wrong for anything
+        // personal (the store refuses answers that say they are personal, but sees credentials
+        // only in Authorization and Cookie: the key is still ours to get right). Never the path
+        // alone: a token in the query would be dropped from it. No key for anything but a GET.
+        let uri = req.uri();
+        (req.method() == axum::http::Method::GET).then(|| {
+            let authority = uri.authority().map_or("", |a| a.as_str());
+            let path = uri.path_and_query().map_or("/", |p| p.as_str());
+            format!("GET {authority}{path}")
+        })
     })
     .max_age(Duration::from_secs(60))
     .name("catalog_stale")

@@ -14,13 +14,20 @@
 //!
 //! [`StaleIfErrorLayer`] serves a stored answer to **any** request with the same key, whoever
 //! sends it. Key only on what makes an answer the same for everyone who may ask: a public
-//! catalog page by its path, yes; `/me` or `/cart` by their path, never (put the user in the
-//! key, or give such requests no key, and they are neither stored nor served).
+//! catalog page by its method, host and path and query, yes; `/me` or `/cart` by their path,
+//! never (put the user in the key, or give such requests no key, and they are neither stored
+//! nor served). Never key on the path alone: a token in the query string
+//! (`/me?access_token=...`) would then share one user's answer with the next. The layer sees
+//! credentials only in `Authorization` and `Cookie` of the request as it reaches it: a token in
+//! the query, in a header of your own (`X-Api-Key`) or added by a layer beneath it is
+//! invisible to it, and only the key can keep those users apart.
 //!
 //! </div>
 //!
-//! - [`StaleIfErrorLayer::http`] is for `http::Response`s: it stores only `2xx` answers, never
-//!   one with `Set-Cookie`, `Cache-Control: private` or `no-store`, nor the answer to a request
+//! - [`StaleIfErrorLayer::http`] is for `http::Response`s: it stores only whole answers to a
+//!   `GET` (`200`, `203`, `204`) and serves them only to a `GET`, never one with `Set-Cookie`,
+//!   `Cache-Control: private`, `no-store`, `no-cache`, `must-revalidate` or `proxy-revalidate`
+//!   (and one with `stale-if-error=N` no longer than it allows), nor the answer to a request
 //!   with `Authorization` or `Cookie` (unless
 //!   [`key_includes_credentials`](StaleIfErrorBuilder::key_includes_credentials) says the key
 //!   includes them), nor one that `Vary`s on a header the key does not cover
@@ -74,7 +81,7 @@ pub use alternate::{
 };
 pub use config::ConfigError;
 #[cfg(feature = "http")]
-pub use policy::{BodySize, HttpStore};
+pub use policy::{BodySize, HttpMemo, HttpStore};
 pub use policy::{FromFn, Policy, Respond, StorePolicy, StoreSuccesses, Value, WithRequest};
 #[cfg(feature = "http")]
 pub use stale::StaleResponse;

@@ -124,6 +124,24 @@ pub trait StorePolicy<Req, Res> {
 
     /// Whether `response`, the answer to a request of which `memo` was kept, may be stored.
     fn may_store(&self, memo: &Self::Memo, response: &Res) -> bool;
+
+    /// Whether a stored answer may be served to a request of which `memo` was kept, when its
+    /// call fails (default: yes). [`HttpStore`] serves only `GET` requests: a failed write must
+    /// fail, not be answered with a read's answer stored under the same key.
+    #[inline]
+    fn may_serve(&self, memo: &Self::Memo) -> bool {
+        let _ = memo;
+        true
+    }
+
+    /// How long after it is stored `response` may be served, at most, if less than the layer's
+    /// [`max_age`](super::StaleIfErrorBuilder::max_age) (default: no limit of its own).
+    /// [`HttpStore`] reads `stale-if-error` (RFC 5861) here.
+    #[inline]
+    fn serve_for(&self, response: &Res) -> Option<std::time::Duration> {
+        let _ = response;
+        None
+    }
 }
 
 /// Stores every response the classifier calls a success: the store policy of
@@ -145,12 +163,17 @@ impl<Req, Res> StorePolicy<Req, Res> for StoreSuccesses {
 }
 
 /// The store policy of [`StaleIfErrorLayer::http`](super::StaleIfErrorLayer::http): stores only
-/// a `2xx` answer that may be shared with whoever sends a request with the same key.
+/// a whole, shareable answer to a `GET`, and serves it only to a `GET` with the same key.
 ///
 /// A response is not stored if
-/// - its status is not `2xx` (a `404` during a deploy must not replace the good `200`);
+/// - the request's method is not `GET` (the answer to a `POST` is not a page to serve again),
+///   nor is a stored answer served to a request other than a `GET`: a failed write fails;
+/// - its status is not `200`, `203` or `204` (a `404` during a deploy must not replace the good
+///   `200`, nor a `206`, part of the page, be served as the whole);
 /// - it carries `Set-Cookie`, or `Cache-Control` with `private` or `no-store` (in any case, in
 ///   any of its values);
+/// - it carries `Cache-Control` with `no-cache`, `must-revalidate` or `proxy-revalidate`: such
+///   an answer must not be served without asking the origin again (RFC 9111 §4.2.4, §5.2.2);
 /// - the request carried `Authorization` or `Cookie`, unless the key includes what makes the
 ///   answer private
 ///   ([`key_includes_credentials`](super::StaleIfErrorBuilder::key_includes_credentials));
@@ -158,6 +181,15 @@ impl<Req, Res> StorePolicy<Req, Res> for StoreSuccesses {
 ///   ([`key_covers_headers`](super::StaleIfErrorBuilder::key_covers_headers); none by default).
 ///   Answers that vary are refused rather than keyed on the varied headers: the key is the
 ///   user's, and only the user can make it cover them.
+///
+/// An answer with `Cache-Control: stale-if-error=N` (RFC 5861) is served for at most its
+/// freshness lifetime (`s-maxage`, else `max-age`, less its `Age`; none if not given) plus `N`
+/// seconds after it was stored, if that is less than the layer's `max_age`.
+///
+/// Credentials are seen only where this layer sees the request: in `Authorization` and `Cookie`.
+/// A token in the query string, in a header of the application's own (`X-Api-Key`), or added by
+/// a layer beneath this one is invisible to it: the key must keep such users apart (key on the
+/// whole `path_and_query`, never on the path alone).
 #[cfg(feature = "http")]
 #[derive(Clone, Debug, Default)]
 pub struct HttpStore {
@@ -197,31 +229,115 @@ fn items<'a>(
         .filter(|item| !item.is_empty())
 }
 
+/// What [`HttpStore`] keeps of each request with a key: whether it is a `GET`, and whether it
+/// carried credentials the key does not include.
+#[cfg(feature = "http")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpMemo {
+    get: bool,
+    credentials: bool,
+}
+
+/// The name of a `Cache-Control` directive (`max-age` of `max-age=60`), and its value if any,
+/// without quotes.
+#[cfg(feature = "http")]
+fn directive(item: &[u8]) -> (&[u8], Option<&[u8]>) {
+    let mut parts = item.splitn(2, |&b| b == b'=');
+    let name = parts.next().unwrap_or_default().trim_ascii();
+    let value = parts.next().map(|value| {
+        let value = value.trim_ascii();
+        value
+            .strip_prefix(b"\"")
+            .and_then(|v| v.strip_suffix(b"\""))
+            .unwrap_or(value)
+    });
+    (name, value)
+}
+
+/// A number of seconds, as `Cache-Control` and `Age` give them; too great to count is the
+/// greatest.
+#[cfg(feature = "http")]
+fn seconds(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        std::str::from_utf8(value)
+            .ok()?
+            .parse::<u64>()
+            .unwrap_or(u64::MAX),
+    )
+}
+
 #[cfg(feature = "http")]
 impl<A, B> StorePolicy<http::Request<A>, http::Response<B>> for HttpStore {
-    /// Whether the request carried credentials.
-    type Memo = bool;
+    type Memo = HttpMemo;
 
     #[inline]
-    fn memo(&self, request: &http::Request<A>) -> bool {
+    fn memo(&self, request: &http::Request<A>) -> HttpMemo {
         let headers = request.headers();
-        !self.credentials_in_key
-            && (headers.contains_key(http::header::AUTHORIZATION)
-                || headers.contains_key(http::header::COOKIE))
+        HttpMemo {
+            get: request.method() == http::Method::GET,
+            credentials: !self.credentials_in_key
+                && (headers.contains_key(http::header::AUTHORIZATION)
+                    || headers.contains_key(http::header::COOKIE)),
+        }
     }
 
-    fn may_store(&self, credentials: &bool, response: &http::Response<B>) -> bool {
+    fn may_store(&self, memo: &HttpMemo, response: &http::Response<B>) -> bool {
         use http::header::{CACHE_CONTROL, SET_COOKIE, VARY};
+        use http::StatusCode;
         let headers = response.headers();
-        if *credentials || !response.status().is_success() || headers.contains_key(SET_COOKIE) {
+        let whole = matches!(
+            response.status(),
+            StatusCode::OK | StatusCode::NON_AUTHORITATIVE_INFORMATION | StatusCode::NO_CONTENT
+        );
+        if !memo.get || memo.credentials || !whole || headers.contains_key(SET_COOKIE) {
             return false;
         }
-        let private = items(headers.get_all(CACHE_CONTROL)).any(|directive| {
-            let name = directive.split(|&b| b == b'=').next().unwrap_or_default();
-            let name = name.trim_ascii();
-            name.eq_ignore_ascii_case(b"private") || name.eq_ignore_ascii_case(b"no-store")
+        let refused = items(headers.get_all(CACHE_CONTROL)).any(|item| {
+            let (name, _) = directive(item);
+            [
+                &b"private"[..],
+                b"no-store",
+                b"no-cache",
+                b"must-revalidate",
+                b"proxy-revalidate",
+            ]
+            .iter()
+            .any(|refused| name.eq_ignore_ascii_case(refused))
         });
-        !private && items(headers.get_all(VARY)).all(|name| self.covers_header(name))
+        !refused && items(headers.get_all(VARY)).all(|name| self.covers_header(name))
+    }
+
+    #[inline]
+    fn may_serve(&self, memo: &HttpMemo) -> bool {
+        memo.get
+    }
+
+    fn serve_for(&self, response: &http::Response<B>) -> Option<std::time::Duration> {
+        let headers = response.headers();
+        let (mut max_age, mut s_maxage, mut stale_if_error) = (None, None, None);
+        for item in items(headers.get_all(http::header::CACHE_CONTROL)) {
+            let (name, value) = directive(item);
+            let value = value.and_then(seconds);
+            if name.eq_ignore_ascii_case(b"stale-if-error") {
+                stale_if_error = value;
+            } else if name.eq_ignore_ascii_case(b"s-maxage") {
+                s_maxage = value;
+            } else if name.eq_ignore_ascii_case(b"max-age") {
+                max_age = value;
+            }
+        }
+        let stale_if_error = stale_if_error?;
+        let age = headers
+            .get(http::header::AGE)
+            .and_then(|age| seconds(age.as_bytes().trim_ascii()))
+            .unwrap_or(0);
+        let fresh = s_maxage.or(max_age).unwrap_or(0).saturating_sub(age);
+        Some(std::time::Duration::from_secs(
+            fresh.saturating_add(stale_if_error),
+        ))
     }
 }
 
@@ -234,6 +350,16 @@ impl<A, B> StorePolicy<http::Request<A>, http::Response<B>> for HttpStore {
 pub trait BodySize {
     /// The body's length in bytes.
     fn body_size(&self) -> usize;
+
+    /// A copy of the body to keep, holding only its own bytes (default: a clone). `Bytes` are
+    /// copied: a body collected from a connection may share the connection's read buffer, many
+    /// times its length, which a clone would keep alive for as long as the answer is stored.
+    fn compacted(&self) -> Self
+    where
+        Self: Sized + Clone,
+    {
+        self.clone()
+    }
 }
 
 #[cfg(feature = "http")]
@@ -251,7 +377,18 @@ mod body_size {
         )*};
     }
 
-    by_len!(String, Vec<u8>, bytes::Bytes, &'static str, &'static [u8]);
+    by_len!(String, Vec<u8>, &'static str, &'static [u8]);
+
+    impl BodySize for bytes::Bytes {
+        #[inline]
+        fn body_size(&self) -> usize {
+            self.len()
+        }
+
+        fn compacted(&self) -> Self {
+            bytes::Bytes::copy_from_slice(self)
+        }
+    }
 
     impl BodySize for () {
         #[inline]

@@ -52,6 +52,8 @@ struct Store<K, Res, P> {
     may_store: fn(&Res) -> bool,
     weigh: fn(&Res) -> usize,
     mark: fn(&mut Res, Duration),
+    /// Makes the copy that is stored (`None`: a clone).
+    keep: Option<fn(&Res) -> Res>,
 }
 
 /// One locked part of the store.
@@ -80,6 +82,8 @@ struct Entry<K, Res> {
     key: Arc<K>,
     response: Res,
     at: Instant,
+    /// How long after `at` it may be served: at most the store's `max_age`.
+    serve_for: Duration,
     weight: usize,
 }
 
@@ -172,9 +176,10 @@ impl<K: Hash + Eq, Res> Shard<K, Res> {
         }
     }
 
-    /// Stores `response` under `key`, weighing `weight` (at most the shard's budget), as the
-    /// newest entry; then evicts the oldest until the shard is within its bounds.
-    fn put(&mut self, key: K, response: Res, weight: usize, now: Instant) {
+    /// Stores `response` under `key`, weighing `weight` (at most the shard's budget), to be
+    /// served for at most `serve_for`, as the newest entry; then evicts the oldest until the
+    /// shard is within its bounds.
+    fn put(&mut self, key: K, response: Res, weight: usize, serve_for: Duration, now: Instant) {
         match self.index.get(&key) {
             Some(&slot) => {
                 let entry = self.slots[slot]
@@ -184,6 +189,7 @@ impl<K: Hash + Eq, Res> Shard<K, Res> {
                 self.bytes = self.bytes - entry.weight + weight;
                 entry.weight = weight;
                 entry.at = now;
+                entry.serve_for = serve_for;
                 entry.response = response;
                 self.unlink(slot);
                 self.link_newest(slot);
@@ -194,6 +200,7 @@ impl<K: Hash + Eq, Res> Shard<K, Res> {
                     key: key.clone(),
                     response,
                     at: now,
+                    serve_for,
                     weight,
                 };
                 let slot = match self.free {
@@ -234,6 +241,7 @@ impl<K: Hash + Eq, Res: Clone, P> Store<K, Res, P> {
         may_store: fn(&Res) -> bool,
         weigh: fn(&Res) -> usize,
         mark: fn(&mut Res, Duration),
+        keep: Option<fn(&Res) -> Res>,
     ) -> Self {
         let shards = SHARDS
             .min(max_entries / SHARD_MIN_ENTRIES)
@@ -252,6 +260,7 @@ impl<K: Hash + Eq, Res: Clone, P> Store<K, Res, P> {
             may_store,
             weigh,
             mark,
+            keep,
         }
     }
 
@@ -270,7 +279,7 @@ impl<K: Hash + Eq, Res: Clone, P> Store<K, Res, P> {
             .saturating_add(bookkeeping)
     }
 
-    /// Stores a clone of `response`, a success, under `key` if the policy, the predicate and
+    /// Stores a copy of `response`, a success, under `key` if the policy, the predicate and
     /// the budget let it.
     fn offer<Req>(&self, key: K, memo: &P::Memo, response: &Res)
     where
@@ -279,15 +288,24 @@ impl<K: Hash + Eq, Res: Clone, P> Store<K, Res, P> {
         if !self.policy.may_store(memo, response) || !(self.may_store)(response) {
             return;
         }
-        let weight = self.weight(&key, response);
+        let serve_for = match self.policy.serve_for(response) {
+            Some(limit) if limit.is_zero() => return,
+            Some(limit) => limit.min(self.max_age),
+            None => self.max_age,
+        };
+        // The copy is weighed, not the response: it may hold less (see `keep_http`).
+        let response = match self.keep {
+            Some(keep) => keep(response),
+            None => response.clone(),
+        };
+        let weight = self.weight(&key, &response);
         if weight > self.max_weight {
             return;
         }
-        let response = response.clone();
         let now = Instant::now();
         let mut shard = self.shard(&key);
         shard.compact(now, self.max_age);
-        shard.put(key, response, weight, now);
+        shard.put(key, response, weight, serve_for, now);
     }
 
     /// The stored response for `key` and its age at `now`, if it is not too old.
@@ -297,7 +315,7 @@ impl<K: Hash + Eq, Res: Clone, P> Store<K, Res, P> {
         let slot = *shard.index.get(key)?;
         let entry = shard.entry(slot);
         let age = now.saturating_duration_since(entry.at);
-        if age > self.max_age {
+        if age > entry.serve_for {
             shard.remove(slot);
             return None;
         }
@@ -319,20 +337,24 @@ impl<K: Hash + Eq, Res: Clone, P> Store<K, Res, P> {
 ///
 /// **The key decides who is served what.** A stored answer is served to *any* request with the
 /// same key, from any user. Key only on what makes two requests' answers the same for everyone
-/// who may send them: a public catalog page by its path, yes; a user's `/me` by its path, never
-/// (add the user's identity to the key, or give such requests no key). With
-/// [`http`](StaleIfErrorLayer::http), answers that say they are private (`Set-Cookie`,
-/// `Cache-Control: private` or `no-store`), answers to requests with `Authorization` or
-/// `Cookie`, and answers that `Vary` on headers the key does not cover are not stored unless
-/// you say the key covers them; with [`builder`](StaleIfErrorLayer::builder), nothing is known
-/// of the response type and the key alone must keep users apart.
+/// who may send them: a public catalog page by its method, host, path and query, yes; a user's
+/// `/me` by its path, never (add the user's identity to the key, or give such requests no key).
+/// Never key on the path alone: it drops the query (a `?access_token=` in it would share one
+/// user's answer with the next) and the host. With [`http`](StaleIfErrorLayer::http), answers
+/// that say they are private (`Set-Cookie`, `Cache-Control: private` or `no-store`), answers to
+/// requests with `Authorization` or `Cookie`, and answers that `Vary` on headers the key does
+/// not cover are not stored unless you say the key covers them; but credentials are seen only
+/// there, in the request as it reaches this layer: a token in the query, in a header of your
+/// own (`X-Api-Key`) or added by a layer beneath this one is invisible, and only the key can
+/// keep those users apart. With [`builder`](StaleIfErrorLayer::builder), nothing is known of the
+/// response type and the key alone must keep users apart.
 ///
 /// </div>
 ///
 /// What is stored: a response the classifier calls a success, that the store policy accepts
 /// ([`StoreSuccesses`]: every one, for [`builder`](StaleIfErrorLayer::builder);
-/// [`HttpStore`](super::HttpStore): a shareable `2xx`, for
-/// [`http`](StaleIfErrorLayer::http)), and that the predicate set with
+/// [`HttpStore`](super::HttpStore): a whole, shareable answer (`200`, `203`, `204`) to a `GET`,
+/// served only to a `GET`, for [`http`](StaleIfErrorLayer::http)), and that the predicate set with
 /// [`may_store`](StaleIfErrorBuilder::may_store) accepts (every one by default). A response that
 /// is not stored leaves the last stored one in place: a `500` or a `404` never replaces the good
 /// answer. Requests with no key are neither stored nor served.
@@ -348,8 +370,9 @@ impl<K: Hash + Eq, Res: Clone, P> Store<K, Res, P> {
 /// marks it with an `Age` header and a [`StaleResponse`] extension (see its docs).
 ///
 /// Responses must be `Clone`: buffer HTTP bodies first (`http::Response<Bytes>`, `String`).
-/// Storing costs the checks, a clone, a clock read and a short lock (and, for a key not
-/// stored yet, an `Arc` for it); serving a stale answer, a short lock and a clone.
+/// Storing costs the checks, a clone (for [`http`](StaleIfErrorLayer::http), a copy of the body
+/// and the header values), a clock read and a short lock (and, for a key not stored yet, an
+/// `Arc` for it); serving a stale answer, a short lock and a clone.
 ///
 /// ```
 /// use seawall::fallback::StaleIfErrorLayer;
@@ -386,6 +409,7 @@ pub struct StaleIfErrorBuilder<F, Res, C = ErrorIsFailure, O = (), P = StoreSucc
     mark: fn(&mut Res, Duration),
     may_store: fn(&Res) -> bool,
     weigh: fn(&Res) -> usize,
+    keep: Option<fn(&Res) -> Res>,
     policy: P,
     max_entries: usize,
     max_bytes: usize,
@@ -404,16 +428,47 @@ fn inline_only<Res>(_: &Res) -> usize {
     0
 }
 
-/// The default weigher of [`StaleIfErrorLayer::http`]: the body's length and the headers' names
-/// and values.
+/// The default weigher of [`StaleIfErrorLayer::http`]: the body's length, the headers' names and
+/// values, and the header map's own tables (a bucket and an index per header it has room for:
+/// a map has room for more headers than it holds).
 #[cfg(feature = "http")]
 fn http_weight<B: super::BodySize>(response: &http::Response<B>) -> usize {
-    let headers: usize = response
-        .headers()
+    /// What a header map keeps for each header it has room for: a bucket (the name, the value,
+    /// a hash and the links to further values of the same name) and, a third again, an index.
+    const PER_HEADER: usize =
+        size_of::<(http::HeaderName, http::HeaderValue)>() + 4 * size_of::<usize>() + 8;
+    let headers = response.headers();
+    let text: usize = headers
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len())
         .sum();
-    response.body().body_size().saturating_add(headers)
+    let tables = headers.capacity().max(headers.len()) * PER_HEADER;
+    response
+        .body()
+        .body_size()
+        .saturating_add(text)
+        .saturating_add(tables)
+}
+
+/// The copy [`StaleIfErrorLayer::http`] stores: the body's [`compacted`](super::BodySize::compacted)
+/// copy, and header values copied into their own bytes, in a map sized for them. A response read
+/// from a connection shares that connection's read buffer (through its body and its header
+/// values), which a clone would keep alive for as long as the answer is stored.
+#[cfg(feature = "http")]
+fn keep_http<B: super::BodySize + Clone>(response: &http::Response<B>) -> http::Response<B> {
+    let mut headers = http::HeaderMap::with_capacity(response.headers().len());
+    for (name, value) in response.headers() {
+        let mut copy = http::HeaderValue::from_bytes(value.as_bytes())
+            .expect("a header value's bytes make a header value");
+        copy.set_sensitive(value.is_sensitive());
+        headers.append(name.clone(), copy);
+    }
+    let mut copy = http::Response::new(response.body().compacted());
+    *copy.status_mut() = response.status();
+    *copy.version_mut() = response.version();
+    *copy.headers_mut() = headers;
+    *copy.extensions_mut() = response.extensions().clone();
+    copy
 }
 
 impl StaleIfErrorLayer<(), (), ()> {
@@ -424,7 +479,8 @@ impl StaleIfErrorLayer<(), (), ()> {
     /// success (every `Ok` by default) and the [`may_store`](StaleIfErrorBuilder::may_store)
     /// predicate accepts, and weighs each by its inline size only unless given a
     /// [`weigh`](StaleIfErrorBuilder::weigh)er. For `http::Response`s use
-    /// [`http`](Self::http), which stores only shareable `2xx` answers and marks them stale (`Age`,
+    /// [`http`](Self::http), which stores only whole, shareable answers to `GET`s and marks them
+    /// stale (`Age`,
     /// [`StaleResponse`]); a `mark` of your own given here applies none of its rules.
     pub fn builder<F, Res>(key: F, mark: fn(&mut Res, Duration)) -> StaleIfErrorBuilder<F, Res> {
         StaleIfErrorBuilder {
@@ -432,6 +488,7 @@ impl StaleIfErrorLayer<(), (), ()> {
             mark,
             may_store: any::<Res>,
             weigh: inline_only::<Res>,
+            keep: None,
             policy: StoreSuccesses,
             max_entries: 10_000,
             max_bytes: DEFAULT_MAX_BYTES,
@@ -443,10 +500,13 @@ impl StaleIfErrorLayer<(), (), ()> {
     /// Starts a builder for HTTP: responses stored under the key `key` takes from each request,
     /// classified by [`HttpClassifier::default`](crate::http::HttpClassifier::default) (so an
     /// upstream 5xx is answered with the stored response too), stored only as
-    /// [`HttpStore`](super::HttpStore) allows (a `2xx` without `Set-Cookie`,
-    /// `Cache-Control: private` or `no-store`, nor `Vary`, to a request without credentials),
-    /// weighed by their body's length (see [`BodySize`](super::BodySize)) and headers, and
-    /// marked stale when served:
+    /// [`HttpStore`](super::HttpStore) allows (a `200`, `203` or `204` to a `GET` without
+    /// credentials, without `Set-Cookie`, `Vary`, nor `Cache-Control` `private`, `no-store`,
+    /// `no-cache`, `must-revalidate` or `proxy-revalidate`; served only to a `GET`, and no longer
+    /// than its `stale-if-error` allows), stored as a copy holding only its own bytes (see
+    /// [`BodySize::compacted`](super::BodySize::compacted): a body read from a connection would
+    /// otherwise keep the connection's whole read buffer), weighed by the body's length, the
+    /// headers and the header map's tables, and marked stale when served:
     ///
     /// - `Age` is set as a cache sets it (RFC 9111 §4.2.3): the `Age` the upstream sent with the
     ///   response, if any, plus the time the response was kept, in whole seconds (at most 2^31, as
@@ -466,9 +526,16 @@ impl StaleIfErrorLayer<(), (), ()> {
     ///
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() {
-    /// // A public catalog: its pages are the same for everyone, so the path is the key.
+    /// // A public catalog: its pages are the same for everyone, so the method, host, path and
+    /// // query are the key (never the path alone: a token in the query would be dropped), and
+    /// // requests other than GETs have none.
     /// let layer = StaleIfErrorLayer::http(|request: &Request<()>| {
-    ///     (request.method() == http::Method::GET).then(|| request.uri().path().to_owned())
+    ///     let uri = request.uri();
+    ///     (request.method() == http::Method::GET).then(|| {
+    ///         let authority = uri.authority().map_or("", |a| a.as_str());
+    ///         let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    ///         format!("GET {authority}{path}")
+    ///     })
     /// })
     /// .build()
     /// .unwrap();
@@ -478,19 +545,21 @@ impl StaleIfErrorLayer<(), (), ()> {
     ///         true => Err("down"),
     ///     }
     /// }));
-    /// let get = |down: bool| {
-    ///     let request = Request::get("/catalog");
+    /// let get = |uri: &str, down: bool| {
+    ///     let request = Request::get(uri);
     ///     let request = if down { request.header("x-down", "1") } else { request };
     ///     request.body(()).unwrap()
     /// };
-    /// service.clone().oneshot(get(false)).await.unwrap();
-    /// let stale = service.oneshot(get(true)).await.unwrap();
+    /// service.clone().oneshot(get("/catalog?page=1", false)).await.unwrap();
+    /// let stale = service.clone().oneshot(get("/catalog?page=1", true)).await.unwrap();
     /// assert_eq!(stale.body(), "the catalog");
     /// assert_eq!(stale.headers()["age"], "0");
+    /// // Another query is another key: nothing stored for it.
+    /// assert!(service.oneshot(get("/catalog?page=2", true)).await.is_err());
     /// # }
     /// ```
     #[cfg(feature = "http")]
-    pub fn http<F, B: super::BodySize>(
+    pub fn http<F, B: super::BodySize + Clone>(
         key: F,
     ) -> StaleIfErrorBuilder<F, http::Response<B>, crate::http::HttpClassifier, (), super::HttpStore>
     {
@@ -499,6 +568,7 @@ impl StaleIfErrorLayer<(), (), ()> {
             mark: mark_http::<B>,
             may_store: any,
             weigh: http_weight::<B>,
+            keep: Some(keep_http::<B>),
             policy: super::HttpStore::default(),
             max_entries: 10_000,
             max_bytes: DEFAULT_MAX_BYTES,
@@ -554,8 +624,9 @@ impl<F, Res, C, O, P> StaleIfErrorBuilder<F, Res, C, O, P> {
     /// what it holds on the heap (a body's length, say). Each entry's weight is this, plus the
     /// key's (its inline size and the bytes it hashes: a `String` key's text), plus the entry's
     /// bookkeeping (the response's inline size, the slot and the map's place). Default: nothing
-    /// for [`builder`](StaleIfErrorLayer::builder) (inline sizes only), the body's length and the
-    /// headers' names and values for [`http`](StaleIfErrorLayer::http).
+    /// for [`builder`](StaleIfErrorLayer::builder) (inline sizes only); for
+    /// [`http`](StaleIfErrorLayer::http), the body's length, the headers' names and values, and
+    /// the header map's tables, of the copy it stores.
     pub fn weigh(mut self, weigh: fn(&Res) -> usize) -> Self {
         self.weigh = weigh;
         self
@@ -570,6 +641,7 @@ impl<F, Res, C, O, P> StaleIfErrorBuilder<F, Res, C, O, P> {
             mark: self.mark,
             may_store: self.may_store,
             weigh: self.weigh,
+            keep: self.keep,
             policy,
             max_entries: self.max_entries,
             max_bytes: self.max_bytes,
@@ -586,6 +658,7 @@ impl<F, Res, C, O, P> StaleIfErrorBuilder<F, Res, C, O, P> {
             mark: self.mark,
             may_store: self.may_store,
             weigh: self.weigh,
+            keep: self.keep,
             policy: self.policy,
             max_entries: self.max_entries,
             max_bytes: self.max_bytes,
@@ -607,6 +680,7 @@ impl<F, Res, C, O, P> StaleIfErrorBuilder<F, Res, C, O, P> {
             mark: self.mark,
             may_store: self.may_store,
             weigh: self.weigh,
+            keep: self.keep,
             policy: self.policy,
             max_entries: self.max_entries,
             max_bytes: self.max_bytes,
@@ -639,6 +713,7 @@ impl<F, Res, C, O, P> StaleIfErrorBuilder<F, Res, C, O, P> {
             self.may_store,
             self.weigh,
             self.mark,
+            self.keep,
         );
         Ok(StaleIfErrorLayer {
             store: Arc::new(store),
@@ -852,6 +927,9 @@ where
         let Some(trigger) = select(*this.select, failed, &result).map(|t| t.kind()) else {
             return Poll::Ready(result);
         };
+        if !this.store.policy.may_serve(&memo) {
+            return Poll::Ready(result);
+        }
         let now = Instant::now();
         let Some((mut response, age)) = this.store.get(&key, now) else {
             return Poll::Ready(result);
@@ -958,7 +1036,7 @@ mod tests {
                 match op {
                     Op::Put(key, weight) => {
                         shard.compact(now, max_age);
-                        shard.put(key, value, weight, now);
+                        shard.put(key, value, weight, max_age, now);
                         compact(&mut model, now);
                         model.retain(|entry| entry.0 != key);
                         model.push((key, value, weight, now));
@@ -1020,6 +1098,7 @@ mod tests {
                 |_| true,
                 |_| 0,
                 |_, _| {},
+                None,
             )
         };
         let sum = |store: &Store<u8, u32, StoreSuccesses>| {

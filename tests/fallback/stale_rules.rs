@@ -186,6 +186,207 @@ async fn the_answer_to_a_request_with_credentials_is_not_stored_by_default() {
     }
 }
 
+/// The key the docs and the cookbook teach: method, host, path and query, and none for a request
+/// other than a `GET`.
+fn whole_uri(request: &Request<()>) -> Option<String> {
+    (request.method() == http::Method::GET).then(|| {
+        let uri = request.uri();
+        let authority = uri.authority().map_or("", |a| a.as_str());
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        format!("GET {authority}{path}")
+    })
+}
+
+/// With the path alone as the key (as the docs once taught), Alice's answer to
+/// `/me?access_token=alice` was stored (no `Authorization`, no `Cookie`) and served to Bob; the
+/// key the docs teach now keeps the query.
+#[tokio::test(start_paused = true)]
+async fn a_token_in_the_query_keeps_alice_s_answer_from_bob_with_the_documented_key() {
+    let layer = StaleIfErrorLayer::http(whole_uri).build().unwrap();
+    let up = Arc::new(Mutex::new(true));
+    let state = up.clone();
+    let service = layer.layer(service_fn(move |request: Request<()>| {
+        let up = *state.lock().unwrap();
+        let who = request.uri().query().unwrap_or_default().to_owned();
+        async move {
+            match up {
+                true => Ok(Response::new(format!("private page of {who}"))),
+                false => Err::<Response<String>, BoxError>("down".into()),
+            }
+        }
+    }));
+    let alice = Request::get("http://api.example/me?access_token=alice");
+    service
+        .clone()
+        .oneshot(alice.body(()).unwrap())
+        .await
+        .unwrap();
+    *up.lock().unwrap() = false;
+    let bob = Request::get("http://api.example/me?access_token=bob");
+    let bob = service.clone().oneshot(bob.body(()).unwrap()).await;
+    assert!(bob.is_err(), "Bob was served {:?}", bob.unwrap().body());
+    // Alice herself is served her stale answer; another host's `/me` is not.
+    let alice = Request::get("http://api.example/me?access_token=alice");
+    let stale = service
+        .clone()
+        .oneshot(alice.body(()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(stale.body(), "private page of access_token=alice");
+    let other = Request::get("http://other.example/me?access_token=alice");
+    assert!(service.oneshot(other.body(()).unwrap()).await.is_err());
+}
+
+/// Keyed on the path whatever the method, a failed `POST /orders` was answered `200` with the
+/// stored answer to `GET /orders`: an order never placed, reported placed.
+#[tokio::test(start_paused = true)]
+async fn a_failed_post_is_not_answered_with_the_stored_get() {
+    let next = Next::default();
+    let layer = StaleIfErrorLayer::http(path).build().unwrap();
+    let service = layer.layer(backend(&next));
+    answer(&next, 200, "your orders: none", &[]);
+    service.clone().oneshot(get("/orders", &[])).await.unwrap();
+    fail(&next);
+    for method in [
+        http::Method::POST,
+        http::Method::PUT,
+        http::Method::DELETE,
+        http::Method::HEAD,
+    ] {
+        let request = Request::builder().method(method.clone()).uri("/orders");
+        let got = service.clone().oneshot(request.body(()).unwrap()).await;
+        assert!(
+            got.is_err(),
+            "a failed {method} was answered {:?}",
+            got.map(|r| (r.status(), r.into_body()))
+        );
+    }
+    // The answer to a `POST` is not stored either: a `GET` is not served it.
+    let next = Next::default();
+    let layer = StaleIfErrorLayer::http(path).build().unwrap();
+    let service = layer.layer(backend(&next));
+    answer(&next, 200, "order 7 placed", &[]);
+    let post = Request::post("/orders").body(()).unwrap();
+    service.clone().oneshot(post).await.unwrap();
+    assert_eq!(layer.stored(), 0);
+    fail(&next);
+    assert!(service.oneshot(get("/orders", &[])).await.is_err());
+}
+
+/// A `206` to a `Range` request is a `2xx`: it was stored, and served in place of the whole page
+/// to a request without `Range`. Only whole answers are stored: `200`, `203`, `204`.
+#[tokio::test(start_paused = true)]
+async fn a_partial_206_is_not_stored_nor_served_as_the_whole_page() {
+    let next = Next::default();
+    let layer = StaleIfErrorLayer::http(path).build().unwrap();
+    let service = layer.layer(backend(&next));
+    answer(&next, 200, "abcdefghijklmnopqrstuvwxyz", &[]);
+    service.clone().oneshot(get("/file", &[])).await.unwrap();
+    answer(&next, 206, "abcd", &[("content-range", "bytes 0-3/26")]);
+    let part = service
+        .clone()
+        .oneshot(get("/file", &[("range", "bytes=0-3")]));
+    assert_eq!(part.await.unwrap().status(), StatusCode::PARTIAL_CONTENT);
+    fail(&next);
+    let stale = service.clone().oneshot(get("/file", &[])).await.unwrap();
+    assert_eq!(
+        (stale.status(), stale.body().as_str()),
+        (StatusCode::OK, "abcdefghijklmnopqrstuvwxyz"),
+        "the whole page, not a part"
+    );
+    for status in [201, 202, 205, 206] {
+        answer(&next, status, "not whole", &[]);
+        service
+            .clone()
+            .oneshot(get(&format!("/{status}"), &[]))
+            .await
+            .unwrap();
+    }
+    for status in [203, 204] {
+        answer(&next, status, "", &[]);
+        service
+            .clone()
+            .oneshot(get(&format!("/{status}"), &[]))
+            .await
+            .unwrap();
+    }
+    assert_eq!(layer.stored(), 3, "the 200, the 203 and the 204");
+}
+
+/// RFC 9111 §4.2.4, §5.2.2: an answer with `no-cache`, `must-revalidate` or `proxy-revalidate`
+/// must not be served without asking the origin: it was stored and served stale.
+#[tokio::test(start_paused = true)]
+async fn answers_that_must_be_revalidated_are_not_served_stale() {
+    for directive in [
+        "no-cache, must-revalidate",
+        "max-age=60, must-revalidate",
+        "Proxy-Revalidate",
+        "no-cache",
+        "no-cache=\"set-cookie\"",
+    ] {
+        let next = Next::default();
+        let layer = StaleIfErrorLayer::http(path).build().unwrap();
+        let service = layer.layer(backend(&next));
+        answer(&next, 200, "balance: 100", &[("cache-control", directive)]);
+        service.clone().oneshot(get("/balance", &[])).await.unwrap();
+        fail(&next);
+        let got = service.oneshot(get("/balance", &[])).await;
+        assert!(got.is_err(), "{directive}: served stale");
+    }
+}
+
+/// RFC 5861: `stale-if-error=N` lets an answer be served for `N` seconds past its freshness
+/// lifetime (`s-maxage`, else `max-age`, less its `Age`), and no longer, though the layer's
+/// `max_age` is longer.
+#[tokio::test(start_paused = true)]
+async fn stale_if_error_in_the_answer_limits_how_long_it_is_served() {
+    let cases: [(&[(&str, &str)], u64); 5] = [
+        (&[("cache-control", "max-age=10, stale-if-error=20")], 30),
+        (&[("cache-control", "stale-if-error=\"5\"")], 5),
+        (
+            &[
+                ("cache-control", "max-age=100, s-maxage=10"),
+                ("cache-control", "stale-if-error=20"),
+            ],
+            30,
+        ),
+        (
+            &[
+                ("cache-control", "max-age=10, stale-if-error=20"),
+                ("age", "4"),
+            ],
+            26,
+        ),
+        // Longer than the layer's five minutes: the layer's.
+        (&[("cache-control", "stale-if-error=86400")], 300),
+    ];
+    for (headers, limit) in cases {
+        let next = Next::default();
+        let layer = StaleIfErrorLayer::http(path).build().unwrap();
+        let service = layer.layer(backend(&next));
+        answer(&next, 200, "kept", headers);
+        service.clone().oneshot(get("/a", &[])).await.unwrap();
+        fail(&next);
+        tokio::time::advance(Duration::from_secs(limit)).await;
+        let got = service.clone().oneshot(get("/a", &[])).await;
+        assert_eq!(
+            got.unwrap().body(),
+            "kept",
+            "{headers:?}: not served at {limit} s"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let got = service.oneshot(get("/a", &[])).await;
+        assert!(got.is_err(), "{headers:?}: served past {limit} s");
+    }
+    // `stale-if-error=0` with no freshness left: never served stale, so not stored.
+    let next = Next::default();
+    let layer = StaleIfErrorLayer::http(path).build().unwrap();
+    let service = layer.layer(backend(&next));
+    answer(&next, 200, "kept", &[("cache-control", "stale-if-error=0")]);
+    service.clone().oneshot(get("/a", &[])).await.unwrap();
+    assert_eq!(layer.stored(), 0);
+}
+
 /// The path and the request's `Authorization`: a key that makes each user's answers their own.
 fn path_and_user(request: &Request<()>) -> Option<(String, Option<String>)> {
     let user = request.headers().get("authorization");
