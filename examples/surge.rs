@@ -419,7 +419,16 @@ async fn main() -> Result<(), BoxError> {
         )
         .layer(
             StaleIfErrorLayer::builder(
-                |request: &http::Request<Body>| Some(request.uri().path().to_owned()),
+                // Only reads, keyed on everything that names the answer (never the path alone:
+                // see `StaleIfErrorLayer`'s docs); the catalog is the same for every user.
+                |request: &http::Request<Body>| {
+                    (request.method() == http::Method::GET).then(|| {
+                        let uri = request.uri();
+                        let authority = uri.authority().map_or("", |a| a.as_str());
+                        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+                        format!("{authority}{path}")
+                    })
+                },
                 |reply: &mut Reply, _age| reply.from = From::Stale,
             )
             .max_age(Duration::from_secs(60))
