@@ -430,8 +430,9 @@ where
 ///
 /// tonic's `Channel` enforces the `grpc-timeout` it is sent with a timer of its own, which ends
 /// when the stack's deadline does; when it fires first, the call ends in `tonic::TimeoutExpired`
-/// (which tonic calls `CANCELLED`). For a request that carries a
-/// [`Deadline`](crate::core::Deadline) that error is turned into the stack's
+/// (which tonic calls `CANCELLED`); a tonic server enforces it too, and answers `CANCELLED`
+/// "Timeout expired" an instant before. For a request that carries a
+/// [`Deadline`](crate::core::Deadline) that error, or that answer, is turned into the stack's
 /// [`Elapsed`](crate::timeout::error::Elapsed), cause
 /// [`Deadline`](crate::timeout::error::TimeoutCause::Deadline): what the stack's own timer would
 /// have returned an instant later, so that the retry, the breaker, fallbacks and
@@ -443,9 +444,9 @@ pub struct Unbuffer<S> {
 }
 
 #[cfg(all(feature = "retry", feature = "timeout"))]
-impl<S, B> Service<http::Request<Buffered<B>>> for Unbuffer<S>
+impl<S, B, ResB> Service<http::Request<Buffered<B>>> for Unbuffer<S>
 where
-    S: Service<http::Request<tonic::body::Body>>,
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<ResB>>,
     S::Error: Into<BoxError>,
     B: http_body::Body + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
@@ -486,17 +487,28 @@ pin_project! {
 }
 
 #[cfg(all(feature = "retry", feature = "timeout"))]
-impl<F, T, E> Future for UnbufferFuture<F>
+impl<F, ResB, E> Future for UnbufferFuture<F>
 where
-    F: Future<Output = Result<T, E>>,
+    F: Future<Output = Result<http::Response<ResB>, E>>,
     E: Into<BoxError>,
 {
-    type Output = Result<T, BoxError>;
+    type Output = Result<http::Response<ResB>, BoxError>;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = std::task::ready!(this.future.poll(cx));
+        if let (Some(budget), Ok(answer)) = (*this.budget, &result) {
+            // The server's own timer for the `grpc-timeout` it was sent, which a tonic server
+            // reports as `CANCELLED` "Timeout expired" (the gRPC spec says `DEADLINE_EXCEEDED`),
+            // an instant before the stack's deadline: the deadline passing, as above.
+            if cancelled_by_server_timeout(answer.headers()) {
+                return Poll::Ready(Err(Box::new(crate::timeout::error::Elapsed::new(
+                    budget,
+                    crate::core::TimeoutCause::Deadline,
+                ))));
+            }
+        }
         Poll::Ready(result.map_err(|err| {
             let err = err.into();
             match this.budget {
@@ -510,6 +522,17 @@ where
             }
         }))
     }
+}
+
+/// Whether a trailers-only answer is a tonic server's report of its own `grpc-timeout` timer:
+/// `grpc-status` 1 (`CANCELLED`) with the message tonic gives it, "Timeout expired"
+/// (percent-encoded or not).
+#[cfg(all(feature = "retry", feature = "timeout"))]
+fn cancelled_by_server_timeout(headers: &http::HeaderMap) -> bool {
+    let status = headers.get("grpc-status").map(http::HeaderValue::as_bytes);
+    let message = headers.get("grpc-message").map(http::HeaderValue::as_bytes);
+    status == Some(b"1")
+        && matches!(message, Some(m) if m == b"Timeout expired" || m == b"Timeout%20expired")
 }
 
 /// Whether tonic's own timer (the channel's `grpc-timeout` or `Endpoint::timeout`) ended the

@@ -193,6 +193,42 @@ async fn the_channel_s_own_timeout_at_the_deadline_is_deadline_exceeded() {
     assert_eq!(elapsed.budget(), Duration::from_millis(200));
 }
 
+/// A tonic server enforces the `grpc-timeout` it is sent too, and answers `CANCELLED` "Timeout
+/// expired" (trailers only) an instant before the client's deadline: the deadline passing, as the
+/// client's own timer would say an instant later.
+#[tokio::test(start_paused = true)]
+async fn a_tonic_server_s_own_timeout_answer_is_deadline_exceeded() {
+    let server = service_fn(|req: http::Request<Body>| async move {
+        let sent = req
+            .headers()
+            .get("grpc-timeout")
+            .expect("grpc-timeout sent");
+        let left = seawall::grpc::parse_grpc_timeout_header(sent).unwrap();
+        tokio::time::sleep(left.saturating_sub(Duration::from_millis(1))).await;
+        let answer = http::Response::builder()
+            .header("content-type", "application/grpc")
+            .header("grpc-status", "1")
+            .header("grpc-message", "Timeout expired")
+            .body(Body::empty())
+            .unwrap();
+        Ok::<_, BoxError>(answer)
+    });
+    let stack = ClientStack::grpc()
+        .total_timeout(Duration::from_millis(200))
+        .without_retry();
+    let status = ClientLayer::new(stack)
+        .layer(server)
+        .oneshot(request())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    let source = std::error::Error::source(&status).expect("the error is kept");
+    assert_eq!(
+        seawall::error::kind(source),
+        Some(seawall::error::ErrorKind::TimedOut)
+    );
+}
+
 #[test]
 fn tonic_s_timeout_expired_is_deadline_exceeded_on_the_client_side() {
     // Left to tonic (`Status::try_from_error`) it would be CANCELLED, which no caller reads as a
