@@ -420,7 +420,11 @@ mod alternate {
             Ok(r) => panic!("the alternate's {} hid the primary's timeout", r.status()),
             Err(err) => err,
         };
-        assert_eq!(seawall::error::kind(&*err), Some(ErrorKind::TimedOut), "{err}");
+        assert_eq!(
+            seawall::error::kind(&*err),
+            Some(ErrorKind::TimedOut),
+            "{err}"
+        );
         let both = err
             .downcast_ref::<AlternateFailed>()
             .expect("both failures");
@@ -449,9 +453,8 @@ mod alternate {
             .expect("the primary's response");
         assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
         // A success of the alternate's is still its answer.
-        let replica = service_fn(|_: Http| async {
-            Ok::<_, BoxError>(Response::new("replica".to_string()))
-        });
+        let replica =
+            service_fn(|_: Http| async { Ok::<_, BoxError>(Response::new("replica".to_string())) });
         let layer = AlternateLayer::builder(replica)
             .request_with(|req: &Http| Request::get(req.uri().clone()).body(()).unwrap())
             .classify(HttpClassifier::default())

@@ -645,11 +645,9 @@ async fn a_call_over_its_keys_quota_waits_in_the_adaptive_queue_before_it_is_ref
             adaptive = adaptive.queue(queue).max_wait(Duration::from_secs(5));
         }
         let per_key =
-            KeyedRateLimitLayer::builder(Quota::per_minute(1), |k: &(&'static str, u64)| {
-                Some(k.0)
-            })
-            .build()
-            .unwrap();
+            KeyedRateLimitLayer::builder(Quota::per_minute(1), |k: &(&'static str, u64)| Some(k.0))
+                .build()
+                .unwrap();
         let service = tower::ServiceBuilder::new()
             .layer(per_key)
             .layer(adaptive.build().unwrap())

@@ -191,7 +191,10 @@ async fn a_per_key_limit_on_a_route_sits_beneath_the_routers_adaptive_limiter() 
         let permitted = *permitted.lock().unwrap();
         match on_the_route {
             true => assert_eq!(permitted, 2, "the refused order went through the limiter"),
-            false => assert_eq!(permitted, 1, "only the order taken went through the limiter"),
+            false => assert_eq!(
+                permitted, 1,
+                "only the order taken went through the limiter"
+            ),
         }
     }
 }
