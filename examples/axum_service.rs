@@ -7,23 +7,31 @@
 //!
 //! - **Reads** (`GET /items/{id}`) go to an upstream catalog through one client built once and
 //!   kept in axum's state (a breaker and a retry budget shared by every request, which a client
-//!   built per request would never have): `StaleIfErrorLayer::http` outermost, then the body
-//!   collected (a stored answer must be `Clone`), then `ClientStack::http()` over hyper. While the
+//!   built per request would never have): `StaleIfErrorLayer::http` outermost, then
+//!   `ClientStack::http()`, then the body collected (a stored answer must be `Clone`, and the
+//!   stack's timeouts must cover the body too), over hyper. While the
 //!   upstream is down, readers get the last good answer, marked by its `Age` header; a
 //!   personalised answer (`GET /me`, which sets a cookie) is never stored, so it fails instead of
 //!   being served to someone else.
 //! - **Writes** (`POST /orders`) are limited per API key (`x-api-key`), so one client over its
-//!   quota gets 429 and `Retry-After` while the others go on.
-//! - **Every request** is limited per client address, then goes through `ServerStack` (adaptive
-//!   concurrency, a timeout). The keyed limits sit above the adaptive limiter: below it, each
-//!   refusal would count as a failed call and push the limit down for everyone.
+//!   quota gets 429 and `Retry-After` while the others go on; an order without a key is refused
+//!   (401), not limited under one key that every keyless client would share.
+//! - **Every request** is limited per client address, then per API key (orders only: the key
+//!   closure returns `None` for the rest), then goes through `ServerStack` (adaptive
+//!   concurrency, a timeout). The keyed limits sit above the adaptive limiter, on the router and
+//!   not on a route (a route's layers run beneath the router's): below it, each refusal would
+//!   be a call it admitted and timed as a fast success. Above a limiter with a queue, an order
+//!   over its quota still waits for a slot before it is refused, while the server is full (see
+//!   docs/back-pressure.md).
 //! - **Timeouts** nest: the client's (1 s in total, 300 ms an attempt) are below the server's
-//!   (2 s), so a read that cannot be answered ends with an answer of ours, not the server's 504.
+//!   (2 s), so a read that cannot be answered, or whose body stalls, ends with an answer of ours
+//!   (the last good one, or the client's timeout), not the server's 504.
 //! - **Metrics** are served at `/metrics` in the Prometheus text format: the keyed limits', the
 //!   stale store's, and every part of both stacks, each stack given one observer and its parts
 //!   named after it (`server.concurrency`, `catalog.retry`, `catalog.breaker`...).
 //!
-//! The example drives the service itself (healthy reads, an outage, a client over its quota),
+//! The example drives the service itself (healthy reads, a stalled body, an outage, a client over
+//! its quota),
 //! prints what each step got, and fails if something is not as described.
 
 use axum::body::{Body, Bytes};
@@ -32,6 +40,7 @@ use axum::http::{Request, Response, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
+use futures::StreamExt;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -59,7 +68,7 @@ struct AppState {
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let prometheus = PrometheusBuilder::new().install_recorder()?;
-    let (upstream, down) = upstream().await?;
+    let (upstream, switches) = upstream().await?;
 
     // The catalog client: built once.
     let hyper = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
@@ -82,12 +91,6 @@ async fn main() -> Result<(), BoxError> {
     let catalog: Catalog = BoxCloneSyncService::new(
         ServiceBuilder::new()
             .layer(stale)
-            .map_future(|answer| async move {
-                let answer: Response<hyper::body::Incoming> = answer.await?;
-                let (parts, body) = answer.into_parts();
-                let body = body.collect().await?.to_bytes();
-                Ok::<_, BoxError>(Response::from_parts(parts, body))
-            })
             .layer(
                 // Its parts report as catalog.total_timeout, catalog.retry, catalog.breaker
                 // and catalog.attempt_timeout.
@@ -97,12 +100,28 @@ async fn main() -> Result<(), BoxError> {
                     .name("catalog")
                     .observer(MetricsObserver::new()),
             )
+            // The body is collected beneath the stack, inside each attempt, so the timeouts
+            // cover it (a body that stalls is cut, and retried, like an answer that never
+            // comes) and the breaker counts its failures; the stack's retry and the stale
+            // store above both need it whole.
+            .map_future(|answer| async move {
+                let answer: Response<hyper::body::Incoming> = answer.await?;
+                let (parts, body) = answer.into_parts();
+                let body = body.collect().await?.to_bytes();
+                Ok::<_, BoxError>(Response::from_parts(parts, body))
+            })
             .service(hyper),
     );
 
-    // Writes: 5 a second per API key, bursts of 5.
+    // Writes: 5 a second per API key, bursts of 5. It sits above the server's stack with the
+    // other keyed limit, so it keys only orders (`None` lets every other request through
+    // uncounted), and an order without a key, which the handler refuses, is limited only per
+    // client address.
     let per_key =
         KeyedRateLimitLayer::builder(Quota::per_second(5).burst(5), |req: &Request<Body>| {
+            if req.method() != axum::http::Method::POST || req.uri().path() != "/orders" {
+                return None;
+            }
             req.headers()
                 .get("x-api-key")
                 .and_then(|key| key.to_str().ok())
@@ -125,19 +144,13 @@ async fn main() -> Result<(), BoxError> {
     let app = Router::new()
         .route("/items/{id}", get(item))
         .route("/me", get(me))
-        .route(
-            "/orders",
-            post(|| async { (StatusCode::CREATED, "ordered") }).layer(
-                ServiceBuilder::new()
-                    .layer(seawall::axum::HandleErrorsLayer::new())
-                    .layer(per_key),
-            ),
-        )
+        .route("/orders", post(order))
         .with_state(AppState { catalog, upstream })
         .layer(
             ServiceBuilder::new()
                 .layer(seawall::axum::HandleErrorsLayer::new())
                 .layer(per_client)
+                .layer(per_key)
                 // Its parts report as server.concurrency and server.timeout.
                 .layer(
                     ServerStack::new()
@@ -160,7 +173,17 @@ async fn main() -> Result<(), BoxError> {
     });
     println!("serving on http://{addr} (upstream catalog on {upstream})\n");
 
-    drive(addr, &down).await
+    drive(addr, &switches).await
+}
+
+/// `POST /orders`: taken from clients with an API key only. An order without one is refused,
+/// not limited under one key shared by every such client, where one of them could use up the
+/// quota of all the others.
+async fn order(headers: axum::http::HeaderMap) -> (StatusCode, &'static str) {
+    match headers.contains_key("x-api-key") {
+        true => (StatusCode::CREATED, "ordered"),
+        false => (StatusCode::UNAUTHORIZED, "an API key is needed to order"),
+    }
 }
 
 /// `GET /items/{id}`: the catalog's answer, or its last good one while it is down.
@@ -182,15 +205,17 @@ async fn relay(catalog: Catalog, uri: String) -> Response<Body> {
     };
     match catalog.oneshot(request).await {
         Ok(answer) => answer.map(Body::from),
-        // A breaker open, a timeout, the upstream's failure: seawall's errors as statuses
-        // (503 and `Retry-After`, 504, 502).
+        // seawall's errors as statuses: a breaker open, 503 and `Retry-After`; a timeout, 504.
+        // Any other failure (the upstream's connection refused or reset) is no error of
+        // seawall's, and is answered 500: map it yourself for a 502.
         Err(err) => seawall::axum::error_response(&*err),
     }
 }
 
 /// The upstream catalog: items, and a personalised page; it answers 503 while `down` is set.
-async fn upstream() -> Result<(SocketAddr, Arc<AtomicBool>), BoxError> {
-    let down = Arc::new(AtomicBool::new(false));
+async fn upstream() -> Result<(SocketAddr, Upstream), BoxError> {
+    let switches = Upstream::default();
+    let (down, stall) = (switches.down.clone(), switches.stall.clone());
     let version = Arc::new(AtomicU64::new(0));
     let (item_down, me_down) = (down.clone(), down.clone());
     let app = Router::new()
@@ -198,10 +223,14 @@ async fn upstream() -> Result<(SocketAddr, Arc<AtomicBool>), BoxError> {
             "/items/{id}",
             get(move |Path(id): Path<u32>| {
                 let answer = if item_down.load(Ordering::Relaxed) {
-                    (StatusCode::SERVICE_UNAVAILABLE, "down".to_owned())
+                    (StatusCode::SERVICE_UNAVAILABLE, "down").into_response()
+                } else if stall.load(Ordering::Relaxed) {
+                    // The headers and a first piece, then nothing: a body that never ends.
+                    let first = futures::stream::iter([Ok::<_, BoxError>(Bytes::from("item"))]);
+                    Body::from_stream(first.chain(futures::stream::pending())).into_response()
                 } else {
                     let v = version.fetch_add(1, Ordering::Relaxed);
-                    (StatusCode::OK, format!("item {id}, version {v}"))
+                    (StatusCode::OK, format!("item {id}, version {v}")).into_response()
                 };
                 std::future::ready(answer)
             }),
@@ -220,15 +249,29 @@ async fn upstream() -> Result<(SocketAddr, Arc<AtomicBool>), BoxError> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok((addr, down))
+    Ok((addr, switches))
 }
 
-/// Plays the three steps against the service and checks what it got.
-async fn drive(addr: SocketAddr, down: &AtomicBool) -> Result<(), BoxError> {
+/// How the upstream misbehaves: it answers 503 while `down` is set, and sends item pages that
+/// never end while `stall` is.
+#[derive(Clone, Default)]
+struct Upstream {
+    down: Arc<AtomicBool>,
+    stall: Arc<AtomicBool>,
+}
+
+/// Plays the steps against the service and checks what it got.
+async fn drive(addr: SocketAddr, upstream: &Upstream) -> Result<(), BoxError> {
+    let down = &upstream.down;
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    // Requests sent to the service (all but the scrape of /metrics).
+    let sent = AtomicU64::new(0);
     let get = |path: &str| {
         let client = client.clone();
         let uri = format!("http://{addr}{path}");
+        if path != "/metrics" {
+            sent.fetch_add(1, Ordering::Relaxed);
+        }
         async move {
             let answer = client.get(uri.parse()?).await?;
             let status = answer.status();
@@ -249,7 +292,23 @@ async fn drive(addr: SocketAddr, down: &AtomicBool) -> Result<(), BoxError> {
     let (status, _, body) = get("/me").await?;
     println!("   GET /me: {status} {body:?}");
 
-    println!("2. the upstream is down: reads get the last good answer, /me does not");
+    println!(
+        "2. the upstream stalls half-way through a page: the client's timeouts cover the body"
+    );
+    upstream.stall.store(true, Ordering::Relaxed);
+    let start = std::time::Instant::now();
+    let (status, age, body) = get("/items/1").await?;
+    let age = age.as_ref().and_then(|a| a.to_str().ok()).unwrap_or("none");
+    println!(
+        "   GET /items/1: {status} {body:?} (Age: {age}) after {:?}",
+        start.elapsed()
+    );
+    if status != StatusCode::OK || age == "none" {
+        return Err("a stalled read was not answered stale by the client's timeouts".into());
+    }
+    upstream.stall.store(false, Ordering::Relaxed);
+
+    println!("3. the upstream is down: reads get the last good answer, /me does not");
     down.store(true, Ordering::Relaxed);
     for id in 1..=3 {
         let (status, age, body) = get(&format!("/items/{id}")).await?;
@@ -266,13 +325,14 @@ async fn drive(addr: SocketAddr, down: &AtomicBool) -> Result<(), BoxError> {
     }
     down.store(false, Ordering::Relaxed);
 
-    println!("3. alice sends 12 orders at once (5 a second per key), bob 3");
+    println!("4. alice sends 12 orders at once (5 a second per key), bob 3");
     let mut orders = tokio::task::JoinSet::new();
     for key in std::iter::repeat_n("alice", 12).chain(std::iter::repeat_n("bob", 3)) {
         let client = client.clone();
         let request = Request::post(format!("http://{addr}/orders"))
             .header("x-api-key", key)
             .body(Empty::new())?;
+        sent.fetch_add(1, Ordering::Relaxed);
         orders.spawn(async move { (key, client.request(request).await.map(|a| a.status())) });
     }
     let (mut alice, mut bob) = ((0, 0), (0, 0));
@@ -294,6 +354,15 @@ async fn drive(addr: SocketAddr, down: &AtomicBool) -> Result<(), BoxError> {
         return Err("the per-key limit did not hold alice alone back".into());
     }
 
+    println!("   an order without an API key:");
+    let request = Request::post(format!("http://{addr}/orders")).body(Empty::new())?;
+    sent.fetch_add(1, Ordering::Relaxed);
+    let status = client.request(request).await?.status();
+    println!("   POST /orders: {status}");
+    if status != StatusCode::UNAUTHORIZED {
+        return Err("an order without an API key was taken".into());
+    }
+
     println!("\nwhat /metrics says:");
     let (_, _, text) = get("/metrics").await?;
     for line in text.lines().filter(|l| l.starts_with("seawall_")) {
@@ -313,6 +382,20 @@ async fn drive(addr: SocketAddr, down: &AtomicBool) -> Result<(), BoxError> {
         "seawall_attempts_started_total{layer=\"catalog.retry\"}".to_owned(),
         "seawall_attempts_total{layer=\"catalog.retry\",outcome=\"failure\"}".to_owned(),
     ];
+    // The orders the per-key limit refused never reached the adaptive limiter: it admitted
+    // every request but those.
+    let admitted = sent.load(Ordering::Relaxed) - alice.1;
+    let series = "seawall_permitted_total{layer=\"server.concurrency\"}";
+    let counted = text
+        .lines()
+        .find_map(|line| line.strip_prefix(series))
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    if counted != Some(admitted) {
+        return Err(format!(
+            "the server's limiter admitted {counted:?} requests, not the {admitted} the keyed limits let through"
+        )
+        .into());
+    }
     for series in &expect {
         if !text.lines().any(|line| line.starts_with(series.as_str())) {
             return Err(format!("missing from the scrape: {series}").into());

@@ -2,7 +2,7 @@
 
 use super::{classified, select, ConfigError, Options, Select};
 use crate::core::{
-    Classify, ErrorIsFailure, EventKind, FallbackTrigger, Observer, RejectReason, Source,
+    Classify, ErrorIsFailure, EventKind, FallbackTrigger, Observer, Outcome, RejectReason, Source,
 };
 use pin_project_lite::pin_project;
 use std::borrow::Cow;
@@ -26,11 +26,13 @@ use tower::{BoxError, Layer, Service};
 /// original failure is returned, with a `Rejected { reason: FallbackFull }` event, so that a storm
 /// of failures cannot pile work onto the alternate without bound.
 ///
-/// When the alternate fails too (its readiness or its call), the primary's failure is what the
-/// caller gets: an error comes back as an [`AlternateFailed`], whose `source()` is the primary's
-/// error, so that [`seawall::error::find`](crate::error::find) and the HTTP and gRPC mappings answer
+/// When the alternate fails too (its readiness, its call, or a response of its that the layer's
+/// [classifier](AlternateBuilder::classify) calls a failure, such as an HTTP 503), the primary's
+/// failure is what the caller gets: an error comes back as an [`AlternateFailed`], whose
+/// `source()` is the primary's error, so that [`seawall::error::find`](crate::error::find) and the HTTP and gRPC mappings answer
 /// for the primary's failure (a timeout stays a 504, not the alternate breaker's 503), and whose
-/// [`alternate`](AlternateFailed::alternate) is the alternate's error. A response the classifier
+/// [`alternate`](AlternateFailed::alternate) is the alternate's error (a [`FailedResponse`] for a
+/// failed response of the alternate's, which is dropped). A response the classifier
 /// called a failure is answered as it is, as it would have been without the layer (it is kept
 /// while the alternate runs), and the alternate's error is dropped.
 ///
@@ -106,7 +108,7 @@ impl AlternateFailed {
         &*self.primary
     }
 
-    /// The alternate's error: its readiness's or its call's.
+    /// The alternate's error: its readiness's or its call's, or a [`FailedResponse`].
     pub fn alternate(&self) -> &(dyn Error + Send + Sync + 'static) {
         &*self.alternate
     }
@@ -129,6 +131,21 @@ impl Error for AlternateFailed {
         Some(&*self.primary)
     }
 }
+
+/// What an [`AlternateFailed`] holds as the alternate's error when the alternate answered a
+/// response that the layer's classifier called a failure (an HTTP 503, say): the response is
+/// dropped, and the primary's failure is answered instead.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FailedResponse;
+
+impl fmt::Display for FailedResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the alternate answered a response classified as a failure")
+    }
+}
+
+impl Error for FailedResponse {}
 
 /// What a call whose alternate failed answers: the primary's error, with the alternate's beside
 /// it, or the primary's response that the classifier called a failure, as it is.
@@ -218,8 +235,9 @@ impl<A, M, C, O> AlternateBuilder<A, M, C, O> {
         self
     }
 
-    /// Decides with `classify` which responses are failures, for
-    /// [`Select::or_failed_responses`].
+    /// Decides with `classify` which responses are failures: the primary's, for
+    /// [`Select::or_failed_responses`], and the alternate's, which are never answered when they
+    /// are failures (the primary's failure is).
     pub fn classify<C2>(self, classify: C2) -> AlternateBuilder<A, M, C2, O> {
         AlternateBuilder {
             alternate: self.alternate,
@@ -377,9 +395,9 @@ where
             state: State::Primary {
                 future: self.inner.call(req),
                 request: Some(alternate_request),
-                classify: self.classify.clone(),
             },
             shared: self.shared.clone(),
+            classify: self.classify.clone(),
             select: self.select,
             start,
         }
@@ -402,8 +420,10 @@ pin_project! {
         A: Service<R>,
     {
         #[pin]
-        state: State<F, A, R, C, O>,
+        state: State<F, A, R, O>,
         shared: Arc<Shared<A, O>>,
+        // Classifies the primary's answer, and the alternate's.
+        classify: C,
         select: Select,
         start: Option<Instant>,
     }
@@ -411,7 +431,7 @@ pin_project! {
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, A, R, C, O>
+    enum State<F, A, R, O>
     where
         A: Service<R>,
     {
@@ -419,7 +439,6 @@ pin_project! {
             #[pin]
             future: F,
             request: Option<R>,
-            classify: C,
         },
         Readying {
             alternate: A,
@@ -467,13 +486,9 @@ where
         loop {
             let mut this = self.as_mut().project();
             let next = match this.state.as_mut().project() {
-                StateProj::Primary {
-                    future,
-                    request,
-                    classify,
-                } => {
+                StateProj::Primary { future, request } => {
                     let result = ready!(future.poll(cx));
-                    let (result, failed) = classified(result, *this.select, &*classify);
+                    let (result, failed) = classified(result, *this.select, &*this.classify);
                     let Some(trigger) = select(*this.select, failed, &result).map(|t| t.kind())
                     else {
                         return Poll::Ready(result);
@@ -523,11 +538,20 @@ where
                     ..
                 } => {
                     let result = match ready!(future.poll(cx)) {
-                        Ok(response) => response,
+                        Ok(response) => Ok::<Res, E>(response),
                         Err(e) => {
                             let primary = primary.take().expect("polled after completion");
                             return Poll::Ready(primary_failure(primary, e.into()));
                         }
+                    };
+                    // An answer the classifier calls a failure (a 503 of the alternate's) is
+                    // no better than the primary's failure, and would hide it.
+                    if this.classify.classify(&result) == Outcome::Failure {
+                        let primary = primary.take().expect("polled after completion");
+                        return Poll::Ready(primary_failure(primary, FailedResponse.into()));
+                    }
+                    let Ok(result) = result else {
+                        unreachable!("an error returned above")
                     };
                     let latency = this.start.map(|start| start.elapsed());
                     this.shared.source.emitter().emit(EventKind::FallbackUsed {

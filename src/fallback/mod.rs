@@ -77,7 +77,7 @@ mod stale;
 
 pub use alternate::{
     Alternate, AlternateBuilder, AlternateFailed, AlternateFuture, AlternateLayer, CloneRequest,
-    MakeRequest,
+    FailedResponse, MakeRequest,
 };
 pub use config::ConfigError;
 #[cfg(feature = "http")]

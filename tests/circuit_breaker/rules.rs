@@ -501,6 +501,43 @@ mod hints {
         );
     }
 
+    /// What docs/tuning.md says of 4xx answers: `HttpClassifier::default()` counts a 401 as a
+    /// success (not ignored), so a half-open probe answered 401 closes the breaker; with
+    /// `.ignore(401)` the probe says nothing, and the breaker stays half-open for another.
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_answered_401_closes_the_breaker_unless_401_is_ignored() {
+        for ignore in [false, true] {
+            let mut classify = HttpClassifier::default();
+            if ignore {
+                classify = classify.ignore(http::StatusCode::UNAUTHORIZED);
+            }
+            let layer = CircuitBreakerLayer::builder()
+                .classify(classify)
+                .consecutive_failures(1)
+                .open_duration(secs(10))
+                .open_jitter(0.0)
+                .half_open_probes(1)
+                .build()
+                .unwrap();
+            let handle = layer.handle();
+            let mut service = layer.layer(service_fn(|status: u16| async move {
+                Ok::<_, std::convert::Infallible>(
+                    http::Response::builder().status(status).body(()).unwrap(),
+                )
+            }));
+            service.ready().await.unwrap().call(503).await.unwrap();
+            assert_eq!(handle.state(), CircuitState::Open);
+            tokio::time::advance(secs(10)).await;
+            let probe = service.ready().await.unwrap().call(401).await.unwrap();
+            assert_eq!(probe.status(), 401);
+            let expected = match ignore {
+                false => CircuitState::Closed,
+                true => CircuitState::HalfOpen,
+            };
+            assert_eq!(handle.state(), expected, "ignore 401: {ignore}");
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn hints_are_ignored_unless_enabled() {
         let layer = CircuitBreakerLayer::builder()

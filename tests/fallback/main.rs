@@ -190,7 +190,7 @@ async fn each_answer_is_reported_with_its_trigger_and_latency() {
 mod alternate {
     use super::*;
     use seawall::core::RejectReason;
-    use seawall::fallback::{AlternateFailed, AlternateLayer};
+    use seawall::fallback::{AlternateFailed, AlternateLayer, FailedResponse};
     use tokio_test::{assert_pending, assert_ready, task};
     use tower_test::mock;
 
@@ -383,6 +383,89 @@ mod alternate {
             .expect("the primary's response");
         assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(layer.running(), 0);
+    }
+
+    /// A primary that times out (504) and an alternate that answers a failed *response* (a 503
+    /// with its own `Retry-After`): the alternate failed too, so the caller gets the primary's
+    /// timeout, not the alternate's 503.
+    #[tokio::test(start_paused = true)]
+    async fn an_alternate_that_answers_a_failed_response_keeps_the_primary_failure() {
+        let replica = service_fn(|_: Http| async {
+            Ok::<_, BoxError>(
+                Response::builder()
+                    .status(StatusCode::SERVICE_UNAVAILABLE)
+                    .header("retry-after", "120")
+                    .body(String::new())
+                    .unwrap(),
+            )
+        });
+        let layer = AlternateLayer::builder(replica)
+            .request_with(|req: &Http| Request::get(req.uri().clone()).body(()).unwrap())
+            .classify(HttpClassifier::default())
+            .when(Select::all())
+            .build()
+            .unwrap();
+        let service = ServiceBuilder::new()
+            .layer(layer.clone())
+            .layer(TimeoutLayer::new(Duration::from_millis(100)))
+            .service(service_fn(|_: Http| async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Ok::<_, BoxError>(Response::new(String::new()))
+            }));
+        let got = service
+            .clone()
+            .oneshot(Request::get("/x").body(()).unwrap())
+            .await;
+        let err = match got {
+            Ok(r) => panic!("the alternate's {} hid the primary's timeout", r.status()),
+            Err(err) => err,
+        };
+        assert_eq!(
+            seawall::error::kind(&*err),
+            Some(ErrorKind::TimedOut),
+            "{err}"
+        );
+        let both = err
+            .downcast_ref::<AlternateFailed>()
+            .expect("both failures");
+        assert!(both.alternate().is::<FailedResponse>(), "{err}");
+        assert_eq!(layer.running(), 0);
+
+        // A failed response from the primary and a failed one from the alternate: the
+        // primary's, as it would have been without the layer.
+        let replica = service_fn(|_: Http| async {
+            Ok::<_, BoxError>(
+                Response::builder()
+                    .status(StatusCode::INTERNAL_SERVER_ERROR)
+                    .body("replica".to_string())
+                    .unwrap(),
+            )
+        });
+        let layer = AlternateLayer::builder(replica)
+            .request_with(|req: &Http| Request::get(req.uri().clone()).body(()).unwrap())
+            .classify(HttpClassifier::default())
+            .build()
+            .unwrap();
+        let down = layer
+            .layer(http_backend())
+            .oneshot(Request::get("/down").body(()).unwrap())
+            .await
+            .expect("the primary's response");
+        assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
+        // A success of the alternate's is still its answer.
+        let replica =
+            service_fn(|_: Http| async { Ok::<_, BoxError>(Response::new("replica".to_string())) });
+        let layer = AlternateLayer::builder(replica)
+            .request_with(|req: &Http| Request::get(req.uri().clone()).body(()).unwrap())
+            .classify(HttpClassifier::default())
+            .build()
+            .unwrap();
+        let up = layer
+            .layer(http_backend())
+            .oneshot(Request::get("/down").body(()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(up.body(), "replica");
     }
 
     #[test]

@@ -627,3 +627,53 @@ fn codel_settings_that_cannot_work_are_typed_errors() {
         }
     );
 }
+
+/// A keyed rate limiter above an adaptive limiter with a queue (as `ServerStack` has): the
+/// keyed limiter decides in `call`, after the adaptive limiter reserved a slot in `poll_ready`,
+/// so a call over its key's quota first waits in the queue for a slot, taking the queue's place
+/// from another client's call, and is refused only once it has the slot (docs/back-pressure.md,
+/// "With a keyed rate limiter"). Without a queue beneath, it is refused at once.
+#[tokio::test(start_paused = true)]
+async fn a_call_over_its_keys_quota_waits_in_the_adaptive_queue_before_it_is_refused() {
+    use seawall::error::{kind, ErrorKind};
+    use seawall::limit::algorithm::Fixed;
+    use seawall::limit::rate::{KeyedRateLimitLayer, Quota};
+    use tokio::time::Instant;
+    for queue in [1, 0] {
+        let mut adaptive = AdaptiveLimitLayer::builder(Fixed(1));
+        if queue > 0 {
+            adaptive = adaptive.queue(queue).max_wait(Duration::from_secs(5));
+        }
+        let per_key =
+            KeyedRateLimitLayer::builder(Quota::per_minute(1), |k: &(&'static str, u64)| Some(k.0))
+                .build()
+                .unwrap();
+        let service = tower::ServiceBuilder::new()
+            .layer(per_key)
+            .layer(adaptive.build().unwrap())
+            .service(service_fn(|(_, ms): (&'static str, u64)| async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok::<_, BoxError>(())
+            }));
+        // The abuser spends its one call a minute on a slow call that holds the only slot.
+        let busy = tokio::spawn(service.clone().oneshot(("abuser", 1_000)));
+        tokio::task::yield_now().await;
+        let start = Instant::now();
+        let refused = tokio::spawn(service.clone().oneshot(("abuser", 0)));
+        tokio::task::yield_now().await;
+        // Another client, while the abuser's call over its quota waits (or not).
+        let other = service.clone().oneshot(("alice", 0)).await;
+        let refused = refused.await.unwrap().unwrap_err();
+        assert_eq!(kind(&*refused), Some(ErrorKind::RateLimited), "{refused}");
+        let other = other.unwrap_err();
+        assert_eq!(kind(&*other), Some(ErrorKind::BulkheadFull), "{other}");
+        match queue {
+            // Refused only once the slow call gave its slot back; alice found the queue full.
+            1 => assert_eq!(start.elapsed(), Duration::from_secs(1)),
+            // Refused at once; alice was turned away by the full limiter, as she would be
+            // without the abuser's second call.
+            _ => assert_eq!(start.elapsed(), Duration::ZERO),
+        }
+        busy.await.unwrap().unwrap();
+    }
+}

@@ -119,3 +119,82 @@ async fn each_client_key_gets_its_own_limit_under_axum() {
     clock.advance(Duration::from_secs(1));
     assert_eq!(burst(addr, 100, Some("alpha")).await, 5);
 }
+
+/// A keyed limit given to a route sits beneath every layer given to the router after it: with
+/// the adaptive limiter on the router, each order the per-key limit refuses was first admitted
+/// (and timed as a fast success) by the adaptive limiter. Given to the router above the adaptive
+/// limiter, as examples/axum_service.rs now does, with a key only for the route, the refused
+/// order never reaches it.
+#[cfg(feature = "axum")]
+#[tokio::test(start_paused = true)]
+async fn a_per_key_limit_on_a_route_sits_beneath_the_routers_adaptive_limiter() {
+    use axum::body::Body;
+    use axum::routing::post;
+    use http::{Method, Request};
+    use seawall::core::{Event, EventKind};
+    use seawall::limit::algorithm::Fixed;
+    use seawall::limit::AdaptiveLimitLayer;
+    use std::sync::Mutex;
+    use tower::ServiceExt;
+    let key = |req: &Request<Body>| {
+        (req.method() == Method::POST && req.uri().path() == "/orders")
+            .then(|| req.headers().get("x-api-key").cloned())
+            .flatten()
+    };
+    for on_the_route in [true, false] {
+        let permitted = Arc::new(Mutex::new(0));
+        let count = permitted.clone();
+        let adaptive = AdaptiveLimitLayer::builder(Fixed(10))
+            .observer(move |e: &Event<'_>| {
+                if e.kind == EventKind::Permitted {
+                    *count.lock().unwrap() += 1;
+                }
+            })
+            .build()
+            .unwrap();
+        let per_key = KeyedRateLimitLayer::builder(Quota::per_minute(1), key)
+            .build()
+            .unwrap();
+        let order = post(|| async { (StatusCode::CREATED, "ordered") });
+        let app = match on_the_route {
+            true => Router::new()
+                .route(
+                    "/orders",
+                    order.layer(
+                        ServiceBuilder::new()
+                            .layer(seawall::axum::HandleErrorsLayer::new())
+                            .layer(per_key),
+                    ),
+                )
+                .layer(
+                    ServiceBuilder::new()
+                        .layer(seawall::axum::HandleErrorsLayer::new())
+                        .layer(adaptive),
+                ),
+            false => Router::new().route("/orders", order).layer(
+                ServiceBuilder::new()
+                    .layer(seawall::axum::HandleErrorsLayer::new())
+                    .layer(per_key)
+                    .layer(adaptive),
+            ),
+        };
+        let order = || {
+            Request::post("/orders")
+                .header("x-api-key", "alice")
+                .body(Body::empty())
+                .unwrap()
+        };
+        let first = app.clone().oneshot(order()).await.unwrap().status();
+        let second = app.clone().oneshot(order()).await.unwrap().status();
+        assert_eq!(first, StatusCode::CREATED);
+        assert_eq!(second, StatusCode::TOO_MANY_REQUESTS);
+        let permitted = *permitted.lock().unwrap();
+        match on_the_route {
+            true => assert_eq!(permitted, 2, "the refused order went through the limiter"),
+            false => assert_eq!(
+                permitted, 1,
+                "only the order taken went through the limiter"
+            ),
+        }
+    }
+}

@@ -375,6 +375,15 @@ impl<Req: DeadlineCarrier> ReadDeadline<Req> for CarriedDeadline {
 /// made ready for it, this service keeping a clone for its next call (which is why the inner
 /// service must be `Clone`); a call refused gives back what readiness reserved beneath.
 ///
+/// Because the key is decided in `call`, after this service's `poll_ready` waited for the
+/// service beneath to be ready, a call over its key's quota above a limiter with a queue (an
+/// [`AdaptiveLimitLayer`](crate::limit::AdaptiveLimitLayer) with `.queue(..)`, as `ServerStack`
+/// has) is refused only once the limiter beneath gave it a slot: while that limiter is full, it
+/// waits in the queue first (as long as any call would) and takes a place there that another
+/// client's call may then not find. Its slot goes back unused, and the limit beneath does not
+/// move. Key only the calls that need it, keep that queue's waits short, or give it no queue; see
+/// docs/back-pressure.md ("With a keyed rate limiter").
+///
 /// ```
 /// use http::{Request, Response};
 /// use seawall::limit::rate::{KeyedRateLimitLayer, Quota};
