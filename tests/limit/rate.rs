@@ -1341,3 +1341,40 @@ async fn an_expired_request_is_refused_by_a_limiter_that_honours_deadlines_takin
     );
     assert_eq!(backend.0.lock().unwrap().len(), 10);
 }
+
+/// A call that waits for its rate slot does not hold what its readiness reserved beneath (a
+/// bulkhead's slot) through the wait: another key's call, with quota free, goes through at once
+/// rather than queue behind a call that only sleeps.
+#[tokio::test(start_paused = true)]
+async fn a_waiting_call_holds_nothing_beneath_so_other_keys_go_through() {
+    let bulkhead = seawall::bulkhead::BulkheadLayer::builder()
+        .max_concurrent(1)
+        .queue(4)
+        .build()
+        .unwrap();
+    let handle = bulkhead.handle();
+    let limit = KeyedRateLimitLayer::builder(
+        Quota::per_second(1).burst(1),
+        |r: &http::Request<u8>| Some(*r.body()),
+    )
+    .max_wait(Duration::from_secs(1))
+    .build()
+    .unwrap();
+    let mut a = limit.layer(bulkhead.layer(ok_service()));
+    let mut b = a.clone();
+    assert_eq!(send(&mut a, http::Request::new(1u8)).await, Ok(()));
+    // Key 1's second call waits about a second for its slot.
+    let waiting = tokio::spawn(async move { send(&mut a, http::Request::new(1u8)).await });
+    tokio::time::sleep(10 * MS).await;
+    assert_eq!(handle.in_flight(), 0, "nothing is held beneath while the call waits");
+    let start = Instant::now();
+    assert_eq!(send(&mut b, http::Request::new(2u8)).await, Ok(()));
+    assert!(
+        start.elapsed() < 10 * MS,
+        "key 2 waited {:?} behind key 1's wait",
+        start.elapsed()
+    );
+    // Key 1's call is made when its slot comes, on a clone made ready then.
+    assert_eq!(waiting.await.unwrap(), Ok(()));
+    assert_eq!(handle.in_flight(), 0);
+}

@@ -111,7 +111,9 @@ pub use memory::MemoryStore;
 
 use super::error::RateLimited;
 use super::rate::gcra::{Decision, Rule, Slot, MAX_SPAN};
-use super::rate::keyed::{ready_service, KeyedResponseFuture, Place, Table, MAX_KEYS};
+use super::rate::keyed::{
+    ready_service, waiting_service, KeyedResponseFuture, Place, Table, MAX_KEYS,
+};
 use super::rate::wait::Turn;
 use super::rate::{Clock, Quota, QuotaError, TokioClock};
 use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
@@ -1345,7 +1347,7 @@ where
                     wait: Arc::clone(fleet).wait(index, place, key.to_string()),
                     admission: None,
                 };
-                let ready = ready_service(&mut self.inner);
+                let ready = waiting_service(&mut self.inner);
                 KeyedResponseFuture::waiting(Box::pin(wait), ready, req)
             }
         }

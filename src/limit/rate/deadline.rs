@@ -2,7 +2,7 @@
 //! ([`RateLimitBuilder::honour_deadlines`](super::RateLimitBuilder::honour_deadlines)).
 
 use super::clock::{Clock, TokioClock};
-use super::keyed::{ready_service, KeyedResponseFuture};
+use super::keyed::{ready_service, waiting_service, KeyedResponseFuture};
 use super::wait::{self, Report, Unused, Verdict, Waiting};
 use super::RateLimiter;
 use crate::core::gate::{Anchor, Shared};
@@ -163,10 +163,9 @@ where
                 let report = O::ENABLED.then(|| Cancelled(self.shared.clone()));
                 let held = Waiting::new(&gate.holes, hole, report);
                 emit.emit(EventKind::Permitted);
-                // The service made ready for this call makes it when its slot comes (what it
-                // reserved beneath, a bulkhead's slot say, goes with it); this one keeps a clone,
-                // to be made ready for the next call.
-                let ready = ready_service(&mut self.inner);
+                // What readiness reserved beneath is given back for the wait; a clone, made
+                // ready when the slot comes, makes the call (see `waiting_service`).
+                let ready = waiting_service(&mut self.inner);
                 KeyedResponseFuture::waiting(held.wait(hole.due - now), ready, req)
             }
             Verdict::Reject(nanos) => self.refuse(RateLimited {

@@ -317,13 +317,24 @@ impl<Clk: Clock, O: Observer> Keyed<Clk, O> {
 }
 
 /// Takes the service made ready for a call out of `inner`, leaving a clone in its place, made
-/// ready for the next call: a call that waits for its slot makes it on the service that was made
-/// ready for it, which may have reserved capacity beneath (a bulkhead's slot); a call refused
-/// drops it, giving that capacity back, rather than keep it reserved until the next call.
+/// ready for the next call: a call refused drops it, giving back what its readiness reserved
+/// beneath (a bulkhead's slot), rather than keep it reserved until the next call.
 #[inline]
 pub(crate) fn ready_service<S: Clone>(inner: &mut S) -> S {
     let fresh = inner.clone();
     std::mem::replace(inner, fresh)
+}
+
+/// The service a call that waits for its slot makes it on: a clone, made ready when the slot
+/// comes. The one made ready now is dropped, so that what its readiness reserved beneath (a
+/// bulkhead's or an adaptive limiter's slot) is not held through a wait of up to `max_wait`,
+/// during which other keys' calls would queue behind a call that only sleeps; and `inner` keeps a
+/// clone for the next call, so a client that makes its calls one after another on one service
+/// never holds two reservations.
+#[inline]
+pub(crate) fn waiting_service<S: Clone>(inner: &mut S) -> S {
+    drop(ready_service(inner));
+    inner.clone()
 }
 
 /// How a keyed rate limiter reads the [`Deadline`] a request carries: a call whose slot would
@@ -643,9 +654,9 @@ where
                 let report = O::ENABLED.then(|| KeyReport(self.shared.clone(), format!("{key:?}")));
                 let held = Waiting::new(&shared.holes, hole, report);
                 emit.emit_keyed(EventKind::Permitted, &key);
-                // The service made ready for this call makes it when its slot comes (what it
-                // reserved beneath goes with it); this one keeps a clone for the next call.
-                let ready = ready_service(&mut self.inner);
+                // What readiness reserved beneath is given back for the wait; a clone, made
+                // ready when the slot comes, makes the call (see `waiting_service`).
+                let ready = waiting_service(&mut self.inner);
                 KeyedResponseFuture::waiting(held.wait(hole.due - now), ready, req)
             }
             Verdict::Reject(nanos) => {
