@@ -1353,20 +1353,24 @@ async fn a_waiting_call_holds_nothing_beneath_so_other_keys_go_through() {
         .build()
         .unwrap();
     let handle = bulkhead.handle();
-    let limit = KeyedRateLimitLayer::builder(
-        Quota::per_second(1).burst(1),
-        |r: &http::Request<u8>| Some(*r.body()),
-    )
-    .max_wait(Duration::from_secs(1))
-    .build()
-    .unwrap();
+    let limit =
+        KeyedRateLimitLayer::builder(Quota::per_second(1).burst(1), |r: &http::Request<u8>| {
+            Some(*r.body())
+        })
+        .max_wait(Duration::from_secs(1))
+        .build()
+        .unwrap();
     let mut a = limit.layer(bulkhead.layer(ok_service()));
     let mut b = a.clone();
     assert_eq!(send(&mut a, http::Request::new(1u8)).await, Ok(()));
     // Key 1's second call waits about a second for its slot.
     let waiting = tokio::spawn(async move { send(&mut a, http::Request::new(1u8)).await });
     tokio::time::sleep(10 * MS).await;
-    assert_eq!(handle.in_flight(), 0, "nothing is held beneath while the call waits");
+    assert_eq!(
+        handle.in_flight(),
+        0,
+        "nothing is held beneath while the call waits"
+    );
     let start = Instant::now();
     assert_eq!(send(&mut b, http::Request::new(2u8)).await, Ok(()));
     assert!(
