@@ -436,7 +436,9 @@ where
 /// [`Elapsed`](crate::timeout::error::Elapsed), cause
 /// [`Deadline`](crate::timeout::error::TimeoutCause::Deadline): what the stack's own timer would
 /// have returned an instant later, so that the retry, the breaker, fallbacks and
-/// [`client_status`] (`DEADLINE_EXCEEDED`) see a timeout.
+/// [`client_status`] (`DEADLINE_EXCEEDED`) see a timeout. Only a timer that ends when the
+/// `grpc-timeout` sent says is taken for the deadline: a shorter one of the server's own
+/// (`Server::timeout`) or of the channel's (`Endpoint::timeout`) is left as it is.
 #[cfg(all(feature = "retry", feature = "timeout"))]
 #[derive(Clone, Debug)]
 pub struct Unbuffer<S> {
@@ -463,12 +465,20 @@ where
     #[inline]
     fn call(&mut self, req: http::Request<Buffered<B>>) -> Self::Future {
         use crate::core::DeadlineCarrier;
-        // What the channel was told is left (`grpc-timeout`), for the error should its timer end
-        // the call: one clock read, only for a request with a deadline.
-        let budget = req.deadline().map(crate::core::Deadline::remaining);
+        // For a request with a deadline that tells the channel and the server (`grpc-timeout`)
+        // what is left: when their timers for it end, and what was left then (one clock read).
+        let told = req.deadline().and_then(|deadline| {
+            let sent = req.headers().get("grpc-timeout")?;
+            let sent = crate::grpc::parse_grpc_timeout_header(sent).ok()?;
+            let now = tokio::time::Instant::now();
+            Some(Told {
+                budget: deadline.remaining_from(now),
+                ends: now + sent,
+            })
+        });
         UnbufferFuture {
             future: self.inner.call(req.map(tonic::body::Body::new)),
-            budget,
+            told,
         }
     }
 }
@@ -481,8 +491,38 @@ pin_project! {
     pub struct UnbufferFuture<F> {
         #[pin]
         future: F,
-        // What was left of the request's deadline when it was sent, if it carried one.
-        budget: Option<Duration>,
+        // The `grpc-timeout` the request told, if it carried a deadline.
+        told: Option<Told>,
+    }
+}
+
+/// A request's `grpc-timeout`: when the timers it starts (the channel's, the server's) end, and
+/// what was left of the request's deadline when it was sent.
+#[cfg(all(feature = "retry", feature = "timeout"))]
+#[derive(Clone, Copy, Debug)]
+struct Told {
+    budget: Duration,
+    ends: tokio::time::Instant,
+}
+
+#[cfg(all(feature = "retry", feature = "timeout"))]
+impl Told {
+    /// How much earlier than `ends` a timer may be seen to end and still be this one: the
+    /// header's rounding.
+    const SLACK: Duration = Duration::from_millis(1);
+
+    /// Whether a timer that ended now is the one the request told: not a shorter one of the
+    /// server's own (`Server::timeout`) or of the channel's (`Endpoint::timeout`), which are not
+    /// the caller's deadline passing.
+    fn ended(self) -> bool {
+        tokio::time::Instant::now() + Self::SLACK >= self.ends
+    }
+
+    fn elapsed(self) -> BoxError {
+        Box::new(crate::timeout::error::Elapsed::new(
+            self.budget,
+            crate::core::TimeoutCause::Deadline,
+        ))
     }
 }
 
@@ -498,26 +538,19 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = std::task::ready!(this.future.poll(cx));
-        if let (Some(budget), Ok(answer)) = (*this.budget, &result) {
-            // The server's own timer for the `grpc-timeout` it was sent, which a tonic server
-            // reports as `CANCELLED` "Timeout expired" (the gRPC spec says `DEADLINE_EXCEEDED`),
-            // an instant before the stack's deadline: the deadline passing, as above.
-            if cancelled_by_server_timeout(answer.headers()) {
-                return Poll::Ready(Err(Box::new(crate::timeout::error::Elapsed::new(
-                    budget,
-                    crate::core::TimeoutCause::Deadline,
-                ))));
+        let told = *this.told;
+        if let (Some(told), Ok(answer)) = (told, &result) {
+            // The server's timer for the `grpc-timeout` it was sent, which a tonic server reports
+            // as `CANCELLED` "Timeout expired" (the gRPC spec says `DEADLINE_EXCEEDED`): the
+            // deadline passing, as below; a shorter timer of the server's own is left as it is.
+            if cancelled_by_server_timeout(answer.headers()) && told.ended() {
+                return Poll::Ready(Err(told.elapsed()));
             }
         }
         Poll::Ready(result.map_err(|err| {
             let err = err.into();
-            match this.budget {
-                Some(budget) if is_timeout_expired(&*err) => {
-                    Box::new(crate::timeout::error::Elapsed::new(
-                        *budget,
-                        crate::core::TimeoutCause::Deadline,
-                    ))
-                }
+            match told {
+                Some(told) if is_timeout_expired(&*err) && told.ended() => told.elapsed(),
                 _ => err,
             }
         }))

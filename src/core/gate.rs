@@ -383,9 +383,6 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         if self.reserved.permit.is_some() {
-            // Sent while the service still holds the permit: an observer that panics cannot leak
-            // it, since the service gives it back when dropped.
-            self.reserved.shared.emitter().emit(EventKind::Permitted);
             let anchor = &self.reserved.shared;
             // Nothing to report to a gate that does not follow calls, or to an observer that
             // ignores events: the permit ends here.
@@ -398,6 +395,11 @@ where
             // The inner call is made while the service still holds the permit: if it panics (an
             // inner layer's observer, say), the service gives the permit back when dropped.
             let future = self.inner.call(req);
+            // Sent once the inner call is made, while the service still holds the permit: an
+            // observer that panics cannot leak it (the service gives it back when dropped), and a
+            // panic of the inner call caught above (a catch-panic layer) leaves a permit that was
+            // never reported, so the next call reports it once.
+            anchor.emitter().emit(EventKind::Permitted);
             let Some(permit) = self.reserved.permit.take() else {
                 unreachable!("held above, and the inner service cannot reach it");
             };

@@ -186,3 +186,47 @@ async fn a_panic_in_the_inner_call_gives_the_permit_back() {
     let mut service = layer.layer(Backend);
     assert_eq!(send_quota(&mut service).await, Ended::Ok);
 }
+
+/// A service whose first `call` panics and whose next calls answer.
+#[derive(Clone)]
+struct PanicsOnce(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Service<Call> for PanicsOnce {
+    type Response = u32;
+    type Error = tower::BoxError;
+    type Future = std::future::Ready<Result<u32, tower::BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Call) -> Self::Future {
+        if !self.0.swap(true, Ordering::SeqCst) {
+            panic!("the first inner call panics");
+        }
+        std::future::ready(Ok(1))
+    }
+}
+
+/// A panic of the inner call caught above (a catch-panic layer) leaves the service holding a
+/// permit it was never reported to use: its next call reports it once, not twice.
+#[tokio::test(start_paused = true)]
+async fn a_panic_in_the_inner_call_caught_above_reports_the_permit_once() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let layer = GateLayer::builder(quota(1))
+        .name("quota")
+        .observer(move |e: &Event<'_>| sink.lock().unwrap().push(e.kind))
+        .build();
+    let mut service = layer.layer(PanicsOnce(Default::default()));
+    service.ready().await.unwrap();
+    let call = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drop(service.call(Call::ok()));
+    }));
+    assert!(call.is_err(), "the inner call panicked");
+    service.ready().await.unwrap();
+    assert_eq!(service.call(Call::ok()).await.unwrap(), 1);
+    let kinds = seen.lock().unwrap().clone();
+    let permitted = kinds.iter().filter(|k| **k == EventKind::Permitted).count();
+    assert_eq!(permitted, 1, "{kinds:?}");
+}

@@ -229,6 +229,36 @@ async fn a_tonic_server_s_own_timeout_answer_is_deadline_exceeded() {
     );
 }
 
+/// A server's own shorter timeout (`Server::timeout`), far from the client's deadline, is not the
+/// deadline passing: its `CANCELLED` is left as it is, and not retried.
+#[tokio::test(start_paused = true)]
+async fn a_server_s_own_shorter_timeout_is_not_the_deadline() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = calls.clone();
+    let server = service_fn(move |_: http::Request<Body>| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let answer = http::Response::builder()
+                .header("content-type", "application/grpc")
+                .header("grpc-status", "1")
+                .header("grpc-message", "Timeout expired")
+                .body(Body::empty())
+                .unwrap();
+            Ok::<_, BoxError>(answer)
+        }
+    });
+    let stack = ClientStack::grpc().total_timeout(Duration::from_secs(10));
+    // The server's answer, as it was: tonic's client reads it as CANCELLED.
+    let answer = ClientLayer::new(stack)
+        .layer(server)
+        .oneshot(request())
+        .await
+        .expect("the server's own answer");
+    assert_eq!(answer.headers()["grpc-status"], "1");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "not retried");
+}
+
 #[test]
 fn tonic_s_timeout_expired_is_deadline_exceeded_on_the_client_side() {
     // Left to tonic (`Status::try_from_error`) it would be CANCELLED, which no caller reads as a

@@ -729,10 +729,13 @@ pin_project! {
         },
         // Waiting for the turn (`due` false), then for the service made ready for the call to
         // say it still is; the turn (its slot) is held until the call is made.
+        // Fields drop in this order: the service (and what its readiness reserved beneath)
+        // before the turn, whose drop reports `Cancelled`, so that an observer hearing of it
+        // finds the capacity beneath given back.
         Waiting {
+            pending: Option<(S, Req)>,
             wait: Wait,
             due: bool,
-            pending: Option<(S, Req)>,
         },
         Failed {
             error: Option<RateLimited>,
