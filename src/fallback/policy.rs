@@ -351,9 +351,10 @@ pub trait BodySize {
     /// The body's length in bytes.
     fn body_size(&self) -> usize;
 
-    /// A copy of the body to keep, holding only its own bytes (default: a clone). `Bytes` are
-    /// copied: a body collected from a connection may share the connection's read buffer, many
-    /// times its length, which a clone would keep alive for as long as the answer is stored.
+    /// A copy of the body to keep, holding only its own bytes (default: a clone). `Bytes`, and
+    /// the `Bytes` of a `Full<Bytes>`, are copied: a body collected from a connection may share
+    /// the connection's read buffer, many times its length, which a clone would keep alive for as
+    /// long as the answer is stored.
     fn compacted(&self) -> Self
     where
         Self: Sized + Clone,
@@ -404,11 +405,35 @@ mod body_size {
         }
     }
 
-    impl<D: bytes::Buf> BodySize for http_body_util::Full<D> {
+    impl<D: bytes::Buf + 'static> BodySize for http_body_util::Full<D> {
         fn body_size(&self) -> usize {
             let hint = http_body::Body::size_hint(self);
             let len = hint.exact().unwrap_or(hint.lower());
             usize::try_from(len).unwrap_or(usize::MAX)
+        }
+
+        /// A `Full<Bytes>` is rebuilt around a copy of its bytes (a clone would share, and keep
+        /// alive, the buffer they were read into); other data is cloned.
+        fn compacted(&self) -> Self
+        where
+            Self: Sized + Clone,
+        {
+            use std::task::{Context, Poll, Waker};
+            let mut body = std::pin::pin!(self.clone());
+            // `Full` is always ready: its one frame, if any, is there at the first poll.
+            let mut cx = Context::from_waker(Waker::noop());
+            let Poll::Ready(Some(Ok(frame))) = http_body::Body::poll_frame(body.as_mut(), &mut cx)
+            else {
+                return self.clone();
+            };
+            let Ok(mut data) = frame.into_data() else {
+                return self.clone();
+            };
+            let any: &mut dyn std::any::Any = &mut data;
+            if let Some(shared) = any.downcast_mut::<bytes::Bytes>() {
+                *shared = bytes::Bytes::copy_from_slice(shared);
+            }
+            http_body_util::Full::new(data)
         }
     }
 }
