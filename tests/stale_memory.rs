@@ -5,11 +5,11 @@
 #![cfg(all(feature = "fallback", feature = "http"))]
 
 use http::{Request, Response};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use seawall::fallback::StaleIfErrorLayer;
+use seawall::fallback::{BodySize, StaleIfErrorLayer};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::Mutex;
@@ -97,6 +97,22 @@ fn header_heavy_answers_hold_no_more_than_they_weigh() {
 /// counted.
 #[test]
 fn answers_read_from_a_connection_hold_no_more_than_they_weigh() {
+    read_from_a_connection(|body| body);
+}
+
+/// The same answers with their bodies in a `Full<Bytes>`, as a `Response<Full<Bytes>>` built from
+/// a collected body: `Full` was kept by a clone, which kept the connection's read buffer alive.
+#[test]
+fn full_bodies_read_from_a_connection_hold_no_more_than_they_weigh() {
+    read_from_a_connection(Full::new);
+}
+
+/// Stores 2,000 answers read by hyper from a loopback connection, their collected bodies wrapped
+/// by `wrap`, and checks the heap grew by no more than twice what the store counted.
+fn read_from_a_connection<B>(wrap: fn(Bytes) -> B)
+where
+    B: BodySize + Clone + Send + Sync + 'static,
+{
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -115,11 +131,11 @@ fn answers_read_from_a_connection_hold_no_more_than_they_weigh() {
         // The body collected beneath the layer, as the docs say it must be.
         let client = ServiceBuilder::new()
             .layer(layer.clone())
-            .map_future(|answer| async move {
+            .map_future(move |answer| async move {
                 let answer: Response<hyper::body::Incoming> = answer.await?;
                 let (parts, body) = answer.into_parts();
                 let body = body.collect().await?.to_bytes();
-                Ok::<_, BoxError>(Response::from_parts(parts, body))
+                Ok::<_, BoxError>(Response::from_parts(parts, wrap(body)))
             })
             .service(hyper);
         let get = |n: u32| {

@@ -125,6 +125,20 @@ pub trait StorePolicy<Req, Res> {
     /// Whether `response`, the answer to a request of which `memo` was kept, may be stored.
     fn may_store(&self, memo: &Self::Memo, response: &Res) -> bool;
 
+    /// Whether `response`, an answer that [`may_store`](Self::may_store) refused, removes the
+    /// answer stored under the request's key (default: no, it stays).
+    ///
+    /// Say yes for a good answer refused only because it may not be kept (`no-store`,
+    /// `private`): it is what the origin says now, and the older answer must not be served in
+    /// its place. Say no for what is not a good answer (a `404`, a `500`): the stored answer is
+    /// still the last good one. [`HttpStore`] removes on a whole answer to a `GET` without
+    /// credentials that its headers keep from being stored.
+    #[inline]
+    fn evicts(&self, memo: &Self::Memo, response: &Res) -> bool {
+        let _ = (memo, response);
+        false
+    }
+
     /// Whether a stored answer may be served to a request of which `memo` was kept, when its
     /// call fails (default: yes). [`HttpStore`] serves only `GET` requests: a failed write must
     /// fail, not be answered with a read's answer stored under the same key.
@@ -136,7 +150,8 @@ pub trait StorePolicy<Req, Res> {
 
     /// How long after it is stored `response` may be served, at most, if less than the layer's
     /// [`max_age`](super::StaleIfErrorBuilder::max_age) (default: no limit of its own).
-    /// [`HttpStore`] reads `stale-if-error` (RFC 5861) here.
+    /// [`HttpStore`] reads `stale-if-error` (RFC 5861) here. Zero: the response is not stored,
+    /// and removes the answer stored under the request's key, which it replaces.
     #[inline]
     fn serve_for(&self, response: &Res) -> Option<std::time::Duration> {
         let _ = response;
@@ -182,9 +197,15 @@ impl<Req, Res> StorePolicy<Req, Res> for StoreSuccesses {
 ///   Answers that vary are refused rather than keyed on the varied headers: the key is the
 ///   user's, and only the user can make it cover them.
 ///
+/// A whole answer to a `GET` without credentials that is refused for its headers (`Set-Cookie`,
+/// `Cache-Control`, `Vary`) is what the origin now says: it removes the answer stored under the
+/// key, which would otherwise be served in its place. Anything else refused (a `404`, a `500`,
+/// the answer to a `POST` or to a request with credentials) leaves the stored answer in place.
+///
 /// An answer with `Cache-Control: stale-if-error=N` (RFC 5861) is served for at most its
 /// freshness lifetime (`s-maxage`, else `max-age`, less its `Age`; none if not given) plus `N`
-/// seconds after it was stored, if that is less than the layer's `max_age`.
+/// seconds after it was stored, if that is less than the layer's `max_age`; if that is zero,
+/// it is not stored and removes the answer stored under the key.
 ///
 /// Credentials are seen only where this layer sees the request: in `Authorization` and `Cookie`.
 /// A token in the query string, in a header of the application's own (`X-Api-Key`), or added by
@@ -209,12 +230,59 @@ impl HttpStore {
         self
     }
 
+    /// Whether `response` is stored, refused leaving the stored answer in place (it is not a
+    /// good answer for everyone who asks with the key), or refused removing it (it is one, but
+    /// its headers keep it from being stored).
+    fn decide<B>(&self, memo: &HttpMemo, response: &http::Response<B>) -> Decision {
+        use http::header::{CACHE_CONTROL, SET_COOKIE, VARY};
+        use http::StatusCode;
+        let whole = matches!(
+            response.status(),
+            StatusCode::OK | StatusCode::NON_AUTHORITATIVE_INFORMATION | StatusCode::NO_CONTENT
+        );
+        if !memo.get || memo.credentials || !whole {
+            return Decision::Keep;
+        }
+        let headers = response.headers();
+        let refused = headers.contains_key(SET_COOKIE)
+            || items(headers.get_all(CACHE_CONTROL)).any(|item| {
+                let (name, _) = directive(item);
+                [
+                    &b"private"[..],
+                    b"no-store",
+                    b"no-cache",
+                    b"must-revalidate",
+                    b"proxy-revalidate",
+                ]
+                .iter()
+                .any(|refused| name.eq_ignore_ascii_case(refused))
+            })
+            || !items(headers.get_all(VARY)).all(|name| self.covers_header(name));
+        if refused {
+            Decision::Evict
+        } else {
+            Decision::Store
+        }
+    }
+
     /// Whether the key covers the header `name` (as written in `Vary`, any case).
     fn covers_header(&self, name: &[u8]) -> bool {
         self.key_covers
             .iter()
             .any(|covered| covered.as_str().as_bytes().eq_ignore_ascii_case(name))
     }
+}
+
+/// What [`HttpStore`] does with a success.
+#[cfg(feature = "http")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Decision {
+    /// Stores it.
+    Store,
+    /// Leaves the stored answer in place.
+    Keep,
+    /// Removes the stored answer.
+    Evict,
 }
 
 /// The comma-separated items of every value of a header, trimmed, empty ones left out.
@@ -284,30 +352,14 @@ impl<A, B> StorePolicy<http::Request<A>, http::Response<B>> for HttpStore {
         }
     }
 
+    #[inline]
     fn may_store(&self, memo: &HttpMemo, response: &http::Response<B>) -> bool {
-        use http::header::{CACHE_CONTROL, SET_COOKIE, VARY};
-        use http::StatusCode;
-        let headers = response.headers();
-        let whole = matches!(
-            response.status(),
-            StatusCode::OK | StatusCode::NON_AUTHORITATIVE_INFORMATION | StatusCode::NO_CONTENT
-        );
-        if !memo.get || memo.credentials || !whole || headers.contains_key(SET_COOKIE) {
-            return false;
-        }
-        let refused = items(headers.get_all(CACHE_CONTROL)).any(|item| {
-            let (name, _) = directive(item);
-            [
-                &b"private"[..],
-                b"no-store",
-                b"no-cache",
-                b"must-revalidate",
-                b"proxy-revalidate",
-            ]
-            .iter()
-            .any(|refused| name.eq_ignore_ascii_case(refused))
-        });
-        !refused && items(headers.get_all(VARY)).all(|name| self.covers_header(name))
+        self.decide(memo, response) == Decision::Store
+    }
+
+    #[inline]
+    fn evicts(&self, memo: &HttpMemo, response: &http::Response<B>) -> bool {
+        self.decide(memo, response) == Decision::Evict
     }
 
     #[inline]
@@ -351,9 +403,10 @@ pub trait BodySize {
     /// The body's length in bytes.
     fn body_size(&self) -> usize;
 
-    /// A copy of the body to keep, holding only its own bytes (default: a clone). `Bytes` are
-    /// copied: a body collected from a connection may share the connection's read buffer, many
-    /// times its length, which a clone would keep alive for as long as the answer is stored.
+    /// A copy of the body to keep, holding only its own bytes (default: a clone). `Bytes`, and
+    /// the `Bytes` of a `Full<Bytes>`, are copied: a body collected from a connection may share
+    /// the connection's read buffer, many times its length, which a clone would keep alive for as
+    /// long as the answer is stored.
     fn compacted(&self) -> Self
     where
         Self: Sized + Clone,
@@ -404,11 +457,35 @@ mod body_size {
         }
     }
 
-    impl<D: bytes::Buf> BodySize for http_body_util::Full<D> {
+    impl<D: bytes::Buf + 'static> BodySize for http_body_util::Full<D> {
         fn body_size(&self) -> usize {
             let hint = http_body::Body::size_hint(self);
             let len = hint.exact().unwrap_or(hint.lower());
             usize::try_from(len).unwrap_or(usize::MAX)
+        }
+
+        /// A `Full<Bytes>` is rebuilt around a copy of its bytes (a clone would share, and keep
+        /// alive, the buffer they were read into); other data is cloned.
+        fn compacted(&self) -> Self
+        where
+            Self: Sized + Clone,
+        {
+            use std::task::{Context, Poll, Waker};
+            let mut body = std::pin::pin!(self.clone());
+            // `Full` is always ready: its one frame, if any, is there at the first poll.
+            let mut cx = Context::from_waker(Waker::noop());
+            let Poll::Ready(Some(Ok(frame))) = http_body::Body::poll_frame(body.as_mut(), &mut cx)
+            else {
+                return self.clone();
+            };
+            let Ok(mut data) = frame.into_data() else {
+                return self.clone();
+            };
+            let any: &mut dyn std::any::Any = &mut data;
+            if let Some(shared) = any.downcast_mut::<bytes::Bytes>() {
+                *shared = bytes::Bytes::copy_from_slice(shared);
+            }
+            http_body_util::Full::new(data)
         }
     }
 }

@@ -280,16 +280,27 @@ impl<K: Hash + Eq, Res: Clone, P> Store<K, Res, P> {
     }
 
     /// Stores a copy of `response`, a success, under `key` if the policy, the predicate and
-    /// the budget let it.
+    /// the budget let it. A good answer the policy refuses to store (`no-store`, say) removes
+    /// the stored one: it is what the origin says now, and the older answer must not be served
+    /// in its place.
     fn offer<Req>(&self, key: K, memo: &P::Memo, response: &Res)
     where
         P: StorePolicy<Req, Res>,
     {
-        if !self.policy.may_store(memo, response) || !(self.may_store)(response) {
+        if !(self.may_store)(response) {
+            return;
+        }
+        if !self.policy.may_store(memo, response) {
+            if self.policy.evicts(memo, response) {
+                self.evict(&key);
+            }
             return;
         }
         let serve_for = match self.policy.serve_for(response) {
-            Some(limit) if limit.is_zero() => return,
+            Some(limit) if limit.is_zero() => {
+                self.evict(&key);
+                return;
+            }
             Some(limit) => limit.min(self.max_age),
             None => self.max_age,
         };
@@ -306,6 +317,14 @@ impl<K: Hash + Eq, Res: Clone, P> Store<K, Res, P> {
         let mut shard = self.shard(&key);
         shard.compact(now, self.max_age);
         shard.put(key, response, weight, serve_for, now);
+    }
+
+    /// Removes what is stored under `key`, if anything.
+    fn evict(&self, key: &K) {
+        let mut shard = self.shard(key);
+        if let Some(&slot) = shard.index.get(key) {
+            shard.remove(slot);
+        }
     }
 
     /// The stored response for `key` and its age at `now`, if it is not too old.
@@ -357,7 +376,10 @@ impl<K: Hash + Eq, Res: Clone, P> Store<K, Res, P> {
 /// served only to a `GET`, for [`http`](StaleIfErrorLayer::http)), and that the predicate set with
 /// [`may_store`](StaleIfErrorBuilder::may_store) accepts (every one by default). A response that
 /// is not stored leaves the last stored one in place: a `500` or a `404` never replaces the good
-/// answer. Requests with no key are neither stored nor served.
+/// answer. But a good answer the store policy refuses only because it may not be kept
+/// ([`StorePolicy::evicts`](super::StorePolicy::evicts): with `http`, a whole answer to a `GET`
+/// with `Cache-Control: no-store`, say, or `stale-if-error=0` and no freshness) removes it: it is
+/// what the origin says now. Requests with no key are neither stored nor served.
 ///
 /// The store holds at most `max_entries` (default 10,000) and `max_bytes` (default 64 MiB, as
 /// weighed: see [`weigh`](StaleIfErrorBuilder::weigh)); past either, the oldest stored go

@@ -221,9 +221,16 @@ where
                         Poll::Ready(result) => result,
                         Poll::Pending => {
                             // The deadline passed with the attempt unfinished: the answer in hand
-                            // is the call's (a timeout above would otherwise replace it).
+                            // is the call's (a timeout above would otherwise replace it). The cut
+                            // attempt is reported finished, neither failed nor succeeded, so that
+                            // every attempt started is one finished.
                             if let Some(sleep) = cutoff.as_pin_mut() {
                                 if sleep.poll(cx).is_ready() {
+                                    this.source.emit(EventKind::AttemptFinished {
+                                        attempt: *this.attempt,
+                                        outcome: Outcome::Ignored,
+                                        latency: this.attempt_start.map(|t| t.elapsed()),
+                                    });
                                     return Poll::Ready(give_up_with_last(
                                         &mut this,
                                         GiveUpReason::Deadline,

@@ -335,6 +335,64 @@ async fn answers_that_must_be_revalidated_are_not_served_stale() {
     }
 }
 
+/// A newer good answer that may not be stored is what the origin now says: the older stored
+/// answer must not be served in its place. Each of these was refused and left `v1` to be served
+/// until the layer's `max_age`.
+#[tokio::test(start_paused = true)]
+async fn a_newer_good_answer_that_may_not_be_stored_removes_the_older_one() {
+    let cases: [&[(&str, &str)]; 7] = [
+        &[("cache-control", "no-store")],
+        &[("cache-control", "private")],
+        &[("set-cookie", "session=1")],
+        &[("cache-control", "max-age=60, must-revalidate")],
+        &[("cache-control", "no-cache")],
+        &[("vary", "accept-language")],
+        &[("cache-control", "max-age=0, stale-if-error=0")],
+    ];
+    for headers in cases {
+        let next = Next::default();
+        let layer = StaleIfErrorLayer::http(path).build().unwrap();
+        let service = layer.layer(backend(&next));
+        answer(&next, 200, "v1", &[]);
+        service.clone().oneshot(get("/page", &[])).await.unwrap();
+        answer(&next, 200, "v2", headers);
+        let live = service.clone().oneshot(get("/page", &[])).await.unwrap();
+        assert_eq!(live.body(), "v2");
+        fail(&next);
+        let got = service.oneshot(get("/page", &[])).await;
+        assert!(
+            got.is_err(),
+            "{headers:?}: served {:?} after the origin refused it",
+            got.map(|r| r.into_body())
+        );
+        assert_eq!(layer.stored(), 0, "{headers:?}");
+    }
+}
+
+/// What is not a newer good answer for everyone leaves the stored one in place: a failure, a
+/// `404`, an answer to a request with credentials the key does not include, an answer to a `POST`.
+#[tokio::test(start_paused = true)]
+async fn what_is_not_a_good_answer_for_everyone_leaves_the_stored_one() {
+    let next = Next::default();
+    let layer = StaleIfErrorLayer::http(path).build().unwrap();
+    let service = layer.layer(backend(&next));
+    answer(&next, 200, "v1", &[]);
+    service.clone().oneshot(get("/page", &[])).await.unwrap();
+    answer(&next, 404, "gone", &[("cache-control", "no-store")]);
+    service.clone().oneshot(get("/page", &[])).await.unwrap();
+    answer(&next, 500, "oops", &[("cache-control", "no-store")]);
+    service.clone().oneshot(get("/page", &[])).await.unwrap();
+    answer(&next, 200, "alice", &[("cache-control", "private")]);
+    let alice = get("/page", &[("authorization", "Bearer alice")]);
+    service.clone().oneshot(alice).await.unwrap();
+    answer(&next, 200, "posted", &[("cache-control", "no-store")]);
+    let post = Request::post("/page").body(()).unwrap();
+    service.clone().oneshot(post).await.unwrap();
+    fail(&next);
+    let stale = service.oneshot(get("/page", &[])).await.unwrap();
+    assert_eq!(stale.body(), "v1");
+}
+
 /// RFC 5861: `stale-if-error=N` lets an answer be served for `N` seconds past its freshness
 /// lifetime (`s-maxage`, else `max-age`, less its `Age`), and no longer, though the layer's
 /// `max_age` is longer.

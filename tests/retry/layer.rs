@@ -816,12 +816,33 @@ async fn an_attempt_still_running_at_the_deadline_gives_back_the_answer_in_hand(
     assert!(call.is_woken(), "the deadline wakes the call");
     let err = tokio_test::assert_ready!(call.poll()).unwrap_err();
     assert_eq!(err.to_string(), "first attempt failed");
+    // The cut attempt is reported finished (ignored: it neither failed nor succeeded), so that
+    // attempts started and attempts finished agree.
     assert_eq!(
-        events.lock().unwrap().last(),
-        Some(&EventKind::GaveUp {
-            attempts: 2,
-            reason: GiveUpReason::Deadline
-        })
+        *events.lock().unwrap(),
+        [
+            EventKind::AttemptStarted { attempt: 1 },
+            EventKind::AttemptFinished {
+                attempt: 1,
+                outcome: Outcome::Failure,
+                latency: Some(95 * MS),
+            },
+            EventKind::RetryScheduled {
+                attempt: 2,
+                delay: MS,
+                reason: RetryReason::Backoff,
+            },
+            EventKind::AttemptStarted { attempt: 2 },
+            EventKind::AttemptFinished {
+                attempt: 2,
+                outcome: Outcome::Ignored,
+                latency: Some(4 * MS),
+            },
+            EventKind::GaveUp {
+                attempts: 2,
+                reason: GiveUpReason::Deadline
+            },
+        ]
     );
     drop(call);
     drop(hung);
