@@ -4,7 +4,7 @@
 #[allow(unused_imports)]
 use super::private::{Sealed, Watch};
 #[allow(unused_imports)]
-use super::{Action, Component, Details};
+use super::{Action, Applied, Component, Details};
 #[allow(unused_imports)]
 use std::sync::Arc;
 
@@ -48,10 +48,12 @@ mod breaker {
             let metrics = handle.metrics();
             let breaker = &handle.shared.gate;
             let config = breaker.config();
-            let (opened_ago, next_probe_in) = breaker.open_times();
+            // The state and what depends on it, from one reading (the window's counts are their
+            // own, and may include a call or two the state does not yet reflect).
+            let view = breaker.view();
             let slow_rule = config.slow_rate_ppm.is_some();
             Some(Details::CircuitBreaker(BreakerDetails {
-                state: metrics.state,
+                state: view.state,
                 failure_rate: metrics.failure_rate,
                 failure_rate_threshold: percent(config.failure_rate_ppm),
                 // Calls are timed only when the slow-call rule is on.
@@ -63,29 +65,39 @@ mod breaker {
                 slow_calls: metrics.slow_calls,
                 not_permitted_calls: handle.shared.rejected(),
                 consecutive_failures: metrics.consecutive_failures,
-                probes_in_flight: metrics.probes_in_flight,
-                opened_ago,
-                next_probe_in,
+                probes_in_flight: view.probes_in_flight,
+                opened_ago: view.opened_ago,
+                next_probe_in: view.next_probe_in,
+                probe_due: view.state == crate::core::CircuitState::Open
+                    && view.next_probe_in == Some(std::time::Duration::ZERO),
             }))
         }
 
-        fn control(&self, action: Action) -> Option<bool> {
+        fn control(&self, action: Action) -> Option<Option<Applied>> {
             let handle = self.handle()?;
             Some(match action {
                 Action::ForceOpen => {
                     handle.force_open();
-                    true
+                    Some(Applied::Done)
                 }
                 Action::ForceClosed => {
                     handle.force_closed();
-                    true
+                    Some(Applied::Done)
                 }
                 Action::Reset => {
                     handle.reset();
-                    true
+                    Some(Applied::Done)
                 }
-                _ => false,
+                _ => None,
             })
+        }
+
+        fn alive(&self) -> bool {
+            self.0.alive()
+        }
+
+        fn kind(&self) -> &'static str {
+            "circuitBreaker"
         }
     }
 
@@ -126,15 +138,20 @@ mod bulkhead {
             }))
         }
 
-        fn control(&self, action: Action) -> Option<bool> {
+        fn control(&self, action: Action) -> Option<Option<Applied>> {
             let handle = self.handle()?;
             Some(match action {
-                Action::SetLimit(limit) => {
-                    handle.set_limit(limit);
-                    true
-                }
-                _ => false,
+                Action::SetLimit(limit) => Some(Applied::Limit(handle.set_limit(limit))),
+                _ => None,
             })
+        }
+
+        fn alive(&self) -> bool {
+            self.0.alive()
+        }
+
+        fn kind(&self) -> &'static str {
+            "bulkhead"
         }
     }
 
@@ -174,9 +191,17 @@ mod limit {
             }))
         }
 
-        fn control(&self, _: Action) -> Option<bool> {
+        fn control(&self, _: Action) -> Option<Option<Applied>> {
             // The limit is the algorithm's to move.
-            self.0.upgrade().map(|_| false)
+            self.alive().then_some(None)
+        }
+
+        fn alive(&self) -> bool {
+            self.0.alive()
+        }
+
+        fn kind(&self) -> &'static str {
+            "adaptiveLimit"
         }
     }
 
@@ -203,8 +228,16 @@ mod limit {
             }))
         }
 
-        fn control(&self, _: Action) -> Option<bool> {
-            self.0.upgrade().map(|_| false)
+        fn control(&self, _: Action) -> Option<Option<Applied>> {
+            self.alive().then_some(None)
+        }
+
+        fn alive(&self) -> bool {
+            self.0.alive()
+        }
+
+        fn kind(&self) -> &'static str {
+            "throttle"
         }
     }
 
@@ -228,12 +261,21 @@ mod limit {
                 rate_per_second: per_second(&quota),
                 burst: quota.burst_size(),
                 available: handle.available(),
+                waiting: handle.waiting(),
                 rejected: handle.shared.rejected(),
             }))
         }
 
-        fn control(&self, _: Action) -> Option<bool> {
-            self.0.upgrade().map(|_| false)
+        fn control(&self, _: Action) -> Option<Option<Applied>> {
+            self.alive().then_some(None)
+        }
+
+        fn alive(&self) -> bool {
+            self.0.alive()
+        }
+
+        fn kind(&self) -> &'static str {
+            "rateLimit"
         }
     }
 
@@ -258,12 +300,21 @@ mod limit {
                 burst: quota.burst_size(),
                 keys: handle.keys(),
                 max_keys: handle.max_keys() as u64,
-                rejected: handle.shared.rejected.load(crate::sync::Ordering::Relaxed),
+                waiting: handle.waiting(),
+                rejected: handle.shared.rejected.sum(),
             }))
         }
 
-        fn control(&self, _: Action) -> Option<bool> {
-            self.0.upgrade().map(|_| false)
+        fn control(&self, _: Action) -> Option<Option<Applied>> {
+            self.alive().then_some(None)
+        }
+
+        fn alive(&self) -> bool {
+            self.0.strong_count() > 0
+        }
+
+        fn kind(&self) -> &'static str {
+            "keyedRateLimit"
         }
     }
 
@@ -292,21 +343,34 @@ mod fleet {
                 shared: self.0.upgrade()?,
             };
             let quota = handle.quota();
+            // Whether and since when from one reading, which the status follows too.
+            let degraded_for = handle.degraded_for();
+            let degraded = degraded_for.is_some();
             Some(Details::FleetRateLimit(FleetDetails {
                 rate_per_second: per_second(&quota),
                 burst: quota.burst_size(),
-                degraded: handle.degraded(),
-                degraded_for: handle.degraded_for(),
+                degraded,
+                degraded_for,
+                probe_due: degraded && handle.probe_due(),
                 fails_closed: handle.fails_closed(),
                 store_calls: handle.store_calls(),
                 store_failures: handle.store_failures(),
                 keys: handle.keys(),
+                waiting: handle.waiting(),
                 rejected: handle.rejected(),
             }))
         }
 
-        fn control(&self, _: Action) -> Option<bool> {
-            self.0.upgrade().map(|_| false)
+        fn control(&self, _: Action) -> Option<Option<Applied>> {
+            self.alive().then_some(None)
+        }
+
+        fn alive(&self) -> bool {
+            self.0.strong_count() > 0
+        }
+
+        fn kind(&self) -> &'static str {
+            "fleetRateLimit"
         }
     }
 
@@ -317,4 +381,122 @@ mod fleet {
     }
 
     impl<St: Store, Clk: Clock, O: Observer> Component for FleetHandle<St, Clk, O> {}
+}
+
+#[cfg(feature = "pool")]
+mod pool {
+    use super::*;
+    use crate::health::{PoolDetails, PoolEndpointDetails};
+    use crate::pool::{EndpointState, PoolHandle, WeakPoolHandle};
+
+    impl Watch for WeakPoolHandle {
+        fn read(&self) -> Option<Details> {
+            let handle = self.upgrade()?;
+            // The counts from the one list read, so that they agree with the endpoints shown.
+            let (mut healthy, mut ejected, mut held) = (0, 0, 0);
+            let endpoints = handle
+                .endpoints()
+                .into_iter()
+                .map(|e| {
+                    let (state, ejected_for) = match e.state {
+                        EndpointState::Available => {
+                            healthy += 1;
+                            ("AVAILABLE", None)
+                        }
+                        EndpointState::Held => {
+                            held += 1;
+                            ("HELD", None)
+                        }
+                        EndpointState::Ejected { remaining } => {
+                            ejected += 1;
+                            ("EJECTED", Some(remaining))
+                        }
+                        EndpointState::Probing => {
+                            ejected += 1;
+                            ("PROBING", None)
+                        }
+                        _ => ("REMOVED", None),
+                    };
+                    PoolEndpointDetails {
+                        key: e.key,
+                        state,
+                        ejected_for,
+                        load: e.load,
+                        rtt: e.rtt,
+                        in_flight: e.in_flight,
+                        ejections: e.ejections,
+                        calls: e.calls,
+                        failures: e.failures,
+                        local_failures: e.local_failures,
+                        consecutive_failures: e.consecutive_failures,
+                        consecutive_local_failures: e.consecutive_local_failures,
+                    }
+                })
+                .collect();
+            Some(Details::Pool(PoolDetails {
+                healthy,
+                ejected,
+                held,
+                endpoints,
+            }))
+        }
+
+        fn control(&self, _: Action) -> Option<Option<Applied>> {
+            self.alive().then_some(None)
+        }
+
+        fn alive(&self) -> bool {
+            WeakPoolHandle::alive(self)
+        }
+
+        fn kind(&self) -> &'static str {
+            "pool"
+        }
+    }
+
+    impl Sealed for PoolHandle {
+        fn watch(&self) -> Arc<dyn Watch> {
+            Arc::new(self.downgrade())
+        }
+    }
+
+    impl Component for PoolHandle {}
+}
+
+#[cfg(all(test, feature = "fleet"))]
+mod tests {
+    use crate::limit::fleet::{FleetRateLimitLayer, Grant, Take};
+    use crate::limit::rate::Quota;
+    use std::sync::Arc;
+    use tokio_test::assert_pending;
+    use tower::{service_fn, Layer, Service, ServiceExt};
+
+    /// A call waiting for a lease holds one reference to the fleet, the wait's: being counted
+    /// among the waiting callers (what the registry reports) takes no other.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_call_holds_one_reference_to_the_fleet() {
+        // A store that never answers: the key's calls wait for its first lease.
+        let silent = service_fn(|_: Take| std::future::pending::<Result<Grant, tower::BoxError>>());
+        let layer = FleetRateLimitLayer::builder(silent, Quota::per_second(10), |n: &u32| Some(*n))
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let mut service = layer.layer(service_fn(
+            |n: u32| async move { Ok::<_, std::io::Error>(n) },
+        ));
+        // The first call starts the renewal (which holds a reference of its own) and waits.
+        let mut first = tokio_test::task::spawn(service.ready().await.unwrap().call(1));
+        assert_pending!(first.poll());
+        let before = Arc::strong_count(&handle.shared);
+        // The second waits for the same renewal.
+        let mut second = tokio_test::task::spawn(service.ready().await.unwrap().call(1));
+        assert_pending!(second.poll());
+        assert_eq!(handle.waiting(), 2);
+        assert_eq!(Arc::strong_count(&handle.shared), before + 1);
+        drop(second);
+        assert_eq!(handle.waiting(), 1);
+        assert_eq!(Arc::strong_count(&handle.shared), before);
+        drop(first);
+        assert_eq!(handle.waiting(), 0);
+    }
 }

@@ -1,17 +1,22 @@
 //! One place to see what every layer is doing, and probes that mean something (feature `health`;
-//! the HTTP routes with `axum` too).
+//! the HTTP routes with `http` too, a default feature).
 //!
 //! A [`Registry`] holds the layers' handles by name: breakers, bulkheads, adaptive limiters,
-//! throttles, rate limiters (global, keyed and fleet-wide). [`Registry::snapshot`] reads their
+//! throttles, rate limiters (global, keyed and fleet-wide), endpoint pools. [`Registry::snapshot`] reads their
 //! state into one [`Snapshot`] (each [`ComponentHealth`] with a [`Status`] and its
-//! [`Details`]), which [`Snapshot::to_json`] writes out; with the `axum` feature,
+//! [`Details`]), which [`Snapshot::to_json`] writes out; with the `http` feature,
 //! [`Registry::routes`] serves `/live`, `/ready` and `/health`, and [`Registry::admin_routes`] an
 //! opt-in admin API to force a breaker open or closed, reset it, or change a bulkhead's limit.
+//! Both are plain tower services over `http` requests: axum mounts them with `route_service` or
+//! `nest_service` (no `axum` feature needed), and hyper serves them directly. Neither belongs
+//! on a public listener: `/health` shows the service's internals (see `docs/health.md`).
 //!
 //! The registry costs the layers nothing per call. It keeps weak references, so a layer that is
-//! dropped disappears from it (its name can be used again); and it reads only the counters the
-//! layers keep anyway. The one it added, each layer's count of rejected calls, is written only
-//! when a call is rejected.
+//! dropped disappears from it (its name can be used again); and it reads the counters the layers
+//! keep anyway. The one it added, each layer's count of rejected calls, is written only when a
+//! call is rejected. A read writes nothing but what a call would: a breaker with a time window
+//! rolls the window forward to now when read, as a call would, so that its counts leave out the
+//! calls too old to count.
 //!
 //! # Readiness is safe by default
 //!
@@ -52,12 +57,12 @@ mod json;
 mod routes;
 
 #[cfg(feature = "http")]
-pub use routes::{AdminRoutes, HealthRoutes};
+pub use routes::{AdminRoutes, HealthRoutes, ADMIN_HEADER};
 
 use crate::core::CircuitState;
 use std::fmt;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How much a component's health matters to the instance's readiness.
@@ -90,12 +95,14 @@ impl Criticality {
 pub enum Status {
     /// Working as configured.
     Up,
-    /// Working, but turning some calls away or recovering: a half-open breaker, a full bulkhead,
-    /// a throttle that is throttling, a degraded store failing open. Overall: some component is
-    /// not up, and none that is required is down.
+    /// Working, but turning some calls away or recovering: a half-open breaker, an open one whose
+    /// open period is over (its next call probes), a full bulkhead, a throttle that is
+    /// throttling, a degraded store failing open (or failing closed, once a probe of it is due).
+    /// Overall: some component is not up, and none that is required is down.
     Degraded,
-    /// Not letting calls through: an open breaker, a limit of zero, a degraded store failing
-    /// closed. Overall: a required component is down.
+    /// Not letting calls through: an open breaker (during its open period), a forced open one, a
+    /// limit of zero, a degraded store failing closed (until a probe of it is due). Overall: a
+    /// required component is down.
     Down,
 }
 
@@ -200,6 +207,8 @@ pub enum Details {
     KeyedRateLimit(KeyedDetails),
     /// A fleet-wide rate limiter and its store.
     FleetRateLimit(FleetDetails),
+    /// An endpoint pool (`seawall::pool`) and each of its endpoints.
+    Pool(PoolDetails),
 }
 
 impl Details {
@@ -213,6 +222,7 @@ impl Details {
             Details::RateLimit(_) => "rateLimit",
             Details::KeyedRateLimit(_) => "keyedRateLimit",
             Details::FleetRateLimit(_) => "fleetRateLimit",
+            Details::Pool(_) => "pool",
         }
     }
 
@@ -220,16 +230,21 @@ impl Details {
     ///
     /// | layer | up | degraded | down |
     /// |---|---|---|---|
-    /// | breaker | closed, disabled, metrics only | half-open | open, forced open |
+    /// | breaker | closed, disabled, metrics only | half-open; open with its open period over (a probe is due) | open, during its open period; forced open |
     /// | bulkhead, adaptive limiter | room for more calls | full (every slot taken, or callers queued) | limit zero |
     /// | throttle | turning nothing away | turning calls away | |
     /// | rate limiter | calls available | none available now | |
     /// | keyed rate limiter | always | | |
-    /// | fleet rate limiter | store healthy | store degraded, failing open | store degraded, failing closed |
+    /// | fleet rate limiter | store healthy | store degraded: failing open; failing closed with a probe of the store due | store degraded, failing closed, until a probe of the store is due |
+    /// | pool | every endpoint in rotation | some endpoint ejected, probing, or held in only by the cap | no endpoint healthy (or none at all) |
     pub fn status(&self) -> Status {
         match self {
             Details::CircuitBreaker(b) => match b.state {
                 CircuitState::HalfOpen => Status::Degraded,
+                // Nothing moves an open breaker on but a call: one that stayed down once its open
+                // period is over would keep a required breaker's instance out of the load
+                // balancer, with no call coming to probe, for good.
+                CircuitState::Open if b.probe_due => Status::Degraded,
                 CircuitState::Open | CircuitState::ForcedOpen => Status::Down,
                 _ => Status::Up,
             },
@@ -244,8 +259,14 @@ impl Details {
             }
             Details::Throttle(t) if t.probability > 0.0 => Status::Degraded,
             Details::RateLimit(r) if r.available == 0 => Status::Degraded,
+            // No endpoint healthy: a pool that fails fast refuses calls, one in panic spreads
+            // them over endpoints it would rather not use. None at all: nothing to call.
+            Details::Pool(p) if p.healthy == 0 => Status::Down,
+            Details::Pool(p) if p.ejected > 0 || p.held > 0 => Status::Degraded,
             Details::FleetRateLimit(f) if f.degraded => {
-                if f.fails_closed {
+                // As for an open breaker: only a call probes the store, and none comes to a
+                // required limiter's instance while it is down, which would be for good.
+                if f.fails_closed && !f.probe_due {
                     Status::Down
                 } else {
                     Status::Degraded
@@ -295,6 +316,9 @@ pub struct BreakerDetails {
     /// How long until it lets the next probe through, while open; zero once the open period is
     /// over and the next call will probe (`nextProbeInMs`).
     pub next_probe_in: Option<Duration>,
+    /// Open, with its open period over: the next call probes (`probeDue`). The breaker stays
+    /// open until a call comes, so it is degraded then, not down.
+    pub probe_due: bool,
 }
 
 /// A bulkhead's or adaptive limiter's occupancy.
@@ -335,6 +359,8 @@ pub struct RateLimitDetails {
     pub burst: u32,
     /// How many calls would be let through at once now (`available`).
     pub available: u64,
+    /// How many callers wait for a slot they were given, with a maximum wait (`waiting`).
+    pub waiting: u64,
     /// Calls rejected since the layer was built (`rejected`).
     pub rejected: u64,
 }
@@ -351,6 +377,9 @@ pub struct KeyedDetails {
     pub keys: u64,
     /// The most keys kept (`maxKeys`).
     pub max_keys: u64,
+    /// How many callers, of every key, wait for a slot they were given, with a maximum wait
+    /// (`waiting`).
+    pub waiting: u64,
     /// Calls rejected since the layer was built (`rejected`).
     pub rejected: u64,
 }
@@ -367,6 +396,10 @@ pub struct FleetDetails {
     pub degraded: bool,
     /// How long it has been degraded (`degradedForMs`).
     pub degraded_for: Option<Duration>,
+    /// Degraded, and the time has come to try the store again: the next call without a lease
+    /// probes it (`probeDue`). Only a call probes, so a limiter failing closed is degraded
+    /// then, not down.
+    pub probe_due: bool,
     /// Whether calls without a lease fail while the store is degraded (`failsClosed`).
     pub fails_closed: bool,
     /// Calls this instance made to the store (`storeCalls`).
@@ -375,8 +408,55 @@ pub struct FleetDetails {
     pub store_failures: u64,
     /// Keys this instance holds state for (`keys`).
     pub keys: u64,
+    /// How many calls wait for a lease (`waiting`).
+    pub waiting: u64,
     /// Calls rejected since the layer was built (`rejected`).
     pub rejected: u64,
+}
+
+/// An endpoint pool's counts, and each endpoint as its handle reads it.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct PoolDetails {
+    /// Endpoints in rotation and not held in by the cap (`healthy`).
+    pub healthy: u64,
+    /// Endpoints ejected, their probes in flight included (`ejected`).
+    pub ejected: u64,
+    /// Endpoints a rule would eject but the cap on ejections holds in rotation (`held`).
+    pub held: u64,
+    /// Each endpoint, in the pool's order (`endpoints`).
+    pub endpoints: Vec<PoolEndpointDetails>,
+}
+
+/// One endpoint of a pool, in [`PoolDetails`].
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct PoolEndpointDetails {
+    /// Its key, as `Debug` prints it (`key`).
+    pub key: String,
+    /// Where it stands: `AVAILABLE`, `HELD`, `EJECTED`, `PROBING` or `REMOVED` (`state`).
+    pub state: &'static str,
+    /// While ejected, how long until its probe is due; zero once it is (`ejectedForMs`).
+    pub ejected_for: Option<Duration>,
+    /// The load the balancer compares, in seconds: the peak-EWMA round-trip time × (calls in
+    /// flight + 1) (`load`).
+    pub load: f64,
+    /// The peak-EWMA round-trip time (`rttMs`, in milliseconds with a fraction).
+    pub rtt: Duration,
+    /// Calls in flight (`inFlight`).
+    pub in_flight: u32,
+    /// How many times it has been ejected (`ejections`).
+    pub ejections: u64,
+    /// Calls that succeeded or failed (`calls`).
+    pub calls: u64,
+    /// Calls that failed, of either origin (`failures`).
+    pub failures: u64,
+    /// Calls that failed locally: the service's own errors, failed readiness (`localFailures`).
+    pub local_failures: u64,
+    /// Upstream failures in a row now (`consecutiveFailures`).
+    pub consecutive_failures: u32,
+    /// Local-origin failures in a row now (`consecutiveLocalFailures`).
+    pub consecutive_local_failures: u32,
 }
 
 /// A change made by hand through [`Registry::control`] (or the admin routes).
@@ -389,8 +469,20 @@ pub enum Action {
     ForceClosed,
     /// A breaker goes back to the state of a new one.
     Reset,
-    /// A bulkhead's limit becomes this.
+    /// A bulkhead's limit becomes this, capped at `bulkhead::MAX_CONCURRENT`. Only a bulkhead
+    /// has a limit to set: an adaptive limiter's is its algorithm's to move.
     SetLimit(u64),
+}
+
+/// What [`Registry::control`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Applied {
+    /// The action, as asked.
+    Done,
+    /// A bulkhead's limit was set to this: what [`Action::SetLimit`] asked, or the most a
+    /// bulkhead takes if it asked for more.
+    Limit(u64),
 }
 
 impl Action {
@@ -439,11 +531,12 @@ pub enum ControlError {
 }
 
 /// A handle the registry can watch: every layer's handle (breaker, bulkhead, adaptive limiter,
-/// throttle, rate limiters, fleet rate limiter). Sealed: the registry knows how to read each.
+/// throttle, rate limiters, fleet rate limiter, endpoint pool's). Sealed: the registry knows how
+/// to read each.
 pub trait Component: private::Sealed {}
 
 pub(crate) mod private {
-    use super::{Action, Details};
+    use super::{Action, Applied, Details};
     use std::sync::Arc;
 
     /// What a handle gives the registry: a watch that does not keep the layer alive.
@@ -456,20 +549,32 @@ pub(crate) mod private {
     pub trait Watch: Send + Sync + 'static {
         /// The layer's details, or `None` once it has been dropped.
         fn read(&self) -> Option<Details>;
-        /// Applies `action`: `Some(true)` if done, `Some(false)` if this kind of layer has no
-        /// such control, `None` once the layer has been dropped.
-        fn control(&self, action: Action) -> Option<bool>;
+        /// Applies `action`: `Some(Some(applied))` if done, `Some(None)` if this kind of layer
+        /// has no such control, `None` once the layer has been dropped.
+        fn control(&self, action: Action) -> Option<Option<Applied>>;
+        /// Whether the layer is still there: a look at its reference count, reading nothing.
+        fn alive(&self) -> bool;
+        /// The kind of layer, as [`Details::kind`] names it.
+        fn kind(&self) -> &'static str;
     }
 }
 
+use private::Watch;
+
+#[derive(Clone)]
 struct Entry {
     name: Arc<str>,
     criticality: Criticality,
-    watch: Arc<dyn private::Watch>,
+    watch: Arc<dyn Watch>,
 }
 
+/// The registered components, replaced whole by each change: a snapshot takes the list and
+/// reads the layers after the lock is let go, so that what a read drops (the last reference to a
+/// layer, whose `Drop` may do anything) is never dropped under it.
+type Entries = Arc<[Entry]>;
+
 struct Inner {
-    entries: Mutex<Vec<Entry>>,
+    entries: Mutex<Entries>,
     phase: AtomicU8,
 }
 
@@ -510,17 +615,37 @@ impl Registry {
     pub fn new() -> Self {
         Registry {
             inner: Arc::new(Inner {
-                entries: Mutex::new(Vec::new()),
+                entries: Mutex::new(Arc::new([])),
                 phase: AtomicU8::new(0),
             }),
         }
     }
 
-    fn entries(&self) -> MutexGuard<'_, Vec<Entry>> {
+    /// The list of components now.
+    fn entries(&self) -> Entries {
         self.inner
             .entries
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Replaces the list of components with what `change` makes of it (or leaves it if `change`
+    /// fails). The list replaced is dropped after the lock is let go.
+    fn change<T>(
+        &self,
+        change: impl FnOnce(&[Entry]) -> Result<(Entries, T), RegisterError>,
+    ) -> Result<T, RegisterError> {
+        let mut entries = self
+            .inner
+            .entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (new, out) = change(&entries)?;
+        let old = std::mem::replace(&mut *entries, new);
+        drop(entries);
+        drop(old);
+        Ok(out)
     }
 
     /// Watches `component` (a layer's handle) under `name`. The registry keeps no layer alive: a
@@ -538,27 +663,47 @@ impl Registry {
         if !valid_name(name) {
             return Err(RegisterError::InvalidName(name.to_owned()));
         }
-        let watch = component.watch();
-        let mut entries = self.entries();
-        // A dropped layer's entry gives its name up.
-        entries.retain(|e| e.watch.read().is_some());
-        if entries.iter().any(|e| &*e.name == name) {
-            return Err(RegisterError::Duplicate(name.to_owned()));
-        }
-        entries.push(Entry {
+        let entry = Entry {
             name: name.into(),
             criticality,
-            watch,
-        });
-        Ok(())
+            watch: component.watch(),
+        };
+        self.change(|entries| {
+            // A dropped layer's entry gives its name up: found by its reference count alone.
+            if entries.iter().any(|e| *e.name == *name && e.watch.alive()) {
+                return Err(RegisterError::Duplicate(name.to_owned()));
+            }
+            let live = entries.iter().filter(|e| e.watch.alive()).cloned();
+            Ok((live.chain([entry]).collect(), ()))
+        })
     }
 
     /// Stops watching the component named `name`; `false` if there was none.
     pub fn unregister(&self, name: &str) -> bool {
-        let mut entries = self.entries();
-        let before = entries.len();
-        entries.retain(|e| &*e.name != name);
-        entries.len() != before
+        self.change(|entries| {
+            let kept: Entries = entries
+                .iter()
+                .filter(|e| *e.name != *name)
+                .cloned()
+                .collect();
+            let removed = kept.len() != entries.len();
+            Ok((kept, removed))
+        })
+        .unwrap_or(false)
+    }
+
+    /// Forgets the components whose layers have been dropped.
+    fn forget_dropped(&self) {
+        let _ = self.change(|entries| {
+            Ok((
+                entries
+                    .iter()
+                    .filter(|e| e.watch.alive())
+                    .cloned()
+                    .collect(),
+                (),
+            ))
+        });
     }
 
     /// Startup is over: `/ready` answers 200 from now on (while no required component is down),
@@ -582,15 +727,20 @@ impl Registry {
     }
 
     /// Every live component's health, and the overall status. Dropped layers are forgotten here.
+    ///
+    /// The layers are read outside the registry's lock: a read holds its layer for a moment,
+    /// and if every other reference went meanwhile the layer is dropped by the read, which must
+    /// not find the registry locked (an observer's `Drop` may use it).
     pub fn snapshot(&self) -> Snapshot {
         let phase = self.phase();
         let mut status = Status::Up;
-        let mut components = Vec::new();
-        let mut entries = self.entries();
-        components.reserve(entries.len());
-        entries.retain(|entry| {
+        let entries = self.entries();
+        let mut components = Vec::with_capacity(entries.len());
+        let mut dropped = false;
+        for entry in entries.iter() {
             let Some(details) = entry.watch.read() else {
-                return false;
+                dropped = true;
+                continue;
             };
             let own = details.status();
             let counts = match (own, entry.criticality) {
@@ -604,9 +754,10 @@ impl Registry {
                 status: own,
                 details,
             });
-            true
-        });
-        drop(entries);
+        }
+        if dropped {
+            self.forget_dropped();
+        }
         Snapshot {
             status,
             phase,
@@ -616,20 +767,23 @@ impl Registry {
     }
 
     /// Applies `action` to the component named `name`: force a breaker open or closed, reset
-    /// it, or set a bulkhead's limit. What the admin routes call.
-    pub fn control(&self, name: &str, action: Action) -> Result<(), ControlError> {
+    /// it, or set a bulkhead's limit (only a bulkhead's: [`ControlError::Unsupported`] for any
+    /// other). What the admin routes call. Says what was applied: a limit above
+    /// `bulkhead::MAX_CONCURRENT` is capped there.
+    pub fn control(&self, name: &str, action: Action) -> Result<Applied, ControlError> {
         let not_found = || ControlError::NotFound(name.to_owned());
-        let watch = {
-            let entries = self.entries();
-            let entry = entries.iter().find(|e| &*e.name == name);
-            entry.map(|e| e.watch.clone()).ok_or_else(not_found)?
-        };
+        let entries = self.entries();
+        let watch = entries
+            .iter()
+            .find(|e| *e.name == *name)
+            .map(|e| &e.watch)
+            .ok_or_else(not_found)?;
         // Outside the lock: a breaker's change by hand tells its observer.
         match watch.control(action) {
-            Some(true) => Ok(()),
-            Some(false) => Err(ControlError::Unsupported {
+            Some(Some(applied)) => Ok(applied),
+            Some(None) => Err(ControlError::Unsupported {
                 name: name.to_owned(),
-                kind: watch.read().map_or("gone", |d| d.kind()),
+                kind: watch.kind(),
                 action: action.as_str(),
             }),
             None => Err(not_found()),
@@ -647,5 +801,121 @@ impl Registry {
     #[cfg(feature = "http")]
     pub fn admin_routes(&self) -> AdminRoutes {
         AdminRoutes::new(self.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::private::Sealed;
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+    /// A layer the test controls: whether it is alive, how often it was read, and a check run at
+    /// each read (where a real watch drops the layer state it upgraded).
+    struct Fake {
+        alive: AtomicBool,
+        reads: AtomicUsize,
+        on_read: Mutex<Option<Box<dyn Fn() + Send>>>,
+    }
+
+    impl Fake {
+        fn new() -> Arc<Fake> {
+            Arc::new(Fake {
+                alive: AtomicBool::new(true),
+                reads: AtomicUsize::new(0),
+                on_read: Mutex::new(None),
+            })
+        }
+    }
+
+    struct FakeHandle(Arc<Fake>);
+
+    impl Watch for Fake {
+        fn read(&self) -> Option<Details> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            if let Some(check) = &*self.on_read.lock().unwrap() {
+                check();
+            }
+            self.alive
+                .load(Ordering::Relaxed)
+                .then_some(Details::Bulkhead(LimiterDetails {
+                    limit: 1,
+                    in_flight: 0,
+                    queued: 0,
+                    rejected: 0,
+                }))
+        }
+
+        fn control(&self, _: Action) -> Option<Option<Applied>> {
+            self.alive().then_some(None)
+        }
+
+        fn alive(&self) -> bool {
+            self.alive.load(Ordering::Relaxed)
+        }
+
+        fn kind(&self) -> &'static str {
+            "bulkhead"
+        }
+    }
+
+    impl Sealed for FakeHandle {
+        fn watch(&self) -> Arc<dyn Watch> {
+            self.0.clone()
+        }
+    }
+
+    impl Component for FakeHandle {}
+
+    /// Reading a layer upgrades its weak reference; if every other holder went meanwhile, the
+    /// read drops the layer's state, and whatever its `Drop` does (an observer's, say) must not
+    /// find the registry locked.
+    #[test]
+    fn layers_are_read_outside_the_registrys_lock() {
+        let registry = Registry::new();
+        let fake = Fake::new();
+        let locked = Arc::new(AtomicBool::new(false));
+        {
+            let registry = registry.clone();
+            let locked = locked.clone();
+            *fake.on_read.lock().unwrap() = Some(Box::new(move || {
+                if registry.inner.entries.try_lock().is_err() {
+                    locked.store(true, Ordering::Relaxed);
+                }
+            }));
+        }
+        registry
+            .register("a", &FakeHandle(fake.clone()), Criticality::Informational)
+            .unwrap();
+        assert_eq!(registry.snapshot().components.len(), 1);
+        // Break the cycle (the check holds the registry).
+        *fake.on_read.lock().unwrap() = None;
+        assert!(
+            !locked.load(Ordering::Relaxed),
+            "a layer was read under the lock"
+        );
+    }
+
+    /// `register` looks for dropped layers (to free their names) without reading them.
+    #[test]
+    fn register_reads_no_layer() {
+        let registry = Registry::new();
+        let a = Fake::new();
+        let b = Fake::new();
+        let info = Criticality::Informational;
+        registry
+            .register("a", &FakeHandle(a.clone()), info)
+            .unwrap();
+        registry
+            .register("b", &FakeHandle(b.clone()), info)
+            .unwrap();
+        assert_eq!(a.reads.load(Ordering::Relaxed), 0);
+        // A dropped layer still frees its name.
+        a.alive.store(false, Ordering::Relaxed);
+        registry
+            .register("a", &FakeHandle(Fake::new()), info)
+            .unwrap();
+        assert_eq!(a.reads.load(Ordering::Relaxed), 0);
+        assert_eq!(b.reads.load(Ordering::Relaxed), 0);
     }
 }

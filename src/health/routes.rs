@@ -2,7 +2,7 @@
 //! API ([`AdminRoutes`]). Both are plain tower services over `http` requests, mounted in an axum
 //! `Router` with `route_service` or `nest_service` (or served by hyper directly).
 
-use super::{Action, ControlError, Phase, Registry, Status};
+use super::{Action, Applied, ControlError, Phase, Registry, Status};
 use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Method, Request, StatusCode};
 use std::convert::Infallible;
@@ -45,8 +45,13 @@ fn not_allowed(allow: &'static str) -> Response {
 /// | `GET /ready` | 200 while serving and no [`Required`](super::Criticality::Required) component is down; 503 while starting (before [`Registry::start_serving`]), while draining (after [`Registry::drain`]), or when a required component is down |
 /// | `GET /health` | the [`Snapshot`](super::Snapshot) as JSON: 200, or 503 when the overall status is down |
 ///
-/// Any other path is 404, any method but `GET` and `HEAD` 405. Mount it under each path, or
-/// nest it under a prefix:
+/// Any other path is 404, any method but `GET` and `HEAD` 405.
+///
+/// Do not serve `/health` on a public listener: its JSON shows the service's internals (its
+/// dependencies, their failure rates, its limits), and `/ready`'s 503 body names the required
+/// components that are down. Serve the probes on a port only the orchestrator and operators
+/// reach, or put `/health` behind the service's own authentication. Mount it under each path,
+/// or nest it under a prefix:
 ///
 /// ```
 /// use axum::{routing::get, Router};
@@ -152,24 +157,38 @@ impl<B> Service<Request<B>> for HealthRoutes {
     }
 }
 
+/// The header every admin request must carry (with any value): `seawall-admin`.
+///
+/// A browser sends a cross-site form's `POST` (or a `fetch` in `no-cors` mode) without asking
+/// anyone, with the operator's cookies; it never adds a header of the page's own choosing without
+/// first asking the server in a CORS preflight, which these routes do not answer. Requiring one
+/// means that a page an operator visits cannot steer the layers through the operator's browser
+/// (cross-site request forgery). Do not put a CORS layer that allows this header from other
+/// origins in front of the admin routes.
+pub const ADMIN_HEADER: &str = "seawall-admin";
+
 /// The admin API of a [`Registry`], from [`Registry::admin_routes`]: changes the layers'
 /// behaviour by hand, for incidents and maintenance.
 ///
 /// **It has no authentication of its own.** Anyone who can reach it can take a dependency out of
 /// service or let a flood through: mount it only behind the service's own authentication and
 /// authorisation (or on a port that only operators reach), never beside the public routes as
-/// they are.
+/// they are. Every request must also carry the [`ADMIN_HEADER`] (`seawall-admin: 1`, say), so
+/// that a browser cannot be made to send one from another site (cross-site request forgery):
+/// `curl -X POST -H 'seawall-admin: 1' http://127.0.0.1:9090/admin/payments/force-open`.
 ///
-/// | request | action |
-/// |---|---|
-/// | `POST /{name}/force-open` | a breaker rejects every call ([`Action::ForceOpen`]) |
-/// | `POST /{name}/force-closed` | a breaker closes, with an empty window ([`Action::ForceClosed`]) |
-/// | `POST /{name}/reset` | a breaker is as new ([`Action::Reset`]) |
-/// | `POST /{name}/limit/{n}` | a bulkhead's limit becomes `n` ([`Action::SetLimit`]) |
+/// | request | action | answer when done |
+/// |---|---|---|
+/// | `POST /{name}/force-open` | a breaker rejects every call ([`Action::ForceOpen`]) | 204 |
+/// | `POST /{name}/force-closed` | a breaker closes, with an empty window ([`Action::ForceClosed`]) | 204 |
+/// | `POST /{name}/reset` | a breaker is as new ([`Action::Reset`]) | 204 |
+/// | `POST /{name}/limit/{n}` | a bulkhead's limit becomes `n`, capped at `bulkhead::MAX_CONCURRENT` ([`Action::SetLimit`]) | 200, with the limit applied: `{"limit":1000,"requested":1000,"capped":false}` |
 ///
-/// Answers: 204 when done, 404 for an unknown component or path, 405 for a method other than
-/// `POST`, 409 when the component's kind has no such control, 400 for a limit that is not a
-/// number.
+/// Only breakers can be forced or reset, and only a bulkhead's limit can be set (an adaptive
+/// limiter's is its algorithm's): any other kind of component answers 409. Other answers: 404
+/// for an unknown component or path, 405 for a method other than `POST`, 403 without the
+/// [`ADMIN_HEADER`], 400 for a limit that is not a whole number above zero written in plain
+/// digits (a bulkhead's builder refuses zero too: a bulkhead with a limit of zero takes no call).
 ///
 /// ```
 /// use axum::{middleware, Router};
@@ -191,43 +210,72 @@ pub struct AdminRoutes {
     registry: Registry,
 }
 
+/// A limit from a path: plain ASCII digits (no sign, no spaces), above zero.
+fn limit(n: &str) -> Option<u64> {
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    n.parse().ok().filter(|&limit| limit > 0)
+}
+
 impl AdminRoutes {
     pub(super) fn new(registry: Registry) -> Self {
         AdminRoutes { registry }
     }
 
-    fn respond(&self, method: &Method, path: &str) -> Response {
+    fn respond(&self, method: &Method, headers: &http::HeaderMap, path: &str) -> Response {
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
         let action = match parts.as_slice() {
             [_, "force-open"] => Ok(Action::ForceOpen),
             [_, "force-closed"] => Ok(Action::ForceClosed),
             [_, "reset"] => Ok(Action::Reset),
-            [_, "limit", n] => n.parse().map(Action::SetLimit).map_err(|_| *n),
+            [_, "limit", n] => limit(n).map(Action::SetLimit).ok_or(*n),
             _ => return text(StatusCode::NOT_FOUND, "not found\n"),
         };
         if method != Method::POST {
             return not_allowed("POST");
+        }
+        if !headers.contains_key(ADMIN_HEADER) {
+            return text(
+                StatusCode::FORBIDDEN,
+                format!("admin requests must carry the {ADMIN_HEADER} header\n"),
+            );
         }
         let action = match action {
             Ok(action) => action,
             Err(n) => {
                 return text(
                     StatusCode::BAD_REQUEST,
-                    format!("limit {n:?} is not a whole number\n"),
+                    format!("limit {n:?} is not a whole number above zero\n"),
                 )
             }
         };
         match self.registry.control(parts[0], action) {
-            Ok(()) => {
+            Ok(applied) => {
                 tracing::info!(
                     target: "seawall",
                     component = parts[0],
                     action = action.as_str(),
                     "health admin action"
                 );
-                let mut response = text(StatusCode::NO_CONTENT, "");
-                response.headers_mut().remove(CONTENT_TYPE);
-                response
+                match (action, applied) {
+                    (Action::SetLimit(requested), Applied::Limit(limit)) => {
+                        let body = format!(
+                            "{{\"limit\":{limit},\"requested\":{requested},\"capped\":{}}}",
+                            limit != requested
+                        );
+                        let mut response = text(StatusCode::OK, body);
+                        response
+                            .headers_mut()
+                            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                        response
+                    }
+                    _ => {
+                        let mut response = text(StatusCode::NO_CONTENT, "");
+                        response.headers_mut().remove(CONTENT_TYPE);
+                        response
+                    }
+                }
             }
             Err(e @ ControlError::NotFound(_)) => text(StatusCode::NOT_FOUND, format!("{e}\n")),
             Err(e) => text(StatusCode::CONFLICT, format!("{e}\n")),
@@ -253,6 +301,10 @@ impl<B> Service<Request<B>> for AdminRoutes {
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        ready(Ok(self.respond(req.method(), req.uri().path())))
+        ready(Ok(self.respond(
+            req.method(),
+            req.headers(),
+            req.uri().path(),
+        )))
     }
 }
