@@ -4,10 +4,15 @@
 //! Run: `cargo bench --bench stack`
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use seawall::bulkhead::{Codel, Order};
 use seawall::core::{Deadline, DeadlineCarrier};
-use seawall::limit::rate::Quota;
+use seawall::limit::algorithm::{Gradient2, Windowed};
+use seawall::limit::rate::{Quota, RateLimitLayer};
+use seawall::limit::AdaptiveLimitLayer;
 use seawall::stack::{ClientStack, ServerStack};
+use seawall::timeout::TimeoutLayer;
 use std::convert::Infallible;
+use std::time::Duration;
 use tower::{Layer, ServiceExt};
 
 #[path = "support/mod.rs"]
@@ -66,6 +71,52 @@ fn stack(c: &mut Criterion) {
             .rate_limit(Quota::per_second(1_000_000_000))
             .layer(Noop),
     );
+    // The same three layers composed by hand: what the stack's composition itself costs.
+    single(
+        c,
+        "stack/server_parts_by_hand",
+        tower::ServiceBuilder::new()
+            .layer(RateLimitLayer::new(Quota::per_second(1_000_000_000)))
+            .layer(
+                AdaptiveLimitLayer::builder(Windowed::new(Gradient2::default()))
+                    .queue(128)
+                    .codel(Codel::new(
+                        Duration::from_millis(5),
+                        Duration::from_millis(150),
+                    ))
+                    .order(Order::Lifo)
+                    .build()
+                    .unwrap(),
+            )
+            .layer(TimeoutLayer::new(Duration::from_secs(30)))
+            .service(Noop),
+    );
+    // The server stack whose limiter honours deadlines, beside the default one, both over
+    // requests that carry a deadline (and, honouring, one that carries none: no clock read).
+    let far = Deadline::after(Duration::from_secs(3600));
+    let backend = tower::service_fn(|req: Carried| std::future::ready(Ok::<_, Infallible>(req.0)));
+    single(
+        c,
+        "stack/server_standard_carrying_deadlines",
+        ServerStack::new()
+            .rate_limit(Quota::per_second(1_000_000_000))
+            .layer(backend)
+            .map_request(move |i: u32| Carried(i, Some(far))),
+    );
+    for (name, deadline) in [
+        ("stack/server_honouring_deadlines", Some(far)),
+        ("stack/server_honouring_deadlines_none_carried", None),
+    ] {
+        single(
+            c,
+            name,
+            ServerStack::new()
+                .honour_deadlines()
+                .rate_limit(Quota::per_second(1_000_000_000))
+                .layer(backend)
+                .map_request(move |i: u32| Carried(i, deadline)),
+        );
+    }
 }
 
 criterion_group!(benches, stack);

@@ -29,14 +29,14 @@
 //!   at most 300 ms;
 //! - flood: at least 85 % of the handler's capacity answered within 0.5 s, at a 2xx p99 of at
 //!   most 150 ms;
-//! - half: nothing turned away, and a 2xx p99 within 1.2x the bare server's plus 15 ms (the
-//!   connections send in step, so p99s are about 65 ms, and a 2-core machine's scheduling noise
-//!   is as large as 20 % of them).
+//! - half: nothing turned away, and a 2xx p99 within 1.2x the bare server's.
 //!
 //! `--check --ci` (what CI runs) holds the flood to 70 % of capacity and a p99 of 300 ms instead:
 //! on a 2-core machine `hey`'s 400 connections, resending every fast rejection, take the cores the
 //! server needs, and the bounds above were met in one run of three there (313-344/s, p99
-//! 119-212 ms). The other patterns keep their targets.
+//! 119-212 ms). It allows half capacity 15 ms more than 1.2x the bare server's p99 too: the
+//! connections send in step, so p99s are about 65 ms, and a 2-core machine's scheduling noise is
+//! as large as 20 % of them. The bursts keep their targets.
 //!
 //! `--stack no-queue` runs the stack as it was before it had a queue (its adaptive limiter shed
 //! at once), and `--queue N [--target MS --interval MS] [--order fifo|lifo|adaptive]` a windowed
@@ -365,7 +365,8 @@ fn cell(stats: Option<&Stats>) -> String {
     }
 }
 
-/// The targets; an `Err` says which was missed. With `ci`, the flood is held to looser bounds
+/// The targets; an `Err` says which was missed. With `ci`, half capacity's p99 gets 15 ms of
+/// slack for scheduling noise, and the flood is held to looser bounds
 /// (70 % of capacity within 0.5 s, 2xx p99 at most 300 ms): on a 2-core machine `hey` itself,
 /// resending each of ~19,000 fast rejections a second, takes the cores the server needs, and the
 /// issue's bounds (85 %, 150 ms) were met in one run of three there. The looser bounds still fail
@@ -405,7 +406,9 @@ fn check(name: &str, bare: &Stats, stack: &Stats, ci: bool) -> Result<(), String
                     stack.turned_away
                 ));
             }
-            if stack.p99 > bare.p99.mul_f64(1.2) + ms(15) {
+            // The 1.2x; CI's 2-core machine adds up to 15 ms of scheduling noise.
+            let slack = if ci { ms(15) } else { Duration::ZERO };
+            if stack.p99 > bare.p99.mul_f64(1.2) + slack {
                 return Err(format!(
                     "half capacity: the stack's 2xx p99 is {:?}, the bare server's {:?}",
                     stack.p99, bare.p99

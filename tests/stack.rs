@@ -726,3 +726,56 @@ mod observed_server {
         );
     }
 }
+
+/// The server stack whose limiter honours deadlines: under a layer that reads the caller's
+/// `grpc-timeout`, a request waits in the queue no longer than its deadline.
+#[cfg(all(feature = "limit", feature = "http"))]
+mod server_deadlines {
+    use http::Request;
+    use seawall::bulkhead::error::Full;
+    use seawall::error::{kind, ErrorKind};
+    use seawall::stack::ServerStack;
+    use seawall::timeout::propagate::ReadDeadlineLayer;
+    use std::time::Duration;
+    use tokio::time::Instant;
+    use tower::{service_fn, BoxError, ServiceBuilder, ServiceExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_waits_in_the_server_stacks_queue_no_longer_than_its_grpc_timeout() {
+        let server = ServiceBuilder::new()
+            .layer(ReadDeadlineLayer::grpc())
+            .layer(ServerStack::new().honour_deadlines())
+            .service(service_fn(|_: Request<()>| async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok::<_, BoxError>(())
+            }));
+        let call = |timeout: Option<&'static str>| {
+            let mut request = Request::builder();
+            if let Some(timeout) = timeout {
+                request = request.header("grpc-timeout", timeout);
+            }
+            server.clone().oneshot(request.body(()).unwrap())
+        };
+        // The limiter starts at 20 calls at once: 20 hanging calls take every slot.
+        let hung: Vec<_> = (0..20).map(|_| tokio::spawn(call(None))).collect();
+        tokio::task::yield_now().await;
+        let start = Instant::now();
+        let bounded = tokio::spawn(call(Some("40m")));
+        let unbounded = tokio::spawn(call(None));
+        for (call, waited) in [(bounded, 40), (unbounded, 150)] {
+            let err = call.await.unwrap().unwrap_err();
+            assert_eq!(kind(&*err), Some(ErrorKind::BulkheadFull), "503: {err}");
+            let full = err.downcast_ref::<Full>().expect("the limiter's rejection");
+            assert!(full.waited_too_long(), "{full}");
+            assert_eq!(full.waited(), Duration::from_millis(waited));
+            assert_eq!(start.elapsed(), Duration::from_millis(waited));
+        }
+        // A caller whose time is up is turned away at once.
+        let err = call(Some("0n")).await.unwrap_err();
+        assert_eq!(kind(&*err), Some(ErrorKind::BulkheadFull), "503: {err}");
+        assert_eq!(start.elapsed(), Duration::from_millis(150));
+        for call in hung {
+            call.abort();
+        }
+    }
+}

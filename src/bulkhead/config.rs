@@ -3,7 +3,7 @@
 use super::state::{Bulkhead, Codel, Order};
 use super::BulkheadLayer;
 use crate::core::gate::{Anchor, Shared};
-use crate::core::{ErrorIsFailure, Observer};
+use crate::core::{CarriedDeadline, ErrorIsFailure, NoDeadline, Observer};
 use std::borrow::Cow;
 use std::time::Duration;
 
@@ -151,7 +151,7 @@ pub const MAX_CONCURRENT: u64 = 1 << 40;
 /// # drop(layer);
 /// ```
 #[derive(Debug)]
-pub struct Builder<O = ()> {
+pub struct Builder<O = (), D = NoDeadline> {
     name: Cow<'static, str>,
     limit: u64,
     max_queue: usize,
@@ -159,6 +159,7 @@ pub struct Builder<O = ()> {
     order: Order,
     codel: Option<Codel>,
     observer: O,
+    deadline: D,
 }
 
 impl Default for Builder {
@@ -171,11 +172,12 @@ impl Default for Builder {
             order: Order::Fifo,
             codel: None,
             observer: (),
+            deadline: NoDeadline,
         }
     }
 }
 
-impl<O> Builder<O> {
+impl<O, D> Builder<O, D> {
     /// The layer's name, in events.
     pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
         self.name = name.into();
@@ -190,8 +192,37 @@ impl<O> Builder<O> {
 
     queue_setters!();
 
+    /// Decides in `call`, where the request is known, rather than in `poll_ready`, and honours
+    /// the [`Deadline`](crate::core::Deadline) each request carries (see
+    /// [`DeadlineCarrier`](crate::core::DeadlineCarrier); a propagating `TimeoutLayer` or a
+    /// `ReadDeadlineLayer` above puts one in): a call that finds every slot taken waits in the
+    /// queue no longer than its deadline allows (nor than controlled delay and
+    /// [`max_wait`](Self::max_wait) allow), and then fails with
+    /// [`Full`](crate::bulkhead::error::Full), the bulkhead's usual rejection (503 and
+    /// `Retry-After`), not a timeout; a request whose deadline has passed is refused at once,
+    /// taking nothing. Useful with a [`queue`](Self::queue): without one, no call waits.
+    ///
+    /// The layer's services are then [`DeadlineBulkhead`](crate::bulkhead::DeadlineBulkhead)s:
+    /// as ready as the service beneath, reserving nothing in `poll_ready`; a call admitted at
+    /// once is made at once (no lock, no allocation, and no clock read unless the request
+    /// carries a deadline); one that must queue waits in its response future, and is then made
+    /// on a clone of the inner service made ready for it (so the inner service must be `Clone`,
+    /// as axum's and tonic's are). Dropped while it queues, a call leaves the queue at once.
+    pub fn honour_deadlines(self) -> Builder<O, CarriedDeadline> {
+        Builder {
+            name: self.name,
+            limit: self.limit,
+            max_queue: self.max_queue,
+            max_wait: self.max_wait,
+            order: self.order,
+            codel: self.codel,
+            observer: self.observer,
+            deadline: CarriedDeadline,
+        }
+    }
+
     /// Sends the layer's events to `observer`.
-    pub fn observer<O2: Observer>(self, observer: O2) -> Builder<O2> {
+    pub fn observer<O2: Observer>(self, observer: O2) -> Builder<O2, D> {
         Builder {
             name: self.name,
             limit: self.limit,
@@ -200,11 +231,12 @@ impl<O> Builder<O> {
             order: self.order,
             codel: self.codel,
             observer,
+            deadline: self.deadline,
         }
     }
 
     /// Checks the settings and builds the layer.
-    pub fn build(self) -> Result<BulkheadLayer<ErrorIsFailure, O>, ConfigError>
+    pub fn build(self) -> Result<BulkheadLayer<ErrorIsFailure, O, D>, ConfigError>
     where
         O: Observer,
     {
@@ -215,14 +247,14 @@ impl<O> Builder<O> {
     /// on purpose (never freed), and in exchange calls never touch its reference count, which saves
     /// two atomic operations per call and, under contention, the cache line they share between
     /// threads. Use it for bulkheads built once at start-up, never per request.
-    pub fn build_static(self) -> Result<BulkheadLayer<ErrorIsFailure, O>, ConfigError>
+    pub fn build_static(self) -> Result<BulkheadLayer<ErrorIsFailure, O, D>, ConfigError>
     where
         O: Observer,
     {
         self.build_with(true)
     }
 
-    fn build_with(self, leak: bool) -> Result<BulkheadLayer<ErrorIsFailure, O>, ConfigError>
+    fn build_with(self, leak: bool) -> Result<BulkheadLayer<ErrorIsFailure, O, D>, ConfigError>
     where
         O: Observer,
     {
@@ -249,6 +281,10 @@ impl<O> Builder<O> {
         } else {
             Anchor::counted(shared)
         };
-        Ok(BulkheadLayer::from_parts(anchor, ErrorIsFailure))
+        Ok(BulkheadLayer::from_parts(
+            anchor,
+            ErrorIsFailure,
+            self.deadline,
+        ))
     }
 }

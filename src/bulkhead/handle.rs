@@ -31,14 +31,14 @@ impl<O> Handle<O> {
         self.shared.gate.inner.limit()
     }
 
-    /// Changes how many calls may run at once. Raising it gives the new slots to queued callers at
-    /// once; lowering it takes effect as running calls finish (none is interrupted). Zero stops
-    /// new calls altogether until it is raised again.
-    pub fn set_limit(&self, limit: u64) {
-        self.shared
-            .gate
-            .inner
-            .set_limit(limit.min(super::config::MAX_CONCURRENT));
+    /// Changes how many calls may run at once, and returns the limit applied: `limit`, or
+    /// [`MAX_CONCURRENT`](super::MAX_CONCURRENT) if it asked for more. Raising it gives the new
+    /// slots to queued callers at once; lowering it takes effect as running calls finish (none
+    /// is interrupted). Zero stops new calls altogether until it is raised again.
+    pub fn set_limit(&self, limit: u64) -> u64 {
+        let limit = limit.min(super::config::MAX_CONCURRENT);
+        self.shared.gate.inner.set_limit(limit);
+        limit
     }
 
     /// How many calls hold a slot now (reserved in `poll_ready` or running).

@@ -1,7 +1,8 @@
+use super::deadline::DeadlineBulkhead;
 use super::state::Bulkhead;
 use super::{Builder, Handle};
 use crate::core::gate::{Anchor, Guard, Shared};
-use crate::core::{ErrorIsFailure, Observer};
+use crate::core::{CarriedDeadline, ErrorIsFailure, NoDeadline, Observer};
 use std::fmt;
 use tower::Layer;
 
@@ -10,6 +11,10 @@ pub type BulkheadService<S, C = ErrorIsFailure, O = ()> = Guard<S, Bulkhead, C, 
 
 /// Wraps services in a bulkhead; see the [module docs](super). Every service the layer makes, and
 /// every clone of those, shares one bulkhead.
+///
+/// Its services are [`BulkheadService`]s, which wait for a slot in `poll_ready`; built with
+/// [`honour_deadlines`](Builder::honour_deadlines) (`D` is then [`CarriedDeadline`]), they are
+/// [`DeadlineBulkhead`]s, which decide in `call` and never wait past a request's deadline.
 ///
 /// ```
 /// use seawall::bulkhead::BulkheadLayer;
@@ -26,9 +31,12 @@ pub type BulkheadService<S, C = ErrorIsFailure, O = ()> = Guard<S, Bulkhead, C, 
 /// # Ok(())
 /// # }
 /// ```
-pub struct BulkheadLayer<C = ErrorIsFailure, O: 'static = ()> {
+pub struct BulkheadLayer<C = ErrorIsFailure, O: 'static = (), D = NoDeadline> {
     shared: Anchor<Shared<Bulkhead, O>>,
     classify: C,
+    /// Where it decides: in `poll_ready` ([`NoDeadline`]), or in `call`, reading the request's
+    /// deadline ([`CarriedDeadline`]).
+    deadline: D,
 }
 
 impl BulkheadLayer {
@@ -60,9 +68,17 @@ impl BulkheadLayer {
     }
 }
 
-impl<C, O: Observer> BulkheadLayer<C, O> {
-    pub(crate) fn from_parts(shared: Anchor<Shared<Bulkhead, O>>, classify: C) -> Self {
-        BulkheadLayer { shared, classify }
+impl<C, O: Observer, D> BulkheadLayer<C, O, D> {
+    pub(crate) fn from_parts(
+        shared: Anchor<Shared<Bulkhead, O>>,
+        classify: C,
+        deadline: D,
+    ) -> Self {
+        BulkheadLayer {
+            shared,
+            classify,
+            deadline,
+        }
     }
 
     /// A handle on this layer's bulkhead.
@@ -73,29 +89,32 @@ impl<C, O: Observer> BulkheadLayer<C, O> {
     }
 
     /// The same bulkhead, with another classifier (which only labels the outcomes observers see).
-    pub fn classify<C2>(self, classify: C2) -> BulkheadLayer<C2, O> {
+    pub fn classify<C2>(self, classify: C2) -> BulkheadLayer<C2, O, D> {
         BulkheadLayer {
             shared: self.shared,
             classify,
+            deadline: self.deadline,
         }
     }
 }
 
-impl<C: Clone, O> Clone for BulkheadLayer<C, O> {
+impl<C: Clone, O, D: Clone> Clone for BulkheadLayer<C, O, D> {
     fn clone(&self) -> Self {
         BulkheadLayer {
             shared: self.shared.clone(),
             classify: self.classify.clone(),
+            deadline: self.deadline.clone(),
         }
     }
 }
 
-impl<C: fmt::Debug, O> fmt::Debug for BulkheadLayer<C, O> {
+impl<C: fmt::Debug, O, D: fmt::Debug> fmt::Debug for BulkheadLayer<C, O, D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BulkheadLayer")
             .field("name", &self.shared.name())
             .field("bulkhead", &self.shared.gate)
             .field("classify", &self.classify)
+            .field("deadline", &self.deadline)
             .finish()
     }
 }
@@ -105,5 +124,13 @@ impl<S, C: Clone, O: Observer> Layer<S> for BulkheadLayer<C, O> {
 
     fn layer(&self, inner: S) -> Self::Service {
         Guard::from_shared(inner, self.shared.clone(), self.classify.clone())
+    }
+}
+
+impl<S, C: Clone, O: Observer> Layer<S> for BulkheadLayer<C, O, CarriedDeadline> {
+    type Service = DeadlineBulkhead<S, C, O>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        DeadlineBulkhead::new(inner, self.shared.clone(), self.classify.clone())
     }
 }

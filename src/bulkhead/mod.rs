@@ -27,10 +27,20 @@
 //! A queue of some length with both absorbs a burst of up to about `interval` of work, and under
 //! sustained overload turns surplus callers away within the target.
 //!
-//! The wait happens in `poll_ready`, before the request exists, so a [`Deadline`](crate::core::Deadline) the request
-//! carries cannot shorten it: the waits above bound it instead. A request whose deadline passed
-//! while it waited is failed at once, without reaching the service, by a propagating timeout
-//! beneath the bulkhead (`TimeoutLayer::from_extension(None).propagate()`, feature `timeout`).
+//! # Deadlines
+//!
+//! By default the wait happens in `poll_ready`, before the request exists, so a
+//! [`Deadline`](crate::core::Deadline) the request carries cannot shorten it: the waits above
+//! bound it instead. Built with [`honour_deadlines`](Builder::honour_deadlines), the bulkhead
+//! decides in `call`, where the request is known, and its services are [`DeadlineBulkhead`]s: a
+//! call that must queue waits in its response future for at most the least of controlled delay's
+//! wait, `max_wait` and the time left to its deadline, and then fails with `Full`, never a
+//! timeout; a request whose deadline has passed is refused at once, taking nothing. The service
+//! beneath must then be `Clone` (a call that queued is made on a clone, made ready once it has its
+//! slot), and the requests [`DeadlineCarrier`](crate::core::DeadlineCarrier)s (`http::Request`
+//! is, with feature `http`). The adaptive limiter has the same mode
+//! ([`AdaptiveLimitBuilder::honour_deadlines`](crate::limit::AdaptiveLimitBuilder::honour_deadlines),
+//! feature `limit`).
 //!
 //! The slot is reserved in `poll_ready`, moves into the response future, and is given back when the
 //! call completes, fails, or is dropped, and when a service holding an unused reservation is
@@ -44,7 +54,8 @@
 //! length), and completion one atomic addition; no allocation, no clock read, whatever the queue's
 //! settings. Only callers that must wait take the queue's lock, read the clock once and allocate
 //! their place in it; a slot given to a queued caller reads the clock once more under adaptive
-//! LIFO.
+//! LIFO. Honouring deadlines adds the look-up of the request's deadline, and a clock read when it
+//! carries one; a call that queues then also clones the service beneath and boxes its wait.
 //!
 //! # Examples
 //!
@@ -113,12 +124,14 @@
 //! ```
 
 pub(crate) mod config;
+pub(crate) mod deadline;
 pub mod error;
 mod handle;
 mod layer;
 mod state;
 
 pub use config::{Builder, ConfigError, MAX_CONCURRENT};
+pub use deadline::{DeadlineBulkhead, DeadlineFuture, QueueGate};
 pub use handle::Handle;
 pub use layer::{BulkheadLayer, BulkheadService};
 pub use state::{Bulkhead, Codel, Order, Waiter};

@@ -102,6 +102,10 @@ impl Node {
 /// the others.
 const STRIPES: usize = 8;
 
+/// How many queued callers [`Inner::dispatch`] gives slots to under one hold of the queue's lock,
+/// before it lets go of it to wake them: a fixed array, so handing out allocates nothing.
+const HAND_OUT: usize = 4;
+
 pub(crate) struct Inner {
     /// Free slots, in stripes. Never below zero but for a moment (a failed take is undone).
     free: [Padded<AtomicI64>; STRIPES],
@@ -193,27 +197,42 @@ impl Inner {
         }
     }
 
-    /// Hands free slots to queued callers, in the queue's order.
+    /// Hands free slots to queued callers, in the queue's order, [`HAND_OUT`] at a time: they are
+    /// woken once the lock is let go, since a waker may run anything (a caller that queues in
+    /// turn), and the lock is taken again for the next ones.
     fn dispatch(&self) {
-        let mut queue = self.queue();
         // Adaptive LIFO decides once per hand-out, with one clock read, and only when a slot goes
         // to a queued caller (never on the uncontended path, where nobody is queued).
         let mut lifo = None;
-        while !queue.nodes.is_empty() && self.try_take() {
-            let lifo = *lifo.get_or_insert_with(|| match self.order {
-                Order::Fifo => false,
-                Order::Lifo => true,
-                Order::Adaptive => queue.overloaded(Instant::now(), self.interval()),
-            });
-            let node = if lifo {
-                queue.nodes.pop_back()
-            } else {
-                queue.nodes.pop_front()
+        loop {
+            let mut granted: [Option<Arc<Node>>; HAND_OUT] = Default::default();
+            let mut given = 0;
+            {
+                let mut queue = self.queue();
+                while given < HAND_OUT && !queue.nodes.is_empty() && self.try_take() {
+                    let lifo = *lifo.get_or_insert_with(|| match self.order {
+                        Order::Fifo => false,
+                        Order::Lifo => true,
+                        Order::Adaptive => queue.overloaded(Instant::now(), self.interval()),
+                    });
+                    let node = if lifo {
+                        queue.nodes.pop_back()
+                    } else {
+                        queue.nodes.pop_front()
+                    }
+                    .expect("not empty");
+                    self.waiting.fetch_sub(1, SeqCst);
+                    node.granted.store(true, SeqCst);
+                    granted[given] = Some(node);
+                    given += 1;
+                }
             }
-            .expect("not empty");
-            self.waiting.fetch_sub(1, SeqCst);
-            node.granted.store(true, SeqCst);
-            node.wake();
+            for node in granted.iter().flatten() {
+                node.wake();
+            }
+            if given < HAND_OUT {
+                return;
+            }
         }
     }
 
@@ -340,7 +359,23 @@ struct Queued {
     node: Arc<Node>,
     inner: Arc<Inner>,
     since: Instant,
+    /// Until when the caller may wait, if there is a limit.
+    until: Option<Instant>,
+    /// The timer of a caller that waits in `poll_ready` ([`Bulkhead::poll_slow`]); one that
+    /// waits in a boxed response future keeps its own there, and none here.
     timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl Waiter {
+    /// When the caller joined the queue, if it is in it.
+    pub(crate) fn since(&self) -> Option<Instant> {
+        self.queued.as_ref().map(|queued| queued.since)
+    }
+
+    /// Until when the caller may wait in the queue, if it is in it and there is a limit.
+    pub(crate) fn until(&self) -> Option<Instant> {
+        self.queued.as_ref().and_then(|queued| queued.until)
+    }
 }
 
 impl fmt::Debug for Waiter {
@@ -374,8 +409,7 @@ impl Gate for Bulkhead {
         waiter: &mut Waiter,
         _emit: Emitter<'_, O>,
     ) -> Poll<Result<(), Full>> {
-        let inner = &*self.inner;
-        if waiter.queued.is_none() && inner.waiting.load(SeqCst) == 0 && inner.try_take() {
+        if waiter.queued.is_none() && self.try_admit() {
             return Poll::Ready(Ok(()));
         }
         self.poll_slow(cx, waiter)
@@ -402,73 +436,121 @@ impl Gate for Bulkhead {
 }
 
 impl Bulkhead {
+    /// Takes a free slot if nobody queues for one: the lock-free admission, with no clock read.
+    #[inline]
+    pub(crate) fn try_admit(&self) -> bool {
+        let inner = &*self.inner;
+        inner.waiting.load(SeqCst) == 0 && inner.try_take()
+    }
+
     /// Every way of acquiring but the lock-free one: joining the queue, waiting in it, leaving it.
     #[inline(never)]
     fn poll_slow(&self, cx: &mut Context<'_>, waiter: &mut Waiter) -> Poll<Result<(), Full>> {
-        let inner = &self.inner;
         if waiter.queued.is_none() {
-            if inner.max_queue == 0 {
-                return Poll::Ready(Err(Full::new(RejectReason::BulkheadFull, Duration::ZERO)));
+            if let Some(decided) = self.join(waiter, Some(cx.waker()), None) {
+                return Poll::Ready(decided);
             }
-            let mut queue = inner.queue();
-            // Counted first, then the slots read: see `release`.
-            inner.waiting.fetch_add(1, SeqCst);
-            if inner.try_take() {
-                inner.waiting.fetch_sub(1, SeqCst);
-                return Poll::Ready(Ok(()));
+            if let Some(queued) = &mut waiter.queued {
+                queued.timer = queued
+                    .until
+                    .map(|until| Box::pin(tokio::time::sleep_until(until)));
             }
-            if queue.nodes.len() >= inner.max_queue {
-                inner.waiting.fetch_sub(1, SeqCst);
-                return Poll::Ready(Err(Full::new(RejectReason::QueueFull, Duration::ZERO)));
-            }
-            let now = Instant::now();
-            // Controlled delay: the interval if the queue has been empty within it (it is empty
-            // now, or emptied lately), the target if not; `max_wait` caps either.
-            let codel = inner.codel.map(|codel| {
-                if queue.overloaded(now, codel.interval) {
-                    codel.target
-                } else {
-                    codel.interval
-                }
-            });
-            let wait = match (codel, inner.max_wait) {
-                (Some(codel), Some(max)) => Some(codel.min(max)),
-                (codel, max) => codel.or(max),
-            };
-            let node = Arc::new(Node {
-                granted: AtomicBool::new(false),
-                waker: Mutex::new(Some(cx.waker().clone())),
-            });
-            if queue.nodes.is_empty() {
-                queue.busy_since = now;
-            }
-            queue.nodes.push_back(node.clone());
-            drop(queue);
-            waiter.queued = Some(Queued {
-                node,
-                inner: inner.clone(),
-                since: now,
-                timer: wait.map(|wait| {
-                    let until = crate::core::Deadline::after_from(now, wait).instant();
-                    Box::pin(tokio::time::sleep_until(until))
-                }),
-            });
         }
+        let expired = match waiter.queued.as_mut().and_then(|q| q.timer.as_mut()) {
+            Some(timer) => timer.as_mut().poll(cx).is_ready(),
+            None => false,
+        };
+        self.poll_queued(cx, waiter, expired)
+    }
+
+    /// Joins the queue, keeping the place in `waiter` (with `waker`, if one is known yet), and
+    /// returns `None`; or decides at once: a slot freed meanwhile (`Ok`), no queue or a full one
+    /// (`Err`). The caller may wait as long as controlled delay and `max_wait` allow, and never
+    /// past `deadline`: until [`Waiter::until`], which the caller times.
+    pub(crate) fn join(
+        &self,
+        waiter: &mut Waiter,
+        waker: Option<&Waker>,
+        deadline: Option<Instant>,
+    ) -> Option<Result<(), Full>> {
+        let inner = &self.inner;
+        if inner.max_queue == 0 {
+            return Some(Err(Full::new(RejectReason::BulkheadFull, Duration::ZERO)));
+        }
+        let mut queue = inner.queue();
+        // Counted first, then the slots read: see `release`. A slot is taken only if nobody is
+        // queued: one free while callers are (freed, and being handed out) is theirs, in the
+        // queue's order; whoever freed it dispatches it once this lock is let go.
+        inner.waiting.fetch_add(1, SeqCst);
+        if queue.nodes.is_empty() && inner.try_take() {
+            inner.waiting.fetch_sub(1, SeqCst);
+            return Some(Ok(()));
+        }
+        if queue.nodes.len() >= inner.max_queue {
+            inner.waiting.fetch_sub(1, SeqCst);
+            return Some(Err(Full::new(RejectReason::QueueFull, Duration::ZERO)));
+        }
+        let now = Instant::now();
+        // Controlled delay: the interval if the queue has been empty within it (it is empty
+        // now, or emptied lately), the target if not; `max_wait` caps either.
+        let codel = inner.codel.map(|codel| {
+            if queue.overloaded(now, codel.interval) {
+                codel.target
+            } else {
+                codel.interval
+            }
+        });
+        let wait = match (codel, inner.max_wait) {
+            (Some(codel), Some(max)) => Some(codel.min(max)),
+            (codel, max) => codel.or(max),
+        };
+        let until = wait.map(|wait| crate::core::Deadline::after_from(now, wait).instant());
+        // A request's deadline caps the wait too.
+        let until = match (until, deadline) {
+            (Some(until), Some(deadline)) => Some(until.min(deadline)),
+            (until, deadline) => until.or(deadline),
+        };
+        let node = Arc::new(Node {
+            granted: AtomicBool::new(false),
+            waker: Mutex::new(waker.cloned()),
+        });
+        if queue.nodes.is_empty() {
+            queue.busy_since = now;
+        }
+        queue.nodes.push_back(node.clone());
+        drop(queue);
+        waiter.queued = Some(Queued {
+            node,
+            inner: inner.clone(),
+            since: now,
+            until,
+            timer: None,
+        });
+        None
+    }
+
+    /// Waits in the queue `waiter` joined: `Ok` once a slot was given to it (the caller owns it
+    /// then), `Err` once it has waited as long as it may (`expired`: its timer, polled with `cx`,
+    /// has fired).
+    pub(crate) fn poll_queued(
+        &self,
+        cx: &mut Context<'_>,
+        waiter: &mut Waiter,
+        expired: bool,
+    ) -> Poll<Result<(), Full>> {
         let queued = waiter.queued.as_mut().expect("queued");
         if queued.node.granted.load(SeqCst) {
             waiter.queued = None;
             return Poll::Ready(Ok(()));
         }
         *queued.node.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
-        if let Some(timer) = &mut queued.timer {
-            if timer.as_mut().poll(cx).is_ready() {
-                let queued = waiter.queued.take().expect("queued");
-                if queued.inner.leave(&queued.node) {
-                    return Poll::Ready(Ok(()));
-                }
-                let waited = queued.since.elapsed();
-                return Poll::Ready(Err(Full::new(RejectReason::QueueTimeout, waited)));
+        if expired {
+            let queued = waiter.queued.take().expect("queued");
+            if queued.inner.leave(&queued.node) {
+                return Poll::Ready(Ok(()));
             }
+            let waited = queued.since.elapsed();
+            return Poll::Ready(Err(Full::new(RejectReason::QueueTimeout, waited)));
         }
         // Granted while the waker was being set: the wake may have found the old one.
         if queued.node.granted.load(SeqCst) {
@@ -476,5 +558,10 @@ impl Bulkhead {
             return Poll::Ready(Ok(()));
         }
         Poll::Pending
+    }
+
+    /// Gives back a slot taken by [`try_admit`](Self::try_admit) or given by the queue.
+    pub(crate) fn release(&self) {
+        self.inner.release();
     }
 }

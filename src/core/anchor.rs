@@ -101,6 +101,14 @@ pub(crate) enum WeakAnchor<T: 'static> {
     allow(dead_code)
 )]
 impl<T> WeakAnchor<T> {
+    /// Whether a holder is left: a look at the reference count, which keeps nothing alive.
+    pub(crate) fn alive(&self) -> bool {
+        match self {
+            WeakAnchor::Counted(weak) => weak.strong_count() > 0,
+            WeakAnchor::Static(_) => true,
+        }
+    }
+
     /// The state, if a holder is left.
     pub(crate) fn upgrade(&self) -> Option<Anchor<T>> {
         match self {

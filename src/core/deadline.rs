@@ -106,6 +106,21 @@ impl Deadline {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RequestTimeout(pub Duration);
 
+/// Marks a layer that reads no deadline: a call may wait as long as the layer's own settings
+/// allow, whatever the deadline its request carries. The default of the layers that can honour
+/// deadlines instead ([`CarriedDeadline`]): the rate limiters, the bulkhead and the adaptive
+/// limiter.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoDeadline;
+
+/// Marks a layer that reads the [`Deadline`] each request carries through [`DeadlineCarrier`]
+/// (put there by a propagating `TimeoutLayer` above, or read from `grpc-timeout`), and so decides
+/// in `call`, where the request is known: a call never waits for capacity past its deadline. Set
+/// by the builders' `honour_deadlines()` (the rate limiters', the bulkhead's and the adaptive
+/// limiter's).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CarriedDeadline;
+
 /// A request that can carry a [`Deadline`] (and a [`RequestTimeout`]) to the layers beneath.
 ///
 /// Implemented for `http::Request<B>` (feature `http`), in its extensions, which covers axum and

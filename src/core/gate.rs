@@ -15,13 +15,12 @@ use super::anchor::CallAnchor;
 use super::{
     Classify, Emitter, ErrorIsFailure, EventKind, Observer, Outcome, Record, RejectReason, Source,
 };
-use crate::sync::Padded;
+use crate::sync::Striped;
 use pin_project_lite::pin_project;
 use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{ready, Context, Poll};
 use tokio::time::Instant;
 use tower::{BoxError, Layer, Service};
@@ -103,6 +102,15 @@ pub trait Gate: Send + Sync + 'static {
         self.cancel(permit, emit)
     }
 
+    /// The call `permit` admits is being made now: the service beneath is ready and the request
+    /// is handed to it. For a gate that times its calls from here rather than from admission,
+    /// which may come long before (while the caller waits for the service beneath to be ready,
+    /// a buffer or a bulkhead further down). Does nothing by default.
+    #[inline(always)]
+    fn calling(&self, permit: &mut Self::Permit) {
+        let _ = permit;
+    }
+
     /// Whether any rule needs call timing. When neither this nor the observer wants it, the clock is
     /// never read on the call path.
     fn wants_latency(&self) -> bool;
@@ -146,9 +154,10 @@ pub(crate) struct Shared<G, O> {
     pub(crate) gate: G,
     pub(crate) source: Source<O>,
     /// Calls turned away, counted when a rejection is handed to its caller (what `health`
-    /// reports). Written only on that cold path, and on a line of its own so that those writes
-    /// never slow the admitted calls' reads of the gate.
-    rejected: Padded<AtomicU64>,
+    /// reports). Written only on that cold path, on lines of their own so that those writes
+    /// never slow the admitted calls' reads of the gate, and striped by thread so that the
+    /// threads of a surge, rejecting at once, do not write one line.
+    rejected: Striped,
 }
 
 impl<G, O> Shared<G, O> {
@@ -160,14 +169,14 @@ impl<G, O> Shared<G, O> {
         Shared {
             gate,
             source,
-            rejected: Padded(AtomicU64::new(0)),
+            rejected: Striped::new(),
         }
     }
 
     /// Counts one call turned away.
     #[cold]
     pub(crate) fn count_rejected(&self) {
-        self.rejected.fetch_add(1, Relaxed);
+        self.rejected.increment();
     }
 
     /// Calls turned away since the layer was built.
@@ -179,7 +188,7 @@ impl<G, O> Shared<G, O> {
         allow(dead_code)
     )]
     pub(crate) fn rejected(&self) -> u64 {
-        self.rejected.load(Relaxed)
+        self.rejected.sum()
     }
 
     #[inline(always)]
@@ -392,6 +401,9 @@ where
                 follow && (shared.gate.wants_latency() || shared.source.observer().wants_latency());
             let start = start.then(Instant::now);
             let classify = self.classify.clone();
+            if let Some(permit) = &mut self.reserved.permit {
+                shared.gate.calling(permit);
+            }
             // The inner call is made while the service still holds the permit: if it panics (an
             // inner layer's observer, say), the service gives the permit back when dropped.
             let future = self.inner.call(req);
@@ -462,6 +474,47 @@ pin_project! {
     }
 }
 
+impl<F, G: Gate, C, O: Observer> GuardFuture<F, G, C, O> {
+    /// The future of a call admitted with `permit` by a layer that decides in `call` (the keyed
+    /// breaker): `make` makes the inner call once the permit is held, so that a panic there gives
+    /// the permit back.
+    #[cfg(feature = "circuit-breaker")]
+    #[inline]
+    pub(crate) fn admitted(
+        anchor: &Anchor<Shared<G, O>>,
+        permit: G::Permit,
+        classify: C,
+        start: Option<Instant>,
+        make: impl FnOnce() -> F,
+    ) -> Self {
+        anchor.with_call(|shared| {
+            let guard = PermitGuard {
+                shared,
+                permit: Some(permit),
+            };
+            let future = make();
+            GuardFuture {
+                kind: Kind::Admitted {
+                    future,
+                    permit: Some(guard),
+                    classify,
+                    start,
+                },
+            }
+        })
+    }
+
+    /// The future of a call `rejection` turned away.
+    #[cfg(feature = "circuit-breaker")]
+    pub(crate) fn rejected(rejection: G::Rejection) -> Self {
+        GuardFuture {
+            kind: Kind::Rejected {
+                rejection: Some(rejection),
+            },
+        }
+    }
+}
+
 impl<F, G: Gate, C, O: Observer> fmt::Debug for GuardFuture<F, G, C, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match &self.kind {
@@ -510,6 +563,87 @@ where
                 .take()
                 .expect("GuardFuture polled after completion")
                 .into())),
+        }
+    }
+}
+
+/// Makes a call a gate admitted outside [`Guard`] (a layer that decides in `call`, such as a
+/// bulkhead honouring deadlines), as `Guard::call` does: `permit` is held while `call` makes the
+/// inner call and `Permitted` is sent, and given back unused if either panics; then it moves
+/// into the response future, which classifies the result and completes the permit.
+#[cfg_attr(not(feature = "bulkhead"), allow(dead_code))]
+#[inline]
+pub(crate) fn admit<F, G: Gate, C, O: Observer>(
+    anchor: &Anchor<Shared<G, O>>,
+    mut permit: G::Permit,
+    classify: C,
+    call: impl FnOnce() -> F,
+) -> GuardFuture<F, G, C, O> {
+    let shared = &**anchor;
+    let follow = G::FOLLOWS_CALLS || O::ENABLED;
+    let start = follow && (shared.gate.wants_latency() || shared.source.observer().wants_latency());
+    let start = start.then(Instant::now);
+    shared.gate.calling(&mut permit);
+    let mut held = Unused {
+        shared,
+        permit: Some(permit),
+    };
+    let future = call();
+    shared.emitter().emit(EventKind::Permitted);
+    let Some(permit) = held.permit.take() else {
+        unreachable!("held above");
+    };
+    let admitted = |permit| GuardFuture {
+        kind: Kind::Admitted {
+            future,
+            permit,
+            classify,
+            start,
+        },
+    };
+    if !follow {
+        return admitted(None);
+    }
+    anchor.with_call(|shared| {
+        admitted(Some(PermitGuard {
+            shared,
+            permit: Some(permit),
+        }))
+    })
+}
+
+/// Refuses a call outside [`Guard`] (a layer that decides in `call`): counts and reports the
+/// rejection, as `Guard::call` does when it hands one out, and returns the future that fails
+/// with it.
+#[cfg_attr(not(feature = "bulkhead"), allow(dead_code))]
+#[cold]
+pub(crate) fn refuse<F, G: Gate, C, O: Observer>(
+    shared: &Shared<G, O>,
+    rejection: G::Rejection,
+) -> GuardFuture<F, G, C, O> {
+    shared.count_rejected();
+    shared.emitter().emit(EventKind::Rejected {
+        reason: G::reject_reason(&rejection),
+    });
+    GuardFuture {
+        kind: Kind::Rejected {
+            rejection: Some(rejection),
+        },
+    }
+}
+
+/// A permit held while its call is being made ([`admit`]): given back unused if that panics.
+struct Unused<'a, G: Gate, O: Observer> {
+    shared: &'a Shared<G, O>,
+    permit: Option<G::Permit>,
+}
+
+impl<G: Gate, O: Observer> Drop for Unused<'_, G, O> {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.shared
+                .gate
+                .release_unused(permit, self.shared.emitter());
         }
     }
 }

@@ -3,10 +3,13 @@
 use super::algorithm::{Algorithm, InvalidSetting, Sample};
 use crate::bulkhead::config::{check_queue, QueueMistake};
 use crate::bulkhead::error::Full;
-use crate::bulkhead::{Bulkhead, Codel, Order, Waiter, MAX_CONCURRENT};
+use crate::bulkhead::{
+    Bulkhead, Codel, DeadlineBulkhead, Order, QueueGate, Waiter, MAX_CONCURRENT,
+};
 use crate::core::gate::{Anchor, Guard, Shared};
 use crate::core::{
-    Emitter, ErrorIsFailure, EventKind, Gate, Observer, Outcome, Record, RejectReason,
+    CarriedDeadline, Emitter, ErrorIsFailure, EventKind, Gate, NoDeadline, Observer, Outcome,
+    Record, RejectReason,
 };
 use std::borrow::Cow;
 use std::cell::Cell;
@@ -105,9 +108,16 @@ pub enum ConfigError {
 /// An admitted call of an adaptive limiter: when it started, if it is a timed sample.
 #[derive(Debug)]
 pub struct AdaptivePermit {
+    /// Set when the call is made ([`Gate::calling`]), if it is to be timed.
     start: Option<Instant>,
+    /// The calls in flight when it was made; [`TO_TIME`] until then if it is to be timed.
     in_flight: u64,
 }
+
+/// The mark of a permit whose call is to be timed from when it is made: admission may come long
+/// before (a caller waiting for the service beneath to be ready), and that wait is not the
+/// service's round-trip time.
+const TO_TIME: u64 = u64::MAX;
 
 /// Whether this call of the calling thread is one to time: one in `every`, counted down on the
 /// thread (a division per call would cost more than the count). Limiters called on one thread share
@@ -165,18 +175,7 @@ impl<A: Algorithm> Gate for Adaptive<A> {
         emit: Emitter<'_, O>,
     ) -> Poll<Result<AdaptivePermit, Full>> {
         ready!(self.bulkhead.poll_acquire(cx, waiter, emit)).map_err(limit_reached)?;
-        let permit = if sampled(self.sample_every.load(Relaxed)) {
-            AdaptivePermit {
-                start: Some(Instant::now()),
-                in_flight: self.bulkhead.inner.in_flight(),
-            }
-        } else {
-            AdaptivePermit {
-                start: None,
-                in_flight: 0,
-            }
-        };
-        Poll::Ready(Ok(permit))
+        Poll::Ready(Ok(self.permit()))
     }
 
     #[inline]
@@ -194,6 +193,16 @@ impl<A: Algorithm> Gate for Adaptive<A> {
     }
 
     #[inline]
+    fn calling(&self, permit: &mut AdaptivePermit) {
+        if permit.in_flight == TO_TIME {
+            *permit = AdaptivePermit {
+                start: Some(Instant::now()),
+                in_flight: self.bulkhead.inner.in_flight(),
+            };
+        }
+    }
+
+    #[inline]
     fn wants_latency(&self) -> bool {
         false
     }
@@ -203,7 +212,42 @@ impl<A: Algorithm> Gate for Adaptive<A> {
     }
 }
 
+impl<A> crate::bulkhead::deadline::sealed::Sealed for Adaptive<A> {}
+
+impl<A: Algorithm> QueueGate for Adaptive<A> {
+    #[inline(always)]
+    fn bulkhead(&self) -> &Bulkhead {
+        &self.bulkhead
+    }
+
+    #[inline(always)]
+    fn slotted(&self) -> AdaptivePermit {
+        self.permit()
+    }
+
+    fn refusal(full: Full) -> Full {
+        limit_reached(full)
+    }
+}
+
 impl<A: Algorithm> Adaptive<A> {
+    /// The permit of a call given its slot: timed from when the call is made, if it is one to
+    /// time.
+    #[inline]
+    fn permit(&self) -> AdaptivePermit {
+        if sampled(self.sample_every.load(Relaxed)) {
+            AdaptivePermit {
+                start: None,
+                in_flight: TO_TIME,
+            }
+        } else {
+            AdaptivePermit {
+                start: None,
+                in_flight: 0,
+            }
+        }
+    }
+
     /// The algorithm's state if no one else holds it. A lock poisoned by an algorithm that
     /// panicked is taken all the same: the limit it holds is the last one applied, and learning
     /// goes on from there.
@@ -335,6 +379,13 @@ impl<A: Algorithm> Adaptive<A> {
 /// A service behind an adaptive limiter.
 pub type AdaptiveLimit<S, A, C = ErrorIsFailure, O = ()> = Guard<S, Adaptive<A>, C, O>;
 
+/// A service behind an adaptive limiter built with
+/// [`honour_deadlines`](AdaptiveLimitBuilder::honour_deadlines): it decides in `call`, and a call
+/// waits in the queue never past its request's deadline. See
+/// [`DeadlineBulkhead`](crate::bulkhead::DeadlineBulkhead), whose gate is the limiter's here.
+pub type DeadlineAdaptiveLimit<S, A, C = ErrorIsFailure, O = ()> =
+    DeadlineBulkhead<S, C, O, Adaptive<A>>;
+
 /// Limits concurrency to what the service beneath shows it can take: an [`Algorithm`] (AIMD,
 /// Gradient2, Vegas) moves the limit from the calls' round-trip times and failures, over the
 /// bulkhead's gate and its queue options. See the [module docs](super).
@@ -359,14 +410,22 @@ pub type AdaptiveLimit<S, A, C = ErrorIsFailure, O = ()> = Guard<S, Adaptive<A>,
 ///     .unwrap();
 /// assert_eq!(layer.handle().limit(), 20);
 /// ```
-pub struct AdaptiveLimitLayer<A: 'static, C = ErrorIsFailure, O: 'static = ()> {
+///
+/// Its services are [`AdaptiveLimit`]s, which wait for a slot in `poll_ready`; built with
+/// [`honour_deadlines`](AdaptiveLimitBuilder::honour_deadlines) (`D` is then
+/// [`CarriedDeadline`]), they are [`DeadlineAdaptiveLimit`]s, which decide in `call` and never
+/// wait past a request's deadline.
+pub struct AdaptiveLimitLayer<A: 'static, C = ErrorIsFailure, O: 'static = (), D = NoDeadline> {
     shared: Anchor<Shared<Adaptive<A>, O>>,
     classify: C,
+    /// Where it decides: in `poll_ready` ([`NoDeadline`]), or in `call`, reading the request's
+    /// deadline ([`CarriedDeadline`]).
+    deadline: D,
 }
 
 /// Builds an [`AdaptiveLimitLayer`].
 #[derive(Debug)]
-pub struct AdaptiveLimitBuilder<A, O = ()> {
+pub struct AdaptiveLimitBuilder<A, O = (), D = NoDeadline> {
     algorithm: A,
     name: Cow<'static, str>,
     max_queue: usize,
@@ -375,6 +434,7 @@ pub struct AdaptiveLimitBuilder<A, O = ()> {
     codel: Option<Codel>,
     sample_every: Option<u64>,
     observer: O,
+    deadline: D,
 }
 
 impl<A: Algorithm> AdaptiveLimitLayer<A> {
@@ -389,11 +449,12 @@ impl<A: Algorithm> AdaptiveLimitLayer<A> {
             codel: None,
             sample_every: None,
             observer: (),
+            deadline: NoDeadline,
         }
     }
 }
 
-impl<A, O> AdaptiveLimitBuilder<A, O> {
+impl<A, O, D> AdaptiveLimitBuilder<A, O, D> {
     /// The layer's name, in events.
     pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
         self.name = name.into();
@@ -401,6 +462,30 @@ impl<A, O> AdaptiveLimitBuilder<A, O> {
     }
 
     crate::bulkhead::config::queue_setters!();
+
+    /// Decides in `call`, where the request is known, rather than in `poll_ready`, and honours
+    /// the [`Deadline`](crate::core::Deadline) each request carries, as the bulkhead's
+    /// [`honour_deadlines`](crate::bulkhead::Builder::honour_deadlines) does: a call waits in the
+    /// queue no longer than its deadline allows (nor than controlled delay and
+    /// [`max_wait`](Self::max_wait) allow), and then fails with
+    /// [`Full`](crate::bulkhead::error::Full), not a timeout; a request whose deadline has passed
+    /// is refused at once. The layer's services are then [`DeadlineAdaptiveLimit`]s: as ready as
+    /// the service beneath (which must be `Clone`), a call that must queue waiting in its
+    /// response future. Calls are still timed from the moment they have their slot, so the
+    /// algorithm learns from time in service. Useful with a [`queue`](Self::queue).
+    pub fn honour_deadlines(self) -> AdaptiveLimitBuilder<A, O, CarriedDeadline> {
+        AdaptiveLimitBuilder {
+            algorithm: self.algorithm,
+            name: self.name,
+            max_queue: self.max_queue,
+            max_wait: self.max_wait,
+            order: self.order,
+            codel: self.codel,
+            sample_every: self.sample_every,
+            observer: self.observer,
+            deadline: CarriedDeadline,
+        }
+    }
 
     /// Times one call in `n` on each thread (1: every call), to save the two clock reads of the
     /// others; failures are always counted. Zero is a mistake, which
@@ -430,7 +515,7 @@ impl<A, O> AdaptiveLimitBuilder<A, O> {
     }
 
     /// Sends the layer's events (including every change of the limit) to `observer`.
-    pub fn observer<O2: Observer>(self, observer: O2) -> AdaptiveLimitBuilder<A, O2> {
+    pub fn observer<O2: Observer>(self, observer: O2) -> AdaptiveLimitBuilder<A, O2, D> {
         AdaptiveLimitBuilder {
             algorithm: self.algorithm,
             name: self.name,
@@ -440,6 +525,7 @@ impl<A, O> AdaptiveLimitBuilder<A, O> {
             codel: self.codel,
             sample_every: self.sample_every,
             observer,
+            deadline: self.deadline,
         }
     }
 
@@ -457,7 +543,7 @@ impl<A, O> AdaptiveLimitBuilder<A, O> {
     /// let err = AdaptiveLimitLayer::builder(backwards).build().unwrap_err();
     /// assert!(matches!(err, AdaptiveConfigError::Algorithm(_)), "{err}");
     /// ```
-    pub fn build(self) -> Result<AdaptiveLimitLayer<A, ErrorIsFailure, O>, ConfigError>
+    pub fn build(self) -> Result<AdaptiveLimitLayer<A, ErrorIsFailure, O, D>, ConfigError>
     where
         A: Algorithm,
         O: Observer,
@@ -500,12 +586,13 @@ impl<A, O> AdaptiveLimitBuilder<A, O> {
         Ok(AdaptiveLimitLayer {
             shared: Anchor::counted(shared),
             classify: ErrorIsFailure,
+            deadline: self.deadline,
         })
     }
 
     /// The same as [`build`](Self::build), which now returns the error itself.
     #[deprecated(note = "use `build`, which returns a `Result`")]
-    pub fn try_build(self) -> Result<AdaptiveLimitLayer<A, ErrorIsFailure, O>, ConfigError>
+    pub fn try_build(self) -> Result<AdaptiveLimitLayer<A, ErrorIsFailure, O, D>, ConfigError>
     where
         A: Algorithm,
         O: Observer,
@@ -514,7 +601,7 @@ impl<A, O> AdaptiveLimitBuilder<A, O> {
     }
 }
 
-impl<A: Algorithm, C, O: Observer> AdaptiveLimitLayer<A, C, O> {
+impl<A: Algorithm, C, O: Observer, D> AdaptiveLimitLayer<A, C, O, D> {
     /// A handle on this layer's limiter.
     pub fn handle(&self) -> AdaptiveHandle<A, O> {
         AdaptiveHandle {
@@ -523,29 +610,32 @@ impl<A: Algorithm, C, O: Observer> AdaptiveLimitLayer<A, C, O> {
     }
 
     /// The same limiter, with another classifier: what counts as a drop.
-    pub fn classify<C2>(self, classify: C2) -> AdaptiveLimitLayer<A, C2, O> {
+    pub fn classify<C2>(self, classify: C2) -> AdaptiveLimitLayer<A, C2, O, D> {
         AdaptiveLimitLayer {
             shared: self.shared,
             classify,
+            deadline: self.deadline,
         }
     }
 }
 
-impl<A, C: Clone, O> Clone for AdaptiveLimitLayer<A, C, O> {
+impl<A, C: Clone, O, D: Clone> Clone for AdaptiveLimitLayer<A, C, O, D> {
     fn clone(&self) -> Self {
         AdaptiveLimitLayer {
             shared: self.shared.clone(),
             classify: self.classify.clone(),
+            deadline: self.deadline.clone(),
         }
     }
 }
 
-impl<A, C: fmt::Debug, O> fmt::Debug for AdaptiveLimitLayer<A, C, O> {
+impl<A, C: fmt::Debug, O, D: fmt::Debug> fmt::Debug for AdaptiveLimitLayer<A, C, O, D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AdaptiveLimitLayer")
             .field("name", &self.shared.name())
             .field("limiter", &self.shared.gate)
             .field("classify", &self.classify)
+            .field("deadline", &self.deadline)
             .finish()
     }
 }
@@ -555,6 +645,16 @@ impl<S, A: Algorithm, C: Clone, O: Observer> Layer<S> for AdaptiveLimitLayer<A, 
 
     fn layer(&self, inner: S) -> Self::Service {
         Guard::from_shared(inner, self.shared.clone(), self.classify.clone())
+    }
+}
+
+impl<S, A: Algorithm, C: Clone, O: Observer> Layer<S>
+    for AdaptiveLimitLayer<A, C, O, CarriedDeadline>
+{
+    type Service = DeadlineAdaptiveLimit<S, A, C, O>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        DeadlineBulkhead::new(inner, self.shared.clone(), self.classify.clone())
     }
 }
 

@@ -26,6 +26,14 @@
 //! settings (none unless set): give it `.queue(128).codel(Codel::new(5 ms, 150 ms))
 //! .order(Order::Lifo)` to keep them.
 //!
+//! The limiter waits in `poll_ready` by default, so a request's [`Deadline`](crate::core::Deadline)
+//! does not shorten its wait: the stack's requests carry none unless a layer above puts one in (its
+//! own timeout is beneath the limiter and sets none), and the stack takes any request type.
+//! [`ServerStack::honour_deadlines`] makes the limiter decide in `call` instead: under a
+//! [`ReadDeadlineLayer`](crate::timeout::propagate::ReadDeadlineLayer) reading the caller's
+//! `grpc-timeout` (or a propagating timeout), a request waits in the queue no longer than its
+//! deadline, and is answered 503 then, not left to time out in the handler.
+//!
 //! Errors are seawall's: put `seawall::axum::HandleErrorsLayer` (feature `axum`)
 //! above it under axum, or map them with [`tonic::or_status`](crate::tonic) for tonic.
 //!
@@ -212,6 +220,12 @@ pub enum PartService<A, B> {
     Without(B),
 }
 
+// `PartService` and `PartFuture` are inlined always: each part's service has both arms, the one
+// without the part calling the next part directly, so a stack of n parts holds 2^n copies of the
+// paths beneath. Left to the compiler, that size kept the wrappers out of line, and every call
+// then copied the whole nested future (over 250 bytes for the server stack) through memory: the
+// server stack cost about 106 ns a call against 67 for its three layers composed by hand; inlined,
+// 64 (`cargo bench --bench stack`).
 impl<A, B, Req> Service<Req> for PartService<A, B>
 where
     A: Service<Req>,
@@ -223,7 +237,7 @@ where
     type Error = BoxError;
     type Future = PartFuture<A::Future, B::Future>;
 
-    #[inline]
+    #[inline(always)]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         match self {
             PartService::With(a) => a.poll_ready(cx).map_err(Into::into),
@@ -231,7 +245,7 @@ where
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn call(&mut self, req: Req) -> Self::Future {
         match self {
             PartService::With(a) => PartFuture {
@@ -275,7 +289,7 @@ where
 {
     type Output = Result<T, BoxError>;
 
-    #[inline]
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             PartProj::With { future } => future.poll(cx).map_err(Into::into),

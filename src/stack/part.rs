@@ -162,7 +162,7 @@ given!(
 );
 given!(
     #[cfg(feature = "limit")]
-    [A, C, O] crate::limit::AdaptiveLimitLayer<A, C, O> where C: Clone
+    [A, C, O, D] crate::limit::AdaptiveLimitLayer<A, C, O, D> where C: Clone, D: Clone
 );
 given!(
     #[cfg(feature = "retry")]
@@ -199,16 +199,18 @@ impl sealed::Sealed for Duration {}
 impl sealed::Sealed for Propagate<Duration> {}
 
 #[cfg(feature = "limit")]
-pub use server::{OwnLimiter, OwnRateLimit, StackLimiter};
+pub use server::{
+    OwnDeadlineLimiter, OwnLimiter, OwnRateLimit, StackDeadlineLimiter, StackLimiter,
+};
 
 #[cfg(feature = "limit")]
 mod server {
     use super::{sealed, Build, Own};
     use crate::bulkhead::{Codel, Order};
-    use crate::core::{ErrorIsFailure, Observer};
+    use crate::core::{CarriedDeadline, ErrorIsFailure, Observer};
     use crate::limit::algorithm::{Gradient2, Windowed};
     use crate::limit::rate::{Quota, RateLimitLayer, TokioClock};
-    use crate::limit::AdaptiveLimitLayer;
+    use crate::limit::{AdaptiveLimitBuilder, AdaptiveLimitLayer};
     use std::borrow::Cow;
     use std::time::Duration;
 
@@ -244,15 +246,20 @@ mod server {
     pub type OwnLimiter<O = ()> =
         Own<StackLimiter, AdaptiveLimitLayer<Windowed<Gradient2>, ErrorIsFailure, O>>;
 
+    /// The server stack's limiter settings, before the observer and the deadline mode.
+    fn limiter(name: Cow<'static, str>) -> AdaptiveLimitBuilder<Windowed<Gradient2>> {
+        AdaptiveLimitLayer::builder(Windowed::new(Gradient2::default()))
+            .queue(QUEUE)
+            .codel(CODEL)
+            .order(Order::Lifo)
+            .name(name)
+    }
+
     impl<O: Observer> Build<O> for StackLimiter {
         type Layer = AdaptiveLimitLayer<Windowed<Gradient2>, ErrorIsFailure, O>;
 
         fn build(&self, name: Cow<'static, str>, observer: O) -> Self::Layer {
-            AdaptiveLimitLayer::builder(Windowed::new(Gradient2::default()))
-                .queue(QUEUE)
-                .codel(CODEL)
-                .order(Order::Lifo)
-                .name(name)
+            limiter(name)
                 .observer(observer)
                 .build()
                 .expect("the default configuration is valid")
@@ -260,6 +267,32 @@ mod server {
     }
 
     impl sealed::Sealed for StackLimiter {}
+
+    /// The server stack's adaptive limiter ([`StackLimiter`]) honouring the deadlines requests
+    /// carry: a call waits in its queue never past its deadline (see
+    /// [`ServerStack::honour_deadlines`](crate::stack::ServerStack::honour_deadlines)).
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct StackDeadlineLimiter;
+
+    /// The adaptive limiter the server stack makes when it honours deadlines.
+    pub type OwnDeadlineLimiter<O = ()> = Own<
+        StackDeadlineLimiter,
+        AdaptiveLimitLayer<Windowed<Gradient2>, ErrorIsFailure, O, CarriedDeadline>,
+    >;
+
+    impl<O: Observer> Build<O> for StackDeadlineLimiter {
+        type Layer = AdaptiveLimitLayer<Windowed<Gradient2>, ErrorIsFailure, O, CarriedDeadline>;
+
+        fn build(&self, name: Cow<'static, str>, observer: O) -> Self::Layer {
+            limiter(name)
+                .honour_deadlines()
+                .observer(observer)
+                .build()
+                .expect("the default configuration is valid")
+        }
+    }
+
+    impl sealed::Sealed for StackDeadlineLimiter {}
 }
 
 #[cfg(all(feature = "retry", feature = "circuit-breaker"))]

@@ -1,6 +1,9 @@
 //! The standard server stack.
 
-use super::part::{Own, OwnLimiter, OwnRateLimit, OwnTimeout, Reobserve, StackLimiter, StackPart};
+use super::part::{
+    Own, OwnDeadlineLimiter, OwnLimiter, OwnRateLimit, OwnTimeout, Reobserve, StackDeadlineLimiter,
+    StackLimiter, StackPart,
+};
 use super::Part;
 use crate::core::Observer;
 use crate::limit::rate::{Quota, RateLimitLayer};
@@ -100,11 +103,11 @@ impl<R, C, T, O> ServerStack<R, C, T, O> {
     /// Uses `layer` as the concurrency limiter, in place of the stack's (keep its handle to watch
     /// the limit), with its own name and observer: the stack's [`observer`](Self::observer) does
     /// not reach it. Its queue is the one its builder was given: none unless set (see the
-    /// [module docs](super) for the default's).
-    pub fn concurrency_layer<A2, C2, O2>(
+    /// [module docs](super) for the default's), and so is whether it honours deadlines.
+    pub fn concurrency_layer<A2, C2, O2, D2>(
         self,
-        layer: AdaptiveLimitLayer<A2, C2, O2>,
-    ) -> ServerStack<R, AdaptiveLimitLayer<A2, C2, O2>, T, O> {
+        layer: AdaptiveLimitLayer<A2, C2, O2, D2>,
+    ) -> ServerStack<R, AdaptiveLimitLayer<A2, C2, O2, D2>, T, O> {
         ServerStack {
             rate: self.rate,
             concurrency: Some(layer),
@@ -215,6 +218,55 @@ impl<R, C, T, O> ServerStack<R, C, T, O> {
     /// The name of the part called `part`.
     fn part_name(&self, part: &str) -> Cow<'static, str> {
         Cow::Owned(format!("{}.{part}", self.name))
+    }
+}
+
+impl<R, T, O: Observer> ServerStack<R, OwnLimiter<O>, T, O> {
+    /// The stack's own limiter (not one given with
+    /// [`concurrency_layer`](Self::concurrency_layer): build that one with `honour_deadlines()`)
+    /// decides in `call` and honours the
+    /// [`Deadline`](crate::core::Deadline) each request carries: a request waits in its queue
+    /// never past its deadline, and is turned away then with the limiter's usual 503 and
+    /// `Retry-After` (a request whose deadline has passed, at once), rather than reach the
+    /// handler with no time left (see
+    /// [`AdaptiveLimitBuilder::honour_deadlines`](crate::limit::AdaptiveLimitBuilder::honour_deadlines)).
+    ///
+    /// Requests carry a deadline only if a layer above puts one in: a
+    /// [`ReadDeadlineLayer`](crate::timeout::propagate::ReadDeadlineLayer) reading `grpc-timeout`
+    /// or a timeout header, or a propagating [`TimeoutLayer`] (the stack's own timeout is beneath
+    /// the limiter, and sets none). The requests must be
+    /// [`DeadlineCarrier`](crate::core::DeadlineCarrier)s (`http::Request` is, with feature
+    /// `http`) and the service beneath `Clone` (axum's and tonic's are): a request that waits is
+    /// made on a clone, made ready once it has its slot.
+    ///
+    /// ```
+    /// # #[cfg(feature = "http")] {
+    /// use seawall::stack::ServerStack;
+    /// use seawall::timeout::propagate::ReadDeadlineLayer;
+    /// use tower::{service_fn, ServiceBuilder, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let server = ServiceBuilder::new()
+    ///     .layer(ReadDeadlineLayer::grpc()) // the caller's grpc-timeout, as a deadline
+    ///     .layer(ServerStack::new().honour_deadlines())
+    ///     .service(service_fn(|_: http::Request<()>| async {
+    ///         Ok::<_, std::io::Error>(http::Response::new(()))
+    ///     }));
+    /// let request = http::Request::builder().header("grpc-timeout", "200m").body(()).unwrap();
+    /// assert!(server.oneshot(request).await.is_ok());
+    /// # }
+    /// # }
+    /// ```
+    pub fn honour_deadlines(self) -> ServerStack<R, OwnDeadlineLimiter<O>, T, O> {
+        ServerStack {
+            rate: self.rate,
+            // Left out, it stays out.
+            concurrency: self.concurrency.map(|_| Own::new(StackDeadlineLimiter)),
+            timeout: self.timeout,
+            name: self.name,
+            observer: self.observer,
+        }
     }
 }
 

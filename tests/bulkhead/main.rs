@@ -6,4 +6,5 @@ mod support;
 
 mod codel;
 mod config;
+mod deadline;
 mod queue;

@@ -347,3 +347,118 @@ mod model {
         }
     }
 }
+
+/// A waker that runs `f` when woken.
+struct OnWake<F>(F);
+
+impl<F: Fn() + Send + Sync + 'static> std::task::Wake for OnWake<F> {
+    fn wake(self: Arc<Self>) {
+        (self.0)()
+    }
+}
+
+fn on_wake(f: impl Fn() + Send + Sync + 'static) -> std::task::Waker {
+    Arc::new(OnWake(f)).into()
+}
+
+fn noop() -> std::task::Context<'static> {
+    std::task::Context::from_waker(std::task::Waker::noop())
+}
+
+type Plain = seawall::bulkhead::BulkheadService<
+    tower::util::ServiceFn<fn(()) -> std::future::Ready<Result<(), BoxError>>>,
+>;
+
+fn plain(layer: &BulkheadLayer) -> Plain {
+    fn answer(_: ()) -> std::future::Ready<Result<(), BoxError>> {
+        std::future::ready(Ok(()))
+    }
+    layer.layer(service_fn(answer as fn(()) -> _))
+}
+
+/// A waiter is woken once the queue's lock is let go: its waker may run anything, such as a
+/// caller queueing from another thread, which must not wait for the lock the wake is under.
+#[test]
+fn waiters_are_woken_outside_the_queue_lock() {
+    let layer = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .queue(4)
+        .build()
+        .unwrap();
+    let mut holder = plain(&layer);
+    assert!(holder.poll_ready(&mut noop()).is_ready());
+    let arrival = Arc::new(Mutex::new(plain(&layer)));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waker = on_wake({
+        let arrival = arrival.clone();
+        move || {
+            let arrival = arrival.clone();
+            let (done, joined) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let ready = arrival.lock().unwrap().poll_ready(&mut noop()).is_ready();
+                let _ = done.send(ready);
+            });
+            // A guard against a deadlock, not a wait: the other caller answers at once.
+            let _ = tx.send(joined.recv_timeout(Duration::from_secs(10)).ok());
+        }
+    });
+    let mut waiter = plain(&layer);
+    let mut cx = std::task::Context::from_waker(&waker);
+    assert!(waiter.poll_ready(&mut cx).is_pending());
+    drop(holder);
+    assert_eq!(
+        rx.recv().unwrap(),
+        Some(false),
+        "the other caller queued while the waiter was woken (None: it waited for the lock)"
+    );
+    assert!(waiter.poll_ready(&mut noop()).is_ready());
+}
+
+/// A new caller takes a free slot only if nobody is queued: while a raised limit's slots are being
+/// handed out (the queue's lock let go to wake the first waiters), one that arrives queues behind
+/// the waiters, first come, first served.
+#[test]
+fn a_new_caller_does_not_overtake_queued_ones() {
+    let layer = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .queue(32)
+        .order(Order::Fifo)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut holder = plain(&layer);
+    assert!(holder.poll_ready(&mut noop()).is_ready());
+    let arrival = Arc::new(Mutex::new(plain(&layer)));
+    let arrived = Arc::new(Mutex::new(None));
+    let first_woken = on_wake({
+        let (arrival, arrived) = (arrival.clone(), arrived.clone());
+        move || {
+            let ready = arrival.lock().unwrap().poll_ready(&mut noop()).is_ready();
+            arrived.lock().unwrap().get_or_insert(ready);
+        }
+    });
+    let mut waiters: Vec<Plain> = (0..12).map(|_| plain(&layer)).collect();
+    let mut cx = std::task::Context::from_waker(&first_woken);
+    assert!(waiters[0].poll_ready(&mut cx).is_pending());
+    for waiter in &mut waiters[1..] {
+        assert!(waiter.poll_ready(&mut noop()).is_pending());
+    }
+    // Nine more slots, for the nine oldest waiters: more than are handed out under one hold of
+    // the lock, so the first is woken (and the new caller arrives) while slots remain to give.
+    handle.set_limit(10);
+    assert_eq!(
+        *arrived.lock().unwrap(),
+        Some(false),
+        "the new caller queued"
+    );
+    let ready: Vec<bool> = waiters
+        .iter_mut()
+        .map(|waiter| waiter.poll_ready(&mut noop()).is_ready())
+        .collect();
+    assert_eq!(ready, [[true; 9].as_slice(), &[false; 3]].concat());
+    assert_eq!((handle.in_flight(), handle.queued()), (10, 4));
+    // The next freed slot goes to the oldest waiter, not to the new caller.
+    drop(holder);
+    assert!(waiters[9].poll_ready(&mut noop()).is_ready());
+    assert!(arrival.lock().unwrap().poll_ready(&mut noop()).is_pending());
+}
