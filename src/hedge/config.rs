@@ -171,9 +171,11 @@ impl<C, P, M, O> Builder<C, P, M, O> {
 
     /// Replaces the policy that copies requests for hedges (see
     /// [`retry::policy::Policy`](crate::retry::policy::Policy)): a request it will not
-    /// [`replay`](crate::retry::policy::Policy::replay) is sent once; a failure it will not
-    /// [`retry`](crate::retry::policy::Policy::should_retry) ends the call; its
-    /// [`deadline`](crate::retry::policy::Policy::deadline) bounds every hedge.
+    /// [`replay`](crate::retry::policy::Policy::replay) is sent once; a hedge waits while its copy
+    /// cannot be sent whole ([`can_replay`](crate::retry::policy::Policy::can_replay)); a failure
+    /// it will not [`retry`](crate::retry::policy::Policy::should_retry) ends the call, or only
+    /// stops further hedges where [`ends_call`](crate::retry::policy::Policy::ends_call) says
+    /// so; its [`deadline`](crate::retry::policy::Policy::deadline) bounds every hedge.
     pub fn policy<P2>(self, policy: P2) -> Builder<C, P2, M, O> {
         self.with_hooks(|classify, _, mark, observer| (classify, policy, mark, observer))
     }
@@ -251,8 +253,8 @@ impl<C, P, M, O> Builder<C, P, M, O> {
                 max_attempts: self.max_attempts,
                 delay,
             },
-            budget,
-            shared: Anchor::counted(Shared { window }),
+            budget: budget.clone(),
+            shared: Anchor::counted(Shared { window, budget }),
             classify: self.classify,
             policy: self.policy,
             mark: self.mark,

@@ -25,10 +25,12 @@ pub(super) struct Limits {
     pub(super) delay: Delay,
 }
 
-/// The state every service of a layer shares: the latency window of a percentile delay.
+/// The state every service of a layer shares: the latency window of a percentile delay, and the
+/// budget (a handle on it), so that a call needs one reference for both.
 #[derive(Debug)]
 pub(super) struct Shared {
     pub(super) window: Option<LatencyWindow>,
+    pub(super) budget: Option<Budget>,
 }
 
 /// Wraps services in [`Hedge`]; see the [module docs](super). Every service the layer makes, and
@@ -82,8 +84,9 @@ impl HedgeLayer {
 
     /// Starts a [`Builder`] with the settings for gRPC clients: the classifier and policy of
     /// [`RetryLayer::grpc`](crate::retry::RetryLayer::grpc) (`grpc-retry-pushback-ms` holds
-    /// hedges back, or, when it says not to retry, ends the call), the request's deadline, and
-    /// each hedge's [`Attempt`](super::Attempt) in its extensions.
+    /// hedges back, or, when it says not to retry, stops them while the attempts in flight may
+    /// still answer, as does RESOURCE_EXHAUSTED without it), the request's deadline, and each
+    /// hedge's [`Attempt`](super::Attempt) in its extensions.
     #[cfg(feature = "http")]
     pub fn grpc(
     ) -> Builder<crate::grpc::GrpcClassifier, crate::retry::grpc::GrpcPolicy, super::MarkAttempt>

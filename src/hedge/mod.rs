@@ -10,10 +10,15 @@
 //! - **the delay** is fixed ([`delay`](Builder::delay)), or by default the `1 - max_extra_load`
 //!   percentile (95th by default) of the latencies of the last 10 s, recomputed about every
 //!   second, never under 1 ms; no call is hedged until the window holds
-//!   [`min_samples`](Builder::min_samples). The latencies of successes are recorded, and those
-//!   of attempts dropped because another won, at the time they were dropped (they took at
-//!   least that long, so slow calls keep the percentile up); failures are not. The histogram is
-//!   lock-free and log-linear: a record is two atomic adds.
+//!   [`min_samples`](Builder::min_samples). Each call is one sample, from its first attempt's
+//!   start to its first success (a hedged call that took longer than the delay counts as such,
+//!   whichever attempt won). The start is the call's first poll: a call whose first attempt
+//!   answers then counts as a zero latency, and reads no clock; one that waits reads the clock
+//!   then, and that is also when its delay starts. A call that ends without a success (every
+//!   attempt failed, a final answer) or is dropped by its caller counts the time it ran only if
+//!   that is at least the delay: it would have taken at least that long to succeed, so it keeps
+//!   the percentile up, while one ended sooner (a fast failure) says nothing of it and is left
+//!   out. The histogram is lock-free and log-linear: a record is one atomic add.
 //! - **the budget**: every hedge takes one retry from a [`Budget`](crate::retry::budget::Budget),
 //!   retry's type; none is sent when it is empty. By default it allows `max_extra_load` of the
 //!   requests of the last 10 s plus one a second, so that a brownout (every call slower) cannot
@@ -24,29 +29,55 @@
 //!   error never beats a slower success); a final answer (an [`Ignored`](crate::core::Outcome)
 //!   outcome, or a failure the policy would not retry) ends the call; a server hint
 //!   (`Retry-After`, `grpc-retry-pushback-ms`) holds further hedges back until it has passed;
-//!   when every attempt has failed, the call returns the first attempt's result.
+//!   when every attempt has failed, the call returns the first attempt's result. Two failures
+//!   the policy declines stop only further hedges, and the attempts in flight may still answer
+//!   (see [`Policy::ends_call`](crate::retry::policy::Policy::ends_call)): an attempt that could
+//!   not send its body because another attempt is sending it, and, with [`HedgeLayer::grpc`], a
+//!   pushback saying not to retry or RESOURCE_EXHAUSTED without a pushback (as in gRPC's
+//!   hedging, A6).
 //! - **only requests the policy can replay** are hedged (any `Clone` request by default;
 //!   idempotent HTTP requests with replayable bodies with [`HedgeLayer::http`]), and no hedge is
-//!   sent at or after the request's [deadline](crate::core::Deadline) (read by the policy).
+//!   sent at or after the request's [deadline](crate::core::Deadline) (read by the policy). A
+//!   hedge is sent only once its copy can be sent whole
+//!   ([`Policy::can_replay`](crate::retry::policy::Policy::can_replay)): while the first
+//!   attempt is still streaming a [`Buffered`](crate::retry::buffered::Buffered) body, a hedge
+//!   that is due waits, and is looked at again a delay later.
 //! - **each hedge is told its attempt number** through [`Mark`] (with the HTTP and gRPC
 //!   settings, an [`Attempt`] in its extensions), so that a balancer beneath can send it to
 //!   another endpoint.
 //!
-//! Each hedge polls the inner service's readiness first; a hedge that is due while the service
-//! is not ready waits for it while the attempts in flight go on. Dropping the call drops every
-//! attempt, and once the call has returned no attempt is left running.
+//! A hedge that is due is checked first against the deadline, its body and the budget (without
+//! taking from it), and only then polls the inner service's readiness, which may reserve
+//! capacity beneath (a bulkhead's slot); it takes from the budget when it is sent. A hedge that
+//! waits for readiness waits while the attempts in flight go on, and gives up its place at the
+//! deadline; a service made ready for a hedge that is then not sent is dropped at once, giving
+//! back what it reserved. A readiness error stops hedging for the call (it is reported as
+//! [`HedgeReadinessFailed`](crate::core::EventKind::HedgeReadinessFailed), and the error itself
+//! dropped); the attempts in flight go on. Dropping the call drops every attempt, and once the
+//! call has returned no attempt is left running.
 //!
 //! Events: [`HedgeSent`](crate::core::EventKind::HedgeSent),
-//! [`HedgeWon`](crate::core::EventKind::HedgeWon) and
-//! [`HedgeBudgetExhausted`](crate::core::EventKind::HedgeBudgetExhausted).
+//! [`HedgeWon`](crate::core::EventKind::HedgeWon),
+//! [`HedgeBudgetExhausted`](crate::core::EventKind::HedgeBudgetExhausted) and
+//! [`HedgeReadinessFailed`](crate::core::EventKind::HedgeReadinessFailed).
 //!
 //! # Cost
 //!
-//! A call answered before the delay costs a copy of the request (made before the first attempt,
-//! as a retry's), the budget's deposit, one clock read, and, with the percentile delay, a second
-//! clock read and the histogram's record. The timer is created only if the first attempt is still
-//! running at its first poll. Nothing is allocated or locked by the layer; the response future
-//! holds room for [`MAX_ATTEMPTS`] attempt futures in place.
+//! A call whose first attempt answers at its first poll costs a copy of the request (made before
+//! the first attempt, as a retry's), the budget's deposit, a reference to the layer's budget and
+//! window, and, with the percentile delay, the histogram's record of a zero latency (one atomic
+//! add). It reads no clock and arms no timer. A call still waiting at its first poll reads the
+//! clock then (the start of its delay and of its latency), arms the timer, and, with the
+//! percentile delay, reads the clock again when it ends, to record its latency. Nothing is
+//! allocated or locked by the layer; the response future holds room for two attempt futures in
+//! place, and a call that sends a third attempt (`max_attempts` above 2) allocates room for the
+//! others then.
+//!
+//! A call to a real service costs more: the inner service, the classifier and the policy are
+//! cloned into each call; the request's copy for HTTP clones its headers, which allocates (five
+//! allocations for a request with two headers); a call still running at its first poll arms a
+//! timer (a `Sleep` registered with tokio's timer, and a clock read); and each hedge is another
+//! call with its own copy of the request. Figures: `docs/hedge.md`.
 //!
 //! # Where to put it
 //!

@@ -173,6 +173,13 @@ impl Budget {
     pub(crate) fn call(&self) -> BudgetCall {
         BudgetCall(self.0.call())
     }
+
+    /// Whether the budget holds a retry now, taking nothing: a hedge layer asks before it waits
+    /// for its service's readiness, and withdraws only once it sends the hedge.
+    #[cfg_attr(not(feature = "hedge"), allow(dead_code))]
+    pub(crate) fn has_one(&self) -> bool {
+        self.0.has_one()
+    }
 }
 
 /// A retry layer call's reference to its budget.
@@ -213,6 +220,14 @@ impl Kind {
         match self {
             Kind::Ratio(ratio) => ratio.try_withdraw(now()),
             Kind::Tokens(tokens) => tokens.try_take(),
+        }
+    }
+
+    #[cfg_attr(not(feature = "hedge"), allow(dead_code))]
+    fn has_one(&self) -> bool {
+        match self {
+            Kind::Ratio(ratio) => ratio.has_one(now()),
+            Kind::Tokens(tokens) => tokens.balance.load(Ordering::Acquire) >= tokens.cost,
         }
     }
 }
@@ -425,6 +440,12 @@ impl Ratio {
                 }
             }
         }
+    }
+
+    #[cfg_attr(not(feature = "hedge"), allow(dead_code))]
+    fn has_one(&self, now: Instant) -> bool {
+        self.settle(self.epoch(now));
+        self.balance.load(Ordering::Acquire) >= UNIT
     }
 
     fn try_withdraw(&self, now: Instant) -> bool {

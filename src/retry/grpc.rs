@@ -43,4 +43,24 @@ impl<B: ReplayBody, ResBody, E> Policy<Request<B>, Response<ResBody>, E> for Grp
     fn deadline(&self, req: &Request<B>) -> Option<Deadline> {
         req.deadline()
     }
+
+    fn can_replay(&self, req: &Request<B>) -> bool {
+        req.body().can_replay()
+    }
+
+    /// A pushback saying not to retry, or RESOURCE_EXHAUSTED without a pushback saying when,
+    /// stops further hedges but lets the attempts in flight answer (gRPC A6), as does a body
+    /// another attempt is still sending; any other status the policy declines ends the call.
+    fn ends_call(&self, req: &Request<B>, result: &Result<Response<ResBody>, E>) -> bool {
+        if !req.body().can_replay() {
+            return false;
+        }
+        let Ok(response) = result else {
+            return true;
+        };
+        !matches!(
+            grpc_status(response.headers()),
+            Some(code::UNAVAILABLE | code::RESOURCE_EXHAUSTED) | None
+        )
+    }
 }

@@ -140,6 +140,15 @@ impl<B: ReplayBody, Res, E> Policy<Request<B>, Res, E> for HttpPolicy {
         req.body().can_replay()
     }
 
+    fn can_replay(&self, req: &Request<B>) -> bool {
+        req.body().can_replay()
+    }
+
+    fn ends_call(&self, req: &Request<B>, _: &Result<Res, E>) -> bool {
+        // Declined only for a body that cannot be sent now: another attempt may be sending it.
+        req.body().can_replay()
+    }
+
     fn deadline(&self, req: &Request<B>) -> Option<Deadline> {
         req.deadline()
     }

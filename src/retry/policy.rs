@@ -26,6 +26,27 @@ pub trait Policy<Req, Res, E> {
         None
     }
 
+    /// Whether a copy of `req` made now could be sent whole. Yes by default; the HTTP and gRPC
+    /// policies say no while another attempt is still sending a
+    /// [`Buffered`](super::buffered::Buffered) body (and once it was too large to keep). Asked by
+    /// a hedge layer, whose attempts overlap, before it sends each hedge: it waits while the
+    /// answer is no. A retry layer, whose attempts never overlap, does not ask.
+    fn can_replay(&self, req: &Req) -> bool {
+        let _ = req;
+        true
+    }
+
+    /// Whether a failed attempt that [`should_retry`](Self::should_retry) declined ends the
+    /// call while other attempts of it are still in flight (in a hedge layer): yes by default,
+    /// and those attempts are dropped. No means that only further attempts are not sent, and
+    /// the attempts in flight may still answer. The gRPC policy says no to a pushback saying
+    /// not to retry and to RESOURCE_EXHAUSTED without a pushback, as gRPC's hedging (A6) does.
+    /// A retry layer, with one attempt at a time, does not ask.
+    fn ends_call(&self, req: &Req, result: &Result<Res, E>) -> bool {
+        let _ = (req, result);
+        true
+    }
+
     /// What the call returns when the layer stops retrying after `attempts` attempts for
     /// `reason`: the last attempt's `result`, unchanged by default. See [`ReportBudget`], which
     /// turns a failure the budget would not retry into [`BudgetExhausted`].
@@ -90,6 +111,14 @@ impl<Req: DeadlineCarrier, Res, E, P: Policy<Req, Res, E>> Policy<Req, Res, E> f
         self.0.deadline(req).or_else(|| req.deadline())
     }
 
+    fn can_replay(&self, req: &Req) -> bool {
+        self.0.can_replay(req)
+    }
+
+    fn ends_call(&self, req: &Req, result: &Result<Res, E>) -> bool {
+        self.0.ends_call(req, result)
+    }
+
     fn give_up(
         &self,
         reason: GiveUpReason,
@@ -140,6 +169,15 @@ where
         self.policy.deadline(req)
     }
 
+    fn can_replay(&self, req: &Req) -> bool {
+        self.policy.can_replay(req)
+    }
+
+    fn ends_call(&self, req: &Req, result: &Result<Res, E>) -> bool {
+        // A failure the predicate declined (and the inner policy would retry) is final.
+        self.policy.should_retry(req, result) || self.policy.ends_call(req, result)
+    }
+
     fn give_up(
         &self,
         reason: GiveUpReason,
@@ -179,6 +217,14 @@ where
 
     fn deadline(&self, req: &Req) -> Option<Deadline> {
         self.0.deadline(req)
+    }
+
+    fn can_replay(&self, req: &Req) -> bool {
+        self.0.can_replay(req)
+    }
+
+    fn ends_call(&self, req: &Req, result: &Result<Res, E>) -> bool {
+        self.0.ends_call(req, result)
     }
 
     fn give_up(

@@ -1,11 +1,11 @@
 //! The percentile delay: no hedging until the window holds enough latencies, then the
-//! `1 - max_extra_load` percentile of successes and of losers (at the time they were dropped),
-//! never of fast failures.
+//! `1 - max_extra_load` percentile of one sample per call, from its first attempt's start:
+//! successes, and calls ended otherwise (or dropped) after the delay, never fast failures.
 
 use seawall::hedge::HedgeLayer;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -121,7 +121,7 @@ async fn fast_failures_are_not_recorded() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn losers_are_recorded_when_they_are_dropped() {
+async fn a_hedged_call_counts_from_its_first_attempts_start() {
     let layer = HedgeLayer::builder()
         .max_extra_load(0.3)
         .min_samples(10)
@@ -136,14 +136,227 @@ async fn losers_are_recorded_when_they_are_dropped() {
     tokio::time::advance(Duration::from_secs(1)).await;
     let delay = layer.delay().unwrap();
     assert!(delay >= 10 * MS && delay < 12 * MS, "{delay:?}");
-    // Every first attempt now takes a second; its hedge, sent at the delay, wins 10 ms later
-    // and the first attempt is dropped then, at about 20 ms: that is what it records.
+    // Every first attempt now takes a second; its hedge, sent at the delay, wins 10 ms later,
+    // at about 21 ms from the first attempt's start: that is what the call records.
     *backend.first.lock().unwrap() = Some(1000 * MS);
     for _ in 0..100 {
         one(&layer, &backend).await.unwrap();
     }
     tokio::time::advance(Duration::from_secs(1)).await;
-    // 200 latencies of 10 ms and 100 of about 21 ms: the 70th percentile is a loser's.
+    // 100 latencies of 10 ms and 100 of about 21 ms: the 70th percentile is a hedged call's.
     let delay = layer.delay().unwrap();
     assert!(delay >= 20 * MS && delay < 24 * MS, "{delay:?}");
+}
+
+/// A backend whose every attempt takes 10 to 110 ms, uniform and independent: the median is
+/// 60 ms.
+#[derive(Clone)]
+struct Uniform(Arc<Mutex<rand::rngs::SmallRng>>);
+
+impl Service<()> for Uniform {
+    type Response = ();
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: ()) -> Self::Future {
+        use rand::Rng;
+        let latency = Duration::from_micros(self.0.lock().unwrap().random_range(10_000..110_000));
+        Box::pin(async move {
+            tokio::time::sleep(latency).await;
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_percentile_does_not_drift_down_when_hedges_win() {
+    use rand::SeedableRng;
+    // Hedging at the median: half the calls are hedged, and many hedges win. Each call is one
+    // sample, from its first attempt's start: those hedged took longer than the delay, so the
+    // median stays where it is. (Timing the winning hedge from its own start, or the loser
+    // from its own, adds short samples that pull the delay down, and more calls get hedged.)
+    let layer = HedgeLayer::builder()
+        .max_extra_load(0.5)
+        .no_budget()
+        .build()
+        .unwrap();
+    let backend = Uniform(Arc::new(Mutex::new(rand::rngs::SmallRng::seed_from_u64(3))));
+    let start = tokio::time::Instant::now();
+    let length = Duration::from_secs(60);
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let (layer, backend) = (layer.clone(), backend.clone());
+        clients.push(tokio::spawn(async move {
+            while start.elapsed() < length {
+                layer.layer(backend.clone()).oneshot(()).await.unwrap();
+            }
+        }));
+    }
+    let mut delays = Vec::new();
+    while start.elapsed() < length {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if start.elapsed() >= Duration::from_secs(15) {
+            delays.push(layer.delay().expect("enough latencies"));
+        }
+    }
+    for client in clients {
+        client.await.unwrap();
+    }
+    let lowest = *delays.iter().min().unwrap();
+    println!(
+        "delays from {lowest:?} to {:?}",
+        delays.iter().max().unwrap()
+    );
+    // The true median of a call not hedged is 60 ms; the window's, by bucket and sample, within
+    // 10 % of it.
+    assert!(lowest >= 54 * MS, "the delay drifted down to {lowest:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_ended_without_a_success_after_the_delay_record_how_long_they_ran() {
+    // A call dropped by its caller, or failed, after the delay took at least that long: it
+    // counts, so that slow calls keep the percentile up. Ended before the delay, it does not.
+    for failing in [false, true] {
+        let layer = HedgeLayer::builder()
+            .min_samples(10)
+            .no_budget()
+            .build()
+            .unwrap();
+        let backend = Backend::default();
+        backend.set(10 * MS, true);
+        for _ in 0..100 {
+            one(&layer, &backend).await.unwrap();
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let before = layer.delay().unwrap();
+        assert!(before < 12 * MS, "{before:?}");
+        let calls = |wait: Duration| {
+            let calls: Vec<_> = (0..100)
+                .map(|_| {
+                    let service = layer.layer(backend.clone());
+                    tokio::spawn(async move {
+                        if failing {
+                            service.oneshot(0).await.unwrap_err();
+                        } else {
+                            let call = tokio::time::timeout(wait, service.oneshot(0));
+                            call.await.unwrap_err();
+                        }
+                    })
+                })
+                .collect();
+            async move {
+                for call in calls {
+                    call.await.unwrap();
+                }
+            }
+        };
+        if !failing {
+            // Dropped at 5 ms, before the delay: not counted.
+            backend.set(1000 * MS, true);
+            calls(5 * MS).await;
+            tokio::time::advance(Duration::from_secs(1)).await;
+            assert_eq!(
+                layer.delay(),
+                Some(before),
+                "calls dropped early do not count"
+            );
+        }
+        // Dropped at 500 ms, or failed at 500 ms (the hedge at 510): both past the delay.
+        backend.set(500 * MS, !failing);
+        if !failing {
+            backend.set(1000 * MS, true);
+        }
+        calls(500 * MS).await;
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let after = layer.delay().unwrap();
+        assert!(
+            after >= 500 * MS,
+            "{} calls after the delay count: the 95th percentile is theirs, not {after:?}",
+            if failing { "failed" } else { "dropped" }
+        );
+    }
+}
+
+/// Answers at once (at the call's first poll), or after 10 ms once set to be slow.
+#[derive(Clone, Default)]
+struct AtOnceOrSlow(Arc<AtomicBool>);
+
+impl Service<u32> for AtOnceOrSlow {
+    type Response = u32;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<u32, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: u32) -> Self::Future {
+        if self.0.load(SeqCst) {
+            Box::pin(async {
+                tokio::time::sleep(10 * MS).await;
+                Ok(1)
+            })
+        } else {
+            Box::pin(std::future::ready(Ok(0)))
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_answered_at_their_first_poll_count_as_zero_latencies_of_their_time() {
+    // A call whose first attempt answers at its first poll reads no clock: it is one zero
+    // latency, counted in the latest second the window knows of (found out within a few such
+    // calls after a quiet time). They must weigh in the percentile as many as they are, in the
+    // window of their time, and leave it ten seconds later.
+    let layer = HedgeLayer::builder()
+        .max_extra_load(0.5)
+        .min_samples(10)
+        .max_attempts(1)
+        .no_budget()
+        .build()
+        .unwrap();
+    let backend = AtOnceOrSlow::default();
+    let calls = |slow: bool, n: usize| {
+        backend.0.store(slow, SeqCst);
+        let (layer, backend) = (layer.clone(), backend.clone());
+        async move {
+            for _ in 0..n {
+                layer.layer(backend.clone()).oneshot(0).await.unwrap();
+            }
+        }
+    };
+    let slow_median = |delay: Option<Duration>| {
+        let delay = delay.expect("enough latencies");
+        delay >= 10 * MS && delay < 12 * MS
+    };
+    calls(true, 100).await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(slow_median(layer.delay()), "{:?}", layer.delay());
+
+    // Thirty seconds later, with no clock read meanwhile: 150 calls answered at once, then 100
+    // slow ones. The median is one answered at once (under the 1 ms floor).
+    tokio::time::advance(Duration::from_secs(30)).await;
+    calls(false, 150).await;
+    calls(true, 100).await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(layer.delay(), Some(MS), "the calls answered at once count");
+
+    // Those have all left the window: 100 at once and 150 slow, and the median is slow.
+    tokio::time::advance(Duration::from_secs(11)).await;
+    calls(false, 100).await;
+    calls(true, 150).await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(slow_median(layer.delay()), "{:?}", layer.delay());
+
+    // Only calls answered at once for ten seconds: the slow ones leave, the median is theirs.
+    for _ in 0..10 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        calls(false, 20).await;
+    }
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(layer.delay(), Some(MS));
 }

@@ -152,6 +152,29 @@ async fn no_attempt_is_in_flight_once_the_call_has_returned() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_delay_counts_from_the_calls_first_poll() {
+    // The call reads the clock when it first waits: at its first poll, which follows `call` at
+    // once in a caller that awaits it (as `timed` above does: hedged 50 ms after `call`). A
+    // caller that polls later moves the hedge as late.
+    let backend = Scripted::new(&[(1000, Ok(1)), (10, Ok(2))]);
+    let layer = fixed(10, 2).build().unwrap();
+    let mut service = layer.layer(backend.clone());
+    let mut call = tokio_test::task::spawn(service.call(0));
+    tokio::time::advance(4 * MS).await;
+    tokio_test::assert_pending!(call.poll());
+    tokio::time::advance(7 * MS).await;
+    tokio_test::assert_pending!(call.poll());
+    assert_eq!(
+        backend.calls(),
+        1,
+        "hedged 10 ms after `call`, 7 ms after the first poll"
+    );
+    tokio::time::advance(3 * MS).await;
+    tokio_test::assert_pending!(call.poll());
+    assert_eq!(backend.calls(), 2, "hedged 10 ms after the first poll");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_call_answered_before_the_delay_is_not_hedged() {
     let backend = Scripted::new(&[(40, Ok(1))]);
     let layer = fixed(50, 5).build().unwrap();
@@ -472,4 +495,109 @@ fn bad_configurations_are_errors() {
 fn closure_classifiers_read_no_hints() {
     let classify = |_: &Result<u32, BoxError>| Outcome::Failure;
     assert_eq!(classify.retry_after(&Ok(1)), None);
+}
+
+/// A gRPC backend: the n-th call waits and answers with the `grpc-status` (and
+/// `grpc-retry-pushback-ms`) of its step, its body the attempt's number; and records the attempt
+/// numbers and when they were sent.
+#[derive(Clone)]
+struct GrpcScripted {
+    script: Arc<Vec<(u64, u32, Option<&'static str>)>>,
+    attempts: Arc<Mutex<Vec<(u32, Duration)>>>,
+    start: Instant,
+}
+
+impl GrpcScripted {
+    fn new(script: &[(u64, u32, Option<&'static str>)]) -> Self {
+        GrpcScripted {
+            script: Arc::new(script.to_vec()),
+            attempts: Arc::default(),
+            start: Instant::now(),
+        }
+    }
+    fn attempts(&self) -> Vec<(u32, Duration)> {
+        self.attempts.lock().unwrap().clone()
+    }
+}
+
+impl Service<Request<String>> for GrpcScripted {
+    type Response = Response<String>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<String>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<String>) -> Self::Future {
+        let mut attempts = self.attempts.lock().unwrap();
+        let n = attempts.len();
+        let attempt = Attempt::of(&req);
+        attempts.push((attempt, self.start.elapsed()));
+        let (ms, code, pushback) = self.script[n.min(self.script.len() - 1)];
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            let mut response = Response::builder().header("grpc-status", code.to_string());
+            if let Some(pushback) = pushback {
+                response = response.header("grpc-retry-pushback-ms", pushback);
+            }
+            Ok(response.body(attempt.to_string())?)
+        })
+    }
+}
+
+async fn grpc_call(backend: &GrpcScripted) -> (Response<String>, Duration) {
+    let layer = HedgeLayer::grpc()
+        .delay(50 * MS)
+        .max_attempts(3)
+        .no_budget()
+        .build()
+        .unwrap();
+    let request = Request::post("/pkg.Service/Get")
+        .body(String::new())
+        .unwrap();
+    let start = Instant::now();
+    let response = layer.layer(backend.clone()).oneshot(request).await.unwrap();
+    (response, start.elapsed())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grpc_pushback_not_to_retry_stops_hedges_and_lets_the_attempts_in_flight_finish() {
+    // The hedge, sent at 50 ms, answers UNAVAILABLE at 60 ms with a pushback saying not to
+    // retry: no third attempt, and the first attempt still answers, at 1 s (gRPC A6).
+    for (code, pushback) in [(14, Some("-1")), (8, None), (8, Some("-1"))] {
+        let backend = GrpcScripted::new(&[(1000, 0, None), (10, code, pushback), (10, 0, None)]);
+        let (response, took) = grpc_call(&backend).await;
+        assert_eq!(
+            (
+                response.headers()["grpc-status"].to_str().unwrap(),
+                response.body().as_str()
+            ),
+            ("0", "1"),
+            "code {code} with pushback {pushback:?}: the first attempt answers"
+        );
+        assert_eq!(took, 1000 * MS);
+        assert_eq!(
+            backend.attempts(),
+            [(1, Duration::ZERO), (2, 50 * MS)],
+            "code {code} with pushback {pushback:?}: no hedge after it"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_positive_grpc_pushback_delays_the_next_hedge() {
+    // The hedge answers UNAVAILABLE (or RESOURCE_EXHAUSTED) at 60 ms with a pushback of 500 ms:
+    // the third attempt goes at 560 ms, not at once, and answers 10 ms later.
+    for code in [14, 8] {
+        let backend = GrpcScripted::new(&[(1000, 0, None), (10, code, Some("500")), (10, 0, None)]);
+        let (response, took) = grpc_call(&backend).await;
+        assert_eq!(response.body(), "3", "code {code}");
+        assert_eq!(took, 570 * MS, "code {code}");
+        assert_eq!(
+            backend.attempts(),
+            [(1, Duration::ZERO), (2, 50 * MS), (3, 560 * MS)],
+            "code {code}"
+        );
+    }
 }
