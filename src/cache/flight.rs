@@ -96,6 +96,11 @@ impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
         Joined::Lead(self.start(&mut table, key))
     }
 
+    /// How many keys have a flight in progress: locks each shard in turn.
+    pub(crate) fn len(&self) -> usize {
+        self.shards.iter().map(|shard| lock(shard).len()).sum()
+    }
+
     /// Starts a flight for `key` unless one is in progress: for background refreshes, one per key.
     pub(crate) fn lead(self: &Arc<Self>, key: &K) -> Option<Leader<K, V>> {
         let mut table = lock(self.shard(key));

@@ -91,6 +91,27 @@ where
         }
     }
 
+    /// A call the store may not answer: made on its own, its good answer offered to the store.
+    pub(crate) fn through(
+        inner: S,
+        req: Req,
+        core: Arc<Core<K, V, St, C, P, O>>,
+        key: K,
+        memo: P::Memo,
+    ) -> Self {
+        CacheFuture {
+            state: State::Ready {
+                inner,
+                req: Some(req),
+            },
+            core: Some(core),
+            key: Some(key),
+            memo: Some(memo),
+            stale: None,
+            leader: None,
+        }
+    }
+
     pub(crate) fn lead(
         inner: S,
         req: Req,
@@ -171,7 +192,29 @@ where
 {
     type Output = Result<V, BoxError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    /// A hit's answer is taken here, inline; the rest of the states are polled out of line.
+    #[inline]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let StateProj::Answer { answer } = self.as_mut().project().state.project() {
+            return Poll::Ready(answer.take().expect("polled after completion"));
+        }
+        self.poll_miss(cx)
+    }
+}
+
+impl<S, Req, K, V, St, C, P, O> CacheFuture<S, Req, K, V, St, C, P, O>
+where
+    S: Service<Req, Response = V>,
+    S::Error: Into<BoxError>,
+    K: Hash + Eq + Clone,
+    V: Clone,
+    St: Store<K, V>,
+    C: Classify<V, S::Error>,
+    P: StorePolicy<Req, V>,
+    O: Observer,
+{
+    /// Polls a miss: waiting on another caller's call, for the inner service, or for its call.
+    fn poll_miss(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<V, BoxError>> {
         let mut this = self.project();
         loop {
             let result = match this.state.as_mut().project() {
@@ -205,7 +248,12 @@ where
             };
             let (result, start) = result;
             let Some(leader) = this.leader.take() else {
-                // Not cached: the call passes through.
+                // Not answered from the store: the call passes through, and a request with a key
+                // offers its good answer to the store.
+                if let (Some(core), Some(key), Some(memo)) = (&*this.core, &*this.key, &*this.memo)
+                {
+                    core.offer_result(key, memo, &result, start.elapsed());
+                }
                 return Poll::Ready(result.map_err(Into::into));
             };
             let core = this.core.as_ref().expect("a miss keeps the core");

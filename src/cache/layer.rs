@@ -4,8 +4,9 @@ use super::error::{ConfigError, Shared};
 use super::flight::{Flights, Joined};
 use super::future::CacheFuture;
 use super::store::{Budget, Entry, MemoryStore, Store};
-use crate::core::{Classify, ErrorIsFailure, Observer, Outcome, Source};
+use crate::core::{Classify, ErrorIsFailure, EventKind, Observer, Outcome, Source};
 use crate::fallback::{Select, StorePolicy, StoreSuccesses};
+use crate::sync::{thread_index, Padded};
 use std::borrow::Cow;
 use std::fmt;
 use std::hash::Hash;
@@ -43,6 +44,8 @@ pub(crate) struct Core<K, V, St, C, P, O> {
     pub(crate) directives: fn(&V, Freshness) -> Option<Freshness>,
     pub(crate) negative_ttl: Option<Duration>,
     pub(crate) beta: f64,
+    /// `beta * MAX_DRAW` rounded up: how many `delta`s before expiry early refresh may fire.
+    pub(crate) reach: u32,
     /// A seeded generator for early refresh, or `None` for the thread's generator.
     pub(crate) seed: Option<AtomicU64>,
     pub(crate) revalidate: Duration,
@@ -50,30 +53,75 @@ pub(crate) struct Core<K, V, St, C, P, O> {
     pub(crate) classify: C,
     pub(crate) policy: P,
     pub(crate) mark: fn(&mut V, Duration),
+    /// Sets the age of a fresh answer served from the store (with `http`: its `Age` header).
+    pub(crate) age: Option<fn(&mut V, Duration)>,
+    /// Makes the copy that is stored (`None`: a clone).
+    pub(crate) keep: Option<fn(&V) -> V>,
     pub(crate) source: Source<O>,
     pub(crate) counters: Counters,
+    /// The store's eviction count as last reported to the observer.
+    pub(crate) evictions_reported: AtomicU64,
 }
 
-/// Counted on the miss paths only (a hit writes nothing shared).
+/// How many stripes the counters are cut into: each thread counts on the stripe of its
+/// [`thread_index`], as the crate's other per-thread counters do.
+const STRIPES: usize = 8;
+
+/// One stripe of the counters, alone on its cache lines.
 #[derive(Debug, Default)]
-pub(crate) struct Counters {
+pub(crate) struct Stripe {
+    pub(crate) hits: AtomicU64,
     pub(crate) misses: AtomicU64,
     pub(crate) stale: AtomicU64,
     pub(crate) refreshes: AtomicU64,
     pub(crate) coalesced: AtomicU64,
 }
 
-fn bump(counter: &AtomicU64) {
+/// What the cache counts, striped per thread, so that a hit writes only its own thread's
+/// stripe (no cache line another thread writes), and read by summing the stripes.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    stripes: [Padded<Stripe>; STRIPES],
+}
+
+impl Counters {
+    /// The calling thread's stripe.
+    #[inline]
+    pub(crate) fn local(&self) -> &Stripe {
+        &self.stripes[thread_index() % STRIPES]
+    }
+
+    fn sum(&self, counter: impl Fn(&Stripe) -> &AtomicU64) -> u64 {
+        self.stripes
+            .iter()
+            .map(|stripe| counter(stripe).load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
+    }
+}
+
+#[inline]
+pub(crate) fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// What a call found in the store.
-pub(crate) enum Lookup<V> {
-    /// Answer with this (fresh, or stale while revalidating), and refresh the entry given in the
-    /// background.
-    Hit(Result<V, Shared>, Option<Entry<V>>),
-    /// Call the inner service; serve this entry if the call fails.
-    Miss(Option<Entry<V>>),
+/// `at + duration`, or a century on if that cannot be counted.
+fn after(at: Instant, duration: Duration) -> Instant {
+    at.checked_add(duration)
+        .unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
+/// What a call does with the entry it found in the store: decided on a reference to the entry,
+/// so that the hit path moves only the value out of it (moving whole entries about cost more
+/// than the lookup itself).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Answer with the entry's value (fresh, or `stale`), and refresh it in the background if
+    /// `refresh`.
+    Hit { stale: bool, refresh: bool },
+    /// Call the inner service; serve this entry if the call fails when `stale`.
+    Miss { stale: bool },
+    /// Call the inner service; the entry is of no more use and is removed.
+    Gone,
 }
 
 impl<K, V, St, C, P, O> Core<K, V, St, C, P, O>
@@ -83,40 +131,54 @@ where
     St: Store<K, V>,
     O: Observer,
 {
-    /// Reads the store for `key` at `now`: the hit path.
+    /// Judges the entry found for a call at `now`: the hit path.
     #[inline]
-    pub(crate) fn lookup(&self, key: &K, now: Instant) -> Lookup<V> {
-        let Some(entry) = self.store.get(key) else {
-            return Lookup::Miss(None);
-        };
+    pub(crate) fn judge(&self, entry: &Entry<V>, now: Instant) -> Verdict {
         if now < entry.fresh_until {
-            if self.beta > 0.0 && now >= entry.revalidate_at && self.early(&entry, now) {
-                return Lookup::Hit(entry.value.clone(), Some(entry));
-            }
-            return Lookup::Hit(entry.value, None);
+            let refresh = self.beta > 0.0 && now >= entry.revalidate_at && self.early(entry, now);
+            return Verdict::Hit {
+                stale: false,
+                refresh,
+            };
         }
         if entry.negative {
-            return Lookup::Miss(None);
+            return Verdict::Miss { stale: false };
         }
         if now < entry.stale_until {
-            bump(&self.counters.stale);
-            if now >= entry.revalidate_at {
-                return Lookup::Hit(self.marked(entry.clone(), now), Some(entry));
-            }
-            return Lookup::Hit(self.marked(entry, now), None);
+            return Verdict::Hit {
+                stale: true,
+                refresh: now >= entry.revalidate_at,
+            };
         }
         if now < entry.error_until {
             if now < entry.revalidate_at {
                 // A revalidation failed a moment ago: serve stale without asking again.
-                bump(&self.counters.stale);
-                return Lookup::Hit(self.marked(entry, now), None);
+                return Verdict::Hit {
+                    stale: true,
+                    refresh: false,
+                };
             }
-            return Lookup::Miss(Some(entry));
+            return Verdict::Miss { stale: true };
         }
         if now >= entry.useful_until() {
-            self.store.remove(key);
+            return Verdict::Gone;
         }
-        Lookup::Miss(None)
+        Verdict::Miss { stale: false }
+    }
+
+    /// A fresh entry's value, with its age set where the cache sets one (with `http`: `Age`).
+    #[inline]
+    pub(crate) fn fresh(&self, entry: Entry<V>, now: Instant) -> Result<V, Shared> {
+        match self.age {
+            None => entry.value,
+            Some(age) => {
+                let kept = now.saturating_duration_since(entry.stored);
+                entry.value.map(|mut value| {
+                    age(&mut value, kept);
+                    value
+                })
+            }
+        }
     }
 
     /// The stale entry's value, marked with its age.
@@ -133,8 +195,10 @@ where
     /// expiry is further away than any draw could reach, so most hits draw nothing.
     #[inline]
     fn early(&self, entry: &Entry<V>, now: Instant) -> bool {
-        let reach = entry.delta.mul_f64(self.beta * MAX_DRAW);
-        if now + reach < entry.fresh_until {
+        // In whole multiples of `delta`, rounded up (so never skipping a draw that could fire):
+        // `Duration::mul_f64` costs more than the rest of a hit.
+        let reach = entry.delta.saturating_mul(self.reach);
+        if entry.fresh_until.saturating_duration_since(now) > reach {
             return false;
         }
         let u = self.uniform();
@@ -187,13 +251,19 @@ where
             return (result, false);
         }
         let failed = self.select.answers_failed_responses() && result.is_ok();
-        let triggered = crate::fallback::select(self.select, failed, &result).is_some();
-        if let (true, Some(mut entry)) = (triggered, stale) {
-            if now < entry.error_until {
-                entry.revalidate_at = now + self.revalidate;
-                bump(&self.counters.stale);
+        let trigger = crate::fallback::select(self.select, failed, &result).map(|t| t.kind());
+        if let (Some(trigger), Some(mut entry)) = (trigger, stale) {
+            if now < entry.error_until && self.policy.may_serve(memo) {
+                entry.revalidate_at = after(now, self.revalidate);
+                bump(&self.counters.local().stale);
                 let answer = self.marked(entry.clone(), now);
                 self.store.insert(key.clone(), entry);
+                if O::ENABLED {
+                    let latency = self.source.observer().wants_latency().then_some(delta);
+                    self.source
+                        .emitter()
+                        .emit(EventKind::FallbackUsed { trigger, latency });
+                }
                 return (answer.map_err(Into::into), true);
             }
         }
@@ -204,7 +274,7 @@ where
             Ok(value) => Ok(value),
             Err(error) => Err(Shared::new(error)),
         };
-        let until = now + ttl;
+        let until = after(now, ttl);
         let entry = Entry {
             value: value.clone(),
             stored: now,
@@ -216,32 +286,92 @@ where
             revalidate_at: now,
         };
         self.store.insert(key.clone(), entry);
+        self.report_evictions();
         (value.map_err(Into::into), false)
     }
 
-    /// Stores a good answer if the store policy and its directives allow.
+    /// Stores the good answer of a call the store was not asked to serve (a request the store
+    /// policy does not serve stored answers to), if the policy lets it be stored.
+    pub(crate) fn offer_result<Req, E>(
+        &self,
+        key: &K,
+        memo: &P::Memo,
+        result: &Result<V, E>,
+        delta: Duration,
+    ) where
+        C: Classify<V, E>,
+        P: StorePolicy<Req, V>,
+    {
+        if let (Ok(value), false) = (result, self.classify.classify(result) == Outcome::Failure) {
+            self.offer(key, memo, value, Instant::now(), delta);
+        }
+    }
+
+    /// Tells the observer of the entries the store evicted since last told: read on the paths
+    /// that insert, and only for an observer that listens.
+    fn report_evictions(&self) {
+        if !O::ENABLED {
+            return;
+        }
+        let total = self.store.evictions();
+        let reported = self.evictions_reported.fetch_max(total, Ordering::Relaxed);
+        if total > reported {
+            self.source.emitter().emit(EventKind::CacheEvicted {
+                entries: total - reported,
+            });
+        }
+    }
+
+    /// Stores a good answer if the store policy and its directives allow. A good answer the
+    /// policy refuses for what it says of itself ([`StorePolicy::evicts`]: `no-store`, say),
+    /// or that could be served for no time at all ([`StorePolicy::serve_for`] zero, or no
+    /// freshness and no stale window), removes the stored one: it is what the origin says now.
     fn offer<Req>(&self, key: &K, memo: &P::Memo, value: &V, now: Instant, delta: Duration)
     where
         P: StorePolicy<Req, V>,
     {
         if !self.policy.may_store(memo, value) {
+            if self.policy.evicts(memo, value) {
+                self.store.remove(key);
+            }
             return;
         }
-        let Some(freshness) = (self.directives)(value, self.freshness) else {
+        let limit = self.policy.serve_for(value);
+        let freshness = match limit {
+            Some(limit) if limit.is_zero() => None,
+            _ => (self.directives)(value, self.freshness),
+        };
+        let Some(freshness) = freshness else {
+            self.store.remove(key);
             return;
         };
-        let fresh_until = now + freshness.ttl;
+        let fresh_until = after(now, freshness.ttl);
+        let stale_until = after(fresh_until, freshness.stale_while_revalidate);
+        let error_until = match limit {
+            // The policy's bound on how long after it is stored it may be served.
+            Some(limit) => after(now, limit),
+            None => after(fresh_until, freshness.stale_if_error),
+        };
+        if stale_until.max(error_until) <= now {
+            self.store.remove(key);
+            return;
+        }
+        let value = match self.keep {
+            Some(keep) => keep(value),
+            None => value.clone(),
+        };
         let entry = Entry {
-            value: Ok(value.clone()),
+            value: Ok(value),
             stored: now,
             fresh_until,
-            stale_until: fresh_until + freshness.stale_while_revalidate,
-            error_until: fresh_until + freshness.stale_if_error,
+            stale_until,
+            error_until,
             delta,
             negative: false,
             revalidate_at: now,
         };
         self.store.insert(key.clone(), entry);
+        self.report_evictions();
     }
 }
 
@@ -286,6 +416,8 @@ pub struct CacheBuilder<F, V, C = ErrorIsFailure, O = (), P = StoreSuccesses, St
     observer: O,
     policy: P,
     mark: fn(&mut V, Duration),
+    age: Option<fn(&mut V, Duration)>,
+    keep: Option<fn(&V) -> V>,
     max_entries: usize,
     max_weight: Budget<V>,
     store: St,
@@ -324,10 +456,147 @@ impl CacheLayer<(), (), ()> {
             observer: (),
             policy: StoreSuccesses,
             mark: unmarked::<V>,
+            age: None,
+            keep: None,
             max_entries: 10_000,
             max_weight: None,
             store: Memory,
         }
+    }
+
+    /// Starts a builder for a cache of HTTP responses, which follows what each response says of
+    /// itself (RFC 9111, RFC 5861) and stores only what fallback's
+    /// [`HttpStore`](crate::fallback::HttpStore) lets it:
+    ///
+    /// - **what is stored**: as [`HttpStore`](crate::fallback::HttpStore) decides (the same
+    ///   rules as [`StaleIfErrorLayer::http`](crate::fallback::StaleIfErrorLayer::http)): a
+    ///   `200`, `203` or `204` to a `GET` without credentials, without `Set-Cookie`, a `Vary` the
+    ///   key does not cover, nor `Cache-Control` `no-store`, `private`, `no-cache`,
+    ///   `must-revalidate` or `proxy-revalidate`; such a refused good answer removes the one
+    ///   stored under its key (it is what the origin says now). Stored answers are served only to
+    ///   `GET`s: any other request with a key passes by the store (its answer is not stored).
+    ///   Stored as a copy holding only its own bytes (see
+    ///   [`BodySize::compacted`](crate::fallback::BodySize::compacted)).
+    /// - **freshness**: `s-maxage` (this is a shared cache: it serves whoever asks with the key),
+    ///   else `max-age`, less the `Age` the response came with; a response that gives neither is
+    ///   fresh for [`ttl`](CacheBuilder::ttl), less its `Age`. A `max-age` that is not a number
+    ///   makes the response stale at once.
+    /// - **stale windows**: `stale-while-revalidate=N` and `stale-if-error=N` from the response;
+    ///   a response without them gets the builder's
+    ///   [`stale_while_revalidate`](CacheBuilder::stale_while_revalidate) and
+    ///   [`stale_if_error`](CacheBuilder::stale_if_error), unless it has `s-maxage`, which
+    ///   brings `proxy-revalidate`'s rule (RFC 9111 §5.2.2.10): then only its own directives
+    ///   grant stale serving. How long a response may answer in place of a failure is
+    ///   [`HttpStore`](crate::fallback::HttpStore)'s `serve_for`: its freshness plus its
+    ///   `stale-if-error`, counted from when it was stored. A response that could be served for
+    ///   no time at all (`max-age=0` and no stale window) is not stored.
+    /// - **failures**: classified by
+    ///   [`HttpClassifier::default`](crate::http::HttpClassifier::default): an upstream `5xx`
+    ///   is answered stale within `stale-if-error`, as an error is.
+    /// - **marking**: an answer served from the store carries the `Age` a cache must send
+    ///   (RFC 9111 §4, §4.2.3: the upstream's `Age` plus the time stored, at most 2^31 s); a
+    ///   stale one carries a [`StaleResponse`](crate::fallback::StaleResponse) extension too.
+    ///   No `Warning: 110` header is added: RFC 9111 obsoletes `Warning` (§5.5), clients ignore
+    ///   it, and the `Age` and the extension say the same ([`StaleIfErrorLayer::http`] does the
+    ///   same).
+    /// - **requests' `Cache-Control`** is ignored unless
+    ///   [`honour_request_cache_control`](CacheBuilder::honour_request_cache_control) says
+    ///   otherwise: a client sending `no-cache` would otherwise make every call a miss, which
+    ///   is what the cache is there to prevent.
+    ///
+    /// [`StaleIfErrorLayer::http`]: crate::fallback::StaleIfErrorLayer::http
+    ///
+    /// ```
+    /// use http::{Request, Response};
+    /// use seawall::cache::CacheLayer;
+    /// use std::time::Duration;
+    /// use tower::{service_fn, BoxError, Layer, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), BoxError> {
+    /// // A public catalog: the method, host, path and query are the key (never the path alone).
+    /// let cache = CacheLayer::http(|request: &Request<()>| {
+    ///     let uri = request.uri();
+    ///     let authority = uri.authority().map_or("", |a| a.as_str());
+    ///     let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    ///     Some(format!("{} {authority}{path}", request.method()))
+    /// })
+    /// .ttl(Duration::from_secs(10)) // for responses that say nothing of their freshness
+    /// .stale_if_error(Duration::from_secs(300))
+    /// .build()?;
+    /// let service = cache.layer(service_fn(|_: Request<()>| async {
+    ///     let response = Response::builder()
+    ///         .header("cache-control", "max-age=60, stale-while-revalidate=30")
+    ///         .body("the catalog".to_string())?;
+    ///     Ok::<_, BoxError>(response)
+    /// }));
+    /// let get = || Request::get("/catalog?page=1").body(()).unwrap();
+    /// service.clone().oneshot(get()).await?;
+    /// tokio::time::advance(Duration::from_secs(5)).await;
+    /// let hit = service.oneshot(get()).await?;
+    /// assert_eq!(hit.headers()["age"], "5");
+    /// assert_eq!(cache.handle().stats().hits, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "http")]
+    pub fn http<F, B>(key: F) -> HttpCacheBuilder<F, B>
+    where
+        B: crate::fallback::BodySize + Clone,
+    {
+        let mut builder = Self::builder(key)
+            .classify(crate::http::HttpClassifier::default())
+            .store_policy(crate::fallback::HttpStore::default());
+        builder.directives = http_freshness::<B>;
+        builder.mark = crate::fallback::mark_http::<B>;
+        builder.age = Some(crate::fallback::age_http::<B>);
+        builder.keep = Some(crate::fallback::keep_http::<B>);
+        builder
+    }
+}
+
+/// What [`CacheLayer::http`] returns: a builder of a cache of `http::Response<B>`s keyed by `F`.
+#[cfg(feature = "http")]
+pub type HttpCacheBuilder<F, B> =
+    CacheBuilder<F, http::Response<B>, crate::http::HttpClassifier, (), crate::fallback::HttpStore>;
+
+/// The freshness of an HTTP response: see [`CacheLayer::http`].
+#[cfg(feature = "http")]
+fn http_freshness<B>(response: &http::Response<B>, defaults: Freshness) -> Option<Freshness> {
+    let headers = response.headers();
+    let cc = crate::fallback::CacheControl::from_headers(headers);
+    let age = headers
+        .get(http::header::AGE)
+        .and_then(crate::fallback::cache_control::delta_seconds)
+        .map_or(Duration::ZERO, Duration::from_secs);
+    let lifetime = cc.shared_max_age().unwrap_or(defaults.ttl);
+    // `s-maxage` forbids serving stale that the response does not itself allow.
+    let shared = cc.s_maxage().is_some();
+    let window = |directive: Option<Duration>, default: Duration| match directive {
+        Some(window) => window,
+        None if shared => Duration::ZERO,
+        None => default,
+    };
+    Some(Freshness {
+        ttl: lifetime.saturating_sub(age),
+        stale_while_revalidate: window(
+            cc.stale_while_revalidate(),
+            defaults.stale_while_revalidate,
+        ),
+        stale_if_error: window(cc.stale_if_error(), defaults.stale_if_error),
+    })
+}
+
+#[cfg(feature = "http")]
+impl<F, V, C, O, St> CacheBuilder<F, V, C, O, crate::fallback::HttpStore, St> {
+    /// Honours the `Cache-Control` of requests (RFC 9111 §5.2.1; default: ignored): `no-cache`
+    /// asks the origin instead of serving a stored answer (and stores its answer),
+    /// `no-store` keeps the answer out of the store. Off by default because any client could
+    /// then make its calls miss: turn it on only where clients are trusted not to, or where a
+    /// client's fresh answer is worth the origin's load.
+    pub fn honour_request_cache_control(mut self) -> Self {
+        self.policy = self.policy.request_directives();
+        self
     }
 }
 
@@ -442,6 +711,8 @@ impl<F, V, C, O, P, St> CacheBuilder<F, V, C, O, P, St> {
             observer: self.observer,
             policy: self.policy,
             mark: self.mark,
+            age: self.age,
+            keep: self.keep,
             max_entries: self.max_entries,
             max_weight: self.max_weight,
             store: Given(store),
@@ -465,6 +736,8 @@ impl<F, V, C, O, P, St> CacheBuilder<F, V, C, O, P, St> {
             observer: self.observer,
             policy: self.policy,
             mark: self.mark,
+            age: self.age,
+            keep: self.keep,
             max_entries: self.max_entries,
             max_weight: self.max_weight,
             store: self.store,
@@ -489,6 +762,8 @@ impl<F, V, C, O, P, St> CacheBuilder<F, V, C, O, P, St> {
             observer: self.observer,
             policy,
             mark: self.mark,
+            age: self.age,
+            keep: self.keep,
             max_entries: self.max_entries,
             max_weight: self.max_weight,
             store: self.store,
@@ -517,6 +792,8 @@ impl<F, V, C, O, P, St> CacheBuilder<F, V, C, O, P, St> {
             observer,
             policy: self.policy,
             mark: self.mark,
+            age: self.age,
+            keep: self.keep,
             max_entries: self.max_entries,
             max_weight: self.max_weight,
             store: self.store,
@@ -556,14 +833,19 @@ impl<F, V, C, O, P, St> CacheBuilder<F, V, C, O, P, St> {
             directives: self.directives,
             negative_ttl: self.negative_ttl,
             beta: self.beta,
+            // Saturates for a huge beta: then every hit near enough draws.
+            reach: (self.beta * MAX_DRAW).ceil() as u32,
             seed: self.seed.map(AtomicU64::new),
             revalidate: self.revalidate,
             select: self.select,
             classify: self.classify,
             policy: self.policy,
             mark: self.mark,
+            age: self.age,
+            keep: self.keep,
             source: Source::new(self.name, self.observer),
             counters: Counters::default(),
+            evictions_reported: AtomicU64::new(0),
         };
         Ok(CacheLayer {
             core: Arc::new(core),
@@ -618,25 +900,140 @@ where
         self.core.store.is_empty()
     }
 
-    /// What the cache has done so far.
+    /// What the cache has done so far (as [`CacheHandle::stats`]).
     pub fn stats(&self) -> Stats {
-        let counters = &self.core.counters;
-        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        Stats {
-            misses: read(&counters.misses),
-            stale_served: read(&counters.stale),
-            refreshes: read(&counters.refreshes),
-            coalesced: read(&counters.coalesced),
-            evictions: self.core.store.evictions(),
+        self.core.stats()
+    }
+}
+
+impl<F, K, V, C, O, P, St> CacheLayer<F, K, V, C, O, P, St>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    St: Store<K, V>,
+    C: Send + Sync + 'static,
+    P: Send + Sync + 'static,
+    O: Observer,
+{
+    /// A handle on the cache's counters and state, for metrics and diagnostics: cheap to
+    /// clone, with no type parameters, and keeping the cache's state alive.
+    pub fn handle(&self) -> CacheHandle {
+        CacheHandle {
+            view: self.core.clone(),
         }
     }
 }
 
-/// What a [`CacheLayer`] has done since it was built, from [`CacheLayer::stats`]. Hits are not
-/// counted here (a hit writes nothing shared): count them with an observer.
+impl<K, V, St, C, P, O> Core<K, V, St, C, P, O>
+where
+    St: Store<K, V>,
+{
+    fn stats(&self) -> Stats {
+        let counters = &self.counters;
+        Stats {
+            hits: counters.sum(|s| &s.hits),
+            misses: counters.sum(|s| &s.misses),
+            stale_served: counters.sum(|s| &s.stale),
+            refreshes: counters.sum(|s| &s.refreshes),
+            coalesced: counters.sum(|s| &s.coalesced),
+            evictions: self.store.evictions(),
+        }
+    }
+}
+
+/// What a [`CacheHandle`] reads of a cache, whatever its types.
+trait View: Send + Sync {
+    fn stats(&self) -> Stats;
+    fn len(&self) -> usize;
+    fn in_flight(&self) -> usize;
+    fn name(&self) -> &str;
+}
+
+impl<K, V, St, C, P, O> View for Core<K, V, St, C, P, O>
+where
+    K: Hash + Eq + Clone + Send + Sync,
+    V: Clone + Send + Sync,
+    St: Store<K, V>,
+    C: Send + Sync,
+    P: Send + Sync,
+    O: Observer,
+{
+    fn stats(&self) -> Stats {
+        Core::stats(self)
+    }
+
+    fn len(&self) -> usize {
+        self.store.len()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.flights.len()
+    }
+
+    fn name(&self) -> &str {
+        self.source.name()
+    }
+}
+
+/// A handle on a [`CacheLayer`]'s counters and state, from [`CacheLayer::handle`]: what its
+/// services share, read without touching the call path. Clones read the same cache.
+#[derive(Clone)]
+pub struct CacheHandle {
+    view: Arc<dyn View>,
+}
+
+impl CacheHandle {
+    /// What the cache has done since it was built. Each counter is summed over per-thread
+    /// stripes, so a read taken while calls run may be a few calls behind.
+    pub fn stats(&self) -> Stats {
+        self.view.stats()
+    }
+
+    /// How many entries the store holds (some may have expired and not been removed yet).
+    pub fn len(&self) -> usize {
+        self.view.len()
+    }
+
+    /// Whether the store holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many keys have a call in flight now (misses being answered, background refreshes).
+    /// Locks each part of the table of calls in turn: for diagnostics, not for every call.
+    pub fn in_flight(&self) -> usize {
+        self.view.in_flight()
+    }
+
+    /// The cache's name, as in its events.
+    pub fn name(&self) -> &str {
+        self.view.name()
+    }
+}
+
+impl fmt::Debug for CacheHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheHandle")
+            .field("name", &self.name())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// What a [`CacheLayer`] has done since it was built, from [`CacheHandle::stats`] (or
+/// [`CacheLayer::stats`]).
+///
+/// Every call with a key the store may answer is a hit or a miss: a **hit** is answered from
+/// the store at once (fresh, or stale while it is refreshed or while a failing key waits to be
+/// asked again), a **miss** waits on a call to the inner service (its own, or another caller's
+/// for the same key: **coalesced**). A miss answered stale because its call failed counts as a
+/// miss and as **stale served**. Calls without a key, and requests the store policy does not
+/// serve stored answers to (with `http`, other than `GET`s), are neither.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
+    /// Calls answered from the store without waiting on the inner service (stale ones included).
+    pub hits: u64,
     /// Calls that found no answer to serve and called the inner service, or waited on a call.
     pub misses: u64,
     /// Stale answers served (while revalidating, or in place of a failure).
@@ -766,48 +1163,87 @@ where
         let Some(key) = (self.layer.key)(&req) else {
             return CacheFuture::bypass(self.inner.clone(), req);
         };
-        match core.lookup(&key, Instant::now()) {
-            Lookup::Hit(value, refresh) => {
-                if let Some(entry) = refresh {
-                    self.refresh(key, req, entry);
-                }
-                CacheFuture::hit(value)
-            }
-            Lookup::Miss(stale) => {
-                bump(&core.counters.misses);
-                let memo = core.policy.memo(&req);
-                match core.flights.join(&key) {
-                    Joined::Lead(leader) => CacheFuture::lead(
-                        self.inner.clone(),
-                        req,
-                        core.clone(),
-                        leader,
-                        key,
-                        memo,
-                        stale,
-                    ),
-                    Joined::Wait(waiter) => {
-                        bump(&core.counters.coalesced);
-                        CacheFuture::wait(
-                            self.inner.clone(),
-                            req,
-                            core.clone(),
-                            waiter,
-                            key,
-                            memo,
-                            stale,
-                        )
-                    }
-                }
-            }
+        let memo = core.policy.memo(&req);
+        if !core.policy.may_serve(&memo) {
+            // Not answered from the store, nor joined to another's call: its own call, whose
+            // good answer is offered to the store.
+            return CacheFuture::through(self.inner.clone(), req, core.clone(), key, memo);
         }
+        let now = Instant::now();
+        let stale = match core.store.get(&key) {
+            None => None,
+            Some(entry) => match core.judge(&entry, now) {
+                Verdict::Hit { stale, refresh } => {
+                    let counters = core.counters.local();
+                    bump(&counters.hits);
+                    if stale {
+                        bump(&counters.stale);
+                    }
+                    let refresh = refresh.then(|| entry.clone());
+                    let value = if stale {
+                        core.marked(entry, now)
+                    } else {
+                        core.fresh(entry, now)
+                    };
+                    if let Some(entry) = refresh {
+                        self.refresh(key, req, memo, entry, !stale);
+                    }
+                    if O::ENABLED {
+                        core.source.emitter().emit(EventKind::CacheHit { stale });
+                    }
+                    return CacheFuture::hit(value);
+                }
+                Verdict::Miss { stale: true } => Some(entry),
+                Verdict::Miss { stale: false } => None,
+                Verdict::Gone => {
+                    core.store.remove(&key);
+                    None
+                }
+            },
+        };
+        let counters = core.counters.local();
+        bump(&counters.misses);
+        let (future, coalesced) = match core.flights.join(&key) {
+            Joined::Lead(leader) => (
+                CacheFuture::lead(
+                    self.inner.clone(),
+                    req,
+                    core.clone(),
+                    leader,
+                    key,
+                    memo,
+                    stale,
+                ),
+                false,
+            ),
+            Joined::Wait(waiter) => {
+                bump(&counters.coalesced);
+                let future = CacheFuture::wait(
+                    self.inner.clone(),
+                    req,
+                    core.clone(),
+                    waiter,
+                    key,
+                    memo,
+                    stale,
+                );
+                (future, true)
+            }
+        };
+        if O::ENABLED {
+            core.source
+                .emitter()
+                .emit(EventKind::CacheMiss { coalesced });
+        }
+        future
     }
 }
 
 impl<S, F, K, V, C, O, P, St> Cache<S, F, K, V, C, O, P, St> {
-    /// Refreshes `key` in the background with `req`, unless a call for it is in progress or no
-    /// tokio runtime is there to run it.
-    fn refresh<Req>(&self, key: K, req: Req, mut entry: Entry<V>)
+    /// Refreshes `key` in the background with `req` (of which `memo` was kept), unless a call
+    /// for it is in progress or no tokio runtime is there to run it. `early`: the entry is still
+    /// fresh.
+    fn refresh<Req>(&self, key: K, req: Req, memo: P::Memo, mut entry: Entry<V>, early: bool)
     where
         S: Service<Req, Response = V> + Clone + Send + 'static,
         S::Error: Into<BoxError> + Send + 'static,
@@ -828,7 +1264,7 @@ impl<S, F, K, V, C, O, P, St> Cache<S, F, K, V, C, O, P, St> {
         let Some(leader) = core.flights.lead(&key) else {
             return;
         };
-        bump(&core.counters.refreshes);
+        bump(&core.counters.local().refreshes);
         // Until the refresh lands, serve the entry rather than make callers wait on it, even a
         // little past its expiry.
         let grace = entry
@@ -840,7 +1276,6 @@ impl<S, F, K, V, C, O, P, St> Cache<S, F, K, V, C, O, P, St> {
             entry.stale_until = entry.fresh_until + grace;
             core.store.insert(key.clone(), entry.clone());
         }
-        let memo = core.policy.memo(&req);
         let mut inner = self.inner.clone();
         runtime.spawn(async move {
             let stale = Some(entry);
@@ -856,5 +1291,9 @@ impl<S, F, K, V, C, O, P, St> Cache<S, F, K, V, C, O, P, St> {
             let (answer, _) = core.complete(&key, &memo, result, delta, stale);
             let _ = leader.finish(answer);
         });
+        if O::ENABLED {
+            let source = &self.layer.core.source;
+            source.emitter().emit(EventKind::CacheRefresh { early });
+        }
     }
 }

@@ -2,8 +2,9 @@
 //! request's key, and calls the inner service only when it has none worth serving.
 //!
 //! - **Hits** are answered from the [`Store`] in `call`, at once: the inner service is neither
-//!   polled nor called, no lock is taken, nothing shared is written, nothing is allocated beyond
-//!   the stored value's clone (store an `Arc` or `Bytes` value to keep that cheap).
+//!   polled nor called, nothing is written that another thread writes (the hit is counted on
+//!   the calling thread's stripe of the counters), nothing is allocated beyond the stored
+//!   value's clone (store an `Arc` or `Bytes` value to keep that cheap).
 //! - **Readiness**: [`Cache`] is always ready. A miss clones the inner service into its future
 //!   and waits there for that clone to be ready, so back-pressure from beneath applies to misses
 //!   only; the inner service must be `Clone` (wrap it in `tower::buffer::Buffer` if it is not).
@@ -26,6 +27,20 @@
 //!   its expiry.
 //! - **Memory store**: [`MemoryStore`], over `quick_cache` (sharded, bounded in entries or in a
 //!   weight of your own, scan-resistant eviction). Any [`Store`] can replace it.
+//! - **HTTP** ([`CacheLayer::http`], feature `http`): each response's `Cache-Control` sets its
+//!   freshness and stale windows (`s-maxage`, `max-age` less `Age`, `stale-while-revalidate`,
+//!   `stale-if-error`); what is stored, evicted and to whom it is served is what fallback's
+//!   [`HttpStore`](crate::fallback::HttpStore) decides; answers from the store carry `Age`, stale
+//!   ones a [`StaleResponse`] extension (no `Warning`: RFC 9111
+//!   obsoletes it). [`CacheControl`] is the parser.
+//! - **Redis tier** ([`redis`], feature `redis`): [`RedisStore`](redis::RedisStore), a memory
+//!   store in front of Redis shared by every instance of a service, with a fleet-wide lock per
+//!   key, answers kept with their freshness, and a timeout and a breaker on Redis calls.
+//! - **Handle and events**: [`CacheLayer::handle`] counts hits, misses, stale answers,
+//!   refreshes, coalesced waiters and evictions ([`Stats`]); the observer receives
+//!   `CacheHit`, `CacheMiss`, `CacheRefresh`, `CacheEvicted` and, for a stale answer in place
+//!   of a failure, `FallbackUsed` ([`EventKind`](crate::core::EventKind)), which
+//!   `seawall::metrics::MetricsObserver` exports as `seawall_cache_*` series.
 //!
 //! Key only on what makes an answer the same for everyone who may ask; a request whose key
 //! function says `None` passes by the cache.
@@ -56,7 +71,8 @@
 //! assert_eq!(*service.clone().oneshot(7).await?, "product 7");
 //! // The second call is a hit: the backend is not asked.
 //! assert_eq!(*service.oneshot(7).await?, "product 7");
-//! assert_eq!(cache.stats().misses, 1);
+//! assert_eq!(cache.handle().stats().misses, 1);
+//! assert_eq!(cache.handle().stats().hits, 1);
 //! # Ok(())
 //! # }
 //! ```
@@ -65,9 +81,15 @@ pub mod error;
 mod flight;
 pub mod future;
 mod layer;
+#[cfg(feature = "redis")]
+pub mod redis;
 mod store;
 
+#[cfg(feature = "http")]
+pub use crate::fallback::{CacheControl, StaleResponse};
 pub use error::{ConfigError, Shared};
 pub use future::CacheFuture;
-pub use layer::{Cache, CacheBuilder, CacheLayer, Given, Memory, Stats};
+#[cfg(feature = "http")]
+pub use layer::HttpCacheBuilder;
+pub use layer::{Cache, CacheBuilder, CacheHandle, CacheLayer, Given, Memory, Stats};
 pub use store::{Entry, MemoryStore, Store};

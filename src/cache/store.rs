@@ -3,7 +3,7 @@
 
 use super::error::Shared;
 use std::fmt;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,15 +124,31 @@ impl<K, V> quick_cache::Weighter<K, Entry<V>> for Weigh<V> {
 }
 
 /// Counts evictions; written only when the store evicts, which is on the miss path.
+///
+/// quick_cache reports the value a key's new one replaces through the same hook as an
+/// eviction: the insert says which key it stores (by hash), and what goes out under that key
+/// is not counted.
 #[derive(Clone, Default)]
-pub(crate) struct Evictions(Arc<AtomicU64>);
+pub(crate) struct Evictions {
+    count: Arc<AtomicU64>,
+    hasher: RandomState,
+}
 
-impl<K, V> quick_cache::Lifecycle<K, V> for Evictions {
-    type RequestState = ();
+/// What one insert saw go out: the hash of the key it stores, and how many other keys went.
+#[derive(Default)]
+pub(crate) struct Evicted {
+    inserting: u64,
+    count: u64,
+}
+
+impl<K: Hash, V> quick_cache::Lifecycle<K, V> for Evictions {
+    type RequestState = Evicted;
 
     #[inline]
-    fn on_evict(&self, _: &mut (), _: K, _: V) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+    fn on_evict(&self, state: &mut Evicted, key: K, _: V) {
+        if self.hasher.hash_one(&key) != state.inserting {
+            state.count += 1;
+        }
     }
 }
 
@@ -187,7 +203,16 @@ where
     }
 
     fn insert(&self, key: K, entry: Entry<V>) {
-        self.cache.insert(key, entry);
+        let mut evicted = Evicted {
+            inserting: self.evictions.hasher.hash_one(&key),
+            count: 0,
+        };
+        self.cache.insert_with_lifecycle(key, entry, &mut evicted);
+        if evicted.count > 0 {
+            self.evictions
+                .count
+                .fetch_add(evicted.count, Ordering::Relaxed);
+        }
     }
 
     fn remove(&self, key: &K) {
@@ -199,14 +224,14 @@ where
     }
 
     fn evictions(&self) -> u64 {
-        self.evictions.0.load(Ordering::Relaxed)
+        self.evictions.count.load(Ordering::Relaxed)
     }
 }
 
 impl<K, V> fmt::Debug for MemoryStore<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryStore")
-            .field("evictions", &self.evictions.0.load(Ordering::Relaxed))
+            .field("evictions", &self.evictions.count.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }

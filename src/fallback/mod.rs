@@ -71,6 +71,8 @@
 //! ```
 
 mod alternate;
+#[cfg(feature = "http")]
+pub(crate) mod cache_control;
 mod config;
 mod policy;
 mod stale;
@@ -79,12 +81,16 @@ pub use alternate::{
     Alternate, AlternateBuilder, AlternateFailed, AlternateFuture, AlternateLayer, CloneRequest,
     FailedResponse, MakeRequest,
 };
+#[cfg(feature = "http")]
+pub use cache_control::{CacheControl, MAX_DELTA_SECONDS};
 pub use config::ConfigError;
 #[cfg(feature = "http")]
 pub use policy::{BodySize, HttpMemo, HttpStore};
 pub use policy::{FromFn, Policy, Respond, StorePolicy, StoreSuccesses, Value, WithRequest};
 #[cfg(feature = "http")]
 pub use stale::StaleResponse;
+#[cfg(all(feature = "http", feature = "cache"))]
+pub(crate) use stale::{age_http, keep_http, mark_http};
 pub use stale::{StaleFuture, StaleIfError, StaleIfErrorBuilder, StaleIfErrorLayer};
 
 use crate::core::observe::LayerSource;

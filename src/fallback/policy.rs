@@ -2,6 +2,8 @@
 //! answers), implemented by [`Value`], [`FromFn`] and [`WithRequest`]; and what stale-if-error may
 //! store: [`StorePolicy`], implemented by [`StoreSuccesses`] and [`HttpStore`].
 
+#[cfg(feature = "http")]
+use super::CacheControl;
 use super::Trigger;
 use std::fmt;
 
@@ -207,6 +209,11 @@ impl<Req, Res> StorePolicy<Req, Res> for StoreSuccesses {
 /// seconds after it was stored, if that is less than the layer's `max_age`; if that is zero,
 /// it is not stored and removes the answer stored under the key.
 ///
+/// `Cache-Control` is read by [`CacheControl`]. The response cache
+/// (`seawall::cache::CacheLayer::http`) can also have it read each request's `Cache-Control`:
+/// then a request with `no-cache` is not served a stored answer, and the answer to one with
+/// `no-store` is not stored.
+///
 /// Credentials are seen only where this layer sees the request: in `Authorization` and `Cookie`.
 /// A token in the query string, in a header of the application's own (`X-Api-Key`), or added by
 /// a layer beneath this one is invisible to it: the key must keep such users apart (key on the
@@ -216,12 +223,22 @@ impl<Req, Res> StorePolicy<Req, Res> for StoreSuccesses {
 pub struct HttpStore {
     credentials_in_key: bool,
     key_covers: Vec<http::HeaderName>,
+    request_directives: bool,
 }
 
 #[cfg(feature = "http")]
 impl HttpStore {
     pub(crate) fn credentials_in_key(mut self) -> Self {
         self.credentials_in_key = true;
+        self
+    }
+
+    /// Reads the request's `Cache-Control` too: `no-cache` keeps a stored answer from being
+    /// served to it, `no-store` keeps its answer from being stored (the response cache's
+    /// opt-in).
+    #[cfg_attr(not(feature = "cache"), allow(dead_code))]
+    pub(crate) fn request_directives(mut self) -> Self {
+        self.request_directives = true;
         self
     }
 
@@ -234,29 +251,23 @@ impl HttpStore {
     /// good answer for everyone who asks with the key), or refused removing it (it is one, but
     /// its headers keep it from being stored).
     fn decide<B>(&self, memo: &HttpMemo, response: &http::Response<B>) -> Decision {
-        use http::header::{CACHE_CONTROL, SET_COOKIE, VARY};
+        use http::header::{SET_COOKIE, VARY};
         use http::StatusCode;
         let whole = matches!(
             response.status(),
             StatusCode::OK | StatusCode::NON_AUTHORITATIVE_INFORMATION | StatusCode::NO_CONTENT
         );
-        if !memo.get || memo.credentials || !whole {
+        if !memo.get || memo.credentials || memo.no_store || !whole {
             return Decision::Keep;
         }
         let headers = response.headers();
+        let cc = CacheControl::from_headers(headers);
         let refused = headers.contains_key(SET_COOKIE)
-            || items(headers.get_all(CACHE_CONTROL)).any(|item| {
-                let (name, _) = directive(item);
-                [
-                    &b"private"[..],
-                    b"no-store",
-                    b"no-cache",
-                    b"must-revalidate",
-                    b"proxy-revalidate",
-                ]
-                .iter()
-                .any(|refused| name.eq_ignore_ascii_case(refused))
-            })
+            || cc.private()
+            || cc.no_store()
+            || cc.no_cache()
+            || cc.must_revalidate()
+            || cc.proxy_revalidate()
             || !items(headers.get_all(VARY)).all(|name| self.covers_header(name));
         if refused {
             Decision::Evict
@@ -304,37 +315,10 @@ fn items<'a>(
 pub struct HttpMemo {
     get: bool,
     credentials: bool,
-}
-
-/// The name of a `Cache-Control` directive (`max-age` of `max-age=60`), and its value if any,
-/// without quotes.
-#[cfg(feature = "http")]
-fn directive(item: &[u8]) -> (&[u8], Option<&[u8]>) {
-    let mut parts = item.splitn(2, |&b| b == b'=');
-    let name = parts.next().unwrap_or_default().trim_ascii();
-    let value = parts.next().map(|value| {
-        let value = value.trim_ascii();
-        value
-            .strip_prefix(b"\"")
-            .and_then(|v| v.strip_suffix(b"\""))
-            .unwrap_or(value)
-    });
-    (name, value)
-}
-
-/// A number of seconds, as `Cache-Control` and `Age` give them; too great to count is the
-/// greatest.
-#[cfg(feature = "http")]
-fn seconds(value: &[u8]) -> Option<u64> {
-    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(
-        std::str::from_utf8(value)
-            .ok()?
-            .parse::<u64>()
-            .unwrap_or(u64::MAX),
-    )
+    /// The request said `Cache-Control: no-cache` (read only when asked to).
+    no_cache: bool,
+    /// The request said `Cache-Control: no-store` (read only when asked to).
+    no_store: bool,
 }
 
 #[cfg(feature = "http")]
@@ -344,11 +328,19 @@ impl<A, B> StorePolicy<http::Request<A>, http::Response<B>> for HttpStore {
     #[inline]
     fn memo(&self, request: &http::Request<A>) -> HttpMemo {
         let headers = request.headers();
+        let (no_cache, no_store) = if self.request_directives {
+            let cc = CacheControl::from_headers(headers);
+            (cc.no_cache(), cc.no_store())
+        } else {
+            (false, false)
+        };
         HttpMemo {
             get: request.method() == http::Method::GET,
             credentials: !self.credentials_in_key
                 && (headers.contains_key(http::header::AUTHORIZATION)
                     || headers.contains_key(http::header::COOKIE)),
+            no_cache,
+            no_store,
         }
     }
 
@@ -364,32 +356,22 @@ impl<A, B> StorePolicy<http::Request<A>, http::Response<B>> for HttpStore {
 
     #[inline]
     fn may_serve(&self, memo: &HttpMemo) -> bool {
-        memo.get
+        memo.get && !memo.no_cache
     }
 
     fn serve_for(&self, response: &http::Response<B>) -> Option<std::time::Duration> {
         let headers = response.headers();
-        let (mut max_age, mut s_maxage, mut stale_if_error) = (None, None, None);
-        for item in items(headers.get_all(http::header::CACHE_CONTROL)) {
-            let (name, value) = directive(item);
-            let value = value.and_then(seconds);
-            if name.eq_ignore_ascii_case(b"stale-if-error") {
-                stale_if_error = value;
-            } else if name.eq_ignore_ascii_case(b"s-maxage") {
-                s_maxage = value;
-            } else if name.eq_ignore_ascii_case(b"max-age") {
-                max_age = value;
-            }
-        }
-        let stale_if_error = stale_if_error?;
+        let cc = CacheControl::from_headers(headers);
+        let stale_if_error = cc.stale_if_error()?;
         let age = headers
             .get(http::header::AGE)
-            .and_then(|age| seconds(age.as_bytes().trim_ascii()))
+            .and_then(super::cache_control::delta_seconds)
             .unwrap_or(0);
-        let fresh = s_maxage.or(max_age).unwrap_or(0).saturating_sub(age);
-        Some(std::time::Duration::from_secs(
-            fresh.saturating_add(stale_if_error),
-        ))
+        let fresh = cc
+            .shared_max_age()
+            .unwrap_or_default()
+            .saturating_sub(std::time::Duration::from_secs(age));
+        Some(fresh.saturating_add(stale_if_error))
     }
 }
 

@@ -477,7 +477,9 @@ fn http_weight<B: super::BodySize>(response: &http::Response<B>) -> usize {
 /// from a connection shares that connection's read buffer (through its body and its header
 /// values), which a clone would keep alive for as long as the answer is stored.
 #[cfg(feature = "http")]
-fn keep_http<B: super::BodySize + Clone>(response: &http::Response<B>) -> http::Response<B> {
+pub(crate) fn keep_http<B: super::BodySize + Clone>(
+    response: &http::Response<B>,
+) -> http::Response<B> {
     let mut headers = http::HeaderMap::with_capacity(response.headers().len());
     for (name, value) in response.headers() {
         let mut copy = http::HeaderValue::from_bytes(value.as_bytes())
@@ -981,21 +983,23 @@ pub struct StaleResponse {
 /// [`StaleIfErrorLayer::builder`], it would mark without the HTTP store rules.
 #[cfg(feature = "http")]
 pub(crate) fn mark_http<B>(response: &mut http::Response<B>, age: Duration) {
-    /// The greatest age RFC 9111 §1.2.2 counts: 2^31 seconds.
-    const MAX_AGE: u64 = 1 << 31;
+    age_http(response, age);
+    response.extensions_mut().insert(StaleResponse { age });
+}
+
+/// Sets a stored HTTP response's `Age` as a cache must when it serves it (RFC 9111 §4, §4.2.3):
+/// the `Age` the upstream sent, if any, plus `kept`, the time it was stored, in whole seconds,
+/// at most 2^31 (§1.2.2). An upstream `Age` that is not a number counts as none.
+#[cfg(feature = "http")]
+pub(crate) fn age_http<B>(response: &mut http::Response<B>, kept: Duration) {
+    use super::cache_control::{delta_seconds, MAX_DELTA_SECONDS};
     let headers = response.headers_mut();
-    let upstream = headers.get(http::header::AGE).and_then(|value| {
-        let text = value.to_str().ok()?.trim();
-        let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
-        // All digits but too many for a u64: too great to count.
-        digits.then(|| text.parse::<u64>().unwrap_or(MAX_AGE))
-    });
+    let upstream = headers.get(http::header::AGE).and_then(delta_seconds);
     let total = upstream
         .unwrap_or(0)
-        .saturating_add(age.as_secs())
-        .min(MAX_AGE);
+        .saturating_add(kept.as_secs())
+        .min(MAX_DELTA_SECONDS);
     headers.insert(http::header::AGE, http::HeaderValue::from(total));
-    response.extensions_mut().insert(StaleResponse { age });
 }
 
 #[cfg(all(test, not(seawall_loom)))]

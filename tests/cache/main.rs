@@ -9,6 +9,15 @@ use tokio_test::{assert_pending, assert_ready_ok, task};
 use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
 use tower_test::mock;
 
+#[cfg(feature = "http")]
+mod http;
+mod observe;
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(feature = "redis")]
+#[path = "../fleet/server.rs"]
+mod redis_server;
+
 /// A backend that counts its calls, takes `latency` per call, and answers `key * 10`, or fails
 /// while `down` is set.
 #[derive(Clone)]
@@ -372,4 +381,26 @@ async fn without_early_refresh_requests_wait_at_expiry() {
         tokio::time::advance(Duration::from_micros(1_499)).await;
     }
     assert!(waited >= 3, "{waited}");
+}
+
+/// A key stored again (a background refresh) replaces its entry: that is not an eviction, and a
+/// roomy store has evicted nothing.
+#[tokio::test(start_paused = true)]
+async fn replacing_an_entry_is_not_an_eviction() {
+    let backend = Backend::new(Duration::from_millis(1));
+    let layer = CacheLayer::builder(key)
+        .ttl(Duration::from_secs(1))
+        .stale_while_revalidate(Duration::from_secs(60))
+        .early_refresh(0.0)
+        .build()
+        .unwrap();
+    let service = layer.layer(backend.service());
+    for _ in 0..5 {
+        service.clone().oneshot(1).await.unwrap();
+        // Time for the background refresh to land.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    assert_eq!(backend.calls(), 5);
+    assert_eq!(layer.stats().refreshes, 4);
+    assert_eq!(layer.stats().evictions, 0);
 }

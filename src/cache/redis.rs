@@ -1,0 +1,1056 @@
+//! The Redis tier of the cache: [`RedisStore`], a memory store in front of Redis, and
+//! [`RedisFillLayer`], which fills the memory tier from Redis on a miss.
+//!
+//! Every instance of a service keeps its own [`MemoryStore`] and shares one
+//! Redis:
+//!
+//! - **Hits** are answered by the memory tier alone: [`Store::get`] never touches Redis.
+//! - **Writes**: an answer the cache stores is written to Redis in the background (a spawned
+//!   task), with its freshness (when it was stored, until when it is fresh, stale-while-revalidate
+//!   and stale-if-error) and its `delta` (how long it took to compute), so that every instance
+//!   serves it as fresh for the same time and early refresh (XFetch) works fleet-wide.
+//! - **Misses**: the cache's miss goes to the service beneath it, which is the
+//!   [`RedisFill`] service: it reads the key from Redis and, when Redis holds an answer newer than
+//!   the memory tier's and fresh, answers with it (the memory tier keeps it with Redis's
+//!   freshness, not a fresh ttl); otherwise it takes the key's Redis lock (`SET NX PX`) and calls
+//!   the backend. An instance that finds the lock taken serves what Redis holds while it may
+//!   still be served (fresh or stale-while-revalidate), or waits for the lock holder's answer to
+//!   appear, for at most [`lock_wait`](RedisStoreBuilder::lock_wait), and then calls the backend
+//!   itself: one instance in the fleet refreshes a key, as the layer's single-flight makes one
+//!   caller in an instance do.
+//! - **Failures**: every Redis call goes through seawall's own [`Timeout`] and
+//!   [`CircuitBreaker`]; a Redis call that fails, times out or is refused by the open breaker
+//!   counts as "Redis has nothing", so while Redis is down the memory tier serves alone and misses
+//!   go to the backend; the breaker lets a call through once its open spell is over and the
+//!   connection manager reconnects, so the tier comes back by itself.
+//! - **Codec**: values cross to Redis as bytes through a [`Codec`]; [`HttpCodec`] (feature
+//!   `http`) keeps an `http::Response<Bytes>`'s status, headers and body.
+//!
+//! Key format: `{prefix}v:{key}` for the value and `{prefix}l:{key}` for the lock, `key` the
+//! cache key's `Display` form (default prefix `seawall:cache:`).
+//!
+//! ```no_run
+//! use seawall::cache::redis::{RedisStore, U64Codec};
+//! use seawall::cache::CacheLayer;
+//! use std::time::Duration;
+//! use tower::{service_fn, BoxError, ServiceBuilder};
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let key = |id: &u32| Some(*id);
+//! let store: RedisStore<u32, u64, _> = RedisStore::builder("redis://127.0.0.1:6379", U64Codec)
+//!     .max_entries(10_000)
+//!     .connect()
+//!     .await?;
+//! let cache = CacheLayer::builder(key)
+//!     .ttl(Duration::from_secs(60))
+//!     .store(store.clone())
+//!     .build()?;
+//! let service = ServiceBuilder::new()
+//!     .layer(cache)
+//!     .layer(store.fill(key))
+//!     .service(service_fn(|id: u32| async move { Ok::<u64, BoxError>(u64::from(id) * 10) }));
+//! # let _ = service; Ok(()) }
+//! ```
+
+use super::store::{Entry, MemoryStore, Store};
+use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
+use crate::timeout::{Timeout, TimeoutLayer};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, Script};
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::hash::Hash;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
+use tower::{BoxError, Layer, Service};
+
+pub use crate::limit::fleet::redis::RedisError;
+
+/// Turns a cached value into bytes for Redis and back.
+///
+/// `encode` returns `None` for a value that should not be shared through Redis (it stays in
+/// the memory tier); `decode` returns `None` for bytes it cannot read (treated as absent).
+pub trait Codec<V>: Send + Sync + 'static {
+    /// The value as bytes.
+    fn encode(&self, value: &V) -> Option<Vec<u8>>;
+    /// The value the bytes stand for.
+    fn decode(&self, bytes: &[u8]) -> Option<V>;
+}
+
+/// A [`Codec`] of `u64` values (eight bytes, big-endian): for counters, ids and tests.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct U64Codec;
+
+impl Codec<u64> for U64Codec {
+    fn encode(&self, value: &u64) -> Option<Vec<u8>> {
+        Some(value.to_be_bytes().to_vec())
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Option<u64> {
+        Some(u64::from_be_bytes(bytes.try_into().ok()?))
+    }
+}
+
+/// A [`Codec`] of `http::Response<Bytes>`: the status, the headers (in order, repeated names
+/// kept) and the body. The version and extensions are not kept (a decoded response is
+/// HTTP/1.1 with no extensions).
+#[cfg(feature = "http")]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HttpCodec;
+
+#[cfg(feature = "http")]
+impl Codec<http::Response<bytes::Bytes>> for HttpCodec {
+    fn encode(&self, response: &http::Response<bytes::Bytes>) -> Option<Vec<u8>> {
+        let headers = response.headers();
+        let mut out = Vec::with_capacity(8 + headers.len() * 32 + response.body().len());
+        out.extend_from_slice(&response.status().as_u16().to_be_bytes());
+        out.extend_from_slice(&u32::try_from(headers.len()).ok()?.to_be_bytes());
+        for (name, value) in headers {
+            out.extend_from_slice(&u16::try_from(name.as_str().len()).ok()?.to_be_bytes());
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(&u32::try_from(value.len()).ok()?.to_be_bytes());
+            out.extend_from_slice(value.as_bytes());
+        }
+        out.extend_from_slice(response.body());
+        Some(out)
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Option<http::Response<bytes::Bytes>> {
+        let mut reader = Reader(bytes);
+        let status = http::StatusCode::from_u16(u16::from_be_bytes(reader.take()?)).ok()?;
+        let count = u32::from_be_bytes(reader.take()?);
+        let mut response = http::Response::new(bytes::Bytes::new());
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        for _ in 0..count {
+            let len = u16::from_be_bytes(reader.take()?);
+            let name = http::HeaderName::from_bytes(reader.slice(len.into())?).ok()?;
+            let len = u32::from_be_bytes(reader.take()?);
+            let value = http::HeaderValue::from_bytes(reader.slice(len as usize)?).ok()?;
+            headers.append(name, value);
+        }
+        *response.body_mut() = bytes::Bytes::copy_from_slice(reader.0);
+        Some(response)
+    }
+}
+
+/// Reads fixed-size fields off the front of a byte slice.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn slice(&mut self, len: usize) -> Option<&'a [u8]> {
+        if self.0.len() < len {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(len);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.slice(N)?.try_into().ok()
+    }
+}
+
+/// The record's first two bytes: a mark and the format's version.
+const MAGIC: [u8; 2] = [b'S', 1];
+
+/// An entry as kept in Redis: its freshness as offsets in milliseconds from when it was stored
+/// (wall-clock milliseconds since the Unix epoch, so that instances agree on it), its delta in
+/// microseconds, and the value's bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Record {
+    pub(crate) stored_ms: u64,
+    pub(crate) fresh_ms: u64,
+    pub(crate) stale_ms: u64,
+    pub(crate) error_ms: u64,
+    pub(crate) delta_us: u64,
+    pub(crate) value: Vec<u8>,
+}
+
+impl Record {
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(42 + self.value.len());
+        out.extend_from_slice(&MAGIC);
+        for field in [
+            self.stored_ms,
+            self.fresh_ms,
+            self.stale_ms,
+            self.error_ms,
+            self.delta_us,
+        ] {
+            out.extend_from_slice(&field.to_be_bytes());
+        }
+        out.extend_from_slice(&self.value);
+        out
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Option<Record> {
+        let mut reader = Reader(bytes);
+        if reader.take::<2>()? != MAGIC {
+            return None;
+        }
+        let mut field = || reader.take().map(u64::from_be_bytes);
+        let (stored_ms, fresh_ms, stale_ms, error_ms, delta_us) =
+            (field()?, field()?, field()?, field()?, field()?);
+        Some(Record {
+            stored_ms,
+            fresh_ms,
+            stale_ms,
+            error_ms,
+            delta_us,
+            value: reader.0.to_vec(),
+        })
+    }
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Sets the value and, when the writer holds the key's lock, lets it go, in one step.
+///
+/// KEYS: value key, lock key. ARGV: record, PX, lock token (empty: none held).
+const PUT: &str = r"
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3] then
+  redis.call('DEL', KEYS[2])
+end
+return 1
+";
+
+/// Lets the lock go if the caller still holds it. KEYS: lock key. ARGV: token.
+const UNLOCK: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+static PUT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PUT));
+static UNLOCK_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(UNLOCK));
+
+/// One Redis call.
+#[derive(Clone, Debug)]
+enum Op {
+    Get(String),
+    Lock {
+        key: String,
+        token: String,
+        px: u64,
+    },
+    Put {
+        key: String,
+        lock: String,
+        record: Vec<u8>,
+        px: u64,
+        token: String,
+    },
+    Unlock {
+        key: String,
+        token: String,
+    },
+}
+
+/// What a Redis call answered.
+#[derive(Debug)]
+enum Reply {
+    Value(Option<Vec<u8>>),
+    Locked(bool),
+    Done,
+}
+
+/// The Redis connection as a service of [`Op`]s, for the timeout and the breaker to wrap.
+#[derive(Clone)]
+struct Ops(ConnectionManager);
+
+type OpFuture = Pin<Box<dyn Future<Output = Result<Reply, BoxError>> + Send>>;
+
+impl Service<Op> for Ops {
+    type Response = Reply;
+    type Error = BoxError;
+    type Future = OpFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, op: Op) -> OpFuture {
+        let mut c = self.0.clone();
+        Box::pin(async move {
+            Ok(match op {
+                Op::Get(key) => Reply::Value(redis::cmd("GET").arg(key).query_async(&mut c).await?),
+                Op::Lock { key, token, px } => {
+                    let set: Option<String> = redis::cmd("SET")
+                        .arg(key)
+                        .arg(token)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(px)
+                        .query_async(&mut c)
+                        .await?;
+                    Reply::Locked(set.is_some())
+                }
+                Op::Put {
+                    key,
+                    lock,
+                    record,
+                    px,
+                    token,
+                } => {
+                    let _: i64 = PUT_SCRIPT
+                        .key(key)
+                        .key(lock)
+                        .arg(record)
+                        .arg(px)
+                        .arg(token)
+                        .invoke_async(&mut c)
+                        .await?;
+                    Reply::Done
+                }
+                Op::Unlock { key, token } => {
+                    let _: i64 = UNLOCK_SCRIPT
+                        .key(key)
+                        .arg(token)
+                        .invoke_async(&mut c)
+                        .await?;
+                    Reply::Done
+                }
+            })
+        })
+    }
+}
+
+type Guarded = CircuitBreaker<Timeout<Ops>>;
+
+/// What the memory tier, the fill service and the background writes share.
+struct Tier<K, V, Cd> {
+    memory: MemoryStore<K, V>,
+    redis: Guarded,
+    codec: Cd,
+    prefix: String,
+    address: String,
+    lock_ttl: Duration,
+    lock_wait: Duration,
+    poll: Duration,
+    /// Entries read from Redis and answered by the fill service, for `insert` to keep in place
+    /// of the entry the cache makes (which would count freshness from now).
+    loaded: Mutex<HashMap<K, Loaded<V>>>,
+    /// The backend calls the fill service is making, per key: when each started and the token
+    /// of the key's Redis lock if it took it, for `insert` to write the answer to Redis and let
+    /// the lock go.
+    computing: Mutex<HashMap<K, Computing>>,
+    counts: Counts,
+}
+
+#[derive(Default)]
+struct Counts {
+    loads: AtomicU64,
+    writes: AtomicU64,
+    failures: AtomicU64,
+    backend: AtomicU64,
+}
+
+/// An entry the fill service read from Redis and answered with, and when.
+struct Loaded<V> {
+    at: Instant,
+    entry: Entry<V>,
+}
+
+/// A backend call the fill service is making for a key.
+struct Computing {
+    started: Instant,
+    token: Option<String>,
+}
+
+/// Kept under a mutex map at most this many pending entries or lock tokens: one the cache never
+/// claimed (its policy refused to store the answer) must not stay forever.
+const MAX_PENDING: usize = 4096;
+
+fn remember<K: Hash + Eq, T>(map: &Mutex<HashMap<K, T>>, key: K, value: T) {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    if map.len() >= MAX_PENDING {
+        map.clear();
+    }
+    map.insert(key, value);
+}
+
+fn forget<K: Hash + Eq, T>(map: &Mutex<HashMap<K, T>>, key: &K) -> Option<T> {
+    map.lock().unwrap_or_else(|e| e.into_inner()).remove(key)
+}
+
+/// A cache [`Store`] shared by every instance of a service: a [`MemoryStore`] in front of
+/// Redis. See the [module docs](self). Clones share the memory tier and the connection.
+pub struct RedisStore<K, V, Cd> {
+    tier: Arc<Tier<K, V, Cd>>,
+}
+
+impl<K, V, Cd> Clone for RedisStore<K, V, Cd> {
+    fn clone(&self) -> Self {
+        RedisStore {
+            tier: self.tier.clone(),
+        }
+    }
+}
+
+impl<K, V, Cd> fmt::Debug for RedisStore<K, V, Cd> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("address", &self.tier.address)
+            .field("prefix", &self.tier.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`RedisStore`].
+#[derive(Clone, Debug)]
+pub struct RedisStoreBuilder<Cd> {
+    url: String,
+    codec: Cd,
+    prefix: String,
+    max_entries: usize,
+    connect_timeout: Duration,
+    timeout: Duration,
+    lock_ttl: Duration,
+    lock_wait: Duration,
+    poll: Duration,
+    breaker: Option<CircuitBreakerLayer>,
+}
+
+impl RedisStore<(), (), ()> {
+    /// Starts a builder for a store on the Redis server at `url`, values crossing as `codec`
+    /// says (the key and value types are the cache's, fixed by `connect`).
+    pub fn builder<Cd>(url: impl Into<String>, codec: Cd) -> RedisStoreBuilder<Cd> {
+        RedisStoreBuilder {
+            url: url.into(),
+            codec,
+            prefix: "seawall:cache:".to_owned(),
+            max_entries: 10_000,
+            connect_timeout: Duration::from_secs(1),
+            timeout: Duration::from_millis(250),
+            lock_ttl: Duration::from_secs(5),
+            lock_wait: Duration::from_secs(2),
+            poll: Duration::from_millis(20),
+            breaker: None,
+        }
+    }
+}
+
+impl<K, V, Cd> RedisStore<K, V, Cd>
+where
+    K: Hash + Eq + Clone + fmt::Display + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    Cd: Codec<V>,
+{
+    /// The layer to put beneath the [`CacheLayer`](super::CacheLayer) that uses this store, with
+    /// the same key function: it fills the memory tier from Redis on a miss and takes the key's
+    /// Redis lock before calling the backend.
+    pub fn fill<F>(&self, key: F) -> RedisFillLayer<F, K, V, Cd> {
+        RedisFillLayer {
+            store: self.clone(),
+            key,
+        }
+    }
+}
+
+impl<K, V, Cd> RedisStore<K, V, Cd> {
+    /// The server's address.
+    pub fn address(&self) -> &str {
+        &self.tier.address
+    }
+
+    /// How many misses were answered from Redis.
+    pub fn loads(&self) -> u64 {
+        self.tier.counts.loads.load(Ordering::Relaxed)
+    }
+
+    /// How many entries were written to Redis.
+    pub fn writes(&self) -> u64 {
+        self.tier.counts.writes.load(Ordering::Relaxed)
+    }
+
+    /// How many Redis calls failed, timed out or were refused by the breaker.
+    pub fn failures(&self) -> u64 {
+        self.tier.counts.failures.load(Ordering::Relaxed)
+    }
+
+    /// How many misses the fill service passed to the backend.
+    pub fn backend_calls(&self) -> u64 {
+        self.tier.counts.backend.load(Ordering::Relaxed)
+    }
+}
+
+impl<Cd> RedisStoreBuilder<Cd> {
+    /// What every key's name starts with (default `"seawall:cache:"`).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The memory tier's bound (default 10,000 entries).
+    pub fn max_entries(mut self, max: usize) -> Self {
+        self.max_entries = max.max(1);
+        self
+    }
+
+    /// The longest connecting may take (default 1 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The longest one Redis call may take before it counts as failed (default 250 ms).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How long a key's lock lasts if its holder never lets it go (default 5 s): longer than the
+    /// slowest backend call.
+    pub fn lock_ttl(mut self, ttl: Duration) -> Self {
+        self.lock_ttl = ttl;
+        self
+    }
+
+    /// How long an instance that finds a key locked and nothing to serve waits for the holder's
+    /// answer before calling the backend itself (default 2 s), and how often it looks (default
+    /// 20 ms).
+    pub fn lock_wait(mut self, wait: Duration, poll: Duration) -> Self {
+        self.lock_wait = wait;
+        self.poll = poll.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The circuit breaker on Redis calls (default: open after 3 failures in a row, for 1 s,
+    /// doubling up to 10 s while Redis stays down).
+    pub fn breaker(mut self, breaker: CircuitBreakerLayer) -> Self {
+        self.breaker = Some(breaker);
+        self
+    }
+
+    /// Connects, so that an unreachable server is an error now rather than on the first miss.
+    pub async fn connect<K, V>(self) -> Result<RedisStore<K, V, Cd>, RedisError>
+    where
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+        Cd: Codec<V>,
+    {
+        let client = Client::open(self.url.as_str()).map_err(RedisError::Url)?;
+        let address = client.get_connection_info().addr().to_string();
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(500));
+        let connection = tokio::time::timeout(
+            self.connect_timeout,
+            ConnectionManager::new_with_config(client, config),
+        )
+        .await
+        .map_err(|_| RedisError::Timeout {
+            address: address.clone(),
+            timeout: self.connect_timeout,
+        })?
+        .map_err(|source| RedisError::Unreachable {
+            address: address.clone(),
+            source,
+        })?;
+        let breaker = match self.breaker {
+            Some(breaker) => breaker,
+            None => CircuitBreakerLayer::builder()
+                .name("cache.redis")
+                .no_failure_rate()
+                .consecutive_failures(3)
+                .open_duration(Duration::from_secs(1))
+                .open_backoff(2.0, Duration::from_secs(10))
+                .build()
+                .expect("the Redis breaker's settings are valid"),
+        };
+        let redis = breaker.layer(TimeoutLayer::new(self.timeout).layer(Ops(connection)));
+        Ok(RedisStore {
+            tier: Arc::new(Tier {
+                memory: MemoryStore::new(self.max_entries, None),
+                redis,
+                codec: self.codec,
+                prefix: self.prefix,
+                address,
+                lock_ttl: self.lock_ttl,
+                lock_wait: self.lock_wait,
+                poll: self.poll,
+                loaded: Mutex::default(),
+                computing: Mutex::default(),
+                counts: Counts::default(),
+            }),
+        })
+    }
+}
+
+impl<K, V, Cd> Tier<K, V, Cd>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    Cd: Codec<V>,
+{
+    /// One Redis call through the timeout and the breaker; `None` if it failed.
+    async fn call(&self, op: Op) -> Option<Reply> {
+        let mut redis = self.redis.clone();
+        // The breaker is ready at once (an open one fails the call in its future).
+        let result = async {
+            std::future::poll_fn(|cx| redis.poll_ready(cx)).await?;
+            redis.call(op).await
+        }
+        .await;
+        match result {
+            Ok(reply) => Some(reply),
+            Err(_) => {
+                self.counts.failures.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    fn value_key(&self, key: &str) -> String {
+        format!("{}v:{key}", self.prefix)
+    }
+
+    fn lock_key(&self, key: &str) -> String {
+        format!("{}l:{key}", self.prefix)
+    }
+
+    /// Reads `key` from Redis: `None` if Redis failed, `Some(None)` if it holds nothing usable.
+    async fn read(&self, key: &str, now: Instant) -> Option<Option<Entry<V>>> {
+        match self.call(Op::Get(self.value_key(key))).await? {
+            Reply::Value(Some(bytes)) => Some(
+                Record::from_bytes(&bytes).and_then(|r| entry(&self.codec, &r, now, wall_ms())),
+            ),
+            _ => Some(None),
+        }
+    }
+
+    /// Tries to take `key`'s lock: `None` if Redis failed.
+    async fn lock(&self, key: &str, token: &str) -> Option<bool> {
+        let op = Op::Lock {
+            key: self.lock_key(key),
+            token: token.to_owned(),
+            px: millis(self.lock_ttl).max(1),
+        };
+        match self.call(op).await? {
+            Reply::Locked(locked) => Some(locked),
+            _ => Some(false),
+        }
+    }
+
+    /// Lets `key`'s lock go in the background, if `token` still holds it.
+    fn unlock(self: &Arc<Self>, key: &str, token: String) {
+        let op = Op::Unlock {
+            key: self.lock_key(key),
+            token,
+        };
+        let tier = self.clone();
+        spawn(async move {
+            tier.call(op).await;
+        });
+    }
+
+    /// Keeps `entry` in the memory tier, and for the cache's `insert` to come.
+    fn load(&self, key: &K, entry: Entry<V>) {
+        self.counts.loads.fetch_add(1, Ordering::Relaxed);
+        let loaded = Loaded {
+            at: Instant::now(),
+            entry: entry.clone(),
+        };
+        remember(&self.loaded, key.clone(), loaded);
+        self.memory.insert(key.clone(), entry);
+    }
+}
+
+/// The record `entry` makes at `now` (`wall_now` on the wall clock, in ms since the epoch), with the PX it lives for in Redis; `None` for an entry
+/// not worth sharing (negative, or no longer useful) or a value the codec keeps out.
+fn record<V>(
+    codec: &impl Codec<V>,
+    entry: &Entry<V>,
+    now: Instant,
+    wall_now: u64,
+) -> Option<(Record, u64)> {
+    let value = entry.value.as_ref().ok().filter(|_| !entry.negative)?;
+    let since = |at: Instant| millis(at.saturating_duration_since(entry.stored));
+    let age = now.saturating_duration_since(entry.stored);
+    let record = Record {
+        stored_ms: wall_now.saturating_sub(millis(age)),
+        fresh_ms: since(entry.fresh_until),
+        stale_ms: since(entry.stale_until),
+        error_ms: since(entry.error_until),
+        delta_us: u64::try_from(entry.delta.as_micros()).unwrap_or(u64::MAX),
+        value: codec.encode(value)?,
+    };
+    let px = record
+        .stale_ms
+        .max(record.error_ms)
+        .checked_sub(millis(age))
+        .filter(|px| *px > 0)?;
+    Some((record, px))
+}
+
+/// The entry a record read at `now` (`wall_now` on the wall clock) stands for, its times moved onto this instance's clock.
+fn entry<V>(
+    codec: &impl Codec<V>,
+    record: &Record,
+    now: Instant,
+    wall_now: u64,
+) -> Option<Entry<V>> {
+    let value = codec.decode(&record.value)?;
+    let age = Duration::from_millis(wall_now.saturating_sub(record.stored_ms));
+    let stored = now.checked_sub(age).unwrap_or(now);
+    let at = |ms: u64| {
+        stored
+            .checked_add(Duration::from_millis(ms))
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+    };
+    Some(Entry {
+        value: Ok(value),
+        stored,
+        fresh_until: at(record.fresh_ms),
+        stale_until: at(record.stale_ms),
+        error_until: at(record.error_ms),
+        delta: Duration::from_micros(record.delta_us),
+        negative: false,
+        revalidate_at: now,
+    })
+}
+
+fn spawn(future: impl Future<Output = ()> + Send + 'static) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(future);
+    }
+}
+
+impl<K, V, Cd> Store<K, V> for RedisStore<K, V, Cd>
+where
+    K: Hash + Eq + Clone + fmt::Display + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    Cd: Codec<V>,
+{
+    /// The memory tier's entry: a hit never touches Redis.
+    #[inline]
+    fn get(&self, key: &K) -> Option<Entry<V>> {
+        self.tier.memory.get(key)
+    }
+
+    /// Stores in the memory tier, and writes a new answer to Redis in the background (releasing
+    /// the key's lock if this instance holds it). An entry the fill service read from Redis is
+    /// kept as Redis had it and not written back.
+    fn insert(&self, key: K, entry: Entry<V>) {
+        let tier = &self.tier;
+        // The cache's entry for an answer the fill service read from Redis (made after the
+        // read): keep Redis's, with its freshness. Any other insert leaves that one waiting.
+        match forget(&tier.loaded, &key) {
+            Some(loaded) if entry.stored >= loaded.at => {
+                tier.memory.insert(key, loaded.entry);
+                return;
+            }
+            Some(loaded) => remember(&tier.loaded, key.clone(), loaded),
+            None => {}
+        }
+        // Only the answer of a backend call this instance made is news for the fleet: not an
+        // entry put back with a longer grace or a later revalidation time.
+        let computing = match forget(&tier.computing, &key) {
+            Some(computing) if entry.stored >= computing.started => computing,
+            other => {
+                if let Some(computing) = other {
+                    // An older entry put back while the call is in flight.
+                    remember(&tier.computing, key.clone(), computing);
+                }
+                tier.memory.insert(key, entry);
+                return;
+            }
+        };
+        let record = record(&tier.codec, &entry, Instant::now(), wall_ms());
+        let name = key.to_string();
+        tier.memory.insert(key, entry);
+        let op = match (record, computing.token) {
+            (Some((record, px)), token) => Op::Put {
+                key: tier.value_key(&name),
+                lock: tier.lock_key(&name),
+                record: record.to_bytes(),
+                px,
+                token: token.unwrap_or_default(),
+            },
+            (None, Some(token)) => Op::Unlock {
+                key: tier.lock_key(&name),
+                token,
+            },
+            (None, None) => return,
+        };
+        let tier = tier.clone();
+        spawn(async move {
+            let put = matches!(op, Op::Put { .. });
+            if tier.call(op).await.is_some() && put {
+                tier.counts.writes.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+
+    /// Forgets `key` in the memory tier only: what Redis holds expires by itself, and another
+    /// instance may have stored a newer answer there.
+    fn remove(&self, key: &K) {
+        self.tier.memory.remove(key);
+    }
+
+    fn len(&self) -> usize {
+        self.tier.memory.len()
+    }
+
+    fn evictions(&self) -> u64 {
+        self.tier.memory.evictions()
+    }
+}
+
+/// Puts [`RedisFill`] beneath a cache over a [`RedisStore`]: made by [`RedisStore::fill`].
+pub struct RedisFillLayer<F, K, V, Cd> {
+    store: RedisStore<K, V, Cd>,
+    key: F,
+}
+
+impl<F: Clone, K, V, Cd> Clone for RedisFillLayer<F, K, V, Cd> {
+    fn clone(&self) -> Self {
+        RedisFillLayer {
+            store: self.store.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+impl<F, K, V, Cd> fmt::Debug for RedisFillLayer<F, K, V, Cd> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisFillLayer")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, F: Clone, K, V, Cd> Layer<S> for RedisFillLayer<F, K, V, Cd> {
+    type Service = RedisFill<S, F, K, V, Cd>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RedisFill {
+            inner,
+            store: self.store.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+/// The service beneath a cache over a [`RedisStore`]: a miss reads Redis first, and calls the
+/// backend under the key's Redis lock. See the [module docs](self).
+pub struct RedisFill<S, F, K, V, Cd> {
+    inner: S,
+    store: RedisStore<K, V, Cd>,
+    key: F,
+}
+
+impl<S: Clone, F: Clone, K, V, Cd> Clone for RedisFill<S, F, K, V, Cd> {
+    fn clone(&self) -> Self {
+        RedisFill {
+            inner: self.inner.clone(),
+            store: self.store.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, F, K, V, Cd> fmt::Debug for RedisFill<S, F, K, V, Cd> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisFill")
+            .field("inner", &self.inner)
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The response future of [`RedisFill`] (boxed: it is on the miss path only, which waits on
+/// Redis anyway).
+pub type RedisFillFuture<V> = Pin<Box<dyn Future<Output = Result<V, BoxError>> + Send>>;
+
+/// A lock token: unique enough that one instance never releases another's lock.
+fn token() -> String {
+    format!(
+        "{:016x}{:016x}",
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    )
+}
+
+impl<S, F, K, V, Cd, Req> Service<Req> for RedisFill<S, F, K, V, Cd>
+where
+    S: Service<Req, Response = V> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    Req: Send + 'static,
+    F: Fn(&Req) -> Option<K>,
+    K: Hash + Eq + Clone + fmt::Display + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    Cd: Codec<V>,
+{
+    type Response = V;
+    type Error = BoxError;
+    type Future = RedisFillFuture<V>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Req) -> RedisFillFuture<V> {
+        // The service made ready goes into the future; this one keeps a clone.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let Some(key) = (self.key)(&req) else {
+            let future = inner.call(req);
+            return Box::pin(async move { future.await.map_err(Into::into) });
+        };
+        let tier = self.store.tier.clone();
+        Box::pin(async move {
+            let name = key.to_string();
+            // The version this instance has: Redis must hold a newer one to answer a refresh.
+            let have = tier.memory.get(&key).map(|entry| entry.stored);
+            let newer = |entry: &Entry<V>| {
+                have.is_none_or(|have| entry.stored > have + Duration::from_millis(10))
+            };
+            let token = token();
+            let start = Instant::now();
+            let locked = loop {
+                let now = Instant::now();
+                let Some(found) = tier.read(&name, now).await else {
+                    break false; // Redis failed: the memory tier goes on alone.
+                };
+                if let Some(entry) = &found {
+                    if newer(entry) && now < entry.fresh_until {
+                        let value = entry.value.clone().expect("a loaded entry is positive");
+                        tier.load(&key, entry.clone());
+                        return Ok(value);
+                    }
+                }
+                match tier.lock(&name, &token).await {
+                    None => break false,
+                    Some(true) => {
+                        // The holder before us may have written its answer and let the lock go
+                        // between our read and our lock: read again before calling.
+                        let now = Instant::now();
+                        if let Some(Some(entry)) = tier.read(&name, now).await {
+                            if newer(&entry) && now < entry.fresh_until {
+                                tier.unlock(&name, token);
+                                let value =
+                                    entry.value.clone().expect("a loaded entry is positive");
+                                tier.load(&key, entry);
+                                return Ok(value);
+                            }
+                        }
+                        break true;
+                    }
+                    Some(false) => {}
+                }
+                // Another instance is computing: serve what Redis has while it may be served.
+                if let Some(mut entry) = found.filter(|entry| now < entry.stale_until) {
+                    entry.revalidate_at = now + tier.poll;
+                    let value = entry.value.clone().expect("a loaded entry is positive");
+                    tier.load(&key, entry);
+                    return Ok(value);
+                }
+                if now.saturating_duration_since(start) >= tier.lock_wait {
+                    break false;
+                }
+                tokio::time::sleep(tier.poll).await;
+            };
+            let computing = Computing {
+                started: Instant::now(),
+                token: locked.then_some(token),
+            };
+            remember(&tier.computing, key.clone(), computing);
+            tier.counts.backend.fetch_add(1, Ordering::Relaxed);
+            let result = inner.call(req).await.map_err(Into::into);
+            if result.is_err() {
+                if let Some(token) = forget(&tier.computing, &key).and_then(|c| c.token) {
+                    tier.unlock(&name, token);
+                }
+            }
+            result
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_reads_back_as_written() {
+        let record = Record {
+            stored_ms: 1_700_000_000_123,
+            fresh_ms: 60_000,
+            stale_ms: 90_000,
+            error_ms: 360_000,
+            delta_us: 25_000,
+            value: b"answer".to_vec(),
+        };
+        assert_eq!(Record::from_bytes(&record.to_bytes()), Some(record));
+        assert_eq!(Record::from_bytes(b"S\x02rest"), None);
+        assert_eq!(Record::from_bytes(b"S\x01short"), None);
+    }
+
+    /// An entry written by one instance and read by another keeps its freshness and delta: the
+    /// times move onto the reader's clock by the age the wall clock says, and nothing more.
+    #[tokio::test(start_paused = true)]
+    async fn an_entry_keeps_its_freshness_across_instances() {
+        let stored = Instant::now();
+        let entry = Entry {
+            value: Ok(7u64),
+            stored,
+            fresh_until: stored + Duration::from_secs(60),
+            stale_until: stored + Duration::from_secs(90),
+            error_until: stored + Duration::from_secs(360),
+            delta: Duration::from_micros(25_123),
+            negative: false,
+            revalidate_at: stored,
+        };
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let wall = 1_700_000_000_000;
+        let (written, px) = record(&U64Codec, &entry, Instant::now(), wall).unwrap();
+        assert_eq!(written.stored_ms, wall - 10_000);
+        assert_eq!(px, 350_000);
+        let bytes = written.to_bytes();
+        // Read 5 s later (on the wall clock) by an instance whose clock reads 1000 s on.
+        tokio::time::advance(Duration::from_secs(1_000)).await;
+        let now = Instant::now();
+        let read = Record::from_bytes(&bytes).unwrap();
+        let back = entry_of(&read, now, wall + 5_000);
+        assert_eq!(back.stored, now - Duration::from_secs(15));
+        assert_eq!(back.fresh_until - back.stored, Duration::from_secs(60));
+        assert_eq!(back.stale_until - back.stored, Duration::from_secs(90));
+        assert_eq!(back.error_until - back.stored, Duration::from_secs(360));
+        assert_eq!(back.delta, Duration::from_micros(25_123));
+        assert_eq!(back.value.unwrap(), 7);
+        // Negative entries and entries no longer of use are not shared.
+        let negative = Entry {
+            negative: true,
+            ..entry.clone()
+        };
+        assert!(record(&U64Codec, &negative, stored, wall).is_none());
+        let late = stored + Duration::from_secs(361);
+        assert!(record(&U64Codec, &entry, late, wall).is_none());
+    }
+
+    fn entry_of(record: &Record, now: Instant, wall: u64) -> Entry<u64> {
+        entry(&U64Codec, record, now, wall).unwrap()
+    }
+}

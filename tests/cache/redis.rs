@@ -1,0 +1,329 @@
+//! The cache's Redis tier over a real Redis server on loopback, in real time (Redis keeps its
+//! own clock, and the connection is a real socket). Each test starts its own `redis-server`, or
+//! skips with a message when it cannot (CI sets `SEAWALL_REQUIRE_REDIS`, which makes that fail).
+
+use super::redis_server::RedisServer;
+use super::{key, Backend};
+use seawall::cache::redis::{RedisStore, U64Codec};
+use seawall::cache::{CacheLayer, Store as _};
+use std::time::Duration;
+use tokio::time::{sleep, timeout, Instant};
+use tower::{BoxError, Layer, Service, ServiceExt};
+
+type Store = RedisStore<u32, u64, U64Codec>;
+
+/// One instance of the service: its own store (own memory tier, own connection) over the shared
+/// Redis, a cache over it, and the fill service over `backend`.
+async fn instance(
+    server: &RedisServer,
+    backend: &Backend,
+) -> (
+    Store,
+    impl Service<u32, Response = u64, Error = BoxError, Future: Send> + Clone + Send + 'static,
+) {
+    let store: Store = RedisStore::builder(server.url(), U64Codec)
+        .prefix(format!("test:{}:", std::process::id()))
+        .timeout(Duration::from_millis(100))
+        .lock_wait(Duration::from_secs(2), Duration::from_millis(10))
+        .connect()
+        .await
+        .unwrap();
+    let cache = CacheLayer::builder(key)
+        .ttl(Duration::from_secs(60))
+        .stale_if_error(Duration::from_secs(300))
+        .store(store.clone())
+        .build()
+        .unwrap();
+    let service = cache.layer(store.fill(key).layer(backend.service()));
+    (store, service)
+}
+
+/// Waits (real time, at most 2 s) until `store` has written `n` entries to Redis.
+async fn written(store: &Store, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while store.writes() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} writes, not {n}",
+            store.writes()
+        );
+        sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// An answer one instance computed is served by another from Redis: the backend is asked once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_entries_through_redis() {
+    let Some(server) = RedisServer::start("two_instances_share_entries_through_redis") else {
+        return;
+    };
+    let backend = Backend::new(Duration::from_millis(5));
+    let (one, a) = instance(&server, &backend).await;
+    let (two, b) = instance(&server, &backend).await;
+    assert_eq!(a.clone().oneshot(7).await.unwrap(), 70);
+    written(&one, 1).await;
+    assert_eq!(b.clone().oneshot(7).await.unwrap(), 70);
+    assert_eq!(backend.calls(), 1, "the second instance asked the backend");
+    assert_eq!(two.loads(), 1);
+    // Kept with the freshness and the recompute time it was stored with, not a fresh ttl from
+    // when the second instance read it: both instances' copies expire together.
+    let (mine, theirs) = (one.get(&7).unwrap(), two.get(&7).unwrap());
+    let apart = |x: Instant, y: Instant| x.max(y) - x.min(y);
+    assert!(apart(mine.stored(), theirs.stored()) < Duration::from_millis(20));
+    assert!(apart(mine.fresh_until(), theirs.fresh_until()) < Duration::from_millis(20));
+    assert!(apart(mine.error_until(), theirs.error_until()) < Duration::from_millis(20));
+    assert_eq!(mine.delta().as_micros(), theirs.delta().as_micros());
+    assert!(mine.delta() >= Duration::from_millis(5));
+    // Now a hit in both memory tiers.
+    assert_eq!(b.oneshot(7).await.unwrap(), 70);
+    assert_eq!(a.oneshot(7).await.unwrap(), 70);
+    assert_eq!(backend.calls(), 1);
+    assert_eq!(one.failures() + two.failures(), 0);
+}
+
+/// Two instances missing one key at once make one backend call between them: one takes the
+/// key's Redis lock and calls, the other waits for its answer to appear in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_missing_one_key_at_once_make_one_backend_call() {
+    let Some(server) =
+        RedisServer::start("two_instances_missing_one_key_at_once_make_one_backend_call")
+    else {
+        return;
+    };
+    let backend = Backend::new(Duration::from_millis(200));
+    let (one, a) = instance(&server, &backend).await;
+    let (two, b) = instance(&server, &backend).await;
+    let first = tokio::spawn(a.oneshot(3));
+    let second = tokio::spawn(b.oneshot(3));
+    assert_eq!(first.await.unwrap().unwrap(), 30);
+    assert_eq!(second.await.unwrap().unwrap(), 30);
+    assert_eq!(backend.calls(), 1, "both instances called the backend");
+    assert_eq!(one.loads() + two.loads(), 1);
+    assert_eq!(one.backend_calls() + two.backend_calls(), 1);
+}
+
+/// A key expired in both instances at once is recomputed once for the fleet: both serve it
+/// stale at once and refresh in the background; one takes the lock and calls the backend, the
+/// other serves stale meanwhile and then takes the new answer from Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_key_is_refreshed_once_for_the_fleet() {
+    let Some(server) = RedisServer::start("an_expired_key_is_refreshed_once_for_the_fleet") else {
+        return;
+    };
+    let backend = Backend::new(Duration::from_millis(100));
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        let store: Store = RedisStore::builder(server.url(), U64Codec)
+            .lock_wait(Duration::from_secs(2), Duration::from_millis(10))
+            .connect()
+            .await
+            .unwrap();
+        let cache = CacheLayer::builder(key)
+            .ttl(Duration::from_millis(500))
+            .stale_while_revalidate(Duration::from_secs(30))
+            .early_refresh(0.0)
+            .store(store.clone())
+            .build()
+            .unwrap();
+        let service = cache.layer(store.fill(key).layer(backend.service()));
+        instances.push((store, service));
+    }
+    let (one, a) = &instances[0];
+    let (two, b) = &instances[1];
+    a.clone().oneshot(5).await.unwrap();
+    written(one, 1).await;
+    b.clone().oneshot(5).await.unwrap();
+    assert_eq!(backend.calls(), 1);
+    let first = one.get(&5).unwrap().stored();
+
+    sleep(Duration::from_millis(600)).await;
+    // Both stale: answered at once, each refreshing in the background.
+    let (x, y) = tokio::join!(a.clone().oneshot(5), b.clone().oneshot(5));
+    assert_eq!((x.unwrap(), y.unwrap()), (50, 50));
+    // Until the refresh lands, stale answers go on; then both hold the new answer.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        a.clone().oneshot(5).await.unwrap();
+        b.clone().oneshot(5).await.unwrap();
+        let (mine, theirs) = (one.get(&5).unwrap(), two.get(&5).unwrap());
+        // Through Redis a copy's stored time is rounded to the millisecond: a copy of the first
+        // answer may read a little after `first`, so a newer version must be clearly newer.
+        let newer = first + Duration::from_millis(50);
+        if mine.stored() > newer && theirs.stored() > newer {
+            let apart = mine.stored().max(theirs.stored()) - mine.stored().min(theirs.stored());
+            assert!(
+                apart < Duration::from_millis(20),
+                "two versions: {apart:?} apart"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the refresh never reached both instances"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        backend.calls(),
+        2,
+        "the fleet recomputed the key more than once"
+    );
+}
+
+/// Early refresh works through Redis: an instance refreshing a fresh answer early is not
+/// answered with the copy of that same answer Redis holds (the fill service asks Redis for a
+/// newer one), but calls the backend, and writes the new answer to Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_refresh_reaches_the_backend_through_redis() {
+    let Some(server) = RedisServer::start("an_early_refresh_reaches_the_backend_through_redis")
+    else {
+        return;
+    };
+    let backend = Backend::new(Duration::from_millis(20));
+    let store: Store = RedisStore::builder(server.url(), U64Codec)
+        .connect()
+        .await
+        .unwrap();
+    // A beta so large that the first hit after the answer is stored refreshes it.
+    let cache = CacheLayer::builder(key)
+        .ttl(Duration::from_secs(60))
+        .early_refresh(1e6)
+        .store(store.clone())
+        .build()
+        .unwrap();
+    let a = cache.layer(store.fill(key).layer(backend.service()));
+    a.clone().oneshot(9).await.unwrap();
+    written(&store, 1).await;
+    let first = store.get(&9).unwrap().stored();
+    a.clone().oneshot(9).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while store.get(&9).unwrap().stored() == first {
+        assert!(
+            Instant::now() < deadline,
+            "the early refresh was answered from Redis: {} backend calls",
+            backend.calls()
+        );
+        sleep(Duration::from_millis(5)).await;
+    }
+    assert!(backend.calls() >= 2);
+    written(&store, 2).await;
+    assert_eq!(store.loads(), 0);
+}
+
+/// Redis killed in the middle of a run: every request the memory tier can answer is answered,
+/// and new keys go to the backend without failing; Redis restarted on the same port: the tier
+/// shares entries again by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_run_and_restarted() {
+    let Some(mut server) = RedisServer::start("redis_killed_mid_run_and_restarted") else {
+        return;
+    };
+    let backend = Backend::new(Duration::from_millis(1));
+    let (one, a) = instance(&server, &backend).await;
+    let (two, b) = instance(&server, &backend).await;
+    for k in 1..=20 {
+        a.clone().oneshot(k).await.unwrap();
+        b.clone().oneshot(k).await.unwrap();
+    }
+    assert_eq!(backend.calls(), 20);
+
+    server.stop();
+    let calls = backend.calls();
+    let failures = one.failures();
+    let start = Instant::now();
+    for round in 0..5 {
+        for k in 1..=20 {
+            let answer = timeout(Duration::from_secs(1), a.clone().oneshot(k)).await;
+            assert_eq!(
+                answer.expect("a hit waited on Redis").unwrap(),
+                u64::from(k) * 10
+            );
+        }
+        // A new key: Redis is down, so the backend answers, within the Redis timeout.
+        let k = 100 + round;
+        let answer = timeout(Duration::from_secs(1), b.clone().oneshot(k)).await;
+        assert_eq!(answer.expect("a miss hung").unwrap(), u64::from(k) * 10);
+    }
+    assert_eq!(
+        backend.calls(),
+        calls + 5,
+        "a memory hit reached the backend"
+    );
+    assert_eq!(one.failures(), failures, "a memory hit asked Redis");
+    assert!(two.failures() > 0, "the misses did not try Redis");
+    println!(
+        "Redis down: {:?} for 100 hits and 5 misses",
+        start.elapsed()
+    );
+
+    server.restart().unwrap();
+    // Within 15 s (the breaker's open spell, doubling to 10 s at most, and a reconnection),
+    // an answer computed by one instance is served by the other from Redis again.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut k = 1_000;
+    loop {
+        k += 1;
+        let writes = one.writes();
+        a.clone().oneshot(k).await.unwrap();
+        let before = backend.calls();
+        // Give the background write a moment.
+        let wrote = Instant::now() + Duration::from_millis(200);
+        while one.writes() == writes && Instant::now() < wrote {
+            sleep(Duration::from_millis(5)).await;
+        }
+        b.clone().oneshot(k).await.unwrap();
+        if backend.calls() == before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the Redis tier did not come back"
+        );
+        sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(feature = "http")]
+mod codec {
+    use bytes::Bytes;
+    use proptest::prelude::*;
+    use seawall::cache::redis::{Codec, HttpCodec};
+
+    fn header_name() -> impl Strategy<Value = String> {
+        "[a-z][a-z0-9-]{0,20}"
+    }
+
+    fn header_value() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(32u8..127, 0..64)
+    }
+
+    proptest! {
+        /// Status, headers (in order, repeated names kept) and body survive the trip.
+        #[test]
+        fn an_http_response_round_trips(
+            status in 100u16..1000,
+            headers in proptest::collection::vec((header_name(), header_value()), 0..12),
+            body in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let mut response = http::Response::new(Bytes::from(body.clone()));
+            *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+            for (name, value) in &headers {
+                response.headers_mut().append(
+                    http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    http::HeaderValue::from_bytes(value).unwrap(),
+                );
+            }
+            let bytes = HttpCodec.encode(&response).unwrap();
+            let back = HttpCodec.decode(&bytes).unwrap();
+            prop_assert_eq!(back.status(), response.status());
+            prop_assert_eq!(back.headers(), response.headers());
+            prop_assert_eq!(back.body(), response.body());
+            // Cut short anywhere in the head, it reads as nothing rather than as a wrong answer.
+            let head = bytes.len() - body.len();
+            for cut in 0..head {
+                let short = HttpCodec.decode(&bytes[..cut]);
+                prop_assert!(short.is_none(), "read {:?} from {} bytes", short, cut);
+            }
+        }
+    }
+}
