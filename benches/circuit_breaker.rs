@@ -93,6 +93,19 @@ fn benches(c: &mut Criterion) {
         "single/breaker_count_100",
         count_window_breaker().layer(Noop),
     );
+    // The keyed breaker, every call for one key already in its table (compare with
+    // single/breaker_count_100: the target is at most twice its cost).
+    single(
+        c,
+        "single/keyed_breaker_count_100_existing_key",
+        CircuitBreakerLayer::builder()
+            .count_window(100)
+            .keyed()
+            .key(|_: &u32| Some(7u32))
+            .build()
+            .unwrap()
+            .layer(Noop),
+    );
     single(
         c,
         "single/breaker_count_100_static",

@@ -85,6 +85,17 @@ pub enum ConfigError {
     /// The cap on a server's `Retry-After` hint is zero.
     #[error("maximum Retry-After must be greater than zero")]
     MaxRetryAfter,
+    /// A keyed breaker was given no keys, or more than the largest supported number.
+    #[error("a keyed breaker's max_keys must be in 1..={max}, got {max_keys}")]
+    MaxKeys {
+        /// The number given.
+        max_keys: usize,
+        /// The largest supported.
+        max: usize,
+    },
+    /// A keyed breaker's idle timeout is zero.
+    #[error("a keyed breaker's idle timeout must be greater than zero")]
+    IdleTimeout,
     /// No rule could ever open the breaker.
     #[error("no trip rule is enabled: set a failure rate, slow call rate, consecutive failures or honour Retry-After")]
     NoTripRule,
@@ -374,6 +385,13 @@ impl<C, O> Builder<C, O> {
         O: Observer,
     {
         self.build_with(true)
+    }
+
+    /// The validated settings, the name, the classifier and the observer: what a keyed breaker
+    /// makes each key's breaker from.
+    pub(crate) fn into_parts(self) -> Result<(Config, Cow<'static, str>, C, O), ConfigError> {
+        let config = self.settings.validate()?;
+        Ok((config, self.settings.name, self.classify, self.observer))
     }
 
     fn build_with(self, leak: bool) -> Result<CircuitBreakerLayer<C, O>, ConfigError>

@@ -24,6 +24,10 @@
 //! [`max_half_open_wait`](Builder::max_half_open_wait). All transitions happen on calls; there is no
 //! background task.
 //!
+//! [`KeyedCircuitBreakerLayer`] keeps one such breaker per destination (by default the request's
+//! authority), made on first use, forgotten when idle, in a table of bounded size; see its docs
+//! for an example.
+//!
 //! A [`Handle`] reads the state and metrics and steers the breaker by hand: force it open, close it,
 //! disable it, switch it to metrics-only, or reset it.
 //!
@@ -92,12 +96,19 @@ mod config;
 pub mod error;
 pub mod future;
 mod handle;
+mod keyed;
 mod layer;
 mod state;
 
 pub use config::{Builder, ConfigError, WindowKind};
 pub use handle::{Handle, Metrics};
+pub use keyed::{
+    Authority, KeyOf, KeyedBreakers, KeyedBuilder, KeyedCircuitBreaker, KeyedCircuitBreakerLayer,
+    KeyedHandle, KeyedObserver, KeyedPermit, KeyedResponseFuture,
+};
 pub use layer::CircuitBreakerLayer;
+#[cfg(feature = "pool")]
+pub(crate) use state::Schedule;
 pub use state::{Breaker, Permit};
 
 /// A service wrapped in a circuit breaker, made by [`CircuitBreakerLayer`].

@@ -157,6 +157,44 @@ impl Stamp {
     }
 }
 
+/// A breaker's state as `health` shows it, read at once (see [`Breaker::view`]).
+#[cfg_attr(
+    not(all(
+        feature = "health",
+        any(feature = "bulkhead", feature = "circuit-breaker", feature = "limit")
+    )),
+    allow(dead_code)
+)]
+pub(crate) struct View {
+    pub(crate) state: CircuitState,
+    pub(crate) probes_in_flight: u32,
+    pub(crate) opened_ago: Option<Duration>,
+    pub(crate) next_probe_in: Option<Duration>,
+}
+
+/// How long a breaker stays open after its `attempt`-th trip in a row (or a pool keeps an
+/// endpoint ejected after its `attempt`-th ejection): `base`, times `multiplier` per repeat, capped
+/// at `max`, then shortened by up to `jitter` (a fraction) at random.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Schedule {
+    pub(crate) base: Duration,
+    pub(crate) multiplier: f64,
+    pub(crate) max: Duration,
+    pub(crate) jitter: f64,
+}
+
+impl Schedule {
+    /// The duration for `attempt` (1 for the first), with `draw` a uniform draw from `[0, 1)`.
+    pub(crate) fn duration(&self, attempt: u32, draw: f64) -> Duration {
+        // Past a thousand trips in a row the cap has long been reached; the bound keeps `powi` sane.
+        let exponent = attempt.clamp(1, 1024) as i32 - 1;
+        let grown = self.base.as_secs_f64() * self.multiplier.powi(exponent);
+        let capped = grown.min(self.max.as_secs_f64());
+        // Saturates rather than panics for caps near `Duration::MAX`.
+        Duration::try_from_secs_f64(capped * (1.0 - self.jitter * draw)).unwrap_or(self.max)
+    }
+}
+
 /// The circuit breaker's [`Gate`]: its state machine, window and counters, shared by every service
 /// made from one [`CircuitBreakerLayer`](super::CircuitBreakerLayer). Reach it through a
 /// [`Handle`](super::Handle).
@@ -260,9 +298,10 @@ impl Breaker {
         }
     }
 
-    /// How long ago the breaker opened, and how long until it admits its next probe, read
-    /// together from one state: both `None` unless open; `opened` also when forced open;
-    /// `next_probe` zero once the open period is over (the next call probes). For `health`.
+    /// The state, the half-open probes in flight, how long ago the breaker opened and how long
+    /// until it admits its next probe, all from one reading of the state word, so never from two
+    /// states: `opened_ago` only while open or forced open, `next_probe_in` only while open (zero
+    /// once the open period is over: the next call probes). For `health`.
     #[cfg_attr(
         not(all(
             feature = "health",
@@ -270,19 +309,32 @@ impl Breaker {
         )),
         allow(dead_code)
     )]
-    pub(crate) fn open_times(&self) -> (Option<Duration>, Option<Duration>) {
+    pub(crate) fn view(&self) -> View {
         let word = self.state.load(Acquire);
-        if !matches!(tag(word), OPEN | FORCED_OPEN) {
-            return (None, None);
+        let state = state_of(tag(word));
+        let probes_in_flight = if tag(word) == HALF_OPEN {
+            field(word, ADMITTED_SHIFT) - field(word, COMPLETED_SHIFT)
+        } else {
+            0
+        };
+        let (mut opened_ago, mut next_probe_in) = (None, None);
+        if matches!(tag(word), OPEN | FORCED_OPEN) {
+            // The times are stamped with the generation they belong to: one of a later state is
+            // not taken for this one's.
+            let now = self.now();
+            let ago = |at: u64| Duration::from_nanos(now.saturating_sub(at));
+            opened_ago = self.opened_at.read(generation(word)).map(ago);
+            next_probe_in = (tag(word) == OPEN)
+                .then(|| self.open_until.read(generation(word)))
+                .flatten()
+                .map(|until| Duration::from_nanos(until.saturating_sub(now)));
         }
-        let now = self.now();
-        let ago = |at: u64| Duration::from_nanos(now.saturating_sub(at));
-        let opened = self.opened_at.read(generation(word)).map(ago);
-        let next_probe = (tag(word) == OPEN)
-            .then(|| self.open_until.read(generation(word)))
-            .flatten()
-            .map(|until| Duration::from_nanos(until.saturating_sub(now)));
-        (opened, next_probe)
+        View {
+            state,
+            probes_in_flight,
+            opened_ago,
+            next_probe_in,
+        }
     }
 
     pub(crate) fn consecutive_failures(&self) -> u32 {
@@ -296,21 +348,22 @@ impl Breaker {
     /// How long the `attempt`-th trip in a row keeps the breaker open.
     fn open_duration(&self, attempt: u32) -> Duration {
         let c = &self.config;
-        // Past a thousand trips in a row the cap has long been reached; the bound keeps `powi` sane.
-        let exponent = attempt.clamp(1, 1024) as i32 - 1;
-        let grown = c.open_duration.as_secs_f64() * c.open_multiplier.powi(exponent);
-        let capped = grown.min(c.max_open_duration.as_secs_f64());
-        let jitter = if c.open_jitter > 0.0 {
+        let draw = if c.open_jitter > 0.0 {
             let mut rng = self
                 .rng
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            c.open_jitter * rng.random::<f64>()
+            rng.random::<f64>()
         } else {
             0.0
         };
-        // Saturates rather than panics for caps near `Duration::MAX`.
-        Duration::try_from_secs_f64(capped * (1.0 - jitter)).unwrap_or(c.max_open_duration)
+        Schedule {
+            base: c.open_duration,
+            multiplier: c.open_multiplier,
+            max: c.max_open_duration,
+            jitter: c.open_jitter,
+        }
+        .duration(attempt, draw)
     }
 
     /// Opens the breaker from the state `word`, for `hint` if given, else for the backed-off
@@ -604,6 +657,29 @@ impl Gate for Breaker {
 }
 
 impl Breaker {
+    /// Admits a call now or rejects it: [`Gate::poll_acquire`] for callers with no task context
+    /// (the keyed breaker decides in `call`).
+    #[inline]
+    pub(crate) fn acquire<O: Observer>(&self, emit: Emitter<'_, O>) -> Result<Permit, Open> {
+        let word = self.state.load(Acquire);
+        if matches!(tag(word), CLOSED | DISABLED | METRICS_ONLY) {
+            return Ok(Permit::of(word, false));
+        }
+        self.acquire_slow(word, emit)
+    }
+
+    /// Whether the breaker holds nothing worth keeping for a key gone idle: closed (or disabled,
+    /// or metrics-only), or half-open with no probe in flight. An open or forced-open breaker
+    /// remembers that its key is failing, and a probe in flight must find its trial.
+    pub(crate) fn forgettable(&self) -> bool {
+        let word = self.state.load(Acquire);
+        match tag(word) {
+            OPEN | FORCED_OPEN => false,
+            HALF_OPEN => field(word, ADMITTED_SHIFT) == field(word, COMPLETED_SHIFT),
+            _ => true,
+        }
+    }
+
     /// Gives a probe's slot back to its trial, if the trial is still running.
     fn give_back_probe(&self, permit: Permit) {
         let _ = self.state.fetch_update(AcqRel, Acquire, |word| {

@@ -8,6 +8,7 @@ mod config;
 mod handle;
 #[cfg(feature = "http")]
 mod integration;
+mod keyed;
 mod model;
 mod observer;
 mod rules;

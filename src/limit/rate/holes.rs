@@ -27,7 +27,7 @@
 //! the earliest one it could have had, which errs on letting fewer through.
 
 use super::gcra::{Rule, Slot, TIME};
-use crate::sync::{AtomicU64, Mutex, MutexGuard};
+use crate::sync::{AtomicU64, Mutex, MutexGuard, Striped};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
@@ -79,6 +79,9 @@ const CLEANUP_PER_TAKE: usize = 8;
 pub(crate) struct Holes {
     count: AtomicUsize,
     shards: Box<[Mutex<Shard>]>,
+    /// Callers holding a reserved slot they wait for (what `health` reports): counted by
+    /// [`Held`](super::Held), so only by callers that wait.
+    waiting: Striped,
 }
 
 impl Holes {
@@ -88,7 +91,23 @@ impl Holes {
             shards: (0..shards.max(1))
                 .map(|_| Mutex::new(Shard::default()))
                 .collect(),
+            waiting: Striped::new(),
         }
+    }
+
+    /// One more caller waits for its slot.
+    pub(crate) fn wait_begins(&self) {
+        self.waiting.increment();
+    }
+
+    /// A caller no longer waits: its slot came, or it left.
+    pub(crate) fn wait_ends(&self) {
+        self.waiting.decrement();
+    }
+
+    /// How many callers wait for their slot now.
+    pub(crate) fn waiting(&self) -> u64 {
+        self.waiting.sum()
     }
 
     fn shard(&self, cell: usize) -> MutexGuard<'_, Shard> {

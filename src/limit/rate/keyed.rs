@@ -5,50 +5,19 @@ use super::gcra::{Decision, Quota, TIME};
 use super::holes::Holes;
 use super::wait::{self, Report, Unused, Verdict, Wait, Waiting};
 use super::{settings_setters, ConfigError, Limits, Settings};
-use crate::core::{Deadline, DeadlineCarrier, Emitter, EventKind, Observer, RejectReason, Source};
+pub(crate) use crate::core::keys::{Cell, Place, Table, MAX_KEYS};
+use crate::core::{Deadline, DeadlineCarrier, EventKind, Observer, RejectReason, Source};
 use crate::limit::error::RateLimited;
-use crate::sync::Mutex;
-use crate::sync::{
-    AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed, Ordering::Release, Padded,
-};
+use crate::sync::{AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed, Striped};
 use pin_project_lite::pin_project;
 use std::fmt;
 use std::future::Future;
-use std::hash::{BuildHasher, Hash, RandomState};
+use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tower::{BoxError, Layer, Service};
-
-/// The slots of one bucket: two cache lines.
-const BUCKET: usize = 8;
-/// How many locks serialise the insertion of new keys (never taken for a key already there).
-const INSERT_LOCKS: usize = 256;
-/// A slot no key has.
-const EMPTY: u64 = 0;
-/// A slot being handed to a new key.
-const BUSY: u64 = 2;
-/// The most keys a table keeps (2^28, 4 GiB of cells): more is refused as a mistake.
-pub(crate) const MAX_KEYS: usize = 1 << 28;
-
-/// One key's slot: the key's hash (odd, so never [`EMPTY`] or [`BUSY`]) and its cell.
-pub(crate) struct Slot<C> {
-    pub(crate) tag: AtomicU64,
-    pub(crate) cell: C,
-}
-
-/// What a [`Table`] keeps per key.
-pub(crate) trait Cell: Send + Sync {
-    /// A cell for no key.
-    fn new() -> Self;
-    /// Forgets the previous key's state, for a new key.
-    fn clear(&self);
-    /// How readily the cell's key may be dropped at `now`, lowest first: `(1, _)` for a key whose
-    /// state is worth nothing (dropping it loses nothing), `(2, order)` for others, `(3, _)` for
-    /// one that should be kept if at all possible.
-    fn rank(&self, now: u64) -> (u8, u64);
-}
 
 /// A GCRA cell: the key's theoretical arrival time, in the low bits ([`TIME`]), and in the top
 /// four how many keys the cell has held (modulo 16).
@@ -81,187 +50,14 @@ impl Cell for AtomicU64 {
     }
 }
 
-/// Where a key may live: its tag and its two buckets.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Place {
-    pub(crate) tag: u64,
-    buckets: [usize; 2],
-}
-
-/// The keys' cells, allocated once, so the memory never grows whatever keys come: `max_keys`
-/// slots (rounded up to whole buckets of [`BUCKET`]). A key lives in one of two buckets chosen by
-/// its hash; a new key takes an empty slot of the emptier one, else a slot whose key is idle (its
-/// whole burst available, so forgetting it loses nothing), else the slot whose key is closest to
-/// idle, and that key starts afresh if it comes back. Two choices keep the buckets even: a table
-/// four-fifths full of busy keys drops about one of them per ten thousand new keys.
-///
-/// Keys are known by a 64-bit hash, keyed at random per table (SipHash), so a client cannot pick
-/// keys that collide; two keys with the same hash would share a limit, which for a million keys
-/// happens with a chance of about one in thirty million.
-pub(crate) struct Table<C = AtomicU64> {
-    slots: Box<[Slot<C>]>,
-    insert: Box<[Mutex<()>]>,
-    hasher: RandomState,
-    keys: AtomicU64,
-}
-
-impl<C: Cell> Table<C> {
-    pub(crate) fn new(max_keys: usize) -> Self {
-        let buckets = max_keys.clamp(1, MAX_KEYS).div_ceil(BUCKET);
-        Table {
-            slots: (0..buckets * BUCKET)
-                .map(|_| Slot {
-                    tag: AtomicU64::new(EMPTY),
-                    cell: C::new(),
-                })
-                .collect(),
-            insert: (0..INSERT_LOCKS.min(buckets))
-                .map(|_| Mutex::new(()))
-                .collect(),
-            hasher: RandomState::new(),
-            keys: AtomicU64::new(0),
-        }
-    }
-
-    #[inline]
-    fn bucket(&self, index: usize) -> &[Slot<C>] {
-        &self.slots[index * BUCKET..][..BUCKET]
-    }
-
-    /// The slot at `index`.
-    #[inline]
-    pub(crate) fn slot(&self, index: usize) -> &Slot<C> {
-        &self.slots[index]
-    }
-
-    /// How many slots hold a key.
-    pub(crate) fn keys(&self) -> u64 {
-        self.keys.load(Relaxed)
-    }
-
-    /// How many keys fit.
-    pub(crate) fn capacity(&self) -> usize {
-        self.slots.len()
-    }
-
-    /// The memory the table takes, in bytes.
-    pub(crate) fn memory(&self) -> usize {
-        std::mem::size_of_val(&*self.slots) + std::mem::size_of_val(&*self.insert)
-    }
-
-    /// The tag and buckets of `key`.
-    #[inline]
-    pub(crate) fn locate<K: Hash + ?Sized>(&self, key: &K) -> Place {
-        let hash = self.hasher.hash_one(key);
-        let buckets = (self.slots.len() / BUCKET) as u128;
-        // Lemire's reduction of two independent-looking 64-bit values to 0..buckets.
-        let other = hash.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(31);
-        Place {
-            tag: hash | 1,
-            buckets: [
-                ((u128::from(hash) * buckets) >> 64) as usize,
-                ((u128::from(other) * buckets) >> 64) as usize,
-            ],
-        }
-    }
-
-    /// The index of the slot holding `place`'s key, if any.
-    #[inline]
-    pub(crate) fn find(&self, place: Place) -> Option<usize> {
-        let holds = |bucket: usize| {
-            (bucket * BUCKET..(bucket + 1) * BUCKET)
-                .find(|&i| self.slots[i].tag.load(Acquire) == place.tag)
-        };
-        holds(place.buckets[0]).or_else(|| holds(place.buckets[1]))
-    }
-
-    /// The index of the slot of `place`'s key, given a slot if the key is new; `now` reads the
-    /// time, which ranks the keys that might make room.
-    #[inline]
-    pub(crate) fn entry<O: Observer>(
-        &self,
-        place: Place,
-        now: impl FnOnce() -> u64,
-        emit: Emitter<'_, O>,
-    ) -> usize {
-        match self.find(place) {
-            Some(index) => index,
-            None => self.insert(place, now(), emit),
-        }
-    }
-
-    #[cold]
-    fn insert<O: Observer>(&self, place: Place, now: u64, emit: Emitter<'_, O>) -> usize {
-        // Inserting the same key twice at once would give it two cells: keys with the same first
-        // bucket take one lock, and look again under it.
-        let _lock = self.insert[place.buckets[0] % self.insert.len()]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(index) = self.find(place) {
-                return index;
-            }
-            // The slot to take: an empty one of the emptier bucket, else one whose key is idle,
-            // else the one whose key is closest to idle.
-            let empty = |b: usize| {
-                self.bucket(b)
-                    .iter()
-                    .filter(|s| s.tag.load(Relaxed) == EMPTY)
-                    .count()
-            };
-            let [first, second] = place.buckets;
-            let order = if empty(second) > empty(first) {
-                [second, first]
-            } else {
-                [first, second]
-            };
-            let victim = order
-                .into_iter()
-                .flat_map(|b| b * BUCKET..(b + 1) * BUCKET)
-                .filter_map(|index| {
-                    let slot = &self.slots[index];
-                    let held = slot.tag.load(Acquire);
-                    let rank = match held {
-                        BUSY => return None,
-                        EMPTY => (0, 0),
-                        _ => slot.cell.rank(now),
-                    };
-                    Some((rank, index, held))
-                })
-                .min_by_key(|(rank, _, _)| *rank);
-            let Some((rank, index, held)) = victim else {
-                // Every slot of both buckets is being handed to another key right now.
-                std::hint::spin_loop();
-                continue;
-            };
-            let slot = &self.slots[index];
-            if slot
-                .tag
-                .compare_exchange(held, BUSY, Acquire, Relaxed)
-                .is_err()
-            {
-                continue;
-            }
-            slot.cell.clear();
-            slot.tag.store(place.tag, Release);
-            if held == EMPTY {
-                self.keys.fetch_add(1, Relaxed);
-            } else {
-                emit.emit(EventKind::KeyEvicted { idle: rank.0 == 1 });
-            }
-            return index;
-        }
-    }
-}
-
 pub(crate) struct Keyed<Clk, O> {
     table: Table,
     limits: Limits<Clk>,
     source: Source<O>,
     /// Slots given back by callers that stopped waiting for them (waiting mode only).
     holes: Arc<Holes>,
-    /// Calls turned away (what `health` reports); written only when one is, on a line of its own.
-    pub(crate) rejected: Padded<AtomicU64>,
+    /// Calls turned away (what `health` reports); written only when one is, striped by thread.
+    pub(crate) rejected: Striped,
 }
 
 impl<Clk: Clock, O: Observer> Keyed<Clk, O> {
@@ -347,10 +143,9 @@ pub trait ReadDeadline<Req> {
     fn deadline(&self, req: &Req) -> Option<Deadline>;
 }
 
-/// Reads no deadline: calls may wait up to the limiter's maximum wait, whatever their deadline.
-/// The default of [`KeyedBuilder`] and [`RateLimitBuilder`](super::RateLimitBuilder).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct NoDeadline;
+// The markers are the core's, shared with the bulkhead and the adaptive limiter, which can
+// honour deadlines too.
+pub use crate::core::{CarriedDeadline, NoDeadline};
 
 impl<Req> ReadDeadline<Req> for NoDeadline {
     #[inline(always)]
@@ -358,13 +153,6 @@ impl<Req> ReadDeadline<Req> for NoDeadline {
         None
     }
 }
-
-/// Reads the deadline a request carries through [`DeadlineCarrier`] (put there by a
-/// propagating `TimeoutLayer` above, or read from
-/// `grpc-timeout`); see [`KeyedBuilder::honour_deadlines`] and
-/// [`RateLimitBuilder::honour_deadlines`](super::RateLimitBuilder::honour_deadlines).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct CarriedDeadline;
 
 impl<Req: DeadlineCarrier> ReadDeadline<Req> for CarriedDeadline {
     #[inline]
@@ -518,7 +306,7 @@ impl<F, Clk, O, D> KeyedBuilder<F, Clk, O, D> {
                 limits,
                 source,
                 holes: Arc::new(Holes::new(64)),
-                rejected: Padded(AtomicU64::new(0)),
+                rejected: Striped::new(),
             }),
             key: self.key,
             deadline: self.deadline,
@@ -660,7 +448,7 @@ where
                 KeyedResponseFuture::waiting(held.wait(hole.due - now), ready, req)
             }
             Verdict::Reject(nanos) => {
-                shared.rejected.fetch_add(1, Relaxed);
+                shared.rejected.increment();
                 let limited = match left {
                     Some(0) => shared.expired(place, now),
                     _ => RateLimited {
@@ -866,6 +654,13 @@ impl<Clk: Clock, O> KeyedHandle<Clk, O> {
             Some(index) => shared.limits.available(&shared.table.slot(index).cell),
             None => shared.limits.available(&AtomicU64::new(0)),
         }
+    }
+
+    /// How many callers, of every key, wait for a slot they were given (with
+    /// [`max_wait`](KeyedBuilder::max_wait)), from when it is reserved until their
+    /// call is made in it or they leave. Counted only by callers that wait.
+    pub fn waiting(&self) -> u64 {
+        self.shared.holes.waiting()
     }
 }
 

@@ -257,7 +257,8 @@ pub struct RateWaiter {
     held: Option<Held>,
 }
 
-/// A slot a caller waits for, given back if the caller leaves first.
+/// A slot a caller waits for, given back if the caller leaves first; the caller is counted among
+/// the limiter's waiting callers while it is held.
 pub(crate) struct Held {
     holes: Arc<Holes>,
     hole: Hole,
@@ -266,6 +267,7 @@ pub(crate) struct Held {
 
 impl Held {
     pub(crate) fn new(holes: &Arc<Holes>, hole: Hole) -> Self {
+        holes.wait_begins();
         Held {
             holes: holes.clone(),
             hole,
@@ -285,6 +287,7 @@ impl Drop for Held {
         if !self.used {
             self.holes.add(self.hole);
         }
+        self.holes.wait_ends();
     }
 }
 
@@ -651,6 +654,13 @@ impl<Clk: Clock, O> RateLimitHandle<Clk, O> {
     pub fn available(&self) -> u64 {
         let gate = &self.shared.gate;
         gate.limits.available(&gate.tat)
+    }
+
+    /// How many callers wait for a slot they were given (with
+    /// [`max_wait`](RateLimitBuilder::max_wait)), from when it is reserved until their call is
+    /// made in it or they leave. Counted only by callers that wait.
+    pub fn waiting(&self) -> u64 {
+        self.shared.gate.holes.waiting()
     }
 }
 

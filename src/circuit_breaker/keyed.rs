@@ -1,0 +1,883 @@
+//! One breaker per destination: [`KeyedCircuitBreakerLayer`].
+//!
+//! The breakers live in the keyed rate limiter's table of fixed size (see `core::keys`): a key's
+//! hash finds its slot among two buckets of eight, with atomic loads only. A key's breaker is made
+//! the first time a slot is used and kept for the keys that use the slot after it, so memory is
+//! bounded by `max_keys` and allocated only on the path of a new key.
+
+use super::config::Config;
+use super::error::Open;
+use super::state::{Breaker, Permit};
+use super::{Builder, ConfigError, Metrics};
+use crate::core::gate::{Anchor, Shared};
+use crate::core::keys::{Place, Table, MAX_KEYS};
+use crate::core::{
+    CircuitState, Classify, Emitter, ErrorIsFailure, Event, EventKind, GuardFuture, Observer,
+    Record, RejectReason, Source,
+};
+use crate::sync::{nanos, AtomicU64, Ordering::*};
+use std::borrow::Cow;
+use std::fmt;
+use std::hash::Hash;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Instant;
+use tower::{BoxError, Layer, Service};
+
+/// The index a permit of the overflow breaker carries.
+const OVERFLOW: u32 = u32::MAX;
+
+/// What a keyed breaker takes from a request: the key whose breaker decides the call, or `None`
+/// for a request with no destination (it goes through the shared overflow breaker).
+///
+/// The default, [`Authority`], reads an `http::Request`'s authority. Any closure
+/// `Fn(&Req) -> Option<K>` with `K: Hash + Debug` is a key function too.
+pub trait KeyOf<Req> {
+    /// The key, which may borrow from the request.
+    type Key<'a>: Hash + fmt::Debug
+    where
+        Req: 'a;
+
+    /// The key of `req`.
+    fn key<'a>(&self, req: &'a Req) -> Option<Self::Key<'a>>;
+}
+
+impl<Req, K, F> KeyOf<Req> for F
+where
+    F: Fn(&Req) -> Option<K>,
+    K: Hash + fmt::Debug,
+{
+    type Key<'a>
+        = K
+    where
+        Req: 'a;
+
+    #[inline]
+    fn key(&self, req: &Req) -> Option<K> {
+        self(req)
+    }
+}
+
+/// The default key: an `http::Request`'s authority (`uri().authority()`, else its `Host`
+/// header), as written (`api.example.com:443` and `api.example.com` are two keys). Borrowed from
+/// the request: nothing is allocated.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Authority;
+
+#[cfg(feature = "http")]
+impl<B> KeyOf<http::Request<B>> for Authority {
+    type Key<'a>
+        = &'a str
+    where
+        B: 'a;
+
+    #[inline]
+    fn key<'a>(&self, req: &'a http::Request<B>) -> Option<&'a str> {
+        match req.uri().authority() {
+            Some(authority) => Some(authority.as_str()),
+            None => req
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|host| host.to_str().ok()),
+        }
+    }
+}
+
+/// The observer of a keyed breaker's events: the one given to its builder, shared by the breakers
+/// of every key. The events of a key's breaker (its state transitions) carry the key, as do the
+/// `Permitted` and `Rejected` of its calls; `Finished`, `Cancelled` and the events of the overflow
+/// breaker carry none.
+pub struct KeyedObserver<O> {
+    observer: Arc<O>,
+    /// The `Debug` form of the key of the breaker this relays for (`None` for the layer's own
+    /// events), written when a key takes the breaker's slot; read only when an event is sent.
+    key: Option<Mutex<String>>,
+}
+
+impl<O> fmt::Debug for KeyedObserver<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedObserver").finish_non_exhaustive()
+    }
+}
+
+impl<O: Observer> Observer for KeyedObserver<O> {
+    const ENABLED: bool = O::ENABLED;
+
+    #[inline(always)]
+    fn on_event(&self, event: &Event<'_>) {
+        match &self.key {
+            Some(key) if event.key.is_none() => {
+                let key = key.lock().unwrap_or_else(|e| e.into_inner());
+                self.observer
+                    .on_event(&event.with_key(&Written(key.as_str())))
+            }
+            _ => self.observer.on_event(event),
+        }
+    }
+
+    #[inline(always)]
+    fn wants_latency(&self) -> bool {
+        self.observer.wants_latency()
+    }
+}
+
+/// A key's `Debug` form, written as it is.
+struct Written<'a>(&'a str);
+
+impl fmt::Debug for Written<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// One key's breaker, made when its slot is first used, and the source of its events.
+struct KeyBreaker<O> {
+    breaker: Breaker,
+    source: Source<KeyedObserver<O>>,
+}
+
+/// A slot's cell.
+struct Cell<O> {
+    made: OnceLock<KeyBreaker<O>>,
+    /// Set by a call of the key (only if clear: one write per sweep at most), cleared by sweeps.
+    used: AtomicBool,
+    /// When the key was last known to be in use: its insertion, or the last sweep that found it
+    /// used. With `used` clear, no call came since.
+    mark: AtomicU64,
+}
+
+impl<O> Cell<O> {
+    #[inline(always)]
+    fn touch(&self) {
+        if !self.used.load(Relaxed) {
+            self.used.store(true, Relaxed);
+        }
+    }
+
+    /// Whether the key has had no call for `idle` nanoseconds at `now`, and its breaker holds
+    /// nothing worth keeping.
+    fn idle(&self, now: u64, idle: u64) -> bool {
+        !self.used.load(Acquire)
+            && now.saturating_sub(self.mark.load(Relaxed)) >= idle
+            && self.made.get().is_none_or(|k| k.breaker.forgettable())
+    }
+}
+
+/// The keyed breaker's [`Gate`](crate::core::Gate): a table of breakers, one per key, and the
+/// overflow breaker. Read it through a [`KeyedHandle`].
+///
+/// As a gate on its own (in a [`GateLayer`](crate::core::GateLayer)) it knows no keys, and every
+/// call goes through its overflow breaker.
+pub struct KeyedBreakers<O: 'static = ()> {
+    table: Table<Cell<O>>,
+    overflow: Breaker,
+    config: Config,
+    /// The idle timeout, in nanoseconds.
+    idle: u64,
+    origin: Instant,
+    /// When the next sweep for idle keys is due, in nanoseconds since `origin`.
+    next_sweep: AtomicU64,
+    name: Cow<'static, str>,
+    observer: Arc<O>,
+    /// Calls that went through the overflow breaker.
+    overflowed: AtomicU64,
+    /// Keys dropped because they were idle.
+    evicted: AtomicU64,
+}
+
+impl<O> fmt::Debug for KeyedBreakers<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedBreakers")
+            .field("keys", &self.table.keys())
+            .field("max_keys", &self.table.capacity())
+            .field("overflow", &self.overflow)
+            .finish()
+    }
+}
+
+impl<O: Observer> KeyedBreakers<O> {
+    fn now(&self) -> u64 {
+        nanos(self.origin.elapsed())
+    }
+
+    #[inline]
+    fn made(&self, index: usize) -> &KeyBreaker<O> {
+        self.table
+            .slot(index)
+            .cell
+            .made
+            .get()
+            .expect("a key's breaker is made before the key can be found")
+    }
+
+    /// The slot of `place`'s key, given one if it is new and there is room; `None` when there is
+    /// none (the call goes through the overflow breaker).
+    #[inline]
+    fn slot_of(&self, place: Place, key: &dyn fmt::Debug) -> Option<usize> {
+        match self.table.find(place) {
+            Some(index) => {
+                self.table.slot(index).cell.touch();
+                Some(index)
+            }
+            None => self.insert(place, key),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn insert(&self, place: Place, key: &dyn fmt::Debug) -> Option<usize> {
+        let now = self.now();
+        self.sweep_if_due(now);
+        let idle = self.idle;
+        let mut dropped = String::new();
+        let claimed = self.table.claim(
+            place,
+            |cell| cell.idle(now, idle).then_some((1, 0)),
+            |cell| {
+                let made = cell.made.get_or_init(|| self.make_breaker());
+                made.breaker
+                    .transition(CircuitState::Closed, true, Source::new("", ()).emitter());
+                if O::ENABLED {
+                    if let Some(label) = &made.source.observer().key {
+                        let mut label = label.lock().unwrap_or_else(|e| e.into_inner());
+                        dropped = std::mem::replace(&mut *label, format!("{key:?}"));
+                    }
+                }
+                cell.used.store(false, Relaxed);
+                cell.mark.store(now, Relaxed);
+            },
+        );
+        let (index, evicted) = claimed?;
+        if evicted.is_some() {
+            self.evicted.fetch_add(1, Relaxed);
+            Source::new(self.name.clone(), self.relay(None))
+                .emitter()
+                .emit_keyed(EventKind::KeyEvicted { idle: true }, &Written(&dropped));
+        }
+        Some(index)
+    }
+
+    fn relay(&self, key: Option<String>) -> KeyedObserver<O> {
+        KeyedObserver {
+            observer: self.observer.clone(),
+            key: key.map(Mutex::new),
+        }
+    }
+
+    fn make_breaker(&self) -> KeyBreaker<O> {
+        let mut config = self.config.clone();
+        // Every key's breaker draws its own jitter, even from a seed.
+        let made = self.table.keys().wrapping_add(self.evicted.load(Relaxed));
+        config.seed = config
+            .seed
+            .map(|seed| seed ^ made.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        KeyBreaker {
+            breaker: Breaker::new(config),
+            source: Source::new(self.name.clone(), self.relay(Some(String::new()))),
+        }
+    }
+
+    /// Drops the keys idle for the idle timeout, if a sweep is due at `now`: at most one sweep
+    /// runs per half idle timeout, on a new key's path or from the handle.
+    fn sweep_if_due(&self, now: u64) {
+        let due = self.next_sweep.load(Relaxed);
+        if now < due
+            || self
+                .next_sweep
+                .compare_exchange(due, now.saturating_add(self.idle / 2), Relaxed, Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        self.sweep(now);
+    }
+
+    fn sweep(&self, now: u64) -> u64 {
+        let mut evicted = 0;
+        for index in 0..self.table.capacity() {
+            let cell = &self.table.slot(index).cell;
+            let tag = self.table.tag(index);
+            if cell.made.get().is_none() {
+                continue;
+            }
+            if cell.used.swap(false, AcqRel) {
+                cell.mark.store(now, Relaxed);
+                continue;
+            }
+            if !cell.idle(now, self.idle) {
+                continue;
+            }
+            let removed = self.table.remove(index, tag, |cell| {
+                // Asked again with the key out of reach: a call that came meanwhile keeps it.
+                cell.idle(now, self.idle)
+            });
+            if removed {
+                let made = self.made(index);
+                made.breaker
+                    .transition(CircuitState::Closed, true, Source::new("", ()).emitter());
+                evicted += 1;
+                self.evicted.fetch_add(1, Relaxed);
+                made.source
+                    .emitter()
+                    .emit(EventKind::KeyEvicted { idle: true });
+            }
+        }
+        evicted
+    }
+
+    fn find<K: Hash + ?Sized>(&self, key: &K) -> Option<&KeyBreaker<O>> {
+        let place = self.table.locate(key);
+        self.table.find(place).map(|index| self.made(index))
+    }
+}
+
+/// A keyed breaker's permit: the breaker's, and which breaker it is from.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyedPermit {
+    index: u32,
+    permit: Permit,
+}
+
+impl<O: Observer> crate::core::Gate for KeyedBreakers<O> {
+    type Permit = KeyedPermit;
+    type Rejection = Open;
+    type Waiter = ();
+
+    /// Without a request there is no key: the overflow breaker decides.
+    fn poll_acquire<O2: Observer>(
+        &self,
+        _cx: &mut Context<'_>,
+        _waiter: &mut (),
+        emit: Emitter<'_, O2>,
+    ) -> Poll<Result<KeyedPermit, Open>> {
+        Poll::Ready(self.overflow.acquire(emit).map(|permit| KeyedPermit {
+            index: OVERFLOW,
+            permit,
+        }))
+    }
+
+    #[inline]
+    fn complete<O2: Observer>(&self, permit: KeyedPermit, record: &Record, emit: Emitter<'_, O2>) {
+        if permit.index == OVERFLOW {
+            return self.overflow.complete(permit.permit, record, emit);
+        }
+        let index = permit.index as usize;
+        let made = self.made(index);
+        self.table.slot(index).cell.touch();
+        made.breaker
+            .complete(permit.permit, record, made.source.emitter())
+    }
+
+    #[inline]
+    fn cancel<O2: Observer>(&self, permit: KeyedPermit, emit: Emitter<'_, O2>) {
+        if permit.index == OVERFLOW {
+            return self.overflow.cancel(permit.permit, emit);
+        }
+        let made = self.made(permit.index as usize);
+        made.breaker.cancel(permit.permit, made.source.emitter())
+    }
+
+    #[inline]
+    fn wants_latency(&self) -> bool {
+        crate::core::Gate::wants_latency(&self.overflow)
+    }
+
+    #[inline]
+    fn wants_retry_after(&self) -> bool {
+        crate::core::Gate::wants_retry_after(&self.overflow)
+    }
+
+    fn reject_reason(rejection: &Open) -> RejectReason {
+        rejection.reason
+    }
+}
+
+/// The shared state of a keyed breaker layer.
+type KeyedShared<O> = Shared<KeyedBreakers<O>, KeyedObserver<O>>;
+
+/// One circuit breaker per destination: calls to a failing host are turned away while the other
+/// hosts behind the same client keep their traffic. See the [module docs](super) and
+/// docs/circuit-breaker.md.
+///
+/// Build it from the breaker's [`Builder`] (every threshold, window, open-duration schedule,
+/// classifier and observer applies to each key's breaker) with [`Builder::keyed`]:
+///
+/// ```
+/// # #[cfg(feature = "http")] {
+/// use seawall::circuit_breaker::{error::Open, CircuitBreakerLayer};
+/// use std::time::Duration;
+/// use tower::{service_fn, ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let breakers = CircuitBreakerLayer::builder()
+///     .consecutive_failures(3)
+///     .keyed()
+///     .max_keys(1_000)
+///     .idle_timeout(Duration::from_secs(600))
+///     .build()
+///     .unwrap();
+/// let handle = breakers.handle();
+/// let client = ServiceBuilder::new().layer(breakers).service(service_fn(
+///     |req: http::Request<()>| async move {
+///         match req.uri().host() {
+///             Some("down.example") => Err("connection refused"),
+///             _ => Ok(http::Response::new(())),
+///         }
+///     },
+/// ));
+///
+/// let get = |uri: &str| http::Request::get(uri).body(()).unwrap();
+/// for _ in 0..3 {
+///     let _ = client.clone().oneshot(get("http://down.example/")).await;
+/// }
+/// let err = client.clone().oneshot(get("http://down.example/")).await.unwrap_err();
+/// assert!(err.is::<Open>());
+/// // Another host keeps its traffic.
+/// assert!(client.oneshot(get("http://up.example/")).await.is_ok());
+/// assert_eq!(handle.keys(), 2);
+/// # }
+/// # }
+/// ```
+pub struct KeyedCircuitBreakerLayer<K = Authority, C = ErrorIsFailure, O: 'static = ()> {
+    shared: Anchor<KeyedShared<O>>,
+    key: K,
+    classify: C,
+}
+
+impl KeyedCircuitBreakerLayer {
+    /// One breaker with the default settings per request authority (see [`Builder`] and
+    /// [`KeyedBuilder`]).
+    pub fn new() -> Self {
+        Builder::default()
+            .keyed()
+            .build()
+            .expect("the default configuration is valid")
+    }
+
+    /// Starts a [`KeyedBuilder`] from the breaker's defaults; set the breaker's own settings with
+    /// [`CircuitBreakerLayer::builder`](super::CircuitBreakerLayer::builder) and
+    /// [`Builder::keyed`] instead.
+    pub fn builder() -> KeyedBuilder {
+        Builder::default().keyed()
+    }
+}
+
+impl Default for KeyedCircuitBreakerLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K, C, O: Observer> KeyedCircuitBreakerLayer<K, C, O> {
+    /// A handle on the layer's breakers.
+    pub fn handle(&self) -> KeyedHandle<O> {
+        KeyedHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<K: Clone, C: Clone, O> Clone for KeyedCircuitBreakerLayer<K, C, O> {
+    fn clone(&self) -> Self {
+        KeyedCircuitBreakerLayer {
+            shared: self.shared.clone(),
+            key: self.key.clone(),
+            classify: self.classify.clone(),
+        }
+    }
+}
+
+impl<K, C: fmt::Debug, O> fmt::Debug for KeyedCircuitBreakerLayer<K, C, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedCircuitBreakerLayer")
+            .field("name", &self.shared.name())
+            .field("breakers", &self.shared.gate)
+            .field("classify", &self.classify)
+            .finish()
+    }
+}
+
+impl<S, K: Clone, C: Clone, O: Observer> Layer<S> for KeyedCircuitBreakerLayer<K, C, O> {
+    type Service = KeyedCircuitBreaker<S, K, C, O>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        KeyedCircuitBreaker {
+            inner,
+            shared: self.shared.clone(),
+            key: self.key.clone(),
+            classify: self.classify.clone(),
+        }
+    }
+}
+
+/// Builds a [`KeyedCircuitBreakerLayer`]: the breaker's [`Builder`] (from [`Builder::keyed`]),
+/// with how keys are found, how many are kept and when an idle one is dropped.
+#[derive(Clone, Debug)]
+pub struct KeyedBuilder<K = Authority, C = ErrorIsFailure, O = ()> {
+    breaker: Builder<C, O>,
+    key: K,
+    max_keys: usize,
+    idle_timeout: Duration,
+}
+
+impl<C, O> Builder<C, O> {
+    /// One breaker of these settings per destination: a [`KeyedBuilder`].
+    pub fn keyed(self) -> KeyedBuilder<Authority, C, O> {
+        KeyedBuilder {
+            breaker: self,
+            key: Authority,
+            max_keys: 1024,
+            idle_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+impl<K, C, O> KeyedBuilder<K, C, O> {
+    /// Takes each request's key with `key` (default: [`Authority`]): any closure
+    /// `Fn(&Req) -> Option<K>`, or a [`KeyOf`]. A request with no key goes through the overflow
+    /// breaker.
+    pub fn key<K2>(self, key: K2) -> KeyedBuilder<K2, C, O> {
+        KeyedBuilder {
+            breaker: self.breaker,
+            key,
+            max_keys: self.max_keys,
+            idle_timeout: self.idle_timeout,
+        }
+    }
+
+    /// The most keys with a breaker of their own (default 1,024; at most 2^28), rounded up to a
+    /// multiple of 8. Their slots are allocated when the layer is built (about 100 bytes each);
+    /// a key's breaker when the slot is first used. A new key that finds no room (its two
+    /// buckets of eight all held by keys in use, or by open breakers) goes through the shared
+    /// overflow breaker until room is made: size it at about 1.25 times the keys live within an
+    /// idle timeout.
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys;
+        self
+    }
+
+    /// How long a key may go without a call before its breaker is forgotten and its slot given
+    /// to another key (default 10 minutes). An open breaker, or a half-open one with a probe in
+    /// flight, is never forgotten.
+    pub fn idle_timeout(mut self, idle_timeout: Duration) -> Self {
+        self.idle_timeout = idle_timeout;
+        self
+    }
+
+    /// Checks the settings and builds the layer, allocating its table of keys.
+    pub fn build(self) -> Result<KeyedCircuitBreakerLayer<K, C, O>, ConfigError>
+    where
+        O: Observer,
+    {
+        if self.max_keys == 0 || self.max_keys > MAX_KEYS {
+            return Err(ConfigError::MaxKeys {
+                max_keys: self.max_keys,
+                max: MAX_KEYS,
+            });
+        }
+        if self.idle_timeout.is_zero() {
+            return Err(ConfigError::IdleTimeout);
+        }
+        let (config, name, classify, observer) = self.breaker.into_parts()?;
+        let observer = Arc::new(observer);
+        let breakers = KeyedBreakers {
+            table: Table::with_cells(self.max_keys, || Cell {
+                made: OnceLock::new(),
+                used: AtomicBool::new(false),
+                mark: AtomicU64::new(0),
+            }),
+            overflow: Breaker::new(config.clone()),
+            config,
+            idle: nanos(self.idle_timeout),
+            origin: Instant::now(),
+            next_sweep: AtomicU64::new(0),
+            name: name.clone(),
+            observer: observer.clone(),
+            overflowed: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+        };
+        let shared = Shared::new(
+            name,
+            breakers,
+            KeyedObserver {
+                observer,
+                key: None,
+            },
+        );
+        shared.emitter().emit(EventKind::Started {
+            state: Some(CircuitState::Closed),
+            limit: None,
+        });
+        Ok(KeyedCircuitBreakerLayer {
+            shared: Anchor::counted(shared),
+            key: self.key,
+            classify,
+        })
+    }
+}
+
+/// The service of [`KeyedCircuitBreakerLayer`]: finds the request's key in `call`, and admits or
+/// rejects the call on that key's breaker.
+pub struct KeyedCircuitBreaker<S, K = Authority, C = ErrorIsFailure, O: 'static = ()> {
+    inner: S,
+    shared: Anchor<KeyedShared<O>>,
+    key: K,
+    classify: C,
+}
+
+impl<S, K, C, O> KeyedCircuitBreaker<S, K, C, O> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the service, returning the inner one.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, K: Clone, C: Clone, O> Clone for KeyedCircuitBreaker<S, K, C, O> {
+    fn clone(&self) -> Self {
+        KeyedCircuitBreaker {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+            key: self.key.clone(),
+            classify: self.classify.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, K, C, O> fmt::Debug for KeyedCircuitBreaker<S, K, C, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedCircuitBreaker")
+            .field("name", &self.shared.name())
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+/// The response future of [`KeyedCircuitBreaker`]: the inner call with its key's permit, or the
+/// rejection of an open breaker. Named and unboxed.
+pub type KeyedResponseFuture<F, C = ErrorIsFailure, O = ()> =
+    GuardFuture<F, KeyedBreakers<O>, C, KeyedObserver<O>>;
+
+impl<S, K, C, O, Req> Service<Req> for KeyedCircuitBreaker<S, K, C, O>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    K: KeyOf<Req>,
+    C: Classify<S::Response, S::Error> + Clone,
+    O: Observer,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = KeyedResponseFuture<S::Future, C, O>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let shared = &*self.shared;
+        let breakers = &shared.gate;
+        let emit = shared.emitter();
+        let key = self.key.key(&req);
+        let (index, decided) = loop {
+            let Some(key) = &key else {
+                break (OVERFLOW, breakers.overflow.acquire(emit));
+            };
+            let place = breakers.table.locate(key);
+            let Some(index) = breakers.slot_of(place, key) else {
+                breakers.overflowed.fetch_add(1, Relaxed);
+                break (OVERFLOW, breakers.overflow.acquire(emit));
+            };
+            let made = breakers.made(index);
+            let decided = made.breaker.acquire(made.source.emitter());
+            // The slot may have gone to another key since it was found (an idle key dropped by
+            // a sweep): then the permit is given back and the key looked up again.
+            if breakers.table.tag(index) != place.tag {
+                if let Ok(permit) = decided {
+                    crate::core::Gate::cancel(&made.breaker, permit, Source::new("", ()).emitter());
+                }
+                continue;
+            }
+            break (index as u32, decided);
+        };
+        match decided {
+            Ok(permit) => {
+                // Given back should the observer panic before the call is made.
+                let unsent = Unsent(breakers, Some(KeyedPermit { index, permit }));
+                emit.emit_keyed(EventKind::Permitted, &Shown(&key));
+                let permit = unsent.sent();
+                // The key may borrow from the request, which the call takes.
+                drop(key);
+                let start = (crate::core::Gate::wants_latency(breakers)
+                    || shared.source.observer().wants_latency())
+                .then(Instant::now);
+                let classify = self.classify.clone();
+                let inner = &mut self.inner;
+                KeyedResponseFuture::admitted(&self.shared, permit, classify, start, || {
+                    inner.call(req)
+                })
+            }
+            Err(open) => {
+                shared.count_rejected();
+                emit.emit_keyed(
+                    EventKind::Rejected {
+                        reason: open.reason,
+                    },
+                    &Shown(&key),
+                );
+                KeyedResponseFuture::rejected(open)
+            }
+        }
+    }
+}
+
+/// A request's key in events: the key, or nothing for a request without one.
+struct Shown<'a, T>(&'a Option<T>);
+
+impl<T: fmt::Debug> fmt::Debug for Shown<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(key) => key.fmt(f),
+            None => f.write_str("(none)"),
+        }
+    }
+}
+
+/// A permit taken and not yet in its call's future: given back if dropped.
+struct Unsent<'a, O: Observer>(&'a KeyedBreakers<O>, Option<KeyedPermit>);
+
+impl<O: Observer> Unsent<'_, O> {
+    fn sent(mut self) -> KeyedPermit {
+        self.1.take().expect("a permit is sent once")
+    }
+}
+
+impl<O: Observer> Drop for Unsent<'_, O> {
+    fn drop(&mut self) {
+        if let Some(permit) = self.1.take() {
+            crate::core::Gate::cancel(self.0, permit, Source::new("", ()).emitter());
+        }
+    }
+}
+
+/// A handle on a keyed breaker: its keys, each key's state and counts, and the overflow breaker.
+pub struct KeyedHandle<O: 'static = ()> {
+    shared: Anchor<KeyedShared<O>>,
+}
+
+impl<O> Clone for KeyedHandle<O> {
+    fn clone(&self) -> Self {
+        KeyedHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<O> fmt::Debug for KeyedHandle<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedHandle")
+            .field("name", &self.shared.name())
+            .field("breakers", &self.shared.gate)
+            .finish()
+    }
+}
+
+fn metrics_of(breaker: &Breaker) -> Metrics {
+    let counts = breaker.counts();
+    let minimum = breaker.config().minimum_calls;
+    Metrics {
+        state: breaker.state(),
+        calls: counts.calls,
+        failures: counts.failures,
+        slow_calls: counts.slow,
+        failure_rate: counts.failure_rate(minimum),
+        slow_call_rate: counts.slow_rate(minimum),
+        consecutive_failures: breaker.consecutive_failures(),
+        probes_in_flight: breaker.probes_in_flight(),
+    }
+}
+
+impl<O: Observer> KeyedHandle<O> {
+    /// The layer's name.
+    pub fn name(&self) -> &str {
+        self.shared.name()
+    }
+
+    /// How many keys have a breaker of their own now.
+    pub fn keys(&self) -> u64 {
+        self.shared.gate.table.keys()
+    }
+
+    /// The most keys kept.
+    pub fn max_keys(&self) -> usize {
+        self.shared.gate.table.capacity()
+    }
+
+    /// The state of `key`'s breaker; `None` if the key has none (never seen, or forgotten).
+    /// `key` must hash as the key function's keys do (for [`Authority`], a `&str`).
+    pub fn state<Q: Hash + ?Sized>(&self, key: &Q) -> Option<CircuitState> {
+        self.shared.gate.find(key).map(|k| k.breaker.state())
+    }
+
+    /// The window's counts and rates of `key`'s breaker, and its state.
+    pub fn metrics<Q: Hash + ?Sized>(&self, key: &Q) -> Option<Metrics> {
+        self.shared.gate.find(key).map(|k| metrics_of(&k.breaker))
+    }
+
+    /// The counts of the overflow breaker: calls with no key, or whose key found no room.
+    pub fn overflow_metrics(&self) -> Metrics {
+        metrics_of(&self.shared.gate.overflow)
+    }
+
+    /// Calls whose key found no room in the table and went through the overflow breaker.
+    pub fn overflowed(&self) -> u64 {
+        self.shared.gate.overflowed.load(Relaxed)
+    }
+
+    /// Keys forgotten for being idle, since the layer was built.
+    pub fn evicted(&self) -> u64 {
+        self.shared.gate.evicted.load(Relaxed)
+    }
+
+    /// Forces `key`'s breaker open (rejecting every call with the key, never forgotten while so)
+    /// until [`reset`](Self::reset); returns `false` if the key has no breaker.
+    pub fn force_open<Q: Hash + ?Sized>(&self, key: &Q) -> bool {
+        self.to(key, CircuitState::ForcedOpen)
+    }
+
+    /// Closes `key`'s breaker with an empty window and no memory of earlier trips; returns `false`
+    /// if the key has no breaker.
+    pub fn reset<Q: Hash + ?Sized>(&self, key: &Q) -> bool {
+        self.to(key, CircuitState::Closed)
+    }
+
+    fn to<Q: Hash + ?Sized>(&self, key: &Q, state: CircuitState) -> bool {
+        match self.shared.gate.find(key) {
+            Some(k) => {
+                k.breaker.transition(state, true, k.source.emitter());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets now every key idle for the idle timeout (sweeps otherwise run on the path of a new
+    /// key, at most once per half idle timeout); returns how many were.
+    pub fn evict_idle(&self) -> u64 {
+        let gate = &self.shared.gate;
+        gate.sweep(gate.now())
+    }
+}

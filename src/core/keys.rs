@@ -1,0 +1,284 @@
+//! A table of per-key state of fixed size: a key's hash finds its slot among two buckets, with
+//! no lock and no allocation; a new key takes an empty slot, or the slot of a key its owner ranks
+//! as least worth keeping. The keyed rate limiter, the fleet limiter and the keyed circuit breaker
+//! keep their keys in it.
+
+// The rate limiters use all of it; the keyed breaker alone does not.
+#![cfg_attr(not(feature = "limit"), allow(dead_code))]
+
+use crate::core::{Emitter, EventKind, Observer};
+use crate::sync::Mutex;
+use crate::sync::{AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
+use std::hash::{BuildHasher, Hash, RandomState};
+
+/// The slots of one bucket: two cache lines.
+const BUCKET: usize = 8;
+/// How many locks serialise the insertion of new keys (never taken for a key already there).
+const INSERT_LOCKS: usize = 256;
+/// A slot no key has.
+const EMPTY: u64 = 0;
+/// A slot being handed to a new key.
+const BUSY: u64 = 2;
+/// The most keys a table keeps (2^28, 4 GiB of cells): more is refused as a mistake.
+pub(crate) const MAX_KEYS: usize = 1 << 28;
+
+/// One key's slot: the key's hash (odd, so never [`EMPTY`] or [`BUSY`]) and its cell.
+pub(crate) struct Slot<C> {
+    pub(crate) tag: AtomicU64,
+    pub(crate) cell: C,
+}
+
+/// What a [`Table`] keeps per key.
+pub(crate) trait Cell: Send + Sync {
+    /// A cell for no key.
+    fn new() -> Self;
+    /// Forgets the previous key's state, for a new key.
+    fn clear(&self);
+    /// How readily the cell's key may be dropped at `now`, lowest first: `(1, _)` for a key whose
+    /// state is worth nothing (dropping it loses nothing), `(2, order)` for others, `(3, _)` for
+    /// one that should be kept if at all possible.
+    fn rank(&self, now: u64) -> (u8, u64);
+}
+
+/// Where a key may live: its tag and its two buckets.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Place {
+    pub(crate) tag: u64,
+    buckets: [usize; 2],
+}
+
+/// The keys' cells, allocated once, so the memory never grows whatever keys come: `max_keys`
+/// slots (rounded up to whole buckets of [`BUCKET`]). A key lives in one of two buckets chosen by
+/// its hash; a new key takes an empty slot of the emptier one, else a slot whose key is idle (its
+/// whole burst available, so forgetting it loses nothing), else the slot whose key is closest to
+/// idle, and that key starts afresh if it comes back. Two choices keep the buckets even: a table
+/// four-fifths full of busy keys drops about one of them per ten thousand new keys.
+///
+/// Keys are known by a 64-bit hash, keyed at random per table (SipHash), so a client cannot pick
+/// keys that collide; two keys with the same hash would share a limit, which for a million keys
+/// happens with a chance of about one in thirty million.
+pub(crate) struct Table<C = AtomicU64> {
+    slots: Box<[Slot<C>]>,
+    insert: Box<[Mutex<()>]>,
+    hasher: RandomState,
+    keys: AtomicU64,
+}
+
+impl<C: Cell> Table<C> {
+    pub(crate) fn new(max_keys: usize) -> Self {
+        Table::with_cells(max_keys, C::new)
+    }
+}
+
+impl<C> Table<C> {
+    #[inline]
+    fn bucket(&self, index: usize) -> &[Slot<C>] {
+        &self.slots[index * BUCKET..][..BUCKET]
+    }
+
+    /// The slot at `index`.
+    #[inline]
+    pub(crate) fn slot(&self, index: usize) -> &Slot<C> {
+        &self.slots[index]
+    }
+
+    /// How many slots hold a key.
+    pub(crate) fn keys(&self) -> u64 {
+        self.keys.load(Relaxed)
+    }
+
+    /// How many keys fit.
+    pub(crate) fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The memory the table takes, in bytes.
+    pub(crate) fn memory(&self) -> usize {
+        std::mem::size_of_val(&*self.slots) + std::mem::size_of_val(&*self.insert)
+    }
+
+    /// The tag and buckets of `key`.
+    #[inline]
+    pub(crate) fn locate<K: Hash + ?Sized>(&self, key: &K) -> Place {
+        let hash = self.hasher.hash_one(key);
+        let buckets = (self.slots.len() / BUCKET) as u128;
+        // Lemire's reduction of two independent-looking 64-bit values to 0..buckets.
+        let other = hash.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(31);
+        Place {
+            tag: hash | 1,
+            buckets: [
+                ((u128::from(hash) * buckets) >> 64) as usize,
+                ((u128::from(other) * buckets) >> 64) as usize,
+            ],
+        }
+    }
+
+    /// The index of the slot holding `place`'s key, if any.
+    #[inline]
+    pub(crate) fn find(&self, place: Place) -> Option<usize> {
+        let holds = |bucket: usize| {
+            (bucket * BUCKET..(bucket + 1) * BUCKET)
+                .find(|&i| self.slots[i].tag.load(Acquire) == place.tag)
+        };
+        holds(place.buckets[0]).or_else(|| holds(place.buckets[1]))
+    }
+}
+
+impl<C: Cell> Table<C> {
+    /// The index of the slot of `place`'s key, given a slot if the key is new; `now` reads the
+    /// time, which ranks the keys that might make room.
+    #[inline]
+    pub(crate) fn entry<O: Observer>(
+        &self,
+        place: Place,
+        now: impl FnOnce() -> u64,
+        emit: Emitter<'_, O>,
+    ) -> usize {
+        match self.find(place) {
+            Some(index) => index,
+            None => self.insert(place, now(), emit),
+        }
+    }
+
+    #[cold]
+    fn insert<O: Observer>(&self, place: Place, now: u64, emit: Emitter<'_, O>) -> usize {
+        let claimed = self.claim(place, |cell| Some(cell.rank(now)), |cell| cell.clear());
+        let (index, evicted) = claimed.expect("every slot can be taken");
+        if let Some(idle) = evicted {
+            emit.emit(EventKind::KeyEvicted { idle });
+        }
+        index
+    }
+}
+
+impl<C> Table<C> {
+    /// A table of `max_keys` slots (rounded up to whole buckets), each cell made by `make`.
+    pub(crate) fn with_cells(max_keys: usize, mut make: impl FnMut() -> C) -> Self {
+        let buckets = max_keys.clamp(1, MAX_KEYS).div_ceil(BUCKET);
+        Table {
+            slots: (0..buckets * BUCKET)
+                .map(|_| Slot {
+                    tag: AtomicU64::new(EMPTY),
+                    cell: make(),
+                })
+                .collect(),
+            insert: (0..INSERT_LOCKS.min(buckets))
+                .map(|_| Mutex::new(()))
+                .collect(),
+            hasher: RandomState::new(),
+            keys: AtomicU64::new(0),
+        }
+    }
+
+    /// Gives `place`'s key a slot, if it has none: an empty one of the emptier of its two
+    /// buckets, else the one whose cell `rank` ranks lowest (`None`: never take it). `prepare`
+    /// readies the cell for the key before anyone can find it. Returns the slot's index and,
+    /// when a key was dropped to make room, whether `rank` said it was idle (rank 1); `None` when
+    /// no slot may be taken. Keys with the same first bucket take one lock (of a few hundred);
+    /// a key already there is returned without it.
+    #[cold]
+    pub(crate) fn claim(
+        &self,
+        place: Place,
+        rank: impl Fn(&C) -> Option<(u8, u64)>,
+        prepare: impl FnOnce(&C),
+    ) -> Option<(usize, Option<bool>)> {
+        if let Some(index) = self.find(place) {
+            return Some((index, None));
+        }
+        // Inserting the same key twice at once would give it two cells: keys with the same first
+        // bucket take one lock, and look again under it.
+        let _lock = self.insert[place.buckets[0] % self.insert.len()]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(index) = self.find(place) {
+                return Some((index, None));
+            }
+            // The slot to take: an empty one of the emptier bucket, else the one ranked lowest.
+            let empty = |b: usize| {
+                self.bucket(b)
+                    .iter()
+                    .filter(|s| s.tag.load(Relaxed) == EMPTY)
+                    .count()
+            };
+            let [first, second] = place.buckets;
+            let order = if empty(second) > empty(first) {
+                [second, first]
+            } else {
+                [first, second]
+            };
+            let mut busy = false;
+            let victim = order
+                .into_iter()
+                .flat_map(|b| b * BUCKET..(b + 1) * BUCKET)
+                .filter_map(|index| {
+                    let slot = &self.slots[index];
+                    let held = slot.tag.load(Acquire);
+                    let rank = match held {
+                        BUSY => {
+                            busy = true;
+                            return None;
+                        }
+                        EMPTY => (0, 0),
+                        _ => rank(&slot.cell)?,
+                    };
+                    Some((rank, index, held))
+                })
+                .min_by_key(|(rank, _, _)| *rank);
+            let Some((rank, index, held)) = victim else {
+                if !busy {
+                    return None;
+                }
+                // Slots of both buckets are being handed to other keys right now.
+                std::hint::spin_loop();
+                continue;
+            };
+            let slot = &self.slots[index];
+            if slot
+                .tag
+                .compare_exchange(held, BUSY, Acquire, Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            prepare(&slot.cell);
+            slot.tag.store(place.tag, Release);
+            if held == EMPTY {
+                self.keys.fetch_add(1, Relaxed);
+                return Some((index, None));
+            }
+            return Some((index, Some(rank.0 == 1)));
+        }
+    }
+
+    /// Takes the key `tag` out of the slot at `index`, if it still holds it and `forget` agrees
+    /// (asked while no one can find the key): the slot is empty again. Returns whether it was.
+    #[cfg_attr(not(feature = "circuit-breaker"), allow(dead_code))]
+    pub(crate) fn remove(&self, index: usize, tag: u64, forget: impl FnOnce(&C) -> bool) -> bool {
+        let slot = &self.slots[index];
+        if tag == EMPTY
+            || tag == BUSY
+            || slot
+                .tag
+                .compare_exchange(tag, BUSY, Acquire, Relaxed)
+                .is_err()
+        {
+            return false;
+        }
+        if !forget(&slot.cell) {
+            slot.tag.store(tag, Release);
+            return false;
+        }
+        slot.tag.store(EMPTY, Release);
+        self.keys.fetch_sub(1, Relaxed);
+        true
+    }
+
+    /// The tag of the key the slot at `index` holds (or an empty or busy mark).
+    #[inline]
+    #[cfg_attr(not(feature = "circuit-breaker"), allow(dead_code))]
+    pub(crate) fn tag(&self, index: usize) -> u64 {
+        self.slots[index].tag.load(Acquire)
+    }
+}

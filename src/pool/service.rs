@@ -1,0 +1,434 @@
+//! The pool's `Service`: power of two choices over the endpoints in rotation.
+
+use super::error::NoHealthyEndpoint;
+use super::future::{InFlight, ResponseFuture};
+use super::handle::PoolHandle;
+use super::state::{tag, Endpoint, List, Shared, Usable, AVAILABLE, EJECTED, HELD, PROBING};
+use super::Builder;
+use crate::core::{Classify, ErrorIsFailure, EventKind, Observer, RejectReason};
+use crate::sync::nanos;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::time::{Instant, Sleep};
+use tower::{BoxError, Service};
+
+/// Random draws of an endpoint before a pool falls back to walking its list: enough that, with
+/// at most half the endpoints out of rotation, a walk is a rare event (about 1 in 4,000).
+const DRAWS: usize = 16;
+
+/// Endpoints tried for readiness in one `poll_ready`, beside the one it already holds.
+const ATTEMPTS: usize = 3;
+
+/// A pool of endpoints, each a tower `Service`: calls go to the less loaded of two endpoints
+/// drawn at random among those in rotation (power of two choices), and endpoints that fail are
+/// ejected for a while. See the [module docs](super).
+///
+/// Clones share the endpoints and their state; each clone makes its call on its own clone of the
+/// chosen endpoint's service (so endpoint services must be `Clone`, as hyper's and tonic's
+/// clients are, and `Sync`: wrap others in `BoxCloneSyncService` or tower's `Buffer`).
+pub struct Pool<K, S, C = ErrorIsFailure, O = ()> {
+    shared: Arc<Shared<K, S, O>>,
+    classify: C,
+    /// The endpoints as of generation `seen`: replaced whole when the pool's list changes, so
+    /// nothing here ever indexes a list it did not come from.
+    list: List<K, S>,
+    seen: u64,
+    /// What `poll_ready` chose: ready, or (while `poll_ready` is pending) waited for.
+    chosen: Option<Chosen<K, S>>,
+    /// `poll_ready` found no healthy endpoint, and the pool fails fast: `call` refuses.
+    rejected: bool,
+    rng: AtomicU64,
+    /// When nothing can take a call until an ejection ends.
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+/// An endpoint drawn: its place in the list, the endpoint, and how it may take the call.
+type Pick<K, S> = (usize, Arc<Endpoint<K, S>>, Usable);
+
+/// An endpoint `poll_ready` chose, with the clone of its service the call will be made on.
+struct Chosen<K, S> {
+    endpoint: Arc<Endpoint<K, S>>,
+    service: S,
+    /// Whether this call is the endpoint's probe (its claim is held until the call ends).
+    probe: bool,
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl Pool<usize, ()> {
+    /// A builder, with the defaults listed on [`Builder`].
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+}
+
+impl<S> Pool<usize, S> {
+    /// A pool with the default settings over a fixed set of endpoints, keyed by their place in
+    /// `endpoints` (0, 1, ...).
+    ///
+    /// ```
+    /// use seawall::pool::Pool;
+    /// use tower::{service_fn, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower::BoxError> {
+    /// let replicas = (0..3).map(|_| service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x + 1) }));
+    /// let pool = Pool::new(replicas);
+    /// assert_eq!(pool.oneshot(41).await?, 42);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn new(endpoints: impl IntoIterator<Item = S>) -> Self {
+        Builder::default()
+            .build(endpoints)
+            .expect("the default settings are valid")
+    }
+}
+
+impl<K, S, C, O> Pool<K, S, C, O> {
+    pub(crate) fn from_shared(shared: Arc<Shared<K, S, O>>, classify: C) -> Self
+    where
+        K: fmt::Debug,
+        O: Observer,
+    {
+        let (seen, list) = shared.list();
+        let seed = shared.config.seed.unwrap_or_else(rand::random);
+        Pool {
+            shared,
+            classify,
+            list,
+            seen,
+            chosen: None,
+            rejected: false,
+            rng: AtomicU64::new(splitmix(seed)),
+            sleep: None,
+        }
+    }
+
+    /// The pool's handle: each endpoint's state, load and ejections.
+    pub fn handle(&self) -> PoolHandle
+    where
+        K: fmt::Debug + Send + Sync + 'static,
+        S: Send + Sync + 'static,
+        O: Observer,
+    {
+        PoolHandle::new(self.shared.clone())
+    }
+
+    /// A uniform draw from `0..n` (`n` > 0).
+    #[inline]
+    fn below(&mut self, n: usize) -> usize {
+        let state = self.rng.get_mut();
+        *state = splitmix(*state);
+        (((*state >> 32) * n as u64) >> 32) as usize
+    }
+}
+
+impl<K, S, C, O> Pool<K, S, C, O>
+where
+    K: fmt::Debug,
+    S: Clone,
+    O: Observer,
+{
+    /// Takes the pool's endpoint list if it changed since this clone last looked.
+    #[inline]
+    fn sync(&mut self) {
+        if self.shared.generation() != self.seen {
+            let (seen, list) = self.shared.list();
+            self.seen = seen;
+            self.list = list;
+        }
+    }
+
+    /// Gives back what a choice holds: its probe, if it claimed one.
+    fn release(&self, chosen: Chosen<K, S>) {
+        if chosen.probe {
+            self.shared.release_probe(&chosen.endpoint);
+        }
+    }
+
+    /// Whether what this clone chose may still take the call now.
+    fn still_usable(&self, chosen: &Chosen<K, S>) -> bool {
+        let word = chosen.endpoint.word();
+        let unhealthy = self.shared.no_healthy();
+        match tag(word) {
+            AVAILABLE | HELD => !(unhealthy && self.shared.fails_fast()),
+            PROBING if chosen.probe => true,
+            EJECTED | PROBING => unhealthy && !self.shared.fails_fast(),
+            _ => false,
+        }
+    }
+
+    /// Draws two endpoints that may take a call (in rotation, or due a probe; when no endpoint
+    /// is healthy and the pool panics, any), and returns the less loaded, with whether the call
+    /// is its probe. `avoid` is left out (one already waited for).
+    fn select(
+        &mut self,
+        now: u64,
+        avoid: Option<&Arc<Endpoint<K, S>>>,
+    ) -> Option<(Arc<Endpoint<K, S>>, bool)> {
+        let n = self.list.len();
+        if n == 0 {
+            return None;
+        }
+        let unhealthy = self.shared.no_healthy();
+        let fail_fast = unhealthy && self.shared.fails_fast();
+        let panic = unhealthy && !fail_fast;
+        let list = self.list.clone();
+        let admits = |i: usize| -> Option<(Arc<Endpoint<K, S>>, Usable)> {
+            // Gone: removed since this clone took its list.
+            let e = list[i].upgrade()?;
+            if avoid.is_some_and(|a| Arc::ptr_eq(a, &e)) {
+                return None;
+            }
+            // Failing fast, only the probes that may bring an endpoint back go out.
+            let usable = e
+                .usable(now, panic)
+                .filter(|u| !fail_fast || *u == Usable::ProbeDue)?;
+            Some((e, usable))
+        };
+        let mut picks: [Option<Pick<K, S>>; 2] = [None, None];
+        let mut found = 0;
+        for _ in 0..DRAWS {
+            let i = self.below(n);
+            if found == 1 && picks[0].as_ref().is_some_and(|(j, ..)| *j == i) {
+                continue;
+            }
+            if let Some((e, usable)) = admits(i) {
+                picks[found] = Some((i, e, usable));
+                found += 1;
+                if found == 2 {
+                    break;
+                }
+            }
+        }
+        if found == 0 {
+            // Most endpoints are out: walk the list from a random place (rare, see `DRAWS`).
+            let start = self.below(n);
+            picks[0] = (0..n)
+                .map(|k| (start + k) % n)
+                .find_map(|i| admits(i).map(|(e, u)| (i, e, u)));
+        }
+        if let [Some(a), Some(b)] = &picks {
+            if self.rank(&b.1, b.2, now) < self.rank(&a.1, a.2, now) {
+                picks.swap(0, 1);
+            }
+        }
+        let recheck_after = nanos(self.shared.config.schedule.base);
+        for (_, endpoint, usable) in picks.into_iter().flatten() {
+            match usable {
+                Usable::ProbeDue => {
+                    if endpoint.claim_probe(now) {
+                        return Some((endpoint, true));
+                    }
+                    if panic {
+                        return Some((endpoint, false));
+                    }
+                }
+                _ => {
+                    if self.shared.config.penalty.is_some() {
+                        if let Some(seen) = endpoint.recheck_due(now, recheck_after) {
+                            // A penalised endpoint's call again: one per period.
+                            endpoint.claim_recheck(seen, now);
+                        }
+                    }
+                    return Some((endpoint, false));
+                }
+            }
+        }
+        None
+    }
+
+    /// Orders two picks: probes due first, then endpoints a penalty has kept idle long enough to
+    /// be tried again, then the lower load.
+    fn rank(&self, endpoint: &Endpoint<K, S>, usable: Usable, now: u64) -> (u8, f64) {
+        let config = &self.shared.config;
+        if usable == Usable::ProbeDue {
+            return (0, 0.0);
+        }
+        if config.penalty.is_some()
+            && endpoint
+                .recheck_due(now, nanos(config.schedule.base))
+                .is_some()
+        {
+            return (1, 0.0);
+        }
+        (2, endpoint.cost(now, config.tau))
+    }
+
+    /// Waits for the end of the first ejection running, when nothing can take a call before.
+    fn arm_timer(&mut self, cx: &mut Context<'_>) {
+        let Some(until) = self.shared.next_expiry(&self.list) else {
+            self.sleep = None;
+            return;
+        };
+        let deadline = self.shared.instant(until);
+        let sleep = match &mut self.sleep {
+            Some(sleep) => {
+                sleep.as_mut().reset(deadline);
+                sleep
+            }
+            slot @ None => slot.insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        if sleep.as_mut().poll(cx).is_ready() {
+            cx.waker().wake_by_ref();
+        }
+    }
+}
+
+impl<K, S, C, O> Clone for Pool<K, S, C, O>
+where
+    C: Clone,
+{
+    /// A clone shares the endpoints and their state, and holds no choice of its own yet.
+    fn clone(&self) -> Self {
+        let seed = self.rng.fetch_add(0x9e37_79b9_7f4a_7c15, Relaxed);
+        Pool {
+            shared: self.shared.clone(),
+            classify: self.classify.clone(),
+            list: self.list.clone(),
+            seen: self.seen,
+            chosen: None,
+            rejected: false,
+            rng: AtomicU64::new(splitmix(seed ^ 0xc10e)),
+            sleep: None,
+        }
+    }
+}
+
+impl<K, S, C, O> Drop for Pool<K, S, C, O> {
+    fn drop(&mut self) {
+        if let Some(chosen) = self.chosen.take() {
+            if chosen.probe {
+                self.shared.release_probe(&chosen.endpoint);
+            }
+        }
+    }
+}
+
+impl<K, S, C, O> fmt::Debug for Pool<K, S, C, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("shared", &self.shared)
+            .field("endpoints", &self.list.len())
+            .field("chosen", &self.chosen.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, S, C, O, Req> Service<Req> for Pool<K, S, C, O>
+where
+    K: fmt::Debug,
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response, S::Error> + Clone,
+    O: Observer,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, K, S, C, O>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.rejected = false;
+        let changes = self.shared.changes();
+        self.sync();
+        let now = self.shared.now();
+        // What this clone chose before answers for now, or is given back.
+        let mut waited = None;
+        if let Some(mut chosen) = self.chosen.take() {
+            if self.still_usable(&chosen) {
+                match chosen.service.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        self.chosen = Some(chosen);
+                        return Poll::Ready(Ok(()));
+                    }
+                    Poll::Ready(Err(_)) => {
+                        self.shared.not_ready(&chosen.endpoint, chosen.probe, now);
+                    }
+                    Poll::Pending => waited = Some(chosen),
+                }
+            } else {
+                self.release(chosen);
+            }
+        }
+        for _ in 0..ATTEMPTS {
+            let avoid = waited.as_ref().map(|c: &Chosen<K, S>| c.endpoint.clone());
+            let Some((endpoint, probe)) = self.select(now, avoid.as_ref()) else {
+                break;
+            };
+            let mut chosen = Chosen {
+                service: endpoint.service.clone(),
+                endpoint,
+                probe,
+            };
+            match chosen.service.poll_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    if let Some(waited) = waited.take() {
+                        self.release(waited);
+                    }
+                    self.chosen = Some(chosen);
+                    return Poll::Ready(Ok(()));
+                }
+                // Not final: the endpoint is ejected, and tried again when its time is up.
+                Poll::Ready(Err(_)) => self.shared.not_ready(&chosen.endpoint, chosen.probe, now),
+                Poll::Pending => {
+                    // Keep waiting on the first endpoint that made this clone wait; its waker
+                    // is registered.
+                    match waited {
+                        None => waited = Some(chosen),
+                        Some(_) => self.release(chosen),
+                    }
+                    break;
+                }
+            }
+        }
+        if let Some(waited) = waited {
+            self.chosen = Some(waited);
+        } else if !self.list.is_empty() && self.shared.no_healthy() && self.shared.fails_fast() {
+            self.rejected = true;
+            return Poll::Ready(Ok(()));
+        } else {
+            self.arm_timer(cx);
+        }
+        self.shared.wait(cx);
+        if self.shared.changes() != changes {
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        if std::mem::take(&mut self.rejected) {
+            let error = NoHealthyEndpoint::new(self.list.len());
+            self.shared.emitter().emit(EventKind::Rejected {
+                reason: RejectReason::NoHealthyEndpoint,
+            });
+            return ResponseFuture::rejected(error);
+        }
+        let Chosen {
+            endpoint,
+            mut service,
+            probe,
+        } = self.chosen.take().expect("poll_ready must be called first");
+        // Counted before anything can fail, and given back by the future, whatever happens.
+        endpoint.in_flight.fetch_add(1, Relaxed);
+        let call = InFlight::new(
+            self.shared.clone(),
+            endpoint,
+            probe,
+            Instant::now(),
+            self.classify.clone(),
+        );
+        self.shared.emitter().emit(EventKind::Permitted);
+        ResponseFuture::called(service.call(request), call)
+    }
+}

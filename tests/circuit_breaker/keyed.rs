@@ -1,0 +1,218 @@
+//! The keyed breaker: one breaker per key, idle keys forgotten, the number of keys bounded.
+
+use seawall::circuit_breaker::{error::Open, CircuitBreakerLayer, ConfigError};
+use seawall::core::{CircuitState, Event, EventKind};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
+
+/// A backend whose request is `(key, fail)`.
+fn backend() -> impl Service<(u32, bool), Response = (), Error = &'static str, Future: Send> + Clone
+{
+    service_fn(|(_, fail): (u32, bool)| async move {
+        if fail {
+            Err("down")
+        } else {
+            Ok(())
+        }
+    })
+}
+
+fn key(req: &(u32, bool)) -> Option<u32> {
+    Some(req.0)
+}
+
+async fn call<S>(s: &S, key: u32, fail: bool) -> Result<(), BoxError>
+where
+    S: Service<(u32, bool), Response = (), Error = BoxError> + Clone,
+{
+    s.clone().oneshot((key, fail)).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_key_s_failures_open_only_its_breaker() {
+    let layer = CircuitBreakerLayer::builder()
+        .consecutive_failures(3)
+        .keyed()
+        .key(key as fn(&(u32, bool)) -> Option<u32>)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let s = layer.layer(backend());
+    for _ in 0..3 {
+        assert!(call(&s, 1, true).await.is_err());
+    }
+    let err = call(&s, 1, false).await.unwrap_err();
+    assert!(err.is::<Open>(), "{err}");
+    assert_eq!(handle.state(&1u32), Some(CircuitState::Open));
+    // Key 2 never failed: its breaker is closed and its calls go through.
+    for _ in 0..10 {
+        call(&s, 2, false).await.unwrap();
+    }
+    assert_eq!(handle.state(&2u32), Some(CircuitState::Closed));
+    assert_eq!(handle.metrics(&2u32).unwrap().calls, 10);
+    assert_eq!(handle.metrics(&1u32).unwrap().consecutive_failures, 3);
+    assert_eq!(handle.keys(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_s_breaker_half_opens_and_its_probe_closes_it() {
+    let layer = CircuitBreakerLayer::builder()
+        .consecutive_failures(1)
+        .open_duration(Duration::from_secs(5))
+        .open_jitter(0.0)
+        .half_open_probes(1)
+        .keyed()
+        .key(key as fn(&(u32, bool)) -> Option<u32>)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let (mock, mut backend) = tower_test::mock::pair::<(u32, bool), ()>();
+    let s = layer.layer(mock);
+    let trip = tokio::spawn(s.clone().oneshot((7, true)));
+    let (_, reply) = backend.next_request().await.unwrap();
+    reply.send_error("down");
+    assert!(trip.await.unwrap().is_err());
+    assert_eq!(handle.state(&7u32), Some(CircuitState::Open));
+    tokio::time::advance(Duration::from_secs(5)).await;
+    // The probe is in flight: a second call is turned away, the key's breaker is half-open.
+    let probe = tokio::spawn(s.clone().oneshot((7, false)));
+    let (_, reply) = backend.next_request().await.unwrap();
+    assert_eq!(handle.state(&7u32), Some(CircuitState::HalfOpen));
+    assert_eq!(handle.metrics(&7u32).unwrap().probes_in_flight, 1);
+    let full = s.clone().oneshot((7, false)).await.unwrap_err();
+    assert!(full.is::<Open>());
+    // A half-open breaker with its probe in flight is never forgotten, however long it waits.
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    assert_eq!(handle.evict_idle(), 0);
+    reply.send_response(());
+    probe.await.unwrap().unwrap();
+    assert_eq!(handle.state(&7u32), Some(CircuitState::Closed));
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_keys_are_forgotten_and_come_back_fresh() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let layer = CircuitBreakerLayer::builder()
+        .consecutive_failures(3)
+        .observer(move |e: &Event<'_>| {
+            if let EventKind::KeyEvicted { .. } = e.kind {
+                seen.lock().unwrap().push(format!("{:?}", e.key.unwrap()));
+            }
+        })
+        .keyed()
+        .key(key as fn(&(u32, bool)) -> Option<u32>)
+        .idle_timeout(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let s = layer.layer(backend());
+    for _ in 0..2 {
+        let _ = call(&s, 1, true).await;
+    }
+    call(&s, 2, false).await.unwrap();
+    // A sweep learns which keys were called since the one before (sweeps run on a new key's
+    // path, at most once per half idle timeout, or from the handle): nothing idle yet.
+    assert_eq!(handle.evict_idle(), 0);
+    tokio::time::advance(Duration::from_secs(500)).await;
+    call(&s, 2, false).await.unwrap();
+    tokio::time::advance(Duration::from_secs(100)).await;
+    // Key 1 has had no call for 600 s; key 2 for 100 s.
+    assert_eq!(handle.evict_idle(), 1);
+    assert_eq!(handle.keys(), 1);
+    assert_eq!(handle.state(&1u32), None);
+    assert_eq!(handle.state(&2u32), Some(CircuitState::Closed));
+    assert_eq!(*events.lock().unwrap(), ["1"]);
+    // Key 1 comes back with a fresh breaker: its two failures are forgotten.
+    let _ = call(&s, 1, true).await;
+    assert_eq!(handle.metrics(&1u32).unwrap().consecutive_failures, 1);
+    // An open breaker is never forgotten.
+    for _ in 0..2 {
+        let _ = call(&s, 1, true).await;
+    }
+    assert_eq!(handle.state(&1u32), Some(CircuitState::Open));
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    handle.evict_idle();
+    handle.evict_idle();
+    assert_eq!(handle.state(&1u32), Some(CircuitState::Open));
+    assert_eq!(handle.state(&2u32), None, "key 2 went idle");
+}
+
+#[tokio::test(start_paused = true)]
+async fn keys_past_the_bound_share_the_overflow_breaker() {
+    let layer = CircuitBreakerLayer::builder()
+        .consecutive_failures(2)
+        .keyed()
+        .key(key as fn(&(u32, bool)) -> Option<u32>)
+        .max_keys(8)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    assert_eq!(handle.max_keys(), 8);
+    let s = layer.layer(backend());
+    for k in 0..100 {
+        call(&s, k, false).await.unwrap();
+    }
+    assert!(handle.keys() <= 8, "{} keys", handle.keys());
+    assert!(handle.overflowed() >= 92, "{}", handle.overflowed());
+    // Keys with a breaker of their own keep it: their calls are theirs.
+    let own = (0..100).filter(|k| handle.state(k).is_some()).count();
+    assert_eq!(own as u64, handle.keys());
+    // The overflow breaker counts the calls of keys without room, and trips on theirs.
+    let outsider = (0..100).find(|k| handle.state(k).is_none()).unwrap();
+    for _ in 0..2 {
+        let _ = call(&s, outsider, true).await;
+    }
+    assert_eq!(handle.overflow_metrics().state, CircuitState::Open);
+    let insider = (0..100).find(|k| handle.state(k).is_some()).unwrap();
+    call(&s, insider, false).await.unwrap();
+}
+
+#[test]
+fn bad_keyed_settings_are_errors() {
+    let err = CircuitBreakerLayer::builder()
+        .keyed()
+        .max_keys(0)
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, ConfigError::MaxKeys { max_keys: 0, .. }));
+    let err = CircuitBreakerLayer::builder()
+        .keyed()
+        .idle_timeout(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert_eq!(err, ConfigError::IdleTimeout);
+    let err = CircuitBreakerLayer::builder()
+        .failure_rate_threshold(0.0)
+        .keyed()
+        .build()
+        .unwrap_err();
+    assert_eq!(err, ConfigError::FailureRateThreshold(0.0));
+}
+
+#[cfg(feature = "http")]
+#[tokio::test(start_paused = true)]
+async fn the_default_key_is_the_authority_else_the_host_header() {
+    let layer = CircuitBreakerLayer::builder()
+        .consecutive_failures(1)
+        .keyed()
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let s = layer.layer(service_fn(|_: http::Request<()>| async {
+        Err::<http::Response<()>, _>("down")
+    }));
+    let by_uri = http::Request::get("http://a.example:8080/x")
+        .body(())
+        .unwrap();
+    let _ = s.clone().oneshot(by_uri).await;
+    let by_host = http::Request::get("/y")
+        .header("host", "b.example")
+        .body(())
+        .unwrap();
+    let _ = s.clone().oneshot(by_host).await;
+    assert_eq!(handle.state("a.example:8080"), Some(CircuitState::Open));
+    assert_eq!(handle.state("b.example"), Some(CircuitState::Open));
+    assert_eq!(handle.keys(), 2);
+}
