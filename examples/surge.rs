@@ -31,6 +31,16 @@
 //! makes it exit with an error when the side with seawall did not keep its promises (what CI
 //! runs).
 //!
+//! `--scenario tail` (with the `hedge` feature) runs another scenario instead, about 15 seconds:
+//! a backend with a slow tail (2 % of requests stall for a second), called by a plain client and
+//! by one behind [`HedgeLayer::http`](seawall::hedge::HedgeLayer::http), to show hedging cutting
+//! the p99 for a few percent more backend calls (see the [`tail`] module).
+//!
+//! `--scenario cache` (with the `cache` feature) runs the read-heavy phase instead, about 15
+//! seconds: 667 requests a second, mostly reads of items with a hot set, against backends taking
+//! 20 to 40 ms, without a cache and behind [`CacheLayer::http`](seawall::cache::CacheLayer::http),
+//! with the hit ratio and the backends' load in the table (see the [`reads`] module).
+//!
 //! The side with seawall registers its breaker and its concurrency limit in a
 //! [`seawall::health::Registry`], served on a third loopback port as `/live`, `/ready` and
 //! `/health` (its URL is printed): the breaker is informational, so while it is open in the
@@ -82,10 +92,14 @@ struct Options {
     patience: Duration,
     svg: PathBuf,
     check: bool,
+    /// `--scenario tail`: the hedging demonstration instead of the surge (see [`tail`]).
+    tail: bool,
+    /// `--scenario cache`: the read-heavy service with and without the cache (see [`reads`]).
+    cache: bool,
 }
 
 const USAGE: &str = "usage: surge [--users N] [--surge X] [--capacity RPS] [--scale F] \
-                     [--patience MS] [--svg PATH] [--check]";
+                     [--patience MS] [--svg PATH] [--check] [--scenario surge|tail|cache]";
 
 fn options() -> Options {
     let mut options = Options {
@@ -96,6 +110,8 @@ fn options() -> Options {
         patience: Duration::from_secs(1),
         svg: PathBuf::from("target/surge.svg"),
         check: false,
+        tail: false,
+        cache: false,
     };
     let mut args = std::env::args().skip(1);
     let bad = |what: &str| -> ! {
@@ -119,6 +135,12 @@ fn options() -> Options {
             "--scale" => options.scale = number(0.1),
             "--patience" => options.patience = Duration::from_millis(number(10.0) as u64),
             "--svg" => options.svg = PathBuf::from(value),
+            "--scenario" => match value.as_str() {
+                "surge" => (options.tail, options.cache) = (false, false),
+                "tail" => (options.tail, options.cache) = (true, false),
+                "cache" => (options.tail, options.cache) = (false, true),
+                _ => bad(&flag),
+            },
             _ => bad(&flag),
         }
     }
@@ -300,6 +322,22 @@ impl Classify<Reply, BoxError> for Success2xx {
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let options = options();
+    if options.tail {
+        #[cfg(feature = "hedge")]
+        return tail::run(&options).await;
+        #[cfg(not(feature = "hedge"))]
+        return Err("the tail scenario needs the hedge feature: \
+                    cargo run --release --features hedge --example surge -- --scenario tail"
+            .into());
+    }
+    if options.cache {
+        #[cfg(feature = "cache")]
+        return reads::run(&options).await;
+        #[cfg(not(feature = "cache"))]
+        return Err("the cache scenario needs the cache feature: \
+                    cargo run --release --features cache --example surge -- --scenario cache"
+            .into());
+    }
     let baseline = (options.users / options.surge).max(1);
     let work = Duration::from_secs_f64(WORKERS as f64 / options.capacity as f64);
     let start = Instant::now() + Duration::from_millis(200);
@@ -1053,4 +1091,598 @@ fn svg(
     }
     out.push_str("</svg>\n");
     out
+}
+
+/// `--scenario tail`: hedged requests against a backend with a slow tail.
+///
+/// Two identical backends on loopback answer each request in 20 to 40 ms, except 2 % of them
+/// (drawn independently per request, so a hedge of a stalled request is most likely fast),
+/// which stall for a second first, as a replica pausing or a packet retransmitted would. Each
+/// gets 300 requests a second, arriving at a steady rate whatever the answers: one straight
+/// from a hyper client, one through [`HedgeLayer::http`] with its defaults (a hedge once a
+/// request has been outstanding for the 95th percentile of recent latencies, within a budget of
+/// 5 % of requests plus one a second). The first seconds warm the hedge's latency window up
+/// (no hedging until it holds 100 latencies and a second has passed); the summary covers the
+/// seconds after. Without hedging the p99 is the stall; with it, about the 95th percentile plus
+/// one more fast answer. `--check` fails the run unless the hedged p99 is under 250 ms and under
+/// a third of the unhedged one, the unhedged p99 shows the stall, and the hedged backend got at
+/// most 1.10 times the requests.
+#[cfg(feature = "hedge")]
+mod tail {
+    use super::{millis, percentiles, serve, split, Answer, Body, Options, Side};
+    use axum::body::Bytes;
+    use axum::extract::State;
+    use axum::routing::get;
+    use axum::Router;
+    use http_body_util::BodyExt;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use rand::Rng;
+    use seawall::core::{Event, EventKind};
+    use seawall::hedge::HedgeLayer;
+    use std::io;
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::time::Instant;
+    use tower::{BoxError, ServiceBuilder, ServiceExt};
+
+    /// Requests a second on each side.
+    const RATE: u64 = 300;
+    /// The share of requests that stall, and for how long.
+    const STALLED: f64 = 0.02;
+    const STALL: Duration = Duration::from_secs(1);
+    /// Seconds (at `--scale 1`) of warm-up, then measured.
+    const WARM_UP: f64 = 3.0;
+    const MEASURED: f64 = 10.0;
+
+    /// A backend: 20 to 40 ms a request, after a stall for `STALLED` of them.
+    #[derive(Default)]
+    struct Backend {
+        served: AtomicU64,
+    }
+
+    async fn item(State(backend): State<Arc<Backend>>) -> &'static str {
+        backend.served.fetch_add(1, Relaxed);
+        let (stall, work) = {
+            let mut rng = rand::rng();
+            (rng.random_bool(STALLED), rng.random_range(20..=40))
+        };
+        if stall {
+            tokio::time::sleep(STALL).await;
+        }
+        tokio::time::sleep(Duration::from_millis(work)).await;
+        "item"
+    }
+
+    pub(super) async fn run(options: &Options) -> Result<(), BoxError> {
+        let warm_up = Duration::from_secs_f64(WARM_UP * options.scale);
+        let total = warm_up + Duration::from_secs_f64(MEASURED * options.scale);
+        let start = Instant::now() + Duration::from_millis(200);
+        let seconds = total.as_secs() as usize + 1;
+        // One more second for the calls still running at the end.
+        let (bare, hedged) = (Side::new(start, seconds + 1), Side::new(start, seconds + 1));
+        let hedges: Arc<Vec<AtomicU64>> =
+            Arc::new((0..=seconds).map(|_| AtomicU64::new(0)).collect());
+        let won = Arc::new(AtomicU64::new(0));
+
+        let (bare_backend, hedged_backend) = (Arc::<Backend>::default(), Arc::<Backend>::default());
+        let router = |backend: Arc<Backend>| {
+            Router::new()
+                .route("/item/{id}", get(item))
+                .with_state(backend)
+        };
+        let bare_addr = serve(router(bare_backend.clone())).await?;
+        let hedged_addr = serve(router(hedged_backend.clone())).await?;
+        let hyper = Client::builder(TokioExecutor::new()).build_http::<Body>();
+
+        // The hedged client: `HedgeLayer::http()`'s defaults, counting the hedges it sends.
+        let observer = {
+            let (hedges, won) = (hedges.clone(), won.clone());
+            move |event: &Event<'_>| match event.kind {
+                EventKind::HedgeSent { .. } => {
+                    let s = start.elapsed().as_secs() as usize;
+                    hedges[s.min(hedges.len() - 1)].fetch_add(1, Relaxed);
+                }
+                EventKind::HedgeWon { .. } => {
+                    won.fetch_add(1, Relaxed);
+                }
+                _ => {}
+            }
+        };
+        let hedge = HedgeLayer::http().name("tail").observer(observer).build()?;
+        let fetch = {
+            let hyper = hyper.clone();
+            tower::service_fn(move |request: http::Request<Body>| {
+                let hyper = hyper.clone();
+                async move {
+                    let response = hyper.request(request).await.map_err(io::Error::other)?;
+                    let (parts, body) = response.into_parts();
+                    let body = body.collect().await.map_err(io::Error::other)?.to_bytes();
+                    Ok::<_, io::Error>(http::Response::<Bytes>::from_parts(parts, body))
+                }
+            })
+        };
+        let client = ServiceBuilder::new().layer(hedge).service(fetch);
+
+        println!(
+            "seawall tail: {RATE} requests/s on each of two backends on loopback, 20-40 ms each, \
+             {}% stalled for {} s first\nwithout hedging: http://{bare_addr}/   with \
+             HedgeLayer::http(): http://{hedged_addr}/\n",
+            STALLED * 100.0,
+            STALL.as_secs_f64()
+        );
+        println!(
+            "{:>3} {:<7} | {:^20} | {:^34}\n{:>3} {:<7} | {:>6}{:>7}{:>7} | {:>6}{:>7}{:>7}{:>7}{:>7}",
+            "", "", "without hedging", "with hedging", "s", "phase", "calls", "p50", "p99",
+            "calls", "p50", "p99", "hedges", "served"
+        );
+
+        // Arrivals at a steady rate, the same on both sides; each call on its own task.
+        let arrivals = {
+            let (bare, hedged) = (bare.clone(), hedged.clone());
+            tokio::spawn(async move {
+                let mut tick =
+                    tokio::time::interval_at(start, Duration::from_secs(1) / RATE as u32);
+                let mut calls = tokio::task::JoinSet::new();
+                let mut n = 0u64;
+                while start.elapsed() < total {
+                    tick.tick().await;
+                    n += 1;
+                    let id = n % 50;
+                    let (side, hyper) = (bare.clone(), hyper.clone());
+                    calls.spawn(async move {
+                        side.now().offered.fetch_add(1, Relaxed);
+                        let since = Instant::now();
+                        let request = http::Request::get(format!("http://{bare_addr}/item/{id}"))
+                            .body(Body::new())
+                            .unwrap();
+                        let call = async {
+                            let response = hyper.request(request).await?;
+                            let ok = response.status().is_success();
+                            response.into_body().collect().await?;
+                            Ok::<_, BoxError>(ok)
+                        };
+                        let answer = match tokio::time::timeout(4 * STALL, call).await {
+                            Ok(Ok(true)) => Answer::Fresh,
+                            _ => Answer::Failed,
+                        };
+                        side.ended(since, answer);
+                    });
+                    let (side, client) = (hedged.clone(), client.clone());
+                    calls.spawn(async move {
+                        side.now().offered.fetch_add(1, Relaxed);
+                        let since = Instant::now();
+                        let request = http::Request::get(format!("http://{hedged_addr}/item/{id}"))
+                            .body(Body::new())
+                            .unwrap();
+                        let answer =
+                            match tokio::time::timeout(4 * STALL, client.oneshot(request)).await {
+                                Ok(Ok(response)) if response.status().is_success() => Answer::Fresh,
+                                _ => Answer::Failed,
+                            };
+                        side.ended(since, answer);
+                    });
+                    // Reap the finished calls as they go.
+                    while calls.try_join_next().is_some() {}
+                }
+                while calls.join_next().await.is_some() {}
+            })
+        };
+
+        // A row a second.
+        let phase = |s: usize| {
+            if Duration::from_secs(s as u64) < warm_up {
+                "warm-up"
+            } else {
+                "tail"
+            }
+        };
+        let mut served = [0u64; 2];
+        for s in 0..seconds {
+            tokio::time::sleep_until(start + Duration::from_secs(s as u64 + 1)).await;
+            let (b, h) = (&bare.seconds[s], &hedged.seconds[s]);
+            let (b50, b99) = split(percentiles(&mut b.latencies.lock().unwrap().clone()));
+            let (h50, h99) = split(percentiles(&mut h.latencies.lock().unwrap().clone()));
+            let now = hedged_backend.served.load(Relaxed);
+            println!(
+                "{:>3} {:<7} | {:>6}{:>7}{:>7} | {:>6}{:>7}{:>7}{:>7}{:>7}",
+                s + 1,
+                phase(s),
+                b.offered.load(Relaxed),
+                millis(b50),
+                millis(b99),
+                h.offered.load(Relaxed),
+                millis(h50),
+                millis(h99),
+                hedges[s].load(Relaxed),
+                now - served[1],
+            );
+            served[1] = now;
+        }
+        arrivals.await?;
+        served = [
+            bare_backend.served.load(Relaxed),
+            hedged_backend.served.load(Relaxed),
+        ];
+
+        // The measured seconds: calls that started after the warm-up (their latencies are
+        // binned by the second they ended in; the last bin holds the stragglers).
+        let first = warm_up.as_secs_f64().ceil() as usize;
+        let gather = |side: &Side| {
+            let (mut offered, mut failed, mut latencies) = (0, 0, Vec::new());
+            for second in &side.seconds[first..] {
+                offered += second.offered.load(Relaxed);
+                failed += second.failed.load(Relaxed);
+                latencies.extend_from_slice(&second.latencies.lock().unwrap());
+            }
+            (offered, failed, percentiles(&mut latencies))
+        };
+        let (b_calls, b_failed, b) = gather(&bare);
+        let (h_calls, h_failed, h) = gather(&hedged);
+        let (b50, b99) = split(b);
+        let (h50, h99) = split(h);
+        let all_calls = |side: &Side| {
+            side.seconds
+                .iter()
+                .map(|s| s.offered.load(Relaxed))
+                .sum::<u64>()
+        };
+        let sent: u64 = hedges.iter().map(|h| h.load(Relaxed)).sum();
+        let calls = all_calls(&hedged);
+        let load = served[1] as f64 / calls.max(1) as f64;
+        println!(
+            "\nafter the warm-up: without hedging {b_calls} calls ({b_failed} failed), p50 {}, p99 \
+             {}; with hedging {h_calls} calls ({h_failed} failed), p50 {}, p99 {}\nhedges: {sent} \
+             sent, {} won; backend requests for {calls} calls: {} without hedging, {} with it \
+             ({load:.3}x)",
+            millis(b50),
+            millis(b99),
+            millis(h50),
+            millis(h99),
+            won.load(Relaxed),
+            served[0],
+            served[1],
+        );
+        if options.check {
+            let (b99, h99) = (b99.unwrap_or(0), h99.unwrap_or(u32::MAX));
+            let stall = STALL.as_micros() as u32;
+            if b99 < stall / 2 {
+                return Err(
+                    format!("without hedging, p99 {}: no tail to cut", millis(Some(b99))).into(),
+                );
+            }
+            if h99 > 250_000 || h99 > b99 / 3 {
+                return Err(format!(
+                    "with hedging, p99 {} (without: {})",
+                    millis(Some(h99)),
+                    millis(Some(b99))
+                )
+                .into());
+            }
+            if load > 1.10 {
+                return Err(format!("hedging sent {load:.3}x the calls to the backend").into());
+            }
+            if b_failed + h_failed > 0 {
+                return Err(format!("{b_failed} and {h_failed} calls failed").into());
+            }
+            println!(
+                "check passed: hedging cut the p99 from {} to {} for {load:.3}x the backend requests",
+                millis(Some(b99)),
+                millis(Some(h99))
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `--scenario cache`: the read-heavy service of issue 22, with and without [`CacheLayer::http`].
+///
+/// Two identical backends on loopback answer each request in 20 to 40 ms, as a database behind a
+/// service would. Each gets 667 requests a second at a steady rate whatever the answers: 95 %
+/// reads (`GET /item/{id}`) and 5 % writes (`POST`, which pass by the cache). Reads ask for 10,000
+/// items, 80 % of them for a hot set of 100. One side calls its backend straight from a hyper
+/// client; the other through [`CacheLayer::http`] keyed on the path of `GET`s (ttl 60 s,
+/// stale-while-revalidate 30 s, up to 20,000 entries), so that a hit never reaches the backend.
+/// The table shows, a second at a time, each side's calls, p50 and p99, the cache's hit ratio,
+/// and the requests a second reaching each backend. After the warm-up, `--check` fails the run
+/// unless the hit ratio is at least 70 %, the cached backend got at most 40 % of the requests
+/// the uncached one got, the cached p50 is under 5 ms while the uncached one is at least 20 ms,
+/// the cached p99 is no worse than 1.5 times the uncached one (misses still take 20 to 40 ms),
+/// and no call failed.
+///
+/// [`CacheLayer::http`]: seawall::cache::CacheLayer::http
+#[cfg(feature = "cache")]
+mod reads {
+    use super::{millis, percentiles, serve, split, Answer, Body, Options, Side};
+    use axum::body::Bytes;
+    use axum::extract::State;
+    use axum::routing::get;
+    use axum::Router;
+    use http_body_util::BodyExt;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use rand::Rng;
+    use seawall::cache::CacheLayer;
+    use std::io;
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::time::Instant;
+    use tower::{BoxError, ServiceBuilder, ServiceExt};
+
+    /// Requests a second on each side (the service of the issue).
+    const RATE: u64 = 667;
+    /// The share of requests that are writes.
+    const WRITES: f64 = 0.05;
+    /// Items, the hot set, and the share of reads that ask for the hot set.
+    const ITEMS: u64 = 10_000;
+    const HOT: u64 = 100;
+    const HOT_SHARE: f64 = 0.8;
+    /// Seconds (at `--scale 1`) of warm-up, then measured.
+    const WARM_UP: f64 = 3.0;
+    const MEASURED: f64 = 10.0;
+    /// A call given up on after this long counts as failed.
+    const GIVE_UP: Duration = Duration::from_secs(4);
+
+    /// A backend: 20 to 40 ms a request, counting what reaches it.
+    #[derive(Default)]
+    struct Backend {
+        served: AtomicU64,
+    }
+
+    async fn work(State(backend): State<Arc<Backend>>) -> &'static str {
+        backend.served.fetch_add(1, Relaxed);
+        let ms = rand::rng().random_range(20..=40);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        "item"
+    }
+
+    /// The next request's method and path: a write, or a read of a hot or a cold item.
+    fn next_request(addr: std::net::SocketAddr) -> (http::Method, String) {
+        let mut rng = rand::rng();
+        let write = rng.random_bool(WRITES);
+        let id = if rng.random_bool(HOT_SHARE) {
+            rng.random_range(0..HOT)
+        } else {
+            rng.random_range(HOT..ITEMS)
+        };
+        let method = if write {
+            http::Method::POST
+        } else {
+            http::Method::GET
+        };
+        (method, format!("http://{addr}/item/{id}"))
+    }
+
+    pub(super) async fn run(options: &Options) -> Result<(), BoxError> {
+        let warm_up = Duration::from_secs_f64(WARM_UP * options.scale);
+        let total = warm_up + Duration::from_secs_f64(MEASURED * options.scale);
+        let start = Instant::now() + Duration::from_millis(200);
+        let seconds = total.as_secs() as usize + 1;
+        // One more second for the calls still running at the end.
+        let (bare, cached) = (Side::new(start, seconds + 1), Side::new(start, seconds + 1));
+
+        let (bare_backend, cached_backend) = (Arc::<Backend>::default(), Arc::<Backend>::default());
+        let router = |backend: Arc<Backend>| {
+            Router::new()
+                .route("/item/{id}", get(work).post(work))
+                .with_state(backend)
+        };
+        let bare_addr = serve(router(bare_backend.clone())).await?;
+        let cached_addr = serve(router(cached_backend.clone())).await?;
+        let hyper = Client::builder(TokioExecutor::new()).build_http::<Body>();
+
+        // The cached client: `GET`s keyed on their path (one backend, so the path is the
+        // whole of what makes an answer); anything else passes by.
+        let cache = CacheLayer::http(|request: &http::Request<Body>| {
+            (request.method() == http::Method::GET).then(|| request.uri().path().to_owned())
+        })
+        .ttl(Duration::from_secs(60))
+        .stale_while_revalidate(Duration::from_secs(30))
+        .max_entries(20_000)
+        .name("reads")
+        .build()?;
+        let handle = cache.handle();
+        let fetch = {
+            let hyper = hyper.clone();
+            tower::service_fn(move |request: http::Request<Body>| {
+                let hyper = hyper.clone();
+                async move {
+                    let response = hyper.request(request).await.map_err(io::Error::other)?;
+                    let (parts, body) = response.into_parts();
+                    let body = body.collect().await.map_err(io::Error::other)?.to_bytes();
+                    Ok::<_, io::Error>(http::Response::<Bytes>::from_parts(parts, body))
+                }
+            })
+        };
+        let client = ServiceBuilder::new().layer(cache).service(fetch);
+
+        println!(
+            "seawall cache: {RATE} requests/s on each of two backends on loopback, 20-40 ms each; \
+             {}% reads of {ITEMS} items, {}% of them of {HOT} hot ones\nwithout the cache: \
+             http://{bare_addr}/   with CacheLayer::http(): http://{cached_addr}/\n",
+            100.0 * (1.0 - WRITES),
+            100.0 * HOT_SHARE,
+        );
+        println!(
+            "{:>3} {:<7} | {:^27} | {:^34}\n{:>3} {:<7} | {:>6}{:>7}{:>7}{:>7} | {:>6}{:>7}{:>7}{:>7}{:>7}",
+            "", "", "without the cache", "with the cache", "s", "phase", "calls", "p50", "p99",
+            "load", "calls", "p50", "p99", "hits", "load"
+        );
+
+        // Arrivals at a steady rate, the same requests on both sides; each call on its own task.
+        let arrivals = {
+            let (bare, cached) = (bare.clone(), cached.clone());
+            tokio::spawn(async move {
+                let mut tick =
+                    tokio::time::interval_at(start, Duration::from_secs(1) / RATE as u32);
+                let mut calls = tokio::task::JoinSet::new();
+                while start.elapsed() < total {
+                    tick.tick().await;
+                    let (method, path) = next_request(bare_addr);
+                    let cached_path =
+                        path.replace(&bare_addr.to_string(), &cached_addr.to_string());
+                    let (side, hyper) = (bare.clone(), hyper.clone());
+                    let bare_method = method.clone();
+                    calls.spawn(async move {
+                        side.now().offered.fetch_add(1, Relaxed);
+                        let since = Instant::now();
+                        let request = http::Request::builder()
+                            .method(bare_method)
+                            .uri(path)
+                            .body(Body::new())
+                            .unwrap();
+                        let call = async {
+                            let response = hyper.request(request).await?;
+                            let ok = response.status().is_success();
+                            response.into_body().collect().await?;
+                            Ok::<_, BoxError>(ok)
+                        };
+                        let answer = match tokio::time::timeout(GIVE_UP, call).await {
+                            Ok(Ok(true)) => Answer::Fresh,
+                            _ => Answer::Failed,
+                        };
+                        side.ended(since, answer);
+                    });
+                    let (side, client) = (cached.clone(), client.clone());
+                    calls.spawn(async move {
+                        side.now().offered.fetch_add(1, Relaxed);
+                        let since = Instant::now();
+                        let request = http::Request::builder()
+                            .method(method)
+                            .uri(cached_path)
+                            .body(Body::new())
+                            .unwrap();
+                        let answer =
+                            match tokio::time::timeout(GIVE_UP, client.oneshot(request)).await {
+                                Ok(Ok(response)) if response.status().is_success() => Answer::Fresh,
+                                _ => Answer::Failed,
+                            };
+                        side.ended(since, answer);
+                    });
+                    // Reap the finished calls as they go.
+                    while calls.try_join_next().is_some() {}
+                }
+                while calls.join_next().await.is_some() {}
+            })
+        };
+
+        // A row a second.
+        let phase = |s: usize| {
+            if Duration::from_secs(s as u64) < warm_up {
+                "warm-up"
+            } else {
+                "reads"
+            }
+        };
+        let mut served = [0u64; 2];
+        let mut stats = handle.stats();
+        for s in 0..seconds {
+            tokio::time::sleep_until(start + Duration::from_secs(s as u64 + 1)).await;
+            let (b, c) = (&bare.seconds[s], &cached.seconds[s]);
+            let (b50, b99) = split(percentiles(&mut b.latencies.lock().unwrap().clone()));
+            let (c50, c99) = split(percentiles(&mut c.latencies.lock().unwrap().clone()));
+            let now = [
+                bare_backend.served.load(Relaxed),
+                cached_backend.served.load(Relaxed),
+            ];
+            let then = handle.stats();
+            let (hits, misses) = (then.hits - stats.hits, then.misses - stats.misses);
+            stats = then;
+            println!(
+                "{:>3} {:<7} | {:>6}{:>7}{:>7}{:>7} | {:>6}{:>7}{:>7}{:>6.0}%{:>7}",
+                s + 1,
+                phase(s),
+                b.offered.load(Relaxed),
+                millis(b50),
+                millis(b99),
+                now[0] - served[0],
+                c.offered.load(Relaxed),
+                millis(c50),
+                millis(c99),
+                100.0 * hits as f64 / (hits + misses).max(1) as f64,
+                now[1] - served[1],
+            );
+            served = now;
+        }
+        arrivals.await?;
+
+        // The measured seconds: calls that ended after the warm-up, and the backend's load over
+        // the same seconds (the rows' totals).
+        let first = warm_up.as_secs_f64().ceil() as usize;
+        let gather = |side: &Side| {
+            let (mut offered, mut failed, mut latencies) = (0, 0, Vec::new());
+            for second in &side.seconds[first..] {
+                offered += second.offered.load(Relaxed);
+                failed += second.failed.load(Relaxed);
+                latencies.extend_from_slice(&second.latencies.lock().unwrap());
+            }
+            (offered, failed, percentiles(&mut latencies))
+        };
+        let (b_calls, b_failed, b) = gather(&bare);
+        let (c_calls, c_failed, c) = gather(&cached);
+        let (b50, b99) = split(b);
+        let (c50, c99) = split(c);
+        let stats = handle.stats();
+        let hit_ratio = stats.hits as f64 / (stats.hits + stats.misses).max(1) as f64;
+        let served = [
+            bare_backend.served.load(Relaxed),
+            cached_backend.served.load(Relaxed),
+        ];
+        let load = served[1] as f64 / served[0].max(1) as f64;
+        println!(
+            "\nafter the warm-up: without the cache {b_calls} calls ({b_failed} failed), p50 {}, \
+             p99 {}; with it {c_calls} calls ({c_failed} failed), p50 {}, p99 {}\ncache: {} hits, \
+             {} misses ({:.1}% hits over the whole run), {} coalesced, {} refreshes; backend \
+             requests: {} without the cache, {} with it ({load:.3}x)",
+            millis(b50),
+            millis(b99),
+            millis(c50),
+            millis(c99),
+            stats.hits,
+            stats.misses,
+            100.0 * hit_ratio,
+            stats.coalesced,
+            stats.refreshes,
+            served[0],
+            served[1],
+        );
+        if options.check {
+            let (b50, b99) = (b50.unwrap_or(0), b99.unwrap_or(0));
+            let (c50, c99) = (c50.unwrap_or(u32::MAX), c99.unwrap_or(u32::MAX));
+            if hit_ratio < 0.70 {
+                return Err(format!("hit ratio {:.1}%, under 70%", 100.0 * hit_ratio).into());
+            }
+            if load > 0.40 {
+                return Err(format!("the cached backend got {load:.3}x the requests").into());
+            }
+            if c50 >= 5_000 || b50 < 20_000 {
+                return Err(format!(
+                    "p50 {} with the cache, {} without",
+                    millis(Some(c50)),
+                    millis(Some(b50))
+                )
+                .into());
+            }
+            if c99 as f64 > 1.5 * b99 as f64 {
+                return Err(format!(
+                    "p99 {} with the cache, {} without",
+                    millis(Some(c99)),
+                    millis(Some(b99))
+                )
+                .into());
+            }
+            if b_failed + c_failed > 0 {
+                return Err(format!("{b_failed} and {c_failed} calls failed").into());
+            }
+            println!(
+                "check passed: {:.1}% hits, the backend's load {load:.3}x, p50 {} against {}",
+                100.0 * hit_ratio,
+                millis(Some(c50)),
+                millis(Some(b50))
+            );
+        }
+        Ok(())
+    }
 }

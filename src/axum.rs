@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | circuit open | 503 Service Unavailable | `Retry-After` when the breaker knows when it will probe |
 //! | bulkhead or adaptive limiter full (at capacity, queue full, or waited too long) | 503 Service Unavailable | `Retry-After: 1` ([`Full::retry_after`](crate::bulkhead::error::Full::retry_after)) |
-//! | overloaded, throttled, retry budget exhausted | 503 Service Unavailable | |
+//! | overloaded, throttled, retry budget exhausted, no healthy endpoint in a pool | 503 Service Unavailable | |
 //! | rate limited | 429 Too Many Requests | `Retry-After` |
 //! | timed out | 504 Gateway Timeout | |
 //! | malformed deadline header | 400 Bad Request | |

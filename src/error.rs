@@ -49,12 +49,15 @@ pub enum ErrorKind {
     /// A call failed and the retry budget had nothing left for another attempt (made only by a
     /// retry layer built with [`report_budget`](crate::retry::Builder::report_budget)).
     RetryBudgetExhausted,
+    /// An endpoint pool had no healthy endpoint to send the call to, and was built to fail fast
+    /// rather than spread calls over every endpoint (see [`crate::pool`]).
+    NoHealthyEndpoint,
 }
 
 impl ErrorKind {
     /// How many kinds there are.
     #[allow(dead_code)]
-    pub(crate) const COUNT: usize = 8;
+    pub(crate) const COUNT: usize = 9;
 
     /// The kind's number, from 0 to `COUNT - 1`.
     #[allow(dead_code)]
@@ -68,6 +71,7 @@ impl ErrorKind {
             ErrorKind::TimedOut => 5,
             ErrorKind::InvalidDeadline => 6,
             ErrorKind::RetryBudgetExhausted => 7,
+            ErrorKind::NoHealthyEndpoint => 8,
         }
     }
 
@@ -82,6 +86,7 @@ impl ErrorKind {
             ErrorKind::TimedOut => "timed_out",
             ErrorKind::InvalidDeadline => "invalid_deadline",
             ErrorKind::RetryBudgetExhausted => "retry_budget_exhausted",
+            ErrorKind::NoHealthyEndpoint => "no_healthy_endpoint",
         }
     }
 }
@@ -99,6 +104,7 @@ impl ErrorKind {
             ErrorKind::TimedOut => "timed out",
             ErrorKind::InvalidDeadline => "invalid deadline header",
             ErrorKind::RetryBudgetExhausted => "retry budget exhausted",
+            ErrorKind::NoHealthyEndpoint => "no healthy endpoint",
         }
     }
 }
@@ -137,6 +143,9 @@ pub enum Cause<'a> {
     /// A retry layer's budget ran out on a failing call.
     #[cfg(feature = "retry")]
     RetryBudgetExhausted(&'a crate::retry::policy::BudgetExhausted),
+    /// An endpoint pool had no healthy endpoint and fails fast.
+    #[cfg(feature = "pool")]
+    NoHealthyEndpoint(&'a crate::pool::error::NoHealthyEndpoint),
     /// Never made: it keeps the lifetime when no layer feature is on.
     #[cfg(not(any(
         feature = "circuit-breaker",
@@ -169,6 +178,8 @@ impl Cause<'_> {
             Cause::InvalidDeadline(_) => ErrorKind::InvalidDeadline,
             #[cfg(feature = "retry")]
             Cause::RetryBudgetExhausted(_) => ErrorKind::RetryBudgetExhausted,
+            #[cfg(feature = "pool")]
+            Cause::NoHealthyEndpoint(_) => ErrorKind::NoHealthyEndpoint,
             #[cfg(not(any(
                 feature = "circuit-breaker",
                 feature = "bulkhead",
@@ -248,6 +259,10 @@ pub(crate) fn identify<'a>(err: &'a (dyn Error + 'static)) -> Option<Cause<'a>> 
     #[cfg(feature = "retry")]
     if let Some(e) = err.downcast_ref() {
         return Some(Cause::RetryBudgetExhausted(e));
+    }
+    #[cfg(feature = "pool")]
+    if let Some(e) = err.downcast_ref() {
+        return Some(Cause::NoHealthyEndpoint(e));
     }
     None
 }

@@ -19,6 +19,7 @@
 //! | events as metrics | `metrics` | `metrics` |
 //! | fault injection for resilience tests | `chaos` | `chaos` |
 //! | a registry of every layer's state; liveness, readiness and health probes | `health` | `health`; routes with `http` |
+//! | a health-aware endpoint pool: power of two choices, outlier ejection, discovery | `pool` | `pool` |
 //!
 //! Every layer shares the same [`core`]: outcome classification, lock-free sliding windows, one
 //! admission gate `Service`, and one [`Observer`](core::Observer) hook for metrics and tracing.
@@ -76,6 +77,8 @@ pub mod http;
 pub mod limit;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+#[cfg(feature = "pool")]
+pub mod pool;
 #[cfg(feature = "retry")]
 pub mod retry;
 #[cfg(feature = "timeout")]

@@ -16,12 +16,21 @@
 //! | `seawall_hedges_total` | counter | `layer` | a hedge layer sent a hedge (an attempt after the first) |
 //! | `seawall_hedges_won_total` | counter | `layer` | a hedge answered first, with a success |
 //! | `seawall_hedge_budget_exhausted_total` | counter | `layer` | a hedge not sent: the budget was empty |
+//! | `seawall_hedge_readiness_failures_total` | counter | `layer` | a hedge not sent: the service's readiness failed |
 //! | `seawall_circuit_state` | gauge | `layer`, `state` | 1 for the state a breaker entered (or was built in), 0 for the one it left |
 //! | `seawall_circuit_transitions_total` | counter | `layer`, `from`, `to` | a breaker changed state |
 //! | `seawall_concurrency_limit` | gauge | `layer` | an adaptive limiter was built or moved its limit |
 //! | `seawall_fallbacks_total` | counter | `layer`, `trigger` | a fallback answered ([`FallbackTrigger::as_str`]) |
 //! | `seawall_keys_evicted_total` | counter | `layer`, `idle` | a keyed rate limiter dropped a key |
 //! | `seawall_store_degraded` | gauge | `layer` | 1 while a fleet rate limiter's store is degraded, else 0 |
+//! | `seawall_cache_hits_total` | counter | `layer`, `stale` | a cache answered from its store (`stale`: `true` or `false`) |
+//! | `seawall_cache_misses_total` | counter | `layer`, `coalesced` | a cache called the service, or (`coalesced`) waited on another caller's call |
+//! | `seawall_cache_refreshes_total` | counter | `layer`, `early` | a cache started a background refresh (`early`: of a fresh answer) |
+//! | `seawall_cache_evictions_total` | counter | `layer` | a cache's store evicted entries to make room |
+//! | `seawall_pool_ejections_total` | counter | `layer`, `reason` | an endpoint pool ejected an endpoint ([`EjectReason::as_str`]) |
+//! | `seawall_pool_returns_total` | counter | `layer` | an endpoint pool put an ejected endpoint back |
+//! | `seawall_pool_endpoints` | gauge | `layer` | the endpoints of a pool (moved as they are added and removed) |
+//! | `seawall_pool_ejected` | gauge | `layer` | the endpoints of a pool ejected now |
 //!
 //! `layer` is the name given to the layer. Label values are the stable `as_str` labels of the
 //! event types. The two gauges exist from the moment their layer is built (from its
@@ -47,8 +56,8 @@
 //! ```
 
 use crate::core::{
-    CircuitState, Event, EventKind, FallbackTrigger, GiveUpReason, Observer, Outcome, RejectReason,
-    RetryReason, TimeoutCause,
+    CircuitState, EjectReason, Event, EventKind, FallbackTrigger, GiveUpReason, Observer, Outcome,
+    RejectReason, RetryReason, TimeoutCause,
 };
 use crate::error::ErrorKind;
 use ::metrics::{counter, gauge, histogram, Counter, Gauge, Histogram, SharedString};
@@ -77,7 +86,7 @@ impl Labelled for Outcome {
 }
 
 impl Labelled for RejectReason {
-    const COUNT: usize = 12;
+    const COUNT: usize = 13;
     fn index(self) -> usize {
         match self {
             RejectReason::CircuitOpen => 0,
@@ -92,6 +101,7 @@ impl Labelled for RejectReason {
             RejectReason::FallbackFull => 9,
             RejectReason::Other => 10,
             RejectReason::ConcurrencyLimited => 11,
+            RejectReason::NoHealthyEndpoint => 12,
         }
     }
     fn label(self) -> &'static str {
@@ -174,6 +184,24 @@ impl Labelled for FallbackTrigger {
     }
 }
 
+impl Labelled for EjectReason {
+    const COUNT: usize = 7;
+    fn index(self) -> usize {
+        match self {
+            EjectReason::ConsecutiveFailures => 0,
+            EjectReason::ConsecutiveLocalFailures => 1,
+            EjectReason::FailurePercentage => 2,
+            EjectReason::SuccessRate => 3,
+            EjectReason::RetryAfter => 4,
+            EjectReason::NotReady => 5,
+            EjectReason::ProbeFailed => 6,
+        }
+    }
+    fn label(self) -> &'static str {
+        self.as_str()
+    }
+}
+
 impl Labelled for bool {
     const COUNT: usize = 2;
     fn index(self) -> usize {
@@ -217,12 +245,21 @@ struct Series {
     hedges: OnceLock<Counter>,
     hedges_won: OnceLock<Counter>,
     hedge_budget: OnceLock<Counter>,
+    hedge_readiness: OnceLock<Counter>,
     state: Family<Gauge, { CircuitState::COUNT }>,
     transitions: [OnceLock<Counter>; CircuitState::COUNT * CircuitState::COUNT],
     limit: OnceLock<Gauge>,
     fallbacks: Family<Counter, { FallbackTrigger::COUNT }>,
     evicted: Family<Counter, { bool::COUNT }>,
     store_degraded: OnceLock<Gauge>,
+    cache_hits: Family<Counter, { bool::COUNT }>,
+    cache_misses: Family<Counter, { bool::COUNT }>,
+    cache_refreshes: Family<Counter, { bool::COUNT }>,
+    cache_evictions: OnceLock<Counter>,
+    ejections: Family<Counter, { EjectReason::COUNT }>,
+    returns: OnceLock<Counter>,
+    endpoints: OnceLock<Gauge>,
+    ejected: OnceLock<Gauge>,
 }
 
 impl Series {
@@ -242,12 +279,21 @@ impl Series {
             hedges: OnceLock::new(),
             hedges_won: OnceLock::new(),
             hedge_budget: OnceLock::new(),
+            hedge_readiness: OnceLock::new(),
             state: Family::new(),
             transitions: [const { OnceLock::new() }; CircuitState::COUNT * CircuitState::COUNT],
             limit: OnceLock::new(),
             fallbacks: Family::new(),
             evicted: Family::new(),
             store_degraded: OnceLock::new(),
+            cache_hits: Family::new(),
+            cache_misses: Family::new(),
+            cache_refreshes: Family::new(),
+            cache_evictions: OnceLock::new(),
+            ejections: Family::new(),
+            returns: OnceLock::new(),
+            endpoints: OnceLock::new(),
+            ejected: OnceLock::new(),
         }
     }
 
@@ -255,6 +301,16 @@ impl Series {
         self.limit
             .get_or_init(|| gauge!("seawall_concurrency_limit", "layer" => self.layer.clone()))
             .set(limit as f64)
+    }
+
+    fn endpoints(&self) -> &Gauge {
+        self.endpoints
+            .get_or_init(|| gauge!("seawall_pool_endpoints", "layer" => self.layer.clone()))
+    }
+
+    fn ejected(&self) -> &Gauge {
+        self.ejected
+            .get_or_init(|| gauge!("seawall_pool_ejected", "layer" => self.layer.clone()))
     }
 
     fn record(&self, kind: EventKind) {
@@ -336,6 +392,12 @@ impl Series {
                     || counter!("seawall_hedge_budget_exhausted_total", "layer" => layer()),
                 )
                 .increment(1),
+            EventKind::HedgeReadinessFailed { .. } => self
+                .hedge_readiness
+                .get_or_init(
+                    || counter!("seawall_hedge_readiness_failures_total", "layer" => layer()),
+                )
+                .increment(1),
             EventKind::LimitChanged { to, .. } => self.limit(to),
             EventKind::Started { state, limit } => {
                 if let Some(state) = state {
@@ -386,6 +448,54 @@ impl Series {
                 .store_degraded
                 .get_or_init(|| gauge!("seawall_store_degraded", "layer" => layer()))
                 .set(if degraded { 1.0 } else { 0.0 }),
+            EventKind::CacheHit { stale } => self
+                .cache_hits
+                .get(
+                    stale,
+                    |s| counter!("seawall_cache_hits_total", "layer" => layer(), "stale" => s),
+                )
+                .increment(1),
+            EventKind::CacheMiss { coalesced } => self
+                .cache_misses
+                .get(coalesced, |c| {
+                    counter!("seawall_cache_misses_total", "layer" => layer(), "coalesced" => c)
+                })
+                .increment(1),
+            EventKind::CacheRefresh { early } => self
+                .cache_refreshes
+                .get(early, |e| {
+                    counter!("seawall_cache_refreshes_total", "layer" => layer(), "early" => e)
+                })
+                .increment(1),
+            EventKind::CacheEvicted { entries } => self
+                .cache_evictions
+                .get_or_init(|| counter!("seawall_cache_evictions_total", "layer" => layer()))
+                .increment(entries),
+            EventKind::EndpointEjected { reason, .. } => {
+                self.ejections
+                    .get(
+                        reason,
+                        |r| counter!("seawall_pool_ejections_total", "layer" => layer(), "reason" => r),
+                    )
+                    .increment(1);
+                // A failed probe ejects again an endpoint that never left the count.
+                if reason != EjectReason::ProbeFailed {
+                    self.ejected().increment(1.0);
+                }
+            }
+            EventKind::EndpointReturned => {
+                self.returns
+                    .get_or_init(|| counter!("seawall_pool_returns_total", "layer" => layer()))
+                    .increment(1);
+                self.ejected().decrement(1.0);
+            }
+            EventKind::EndpointAdded => self.endpoints().increment(1.0),
+            EventKind::EndpointRemoved { ejected } => {
+                self.endpoints().decrement(1.0);
+                if ejected {
+                    self.ejected().decrement(1.0);
+                }
+            }
         }
     }
 }

@@ -89,3 +89,110 @@ impl SplitMix {
         (z >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 }
+
+/// How many stripes a [`Striped`] count has.
+const COUNT_STRIPES: usize = 8;
+
+/// A count written by many threads and read rarely (calls turned away, callers waiting): one
+/// stripe per thread (by [`thread_index`]), each on cache lines of its own, so that threads
+/// counting at once never write the same line; a read sums the stripes. Lock-free, and with no
+/// allocation of its own.
+///
+/// A thread may take off what another added (a caller that starts waiting on one thread and
+/// stops on another): each stripe wraps, and the sum is right once every change it includes has
+/// been made.
+///
+/// A statistic that orders nothing: its atomics are std's even under loom, so that counting adds
+/// nothing to what a model explores.
+pub(crate) struct Striped([Padded<std::sync::atomic::AtomicU64>; COUNT_STRIPES]);
+
+impl Striped {
+    pub(crate) fn new() -> Self {
+        Striped(std::array::from_fn(|_| {
+            Padded(std::sync::atomic::AtomicU64::new(0))
+        }))
+    }
+
+    /// Adds one, on the calling thread's stripe.
+    #[inline]
+    pub(crate) fn increment(&self) {
+        self.0[thread_index() % COUNT_STRIPES].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes one off, on the calling thread's stripe (which wraps below zero).
+    #[allow(dead_code)]
+    #[inline]
+    pub(crate) fn decrement(&self) {
+        self.0[thread_index() % COUNT_STRIPES].fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The count: the sum of the stripes. Read while threads count, it may miss their latest
+    /// changes, and a gauge (counted up and down on different threads) may then read below zero
+    /// for a moment: zero is given instead.
+    #[allow(dead_code)]
+    pub(crate) fn sum(&self) -> u64 {
+        let sum = self.0.iter().fold(0u64, |sum, stripe| {
+            sum.wrapping_add(stripe.load(Ordering::Relaxed))
+        });
+        // Below zero, as a wrapped sum: a change counted on one stripe before its opposite on
+        // another was seen.
+        if sum > u64::MAX / 2 {
+            0
+        } else {
+            sum
+        }
+    }
+}
+
+impl std::fmt::Debug for Striped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Striped").field(&self.sum()).finish()
+    }
+}
+
+#[cfg(all(test, not(seawall_loom)))]
+mod tests {
+    use super::*;
+
+    /// Threads counting at once use stripes of their own, and the sum is every thread's count,
+    /// also when what one thread added another takes off.
+    #[test]
+    fn a_striped_count_sums_its_threads_stripes() {
+        let count = std::sync::Arc::new(Striped::new());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let count = count.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        count.increment();
+                    }
+                    thread_index() % COUNT_STRIPES
+                })
+            })
+            .collect();
+        let stripes: std::collections::HashSet<usize> =
+            threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(count.sum(), 4000);
+        assert!(stripes.len() > 1, "every thread counted on one stripe");
+        let used = count
+            .0
+            .iter()
+            .filter(|s| s.load(Ordering::Relaxed) > 0)
+            .count();
+        assert_eq!(used, stripes.len());
+
+        // A gauge: up on this thread, down on another.
+        let gauge = std::sync::Arc::new(Striped::new());
+        gauge.increment();
+        gauge.increment();
+        let other = gauge.clone();
+        std::thread::spawn(move || other.decrement())
+            .join()
+            .unwrap();
+        assert_eq!(gauge.sum(), 1);
+        // Only the decrement seen: read as zero, not as a huge count.
+        let down = Striped::new();
+        down.decrement();
+        assert_eq!(down.sum(), 0);
+    }
+}

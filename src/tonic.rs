@@ -7,7 +7,7 @@
 //!
 //! | rejection ([`ErrorKind`]) | code |
 //! |---|---|
-//! | circuit open, bulkhead or adaptive limiter full, overloaded (load shed), throttled, retry budget exhausted | `UNAVAILABLE` |
+//! | circuit open, bulkhead or adaptive limiter full, overloaded (load shed), throttled, retry budget exhausted, no healthy endpoint in a pool | `UNAVAILABLE` |
 //! | rate limited | `RESOURCE_EXHAUSTED` |
 //! | timed out | `DEADLINE_EXCEEDED` |
 //! | malformed `grpc-timeout` | `INVALID_ARGUMENT` |
@@ -134,7 +134,8 @@ pub fn code(kind: ErrorKind) -> Code {
         | ErrorKind::BulkheadFull
         | ErrorKind::Overloaded
         | ErrorKind::Throttled
-        | ErrorKind::RetryBudgetExhausted => Code::Unavailable,
+        | ErrorKind::RetryBudgetExhausted
+        | ErrorKind::NoHealthyEndpoint => Code::Unavailable,
         ErrorKind::RateLimited => Code::ResourceExhausted,
         ErrorKind::TimedOut => Code::DeadlineExceeded,
         ErrorKind::InvalidDeadline => Code::InvalidArgument,
@@ -206,7 +207,8 @@ pub fn client_code(kind: ErrorKind) -> Code {
         | ErrorKind::Overloaded
         | ErrorKind::Throttled
         | ErrorKind::RateLimited
-        | ErrorKind::RetryBudgetExhausted => Code::Unavailable,
+        | ErrorKind::RetryBudgetExhausted
+        | ErrorKind::NoHealthyEndpoint => Code::Unavailable,
         ErrorKind::TimedOut => Code::DeadlineExceeded,
         ErrorKind::InvalidDeadline => Code::Internal,
     }

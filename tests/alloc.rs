@@ -424,6 +424,106 @@ fn the_fallback_happy_path_allocates_nothing() {
     );
 }
 
+#[cfg(feature = "hedge")]
+#[test]
+fn a_hedged_layer_call_answered_before_the_delay_allocates_nothing() {
+    use seawall::hedge::HedgeLayer;
+    use seawall::retry::budget::Budget;
+    let ms = Duration::from_millis(10);
+    let layers = [
+        // The percentile delay: each call is recorded in the latency window.
+        HedgeLayer::new(),
+        HedgeLayer::builder()
+            .budget(Budget::default().leak())
+            .build()
+            .unwrap(),
+        HedgeLayer::builder().delay(ms).build().unwrap(),
+        HedgeLayer::builder().delay(ms).no_budget().build().unwrap(),
+        HedgeLayer::builder()
+            .delay(ms)
+            .budget(Budget::token_bucket(500, 5, 1).unwrap())
+            .max_attempts(5)
+            .build()
+            .unwrap(),
+    ];
+    for layer in layers {
+        let mut service = layer.layer(support::Noop);
+        calls(&mut service, 1_000, |i| i); // warm up: the window's slot is cleared once
+        let allocated = allocations_during(|| calls(&mut service, 100_000, |i| i));
+        assert_eq!(allocated, 0, "{layer:?}");
+    }
+}
+
+/// Never answers a first attempt (an even request); answers a hedge (marked odd) at once.
+#[cfg(feature = "hedge")]
+#[derive(Clone, Copy)]
+struct SlowFirst;
+
+#[cfg(feature = "hedge")]
+enum FirstOrHedge {
+    First,
+    Hedge(u32),
+}
+
+#[cfg(feature = "hedge")]
+impl Future for FirstOrHedge {
+    type Output = Result<u32, std::convert::Infallible>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+        match *self {
+            FirstOrHedge::First => Poll::Pending,
+            FirstOrHedge::Hedge(n) => Poll::Ready(Ok(n)),
+        }
+    }
+}
+
+#[cfg(feature = "hedge")]
+impl Service<u32> for SlowFirst {
+    type Response = u32;
+    type Error = std::convert::Infallible;
+    type Future = FirstOrHedge;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: u32) -> FirstOrHedge {
+        if req % 2 == 0 {
+            FirstOrHedge::First
+        } else {
+            FirstOrHedge::Hedge(req)
+        }
+    }
+}
+
+#[cfg(feature = "hedge")]
+#[test]
+fn a_hedged_call_allocates_nothing_either() {
+    use seawall::hedge::HedgeLayer;
+    use seawall::retry::budget::Budget;
+    // A zero delay: the hedge is due at the first poll and sent without a timer; it answers at
+    // once and the first attempt (which would never answer) is dropped. A token bucket budget,
+    // refilled by each win.
+    let layer = HedgeLayer::builder()
+        .delay(Duration::ZERO)
+        .budget(Budget::token_bucket(1_000, 1, 1).unwrap())
+        .mark(|req: &mut u32, _attempt: u32| *req |= 1)
+        .build()
+        .unwrap();
+    let mut service = layer.layer(SlowFirst);
+    // Even requests: first attempts, which only their hedges answer.
+    calls(&mut service, 1_000, |i| i * 2);
+    let allocated = allocations_during(|| calls(&mut service, 100_000, |i| i * 2));
+    assert_eq!(allocated, 0);
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(matches!(service.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+    let future = pin!(service.call(4));
+    assert!(
+        matches!(future.poll(&mut cx), Poll::Ready(Ok(5))),
+        "answered by the hedge"
+    );
+}
+
 #[cfg(feature = "metrics")]
 #[test]
 fn a_metrics_observer_allocates_nothing_once_its_series_are_registered() {
@@ -543,4 +643,143 @@ fn observed_stacks_allocate_nothing_once_their_series_are_registered() {
         let allocated = allocations_during(|| calls(&mut service, 100_000, |i| i));
         assert_eq!(allocated, 0);
     });
+}
+
+/// A bulkhead or an adaptive limiter that honours deadlines decides in `call`: a call admitted
+/// at once allocates nothing either, whether or not its request carries a deadline.
+#[cfg(feature = "limit")]
+#[test]
+fn admitted_calls_honouring_deadlines_allocate_nothing() {
+    use seawall::bulkhead::{BulkheadLayer, Codel};
+    use seawall::core::{Deadline, DeadlineCarrier};
+    use seawall::limit::algorithm::{Gradient2, Windowed};
+    use seawall::limit::AdaptiveLimitLayer;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _entered = runtime.enter();
+    struct Carried(u32, Option<Deadline>);
+    impl DeadlineCarrier for Carried {
+        fn deadline(&self) -> Option<Deadline> {
+            self.1
+        }
+        fn set_deadline(&mut self, deadline: Deadline) {
+            self.1 = Some(deadline);
+        }
+    }
+    let deadline = Deadline::after(Duration::from_secs(3600));
+    let bulkhead = BulkheadLayer::builder()
+        .max_concurrent(10)
+        .queue(100)
+        .codel(Codel::default())
+        .honour_deadlines()
+        .build()
+        .unwrap();
+    let adaptive = AdaptiveLimitLayer::builder(Windowed::new(Gradient2::default()))
+        .queue(128)
+        .codel(Codel::default())
+        .honour_deadlines()
+        .build()
+        .unwrap();
+    for carried in [None, Some(deadline)] {
+        let mut service = tower::ServiceBuilder::new()
+            .map_request(move |n: u32| Carried(n, carried))
+            .layer(bulkhead.clone())
+            .map_request(|c: Carried| c.0)
+            .service(support::Noop);
+        calls(&mut service, 1_000, |i| i); // warm up
+        let allocated = allocations_during(|| calls(&mut service, 100_000, |i| i));
+        assert_eq!(allocated, 0, "bulkhead, deadline {carried:?}");
+        assert_eq!(bulkhead.handle().in_flight(), 0);
+        let mut service = tower::ServiceBuilder::new()
+            .map_request(move |n: u32| Carried(n, carried))
+            .layer(adaptive.clone())
+            .map_request(|c: Carried| c.0)
+            .service(support::Noop);
+        calls(&mut service, 1_000, |i| i);
+        let allocated = allocations_during(|| calls(&mut service, 100_000, |i| i));
+        assert_eq!(allocated, 0, "adaptive limiter, deadline {carried:?}");
+        assert_eq!(adaptive.handle().in_flight(), 0);
+    }
+}
+
+/// A call through the pool over ready endpoints allocates nothing: the choice, the endpoint's
+/// readiness, its in-flight count, its estimate, window and counters, with 3 endpoints and with
+/// 100, every default rule on and the success-rate rule too.
+#[cfg(feature = "pool")]
+#[test]
+fn a_pool_call_over_ready_endpoints_allocates_nothing() {
+    use seawall::pool::Pool;
+    // A tokio runtime for the clock the pool reads, paused so that the test moves it past the
+    // interval; nothing here waits.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let _entered = runtime.enter();
+    for n in [3, 100] {
+        let pools = [
+            Pool::builder()
+                .seed(1)
+                .build(std::iter::repeat_n(support::Noop, n))
+                .unwrap(),
+            Pool::builder()
+                .success_rate(1.9, 100, 5)
+                .seed(2)
+                .build(std::iter::repeat_n(support::Noop, n))
+                .unwrap(),
+        ];
+        for (k, mut pool) in pools.into_iter().enumerate() {
+            let handle = pool.handle();
+            calls(&mut pool, 1_000, |i| i); // warm up
+            let allocated = allocations_during(|| calls(&mut pool, 100_000, |i| i));
+            assert_eq!(allocated, 0, "{n} endpoints: {handle:?}");
+            // Past the interval: the first call ending runs the success-rate rule over every
+            // endpoint, and allocates nothing either.
+            runtime.block_on(tokio::time::advance(Duration::from_secs(11)));
+            let allocated = allocations_during(|| calls(&mut pool, 10, |i| i));
+            assert_eq!(
+                allocated, 0,
+                "pool {k}, {n} endpoints, past the interval: {handle:?}"
+            );
+            let endpoints = handle.endpoints();
+            assert_eq!(
+                endpoints.iter().map(|e| e.calls).sum::<u64>(),
+                101_010,
+                "the calls were recorded"
+            );
+            assert!(endpoints.iter().all(|e| e.in_flight == 0));
+        }
+    }
+}
+
+#[cfg(feature = "cache")]
+#[test]
+fn a_cache_hit_allocates_nothing_beyond_the_values_clone() {
+    use seawall::cache::CacheLayer;
+    use std::sync::Arc;
+    // `Arc` values: a hit's clone of the answer is a reference count, no allocation.
+    let value: Arc<[u8]> = Arc::from(&b"a cached answer"[..]);
+    let backend = tower::service_fn(move |_: u32| {
+        std::future::ready(Ok::<_, std::convert::Infallible>(value.clone()))
+    });
+    let layer = CacheLayer::builder(|key: &u32| Some(*key % 100))
+        .ttl(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let mut service = layer.layer(backend);
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut call = |i: u32| {
+        assert!(matches!(service.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+        let future = pin!(service.call(i));
+        assert!(matches!(future.poll(&mut cx), Poll::Ready(Ok(_))));
+    };
+    // Misses (single-flight, the store's insert) allocate: warm every key first.
+    for i in 0..100 {
+        call(i);
+    }
+    assert_eq!(allocations_during(|| (0..100_000).for_each(&mut call)), 0);
+    assert_eq!(layer.stats().hits, 100_000);
 }

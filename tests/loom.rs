@@ -1,7 +1,7 @@
 //! Model checks of the lock-free parts with loom. Run with:
 //!
 //! ```text
-//! RUSTFLAGS="--cfg seawall_loom" cargo test --release --test loom
+//! RUSTFLAGS="--cfg seawall_loom" cargo test --release --features hedge --test loom
 //! ```
 #![cfg(seawall_loom)]
 
@@ -374,6 +374,72 @@ fn a_slot_freed_while_a_caller_queues_is_never_lost() {
     });
 }
 
+/// A request that carries no deadline: a call honouring deadlines then sets no timer.
+struct Undated;
+
+impl seawall::core::DeadlineCarrier for Undated {
+    fn deadline(&self) -> Option<seawall::core::Deadline> {
+        None
+    }
+    fn set_deadline(&mut self, _: seawall::core::Deadline) {}
+}
+
+/// `service` made ready (at once) and called with a request that carries no deadline.
+fn undated<S: Service<Undated>>(service: &mut S) -> std::pin::Pin<Box<S::Future>> {
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(service.poll_ready(&mut cx).is_ready(), "ready at once");
+    Box::pin(service.call(Undated))
+}
+
+/// Deciding in `call` (`honour_deadlines()`, no controlled delay, no timer): the holder of the
+/// only slot ends on one thread while a call that queued for it is dropped, or polled for the
+/// first time, on another. Whatever the interleaving, the slot is neither lost nor given twice:
+/// the queued call gets it (or, dropped, passes it on), and afterwards exactly one call at a time
+/// is admitted.
+#[test]
+fn a_slot_released_while_a_deadline_mode_call_queues_is_never_lost_or_doubled() {
+    use seawall::bulkhead::BulkheadLayer;
+    for drop_queued in [false, true] {
+        loom::model(move || {
+            let layer = BulkheadLayer::builder()
+                .max_concurrent(1)
+                .queue(4)
+                .honour_deadlines()
+                .build()
+                .unwrap();
+            let handle = layer.handle();
+            let mut service = layer.layer(Pass);
+            // Admitted at once: the future holds the slot until it is dropped.
+            let holder = undated(&mut service);
+            let mut queued = undated(&mut service);
+            assert_eq!((handle.in_flight(), handle.queued()), (1, 1));
+            let releaser = thread::spawn(move || drop(holder));
+            let mut cx = Context::from_waker(Waker::noop());
+            if drop_queued {
+                drop(queued);
+                releaser.join().unwrap();
+            } else {
+                let first = queued.as_mut().poll(&mut cx);
+                releaser.join().unwrap();
+                if first.is_pending() {
+                    assert!(
+                        matches!(queued.as_mut().poll(&mut cx), Poll::Ready(Ok(()))),
+                        "the freed slot went to the queued call"
+                    );
+                }
+                drop(queued);
+            }
+            assert_eq!((handle.in_flight(), handle.queued()), (0, 0));
+            // One slot, no more: a call is admitted, the next queues.
+            let admitted = undated(&mut service);
+            let waiting = undated(&mut service);
+            assert_eq!((handle.in_flight(), handle.queued()), (1, 1));
+            drop((admitted, waiting));
+            assert_eq!((handle.in_flight(), handle.queued()), (0, 0));
+        });
+    }
+}
+
 /// A service that answers at once.
 #[derive(Clone)]
 struct Pass;
@@ -545,4 +611,88 @@ fn a_call_racing_a_new_key_that_fills_its_burst_is_not_refused_for_it() {
             "a call of key 8 refused: charged with key 0's call"
         );
     });
+}
+
+/// The hedge layer's latency window (`core::histogram`), driven by seconds. Under loom it keeps
+/// three one-second slots and latencies up to 31 µs: 5 µs falls in a bucket whose upper bound is
+/// 6 µs, 20 µs in one whose upper bound is 22 µs.
+#[cfg(feature = "hedge")]
+mod latency_window {
+    use super::*;
+    use seawall::core::LoomLatencyWindow;
+
+    const FAST: Duration = Duration::from_micros(5);
+    const FAST_BUCKET: Duration = Duration::from_micros(6);
+    const SLOW: Duration = Duration::from_micros(20);
+    const SLOW_BUCKET: Duration = Duration::from_micros(22);
+
+    fn model(f: impl Fn() + Sync + Send + 'static) {
+        let mut model = loom::model::Builder::new();
+        model.preemption_bound = Some(3);
+        model.max_branches = 100_000;
+        model.check(f);
+    }
+
+    #[test]
+    fn a_refresh_is_never_overwritten_by_an_older_one() {
+        assert_eq!(LoomLatencyWindow::SECONDS, 3);
+        model(|| {
+            // Seconds 0 and 1: the median over seconds 0..=2 is fast; second 0 has left the
+            // window of second 3, whose median is slow.
+            let window = Arc::new(LoomLatencyWindow::new(0.5, 1));
+            for _ in 0..3 {
+                window.record(0, FAST);
+            }
+            window.record(1, SLOW);
+            let threads: Vec<_> = [2, 3]
+                .into_iter()
+                .map(|second| {
+                    let window = window.clone();
+                    thread::spawn(move || window.percentile(second))
+                })
+                .collect();
+            let seen: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            for p in seen.into_iter().flatten() {
+                assert!(p == FAST_BUCKET || p == SLOW_BUCKET, "{p:?}");
+            }
+            assert_eq!(
+                window.percentile(3),
+                Some(SLOW_BUCKET),
+                "the refresh of second 3 overwritten by the one of second 2"
+            );
+        });
+    }
+
+    #[test]
+    fn records_racing_a_rotation_and_a_refresh_are_counted_at_most_once() {
+        model(|| {
+            // Second 0's slow samples are in the slot that second 3 takes over: two records
+            // of second 3 race to clear it, while a reader refreshes the percentile of second 3.
+            let window = Arc::new(LoomLatencyWindow::new(0.5, 1));
+            window.record(0, SLOW);
+            window.record(0, SLOW);
+            let recorders: Vec<_> = (0..2)
+                .map(|_| {
+                    let window = window.clone();
+                    thread::spawn(move || window.record(3, FAST))
+                })
+                .collect();
+            let reader = {
+                let window = window.clone();
+                thread::spawn(move || window.percentile(3))
+            };
+            for t in recorders {
+                t.join().unwrap();
+            }
+            // What the reader saw holds records of second 3 only, if any.
+            if let Some(p) = reader.join().unwrap() {
+                assert_eq!(p, FAST_BUCKET, "second 3 holds fast samples only");
+            }
+            // The first to reach the old slot clears it and records; the other's record may be
+            // lost to the clearing (by design), never counted twice, and second 0's are gone.
+            let samples = window.samples(3);
+            assert!((1..=2).contains(&samples), "{samples} samples");
+            assert_eq!(window.percentile(4), Some(FAST_BUCKET));
+        });
+    }
 }

@@ -11,16 +11,21 @@ mod fail_fast;
 pub(crate) mod gate;
 #[cfg(feature = "hedge")]
 pub(crate) mod histogram;
+#[cfg(all(feature = "hedge", seawall_loom))]
+#[doc(hidden)]
+pub use histogram::LoomLatencyWindow;
+#[cfg(any(feature = "limit", feature = "circuit-breaker"))]
+pub(crate) mod keys;
 pub(crate) mod observe;
 mod outcome;
 pub mod window;
 
 pub use classify::{Classify, ErrorIsFailure};
-pub use deadline::{Deadline, DeadlineCarrier, RequestTimeout};
+pub use deadline::{CarriedDeadline, Deadline, DeadlineCarrier, NoDeadline, RequestTimeout};
 pub use fail_fast::FailFast;
 pub use gate::{Gate, GateBuilder, GateLayer, Guard, GuardFuture};
 pub use observe::{
-    CircuitState, Emitter, Event, EventKind, FallbackTrigger, GiveUpReason, Observer, RejectReason,
-    RetryReason, Source, TimeoutCause, TracingObserver,
+    CircuitState, EjectReason, Emitter, Event, EventKind, FallbackTrigger, GiveUpReason, Observer,
+    RejectReason, RetryReason, Source, TimeoutCause, TracingObserver,
 };
 pub use outcome::{Outcome, Record};

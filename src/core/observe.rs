@@ -77,6 +77,9 @@ pub enum RejectReason {
     FallbackFull,
     /// A gate written outside seawall rejected the call.
     Other,
+    /// An endpoint pool had no healthy endpoint, and fails fast rather than spreading calls over
+    /// every endpoint.
+    NoHealthyEndpoint,
 }
 
 impl RejectReason {
@@ -95,6 +98,7 @@ impl RejectReason {
             RejectReason::RateLimited => "rate_limited",
             RejectReason::FallbackFull => "fallback_full",
             RejectReason::Other => "other",
+            RejectReason::NoHealthyEndpoint => "no_healthy_endpoint",
         }
     }
 }
@@ -183,6 +187,43 @@ impl GiveUpReason {
     }
 }
 
+/// Why an endpoint pool ejected an endpoint, as reported in [`EventKind::EndpointEjected`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EjectReason {
+    /// Its calls failed upstream (an answer the classifier called a failure, such as a 5xx)
+    /// this many times in a row.
+    ConsecutiveFailures,
+    /// Its calls failed locally (the service's own error: connect, reset, timeout) this many
+    /// times in a row.
+    ConsecutiveLocalFailures,
+    /// Too large a share of its recent calls failed.
+    FailurePercentage,
+    /// Its success rate fell too far below the other endpoints'.
+    SuccessRate,
+    /// It answered with a server hint to stay away (`Retry-After` on a 429 or 503).
+    RetryAfter,
+    /// Its readiness failed (`poll_ready` returned an error).
+    NotReady,
+    /// The probe sent when its last ejection ended failed.
+    ProbeFailed,
+}
+
+impl EjectReason {
+    /// A short, stable label for metrics and logs, such as `"consecutive_failures"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EjectReason::ConsecutiveFailures => "consecutive_failures",
+            EjectReason::ConsecutiveLocalFailures => "consecutive_local_failures",
+            EjectReason::FailurePercentage => "failure_percentage",
+            EjectReason::SuccessRate => "success_rate",
+            EjectReason::RetryAfter => "retry_after",
+            EjectReason::NotReady => "not_ready",
+            EjectReason::ProbeFailed => "probe_failed",
+        }
+    }
+}
+
 /// What happened, in an [`Event`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[non_exhaustive]
@@ -261,6 +302,13 @@ pub enum EventKind {
         /// The number of the attempt not sent.
         attempt: u32,
     },
+    /// A hedge layer would have sent attempt number `attempt`, but the inner service's
+    /// readiness failed (its error is dropped): no more hedges are sent for the call, and the
+    /// attempts already sent may still answer it.
+    HedgeReadinessFailed {
+        /// The number of the attempt not sent.
+        attempt: u32,
+    },
     /// An adaptive limiter changed its concurrency limit.
     LimitChanged {
         /// The limit before.
@@ -296,6 +344,30 @@ pub enum EventKind {
         /// The state it entered.
         to: CircuitState,
     },
+    /// A cache answered a call from its store, without waiting on the inner service: a fresh
+    /// answer, or (`stale`) one served stale while it is refreshed in the background or while a
+    /// failing key waits to be asked again.
+    CacheHit {
+        /// Whether the answer was stale.
+        stale: bool,
+    },
+    /// A cache had no answer to serve: the call was made on the inner service, or (`coalesced`)
+    /// waited on another caller's call for the same key.
+    CacheMiss {
+        /// Whether the call waited on another caller's call.
+        coalesced: bool,
+    },
+    /// A cache started a background refresh of a key: an `early` one (probabilistic early
+    /// refresh of a fresh answer), or one of a stale answer served while it is revalidated.
+    CacheRefresh {
+        /// Whether the answer was still fresh.
+        early: bool,
+    },
+    /// A cache's store evicted `entries` entries to make room for new ones.
+    CacheEvicted {
+        /// How many.
+        entries: u64,
+    },
     /// A layer was built, and starts in this state: sent once, before any other event of the
     /// layer, by the layers whose state is a gauge (a circuit breaker, an adaptive limiter), so
     /// that the gauge exists from the start rather than from its first change. It is no change:
@@ -305,6 +377,24 @@ pub enum EventKind {
         state: Option<CircuitState>,
         /// An adaptive limiter's concurrency limit.
         limit: Option<u64>,
+    },
+    /// An endpoint pool took the endpoint named by the event's key out of rotation for
+    /// `duration` (its connection is kept; one probe goes to it when the time is up).
+    EndpointEjected {
+        /// Why.
+        reason: EjectReason,
+        /// For how long.
+        duration: Duration,
+    },
+    /// An endpoint pool put the ejected endpoint named by the event's key back in rotation: its
+    /// probe succeeded.
+    EndpointReturned,
+    /// An endpoint joined a pool (built with it, or inserted by discovery).
+    EndpointAdded,
+    /// Discovery removed an endpoint from a pool.
+    EndpointRemoved {
+        /// Whether it was ejected (or being probed) when it left.
+        ejected: bool,
     },
 }
 
@@ -522,6 +612,9 @@ impl Observer for TracingObserver {
             EventKind::HedgeBudgetExhausted { attempt } => {
                 tracing::debug!(target: "seawall", layer, attempt, "hedge budget exhausted")
             }
+            EventKind::HedgeReadinessFailed { attempt } => {
+                tracing::debug!(target: "seawall", layer, attempt, "hedge readiness failed")
+            }
             EventKind::LimitChanged { from, to } => {
                 tracing::debug!(target: "seawall", layer, from, to, "limit changed")
             }
@@ -541,6 +634,18 @@ impl Observer for TracingObserver {
             EventKind::StoreHealth { degraded: false } => {
                 tracing::info!(target: "seawall", layer, degraded = false, "store recovered")
             }
+            EventKind::CacheHit { stale } => {
+                tracing::trace!(target: "seawall", layer, stale, "cache hit")
+            }
+            EventKind::CacheMiss { coalesced } => {
+                tracing::trace!(target: "seawall", layer, coalesced, "cache miss")
+            }
+            EventKind::CacheRefresh { early } => {
+                tracing::debug!(target: "seawall", layer, early, "cache refresh")
+            }
+            EventKind::CacheEvicted { entries } => {
+                tracing::debug!(target: "seawall", layer, entries, "cache evicted")
+            }
             EventKind::TimedOut { elapsed, cause } => tracing::debug!(
                 target: "seawall",
                 layer,
@@ -555,6 +660,45 @@ impl Observer for TracingObserver {
                 limit,
                 "started"
             ),
+            EventKind::EndpointEjected { reason, duration } => match event.key {
+                Some(key) => tracing::warn!(
+                    target: "seawall",
+                    layer,
+                    reason = reason.as_str(),
+                    duration_ms = duration.as_millis() as u64,
+                    endpoint = ?key,
+                    "endpoint ejected"
+                ),
+                None => tracing::warn!(
+                    target: "seawall",
+                    layer,
+                    reason = reason.as_str(),
+                    duration_ms = duration.as_millis() as u64,
+                    "endpoint ejected"
+                ),
+            },
+            EventKind::EndpointReturned => match event.key {
+                Some(key) => {
+                    tracing::info!(target: "seawall", layer, endpoint = ?key, "endpoint returned")
+                }
+                None => tracing::info!(target: "seawall", layer, "endpoint returned"),
+            },
+            EventKind::EndpointAdded => match event.key {
+                Some(key) => {
+                    tracing::debug!(target: "seawall", layer, endpoint = ?key, "endpoint added")
+                }
+                None => tracing::debug!(target: "seawall", layer, "endpoint added"),
+            },
+            EventKind::EndpointRemoved { ejected } => match event.key {
+                Some(key) => tracing::debug!(
+                    target: "seawall",
+                    layer,
+                    ejected,
+                    endpoint = ?key,
+                    "endpoint removed"
+                ),
+                None => tracing::debug!(target: "seawall", layer, ejected, "endpoint removed"),
+            },
             EventKind::StateTransition { from, to } => match to {
                 CircuitState::Open | CircuitState::ForcedOpen => tracing::warn!(
                     target: "seawall",

@@ -246,7 +246,7 @@ pub fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duratio
 }
 
 /// The HTTP status a server answers a seawall rejection of kind `kind` with: 503 for an open
-/// breaker, a full bulkhead or limiter, overload and throttling; 429 for a rate limit; 504 for a
+/// breaker, a full bulkhead or limiter, overload and throttling, a pool without a healthy endpoint; 429 for a rate limit; 504 for a
 /// timeout; 400 for a malformed deadline header. `seawall::axum` (feature `axum`) builds whole
 /// responses from it; this is for servers on hyper or another framework.
 ///
@@ -266,6 +266,7 @@ pub fn status(kind: ErrorKind) -> StatusCode {
         | ErrorKind::BulkheadFull
         | ErrorKind::Overloaded
         | ErrorKind::Throttled
-        | ErrorKind::RetryBudgetExhausted => StatusCode::SERVICE_UNAVAILABLE,
+        | ErrorKind::RetryBudgetExhausted
+        | ErrorKind::NoHealthyEndpoint => StatusCode::SERVICE_UNAVAILABLE,
     }
 }

@@ -24,7 +24,7 @@ mod throttle;
 
 pub use adaptive::{
     Adaptive, AdaptiveHandle, AdaptiveLimit, AdaptiveLimitBuilder, AdaptiveLimitLayer,
-    AdaptivePermit, ConfigError as AdaptiveConfigError,
+    AdaptivePermit, ConfigError as AdaptiveConfigError, DeadlineAdaptiveLimit,
 };
 pub use shed::{LoadShed, LoadShedLayer, ResponseFuture};
 pub use throttle::{

@@ -82,7 +82,7 @@ struct ProbeState {
 }
 
 /// The kinds of event a layer may send, by name.
-pub const KINDS: [&str; 17] = [
+pub const KINDS: [&str; 21] = [
     "Permitted",
     "LimitChanged",
     "KeyEvicted",
@@ -100,6 +100,10 @@ pub const KINDS: [&str; 17] = [
     "HedgeWon",
     "HedgeBudgetExhausted",
     "FallbackUsed",
+    "CacheHit",
+    "CacheMiss",
+    "CacheRefresh",
+    "CacheEvicted",
 ];
 
 fn name(kind: &EventKind) -> String {

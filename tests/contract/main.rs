@@ -39,6 +39,7 @@ contract! {
     fleet_rate_limit_store_fails: subjects::FleetRateLimitStoreFails,
     retry: subjects::Retry,
     hedge: subjects::Hedge,
+    hedge_over_bulkhead: subjects::HedgeOverBulkhead,
     timeout_fixed: subjects::FixedTimeout,
     timeout_per_request: subjects::PerRequestTimeout,
     timeout_propagating: subjects::PropagatingTimeout,
@@ -48,4 +49,9 @@ contract! {
     client_stack: subjects::Client,
     bulkhead_over_breaker: subjects::BulkheadOverBreaker,
     server_stack: subjects::Server,
+    cache: subjects::Cache,
+    endpoint_pool: subjects::EndpointPool,
+    bulkhead_honouring_deadlines: subjects::BulkheadDeadlines,
+    adaptive_limiter_honouring_deadlines: subjects::AdaptiveDeadlines,
+    keyed_circuit_breaker: subjects::KeyedBreaker,
 }

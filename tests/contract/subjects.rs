@@ -4,6 +4,7 @@
 use crate::harness::{Blocked, Probe, Subject};
 use seawall::bulkhead::{BulkheadLayer, Handle as BulkheadHandle};
 use seawall::bulkhead::{Codel, Order};
+use seawall::cache::{CacheHandle, CacheLayer};
 use seawall::chaos::ChaosLayer;
 use seawall::circuit_breaker::{CircuitBreakerLayer, Handle as BreakerHandle};
 use seawall::core::{Deadline, DeadlineCarrier};
@@ -994,6 +995,30 @@ pass_through!(Hedge, |probe| {
     move |mock| erase(layer.layer(mock))
 }, observed: true);
 
+// The hedge layer over a bulkhead of two slots with a queue: the bulkhead's slots and queue
+// places are what it holds. A hedge asks the bulkhead for a slot only once it is due and can be
+// sent, and gives back at once whatever it was given for a hedge it does not send.
+slots!(HedgeOverBulkhead<>, BulkheadHandle, |probe| {
+        let bulkhead = BulkheadLayer::builder()
+            .max_concurrent(2)
+            .queue(QUEUE)
+            .build()
+            .unwrap();
+        let hedge = HedgeLayer::builder()
+            .delay(Duration::from_millis(10))
+            .observer(probe)
+            .build()
+            .unwrap();
+        let above = hedge.clone();
+        Over::new(bulkhead.handle(), move |mock| {
+            erase(ServiceBuilder::new().layer(hedge.clone()).layer(bulkhead.clone()).service(mock))
+        })
+        .beneath(move |inner| erase(above.layer(inner)))
+    },
+    held: |h| (h.in_flight() + h.queued()) as usize,
+    capacity: 2,
+    blocked: Blocked::Waits);
+
 pass_through!(FixedTimeout, |probe| {
     let layer = TimeoutLayer::new(Duration::from_secs(1)).name("timeout").observer(probe);
     move |mock| erase(layer.layer(mock))
@@ -1137,3 +1162,228 @@ slots!(BulkheadOverBreaker<>, (BulkheadHandle, BreakerHandle<Probe>), |probe| {
     held: |h| (h.0.in_flight() + h.0.queued()) as usize + h.1.metrics().probes_in_flight as usize,
     capacity: SLOTS as usize,
     blocked: Blocked::Rejects);
+
+// The cache: always ready (it cannot be blocked: a miss waits for the service beneath in its own
+// future), holding only its calls in flight per key (single-flight), which must all be gone once
+// its calls end or are dropped. Over a bulkhead of one too: each miss polls a clone of the
+// service beneath for readiness before its call.
+subject!(Cache, CacheHandle);
+
+impl Subject for Cache {
+    common!();
+    async fn prepare(probe: Probe) -> Self {
+        let layer = CacheLayer::builder(|n: &u32| Some(*n))
+            .name("cache")
+            .observer(probe)
+            .build()
+            .unwrap();
+        let over = layer.clone();
+        Cache(
+            Over::new(layer.handle(), move |mock| erase(layer.layer(mock)))
+                .beneath(move |inner| erase(over.layer(inner))),
+        )
+    }
+    fn held(&self) -> usize {
+        self.x.in_flight()
+    }
+    async fn block(&mut self) -> Option<Blocked> {
+        None
+    }
+    async fn unblock(&mut self) {}
+}
+
+// An endpoint pool over three endpoints, each a clone of the mock (built with the first service
+// asked for, and shared by every service after it); what it holds is its calls in flight.
+type PoolOverMock =
+    seawall::pool::Pool<usize, mock::Mock<u32, u32>, seawall::core::ErrorIsFailure, Probe>;
+
+subject!(EndpointPool, Arc<std::sync::OnceLock<PoolOverMock>>);
+
+impl Subject for EndpointPool {
+    common!();
+    async fn prepare(probe: Probe) -> Self {
+        let cell = Arc::new(std::sync::OnceLock::<PoolOverMock>::new());
+        let built = cell.clone();
+        EndpointPool(Over::new(cell, move |mock| {
+            let pool = built.get_or_init(|| {
+                seawall::pool::Pool::builder()
+                    .name("pool")
+                    .observer(probe.clone())
+                    .seed(1)
+                    .build([mock.clone(), mock.clone(), mock])
+                    .unwrap()
+            });
+            erase(pool.clone())
+        }))
+    }
+    fn held(&self) -> usize {
+        self.x.get().map_or(0, |pool| {
+            let handle = pool.handle();
+            let endpoints = handle.endpoints();
+            endpoints
+                .iter()
+                .map(|e| e.in_flight as usize)
+                .sum::<usize>()
+                + endpoints
+                    .iter()
+                    .filter(|e| e.state == seawall::pool::EndpointState::Probing)
+                    .count()
+        })
+    }
+    async fn block(&mut self) -> Option<Blocked> {
+        self.block_beneath()
+    }
+    async fn unblock(&mut self) {
+        self.unblock_beneath()
+    }
+}
+/// A subject over a layer on the bulkhead's gate built with `honour_deadlines()`, deciding in
+/// `call`; every request carries a deadline half a second on. Blocked by calls that take every
+/// slot (made, and left unanswered) and every place in the queue (kept waiting, in their
+/// response futures), so that the next call is refused at once; unblocked by dropping them.
+macro_rules! queue_deadlines {
+    ($name:ident, $handle:ty, |$probe:ident| $layer:expr) => {
+        subject!($name, ($handle, Vec<Waiting>, Vec<mock::SendResponse<u32>>));
+
+        impl Subject for $name {
+            common!();
+            async fn prepare($probe: Probe) -> Self {
+                let layer = $layer;
+                let handle = layer.handle();
+                let over = move |inner: Erased| {
+                    erase(
+                        ServiceBuilder::new()
+                            .map_request(|n| Carried {
+                                n,
+                                deadline: Some(Deadline::after(Duration::from_millis(500))),
+                            })
+                            .layer(layer.clone())
+                            .map_request(|c: Carried| c.n)
+                            .service(inner),
+                    )
+                };
+                let make = over.clone();
+                $name(
+                    Over::new((handle, Vec::new(), Vec::new()), move |mock| {
+                        make(erase(mock))
+                    })
+                    .beneath(over),
+                )
+            }
+            fn held(&self) -> usize {
+                (self.x.0.in_flight() + self.x.0.queued()) as usize
+            }
+            fn blocking_revokes_a_held_permit(&self) -> Option<bool> {
+                // It reserves nothing in `poll_ready`.
+                Some(true)
+            }
+            async fn block(&mut self) -> Option<Blocked> {
+                // Calls left unanswered by the case before are not the ones made here.
+                tokio::task::yield_now().await;
+                while let Poll::Ready(Some(_)) = self.handle.poll_request() {}
+                let mut cx = tokio_test::task::spawn(());
+                for _ in 0..SLOTS as usize + QUEUE {
+                    let mut s = self.make();
+                    let ready = cx.enter(|cx, _| s.poll_ready(cx));
+                    assert!(matches!(ready, Poll::Ready(Ok(()))), "ready at once");
+                    let mut call = tokio_test::task::spawn(s.call(0));
+                    assert!(call.poll().is_pending(), "in flight or queued");
+                    self.x.1.push(call);
+                }
+                assert_eq!(
+                    (self.x.0.in_flight(), self.x.0.queued()),
+                    (SLOTS, QUEUE as u64),
+                    "every slot and place taken"
+                );
+                // The calls in flight stay unanswered; their requests are taken from the mock,
+                // which then sees only the calls made while blocked.
+                while let Poll::Ready(Some((_, reply))) = self.handle.poll_request() {
+                    self.x.2.push(reply);
+                }
+                assert_eq!(
+                    self.x.2.len(),
+                    SLOTS as usize,
+                    "the calls in flight reached it"
+                );
+                Some(Blocked::Rejects)
+            }
+            async fn unblock(&mut self) {
+                // The calls in flight give their slots back, each to a queued call that has
+                // gone away too.
+                self.x.1.clear();
+                self.x.2.clear();
+                tokio::task::yield_now().await;
+                while let Poll::Ready(Some(_)) = self.handle.poll_request() {}
+            }
+        }
+    };
+}
+
+// The bulkhead with a controlled-delay queue, honouring deadlines.
+queue_deadlines!(BulkheadDeadlines, BulkheadHandle<Probe>, |probe| {
+    BulkheadLayer::builder()
+        .max_concurrent(SLOTS)
+        .queue(QUEUE)
+        .codel(Codel::default())
+        .honour_deadlines()
+        .observer(probe)
+        .build()
+        .unwrap()
+});
+
+// The adaptive limiter with a controlled-delay queue, honouring deadlines.
+queue_deadlines!(AdaptiveDeadlines, AdaptiveHandle<Fixed, Probe>, |probe| {
+    AdaptiveLimitLayer::builder(Fixed(SLOTS))
+        .queue(QUEUE)
+        .codel(Codel::default())
+        .order(Order::Lifo)
+        .honour_deadlines()
+        .observer(probe)
+        .build()
+        .unwrap()
+});
+
+// The keyed breaker, one key for every request: blocked by forcing the key's breaker open.
+type KeyedBreakerHandle = seawall::circuit_breaker::KeyedHandle<Probe>;
+
+subject!(KeyedBreaker, KeyedBreakerHandle);
+
+impl Subject for KeyedBreaker {
+    common!();
+    async fn prepare(probe: Probe) -> Self {
+        let layer = CircuitBreakerLayer::builder()
+            .observer(probe)
+            .keyed()
+            .key(|_: &u32| Some(0u8))
+            .build()
+            .unwrap();
+        KeyedBreaker(Over::new(layer.handle(), move |mock| {
+            erase(layer.layer(mock))
+        }))
+    }
+    fn held(&self) -> usize {
+        self.x
+            .metrics(&0u8)
+            .map_or(0, |m| m.probes_in_flight as usize)
+            + self.x.overflow_metrics().probes_in_flight as usize
+    }
+    fn blocking_revokes_a_held_permit(&self) -> Option<bool> {
+        Some(true)
+    }
+    async fn block(&mut self) -> Option<Blocked> {
+        if self.x.state(&0u8).is_none() {
+            // The key gets its breaker with its first call.
+            let call = self.make().oneshot(0);
+            let (call, _) = tokio::join!(call, async {
+                let (_, reply) = self.handle.next_request().await.unwrap();
+                reply.send_response(0);
+            });
+            call.unwrap();
+        }
+        assert!(self.x.force_open(&0u8));
+        Some(Blocked::Rejects)
+    }
+    async fn unblock(&mut self) {
+        self.x.reset(&0u8);
+    }
+}

@@ -272,6 +272,10 @@ fn every_kind() -> Vec<EventKind> {
             state: None,
             limit: Some(17),
         },
+        EventKind::CacheHit { stale: true },
+        EventKind::CacheMiss { coalesced: false },
+        EventKind::CacheRefresh { early: true },
+        EventKind::CacheEvicted { entries: 3 },
     ]
 }
 

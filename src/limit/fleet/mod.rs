@@ -118,7 +118,7 @@ use super::rate::wait::Turn;
 use super::rate::{Clock, Quota, QuotaError, TokioClock};
 use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 use crate::core::{Emitter, EventKind, Observer, RejectReason, Source};
-use crate::sync::{nanos, Mutex, Padded};
+use crate::sync::{nanos, Mutex, Striped};
 use crate::timeout::policy::PerRequest;
 use crate::timeout::{Timeout, TimeoutLayer};
 use lease::{Lease, Spent, Wake};
@@ -128,9 +128,7 @@ use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
-use std::sync::atomic::{
-    AtomicBool, AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed,
-};
+use std::sync::atomic::{AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -281,17 +279,28 @@ pub(crate) struct Fleet<St, Clk, O> {
     wait_limit: Duration,
     clock: Clk,
     source: Source<O>,
-    degraded: AtomicBool,
-    /// When the store last became degraded, on the clock.
-    degraded_since: AtomicU64,
+    /// 0 while the store is healthy; while it is degraded, one more than the time on the clock
+    /// when it became so: whether and since when in one word, so that no reader sees the one
+    /// without the other.
+    degraded: AtomicU64,
     next_probe: AtomicU64,
     store_calls: AtomicU64,
     store_failures: AtomicU64,
-    /// Calls turned away (what `health` reports); written only when one is, on a line of its own.
-    rejected: Padded<AtomicU64>,
+    /// Calls turned away (what `health` reports); written only when one is, striped by thread.
+    rejected: Striped,
+    /// Calls waiting for a lease (what `health` reports); written only by calls that wait.
+    waiting: Striped,
     /// Run once where a test wants a race to happen (see [`Fleet::at`]).
     #[cfg(test)]
     hook: tests::Hook,
+}
+
+impl<St, Clk, O> Fleet<St, Clk, O> {
+    /// Whether the store is degraded.
+    #[inline]
+    fn is_degraded(&self) -> bool {
+        self.degraded.load(Relaxed) != 0
+    }
 }
 
 /// What becomes of a call.
@@ -328,6 +337,8 @@ enum Point {
     /// The key's reserved admissions were found due; about to take the key's renewal mark to
     /// move them.
     Due,
+    /// The store was just marked degraded.
+    Degraded,
 }
 
 /// A key's renewal mark, held by a call moving the key's due reservation to its lease: taken off
@@ -446,7 +457,7 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
         }
         // While degraded, only a probe asks the store. The probe is spent last, just before the
         // renewal starts, so that a call that asks nothing spends none; here it is only looked at.
-        if self.degraded.load(Relaxed) && self.clock.now() < self.next_probe.load(Relaxed) {
+        if self.is_degraded() && self.clock.now() < self.next_probe.load(Relaxed) {
             return false;
         }
         let lease = &slot.cell;
@@ -497,7 +508,7 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
         if lease.reserved() != 0 || (denied != 0 && denied > self.clock.now()) {
             return false;
         }
-        if self.degraded.load(Relaxed) && !self.probe_due(self.clock.now()) {
+        if self.is_degraded() && !self.probe_due(self.clock.now()) {
             return false;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -572,7 +583,7 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
         let ours = slot.tag.load(Acquire) == tag;
         let health = match result {
             Ok(grant) => {
-                let recovered = fleet.degraded.swap(false, AcqRel);
+                let recovered = fleet.degraded.swap(0, AcqRel) != 0;
                 if ours {
                     fleet.at(Point::Credit);
                     let credited = slot.cell.credit(
@@ -608,10 +619,15 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
     /// once whatever it holds is given back).
     fn degrade(&self, now: u64) -> bool {
         self.next_probe.store(now + self.probe_every, Relaxed);
-        if self.degraded.swap(true, AcqRel) {
+        let since = now.saturating_add(1);
+        if self
+            .degraded
+            .compare_exchange(0, since, AcqRel, Relaxed)
+            .is_err()
+        {
             return false;
         }
-        self.degraded_since.store(now, Relaxed);
+        self.at(Point::Degraded);
         true
     }
 
@@ -742,7 +758,7 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
                 Spent::Lost => return None,
                 Spent::Empty => {}
             }
-            if self.degraded.load(Relaxed) {
+            if self.is_degraded() {
                 self.renew(index, place, key);
                 return self.fallback(index, place, now);
             }
@@ -766,7 +782,7 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
     /// whole fleet's quota, in this instance alone) never adds to what the store grants. `None`
     /// if the slot at `index` does not hold `place`'s key.
     fn undecided(&self, index: usize, place: Place, now: u64) -> Option<Verdict> {
-        if self.degraded.load(Relaxed) {
+        if self.is_degraded() {
             self.fallback(index, place, now)
         } else {
             let slot = self.table.slot(index);
@@ -817,16 +833,20 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
     /// Waits for a lease for `key`: woken by each renewal, deciding again each time, and
     /// falling back if the store takes longer than it may. Admitted, the call's [`Admission`]
     /// holds what it spent until the call is made; refused, the refusal is reported here.
+    ///
+    /// The call is counted among the waiting until the wait decides (or is dropped) by
+    /// `waiter`, which also holds the fleet for the wait: one reference per waiting call.
     async fn wait(
-        self: Arc<Self>,
+        waiter: Waiter<St, Clk, O>,
         mut index: usize,
         place: Place,
         key: String,
     ) -> Result<Admission<St, Clk, O>, RateLimited> {
-        let waited = tokio::time::timeout(self.wait_limit, async {
+        let this = waiter.fleet();
+        let waited = tokio::time::timeout(this.wait_limit, async {
             let mut woken = false;
             loop {
-                let slot = self.table.slot(index);
+                let slot = this.table.slot(index);
                 if slot.tag.load(Acquire) != place.tag {
                     // The key lost its slot to another: start over in a new one. A wake taken
                     // here may have been meant for a call of the slot's new key: passed on.
@@ -834,13 +854,13 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
                         slot.cell.notify.notify_one();
                         woken = false;
                     }
-                    index = self.entry(place);
+                    index = this.entry(place);
                     continue;
                 }
                 let notified = slot.cell.notify.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                match self.decide_in(index, place, &key) {
+                match this.decide_in(index, place, &key) {
                     Some(Verdict::Admit(unit)) => return Ok(unit),
                     Some(Verdict::Reject(limited)) => return Err(limited),
                     Some(Verdict::Wait) => {
@@ -859,31 +879,33 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
                 // While the store is healthy, it answered, but not with an admission for this
                 // call in time: the key is busy across the fleet, and the call is refused.
                 let verdict = loop {
-                    if let Some(verdict) = self.undecided(index, place, self.clock.now()) {
+                    if let Some(verdict) = this.undecided(index, place, this.clock.now()) {
                         break verdict;
                     }
-                    index = self.entry(place);
+                    index = this.entry(place);
                 };
                 match verdict {
                     Verdict::Admit(unit) => Ok(unit),
                     Verdict::Reject(limited) => Err(limited),
                     // A call the leases could not settle is never told to wait again.
-                    Verdict::Wait => Err(self.busy(&self.table.slot(index).cell, self.clock.now())),
+                    Verdict::Wait => Err(this.busy(&this.table.slot(index).cell, this.clock.now())),
                 }
             }
         };
+        // Counted no more (before the events), and the fleet handed on to the admission.
+        let fleet = waiter.end();
         match decided {
             // Reported `Permitted` once it is held (see `Leasing`).
             Ok(unit) => Ok(Admission {
-                fleet: self,
+                fleet,
                 index,
                 unit: Some(unit),
                 key,
                 reported: false,
             }),
             Err(limited) => {
-                self.rejected.fetch_add(1, Relaxed);
-                self.emitter().emit_keyed(
+                fleet.rejected.increment();
+                fleet.emitter().emit_keyed(
                     EventKind::Rejected {
                         reason: RejectReason::RateLimited,
                     },
@@ -926,9 +948,43 @@ impl<St, Clk, O: Observer> Drop for Admission<St, Clk, O> {
     }
 }
 
+/// A call counted among those waiting for a lease, until its wait ends ([`Waiter::end`]) or it
+/// is dropped. It holds the fleet for the wait: the wait's one reference, not another beside it.
+struct Waiter<St, Clk: 'static, O: Observer + 'static>(Option<Arc<Fleet<St, Clk, O>>>);
+
+impl<St, Clk, O: Observer> Waiter<St, Clk, O> {
+    fn new(fleet: Arc<Fleet<St, Clk, O>>) -> Self {
+        fleet.waiting.increment();
+        Waiter(Some(fleet))
+    }
+
+    /// The fleet, until [`end`](Self::end).
+    fn fleet(&self) -> &Arc<Fleet<St, Clk, O>> {
+        self.0
+            .as_ref()
+            .expect("a waiter holds the fleet until it ends")
+    }
+
+    /// The wait is over: no longer counted, and the fleet handed back.
+    fn end(mut self) -> Arc<Fleet<St, Clk, O>> {
+        let fleet = self.0.take().expect("a waiter ends once");
+        fleet.waiting.decrement();
+        fleet
+    }
+}
+
+impl<St, Clk, O: Observer> Drop for Waiter<St, Clk, O> {
+    fn drop(&mut self) {
+        if let Some(fleet) = &self.0 {
+            fleet.waiting.decrement();
+        }
+    }
+}
+
 pin_project! {
     /// A call's wait for a lease, then the admission it took, held until the call is made.
     struct Leasing<F, St, Clk: 'static, O: Observer> {
+        // Counted as waiting until it ends (see `Waiter`).
         #[pin]
         wait: F,
         admission: Option<Admission<St, Clk, O>>,
@@ -944,7 +1000,8 @@ where
 {
     fn poll_turn(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), RateLimited>> {
         let this = self.project();
-        let mut admission = std::task::ready!(this.wait.poll(cx))?;
+        let waited = std::task::ready!(this.wait.poll(cx));
+        let mut admission = waited?;
         // The admission is held (given back if the call is not made) before anyone hears of it:
         // an observer that panics at `Permitted` unwinds through it, and it goes back.
         admission
@@ -1206,12 +1263,12 @@ impl<St, F, Clk, O> FleetBuilder<St, F, Clk, O> {
                 wait_limit: settings.store_timeout.saturating_mul(2),
                 clock,
                 source: Source::new(settings.name, observer),
-                degraded: AtomicBool::new(false),
-                degraded_since: AtomicU64::new(0),
+                degraded: AtomicU64::new(0),
                 next_probe: AtomicU64::new(0),
                 store_calls: AtomicU64::new(0),
                 store_failures: AtomicU64::new(0),
-                rejected: Padded(AtomicU64::new(0)),
+                rejected: Striped::new(),
+                waiting: Striped::new(),
                 #[cfg(test)]
                 hook: tests::Hook::default(),
             }),
@@ -1331,7 +1388,7 @@ where
                 KeyedResponseFuture::called(future)
             }
             Verdict::Reject(limited) => {
-                fleet.rejected.fetch_add(1, Relaxed);
+                fleet.rejected.increment();
                 // What readiness reserved beneath is given back (see `ready_service`).
                 drop(ready_service(&mut self.inner));
                 emit.emit_keyed(
@@ -1344,7 +1401,12 @@ where
             }
             Verdict::Wait => {
                 let wait = Leasing {
-                    wait: Arc::clone(fleet).wait(index, place, key.to_string()),
+                    wait: Fleet::wait(
+                        Waiter::new(Arc::clone(fleet)),
+                        index,
+                        place,
+                        key.to_string(),
+                    ),
                     admission: None,
                 };
                 let ready = waiting_service(&mut self.inner);
@@ -1377,7 +1439,7 @@ impl<St: Store, Clk: Clock, O: Observer> FleetHandle<St, Clk, O> {
     /// Whether the store is degraded now: its last call failed, and calls without a lease are
     /// decided by the failure mode.
     pub fn degraded(&self) -> bool {
-        self.shared.degraded.load(Relaxed)
+        self.shared.is_degraded()
     }
 
     /// How many calls this instance has made to the store.
@@ -1409,11 +1471,18 @@ impl<St: Store, Clk: Clock, O: Observer> FleetHandle<St, Clk, O> {
     #[cfg(feature = "health")]
     pub(crate) fn degraded_for(&self) -> Option<Duration> {
         let fleet = &*self.shared;
-        let since = fleet.degraded_since.load(Relaxed);
-        fleet
-            .degraded
-            .load(Relaxed)
-            .then(|| Duration::from_nanos(fleet.clock.now().saturating_sub(since)))
+        let since = fleet.degraded.load(Relaxed).checked_sub(1)?;
+        Some(Duration::from_nanos(
+            fleet.clock.now().saturating_sub(since),
+        ))
+    }
+
+    /// Whether a call would try the store again now, were it degraded: the probe's time has
+    /// come (only a call probes, and none may come while `/ready` fails). Spends nothing.
+    #[cfg(feature = "health")]
+    pub(crate) fn probe_due(&self) -> bool {
+        let fleet = &*self.shared;
+        fleet.clock.now() >= fleet.next_probe.load(Relaxed)
     }
 
     /// Whether calls without a lease fail while the store is degraded.
@@ -1425,7 +1494,13 @@ impl<St: Store, Clk: Clock, O: Observer> FleetHandle<St, Clk, O> {
     /// Calls turned away since the layer was built.
     #[cfg(feature = "health")]
     pub(crate) fn rejected(&self) -> u64 {
-        self.shared.rejected.load(Relaxed)
+        self.shared.rejected.sum()
+    }
+
+    /// How many calls wait for a lease now (their key's lease spent while the next is on its
+    /// way). Counted only by calls that wait.
+    pub fn waiting(&self) -> u64 {
+        self.shared.waiting.sum()
     }
 }
 
@@ -1441,7 +1516,7 @@ impl<St, Clk, O> fmt::Debug for FleetHandle<St, Clk, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FleetHandle")
             .field("name", &self.shared.source.name())
-            .field("degraded", &self.shared.degraded.load(Relaxed))
+            .field("degraded", &self.shared.is_degraded())
             .field("store_calls", &self.shared.store_calls.load(Relaxed))
             .finish()
     }

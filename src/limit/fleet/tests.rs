@@ -173,7 +173,7 @@ async fn a_renewal_for_an_evicted_key_does_not_hold_up_the_new_key() {
 async fn a_local_decision_racing_the_eviction_of_its_key_is_not_charged_to_the_new_key() {
     let layer = layer();
     let fleet = &layer.shared;
-    fleet.degraded.store(true, Relaxed);
+    fleet.degraded.store(1, Relaxed); // degraded since time 0
     fleet.next_probe.store(u64::MAX, Relaxed);
     let five = fleet.clock.now() + 5 * 10_000_000;
     evict_a_at(fleet, Point::NoLease, move |_, b| {
@@ -448,7 +448,7 @@ fn a_renewal_dropped_before_it_runs_takes_its_mark_off() {
 async fn a_probe_is_spent_only_by_a_call_that_asks_the_store() {
     let layer = layer();
     let fleet = &layer.shared;
-    fleet.degraded.store(true, Relaxed);
+    fleet.degraded.store(1, Relaxed); // degraded since time 0
     fleet.next_probe.store(0, Relaxed);
     let a = &fleet.table.slot(slot_of(fleet, "a")).cell;
     a.remaining.fetch_add(1, Relaxed);
@@ -675,7 +675,7 @@ async fn a_panicking_inner_call_gives_its_leased_admission_back() {
 async fn a_panicking_inner_call_gives_its_local_slot_back() {
     let layer = layer();
     let fleet = &layer.shared;
-    fleet.degraded.store(true, Relaxed);
+    fleet.degraded.store(1, Relaxed); // degraded since time 0
     fleet.next_probe.store(u64::MAX, Relaxed);
     let local = &fleet.table.slot(slot_of(fleet, "a")).cell.local;
     let before = local.load(Relaxed);
@@ -758,4 +758,25 @@ async fn an_admission_given_back_after_its_key_lost_the_slot_goes_to_nobody() {
         5,
         "a's admission was given back to b"
     );
+}
+
+/// How long the store has been degraded is read with whether it is: never a time from before the
+/// store became degraded (before its time was stored, or from an earlier spell).
+#[cfg(feature = "health")]
+#[tokio::test(start_paused = true)]
+async fn how_long_the_store_is_degraded_is_never_read_from_before_it_was() {
+    let layer = layer();
+    let fleet = &layer.shared;
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let seen = Arc::new(Mutex::new(None));
+    {
+        let handle = layer.handle();
+        let seen = seen.clone();
+        fleet.hook.arm(Point::Degraded, move || {
+            *seen.lock().unwrap() = Some(handle.degraded_for());
+        });
+    }
+    assert!(fleet.degrade(fleet.clock.now()));
+    let seen = seen.lock().unwrap().take();
+    assert_eq!(seen, Some(Some(Duration::ZERO)));
 }
