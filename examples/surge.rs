@@ -92,14 +92,25 @@ struct Options {
     patience: Duration,
     svg: PathBuf,
     check: bool,
-    /// `--scenario tail`: the hedging demonstration instead of the surge (see [`tail`]).
-    tail: bool,
-    /// `--scenario cache`: the read-heavy service with and without the cache (see [`reads`]).
-    cache: bool,
+    scenario: Scenario,
+}
+
+/// What `--scenario` runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    /// The surge, the outage and the slow period (the default).
+    Surge,
+    /// The hedging demonstration (see [`tail`]).
+    Tail,
+    /// The read-heavy service with and without the cache (see [`reads`]).
+    Cache,
+    /// Replicas of one dependency, one failing for a while, with and without a pool (see
+    /// [`replicas`]).
+    Replicas,
 }
 
 const USAGE: &str = "usage: surge [--users N] [--surge X] [--capacity RPS] [--scale F] \
-                     [--patience MS] [--svg PATH] [--check] [--scenario surge|tail|cache]";
+                     [--patience MS] [--svg PATH] [--check] [--scenario surge|tail|cache|replicas]";
 
 fn options() -> Options {
     let mut options = Options {
@@ -110,8 +121,7 @@ fn options() -> Options {
         patience: Duration::from_secs(1),
         svg: PathBuf::from("target/surge.svg"),
         check: false,
-        tail: false,
-        cache: false,
+        scenario: Scenario::Surge,
     };
     let mut args = std::env::args().skip(1);
     let bad = |what: &str| -> ! {
@@ -135,12 +145,15 @@ fn options() -> Options {
             "--scale" => options.scale = number(0.1),
             "--patience" => options.patience = Duration::from_millis(number(10.0) as u64),
             "--svg" => options.svg = PathBuf::from(value),
-            "--scenario" => match value.as_str() {
-                "surge" => (options.tail, options.cache) = (false, false),
-                "tail" => (options.tail, options.cache) = (true, false),
-                "cache" => (options.tail, options.cache) = (false, true),
-                _ => bad(&flag),
-            },
+            "--scenario" => {
+                options.scenario = match value.as_str() {
+                    "surge" => Scenario::Surge,
+                    "tail" => Scenario::Tail,
+                    "cache" => Scenario::Cache,
+                    "replicas" => Scenario::Replicas,
+                    _ => bad(&flag),
+                }
+            }
             _ => bad(&flag),
         }
     }
@@ -322,21 +335,27 @@ impl Classify<Reply, BoxError> for Success2xx {
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let options = options();
-    if options.tail {
+    match options.scenario {
+        Scenario::Surge => {}
         #[cfg(feature = "hedge")]
-        return tail::run(&options).await;
-        #[cfg(not(feature = "hedge"))]
-        return Err("the tail scenario needs the hedge feature: \
-                    cargo run --release --features hedge --example surge -- --scenario tail"
-            .into());
-    }
-    if options.cache {
+        Scenario::Tail => return tail::run(&options).await,
         #[cfg(feature = "cache")]
-        return reads::run(&options).await;
-        #[cfg(not(feature = "cache"))]
-        return Err("the cache scenario needs the cache feature: \
-                    cargo run --release --features cache --example surge -- --scenario cache"
+        Scenario::Cache => return reads::run(&options).await,
+        #[cfg(feature = "pool")]
+        Scenario::Replicas => return replicas::run(&options).await,
+        #[allow(unreachable_patterns)]
+        other => {
+            let (name, feature) = match other {
+                Scenario::Tail => ("tail", "hedge"),
+                Scenario::Cache => ("cache", "cache"),
+                _ => ("replicas", "pool"),
+            };
+            return Err(format!(
+                "the {name} scenario needs the {feature} feature: cargo run --release \
+                 --features {feature} --example surge -- --scenario {name}"
+            )
             .into());
+        }
     }
     let baseline = (options.users / options.surge).max(1);
     let work = Duration::from_secs_f64(WORKERS as f64 / options.capacity as f64);
@@ -1093,6 +1112,239 @@ fn svg(
     out
 }
 
+/// What the scenarios after the surge share (`--scenario tail`, `cache`, `replicas`): two sides
+/// given the same calls at a steady rate whatever the answers, each call on its own task, and a
+/// table with a row a second.
+#[cfg(any(feature = "hedge", feature = "cache", feature = "pool"))]
+mod steady {
+    use super::{millis, percentiles, split, Answer, Body, Options, Second, Side};
+    use axum::body::Bytes;
+    use http_body_util::BodyExt;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::client::legacy::Client;
+    use std::fmt::Write as _;
+    use std::future::Future;
+    use std::io;
+    use std::ops::Range;
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::time::Instant;
+    use tower::BoxError;
+
+    /// A call given up on after this long counts as failed.
+    const GIVE_UP: Duration = Duration::from_secs(4);
+
+    /// A plain hyper client, as every side without a layer calls its backend.
+    pub(super) type Hyper = Client<HttpConnector, Body>;
+
+    /// One run of a scenario: when it starts, its phases, and what each side saw, a second at a
+    /// time (side 0 is the one without the layer shown).
+    pub(super) struct Run {
+        pub(super) start: Instant,
+        /// Each phase's name and end (from the start).
+        phases: Vec<(&'static str, Duration)>,
+        total: Duration,
+        /// The rows: the run's seconds, begun ones included.
+        pub(super) seconds: usize,
+        pub(super) sides: [Arc<Side>; 2],
+    }
+
+    /// The calls of some seconds on one side: how many, how many failed, p50 and p99.
+    pub(super) struct Totals {
+        pub(super) calls: u64,
+        pub(super) failed: u64,
+        pub(super) p50: Option<u32>,
+        pub(super) p99: Option<u32>,
+    }
+
+    impl Run {
+        /// A run of `phases` (each a name and seconds at `--scale 1`), starting shortly.
+        pub(super) fn new(options: &Options, phases: &[(&'static str, f64)]) -> Self {
+            let mut total = Duration::ZERO;
+            let phases = phases
+                .iter()
+                .map(|&(name, seconds)| {
+                    total += Duration::from_secs_f64(seconds * options.scale);
+                    (name, total)
+                })
+                .collect();
+            let start = Instant::now() + Duration::from_millis(200);
+            let seconds = total.as_secs() as usize + 1;
+            // One more second for the calls still running at the end.
+            let sides = [Side::new(start, seconds + 1), Side::new(start, seconds + 1)];
+            Run {
+                start,
+                phases,
+                total,
+                seconds,
+                sides,
+            }
+        }
+
+        /// Sends `rate` calls a second to each side until the run ends, at a steady rate whatever
+        /// the answers: `calls(n)` makes the `n`th pair (from 1), each future answering whether
+        /// its call got a 2xx. An error, or no answer within 4 s, is a failed call.
+        pub(super) fn drive<F, A, B>(&self, rate: u64, mut calls: F) -> tokio::task::JoinHandle<()>
+        where
+            F: FnMut(u64) -> (A, B) + Send + 'static,
+            A: Future<Output = Result<bool, BoxError>> + Send + 'static,
+            B: Future<Output = Result<bool, BoxError>> + Send + 'static,
+        {
+            let (start, total, sides) = (self.start, self.total, self.sides.clone());
+            tokio::spawn(async move {
+                let mut tick =
+                    tokio::time::interval_at(start, Duration::from_secs(1) / rate as u32);
+                let mut running = tokio::task::JoinSet::new();
+                let mut n = 0u64;
+                while start.elapsed() < total {
+                    tick.tick().await;
+                    n += 1;
+                    let (a, b) = calls(n);
+                    running.spawn(timed(sides[0].clone(), a));
+                    running.spawn(timed(sides[1].clone(), b));
+                    // Reap the finished calls as they go.
+                    while running.try_join_next().is_some() {}
+                }
+                while running.join_next().await.is_some() {}
+            })
+        }
+
+        /// Waits for the end of second `s` (from 0).
+        pub(super) async fn end_of(&self, s: usize) {
+            tokio::time::sleep_until(self.start + Duration::from_secs(s as u64 + 1)).await;
+        }
+
+        /// The phase second `s` (from 0) begins in.
+        pub(super) fn phase(&self, s: usize) -> &'static str {
+            let at = Duration::from_secs(s as u64);
+            let phase = self.phases.iter().find(|p| at < p.1);
+            phase.unwrap_or(&self.phases[self.phases.len() - 1]).0
+        }
+
+        /// When phase `i` starts, from the start of the run.
+        pub(super) fn start_of(&self, i: usize) -> Duration {
+            i.checked_sub(1)
+                .map_or(Duration::ZERO, |i| self.phases[i].1)
+        }
+
+        /// The whole seconds of phase `i`; the last phase's take in the seconds after the run
+        /// (the last holds the stragglers).
+        pub(super) fn during(&self, i: usize) -> Range<usize> {
+            let first = self.start_of(i).as_secs_f64().ceil() as usize;
+            if i + 1 == self.phases.len() {
+                first..self.seconds + 1
+            } else {
+                first..self.phases[i].1.as_secs() as usize
+            }
+        }
+
+        /// What `side` saw in `seconds` (calls counted by the second they started in, latencies
+        /// by the one they ended in).
+        pub(super) fn totals(&self, side: usize, seconds: Range<usize>) -> Totals {
+            let (mut calls, mut failed, mut latencies) = (0, 0, Vec::new());
+            for second in &self.sides[side].seconds[seconds] {
+                calls += second.offered.load(Relaxed);
+                failed += second.failed.load(Relaxed);
+                latencies.extend_from_slice(&second.latencies.lock().unwrap());
+            }
+            let (p50, p99) = split(percentiles(&mut latencies));
+            Totals {
+                calls,
+                failed,
+                p50,
+                p99,
+            }
+        }
+    }
+
+    /// Counts one call on `side`, and how it ended.
+    async fn timed(side: Arc<Side>, call: impl Future<Output = Result<bool, BoxError>>) {
+        side.now().offered.fetch_add(1, Relaxed);
+        let since = Instant::now();
+        let answer = match tokio::time::timeout(GIVE_UP, call).await {
+            Ok(Ok(true)) => Answer::Fresh,
+            _ => Answer::Failed,
+        };
+        side.ended(since, answer);
+    }
+
+    /// A plain call: whether the answer is a 2xx, once its body is read.
+    pub(super) async fn get(hyper: Hyper, request: http::Request<Body>) -> Result<bool, BoxError> {
+        let response = hyper.request(request).await?;
+        let ok = response.status().is_success();
+        response.into_body().collect().await?;
+        Ok(ok)
+    }
+
+    /// `hyper` as a tower service answering with whole bodies, to put a layer on.
+    pub(super) fn collected(
+        hyper: Hyper,
+    ) -> impl tower::Service<
+        http::Request<Body>,
+        Response = http::Response<Bytes>,
+        Error = io::Error,
+        Future: Send + 'static,
+    > + Clone
+           + Send
+           + Sync
+           + 'static {
+        tower::service_fn(move |request: http::Request<Body>| {
+            let hyper = hyper.clone();
+            async move {
+                let response = hyper.request(request).await.map_err(io::Error::other)?;
+                let (parts, body) = response.into_parts();
+                let body = body.collect().await.map_err(io::Error::other)?.to_bytes();
+                Ok::<_, io::Error>(http::Response::<Bytes>::from_parts(parts, body))
+            }
+        })
+    }
+
+    /// A second's calls, p50 and p99 on one side: the first columns of every table.
+    pub(super) fn cells(second: &Second) -> [String; 3] {
+        let (p50, p99) = split(percentiles(&mut second.latencies.lock().unwrap().clone()));
+        [
+            second.offered.load(Relaxed).to_string(),
+            millis(p50),
+            millis(p99),
+        ]
+    }
+
+    /// A table with a row a second: the second, its phase, then each side's columns (a name
+    /// and a width each) under the side's title.
+    pub(super) struct Table {
+        pub(super) sides: [(&'static str, &'static [(&'static str, usize)]); 2],
+    }
+
+    impl Table {
+        pub(super) fn header(&self) -> String {
+            let mut titles = format!("{:>3} {:<7}", "", "");
+            let mut names = format!("{:>3} {:<7}", "s", "phase");
+            for (title, columns) in self.sides {
+                let width: usize = columns.iter().map(|c| c.1).sum();
+                let _ = write!(titles, " | {title:^width$}");
+                names.push_str(" |");
+                for (name, width) in columns {
+                    let _ = write!(names, "{name:>width$}");
+                }
+            }
+            titles + "\n" + &names
+        }
+
+        /// Second `s`'s row (`s` from 0; printed from 1).
+        pub(super) fn row(&self, s: usize, phase: &str, cells: [&[String]; 2]) -> String {
+            let mut row = format!("{:>3} {:<7}", s + 1, phase);
+            for ((_, columns), cells) in self.sides.iter().zip(cells) {
+                row.push_str(" |");
+                for ((_, width), cell) in columns.iter().zip(cells) {
+                    let _ = write!(row, "{cell:>width$}");
+                }
+            }
+            row
+        }
+    }
+}
+
 /// `--scenario tail`: hedged requests against a backend with a slow tail.
 ///
 /// Two identical backends on loopback answer each request in 20 to 40 ms, except 2 % of them
@@ -1109,22 +1361,19 @@ fn svg(
 /// most 1.10 times the requests.
 #[cfg(feature = "hedge")]
 mod tail {
-    use super::{millis, percentiles, serve, split, Answer, Body, Options, Side};
-    use axum::body::Bytes;
+    use super::steady::{self, Run, Table};
+    use super::{millis, serve, Body, Options};
     use axum::extract::State;
     use axum::routing::get;
     use axum::Router;
-    use http_body_util::BodyExt;
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
     use rand::Rng;
     use seawall::core::{Event, EventKind};
     use seawall::hedge::HedgeLayer;
-    use std::io;
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
     use std::sync::Arc;
     use std::time::Duration;
-    use tokio::time::Instant;
     use tower::{BoxError, ServiceBuilder, ServiceExt};
 
     /// Requests a second on each side.
@@ -1156,14 +1405,10 @@ mod tail {
     }
 
     pub(super) async fn run(options: &Options) -> Result<(), BoxError> {
-        let warm_up = Duration::from_secs_f64(WARM_UP * options.scale);
-        let total = warm_up + Duration::from_secs_f64(MEASURED * options.scale);
-        let start = Instant::now() + Duration::from_millis(200);
-        let seconds = total.as_secs() as usize + 1;
-        // One more second for the calls still running at the end.
-        let (bare, hedged) = (Side::new(start, seconds + 1), Side::new(start, seconds + 1));
+        let run = Run::new(options, &[("warm-up", WARM_UP), ("tail", MEASURED)]);
+        let start = run.start;
         let hedges: Arc<Vec<AtomicU64>> =
-            Arc::new((0..=seconds).map(|_| AtomicU64::new(0)).collect());
+            Arc::new((0..=run.seconds).map(|_| AtomicU64::new(0)).collect());
         let won = Arc::new(AtomicU64::new(0));
 
         let (bare_backend, hedged_backend) = (Arc::<Backend>::default(), Arc::<Backend>::default());
@@ -1191,19 +1436,9 @@ mod tail {
             }
         };
         let hedge = HedgeLayer::http().name("tail").observer(observer).build()?;
-        let fetch = {
-            let hyper = hyper.clone();
-            tower::service_fn(move |request: http::Request<Body>| {
-                let hyper = hyper.clone();
-                async move {
-                    let response = hyper.request(request).await.map_err(io::Error::other)?;
-                    let (parts, body) = response.into_parts();
-                    let body = body.collect().await.map_err(io::Error::other)?.to_bytes();
-                    Ok::<_, io::Error>(http::Response::<Bytes>::from_parts(parts, body))
-                }
-            })
-        };
-        let client = ServiceBuilder::new().layer(hedge).service(fetch);
+        let client = ServiceBuilder::new()
+            .layer(hedge)
+            .service(steady::collected(hyper.clone()));
 
         println!(
             "seawall tail: {RATE} requests/s on each of two backends on loopback, 20-40 ms each, \
@@ -1212,92 +1447,51 @@ mod tail {
             STALLED * 100.0,
             STALL.as_secs_f64()
         );
-        println!(
-            "{:>3} {:<7} | {:^20} | {:^34}\n{:>3} {:<7} | {:>6}{:>7}{:>7} | {:>6}{:>7}{:>7}{:>7}{:>7}",
-            "", "", "without hedging", "with hedging", "s", "phase", "calls", "p50", "p99",
-            "calls", "p50", "p99", "hedges", "served"
-        );
-
-        // Arrivals at a steady rate, the same on both sides; each call on its own task.
-        let arrivals = {
-            let (bare, hedged) = (bare.clone(), hedged.clone());
-            tokio::spawn(async move {
-                let mut tick =
-                    tokio::time::interval_at(start, Duration::from_secs(1) / RATE as u32);
-                let mut calls = tokio::task::JoinSet::new();
-                let mut n = 0u64;
-                while start.elapsed() < total {
-                    tick.tick().await;
-                    n += 1;
-                    let id = n % 50;
-                    let (side, hyper) = (bare.clone(), hyper.clone());
-                    calls.spawn(async move {
-                        side.now().offered.fetch_add(1, Relaxed);
-                        let since = Instant::now();
-                        let request = http::Request::get(format!("http://{bare_addr}/item/{id}"))
-                            .body(Body::new())
-                            .unwrap();
-                        let call = async {
-                            let response = hyper.request(request).await?;
-                            let ok = response.status().is_success();
-                            response.into_body().collect().await?;
-                            Ok::<_, BoxError>(ok)
-                        };
-                        let answer = match tokio::time::timeout(4 * STALL, call).await {
-                            Ok(Ok(true)) => Answer::Fresh,
-                            _ => Answer::Failed,
-                        };
-                        side.ended(since, answer);
-                    });
-                    let (side, client) = (hedged.clone(), client.clone());
-                    calls.spawn(async move {
-                        side.now().offered.fetch_add(1, Relaxed);
-                        let since = Instant::now();
-                        let request = http::Request::get(format!("http://{hedged_addr}/item/{id}"))
-                            .body(Body::new())
-                            .unwrap();
-                        let answer =
-                            match tokio::time::timeout(4 * STALL, client.oneshot(request)).await {
-                                Ok(Ok(response)) if response.status().is_success() => Answer::Fresh,
-                                _ => Answer::Failed,
-                            };
-                        side.ended(since, answer);
-                    });
-                    // Reap the finished calls as they go.
-                    while calls.try_join_next().is_some() {}
-                }
-                while calls.join_next().await.is_some() {}
-            })
+        let table = Table {
+            sides: [
+                ("without hedging", &[("calls", 6), ("p50", 7), ("p99", 7)]),
+                (
+                    "with hedging",
+                    &[
+                        ("calls", 6),
+                        ("p50", 7),
+                        ("p99", 7),
+                        ("hedges", 7),
+                        ("served", 7),
+                    ],
+                ),
+            ],
         };
+        println!("{}", table.header());
 
-        // A row a second.
-        let phase = |s: usize| {
-            if Duration::from_secs(s as u64) < warm_up {
-                "warm-up"
-            } else {
-                "tail"
-            }
-        };
+        // The same item on both sides.
+        let arrivals = run.drive(RATE, move |n| {
+            let id = n % 50;
+            let request = |addr| {
+                http::Request::get(format!("http://{addr}/item/{id}"))
+                    .body(Body::new())
+                    .unwrap()
+            };
+            let bare = steady::get(hyper.clone(), request(bare_addr));
+            let hedged = client.clone().oneshot(request(hedged_addr));
+            (bare, async move { Ok(hedged.await?.status().is_success()) })
+        });
+
         let mut served = [0u64; 2];
-        for s in 0..seconds {
-            tokio::time::sleep_until(start + Duration::from_secs(s as u64 + 1)).await;
-            let (b, h) = (&bare.seconds[s], &hedged.seconds[s]);
-            let (b50, b99) = split(percentiles(&mut b.latencies.lock().unwrap().clone()));
-            let (h50, h99) = split(percentiles(&mut h.latencies.lock().unwrap().clone()));
+        for s in 0..run.seconds {
+            run.end_of(s).await;
             let now = hedged_backend.served.load(Relaxed);
-            println!(
-                "{:>3} {:<7} | {:>6}{:>7}{:>7} | {:>6}{:>7}{:>7}{:>7}{:>7}",
-                s + 1,
-                phase(s),
-                b.offered.load(Relaxed),
-                millis(b50),
-                millis(b99),
-                h.offered.load(Relaxed),
-                millis(h50),
-                millis(h99),
-                hedges[s].load(Relaxed),
-                now - served[1],
-            );
+            let hedged = steady::cells(&run.sides[1].seconds[s]);
+            let hedged = [
+                &hedged[..],
+                &[
+                    hedges[s].load(Relaxed).to_string(),
+                    (now - served[1]).to_string(),
+                ],
+            ]
+            .concat();
+            let bare = steady::cells(&run.sides[0].seconds[s]);
+            println!("{}", table.row(s, run.phase(s), [&bare, &hedged]));
             served[1] = now;
         }
         arrivals.await?;
@@ -1308,44 +1502,29 @@ mod tail {
 
         // The measured seconds: calls that started after the warm-up (their latencies are
         // binned by the second they ended in; the last bin holds the stragglers).
-        let first = warm_up.as_secs_f64().ceil() as usize;
-        let gather = |side: &Side| {
-            let (mut offered, mut failed, mut latencies) = (0, 0, Vec::new());
-            for second in &side.seconds[first..] {
-                offered += second.offered.load(Relaxed);
-                failed += second.failed.load(Relaxed);
-                latencies.extend_from_slice(&second.latencies.lock().unwrap());
-            }
-            (offered, failed, percentiles(&mut latencies))
-        };
-        let (b_calls, b_failed, b) = gather(&bare);
-        let (h_calls, h_failed, h) = gather(&hedged);
-        let (b50, b99) = split(b);
-        let (h50, h99) = split(h);
-        let all_calls = |side: &Side| {
-            side.seconds
-                .iter()
-                .map(|s| s.offered.load(Relaxed))
-                .sum::<u64>()
-        };
+        let b = run.totals(0, run.during(1));
+        let h = run.totals(1, run.during(1));
         let sent: u64 = hedges.iter().map(|h| h.load(Relaxed)).sum();
-        let calls = all_calls(&hedged);
+        let calls = run.totals(1, 0..run.seconds + 1).calls;
         let load = served[1] as f64 / calls.max(1) as f64;
         println!(
-            "\nafter the warm-up: without hedging {b_calls} calls ({b_failed} failed), p50 {}, p99 \
-             {}; with hedging {h_calls} calls ({h_failed} failed), p50 {}, p99 {}\nhedges: {sent} \
-             sent, {} won; backend requests for {calls} calls: {} without hedging, {} with it \
-             ({load:.3}x)",
-            millis(b50),
-            millis(b99),
-            millis(h50),
-            millis(h99),
+            "\nafter the warm-up: without hedging {} calls ({} failed), p50 {}, p99 {}; with \
+             hedging {} calls ({} failed), p50 {}, p99 {}\nhedges: {sent} sent, {} won; backend \
+             requests for {calls} calls: {} without hedging, {} with it ({load:.3}x)",
+            b.calls,
+            b.failed,
+            millis(b.p50),
+            millis(b.p99),
+            h.calls,
+            h.failed,
+            millis(h.p50),
+            millis(h.p99),
             won.load(Relaxed),
             served[0],
             served[1],
         );
         if options.check {
-            let (b99, h99) = (b99.unwrap_or(0), h99.unwrap_or(u32::MAX));
+            let (b99, h99) = (b.p99.unwrap_or(0), h.p99.unwrap_or(u32::MAX));
             let stall = STALL.as_micros() as u32;
             if b99 < stall / 2 {
                 return Err(
@@ -1363,8 +1542,8 @@ mod tail {
             if load > 1.10 {
                 return Err(format!("hedging sent {load:.3}x the calls to the backend").into());
             }
-            if b_failed + h_failed > 0 {
-                return Err(format!("{b_failed} and {h_failed} calls failed").into());
+            if b.failed + h.failed > 0 {
+                return Err(format!("{} and {} calls failed", b.failed, h.failed).into());
             }
             println!(
                 "check passed: hedging cut the p99 from {} to {} for {load:.3}x the backend requests",
@@ -1394,21 +1573,18 @@ mod tail {
 /// [`CacheLayer::http`]: seawall::cache::CacheLayer::http
 #[cfg(feature = "cache")]
 mod reads {
-    use super::{millis, percentiles, serve, split, Answer, Body, Options, Side};
-    use axum::body::Bytes;
+    use super::steady::{self, Run, Table};
+    use super::{millis, serve, Body, Options};
     use axum::extract::State;
     use axum::routing::get;
     use axum::Router;
-    use http_body_util::BodyExt;
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
     use rand::Rng;
     use seawall::cache::CacheLayer;
-    use std::io;
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
     use std::sync::Arc;
     use std::time::Duration;
-    use tokio::time::Instant;
     use tower::{BoxError, ServiceBuilder, ServiceExt};
 
     /// Requests a second on each side (the service of the issue).
@@ -1422,9 +1598,6 @@ mod reads {
     /// Seconds (at `--scale 1`) of warm-up, then measured.
     const WARM_UP: f64 = 3.0;
     const MEASURED: f64 = 10.0;
-    /// A call given up on after this long counts as failed.
-    const GIVE_UP: Duration = Duration::from_secs(4);
-
     /// A backend: 20 to 40 ms a request, counting what reaches it.
     #[derive(Default)]
     struct Backend {
@@ -1456,12 +1629,7 @@ mod reads {
     }
 
     pub(super) async fn run(options: &Options) -> Result<(), BoxError> {
-        let warm_up = Duration::from_secs_f64(WARM_UP * options.scale);
-        let total = warm_up + Duration::from_secs_f64(MEASURED * options.scale);
-        let start = Instant::now() + Duration::from_millis(200);
-        let seconds = total.as_secs() as usize + 1;
-        // One more second for the calls still running at the end.
-        let (bare, cached) = (Side::new(start, seconds + 1), Side::new(start, seconds + 1));
+        let run = Run::new(options, &[("warm-up", WARM_UP), ("reads", MEASURED)]);
 
         let (bare_backend, cached_backend) = (Arc::<Backend>::default(), Arc::<Backend>::default());
         let router = |backend: Arc<Backend>| {
@@ -1484,19 +1652,9 @@ mod reads {
         .name("reads")
         .build()?;
         let handle = cache.handle();
-        let fetch = {
-            let hyper = hyper.clone();
-            tower::service_fn(move |request: http::Request<Body>| {
-                let hyper = hyper.clone();
-                async move {
-                    let response = hyper.request(request).await.map_err(io::Error::other)?;
-                    let (parts, body) = response.into_parts();
-                    let body = body.collect().await.map_err(io::Error::other)?.to_bytes();
-                    Ok::<_, io::Error>(http::Response::<Bytes>::from_parts(parts, body))
-                }
-            })
-        };
-        let client = ServiceBuilder::new().layer(cache).service(fetch);
+        let client = ServiceBuilder::new()
+            .layer(cache)
+            .service(steady::collected(hyper.clone()));
 
         println!(
             "seawall cache: {RATE} requests/s on each of two backends on loopback, 20-40 ms each; \
@@ -1505,84 +1663,46 @@ mod reads {
             100.0 * (1.0 - WRITES),
             100.0 * HOT_SHARE,
         );
-        println!(
-            "{:>3} {:<7} | {:^27} | {:^34}\n{:>3} {:<7} | {:>6}{:>7}{:>7}{:>7} | {:>6}{:>7}{:>7}{:>7}{:>7}",
-            "", "", "without the cache", "with the cache", "s", "phase", "calls", "p50", "p99",
-            "load", "calls", "p50", "p99", "hits", "load"
-        );
-
-        // Arrivals at a steady rate, the same requests on both sides; each call on its own task.
-        let arrivals = {
-            let (bare, cached) = (bare.clone(), cached.clone());
-            tokio::spawn(async move {
-                let mut tick =
-                    tokio::time::interval_at(start, Duration::from_secs(1) / RATE as u32);
-                let mut calls = tokio::task::JoinSet::new();
-                while start.elapsed() < total {
-                    tick.tick().await;
-                    let (method, path) = next_request(bare_addr);
-                    let cached_path =
-                        path.replace(&bare_addr.to_string(), &cached_addr.to_string());
-                    let (side, hyper) = (bare.clone(), hyper.clone());
-                    let bare_method = method.clone();
-                    calls.spawn(async move {
-                        side.now().offered.fetch_add(1, Relaxed);
-                        let since = Instant::now();
-                        let request = http::Request::builder()
-                            .method(bare_method)
-                            .uri(path)
-                            .body(Body::new())
-                            .unwrap();
-                        let call = async {
-                            let response = hyper.request(request).await?;
-                            let ok = response.status().is_success();
-                            response.into_body().collect().await?;
-                            Ok::<_, BoxError>(ok)
-                        };
-                        let answer = match tokio::time::timeout(GIVE_UP, call).await {
-                            Ok(Ok(true)) => Answer::Fresh,
-                            _ => Answer::Failed,
-                        };
-                        side.ended(since, answer);
-                    });
-                    let (side, client) = (cached.clone(), client.clone());
-                    calls.spawn(async move {
-                        side.now().offered.fetch_add(1, Relaxed);
-                        let since = Instant::now();
-                        let request = http::Request::builder()
-                            .method(method)
-                            .uri(cached_path)
-                            .body(Body::new())
-                            .unwrap();
-                        let answer =
-                            match tokio::time::timeout(GIVE_UP, client.oneshot(request)).await {
-                                Ok(Ok(response)) if response.status().is_success() => Answer::Fresh,
-                                _ => Answer::Failed,
-                            };
-                        side.ended(since, answer);
-                    });
-                    // Reap the finished calls as they go.
-                    while calls.try_join_next().is_some() {}
-                }
-                while calls.join_next().await.is_some() {}
-            })
+        let table = Table {
+            sides: [
+                (
+                    "without the cache",
+                    &[("calls", 6), ("p50", 7), ("p99", 7), ("load", 7)],
+                ),
+                (
+                    "with the cache",
+                    &[
+                        ("calls", 6),
+                        ("p50", 7),
+                        ("p99", 7),
+                        ("hits", 7),
+                        ("load", 7),
+                    ],
+                ),
+            ],
         };
+        println!("{}", table.header());
 
-        // A row a second.
-        let phase = |s: usize| {
-            if Duration::from_secs(s as u64) < warm_up {
-                "warm-up"
-            } else {
-                "reads"
-            }
-        };
+        // The same requests on both sides.
+        let arrivals = run.drive(RATE, move |_| {
+            let (method, path) = next_request(bare_addr);
+            let cached_path = path.replace(&bare_addr.to_string(), &cached_addr.to_string());
+            let request = |method, path| {
+                http::Request::builder()
+                    .method(method)
+                    .uri(path)
+                    .body(Body::new())
+                    .unwrap()
+            };
+            let bare = steady::get(hyper.clone(), request(method.clone(), path));
+            let cached = client.clone().oneshot(request(method, cached_path));
+            (bare, async move { Ok(cached.await?.status().is_success()) })
+        });
+
         let mut served = [0u64; 2];
         let mut stats = handle.stats();
-        for s in 0..seconds {
-            tokio::time::sleep_until(start + Duration::from_secs(s as u64 + 1)).await;
-            let (b, c) = (&bare.seconds[s], &cached.seconds[s]);
-            let (b50, b99) = split(percentiles(&mut b.latencies.lock().unwrap().clone()));
-            let (c50, c99) = split(percentiles(&mut c.latencies.lock().unwrap().clone()));
+        for s in 0..run.seconds {
+            run.end_of(s).await;
             let now = [
                 bare_backend.served.load(Relaxed),
                 cached_backend.served.load(Relaxed),
@@ -1590,40 +1710,24 @@ mod reads {
             let then = handle.stats();
             let (hits, misses) = (then.hits - stats.hits, then.misses - stats.misses);
             stats = then;
-            println!(
-                "{:>3} {:<7} | {:>6}{:>7}{:>7}{:>7} | {:>6}{:>7}{:>7}{:>6.0}%{:>7}",
-                s + 1,
-                phase(s),
-                b.offered.load(Relaxed),
-                millis(b50),
-                millis(b99),
-                now[0] - served[0],
-                c.offered.load(Relaxed),
-                millis(c50),
-                millis(c99),
-                100.0 * hits as f64 / (hits + misses).max(1) as f64,
-                now[1] - served[1],
-            );
+            let bare = steady::cells(&run.sides[0].seconds[s]);
+            let bare = [&bare[..], &[(now[0] - served[0]).to_string()]].concat();
+            let cached = steady::cells(&run.sides[1].seconds[s]);
+            let hits = 100.0 * hits as f64 / (hits + misses).max(1) as f64;
+            let cached = [
+                &cached[..],
+                &[format!("{hits:.0}%"), (now[1] - served[1]).to_string()],
+            ]
+            .concat();
+            println!("{}", table.row(s, run.phase(s), [&bare, &cached]));
             served = now;
         }
         arrivals.await?;
 
         // The measured seconds: calls that ended after the warm-up, and the backend's load over
         // the same seconds (the rows' totals).
-        let first = warm_up.as_secs_f64().ceil() as usize;
-        let gather = |side: &Side| {
-            let (mut offered, mut failed, mut latencies) = (0, 0, Vec::new());
-            for second in &side.seconds[first..] {
-                offered += second.offered.load(Relaxed);
-                failed += second.failed.load(Relaxed);
-                latencies.extend_from_slice(&second.latencies.lock().unwrap());
-            }
-            (offered, failed, percentiles(&mut latencies))
-        };
-        let (b_calls, b_failed, b) = gather(&bare);
-        let (c_calls, c_failed, c) = gather(&cached);
-        let (b50, b99) = split(b);
-        let (c50, c99) = split(c);
+        let b = run.totals(0, run.during(1));
+        let c = run.totals(1, run.during(1));
         let stats = handle.stats();
         let hit_ratio = stats.hits as f64 / (stats.hits + stats.misses).max(1) as f64;
         let served = [
@@ -1632,14 +1736,18 @@ mod reads {
         ];
         let load = served[1] as f64 / served[0].max(1) as f64;
         println!(
-            "\nafter the warm-up: without the cache {b_calls} calls ({b_failed} failed), p50 {}, \
-             p99 {}; with it {c_calls} calls ({c_failed} failed), p50 {}, p99 {}\ncache: {} hits, \
-             {} misses ({:.1}% hits over the whole run), {} coalesced, {} refreshes; backend \
-             requests: {} without the cache, {} with it ({load:.3}x)",
-            millis(b50),
-            millis(b99),
-            millis(c50),
-            millis(c99),
+            "\nafter the warm-up: without the cache {} calls ({} failed), p50 {}, p99 {}; with it \
+             {} calls ({} failed), p50 {}, p99 {}\ncache: {} hits, {} misses ({:.1}% hits over \
+             the whole run), {} coalesced, {} refreshes; backend requests: {} without the cache, \
+             {} with it ({load:.3}x)",
+            b.calls,
+            b.failed,
+            millis(b.p50),
+            millis(b.p99),
+            c.calls,
+            c.failed,
+            millis(c.p50),
+            millis(c.p99),
             stats.hits,
             stats.misses,
             100.0 * hit_ratio,
@@ -1649,8 +1757,8 @@ mod reads {
             served[1],
         );
         if options.check {
-            let (b50, b99) = (b50.unwrap_or(0), b99.unwrap_or(0));
-            let (c50, c99) = (c50.unwrap_or(u32::MAX), c99.unwrap_or(u32::MAX));
+            let (b50, b99) = (b.p50.unwrap_or(0), b.p99.unwrap_or(0));
+            let (c50, c99) = (c.p50.unwrap_or(u32::MAX), c.p99.unwrap_or(u32::MAX));
             if hit_ratio < 0.70 {
                 return Err(format!("hit ratio {:.1}%, under 70%", 100.0 * hit_ratio).into());
             }
@@ -1673,14 +1781,427 @@ mod reads {
                 )
                 .into());
             }
-            if b_failed + c_failed > 0 {
-                return Err(format!("{b_failed} and {c_failed} calls failed").into());
+            if b.failed + c.failed > 0 {
+                return Err(format!("{} and {} calls failed", b.failed, c.failed).into());
             }
             println!(
                 "check passed: {:.1}% hits, the backend's load {load:.3}x, p50 {} against {}",
                 100.0 * hit_ratio,
                 millis(Some(c50)),
                 millis(Some(b50))
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `--scenario replicas`: four replicas of one dependency, one failing for a while, called
+/// through a plain round robin and through a [`Pool`](seawall::pool::Pool).
+///
+/// Each side has its own four axum servers on loopback, answering in 5 to 15 ms, and gets 300
+/// requests a second at a steady rate whatever the answers. After 4 seconds (at `--scale 1`)
+/// replica 2 of each side answers every request with a 503 at once (no `Retry-After`), for 6
+/// seconds, then serves again for the last 7. One side sends its requests round robin, as a
+/// client without a balancer or tower's balance without ejection would spread them over equal
+/// replicas: a quarter of its calls fail while the replica does. The other calls through a
+/// pool, with shorter ejection times than the defaults so that the run shows a whole cycle: 3
+/// failures in a row eject (default 5), an ejection lasts 1 s, doubling per ejection in a row
+/// up to 4 s (default 30 s up to 300 s); the failure penalty (a failure counts as 5 s in the
+/// replica's latency) is the default. The penalty keeps calls off the replica from its first
+/// failure; it is given one call again a second later, and its third failure ejects it; the
+/// probes at the end of each ejection fail until it has recovered, and the first one after
+/// brings it back, to its share of the calls at once.
+///
+/// The table shows, a second at a time, each side's calls, failures, p50 and p99, and each
+/// replica's share of the requests that reached the side's servers; on the pool's side, the
+/// failing replica's state as the pool's [`PoolHandle`](seawall::pool::PoolHandle) reads it at
+/// the second's end, and the ejections and returns of that second. `--check` fails the run
+/// unless the failing replica took its share before the fault on both sides; the round robin
+/// saw at least half a quarter of its calls fail during the fault; the pool ejected the replica
+/// within 4 s of the fault; the pool's side saw at most 5 failures plus one per probe, and a
+/// tenth of the round robin's at most; and the replica came back after the fault and served at
+/// least a tenth of the pool's requests in the seconds after its return.
+#[cfg(feature = "pool")]
+mod replicas {
+    use super::steady::{self, Run, Table};
+    use super::{millis, serve, Body, Options};
+    use axum::extract::State;
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    use axum::Router;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use rand::Rng;
+    use seawall::core::{EjectReason, Event, EventKind};
+    use seawall::http::HttpClassifier;
+    use seawall::pool::{EndpointState, Pool};
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+    use tower::{BoxError, ServiceExt};
+
+    /// Replicas on each side, and the one that fails.
+    const REPLICAS: usize = 4;
+    const FAILING: usize = 2;
+    /// Requests a second on each side.
+    const RATE: u64 = 300;
+    /// Seconds (at `--scale 1`): healthy, the replica failing, healthy again.
+    const HEALTHY: f64 = 4.0;
+    const FAULT: f64 = 6.0;
+    const HEALED: f64 = 7.0;
+    /// The pool's settings that differ from the defaults.
+    const CONSECUTIVE: u32 = 3;
+    const EJECTION: Duration = Duration::from_secs(1);
+    const EJECTION_MAX: Duration = Duration::from_secs(4);
+    /// `--check`: the pool ejects within this long of the fault, and its side sees at most this
+    /// many failures beyond one per probe.
+    const EJECTED_WITHIN: Duration = Duration::from_secs(4);
+    const HANDFUL: u64 = 5;
+
+    /// One replica: 5 to 15 ms a request, or a 503 at once while failing.
+    #[derive(Default)]
+    struct Replica {
+        served: AtomicU64,
+        failing: AtomicBool,
+    }
+
+    async fn item(State(replica): State<Arc<Replica>>) -> (StatusCode, &'static str) {
+        replica.served.fetch_add(1, Relaxed);
+        if replica.failing.load(Relaxed) {
+            return (StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+        }
+        let ms = rand::rng().random_range(5..=15);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        (StatusCode::OK, "item")
+    }
+
+    /// An ejection or a return of the failing replica, and when (from the start).
+    enum Change {
+        Ejected(Duration, EjectReason, Duration),
+        Returned(Duration),
+    }
+
+    impl Change {
+        fn at(&self) -> Duration {
+            match self {
+                Change::Ejected(at, ..) | Change::Returned(at) => *at,
+            }
+        }
+
+        fn describe(&self) -> String {
+            match self {
+                Change::Ejected(_, EjectReason::ProbeFailed, time) => {
+                    format!("probe failed, ejected {:.1}s", time.as_secs_f64())
+                }
+                Change::Ejected(_, reason, time) => {
+                    format!("ejected {:.1}s ({})", time.as_secs_f64(), reason.as_str())
+                }
+                Change::Returned(_) => "probe ok, back".into(),
+            }
+        }
+    }
+
+    fn state(state: EndpointState) -> &'static str {
+        match state {
+            EndpointState::Available => "active",
+            EndpointState::Held => "held",
+            EndpointState::Ejected { .. } => "ejected",
+            EndpointState::Probing => "probing",
+            EndpointState::Removed => "removed",
+            _ => "?",
+        }
+    }
+
+    /// Starts `REPLICAS` servers.
+    async fn replicas() -> Result<(Vec<Arc<Replica>>, Vec<SocketAddr>), BoxError> {
+        let replicas: Vec<Arc<Replica>> = (0..REPLICAS).map(|_| Arc::default()).collect();
+        let mut addrs = Vec::new();
+        for replica in &replicas {
+            let router = Router::new()
+                .route("/item/{id}", get(item))
+                .with_state(replica.clone());
+            addrs.push(serve(router).await?);
+        }
+        Ok((replicas, addrs))
+    }
+
+    pub(super) async fn run(options: &Options) -> Result<(), BoxError> {
+        let run = Run::new(
+            options,
+            &[("healthy", HEALTHY), ("fault", FAULT), ("healed", HEALED)],
+        );
+        let (start, fault, healed) = (run.start, run.start_of(1), run.start_of(2));
+        let sides = [replicas().await?, replicas().await?];
+        let hyper = Client::builder(TokioExecutor::new()).build_http::<Body>();
+        // One endpoint of the pool a replica: requests sent to its address.
+        let endpoint = |addr: SocketAddr| {
+            let replica = steady::collected(hyper.clone());
+            replica.map_request(move |mut request: http::Request<Body>| {
+                *request.uri_mut() = format!("http://{addr}{}", request.uri().path())
+                    .parse()
+                    .unwrap();
+                request
+            })
+        };
+
+        // The pool, recording its ejections and returns of the failing replica.
+        let changes: Arc<Mutex<Vec<Change>>> = Arc::default();
+        let observer = {
+            let changes = changes.clone();
+            move |event: &Event<'_>| {
+                let change = match event.kind {
+                    EventKind::EndpointEjected { reason, duration } => {
+                        Change::Ejected(start.elapsed(), reason, duration)
+                    }
+                    EventKind::EndpointReturned => Change::Returned(start.elapsed()),
+                    _ => return,
+                };
+                if event
+                    .key
+                    .is_some_and(|k| format!("{k:?}") == FAILING.to_string())
+                {
+                    changes.lock().unwrap().push(change);
+                }
+            }
+        };
+        let pool = Pool::builder()
+            .name("replicas")
+            .classify(HttpClassifier::default())
+            .consecutive_failures(CONSECUTIVE)
+            .ejection_time(EJECTION)
+            .ejection_backoff(2.0, EJECTION_MAX)
+            .observer(observer)
+            .build(sides[1].1.iter().copied().map(endpoint))?;
+        let handle = pool.handle();
+
+        println!(
+            "seawall replicas: {RATE} requests/s on each side, over {REPLICAS} replicas on \
+             loopback answering in 5-15 ms; replica {FAILING} answers 503 at once from {:.0} s to \
+             {:.0} s\nround robin: {:?}\npool: {:?}\nthe pool ejects after {CONSECUTIVE} \
+             failures in a row, for {:.0} s doubling up to {:.0} s (shortened for the \
+             demonstration: the defaults are 5, and 30 s up to 300 s), with the default failure \
+             penalty\n",
+            fault.as_secs_f64(),
+            healed.as_secs_f64(),
+            sides[0].1,
+            sides[1].1,
+            EJECTION.as_secs_f64(),
+            EJECTION_MAX.as_secs_f64(),
+        );
+        const SHARES: [(&str, usize); REPLICAS] = [("r0", 5), ("r1", 5), ("r2", 5), ("r3", 5)];
+        const BARE: [(&str, usize); 8] = [
+            ("calls", 6),
+            ("fail", 6),
+            ("p50", 7),
+            ("p99", 7),
+            SHARES[0],
+            SHARES[1],
+            SHARES[2],
+            SHARES[3],
+        ];
+        const POOLED: [(&str, usize); 9] = [
+            BARE[0],
+            BARE[1],
+            BARE[2],
+            BARE[3],
+            SHARES[0],
+            SHARES[1],
+            SHARES[2],
+            SHARES[3],
+            ("  r2 state", 10),
+        ];
+        let table = Table {
+            sides: [("round robin", &BARE), ("pool", &POOLED)],
+        };
+        println!("{}", table.header());
+
+        // The fault, on both sides at once.
+        let failing = [sides[0].0[FAILING].clone(), sides[1].0[FAILING].clone()];
+        let fault_task = tokio::spawn(async move {
+            for (at, on) in [(fault, true), (healed, false)] {
+                tokio::time::sleep_until(start + at).await;
+                for replica in &failing {
+                    replica.failing.store(on, Relaxed);
+                }
+            }
+        });
+
+        // The same item on both sides; round robin takes the replicas in turn.
+        let round_robin = sides[0].1.clone();
+        let arrivals = run.drive(RATE, move |n| {
+            let path = format!("/item/{}", n % 50);
+            let addr = round_robin[n as usize % REPLICAS];
+            let request = |uri: String| http::Request::get(uri).body(Body::new()).unwrap();
+            let bare = steady::get(hyper.clone(), request(format!("http://{addr}{path}")));
+            let pooled = pool.clone().oneshot(request(path));
+            (bare, async move { Ok(pooled.await?.status().is_success()) })
+        });
+
+        // Each replica's requests, a second at a time.
+        let mut served: Vec<[[u64; REPLICAS]; 2]> = Vec::with_capacity(run.seconds);
+        let mut before = [[0u64; REPLICAS]; 2];
+        let mut states = Vec::new();
+        for s in 0..run.seconds {
+            run.end_of(s).await;
+            let mut cells: [Vec<String>; 2] = Default::default();
+            let mut this = [[0u64; REPLICAS]; 2];
+            for side in 0..2 {
+                let now: [u64; REPLICAS] =
+                    std::array::from_fn(|r| sides[side].0[r].served.load(Relaxed));
+                this[side] = std::array::from_fn(|r| now[r] - before[side][r]);
+                before[side] = now;
+                let second = &run.sides[side].seconds[s];
+                let [calls, p50, p99] = steady::cells(second);
+                let failed = second.failed.load(Relaxed).to_string();
+                cells[side] = vec![calls, failed, p50, p99];
+                let total: u64 = this[side].iter().sum();
+                for n in this[side] {
+                    cells[side].push(format!("{:.0}%", 100.0 * n as f64 / total.max(1) as f64));
+                }
+            }
+            served.push(this);
+            let status = handle
+                .endpoints()
+                .into_iter()
+                .find(|e| e.key == FAILING.to_string())
+                .map_or(EndpointState::Removed, |e| e.state);
+            states.push(status);
+            cells[1].push(state(status).into());
+            let changes: Vec<String> = changes
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|c| c.at().as_secs() == s as u64)
+                .map(Change::describe)
+                .collect();
+            let row = table.row(s, run.phase(s), [&cells[0], &cells[1]]);
+            println!("{}", format!("{row}  {}", changes.join("; ")).trim_end());
+        }
+        arrivals.await?;
+        fault_task.await?;
+
+        // The fault's whole seconds (one it starts or ends in is left out).
+        let during = run.during(1);
+        let b = run.totals(0, 0..run.seconds + 1);
+        let p = run.totals(1, 0..run.seconds + 1);
+        let (bf, pf) = (run.totals(0, during.clone()), run.totals(1, during.clone()));
+        let share = |side: usize, seconds: std::ops::Range<usize>| {
+            let (mut failing, mut all) = (0, 0);
+            for s in &served[seconds] {
+                failing += s[side][FAILING];
+                all += s[side].iter().sum::<u64>();
+            }
+            (failing, failing as f64 / all.max(1) as f64)
+        };
+        let changes = changes.lock().unwrap();
+        let ejected = changes
+            .iter()
+            .find(|c| matches!(c, Change::Ejected(..)))
+            .map(Change::at);
+        let returned = changes
+            .iter()
+            .filter(|c| matches!(c, Change::Returned(_)))
+            .map(Change::at)
+            .next_back();
+        let ejections = changes
+            .iter()
+            .filter(|c| matches!(c, Change::Ejected(..)))
+            .count() as u64;
+        let after =
+            |t: Option<Duration>| t.map_or("-".into(), |t| format!("{:.1}s", t.as_secs_f64()));
+        println!(
+            "\nround robin: {} calls, {} failed ({} in the fault's whole seconds, of {}), p50 {}, \
+             p99 {}; replica {FAILING} got {} requests in those seconds\npool: {} calls, {} \
+             failed ({} in the fault's whole seconds, of {}), p50 {}, p99 {}; replica {FAILING} \
+             got {} requests in those seconds\nreplica {FAILING} in the pool: ejected at {}, {} \
+             ejections (each ended by one probe), back at {}, {} at the end",
+            b.calls,
+            b.failed,
+            bf.failed,
+            bf.calls,
+            millis(b.p50),
+            millis(b.p99),
+            share(0, during.clone()).0,
+            p.calls,
+            p.failed,
+            pf.failed,
+            pf.calls,
+            millis(p.p50),
+            millis(p.p99),
+            share(1, during.clone()).0,
+            after(ejected),
+            ejections,
+            after(returned),
+            states.last().copied().map_or("-", state),
+        );
+        if options.check {
+            for (side, name) in [(0, "round robin"), (1, "pool")] {
+                let (_, before) = share(side, run.during(0));
+                if before < 0.10 {
+                    return Err(format!(
+                        "{name}: replica {FAILING} took {:.1}% of the requests before its fault",
+                        100.0 * before
+                    )
+                    .into());
+                }
+            }
+            if (bf.failed as f64) < bf.calls as f64 / REPLICAS as f64 / 2.0 {
+                return Err(format!(
+                    "round robin: {} of {} calls failed during the fault",
+                    bf.failed, bf.calls
+                )
+                .into());
+            }
+            match ejected {
+                Some(at) if at >= fault && at <= fault + EJECTED_WITHIN => {}
+                _ => {
+                    return Err(format!(
+                        "the pool ejected replica {FAILING} at {} (fault at {:.1}s)",
+                        after(ejected),
+                        fault.as_secs_f64()
+                    )
+                    .into())
+                }
+            }
+            if p.failed > HANDFUL + ejections || p.failed * 10 > b.failed {
+                return Err(format!(
+                    "{} calls failed through the pool ({ejections} probes), {} round robin",
+                    p.failed, b.failed
+                )
+                .into());
+            }
+            let Some(back) = returned.filter(|t| *t >= healed) else {
+                return Err(format!(
+                    "replica {FAILING} not brought back after the fault (returned at {})",
+                    after(returned)
+                )
+                .into());
+            };
+            let since = back.as_secs() as usize + 1..run.seconds;
+            if since.is_empty() {
+                return Err(
+                    format!("replica {FAILING} back at {}, at the end", after(returned)).into(),
+                );
+            }
+            let (requests, share_after) = share(1, since);
+            if share_after < 0.10 {
+                return Err(format!(
+                    "replica {FAILING} back at {}, then {requests} requests ({:.1}%)",
+                    after(returned),
+                    100.0 * share_after
+                )
+                .into());
+            }
+            println!(
+                "check passed: the pool ejected replica {FAILING} {:.1}s into its fault and brought \
+                 it back {:.1}s after it ended ({:.0}% of the requests then); {} failed calls \
+                 through the pool, {} round robin",
+                (ejected.unwrap_or_default() - fault).as_secs_f64(),
+                (back - healed).as_secs_f64(),
+                100.0 * share_after,
+                p.failed,
+                b.failed,
             );
         }
         Ok(())
