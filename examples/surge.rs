@@ -41,6 +41,13 @@
 //! 20 to 40 ms, without a cache and behind [`CacheLayer::http`](seawall::cache::CacheLayer::http),
 //! with the hit ratio and the backends' load in the table (see the [`reads`] module).
 //!
+//! `--scenario replicas` (with the `pool` feature) runs another, about 17 seconds: four replicas
+//! of one dependency on loopback, 300 requests a second over them, one answering 503 at once for
+//! 6 seconds, called round robin and through a [`Pool`](seawall::pool::Pool) with short ejection
+//! times; the table shows each replica's share of the calls, the failures each side saw, and the
+//! failing replica ejected and brought back (see the [`replicas`] module). The three extra
+//! scenarios share one load driver and table ([`steady`]).
+//!
 //! The side with seawall registers its breaker and its concurrency limit in a
 //! [`seawall::health::Registry`], served on a third loopback port as `/live`, `/ready` and
 //! `/health` (its URL is printed): the breaker is informational, so while it is open in the
@@ -1806,8 +1813,8 @@ mod reads {
 /// replicas: a quarter of its calls fail while the replica does. The other calls through a
 /// pool, with shorter ejection times than the defaults so that the run shows a whole cycle: 3
 /// failures in a row eject (default 5), an ejection lasts 1 s, doubling per ejection in a row
-/// up to 4 s (default 30 s up to 300 s); the failure penalty (a failure counts as 5 s in the
-/// replica's latency) is the default. The penalty keeps calls off the replica from its first
+/// up to 4 s (default 30 s up to 300 s; these times scale with `--scale`, as the phases do);
+/// the failure penalty (a failure counts as 5 s in the replica's latency) is the default. The penalty keeps calls off the replica from its first
 /// failure; it is given one call again a second later, and its third failure ejects it; the
 /// probes at the end of each ejection fail until it has recovered, and the first one after
 /// brings it back, to its share of the calls at once.
@@ -1850,13 +1857,13 @@ mod replicas {
     const HEALTHY: f64 = 4.0;
     const FAULT: f64 = 6.0;
     const HEALED: f64 = 7.0;
-    /// The pool's settings that differ from the defaults.
+    /// The pool's settings that differ from the defaults (times in seconds at `--scale 1`).
     const CONSECUTIVE: u32 = 3;
-    const EJECTION: Duration = Duration::from_secs(1);
-    const EJECTION_MAX: Duration = Duration::from_secs(4);
-    /// `--check`: the pool ejects within this long of the fault, and its side sees at most this
-    /// many failures beyond one per probe.
-    const EJECTED_WITHIN: Duration = Duration::from_secs(4);
+    const EJECTION: f64 = 1.0;
+    const EJECTION_MAX: f64 = 4.0;
+    /// `--check`: the pool ejects within this long of the fault (seconds at `--scale 1`), and
+    /// its side sees at most this many failures beyond one per probe.
+    const EJECTED_WITHIN: f64 = 4.0;
     const HANDFUL: u64 = 5;
 
     /// One replica: 5 to 15 ms a request, or a 503 at once while failing.
@@ -1932,6 +1939,8 @@ mod replicas {
             &[("healthy", HEALTHY), ("fault", FAULT), ("healed", HEALED)],
         );
         let (start, fault, healed) = (run.start, run.start_of(1), run.start_of(2));
+        let scaled = |seconds: f64| Duration::from_secs_f64(seconds * options.scale);
+        let (ejection, ejection_max) = (scaled(EJECTION), scaled(EJECTION_MAX));
         let sides = [replicas().await?, replicas().await?];
         let hyper = Client::builder(TokioExecutor::new()).build_http::<Body>();
         // One endpoint of the pool a replica: requests sent to its address.
@@ -1969,25 +1978,25 @@ mod replicas {
             .name("replicas")
             .classify(HttpClassifier::default())
             .consecutive_failures(CONSECUTIVE)
-            .ejection_time(EJECTION)
-            .ejection_backoff(2.0, EJECTION_MAX)
+            .ejection_time(ejection)
+            .ejection_backoff(2.0, ejection_max)
             .observer(observer)
             .build(sides[1].1.iter().copied().map(endpoint))?;
         let handle = pool.handle();
 
         println!(
             "seawall replicas: {RATE} requests/s on each side, over {REPLICAS} replicas on \
-             loopback answering in 5-15 ms; replica {FAILING} answers 503 at once from {:.0} s to \
-             {:.0} s\nround robin: {:?}\npool: {:?}\nthe pool ejects after {CONSECUTIVE} \
-             failures in a row, for {:.0} s doubling up to {:.0} s (shortened for the \
+             loopback answering in 5-15 ms; replica {FAILING} answers 503 at once from {:.1} s to \
+             {:.1} s\nround robin: {:?}\npool: {:?}\nthe pool ejects after {CONSECUTIVE} \
+             failures in a row, for {:.1} s doubling up to {:.1} s (shortened for the \
              demonstration: the defaults are 5, and 30 s up to 300 s), with the default failure \
              penalty\n",
             fault.as_secs_f64(),
             healed.as_secs_f64(),
             sides[0].1,
             sides[1].1,
-            EJECTION.as_secs_f64(),
-            EJECTION_MAX.as_secs_f64(),
+            ejection.as_secs_f64(),
+            ejection_max.as_secs_f64(),
         );
         const SHARES: [(&str, usize); REPLICAS] = [("r0", 5), ("r1", 5), ("r2", 5), ("r3", 5)];
         const BARE: [(&str, usize); 8] = [
@@ -2154,7 +2163,7 @@ mod replicas {
                 .into());
             }
             match ejected {
-                Some(at) if at >= fault && at <= fault + EJECTED_WITHIN => {}
+                Some(at) if at >= fault && at <= fault + scaled(EJECTED_WITHIN) => {}
                 _ => {
                     return Err(format!(
                         "the pool ejected replica {FAILING} at {} (fault at {:.1}s)",
