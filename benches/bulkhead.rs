@@ -15,46 +15,20 @@
 //! The `rejecting` variants turn every call away (a limit of zero): the path a surge takes once a
 //! bulkhead is full, where each rejection is counted for `health`.
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, Criterion};
 use seawall::bulkhead::BulkheadLayer;
-use seawall::core::{Deadline, DeadlineCarrier};
+use seawall::core::Deadline;
 use seawall::limit::algorithm::Aimd;
 use seawall::limit::{AdaptiveLimitLayer, ThrottleLayer};
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::pin;
-use std::sync::{Arc, Barrier};
-use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
-use tower::{Layer, Service, ServiceExt};
+use std::time::Duration;
+use tower::{Layer, ServiceExt};
 
 #[path = "support/mod.rs"]
 mod support;
 
-use support::{single, two_threads, Noop};
-
-/// A request that carries its deadline in a field.
-#[derive(Clone)]
-struct Carried(u32, Option<Deadline>);
-
-impl DeadlineCarrier for Carried {
-    fn deadline(&self) -> Option<Deadline> {
-        self.1
-    }
-    fn set_deadline(&mut self, deadline: Deadline) {
-        self.1 = Some(deadline);
-    }
-}
-
-/// [`Noop`] for requests that carry a deadline.
-fn carried_backend() -> impl Service<
-    Carried,
-    Response = u32,
-    Error = Infallible,
-    Future = std::future::Ready<Result<u32, Infallible>>,
-> + Clone {
-    tower::service_fn(|req: Carried| std::future::ready(Ok::<_, Infallible>(req.0)))
-}
+use support::{
+    carried_backend, looped, reject_once, single, two_threads, two_threads_with, Carried, Noop,
+};
 
 fn benches(c: &mut Criterion) {
     let limit = tower::limit::ConcurrencyLimitLayer::new(1_000_000);
@@ -191,70 +165,18 @@ fn benches(c: &mut Criterion) {
     // Every call turned away: one thread, then two threads on one bulkhead.
     let closed = BulkheadLayer::new(1);
     closed.handle().set_limit(0);
-    rejecting(c, "bulkhead/rejecting", closed.layer(Noop));
-    rejecting_two_threads(c, "bulkhead_two_threads/rejecting", closed.layer(Noop));
-}
-
-/// One call through `service`, which must be ready at once and reject the call at once.
-#[inline(always)]
-fn reject_once<S: Service<u32>>(service: &mut S, cx: &mut Context<'_>, req: u32) {
-    match service.poll_ready(cx) {
-        Poll::Ready(Ok(())) => {}
-        _ => panic!("service not ready"),
-    }
-    let future = pin!(service.call(req));
-    match future.poll(cx) {
-        Poll::Ready(Err(e)) => {
-            black_box(e);
-        }
-        Poll::Ready(Ok(_)) => panic!("the call was let through"),
-        Poll::Pending => panic!("service did not answer at once"),
-    }
-}
-
-fn rejecting<S: Service<u32>>(c: &mut Criterion, name: &str, mut service: S) {
-    let mut cx = Context::from_waker(Waker::noop());
-    c.bench_function(name, |b| {
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            for i in 0..iters {
-                reject_once(&mut service, &mut cx, i as u32);
-            }
-            start.elapsed()
-        })
-    });
-}
-
-/// Two threads, each with its own clone of `service`, every call rejected. Reports wall time per
-/// call per thread.
-fn rejecting_two_threads<S>(c: &mut Criterion, name: &str, service: S)
-where
-    S: Service<u32> + Clone + Send + 'static,
-{
-    c.bench_function(name, |b| {
-        b.iter_custom(|iters| {
-            let barrier = Arc::new(Barrier::new(3));
-            let threads: Vec<_> = (0..2)
-                .map(|_| {
-                    let mut service = service.clone();
-                    let barrier = barrier.clone();
-                    std::thread::spawn(move || {
-                        let mut cx = Context::from_waker(Waker::noop());
-                        barrier.wait();
-                        for i in 0..iters {
-                            reject_once(&mut service, &mut cx, i as u32);
-                        }
-                    })
-                })
-                .collect();
-            barrier.wait();
-            let start = Instant::now();
-            for t in threads {
-                t.join().unwrap();
-            }
-            start.elapsed()
-        })
-    });
+    looped(
+        c,
+        "bulkhead/rejecting",
+        &mut closed.layer(Noop),
+        |service, cx, i| reject_once(service, cx, i as u32),
+    );
+    two_threads_with(
+        c,
+        "bulkhead_two_threads/rejecting",
+        closed.layer(Noop),
+        |service, cx, i| reject_once(service, cx, i as u32),
+    );
 }
 
 criterion_group!(bulkhead, benches);

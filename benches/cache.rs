@@ -10,12 +10,16 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use seawall::cache::CacheLayer;
 use std::convert::Infallible;
-use std::future::{ready, Future, Ready};
-use std::pin::pin;
-use std::sync::{Arc, Barrier};
+use std::future::{ready, Ready};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tower::{Layer, Service};
+
+#[path = "support/mod.rs"]
+mod support;
+
+use support::call_once;
 
 /// The value type: cloning it is one atomic increment, as an `Arc` or a `Bytes` is.
 type Value = Arc<[u8]>;
@@ -45,26 +49,6 @@ impl Service<u64> for Noop {
 
 fn value() -> Value {
     Arc::from(&b"a cached answer of a few dozen bytes, shared"[..])
-}
-
-/// One call through `service`, which must be ready and answer at once.
-#[inline(always)]
-fn call_once<S>(service: &mut S, cx: &mut Context<'_>, req: u64)
-where
-    S: Service<u64>,
-    S::Error: std::fmt::Debug,
-{
-    match service.poll_ready(cx) {
-        Poll::Ready(Ok(())) => {}
-        _ => panic!("service not ready"),
-    }
-    let future = pin!(service.call(req));
-    match future.poll(cx) {
-        Poll::Ready(r) => {
-            black_box(r.expect("call failed"));
-        }
-        Poll::Pending => panic!("service did not answer at once"),
-    }
 }
 
 /// Warms `service` with every key of `keys`.
@@ -114,37 +98,19 @@ fn lookup_bench(c: &mut Criterion, name: &str, get: impl Fn(u64) -> Option<Value
 }
 
 /// Two threads, each calling `call` for one hot key as fast as it can: wall time per call per
-/// thread.
+/// thread. `call` is a function pointer, so every contender pays the same indirect call.
 fn two_threads<T: Clone + Send + 'static>(
     c: &mut Criterion,
     name: &str,
     state: T,
     call: fn(&mut T, &mut Context<'_>),
 ) {
-    c.bench_function(&format!("cache/two_threads_one_key/{name}"), |b| {
-        b.iter_custom(|iters| {
-            let barrier = Arc::new(Barrier::new(3));
-            let threads: Vec<_> = (0..2)
-                .map(|_| {
-                    let mut state = state.clone();
-                    let barrier = barrier.clone();
-                    std::thread::spawn(move || {
-                        let mut cx = Context::from_waker(Waker::noop());
-                        barrier.wait();
-                        for _ in 0..iters {
-                            call(&mut state, &mut cx);
-                        }
-                    })
-                })
-                .collect();
-            barrier.wait();
-            let start = Instant::now();
-            for thread in threads {
-                thread.join().unwrap();
-            }
-            start.elapsed()
-        })
-    });
+    support::two_threads_with(
+        c,
+        &format!("cache/two_threads_one_key/{name}"),
+        state,
+        move |state, cx, _| call(state, cx),
+    );
 }
 
 /// The key function: the request is the key.

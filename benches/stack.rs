@@ -5,33 +5,19 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use seawall::bulkhead::{Codel, Order};
-use seawall::core::{Deadline, DeadlineCarrier};
+use seawall::core::Deadline;
 use seawall::limit::algorithm::{Gradient2, Windowed};
 use seawall::limit::rate::{Quota, RateLimitLayer};
 use seawall::limit::AdaptiveLimitLayer;
 use seawall::stack::{ClientStack, ServerStack};
 use seawall::timeout::TimeoutLayer;
-use std::convert::Infallible;
 use std::time::Duration;
 use tower::{Layer, ServiceExt};
 
 #[path = "support/mod.rs"]
 mod support;
 
-use support::{single, Noop};
-
-/// A request that carries its deadline in a field.
-#[derive(Clone)]
-struct Carried(u32, Option<Deadline>);
-
-impl DeadlineCarrier for Carried {
-    fn deadline(&self) -> Option<Deadline> {
-        self.1
-    }
-    fn set_deadline(&mut self, deadline: Deadline) {
-        self.1 = Some(deadline);
-    }
-}
+use support::{carried_backend, single, Carried, Noop};
 
 fn stack(c: &mut Criterion) {
     // A runtime for the timeouts' timers; the calls never wait on them.
@@ -42,12 +28,11 @@ fn stack(c: &mut Criterion) {
     let _entered = runtime.enter();
     single(c, "stack/bare", Noop);
     // The default stack propagates deadlines, so its requests carry one.
-    let backend = tower::service_fn(|req: Carried| std::future::ready(Ok::<_, Infallible>(req.0)));
     single(
         c,
         "stack/client_standard",
         ClientStack::new()
-            .layer(backend)
+            .layer(carried_backend())
             .map_request(|i: u32| Carried(i, None)),
     );
     single(
@@ -94,13 +79,12 @@ fn stack(c: &mut Criterion) {
     // The server stack whose limiter honours deadlines, beside the default one, both over
     // requests that carry a deadline (and, honouring, one that carries none: no clock read).
     let far = Deadline::after(Duration::from_secs(3600));
-    let backend = tower::service_fn(|req: Carried| std::future::ready(Ok::<_, Infallible>(req.0)));
     single(
         c,
         "stack/server_standard_carrying_deadlines",
         ServerStack::new()
             .rate_limit(Quota::per_second(1_000_000_000))
-            .layer(backend)
+            .layer(carried_backend())
             .map_request(move |i: u32| Carried(i, Some(far))),
     );
     for (name, deadline) in [
@@ -113,7 +97,7 @@ fn stack(c: &mut Criterion) {
             ServerStack::new()
                 .honour_deadlines()
                 .rate_limit(Quota::per_second(1_000_000_000))
-                .layer(backend)
+                .layer(carried_backend())
                 .map_request(move |i: u32| Carried(i, deadline)),
         );
     }

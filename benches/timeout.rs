@@ -12,11 +12,15 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use seawall::core::{Deadline, DeadlineCarrier};
 use seawall::timeout::TimeoutLayer;
 use std::convert::Infallible;
-use std::future::{ready, Future, Ready};
-use std::pin::pin;
+use std::future::{ready, Ready};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tower::{Layer, Service};
+
+#[path = "support/mod.rs"]
+mod support;
+
+use support::call_once;
 
 /// A service that is always ready and answers at once, whatever the request.
 #[derive(Clone, Copy)]
@@ -58,22 +62,9 @@ where
     S: Service<R>,
     S::Error: std::fmt::Debug,
 {
-    let waker = Waker::noop();
-    let mut cx = Context::from_waker(waker);
+    let mut cx = Context::from_waker(Waker::noop());
     c.bench_function(name, |b| {
-        b.iter(|| {
-            match service.poll_ready(&mut cx) {
-                Poll::Ready(Ok(())) => {}
-                _ => panic!("service not ready"),
-            }
-            let future = pin!(service.call(request()));
-            match future.poll(&mut cx) {
-                Poll::Ready(r) => {
-                    black_box(r.expect("call failed"));
-                }
-                Poll::Pending => panic!("service did not answer at once"),
-            }
-        })
+        b.iter(|| call_once(&mut service, &mut cx, request()))
     });
 }
 

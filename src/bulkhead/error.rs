@@ -69,7 +69,7 @@ impl Full {
     /// HTTP's `Retry-After` counts whole seconds, and 0 would ask for the immediate retry, so one
     /// second is its smallest useful value: the same for every reason, and for gRPC, so that both
     /// say the same. Clients that honour it (seawall's retry with an HTTP classifier, and a
-    /// breaker built with `honor_retry_after`) spread their retries over it.
+    /// breaker built with `honour_retry_after`) spread their retries over it.
     pub fn retry_after(&self) -> Duration {
         Duration::from_secs(1)
     }

@@ -333,7 +333,7 @@ impl<C, O> Builder<C, O> {
     /// A failed call that carries a server hint (an HTTP 429 or 503 with `Retry-After`, through a
     /// classifier that reads it) opens the breaker for the hinted time, capped at `max`.
     /// Off by default.
-    pub fn honor_retry_after(mut self, max: Duration) -> Self {
+    pub fn honour_retry_after(mut self, max: Duration) -> Self {
         self.settings.max_retry_after = Some(max);
         self
     }

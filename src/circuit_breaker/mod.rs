@@ -11,7 +11,7 @@
 //! - the slow-call rate (calls at or over a duration) reaches a threshold;
 //! - `n` calls in a row failed;
 //! - a failed response carried a server hint (`Retry-After`), when
-//!   [`honor_retry_after`](Builder::honor_retry_after) is set: the breaker opens for that long.
+//!   [`honour_retry_after`](Builder::honour_retry_after) is set: the breaker opens for that long.
 //!
 //! Rate rules wait for [`minimum_calls`](Builder::minimum_calls) calls in the window; until then the
 //! rates read as unknown.
@@ -83,7 +83,7 @@
 //!     .minimum_calls(50)
 //!     .failure_rate_threshold(40.0)
 //!     .slow_call_rate_threshold(60.0, Duration::from_secs(2))
-//!     .honor_retry_after(Duration::from_secs(60))
+//!     .honour_retry_after(Duration::from_secs(60))
 //!     .open_duration(Duration::from_secs(10))
 //!     .half_open_probes(5)
 //!     .build()

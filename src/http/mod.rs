@@ -42,8 +42,9 @@ impl StatusSet {
 ///
 /// For failed 429 and 503 responses it reads the `Retry-After` header (both delta-seconds and
 /// HTTP-date), or failing that `X-RateLimit-Reset` (see [`parse_rate_limit_reset`]): the hint a
-/// breaker built with [`honor_retry_after`](crate::circuit_breaker::Builder::honor_retry_after) and
-/// the retry layer obey.
+/// breaker built with
+/// [`honour_retry_after`](crate::circuit_breaker::Builder::honour_retry_after) and the retry
+/// layer obey.
 ///
 /// ```
 /// use http::{Response, StatusCode};

@@ -339,7 +339,7 @@ impl<C, O> Builder<C, O> {
     /// A failed call with a server's hint (a 429 or 503 with `Retry-After`, through a classifier
     /// that reads it, such as [`HttpClassifier`](crate::http::HttpClassifier)) ejects its
     /// endpoint for the hinted time, at most `max` (default: on, at most 300 s).
-    pub fn honor_retry_after(mut self, max: Duration) -> Self {
+    pub fn honour_retry_after(mut self, max: Duration) -> Self {
         self.settings.max_retry_after = Some(max);
         self
     }

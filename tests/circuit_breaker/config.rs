@@ -118,7 +118,7 @@ fn each_mistake_has_its_variant() {
         ConfigError::MaxHalfOpenWait
     );
     assert_eq!(
-        err(b().honor_retry_after(Duration::ZERO).build()),
+        err(b().honour_retry_after(Duration::ZERO).build()),
         ConfigError::MaxRetryAfter
     );
     assert_eq!(err(b().no_failure_rate().build()), ConfigError::NoTripRule);
@@ -164,7 +164,7 @@ proptest! {
             b = b.consecutive_failures(n);
         }
         if let Some(ms) = retry_after {
-            b = b.honor_retry_after(Duration::from_millis(ms));
+            b = b.honour_retry_after(Duration::from_millis(ms));
         }
         b = match window {
             Ok(n) => b.count_window(n),

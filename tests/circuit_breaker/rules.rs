@@ -469,7 +469,7 @@ mod hints {
     async fn retry_after_opens_for_the_hinted_time() {
         let layer = CircuitBreakerLayer::builder()
             .classify(HttpClassifier::default())
-            .honor_retry_after(secs(60))
+            .honour_retry_after(secs(60))
             .build()
             .unwrap();
         let handle = layer.handle();

@@ -635,7 +635,7 @@ fn bad_configuration_is_an_error() {
             ConfigError::EjectionJitter(1.5),
         ),
         (
-            Pool::builder().honor_retry_after(Duration::ZERO),
+            Pool::builder().honour_retry_after(Duration::ZERO),
             ConfigError::MaxRetryAfter,
         ),
         (
