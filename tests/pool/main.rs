@@ -2,6 +2,7 @@
 //! endpoints on paused time.
 
 mod loopback;
+mod review_r24;
 mod sim;
 
 use http::{Request, Response, StatusCode};
