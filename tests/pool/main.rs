@@ -742,35 +742,6 @@ async fn load_is_peak_ewma_times_in_flight() {
     assert!(penalised.load > 4.9);
 }
 
-/// A penalised endpoint due a call again gets one: of two clones choosing at the same instant,
-/// the second, finding the recheck taken, goes to the other endpoint.
-#[tokio::test(start_paused = true)]
-async fn a_penalised_endpoint_is_rechecked_by_one_call() {
-    let eps = [Switch::default(), Switch::default()];
-    let pool = Pool::builder()
-        .initial_rtt(MS)
-        .ejection_jitter(0.0)
-        .seed(19)
-        .build(eps.clone())
-        .unwrap();
-    let handle = pool.handle();
-    eps[1].fail(true);
-    while handle.endpoints()[1].failures == 0 {
-        let _ = pool.clone().oneshot(1).await;
-    }
-    eps[1].fail(false);
-    let before = eps[1].calls();
-    // Kept idle by the penalty for the ejection time: due one call again.
-    tokio::time::advance(Duration::from_secs(31)).await;
-    let (mut a, mut b) = (pool.clone(), pool.clone());
-    let mut cx = task::spawn(());
-    assert_ready!(cx.enter(|cx, _| a.poll_ready(cx))).unwrap();
-    assert_ready!(cx.enter(|cx, _| b.poll_ready(cx))).unwrap();
-    a.call(1).await.unwrap();
-    b.call(1).await.unwrap();
-    assert_eq!(eps[1].calls(), before + 1, "one recheck");
-}
-
 /// Discovery churn: endpoints inserted and removed under load; no call reaches a removed
 /// endpoint, nothing panics, every call ends and nothing stays counted in flight.
 #[tokio::test(start_paused = true)]
