@@ -52,12 +52,16 @@ pub enum ErrorKind {
     /// An endpoint pool had no healthy endpoint to send the call to, and was built to fail fast
     /// rather than spread calls over every endpoint (see [`crate::pool`]).
     NoHealthyEndpoint,
+    /// The endpoint an endpoint pool chose in `poll_ready` left the pool (or its probe was taken
+    /// over) before `call`: nothing was sent, and the call is safe to retry (see
+    /// [`crate::pool`]).
+    EndpointUnavailable,
 }
 
 impl ErrorKind {
     /// How many kinds there are.
     #[allow(dead_code)]
-    pub(crate) const COUNT: usize = 9;
+    pub(crate) const COUNT: usize = 10;
 
     /// The kind's number, from 0 to `COUNT - 1`.
     #[allow(dead_code)]
@@ -72,6 +76,7 @@ impl ErrorKind {
             ErrorKind::InvalidDeadline => 6,
             ErrorKind::RetryBudgetExhausted => 7,
             ErrorKind::NoHealthyEndpoint => 8,
+            ErrorKind::EndpointUnavailable => 9,
         }
     }
 
@@ -87,6 +92,7 @@ impl ErrorKind {
             ErrorKind::InvalidDeadline => "invalid_deadline",
             ErrorKind::RetryBudgetExhausted => "retry_budget_exhausted",
             ErrorKind::NoHealthyEndpoint => "no_healthy_endpoint",
+            ErrorKind::EndpointUnavailable => "endpoint_unavailable",
         }
     }
 }
@@ -105,6 +111,7 @@ impl ErrorKind {
             ErrorKind::InvalidDeadline => "invalid deadline header",
             ErrorKind::RetryBudgetExhausted => "retry budget exhausted",
             ErrorKind::NoHealthyEndpoint => "no healthy endpoint",
+            ErrorKind::EndpointUnavailable => "endpoint unavailable",
         }
     }
 }
@@ -146,6 +153,9 @@ pub enum Cause<'a> {
     /// An endpoint pool had no healthy endpoint and fails fast.
     #[cfg(feature = "pool")]
     NoHealthyEndpoint(&'a crate::pool::error::NoHealthyEndpoint),
+    /// An endpoint pool's chosen endpoint left it before the call (nothing was sent).
+    #[cfg(feature = "pool")]
+    EndpointUnavailable(&'a crate::pool::error::EndpointUnavailable),
     /// Never made: it keeps the lifetime when no layer feature is on.
     #[cfg(not(any(
         feature = "circuit-breaker",
@@ -180,6 +190,8 @@ impl Cause<'_> {
             Cause::RetryBudgetExhausted(_) => ErrorKind::RetryBudgetExhausted,
             #[cfg(feature = "pool")]
             Cause::NoHealthyEndpoint(_) => ErrorKind::NoHealthyEndpoint,
+            #[cfg(feature = "pool")]
+            Cause::EndpointUnavailable(_) => ErrorKind::EndpointUnavailable,
             #[cfg(not(any(
                 feature = "circuit-breaker",
                 feature = "bulkhead",
@@ -263,6 +275,10 @@ pub(crate) fn identify<'a>(err: &'a (dyn Error + 'static)) -> Option<Cause<'a>> 
     #[cfg(feature = "pool")]
     if let Some(e) = err.downcast_ref() {
         return Some(Cause::NoHealthyEndpoint(e));
+    }
+    #[cfg(feature = "pool")]
+    if let Some(e) = err.downcast_ref() {
+        return Some(Cause::EndpointUnavailable(e));
     }
     None
 }

@@ -86,7 +86,7 @@ impl Labelled for Outcome {
 }
 
 impl Labelled for RejectReason {
-    const COUNT: usize = 13;
+    const COUNT: usize = 14;
     fn index(self) -> usize {
         match self {
             RejectReason::CircuitOpen => 0,
@@ -102,6 +102,7 @@ impl Labelled for RejectReason {
             RejectReason::Other => 10,
             RejectReason::ConcurrencyLimited => 11,
             RejectReason::NoHealthyEndpoint => 12,
+            RejectReason::EndpointUnavailable => 13,
         }
     }
     fn label(self) -> &'static str {

@@ -135,7 +135,8 @@ pub fn code(kind: ErrorKind) -> Code {
         | ErrorKind::Overloaded
         | ErrorKind::Throttled
         | ErrorKind::RetryBudgetExhausted
-        | ErrorKind::NoHealthyEndpoint => Code::Unavailable,
+        | ErrorKind::NoHealthyEndpoint
+        | ErrorKind::EndpointUnavailable => Code::Unavailable,
         ErrorKind::RateLimited => Code::ResourceExhausted,
         ErrorKind::TimedOut => Code::DeadlineExceeded,
         ErrorKind::InvalidDeadline => Code::InvalidArgument,
@@ -208,7 +209,8 @@ pub fn client_code(kind: ErrorKind) -> Code {
         | ErrorKind::Throttled
         | ErrorKind::RateLimited
         | ErrorKind::RetryBudgetExhausted
-        | ErrorKind::NoHealthyEndpoint => Code::Unavailable,
+        | ErrorKind::NoHealthyEndpoint
+        | ErrorKind::EndpointUnavailable => Code::Unavailable,
         ErrorKind::TimedOut => Code::DeadlineExceeded,
         ErrorKind::InvalidDeadline => Code::Internal,
     }

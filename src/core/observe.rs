@@ -80,6 +80,9 @@ pub enum RejectReason {
     /// An endpoint pool had no healthy endpoint, and fails fast rather than spreading calls over
     /// every endpoint.
     NoHealthyEndpoint,
+    /// An endpoint pool's chosen endpoint left it (removed by discovery, or its probe taken over)
+    /// between `poll_ready` and `call`; nothing was sent.
+    EndpointUnavailable,
 }
 
 impl RejectReason {
@@ -99,6 +102,7 @@ impl RejectReason {
             RejectReason::FallbackFull => "fallback_full",
             RejectReason::Other => "other",
             RejectReason::NoHealthyEndpoint => "no_healthy_endpoint",
+            RejectReason::EndpointUnavailable => "endpoint_unavailable",
         }
     }
 }

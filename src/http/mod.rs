@@ -268,6 +268,7 @@ pub fn status(kind: ErrorKind) -> StatusCode {
         | ErrorKind::Overloaded
         | ErrorKind::Throttled
         | ErrorKind::RetryBudgetExhausted
-        | ErrorKind::NoHealthyEndpoint => StatusCode::SERVICE_UNAVAILABLE,
+        | ErrorKind::NoHealthyEndpoint
+        | ErrorKind::EndpointUnavailable => StatusCode::SERVICE_UNAVAILABLE,
     }
 }

@@ -1,4 +1,4 @@
-//! The pool's rejection: [`NoHealthyEndpoint`].
+//! The pool's rejections: [`NoHealthyEndpoint`] and [`EndpointUnavailable`].
 
 use std::fmt;
 
@@ -29,3 +29,28 @@ impl fmt::Display for NoHealthyEndpoint {
 }
 
 impl std::error::Error for NoHealthyEndpoint {}
+
+/// The endpoint a pool clone's `poll_ready` chose could no longer take the call when `call` came:
+/// discovery removed it in between, or the probe the clone had claimed on it was taken over by
+/// another clone (a claim waits at most a second for its call) and the endpoint is still out of
+/// rotation. Nothing was sent, so the call is safe to retry: the next `poll_ready` chooses again.
+/// (`call` cannot choose another endpoint itself: that one's readiness was never polled.)
+/// Answered with 503 by [`crate::http::status`] and `UNAVAILABLE` by `seawall::tonic`; its
+/// [`ErrorKind`](crate::error::ErrorKind) is `EndpointUnavailable`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EndpointUnavailable;
+
+impl EndpointUnavailable {
+    pub(crate) fn new() -> Self {
+        EndpointUnavailable
+    }
+}
+
+impl fmt::Display for EndpointUnavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the chosen endpoint left the pool before the call; nothing was sent")
+    }
+}
+
+impl std::error::Error for EndpointUnavailable {}

@@ -1,6 +1,5 @@
 //! The pool's response future.
 
-use super::error::NoHealthyEndpoint;
 use super::state::{Endpoint, Shared};
 use crate::core::{Classify, EventKind, Observer};
 use pin_project_lite::pin_project;
@@ -57,7 +56,9 @@ impl<K, S, C, O: Observer> Drop for InFlight<K, S, C, O> {
 
 pin_project! {
     /// The response future of a [`Pool`](super::Pool): the chosen endpoint's answer, measured and
-    /// classified when it comes; or the pool's [`NoHealthyEndpoint`] rejection.
+    /// classified when it comes; or the pool's rejection
+    /// ([`NoHealthyEndpoint`](super::error::NoHealthyEndpoint),
+    /// [`EndpointUnavailable`](super::error::EndpointUnavailable)).
     pub struct ResponseFuture<F, K, S, C, O: Observer> {
         #[pin]
         kind: Kind<F>,
@@ -69,7 +70,7 @@ pin_project! {
     #[project = KindProj]
     enum Kind<F> {
         Called { #[pin] future: F },
-        Rejected { error: Option<NoHealthyEndpoint> },
+        Rejected { error: Option<BoxError> },
     }
 }
 
@@ -81,7 +82,7 @@ impl<F, K, S, C, O: Observer> ResponseFuture<F, K, S, C, O> {
         }
     }
 
-    pub(crate) fn rejected(error: NoHealthyEndpoint) -> Self {
+    pub(crate) fn rejected(error: BoxError) -> Self {
         ResponseFuture {
             kind: Kind::Rejected { error: Some(error) },
             call: None,
@@ -110,11 +111,9 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         match this.kind.project() {
-            KindProj::Rejected { error } => Poll::Ready(Err(Box::new(
-                error
-                    .take()
-                    .expect("ResponseFuture polled after it finished"),
-            ))),
+            KindProj::Rejected { error } => Poll::Ready(Err(error
+                .take()
+                .expect("ResponseFuture polled after it finished"))),
             KindProj::Called { future } => {
                 let result = ready!(future.poll(cx));
                 let Some(mut call) = this.call.take() else {

@@ -4,7 +4,8 @@
 //!
 //! - **Selection.** Two endpoints in rotation are drawn at random; the call goes to the one whose
 //!   load, its peak-EWMA round-trip time × (calls in flight + 1), is lower, once its readiness is
-//!   polled (only the chosen endpoints' readiness is polled). A failed call counts in the
+//!   polled (only the chosen endpoints' readiness is polled; one pending or failing is passed
+//!   over for another draw). A failed call counts in the
 //!   estimate as `max(5 s, its own time)`, so an endpoint that fails fast draws no load for
 //!   answering quickly (linkerd's rule); one kept idle by that penalty for the ejection time gets
 //!   a call again, and the first answer that is no failure restarts its estimate.
@@ -25,7 +26,9 @@
 //! - **Endpoints** are given at build ([`Builder::build`]) or come from a
 //!   `tower::discover::Discover` stream ([`Builder::build_discover`], with a [`Driver`] to spawn);
 //!   every change replaces the list a pool reads whole, so no choice ever points into a list that
-//!   has changed beneath it.
+//!   has changed beneath it. A call whose endpoint was removed between `poll_ready` and `call`
+//!   sends nothing and fails with [`EndpointUnavailable`](error::EndpointUnavailable), safe to
+//!   retry.
 //!
 //! Per call: two random draws, two loads read, one endpoint's readiness polled (a clone of its
 //! service), its in-flight count, and at the end its estimate, window and counters: no lock and

@@ -1,9 +1,11 @@
 //! The pool's `Service`: power of two choices over the endpoints in rotation.
 
-use super::error::NoHealthyEndpoint;
+use super::error::{EndpointUnavailable, NoHealthyEndpoint};
 use super::future::{InFlight, ResponseFuture};
 use super::handle::PoolHandle;
-use super::state::{tag, Endpoint, List, Shared, Usable, AVAILABLE, EJECTED, HELD, PROBING};
+use super::state::{
+    tag, Endpoint, List, Shared, Usable, AVAILABLE, CLAIMED, EJECTED, HELD, PROBING, REMOVED,
+};
 use super::Builder;
 use crate::core::{Classify, ErrorIsFailure, EventKind, Observer, RejectReason};
 use crate::sync::nanos;
@@ -20,7 +22,8 @@ use tower::{BoxError, Service};
 /// at most half the endpoints out of rotation, a walk is a rare event (about 1 in 4,000).
 const DRAWS: usize = 16;
 
-/// Endpoints tried for readiness in one `poll_ready`, beside the one it already holds.
+/// Endpoints tried for readiness in one `poll_ready`, beside the one it already holds: one
+/// pending or failing is passed over for another, up to this many.
 const ATTEMPTS: usize = 3;
 
 /// A pool of endpoints, each a tower `Service`: calls go to the less loaded of two endpoints
@@ -38,7 +41,7 @@ pub struct Pool<K, S, C = ErrorIsFailure, O = ()> {
     list: List<K, S>,
     seen: u64,
     /// What `poll_ready` chose: ready, or (while `poll_ready` is pending) waited for.
-    chosen: Option<Chosen<K, S>>,
+    chosen: Option<Chosen<K, S, O>>,
     /// `poll_ready` found no healthy endpoint, and the pool fails fast: `call` refuses.
     rejected: bool,
     rng: AtomicU64,
@@ -49,12 +52,48 @@ pub struct Pool<K, S, C = ErrorIsFailure, O = ()> {
 /// An endpoint drawn: its place in the list, the endpoint, and how it may take the call.
 type Pick<K, S> = (usize, Arc<Endpoint<K, S>>, Usable);
 
+/// What [`Pool::select`] returns: the endpoint, and the probe it claimed on it, if any.
+type Selected<K, S> = (Arc<Endpoint<K, S>>, Option<u64>);
+
 /// An endpoint `poll_ready` chose, with the clone of its service the call will be made on.
-struct Chosen<K, S> {
+struct Chosen<K, S, O> {
     endpoint: Arc<Endpoint<K, S>>,
     service: S,
-    /// Whether this call is the endpoint's probe (its claim is held until the call ends).
-    probe: bool,
+    /// The endpoint's probe, when this call is to be it.
+    claim: Option<Claim<K, S, O>>,
+}
+
+impl<K, S, O> Chosen<K, S, O> {
+    fn claim_word(&self) -> Option<u64> {
+        self.claim.as_ref().map(|c| c.word)
+    }
+}
+
+/// A probe claimed in `poll_ready` and not sent yet: given back when dropped, whatever drops it
+/// (the choice given up, the pool clone dropped, a panic on the way to `call`). A claim left
+/// unsent for [`CLAIM_TIMEOUT`](super::state::CLAIM_TIMEOUT) may be taken over by another clone.
+struct Claim<K, S, O> {
+    shared: Arc<Shared<K, S, O>>,
+    endpoint: Arc<Endpoint<K, S>>,
+    /// The endpoint's word as this claim set it; 0 once sent (no claim's word is 0).
+    word: u64,
+}
+
+impl<K, S, O> Claim<K, S, O> {
+    /// Makes the probe's call: false if the claim was lost (taken over, or the endpoint
+    /// removed) since `poll_ready`.
+    fn send(mut self) -> bool {
+        let word = std::mem::take(&mut self.word);
+        self.endpoint.send_probe(word)
+    }
+}
+
+impl<K, S, O> Drop for Claim<K, S, O> {
+    fn drop(&mut self) {
+        if self.word != 0 {
+            self.shared.release_claim(&self.endpoint, self.word);
+        }
+    }
 }
 
 fn splitmix(mut z: u64) -> u64 {
@@ -149,33 +188,23 @@ where
         }
     }
 
-    /// Gives back what a choice holds: its probe, if it claimed one.
-    fn release(&self, chosen: Chosen<K, S>) {
-        if chosen.probe {
-            self.shared.release_probe(&chosen.endpoint);
-        }
-    }
-
     /// Whether what this clone chose may still take the call now.
-    fn still_usable(&self, chosen: &Chosen<K, S>) -> bool {
+    fn still_usable(&self, chosen: &Chosen<K, S, O>) -> bool {
         let word = chosen.endpoint.word();
         let unhealthy = self.shared.no_healthy();
         match tag(word) {
             AVAILABLE | HELD => !(unhealthy && self.shared.fails_fast()),
-            PROBING if chosen.probe => true,
-            EJECTED | PROBING => unhealthy && !self.shared.fails_fast(),
+            CLAIMED if chosen.claim_word() == Some(word) => true,
+            EJECTED | PROBING | CLAIMED => unhealthy && !self.shared.fails_fast(),
             _ => false,
         }
     }
 
     /// Draws two endpoints that may take a call (in rotation, or due a probe; when no endpoint
-    /// is healthy and the pool panics, any), and returns the less loaded, with whether the call
-    /// is its probe. `avoid` is left out (one already waited for).
-    fn select(
-        &mut self,
-        now: u64,
-        avoid: Option<&Arc<Endpoint<K, S>>>,
-    ) -> Option<(Arc<Endpoint<K, S>>, bool)> {
+    /// is healthy and the pool panics, any), and returns the less loaded, with the probe it
+    /// claimed when the call is to be the endpoint's probe. The endpoints in `avoid` (already
+    /// tried by this `poll_ready`) are left out.
+    fn select(&mut self, now: u64, avoid: &[*const Endpoint<K, S>]) -> Option<Selected<K, S>> {
         let n = self.list.len();
         if n == 0 {
             return None;
@@ -187,7 +216,7 @@ where
         let admits = |i: usize| -> Option<(Arc<Endpoint<K, S>>, Usable)> {
             // Gone: removed since this clone took its list.
             let e = list[i].upgrade()?;
-            if avoid.is_some_and(|a| Arc::ptr_eq(a, &e)) {
+            if avoid.contains(&Arc::as_ptr(&e)) {
                 return None;
             }
             // Failing fast, only the probes that may bring an endpoint back go out.
@@ -224,28 +253,33 @@ where
             }
         }
         let recheck_after = nanos(self.shared.config.schedule.base);
+        // A penalised endpoint whose recheck another clone took: taken only if nothing else is.
+        let mut fallback = None;
         for (_, endpoint, usable) in picks.into_iter().flatten() {
             match usable {
                 Usable::ProbeDue => {
-                    if endpoint.claim_probe(now) {
-                        return Some((endpoint, true));
+                    if let Some(claim) = endpoint.claim_probe(now) {
+                        return Some((endpoint, Some(claim)));
                     }
                     if panic {
-                        return Some((endpoint, false));
+                        return Some((endpoint, None));
                     }
                 }
                 _ => {
                     if self.shared.config.penalty.is_some() {
                         if let Some(seen) = endpoint.recheck_due(now, recheck_after) {
                             // A penalised endpoint's call again: one per period.
-                            endpoint.claim_recheck(seen, now);
+                            if !endpoint.claim_recheck(seen, now) {
+                                fallback.get_or_insert(endpoint);
+                                continue;
+                            }
                         }
                     }
-                    return Some((endpoint, false));
+                    return Some((endpoint, None));
                 }
             }
         }
-        None
+        fallback.map(|endpoint| (endpoint, None))
     }
 
     /// Orders two picks: probes due first, then endpoints a penalty has kept idle long enough to
@@ -305,16 +339,6 @@ where
     }
 }
 
-impl<K, S, C, O> Drop for Pool<K, S, C, O> {
-    fn drop(&mut self) {
-        if let Some(chosen) = self.chosen.take() {
-            if chosen.probe {
-                self.shared.release_probe(&chosen.endpoint);
-            }
-        }
-    }
-}
-
 impl<K, S, C, O> fmt::Debug for Pool<K, S, C, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pool")
@@ -342,52 +366,63 @@ where
         let changes = self.shared.changes();
         self.sync();
         let now = self.shared.now();
-        // What this clone chose before answers for now, or is given back.
+        // The endpoints this call has tried: one pending or failing is passed over for another.
+        let mut tried = [std::ptr::null(); ATTEMPTS + 1];
+        let mut n = 0;
+        // The first endpoint found pending: kept (its service clone holds this task's waker),
+        // with nothing reserved on it.
         let mut waited = None;
+        // What this clone chose before answers for now, or is given back.
         if let Some(mut chosen) = self.chosen.take() {
             if self.still_usable(&chosen) {
+                tried[n] = Arc::as_ptr(&chosen.endpoint);
+                n += 1;
                 match chosen.service.poll_ready(cx) {
                     Poll::Ready(Ok(())) => {
                         self.chosen = Some(chosen);
                         return Poll::Ready(Ok(()));
                     }
                     Poll::Ready(Err(_)) => {
-                        self.shared.not_ready(&chosen.endpoint, chosen.probe, now);
+                        self.shared
+                            .not_ready(&chosen.endpoint, chosen.claim_word(), now);
                     }
-                    Poll::Pending => waited = Some(chosen),
+                    Poll::Pending => {
+                        chosen.claim = None;
+                        waited = Some(chosen);
+                    }
                 }
-            } else {
-                self.release(chosen);
             }
         }
         for _ in 0..ATTEMPTS {
-            let avoid = waited.as_ref().map(|c: &Chosen<K, S>| c.endpoint.clone());
-            let Some((endpoint, probe)) = self.select(now, avoid.as_ref()) else {
+            let Some((endpoint, claim)) = self.select(now, &tried[..n]) else {
                 break;
             };
+            tried[n] = Arc::as_ptr(&endpoint);
+            n += 1;
+            let claim = claim.map(|word| Claim {
+                shared: self.shared.clone(),
+                endpoint: endpoint.clone(),
+                word,
+            });
             let mut chosen = Chosen {
                 service: endpoint.service.clone(),
                 endpoint,
-                probe,
+                claim,
             };
             match chosen.service.poll_ready(cx) {
                 Poll::Ready(Ok(())) => {
-                    if let Some(waited) = waited.take() {
-                        self.release(waited);
-                    }
                     self.chosen = Some(chosen);
                     return Poll::Ready(Ok(()));
                 }
                 // Not final: the endpoint is ejected, and tried again when its time is up.
-                Poll::Ready(Err(_)) => self.shared.not_ready(&chosen.endpoint, chosen.probe, now),
+                Poll::Ready(Err(_)) => {
+                    self.shared
+                        .not_ready(&chosen.endpoint, chosen.claim_word(), now)
+                }
                 Poll::Pending => {
-                    // Keep waiting on the first endpoint that made this clone wait; its waker
-                    // is registered.
-                    match waited {
-                        None => waited = Some(chosen),
-                        Some(_) => self.release(chosen),
-                    }
-                    break;
+                    // A pending probe is given back: another clone may find the endpoint ready.
+                    chosen.claim = None;
+                    waited.get_or_insert(chosen);
                 }
             }
         }
@@ -412,13 +447,27 @@ where
             self.shared.emitter().emit(EventKind::Rejected {
                 reason: RejectReason::NoHealthyEndpoint,
             });
-            return ResponseFuture::rejected(error);
+            return ResponseFuture::rejected(error.into());
         }
         let Chosen {
             endpoint,
             mut service,
-            probe,
+            claim,
         } = self.chosen.take().expect("poll_ready must be called first");
+        // The probe claimed in `poll_ready` goes out now, unless it was lost meanwhile.
+        let claimed = claim.is_some();
+        let probe = claim.is_some_and(Claim::send);
+        if !probe {
+            // Discovery may have removed the endpoint since `poll_ready` (one load); a lost
+            // probe is sent as an ordinary call only if the endpoint is back in rotation.
+            let word = endpoint.word();
+            if tag(word) == REMOVED || (claimed && !matches!(tag(word), AVAILABLE | HELD)) {
+                self.shared.emitter().emit(EventKind::Rejected {
+                    reason: RejectReason::EndpointUnavailable,
+                });
+                return ResponseFuture::rejected(EndpointUnavailable::new().into());
+            }
+        }
         // Counted before anything can fail, and given back by the future, whatever happens.
         endpoint.in_flight.fetch_add(1, Relaxed);
         let call = InFlight::new(

@@ -30,6 +30,13 @@ pub(crate) const EJECTED: u64 = 2;
 pub(crate) const PROBING: u64 = 3;
 /// Discovery removed it.
 pub(crate) const REMOVED: u64 = 4;
+/// Out of rotation, its one probe claimed by a pool clone's `poll_ready` and not sent yet; the
+/// time in the word is when it was claimed. A claim left unsent for [`CLAIM_TIMEOUT`] (a clone
+/// made ready and never called) is taken over by the next pool that wants to probe.
+pub(crate) const CLAIMED: u64 = 5;
+/// How long a probe claimed in `poll_ready` may wait for its `call` before another pool clone
+/// takes the claim over.
+pub(crate) const CLAIM_TIMEOUT: Duration = Duration::from_secs(1);
 /// Set beside `EJECTED` or `PROBING` when the ejection came from a failed readiness: such an
 /// endpoint is not polled again before its time, even by a pool in panic.
 const NOT_READY: u64 = 1 << TAG_BITS;
@@ -44,6 +51,16 @@ pub(crate) fn tag(word: u64) -> u64 {
 #[inline(always)]
 fn time(word: u64) -> u64 {
     word >> TIME_SHIFT
+}
+
+/// Whether an ejected endpoint's time is up, or a claimed probe has waited too long for its call.
+#[inline(always)]
+fn probe_due(word: u64, now: u64) -> bool {
+    match tag(word) {
+        EJECTED => time(word) <= now,
+        CLAIMED => time(word).saturating_add(nanos(CLAIM_TIMEOUT)) <= now,
+        _ => false,
+    }
 }
 
 #[inline(always)]
@@ -123,21 +140,35 @@ impl<K, S> Endpoint<K, S> {
         let word = self.word();
         match tag(word) {
             AVAILABLE | HELD => Some(Usable::Rotation),
-            EJECTED if time(word) <= now => Some(Usable::ProbeDue),
-            EJECTED | PROBING if panic && word & NOT_READY == 0 => Some(Usable::Panic),
+            EJECTED | CLAIMED if probe_due(word, now) => Some(Usable::ProbeDue),
+            EJECTED | PROBING | CLAIMED if panic && word & NOT_READY == 0 => Some(Usable::Panic),
             _ => None,
         }
     }
 
-    /// Claims the one probe of an endpoint whose ejection is over.
-    pub(crate) fn claim_probe(&self, now: u64) -> bool {
+    /// Claims the one probe of an endpoint whose ejection is over (or takes over a claim left
+    /// unsent for [`CLAIM_TIMEOUT`]). The claim, a word no other claim has, is what
+    /// [`send_probe`](Self::send_probe) and [`Shared::release_claim`] take.
+    pub(crate) fn claim_probe(&self, now: u64) -> Option<u64> {
         let word = self.word();
-        tag(word) == EJECTED
-            && time(word) <= now
-            && self
-                .word
-                .compare_exchange(word, word & !TAG_MASK | PROBING, AcqRel, Acquire)
-                .is_ok()
+        if !matches!(tag(word), EJECTED | CLAIMED) || !probe_due(word, now) {
+            return None;
+        }
+        // A takeover comes at least `CLAIM_TIMEOUT` after the claim it replaces, so the new
+        // word differs from it: the clone that lost it cannot mistake it for its own.
+        let claim = pack(now, CLAIMED, word & NOT_READY != 0);
+        self.word
+            .compare_exchange(word, claim, AcqRel, Acquire)
+            .ok()
+            .map(|_| claim)
+    }
+
+    /// The call of a probe claimed as `claim` is made: the probe is in flight. False when the
+    /// claim was lost (taken over, or the endpoint removed) since.
+    pub(crate) fn send_probe(&self, claim: u64) -> bool {
+        self.word
+            .compare_exchange(claim, claim & !TAG_MASK | PROBING, AcqRel, Acquire)
+            .is_ok()
     }
 
     /// The estimate decayed to `now`, in nanoseconds.
@@ -197,7 +228,7 @@ impl<K, S> Endpoint<K, S> {
             EJECTED => super::handle::EndpointState::Ejected {
                 remaining: Duration::from_nanos(time(word).saturating_sub(now)),
             },
-            PROBING => super::handle::EndpointState::Probing,
+            PROBING | CLAIMED => super::handle::EndpointState::Probing,
             _ => super::handle::EndpointState::Removed,
         };
         super::handle::EndpointStatus {
@@ -387,7 +418,8 @@ impl<K, S, O> Shared<K, S, O> {
         ((members * self.config.max_ejection_ppm) / 1_000_000).max(1) as u32
     }
 
-    /// A probe claimed and not sent (its call dropped, or refused above): another may claim it.
+    /// A probe sent whose call ended telling nothing (dropped, or its answer ignored): another
+    /// may claim it.
     pub(crate) fn release_probe(&self, endpoint: &Endpoint<K, S>) {
         let word = endpoint.word();
         if tag(word) == PROBING
@@ -400,13 +432,31 @@ impl<K, S, O> Shared<K, S, O> {
         }
     }
 
-    /// The earliest end of an ejection now running, if any: what a pool with nothing to send to
-    /// waits for.
+    /// A probe claimed as `claim` and not sent (its clone dropped, or its choice given up):
+    /// another may claim it. Nothing if the claim was lost since.
+    pub(crate) fn release_claim(&self, endpoint: &Endpoint<K, S>, claim: u64) {
+        if endpoint
+            .word
+            .compare_exchange(claim, claim & !TAG_MASK | EJECTED, AcqRel, Acquire)
+            .is_ok()
+        {
+            self.notify();
+        }
+    }
+
+    /// The earliest time a probe may be claimed (an ejection's end, or a claim's takeover), if
+    /// any: what a pool with nothing to send to waits for.
     pub(crate) fn next_expiry(&self, list: &List<K, S>) -> Option<u64> {
         list.iter()
             .filter_map(Weak::upgrade)
-            .filter(|e| tag(e.word()) == EJECTED)
-            .map(|e| time(e.word()))
+            .filter_map(|e| {
+                let word = e.word();
+                match tag(word) {
+                    EJECTED => Some(time(word)),
+                    CLAIMED => Some(time(word).saturating_add(nanos(CLAIM_TIMEOUT))),
+                    _ => None,
+                }
+            })
             .min()
     }
 
@@ -483,7 +533,7 @@ where
     fn retire(&self, endpoint: &Endpoint<K, S>) -> bool {
         let old = endpoint.word.swap(pack(0, REMOVED, false), AcqRel);
         match tag(old) {
-            EJECTED | PROBING => {
+            EJECTED | PROBING | CLAIMED => {
                 self.ejected.fetch_sub(1, AcqRel);
             }
             HELD => {
@@ -491,7 +541,7 @@ where
             }
             _ => {}
         }
-        matches!(tag(old), EJECTED | PROBING)
+        matches!(tag(old), EJECTED | PROBING | CLAIMED)
     }
 
     fn report_removed(&self, endpoint: &Endpoint<K, S>, ejected: bool) {
@@ -534,8 +584,8 @@ where
     }
 
     /// Ejects `endpoint` from the state `word` (in rotation, or probing), for `reason`. In
-    /// rotation, an endpoint the cap leaves no room for is held in instead. Whether it was
-    /// ejected.
+    /// rotation, an endpoint the cap leaves no room for is held in instead (and waiting pools
+    /// are woken: with it, no endpoint may be healthy). Whether it was ejected.
     pub(crate) fn eject(
         &self,
         endpoint: &Endpoint<K, S>,
@@ -544,7 +594,7 @@ where
         now: u64,
         hint: Option<Duration>,
     ) -> bool {
-        let probing = tag(word) == PROBING;
+        let probing = matches!(tag(word), PROBING | CLAIMED);
         if !probing {
             debug_assert!(matches!(tag(word), AVAILABLE | HELD));
             let cap = self.cap();
@@ -559,8 +609,10 @@ where
                     if endpoint
                         .word
                         .compare_exchange(word, pack(0, HELD, false), AcqRel, Acquire)
-                        .is_err()
+                        .is_ok()
                     {
+                        self.notify();
+                    } else {
                         self.held.fetch_sub(1, AcqRel);
                     }
                 }
@@ -595,21 +647,42 @@ where
         true
     }
 
-    /// The endpoint's readiness failed: it is ejected (or, a probe's, ejected again).
-    pub(crate) fn not_ready(&self, endpoint: &Endpoint<K, S>, probe: bool, now: u64) {
+    /// The endpoint's readiness failed: it is ejected (or, a probe's, ejected again). In
+    /// rotation it also counts as a local failure (the penalty in its estimate, its window), so
+    /// that an endpoint the cap holds in draws no load meanwhile. `claim` is the probe this
+    /// pool clone claimed on it, if any.
+    pub(crate) fn not_ready(&self, endpoint: &Endpoint<K, S>, claim: Option<u64>, now: u64) {
         let word = endpoint.word();
         match tag(word) {
-            PROBING if probe => {
+            CLAIMED if claim == Some(word) => {
                 self.eject(endpoint, word, EjectReason::NotReady, now, None);
             }
             AVAILABLE | HELD => {
-                endpoint.calls.fetch_add(1, Relaxed);
-                endpoint.failures.fetch_add(1, Relaxed);
-                endpoint.local_failures.fetch_add(1, Relaxed);
+                self.failed(endpoint, now, 0.0, true);
                 self.eject(endpoint, word, EjectReason::NotReady, now, None);
             }
             _ => {}
         }
+    }
+
+    /// Counts a failure (of a call that took `rtt_nanos`, or of a readiness) in the endpoint's
+    /// estimate (with the failure penalty), counters and window.
+    fn failed(&self, endpoint: &Endpoint<K, S>, now: u64, rtt_nanos: f64, local: bool) {
+        let config = &self.config;
+        let sample = match config.penalty {
+            Some(penalty) => {
+                endpoint.penalized.store(now + 1, Relaxed);
+                rtt_nanos.max(nanos(penalty) as f64)
+            }
+            None => rtt_nanos,
+        };
+        endpoint.observe(now, sample, config.tau, false);
+        endpoint.calls.fetch_add(1, Relaxed);
+        endpoint.failures.fetch_add(1, Relaxed);
+        if local {
+            endpoint.local_failures.fetch_add(1, Relaxed);
+        }
+        endpoint.window.record(now, Sample::new(true, false));
     }
 
     /// A call to `endpoint` finished with `outcome` after `rtt`; `local` when it was the
@@ -629,22 +702,7 @@ where
         let config = &self.config;
         let rtt_nanos = nanos(rtt) as f64;
         match outcome {
-            Outcome::Failure => {
-                let sample = match config.penalty {
-                    Some(penalty) => {
-                        endpoint.penalized.store(now + 1, Relaxed);
-                        rtt_nanos.max(nanos(penalty) as f64)
-                    }
-                    None => rtt_nanos,
-                };
-                endpoint.observe(now, sample, config.tau, false);
-                endpoint.calls.fetch_add(1, Relaxed);
-                endpoint.failures.fetch_add(1, Relaxed);
-                if local {
-                    endpoint.local_failures.fetch_add(1, Relaxed);
-                }
-                endpoint.window.record(now, Sample::new(true, false));
-            }
+            Outcome::Failure => self.failed(endpoint, now, rtt_nanos, local),
             _ => {
                 // The first answer after a penalty, or a probe's, restarts the estimate: the
                 // penalty (or the ejection) has done its work.

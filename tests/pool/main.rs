@@ -9,7 +9,7 @@ use seawall::core::{EjectReason, Event, EventKind};
 use seawall::error::ErrorKind;
 use seawall::http::HttpClassifier;
 use seawall::pool::{ConfigError, EndpointState, Pool, PoolHandle};
-use sim::{drive, Replica};
+use sim::{drive, Ep, Replica, Switch, NOT_READY, PANIC_ONCE, PENDING, READY};
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
@@ -316,6 +316,131 @@ async fn ejection_then_one_probe() {
     assert!(kinds.iter().any(|k| k == "EndpointReturned"), "{kinds:?}");
 }
 
+/// A clone that claimed a probe in `poll_ready` and is never called does not hold it: another
+/// clone takes the claim over, and the endpoint comes back.
+#[tokio::test(start_paused = true)]
+async fn an_idle_ready_clone_does_not_hold_the_probe() {
+    let origin = Instant::now();
+    let all: Vec<Replica> = (0..2)
+        .map(|_| Replica::new(Duration::from_millis(1), origin))
+        .collect();
+    all[0].behaviour.erroring.store(true, SeqCst);
+    let pool = Pool::builder()
+        .no_failure_penalty()
+        .consecutive_local_failures(1)
+        .ejection_jitter(0.0)
+        .seed(3)
+        .build(all.clone())
+        .unwrap();
+    let handle = pool.handle();
+    while handle.ejected() == 0 {
+        let _ = pool.clone().oneshot(Request::new(())).await;
+    }
+    all[0].behaviour.erroring.store(false, SeqCst);
+    tokio::time::advance(Duration::from_secs(31)).await;
+    let mut idle = pool.clone();
+    // Ready: the due probe (ranked first) is claimed by this clone, which then sits idle.
+    futures::future::poll_fn(|cx| idle.poll_ready(cx))
+        .await
+        .unwrap();
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    for _ in 0..100 {
+        pool.clone().oneshot(Request::new(())).await.unwrap();
+    }
+    assert_ne!(
+        handle.endpoints()[0].state,
+        EndpointState::Probing,
+        "an hour on, still probing: {:?}",
+        handle.endpoints()[0]
+    );
+    drop(idle);
+}
+
+/// A claim taken over is the new claimant's: the clone that lost it, called late while the
+/// endpoint is still ejected, sends nothing and fails with `EndpointUnavailable` (safe to retry).
+#[tokio::test(start_paused = true)]
+async fn a_probe_claim_taken_over_is_not_sent_by_the_clone_that_lost_it() {
+    let eps = [Switch::default(), Switch::default()];
+    let pool = one_failure_ejects().seed(16).build(eps.clone()).unwrap();
+    let handle = pool.handle();
+    eject_until_probe_due(&pool, &handle, &eps, false).await;
+    let mut idle = pool.clone();
+    futures::future::poll_fn(|cx| idle.poll_ready(cx))
+        .await
+        .unwrap();
+    assert_eq!(handle.endpoints()[0].state, EndpointState::Probing);
+    // Within a second the claim is the idle clone's: others do not probe.
+    tokio::time::advance(Duration::from_millis(900)).await;
+    pool.clone().oneshot(1).await.unwrap();
+    assert_eq!(eps[0].calls(), 1, "no second probe");
+    // After it, another clone takes the claim over; its probe fails again.
+    tokio::time::advance(Duration::from_millis(200)).await;
+    let _ = pool.clone().oneshot(1).await;
+    assert_eq!(eps[0].calls(), 2, "the probe taken over");
+    assert!(matches!(
+        handle.endpoints()[0].state,
+        EndpointState::Ejected { .. }
+    ));
+    let err = idle.call(1).await.unwrap_err();
+    assert_eq!(
+        seawall::error::kind(&*err),
+        Some(ErrorKind::EndpointUnavailable)
+    );
+    assert_eq!(eps[0].calls(), 2, "nothing sent by the clone that lost it");
+}
+
+/// A claimed probe is given back whatever unwinds: an endpoint readiness that panics right after
+/// the claim, or an observer that panics in `call`. The endpoint is probed by the next call.
+#[tokio::test(start_paused = true)]
+async fn a_probe_claim_is_given_back_when_something_panics() {
+    let eps = [Switch::default(), Switch::default()];
+    let panicking = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let armed = panicking.clone();
+    let pool = one_failure_ejects()
+        .observer(move |e: &Event<'_>| {
+            if matches!(e.kind, EventKind::Permitted) && armed.load(SeqCst) {
+                panic!("observer panicked");
+            }
+        })
+        .seed(17)
+        .build(eps.clone())
+        .unwrap();
+    let handle = pool.handle();
+    eject_until_probe_due(&pool, &handle, &eps, true).await;
+    let poll_ready = |pool: &mut Pool<usize, Switch, _, _>| {
+        let mut cx = task::spawn(());
+        cx.enter(|cx, _| pool.poll_ready(cx))
+    };
+    // The endpoint's readiness panics once, right after its probe was claimed.
+    eps[0].set(PANIC_ONCE);
+    let mut a = pool.clone();
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| poll_ready(&mut a)));
+    assert!(unwound.is_err());
+    assert!(
+        matches!(handle.endpoints()[0].state, EndpointState::Ejected { .. }),
+        "{:?}",
+        handle.endpoints()[0]
+    );
+    // The observer panics as the probe's call is made.
+    let mut b = pool.clone();
+    assert!(matches!(poll_ready(&mut b), Poll::Ready(Ok(()))));
+    assert_eq!(handle.endpoints()[0].state, EndpointState::Probing);
+    panicking.store(true, SeqCst);
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| b.call(1)));
+    assert!(unwound.is_err());
+    panicking.store(false, SeqCst);
+    assert!(
+        matches!(handle.endpoints()[0].state, EndpointState::Ejected { .. }),
+        "{:?}",
+        handle.endpoints()[0]
+    );
+    // Nothing leaked: the next call probes the endpoint and brings it back.
+    let before = eps[0].calls();
+    pool.clone().oneshot(1).await.unwrap();
+    assert_eq!(eps[0].calls(), before + 1);
+    assert_eq!(handle.endpoints()[0].state, EndpointState::Available);
+}
+
 /// `Retry-After` on a 503 ejects the endpoint for that long (capped).
 #[tokio::test(start_paused = true)]
 async fn retry_after_ejects_for_the_hint() {
@@ -392,6 +517,188 @@ async fn readiness_errors_are_not_final() {
     assert_pending!(t.poll(), "the call is made, and takes its time");
     tokio::time::advance(Duration::from_millis(5)).await;
     assert_ready!(t.poll()).unwrap();
+}
+
+/// A pool whose endpoints are ejected by one failure (no penalty, no jitter).
+fn one_failure_ejects() -> seawall::pool::Builder {
+    Pool::builder()
+        .no_failure_penalty()
+        .consecutive_local_failures(1)
+        .ejection_jitter(0.0)
+}
+
+/// Ejects the first of `eps` by failing its calls, then waits until its probe is due (healed
+/// first if `heal`).
+async fn eject_until_probe_due<P>(pool: &P, handle: &PoolHandle, eps: &[Switch], heal: bool)
+where
+    P: Service<u32, Response = u32, Error = BoxError> + Clone,
+{
+    eps[0].fail(true);
+    while handle.ejected() == 0 {
+        let _ = pool.clone().oneshot(1).await;
+    }
+    if heal {
+        eps[0].fail(false);
+    }
+    tokio::time::advance(Duration::from_secs(31)).await;
+}
+
+/// One endpoint's readiness pending must not stall a call while another endpoint is ready.
+#[tokio::test(start_paused = true)]
+async fn a_pending_endpoint_is_passed_over_for_a_ready_one() {
+    let mut stalled = 0;
+    for seed in 0..20 {
+        // A fresh pool per seed: the first call's draw (both estimates equal) decides.
+        let pool = Pool::builder()
+            .seed(seed)
+            .build([Ep { stuck: true }, Ep { stuck: false }])
+            .unwrap();
+        // (A timeout's own wake-up re-polls the call, which then finds the other endpoint:
+        // measure the time taken instead.)
+        let start = Instant::now();
+        let call = pool.clone().oneshot(seed as u32);
+        let _ = tokio::time::timeout(Duration::from_secs(60), call).await;
+        if start.elapsed() >= Duration::from_secs(1) {
+            stalled += 1;
+        }
+    }
+    assert_eq!(
+        stalled, 0,
+        "{stalled} of 20 calls waited 60 s on the pending endpoint"
+    );
+}
+
+/// Every endpoint pending: the call waits with nothing reserved (no call counted, and a due
+/// probe not held by the waiting clone), and is woken by the endpoint it kept waiting on.
+#[tokio::test(start_paused = true)]
+async fn every_endpoint_pending_waits_with_nothing_reserved() {
+    let eps = [Switch::default(), Switch::default()];
+    let pool = one_failure_ejects().seed(13).build(eps.clone()).unwrap();
+    let handle = pool.handle();
+    eject_until_probe_due(&pool, &handle, &eps, true).await;
+    // The probe is due, but both endpoints' readiness is pending.
+    eps[0].set(PENDING);
+    eps[1].set(PENDING);
+    let mut t = task::spawn(pool.clone().oneshot(7));
+    assert_pending!(t.poll());
+    for e in handle.endpoints() {
+        assert_eq!(e.in_flight, 0, "{e:?}");
+    }
+    assert!(
+        matches!(handle.endpoints()[0].state, EndpointState::Ejected { .. }),
+        "a pending endpoint's probe is not held: {:?}",
+        handle.endpoints()[0]
+    );
+    // Another clone may probe it meanwhile; this one is woken when an endpoint gets ready.
+    eps[0].set(READY);
+    eps[1].set(READY);
+    assert!(t.is_woken());
+    assert_eq!(assert_ready!(t.poll()).unwrap(), 7);
+}
+
+/// An endpoint held in by the cap whose readiness fails must not stall calls while two
+/// healthy endpoints are ready.
+#[tokio::test(start_paused = true)]
+async fn a_held_endpoint_whose_readiness_fails_is_passed_over() {
+    let origin = Instant::now();
+    let all: Vec<Replica> = (0..4)
+        .map(|_| Replica::new(Duration::from_millis(1), origin))
+        .collect();
+    all[0].behaviour.not_ready.store(true, SeqCst);
+    all[1].behaviour.not_ready.store(true, SeqCst);
+    let pool = Pool::builder()
+        .max_ejection_percent(25.0) // cap 1 of 4
+        .initial_rtt(Duration::from_micros(1))
+        .seed(2)
+        .build(all.clone())
+        .unwrap();
+    let handle = pool.handle();
+    let mut stalled = 0;
+    for _ in 0..50 {
+        let start = Instant::now();
+        let call = pool.clone().oneshot(Request::new(()));
+        let _ = tokio::time::timeout(Duration::from_secs(60), call).await;
+        if start.elapsed() >= Duration::from_secs(1) {
+            stalled += 1;
+        }
+    }
+    println!("{:?}", handle.endpoints());
+    assert_eq!((handle.ejected(), handle.held()), (1, 1));
+    assert_eq!(
+        stalled, 0,
+        "{stalled} of 50 calls waited > 1 s with 2 healthy endpoints"
+    );
+}
+
+/// A readiness error counts as a local failure with the failure penalty: an endpoint the cap
+/// holds in draws no load for it, and is never failed for the pool.
+#[tokio::test(start_paused = true)]
+async fn a_readiness_error_counts_as_a_penalised_failure() {
+    let eps = [Switch::default(), Switch::default(), Switch::default()];
+    let pool = Pool::builder()
+        .max_ejection_percent(34.0) // cap 1 of 3
+        .initial_rtt(MS)
+        .seed(14)
+        .build(eps.clone())
+        .unwrap();
+    let handle = pool.handle();
+    eps[0].set(NOT_READY);
+    eps[1].set(NOT_READY);
+    for _ in 0..20 {
+        assert_eq!(pool.clone().oneshot(3).await.unwrap(), 3);
+    }
+    assert_eq!((handle.ejected(), handle.held()), (1, 1));
+    let held = handle
+        .endpoints()
+        .into_iter()
+        .find(|e| e.state == EndpointState::Held)
+        .unwrap();
+    assert!(held.local_failures >= 1, "{held:?}");
+    assert!(
+        held.rtt >= Duration::from_millis(4900),
+        "penalised: {held:?}"
+    );
+    assert_eq!(eps[0].calls() + eps[1].calls(), 0);
+    assert_eq!(eps[2].calls(), 20);
+}
+
+/// An endpoint the cap holds in wakes the clones waiting for a change: with it no endpoint
+/// may be healthy, and a pool that fails fast then refuses at once.
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_becoming_held_wakes_waiting_clones() {
+    let eps = [Switch::default(), Switch::default()];
+    let pool = Pool::builder()
+        .fail_fast()
+        .no_failure_penalty()
+        .consecutive_local_failures(1)
+        .seed(15)
+        .build(eps.clone())
+        .unwrap();
+    let handle = pool.handle();
+    // The first endpoint's readiness fails: ejected (the cap, one of two, is reached).
+    eps[0].set(NOT_READY);
+    while handle.ejected() == 0 {
+        pool.clone().oneshot(1).await.unwrap();
+    }
+    let mut b = pool.clone();
+    futures::future::poll_fn(|cx| b.poll_ready(cx))
+        .await
+        .unwrap();
+    // The other endpoint's readiness now pends: a new call waits on it.
+    eps[1].set(PENDING);
+    eps[1].fail(true);
+    let mut t = task::spawn(pool.clone().oneshot(2));
+    assert_pending!(t.poll());
+    assert!(!t.is_woken());
+    // `b`'s call fails: the endpoint would be ejected, and the cap holds it in instead.
+    b.call(1).await.unwrap_err();
+    assert_eq!(handle.held(), 1);
+    assert!(t.is_woken(), "the waiting call is told");
+    let err = assert_ready!(t.poll()).unwrap_err();
+    assert_eq!(
+        seawall::error::kind(&*err),
+        Some(ErrorKind::NoHealthyEndpoint)
+    );
 }
 
 /// The load: a slow endpoint's estimate is its own time, a failure's the penalty.
@@ -534,6 +841,55 @@ async fn discovery_churn() {
     drop(handle);
     // The stream ended with the test's sender: the driver with it.
     driver.await.unwrap().unwrap();
+}
+
+/// No request goes to a removed endpoint: a clone made ready on an endpoint that discovery
+/// then removes fails its call with `EndpointUnavailable` (a 503, safe to retry) and sends
+/// nothing; the next call chooses again.
+#[tokio::test(start_paused = true)]
+async fn a_call_after_its_endpoint_was_removed_is_refused() {
+    let (changes, rx) = tokio::sync::mpsc::unbounded_channel();
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|change| (Ok::<_, std::io::Error>(change), rx))
+    });
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let recorded = events.clone();
+    let (pool, driver) = Pool::builder()
+        .observer(move |e: &Event<'_>| recorded.lock().unwrap().push(e.kind))
+        .seed(18)
+        .build_discover(Box::pin(stream))
+        .unwrap();
+    let handle = pool.handle();
+    tokio::spawn(driver);
+    let (gone, kept) = (Switch::default(), Switch::default());
+    changes.send(Change::Insert(0u32, gone.clone())).unwrap();
+    let mut a = pool.clone();
+    a.ready().await.unwrap();
+    changes.send(Change::Insert(1u32, kept.clone())).unwrap();
+    changes.send(Change::Remove(0u32)).unwrap();
+    while handle.len() != 1 || handle.endpoints()[0].key != "1" {
+        tokio::task::yield_now().await;
+    }
+    let err = a.call(5).await.unwrap_err();
+    assert_eq!(
+        seawall::error::kind(&*err),
+        Some(ErrorKind::EndpointUnavailable)
+    );
+    assert_eq!(
+        seawall::http::status(ErrorKind::EndpointUnavailable),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert!(events.lock().unwrap().iter().any(|e| matches!(
+        e,
+        EventKind::Rejected {
+            reason: seawall::core::RejectReason::EndpointUnavailable
+        }
+    )));
+    assert_eq!(gone.calls(), 0, "nothing reached the removed endpoint");
+    assert_eq!(a.ready().await.unwrap().call(6).await.unwrap(), 6);
+    assert_eq!(kept.calls(), 1);
 }
 
 /// A repeated `poll_ready` answers for now: an endpoint ejected since is given up for another.

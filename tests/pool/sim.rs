@@ -185,3 +185,94 @@ where
         .into_inner()
         .unwrap()
 }
+
+/// An endpoint whose readiness is fixed: pending for good when `stuck` (a full buffer, a
+/// connect that hangs), ready otherwise.
+#[derive(Clone)]
+pub struct Ep {
+    pub stuck: bool,
+}
+
+impl Service<u32> for Ep {
+    type Response = u32;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<u32, std::io::Error>>;
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.stuck {
+            Poll::Pending
+        } else {
+            Poll::Ready(Ok(()))
+        }
+    }
+    fn call(&mut self, x: u32) -> Self::Future {
+        std::future::ready(Ok(x))
+    }
+}
+
+/// Readiness of a [`Switch`]: ready, pending (the waker kept, woken on a change), failing, or
+/// panicking once.
+pub const READY: u8 = 0;
+pub const PENDING: u8 = 1;
+pub const NOT_READY: u8 = 2;
+pub const PANIC_ONCE: u8 = 3;
+
+/// An endpoint whose readiness and answers the test switches; clones share the switches.
+#[derive(Clone, Default)]
+pub struct Switch(Arc<SwitchState>);
+
+#[derive(Default)]
+pub struct SwitchState {
+    readiness: std::sync::atomic::AtomicU8,
+    waker: Mutex<Option<std::task::Waker>>,
+    /// Calls fail (an error) while set.
+    pub failing: AtomicBool,
+    /// Calls received.
+    pub calls: AtomicU64,
+}
+
+impl Switch {
+    /// Sets its readiness, waking the task that last found it pending.
+    pub fn set(&self, readiness: u8) {
+        self.0.readiness.store(readiness, SeqCst);
+        if let Some(waker) = self.0.waker.lock().unwrap().take() {
+            waker.wake();
+        }
+    }
+
+    pub fn fail(&self, failing: bool) {
+        self.0.failing.store(failing, SeqCst);
+    }
+
+    pub fn calls(&self) -> u64 {
+        self.0.calls.load(SeqCst)
+    }
+}
+
+impl Service<u32> for Switch {
+    type Response = u32;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<u32, std::io::Error>>;
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        match self.0.readiness.load(SeqCst) {
+            PENDING => {
+                *self.0.waker.lock().unwrap() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            NOT_READY => Poll::Ready(Err(std::io::Error::other("not ready"))),
+            PANIC_ONCE => {
+                self.0.readiness.store(READY, SeqCst);
+                panic!("readiness panicked");
+            }
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+    fn call(&mut self, x: u32) -> Self::Future {
+        self.0.calls.fetch_add(1, SeqCst);
+        if self.0.failing.load(SeqCst) {
+            return std::future::ready(Err(std::io::Error::from(
+                std::io::ErrorKind::ConnectionReset,
+            )));
+        }
+        std::future::ready(Ok(x))
+    }
+}
