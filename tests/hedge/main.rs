@@ -4,5 +4,6 @@
 mod percentile;
 mod readiness;
 mod replay;
+mod review;
 mod rules;
 mod tail;
