@@ -18,31 +18,6 @@ use tower::{service_fn, BoxError, Layer, Service, ServiceBuilder, ServiceExt};
 
 const MS: Duration = Duration::from_millis(1);
 
-/// R1: a budget shared by a retry layer and a hedge layer (the module docs' tuned example) takes
-/// two deposits per request: one in each layer.
-#[tokio::test(start_paused = true)]
-async fn a_shared_budget_takes_one_deposit_per_request() {
-    let budget = Budget::ratio(0.1, 0, Duration::from_secs(10)).unwrap();
-    let hedge = HedgeLayer::builder()
-        .delay(50 * MS)
-        .budget(budget.clone())
-        .build()
-        .unwrap();
-    let retry = RetryLayer::builder()
-        .budget(budget.clone())
-        .build()
-        .unwrap();
-    let service = ServiceBuilder::new()
-        .layer(retry)
-        .layer(hedge)
-        .service(service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) }));
-    for _ in 0..100 {
-        service.clone().oneshot(()).await.unwrap();
-    }
-    // 100 requests at 0.1 a request: one bound of 10 retries-or-hedges.
-    assert_eq!(budget.available(), 10.0);
-}
-
 /// An HTTP backend: the first call answers 503 with `Retry-After: 3600` after 10 ms, the others
 /// 200 after 10 ms.
 #[derive(Clone, Default)]

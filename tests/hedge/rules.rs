@@ -6,6 +6,7 @@ use seawall::core::{Classify, Deadline, DeadlineCarrier, Event, EventKind, Outco
 use seawall::hedge::{Attempt, ConfigError, HedgeLayer, MAX_ATTEMPTS};
 use seawall::retry::budget::Budget;
 use seawall::retry::policy::Policy;
+use seawall::retry::RetryLayer;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
@@ -13,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
-use tower::{BoxError, Layer, Service, ServiceExt};
+use tower::{service_fn, BoxError, Layer, Service, ServiceBuilder, ServiceExt};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -332,6 +333,29 @@ async fn the_default_budget_bounds_hedges_to_the_extra_load() {
     let hedges = backend.calls() - 400;
     assert!(hedges <= 20 + 40 + 1, "{hedges} hedges");
     assert!(hedges >= 20, "the budget is used: {hedges} hedges");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_budget_shared_with_a_retry_layer_above_takes_one_deposit_per_request() {
+    let budget = Budget::ratio(0.1, 0, Duration::from_secs(10)).unwrap();
+    let hedge = HedgeLayer::builder()
+        .delay(50 * MS)
+        .budget(budget.withdraw_only())
+        .build()
+        .unwrap();
+    let retry = RetryLayer::builder()
+        .budget(budget.clone())
+        .build()
+        .unwrap();
+    let service = ServiceBuilder::new()
+        .layer(retry)
+        .layer(hedge)
+        .service(service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) }));
+    for _ in 0..100 {
+        service.clone().oneshot(()).await.unwrap();
+    }
+    // 100 requests at 0.1 a request: one bound of 10 retries-or-hedges.
+    assert_eq!(budget.available(), 10.0);
 }
 
 /// An HTTP backend: the n-th call waits and answers with the status (and `Retry-After`) of its
