@@ -318,15 +318,16 @@ where
                         return Poll::Ready(result);
                     }
                     Verdict::Next => {
-                        // The next hedge goes at once, unless the server asked to wait.
+                        // The next hedge goes at once, unless the server asked to wait: past
+                        // `max_hint`, the server is not waited for, and no more hedges go.
                         let now = read(&mut clock);
                         *this.next = Some(now);
                         if let Some(hint) = this.classify.retry_after(&result) {
                             match now.checked_add(hint) {
-                                Some(until) => {
+                                Some(until) if hint <= this.limits.max_hint => {
                                     *this.held = Some(this.held.map_or(until, |h| h.max(until)))
                                 }
-                                None => *this.service = None,
+                                _ => *this.service = None,
                             }
                         }
                     }

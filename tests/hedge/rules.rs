@@ -439,6 +439,55 @@ async fn a_server_hint_holds_further_hedges_back() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_server_hint_past_max_hint_stops_hedges_and_the_first_answer_returns_at_once() {
+    // The first attempt answers 503 with Retry-After: 3600 at 10 ms: past `max_hint` (60 s by
+    // default, as retry's), it is not waited for, and with nothing else in flight it is the
+    // answer.
+    let backend = HttpScripted::new(&[(10, 503, Some("3600")), (10, 200, None)]);
+    let layer = HedgeLayer::http()
+        .delay(50 * MS)
+        .no_budget()
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let response = layer
+        .layer(backend.clone())
+        .oneshot(Request::get("/items").body(String::new()).unwrap())
+        .await
+        .unwrap();
+    let took = start.elapsed();
+    assert!(
+        took <= Duration::from_secs(60),
+        "answered {} after {took:?}",
+        response.status()
+    );
+    assert_eq!(
+        (response.status(), took),
+        (StatusCode::SERVICE_UNAVAILABLE, 10 * MS)
+    );
+    assert_eq!(backend.attempts(), [(1, Duration::ZERO)]);
+
+    // A hint within `max_hint` is waited for.
+    let backend = HttpScripted::new(&[(10, 503, Some("3600")), (10, 200, None)]);
+    let layer = HedgeLayer::http()
+        .delay(50 * MS)
+        .max_hint(Duration::from_secs(3600))
+        .no_budget()
+        .build()
+        .unwrap();
+    let request = Request::get("/items").body(String::new()).unwrap();
+    let response = layer.layer(backend.clone()).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        backend.attempts(),
+        [
+            (1, Duration::ZERO),
+            (2, Duration::from_secs(3600) + 10 * MS)
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn only_replayable_requests_are_hedged() {
     let backend = HttpScripted::new(&[(1000, 200, None)]);
     let layer = HedgeLayer::http()
