@@ -39,9 +39,11 @@ pin_project! {
         // The request, kept to copy for hedges and to ask the policy about failures; `None` when
         // it cannot be replayed.
         request: Option<Req>,
-        // The first attempt's failure, returned if every attempt fails.
+        // The first attempt's failure, returned if every attempt fails, or at the deadline.
         primary: Option<Result<S::Response, S::Error>>,
         sent: u32,
+        // An attempt has failed: a hedge that wins then did a retry's work.
+        failed: bool,
         // The delay between hedges and the request's deadline, read at the first pending poll.
         delay: Option<Duration>,
         deadline: Option<Instant>,
@@ -212,6 +214,7 @@ where
             request,
             primary: None,
             sent: 1,
+            failed: false,
             delay: None,
             deadline: None,
             next: None,
@@ -301,15 +304,20 @@ where
                         second.set(None);
                         *more = None;
                         *this.service = None;
+                        *this.primary = None;
                         if let Verdict::Won = verdict {
                             this.sample.success();
                             if let Some(budget) = this.sample.budget() {
-                                // As for a retry: a winning hedge gives its cost back to a
-                                // token bucket.
-                                budget.record_success(attempt - 1);
+                                // A token bucket's refund: a winning hedge sent after a failure
+                                // did a retry's work and gives its cost back, as a retry would;
+                                // one sent only because the call was slow is paid for, and the
+                                // call refunds as one that succeeded at once.
+                                budget.record_success(if *this.failed { attempt - 1 } else { 0 });
                             }
                             if attempt > 1 {
-                                this.source.emit(EventKind::HedgeWon { attempt });
+                                // The call is settled first: an observer that panics here
+                                // leaves it ended, not cancelled.
+                                this.source.done_with(EventKind::HedgeWon { attempt });
                             }
                         } else {
                             this.sample.ended();
@@ -334,6 +342,7 @@ where
                     Verdict::NoMore => *this.service = None,
                     Verdict::Later => {}
                 }
+                *this.failed = true;
                 if attempt == 1 {
                     *this.primary = Some(result);
                 }
@@ -344,6 +353,17 @@ where
                     .as_ref()
                     .is_some_and(|m| m.third.is_some() || m.fourth.is_some() || m.fifth.is_some());
             if *this.sent >= this.limits.max_attempts {
+                *this.service = None;
+            }
+            // With no attempt in flight, a request whose copy cannot be sent now never will be
+            // (its body was too large to keep): the call ends now, not a delay later.
+            if !in_flight
+                && this.service.is_some()
+                && this
+                    .request
+                    .as_ref()
+                    .is_some_and(|request| !this.policy.can_replay(request))
+            {
                 *this.service = None;
             }
             // The first attempt has not answered at its first poll: the call starts waiting now,
@@ -477,16 +497,17 @@ where
                 *service = service.clone();
                 continue;
             }
+            // The copy first: a hedge the policy will not copy costs nothing.
+            let Some(mut req) = this.policy.replay(request) else {
+                *this.service = None;
+                continue;
+            };
             if this.sample.budget().is_some_and(|b| !b.try_withdraw()) {
                 *this.service = None;
                 this.source
                     .emit(EventKind::HedgeBudgetExhausted { attempt });
                 continue;
             }
-            let Some(mut req) = this.policy.replay(request) else {
-                *this.service = None;
-                continue;
-            };
             this.mark.mark(&mut req, attempt);
             let future = service.call(req);
             let i = *this.sent as usize;

@@ -287,6 +287,62 @@ async fn dropping_the_call_cancels_every_attempt() {
     assert_eq!(events.lock().unwrap().last(), Some(&EventKind::Cancelled));
 }
 
+/// Polls `call`, catching a panic: `Ok(None)` while pending, `Ok(Some(answer))` once ready.
+fn poll<F>(
+    call: &mut tokio_test::task::Spawn<F>,
+) -> std::thread::Result<Option<Result<u32, String>>>
+where
+    F: Future<Output = Result<u32, BoxError>>,
+{
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call.poll())).map(|p| match p {
+        Poll::Ready(answer) => Some(answer.map_err(|e| e.to_string())),
+        Poll::Pending => None,
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_observer_panicking_at_hedge_won_leaves_the_call_ended() {
+    // The first attempt fails at 10 ms (its failure is kept), the hedge sent then wins at 20 ms.
+    let backend = Scripted::new(&[(10, Err("503")), (10, Ok(2))]);
+    let (events, record) = recorder();
+    let observer = move |e: &Event<'_>| {
+        record(e);
+        if let EventKind::HedgeWon { .. } = e.kind {
+            panic!("the observer panics at HedgeWon");
+        }
+    };
+    let layer = fixed(50, 2).observer(observer).build().unwrap();
+    let mut service = layer.layer(backend.clone());
+    let mut call = tokio_test::task::spawn(service.call(0));
+    tokio_test::assert_pending!(call.poll());
+    tokio::time::advance(10 * MS).await;
+    tokio_test::assert_pending!(call.poll());
+    tokio::time::advance(10 * MS).await;
+    assert!(
+        poll(&mut call).is_err(),
+        "the observer's panic reaches the caller"
+    );
+    assert_eq!(
+        backend.live(),
+        0,
+        "the attempts were dropped before the event"
+    );
+    // Polled again, the call has ended: it does not answer with the first attempt's failure.
+    assert!(
+        !matches!(poll(&mut call), Ok(Some(_))),
+        "a call that ended answers nothing more"
+    );
+    drop(call);
+    assert_eq!(
+        *events.lock().unwrap(),
+        [
+            EventKind::HedgeSent { attempt: 2 },
+            EventKind::HedgeWon { attempt: 2 }
+        ],
+        "the call that ended is not reported cancelled"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn each_hedge_takes_from_the_budget() {
     // Room for one hedge: a bucket of 5 tokens, 5 a hedge, no refund.
@@ -356,6 +412,44 @@ async fn a_budget_shared_with_a_retry_layer_above_takes_one_deposit_per_request(
     }
     // 100 requests at 0.1 a request: one bound of 10 retries-or-hedges.
     assert_eq!(budget.available(), 10.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_that_wins_a_slow_call_is_paid_for_from_a_token_bucket() {
+    // A bucket with room for two hedges (10 tokens, 5 a hedge, no refund for a call that
+    // succeeds at once), and twenty calls whose first attempt takes a second and whose hedge
+    // wins after 60 ms: a winning hedge of a slow call keeps its cost, so two are sent.
+    let budget = Budget::token_bucket(10, 5, 0).unwrap();
+    let layer = HedgeLayer::builder()
+        .delay(50 * MS)
+        .budget(budget.clone())
+        .build()
+        .unwrap();
+    let mut total = 0;
+    for _ in 0..20 {
+        let backend = Scripted::new(&[(1000, Ok(1)), (10, Ok(2))]);
+        layer.layer(backend.clone()).oneshot(0).await.unwrap();
+        total += backend.calls();
+    }
+    let hedges = total - 20;
+    assert!(hedges <= 2, "{hedges} hedges from a bucket of 2");
+    assert_eq!(hedges, 2, "the bucket is used");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_that_wins_after_a_failure_gives_its_cost_back_as_a_retry() {
+    // The first attempt fails at 10 ms, the hedge sent at once succeeds: it did a retry's work,
+    // and a token bucket takes its cost back, as for a retry that succeeds.
+    let budget = Budget::token_bucket(10, 5, 0).unwrap();
+    let layer = HedgeLayer::builder()
+        .delay(50 * MS)
+        .budget(budget.clone())
+        .build()
+        .unwrap();
+    let backend = Scripted::new(&[(10, Err("503")), (10, Ok(2))]);
+    assert_eq!(layer.layer(backend.clone()).oneshot(0).await.unwrap(), 2);
+    assert_eq!(backend.calls(), 2);
+    assert_eq!(budget.available(), 2.0);
 }
 
 /// An HTTP backend: the n-th call waits and answers with the status (and `Retry-After`) of its
