@@ -375,16 +375,25 @@ where
             }
             let Some(service) = this.service.as_mut() else {
                 if in_flight {
-                    return Poll::Pending;
+                    // The first attempt's failure is in hand: it is the answer at the deadline,
+                    // which a timeout above would otherwise replace with its own error.
+                    let Some(deadline) = this.deadline.filter(|_| this.primary.is_some()) else {
+                        return Poll::Pending;
+                    };
+                    if arm(timer.as_mut(), deadline, cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    first.set(None);
+                    second.set(None);
+                    *more = None;
                 }
-                // Every attempt failed: the first one's answer.
+                // Every attempt failed, or the deadline came: the first one's answer.
+                let Some(primary) = this.primary.take() else {
+                    panic!("a hedge's response future was polled after it returned");
+                };
                 this.sample.ended();
                 this.source.done();
-                return Poll::Ready(
-                    this.primary
-                        .take()
-                        .expect("the first attempt's failure is kept until the call ends"),
-                );
+                return Poll::Ready(primary);
             };
             let request = this
                 .request

@@ -4,6 +4,5 @@
 mod percentile;
 mod readiness;
 mod replay;
-mod review;
 mod rules;
 mod tail;

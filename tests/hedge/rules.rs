@@ -626,6 +626,47 @@ async fn nothing_is_hedged_past_the_deadline() {
     assert_eq!(backend.attempts().len(), 1);
 }
 
+#[cfg(feature = "timeout")]
+#[tokio::test(start_paused = true)]
+async fn at_the_deadline_the_first_attempts_failure_in_hand_is_the_answer() {
+    // The first attempt fails (503) at 10 ms, the hedge sent then would take a second; the
+    // deadline is at 100 ms. A retry layer answers the 503 in hand there; so does the hedge
+    // layer, rather than let the timeout above answer `Elapsed`.
+    use seawall::timeout::TimeoutLayer;
+    let script = [(10, 503, None), (1000, 200, None)];
+    let hedge = HedgeLayer::http()
+        .delay(50 * MS)
+        .no_budget()
+        .build()
+        .unwrap();
+    let retry = RetryLayer::http().build().unwrap();
+    let get = || Request::get("/items").body(String::new()).unwrap();
+    let retried = ServiceBuilder::new()
+        .layer(TimeoutLayer::new(100 * MS).propagate())
+        .layer(retry)
+        .service(HttpScripted::new(&script))
+        .oneshot(get())
+        .await;
+    let backend = HttpScripted::new(&script);
+    let start = Instant::now();
+    let hedged = ServiceBuilder::new()
+        .layer(TimeoutLayer::new(100 * MS).propagate())
+        .layer(hedge)
+        .service(backend.clone())
+        .oneshot(get())
+        .await;
+    assert_eq!(
+        retried.map(|r| r.status()).ok(),
+        Some(StatusCode::SERVICE_UNAVAILABLE)
+    );
+    assert_eq!(
+        hedged.map(|r| r.status()).ok(),
+        Some(StatusCode::SERVICE_UNAVAILABLE)
+    );
+    assert_eq!(start.elapsed(), 100 * MS);
+    assert_eq!(backend.attempts(), [(1, Duration::ZERO), (2, 10 * MS)]);
+}
+
 #[test]
 fn bad_configurations_are_errors() {
     let attempts = |n| HedgeLayer::builder().max_attempts(n).build().err();
