@@ -180,7 +180,8 @@ enum Verdict {
     Next,
     /// A failure the policy declined without ending the call: no more hedges.
     NoMore,
-    /// A failure the policy declined because the body cannot be sent now: hedges wait for it.
+    /// A failure the policy declined because the body cannot be sent now: hedges wait for it
+    /// (and with no attempt left in flight, the call ends).
     Later,
 }
 
