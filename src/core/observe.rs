@@ -775,6 +775,18 @@ impl<O: Observer> Listener<O> {
             self.0 = None;
         }
     }
+
+    /// The call has ended, and `kind` says how: marked done before `kind` is sent, so that an
+    /// observer panicking at it leaves the call ended, not reported as cancelled.
+    #[cfg(feature = "hedge")]
+    #[inline(always)]
+    pub(crate) fn done_with(&mut self, kind: EventKind) {
+        if O::ENABLED {
+            if let Some(source) = self.0.take() {
+                source.emitter().emit(kind);
+            }
+        }
+    }
 }
 
 #[cfg(any(feature = "timeout", feature = "retry", feature = "hedge"))]

@@ -52,7 +52,9 @@ enum BudgetChoice {
 /// |---|---|
 /// | delay | the `1 - max_extra_load` percentile of the last 10 s of latencies, at least 1 ms, once 100 are known ([`max_extra_load`](Self::max_extra_load), [`delay`](Self::delay) for a fixed one) |
 /// | [`max_extra_load`](Self::max_extra_load) | 5 % |
+/// | [`min_samples`](Self::min_samples) | 100 in the last 10 s: no hedging under 10 calls a second |
 /// | [`max_attempts`](Self::max_attempts) | 2 (one hedge), at most 5 |
+/// | [`max_hint`](Self::max_hint) | 60 s: a longer server hint stops further hedges |
 /// | [`budget`](Self::budget) | `max_extra_load` of the last 10 s of requests, plus 1 per second |
 /// | [`classify`](Self::classify) | every `Err` is a failure that sends the next hedge at once |
 /// | [`policy`](Self::policy) | any `Clone` request is hedged |
@@ -75,6 +77,7 @@ pub struct Builder<C = ErrorIsFailure, P = Cloned, M = (), O = ()> {
     max_extra_load: f64,
     min_samples: u32,
     max_attempts: u32,
+    max_hint: Duration,
     budget: BudgetChoice,
     classify: C,
     policy: P,
@@ -89,6 +92,7 @@ impl<C: std::fmt::Debug, P: std::fmt::Debug, M, O> std::fmt::Debug for Builder<C
             .field("delay", &self.delay)
             .field("max_extra_load", &self.max_extra_load)
             .field("max_attempts", &self.max_attempts)
+            .field("max_hint", &self.max_hint)
             .field("classify", &self.classify)
             .field("policy", &self.policy)
             .finish_non_exhaustive()
@@ -103,6 +107,7 @@ impl Default for Builder {
             max_extra_load: 0.05,
             min_samples: 100,
             max_attempts: 2,
+            max_hint: Duration::from_secs(60),
             budget: BudgetChoice::Default,
             classify: ErrorIsFailure,
             policy: Cloned,
@@ -135,7 +140,10 @@ impl<C, P, M, O> Builder<C, P, M, O> {
     }
 
     /// How many latencies the window must hold before the percentile delay is used (default
-    /// 100); until then no call is hedged.
+    /// 100); until then no call is hedged. The window holds the last 10 s, so with the default a
+    /// layer whose calls come at under 10 a second never holds enough, and hedges nothing: lower
+    /// it for such a client (a percentile over few samples is coarse), or fix the
+    /// [`delay`](Self::delay).
     pub fn min_samples(mut self, samples: u32) -> Self {
         self.min_samples = samples;
         self
@@ -148,8 +156,20 @@ impl<C, P, M, O> Builder<C, P, M, O> {
         self
     }
 
+    /// The longest server hint (`Retry-After`, `grpc-retry-pushback-ms`) obeyed, as retry's
+    /// [`max_hint`](crate::retry::Builder::max_hint) (default 60 s): a longer one stops further
+    /// hedges. The attempts in flight may still answer; with none left, the call returns the
+    /// first attempt's answer at once rather than wait out the hint.
+    pub fn max_hint(mut self, max: Duration) -> Self {
+        self.max_hint = max;
+        self
+    }
+
     /// Every hedge takes one retry from `budget`, and none is sent when it is empty. Give a retry
-    /// layer the same budget to bound its retries and these hedges together.
+    /// layer the same budget to bound its retries and these hedges together; when one of the two
+    /// layers is inside the other, give the inner one
+    /// [`budget.withdraw_only()`](Budget::withdraw_only), so that a request makes its deposit
+    /// once.
     pub fn budget(mut self, budget: Budget) -> Self {
         self.budget = BudgetChoice::Given(budget);
         self
@@ -204,6 +224,7 @@ impl<C, P, M, O> Builder<C, P, M, O> {
             max_extra_load: self.max_extra_load,
             min_samples: self.min_samples,
             max_attempts: self.max_attempts,
+            max_hint: self.max_hint,
             budget: self.budget,
             classify,
             policy,
@@ -251,6 +272,7 @@ impl<C, P, M, O> Builder<C, P, M, O> {
         Ok(HedgeLayer {
             limits: Limits {
                 max_attempts: self.max_attempts,
+                max_hint: self.max_hint,
                 delay,
             },
             budget: budget.clone(),

@@ -39,9 +39,11 @@ pin_project! {
         // The request, kept to copy for hedges and to ask the policy about failures; `None` when
         // it cannot be replayed.
         request: Option<Req>,
-        // The first attempt's failure, returned if every attempt fails.
+        // The first attempt's failure, returned if every attempt fails, or at the deadline.
         primary: Option<Result<S::Response, S::Error>>,
         sent: u32,
+        // An attempt has failed: a hedge that wins then did a retry's work.
+        failed: bool,
         // The delay between hedges and the request's deadline, read at the first pending poll.
         delay: Option<Duration>,
         deadline: Option<Instant>,
@@ -178,7 +180,8 @@ enum Verdict {
     Next,
     /// A failure the policy declined without ending the call: no more hedges.
     NoMore,
-    /// A failure the policy declined because the body cannot be sent now: hedges wait for it.
+    /// A failure the policy declined because the body cannot be sent now: hedges wait for it
+    /// (and with no attempt left in flight, the call ends).
     Later,
 }
 
@@ -212,6 +215,7 @@ where
             request,
             primary: None,
             sent: 1,
+            failed: false,
             delay: None,
             deadline: None,
             next: None,
@@ -301,15 +305,20 @@ where
                         second.set(None);
                         *more = None;
                         *this.service = None;
+                        *this.primary = None;
                         if let Verdict::Won = verdict {
                             this.sample.success();
                             if let Some(budget) = this.sample.budget() {
-                                // As for a retry: a winning hedge gives its cost back to a
-                                // token bucket.
-                                budget.record_success(attempt - 1);
+                                // A token bucket's refund: a winning hedge sent after a failure
+                                // did a retry's work and gives its cost back, as a retry would;
+                                // one sent only because the call was slow is paid for, and the
+                                // call refunds as one that succeeded at once.
+                                budget.record_success(if *this.failed { attempt - 1 } else { 0 });
                             }
                             if attempt > 1 {
-                                this.source.emit(EventKind::HedgeWon { attempt });
+                                // The call is settled first: an observer that panics here
+                                // leaves it ended, not cancelled.
+                                this.source.done_with(EventKind::HedgeWon { attempt });
                             }
                         } else {
                             this.sample.ended();
@@ -318,21 +327,23 @@ where
                         return Poll::Ready(result);
                     }
                     Verdict::Next => {
-                        // The next hedge goes at once, unless the server asked to wait.
+                        // The next hedge goes at once, unless the server asked to wait: past
+                        // `max_hint`, the server is not waited for, and no more hedges go.
                         let now = read(&mut clock);
                         *this.next = Some(now);
                         if let Some(hint) = this.classify.retry_after(&result) {
                             match now.checked_add(hint) {
-                                Some(until) => {
+                                Some(until) if hint <= this.limits.max_hint => {
                                     *this.held = Some(this.held.map_or(until, |h| h.max(until)))
                                 }
-                                None => *this.service = None,
+                                _ => *this.service = None,
                             }
                         }
                     }
                     Verdict::NoMore => *this.service = None,
                     Verdict::Later => {}
                 }
+                *this.failed = true;
                 if attempt == 1 {
                     *this.primary = Some(result);
                 }
@@ -345,6 +356,17 @@ where
             if *this.sent >= this.limits.max_attempts {
                 *this.service = None;
             }
+            // With no attempt in flight, a request whose copy cannot be sent now never will be
+            // (its body was too large to keep): the call ends now, not a delay later.
+            if !in_flight
+                && this.service.is_some()
+                && this
+                    .request
+                    .as_ref()
+                    .is_some_and(|request| !this.policy.can_replay(request))
+            {
+                *this.service = None;
+            }
             // The first attempt has not answered at its first poll: the call starts waiting now,
             // the base of the hedge delay and of its latency sample.
             if this.sample.start.is_none()
@@ -354,16 +376,25 @@ where
             }
             let Some(service) = this.service.as_mut() else {
                 if in_flight {
-                    return Poll::Pending;
+                    // The first attempt's failure is in hand: it is the answer at the deadline,
+                    // which a timeout above would otherwise replace with its own error.
+                    let Some(deadline) = this.deadline.filter(|_| this.primary.is_some()) else {
+                        return Poll::Pending;
+                    };
+                    if arm(timer.as_mut(), deadline, cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    first.set(None);
+                    second.set(None);
+                    *more = None;
                 }
-                // Every attempt failed: the first one's answer.
+                // Every attempt failed, or the deadline came: the first one's answer.
+                let Some(primary) = this.primary.take() else {
+                    panic!("a hedge's response future was polled after it returned");
+                };
                 this.sample.ended();
                 this.source.done();
-                return Poll::Ready(
-                    this.primary
-                        .take()
-                        .expect("the first attempt's failure is kept until the call ends"),
-                );
+                return Poll::Ready(primary);
             };
             let request = this
                 .request
@@ -476,16 +507,17 @@ where
                 *service = service.clone();
                 continue;
             }
+            // The copy first: a hedge the policy will not copy costs nothing.
+            let Some(mut req) = this.policy.replay(request) else {
+                *this.service = None;
+                continue;
+            };
             if this.sample.budget().is_some_and(|b| !b.try_withdraw()) {
                 *this.service = None;
                 this.source
                     .emit(EventKind::HedgeBudgetExhausted { attempt });
                 continue;
             }
-            let Some(mut req) = this.policy.replay(request) else {
-                *this.service = None;
-                continue;
-            };
             this.mark.mark(&mut req, attempt);
             let future = service.call(req);
             let i = *this.sent as usize;

@@ -22,6 +22,7 @@ pub(super) enum Delay {
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Limits {
     pub(super) max_attempts: u32,
+    pub(super) max_hint: Duration,
     pub(super) delay: Delay,
 }
 

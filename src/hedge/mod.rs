@@ -10,7 +10,8 @@
 //! - **the delay** is fixed ([`delay`](Builder::delay)), or by default the `1 - max_extra_load`
 //!   percentile (95th by default) of the latencies of the last 10 s, recomputed about every
 //!   second, never under 1 ms; no call is hedged until the window holds
-//!   [`min_samples`](Builder::min_samples). Each call is one sample, from its first attempt's
+//!   [`min_samples`](Builder::min_samples) (100 by default: a layer that sees under 10 calls a
+//!   second never holds that many, and hedges nothing). Each call is one sample, from its first attempt's
 //!   start to its first success (a hedged call that took longer than the delay counts as such,
 //!   whichever attempt won). The start is the call's first poll: a call whose first attempt
 //!   answers then counts as a zero latency, and reads no clock; one that waits reads the clock
@@ -18,18 +19,27 @@
 //!   attempt failed, a final answer) or is dropped by its caller counts the time it ran only if
 //!   that is at least the delay: it would have taken at least that long to succeed, so it keeps
 //!   the percentile up, while one ended sooner (a fast failure) says nothing of it and is left
-//!   out. The histogram is lock-free and log-linear: a record is one atomic add.
+//!   out. The histogram is lock-free and log-linear: a record is one atomic add. Both the
+//!   latency and the delay run from the response future's first poll, not from `call`: a
+//!   service that starts its work in `call` runs unmeasured until then, and a caller that polls
+//!   late makes its calls look faster and its hedges go later than the percentile says.
 //! - **the budget**: every hedge takes one retry from a [`Budget`](crate::retry::budget::Budget),
 //!   retry's type; none is sent when it is empty. By default it allows `max_extra_load` of the
 //!   requests of the last 10 s plus one a second, so that a brownout (every call slower) cannot
 //!   make every call a hedged one. Give a retry layer the same budget to make retries and
-//!   hedges one bound.
+//!   hedges one bound; when one layer is inside the other, the inner one takes
+//!   [`withdraw_only`](crate::retry::budget::Budget::withdraw_only), so that a request makes its
+//!   deposit once. A hedge that wins after an earlier attempt failed gives its cost back to a
+//!   token bucket, as a retry that succeeds does; one that wins only because the first attempt
+//!   was slow keeps its cost.
 //! - **outcomes**, through the classifier: the first success wins and the other attempts are
 //!   dropped at once; a failure the policy would retry sends the next hedge at once (a fast
 //!   error never beats a slower success); a final answer (an [`Ignored`](crate::core::Outcome)
 //!   outcome, or a failure the policy would not retry) ends the call; a server hint
-//!   (`Retry-After`, `grpc-retry-pushback-ms`) holds further hedges back until it has passed;
-//!   when every attempt has failed, the call returns the first attempt's result. Two failures
+//!   (`Retry-After`, `grpc-retry-pushback-ms`) holds further hedges back until it has passed, up
+//!   to [`max_hint`](Builder::max_hint) (60 s; a longer one stops further hedges); when every
+//!   attempt has failed, or the deadline comes with the first attempt's failure in hand, the call
+//!   returns the first attempt's result. Two failures
 //!   the policy declines stop only further hedges, and the attempts in flight may still answer
 //!   (see [`Policy::ends_call`](crate::retry::policy::Policy::ends_call)): an attempt that could
 //!   not send its body because another attempt is sending it, and, with [`HedgeLayer::grpc`], a
@@ -41,7 +51,8 @@
 //!   hedge is sent only once its copy can be sent whole
 //!   ([`Policy::can_replay`](crate::retry::policy::Policy::can_replay)): while the first
 //!   attempt is still streaming a [`Buffered`](crate::retry::buffered::Buffered) body, a hedge
-//!   that is due waits, and is looked at again a delay later.
+//!   that is due waits, and is looked at again a delay later; with no attempt left in flight,
+//!   a body that cannot be sent (too large to keep) ends the call at once.
 //! - **each hedge is told its attempt number** through [`Mark`] (with the HTTP and gRPC
 //!   settings, an [`Attempt`] in its extensions), so that a balancer beneath can send it to
 //!   another endpoint.
@@ -82,7 +93,14 @@
 //! # Where to put it
 //!
 //! Inside a timeout that propagates deadlines (which bounds all attempts together), over
-//! per-attempt timeouts and a balancer. Beside a retry layer, share one budget.
+//! per-attempt timeouts and a balancer. Beside a retry layer, share one budget (the inner of
+//! two nested layers takes its [`withdraw_only`](crate::retry::budget::Budget::withdraw_only)
+//! view).
+//!
+//! Caches and fallbacks go **above** it, never beneath: beneath it, the calls they answer at
+//! their first poll count as zero latencies and as deposits, which pulls the delay to its 1 ms
+//! floor and funds a hedge for every call that reaches the backend (with 97 % cache hits, twice
+//! the origin's load). Above it, the layer sees only the calls that reach the backend.
 //!
 //! # Examples
 //!
@@ -101,8 +119,9 @@
 //! # }
 //! ```
 //!
-//! Tuned: a fixed delay, up to three attempts, a budget shared with a retry layer. The first
-//! attempt is slow; the hedge sent after 50 ms answers first.
+//! Tuned: a fixed delay, up to three attempts, a budget shared with a retry layer above it (the
+//! hedge layer, inside, takes the budget's withdraw-only view, so that each request deposits
+//! once). The first attempt is slow; the hedge sent after 50 ms answers first.
 //!
 //! ```
 //! use seawall::hedge::HedgeLayer;
@@ -119,7 +138,7 @@
 //!     .name("search")
 //!     .delay(Duration::from_millis(50))
 //!     .max_attempts(3)
-//!     .budget(budget.clone())
+//!     .budget(budget.withdraw_only())
 //!     .build()
 //!     .unwrap();
 //! let retry = RetryLayer::builder().budget(budget).build().unwrap();

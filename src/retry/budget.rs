@@ -17,7 +17,9 @@
 //! concurrent retries can never overdraw the budget.
 //!
 //! A `Budget` is a handle: clones share one balance. Give the same budget to several layers to make
-//! them share it.
+//! them share it. When those layers are nested (a retry layer over a hedge layer, so that every
+//! request passes through both), give the inner one [`Budget::withdraw_only`]: a request then makes
+//! its deposit once, in the outer layer, and the two layers' retries and hedges are one bound.
 //!
 //! # Cost
 //!
@@ -58,7 +60,11 @@ const DATE_EVERY: u64 = 64;
 
 /// A retry budget shared by every clone; see the [module docs](self).
 #[derive(Clone)]
-pub struct Budget(Anchor<Kind>);
+pub struct Budget {
+    kind: Anchor<Kind>,
+    // False for a withdraw-only view: requests make no deposit through it.
+    deposits: bool,
+}
 
 // Allocated once per budget; boxing the ratio would add an indirection to every request.
 #[allow(clippy::large_enum_variant)]
@@ -87,12 +93,12 @@ impl Budget {
             return Err(ConfigError::BudgetTtl(ttl));
         }
         let reserve = (min_per_second as f64 * ttl.as_secs_f64()).floor() as i64 * UNIT;
-        Ok(Budget(Anchor::counted(Kind::Ratio(Ratio::new(
+        Ok(Budget::of(Kind::Ratio(Ratio::new(
             (ratio * UNIT as f64).round() as i64,
             reserve,
             bucket_nanos,
             now(),
-        )))))
+        ))))
     }
 
     /// A token bucket of `capacity` tokens, starting full, from which a retry takes `retry_cost`;
@@ -116,12 +122,57 @@ impl Budget {
                 retry_cost,
             });
         }
-        Ok(Budget(Anchor::counted(Kind::Tokens(Tokens {
+        Ok(Budget::of(Kind::Tokens(Tokens {
             capacity: capacity as i64,
             cost: retry_cost as i64,
             refund: success_refund as i64,
             balance: Padded(AtomicI64::new(capacity as i64)),
-        }))))
+        })))
+    }
+
+    fn of(kind: Kind) -> Budget {
+        Budget {
+            kind: Anchor::counted(kind),
+            deposits: true,
+        }
+    }
+
+    /// The same budget (it shares this one's balance) for a layer nested inside another layer that
+    /// has it: withdrawals and the return of a retry's cost after a success that needed it go
+    /// through, but a request makes no deposit through it (neither a ratio budget's share of a
+    /// retry nor a token bucket's refund for a request that succeeded at once), since the outer
+    /// layer has made it.
+    ///
+    /// Without it, a retry layer over a hedge layer with one budget takes two deposits per
+    /// request (one in each layer), and a retry that goes through the hedge layer a third, so
+    /// that retries and hedges together get twice the budget's ratio or more. Give the outer layer
+    /// the budget and the inner one this view; for layers side by side (a layer for reads and
+    /// one for writes), give each the budget itself.
+    ///
+    /// ```
+    /// use seawall::retry::budget::Budget;
+    /// use std::time::Duration;
+    ///
+    /// let budget = Budget::ratio(0.5, 0, Duration::from_secs(10)).unwrap();
+    /// let inner = budget.withdraw_only();
+    /// // One request through both layers: one deposit.
+    /// budget.record_request();
+    /// inner.record_request();
+    /// assert_eq!(budget.available(), 0.5);
+    /// // Two more: one retry, taken through either handle.
+    /// budget.record_request();
+    /// budget.record_request();
+    /// assert!(inner.try_withdraw());
+    /// assert_eq!(budget.available(), 0.5);
+    /// ```
+    ///
+    /// The hedge layer's module docs show a retry layer over a hedge layer sharing a budget this
+    /// way.
+    pub fn withdraw_only(&self) -> Budget {
+        Budget {
+            kind: self.kind.clone(),
+            deposits: false,
+        }
     }
 
     /// The same budget, kept alive for the rest of the process (one small allocation, never freed),
@@ -129,13 +180,16 @@ impl Budget {
     /// without contending. Other clones keep working and share its balance. Make such budgets once,
     /// at start-up.
     pub fn leak(self) -> Budget {
-        Budget(self.0.leak())
+        Budget {
+            kind: self.kind.leak(),
+            deposits: self.deposits,
+        }
     }
 
     /// How many retries the budget would allow now (a fraction for a partly funded retry; can be
     /// negative after deposits expired that had paid for retries still in the window).
     pub fn available(&self) -> f64 {
-        match &*self.0 {
+        match &*self.kind {
             Kind::Ratio(ratio) => {
                 ratio.settle(ratio.epoch(now()));
                 ratio.balance.load(Ordering::Acquire) as f64 / UNIT as f64
@@ -146,54 +200,68 @@ impl Budget {
         }
     }
 
-    /// Records a new request (not a retry): a ratio budget takes its deposit. The retry layer calls
-    /// this; call it yourself only for a retry loop of your own.
+    /// Records a new request (not a retry): a ratio budget takes its deposit (not through a
+    /// [`withdraw_only`](Self::withdraw_only) view). The retry and hedge layers call this; call it
+    /// yourself only for a retry loop of your own.
     #[inline]
     pub fn record_request(&self) {
-        self.0.record_request();
+        if self.deposits {
+            self.kind.record_request();
+        }
     }
 
-    /// Records a request that succeeded after `retries` retries: a token bucket takes its refund.
-    /// The retry layer calls this; call it yourself only for a retry loop of your own.
+    /// Records a request that succeeded after `retries` retries: a token bucket takes its refund
+    /// (for `retries == 0`, not through a [`withdraw_only`](Self::withdraw_only) view). The retry
+    /// and hedge layers call this; call it yourself only for a retry loop of your own.
     #[inline]
     pub fn record_success(&self, retries: u32) {
-        self.0.record_success(retries);
+        if self.deposits || retries > 0 {
+            self.kind.record_success(retries);
+        }
     }
 
     /// Takes one retry from the budget if it has one, and says whether it did: a single atomic
     /// step, so concurrent retries cannot overdraw it. The retry layer calls this before each
     /// retry; call it yourself only for a retry loop of your own.
     pub fn try_withdraw(&self) -> bool {
-        self.0.try_withdraw()
+        self.kind.try_withdraw()
     }
 
     /// The budget for one call of a retry layer: kept alive by the call without touching the
     /// budget's shared reference count (see `core::anchor`).
     #[inline]
     pub(crate) fn call(&self) -> BudgetCall {
-        BudgetCall(self.0.call())
+        BudgetCall {
+            kind: self.kind.call(),
+            deposits: self.deposits,
+        }
     }
 
     /// Whether the budget holds a retry now, taking nothing: a hedge layer asks before it waits
     /// for its service's readiness, and withdraws only once it sends the hedge.
     #[cfg_attr(not(feature = "hedge"), allow(dead_code))]
     pub(crate) fn has_one(&self) -> bool {
-        self.0.has_one()
+        self.kind.has_one()
     }
 }
 
 /// A retry layer call's reference to its budget.
-pub(crate) struct BudgetCall(CallAnchor<Kind>);
+pub(crate) struct BudgetCall {
+    kind: CallAnchor<Kind>,
+    deposits: bool,
+}
 
 impl BudgetCall {
     #[inline]
     pub(crate) fn record_success(&self, retries: u32) {
-        self.0.record_success(retries);
+        if self.deposits || retries > 0 {
+            self.kind.record_success(retries);
+        }
     }
 
     #[inline]
     pub(crate) fn try_withdraw(&self) -> bool {
-        self.0.try_withdraw()
+        self.kind.try_withdraw()
     }
 }
 
@@ -242,7 +310,7 @@ impl Default for Budget {
 
 impl fmt::Debug for Budget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &*self.0 {
+        match &*self.kind {
             Kind::Ratio(ratio) => f
                 .debug_struct("Budget::Ratio")
                 .field("ratio", &(ratio.deposit as f64 / UNIT as f64))
@@ -251,12 +319,14 @@ impl fmt::Debug for Budget {
                     "ttl",
                     &Duration::from_nanos(ratio.bucket_nanos * BUCKETS as u64),
                 )
+                .field("deposits", &self.deposits)
                 .finish(),
             Kind::Tokens(tokens) => f
                 .debug_struct("Budget::TokenBucket")
                 .field("capacity", &tokens.capacity)
                 .field("retry_cost", &tokens.cost)
                 .field("success_refund", &tokens.refund)
+                .field("deposits", &self.deposits)
                 .finish(),
         }
     }

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::time::Instant;
 use tower::{BoxError, Layer, Service, ServiceExt};
 
 const MS: Duration = Duration::from_millis(1);
@@ -359,4 +360,88 @@ async fn calls_answered_at_their_first_poll_count_as_zero_latencies_of_their_tim
     }
     tokio::time::advance(Duration::from_secs(1)).await;
     assert_eq!(layer.delay(), Some(MS));
+}
+
+/// An origin whose calls take 20 to 40 ms, counting them.
+#[derive(Clone, Default)]
+struct Origin(Arc<AtomicUsize>);
+
+impl Service<u32> for Origin {
+    type Response = ();
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: u32) -> Self::Future {
+        let n = self.0.fetch_add(1, SeqCst) as u64;
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_micros(20_000 + (n * 7919) % 20_000)).await;
+            Ok(())
+        })
+    }
+}
+
+/// A cache in front of a service: request 0 is a hit, answered at its first poll; any other
+/// is a miss, sent to the service.
+#[derive(Clone)]
+struct Cache<S>(S);
+
+impl<S> Service<u32> for Cache<S>
+where
+    S: Service<u32, Response = (), Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = ();
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: u32) -> Self::Future {
+        if req == 0 {
+            return Box::pin(std::future::ready(Ok(())));
+        }
+        Box::pin(self.0.call(req))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cache_above_the_hedge_layer_keeps_hedged_misses_to_the_extra_load() {
+    // 97 % hits at 2,000 calls a second. Beneath the hedge layer, the hits would count as zero
+    // latencies and as deposits, pulling the delay to its 1 ms floor and funding a hedge for
+    // every miss (twice the origin's load); the docs put such layers above it, where the hedge
+    // layer sees only the misses and hedges at most about 5 % of them.
+    let layer = HedgeLayer::new();
+    let origin = Origin::default();
+    let service = Cache(layer.layer(origin.clone()));
+    let start = Instant::now();
+    let mut misses = 0u64;
+    let mut n = 0u64;
+    let mut tasks = Vec::new();
+    while start.elapsed() < Duration::from_secs(20) {
+        n += 1;
+        let miss = n % 33 == 0; // 3 %
+        misses += u64::from(miss);
+        tasks.push(tokio::spawn(service.clone().oneshot(u32::from(miss))));
+        tokio::time::sleep(Duration::from_micros(500)).await; // 2,000 a second
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let origin = origin.0.load(SeqCst) as f64;
+    println!(
+        "delay {:?}; origin calls {origin} for {misses} misses ({:.2}x)",
+        layer.delay(),
+        origin / misses as f64
+    );
+    assert!(origin <= 1.06 * misses as f64);
+    assert!(
+        layer.delay() > Some(20 * MS),
+        "the delay is the misses' 95th percentile, not the floor"
+    );
 }

@@ -276,3 +276,33 @@ async fn the_future_holds_room_for_two_attempts_by_default() {
     );
     assert_eq!(future.await.unwrap(), 7);
 }
+
+/// A policy that copies a request once (before the first attempt) and no more.
+#[derive(Clone, Default)]
+struct CopiesOnce(Arc<AtomicUsize>);
+
+impl seawall::retry::policy::Policy<Request<String>, Response<String>, BoxError> for CopiesOnce {
+    fn replay(&self, _: &Request<String>) -> Option<Request<String>> {
+        (self.0.fetch_add(1, SeqCst) == 0)
+            .then(|| Request::get("/items").body(String::new()).unwrap())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_not_sent_for_want_of_a_copy_costs_nothing() {
+    let budget = Budget::token_bucket(5, 5, 0).unwrap();
+    let layer = HedgeLayer::builder()
+        .delay(50 * MS)
+        .budget(budget.clone())
+        .policy(CopiesOnce::default())
+        .build()
+        .unwrap();
+    let backend = Slow::default();
+    layer
+        .layer(backend.clone())
+        .oneshot(get(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(backend.calls.load(SeqCst), 1, "no hedge was sent");
+    assert_eq!(budget.available(), 1.0, "and none was paid for");
+}

@@ -3,9 +3,9 @@
 //! attempt is in flight.
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Full};
 use seawall::hedge::{Attempt, HedgeLayer};
 use seawall::retry::buffered::Buffered;
 use std::convert::Infallible;
@@ -201,4 +201,46 @@ async fn an_attempt_whose_body_another_attempt_took_does_not_end_the_call() {
         "{seen:?}"
     );
     assert_eq!(seen[1].body, Ok(200));
+}
+
+/// An upload backend: reads the body whole, then answers 503 after 5 ms.
+#[derive(Clone)]
+struct ReadsThenFails;
+
+impl Service<Request<Buffered<Full<Bytes>>>> for ReadsThenFails {
+    type Response = Response<String>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<String>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Buffered<Full<Bytes>>>) -> Self::Future {
+        Box::pin(async move {
+            let _ = req.into_body().collect().await;
+            tokio::time::sleep(5 * MS).await;
+            Ok(Response::builder().status(503).body(String::new())?)
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_whose_body_was_too_large_to_keep_is_returned_at_once() {
+    // The body (20 bytes) outgrows the retry buffer (4): it can never be sent again, and with
+    // no other attempt in flight the first attempt's failure is the answer when it comes.
+    let layer = HedgeLayer::http()
+        .delay(50 * MS)
+        .no_budget()
+        .build()
+        .unwrap();
+    let body = Buffered::new(Full::new(Bytes::from_static(&[0; 20])), 4);
+    let start = Instant::now();
+    let response = layer
+        .layer(ReadsThenFails)
+        .oneshot(Request::put("/blob").body(body).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(start.elapsed(), 5 * MS, "held until the delay passed");
 }

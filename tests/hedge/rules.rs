@@ -6,6 +6,7 @@ use seawall::core::{Classify, Deadline, DeadlineCarrier, Event, EventKind, Outco
 use seawall::hedge::{Attempt, ConfigError, HedgeLayer, MAX_ATTEMPTS};
 use seawall::retry::budget::Budget;
 use seawall::retry::policy::Policy;
+use seawall::retry::RetryLayer;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
@@ -13,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
-use tower::{BoxError, Layer, Service, ServiceExt};
+use tower::{service_fn, BoxError, Layer, Service, ServiceBuilder, ServiceExt};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -286,6 +287,62 @@ async fn dropping_the_call_cancels_every_attempt() {
     assert_eq!(events.lock().unwrap().last(), Some(&EventKind::Cancelled));
 }
 
+/// Polls `call`, catching a panic: `Ok(None)` while pending, `Ok(Some(answer))` once ready.
+fn poll<F>(
+    call: &mut tokio_test::task::Spawn<F>,
+) -> std::thread::Result<Option<Result<u32, String>>>
+where
+    F: Future<Output = Result<u32, BoxError>>,
+{
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call.poll())).map(|p| match p {
+        Poll::Ready(answer) => Some(answer.map_err(|e| e.to_string())),
+        Poll::Pending => None,
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_observer_panicking_at_hedge_won_leaves_the_call_ended() {
+    // The first attempt fails at 10 ms (its failure is kept), the hedge sent then wins at 20 ms.
+    let backend = Scripted::new(&[(10, Err("503")), (10, Ok(2))]);
+    let (events, record) = recorder();
+    let observer = move |e: &Event<'_>| {
+        record(e);
+        if let EventKind::HedgeWon { .. } = e.kind {
+            panic!("the observer panics at HedgeWon");
+        }
+    };
+    let layer = fixed(50, 2).observer(observer).build().unwrap();
+    let mut service = layer.layer(backend.clone());
+    let mut call = tokio_test::task::spawn(service.call(0));
+    tokio_test::assert_pending!(call.poll());
+    tokio::time::advance(10 * MS).await;
+    tokio_test::assert_pending!(call.poll());
+    tokio::time::advance(10 * MS).await;
+    assert!(
+        poll(&mut call).is_err(),
+        "the observer's panic reaches the caller"
+    );
+    assert_eq!(
+        backend.live(),
+        0,
+        "the attempts were dropped before the event"
+    );
+    // Polled again, the call has ended: it does not answer with the first attempt's failure.
+    assert!(
+        !matches!(poll(&mut call), Ok(Some(_))),
+        "a call that ended answers nothing more"
+    );
+    drop(call);
+    assert_eq!(
+        *events.lock().unwrap(),
+        [
+            EventKind::HedgeSent { attempt: 2 },
+            EventKind::HedgeWon { attempt: 2 }
+        ],
+        "the call that ended is not reported cancelled"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn each_hedge_takes_from_the_budget() {
     // Room for one hedge: a bucket of 5 tokens, 5 a hedge, no refund.
@@ -332,6 +389,67 @@ async fn the_default_budget_bounds_hedges_to_the_extra_load() {
     let hedges = backend.calls() - 400;
     assert!(hedges <= 20 + 40 + 1, "{hedges} hedges");
     assert!(hedges >= 20, "the budget is used: {hedges} hedges");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_budget_shared_with_a_retry_layer_above_takes_one_deposit_per_request() {
+    let budget = Budget::ratio(0.1, 0, Duration::from_secs(10)).unwrap();
+    let hedge = HedgeLayer::builder()
+        .delay(50 * MS)
+        .budget(budget.withdraw_only())
+        .build()
+        .unwrap();
+    let retry = RetryLayer::builder()
+        .budget(budget.clone())
+        .build()
+        .unwrap();
+    let service = ServiceBuilder::new()
+        .layer(retry)
+        .layer(hedge)
+        .service(service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) }));
+    for _ in 0..100 {
+        service.clone().oneshot(()).await.unwrap();
+    }
+    // 100 requests at 0.1 a request: one bound of 10 retries-or-hedges.
+    assert_eq!(budget.available(), 10.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_that_wins_a_slow_call_is_paid_for_from_a_token_bucket() {
+    // A bucket with room for two hedges (10 tokens, 5 a hedge, no refund for a call that
+    // succeeds at once), and twenty calls whose first attempt takes a second and whose hedge
+    // wins after 60 ms: a winning hedge of a slow call keeps its cost, so two are sent.
+    let budget = Budget::token_bucket(10, 5, 0).unwrap();
+    let layer = HedgeLayer::builder()
+        .delay(50 * MS)
+        .budget(budget.clone())
+        .build()
+        .unwrap();
+    let mut total = 0;
+    for _ in 0..20 {
+        let backend = Scripted::new(&[(1000, Ok(1)), (10, Ok(2))]);
+        layer.layer(backend.clone()).oneshot(0).await.unwrap();
+        total += backend.calls();
+    }
+    let hedges = total - 20;
+    assert!(hedges <= 2, "{hedges} hedges from a bucket of 2");
+    assert_eq!(hedges, 2, "the bucket is used");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_that_wins_after_a_failure_gives_its_cost_back_as_a_retry() {
+    // The first attempt fails at 10 ms, the hedge sent at once succeeds: it did a retry's work,
+    // and a token bucket takes its cost back, as for a retry that succeeds.
+    let budget = Budget::token_bucket(10, 5, 0).unwrap();
+    let layer = HedgeLayer::builder()
+        .delay(50 * MS)
+        .budget(budget.clone())
+        .build()
+        .unwrap();
+    let backend = Scripted::new(&[(10, Err("503")), (10, Ok(2))]);
+    assert_eq!(layer.layer(backend.clone()).oneshot(0).await.unwrap(), 2);
+    assert_eq!(backend.calls(), 2);
+    assert_eq!(budget.available(), 2.0);
 }
 
 /// An HTTP backend: the n-th call waits and answers with the status (and `Retry-After`) of its
@@ -415,6 +533,55 @@ async fn a_server_hint_holds_further_hedges_back() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_server_hint_past_max_hint_stops_hedges_and_the_first_answer_returns_at_once() {
+    // The first attempt answers 503 with Retry-After: 3600 at 10 ms: past `max_hint` (60 s by
+    // default, as retry's), it is not waited for, and with nothing else in flight it is the
+    // answer.
+    let backend = HttpScripted::new(&[(10, 503, Some("3600")), (10, 200, None)]);
+    let layer = HedgeLayer::http()
+        .delay(50 * MS)
+        .no_budget()
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let response = layer
+        .layer(backend.clone())
+        .oneshot(Request::get("/items").body(String::new()).unwrap())
+        .await
+        .unwrap();
+    let took = start.elapsed();
+    assert!(
+        took <= Duration::from_secs(60),
+        "answered {} after {took:?}",
+        response.status()
+    );
+    assert_eq!(
+        (response.status(), took),
+        (StatusCode::SERVICE_UNAVAILABLE, 10 * MS)
+    );
+    assert_eq!(backend.attempts(), [(1, Duration::ZERO)]);
+
+    // A hint within `max_hint` is waited for.
+    let backend = HttpScripted::new(&[(10, 503, Some("3600")), (10, 200, None)]);
+    let layer = HedgeLayer::http()
+        .delay(50 * MS)
+        .max_hint(Duration::from_secs(3600))
+        .no_budget()
+        .build()
+        .unwrap();
+    let request = Request::get("/items").body(String::new()).unwrap();
+    let response = layer.layer(backend.clone()).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        backend.attempts(),
+        [
+            (1, Duration::ZERO),
+            (2, Duration::from_secs(3600) + 10 * MS)
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn only_replayable_requests_are_hedged() {
     let backend = HttpScripted::new(&[(1000, 200, None)]);
     let layer = HedgeLayer::http()
@@ -457,6 +624,47 @@ async fn nothing_is_hedged_past_the_deadline() {
     let response = layer.layer(backend.clone()).oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(backend.attempts().len(), 1);
+}
+
+#[cfg(feature = "timeout")]
+#[tokio::test(start_paused = true)]
+async fn at_the_deadline_the_first_attempts_failure_in_hand_is_the_answer() {
+    // The first attempt fails (503) at 10 ms, the hedge sent then would take a second; the
+    // deadline is at 100 ms. A retry layer answers the 503 in hand there; so does the hedge
+    // layer, rather than let the timeout above answer `Elapsed`.
+    use seawall::timeout::TimeoutLayer;
+    let script = [(10, 503, None), (1000, 200, None)];
+    let hedge = HedgeLayer::http()
+        .delay(50 * MS)
+        .no_budget()
+        .build()
+        .unwrap();
+    let retry = RetryLayer::http().build().unwrap();
+    let get = || Request::get("/items").body(String::new()).unwrap();
+    let retried = ServiceBuilder::new()
+        .layer(TimeoutLayer::new(100 * MS).propagate())
+        .layer(retry)
+        .service(HttpScripted::new(&script))
+        .oneshot(get())
+        .await;
+    let backend = HttpScripted::new(&script);
+    let start = Instant::now();
+    let hedged = ServiceBuilder::new()
+        .layer(TimeoutLayer::new(100 * MS).propagate())
+        .layer(hedge)
+        .service(backend.clone())
+        .oneshot(get())
+        .await;
+    assert_eq!(
+        retried.map(|r| r.status()).ok(),
+        Some(StatusCode::SERVICE_UNAVAILABLE)
+    );
+    assert_eq!(
+        hedged.map(|r| r.status()).ok(),
+        Some(StatusCode::SERVICE_UNAVAILABLE)
+    );
+    assert_eq!(start.elapsed(), 100 * MS);
+    assert_eq!(backend.attempts(), [(1, Duration::ZERO), (2, 10 * MS)]);
 }
 
 #[test]
