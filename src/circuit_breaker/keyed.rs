@@ -440,19 +440,34 @@ impl<O: Observer> KeyedBreakers<O> {
             if !cell.idle(now, self.idle) {
                 continue;
             }
+            let mut label = None;
             let removed = self.table.remove(index, tag, |cell| {
                 // Asked again with the key out of reach: a call that came meanwhile keeps it.
-                cell.idle(now, self.idle)
-            });
-            if removed {
+                if !cell.idle(now, self.idle) {
+                    return false;
+                }
+                // Reset, and the key's label read, before a new key can take the slot.
                 let made = self.made(index);
                 made.breaker
                     .transition(CircuitState::Closed, true, Source::new("", ()).emitter());
+                label = made
+                    .source
+                    .observer()
+                    .key
+                    .as_ref()
+                    .map(|label| label.read());
+                true
+            });
+            if removed {
                 evicted += 1;
                 self.evicted.fetch_add(1, Relaxed);
-                made.source
-                    .emitter()
-                    .emit(EventKind::KeyEvicted { idle: true });
+                // No label: no observer listens.
+                if let Some(label) = label {
+                    self.made(index)
+                        .source
+                        .emitter()
+                        .emit_keyed(EventKind::KeyEvicted { idle: true }, &label);
+                }
             }
         }
         evicted
