@@ -18,9 +18,10 @@ use crate::core::{
 use crate::sync::{nanos, AtomicU64, Ordering::*};
 use std::borrow::Cow;
 use std::fmt;
+use std::fmt::Write as _;
 use std::hash::Hash;
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -86,14 +87,17 @@ impl<B> KeyOf<http::Request<B>> for Authority {
 }
 
 /// The observer of a keyed breaker's events: the one given to its builder, shared by the breakers
-/// of every key. The events of a key's breaker (its state transitions) carry the key, as do the
-/// `Permitted` and `Rejected` of its calls; `Finished`, `Cancelled` and the events of the overflow
-/// breaker carry none.
+/// of every key. Every event about a key carries it: its breaker's state transitions and
+/// eviction, and the `Permitted`, `Rejected`, `Finished` and `Cancelled` of its calls (the key's
+/// `Debug` form, cut at 256 bytes). The calls that go through the overflow breaker have no
+/// key of their own: their `Permitted` and `Rejected` carry the request's key, or `(none)`;
+/// their `Finished` and `Cancelled`, and the overflow breaker's transitions, none. So does the
+/// `Finished` of a call whose key was forgotten, and its slot given to another, while it ran.
 pub struct KeyedObserver<O> {
     observer: Arc<O>,
     /// The `Debug` form of the key of the breaker this relays for (`None` for the layer's own
-    /// events), written when a key takes the breaker's slot; read only when an event is sent.
-    key: Option<Mutex<String>>,
+    /// events, and when no observer listens), written when a key takes the breaker's slot.
+    key: Option<Box<Label>>,
 }
 
 impl<O> fmt::Debug for KeyedObserver<O> {
@@ -107,11 +111,12 @@ impl<O: Observer> Observer for KeyedObserver<O> {
 
     #[inline(always)]
     fn on_event(&self, event: &Event<'_>) {
+        if !O::ENABLED {
+            return;
+        }
         match &self.key {
-            Some(key) if event.key.is_none() => {
-                let key = key.lock().unwrap_or_else(|e| e.into_inner());
-                self.observer
-                    .on_event(&event.with_key(&Written(key.as_str())))
+            Some(label) if event.key.is_none() => {
+                self.observer.on_event(&event.with_key(&label.read()))
             }
             _ => self.observer.on_event(event),
         }
@@ -123,12 +128,136 @@ impl<O: Observer> Observer for KeyedObserver<O> {
     }
 }
 
-/// A key's `Debug` form, written as it is.
-struct Written<'a>(&'a str);
+/// The most bytes of a key's `Debug` form that events show; a longer one is cut, ending in `…`.
+const LABEL_BYTES: usize = 256;
 
-impl fmt::Debug for Written<'_> {
+/// A key's `Debug` form, which the events of its calls read with no lock: written when a key
+/// takes the slot, by the one thread that claimed it (no call can find the slot meanwhile), and
+/// read by copying it out. The sequence number is odd while a write is under way (a reader
+/// tries again) and tells a call's last event whether its key still has the slot.
+struct Label {
+    seq: AtomicU32,
+    len: AtomicU32,
+    words: [std::sync::atomic::AtomicU64; LABEL_BYTES / 8],
+}
+
+impl Label {
+    fn new() -> Self {
+        Label {
+            seq: AtomicU32::new(0),
+            len: AtomicU32::new(0),
+            words: std::array::from_fn(|_| std::sync::atomic::AtomicU64::new(0)),
+        }
+    }
+
+    /// The label's version now: a call admitted now reads it, to check at its end that the
+    /// label it reads then is its key's.
+    #[inline]
+    fn version(&self) -> u32 {
+        self.seq.load(Acquire)
+    }
+
+    /// Writes `key`'s form (the one writer: the thread that claimed the slot).
+    fn write(&self, key: &dyn fmt::Debug) {
+        let mut copy = LabelCopy::new();
+        // An error only says the form was cut.
+        let _ = write!(copy, "{key:?}");
+        copy.finish();
+        let seq = self.seq.load(Relaxed);
+        self.seq.store(seq.wrapping_add(1), Relaxed);
+        fence(Release);
+        for (word, bytes) in self.words.iter().zip(copy.bytes.chunks_exact(8)) {
+            let bytes = bytes.try_into().expect("chunks of eight bytes");
+            word.store(u64::from_ne_bytes(bytes), Relaxed);
+        }
+        self.len.store(copy.len as u32, Relaxed);
+        self.seq.store(seq.wrapping_add(2), Release);
+    }
+
+    /// A copy of the label.
+    fn read(&self) -> LabelCopy {
+        loop {
+            if let Some(copy) = self.read_if(None) {
+                return copy;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// A copy of the label if it is still at `version` (`None`: any, unless a write is under
+    /// way).
+    fn read_if(&self, version: Option<u32>) -> Option<LabelCopy> {
+        let seq = self.seq.load(Acquire);
+        if seq & 1 == 1 || version.is_some_and(|v| v != seq) {
+            return None;
+        }
+        let mut copy = LabelCopy::new();
+        copy.len = (self.len.load(Relaxed) as usize).min(LABEL_BYTES);
+        let words = copy.len.div_ceil(8);
+        for (word, bytes) in self.words[..words]
+            .iter()
+            .zip(copy.bytes.chunks_exact_mut(8))
+        {
+            bytes.copy_from_slice(&word.load(Relaxed).to_ne_bytes());
+        }
+        fence(Acquire);
+        (self.seq.load(Relaxed) == seq).then_some(copy)
+    }
+}
+
+/// A key's `Debug` form, copied out of its [`Label`] (or being written into one), shown as it is.
+struct LabelCopy {
+    bytes: [u8; LABEL_BYTES],
+    len: usize,
+    cut: bool,
+}
+
+impl LabelCopy {
+    fn new() -> Self {
+        LabelCopy {
+            bytes: [0; LABEL_BYTES],
+            len: 0,
+            cut: false,
+        }
+    }
+
+    /// Ends a form that was cut with `…`, on a character boundary.
+    fn finish(&mut self) {
+        const MORE: &str = "…";
+        if !self.cut {
+            return;
+        }
+        let mut len = self.len.min(LABEL_BYTES - MORE.len());
+        // A continuation byte at `len` would mean `len` splits a character.
+        while len > 0 && len < self.len && self.bytes[len] & 0xc0 == 0x80 {
+            len -= 1;
+        }
+        self.bytes[len..len + MORE.len()].copy_from_slice(MORE.as_bytes());
+        self.len = len + MORE.len();
+    }
+}
+
+impl fmt::Write for LabelCopy {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let room = LABEL_BYTES - self.len;
+        let mut take = s.len().min(room);
+        while !s.is_char_boundary(take) {
+            take -= 1;
+        }
+        self.bytes[self.len..self.len + take].copy_from_slice(&s.as_bytes()[..take]);
+        self.len += take;
+        if take < s.len() {
+            self.cut = true;
+            return Err(fmt::Error);
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for LabelCopy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0)
+        // Written whole from a `&str` and read back under an unchanged sequence number: valid.
+        f.write_str(std::str::from_utf8(&self.bytes[..self.len]).unwrap_or("?"))
     }
 }
 
@@ -231,7 +360,7 @@ impl<O: Observer> KeyedBreakers<O> {
         let now = self.now();
         self.sweep_if_due(now);
         let idle = self.idle;
-        let mut dropped = String::new();
+        let mut dropped = None;
         let claimed = self.table.claim(
             place,
             |cell| cell.idle(now, idle).then_some((1, 0)),
@@ -239,11 +368,9 @@ impl<O: Observer> KeyedBreakers<O> {
                 let made = cell.made.get_or_init(|| self.make_breaker());
                 made.breaker
                     .transition(CircuitState::Closed, true, Source::new("", ()).emitter());
-                if O::ENABLED {
-                    if let Some(label) = &made.source.observer().key {
-                        let mut label = label.lock().unwrap_or_else(|e| e.into_inner());
-                        dropped = std::mem::replace(&mut *label, format!("{key:?}"));
-                    }
+                if let Some(label) = &made.source.observer().key {
+                    dropped = Some(label.read());
+                    label.write(key);
                 }
                 cell.used.store(false, Relaxed);
                 cell.mark.store(now, Relaxed);
@@ -252,17 +379,21 @@ impl<O: Observer> KeyedBreakers<O> {
         let (index, evicted) = claimed?;
         if evicted.is_some() {
             self.evicted.fetch_add(1, Relaxed);
-            Source::new(self.name.clone(), self.relay(None))
-                .emitter()
-                .emit_keyed(EventKind::KeyEvicted { idle: true }, &Written(&dropped));
+            if let Some(dropped) = dropped {
+                Source::new(self.name.clone(), self.relay(false))
+                    .emitter()
+                    .emit_keyed(EventKind::KeyEvicted { idle: true }, &dropped);
+            }
         }
         Some(index)
     }
 
-    fn relay(&self, key: Option<String>) -> KeyedObserver<O> {
+    /// A relay to the layer's observer; `labelled`: one that adds a key's label to the events
+    /// of its breaker, if the observer listens.
+    fn relay(&self, labelled: bool) -> KeyedObserver<O> {
         KeyedObserver {
             observer: self.observer.clone(),
-            key: key.map(Mutex::new),
+            key: (labelled && O::ENABLED).then(|| Box::new(Label::new())),
         }
     }
 
@@ -275,7 +406,7 @@ impl<O: Observer> KeyedBreakers<O> {
             .map(|seed| seed ^ made.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         KeyBreaker {
             breaker: Breaker::new(config),
-            source: Source::new(self.name.clone(), self.relay(Some(String::new()))),
+            source: Source::new(self.name.clone(), self.relay(true)),
         }
     }
 
@@ -309,19 +440,34 @@ impl<O: Observer> KeyedBreakers<O> {
             if !cell.idle(now, self.idle) {
                 continue;
             }
+            let mut label = None;
             let removed = self.table.remove(index, tag, |cell| {
                 // Asked again with the key out of reach: a call that came meanwhile keeps it.
-                cell.idle(now, self.idle)
-            });
-            if removed {
+                if !cell.idle(now, self.idle) {
+                    return false;
+                }
+                // Reset, and the key's label read, before a new key can take the slot.
                 let made = self.made(index);
                 made.breaker
                     .transition(CircuitState::Closed, true, Source::new("", ()).emitter());
+                label = made
+                    .source
+                    .observer()
+                    .key
+                    .as_ref()
+                    .map(|label| label.read());
+                true
+            });
+            if removed {
                 evicted += 1;
                 self.evicted.fetch_add(1, Relaxed);
-                made.source
-                    .emitter()
-                    .emit(EventKind::KeyEvicted { idle: true });
+                // No label: no observer listens.
+                if let Some(label) = label {
+                    self.made(index)
+                        .source
+                        .emitter()
+                        .emit_keyed(EventKind::KeyEvicted { idle: true }, &label);
+                }
             }
         }
         evicted
@@ -337,6 +483,8 @@ impl<O: Observer> KeyedBreakers<O> {
 #[derive(Clone, Copy, Debug)]
 pub struct KeyedPermit {
     index: u32,
+    /// The version of the key's label when the call was admitted (when an observer listens).
+    label: u32,
     permit: Permit,
 }
 
@@ -354,6 +502,7 @@ impl<O: Observer> crate::core::Gate for KeyedBreakers<O> {
     ) -> Poll<Result<KeyedPermit, Open>> {
         Poll::Ready(self.overflow.acquire(emit).map(|permit| KeyedPermit {
             index: OVERFLOW,
+            label: 0,
             permit,
         }))
     }
@@ -377,6 +526,19 @@ impl<O: Observer> crate::core::Gate for KeyedBreakers<O> {
         }
         let made = self.made(permit.index as usize);
         made.breaker.cancel(permit.permit, made.source.emitter())
+    }
+
+    /// The key's label, if the key still has the slot it was admitted in.
+    fn key_of(&self, permit: &KeyedPermit) -> Option<impl fmt::Debug + Send + 'static> {
+        if permit.index == OVERFLOW {
+            return None;
+        }
+        let made = self.made(permit.index as usize);
+        made.source
+            .observer()
+            .key
+            .as_ref()?
+            .read_if(Some(permit.label))
     }
 
     #[inline]
@@ -549,8 +711,9 @@ impl<K, C, O> KeyedBuilder<K, C, O> {
     }
 
     /// The most keys with a breaker of their own (default 1,024; at most 2^28), rounded up to a
-    /// multiple of 8. Their slots are allocated when the layer is built (about 100 bytes each);
-    /// a key's breaker when the slot is first used. A new key that finds no room (its two
+    /// multiple of 8. Their slots are allocated when the layer is built, each with room for a
+    /// key's breaker (about 1.7 KB a slot on x86-64: the breaker's hot fields are padded to cache
+    /// lines of their own); the breaker is made when the slot is first used. A new key that finds no room (its two
     /// buckets of eight all held by keys in use, or by open breakers) goes through the shared
     /// overflow breaker until room is made: size it at about 1.25 times the keys live within an
     /// idle timeout.
@@ -694,12 +857,12 @@ where
         let key = self.key.key(&req);
         let (index, decided) = loop {
             let Some(key) = &key else {
-                break (OVERFLOW, breakers.overflow.acquire(emit));
+                break ((OVERFLOW, 0), breakers.overflow.acquire(emit));
             };
             let place = breakers.table.locate(key);
             let Some(index) = breakers.slot_of(place, key) else {
                 breakers.overflowed.fetch_add(1, Relaxed);
-                break (OVERFLOW, breakers.overflow.acquire(emit));
+                break ((OVERFLOW, 0), breakers.overflow.acquire(emit));
             };
             let made = breakers.made(index);
             let decided = made.breaker.acquire(made.source.emitter());
@@ -711,12 +874,25 @@ where
                 }
                 continue;
             }
-            break (index as u32, decided);
+            // Read after the check: the label is the key's.
+            let label = match &made.source.observer().key {
+                Some(label) if O::ENABLED => label.version(),
+                _ => 0,
+            };
+            break ((index as u32, label), decided);
         };
+        let (index, label) = index;
         match decided {
             Ok(permit) => {
                 // Given back should the observer panic before the call is made.
-                let unsent = Unsent(breakers, Some(KeyedPermit { index, permit }));
+                let unsent = Unsent(
+                    breakers,
+                    Some(KeyedPermit {
+                        index,
+                        label,
+                        permit,
+                    }),
+                );
                 emit.emit_keyed(EventKind::Permitted, &Shown(&key));
                 let permit = unsent.sent();
                 // The key may borrow from the request, which the call takes.

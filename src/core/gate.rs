@@ -111,6 +111,16 @@ pub trait Gate: Send + Sync + 'static {
         let _ = permit;
     }
 
+    /// The key of the call `permit` admits, which the events that end the call (`Finished`,
+    /// `Cancelled`) carry: asked just before [`complete`](Gate::complete) or
+    /// [`cancel`](Gate::cancel), and only when the observer listens. `None`, the default, for a
+    /// gate whose calls have no key (a gate with one state per key, as the keyed breaker, says
+    /// which).
+    fn key_of(&self, permit: &Self::Permit) -> Option<impl fmt::Debug + Send + 'static> {
+        let _ = permit;
+        None::<()>
+    }
+
     /// Whether any rule needs call timing. When neither this nor the observer wants it, the clock is
     /// never read on the call path.
     fn wants_latency(&self) -> bool;
@@ -213,11 +223,16 @@ impl<G: Gate, O: Observer> PermitGuard<G, O> {
         if let Some(permit) = self.permit.take() {
             let shared = &*self.shared;
             let emit = shared.emitter();
+            let key = O::ENABLED.then(|| shared.gate.key_of(&permit)).flatten();
             shared.gate.complete(permit, &record, emit);
-            emit.emit(EventKind::Finished {
+            let finished = EventKind::Finished {
                 outcome: record.outcome,
                 latency: record.latency,
-            });
+            };
+            match &key {
+                Some(key) => emit.emit_keyed(finished, key),
+                None => emit.emit(finished),
+            }
         }
     }
 }
@@ -227,8 +242,12 @@ impl<G: Gate, O: Observer> Drop for PermitGuard<G, O> {
         if let Some(permit) = self.permit.take() {
             let shared = &*self.shared;
             let emit = shared.emitter();
+            let key = O::ENABLED.then(|| shared.gate.key_of(&permit)).flatten();
             shared.gate.cancel(permit, emit);
-            emit.emit_from_drop(EventKind::Cancelled);
+            match &key {
+                Some(key) => emit.emit_keyed_from_drop(EventKind::Cancelled, key),
+                None => emit.emit_from_drop(EventKind::Cancelled),
+            }
         }
     }
 }

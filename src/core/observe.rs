@@ -924,6 +924,14 @@ impl<'a, O: Observer> Emitter<'a, O> {
         }
     }
 
+    /// Sends one event about `key` from a destructor, as [`emit_from_drop`](Self::emit_from_drop).
+    #[inline(always)]
+    pub(crate) fn emit_keyed_from_drop(self, kind: EventKind, key: &dyn fmt::Debug) {
+        if O::ENABLED && !std::thread::panicking() {
+            self.emit_keyed(kind, key)
+        }
+    }
+
     /// Sends one event about `key`.
     #[inline(always)]
     pub fn emit_keyed(self, kind: EventKind, key: &dyn fmt::Debug) {

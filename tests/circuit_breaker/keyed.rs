@@ -272,3 +272,97 @@ async fn r24_open_breakers_of_keys_gone_for_good_pin_their_slots() {
         "a day on, 8 dead keys' open breakers hold every slot"
     );
 }
+
+/// Events seen, as (kind, key).
+type Seen = Vec<(String, Option<String>)>;
+
+fn recorded(events: &Mutex<Seen>) -> Seen {
+    events.lock().unwrap().clone()
+}
+
+/// An observer that records every event but `Started`.
+fn recorder() -> (
+    Arc<Mutex<Seen>>,
+    impl Fn(&Event<'_>) + Clone + Send + Sync + 'static,
+) {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let observer = move |e: &Event<'_>| {
+        let kind = format!("{:?}", e.kind);
+        let kind = kind.split([' ', '{', '(']).next().unwrap().to_owned();
+        if kind != "Started" {
+            let key = e.key.map(|k| format!("{k:?}"));
+            seen.lock().unwrap().push((kind, key));
+        }
+    };
+    (events, observer)
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_event_of_a_key_s_calls_carries_the_key() {
+    let (events, observer) = recorder();
+    let layer = CircuitBreakerLayer::builder()
+        .consecutive_failures(1)
+        .observer(observer)
+        .keyed()
+        .key(key as fn(&(u32, bool)) -> Option<u32>)
+        .build()
+        .unwrap();
+    // Key 3's calls never answer.
+    let s = layer.layer(service_fn(|(key, fail): (u32, bool)| async move {
+        if key == 3 {
+            std::future::pending::<()>().await;
+        }
+        if fail {
+            Err("down")
+        } else {
+            Ok(())
+        }
+    }));
+    call(&s, 1, false).await.unwrap();
+    assert!(call(&s, 2, true).await.is_err());
+    assert!(call(&s, 2, false).await.unwrap_err().is::<Open>());
+    let mut stuck = tokio_test::task::spawn(call(&s, 3, false));
+    tokio_test::assert_pending!(stuck.poll());
+    drop(stuck);
+    let seen = recorded(&events);
+    let expected = [
+        ("Permitted", "1"),
+        ("Finished", "1"),
+        ("Permitted", "2"),
+        ("StateTransition", "2"),
+        ("Finished", "2"),
+        ("Rejected", "2"),
+        ("Permitted", "3"),
+        ("Cancelled", "3"),
+    ];
+    let expected: Vec<_> = expected
+        .iter()
+        .map(|(kind, key)| (kind.to_string(), Some(key.to_string())))
+        .collect();
+    assert_eq!(seen, expected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_long_key_is_cut_in_events_on_a_character_boundary() {
+    let (events, observer) = recorder();
+    let layer = CircuitBreakerLayer::builder()
+        .observer(observer)
+        .keyed()
+        .key(|req: &String| Some(req.clone()))
+        .build()
+        .unwrap();
+    let s = layer.layer(service_fn(|_: String| async { Ok::<_, BoxError>(()) }));
+    // 300 two-byte characters: 602 bytes with the quotes of its `Debug` form.
+    let long = "é".repeat(300);
+    s.oneshot(long.clone()).await.unwrap();
+    let seen = recorded(&events);
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    // Permitted shows the request's own key; Finished the label kept for it.
+    assert_eq!(seen[0].1.as_deref(), Some(format!("{long:?}").as_str()));
+    let label = seen[1].1.clone().unwrap();
+    assert!(label.len() <= 256, "{} bytes", label.len());
+    let kept = label.strip_suffix('…').expect("a cut label ends with …");
+    assert!(format!("{long:?}").starts_with(kept), "{label}");
+    assert!(kept.len() >= 250, "{} bytes kept", kept.len());
+}
