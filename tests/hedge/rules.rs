@@ -391,9 +391,9 @@ async fn the_default_budget_bounds_hedges_to_the_extra_load() {
     assert!(hedges >= 20, "the budget is used: {hedges} hedges");
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_budget_shared_with_a_retry_layer_above_takes_one_deposit_per_request() {
-    let budget = Budget::ratio(0.1, 0, Duration::from_secs(10)).unwrap();
+/// A retry layer with `budget`, to go over a hedge layer (a fixed 50 ms delay) with its
+/// withdraw-only view.
+fn retry_over_hedge(budget: &Budget) -> (RetryLayer, HedgeLayer) {
     let hedge = HedgeLayer::builder()
         .delay(50 * MS)
         .budget(budget.withdraw_only())
@@ -403,6 +403,13 @@ async fn a_budget_shared_with_a_retry_layer_above_takes_one_deposit_per_request(
         .budget(budget.clone())
         .build()
         .unwrap();
+    (retry, hedge)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_budget_shared_with_a_retry_layer_above_takes_one_deposit_per_request() {
+    let budget = Budget::ratio(0.1, 0, Duration::from_secs(10)).unwrap();
+    let (retry, hedge) = retry_over_hedge(&budget);
     let service = ServiceBuilder::new()
         .layer(retry)
         .layer(hedge)
@@ -450,6 +457,78 @@ async fn a_hedge_that_wins_after_a_failure_gives_its_cost_back_as_a_retry() {
     assert_eq!(layer.layer(backend.clone()).oneshot(0).await.unwrap(), 2);
     assert_eq!(backend.calls(), 2);
     assert_eq!(budget.available(), 2.0);
+}
+
+/// A token bucket of 100 tokens, 10 a retry or hedge, 1 back for a call that succeeds at once,
+/// drawn down to 70 so that what is put back shows.
+fn drawn_bucket() -> Budget {
+    let budget = Budget::token_bucket(100, 10, 1).unwrap();
+    for _ in 0..3 {
+        assert!(budget.try_withdraw());
+    }
+    budget
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_under_a_retry_layer_that_wins_after_a_failure_puts_back_one_retrys_cost() {
+    // A retry layer alone over a backend whose first call fails and second succeeds: the retry
+    // takes 10 tokens and puts 10 back.
+    let alone = drawn_bucket();
+    let retry = RetryLayer::builder().budget(alone.clone()).build().unwrap();
+    let backend = Scripted::new(&[(10, Err("503")), (10, Ok(2))]);
+    assert_eq!(retry.layer(backend).oneshot(0).await.unwrap(), 2);
+    assert_eq!(alone.available(), 7.0);
+
+    // The same request with the hedge layer (the budget's withdraw-only view) under the retry
+    // layer: the hedge sent at the failure does the retry's work, and takes 10 tokens. The
+    // request gets back one retry's cost, not that and the refund of a call that succeeded at
+    // once as well (the retry layer saw its first attempt succeed).
+    let budget = drawn_bucket();
+    let (retry, hedge) = retry_over_hedge(&budget);
+    let backend = Scripted::new(&[(10, Err("503")), (10, Ok(2))]);
+    let service = ServiceBuilder::new()
+        .layer(retry)
+        .layer(hedge)
+        .service(backend.clone());
+    assert_eq!(service.oneshot(0).await.unwrap(), 2);
+    assert_eq!(
+        backend.calls(),
+        2,
+        "the hedge, not a retry, sent the second call"
+    );
+    assert_eq!(budget.available(), alone.available());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_under_a_hedge_layer_that_succeeds_after_a_failure_puts_back_one_retrys_cost() {
+    // The retry layer (the budget's withdraw-only view) under the hedge layer: its retry after
+    // 1 ms succeeds before the hedge delay, and the hedge layer sees its first attempt succeed.
+    let budget = drawn_bucket();
+    let hedge = HedgeLayer::builder()
+        .delay(50 * MS)
+        .budget(budget.clone())
+        .build()
+        .unwrap();
+    let retry = RetryLayer::builder()
+        .budget(budget.withdraw_only())
+        .backoff(
+            seawall::retry::backoff::Backoff::constant(MS)
+                .jitter(seawall::retry::backoff::Jitter::None),
+        )
+        .build()
+        .unwrap();
+    let backend = Scripted::new(&[(10, Err("503")), (10, Ok(2))]);
+    let service = ServiceBuilder::new()
+        .layer(hedge)
+        .layer(retry)
+        .service(backend.clone());
+    assert_eq!(service.oneshot(0).await.unwrap(), 2);
+    assert_eq!(backend.calls(), 2, "no hedge was sent");
+    assert_eq!(
+        budget.available(),
+        7.0,
+        "the retry's 10 tokens back, no more"
+    );
 }
 
 /// An HTTP backend: the n-th call waits and answers with the status (and `Retry-After`) of its
