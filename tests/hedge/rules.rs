@@ -678,6 +678,13 @@ async fn only_replayable_requests_are_hedged() {
     assert_eq!(backend.attempts().len(), 1, "a POST is sent once");
 }
 
+/// A GET of `/items` with a deadline `within` from now.
+fn get_within(within: Duration) -> Request<String> {
+    let mut request = Request::get("/items").body(String::new()).unwrap();
+    request.set_deadline(Deadline::after(within));
+    request
+}
+
 #[tokio::test(start_paused = true)]
 async fn nothing_is_hedged_past_the_deadline() {
     // Deadline at 120 ms: hedges at 50 and 100 ms, none at 150.
@@ -688,8 +695,7 @@ async fn nothing_is_hedged_past_the_deadline() {
         .no_budget()
         .build()
         .unwrap();
-    let mut request = Request::get("/items").body(String::new()).unwrap();
-    request.set_deadline(Deadline::after(120 * MS));
+    let request = get_within(120 * MS);
     layer.layer(backend.clone()).oneshot(request).await.unwrap();
     assert_eq!(
         backend.attempts(),
@@ -698,8 +704,7 @@ async fn nothing_is_hedged_past_the_deadline() {
 
     // A deadline before the delay: no hedge at all, even after a failure past it.
     let backend = HttpScripted::new(&[(60, 503, None), (10, 200, None)]);
-    let mut request = Request::get("/items").body(String::new()).unwrap();
-    request.set_deadline(Deadline::after(40 * MS));
+    let request = get_within(40 * MS);
     let response = layer.layer(backend.clone()).oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(backend.attempts().len(), 1);
@@ -744,6 +749,58 @@ async fn at_the_deadline_the_first_attempts_failure_in_hand_is_the_answer() {
     );
     assert_eq!(start.elapsed(), 100 * MS);
     assert_eq!(backend.attempts(), [(1, Duration::ZERO), (2, 10 * MS)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_alone_wakes_the_call_to_answer_the_failure_in_hand() {
+    // No timeout above: the request's deadline (100 ms) is the only timer. The first attempt
+    // fails at 10 ms, the hedges sent then and at 60 ms would take a second: at 100 ms the call's
+    // own timer wakes it, and it answers the 503 in hand.
+    let backend = HttpScripted::new(&[(10, 503, None), (1000, 200, None)]);
+    let layer = HedgeLayer::http()
+        .delay(50 * MS)
+        .max_attempts(3)
+        .no_budget()
+        .build()
+        .unwrap();
+    let request = get_within(100 * MS);
+    let mut service = layer.layer(backend.clone());
+    let mut call = tokio_test::task::spawn(service.ready().await.unwrap().call(request));
+    tokio_test::assert_pending!(call.poll());
+    for step in [10, 50] {
+        tokio::time::advance(step * MS).await;
+        assert!(
+            call.is_woken(),
+            "woken at the failure, then for the third attempt"
+        );
+        tokio_test::assert_pending!(call.poll());
+    }
+    tokio::time::advance(39 * MS).await;
+    assert!(!call.is_woken(), "nothing to do before the deadline");
+    tokio::time::advance(MS).await;
+    assert!(call.is_woken(), "the deadline wakes the call");
+    let response = tokio_test::assert_ready!(call.poll()).unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        backend.attempts(),
+        [(1, Duration::ZERO), (2, 10 * MS), (3, 60 * MS)]
+    );
+
+    // The last hedge fails before the deadline: nothing is left in flight, and the first answer
+    // returns then, not at the deadline the timer was set for.
+    let backend = HttpScripted::new(&[(10, 503, None), (30, 503, None)]);
+    let request = get_within(100 * MS);
+    let layer = HedgeLayer::http()
+        .delay(50 * MS)
+        .no_budget()
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let response = layer.layer(backend.clone()).oneshot(request).await.unwrap();
+    assert_eq!(
+        (response.status(), start.elapsed()),
+        (StatusCode::SERVICE_UNAVAILABLE, 40 * MS)
+    );
 }
 
 #[test]
