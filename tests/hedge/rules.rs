@@ -661,6 +661,28 @@ async fn a_server_hint_past_max_hint_stops_hedges_and_the_first_answer_returns_a
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_hint_past_max_hint_from_a_hedge_lets_the_first_attempt_answer() {
+    // The hedge sent at 50 ms answers 503 with Retry-After: 3600 at 60 ms: no third attempt, and
+    // the first attempt, still in flight, answers (a 503 at 100 ms), rather than a third attempt
+    // an hour later.
+    let backend = HttpScripted::new(&[(100, 503, None), (10, 503, Some("3600"))]);
+    let layer = HedgeLayer::http()
+        .delay(50 * MS)
+        .max_attempts(3)
+        .no_budget()
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let request = Request::get("/items").body(String::new()).unwrap();
+    let response = layer.layer(backend.clone()).oneshot(request).await.unwrap();
+    assert_eq!(
+        (response.status(), start.elapsed()),
+        (StatusCode::SERVICE_UNAVAILABLE, 100 * MS)
+    );
+    assert_eq!(backend.attempts(), [(1, Duration::ZERO), (2, 50 * MS)]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn only_replayable_requests_are_hedged() {
     let backend = HttpScripted::new(&[(1000, 200, None)]);
     let layer = HedgeLayer::http()
