@@ -778,7 +778,7 @@ impl<O: Observer> Listener<O> {
 
     /// The call has ended, and `kind` says how: marked done before `kind` is sent, so that an
     /// observer panicking at it leaves the call ended, not reported as cancelled.
-    #[cfg(feature = "hedge")]
+    #[cfg(any(feature = "retry", feature = "hedge"))]
     #[inline(always)]
     pub(crate) fn done_with(&mut self, kind: EventKind) {
         if O::ENABLED {

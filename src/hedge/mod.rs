@@ -30,8 +30,9 @@
 //!   hedges one bound; when one layer is inside the other, the inner one takes
 //!   [`withdraw_only`](crate::retry::budget::Budget::withdraw_only), so that a request makes its
 //!   deposit once. A hedge that wins after an earlier attempt failed gives its cost back to a
-//!   token bucket, as a retry that succeeds does; one that wins only because the first attempt
-//!   was slow keeps its cost.
+//!   token bucket, as a retry that succeeds does (through the withdraw-only view, its cost less
+//!   `success_refund`, which the outer layer gives back); one that wins only because the first
+//!   attempt was slow keeps its cost.
 //! - **outcomes**, through the classifier: the first success wins and the other attempts are
 //!   dropped at once; a failure the policy would retry sends the next hedge at once (a fast
 //!   error never beats a slower success); a final answer (an [`Ignored`](crate::core::Outcome)

@@ -138,10 +138,14 @@ impl Budget {
     }
 
     /// The same budget (it shares this one's balance) for a layer nested inside another layer that
-    /// has it: withdrawals and the return of a retry's cost after a success that needed it go
-    /// through, but a request makes no deposit through it (neither a ratio budget's share of a
-    /// retry nor a token bucket's refund for a request that succeeded at once), since the outer
-    /// layer has made it.
+    /// has it: withdrawals go through, but a request makes no deposit through it (neither a ratio
+    /// budget's share of a retry nor a token bucket's refund for a request that succeeded at
+    /// once), since the outer layer has made it. A token bucket's return of a retry's cost after
+    /// a success that needed it goes through less `success_refund`: the outer layer, whose own
+    /// attempt succeeded at once, puts that back for the same request, so that the request gets
+    /// one retry's cost back, as from one layer, not that and a refund as well. (When the outer
+    /// layer retried too, each layer puts back for its own retry, and the request gets
+    /// `success_refund` less than two retries' costs.)
     ///
     /// Without it, a retry layer over a hedge layer with one budget takes two deposits per
     /// request (one in each layer), and a retry that goes through the hedge layer a third, so
@@ -211,13 +215,14 @@ impl Budget {
     }
 
     /// Records a request that succeeded after `retries` retries: a token bucket takes its refund
-    /// (for `retries == 0`, not through a [`withdraw_only`](Self::withdraw_only) view). The retry
-    /// and hedge layers call this; call it yourself only for a retry loop of your own.
+    /// (`success_refund` for `retries == 0`, a retry's cost otherwise). Through a
+    /// [`withdraw_only`](Self::withdraw_only) view, a success at once puts nothing back and one
+    /// after retries puts back a retry's cost less `success_refund`, which the outer layer puts
+    /// back for the same request. The retry and hedge layers call this; call it yourself only for
+    /// a retry loop of your own.
     #[inline]
     pub fn record_success(&self, retries: u32) {
-        if self.deposits || retries > 0 {
-            self.kind.record_success(retries);
-        }
+        self.kind.record_success(retries, self.deposits);
     }
 
     /// Takes one retry from the budget if it has one, and says whether it did: a single atomic
@@ -254,9 +259,7 @@ pub(crate) struct BudgetCall {
 impl BudgetCall {
     #[inline]
     pub(crate) fn record_success(&self, retries: u32) {
-        if self.deposits || retries > 0 {
-            self.kind.record_success(retries);
-        }
+        self.kind.record_success(retries, self.deposits);
     }
 
     #[inline]
@@ -273,13 +276,19 @@ impl Kind {
         }
     }
 
+    /// A request succeeded after `retries` retries; `deposits` is false through a withdraw-only
+    /// view, whose layer sits inside another with the same budget.
     #[inline]
-    fn record_success(&self, retries: u32) {
+    fn record_success(&self, retries: u32, deposits: bool) {
         if let Kind::Tokens(tokens) = self {
-            tokens.put(if retries == 0 {
-                tokens.refund
-            } else {
-                tokens.cost
+            tokens.put(match (retries, deposits) {
+                (0, true) => tokens.refund,
+                (0, false) => 0,
+                (_, true) => tokens.cost,
+                // The outer layer saw its own attempt succeed at once and puts back the refund:
+                // together, one retry's cost, as one layer retrying would put back, not that and
+                // the refund of a request that needed no retry.
+                (_, false) => (tokens.cost - tokens.refund).max(0),
             });
         }
     }

@@ -118,8 +118,9 @@ where
     O: Observer,
 {
     let attempts = *this.attempt;
-    this.source.emit(EventKind::GaveUp { attempts, reason });
-    this.source.done();
+    // The call is settled first: an observer that panics here leaves it ended, not cancelled.
+    this.source
+        .done_with(EventKind::GaveUp { attempts, reason });
     match this.last.take() {
         Some(last) => this.policy.give_up(reason, attempts, last),
         // Not reached: a limit is only set together with the answer it keeps.
@@ -288,11 +289,11 @@ where
                             });
                         }
                         Next::GiveUp(reason) => {
-                            this.source.emit(EventKind::GaveUp {
+                            // Settled first, as in `give_up_with_last`.
+                            this.source.done_with(EventKind::GaveUp {
                                 attempts: attempt,
                                 reason,
                             });
-                            this.source.done();
                             return Poll::Ready(this.policy.give_up(reason, attempt, result));
                         }
                     }

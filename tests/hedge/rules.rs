@@ -391,9 +391,9 @@ async fn the_default_budget_bounds_hedges_to_the_extra_load() {
     assert!(hedges >= 20, "the budget is used: {hedges} hedges");
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_budget_shared_with_a_retry_layer_above_takes_one_deposit_per_request() {
-    let budget = Budget::ratio(0.1, 0, Duration::from_secs(10)).unwrap();
+/// A retry layer with `budget`, to go over a hedge layer (a fixed 50 ms delay) with its
+/// withdraw-only view.
+fn retry_over_hedge(budget: &Budget) -> (RetryLayer, HedgeLayer) {
     let hedge = HedgeLayer::builder()
         .delay(50 * MS)
         .budget(budget.withdraw_only())
@@ -403,6 +403,13 @@ async fn a_budget_shared_with_a_retry_layer_above_takes_one_deposit_per_request(
         .budget(budget.clone())
         .build()
         .unwrap();
+    (retry, hedge)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_budget_shared_with_a_retry_layer_above_takes_one_deposit_per_request() {
+    let budget = Budget::ratio(0.1, 0, Duration::from_secs(10)).unwrap();
+    let (retry, hedge) = retry_over_hedge(&budget);
     let service = ServiceBuilder::new()
         .layer(retry)
         .layer(hedge)
@@ -450,6 +457,78 @@ async fn a_hedge_that_wins_after_a_failure_gives_its_cost_back_as_a_retry() {
     assert_eq!(layer.layer(backend.clone()).oneshot(0).await.unwrap(), 2);
     assert_eq!(backend.calls(), 2);
     assert_eq!(budget.available(), 2.0);
+}
+
+/// A token bucket of 100 tokens, 10 a retry or hedge, 1 back for a call that succeeds at once,
+/// drawn down to 70 so that what is put back shows.
+fn drawn_bucket() -> Budget {
+    let budget = Budget::token_bucket(100, 10, 1).unwrap();
+    for _ in 0..3 {
+        assert!(budget.try_withdraw());
+    }
+    budget
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_under_a_retry_layer_that_wins_after_a_failure_puts_back_one_retrys_cost() {
+    // A retry layer alone over a backend whose first call fails and second succeeds: the retry
+    // takes 10 tokens and puts 10 back.
+    let alone = drawn_bucket();
+    let retry = RetryLayer::builder().budget(alone.clone()).build().unwrap();
+    let backend = Scripted::new(&[(10, Err("503")), (10, Ok(2))]);
+    assert_eq!(retry.layer(backend).oneshot(0).await.unwrap(), 2);
+    assert_eq!(alone.available(), 7.0);
+
+    // The same request with the hedge layer (the budget's withdraw-only view) under the retry
+    // layer: the hedge sent at the failure does the retry's work, and takes 10 tokens. The
+    // request gets back one retry's cost, not that and the refund of a call that succeeded at
+    // once as well (the retry layer saw its first attempt succeed).
+    let budget = drawn_bucket();
+    let (retry, hedge) = retry_over_hedge(&budget);
+    let backend = Scripted::new(&[(10, Err("503")), (10, Ok(2))]);
+    let service = ServiceBuilder::new()
+        .layer(retry)
+        .layer(hedge)
+        .service(backend.clone());
+    assert_eq!(service.oneshot(0).await.unwrap(), 2);
+    assert_eq!(
+        backend.calls(),
+        2,
+        "the hedge, not a retry, sent the second call"
+    );
+    assert_eq!(budget.available(), alone.available());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_under_a_hedge_layer_that_succeeds_after_a_failure_puts_back_one_retrys_cost() {
+    // The retry layer (the budget's withdraw-only view) under the hedge layer: its retry after
+    // 1 ms succeeds before the hedge delay, and the hedge layer sees its first attempt succeed.
+    let budget = drawn_bucket();
+    let hedge = HedgeLayer::builder()
+        .delay(50 * MS)
+        .budget(budget.clone())
+        .build()
+        .unwrap();
+    let retry = RetryLayer::builder()
+        .budget(budget.withdraw_only())
+        .backoff(
+            seawall::retry::backoff::Backoff::constant(MS)
+                .jitter(seawall::retry::backoff::Jitter::None),
+        )
+        .build()
+        .unwrap();
+    let backend = Scripted::new(&[(10, Err("503")), (10, Ok(2))]);
+    let service = ServiceBuilder::new()
+        .layer(hedge)
+        .layer(retry)
+        .service(backend.clone());
+    assert_eq!(service.oneshot(0).await.unwrap(), 2);
+    assert_eq!(backend.calls(), 2, "no hedge was sent");
+    assert_eq!(
+        budget.available(),
+        7.0,
+        "the retry's 10 tokens back, no more"
+    );
 }
 
 /// An HTTP backend: the n-th call waits and answers with the status (and `Retry-After`) of its
@@ -582,6 +661,28 @@ async fn a_server_hint_past_max_hint_stops_hedges_and_the_first_answer_returns_a
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_hint_past_max_hint_from_a_hedge_lets_the_first_attempt_answer() {
+    // The hedge sent at 50 ms answers 503 with Retry-After: 3600 at 60 ms: no third attempt, and
+    // the first attempt, still in flight, answers (a 503 at 100 ms), rather than a third attempt
+    // an hour later.
+    let backend = HttpScripted::new(&[(100, 503, None), (10, 503, Some("3600"))]);
+    let layer = HedgeLayer::http()
+        .delay(50 * MS)
+        .max_attempts(3)
+        .no_budget()
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let request = Request::get("/items").body(String::new()).unwrap();
+    let response = layer.layer(backend.clone()).oneshot(request).await.unwrap();
+    assert_eq!(
+        (response.status(), start.elapsed()),
+        (StatusCode::SERVICE_UNAVAILABLE, 100 * MS)
+    );
+    assert_eq!(backend.attempts(), [(1, Duration::ZERO), (2, 50 * MS)]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn only_replayable_requests_are_hedged() {
     let backend = HttpScripted::new(&[(1000, 200, None)]);
     let layer = HedgeLayer::http()
@@ -599,6 +700,13 @@ async fn only_replayable_requests_are_hedged() {
     assert_eq!(backend.attempts().len(), 1, "a POST is sent once");
 }
 
+/// A GET of `/items` with a deadline `within` from now.
+fn get_within(within: Duration) -> Request<String> {
+    let mut request = Request::get("/items").body(String::new()).unwrap();
+    request.set_deadline(Deadline::after(within));
+    request
+}
+
 #[tokio::test(start_paused = true)]
 async fn nothing_is_hedged_past_the_deadline() {
     // Deadline at 120 ms: hedges at 50 and 100 ms, none at 150.
@@ -609,8 +717,7 @@ async fn nothing_is_hedged_past_the_deadline() {
         .no_budget()
         .build()
         .unwrap();
-    let mut request = Request::get("/items").body(String::new()).unwrap();
-    request.set_deadline(Deadline::after(120 * MS));
+    let request = get_within(120 * MS);
     layer.layer(backend.clone()).oneshot(request).await.unwrap();
     assert_eq!(
         backend.attempts(),
@@ -619,8 +726,7 @@ async fn nothing_is_hedged_past_the_deadline() {
 
     // A deadline before the delay: no hedge at all, even after a failure past it.
     let backend = HttpScripted::new(&[(60, 503, None), (10, 200, None)]);
-    let mut request = Request::get("/items").body(String::new()).unwrap();
-    request.set_deadline(Deadline::after(40 * MS));
+    let request = get_within(40 * MS);
     let response = layer.layer(backend.clone()).oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(backend.attempts().len(), 1);
@@ -665,6 +771,58 @@ async fn at_the_deadline_the_first_attempts_failure_in_hand_is_the_answer() {
     );
     assert_eq!(start.elapsed(), 100 * MS);
     assert_eq!(backend.attempts(), [(1, Duration::ZERO), (2, 10 * MS)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_alone_wakes_the_call_to_answer_the_failure_in_hand() {
+    // No timeout above: the request's deadline (100 ms) is the only timer. The first attempt
+    // fails at 10 ms, the hedges sent then and at 60 ms would take a second: at 100 ms the call's
+    // own timer wakes it, and it answers the 503 in hand.
+    let backend = HttpScripted::new(&[(10, 503, None), (1000, 200, None)]);
+    let layer = HedgeLayer::http()
+        .delay(50 * MS)
+        .max_attempts(3)
+        .no_budget()
+        .build()
+        .unwrap();
+    let request = get_within(100 * MS);
+    let mut service = layer.layer(backend.clone());
+    let mut call = tokio_test::task::spawn(service.ready().await.unwrap().call(request));
+    tokio_test::assert_pending!(call.poll());
+    for step in [10, 50] {
+        tokio::time::advance(step * MS).await;
+        assert!(
+            call.is_woken(),
+            "woken at the failure, then for the third attempt"
+        );
+        tokio_test::assert_pending!(call.poll());
+    }
+    tokio::time::advance(39 * MS).await;
+    assert!(!call.is_woken(), "nothing to do before the deadline");
+    tokio::time::advance(MS).await;
+    assert!(call.is_woken(), "the deadline wakes the call");
+    let response = tokio_test::assert_ready!(call.poll()).unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        backend.attempts(),
+        [(1, Duration::ZERO), (2, 10 * MS), (3, 60 * MS)]
+    );
+
+    // The last hedge fails before the deadline: nothing is left in flight, and the first answer
+    // returns then, not at the deadline the timer was set for.
+    let backend = HttpScripted::new(&[(10, 503, None), (30, 503, None)]);
+    let request = get_within(100 * MS);
+    let layer = HedgeLayer::http()
+        .delay(50 * MS)
+        .no_budget()
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let response = layer.layer(backend.clone()).oneshot(request).await.unwrap();
+    assert_eq!(
+        (response.status(), start.elapsed()),
+        (StatusCode::SERVICE_UNAVAILABLE, 40 * MS)
+    );
 }
 
 #[test]

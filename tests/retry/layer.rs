@@ -3,7 +3,7 @@
 
 use http::{Request, Response, StatusCode};
 use seawall::core::{
-    Deadline, DeadlineCarrier, Event, EventKind, GiveUpReason, Outcome, RetryReason,
+    Deadline, DeadlineCarrier, Event, EventKind, GiveUpReason, Observer, Outcome, RetryReason,
 };
 use seawall::http::HttpClassifier;
 use seawall::retry::backoff::{Backoff, Jitter};
@@ -848,10 +848,15 @@ async fn an_attempt_still_running_at_the_deadline_gives_back_the_answer_in_hand(
     drop(hung);
 }
 
-#[tokio::test(start_paused = true)]
-async fn the_maximum_elapsed_time_bounds_the_wait_for_readiness_too() {
+/// A call through a retry layer (no budget, a 10 ms backoff, `max_elapsed` 100 ms) over a mock
+/// that allows one call, whose first attempt has failed at once: its retry waits for readiness.
+async fn waiting_for_readiness<O: Observer>(
+    observer: O,
+) -> (
+    tokio_test::task::Spawn<impl std::future::Future<Output = Result<u32, BoxError>>>,
+    tower_test::mock::Handle<u32, u32>,
+) {
     let (mock, mut handle) = tower_test::mock::pair::<u32, u32>();
-    let (events, observer) = recorder();
     let mut service = RetryLayer::builder()
         .no_budget()
         .backoff(constant(10 * MS))
@@ -866,6 +871,13 @@ async fn the_maximum_elapsed_time_bounds_the_wait_for_readiness_too() {
     let (_, reply) = handle.next_request().await.unwrap();
     reply.send_error("failed");
     tokio_test::assert_pending!(call.poll());
+    (call, handle)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_maximum_elapsed_time_bounds_the_wait_for_readiness_too() {
+    let (events, observer) = recorder();
+    let (mut call, mut handle) = waiting_for_readiness(observer).await;
     tokio::time::advance(99 * MS).await;
     tokio_test::assert_pending!(call.poll());
     tokio::time::advance(MS).await;
@@ -881,5 +893,71 @@ async fn the_maximum_elapsed_time_bounds_the_wait_for_readiness_too() {
             attempts: 1,
             reason: GiveUpReason::Elapsed
         })
+    );
+}
+
+/// Polls `call`, catching a panic: `Err` if polling panicked, `Ok(true)` once it answered.
+fn poll_caught<F: std::future::Future>(
+    call: &mut tokio_test::task::Spawn<F>,
+) -> std::thread::Result<bool> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call.poll().is_ready()))
+}
+
+/// An observer that records every event and panics at `GaveUp`.
+fn panicking_at_gave_up() -> (Events, impl Fn(&Event<'_>) + Clone + Send + Sync + 'static) {
+    let (events, record) = recorder();
+    (events, move |event: &Event<'_>| {
+        record(event);
+        if let EventKind::GaveUp { .. } = event.kind {
+            panic!("the observer panics at GaveUp");
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_observer_panicking_at_gave_up_leaves_the_call_ended() {
+    // The one attempt allowed fails: the retry layer gives up, and the observer panics there.
+    let backend = Backend::new();
+    let (events, observer) = panicking_at_gave_up();
+    let mut service = RetryLayer::builder()
+        .max_retries(0)
+        .no_budget()
+        .observer(observer)
+        .build()
+        .unwrap()
+        .layer(backend.service(|_: &u32, _| Err::<(), _>("down")));
+    let mut call = tokio_test::task::spawn(service.ready().await.unwrap().call(1));
+    assert!(
+        poll_caught(&mut call).is_err(),
+        "the panic reaches the caller"
+    );
+    drop(call);
+    let events = events.lock().unwrap();
+    assert!(
+        matches!(events.last(), Some(EventKind::GaveUp { .. })),
+        "the call that gave up is not reported cancelled: {events:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_observer_panicking_at_gave_up_with_the_answer_in_hand_leaves_the_call_ended() {
+    // The first attempt fails, and the retry's wait for readiness reaches the time limit: the
+    // layer gives up with the first answer, and the observer panics there.
+    let (events, observer) = panicking_at_gave_up();
+    let (mut call, _handle) = waiting_for_readiness(observer).await;
+    tokio::time::advance(100 * MS).await;
+    assert!(
+        poll_caught(&mut call).is_err(),
+        "the panic reaches the caller"
+    );
+    drop(call);
+    let events = events.lock().unwrap();
+    assert_eq!(
+        events.last(),
+        Some(&EventKind::GaveUp {
+            attempts: 1,
+            reason: GiveUpReason::Elapsed
+        }),
+        "the call that gave up is not reported cancelled"
     );
 }
