@@ -1,16 +1,17 @@
 //! One breaker per destination: [`KeyedCircuitBreakerLayer`].
 //!
 //! The breakers live in the keyed rate limiter's table of fixed size (see `core::keys`): a key's
-//! hash finds its slot among two buckets of eight, with atomic loads only. A key's breaker is made
-//! the first time a slot is used and kept for the keys that use the slot after it, so memory is
-//! bounded by `max_keys` and allocated only on the path of a new key.
+//! hash finds its slot among two buckets of eight, with atomic loads only. A key's breaker is boxed,
+//! made the first time a slot is used and kept for the keys that use the slot after it, so memory
+//! grows with the keys held at once, is bounded by `max_keys`, and is allocated only on the path
+//! of a new key.
 
 use super::config::Config;
 use super::error::Open;
 use super::state::{Breaker, Permit};
 use super::{Builder, ConfigError, Metrics};
 use crate::core::gate::{Anchor, Shared};
-use crate::core::keys::{Place, Table, MAX_KEYS};
+use crate::core::keys::{Place, Table};
 use crate::core::{
     CircuitState, Classify, Emitter, ErrorIsFailure, Event, EventKind, GuardFuture, Observer,
     Record, RejectReason, Source,
@@ -29,6 +30,11 @@ use tower::{BoxError, Layer, Service};
 
 /// The index a permit of the overflow breaker carries.
 const OVERFLOW: u32 = u32::MAX;
+
+/// The most keys a keyed breaker keeps (2^20): its table of about 40 bytes a slot takes 40 MiB
+/// up front, and a million keys held at once about 1.7 GiB of breakers. More is refused as a
+/// mistake.
+pub(crate) const MAX_KEYS: usize = 1 << 20;
 
 /// What a keyed breaker takes from a request: the key whose breaker decides the call, or `None`
 /// for a request with no destination (it goes through the shared overflow breaker).
@@ -267,13 +273,16 @@ struct KeyBreaker<O> {
     source: Source<KeyedObserver<O>>,
 }
 
-/// A slot's cell.
+/// A slot's cell: about 40 bytes, with the key's breaker (about 1.7 KB) on the heap, made the
+/// first time a key takes the slot and kept for the keys after it, so memory grows with the keys
+/// held at once rather than with `max_keys`.
 struct Cell<O> {
-    made: OnceLock<KeyBreaker<O>>,
+    made: OnceLock<Box<KeyBreaker<O>>>,
     /// Set by a call of the key (only if clear: one write per sweep at most), cleared by sweeps.
     used: AtomicBool,
     /// When the key was last known to be in use: its insertion, or the last sweep that found it
-    /// used. With `used` clear, no call came since.
+    /// used (see [`KeyedBreakers::sweep`] for a sweep after a long gap). With `used` clear, no
+    /// call came since.
     mark: AtomicU64,
 }
 
@@ -290,7 +299,10 @@ impl<O> Cell<O> {
     fn idle(&self, now: u64, idle: u64) -> bool {
         !self.used.load(Acquire)
             && now.saturating_sub(self.mark.load(Relaxed)) >= idle
-            && self.made.get().is_none_or(|k| k.breaker.forgettable())
+            && self
+                .made
+                .get()
+                .is_none_or(|k| k.breaker.forgettable(Duration::from_nanos(idle)))
     }
 }
 
@@ -308,6 +320,8 @@ pub struct KeyedBreakers<O: 'static = ()> {
     origin: Instant,
     /// When the next sweep for idle keys is due, in nanoseconds since `origin`.
     next_sweep: AtomicU64,
+    /// When the last sweep ran, in nanoseconds since `origin`.
+    last_sweep: AtomicU64,
     name: Cow<'static, str>,
     observer: Arc<O>,
     /// Calls that went through the overflow breaker.
@@ -363,9 +377,10 @@ impl<O: Observer> KeyedBreakers<O> {
         let mut dropped = None;
         let claimed = self.table.claim(
             place,
-            |cell| cell.idle(now, idle).then_some((1, 0)),
+            // The key idle longest goes first.
+            |cell| cell.idle(now, idle).then(|| (1, cell.mark.load(Relaxed))),
             |cell| {
-                let made = cell.made.get_or_init(|| self.make_breaker());
+                let made = cell.made.get_or_init(|| Box::new(self.make_breaker()));
                 made.breaker
                     .transition(CircuitState::Closed, true, Source::new("", ()).emitter());
                 if let Some(label) = &made.source.observer().key {
@@ -425,7 +440,23 @@ impl<O: Observer> KeyedBreakers<O> {
         self.sweep(now);
     }
 
+    /// Forgets the keys idle for the idle timeout at `now`, and learns from the keys' flags which
+    /// were called since the sweep before: one pass over every slot, a few atomic operations
+    /// each, and a lock only for a key forgotten.
+    ///
+    /// A key called since the last sweep was called at some time between that sweep and now: when
+    /// the two are less than an idle timeout apart, it is taken as called now (it may be kept up
+    /// to that gap too long, never dropped too soon). After a longer gap (no new key came for an
+    /// idle timeout: sweeps run on a new key's path), that would keep keys idle for hours a
+    /// further idle timeout, so the key is taken as last called at the start of the gap (or its
+    /// insertion, if later): a key that is called again before the table needs its slot keeps it,
+    /// but one still in use whose next call comes after a new key needed its slot loses it, and
+    /// starts afresh when it comes back. Calls never read the clock, so nothing tells the two
+    /// apart.
     fn sweep(&self, now: u64) -> u64 {
+        let prev = self.last_sweep.fetch_max(now, Relaxed);
+        // When sweeps race, the later one decides alone.
+        let long_gap = now.saturating_sub(prev) > self.idle;
         let mut evicted = 0;
         for index in 0..self.table.capacity() {
             let cell = &self.table.slot(index).cell;
@@ -434,7 +465,12 @@ impl<O: Observer> KeyedBreakers<O> {
                 continue;
             }
             if cell.used.swap(false, AcqRel) {
-                cell.mark.store(now, Relaxed);
+                let mark = if long_gap {
+                    prev.max(cell.mark.load(Relaxed))
+                } else {
+                    now
+                };
+                cell.mark.store(mark, Relaxed);
                 continue;
             }
             if !cell.idle(now, self.idle) {
@@ -710,21 +746,23 @@ impl<K, C, O> KeyedBuilder<K, C, O> {
         }
     }
 
-    /// The most keys with a breaker of their own (default 1,024; at most 2^28), rounded up to a
-    /// multiple of 8. Their slots are allocated when the layer is built, each with room for a
-    /// key's breaker (about 1.7 KB a slot on x86-64: the breaker's hot fields are padded to cache
-    /// lines of their own); the breaker is made when the slot is first used. A new key that finds no room (its two
-    /// buckets of eight all held by keys in use, or by open breakers) goes through the shared
-    /// overflow breaker until room is made: size it at about 1.25 times the keys live within an
-    /// idle timeout.
+    /// The most keys with a breaker of their own (default 1,024; at most 2^20, 1,048,576:
+    /// `build` refuses more with [`ConfigError::MaxKeys`]), rounded up to a multiple of 8. Their
+    /// slots are allocated when the layer is built, about 40 bytes each on x86-64; a key's
+    /// breaker (about 1.7 KB: its hot fields are padded to cache lines of their own) is
+    /// allocated when a key first takes the slot and kept for the keys after it, so memory grows
+    /// with the most keys held at once. A new key that finds no room (its two buckets of eight
+    /// all held by keys in use, or by open breakers) goes through the shared overflow breaker
+    /// until room is made: size it at about 1.25 times the keys live within an idle timeout.
     pub fn max_keys(mut self, max_keys: usize) -> Self {
         self.max_keys = max_keys;
         self
     }
 
     /// How long a key may go without a call before its breaker is forgotten and its slot given
-    /// to another key (default 10 minutes). An open breaker, or a half-open one with a probe in
-    /// flight, is never forgotten.
+    /// to another key (default 10 minutes). An open breaker is kept until its open period is
+    /// over and then the idle timeout more has passed with no call; a forced-open one, or a
+    /// half-open one with a probe in flight, is never forgotten.
     pub fn idle_timeout(mut self, idle_timeout: Duration) -> Self {
         self.idle_timeout = idle_timeout;
         self
@@ -757,6 +795,7 @@ impl<K, C, O> KeyedBuilder<K, C, O> {
             idle: nanos(self.idle_timeout),
             origin: Instant::now(),
             next_sweep: AtomicU64::new(0),
+            last_sweep: AtomicU64::new(0),
             name: name.clone(),
             observer: observer.clone(),
             overflowed: AtomicU64::new(0),

@@ -669,12 +669,21 @@ impl Breaker {
     }
 
     /// Whether the breaker holds nothing worth keeping for a key gone idle: closed (or disabled,
-    /// or metrics-only), or half-open with no probe in flight. An open or forced-open breaker
-    /// remembers that its key is failing, and a probe in flight must find its trial.
-    pub(crate) fn forgettable(&self) -> bool {
+    /// or metrics-only), half-open with no probe in flight, or open with its open period over for
+    /// `idle` already. An open breaker remembers that its key is failing while that may still
+    /// matter (a call would be rejected, or would be its first probe a moment after the period);
+    /// once it has waited out its period and `idle` more with no call, its key is taken as gone.
+    /// A forced-open breaker is kept (an operator's decision), and a probe in flight must find
+    /// its trial. Reads the clock only for an open breaker.
+    pub(crate) fn forgettable(&self, idle: Duration) -> bool {
         let word = self.state.load(Acquire);
         match tag(word) {
-            OPEN | FORCED_OPEN => false,
+            // Not written yet: it tripped a moment ago.
+            OPEN => self
+                .open_until
+                .read(generation(word))
+                .is_some_and(|until| self.now().saturating_sub(until) >= nanos(idle)),
+            FORCED_OPEN => false,
             HALF_OPEN => field(word, ADMITTED_SHIFT) == field(word, COMPLETED_SHIFT),
             _ => true,
         }
