@@ -8,3 +8,4 @@ mod codel;
 mod config;
 mod deadline;
 mod queue;
+mod review;
