@@ -526,6 +526,13 @@ impl Bulkhead {
             until,
             timer: None,
         });
+        // A slot freed while another caller's lock-free take (`try_admit`) had it off its stripe
+        // for a moment was not found by the dispatch that followed its release; that caller then
+        // queued here, behind others, without looking for it. Whoever queues looks once more, so
+        // that no slot stays free while callers wait.
+        if inner.free() > 0 {
+            inner.dispatch();
+        }
         None
     }
 
