@@ -36,12 +36,13 @@ pub enum Order {
 /// Controlled delay ("Fail at Scale", Maurer 2015, after CoDel): how long a queued caller may wait
 /// depends on whether the queue has been empty lately.
 ///
-/// A caller that joins a queue that has been empty at some moment within the last
-/// [`interval`](Codel::interval) (a burst, being absorbed) may wait up to the interval; one that
-/// joins a queue that has not (a standing queue: overload) may wait only the
-/// [`target`](Codel::target). The wait is fixed when the caller joins, and capped by the builder's
-/// `max_wait` if one is set: the wait is `min(target or interval, max_wait)`. A caller that waits
-/// that long without a slot fails with [`Full`] (`waited_too_long`), as with `max_wait`.
+/// While the queue has been empty at some moment within the last [`interval`](Codel::interval)
+/// (a burst, being absorbed), a queued caller may wait up to the interval. Once it has not (a
+/// standing queue: overload), a caller may wait only the [`target`](Codel::target): one that has
+/// already waited longer is turned away at once, even if it joined while the queue was young, and
+/// is never handed a slot; one that joins a standing queue waits the target at most. The
+/// builder's `max_wait`, if set, caps every wait. A caller whose time is up fails with [`Full`]
+/// (`waited_too_long`), as with `max_wait`.
 ///
 /// The defaults are the paper's: a target of 5 ms and an interval of 100 ms.
 ///
@@ -85,9 +86,12 @@ impl Default for Codel {
 const WAITING: u8 = 0;
 /// A queued caller was given a slot, which it owns.
 const GRANTED: u8 = 1;
+/// A queued caller was turned away by controlled delay: it waited past the target in a standing
+/// queue.
+const LATE: u8 = 2;
 /// A queued caller left (gave up, or went away): its node stays in the queue as a tombstone until
 /// a hand-out or a compaction reaches it, so that leaving costs O(1).
-const LEFT: u8 = 2;
+const LEFT: u8 = 3;
 
 /// One queued caller.
 struct Node {
@@ -199,6 +203,17 @@ impl Queue {
     }
 }
 
+/// How long a caller that joins the queue at `now` may wait under controlled delay: the interval
+/// while the queue is young, but no longer than until just after the queue has stood for a whole
+/// interval (which it will have if this caller is still in it then), and the target at least.
+fn codel_wait(codel: Codel, busy_since: Instant, now: Instant) -> Duration {
+    let stands = busy_since
+        .checked_add(codel.interval)
+        .map_or(Duration::MAX, |at| at.saturating_duration_since(now))
+        .saturating_add(Duration::from_nanos(1));
+    codel.interval.min(stands.max(codel.target))
+}
+
 impl Inner {
     /// The interval of controlled delay and adaptive LIFO.
     fn interval(&self) -> Duration {
@@ -261,10 +276,14 @@ impl Inner {
 
     /// Hands free slots to queued callers, in the queue's order, [`HAND_OUT`] at a time: they are
     /// woken once the lock is let go, since a waker may run anything (a caller that queues in
-    /// turn), and the lock is taken again for the next ones.
+    /// turn), and the lock is taken again for the next ones. Under controlled delay, callers of a
+    /// standing queue that have waited past the target are turned away (and woken) instead of
+    /// served.
     fn dispatch(&self) {
-        // Adaptive LIFO decides once per dispatch, with one clock read, and only when a caller is
-        // queued (never on the uncontended path, where nobody is).
+        // The clock is read once per dispatch, and only when a caller is queued and adaptive LIFO
+        // or controlled delay needs the time (never on the uncontended path, where nobody is).
+        let timed = self.codel.is_some() || self.order == Order::Adaptive;
+        let mut clock = None;
         let mut lifo = None;
         loop {
             let mut woken: [Option<Arc<Node>>; HAND_OUT] = Default::default();
@@ -277,12 +296,24 @@ impl Inner {
                         done = true;
                         break;
                     }
-                    let lifo = *lifo.get_or_insert_with(|| match self.order {
-                        Order::Fifo => false,
-                        Order::Lifo => true,
-                        Order::Adaptive => queue.overloaded(Instant::now(), self.interval()),
+                    let now = timed.then(|| *clock.get_or_insert_with(Instant::now));
+                    let lifo = *lifo.get_or_insert_with(|| match (self.order, now) {
+                        (Order::Lifo, _) => true,
+                        (Order::Adaptive, Some(now)) => queue.overloaded(now, self.interval()),
+                        _ => false,
                     });
                     let node = queue.pop(lifo);
+                    if let (Some(codel), Some(now)) = (self.codel, now) {
+                        if queue.overloaded(now, codel.interval)
+                            && now.saturating_duration_since(node.joined) > codel.target
+                        {
+                            queue.settle(&node, LATE);
+                            self.waiting.fetch_sub(1, SeqCst);
+                            woken[count] = Some(node);
+                            count += 1;
+                            continue;
+                        }
+                    }
                     if !self.try_take() {
                         queue.unpop(node, lifo);
                         done = true;
@@ -311,7 +342,7 @@ impl Inner {
             match node.state.load(SeqCst) {
                 WAITING => {}
                 GRANTED => return true,
-                _ => return false,
+                _ => return false, // turned away, and counted out, already
             }
             queue.settle(node, LEFT);
             self.waiting.fetch_sub(1, SeqCst);
@@ -564,15 +595,14 @@ impl Bulkhead {
             return Some(Err(Full::new(RejectReason::QueueFull, Duration::ZERO)));
         }
         let now = Instant::now();
-        // Controlled delay: the interval if the queue has been empty within it (it is empty
-        // now, or emptied lately), the target if not; `max_wait` caps either.
-        let codel = inner.codel.map(|codel| {
-            if queue.overloaded(now, codel.interval) {
-                codel.target
-            } else {
-                codel.interval
-            }
-        });
+        if queue.live == 0 {
+            queue.busy_since = now;
+        }
+        // Controlled delay: the interval while the queue has been empty within it, the target
+        // once it stands (see `codel_wait`); `max_wait` caps either.
+        let codel = inner
+            .codel
+            .map(|codel| codel_wait(codel, queue.busy_since, now));
         let wait = match (codel, inner.max_wait) {
             (Some(codel), Some(max)) => Some(codel.min(max)),
             (codel, max) => codel.or(max),
@@ -588,9 +618,6 @@ impl Bulkhead {
             joined: now,
             waker: Mutex::new(waker.cloned()),
         });
-        if queue.live == 0 {
-            queue.busy_since = now;
-        }
         queue.nodes.push_back(node.clone());
         queue.live += 1;
         drop(queue);
@@ -632,7 +659,8 @@ impl Bulkhead {
             let waited = queued.node.joined.elapsed();
             return Poll::Ready(Err(Full::new(RejectReason::QueueTimeout, waited)));
         }
-        // Served while the waker was being set: the wake may have found the old one.
+        // Served or turned away while the waker was being set: the wake may have found the old
+        // one.
         match Self::settled(waiter) {
             Some(settled) => Poll::Ready(settled),
             None => Poll::Pending,
@@ -640,14 +668,19 @@ impl Bulkhead {
     }
 
     /// Whether the queue has decided for `waiter`: given a slot (`Ok`, which the caller owns
-    /// then); it leaves the queue then.
+    /// then), or turned away by controlled delay (`Err`); it leaves the queue then.
     fn settled(waiter: &mut Waiter) -> Option<Result<(), Full>> {
         let queued = waiter.queued.as_ref().expect("queued");
-        if queued.node.state.load(SeqCst) != GRANTED {
-            return None;
-        }
+        let settled = match queued.node.state.load(SeqCst) {
+            GRANTED => Ok(()),
+            LATE => Err(Full::new(
+                RejectReason::QueueTimeout,
+                queued.node.joined.elapsed(),
+            )),
+            _ => return None,
+        };
         waiter.queued = None;
-        Some(Ok(()))
+        Some(settled)
     }
 
     /// Gives back a slot taken by [`try_admit`](Self::try_admit) or given by the queue.

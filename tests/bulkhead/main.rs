@@ -8,4 +8,3 @@ mod codel;
 mod config;
 mod deadline;
 mod queue;
-mod review;
