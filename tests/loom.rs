@@ -374,6 +374,55 @@ fn a_slot_freed_while_a_caller_queues_is_never_lost() {
     });
 }
 
+/// Three parties. T asks for a slot lock-free (`try_admit`: its home stripe is empty, so it
+/// takes one off and puts it back), J queues, and the holder of the only slot gives it back and
+/// dispatches meanwhile. The dispatch may look while T's take is undone by half, and find no
+/// slot; T then puts the slot back and queues behind J ("no overtaking"). Whoever queues looks
+/// for a free slot once it is in the queue, so the slot is handed out, not stranded with
+/// callers waiting.
+#[test]
+fn a_slot_freed_while_a_lock_free_take_is_being_undone_is_not_stranded() {
+    use seawall::bulkhead::BulkheadLayer;
+    let mut model = loom::model::Builder::new();
+    model.preemption_bound = Some(2);
+    model.check(|| {
+        let layer = BulkheadLayer::builder()
+            .max_concurrent(1)
+            .queue(4)
+            .build()
+            .unwrap();
+        let service = || {
+            layer.layer(tower::service_fn(|()| {
+                std::future::ready(Ok::<(), &'static str>(()))
+            }))
+        };
+        let mut holder = service();
+        assert!(holder
+            .poll_ready(&mut Context::from_waker(Waker::noop()))
+            .is_ready());
+        let handle = layer.handle();
+        let ask = |mut s: seawall::bulkhead::BulkheadService<_>| {
+            thread::spawn(move || {
+                let first = s.poll_ready(&mut Context::from_waker(Waker::noop()));
+                (s, first.is_ready())
+            })
+        };
+        let t = ask(service());
+        let j = ask(service());
+        drop(holder);
+        let (mut t, _) = t.join().unwrap();
+        let (mut j, _) = j.join().unwrap();
+        // Polled again: whoever was handed the slot has it now.
+        let mut cx = Context::from_waker(Waker::noop());
+        let _ = (t.poll_ready(&mut cx), j.poll_ready(&mut cx));
+        assert_eq!(
+            (handle.in_flight(), handle.queued()),
+            (1, 1),
+            "one slot: one caller holds it, the other queues"
+        );
+    });
+}
+
 /// A request that carries no deadline: a call honouring deadlines then sets no timer.
 struct Undated;
 

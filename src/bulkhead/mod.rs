@@ -13,12 +13,12 @@
 //! queue of Facebook's "Fail at Scale" (Maurer, ACM Queue 2015) tells the two apart by whether it
 //! has been empty lately:
 //!
-//! - [`codel`](Builder::codel) ([`Codel`], default target 5 ms, interval 100 ms): a caller that
-//!   joins a queue that has been empty at some moment within the last interval may wait up to the
-//!   interval; one that joins a queue that has not may wait only the target. The wait is fixed
-//!   when the caller joins, `max_wait` caps it (the wait is `min(target or interval, max_wait)`),
-//!   and a caller that waits it out fails with `Full` (`waited_too_long`; a server answers 503),
-//!   never with a timeout.
+//! - [`codel`](Builder::codel) ([`Codel`], default target 5 ms, interval 100 ms): while the queue
+//!   has been empty at some moment within the last interval, a queued caller may wait up to the
+//!   interval; once it has not (it stands), a caller that has waited past the target is turned
+//!   away, even one that joined while the queue was young, and is never handed a slot. `max_wait`
+//!   caps every wait, and a caller whose time is up fails with `Full` (`waited_too_long`; a server
+//!   answers 503), never with a timeout.
 //! - [`Order::Adaptive`]: FIFO while the queue has been empty within the interval (a burst, served
 //!   fairly), LIFO while it has not (overload: the freshest callers, whose clients are still
 //!   waiting, are served, and the oldest give up). It uses codel's interval, or 100 ms without

@@ -3,9 +3,8 @@
 
 use super::error::Full;
 use crate::core::{Emitter, Gate, Observer, Record, RejectReason};
-use crate::sync::AtomicBool;
 use crate::sync::{
-    thread_index, AtomicI64, AtomicU64, Mutex, MutexGuard, Ordering::SeqCst, Padded,
+    thread_index, AtomicI64, AtomicU64, AtomicU8, Mutex, MutexGuard, Ordering::SeqCst, Padded,
 };
 use std::collections::VecDeque;
 use std::fmt;
@@ -37,12 +36,13 @@ pub enum Order {
 /// Controlled delay ("Fail at Scale", Maurer 2015, after CoDel): how long a queued caller may wait
 /// depends on whether the queue has been empty lately.
 ///
-/// A caller that joins a queue that has been empty at some moment within the last
-/// [`interval`](Codel::interval) (a burst, being absorbed) may wait up to the interval; one that
-/// joins a queue that has not (a standing queue: overload) may wait only the
-/// [`target`](Codel::target). The wait is fixed when the caller joins, and capped by the builder's
-/// `max_wait` if one is set: the wait is `min(target or interval, max_wait)`. A caller that waits
-/// that long without a slot fails with [`Full`] (`waited_too_long`), as with `max_wait`.
+/// While the queue has been empty at some moment within the last [`interval`](Codel::interval)
+/// (a burst, being absorbed), a queued caller may wait up to the interval. Once it has not (a
+/// standing queue: overload), a caller may wait only the [`target`](Codel::target): one that has
+/// already waited longer is turned away at once, even if it joined while the queue was young, and
+/// is never handed a slot; one that joins a standing queue waits the target at most. The
+/// builder's `max_wait`, if set, caps every wait. A caller whose time is up fails with [`Full`]
+/// (`waited_too_long`), as with `max_wait`.
 ///
 /// The defaults are the paper's: a target of 5 ms and an interval of 100 ms.
 ///
@@ -82,9 +82,23 @@ impl Default for Codel {
     }
 }
 
+/// A queued caller waits for a slot.
+const WAITING: u8 = 0;
+/// A queued caller was given a slot, which it owns.
+const GRANTED: u8 = 1;
+/// A queued caller was turned away by controlled delay: it waited past the target in a standing
+/// queue.
+const LATE: u8 = 2;
+/// A queued caller left (gave up, or went away): its node stays in the queue as a tombstone until
+/// a hand-out or a compaction reaches it, so that leaving costs O(1).
+const LEFT: u8 = 3;
+
 /// One queued caller.
 struct Node {
-    granted: AtomicBool,
+    /// `WAITING`, then one of the others; changed only under the queue's lock.
+    state: AtomicU8,
+    /// When the caller joined the queue.
+    joined: Instant,
     waker: Mutex<Option<Waker>>,
 }
 
@@ -125,16 +139,79 @@ pub(crate) struct Inner {
 /// The queued callers, and since when the queue has not been empty: kept under the queue's lock,
 /// so callers who never queue never touch it (nor read the clock for it).
 struct Queue {
+    /// The callers in the order they joined, with tombstones of some who left (`LEFT`) among
+    /// them; never more tombstones than [`Queue::compact`] allows.
     nodes: VecDeque<Arc<Node>>,
-    /// When the queue last went from empty to not empty; meaningless while it is empty.
+    /// How many of `nodes` wait (`WAITING`): the queue's length.
+    live: usize,
+    /// When the queue last went from empty to not empty; meaningless while it is empty. It does
+    /// not change while a caller waits, since the queue is not empty meanwhile.
     busy_since: Instant,
 }
+
+/// Tombstones tolerated in the queue beyond as many as there are waiting callers.
+const TOMBSTONES: usize = 16;
 
 impl Queue {
     /// Whether the queue has not been empty at any moment of the `interval` before `now`.
     fn overloaded(&self, now: Instant, interval: Duration) -> bool {
-        !self.nodes.is_empty() && now.saturating_duration_since(self.busy_since) > interval
+        self.live > 0 && now.saturating_duration_since(self.busy_since) > interval
     }
+
+    /// The next waiting caller, from the back (`lifo`) or the front, dropping the tombstones
+    /// before it. Needs `live > 0`.
+    fn pop(&mut self, lifo: bool) -> Arc<Node> {
+        loop {
+            let node = if lifo {
+                self.nodes.pop_back()
+            } else {
+                self.nodes.pop_front()
+            }
+            .expect("a caller waits");
+            if node.state.load(SeqCst) == WAITING {
+                return node;
+            }
+        }
+    }
+
+    /// Puts back a caller taken by [`pop`](Queue::pop), where it was.
+    fn unpop(&mut self, node: Arc<Node>, lifo: bool) {
+        if lifo {
+            self.nodes.push_back(node);
+        } else {
+            self.nodes.push_front(node);
+        }
+    }
+
+    /// A waiting caller is served, turned away or gone: `state` says which.
+    fn settle(&mut self, node: &Node, state: u8) {
+        node.state.store(state, SeqCst);
+        self.live -= 1;
+        if self.live == 0 {
+            // Only tombstones are left.
+            self.nodes.clear();
+        }
+    }
+
+    /// Drops the tombstones once they outnumber the waiting callers (and a few more): each
+    /// compaction costs as many steps as the tombstones it drops, which keeps leaving O(1)
+    /// amortised and the queue's memory within twice its length.
+    fn compact(&mut self) {
+        if self.nodes.len() > 2 * self.live + TOMBSTONES {
+            self.nodes.retain(|node| node.state.load(SeqCst) == WAITING);
+        }
+    }
+}
+
+/// How long a caller that joins the queue at `now` may wait under controlled delay: the interval
+/// while the queue is young, but no longer than until just after the queue has stood for a whole
+/// interval (which it will have if this caller is still in it then), and the target at least.
+fn codel_wait(codel: Codel, busy_since: Instant, now: Instant) -> Duration {
+    let stands = busy_since
+        .checked_add(codel.interval)
+        .map_or(Duration::MAX, |at| at.saturating_duration_since(now))
+        .saturating_add(Duration::from_nanos(1));
+    codel.interval.min(stands.max(codel.target))
 }
 
 impl Inner {
@@ -199,54 +276,81 @@ impl Inner {
 
     /// Hands free slots to queued callers, in the queue's order, [`HAND_OUT`] at a time: they are
     /// woken once the lock is let go, since a waker may run anything (a caller that queues in
-    /// turn), and the lock is taken again for the next ones.
+    /// turn), and the lock is taken again for the next ones. Under controlled delay, callers of a
+    /// standing queue that have waited past the target are turned away (and woken) instead of
+    /// served.
     fn dispatch(&self) {
-        // Adaptive LIFO decides once per hand-out, with one clock read, and only when a slot goes
-        // to a queued caller (never on the uncontended path, where nobody is queued).
+        // The clock is read once per dispatch, and only when a caller is queued and adaptive LIFO
+        // or controlled delay needs the time (never on the uncontended path, where nobody is).
+        let timed = self.codel.is_some() || self.order == Order::Adaptive;
+        let mut clock = None;
         let mut lifo = None;
         loop {
-            let mut granted: [Option<Arc<Node>>; HAND_OUT] = Default::default();
-            let mut given = 0;
+            let mut woken: [Option<Arc<Node>>; HAND_OUT] = Default::default();
+            let mut count = 0;
+            let mut done = false;
             {
                 let mut queue = self.queue();
-                while given < HAND_OUT && !queue.nodes.is_empty() && self.try_take() {
-                    let lifo = *lifo.get_or_insert_with(|| match self.order {
-                        Order::Fifo => false,
-                        Order::Lifo => true,
-                        Order::Adaptive => queue.overloaded(Instant::now(), self.interval()),
-                    });
-                    let node = if lifo {
-                        queue.nodes.pop_back()
-                    } else {
-                        queue.nodes.pop_front()
+                while count < HAND_OUT {
+                    if queue.live == 0 {
+                        done = true;
+                        break;
                     }
-                    .expect("not empty");
+                    let now = timed.then(|| *clock.get_or_insert_with(Instant::now));
+                    let lifo = *lifo.get_or_insert_with(|| match (self.order, now) {
+                        (Order::Lifo, _) => true,
+                        (Order::Adaptive, Some(now)) => queue.overloaded(now, self.interval()),
+                        _ => false,
+                    });
+                    let node = queue.pop(lifo);
+                    if let (Some(codel), Some(now)) = (self.codel, now) {
+                        if queue.overloaded(now, codel.interval)
+                            && now.saturating_duration_since(node.joined) > codel.target
+                        {
+                            queue.settle(&node, LATE);
+                            self.waiting.fetch_sub(1, SeqCst);
+                            woken[count] = Some(node);
+                            count += 1;
+                            continue;
+                        }
+                    }
+                    if !self.try_take() {
+                        queue.unpop(node, lifo);
+                        done = true;
+                        break;
+                    }
+                    queue.settle(&node, GRANTED);
                     self.waiting.fetch_sub(1, SeqCst);
-                    node.granted.store(true, SeqCst);
-                    granted[given] = Some(node);
-                    given += 1;
+                    woken[count] = Some(node);
+                    count += 1;
                 }
             }
-            for node in granted.iter().flatten() {
+            for node in woken.iter().flatten() {
                 node.wake();
             }
-            if given < HAND_OUT {
+            if done {
                 return;
             }
         }
     }
 
-    /// Takes `node` out of the queue. Returns whether it had been given a slot meanwhile, which
-    /// its caller then owns.
+    /// Takes `node` out of the queue, in O(1): it stays there as a tombstone. Returns whether it
+    /// had been given a slot meanwhile, which its caller then owns.
     fn leave(&self, node: &Arc<Node>) -> bool {
-        let mut queue = self.queue();
-        if node.granted.load(SeqCst) {
-            return true;
-        }
-        if let Some(at) = queue.nodes.iter().position(|n| Arc::ptr_eq(n, node)) {
-            queue.nodes.remove(at);
+        let waker = {
+            let mut queue = self.queue();
+            match node.state.load(SeqCst) {
+                WAITING => {}
+                GRANTED => return true,
+                _ => return false, // turned away, and counted out, already
+            }
+            queue.settle(node, LEFT);
             self.waiting.fetch_sub(1, SeqCst);
-        }
+            queue.compact();
+            // A tombstone keeps no waker, so that dropping one later under the lock runs nothing.
+            node.waker.lock().unwrap_or_else(|e| e.into_inner()).take()
+        };
+        drop(waker);
         false
     }
 
@@ -324,6 +428,7 @@ impl Bulkhead {
                 limit: AtomicU64::new(limit),
                 queue: Mutex::new(Queue {
                     nodes: VecDeque::new(),
+                    live: 0,
                     busy_since: Instant::now(),
                 }),
                 max_queue,
@@ -358,7 +463,6 @@ pub struct Waiter {
 struct Queued {
     node: Arc<Node>,
     inner: Arc<Inner>,
-    since: Instant,
     /// Until when the caller may wait, if there is a limit.
     until: Option<Instant>,
     /// The timer of a caller that waits in `poll_ready` ([`Bulkhead::poll_slow`]); one that
@@ -369,7 +473,7 @@ struct Queued {
 impl Waiter {
     /// When the caller joined the queue, if it is in it.
     pub(crate) fn since(&self) -> Option<Instant> {
-        self.queued.as_ref().map(|queued| queued.since)
+        self.queued.as_ref().map(|queued| queued.node.joined)
     }
 
     /// Until when the caller may wait in the queue, if it is in it and there is a limit.
@@ -482,24 +586,23 @@ impl Bulkhead {
         // queued: one free while callers are (freed, and being handed out) is theirs, in the
         // queue's order; whoever freed it dispatches it once this lock is let go.
         inner.waiting.fetch_add(1, SeqCst);
-        if queue.nodes.is_empty() && inner.try_take() {
+        if queue.live == 0 && inner.try_take() {
             inner.waiting.fetch_sub(1, SeqCst);
             return Some(Ok(()));
         }
-        if queue.nodes.len() >= inner.max_queue {
+        if queue.live >= inner.max_queue {
             inner.waiting.fetch_sub(1, SeqCst);
             return Some(Err(Full::new(RejectReason::QueueFull, Duration::ZERO)));
         }
         let now = Instant::now();
-        // Controlled delay: the interval if the queue has been empty within it (it is empty
-        // now, or emptied lately), the target if not; `max_wait` caps either.
-        let codel = inner.codel.map(|codel| {
-            if queue.overloaded(now, codel.interval) {
-                codel.target
-            } else {
-                codel.interval
-            }
-        });
+        if queue.live == 0 {
+            queue.busy_since = now;
+        }
+        // Controlled delay: the interval while the queue has been empty within it, the target
+        // once it stands (see `codel_wait`); `max_wait` caps either.
+        let codel = inner
+            .codel
+            .map(|codel| codel_wait(codel, queue.busy_since, now));
         let wait = match (codel, inner.max_wait) {
             (Some(codel), Some(max)) => Some(codel.min(max)),
             (codel, max) => codel.or(max),
@@ -511,21 +614,26 @@ impl Bulkhead {
             (until, deadline) => until.or(deadline),
         };
         let node = Arc::new(Node {
-            granted: AtomicBool::new(false),
+            state: AtomicU8::new(WAITING),
+            joined: now,
             waker: Mutex::new(waker.cloned()),
         });
-        if queue.nodes.is_empty() {
-            queue.busy_since = now;
-        }
         queue.nodes.push_back(node.clone());
+        queue.live += 1;
         drop(queue);
         waiter.queued = Some(Queued {
             node,
             inner: inner.clone(),
-            since: now,
             until,
             timer: None,
         });
+        // A slot freed while another caller's lock-free take (`try_admit`) had it off its stripe
+        // for a moment was not found by the dispatch that followed its release; that caller then
+        // queued here, behind others, without looking for it. Whoever queues looks once more, so
+        // that no slot stays free while callers wait.
+        if inner.free() > 0 {
+            inner.dispatch();
+        }
         None
     }
 
@@ -538,30 +646,78 @@ impl Bulkhead {
         waiter: &mut Waiter,
         expired: bool,
     ) -> Poll<Result<(), Full>> {
-        let queued = waiter.queued.as_mut().expect("queued");
-        if queued.node.granted.load(SeqCst) {
-            waiter.queued = None;
-            return Poll::Ready(Ok(()));
+        if let Some(settled) = Self::settled(waiter) {
+            return Poll::Ready(settled);
         }
+        let queued = waiter.queued.as_mut().expect("queued");
         *queued.node.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
         if expired {
             let queued = waiter.queued.take().expect("queued");
             if queued.inner.leave(&queued.node) {
                 return Poll::Ready(Ok(()));
             }
-            let waited = queued.since.elapsed();
+            let waited = queued.node.joined.elapsed();
             return Poll::Ready(Err(Full::new(RejectReason::QueueTimeout, waited)));
         }
-        // Granted while the waker was being set: the wake may have found the old one.
-        if queued.node.granted.load(SeqCst) {
-            waiter.queued = None;
-            return Poll::Ready(Ok(()));
+        // Served or turned away while the waker was being set: the wake may have found the old
+        // one.
+        match Self::settled(waiter) {
+            Some(settled) => Poll::Ready(settled),
+            None => Poll::Pending,
         }
-        Poll::Pending
+    }
+
+    /// Whether the queue has decided for `waiter`: given a slot (`Ok`, which the caller owns
+    /// then), or turned away by controlled delay (`Err`); it leaves the queue then.
+    fn settled(waiter: &mut Waiter) -> Option<Result<(), Full>> {
+        let queued = waiter.queued.as_ref().expect("queued");
+        let settled = match queued.node.state.load(SeqCst) {
+            GRANTED => Ok(()),
+            LATE => Err(Full::new(
+                RejectReason::QueueTimeout,
+                queued.node.joined.elapsed(),
+            )),
+            _ => return None,
+        };
+        waiter.queued = None;
+        Some(settled)
     }
 
     /// Gives back a slot taken by [`try_admit`](Self::try_admit) or given by the queue.
     pub(crate) fn release(&self) {
         self.inner.release();
+    }
+}
+
+#[cfg(all(test, not(seawall_loom)))]
+mod tests {
+    use super::*;
+
+    /// Callers leaving in any order leave tombstones, never more than the bound allows, and the
+    /// queue's length stays exact: leaving never scans the queue, and its memory stays within
+    /// about twice its length.
+    #[tokio::test(start_paused = true)]
+    async fn tombstones_stay_bounded_and_the_length_exact() {
+        let bulkhead = Bulkhead::new(1, 1000, None, Order::Fifo, None);
+        assert!(bulkhead.try_admit());
+        let mut waiters: Vec<Waiter> = (0..1000).map(|_| Waiter::default()).collect();
+        for waiter in &mut waiters {
+            assert!(bulkhead.join(waiter, None, None).is_none());
+        }
+        // Leave from the middle outwards, so that no hand-out pops the tombstones.
+        let mut left = 0;
+        while waiters.len() > 1 {
+            drop(waiters.remove(waiters.len() / 2));
+            left += 1;
+            let queue = bulkhead.inner.queue();
+            assert_eq!(queue.live, 1000 - left);
+            assert_eq!(bulkhead.inner.queued(), 1000 - left as u64);
+            assert!(queue.nodes.len() <= 2 * queue.live + TOMBSTONES);
+        }
+        bulkhead.release();
+        let mut cx = Context::from_waker(Waker::noop());
+        let served = bulkhead.poll_queued(&mut cx, &mut waiters[0], false);
+        assert_eq!(served, Poll::Ready(Ok(())));
+        assert_eq!(bulkhead.inner.queue().nodes.len(), 0);
     }
 }

@@ -1,7 +1,7 @@
-//! The controlled-delay queue ("Fail at Scale", Maurer 2015): a caller that joins a queue that has
-//! not been empty within the interval may wait only the target; one that joins a queue that emptied
-//! within it may wait the interval. Adaptive LIFO: FIFO while the queue has emptied within the
-//! interval, LIFO once it has not.
+//! The controlled-delay queue ("Fail at Scale", Maurer 2015): while the queue has been empty
+//! within the interval, a caller may wait the interval; once it has not (it stands), a caller that
+//! has waited past the target is turned away, at once if it already has, and never served.
+//! Adaptive LIFO: FIFO while the queue has emptied within the interval, LIFO once it has not.
 
 use seawall::bulkhead::{error::Full, BulkheadLayer, Codel, ConfigError, Order};
 use std::task::Poll;
@@ -94,11 +94,13 @@ async fn a_caller_joining_a_queue_that_has_not_emptied_within_the_interval_waits
         .codel(Codel::default())
         .build()
         .unwrap();
-    // 0: the queue was empty: the interval. 60: it has been busy 60 ms: the interval. 101: busy
-    // for 101 ms (the first caller left at 100, the second is still there): the target. 161: the
-    // queue emptied at 160: the interval again. 200: it emptied 39 ms ago: the interval.
-    let waited = waits(&layer, &[0, 60, 101, 161, 200], 400).await;
-    assert_eq!(waited, [ms(100), ms(100), ms(5), ms(100), ms(100)]);
+    // 0: the queue was empty: the interval. 60: it has been busy 60 ms, but stands from just
+    // after 100, when this caller has waited past the target: turned away at 101, having waited
+    // 41 ms. 98: turned away once past the target, at 103. 101: busy for 101 ms (the first two
+    // callers left at 100 and 101, the third is still there): the target. 161: the queue
+    // emptied at 106: the interval again. 200: it stands from just after 261: 62 ms.
+    let waited = waits(&layer, &[0, 60, 98, 101, 161, 200], 400).await;
+    assert_eq!(waited, [ms(100), ms(41), ms(5), ms(5), ms(100), ms(62)]);
     let handle = layer.handle();
     assert_eq!((handle.in_flight(), handle.queued()), (0, 0));
 }
@@ -114,9 +116,10 @@ async fn the_waits_are_the_ones_configured() {
         })
         .build()
         .unwrap();
-    // 0: empty, 20 ms. 10: busy 10 ms, 20 ms. 21: busy 21 ms: 2 ms.
-    let waited = waits(&layer, &[0, 10, 21], 100).await;
-    assert_eq!(waited, [ms(20), ms(20), ms(2)]);
+    // 0: empty, 20 ms. 10: until the queue stands, just after 20: 11 ms. 20: not standing yet,
+    // but past the target once it does: 2 ms. 21: busy 21 ms: 2 ms.
+    let waited = waits(&layer, &[0, 10, 20, 21], 100).await;
+    assert_eq!(waited, [ms(20), ms(11), ms(2), ms(2)]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -128,13 +131,14 @@ async fn max_wait_caps_both_waits() {
         .max_wait(30 * MS)
         .build()
         .unwrap();
-    // One caller every 20 ms, each allowed 30 ms: the queue never empties. Until it has been busy
-    // for more than the interval, each waits min(interval, max_wait) = 30 ms; then min(target,
-    // max_wait) = 5 ms.
-    let waited = waits(&layer, &[0, 20, 40, 60, 80, 100, 120], 300).await;
+    // One caller every 20 ms, each allowed 30 ms: the queue does not empty until 105. Until it has
+    // been busy for more than the interval, each waits min(interval, max_wait) = 30 ms; the one
+    // that joined at 80 is turned away as the queue stands, just after 100 (21 ms); those that
+    // join the standing queue wait min(target, max_wait) = 5 ms.
+    let waited = waits(&layer, &[0, 20, 40, 60, 80, 100, 104], 300).await;
     assert_eq!(
         waited,
-        [ms(30), ms(30), ms(30), ms(30), ms(30), ms(30), ms(5)]
+        [ms(30), ms(30), ms(30), ms(30), ms(21), ms(5), ms(5)]
     );
 
     let layer = BulkheadLayer::builder()
@@ -327,6 +331,111 @@ async fn a_waiter_is_woken_by_a_freed_slot_in_either_order() {
             assert_ready!(caller.poll()).unwrap();
         }
         assert_eq!((handle.in_flight(), handle.queued()), (2, 1));
+    }
+}
+
+/// "If the queue has not been empty in the last interval, a request may wait only a short
+/// time" (issue 20, after "Fail at Scale"). A caller that joined while the queue was young does
+/// not keep the interval's wait once the queue has become a standing one: it is turned away as
+/// soon as the queue stands and it has waited past the target.
+#[tokio::test(start_paused = true)]
+async fn a_caller_that_joined_a_young_queue_is_held_to_the_target_once_the_queue_stands() {
+    for order in [Order::Fifo, Order::Adaptive, Order::Lifo] {
+        let layer = BulkheadLayer::builder()
+            .max_concurrent(1)
+            .queue(10)
+            .codel(Codel::default()) // 5 ms / 100 ms
+            .order(order)
+            .build()
+            .unwrap();
+        let mut holder = Caller::new(&layer);
+        assert_ready!(holder.poll()).unwrap();
+        let mut a = Caller::new(&layer);
+        assert_pending!(a.poll()); // t = 0: the queue was empty
+        tokio::time::advance(90 * MS).await;
+        let mut b = Caller::new(&layer);
+        assert_pending!(b.poll()); // t = 90: the queue is 90 ms old
+        tokio::time::advance(11 * MS).await; // t = 101
+        assert_ready!(a.poll()).unwrap();
+        let err = a.s.call(1).await.unwrap_err();
+        assert!(err.downcast_ref::<Full>().unwrap().waited_too_long());
+        // Since t = 100 the queue has not been empty for a whole interval: it stands, and
+        // B has waited 11 ms, over the 5 ms target. By t = 106 at the latest (or when a slot
+        // comes, at dequeue) B must be turned away.
+        tokio::time::advance(9 * MS).await; // t = 110
+        assert!(
+            b.poll().is_ready(),
+            "{order:?}: at t = 110 ms B still waits (20 ms in a queue standing since t = 100)"
+        );
+    }
+}
+
+/// The dequeue side of the same rule: in a queue that has stood for 50 ms, a freed slot is not
+/// handed to a caller that has waited 60 ms (12x the target): that caller is turned away.
+#[tokio::test(start_paused = true)]
+async fn a_slot_is_not_given_to_a_caller_past_the_target_in_a_standing_queue() {
+    let layer = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .queue(10)
+        .codel(Codel::default())
+        .order(Order::Fifo)
+        .build()
+        .unwrap();
+    let mut holder = Caller::new(&layer);
+    assert_ready!(holder.poll()).unwrap();
+    let mut a = Caller::new(&layer);
+    assert_pending!(a.poll());
+    tokio::time::advance(90 * MS).await;
+    let mut b = Caller::new(&layer);
+    assert_pending!(b.poll());
+    tokio::time::advance(60 * MS).await; // t = 150; A left at 100; standing since 100
+    assert_ready!(a.poll()).unwrap();
+    drop(a.s.call(1));
+    drop(holder); // the slot frees at t = 150
+    let got = b.poll();
+    assert!(
+        !matches!(got, Poll::Ready(Ok(()))) || b.s.call(2).await.is_err(),
+        "B was served after 60 ms in a queue that had stood for 50 ms"
+    );
+}
+
+/// The same rule when the slot frees before the late caller's own timer is polled: with every
+/// order, the hand-out skips (and turns away) callers of a standing queue past the target, and
+/// serves the next one still within it.
+#[tokio::test(start_paused = true)]
+async fn a_hand_out_in_a_standing_queue_turns_away_the_late_and_serves_the_next() {
+    for order in [Order::Fifo, Order::Adaptive, Order::Lifo] {
+        let layer = BulkheadLayer::builder()
+            .max_concurrent(1)
+            .queue(10)
+            .codel(Codel::default())
+            .order(order)
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let mut holder = Caller::new(&layer);
+        assert_ready!(holder.poll()).unwrap();
+        // A holds the queue up from 0 to 100; B joins at 99 (past the target from 104 on); C
+        // joins the standing queue at 102 (past the target from 107 on).
+        let mut a = Caller::new(&layer);
+        assert_pending!(a.poll());
+        tokio::time::advance(99 * MS).await;
+        let mut b = Caller::new(&layer);
+        assert_pending!(b.poll());
+        tokio::time::advance(3 * MS).await; // t = 102
+        let mut c = Caller::new(&layer);
+        assert_pending!(c.poll());
+        drop(a);
+        tokio::time::advance(4 * MS).await; // t = 106: B is 7 ms in, C 4 ms
+        assert_eq!(handle.queued(), 2);
+        drop(holder);
+        assert!(b.woken() && c.woken(), "{order:?}");
+        assert_eq!(handle.queued(), 0, "{order:?}");
+        assert_ready!(b.poll()).unwrap();
+        assert_eq!(b.outcome().await, Some(7 * MS), "{order:?}: B turned away");
+        assert_ready!(c.poll()).unwrap();
+        assert_eq!(c.outcome().await, None, "{order:?}: C served");
+        assert_eq!((handle.in_flight(), handle.queued()), (0, 0));
     }
 }
 

@@ -462,3 +462,58 @@ fn a_new_caller_does_not_overtake_queued_ones() {
     assert!(waiters[9].poll_ready(&mut noop()).is_ready());
     assert!(arrival.lock().unwrap().poll_ready(&mut noop()).is_pending());
 }
+
+/// Leaving the queue is O(1): a caller that goes away leaves a tombstone that hand-outs skip.
+/// Its place is free at once (the queue's bound counts waiting callers only), and the others
+/// are served in the queue's order, whatever the tombstones among them.
+#[test]
+fn callers_who_leave_free_their_places_at_once_and_the_rest_keep_their_order() {
+    for order in [Order::Fifo, Order::Lifo] {
+        let layer = BulkheadLayer::builder()
+            .max_concurrent(1)
+            .queue(100)
+            .order(order)
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let mut holder = plain(&layer);
+        assert!(holder.poll_ready(&mut noop()).is_ready());
+        let mut waiters: Vec<(u32, Plain)> = (0..100).map(|id| (id, plain(&layer))).collect();
+        for (_, waiter) in &mut waiters {
+            assert!(waiter.poll_ready(&mut noop()).is_pending());
+        }
+        // Nine in ten leave, from the middle of the queue as well as its ends.
+        waiters.retain(|(id, _)| id % 10 == 0);
+        assert_eq!(handle.queued(), 10, "{order:?}");
+        // Their places are taken by as many newcomers, and the queue is full again.
+        for id in 100..190 {
+            let mut waiter = plain(&layer);
+            assert!(
+                waiter.poll_ready(&mut noop()).is_pending(),
+                "{order:?}: {id}"
+            );
+            waiters.push((id, waiter));
+        }
+        assert_eq!(handle.queued(), 100, "{order:?}");
+        let mut full = plain(&layer);
+        assert!(full.poll_ready(&mut noop()).is_ready(), "{order:?}");
+        let rejected = futures::executor::block_on(full.call(())).unwrap_err();
+        assert!(rejected.downcast_ref::<Full>().unwrap().queue_full());
+        // Each freed slot goes to the next waiting caller in the queue's order.
+        let mut expected: Vec<u32> = waiters.iter().map(|(id, _)| *id).collect();
+        if order == Order::Lifo {
+            expected.reverse();
+        }
+        drop(holder);
+        let mut served = Vec::new();
+        while !waiters.is_empty() {
+            let ready: Vec<usize> = (0..waiters.len())
+                .filter(|&i| waiters[i].1.poll_ready(&mut noop()).is_ready())
+                .collect();
+            assert_eq!(ready.len(), 1, "{order:?}: one slot, one caller served");
+            served.push(waiters.remove(ready[0]).0);
+        }
+        assert_eq!(served, expected, "{order:?}");
+        assert_eq!((handle.in_flight(), handle.queued()), (0, 0), "{order:?}");
+    }
+}
