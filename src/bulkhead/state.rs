@@ -592,6 +592,12 @@ impl Bulkhead {
         }
         if queue.live >= inner.max_queue {
             inner.waiting.fetch_sub(1, SeqCst);
+            drop(queue);
+            // Turned away, this caller may have been the one whose lock-free take hid a freed
+            // slot from its dispatch (see below): it looks once more, for the callers queued.
+            if inner.free() > 0 {
+                inner.dispatch();
+            }
             return Some(Err(Full::new(RejectReason::QueueFull, Duration::ZERO)));
         }
         let now = Instant::now();
@@ -719,5 +725,32 @@ mod tests {
         let served = bulkhead.poll_queued(&mut cx, &mut waiters[0], false);
         assert_eq!(served, Poll::Ready(Ok(())));
         assert_eq!(bulkhead.inner.queue().nodes.len(), 0);
+    }
+
+    /// A caller turned away by a full queue may have been the one whose lock-free take hid a
+    /// freed slot from the release's hand-out: it looks for the slot before it leaves, so the
+    /// caller queued gets it instead of waiting for a release that will never come.
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_turned_away_by_a_full_queue_hands_out_a_slot_it_hid() {
+        let bulkhead = Bulkhead::new(1, 1, None, Order::Fifo, None);
+        let home = thread_index() % STRIPES;
+        assert!(bulkhead.try_admit());
+        // Another caller's lock-free take, half done: the slot off this stripe for a moment.
+        bulkhead.inner.free[home].fetch_sub(1, SeqCst);
+        let mut queued = Waiter::default();
+        assert!(bulkhead.join(&mut queued, None, None).is_none());
+        // The holder's release lands on the stripe the take emptied: its hand-out finds no slot.
+        bulkhead.release();
+        // The take undone: the slot is free again, and that caller finds the queue full.
+        bulkhead.inner.free[home].fetch_add(1, SeqCst);
+        let mut turned_away = Waiter::default();
+        assert!(matches!(
+            bulkhead.join(&mut turned_away, None, None),
+            Some(Err(_))
+        ));
+        let mut cx = Context::from_waker(Waker::noop());
+        let served = bulkhead.poll_queued(&mut cx, &mut queued, false);
+        assert_eq!(served, Poll::Ready(Ok(())));
+        assert_eq!(bulkhead.inner.queued(), 0);
     }
 }

@@ -131,7 +131,7 @@ async fn max_wait_caps_both_waits() {
         .max_wait(30 * MS)
         .build()
         .unwrap();
-    // One caller every 20 ms, each allowed 30 ms: the queue does not empty until 105. Until it has
+    // One caller every 20 ms, each allowed 30 ms: the queue does not empty until 109. Until it has
     // been busy for more than the interval, each waits min(interval, max_wait) = 30 ms; the one
     // that joined at 80 is turned away as the queue stands, just after 100 (21 ms); those that
     // join the standing queue wait min(target, max_wait) = 5 ms.
@@ -367,6 +367,7 @@ async fn a_caller_that_joined_a_young_queue_is_held_to_the_target_once_the_queue
             b.poll().is_ready(),
             "{order:?}: at t = 110 ms B still waits (20 ms in a queue standing since t = 100)"
         );
+        assert_eq!(b.outcome().await, Some(20 * MS), "{order:?}");
     }
 }
 
@@ -381,6 +382,7 @@ async fn a_slot_is_not_given_to_a_caller_past_the_target_in_a_standing_queue() {
         .order(Order::Fifo)
         .build()
         .unwrap();
+    let handle = layer.handle();
     let mut holder = Caller::new(&layer);
     assert_ready!(holder.poll()).unwrap();
     let mut a = Caller::new(&layer);
@@ -392,11 +394,14 @@ async fn a_slot_is_not_given_to_a_caller_past_the_target_in_a_standing_queue() {
     assert_ready!(a.poll()).unwrap();
     drop(a.s.call(1));
     drop(holder); // the slot frees at t = 150
-    let got = b.poll();
-    assert!(
-        !matches!(got, Poll::Ready(Ok(()))) || b.s.call(2).await.is_err(),
+                  // B is answered now (not left waiting): turned away for its 60 ms, not served.
+    assert_ready!(b.poll()).unwrap();
+    assert_eq!(
+        b.outcome().await,
+        Some(60 * MS),
         "B was served after 60 ms in a queue that had stood for 50 ms"
     );
+    assert_eq!((handle.in_flight(), handle.queued()), (0, 0));
 }
 
 /// The same rule when the slot frees before the late caller's own timer is polled: with every
