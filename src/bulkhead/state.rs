@@ -140,7 +140,8 @@ pub(crate) struct Inner {
 /// so callers who never queue never touch it (nor read the clock for it).
 struct Queue {
     /// The callers in the order they joined, with tombstones of some who left (`LEFT`) among
-    /// them; never more tombstones than [`Queue::compact`] allows.
+    /// them. Compaction runs as callers leave, so the deque holds at most about twice the
+    /// queue's bound (`2 * max_queue` plus a few), not always twice its current length.
     nodes: VecDeque<Arc<Node>>,
     /// How many of `nodes` wait (`WAITING`): the queue's length.
     live: usize,
@@ -195,7 +196,8 @@ impl Queue {
 
     /// Drops the tombstones once they outnumber the waiting callers (and a few more): each
     /// compaction costs as many steps as the tombstones it drops, which keeps leaving O(1)
-    /// amortised and the queue's memory within twice its length.
+    /// amortised; hand-outs lower the length without compacting, so memory stays within about
+    /// twice the queue's bound rather than twice its current length.
     fn compact(&mut self) {
         if self.nodes.len() > 2 * self.live + TOMBSTONES {
             self.nodes.retain(|node| node.state.load(SeqCst) == WAITING);
