@@ -163,6 +163,14 @@ impl<K, S> Endpoint<K, S> {
             .map(|_| claim)
     }
 
+    /// Gives back a probe claimed as `claim` and not sent: its ejection is over, so the next
+    /// pool that wants to probe may claim it. False if the claim was lost since.
+    pub(crate) fn unclaim(&self, claim: u64) -> bool {
+        self.word
+            .compare_exchange(claim, claim & !TAG_MASK | EJECTED, AcqRel, Acquire)
+            .is_ok()
+    }
+
     /// The call of a probe claimed as `claim` is made: the probe is in flight. False when the
     /// claim was lost (taken over, or the endpoint removed) since.
     pub(crate) fn send_probe(&self, claim: u64) -> bool {
@@ -435,11 +443,7 @@ impl<K, S, O> Shared<K, S, O> {
     /// A probe claimed as `claim` and not sent (its clone dropped, or its choice given up):
     /// another may claim it. Nothing if the claim was lost since.
     pub(crate) fn release_claim(&self, endpoint: &Endpoint<K, S>, claim: u64) {
-        if endpoint
-            .word
-            .compare_exchange(claim, claim & !TAG_MASK | EJECTED, AcqRel, Acquire)
-            .is_ok()
-        {
+        if endpoint.unclaim(claim) {
             self.notify();
         }
     }
