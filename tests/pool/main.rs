@@ -686,8 +686,8 @@ async fn a_held_endpoint_whose_readiness_fails_is_passed_over() {
     );
 }
 
-/// A readiness error counts as a local failure with the failure penalty: an endpoint the cap
-/// holds in draws no load for it, and is never failed for the pool.
+/// A readiness error counts as a local failure with the failure penalty (but as no call): an
+/// endpoint the cap holds in draws no load for it, and is never failed for the pool.
 #[tokio::test(start_paused = true)]
 async fn a_readiness_error_counts_as_a_penalised_failure() {
     let eps = [Switch::default(), Switch::default(), Switch::default()];
@@ -710,6 +710,10 @@ async fn a_readiness_error_counts_as_a_penalised_failure() {
         .find(|e| e.state == EndpointState::Held)
         .unwrap();
     assert!(held.local_failures >= 1, "{held:?}");
+    // Its readiness errors are no calls: nothing in its calls, failures or window.
+    let i: usize = held.key.parse().unwrap();
+    assert_eq!(held.calls, eps[i].calls(), "{held:?}");
+    assert_eq!(held.failures, 0, "{held:?}");
     assert!(
         held.rtt >= Duration::from_millis(4900),
         "penalised: {held:?}"
