@@ -652,6 +652,35 @@ async fn a_pending_probe_does_not_busy_loop_its_waiting_calls() {
     assert_eq!(assert_ready!(b.poll()).unwrap(), 2);
 }
 
+/// Two probes due and every endpoint pending: the call keeps one probe and gives back any other
+/// it claimed without waking itself.
+#[tokio::test(start_paused = true)]
+async fn a_second_pending_probe_is_given_back_quietly() {
+    for seed in 0..20 {
+        let eps: [Switch; 4] = Default::default();
+        let pool = one_failure_ejects().seed(seed).build(eps.clone()).unwrap();
+        let handle = pool.handle();
+        eps[0].fail(true);
+        eps[1].fail(true);
+        while handle.ejected() < 2 {
+            let _ = pool.clone().oneshot(1).await;
+        }
+        tokio::time::advance(Duration::from_secs(31)).await;
+        for e in &eps {
+            e.set(PENDING);
+        }
+        let mut t = task::spawn(pool.clone().oneshot(1));
+        assert_pending!(t.poll());
+        assert!(!t.is_woken(), "seed {seed}: woke itself");
+        let probing = handle
+            .endpoints()
+            .iter()
+            .filter(|e| e.state == EndpointState::Probing)
+            .count();
+        assert_eq!(probing, 1, "seed {seed}: {:?}", handle.endpoints());
+    }
+}
+
 /// An endpoint held in by the cap whose readiness fails must not stall calls while two
 /// healthy endpoints are ready.
 #[tokio::test(start_paused = true)]
