@@ -451,7 +451,8 @@ pub struct PoolEndpointDetails {
     pub calls: u64,
     /// Calls that failed, of either origin (`failures`).
     pub failures: u64,
-    /// Calls that failed locally: the service's own errors, failed readiness (`localFailures`).
+    /// Local-origin failures: calls that failed with the service's own error, and failed
+    /// readiness, which is no call and not in `calls` or `failures` (`localFailures`).
     pub local_failures: u64,
     /// Upstream failures in a row now (`consecutiveFailures`).
     pub consecutive_failures: u32,

@@ -51,7 +51,8 @@ pub struct EndpointStatus {
     pub calls: u64,
     /// Calls that failed, of either origin.
     pub failures: u64,
-    /// Calls that failed locally (the service's own errors, failed readiness).
+    /// Local-origin failures: calls that failed with the service's own error, and failed
+    /// readiness (no call, so counted here but not in `calls` or `failures`).
     pub local_failures: u64,
 }
 

@@ -80,6 +80,15 @@ struct Claim<K, S, O> {
 }
 
 impl<K, S, O> Claim<K, S, O> {
+    /// Gives back a probe claimed in this `poll_ready` and not kept, without waking anyone:
+    /// the endpoint is due a probe again, as it was before the claim, so no clone has anything
+    /// new to act on (one that saw the claim meanwhile takes it at its takeover time at the
+    /// latest).
+    fn withdraw(mut self) {
+        let word = std::mem::take(&mut self.word);
+        self.endpoint.unclaim(word);
+    }
+
     /// Makes the probe's call: false if the claim was lost (taken over, or the endpoint
     /// removed) since `poll_ready`.
     fn send(mut self) -> bool {
@@ -370,7 +379,7 @@ where
         let mut tried = [std::ptr::null(); ATTEMPTS + 1];
         let mut n = 0;
         // The first endpoint found pending: kept (its service clone holds this task's waker),
-        // with nothing reserved on it.
+        // with no call counted on it, and the probe it claimed on it, if any.
         let mut waited = None;
         // What this clone chose before answers for now, or is given back.
         if let Some(mut chosen) = self.chosen.take() {
@@ -386,10 +395,9 @@ where
                         self.shared
                             .not_ready(&chosen.endpoint, chosen.claim_word(), now);
                     }
-                    Poll::Pending => {
-                        chosen.claim = None;
-                        waited = Some(chosen);
-                    }
+                    // Kept as it is, with the probe it claimed, if any: giving the probe back
+                    // would wake every waiting clone, this one too, to claim it again.
+                    Poll::Pending => waited = Some(chosen),
                 }
             }
         }
@@ -419,11 +427,17 @@ where
                     self.shared
                         .not_ready(&chosen.endpoint, chosen.claim_word(), now)
                 }
-                Poll::Pending => {
-                    // A pending probe is given back: another clone may find the endpoint ready.
-                    chosen.claim = None;
-                    waited.get_or_insert(chosen);
-                }
+                // The first pending endpoint is kept, with the probe claimed on it until its
+                // readiness or the claim's takeover time; a claimed probe is preferred to a
+                // plain wait. Another claimed probe is given back without waking anyone.
+                Poll::Pending => match &waited {
+                    Some(kept) if kept.claim.is_some() || chosen.claim.is_none() => {
+                        if let Some(claim) = chosen.claim.take() {
+                            claim.withdraw();
+                        }
+                    }
+                    _ => waited = Some(chosen),
+                },
             }
         }
         if let Some(waited) = waited {

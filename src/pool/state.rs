@@ -163,6 +163,14 @@ impl<K, S> Endpoint<K, S> {
             .map(|_| claim)
     }
 
+    /// Gives back a probe claimed as `claim` and not sent: its ejection is over, so the next
+    /// pool that wants to probe may claim it. False if the claim was lost since.
+    pub(crate) fn unclaim(&self, claim: u64) -> bool {
+        self.word
+            .compare_exchange(claim, claim & !TAG_MASK | EJECTED, AcqRel, Acquire)
+            .is_ok()
+    }
+
     /// The call of a probe claimed as `claim` is made: the probe is in flight. False when the
     /// claim was lost (taken over, or the endpoint removed) since.
     pub(crate) fn send_probe(&self, claim: u64) -> bool {
@@ -435,11 +443,7 @@ impl<K, S, O> Shared<K, S, O> {
     /// A probe claimed as `claim` and not sent (its clone dropped, or its choice given up):
     /// another may claim it. Nothing if the claim was lost since.
     pub(crate) fn release_claim(&self, endpoint: &Endpoint<K, S>, claim: u64) {
-        if endpoint
-            .word
-            .compare_exchange(claim, claim & !TAG_MASK | EJECTED, AcqRel, Acquire)
-            .is_ok()
-        {
+        if endpoint.unclaim(claim) {
             self.notify();
         }
     }
@@ -648,9 +652,12 @@ where
     }
 
     /// The endpoint's readiness failed: it is ejected (or, a probe's, ejected again). In
-    /// rotation it also counts as a local failure (the penalty in its estimate, its window), so
-    /// that an endpoint the cap holds in draws no load meanwhile. `claim` is the probe this
-    /// pool clone claimed on it, if any.
+    /// rotation it also takes the failure penalty in its estimate, so that an endpoint the cap
+    /// holds in draws no load meanwhile, and counts as a local failure; but it is no call (not
+    /// in `calls`, `failures` or the window): a held endpoint polled again and again would
+    /// otherwise fill its window with failures, and the failure-percentage or success-rate rule
+    /// would eject it for polls alone once it is back. `claim` is the probe this pool clone
+    /// claimed on it, if any.
     pub(crate) fn not_ready(&self, endpoint: &Endpoint<K, S>, claim: Option<u64>, now: u64) {
         let word = endpoint.word();
         match tag(word) {
@@ -658,16 +665,17 @@ where
                 self.eject(endpoint, word, EjectReason::NotReady, now, None);
             }
             AVAILABLE | HELD => {
-                self.failed(endpoint, now, 0.0, true);
+                self.penalise(endpoint, now, 0.0);
+                endpoint.local_failures.fetch_add(1, Relaxed);
                 self.eject(endpoint, word, EjectReason::NotReady, now, None);
             }
             _ => {}
         }
     }
 
-    /// Counts a failure (of a call that took `rtt_nanos`, or of a readiness) in the endpoint's
-    /// estimate (with the failure penalty), counters and window.
-    fn failed(&self, endpoint: &Endpoint<K, S>, now: u64, rtt_nanos: f64, local: bool) {
+    /// Feeds a failure (of a call that took `rtt_nanos`, or of a readiness) to the endpoint's
+    /// estimate, with the failure penalty.
+    fn penalise(&self, endpoint: &Endpoint<K, S>, now: u64, rtt_nanos: f64) {
         let config = &self.config;
         let sample = match config.penalty {
             Some(penalty) => {
@@ -677,6 +685,12 @@ where
             None => rtt_nanos,
         };
         endpoint.observe(now, sample, config.tau, false);
+    }
+
+    /// Counts a failed call that took `rtt_nanos` in the endpoint's estimate (with the failure
+    /// penalty), counters and window.
+    fn failed(&self, endpoint: &Endpoint<K, S>, now: u64, rtt_nanos: f64, local: bool) {
+        self.penalise(endpoint, now, rtt_nanos);
         endpoint.calls.fetch_add(1, Relaxed);
         endpoint.failures.fetch_add(1, Relaxed);
         if local {

@@ -568,32 +568,117 @@ async fn a_pending_endpoint_is_passed_over_for_a_ready_one() {
     );
 }
 
-/// Every endpoint pending: the call waits with nothing reserved (no call counted, and a due
-/// probe not held by the waiting clone), and is woken by the endpoint it kept waiting on.
-#[tokio::test(start_paused = true)]
-async fn every_endpoint_pending_waits_with_nothing_reserved() {
+/// Two endpoints, the first ejected (healed) and due its probe, both with their readiness
+/// pending; also how many calls the first has had.
+async fn probe_due_all_pending() -> (
+    impl Service<u32, Response = u32, Error = BoxError> + Clone,
+    PoolHandle,
+    [Switch; 2],
+    u64,
+) {
     let eps = [Switch::default(), Switch::default()];
     let pool = one_failure_ejects().seed(13).build(eps.clone()).unwrap();
     let handle = pool.handle();
     eject_until_probe_due(&pool, &handle, &eps, true).await;
-    // The probe is due, but both endpoints' readiness is pending.
     eps[0].set(PENDING);
     eps[1].set(PENDING);
+    let before = eps[0].calls();
+    (pool, handle, eps, before)
+}
+
+/// Every endpoint pending: the call waits with no call counted, holding the probe it claimed
+/// (another clone may take it over after a second), without waking itself, and is woken by the
+/// endpoint it kept waiting on.
+#[tokio::test(start_paused = true)]
+async fn every_endpoint_pending_waits_with_no_call_counted() {
+    let (pool, handle, eps, before) = probe_due_all_pending().await;
     let mut t = task::spawn(pool.clone().oneshot(7));
     assert_pending!(t.poll());
+    assert!(
+        !t.is_woken(),
+        "a pending probe must not make the call wake itself"
+    );
     for e in handle.endpoints() {
         assert_eq!(e.in_flight, 0, "{e:?}");
     }
-    assert!(
-        matches!(handle.endpoints()[0].state, EndpointState::Ejected { .. }),
-        "a pending endpoint's probe is not held: {:?}",
-        handle.endpoints()[0]
+    assert_eq!(
+        handle.endpoints()[0].state,
+        EndpointState::Probing,
+        "the pending endpoint's probe is held by the waiting call"
     );
-    // Another clone may probe it meanwhile; this one is woken when an endpoint gets ready.
     eps[0].set(READY);
     eps[1].set(READY);
     assert!(t.is_woken());
     assert_eq!(assert_ready!(t.poll()).unwrap(), 7);
+    assert_eq!(eps[0].calls(), before + 1, "the held probe went out");
+}
+
+/// Issue 24: calls waiting on a pending probe (and the clones beside them) stop waking
+/// themselves, so that paused time can move on, and are woken by the endpoints' readiness.
+#[tokio::test(start_paused = true)]
+async fn a_pending_probe_does_not_busy_loop_its_waiting_calls() {
+    let (pool, handle, eps, before) = probe_due_all_pending().await;
+    let mut a = task::spawn(pool.clone().oneshot(1));
+    let mut b = task::spawn(pool.clone().oneshot(2));
+    assert_pending!(a.poll());
+    assert_pending!(b.poll());
+    let mut polls = 0;
+    while (a.is_woken() || b.is_woken()) && polls < 100 {
+        if a.is_woken() {
+            assert_pending!(a.poll());
+        }
+        if b.is_woken() {
+            assert_pending!(b.poll());
+        }
+        polls += 1;
+    }
+    assert!(
+        !a.is_woken() && !b.is_woken(),
+        "still waking after {polls} polls: {:?}",
+        handle.endpoints()
+    );
+    // Nothing wakes them while time passes (less than the claim's takeover time)...
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(!a.is_woken() && !b.is_woken());
+    assert_eq!(handle.endpoints()[0].state, EndpointState::Probing);
+    // ...until an endpoint gets ready: the one holding the probe sends it.
+    eps[0].set(READY);
+    assert!(a.is_woken());
+    assert_eq!(assert_ready!(a.poll()).unwrap(), 1);
+    assert_eq!(eps[0].calls(), before + 1);
+    assert_eq!(handle.endpoints()[0].state, EndpointState::Available);
+    eps[1].set(READY);
+    assert!(b.is_woken());
+    assert_eq!(assert_ready!(b.poll()).unwrap(), 2);
+}
+
+/// Two probes due and every endpoint pending: the call keeps one probe and gives back any other
+/// it claimed without waking itself.
+#[tokio::test(start_paused = true)]
+async fn a_second_pending_probe_is_given_back_quietly() {
+    for seed in 0..20 {
+        let eps: [Switch; 4] = Default::default();
+        let pool = one_failure_ejects().seed(seed).build(eps.clone()).unwrap();
+        let handle = pool.handle();
+        eps[0].fail(true);
+        eps[1].fail(true);
+        while handle.ejected() < 2 {
+            let _ = pool.clone().oneshot(1).await;
+        }
+        tokio::time::advance(Duration::from_secs(31)).await;
+        for e in &eps {
+            e.set(PENDING);
+        }
+        let mut t = task::spawn(pool.clone().oneshot(1));
+        assert_pending!(t.poll());
+        assert!(!t.is_woken(), "seed {seed}: woke itself");
+        let probing = handle
+            .endpoints()
+            .iter()
+            .filter(|e| e.state == EndpointState::Probing)
+            .count();
+        assert_eq!(probing, 1, "seed {seed}: {:?}", handle.endpoints());
+    }
 }
 
 /// An endpoint held in by the cap whose readiness fails must not stall calls while two
@@ -630,8 +715,8 @@ async fn a_held_endpoint_whose_readiness_fails_is_passed_over() {
     );
 }
 
-/// A readiness error counts as a local failure with the failure penalty: an endpoint the cap
-/// holds in draws no load for it, and is never failed for the pool.
+/// A readiness error counts as a local failure with the failure penalty (but as no call): an
+/// endpoint the cap holds in draws no load for it, and is never failed for the pool.
 #[tokio::test(start_paused = true)]
 async fn a_readiness_error_counts_as_a_penalised_failure() {
     let eps = [Switch::default(), Switch::default(), Switch::default()];
@@ -654,6 +739,10 @@ async fn a_readiness_error_counts_as_a_penalised_failure() {
         .find(|e| e.state == EndpointState::Held)
         .unwrap();
     assert!(held.local_failures >= 1, "{held:?}");
+    // Its readiness errors are no calls: nothing in its calls, failures or window.
+    let i: usize = held.key.parse().unwrap();
+    assert_eq!(held.calls, eps[i].calls(), "{held:?}");
+    assert_eq!(held.failures, 0, "{held:?}");
     assert!(
         held.rtt >= Duration::from_millis(4900),
         "penalised: {held:?}"
