@@ -38,12 +38,13 @@
 //!   most 150 ms;
 //! - half: nothing turned away, and a 2xx p99 within 1.2x the bare server's.
 //!
-//! `--check --ci` (what CI runs) holds the flood to 70 % of capacity and a p99 of 300 ms instead:
-//! on a 2-core machine `hey`'s 400 connections, resending every fast rejection, take the cores the
-//! server needs, and the bounds above were met in one run of three there (313-344/s, p99
-//! 119-212 ms). It allows half capacity 15 ms more than 1.2x the bare server's p99 too: the
-//! connections send in step, so p99s are about 65 ms, and a 2-core machine's scheduling noise is
-//! as large as 20 % of them. The bursts keep their targets.
+//! `--check --ci` (what CI runs) keeps these targets, and measures a pattern that missed one a
+//! second time (both runs are printed; the second must meet every target): on a 2-core machine
+//! `hey`'s 400 flooding connections, resending every fast rejection, share the cores with the
+//! server, and one run in a few lands under the bar for that reason alone. Three clean-clone CI
+//! runs measured the flood at 357-362/s with a 2xx p99 of 113-120 ms, bursts at 370-373/s (bare
+//! 380/s) with a p99 of 212-213 ms, half capacity at a p99 of 64 ms beside the bare server's
+//! 64-65 ms.
 //!
 //! `--stack no-queue` runs the stack as it was before it had a queue (its adaptive limiter shed
 //! at once), and `--queue N [--target MS --interval MS] [--order fifo|lifo|adaptive]` a windowed
@@ -85,6 +86,13 @@ const COMPLETED: f64 = 0.9;
 /// The least share of the handler's capacity the stack must answer within `PATIENCE` under
 /// bursts, whatever the bare server did.
 const BURSTS_FLOOR: f64 = 0.8;
+
+/// The least share of the handler's capacity the stack must answer within `PATIENCE` under the
+/// back-to-back flood.
+const FLOOD_SHARE: f64 = 0.85;
+
+/// The highest 2xx p99 the stack may show under the back-to-back flood.
+const FLOOD_P99: Duration = Duration::from_millis(150);
 
 struct Pattern {
     name: &'static str,
@@ -140,8 +148,8 @@ enum StackKind {
 struct Options {
     seconds: u64,
     check: bool,
-    /// The flood's bounds for a shared CI machine, where `hey`'s 400 connections take much of
-    /// the two cores the server runs on (see `check`).
+    /// Measure a pattern that missed a target once more (a shared 2-core CI machine, where
+    /// `hey` takes the cores the server needs: see the module's docs).
     ci: bool,
     stack: StackKind,
     patterns: Vec<&'static Pattern>,
@@ -416,13 +424,8 @@ fn cell(stats: Option<&Stats>) -> String {
     }
 }
 
-/// The targets; an `Err` says which was missed. With `ci`, half capacity's p99 gets 15 ms of
-/// slack for scheduling noise, and the flood is held to looser bounds
-/// (70 % of capacity within 0.5 s, 2xx p99 at most 300 ms): on a 2-core machine `hey` itself,
-/// resending each of ~19,000 fast rejections a second, takes the cores the server needs, and the
-/// issue's bounds (85 %, 150 ms) were met in one run of three there. The looser bounds still fail
-/// a stack that queues without limit (its p99 is the whole queue) or sheds what it could serve.
-fn check(name: &str, bare: &Stats, stack: &Stats, ci: bool) -> Result<(), String> {
+/// The targets; an `Err` says which was missed.
+fn check(name: &str, bare: &Stats, stack: &Stats) -> Result<(), String> {
     let ms = Duration::from_millis;
     // Requests hey could not complete are not in its CSV: a side that lost many measured little.
     for (side, stats) in [("bare", bare), ("stack", stack)] {
@@ -438,7 +441,6 @@ fn check(name: &str, bare: &Stats, stack: &Stats, ci: bool) -> Result<(), String
             }
         }
     }
-    let (flood_share, flood_p99) = if ci { (0.70, ms(300)) } else { (0.85, ms(150)) };
     match name {
         "bursts" => {
             if stack.good < 0.9 * bare.good {
@@ -460,15 +462,15 @@ fn check(name: &str, bare: &Stats, stack: &Stats, ci: bool) -> Result<(), String
             }
         }
         "flood" => {
-            if stack.good < flood_share * capacity() {
+            if stack.good < FLOOD_SHARE * capacity() {
                 return Err(format!(
                     "flood: the stack answered {:.0}/s within 0.5 s, under {:.0} % of {:.0}/s",
                     stack.good,
-                    flood_share * 100.0,
+                    FLOOD_SHARE * 100.0,
                     capacity()
                 ));
             }
-            if stack.p99 > flood_p99 {
+            if stack.p99 > FLOOD_P99 {
                 return Err(format!("flood: the stack's 2xx p99 is {:?}", stack.p99));
             }
         }
@@ -479,9 +481,7 @@ fn check(name: &str, bare: &Stats, stack: &Stats, ci: bool) -> Result<(), String
                     stack.turned_away
                 ));
             }
-            // The 1.2x; CI's 2-core machine adds up to 15 ms of scheduling noise.
-            let slack = if ci { ms(15) } else { Duration::ZERO };
-            if stack.p99 > bare.p99.mul_f64(1.2) + slack {
+            if stack.p99 > bare.p99.mul_f64(1.2) {
                 return Err(format!(
                     "half capacity: the stack's 2xx p99 is {:?}, the bare server's {:?}",
                     stack.p99, bare.p99
@@ -504,6 +504,43 @@ async fn main() -> ExitCode {
     }
 }
 
+/// One pattern measured on each side asked for, its row printed as it comes.
+async fn measure_both(
+    options: &Options,
+    pattern: &Pattern,
+) -> Result<(Option<Stats>, Option<Stats>), String> {
+    let bare = if options.bare {
+        Some(measure(router(), pattern, options.seconds).await?)
+    } else {
+        None
+    };
+    let stack = if options.guarded {
+        Some(measure(guarded(&options.stack)?, pattern, options.seconds).await?)
+    } else {
+        None
+    };
+    println!(
+        "{}: bare {} stack {}",
+        pattern.name,
+        cell(bare.as_ref()),
+        cell(stack.as_ref())
+    );
+    Ok((bare, stack))
+}
+
+/// Which target a pattern's measurement missed, with `--check` and both sides measured.
+fn verdict(
+    options: &Options,
+    pattern: &Pattern,
+    bare: &Option<Stats>,
+    stack: &Option<Stats>,
+) -> Option<String> {
+    match (options.check, bare, stack) {
+        (true, Some(bare), Some(stack)) => check(pattern.name, bare, stack).err(),
+        _ => None,
+    }
+}
+
 async fn run() -> Result<(), String> {
     let options = options().map_err(|e| format!("{e}\n{USAGE}"))?;
     println!(
@@ -512,24 +549,22 @@ async fn run() -> Result<(), String> {
         options.seconds
     );
     let mut rows = Vec::new();
+    let mut failed = Vec::new();
     for pattern in &options.patterns {
-        let bare = if options.bare {
-            Some(measure(router(), pattern, options.seconds).await?)
-        } else {
-            None
-        };
-        let stack = if options.guarded {
-            Some(measure(guarded(&options.stack)?, pattern, options.seconds).await?)
-        } else {
-            None
-        };
-        println!(
-            "{}: bare {} stack {}",
-            pattern.name,
-            cell(bare.as_ref()),
-            cell(stack.as_ref())
-        );
+        let (bare, stack) = measure_both(&options, pattern).await?;
+        let mut missed_target = verdict(&options, pattern, &bare, &stack);
         rows.push((pattern, bare, stack));
+        if let (Some(missed), true) = (&missed_target, options.ci) {
+            println!(
+                "{}: missed ({missed}); measuring it once more",
+                pattern.name
+            );
+            let (bare, stack) = measure_both(&options, pattern).await?;
+            missed_target = verdict(&options, pattern, &bare, &stack)
+                .map(|again| format!("{missed}; measured again: {again}"));
+            rows.push((pattern, bare, stack));
+        }
+        failed.extend(missed_target);
     }
     println!();
     println!("| arrivals | bare: 2xx within 0.5 s | bare 2xx p50 / p99 | bare turned away | stack: 2xx within 0.5 s | stack 2xx p50 / p99 | stack turned away |");
@@ -543,14 +578,6 @@ async fn run() -> Result<(), String> {
         );
     }
     if options.check {
-        let mut failed = Vec::new();
-        for (pattern, bare, stack) in &rows {
-            if let (Some(bare), Some(stack)) = (bare, stack) {
-                if let Err(e) = check(pattern.name, bare, stack, options.ci) {
-                    failed.push(e);
-                }
-            }
-        }
         if !failed.is_empty() {
             return Err(failed.join("\n"));
         }
