@@ -232,15 +232,15 @@ mod server {
     impl sealed::Sealed for Quota {}
 
     /// The adaptive limiter the server stack makes: a windowed [`Gradient2`] with a queue of
-    /// 128, controlled delay (5 ms while the queue stands, 150 ms after it emptied) and LIFO
+    /// 128, controlled delay (5 ms while the queue stands, 165 ms after it emptied) and LIFO
     /// order (see the [stack module docs](crate::stack)).
     #[derive(Clone, Copy, Debug, Default)]
     pub struct StackLimiter;
 
     /// How many callers the server stack's limiter queues.
     const QUEUE: usize = 128;
-    /// The server stack's controlled delay: 5 ms while the queue stands, 150 ms after it emptied.
-    const CODEL: Codel = Codel::new(Duration::from_millis(5), Duration::from_millis(150));
+    /// The server stack's controlled delay: 5 ms while the queue stands, 165 ms after it emptied.
+    const CODEL: Codel = Codel::new(Duration::from_millis(5), Duration::from_millis(165));
 
     /// The adaptive limiter the server stack makes.
     pub type OwnLimiter<O = ()> =

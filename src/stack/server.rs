@@ -34,7 +34,7 @@ pub struct ServerStack<R = OwnRateLimit, C = OwnLimiter, T = OwnTimeout<Duration
 
 impl ServerStack {
     /// No rate limit; a windowed Gradient2 limiter with a queue of 128, controlled delay (5 ms
-    /// while the queue stands, 150 ms after it emptied) and LIFO order; a 30 s timeout; named
+    /// while the queue stands, 165 ms after it emptied) and LIFO order; a 30 s timeout; named
     /// `"server"`, observed by nothing. See the [module docs](super) for why.
     pub fn new() -> Self {
         ServerStack {
