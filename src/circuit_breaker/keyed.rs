@@ -572,11 +572,15 @@ fn start_sweeper<O: Observer>(anchor: &Anchor<KeyedShared<O>>) {
 }
 
 /// The sweeper's hold on its table: when the task is dropped (its runtime shut down), the next
-/// new key starts another.
+/// new key starts another. One that panicked (a runtime without timers) is not started again:
+/// new keys sweep, as without a runtime.
 struct Sweeping<O: 'static>(WeakAnchor<KeyedShared<O>>);
 
 impl<O: 'static> Drop for Sweeping<O> {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
         if let Some(anchor) = self.0.upgrade() {
             anchor.gate.sweeper.store(false, Relaxed);
         }
