@@ -10,6 +10,7 @@ use super::config::Config;
 use super::error::Open;
 use super::state::{Breaker, Permit};
 use super::{Builder, ConfigError, Metrics};
+use crate::core::anchor::WeakAnchor;
 use crate::core::gate::{Anchor, Shared};
 use crate::core::keys::{Place, Table};
 use crate::core::{
@@ -328,6 +329,8 @@ pub struct KeyedBreakers<O: 'static = ()> {
     overflowed: AtomicU64,
     /// Keys dropped because they were idle.
     evicted: AtomicU64,
+    /// Whether a task sweeps the table (see [`start_sweeper`]).
+    sweeper: AtomicBool,
 }
 
 impl<O> fmt::Debug for KeyedBreakers<O> {
@@ -356,21 +359,35 @@ impl<O: Observer> KeyedBreakers<O> {
     }
 
     /// The slot of `place`'s key, given one if it is new and there is room; `None` when there is
-    /// none (the call goes through the overflow breaker).
+    /// none (the call goes through the overflow breaker). `anchor` holds these breakers: a new
+    /// key starts the sweeper with it if none runs.
     #[inline]
-    fn slot_of(&self, place: Place, key: &dyn fmt::Debug) -> Option<usize> {
+    fn slot_of(
+        &self,
+        place: Place,
+        key: &dyn fmt::Debug,
+        anchor: &Anchor<KeyedShared<O>>,
+    ) -> Option<usize> {
         match self.table.find(place) {
             Some(index) => {
                 self.table.slot(index).cell.touch();
                 Some(index)
             }
-            None => self.insert(place, key),
+            None => self.insert(place, key, anchor),
         }
     }
 
     #[cold]
     #[inline(never)]
-    fn insert(&self, place: Place, key: &dyn fmt::Debug) -> Option<usize> {
+    fn insert(
+        &self,
+        place: Place,
+        key: &dyn fmt::Debug,
+        anchor: &Anchor<KeyedShared<O>>,
+    ) -> Option<usize> {
+        if !self.sweeper.load(Relaxed) {
+            start_sweeper(anchor);
+        }
         let now = self.now();
         self.sweep_if_due(now);
         let idle = self.idle;
@@ -425,8 +442,9 @@ impl<O: Observer> KeyedBreakers<O> {
         }
     }
 
-    /// Drops the keys idle for the idle timeout, if a sweep is due at `now`: at most one sweep
-    /// runs per half idle timeout, on a new key's path or from the handle.
+    /// Drops the keys idle for the idle timeout, if a sweep is due at `now`: on a new key's path,
+    /// when no sweeper runs (no tokio runtime) or it has fallen behind by half an idle timeout,
+    /// at most once per half idle timeout.
     fn sweep_if_due(&self, now: u64) {
         let due = self.next_sweep.load(Relaxed);
         if now < due
@@ -445,14 +463,15 @@ impl<O: Observer> KeyedBreakers<O> {
     /// each, and a lock only for a key forgotten.
     ///
     /// A key called since the last sweep was called at some time between that sweep and now: when
-    /// the two are less than an idle timeout apart, it is taken as called now (it may be kept up
-    /// to that gap too long, never dropped too soon). After a longer gap (no new key came for an
-    /// idle timeout: sweeps run on a new key's path), that would keep keys idle for hours a
-    /// further idle timeout, so the key is taken as last called at the start of the gap (or its
-    /// insertion, if later): a key that is called again before the table needs its slot keeps it,
-    /// but one still in use whose next call comes after a new key needed its slot loses it, and
-    /// starts afresh when it comes back. Calls never read the clock, so nothing tells the two
-    /// apart.
+    /// the two are less than an idle timeout apart (as they are while the sweeper runs, every
+    /// half idle timeout), it is taken as called now (it may be kept up to that gap too long,
+    /// never dropped too soon). After a longer gap (no sweeper: no tokio runtime, and no new key
+    /// for an idle timeout), that would keep keys idle for hours a further idle timeout, so the
+    /// key is taken as last called at the start of the gap (or its insertion, if later): a key
+    /// called again before the table needs its slot keeps it, but one still in use whose next
+    /// call comes after a new key needed its slot loses it, and starts afresh when it comes back.
+    /// Calls never read the clock, so nothing tells the two apart: only the sweeper's regular
+    /// sweeps keep that from happening.
     fn sweep(&self, now: u64) -> u64 {
         let prev = self.last_sweep.fetch_max(now, Relaxed);
         // When sweeps race, the later one decides alone.
@@ -509,9 +528,62 @@ impl<O: Observer> KeyedBreakers<O> {
         evicted
     }
 
+    /// The sweeper's sweep, at the time it reads: new keys then leave the sweeps to it unless it
+    /// falls behind by half an idle timeout.
+    fn sweep_now(&self) -> u64 {
+        let now = self.now();
+        self.next_sweep
+            .fetch_max(now.saturating_add(self.idle), Relaxed);
+        self.sweep(now)
+    }
+
     fn find<K: Hash + ?Sized>(&self, key: &K) -> Option<&KeyBreaker<O>> {
         let place = self.table.locate(key);
         self.table.find(place).map(|index| self.made(index))
+    }
+}
+
+/// Starts a task that sweeps `anchor`'s table every half idle timeout, if a tokio runtime is at
+/// hand and none runs (the first new key starts it, and the first after its runtime shut down
+/// starts another). It holds the table weakly, and ends when the layer and everything made from
+/// it are gone. Regular sweeps are what tell a key in use from an idle one (calls only set a
+/// flag, which sweeps clear), and they take the sweep's pass over every slot off new keys' calls.
+#[cold]
+fn start_sweeper<O: Observer>(anchor: &Anchor<KeyedShared<O>>) {
+    let gate = &anchor.gate;
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    if gate.sweeper.swap(true, Relaxed) {
+        return;
+    }
+    let running = Sweeping(anchor.downgrade());
+    let period = Duration::from_nanos(gate.idle / 2).max(Duration::from_millis(1));
+    runtime.spawn(async move {
+        let running = running;
+        loop {
+            tokio::time::sleep(period).await;
+            let Some(anchor) = running.0.upgrade() else {
+                return;
+            };
+            anchor.gate.sweep_now();
+        }
+    });
+}
+
+/// The sweeper's hold on its table: when the task is dropped (its runtime shut down), the next
+/// new key starts another. One that panicked (a runtime without timers) is not started again:
+/// new keys sweep, as without a runtime.
+struct Sweeping<O: 'static>(WeakAnchor<KeyedShared<O>>);
+
+impl<O: 'static> Drop for Sweeping<O> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        if let Some(anchor) = self.0.upgrade() {
+            anchor.gate.sweeper.store(false, Relaxed);
+        }
     }
 }
 
@@ -521,6 +593,9 @@ pub struct KeyedPermit {
     index: u32,
     /// The version of the key's label when the call was admitted (when an observer listens).
     label: u32,
+    /// The low half of the key's tag: a call that ends after its key was forgotten and the slot
+    /// given to another key leaves that key's breaker alone.
+    tag: u32,
     permit: Permit,
 }
 
@@ -539,6 +614,7 @@ impl<O: Observer> crate::core::Gate for KeyedBreakers<O> {
         Poll::Ready(self.overflow.acquire(emit).map(|permit| KeyedPermit {
             index: OVERFLOW,
             label: 0,
+            tag: 0,
             permit,
         }))
     }
@@ -549,6 +625,9 @@ impl<O: Observer> crate::core::Gate for KeyedBreakers<O> {
             return self.overflow.complete(permit.permit, record, emit);
         }
         let index = permit.index as usize;
+        if !self.table.may_hold(index, permit.tag) {
+            return; // the key was forgotten while its call ran
+        }
         let made = self.made(index);
         self.table.slot(index).cell.touch();
         made.breaker
@@ -560,7 +639,11 @@ impl<O: Observer> crate::core::Gate for KeyedBreakers<O> {
         if permit.index == OVERFLOW {
             return self.overflow.cancel(permit.permit, emit);
         }
-        let made = self.made(permit.index as usize);
+        let index = permit.index as usize;
+        if !self.table.may_hold(index, permit.tag) {
+            return;
+        }
+        let made = self.made(index);
         made.breaker.cancel(permit.permit, made.source.emitter())
     }
 
@@ -761,8 +844,11 @@ impl<K, C, O> KeyedBuilder<K, C, O> {
 
     /// How long a key may go without a call before its breaker is forgotten and its slot given
     /// to another key (default 10 minutes). An open breaker is kept until its open period is
-    /// over and then the idle timeout more has passed with no call; a forced-open one, or a
-    /// half-open one with a probe in flight, is never forgotten.
+    /// over and then the idle timeout more has passed with no call, a half-open one with a probe
+    /// in flight until the trial's longest wait (`max_half_open_wait`) and then the idle timeout
+    /// more have passed (its probe is taken as lost); a forced-open one is never forgotten.
+    /// Within a tokio runtime a task sweeps the table for idle keys every half idle timeout, for
+    /// as long as the layer is held; without one, a new key sweeps.
     pub fn idle_timeout(mut self, idle_timeout: Duration) -> Self {
         self.idle_timeout = idle_timeout;
         self
@@ -800,6 +886,7 @@ impl<K, C, O> KeyedBuilder<K, C, O> {
             observer: observer.clone(),
             overflowed: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
+            sweeper: AtomicBool::new(false),
         };
         let shared = Shared::new(
             name,
@@ -896,12 +983,12 @@ where
         let key = self.key.key(&req);
         let (index, decided) = loop {
             let Some(key) = &key else {
-                break ((OVERFLOW, 0), breakers.overflow.acquire(emit));
+                break ((OVERFLOW, 0, 0), breakers.overflow.acquire(emit));
             };
             let place = breakers.table.locate(key);
-            let Some(index) = breakers.slot_of(place, key) else {
+            let Some(index) = breakers.slot_of(place, key, &self.shared) else {
                 breakers.overflowed.fetch_add(1, Relaxed);
-                break ((OVERFLOW, 0), breakers.overflow.acquire(emit));
+                break ((OVERFLOW, 0, 0), breakers.overflow.acquire(emit));
             };
             let made = breakers.made(index);
             let decided = made.breaker.acquire(made.source.emitter());
@@ -918,9 +1005,9 @@ where
                 Some(label) if O::ENABLED => label.version(),
                 _ => 0,
             };
-            break ((index as u32, label), decided);
+            break ((index as u32, label, place.tag as u32), decided);
         };
-        let (index, label) = index;
+        let (index, label, tag) = index;
         match decided {
             Ok(permit) => {
                 // Given back should the observer panic before the call is made.
@@ -929,6 +1016,7 @@ where
                     Some(KeyedPermit {
                         index,
                         label,
+                        tag,
                         permit,
                     }),
                 );
@@ -1089,8 +1177,9 @@ impl<O: Observer> KeyedHandle<O> {
         }
     }
 
-    /// Forgets now every key idle for the idle timeout (sweeps otherwise run on the path of a new
-    /// key, at most once per half idle timeout); returns how many were.
+    /// Forgets now every key idle for the idle timeout (sweeps otherwise run every half idle
+    /// timeout, in a task of the runtime where the first new key came, or without a runtime on
+    /// the path of a new key); returns how many were.
     pub fn evict_idle(&self) -> u64 {
         let gate = &self.shared.gate;
         gate.sweep(gate.now())

@@ -673,8 +673,11 @@ impl Breaker {
     /// `idle` already. An open breaker remembers that its key is failing while that may still
     /// matter (a call would be rejected, or would be its first probe a moment after the period);
     /// once it has waited out its period and `idle` more with no call, its key is taken as gone.
-    /// A forced-open breaker is kept (an operator's decision), and a probe in flight must find
-    /// its trial. Reads the clock only for an open breaker.
+    /// A forced-open breaker is kept (an operator's decision). A probe in flight must find its
+    /// trial, while it may still come back: until the trial's longest wait is over (a call would
+    /// then end the trial as failed) and `idle` more; after that it is taken as lost (the keyed
+    /// breaker then leaves the slot's next breaker alone when it ends). Reads the clock only for
+    /// an open breaker, or a half-open one with a probe in flight.
     pub(crate) fn forgettable(&self, idle: Duration) -> bool {
         let word = self.state.load(Acquire);
         match tag(word) {
@@ -684,7 +687,16 @@ impl Breaker {
                 .read(generation(word))
                 .is_some_and(|until| self.now().saturating_sub(until) >= nanos(idle)),
             FORCED_OPEN => false,
-            HALF_OPEN => field(word, ADMITTED_SHIFT) == field(word, COMPLETED_SHIFT),
+            HALF_OPEN => {
+                field(word, ADMITTED_SHIFT) == field(word, COMPLETED_SHIFT)
+                    || self
+                        .half_open_since
+                        .read(generation(word))
+                        .is_some_and(|since| {
+                            let lost = self.config.max_half_open_wait.saturating_add(idle);
+                            self.now().saturating_sub(since) >= nanos(lost)
+                        })
+            }
             _ => true,
         }
     }

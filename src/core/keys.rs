@@ -291,6 +291,15 @@ impl<C> Table<C> {
         true
     }
 
+    /// Whether the slot at `index` may still hold the key whose tag's low half is `tag`: it
+    /// does, or is being handed over (or emptied, or looked at by a sweep) right now.
+    #[inline]
+    #[cfg_attr(not(feature = "circuit-breaker"), allow(dead_code))]
+    pub(crate) fn may_hold(&self, index: usize, tag: u32) -> bool {
+        let held = self.slots[index].tag.load(Acquire);
+        held as u32 == tag || held == BUSY
+    }
+
     /// The tag of the key the slot at `index` holds (or an empty or busy mark).
     #[inline]
     #[cfg_attr(not(feature = "circuit-breaker"), allow(dead_code))]
