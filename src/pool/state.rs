@@ -230,7 +230,17 @@ impl<K, S> Endpoint<K, S> {
         K: fmt::Debug,
     {
         let word = self.word();
+        let penalized = self.penalized.load(Relaxed);
         let state = match tag(word) {
+            // Its last answer was a failure, and the penalty keeps it out of the draws until
+            // its recheck: in rotation in name only, so it is shown apart.
+            AVAILABLE if penalized != 0 => super::handle::EndpointState::Penalised {
+                recheck_in: Duration::from_nanos(
+                    (penalized - 1)
+                        .saturating_add(nanos(config.schedule.base))
+                        .saturating_sub(now),
+                ),
+            },
             AVAILABLE => super::handle::EndpointState::Available,
             HELD => super::handle::EndpointState::Held,
             EJECTED => super::handle::EndpointState::Ejected {
