@@ -71,7 +71,8 @@ impl<K, S, O> Chosen<K, S, O> {
 
 /// A probe claimed in `poll_ready` and not sent yet: given back when dropped, whatever drops it
 /// (the choice given up, the pool clone dropped, a panic on the way to `call`). A claim left
-/// unsent for [`CLAIM_TIMEOUT`](super::state::CLAIM_TIMEOUT) may be taken over by another clone.
+/// unsent for the probe-claim timeout ([`Builder::probe_claim_timeout`]) may be taken over by
+/// another clone.
 struct Claim<K, S, O> {
     shared: Arc<Shared<K, S, O>>,
     endpoint: Arc<Endpoint<K, S>>,
@@ -86,7 +87,10 @@ impl<K, S, O> Claim<K, S, O> {
     /// latest).
     fn withdraw(mut self) {
         let word = std::mem::take(&mut self.word);
-        self.endpoint.unclaim(word);
+        if self.endpoint.unclaim(word) {
+            // Due again now: a refusal must not trust a quiet time that counted the claim.
+            self.shared.unquiet();
+        }
     }
 
     /// Makes the probe's call: false if the claim was lost (taken over, or the endpoint
@@ -221,6 +225,7 @@ where
         let unhealthy = self.shared.no_healthy();
         let fail_fast = unhealthy && self.shared.fails_fast();
         let panic = unhealthy && !fail_fast;
+        let claim_timeout = self.shared.config.claim_timeout;
         let list = self.list.clone();
         let admits = |i: usize| -> Option<(Arc<Endpoint<K, S>>, Usable)> {
             // Gone: removed since this clone took its list.
@@ -230,7 +235,7 @@ where
             }
             // Failing fast, only the probes that may bring an endpoint back go out.
             let usable = e
-                .usable(now, panic)
+                .usable(now, panic, claim_timeout)
                 .filter(|u| !fail_fast || *u == Usable::ProbeDue)?;
             Some((e, usable))
         };
@@ -267,7 +272,7 @@ where
         for (_, endpoint, usable) in picks.into_iter().flatten() {
             match usable {
                 Usable::ProbeDue => {
-                    if let Some(claim) = endpoint.claim_probe(now) {
+                    if let Some(claim) = endpoint.claim_probe(now, claim_timeout) {
                         return Some((endpoint, Some(claim)));
                     }
                     if panic {
@@ -373,8 +378,18 @@ where
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.rejected = false;
         let changes = self.shared.changes();
-        self.sync();
         let now = self.shared.now();
+        // Failing fast with nothing healthy and, as a refusal found since the last change, no
+        // probe due yet: refused at once, in O(1), without walking the endpoints.
+        if self.chosen.is_none()
+            && self.shared.fails_fast()
+            && self.shared.no_healthy()
+            && self.shared.quiet(changes, now)
+        {
+            self.rejected = true;
+            return Poll::Ready(Ok(()));
+        }
+        self.sync();
         // The endpoints this call has tried: one pending or failing is passed over for another.
         let mut tried = [std::ptr::null(); ATTEMPTS + 1];
         let mut n = 0;
@@ -443,6 +458,10 @@ where
         if let Some(waited) = waited {
             self.chosen = Some(waited);
         } else if !self.list.is_empty() && self.shared.no_healthy() && self.shared.fails_fast() {
+            // Until the first probe may be claimed (or a change), the next refusals skip this
+            // walk.
+            let until = self.shared.next_expiry(&self.list).unwrap_or(u64::MAX);
+            self.shared.set_quiet(changes, until);
             self.rejected = true;
             return Poll::Ready(Ok(()));
         } else {

@@ -297,6 +297,64 @@ async fn all_failing_fails_fast() {
     );
 }
 
+/// Failing fast with every endpoint ejected, refusals skip the walk of the endpoints until the
+/// first ejection ends or something changes; neither is missed: the probe goes out when it is
+/// due, and one given back (dropped) is claimed again by the very next call.
+#[tokio::test(start_paused = true)]
+async fn fail_fast_refusals_do_not_delay_probes() {
+    let eps = [Switch::default(), Switch::default(), Switch::default()];
+    let pool = one_failure_ejects()
+        .max_ejection_percent(100.0)
+        .fail_fast()
+        .seed(9)
+        .build(eps.to_vec())
+        .unwrap();
+    let handle = pool.handle();
+    // The first ejected 5 s before the others: its probe is due alone.
+    eps[0].fail(true);
+    while handle.ejected() < 1 {
+        let _ = pool.clone().oneshot(1).await;
+    }
+    tokio::time::advance(Duration::from_secs(5)).await;
+    for ep in &eps {
+        ep.fail(true);
+    }
+    while handle.ejected() < 3 {
+        let _ = pool.clone().oneshot(1).await;
+    }
+    tokio::time::advance(Duration::from_secs(5)).await;
+    let sent = |eps: &[Switch]| eps.iter().map(Switch::calls).sum::<u64>();
+    let before = sent(&eps);
+    let refused = |e: BoxError| seawall::error::kind(&*e) == Some(ErrorKind::NoHealthyEndpoint);
+    // Refused, again and again, up to a moment before the first ejection (30 s) ends.
+    for _ in 0..100 {
+        assert!(refused(pool.clone().oneshot(1).await.unwrap_err()));
+    }
+    tokio::time::advance(Duration::from_millis(19_990)).await;
+    assert!(refused(pool.clone().oneshot(1).await.unwrap_err()));
+    assert_eq!(sent(&eps), before);
+    // The first ejection's end: its probe is claimed by a clone made ready; the next call is
+    // refused (the claim holds for a second), and finds nothing due before its takeover.
+    for ep in &eps {
+        ep.fail(false);
+    }
+    tokio::time::advance(Duration::from_millis(10)).await;
+    let mut dropped = pool.clone();
+    futures::future::poll_fn(|cx| dropped.poll_ready(cx))
+        .await
+        .unwrap();
+    assert_eq!(handle.endpoints()[0].state, EndpointState::Probing);
+    assert!(refused(pool.clone().oneshot(1).await.unwrap_err()));
+    // The clone dropped unsent gives the probe back: the very next call must take it, not
+    // trust the quiet time the refusal found.
+    drop(dropped);
+    pool.clone().oneshot(1).await.unwrap();
+    assert_eq!(sent(&eps), before + 1, "the probe went out");
+    assert_eq!(handle.endpoints()[0].state, EndpointState::Available);
+    assert_eq!(handle.ejected(), 2);
+    pool.clone().oneshot(1).await.unwrap();
+}
+
 /// With the failure penalty on (the default), one failure takes an endpoint out of the draws
 /// long before the consecutive rule ejects it: the handle shows it `Penalised` until its recheck
 /// (one ejection time later), and `Available` again once the recheck succeeds.
@@ -485,6 +543,32 @@ async fn a_probe_claim_taken_over_is_not_sent_by_the_clone_that_lost_it() {
         Some(ErrorKind::EndpointUnavailable)
     );
     assert_eq!(eps[0].calls(), 2, "nothing sent by the clone that lost it");
+}
+
+/// The probe-claim timeout is the builder's: with 5 s, a claim held by an idle clone is not
+/// taken over after 4.9 s, and is at 5 s.
+#[tokio::test(start_paused = true)]
+async fn the_probe_claim_timeout_is_configurable() {
+    let eps = [Switch::default(), Switch::default()];
+    let pool = one_failure_ejects()
+        .probe_claim_timeout(Duration::from_secs(5))
+        .seed(16)
+        .build(eps.clone())
+        .unwrap();
+    let handle = pool.handle();
+    eject_until_probe_due(&pool, &handle, &eps, false).await;
+    let mut idle = pool.clone();
+    futures::future::poll_fn(|cx| idle.poll_ready(cx))
+        .await
+        .unwrap();
+    tokio::time::advance(Duration::from_millis(4_900)).await;
+    pool.clone().oneshot(1).await.unwrap();
+    assert_eq!(eps[0].calls(), 1, "the idle clone's claim still holds");
+    assert_eq!(handle.endpoints()[0].state, EndpointState::Probing);
+    tokio::time::advance(Duration::from_millis(100)).await;
+    let _ = pool.clone().oneshot(1).await;
+    assert_eq!(eps[0].calls(), 2, "the probe taken over at 5 s");
+    drop(idle);
 }
 
 /// A claimed probe is given back whatever unwinds: an endpoint readiness that panics right after
@@ -1127,6 +1211,10 @@ fn bad_configuration_is_an_error() {
         (
             Pool::builder().consecutive_failures(0),
             ConfigError::ConsecutiveFailures,
+        ),
+        (
+            Pool::builder().probe_claim_timeout(Duration::ZERO),
+            ConfigError::ProbeClaimTimeout,
         ),
         (
             Pool::builder().consecutive_local_failures(0),
