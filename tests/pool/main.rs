@@ -795,6 +795,79 @@ async fn every_endpoint_pending_waits_with_no_call_counted() {
     assert_eq!(eps[0].calls(), before + 1, "the held probe went out");
 }
 
+/// An endpoint whose readiness is per clone, as a client's connection set-up is: a clone's
+/// first `poll_ready` starts it (counted in `starts`), and it is ready once the test opens the
+/// gate; a fresh clone starts over.
+#[derive(Clone)]
+struct Warming {
+    gate: Arc<WarmingGate>,
+    started: bool,
+}
+
+#[derive(Default)]
+struct WarmingGate {
+    open: std::sync::atomic::AtomicBool,
+    starts: std::sync::atomic::AtomicU64,
+    wakers: Mutex<Vec<std::task::Waker>>,
+}
+
+impl WarmingGate {
+    fn open(&self) {
+        self.open.store(true, SeqCst);
+        for w in self.wakers.lock().unwrap().drain(..) {
+            w.wake();
+        }
+    }
+}
+
+impl Service<u32> for Warming {
+    type Response = u32;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<u32, std::io::Error>>;
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if !std::mem::replace(&mut self.started, true) {
+            self.gate.starts.fetch_add(1, SeqCst);
+        }
+        if self.gate.open.load(SeqCst) {
+            return Poll::Ready(Ok(()));
+        }
+        self.gate.wakers.lock().unwrap().push(cx.waker().clone());
+        Poll::Pending
+    }
+    fn call(&mut self, x: u32) -> Self::Future {
+        std::future::ready(Ok(x))
+    }
+}
+
+/// Every endpoint tried and found pending is kept, not only the first: woken again and again,
+/// a waiting call starts no endpoint's readiness over (a review's finding: the others were
+/// dropped and restarted at each wake), and whichever gets ready first takes the call.
+#[tokio::test(start_paused = true)]
+async fn every_pending_endpoint_tried_is_kept() {
+    let gates: Vec<Arc<WarmingGate>> = (0..3).map(|_| Arc::default()).collect();
+    let eps = gates.iter().map(|gate| Warming {
+        gate: gate.clone(),
+        started: false,
+    });
+    let pool = Pool::builder().seed(2).build(eps).unwrap();
+    let mut t = task::spawn(pool.clone().oneshot(7));
+    assert_pending!(t.poll());
+    let starts = |gates: &[Arc<WarmingGate>]| -> Vec<u64> {
+        gates.iter().map(|g| g.starts.load(SeqCst)).collect()
+    };
+    assert_eq!(starts(&gates), [1, 1, 1], "every endpoint tried");
+    // Polled again and again (as a wake by another endpoint's state would).
+    for _ in 0..5 {
+        assert_pending!(t.poll());
+    }
+    assert_eq!(starts(&gates), [1, 1, 1], "no readiness started over");
+    // Each gets ready in turn: the kept clone of the first ready takes the call.
+    gates[2].open();
+    assert!(t.is_woken());
+    assert_eq!(assert_ready!(t.poll()).unwrap(), 7);
+    assert_eq!(starts(&gates), [1, 1, 1]);
+}
+
 /// Issue 24: calls waiting on a pending probe (and the clones beside them) stop waking
 /// themselves, so that paused time can move on, and are woken by the endpoints' readiness.
 #[tokio::test(start_paused = true)]
