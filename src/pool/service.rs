@@ -223,14 +223,14 @@ impl<K, S, C, O> Pool<K, S, C, O> {
     {
         PoolHandle::new(self.shared.clone())
     }
+}
 
-    /// A uniform draw from `0..n` (`n` > 0).
-    #[inline]
-    fn below(&mut self, n: usize) -> usize {
-        let state = self.rng.get_mut();
-        *state = splitmix(*state);
-        (((*state >> 32) * n as u64) >> 32) as usize
-    }
+/// A uniform draw from `0..n` (`n` > 0), from a pool clone's own generator.
+#[inline]
+fn below(rng: &mut AtomicU64, n: usize) -> usize {
+    let state = rng.get_mut();
+    *state = splitmix(*state);
+    (((*state >> 32) * n as u64) >> 32) as usize
 }
 
 impl<K, S, C, O> Pool<K, S, C, O>
@@ -274,7 +274,10 @@ where
         let fail_fast = unhealthy && self.shared.fails_fast();
         let panic = unhealthy && !fail_fast;
         let claim_timeout = self.shared.config.claim_timeout;
-        let list = self.list.clone();
+        // Borrowed, not cloned: the list's reference count is shared by every clone of the
+        // pool, and a count taken and given back per call is contended between threads.
+        let list = &self.list;
+        let rng = &mut self.rng;
         let admits = |i: usize| -> Option<(Arc<Endpoint<K, S>>, Usable)> {
             // Gone: removed since this clone took its list.
             let e = list[i].upgrade()?;
@@ -290,7 +293,7 @@ where
         let mut picks: [Option<Pick<K, S>>; 2] = [None, None];
         let mut found = 0;
         for _ in 0..DRAWS {
-            let i = self.below(n);
+            let i = below(rng, n);
             if found == 1 && picks[0].as_ref().is_some_and(|(j, ..)| *j == i) {
                 continue;
             }
@@ -304,7 +307,7 @@ where
         }
         if found == 0 {
             // Most endpoints are out: walk the list from a random place (rare, see `DRAWS`).
-            let start = self.below(n);
+            let start = below(rng, n);
             picks[0] = (0..n)
                 .map(|k| (start + k) % n)
                 .find_map(|i| admits(i).map(|(e, u)| (i, e, u)));
