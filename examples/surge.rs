@@ -1912,6 +1912,7 @@ mod replicas {
     fn state(state: EndpointState) -> &'static str {
         match state {
             EndpointState::Available => "active",
+            EndpointState::Penalised { .. } => "penalised",
             EndpointState::Held => "held",
             EndpointState::Ejected { .. } => "ejected",
             EndpointState::Probing => "probing",

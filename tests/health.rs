@@ -944,6 +944,33 @@ async fn a_pool_reports_each_endpoint_and_is_down_when_none_is_healthy() {
     assert!(component["details"]["endpoints"][1]["ejectedForMs"].is_null());
     assert!(component["details"]["endpoints"][1]["rttMs"].is_number());
 
+    // With the failure penalty (the default), one failure takes an endpoint out of the draws
+    // before any rule ejects it: the pool is degraded, and the endpoint shown `PENALISED`.
+    let penalised = Pool::builder()
+        .seed(4)
+        .build(vec![service_fn(|_: u32| async {
+            Err::<u32, _>(std::io::Error::other("down"))
+        })]);
+    let penalised = penalised.unwrap();
+    registry
+        .register("penalised", &penalised.handle(), Criticality::Informational)
+        .unwrap();
+    let _ = penalised.clone().oneshot(1).await;
+    let snapshot = registry.snapshot();
+    let component = &snapshot.components[1];
+    assert_eq!(component.status, Status::Degraded);
+    match &component.details {
+        Details::Pool(p) => {
+            assert_eq!((p.healthy, p.ejected, p.held, p.penalised), (1, 0, 0, 1));
+            assert_eq!(p.endpoints[0].state, "PENALISED");
+            assert_eq!(p.endpoints[0].ejected_for, Some(Duration::from_secs(30)));
+        }
+        other => panic!("a pool's details, not {other:?}"),
+    }
+    let json: serde_json::Value = serde_json::from_str(&snapshot.to_json()).unwrap();
+    assert_eq!(json["components"]["penalised"]["details"]["penalised"], 1);
+    drop(penalised);
+
     // Every endpoint fails: none is healthy, and a required pool fails readiness.
     for fails in &failing {
         fails.store(true, SeqCst);

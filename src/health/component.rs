@@ -393,7 +393,7 @@ mod pool {
         fn read(&self) -> Option<Details> {
             let handle = self.upgrade()?;
             // The counts from the one list read, so that they agree with the endpoints shown.
-            let (mut healthy, mut ejected, mut held) = (0, 0, 0);
+            let (mut healthy, mut ejected, mut held, mut penalised) = (0, 0, 0, 0);
             let endpoints = handle
                 .endpoints()
                 .into_iter()
@@ -402,6 +402,11 @@ mod pool {
                         EndpointState::Available => {
                             healthy += 1;
                             ("AVAILABLE", None)
+                        }
+                        EndpointState::Penalised { recheck_in } => {
+                            healthy += 1;
+                            penalised += 1;
+                            ("PENALISED", Some(recheck_in))
                         }
                         EndpointState::Held => {
                             held += 1;
@@ -437,6 +442,7 @@ mod pool {
                 healthy,
                 ejected,
                 held,
+                penalised,
                 endpoints,
             }))
         }

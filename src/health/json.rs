@@ -269,6 +269,8 @@ fn write_component(j: &mut Json, component: &ComponentHealth) {
             j.u64(p.ejected);
             j.raw(",\"held\":");
             j.u64(p.held);
+            j.raw(",\"penalised\":");
+            j.u64(p.penalised);
             j.raw(",\"endpoints\":[");
             for (i, e) in p.endpoints.iter().enumerate() {
                 if i > 0 {

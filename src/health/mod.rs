@@ -236,7 +236,7 @@ impl Details {
     /// | rate limiter | calls available | none available now | |
     /// | keyed rate limiter | always | | |
     /// | fleet rate limiter | store healthy | store degraded: failing open; failing closed with a probe of the store due | store degraded, failing closed, until a probe of the store is due |
-    /// | pool | every endpoint in rotation | some endpoint ejected, probing, or held in only by the cap | no endpoint healthy (or none at all) |
+    /// | pool | every endpoint in rotation, none penalised | some endpoint ejected, probing, held in only by the cap, or penalised (kept out of the draws by a failure penalty) | no endpoint healthy (or none at all) |
     pub fn status(&self) -> Status {
         match self {
             Details::CircuitBreaker(b) => match b.state {
@@ -262,7 +262,9 @@ impl Details {
             // No endpoint healthy: a pool that fails fast refuses calls, one in panic spreads
             // them over endpoints it would rather not use. None at all: nothing to call.
             Details::Pool(p) if p.healthy == 0 => Status::Down,
-            Details::Pool(p) if p.ejected > 0 || p.held > 0 => Status::Degraded,
+            // A penalised endpoint draws almost no calls: it is as good as out, before any rule
+            // has ejected it.
+            Details::Pool(p) if p.ejected > 0 || p.held > 0 || p.penalised > 0 => Status::Degraded,
             Details::FleetRateLimit(f) if f.degraded => {
                 // As for an open breaker: only a call probes the store, and none comes to a
                 // required limiter's instance while it is down, which would be for good.
@@ -418,12 +420,15 @@ pub struct FleetDetails {
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct PoolDetails {
-    /// Endpoints in rotation and not held in by the cap (`healthy`).
+    /// Endpoints in rotation and not held in by the cap, penalised ones included (`healthy`).
     pub healthy: u64,
     /// Endpoints ejected, their probes in flight included (`ejected`).
     pub ejected: u64,
     /// Endpoints a rule would eject but the cap on ejections holds in rotation (`held`).
     pub held: u64,
+    /// Of the healthy endpoints, those whose last answer was a failure, kept out of the draws by
+    /// the failure penalty until their recheck (`penalised`).
+    pub penalised: u64,
     /// Each endpoint, in the pool's order (`endpoints`).
     pub endpoints: Vec<PoolEndpointDetails>,
 }
@@ -434,9 +439,11 @@ pub struct PoolDetails {
 pub struct PoolEndpointDetails {
     /// Its key, as `Debug` prints it (`key`).
     pub key: String,
-    /// Where it stands: `AVAILABLE`, `HELD`, `EJECTED`, `PROBING` or `REMOVED` (`state`).
+    /// Where it stands: `AVAILABLE`, `PENALISED`, `HELD`, `EJECTED`, `PROBING` or `REMOVED`
+    /// (`state`).
     pub state: &'static str,
-    /// While ejected, how long until its probe is due; zero once it is (`ejectedForMs`).
+    /// While ejected, how long until its probe is due; while penalised, until its recheck; zero
+    /// once it is due (`ejectedForMs`).
     pub ejected_for: Option<Duration>,
     /// The load the balancer compares, in seconds: the peak-EWMA round-trip time × (calls in
     /// flight + 1) (`load`).

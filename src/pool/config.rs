@@ -62,6 +62,9 @@ pub enum ConfigError {
     /// The cap on a server's `Retry-After` hint is zero.
     #[error("maximum Retry-After must be greater than zero")]
     MaxRetryAfter,
+    /// The probe-claim timeout is zero.
+    #[error("probe claim timeout must be greater than zero")]
+    ProbeClaimTimeout,
     /// `max_ejection_percent` is not a percentage in `(0, 100]`.
     #[error("max ejection percent must be in (0, 100], got {0}")]
     MaxEjectionPercent(f64),
@@ -113,6 +116,9 @@ pub(crate) struct Config {
     pub(crate) max_retry_after: Option<Duration>,
     pub(crate) max_ejection_ppm: u64,
     pub(crate) when_unhealthy: WhenUnhealthy,
+    /// How long a probe claimed in `poll_ready` waits for its call before another pool clone may
+    /// take it over, in nanoseconds (never zero).
+    pub(crate) claim_timeout: u64,
     pub(crate) seed: Option<u64>,
 }
 
@@ -134,6 +140,7 @@ struct Settings {
     max_retry_after: Option<Duration>,
     max_ejection_percent: f64,
     when_unhealthy: WhenUnhealthy,
+    claim_timeout: Duration,
     seed: Option<u64>,
 }
 
@@ -154,6 +161,7 @@ struct Settings {
 /// | `Retry-After` on a 429 or 503 | ejects for that long, at most 300 s | |
 /// | max ejection percent | 50 % (at least one endpoint) | gRPC A50 (Envoy: 10 %) |
 /// | when no endpoint is healthy | panic: spread over all | Envoy |
+/// | probe-claim timeout | 1 s | |
 ///
 /// ```
 /// use seawall::pool::Pool;
@@ -206,6 +214,7 @@ impl Default for Builder {
                 max_retry_after: Some(Duration::from_secs(300)),
                 max_ejection_percent: 50.0,
                 when_unhealthy: WhenUnhealthy::Panic,
+                claim_timeout: Duration::from_secs(1),
                 seed: None,
             },
             classify: ErrorIsFailure,
@@ -371,6 +380,20 @@ impl<C, O> Builder<C, O> {
         self
     }
 
+    /// How long the probe of an endpoint whose ejection is over, claimed by a pool clone's
+    /// `poll_ready`, waits for that clone's `call` before another clone may take it over
+    /// (default 1 s). A clone made ready and then left idle (as a server keeps one per
+    /// connection) would otherwise hold the endpoint's one probe, and with it the endpoint out of
+    /// rotation, for as long as it idles. Shorter brings an endpoint back sooner past idle
+    /// clones; it should stay well above the time between a `poll_ready` and its `call` (a
+    /// clone that loses its claim fails its call with
+    /// [`EndpointUnavailable`](super::error::EndpointUnavailable)). Zero is
+    /// [`ConfigError::ProbeClaimTimeout`].
+    pub fn probe_claim_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.claim_timeout = timeout;
+        self
+    }
+
     /// Seeds the pool's random choices (the endpoints drawn, the ejection jitter), for
     /// reproducible tests. By default they are seeded from the operating system.
     pub fn seed(mut self, seed: u64) -> Self {
@@ -515,6 +538,9 @@ impl Settings {
         if self.max_retry_after.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError::MaxRetryAfter);
         }
+        if self.claim_timeout.is_zero() {
+            return Err(ConfigError::ProbeClaimTimeout);
+        }
         let max_ejection_ppm = percent_to_ppm(self.max_ejection_percent)
             .ok_or(ConfigError::MaxEjectionPercent(self.max_ejection_percent))?;
         Ok(Config {
@@ -535,6 +561,7 @@ impl Settings {
             max_retry_after: self.max_retry_after,
             max_ejection_ppm,
             when_unhealthy: self.when_unhealthy,
+            claim_timeout: crate::sync::nanos(self.claim_timeout).max(1),
             seed: self.seed,
         })
     }

@@ -12,6 +12,16 @@ use std::time::Duration;
 pub enum EndpointState {
     /// In rotation.
     Available,
+    /// In rotation, but its last answer was a failure: the failure penalty (see
+    /// [`Builder::failure_penalty`](super::Builder::failure_penalty)) keeps the balancer from
+    /// choosing it until `recheck_in` has passed, when it is given one call again. An endpoint
+    /// that fails fast is in this state long before a consecutive-failures rule ejects it (with
+    /// the penalty it draws so few calls that reaching the count can take minutes), so it is
+    /// shown apart from `Available`: it takes almost no traffic.
+    Penalised {
+        /// How long until its recheck (zero: the next call to draw it takes it).
+        recheck_in: Duration,
+    },
     /// In rotation although a rule would eject it: the cap on ejections (`max_ejection_percent`)
     /// held it in.
     Held,
@@ -133,7 +143,18 @@ impl PoolHandle {
         self.inner.counts().2 as usize
     }
 
-    /// How many endpoints are healthy: in rotation, and not held in by the cap.
+    /// How many endpoints are [penalised](EndpointState::Penalised): in rotation, but kept out
+    /// of the draws by a failure penalty until their recheck. Walks the endpoints.
+    pub fn penalised(&self) -> usize {
+        self.endpoints()
+            .iter()
+            .filter(|e| matches!(e.state, EndpointState::Penalised { .. }))
+            .count()
+    }
+
+    /// How many endpoints are healthy: in rotation, and not held in by the cap (penalised ones
+    /// included, as the pool counts them: it still draws them, and panics only when none is
+    /// left).
     pub fn healthy(&self) -> usize {
         let (members, ejected, held) = self.inner.counts();
         members.saturating_sub(ejected + held) as usize

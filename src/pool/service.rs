@@ -40,13 +40,60 @@ pub struct Pool<K, S, C = ErrorIsFailure, O = ()> {
     /// nothing here ever indexes a list it did not come from.
     list: List<K, S>,
     seen: u64,
-    /// What `poll_ready` chose: ready, or (while `poll_ready` is pending) waited for.
+    /// What `poll_ready` chose, ready.
     chosen: Option<Chosen<K, S, O>>,
+    /// While `poll_ready` is pending, the endpoints it waits on.
+    waiting: Waiting<K, S, O>,
     /// `poll_ready` found no healthy endpoint, and the pool fails fast: `call` refuses.
     rejected: bool,
     rng: AtomicU64,
     /// When nothing can take a call until an ejection ends.
     sleep: Option<Pin<Box<Sleep>>>,
+}
+
+/// Endpoints kept while their readiness is pending, at most: the one a `poll_ready` held before,
+/// and each it tried beside.
+const KEPT: usize = ATTEMPTS + 1;
+
+/// The endpoints a pool clone waits on, their readiness pending: a fixed array (no allocation),
+/// with the one holding a claimed probe, if any, first (it is polled first).
+struct Waiting<K, S, O>([Option<Chosen<K, S, O>>; KEPT]);
+
+impl<K, S, O> Default for Waiting<K, S, O> {
+    fn default() -> Self {
+        Waiting(std::array::from_fn(|_| None))
+    }
+}
+
+impl<K, S, O> Waiting<K, S, O> {
+    #[inline]
+    fn is_empty(&self) -> bool {
+        self.0.iter().all(Option::is_none)
+    }
+
+    /// Keeps `chosen`, whose readiness is pending. A second claimed probe is given back without
+    /// waking anyone (one clone holds no more than one endpoint out of rotation); when every
+    /// place is taken, a claimed probe takes the place of a plain wait, and a plain wait is let
+    /// go.
+    fn keep(&mut self, mut chosen: Chosen<K, S, O>) {
+        if chosen.claim.is_some() {
+            if self.0[0].as_ref().is_some_and(|c| c.claim.is_some()) {
+                if let Some(claim) = chosen.claim.take() {
+                    claim.withdraw();
+                }
+                return;
+            }
+            // First, the plain wait it displaces (if any) moved to a free place or let go.
+            let displaced = self.0[0].replace(chosen);
+            if let Some(displaced) = displaced {
+                if let Some(free) = self.0.iter_mut().find(|c| c.is_none()) {
+                    *free = Some(displaced);
+                }
+            }
+        } else if let Some(free) = self.0.iter_mut().find(|c| c.is_none()) {
+            *free = Some(chosen);
+        }
+    }
 }
 
 /// An endpoint drawn: its place in the list, the endpoint, and how it may take the call.
@@ -71,7 +118,8 @@ impl<K, S, O> Chosen<K, S, O> {
 
 /// A probe claimed in `poll_ready` and not sent yet: given back when dropped, whatever drops it
 /// (the choice given up, the pool clone dropped, a panic on the way to `call`). A claim left
-/// unsent for [`CLAIM_TIMEOUT`](super::state::CLAIM_TIMEOUT) may be taken over by another clone.
+/// unsent for the probe-claim timeout ([`Builder::probe_claim_timeout`]) may be taken over by
+/// another clone.
 struct Claim<K, S, O> {
     shared: Arc<Shared<K, S, O>>,
     endpoint: Arc<Endpoint<K, S>>,
@@ -86,7 +134,10 @@ impl<K, S, O> Claim<K, S, O> {
     /// latest).
     fn withdraw(mut self) {
         let word = std::mem::take(&mut self.word);
-        self.endpoint.unclaim(word);
+        if self.endpoint.unclaim(word) {
+            // Due again now: a refusal must not trust a quiet time that counted the claim.
+            self.shared.unquiet();
+        }
     }
 
     /// Makes the probe's call: false if the claim was lost (taken over, or the endpoint
@@ -156,6 +207,7 @@ impl<K, S, C, O> Pool<K, S, C, O> {
             list,
             seen,
             chosen: None,
+            waiting: Waiting::default(),
             rejected: false,
             rng: AtomicU64::new(splitmix(seed)),
             sleep: None,
@@ -171,14 +223,14 @@ impl<K, S, C, O> Pool<K, S, C, O> {
     {
         PoolHandle::new(self.shared.clone())
     }
+}
 
-    /// A uniform draw from `0..n` (`n` > 0).
-    #[inline]
-    fn below(&mut self, n: usize) -> usize {
-        let state = self.rng.get_mut();
-        *state = splitmix(*state);
-        (((*state >> 32) * n as u64) >> 32) as usize
-    }
+/// A uniform draw from `0..n` (`n` > 0), from a pool clone's own generator.
+#[inline]
+fn below(rng: &mut AtomicU64, n: usize) -> usize {
+    let state = rng.get_mut();
+    *state = splitmix(*state);
+    (((*state >> 32) * n as u64) >> 32) as usize
 }
 
 impl<K, S, C, O> Pool<K, S, C, O>
@@ -221,7 +273,11 @@ where
         let unhealthy = self.shared.no_healthy();
         let fail_fast = unhealthy && self.shared.fails_fast();
         let panic = unhealthy && !fail_fast;
-        let list = self.list.clone();
+        let claim_timeout = self.shared.config.claim_timeout;
+        // Borrowed, not cloned: the list's reference count is shared by every clone of the
+        // pool, and a count taken and given back per call is contended between threads.
+        let list = &self.list;
+        let rng = &mut self.rng;
         let admits = |i: usize| -> Option<(Arc<Endpoint<K, S>>, Usable)> {
             // Gone: removed since this clone took its list.
             let e = list[i].upgrade()?;
@@ -230,14 +286,14 @@ where
             }
             // Failing fast, only the probes that may bring an endpoint back go out.
             let usable = e
-                .usable(now, panic)
+                .usable(now, panic, claim_timeout)
                 .filter(|u| !fail_fast || *u == Usable::ProbeDue)?;
             Some((e, usable))
         };
         let mut picks: [Option<Pick<K, S>>; 2] = [None, None];
         let mut found = 0;
         for _ in 0..DRAWS {
-            let i = self.below(n);
+            let i = below(rng, n);
             if found == 1 && picks[0].as_ref().is_some_and(|(j, ..)| *j == i) {
                 continue;
             }
@@ -251,7 +307,7 @@ where
         }
         if found == 0 {
             // Most endpoints are out: walk the list from a random place (rare, see `DRAWS`).
-            let start = self.below(n);
+            let start = below(rng, n);
             picks[0] = (0..n)
                 .map(|k| (start + k) % n)
                 .find_map(|i| admits(i).map(|(e, u)| (i, e, u)));
@@ -267,7 +323,7 @@ where
         for (_, endpoint, usable) in picks.into_iter().flatten() {
             match usable {
                 Usable::ProbeDue => {
-                    if let Some(claim) = endpoint.claim_probe(now) {
+                    if let Some(claim) = endpoint.claim_probe(now, claim_timeout) {
                         return Some((endpoint, Some(claim)));
                     }
                     if panic {
@@ -308,6 +364,36 @@ where
         (2, endpoint.cost(now, config.tau))
     }
 
+    /// Polls the readiness of `chosen`: ready, it is this clone's choice (true); failing, its
+    /// endpoint is ejected (not final: it is tried again when its time is up); pending, it is
+    /// kept in `waiting`.
+    fn try_ready<Req>(
+        &mut self,
+        mut chosen: Chosen<K, S, O>,
+        cx: &mut Context<'_>,
+        now: u64,
+        waiting: &mut Waiting<K, S, O>,
+    ) -> bool
+    where
+        S: Service<Req>,
+    {
+        match chosen.service.poll_ready(cx) {
+            Poll::Ready(Ok(())) => {
+                self.chosen = Some(chosen);
+                true
+            }
+            Poll::Ready(Err(_)) => {
+                self.shared
+                    .not_ready(&chosen.endpoint, chosen.claim_word(), now);
+                false
+            }
+            Poll::Pending => {
+                waiting.keep(chosen);
+                false
+            }
+        }
+    }
+
     /// Waits for the end of the first ejection running, when nothing can take a call before.
     fn arm_timer(&mut self, cx: &mut Context<'_>) {
         let Some(until) = self.shared.next_expiry(&self.list) else {
@@ -341,6 +427,7 @@ where
             list: self.list.clone(),
             seen: self.seen,
             chosen: None,
+            waiting: Waiting::default(),
             rejected: false,
             rng: AtomicU64::new(splitmix(seed ^ 0xc10e)),
             sleep: None,
@@ -354,6 +441,10 @@ impl<K, S, C, O> fmt::Debug for Pool<K, S, C, O> {
             .field("shared", &self.shared)
             .field("endpoints", &self.list.len())
             .field("chosen", &self.chosen.is_some())
+            .field(
+                "waiting",
+                &self.waiting.0.iter().filter(|c| c.is_some()).count(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -373,32 +464,41 @@ where
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.rejected = false;
         let changes = self.shared.changes();
-        self.sync();
         let now = self.shared.now();
+        // What this clone chose and did not call is taken again (or given back) below.
+        if let Some(chosen) = self.chosen.take() {
+            self.waiting.keep(chosen);
+        }
+        // Failing fast with nothing healthy and, as a refusal found since the last change, no
+        // probe due yet: refused at once, in O(1), without walking the endpoints.
+        if self.waiting.is_empty()
+            && self.shared.fails_fast()
+            && self.shared.no_healthy()
+            && self.shared.quiet(changes, now)
+        {
+            self.rejected = true;
+            return Poll::Ready(Ok(()));
+        }
+        self.sync();
         // The endpoints this call has tried: one pending or failing is passed over for another.
-        let mut tried = [std::ptr::null(); ATTEMPTS + 1];
+        let mut tried = [std::ptr::null(); KEPT + ATTEMPTS];
         let mut n = 0;
-        // The first endpoint found pending: kept (its service clone holds this task's waker),
-        // with no call counted on it, and the probe it claimed on it, if any.
-        let mut waited = None;
-        // What this clone chose before answers for now, or is given back.
-        if let Some(mut chosen) = self.chosen.take() {
-            if self.still_usable(&chosen) {
-                tried[n] = Arc::as_ptr(&chosen.endpoint);
-                n += 1;
-                match chosen.service.poll_ready(cx) {
-                    Poll::Ready(Ok(())) => {
-                        self.chosen = Some(chosen);
-                        return Poll::Ready(Ok(()));
-                    }
-                    Poll::Ready(Err(_)) => {
-                        self.shared
-                            .not_ready(&chosen.endpoint, chosen.claim_word(), now);
-                    }
-                    // Kept as it is, with the probe it claimed, if any: giving the probe back
-                    // would wake every waiting clone, this one too, to claim it again.
-                    Poll::Pending => waited = Some(chosen),
-                }
+        // The endpoints found pending, each kept (its service clone holds this task's waker and
+        // whatever its readiness started: a connection, a buffer's slot), with no call counted
+        // on it, and at most one probe claimed among them.
+        let mut waiting = Waiting::default();
+        // What this clone waited on before answers for now, or is given back.
+        for chosen in std::mem::take(&mut self.waiting.0).into_iter().flatten() {
+            if !self.still_usable(&chosen) {
+                continue;
+            }
+            tried[n] = Arc::as_ptr(&chosen.endpoint);
+            n += 1;
+            // Ready: the others kept are dropped (a probe claimed among them given back).
+            // Pending: kept as it is, with the probe it claimed, if any: giving the probe back
+            // would wake every waiting clone, this one too, to claim it again.
+            if self.try_ready::<Req>(chosen, cx, now, &mut waiting) {
+                return Poll::Ready(Ok(()));
             }
         }
         for _ in 0..ATTEMPTS {
@@ -412,37 +512,24 @@ where
                 endpoint: endpoint.clone(),
                 word,
             });
-            let mut chosen = Chosen {
+            let chosen = Chosen {
                 service: endpoint.service.clone(),
                 endpoint,
                 claim,
             };
-            match chosen.service.poll_ready(cx) {
-                Poll::Ready(Ok(())) => {
-                    self.chosen = Some(chosen);
-                    return Poll::Ready(Ok(()));
-                }
-                // Not final: the endpoint is ejected, and tried again when its time is up.
-                Poll::Ready(Err(_)) => {
-                    self.shared
-                        .not_ready(&chosen.endpoint, chosen.claim_word(), now)
-                }
-                // The first pending endpoint is kept, with the probe claimed on it until its
-                // readiness or the claim's takeover time; a claimed probe is preferred to a
-                // plain wait. Another claimed probe is given back without waking anyone.
-                Poll::Pending => match &waited {
-                    Some(kept) if kept.claim.is_some() || chosen.claim.is_none() => {
-                        if let Some(claim) = chosen.claim.take() {
-                            claim.withdraw();
-                        }
-                    }
-                    _ => waited = Some(chosen),
-                },
+            // Pending, it is kept with the probe claimed on it until its readiness or the
+            // claim's takeover time.
+            if self.try_ready::<Req>(chosen, cx, now, &mut waiting) {
+                return Poll::Ready(Ok(()));
             }
         }
-        if let Some(waited) = waited {
-            self.chosen = Some(waited);
+        if waiting.0.iter().any(Option::is_some) {
+            self.waiting = waiting;
         } else if !self.list.is_empty() && self.shared.no_healthy() && self.shared.fails_fast() {
+            // Until the first probe may be claimed (or a change), the next refusals skip this
+            // walk.
+            let until = self.shared.next_expiry(&self.list).unwrap_or(u64::MAX);
+            self.shared.set_quiet(changes, until);
             self.rejected = true;
             return Poll::Ready(Ok(()));
         } else {

@@ -31,12 +31,10 @@ pub(crate) const PROBING: u64 = 3;
 /// Discovery removed it.
 pub(crate) const REMOVED: u64 = 4;
 /// Out of rotation, its one probe claimed by a pool clone's `poll_ready` and not sent yet; the
-/// time in the word is when it was claimed. A claim left unsent for [`CLAIM_TIMEOUT`] (a clone
-/// made ready and never called) is taken over by the next pool that wants to probe.
+/// time in the word is when it was claimed. A claim left unsent for the probe-claim timeout
+/// (`Config::claim_timeout`: a clone made ready and never called) is taken over by the next pool
+/// that wants to probe.
 pub(crate) const CLAIMED: u64 = 5;
-/// How long a probe claimed in `poll_ready` may wait for its `call` before another pool clone
-/// takes the claim over.
-pub(crate) const CLAIM_TIMEOUT: Duration = Duration::from_secs(1);
 /// Set beside `EJECTED` or `PROBING` when the ejection came from a failed readiness: such an
 /// endpoint is not polled again before its time, even by a pool in panic.
 const NOT_READY: u64 = 1 << TAG_BITS;
@@ -53,14 +51,21 @@ fn time(word: u64) -> u64 {
     word >> TIME_SHIFT
 }
 
+/// When the probe of an endpoint in the state `word` may be claimed: its ejection's end, or
+/// (claimed) its claim's takeover time, `claim_timeout` nanoseconds after the claim.
+#[inline(always)]
+fn probe_time(word: u64, claim_timeout: u64) -> Option<u64> {
+    match tag(word) {
+        EJECTED => Some(time(word)),
+        CLAIMED => Some(time(word).saturating_add(claim_timeout)),
+        _ => None,
+    }
+}
+
 /// Whether an ejected endpoint's time is up, or a claimed probe has waited too long for its call.
 #[inline(always)]
-fn probe_due(word: u64, now: u64) -> bool {
-    match tag(word) {
-        EJECTED => time(word) <= now,
-        CLAIMED => time(word).saturating_add(nanos(CLAIM_TIMEOUT)) <= now,
-        _ => false,
-    }
+fn probe_due(word: u64, now: u64, claim_timeout: u64) -> bool {
+    probe_time(word, claim_timeout).is_some_and(|t| t <= now)
 }
 
 #[inline(always)]
@@ -134,27 +139,28 @@ impl<K, S> Endpoint<K, S> {
         self.word.load(Acquire)
     }
 
-    /// Whether, and how, the endpoint may take a call at `now`.
+    /// Whether, and how, the endpoint may take a call at `now`; `claim_timeout` is the pool's
+    /// probe-claim timeout, in nanoseconds.
     #[inline]
-    pub(crate) fn usable(&self, now: u64, panic: bool) -> Option<Usable> {
+    pub(crate) fn usable(&self, now: u64, panic: bool, claim_timeout: u64) -> Option<Usable> {
         let word = self.word();
         match tag(word) {
             AVAILABLE | HELD => Some(Usable::Rotation),
-            EJECTED | CLAIMED if probe_due(word, now) => Some(Usable::ProbeDue),
+            EJECTED | CLAIMED if probe_due(word, now, claim_timeout) => Some(Usable::ProbeDue),
             EJECTED | PROBING | CLAIMED if panic && word & NOT_READY == 0 => Some(Usable::Panic),
             _ => None,
         }
     }
 
     /// Claims the one probe of an endpoint whose ejection is over (or takes over a claim left
-    /// unsent for [`CLAIM_TIMEOUT`]). The claim, a word no other claim has, is what
+    /// unsent for `claim_timeout` nanoseconds). The claim, a word no other claim has, is what
     /// [`send_probe`](Self::send_probe) and [`Shared::release_claim`] take.
-    pub(crate) fn claim_probe(&self, now: u64) -> Option<u64> {
+    pub(crate) fn claim_probe(&self, now: u64, claim_timeout: u64) -> Option<u64> {
         let word = self.word();
-        if !matches!(tag(word), EJECTED | CLAIMED) || !probe_due(word, now) {
+        if !probe_due(word, now, claim_timeout) {
             return None;
         }
-        // A takeover comes at least `CLAIM_TIMEOUT` after the claim it replaces, so the new
+        // A takeover comes at least the claim timeout (never zero) after the claim it replaces, so the new
         // word differs from it: the clone that lost it cannot mistake it for its own.
         let claim = pack(now, CLAIMED, word & NOT_READY != 0);
         self.word
@@ -230,7 +236,17 @@ impl<K, S> Endpoint<K, S> {
         K: fmt::Debug,
     {
         let word = self.word();
+        let penalized = self.penalized.load(Relaxed);
         let state = match tag(word) {
+            // Its last answer was a failure, and the penalty keeps it out of the draws until
+            // its recheck: in rotation in name only, so it is shown apart.
+            AVAILABLE if penalized != 0 => super::handle::EndpointState::Penalised {
+                recheck_in: Duration::from_nanos(
+                    (penalized - 1)
+                        .saturating_add(nanos(config.schedule.base))
+                        .saturating_sub(now),
+                ),
+            },
             AVAILABLE => super::handle::EndpointState::Available,
             HELD => super::handle::EndpointState::Held,
             EJECTED => super::handle::EndpointState::Ejected {
@@ -293,6 +309,11 @@ pub(crate) struct Shared<K, S, O> {
     changes: AtomicU64,
     rng: Mutex<SmallRng>,
     next_sweep: AtomicU64,
+    /// A fail-fast pool with no healthy endpoint: no probe may be claimed before `quiet_until`,
+    /// as a refused call found at the change count `quiet_stamp - 1` (0: nothing known). Lets
+    /// the next refusals skip the walk of the endpoints, until a change or that time.
+    quiet_stamp: AtomicU64,
+    quiet_until: AtomicU64,
 }
 
 impl<K, S, O> fmt::Debug for Shared<K, S, O> {
@@ -331,6 +352,8 @@ impl<K, S, O> Shared<K, S, O> {
             changes: AtomicU64::new(0),
             rng: Mutex::new(rng),
             next_sweep: AtomicU64::new(next_sweep),
+            quiet_stamp: AtomicU64::new(0),
+            quiet_until: AtomicU64::new(0),
         }
     }
 
@@ -403,6 +426,34 @@ impl<K, S, O> Shared<K, S, O> {
         self.changes.load(SeqCst)
     }
 
+    /// Whether a refused call found, at the change count `changes` (read now, before looking),
+    /// that no probe may be claimed before some time after `now`: then a fail-fast pool with no
+    /// healthy endpoint refuses without walking its endpoints. A few loads, no lock.
+    #[inline]
+    pub(crate) fn quiet(&self, changes: u64, now: u64) -> bool {
+        let stamp = self.quiet_stamp.load(SeqCst);
+        if stamp != changes.wrapping_add(1) {
+            return false;
+        }
+        let until = self.quiet_until.load(SeqCst);
+        // The stamp again: a writer in between may have paired it with another time.
+        self.quiet_stamp.load(SeqCst) == stamp && now < until
+    }
+
+    /// Records that, at the change count `changes` (read before `list` was looked at), no probe
+    /// may be claimed before `until`.
+    pub(crate) fn set_quiet(&self, changes: u64, until: u64) {
+        self.quiet_stamp.store(0, SeqCst);
+        self.quiet_until.store(until, SeqCst);
+        self.quiet_stamp.store(changes.wrapping_add(1), SeqCst);
+    }
+
+    /// Forgets the quiet time: a probe may be due sooner than it said (a claim given back
+    /// without a change counted, so as not to wake anyone).
+    pub(crate) fn unquiet(&self) {
+        self.quiet_stamp.store(0, SeqCst);
+    }
+
     /// Wakes every pool clone waiting for a change.
     pub(crate) fn notify(&self) {
         self.changes.fetch_add(1, SeqCst);
@@ -453,14 +504,7 @@ impl<K, S, O> Shared<K, S, O> {
     pub(crate) fn next_expiry(&self, list: &List<K, S>) -> Option<u64> {
         list.iter()
             .filter_map(Weak::upgrade)
-            .filter_map(|e| {
-                let word = e.word();
-                match tag(word) {
-                    EJECTED => Some(time(word)),
-                    CLAIMED => Some(time(word).saturating_add(nanos(CLAIM_TIMEOUT))),
-                    _ => None,
-                }
-            })
+            .filter_map(|e| probe_time(e.word(), self.config.claim_timeout))
             .min()
     }
 
