@@ -565,7 +565,11 @@ mod server {
         let response = app.clone().oneshot(request()).await.unwrap();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(response.headers().contains_key(http::header::RETRY_AFTER));
-        assert_eq!(start.elapsed(), Duration::from_millis(40), "at its deadline");
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(40),
+            "at its deadline"
+        );
         // Slots free: the request is made, and its caller's timeout ends it.
         for call in hung {
             call.abort();
@@ -868,7 +872,9 @@ mod server_deadlines {
         let passed = Deadline::at(Instant::now());
         tokio::time::advance(Duration::from_millis(1)).await;
         let start = Instant::now();
-        with("/", Some(passed)).await.expect("made: its deadline unread");
+        with("/", Some(passed))
+            .await
+            .expect("made: its deadline unread");
         with("/", Some(Deadline::after(Duration::from_secs(1))))
             .await
             .unwrap();

@@ -23,8 +23,9 @@
 //! the p99 of a sustained flood lower: a flood's queue empties now and then, and adaptive order
 //! then serves it first come first served for an interval, behind a full queue. A limiter passed
 //! to [`concurrency_layer`](ServerStack::concurrency_layer) replaces it with its own queue
-//! settings (none unless set): give it `.queue(128).codel(Codel::new(5 ms, 150 ms))
-//! .order(Order::Lifo)` to keep them.
+//! settings (none unless set), and honours deadlines only if built to: give it
+//! `.queue(128).codel(Codel::new(5 ms, 150 ms)).order(Order::Lifo).honour_deadlines()` to keep
+//! the stack's ways.
 //!
 //! The limiter decides in `call`, where the request is known, so a request's
 //! [`Deadline`](crate::core::Deadline) caps its wait: under a
