@@ -636,6 +636,7 @@ fn observed_stacks_allocate_nothing_once_their_series_are_registered() {
             .without_deadlines()
             .observer(observer.clone());
         let server = ServerStack::new()
+            .without_deadlines()
             .rate_limit(Quota::per_second(1_000_000_000))
             .observer(observer);
         let mut service = server.layer(client.layer(support::Noop));
@@ -645,8 +646,8 @@ fn observed_stacks_allocate_nothing_once_their_series_are_registered() {
     });
 }
 
-/// A bulkhead or an adaptive limiter that honours deadlines decides in `call`: a call admitted
-/// at once allocates nothing either, whether or not its request carries a deadline.
+/// A bulkhead, an adaptive limiter or the server stack that honours deadlines decides in `call`: a
+/// call admitted at once allocates nothing either, whether or not its request carries a deadline.
 #[cfg(feature = "limit")]
 #[test]
 fn admitted_calls_honouring_deadlines_allocate_nothing() {
@@ -701,6 +702,18 @@ fn admitted_calls_honouring_deadlines_allocate_nothing() {
         let allocated = allocations_during(|| calls(&mut service, 100_000, |i| i));
         assert_eq!(allocated, 0, "adaptive limiter, deadline {carried:?}");
         assert_eq!(adaptive.handle().in_flight(), 0);
+    }
+    // The server stack, whose limiter honours deadlines by default.
+    #[cfg(feature = "timeout")]
+    for carried in [None, Some(deadline)] {
+        let mut service = tower::ServiceBuilder::new()
+            .map_request(move |n: u32| Carried(n, carried))
+            .layer(seawall::stack::ServerStack::new())
+            .map_request(|c: Carried| c.0)
+            .service(support::Noop);
+        calls(&mut service, 1_000, |i| i);
+        let allocated = allocations_during(|| calls(&mut service, 100_000, |i| i));
+        assert_eq!(allocated, 0, "server stack, deadline {carried:?}");
     }
 }
 

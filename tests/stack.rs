@@ -526,6 +526,61 @@ mod server {
             .count();
         assert_eq!((ok, limited), (30, 10));
     }
+
+    /// The stack honours deadlines by default: a request whose caller's timeout (a propagating
+    /// one above the stack) ends before a slot frees is turned away by the queue with 503 and
+    /// `Retry-After` at its deadline, not left to the caller's timeout (504); with a slot free,
+    /// the same request is made, and only the caller's timeout ends it.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_whose_deadline_comes_before_its_slot_is_answered_503_not_504() {
+        use seawall::timeout::TimeoutLayer;
+        let hang = || async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            "late"
+        };
+        let app = Router::new()
+            .route("/slow", get(hang))
+            .route("/hurried", get(hang))
+            .layer(
+                ServiceBuilder::new()
+                    .layer(HandleErrorLayer::new(seawall::axum::handle_error))
+                    .layer(
+                        TimeoutLayer::per_request(|req: &Request<Body>| {
+                            (req.uri().path() == "/hurried").then_some(Duration::from_millis(40))
+                        })
+                        .propagate(),
+                    )
+                    .layer(ServerStack::new()),
+            );
+        // The limiter starts at 20 calls at once: 20 hanging calls take every slot.
+        let hung: Vec<_> = (0..20)
+            .map(|_| {
+                let app = app.clone();
+                tokio::spawn(async move { status(&app, "/slow").await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        let start = tokio::time::Instant::now();
+        let request = || Request::get("/hurried").body(Body::empty()).unwrap();
+        let response = app.clone().oneshot(request()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().contains_key(http::header::RETRY_AFTER));
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(40),
+            "at its deadline"
+        );
+        // Slots free: the request is made, and its caller's timeout ends it.
+        for call in hung {
+            call.abort();
+        }
+        tokio::task::yield_now().await;
+        let start = tokio::time::Instant::now();
+        let response = app.clone().oneshot(request()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert!(!response.headers().contains_key(http::header::RETRY_AFTER));
+        assert_eq!(start.elapsed(), Duration::from_millis(40));
+    }
 }
 
 /// The metrics a stack reports: every part it makes, each under its own name, to the stack's
@@ -674,7 +729,9 @@ mod observed_server {
     #[tokio::test(start_paused = true)]
     async fn the_server_stack_observer_hears_every_part_and_the_parts_are_shared() {
         let (events, observer) = recorder();
+        // Its `bool` requests carry no deadline.
         let stack = ServerStack::new()
+            .without_deadlines()
             .rate_limit(Quota::per_second(10).burst(2))
             .timeout(Duration::from_secs(1))
             .observer(observer);
@@ -706,8 +763,14 @@ mod observed_server {
     #[tokio::test(start_paused = true)]
     async fn a_server_stack_named_apart_reports_apart() {
         let (events, observer) = recorder();
-        let stack = ServerStack::new().observer(observer.clone()).name("admin");
-        let other = ServerStack::new().name("public").observer(observer);
+        let stack = ServerStack::new()
+            .without_deadlines()
+            .observer(observer.clone())
+            .name("admin");
+        let other = ServerStack::new()
+            .without_deadlines()
+            .name("public")
+            .observer(observer);
         stack
             .layer(service_fn(handler))
             .oneshot(false)
@@ -744,7 +807,7 @@ mod server_deadlines {
     async fn a_request_waits_in_the_server_stacks_queue_no_longer_than_its_grpc_timeout() {
         let server = ServiceBuilder::new()
             .layer(ReadDeadlineLayer::grpc())
-            .layer(ServerStack::new().honour_deadlines())
+            .layer(ServerStack::new())
             .service(service_fn(|_: Request<()>| async {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 Ok::<_, BoxError>(())
@@ -774,6 +837,61 @@ mod server_deadlines {
         let err = call(Some("0n")).await.unwrap_err();
         assert_eq!(kind(&*err), Some(ErrorKind::BulkheadFull), "503: {err}");
         assert_eq!(start.elapsed(), Duration::from_millis(165));
+        for call in hung {
+            call.abort();
+        }
+    }
+
+    /// A request that finds a slot free waits for nothing: its deadline is not read, and it is
+    /// made whatever it says (even passed), as without deadlines; only a request that must queue
+    /// is turned away for it.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_finds_a_slot_free_is_made_whatever_its_deadline() {
+        use seawall::core::{Deadline, DeadlineCarrier};
+        use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+        use std::sync::Arc;
+        use tower::Layer;
+        let made = Arc::new(AtomicU32::new(0));
+        let counted = made.clone();
+        let server = ServerStack::new().layer(service_fn(move |req: Request<()>| {
+            counted.fetch_add(1, SeqCst);
+            async move {
+                if req.uri().path() == "/slow" {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+                Ok::<_, BoxError>(())
+            }
+        }));
+        let with = |path: &str, deadline: Option<Deadline>| {
+            let mut request = Request::get(path).body(()).unwrap();
+            if let Some(deadline) = deadline {
+                request.set_deadline(deadline);
+            }
+            server.clone().oneshot(request)
+        };
+        let passed = Deadline::at(Instant::now());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let start = Instant::now();
+        with("/", Some(passed))
+            .await
+            .expect("made: its deadline unread");
+        with("/", Some(Deadline::after(Duration::from_secs(1))))
+            .await
+            .unwrap();
+        with("/", None).await.unwrap();
+        assert_eq!(made.load(SeqCst), 3);
+        assert_eq!(start.elapsed(), Duration::ZERO, "none waited");
+        // Every slot taken (the limiter starts at 20): the same passed deadline is turned away
+        // at once, never made.
+        let hung: Vec<_> = (0..20).map(|_| tokio::spawn(with("/slow", None))).collect();
+        tokio::task::yield_now().await;
+        assert_eq!(made.load(SeqCst), 23);
+        let err = with("/", Some(passed)).await.unwrap_err();
+        assert_eq!(kind(&*err), Some(ErrorKind::BulkheadFull), "503: {err}");
+        let full = err.downcast_ref::<Full>().expect("the limiter's rejection");
+        assert_eq!(full.waited(), Duration::ZERO);
+        assert_eq!(made.load(SeqCst), 23);
+        assert_eq!(start.elapsed(), Duration::ZERO);
         for call in hung {
             call.abort();
         }

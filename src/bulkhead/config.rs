@@ -199,13 +199,13 @@ impl<O, D> Builder<O, D> {
     /// queue no longer than its deadline allows (nor than controlled delay and
     /// [`max_wait`](Self::max_wait) allow), and then fails with
     /// [`Full`](crate::bulkhead::error::Full), the bulkhead's usual rejection (503 and
-    /// `Retry-After`), not a timeout; a request whose deadline has passed is refused at once,
-    /// taking nothing. Useful with a [`queue`](Self::queue): without one, no call waits.
+    /// `Retry-After`), not a timeout; a request that must queue and whose deadline has passed is
+    /// refused at once, taking no place. Useful with a [`queue`](Self::queue): without one, no call waits.
     ///
     /// The layer's services are then [`DeadlineBulkhead`](crate::bulkhead::DeadlineBulkhead)s:
     /// as ready as the service beneath, reserving nothing in `poll_ready`; a call admitted at
-    /// once is made at once (no lock, no allocation, and no clock read unless the request
-    /// carries a deadline); one that must queue waits in its response future, and is then made
+    /// once is made at once, its deadline unread (no lock, no allocation, no clock read: the
+    /// cost of the default mode); one that must queue waits in its response future, and is then made
     /// on a clone of the inner service made ready for it (so the inner service must be `Clone`,
     /// as axum's and tonic's are). Dropped while it queues, a call leaves the queue at once.
     pub fn honour_deadlines(self) -> Builder<O, CarriedDeadline> {

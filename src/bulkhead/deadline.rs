@@ -64,9 +64,11 @@ impl QueueGate for Bulkhead {
 /// `Clone`): the service made ready in `poll_ready` is given back for the wait, so that what its
 /// readiness reserved beneath is not held by a call that only queues. If the deadline passes
 /// while that clone readies, the slot goes to the next in the queue and the call fails with
-/// `Full` (`waited_too_long`) all the same. A call whose deadline has
-/// passed fails at once with `Full` (`waited_too_long`, having waited zero), taking nothing, even
-/// when a slot is free. Dropped while it queues, a call leaves the queue at once; dropped once it
+/// `Full` (`waited_too_long`) all the same. A call that must queue and whose deadline has
+/// passed fails at once with `Full` (`waited_too_long`, having waited zero), taking no place in
+/// the queue. The deadline is read only by a call that must queue: one that finds a slot free
+/// waits for nothing, and is made whatever its deadline (no look-up in the request, no clock
+/// read), as under `BulkheadService`. Dropped while it queues, a call leaves the queue at once; dropped once it
 /// has its slot but before it was made, it gives the slot back, to the next in the queue.
 ///
 /// ```
@@ -180,11 +182,9 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        // The clock is read only for a request that carries a deadline.
-        let deadline = req.deadline();
-        if deadline.is_some_and(Deadline::is_expired) {
-            return self.refuse(Full::new(RejectReason::QueueTimeout, Duration::ZERO));
-        }
+        // A call that finds a slot free waits for nothing, so its deadline caps nothing: it is
+        // not read (no look-up in the request, no clock), and this path costs what the
+        // `poll_ready` one does.
         let gate = &self.shared.gate;
         if gate.bulkhead().try_admit() {
             let permit = gate.slotted();
@@ -196,7 +196,7 @@ where
                 || inner.call(req),
             ));
         }
-        self.queue(req, deadline)
+        self.queue(req)
     }
 }
 
@@ -206,16 +206,19 @@ where
     O: Observer,
     G: QueueGate,
 {
-    /// Every slot taken, or callers queued: joins the queue, or is refused at once.
+    /// Every slot taken, or callers queued: joins the queue (never past the request's deadline),
+    /// or is refused at once. The deadline is read here, and only here.
     #[inline(never)]
-    fn queue<Req>(
-        &mut self,
-        req: Req,
-        deadline: Option<Deadline>,
-    ) -> DeadlineFuture<S, C, O, G, Req>
+    fn queue<Req>(&mut self, req: Req) -> DeadlineFuture<S, C, O, G, Req>
     where
         S: Service<Req> + Clone,
+        Req: DeadlineCarrier,
     {
+        // The clock is read only for a request that carries a deadline.
+        let deadline = req.deadline();
+        if deadline.is_some_and(Deadline::is_expired) {
+            return self.refuse(Full::new(RejectReason::QueueTimeout, Duration::ZERO));
+        }
         let gate = &self.shared.gate;
         let mut waiter = Waiter::default();
         match gate

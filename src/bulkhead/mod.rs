@@ -35,7 +35,8 @@
 //! decides in `call`, where the request is known, and its services are [`DeadlineBulkhead`]s: a
 //! call that must queue waits in its response future for at most the least of controlled delay's
 //! wait, `max_wait` and the time left to its deadline, and then fails with `Full`, never a
-//! timeout; a request whose deadline has passed is refused at once, taking nothing. The service
+//! timeout; a request that must queue and whose deadline has passed is refused at once, taking no
+//! place (one that finds a slot free is made, its deadline unread: no clock read). The service
 //! beneath must then be `Clone` (a call that queued is made on a clone, made ready once it has its
 //! slot), and the requests [`DeadlineCarrier`](crate::core::DeadlineCarrier)s (`http::Request`
 //! is, with feature `http`). The adaptive limiter has the same mode

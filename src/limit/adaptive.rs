@@ -468,8 +468,9 @@ impl<A, O, D> AdaptiveLimitBuilder<A, O, D> {
     /// [`honour_deadlines`](crate::bulkhead::Builder::honour_deadlines) does: a call waits in the
     /// queue no longer than its deadline allows (nor than controlled delay and
     /// [`max_wait`](Self::max_wait) allow), and then fails with
-    /// [`Full`](crate::bulkhead::error::Full), not a timeout; a request whose deadline has passed
-    /// is refused at once. The layer's services are then [`DeadlineAdaptiveLimit`]s: as ready as
+    /// [`Full`](crate::bulkhead::error::Full), not a timeout; a request that must queue and whose
+    /// deadline has passed is refused at once (one that finds a slot free is made, its deadline
+    /// unread). The layer's services are then [`DeadlineAdaptiveLimit`]s: as ready as
     /// the service beneath (which must be `Clone`), a call that must queue waiting in its
     /// response future. Calls are still timed from the moment they have their slot, so the
     /// algorithm learns from time in service. Useful with a [`queue`](Self::queue).

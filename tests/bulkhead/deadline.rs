@@ -182,24 +182,26 @@ async fn without_controlled_delay_or_max_wait_the_deadline_alone_bounds_the_wait
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_request_whose_deadline_has_passed_is_refused_at_once_taking_nothing() {
+async fn a_request_whose_deadline_has_passed_is_refused_at_once_if_it_must_queue() {
     let made = Counted::default();
     let layer = one_slot(10).honour_deadlines().build().unwrap();
     let handle = layer.handle();
     let mut s = layer.layer(made.service());
     let passed = || Req(Some(Deadline::at(Instant::now())));
-    // A free slot: refused all the same, taking nothing.
-    let mut late = call(&mut s, passed());
+    // A free slot: it waits for nothing, so its deadline is not read, and it is made.
+    let mut free = call(&mut s, passed());
+    assert_eq!(made.made(), 1);
+    assert_eq!(handle.in_flight(), 1);
+    assert_eq!(assert_ready!(free.poll()).unwrap(), 1);
     assert_eq!((handle.in_flight(), handle.queued()), (0, 0));
-    let refused = full(assert_ready!(late.poll()));
-    assert!(refused.waited_too_long(), "{refused}");
-    assert_eq!(refused.waited(), Duration::ZERO);
-    assert_eq!(made.made(), 0);
     // Every slot taken: refused at once, without a place in the queue.
     let _holder = call(&mut s, whenever());
     let mut late = call(&mut s, passed());
     assert_eq!(handle.queued(), 0);
-    assert!(assert_ready!(late.poll()).is_err());
+    let refused = full(assert_ready!(late.poll()));
+    assert!(refused.waited_too_long(), "{refused}");
+    assert_eq!(refused.waited(), Duration::ZERO);
+    assert_eq!(made.made(), 2, "the free call's and the holder's");
     // A deadline that passed a while ago.
     let old = Req(Some(Deadline::at(Instant::now())));
     tokio::time::advance(10 * MS).await;

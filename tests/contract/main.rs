@@ -53,5 +53,6 @@ contract! {
     endpoint_pool: subjects::EndpointPool,
     bulkhead_honouring_deadlines: subjects::BulkheadDeadlines,
     adaptive_limiter_honouring_deadlines: subjects::AdaptiveDeadlines,
+    server_stack_honouring_deadlines: subjects::ServerDeadlines,
     keyed_circuit_breaker: subjects::KeyedBreaker,
 }

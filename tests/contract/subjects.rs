@@ -1238,7 +1238,8 @@ impl Subject for EndpointPool {
     }
 }
 /// A subject over a layer on the bulkhead's gate built with `honour_deadlines()`, deciding in
-/// `call`; every request carries a deadline half a second on. Blocked by calls that take every
+/// `call` (`$layer` gives its handle and the layer it is in); every request carries a deadline
+/// half a second on. Blocked by calls that take every
 /// slot (made, and left unanswered) and every place in the queue (kept waiting, in their
 /// response futures), so that the next call is refused at once; unblocked by dropping them.
 macro_rules! queue_deadlines {
@@ -1248,8 +1249,7 @@ macro_rules! queue_deadlines {
         impl Subject for $name {
             common!();
             async fn prepare($probe: Probe) -> Self {
-                let layer = $layer;
-                let handle = layer.handle();
+                let (handle, layer) = $layer;
                 let over = move |inner: Erased| {
                     erase(
                         ServiceBuilder::new()
@@ -1321,26 +1321,46 @@ macro_rules! queue_deadlines {
 
 // The bulkhead with a controlled-delay queue, honouring deadlines.
 queue_deadlines!(BulkheadDeadlines, BulkheadHandle<Probe>, |probe| {
-    BulkheadLayer::builder()
+    let layer = BulkheadLayer::builder()
         .max_concurrent(SLOTS)
         .queue(QUEUE)
         .codel(Codel::default())
         .honour_deadlines()
         .observer(probe)
         .build()
-        .unwrap()
+        .unwrap();
+    (layer.handle(), layer)
 });
 
 // The adaptive limiter with a controlled-delay queue, honouring deadlines.
 queue_deadlines!(AdaptiveDeadlines, AdaptiveHandle<Fixed, Probe>, |probe| {
-    AdaptiveLimitLayer::builder(Fixed(SLOTS))
+    let layer = AdaptiveLimitLayer::builder(Fixed(SLOTS))
         .queue(QUEUE)
         .codel(Codel::default())
         .order(Order::Lifo)
         .honour_deadlines()
         .observer(probe)
         .build()
-        .unwrap()
+        .unwrap();
+    (layer.handle(), layer)
+});
+
+// The server stack with its limiter deciding in `call` and honouring deadlines, as
+// `ServerStack::new()`'s does, but with a fixed limit (given built, with the probe; the stack's
+// observer reaches its own timeout), read through its limiter.
+queue_deadlines!(ServerDeadlines, AdaptiveHandle<Fixed, Probe>, |probe| {
+    let limiter = AdaptiveLimitLayer::builder(Fixed(SLOTS))
+        .queue(QUEUE)
+        .codel(Codel::default())
+        .order(Order::Lifo)
+        .honour_deadlines()
+        .observer(probe.clone())
+        .build()
+        .unwrap();
+    (
+        limiter.handle(),
+        ServerStack::new().concurrency_layer(limiter).observer(probe),
+    )
 });
 
 // The keyed breaker, one key for every request: blocked by forcing the key's breaker open.
