@@ -49,38 +49,10 @@ fn stack(c: &mut Criterion) {
             .without_attempt_timeout()
             .layer(Noop),
     );
-    // The default server stack honours deadlines, so its requests are `DeadlineCarrier`s: here
-    // they carry a deadline an hour away (read only by a call that must queue: none here), or
-    // none. Beside it, the stack without deadlines (its limiter deciding in `poll_ready`), over
-    // the same requests and over plain `u32`s.
-    let far = Deadline::after(Duration::from_secs(3600));
-    for (name, deadline) in [
-        ("stack/server_standard", Some(far)),
-        ("stack/server_standard_none_carried", None),
-    ] {
-        single(
-            c,
-            name,
-            ServerStack::new()
-                .rate_limit(Quota::per_second(1_000_000_000))
-                .layer(carried_backend())
-                .map_request(move |i: u32| Carried(i, deadline)),
-        );
-    }
     single(
         c,
-        "stack/server_without_deadlines_carrying_deadlines",
+        "stack/server_standard",
         ServerStack::new()
-            .without_deadlines()
-            .rate_limit(Quota::per_second(1_000_000_000))
-            .layer(carried_backend())
-            .map_request(move |i: u32| Carried(i, Some(far))),
-    );
-    single(
-        c,
-        "stack/server_without_deadlines",
-        ServerStack::new()
-            .without_deadlines()
             .rate_limit(Quota::per_second(1_000_000_000))
             .layer(Noop),
     );
@@ -104,6 +76,31 @@ fn stack(c: &mut Criterion) {
             .layer(TimeoutLayer::new(Duration::from_secs(30)))
             .service(Noop),
     );
+    // The server stack whose limiter honours deadlines, beside the default one, both over
+    // requests that carry a deadline (and, honouring, one that carries none: no clock read).
+    let far = Deadline::after(Duration::from_secs(3600));
+    single(
+        c,
+        "stack/server_standard_carrying_deadlines",
+        ServerStack::new()
+            .rate_limit(Quota::per_second(1_000_000_000))
+            .layer(carried_backend())
+            .map_request(move |i: u32| Carried(i, Some(far))),
+    );
+    for (name, deadline) in [
+        ("stack/server_honouring_deadlines", Some(far)),
+        ("stack/server_honouring_deadlines_none_carried", None),
+    ] {
+        single(
+            c,
+            name,
+            ServerStack::new()
+                .honour_deadlines()
+                .rate_limit(Quota::per_second(1_000_000_000))
+                .layer(carried_backend())
+                .map_request(move |i: u32| Carried(i, deadline)),
+        );
+    }
 }
 
 criterion_group!(benches, stack);

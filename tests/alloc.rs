@@ -636,7 +636,6 @@ fn observed_stacks_allocate_nothing_once_their_series_are_registered() {
             .without_deadlines()
             .observer(observer.clone());
         let server = ServerStack::new()
-            .without_deadlines()
             .rate_limit(Quota::per_second(1_000_000_000))
             .observer(observer);
         let mut service = server.layer(client.layer(support::Noop));
@@ -703,12 +702,12 @@ fn admitted_calls_honouring_deadlines_allocate_nothing() {
         assert_eq!(allocated, 0, "adaptive limiter, deadline {carried:?}");
         assert_eq!(adaptive.handle().in_flight(), 0);
     }
-    // The server stack, whose limiter honours deadlines by default.
+    // The server stack, its limiter honouring deadlines.
     #[cfg(feature = "timeout")]
     for carried in [None, Some(deadline)] {
         let mut service = tower::ServiceBuilder::new()
             .map_request(move |n: u32| Carried(n, carried))
-            .layer(seawall::stack::ServerStack::new())
+            .layer(seawall::stack::ServerStack::new().honour_deadlines())
             .map_request(|c: Carried| c.0)
             .service(support::Noop);
         calls(&mut service, 1_000, |i| i);

@@ -527,7 +527,7 @@ mod server {
         assert_eq!((ok, limited), (30, 10));
     }
 
-    /// The stack honours deadlines by default: a request whose caller's timeout (a propagating
+    /// Honouring deadlines (`ServerStack::new().honour_deadlines()`): a request whose caller's timeout (a propagating
     /// one above the stack) ends before a slot frees is turned away by the queue with 503 and
     /// `Retry-After` at its deadline, not left to the caller's timeout (504); with a slot free,
     /// the same request is made, and only the caller's timeout ends it.
@@ -550,7 +550,7 @@ mod server {
                         })
                         .propagate(),
                     )
-                    .layer(ServerStack::new()),
+                    .layer(ServerStack::new().honour_deadlines()),
             );
         // The limiter starts at 20 calls at once: 20 hanging calls take every slot.
         let hung: Vec<_> = (0..20)
@@ -729,9 +729,7 @@ mod observed_server {
     #[tokio::test(start_paused = true)]
     async fn the_server_stack_observer_hears_every_part_and_the_parts_are_shared() {
         let (events, observer) = recorder();
-        // Its `bool` requests carry no deadline.
         let stack = ServerStack::new()
-            .without_deadlines()
             .rate_limit(Quota::per_second(10).burst(2))
             .timeout(Duration::from_secs(1))
             .observer(observer);
@@ -763,14 +761,8 @@ mod observed_server {
     #[tokio::test(start_paused = true)]
     async fn a_server_stack_named_apart_reports_apart() {
         let (events, observer) = recorder();
-        let stack = ServerStack::new()
-            .without_deadlines()
-            .observer(observer.clone())
-            .name("admin");
-        let other = ServerStack::new()
-            .without_deadlines()
-            .name("public")
-            .observer(observer);
+        let stack = ServerStack::new().observer(observer.clone()).name("admin");
+        let other = ServerStack::new().name("public").observer(observer);
         stack
             .layer(service_fn(handler))
             .oneshot(false)
@@ -807,7 +799,7 @@ mod server_deadlines {
     async fn a_request_waits_in_the_server_stacks_queue_no_longer_than_its_grpc_timeout() {
         let server = ServiceBuilder::new()
             .layer(ReadDeadlineLayer::grpc())
-            .layer(ServerStack::new())
+            .layer(ServerStack::new().honour_deadlines())
             .service(service_fn(|_: Request<()>| async {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 Ok::<_, BoxError>(())
@@ -853,15 +845,18 @@ mod server_deadlines {
         use tower::Layer;
         let made = Arc::new(AtomicU32::new(0));
         let counted = made.clone();
-        let server = ServerStack::new().layer(service_fn(move |req: Request<()>| {
-            counted.fetch_add(1, SeqCst);
-            async move {
-                if req.uri().path() == "/slow" {
-                    tokio::time::sleep(Duration::from_secs(3600)).await;
-                }
-                Ok::<_, BoxError>(())
-            }
-        }));
+        let server =
+            ServerStack::new()
+                .honour_deadlines()
+                .layer(service_fn(move |req: Request<()>| {
+                    counted.fetch_add(1, SeqCst);
+                    async move {
+                        if req.uri().path() == "/slow" {
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                        }
+                        Ok::<_, BoxError>(())
+                    }
+                }));
         let with = |path: &str, deadline: Option<Deadline>| {
             let mut request = Request::get(path).body(()).unwrap();
             if let Some(deadline) = deadline {

@@ -25,43 +25,16 @@
 //! the p99 of a sustained flood lower: a flood's queue empties now and then, and adaptive order
 //! then serves it first come first served for an interval, behind a full queue. A limiter passed
 //! to [`concurrency_layer`](ServerStack::concurrency_layer) replaces it with its own queue
-//! settings (none unless set), and honours deadlines only if built to: give it
-//! `.queue(128).codel(Codel::new(5 ms, 165 ms)).order(Order::Lifo).honour_deadlines()` to keep
-//! the stack's ways.
+//! settings (none unless set): give it `.queue(128).codel(Codel::new(5 ms, 165 ms))
+//! .order(Order::Lifo)` to keep them.
 //!
-//! The limiter decides in `call`, where the request is known, so a request's
-//! [`Deadline`](crate::core::Deadline) caps its wait: under a
+//! The limiter waits in `poll_ready` by default, so a request's [`Deadline`](crate::core::Deadline)
+//! does not shorten its wait: the stack's requests carry none unless a layer above puts one in (its
+//! own timeout is beneath the limiter and sets none), and the stack takes any request type.
+//! [`ServerStack::honour_deadlines`] makes the limiter decide in `call` instead: under a
 //! [`ReadDeadlineLayer`](crate::timeout::propagate::ReadDeadlineLayer) reading the caller's
-//! `grpc-timeout` (or a propagating timeout above), a request waits in the queue no longer than
-//! its deadline, and is answered 503 then, not left to time out in the handler. A request that
-//! finds a slot free is made at once, its deadline unread: that path costs what the `poll_ready`
-//! way does (no clock read, no allocation). The requests carry no deadline unless a layer above
-//! puts one in (the stack's own timeout is beneath the limiter and sets none); they must be
-//! [`DeadlineCarrier`](crate::core::DeadlineCarrier)s (`http::Request` is, with feature `http`),
-//! and the service beneath `Clone` (axum's and tonic's are): a request that waits is made on a
-//! clone, made ready once it has its slot. For other request types,
-//! [`ServerStack::without_deadlines`] makes the limiter wait in `poll_ready`, tower's way, where
-//! controlled delay alone bounds the wait.
-//!
-//! ```
-//! # #[cfg(all(feature = "limit", feature = "http"))] {
-//! use seawall::stack::ServerStack;
-//! use seawall::timeout::propagate::ReadDeadlineLayer;
-//! use tower::{service_fn, ServiceBuilder, ServiceExt};
-//!
-//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
-//! # async fn main() {
-//! let server = ServiceBuilder::new()
-//!     .layer(ReadDeadlineLayer::grpc()) // the caller's grpc-timeout, as a deadline
-//!     .layer(ServerStack::new())
-//!     .service(service_fn(|_: http::Request<()>| async {
-//!         Ok::<_, std::io::Error>(http::Response::new(()))
-//!     }));
-//! let request = http::Request::builder().header("grpc-timeout", "200m").body(()).unwrap();
-//! assert!(server.oneshot(request).await.is_ok());
-//! # }
-//! # }
-//! ```
+//! `grpc-timeout` (or a propagating timeout), a request waits in the queue no longer than its
+//! deadline, and is answered 503 then, not left to time out in the handler.
 //!
 //! Errors are seawall's: put `seawall::axum::HandleErrorsLayer` (feature `axum`)
 //! above it under axum, or map them with [`tonic::or_status`](crate::tonic) for tonic.
@@ -74,10 +47,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() {
-//! // `u32` requests carry no deadline: the limiter waits in `poll_ready`, tower's way.
-//! let stack = ServerStack::new()
-//!     .rate_limit(Quota::per_second(1_000))
-//!     .without_deadlines();
+//! let stack = ServerStack::new().rate_limit(Quota::per_second(1_000));
 //! let server = stack.layer(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }));
 //! assert_eq!(server.oneshot(7).await.unwrap(), 7);
 //! # }

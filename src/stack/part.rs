@@ -233,8 +233,7 @@ mod server {
 
     /// The adaptive limiter the server stack makes: a windowed [`Gradient2`] with a queue of
     /// 128, controlled delay (5 ms while the queue stands, 165 ms after it emptied) and LIFO
-    /// order (see the [stack module docs](crate::stack)), deciding in `poll_ready`: the stack's
-    /// limiter after [`ServerStack::without_deadlines`](crate::stack::ServerStack::without_deadlines).
+    /// order (see the [stack module docs](crate::stack)).
     #[derive(Clone, Copy, Debug, Default)]
     pub struct StackLimiter;
 
@@ -270,8 +269,8 @@ mod server {
     impl sealed::Sealed for StackLimiter {}
 
     /// The server stack's adaptive limiter ([`StackLimiter`]) honouring the deadlines requests
-    /// carry, as [`ServerStack::new`](crate::stack::ServerStack::new) makes it: a call waits in
-    /// its queue never past its deadline.
+    /// carry: a call waits in its queue never past its deadline (see
+    /// [`ServerStack::honour_deadlines`](crate::stack::ServerStack::honour_deadlines)).
     #[derive(Clone, Copy, Debug, Default)]
     pub struct StackDeadlineLimiter;
 

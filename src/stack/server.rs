@@ -24,7 +24,7 @@ use tower::Layer;
 ///
 /// Its type parameters are its parts (rate limit `R`, concurrency limit `C`, timeout `T`; see
 /// [`part`](super::part)) and its observer `O`: you never need to write them.
-pub struct ServerStack<R = OwnRateLimit, C = OwnDeadlineLimiter, T = OwnTimeout<Duration>, O = ()> {
+pub struct ServerStack<R = OwnRateLimit, C = OwnLimiter, T = OwnTimeout<Duration>, O = ()> {
     rate: Option<R>,
     concurrency: Option<C>,
     timeout: Option<T>,
@@ -34,14 +34,12 @@ pub struct ServerStack<R = OwnRateLimit, C = OwnDeadlineLimiter, T = OwnTimeout<
 
 impl ServerStack {
     /// No rate limit; a windowed Gradient2 limiter with a queue of 128, controlled delay (5 ms
-    /// while the queue stands, 165 ms after it emptied) and LIFO order, where a request's
-    /// [`Deadline`](crate::core::Deadline) caps its wait (see
-    /// [`without_deadlines`](Self::without_deadlines) for requests that cannot carry one); a 30 s
-    /// timeout; named `"server"`, observed by nothing. See the [module docs](super) for why.
+    /// while the queue stands, 165 ms after it emptied) and LIFO order; a 30 s timeout; named
+    /// `"server"`, observed by nothing. See the [module docs](super) for why.
     pub fn new() -> Self {
         ServerStack {
             rate: None,
-            concurrency: Some(Own::new(StackDeadlineLimiter)),
+            concurrency: Some(Own::new(StackLimiter)),
             timeout: Some(Own::new(Duration::from_secs(30))),
             name: Cow::Borrowed("server"),
             observer: (),
@@ -128,16 +126,10 @@ impl<R, C, T, O> ServerStack<R, C, T, O> {
         self.concurrency_layer(layer)
     }
 
-    /// Leaves the concurrency limit out. Requests then need not carry deadlines: no limiter is
-    /// there to read them.
-    pub fn without_concurrency_limit(self) -> ServerStack<R, OwnLimiter<O>, T, O> {
-        ServerStack {
-            rate: self.rate,
-            concurrency: None,
-            timeout: self.timeout,
-            name: self.name,
-            observer: self.observer,
-        }
+    /// Leaves the concurrency limit out.
+    pub fn without_concurrency_limit(mut self) -> Self {
+        self.concurrency = None;
+        self
     }
 
     /// A request's limit (default 30 s): a part the stack makes, named `"{name}.timeout"`.
@@ -229,47 +221,52 @@ impl<R, C, T, O> ServerStack<R, C, T, O> {
     }
 }
 
-impl<R, T, O: Observer> ServerStack<R, OwnDeadlineLimiter<O>, T, O> {
-    /// For requests that cannot carry a [`Deadline`](crate::core::Deadline) (that do not
-    /// implement [`DeadlineCarrier`](crate::core::DeadlineCarrier)), or a service beneath that is
-    /// not `Clone`: the stack's own limiter decides in `poll_ready`, tower's way, before the
-    /// request exists, so a deadline the request carries does not cap its wait in the queue
-    /// (controlled delay alone bounds it). A limiter given with
-    /// [`concurrency_layer`](Self::concurrency_layer) is left as it was built.
-    ///
-    /// By default (without this) the limiter decides in `call`: a request waits in its queue
-    /// never past the deadline it carries, and is turned away then with the limiter's usual 503
-    /// and `Retry-After` (at once, if its deadline has passed when it would queue), rather than
-    /// reach the handler with no time left; a request that finds a slot free is made at once,
-    /// its deadline unread, at the cost of the `poll_ready` way (see
+impl<R, T, O: Observer> ServerStack<R, OwnLimiter<O>, T, O> {
+    /// The stack's own limiter (not one given with
+    /// [`concurrency_layer`](Self::concurrency_layer): build that one with `honour_deadlines()`)
+    /// decides in `call` and honours the
+    /// [`Deadline`](crate::core::Deadline) each request carries: a request waits in its queue
+    /// never past its deadline, and is turned away then with the limiter's usual 503 and
+    /// `Retry-After` (a request whose deadline has passed, at once), rather than reach the
+    /// handler with no time left (see
     /// [`AdaptiveLimitBuilder::honour_deadlines`](crate::limit::AdaptiveLimitBuilder::honour_deadlines)).
     ///
+    /// Requests carry a deadline only if a layer above puts one in: a
+    /// [`ReadDeadlineLayer`](crate::timeout::propagate::ReadDeadlineLayer) reading `grpc-timeout`
+    /// or a timeout header, or a propagating [`TimeoutLayer`] (the stack's own timeout is beneath
+    /// the limiter, and sets none). The requests must be
+    /// [`DeadlineCarrier`](crate::core::DeadlineCarrier)s (`http::Request` is, with feature
+    /// `http`) and the service beneath `Clone` (axum's and tonic's are): a request that waits is
+    /// made on a clone, made ready once it has its slot.
+    ///
     /// ```
+    /// # #[cfg(feature = "http")] {
     /// use seawall::stack::ServerStack;
-    /// use tower::{service_fn, Layer, ServiceExt};
+    /// use seawall::timeout::propagate::ReadDeadlineLayer;
+    /// use tower::{service_fn, ServiceBuilder, ServiceExt};
     ///
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() {
-    /// let stack = ServerStack::new().without_deadlines();
-    /// let server = stack.layer(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }));
-    /// assert_eq!(server.oneshot(7).await.unwrap(), 7);
+    /// let server = ServiceBuilder::new()
+    ///     .layer(ReadDeadlineLayer::grpc()) // the caller's grpc-timeout, as a deadline
+    ///     .layer(ServerStack::new().honour_deadlines())
+    ///     .service(service_fn(|_: http::Request<()>| async {
+    ///         Ok::<_, std::io::Error>(http::Response::new(()))
+    ///     }));
+    /// let request = http::Request::builder().header("grpc-timeout", "200m").body(()).unwrap();
+    /// assert!(server.oneshot(request).await.is_ok());
+    /// # }
     /// # }
     /// ```
-    pub fn without_deadlines(self) -> ServerStack<R, OwnLimiter<O>, T, O> {
+    pub fn honour_deadlines(self) -> ServerStack<R, OwnDeadlineLimiter<O>, T, O> {
         ServerStack {
             rate: self.rate,
             // Left out, it stays out.
-            concurrency: self.concurrency.map(|_| Own::new(StackLimiter)),
+            concurrency: self.concurrency.map(|_| Own::new(StackDeadlineLimiter)),
             timeout: self.timeout,
             name: self.name,
             observer: self.observer,
         }
-    }
-
-    /// The stack's own limiter honours deadlines by default now: this does nothing.
-    #[deprecated(note = "the default: `ServerStack::new()` honours deadlines")]
-    pub fn honour_deadlines(self) -> Self {
-        self
     }
 }
 

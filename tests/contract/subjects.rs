@@ -1346,7 +1346,7 @@ queue_deadlines!(AdaptiveDeadlines, AdaptiveHandle<Fixed, Probe>, |probe| {
 });
 
 // The server stack with its limiter deciding in `call` and honouring deadlines, as
-// `ServerStack::new()`'s does, but with a fixed limit (given built, with the probe; the stack's
+// `ServerStack::new().honour_deadlines()`'s does, but with a fixed limit (given built, with the probe; the stack's
 // observer reaches its own timeout), read through its limiter.
 queue_deadlines!(ServerDeadlines, AdaptiveHandle<Fixed, Probe>, |probe| {
     let limiter = AdaptiveLimitLayer::builder(Fixed(SLOTS))

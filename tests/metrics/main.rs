@@ -380,7 +380,6 @@ fn the_stacks_parts_leave_their_series_under_their_names() {
         runtime.block_on(async {
             let observer = MetricsObserver::new();
             let server = ServerStack::new()
-                .without_deadlines()
                 .rate_limit(Quota::per_second(100))
                 .timeout(Duration::from_secs(2))
                 .observer(observer.clone());
