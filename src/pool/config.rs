@@ -194,6 +194,15 @@ impl<C, O> fmt::Debug for Builder<C, O> {
     }
 }
 
+/// The default settings, validated (for unit tests).
+#[cfg(test)]
+pub(crate) fn default_config() -> Config {
+    Builder::default()
+        .settings
+        .validate()
+        .expect("the default settings are valid")
+}
+
 impl Default for Builder {
     fn default() -> Self {
         Builder {
