@@ -465,10 +465,12 @@ impl<K, S, O> Shared<K, S, O> {
         self.quiet.store(quiet_word(changes, until), SeqCst);
     }
 
-    /// Forgets the quiet time: a probe may be due sooner than it said (a claim given back
-    /// without a change counted, so as not to wake anyone).
-    pub(crate) fn unquiet(&self) {
-        self.quiet.store(0, SeqCst);
+    /// Counts a change without waking anyone: a probe claim given back, due again as it was
+    /// before the claim. Every refusal that looked before it finds its count stale, so none can
+    /// record (or trust) a quiet time that counted the claim; a pool clone polling meanwhile
+    /// sees the count move and looks again.
+    pub(crate) fn touch(&self) {
+        self.changes.fetch_add(1, SeqCst);
     }
 
     /// Wakes every pool clone waiting for a change.
@@ -973,7 +975,7 @@ mod tests {
         assert!(shared.quiet(3, 2 * MILLI - 1));
         assert!(!shared.quiet(3, 2 * MILLI));
         // Nothing known holds for no count; nor does a forgotten time.
-        shared.unquiet();
+        shared.set_quiet(0, 0);
         assert!(!shared.quiet(0, 0));
         // Beyond any time: capped, still quiet.
         shared.set_quiet(u64::MAX, u64::MAX);
