@@ -566,12 +566,14 @@ where
             registry.set(list, &self.generation);
             replaced
         };
+        // Waiting pools are woken before the observer hears of it: an observer that panics
+        // must not leave them asleep.
+        self.notify();
         if let Some((old, ejected)) = replaced {
             self.report_removed(&old, ejected);
         }
         self.emitter()
             .emit_keyed(EventKind::EndpointAdded, &endpoint.key);
-        self.notify();
     }
 
     /// Removes the endpoint of `key`, if there is one.
@@ -591,8 +593,8 @@ where
             registry.set(list, &self.generation);
             (old, ejected)
         };
-        self.report_removed(&removed.0, removed.1);
         self.notify();
+        self.report_removed(&removed.0, removed.1);
     }
 
     /// Marks an endpoint removed and takes it out of the counts (under the registry's lock).
@@ -706,11 +708,11 @@ where
         endpoint.ejections.fetch_add(1, Relaxed);
         endpoint.consecutive.store(0, Relaxed);
         endpoint.consecutive_local.store(0, Relaxed);
+        self.notify();
         self.emitter().emit_keyed(
             EventKind::EndpointEjected { reason, duration },
             &endpoint.key,
         );
-        self.notify();
         true
     }
 
@@ -888,9 +890,9 @@ where
         endpoint.returned_at.store(now, Relaxed);
         endpoint.consecutive.store(0, Relaxed);
         endpoint.consecutive_local.store(0, Relaxed);
+        self.notify();
         self.emitter()
             .emit_keyed(EventKind::EndpointReturned, &endpoint.key);
-        self.notify();
     }
 
     /// Success-rate outliers: once an interval, the endpoints in rotation with enough calls whose

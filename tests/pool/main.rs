@@ -1530,3 +1530,39 @@ async fn success_rate_needs_the_minimum_of_endpoints_and_is_opt_in() {
         );
     }
 }
+
+/// An observer that panics at an ejection must not leave the clones waiting for a change
+/// asleep: they are woken before the observer hears of it.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_observer_does_not_lose_the_wake_up() {
+    use futures::FutureExt;
+    let eps = [Switch::default(), Switch::default()];
+    let pool = one_failure_ejects()
+        .seed(3)
+        .observer(|e: &Event<'_>| {
+            if matches!(e.kind, EventKind::EndpointEjected { .. }) {
+                panic!("observer panics at an ejection");
+            }
+        })
+        .build(eps.clone())
+        .unwrap();
+    let handle = pool.handle();
+    let mut b = pool.clone();
+    futures::future::poll_fn(|cx| b.poll_ready(cx))
+        .await
+        .unwrap();
+    for e in &eps {
+        e.set(PENDING);
+        e.fail(true);
+    }
+    let mut t = task::spawn(pool.clone().oneshot(2));
+    assert_pending!(t.poll());
+    assert!(!t.is_woken());
+    let call = std::panic::AssertUnwindSafe(b.call(1)).catch_unwind().await;
+    assert!(call.is_err(), "the observer's panic reaches the caller");
+    assert_eq!(handle.ejected(), 1);
+    assert!(
+        t.is_woken(),
+        "the waiting call is told, the observer's panic notwithstanding"
+    );
+}
