@@ -262,15 +262,16 @@ impl<K, S> Endpoint<K, S> {
     {
         let word = self.word();
         let penalized = self.penalized.load(Relaxed);
+        // When a penalised endpoint is given a call again.
+        let recheck = penalized
+            .checked_sub(1)
+            .map_or(0, |at| at.saturating_add(nanos(config.schedule.base)));
         let state = match tag(word) {
             // Its last answer was a failure, and the penalty keeps it out of the draws until
-            // its recheck: in rotation in name only, so it is shown apart.
-            AVAILABLE if penalized != 0 => super::handle::EndpointState::Penalised {
-                recheck_in: Duration::from_nanos(
-                    (penalized - 1)
-                        .saturating_add(nanos(config.schedule.base))
-                        .saturating_sub(now),
-                ),
+            // its recheck: in rotation in name only, so it is shown apart. Once the recheck is
+            // due it is an available endpoint waiting for a call to draw it.
+            AVAILABLE if now < recheck => super::handle::EndpointState::Penalised {
+                recheck_in: Duration::from_nanos(recheck - now),
             },
             AVAILABLE => super::handle::EndpointState::Available,
             HELD => super::handle::EndpointState::Held,

@@ -357,7 +357,7 @@ async fn fail_fast_refusals_do_not_delay_probes() {
 
 /// With the failure penalty on (the default), one failure takes an endpoint out of the draws
 /// long before the consecutive rule ejects it: the handle shows it `Penalised` until its recheck
-/// (one ejection time later), and `Available` again once the recheck succeeds.
+/// is due (one ejection time later), and `Available` from then on.
 #[tokio::test(start_paused = true)]
 async fn an_endpoint_kept_out_by_the_penalty_is_shown_penalised() {
     let eps = [Switch::default(), Switch::default()];
@@ -402,6 +402,12 @@ async fn an_endpoint_kept_out_by_the_penalty_is_shown_penalised() {
     // Healed; its recheck, 30 s after the failure, brings it back.
     eps[0].fail(false);
     tokio::time::advance(Duration::from_secs(20)).await;
+    // Its recheck due, an idle pool shows it available (it waits for a call to draw it), not
+    // penalised for ever.
+    assert_eq!(handle.endpoints()[0].state, EndpointState::Available);
+    assert_eq!(handle.penalised(), 0);
+    tokio::time::advance(Duration::from_secs(600)).await;
+    assert_eq!(handle.endpoints()[0].state, EndpointState::Available);
     while eps[0].calls() == 1 {
         pool.ready().await.unwrap().call(1).await.unwrap();
     }
