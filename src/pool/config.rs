@@ -65,6 +65,17 @@ pub enum ConfigError {
     /// The probe-claim timeout is zero.
     #[error("probe claim timeout must be greater than zero")]
     ProbeClaimTimeout,
+    /// The probe-claim timeout is longer than the ejection time: an idle clone's claim would
+    /// keep an endpoint out longer than its ejection did.
+    #[error(
+        "probe claim timeout ({timeout:?}) must not exceed the ejection time ({ejection_time:?})"
+    )]
+    ProbeClaimTimeoutAboveEjectionTime {
+        /// The probe-claim timeout given.
+        timeout: Duration,
+        /// The ejection time of a first ejection.
+        ejection_time: Duration,
+    },
     /// `max_ejection_percent` is not a percentage in `(0, 100]`.
     #[error("max ejection percent must be in (0, 100], got {0}")]
     MaxEjectionPercent(f64),
@@ -397,7 +408,11 @@ impl<C, O> Builder<C, O> {
     /// clones; it should stay well above the time between a `poll_ready` and its `call` (a
     /// clone that loses its claim fails its call with
     /// [`EndpointUnavailable`](super::error::EndpointUnavailable)). Zero is
-    /// [`ConfigError::ProbeClaimTimeout`].
+    /// [`ConfigError::ProbeClaimTimeout`]; longer than the ejection time
+    /// ([`ejection_time`](Self::ejection_time)) is
+    /// [`ConfigError::ProbeClaimTimeoutAboveEjectionTime`]: a claim left by an idle clone would
+    /// then keep the endpoint out longer than its ejection, and a fail-fast pool's refusals
+    /// would wait on it.
     pub fn probe_claim_timeout(mut self, timeout: Duration) -> Self {
         self.settings.claim_timeout = timeout;
         self
@@ -549,6 +564,12 @@ impl Settings {
         }
         if self.claim_timeout.is_zero() {
             return Err(ConfigError::ProbeClaimTimeout);
+        }
+        if self.claim_timeout > self.ejection_time {
+            return Err(ConfigError::ProbeClaimTimeoutAboveEjectionTime {
+                timeout: self.claim_timeout,
+                ejection_time: self.ejection_time,
+            });
         }
         let max_ejection_ppm = percent_to_ppm(self.max_ejection_percent)
             .ok_or(ConfigError::MaxEjectionPercent(self.max_ejection_percent))?;

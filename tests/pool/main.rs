@@ -1296,6 +1296,15 @@ fn bad_configuration_is_an_error() {
             ConfigError::ProbeClaimTimeout,
         ),
         (
+            Pool::builder()
+                .ejection_time(Duration::from_secs(2))
+                .probe_claim_timeout(Duration::from_millis(2001)),
+            ConfigError::ProbeClaimTimeoutAboveEjectionTime {
+                timeout: Duration::from_millis(2001),
+                ejection_time: Duration::from_secs(2),
+            },
+        ),
+        (
             Pool::builder().consecutive_local_failures(0),
             ConfigError::ConsecutiveFailures,
         ),
