@@ -1661,3 +1661,49 @@ async fn a_panicking_observer_does_not_lose_the_wake_up() {
         "the waiting call is told, the observer's panic notwithstanding"
     );
 }
+
+/// When one kept endpoint takes the call, a probe claimed on another kept one is given back
+/// without waking every waiting clone (a review's finding: dropping it woke them all).
+#[tokio::test(start_paused = true)]
+async fn a_kept_probe_is_given_back_quietly_when_another_endpoint_takes_the_call() {
+    let eps: [Switch; 3] = Default::default();
+    let pool = one_failure_ejects().seed(4).build(eps.clone()).unwrap();
+    let handle = pool.handle();
+    eject_until_probe_due(&pool, &handle, &eps, true).await;
+    for e in &eps {
+        e.set(PENDING);
+    }
+    // `a` claims the first endpoint's probe and waits on all three; `w` and `last` wait on
+    // the other two (`last` polled last: the endpoints wake it, not `w`).
+    let mut a = task::spawn(pool.clone().oneshot(1));
+    assert_pending!(a.poll());
+    assert_eq!(handle.endpoints()[0].state, EndpointState::Probing);
+    let mut w = task::spawn(pool.clone().oneshot(2));
+    assert_pending!(w.poll());
+    let mut last = task::spawn(pool.clone().oneshot(3));
+    assert_pending!(last.poll());
+    eps[1].set(READY);
+    assert!(!w.is_woken());
+    // `a`'s kept second endpoint takes its call; its probe claim is given back, silently.
+    assert_eq!(assert_ready!(a.poll()).unwrap(), 1);
+    assert_eq!(
+        handle.endpoints()[0].state,
+        EndpointState::Ejected {
+            remaining: Duration::ZERO
+        }
+    );
+    assert!(
+        !w.is_woken(),
+        "a waiting clone was woken for a claim given back"
+    );
+    // The probe is due: the next calls to draw it claim it.
+    eps[0].set(READY);
+    eps[2].set(READY);
+    assert_eq!(assert_ready!(last.poll()).unwrap(), 3);
+    for _ in 0..20 {
+        pool.clone().oneshot(4).await.unwrap();
+    }
+    assert!(eps[0].calls() >= 2, "the probe went out");
+    assert_eq!(handle.endpoints()[0].state, EndpointState::Available);
+    drop(w);
+}
