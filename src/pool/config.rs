@@ -151,7 +151,8 @@ struct Settings {
     max_retry_after: Option<Duration>,
     max_ejection_percent: f64,
     when_unhealthy: WhenUnhealthy,
-    claim_timeout: Duration,
+    /// `None`: the default, 1 s or the ejection time if shorter.
+    claim_timeout: Option<Duration>,
     seed: Option<u64>,
 }
 
@@ -234,7 +235,7 @@ impl Default for Builder {
                 max_retry_after: Some(Duration::from_secs(300)),
                 max_ejection_percent: 50.0,
                 when_unhealthy: WhenUnhealthy::Panic,
-                claim_timeout: Duration::from_secs(1),
+                claim_timeout: None,
                 seed: None,
             },
             classify: ErrorIsFailure,
@@ -402,7 +403,7 @@ impl<C, O> Builder<C, O> {
 
     /// How long the probe of an endpoint whose ejection is over, claimed by a pool clone's
     /// `poll_ready`, waits for that clone's `call` before another clone may take it over
-    /// (default 1 s). A clone made ready and then left idle (as a server keeps one per
+    /// (default 1 s, or the ejection time if shorter). A clone made ready and then left idle (as a server keeps one per
     /// connection) would otherwise hold the endpoint's one probe, and with it the endpoint out of
     /// rotation, for as long as it idles. Shorter brings an endpoint back sooner past idle
     /// clones; it should stay well above the time between a `poll_ready` and its `call` (a
@@ -414,7 +415,7 @@ impl<C, O> Builder<C, O> {
     /// then keep the endpoint out longer than its ejection, and a fail-fast pool's refusals
     /// would wait on it.
     pub fn probe_claim_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.claim_timeout = timeout;
+        self.settings.claim_timeout = Some(timeout);
         self
     }
 
@@ -562,15 +563,18 @@ impl Settings {
         if self.max_retry_after.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError::MaxRetryAfter);
         }
-        if self.claim_timeout.is_zero() {
-            return Err(ConfigError::ProbeClaimTimeout);
-        }
-        if self.claim_timeout > self.ejection_time {
-            return Err(ConfigError::ProbeClaimTimeoutAboveEjectionTime {
-                timeout: self.claim_timeout,
-                ejection_time: self.ejection_time,
-            });
-        }
+        // Given, it is checked; by default it is shortened to a shorter ejection time.
+        let claim_timeout = match self.claim_timeout {
+            Some(timeout) if timeout.is_zero() => return Err(ConfigError::ProbeClaimTimeout),
+            Some(timeout) if timeout > self.ejection_time => {
+                return Err(ConfigError::ProbeClaimTimeoutAboveEjectionTime {
+                    timeout,
+                    ejection_time: self.ejection_time,
+                })
+            }
+            Some(timeout) => timeout,
+            None => Duration::from_secs(1).min(self.ejection_time),
+        };
         let max_ejection_ppm = percent_to_ppm(self.max_ejection_percent)
             .ok_or(ConfigError::MaxEjectionPercent(self.max_ejection_percent))?;
         Ok(Config {
@@ -591,7 +595,7 @@ impl Settings {
             max_retry_after: self.max_retry_after,
             max_ejection_ppm,
             when_unhealthy: self.when_unhealthy,
-            claim_timeout: crate::sync::nanos(self.claim_timeout).max(1),
+            claim_timeout: crate::sync::nanos(claim_timeout).max(1),
             seed: self.seed,
         })
     }

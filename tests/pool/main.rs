@@ -1453,6 +1453,16 @@ fn bad_configuration_is_an_error() {
         assert_eq!(error.to_string(), expected.to_string());
     }
     assert!(build(Pool::builder()).is_ok());
+    // The default probe-claim timeout (1 s) is shortened to a shorter ejection time; one given
+    // may equal it.
+    let short = Duration::from_millis(500);
+    assert!(build(Pool::builder().ejection_time(short)).is_ok());
+    assert!(build(
+        Pool::builder()
+            .ejection_time(short)
+            .probe_claim_timeout(short)
+    )
+    .is_ok());
 }
 
 /// The error and its mapping to statuses.
