@@ -1717,3 +1717,40 @@ async fn a_kept_probe_is_given_back_quietly_when_another_endpoint_takes_the_call
     assert_eq!(handle.endpoints()[0].state, EndpointState::Available);
     drop(w);
 }
+
+/// The same for a return: a probe's success wakes the waiting clones before an observer that
+/// panics at `EndpointReturned` hears of it.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_observer_does_not_lose_the_return_wake_up() {
+    use futures::FutureExt;
+    let eps = [Switch::default(), Switch::default()];
+    let pool = one_failure_ejects()
+        .seed(3)
+        .observer(|e: &Event<'_>| {
+            if matches!(e.kind, EventKind::EndpointReturned) {
+                panic!("observer panics at a return");
+            }
+        })
+        .build(eps.clone())
+        .unwrap();
+    let handle = pool.handle();
+    eject_until_probe_due(&pool, &handle, &eps, true).await;
+    // A clone made ready on the probe (a draw ranks a due probe first).
+    let mut b = loop {
+        let mut b = pool.clone();
+        futures::future::poll_fn(|cx| b.poll_ready(cx))
+            .await
+            .unwrap();
+        if handle.endpoints()[0].state == EndpointState::Probing {
+            break b;
+        }
+    };
+    eps[1].set(PENDING);
+    let mut t = task::spawn(pool.clone().oneshot(2));
+    assert_pending!(t.poll());
+    assert!(!t.is_woken());
+    let call = std::panic::AssertUnwindSafe(b.call(1)).catch_unwind().await;
+    assert!(call.is_err(), "the observer's panic reaches the caller");
+    assert_eq!(handle.endpoints()[0].state, EndpointState::Available);
+    assert!(t.is_woken(), "the waiting call is told of the return");
+}
