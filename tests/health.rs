@@ -945,7 +945,8 @@ async fn a_pool_reports_each_endpoint_and_is_down_when_none_is_healthy() {
     assert!(component["details"]["endpoints"][1]["rttMs"].is_number());
 
     // With the failure penalty (the default), one failure takes an endpoint out of the draws
-    // before any rule ejects it: the pool is degraded, and the endpoint shown `PENALISED`.
+    // before any rule ejects it, and shows it `PENALISED` until its recheck is due: a pool with
+    // at least half its endpoints penalised is degraded.
     let penalised = Pool::builder()
         .seed(4)
         .build(vec![service_fn(|_: u32| async {
@@ -963,13 +964,80 @@ async fn a_pool_reports_each_endpoint_and_is_down_when_none_is_healthy() {
         Details::Pool(p) => {
             assert_eq!((p.healthy, p.ejected, p.held, p.penalised), (1, 0, 0, 1));
             assert_eq!(p.endpoints[0].state, "PENALISED");
-            assert_eq!(p.endpoints[0].ejected_for, Some(Duration::from_secs(30)));
+            assert_eq!(p.endpoints[0].recheck_in, Some(Duration::from_secs(30)));
+            assert_eq!(p.endpoints[0].ejected_for, None);
         }
         other => panic!("a pool's details, not {other:?}"),
     }
     let json: serde_json::Value = serde_json::from_str(&snapshot.to_json()).unwrap();
-    assert_eq!(json["components"]["penalised"]["details"]["penalised"], 1);
+    let component = &json["components"]["penalised"];
+    assert_eq!(component["details"]["penalised"], 1);
+    let endpoint = &component["details"]["endpoints"][0];
+    assert_eq!(endpoint["recheckInMs"], 30_000);
+    assert!(endpoint["ejectedForMs"].is_null());
+    // The endpoint's fields, fixed.
+    let mut fields: Vec<&str> = endpoint
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        [
+            "calls",
+            "consecutiveFailures",
+            "consecutiveLocalFailures",
+            "ejectedForMs",
+            "ejections",
+            "failures",
+            "inFlight",
+            "key",
+            "load",
+            "localFailures",
+            "recheckInMs",
+            "rttMs",
+            "state"
+        ]
+    );
+    // Its recheck due, an idle pool is up again: the endpoint is available, waiting for a call.
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let snapshot = registry.snapshot();
+    assert_eq!(snapshot.components[1].status, Status::Up);
+    match &snapshot.components[1].details {
+        Details::Pool(p) => assert_eq!((p.penalised, p.endpoints[0].state), (0, "AVAILABLE")),
+        other => panic!("a pool's details, not {other:?}"),
+    }
     drop(penalised);
+
+    // One penalised endpoint of three is less than half: the pool stays up.
+    let fails = Arc::new(AtomicBool::new(false));
+    let three = (0..3).map(|i| {
+        let fails = fails.clone();
+        service_fn(move |x: u32| {
+            let fail = i == 0 && fails.load(SeqCst);
+            async move {
+                if fail {
+                    Err(std::io::Error::other("down"))
+                } else {
+                    Ok(x)
+                }
+            }
+        })
+    });
+    let three = Pool::builder().seed(6).build(three).unwrap();
+    let registered = Registry::new();
+    registered
+        .register("three", &three.handle(), Criticality::Informational)
+        .unwrap();
+    fails.store(true, SeqCst);
+    while three.handle().penalised() == 0 {
+        let _ = three.clone().oneshot(1).await;
+    }
+    let snapshot = registered.snapshot();
+    assert_eq!(snapshot.components[0].status, Status::Up);
+    drop(three);
 
     // Every endpoint fails: none is healthy, and a required pool fails readiness.
     for fails in &failing {

@@ -398,15 +398,17 @@ mod pool {
                 .endpoints()
                 .into_iter()
                 .map(|e| {
+                    let mut recheck_in = None;
                     let (state, ejected_for) = match e.state {
                         EndpointState::Available => {
                             healthy += 1;
                             ("AVAILABLE", None)
                         }
-                        EndpointState::Penalised { recheck_in } => {
+                        EndpointState::Penalised { recheck_in: r } => {
                             healthy += 1;
                             penalised += 1;
-                            ("PENALISED", Some(recheck_in))
+                            recheck_in = Some(r);
+                            ("PENALISED", None)
                         }
                         EndpointState::Held => {
                             held += 1;
@@ -426,6 +428,7 @@ mod pool {
                         key: e.key,
                         state,
                         ejected_for,
+                        recheck_in,
                         load: e.load,
                         rtt: e.rtt,
                         in_flight: e.in_flight,

@@ -15,7 +15,7 @@ use std::time::Duration;
 const PER_COMPONENT: usize = 512;
 
 /// What each endpoint of a pool takes at most, roughly (with a short key).
-const PER_ENDPOINT: usize = 320;
+const PER_ENDPOINT: usize = 340;
 
 /// The JSON being written.
 struct Json {
@@ -282,6 +282,8 @@ fn write_component(j: &mut Json, component: &ComponentHealth) {
                 j.str(e.state);
                 j.raw(",\"ejectedForMs\":");
                 j.millis(e.ejected_for);
+                j.raw(",\"recheckInMs\":");
+                j.millis(e.recheck_in);
                 j.raw(",\"load\":");
                 j.f64(Some(e.load));
                 j.raw(",\"rttMs\":");

@@ -236,7 +236,7 @@ impl Details {
     /// | rate limiter | calls available | none available now | |
     /// | keyed rate limiter | always | | |
     /// | fleet rate limiter | store healthy | store degraded: failing open; failing closed with a probe of the store due | store degraded, failing closed, until a probe of the store is due |
-    /// | pool | every endpoint in rotation, none penalised | some endpoint ejected, probing, held in only by the cap, or penalised (kept out of the draws by a failure penalty) | no endpoint healthy (or none at all) |
+    /// | pool | every endpoint in rotation, fewer than half penalised | some endpoint ejected, probing or held in only by the cap; or at least half penalised (kept out of the draws by a failure penalty until their recheck) | no endpoint healthy (or none at all) |
     pub fn status(&self) -> Status {
         match self {
             Details::CircuitBreaker(b) => match b.state {
@@ -262,9 +262,14 @@ impl Details {
             // No endpoint healthy: a pool that fails fast refuses calls, one in panic spreads
             // them over endpoints it would rather not use. None at all: nothing to call.
             Details::Pool(p) if p.healthy == 0 => Status::Down,
-            // A penalised endpoint draws almost no calls: it is as good as out, before any rule
-            // has ejected it.
-            Details::Pool(p) if p.ejected > 0 || p.held > 0 || p.penalised > 0 => Status::Degraded,
+            // A penalised endpoint draws almost no calls until its recheck, but one failure
+            // penalises it: the pool is degraded for penalised endpoints only when they are at
+            // least half of it (the share the default cap lets ejection take).
+            Details::Pool(p)
+                if p.ejected > 0 || p.held > 0 || 2 * p.penalised >= p.endpoints.len() as u64 =>
+            {
+                Status::Degraded
+            }
             Details::FleetRateLimit(f) if f.degraded => {
                 // As for an open breaker: only a call probes the store, and none comes to a
                 // required limiter's instance while it is down, which would be for good.
@@ -427,7 +432,7 @@ pub struct PoolDetails {
     /// Endpoints a rule would eject but the cap on ejections holds in rotation (`held`).
     pub held: u64,
     /// Of the healthy endpoints, those whose last answer was a failure, kept out of the draws by
-    /// the failure penalty until their recheck (`penalised`).
+    /// the failure penalty until their recheck, not yet due (`penalised`).
     pub penalised: u64,
     /// Each endpoint, in the pool's order (`endpoints`).
     pub endpoints: Vec<PoolEndpointDetails>,
@@ -442,9 +447,10 @@ pub struct PoolEndpointDetails {
     /// Where it stands: `AVAILABLE`, `PENALISED`, `HELD`, `EJECTED`, `PROBING` or `REMOVED`
     /// (`state`).
     pub state: &'static str,
-    /// While ejected, how long until its probe is due; while penalised, until its recheck; zero
-    /// once it is due (`ejectedForMs`).
+    /// While ejected, how long until its probe is due; zero once it is due (`ejectedForMs`).
     pub ejected_for: Option<Duration>,
+    /// While penalised, how long until its recheck (`recheckInMs`).
+    pub recheck_in: Option<Duration>,
     /// The load the balancer compares, in seconds: the peak-EWMA round-trip time × (calls in
     /// flight + 1) (`load`).
     pub load: f64,

@@ -65,6 +65,17 @@ pub enum ConfigError {
     /// The probe-claim timeout is zero.
     #[error("probe claim timeout must be greater than zero")]
     ProbeClaimTimeout,
+    /// The probe-claim timeout is longer than the ejection time: an idle clone's claim would
+    /// keep an endpoint out longer than its ejection did.
+    #[error(
+        "probe claim timeout ({timeout:?}) must not exceed the ejection time ({ejection_time:?})"
+    )]
+    ProbeClaimTimeoutAboveEjectionTime {
+        /// The probe-claim timeout given.
+        timeout: Duration,
+        /// The ejection time of a first ejection.
+        ejection_time: Duration,
+    },
     /// `max_ejection_percent` is not a percentage in `(0, 100]`.
     #[error("max ejection percent must be in (0, 100], got {0}")]
     MaxEjectionPercent(f64),
@@ -140,7 +151,8 @@ struct Settings {
     max_retry_after: Option<Duration>,
     max_ejection_percent: f64,
     when_unhealthy: WhenUnhealthy,
-    claim_timeout: Duration,
+    /// `None`: the default, 1 s or the ejection time if shorter.
+    claim_timeout: Option<Duration>,
     seed: Option<u64>,
 }
 
@@ -194,6 +206,15 @@ impl<C, O> fmt::Debug for Builder<C, O> {
     }
 }
 
+/// The default settings, validated (for unit tests).
+#[cfg(test)]
+pub(crate) fn default_config() -> Config {
+    Builder::default()
+        .settings
+        .validate()
+        .expect("the default settings are valid")
+}
+
 impl Default for Builder {
     fn default() -> Self {
         Builder {
@@ -214,7 +235,7 @@ impl Default for Builder {
                 max_retry_after: Some(Duration::from_secs(300)),
                 max_ejection_percent: 50.0,
                 when_unhealthy: WhenUnhealthy::Panic,
-                claim_timeout: Duration::from_secs(1),
+                claim_timeout: None,
                 seed: None,
             },
             classify: ErrorIsFailure,
@@ -382,15 +403,19 @@ impl<C, O> Builder<C, O> {
 
     /// How long the probe of an endpoint whose ejection is over, claimed by a pool clone's
     /// `poll_ready`, waits for that clone's `call` before another clone may take it over
-    /// (default 1 s). A clone made ready and then left idle (as a server keeps one per
+    /// (default 1 s, or the ejection time if shorter). A clone made ready and then left idle (as a server keeps one per
     /// connection) would otherwise hold the endpoint's one probe, and with it the endpoint out of
     /// rotation, for as long as it idles. Shorter brings an endpoint back sooner past idle
     /// clones; it should stay well above the time between a `poll_ready` and its `call` (a
     /// clone that loses its claim fails its call with
     /// [`EndpointUnavailable`](super::error::EndpointUnavailable)). Zero is
-    /// [`ConfigError::ProbeClaimTimeout`].
+    /// [`ConfigError::ProbeClaimTimeout`]; longer than the ejection time
+    /// ([`ejection_time`](Self::ejection_time)) is
+    /// [`ConfigError::ProbeClaimTimeoutAboveEjectionTime`]: a claim left by an idle clone would
+    /// then keep the endpoint out longer than its ejection, and a fail-fast pool's refusals
+    /// would wait on it.
     pub fn probe_claim_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.claim_timeout = timeout;
+        self.settings.claim_timeout = Some(timeout);
         self
     }
 
@@ -538,9 +563,18 @@ impl Settings {
         if self.max_retry_after.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError::MaxRetryAfter);
         }
-        if self.claim_timeout.is_zero() {
-            return Err(ConfigError::ProbeClaimTimeout);
-        }
+        // Given, it is checked; by default it is shortened to a shorter ejection time.
+        let claim_timeout = match self.claim_timeout {
+            Some(timeout) if timeout.is_zero() => return Err(ConfigError::ProbeClaimTimeout),
+            Some(timeout) if timeout > self.ejection_time => {
+                return Err(ConfigError::ProbeClaimTimeoutAboveEjectionTime {
+                    timeout,
+                    ejection_time: self.ejection_time,
+                })
+            }
+            Some(timeout) => timeout,
+            None => Duration::from_secs(1).min(self.ejection_time),
+        };
         let max_ejection_ppm = percent_to_ppm(self.max_ejection_percent)
             .ok_or(ConfigError::MaxEjectionPercent(self.max_ejection_percent))?;
         Ok(Config {
@@ -561,7 +595,7 @@ impl Settings {
             max_retry_after: self.max_retry_after,
             max_ejection_ppm,
             when_unhealthy: self.when_unhealthy,
-            claim_timeout: crate::sync::nanos(self.claim_timeout).max(1),
+            claim_timeout: crate::sync::nanos(claim_timeout).max(1),
             seed: self.seed,
         })
     }

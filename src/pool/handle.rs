@@ -14,12 +14,14 @@ pub enum EndpointState {
     Available,
     /// In rotation, but its last answer was a failure: the failure penalty (see
     /// [`Builder::failure_penalty`](super::Builder::failure_penalty)) keeps the balancer from
-    /// choosing it until `recheck_in` has passed, when it is given one call again. An endpoint
+    /// choosing it until `recheck_in` has passed, when it is given one call again. Only until
+    /// then: once its recheck is due it is shown `Available` (it waits for a call to draw it,
+    /// and an idle pool's endpoint does not stay penalised for ever). An endpoint
     /// that fails fast is in this state long before a consecutive-failures rule ejects it (with
     /// the penalty it draws so few calls that reaching the count can take minutes), so it is
     /// shown apart from `Available`: it takes almost no traffic.
     Penalised {
-        /// How long until its recheck (zero: the next call to draw it takes it).
+        /// How long until its recheck (never zero: a due recheck is shown `Available`).
         recheck_in: Duration,
     },
     /// In rotation although a rule would eject it: the cap on ejections (`max_ejection_percent`)

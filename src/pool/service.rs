@@ -49,6 +49,9 @@ pub struct Pool<K, S, C = ErrorIsFailure, O = ()> {
     rng: AtomicU64,
     /// When nothing can take a call until an ejection ends.
     sleep: Option<Pin<Box<Sleep>>>,
+    /// Changes this `poll_ready` counted itself, silently (probes it gave back): not a reason to
+    /// wake its own task again.
+    own_changes: u64,
 }
 
 /// Endpoints kept while their readiness is pending, at most: the one a `poll_ready` held before,
@@ -74,14 +77,11 @@ impl<K, S, O> Waiting<K, S, O> {
     /// Keeps `chosen`, whose readiness is pending. A second claimed probe is given back without
     /// waking anyone (one clone holds no more than one endpoint out of rotation); when every
     /// place is taken, a claimed probe takes the place of a plain wait, and a plain wait is let
-    /// go.
-    fn keep(&mut self, mut chosen: Chosen<K, S, O>) {
+    /// go. How many changes it counted (silently, in giving a probe back): 0 or 1.
+    fn keep(&mut self, chosen: Chosen<K, S, O>) -> u64 {
         if chosen.claim.is_some() {
             if self.0[0].as_ref().is_some_and(|c| c.claim.is_some()) {
-                if let Some(claim) = chosen.claim.take() {
-                    claim.withdraw();
-                }
-                return;
+                return chosen.let_go();
             }
             // First, the plain wait it displaces (if any) moved to a free place or let go.
             let displaced = self.0[0].replace(chosen);
@@ -92,6 +92,16 @@ impl<K, S, O> Waiting<K, S, O> {
             }
         } else if let Some(free) = self.0.iter_mut().find(|c| c.is_none()) {
             *free = Some(chosen);
+        }
+        0
+    }
+
+    /// Lets every endpoint kept go, a probe claimed among them given back without waking anyone
+    /// (another endpoint took the call: no waiting clone has anything new to act on but the
+    /// probe, which the next to look claims, at its takeover time at the latest).
+    fn let_go(self) {
+        for chosen in self.0.into_iter().flatten() {
+            chosen.let_go();
         }
     }
 }
@@ -114,6 +124,12 @@ impl<K, S, O> Chosen<K, S, O> {
     fn claim_word(&self) -> Option<u64> {
         self.claim.as_ref().map(|c| c.word)
     }
+
+    /// Lets the endpoint go, the probe claimed on it, if any, given back silently (see
+    /// [`Claim::withdraw`]). How many changes that counted: 0 or 1.
+    fn let_go(self) -> u64 {
+        self.claim.map_or(0, |claim| u64::from(claim.withdraw()))
+    }
 }
 
 /// A probe claimed in `poll_ready` and not sent yet: given back when dropped, whatever drops it
@@ -132,12 +148,15 @@ impl<K, S, O> Claim<K, S, O> {
     /// the endpoint is due a probe again, as it was before the claim, so no clone has anything
     /// new to act on (one that saw the claim meanwhile takes it at its takeover time at the
     /// latest).
-    fn withdraw(mut self) {
+    /// Whether it was given back (and a change counted, silently: a refusal that looked while
+    /// the claim was held must not record, or trust, a quiet time that counted it).
+    fn withdraw(mut self) -> bool {
         let word = std::mem::take(&mut self.word);
-        if self.endpoint.unclaim(word) {
-            // Due again now: a refusal must not trust a quiet time that counted the claim.
-            self.shared.unquiet();
+        let given_back = self.endpoint.unclaim(word);
+        if given_back {
+            self.shared.touch();
         }
+        given_back
     }
 
     /// Makes the probe's call: false if the claim was lost (taken over, or the endpoint
@@ -211,6 +230,7 @@ impl<K, S, C, O> Pool<K, S, C, O> {
             rejected: false,
             rng: AtomicU64::new(splitmix(seed)),
             sleep: None,
+            own_changes: 0,
         }
     }
 
@@ -388,7 +408,7 @@ where
                 false
             }
             Poll::Pending => {
-                waiting.keep(chosen);
+                self.own_changes += waiting.keep(chosen);
                 false
             }
         }
@@ -431,6 +451,7 @@ where
             rejected: false,
             rng: AtomicU64::new(splitmix(seed ^ 0xc10e)),
             sleep: None,
+            own_changes: 0,
         }
     }
 }
@@ -463,11 +484,12 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.rejected = false;
+        self.own_changes = 0;
         let changes = self.shared.changes();
         let now = self.shared.now();
         // What this clone chose and did not call is taken again (or given back) below.
         if let Some(chosen) = self.chosen.take() {
-            self.waiting.keep(chosen);
+            self.own_changes += self.waiting.keep(chosen);
         }
         // Failing fast with nothing healthy and, as a refusal found since the last change, no
         // probe due yet: refused at once, in O(1), without walking the endpoints.
@@ -488,16 +510,21 @@ where
         // on it, and at most one probe claimed among them.
         let mut waiting = Waiting::default();
         // What this clone waited on before answers for now, or is given back.
-        for chosen in std::mem::take(&mut self.waiting.0).into_iter().flatten() {
+        let mut kept = std::mem::take(&mut self.waiting.0).into_iter().flatten();
+        while let Some(chosen) = kept.next() {
             if !self.still_usable(&chosen) {
                 continue;
             }
             tried[n] = Arc::as_ptr(&chosen.endpoint);
             n += 1;
-            // Ready: the others kept are dropped (a probe claimed among them given back).
-            // Pending: kept as it is, with the probe it claimed, if any: giving the probe back
-            // would wake every waiting clone, this one too, to claim it again.
+            // Ready: the others kept are let go (a probe claimed among them given back
+            // silently). Pending: kept as it is, with the probe it claimed, if any: giving the
+            // probe back would wake every waiting clone, this one too, to claim it again.
             if self.try_ready::<Req>(chosen, cx, now, &mut waiting) {
+                kept.for_each(|c| {
+                    c.let_go();
+                });
+                waiting.let_go();
                 return Poll::Ready(Ok(()));
             }
         }
@@ -520,6 +547,7 @@ where
             // Pending, it is kept with the probe claimed on it until its readiness or the
             // claim's takeover time.
             if self.try_ready::<Req>(chosen, cx, now, &mut waiting) {
+                waiting.let_go();
                 return Poll::Ready(Ok(()));
             }
         }
@@ -536,7 +564,8 @@ where
             self.arm_timer(cx);
         }
         self.shared.wait(cx);
-        if self.shared.changes() != changes {
+        // A change since this clone looked, other than the ones it counted itself.
+        if self.shared.changes() != changes.wrapping_add(self.own_changes) {
             cx.waker().wake_by_ref();
         }
         Poll::Pending

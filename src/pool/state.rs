@@ -73,6 +73,31 @@ fn pack(time: u64, tag: u64, not_ready: bool) -> u64 {
     time.min(MAX_TIME) << TIME_SHIFT | if not_ready { NOT_READY } else { 0 } | tag
 }
 
+/// Bits of the change count kept in the fail-fast refusal cache's word; the rest hold its time,
+/// in milliseconds (44 bits: over 500 years).
+const QUIET_COUNT_BITS: u32 = 20;
+const QUIET_TIME_BITS: u32 = 64 - QUIET_COUNT_BITS;
+const QUIET_TIME_MASK: u64 = (1 << QUIET_TIME_BITS) - 1;
+const MILLI: u64 = 1_000_000;
+
+/// The refusal cache's word: the change count `changes` (its low 20 bits) and the time `until`
+/// (nanoseconds), rounded down to the millisecond so that the cache never says quiet past it.
+/// A count that wrapped (exactly 2^20 changes since a refusal, none of them read by another
+/// refusal) would be mistaken for the old one: at worst one refusal skips a probe due by then,
+/// and the next change or walk puts it right.
+#[inline]
+fn quiet_word(changes: u64, until: u64) -> u64 {
+    (changes << QUIET_TIME_BITS) | (until / MILLI).min(QUIET_TIME_MASK)
+}
+
+/// Whether the refusal cache's `word` holds for the change count `changes` at `now`. The word 0
+/// (nothing known) never holds: its time is 0.
+#[inline]
+fn quiet_holds(word: u64, changes: u64, now: u64) -> bool {
+    word >> QUIET_TIME_BITS == changes & ((1 << QUIET_COUNT_BITS) - 1)
+        && now / MILLI < word & QUIET_TIME_MASK
+}
+
 /// One endpoint of a pool: its service (cloned for each call), and its state.
 pub(crate) struct Endpoint<K, S> {
     pub(crate) key: K,
@@ -237,15 +262,16 @@ impl<K, S> Endpoint<K, S> {
     {
         let word = self.word();
         let penalized = self.penalized.load(Relaxed);
+        // When a penalised endpoint is given a call again.
+        let recheck = penalized
+            .checked_sub(1)
+            .map_or(0, |at| at.saturating_add(nanos(config.schedule.base)));
         let state = match tag(word) {
             // Its last answer was a failure, and the penalty keeps it out of the draws until
-            // its recheck: in rotation in name only, so it is shown apart.
-            AVAILABLE if penalized != 0 => super::handle::EndpointState::Penalised {
-                recheck_in: Duration::from_nanos(
-                    (penalized - 1)
-                        .saturating_add(nanos(config.schedule.base))
-                        .saturating_sub(now),
-                ),
+            // its recheck: in rotation in name only, so it is shown apart. Once the recheck is
+            // due it is an available endpoint waiting for a call to draw it.
+            AVAILABLE if now < recheck => super::handle::EndpointState::Penalised {
+                recheck_in: Duration::from_nanos(recheck - now),
             },
             AVAILABLE => super::handle::EndpointState::Available,
             HELD => super::handle::EndpointState::Held,
@@ -309,11 +335,12 @@ pub(crate) struct Shared<K, S, O> {
     changes: AtomicU64,
     rng: Mutex<SmallRng>,
     next_sweep: AtomicU64,
-    /// A fail-fast pool with no healthy endpoint: no probe may be claimed before `quiet_until`,
-    /// as a refused call found at the change count `quiet_stamp - 1` (0: nothing known). Lets
-    /// the next refusals skip the walk of the endpoints, until a change or that time.
-    quiet_stamp: AtomicU64,
-    quiet_until: AtomicU64,
+    /// A fail-fast pool with no healthy endpoint: no probe may be claimed before a time, as a
+    /// refused call found at a change count; both in one word (see [`quiet_word`]), written with
+    /// one store, so that two refusals writing at once never leave one's count with the other's
+    /// time. 0: nothing known. Lets the next refusals skip the walk of the endpoints, until a
+    /// change or that time.
+    quiet: AtomicU64,
 }
 
 impl<K, S, O> fmt::Debug for Shared<K, S, O> {
@@ -352,8 +379,7 @@ impl<K, S, O> Shared<K, S, O> {
             changes: AtomicU64::new(0),
             rng: Mutex::new(rng),
             next_sweep: AtomicU64::new(next_sweep),
-            quiet_stamp: AtomicU64::new(0),
-            quiet_until: AtomicU64::new(0),
+            quiet: AtomicU64::new(0),
         }
     }
 
@@ -428,30 +454,24 @@ impl<K, S, O> Shared<K, S, O> {
 
     /// Whether a refused call found, at the change count `changes` (read now, before looking),
     /// that no probe may be claimed before some time after `now`: then a fail-fast pool with no
-    /// healthy endpoint refuses without walking its endpoints. A few loads, no lock.
+    /// healthy endpoint refuses without walking its endpoints. One load, no lock.
     #[inline]
     pub(crate) fn quiet(&self, changes: u64, now: u64) -> bool {
-        let stamp = self.quiet_stamp.load(SeqCst);
-        if stamp != changes.wrapping_add(1) {
-            return false;
-        }
-        let until = self.quiet_until.load(SeqCst);
-        // The stamp again: a writer in between may have paired it with another time.
-        self.quiet_stamp.load(SeqCst) == stamp && now < until
+        quiet_holds(self.quiet.load(SeqCst), changes, now)
     }
 
     /// Records that, at the change count `changes` (read before `list` was looked at), no probe
-    /// may be claimed before `until`.
+    /// may be claimed before `until`: one store of the count and the time together.
     pub(crate) fn set_quiet(&self, changes: u64, until: u64) {
-        self.quiet_stamp.store(0, SeqCst);
-        self.quiet_until.store(until, SeqCst);
-        self.quiet_stamp.store(changes.wrapping_add(1), SeqCst);
+        self.quiet.store(quiet_word(changes, until), SeqCst);
     }
 
-    /// Forgets the quiet time: a probe may be due sooner than it said (a claim given back
-    /// without a change counted, so as not to wake anyone).
-    pub(crate) fn unquiet(&self) {
-        self.quiet_stamp.store(0, SeqCst);
+    /// Counts a change without waking anyone: a probe claim given back, due again as it was
+    /// before the claim. Every refusal that looked before it finds its count stale, so none can
+    /// record (or trust) a quiet time that counted the claim; a pool clone polling meanwhile
+    /// sees the count move and looks again.
+    pub(crate) fn touch(&self) {
+        self.changes.fetch_add(1, SeqCst);
     }
 
     /// Wakes every pool clone waiting for a change.
@@ -547,12 +567,14 @@ where
             registry.set(list, &self.generation);
             replaced
         };
+        // Waiting pools are woken before the observer hears of it: an observer that panics
+        // must not leave them asleep.
+        self.notify();
         if let Some((old, ejected)) = replaced {
             self.report_removed(&old, ejected);
         }
         self.emitter()
             .emit_keyed(EventKind::EndpointAdded, &endpoint.key);
-        self.notify();
     }
 
     /// Removes the endpoint of `key`, if there is one.
@@ -572,8 +594,8 @@ where
             registry.set(list, &self.generation);
             (old, ejected)
         };
-        self.report_removed(&removed.0, removed.1);
         self.notify();
+        self.report_removed(&removed.0, removed.1);
     }
 
     /// Marks an endpoint removed and takes it out of the counts (under the registry's lock).
@@ -687,11 +709,11 @@ where
         endpoint.ejections.fetch_add(1, Relaxed);
         endpoint.consecutive.store(0, Relaxed);
         endpoint.consecutive_local.store(0, Relaxed);
+        self.notify();
         self.emitter().emit_keyed(
             EventKind::EndpointEjected { reason, duration },
             &endpoint.key,
         );
-        self.notify();
         true
     }
 
@@ -869,9 +891,9 @@ where
         endpoint.returned_at.store(now, Relaxed);
         endpoint.consecutive.store(0, Relaxed);
         endpoint.consecutive_local.store(0, Relaxed);
+        self.notify();
         self.emitter()
             .emit_keyed(EventKind::EndpointReturned, &endpoint.key);
-        self.notify();
     }
 
     /// Success-rate outliers: once an interval, the endpoints in rotation with enough calls whose
@@ -923,5 +945,43 @@ where
                 }
             }
         }
+    }
+}
+
+#[cfg(all(test, not(seawall_loom)))]
+mod tests {
+    use super::*;
+
+    /// The refusal cache is one word: whatever order two refusals write in, what a reader finds
+    /// is one refusal's count with that same refusal's time, never one's count with the other's.
+    #[test]
+    fn the_refusal_cache_pairs_a_count_with_its_own_time() {
+        let shared: Shared<u32, (), ()> =
+            Shared::new(super::super::config::default_config(), Source::new("p", ()));
+        // R1 found, at count 7, no probe before 5 s; R2, at count 8 (a probe came due), none
+        // before 1 ms. The two words written in either order.
+        for (first, second) in [
+            ((7, 5_000 * MILLI), (8, MILLI)),
+            ((8, MILLI), (7, 5_000 * MILLI)),
+        ] {
+            shared.set_quiet(first.0, first.1);
+            shared.set_quiet(second.0, second.1);
+            let (count, until) = second;
+            let other = if count == 7 { 8 } else { 7 };
+            assert!(shared.quiet(count, until - MILLI));
+            assert!(!shared.quiet(count, until), "quiet past its own time");
+            // The other count never holds, at any time: its time is not in the word.
+            assert!(!shared.quiet(other, 0));
+        }
+        // Rounded down to the millisecond: never quiet past the time found.
+        shared.set_quiet(3, 2 * MILLI + 1);
+        assert!(shared.quiet(3, 2 * MILLI - 1));
+        assert!(!shared.quiet(3, 2 * MILLI));
+        // Nothing known holds for no count; nor does a forgotten time.
+        shared.set_quiet(0, 0);
+        assert!(!shared.quiet(0, 0));
+        // Beyond any time: capped, still quiet.
+        shared.set_quiet(u64::MAX, u64::MAX);
+        assert!(shared.quiet(u64::MAX, u64::MAX / 2));
     }
 }

@@ -48,19 +48,28 @@ fn tower_p2c(
     tower::buffer::Buffer::new(tower::balance::p2c::Balance::new(discover), 4096)
 }
 
-/// Black hole: one of ten replicas answers 503 in 1 ms for 10 s, under 600 requests a second.
-/// The pool's clients see at most 5 failures plus one per probe; tower's p2c over peak-EWMA,
-/// fed the same load beside it, sends the failing replica far more (a fast 503 looks like a
-/// fast answer to it). While it fails, the replica is shown out of the draws (penalised or
-/// ejected), never `Available`. Once the fault clears, the replica is back to half its fair
-/// share within 20 s of the end of its exclusion (its ejection, or its penalty's recheck), as
-/// the handle reads it when the fault clears: jitter included, nothing assumed.
-#[tokio::test(start_paused = true)]
-async fn black_hole() {
+/// What a black-hole run measured of seawall's pool, beside tower's p2c.
+struct BlackHole {
+    /// Failures the pool's clients saw.
+    failures: usize,
+    /// The failing replica's ejections.
+    ejections: u64,
+    /// When the failing replica was first ejected (s), if it was.
+    ejected_at: Option<f64>,
+    /// Its share of the pool's calls after `from` (s), and of tower's during the fault.
+    share_after: Box<dyn Fn(f64) -> f64>,
+    tower_share: f64,
+}
+
+/// Black hole: one of ten replicas answers 503 in 1 ms for 10 s, under 600 requests a second,
+/// through a pool from `builder`, and through tower's p2c over peak-EWMA fed the same load
+/// beside it (a fast 503 looks like a fast answer to it). While it fails, the replica is shown
+/// out of the draws (penalised or ejected), never `Available`.
+async fn black_hole_run(builder: seawall::pool::Builder) -> BlackHole {
     let origin = Instant::now();
     let ours = replicas(10, MS, origin);
     let theirs = replicas(10, MS, origin);
-    let pool = Pool::builder()
+    let pool = builder
         .classify(HttpClassifier::default())
         .seed(7)
         .build(ours.clone())
@@ -70,46 +79,49 @@ async fn black_hole() {
         let bad = replicas[0].behaviour.clone();
         move |t: f64| bad.unavailable.store(t < 10.0, SeqCst)
     };
-    // What the handle shows of the failing replica during the fault, and when it clears.
+    // What the handle shows of the failing replica during the fault, and when it is first
+    // ejected.
     let during = Arc::new(Mutex::new(Vec::new()));
-    let cleared = Arc::new(Mutex::new(None));
+    let ejected_at = Arc::new(Mutex::new(None));
     let watch = {
-        let (handle, during, cleared) = (handle.clone(), during.clone(), cleared.clone());
+        let (handle, during, ejected_at) = (handle.clone(), during.clone(), ejected_at.clone());
         let fault = fault(&ours);
         move |t: f64| {
             fault(t);
             let state = handle.endpoints()[0].state;
             if (1.0..10.0).contains(&t) {
                 during.lock().unwrap().push(state);
-            } else if t >= 10.0 && cleared.lock().unwrap().is_none() {
-                *cleared.lock().unwrap() = Some((t, state));
+            }
+            let mut ejected_at = ejected_at.lock().unwrap();
+            if ejected_at.is_none() && matches!(state, EndpointState::Ejected { .. }) {
+                *ejected_at = Some(t);
             }
         }
     };
     let run = Duration::from_secs(60);
     let (seen, tower_seen) = tokio::join!(
-        drive(pool, 600, run, origin, watch),
+        drive(pool.clone(), 600, run, origin, watch),
         drive(tower_p2c(&theirs), 600, run, origin, fault(&theirs)),
     );
     let failures = seen.failures.len();
-    let probes = handle.endpoints()[0].ejections as usize;
-    let ours_during = ours[0].calls_between(0.0, 10.0);
-    let theirs_during = theirs[0].calls_between(0.0, 10.0);
+    let ejections = handle.endpoints()[0].ejections;
+    let tower_share = share(&theirs[0], &theirs, 0.0, 10.0);
     println!(
-        "failures seen: seawall {failures} (ejections {probes}), tower p2c {}; \
-         calls to the failing replica during the fault: seawall {ours_during}, tower {theirs_during}",
-        tower_seen.failures.len()
+        "failures seen: seawall {failures} (ejections {ejections}), tower p2c {}; share of the \
+         calls to the failing replica during the fault: seawall {:.4} ({} calls), tower p2c \
+         {tower_share:.4} ({} calls; fair share 0.1)",
+        tower_seen.failures.len(),
+        share(&ours[0], &ours, 0.0, 10.0),
+        ours[0].calls_between(0.0, 10.0),
+        theirs[0].calls_between(0.0, 10.0),
     );
-    // Each ejection ends in one probe: at most one failure each.
     assert!(
-        failures <= 5 + probes,
-        "clients saw {failures} failures (ejections: {probes})"
+        share(&ours[0], &ours, 0.0, 10.0) * 10.0 <= tower_share,
+        "seawall sent the failing replica {} calls, tower {}",
+        ours[0].calls_between(0.0, 10.0),
+        theirs[0].calls_between(0.0, 10.0)
     );
-    assert!(
-        ours_during * 10 <= theirs_during,
-        "seawall sent the failing replica {ours_during} calls, tower {theirs_during}"
-    );
-    let during = during.lock().unwrap();
+    let during = during.lock().unwrap().clone();
     assert!(
         !during.is_empty()
             && during.iter().all(|s| matches!(
@@ -121,23 +133,60 @@ async fn black_hole() {
         "the failing replica was shown {:?} during the fault",
         during.iter().find(|s| **s == EndpointState::Available)
     );
-    // When its exclusion ends, as the handle read it when the fault cleared.
-    let (at, state) = cleared.lock().unwrap().expect("the fault cleared");
-    let out_for = match state {
-        EndpointState::Penalised { recheck_in } => recheck_in,
-        EndpointState::Ejected { remaining } => remaining,
-        other => panic!("the replica was {other:?} when the fault cleared"),
-    };
-    let back_by = at + out_for.as_secs_f64() + 20.0;
+    pool.clone().oneshot(Request::new(())).await.unwrap();
+    let ejected_at = *ejected_at.lock().unwrap();
+    BlackHole {
+        failures,
+        ejections,
+        ejected_at,
+        share_after: Box::new(move |from| share(&ours[0], &ours, from, run.as_secs_f64())),
+        tower_share,
+    }
+}
+
+/// Black hole with the defaults: the first 503 penalises the replica (its estimate becomes 5 s),
+/// which keeps it out of the draws until its recheck one ejection time (30 s) later, after the
+/// fault: no rule ejects it, and clients see exactly the one failure (no recheck falls in the
+/// fault). The recheck succeeds and the replica is back to at least half its fair share within
+/// the ejection time plus 20 s.
+#[tokio::test(start_paused = true)]
+async fn black_hole() {
+    let seen = black_hole_run(Pool::builder()).await;
+    // Rechecks that fall within the 10 s fault, one ejection time (30 s) apart: none.
+    let rechecks = 10 / 30;
+    assert_eq!(seen.ejections, 0);
     assert!(
-        back_by <= run.as_secs_f64(),
-        "the run ends before {back_by:.1} s"
+        seen.failures <= 1 + rechecks,
+        "clients saw {} failures",
+        seen.failures
     );
-    let back = share(&ours[0], &ours, back_by - 5.0, back_by);
-    println!(
-        "out for {out_for:?} from {at:.1} s; share of the replica up to {back_by:.1} s: {back:.3}"
+    assert!(seen.tower_share > 0.0);
+    // Back by the recheck (30 s after its one failure, in the first second) plus 20 s.
+    let back = (seen.share_after)(31.0 + 20.0);
+    assert!(back >= 0.05, "share after its recheck + 20 s: {back:.4}");
+}
+
+/// Black hole with the failure penalty off: the consecutive-failures rule ejects the replica at
+/// its fifth failure, and clients see at most those 5 plus one per probe (each ejection ends in
+/// one). Its probe after the fault brings it back to at least half its fair share within the
+/// ejection time (30 s, + 10 % jitter) plus 20 s of its ejection.
+#[tokio::test(start_paused = true)]
+async fn black_hole_without_the_failure_penalty() {
+    let seen = black_hole_run(Pool::builder().no_failure_penalty()).await;
+    let ejected_at = seen.ejected_at.expect("ejected");
+    // Probes within the fault: none (the first ejection lasts at least 27 s).
+    let probes = seen.ejections as usize - 1;
+    assert_eq!(seen.ejections, 1);
+    assert!(
+        seen.failures <= 5 + probes,
+        "clients saw {} failures (ejections: {})",
+        seen.failures,
+        seen.ejections
     );
-    assert!(back >= 0.05, "back to {back:.3} of the calls");
+    let back_by = ejected_at + 33.0 + 20.0;
+    assert!(back_by <= 60.0, "ejected at {ejected_at:.2} s");
+    let back = (seen.share_after)(back_by);
+    assert!(back >= 0.05, "share after {back_by:.1} s: {back:.4}");
 }
 
 /// Gray failure: one replica five times slower gets at most 30 % of its fair share, and the
@@ -324,15 +373,24 @@ async fn fail_fast_refusals_do_not_delay_probes() {
     }
     tokio::time::advance(Duration::from_secs(5)).await;
     let sent = |eps: &[Switch]| eps.iter().map(Switch::calls).sum::<u64>();
+    let polled = |eps: &[Switch]| eps.iter().map(Switch::polls).sum::<u64>();
     let before = sent(&eps);
+    let polls = polled(&eps);
+    let first_polls = eps[0].polls();
     let refused = |e: BoxError| seawall::error::kind(&*e) == Some(ErrorKind::NoHealthyEndpoint);
-    // Refused, again and again, up to a moment before the first ejection (30 s) ends.
+    // Refused, again and again, up to a moment before the first ejection (30 s) ends, with no
+    // endpoint polled: nothing is due.
     for _ in 0..100 {
         assert!(refused(pool.clone().oneshot(1).await.unwrap_err()));
     }
     tokio::time::advance(Duration::from_millis(19_990)).await;
     assert!(refused(pool.clone().oneshot(1).await.unwrap_err()));
     assert_eq!(sent(&eps), before);
+    assert_eq!(
+        polled(&eps),
+        polls,
+        "an endpoint polled before its probe was due"
+    );
     // The first ejection's end: its probe is claimed by a clone made ready; the next call is
     // refused (the claim holds for a second), and finds nothing due before its takeover.
     for ep in &eps {
@@ -344,6 +402,13 @@ async fn fail_fast_refusals_do_not_delay_probes() {
         .await
         .unwrap();
     assert_eq!(handle.endpoints()[0].state, EndpointState::Probing);
+    // The due probe's endpoint, and it alone, was polled (the refusals before did not skip it).
+    assert_eq!(polled(&eps), polls + 1, "polls");
+    assert_eq!(
+        eps[0].polls(),
+        first_polls + 1,
+        "the first endpoint's probe polled"
+    );
     assert!(refused(pool.clone().oneshot(1).await.unwrap_err()));
     // The clone dropped unsent gives the probe back: the very next call must take it, not
     // trust the quiet time the refusal found.
@@ -357,7 +422,7 @@ async fn fail_fast_refusals_do_not_delay_probes() {
 
 /// With the failure penalty on (the default), one failure takes an endpoint out of the draws
 /// long before the consecutive rule ejects it: the handle shows it `Penalised` until its recheck
-/// (one ejection time later), and `Available` again once the recheck succeeds.
+/// is due (one ejection time later), and `Available` from then on.
 #[tokio::test(start_paused = true)]
 async fn an_endpoint_kept_out_by_the_penalty_is_shown_penalised() {
     let eps = [Switch::default(), Switch::default()];
@@ -402,6 +467,12 @@ async fn an_endpoint_kept_out_by_the_penalty_is_shown_penalised() {
     // Healed; its recheck, 30 s after the failure, brings it back.
     eps[0].fail(false);
     tokio::time::advance(Duration::from_secs(20)).await;
+    // Its recheck due, an idle pool shows it available (it waits for a call to draw it), not
+    // penalised for ever.
+    assert_eq!(handle.endpoints()[0].state, EndpointState::Available);
+    assert_eq!(handle.penalised(), 0);
+    tokio::time::advance(Duration::from_secs(600)).await;
+    assert_eq!(handle.endpoints()[0].state, EndpointState::Available);
     while eps[0].calls() == 1 {
         pool.ready().await.unwrap().call(1).await.unwrap();
     }
@@ -839,33 +910,48 @@ impl Service<u32> for Warming {
     }
 }
 
-/// Every endpoint tried and found pending is kept, not only the first: woken again and again,
-/// a waiting call starts no endpoint's readiness over (a review's finding: the others were
-/// dropped and restarted at each wake), and whichever gets ready first takes the call.
+/// Every endpoint tried and found pending is kept, not only the first, up to four (a fixed
+/// array): woken again and again, a waiting call starts no kept endpoint's readiness over (a
+/// review's finding: the others were dropped and restarted at each wake), and whichever gets
+/// ready first takes the call. Past four, a pending endpoint is not kept: it is tried again (its
+/// readiness started over) at each poll.
 #[tokio::test(start_paused = true)]
 async fn every_pending_endpoint_tried_is_kept() {
-    let gates: Vec<Arc<WarmingGate>> = (0..3).map(|_| Arc::default()).collect();
+    let gates: Vec<Arc<WarmingGate>> = (0..6).map(|_| Arc::default()).collect();
     let eps = gates.iter().map(|gate| Warming {
         gate: gate.clone(),
         started: false,
     });
     let pool = Pool::builder().seed(2).build(eps).unwrap();
     let mut t = task::spawn(pool.clone().oneshot(7));
-    assert_pending!(t.poll());
     let starts = |gates: &[Arc<WarmingGate>]| -> Vec<u64> {
         gates.iter().map(|g| g.starts.load(SeqCst)).collect()
     };
-    assert_eq!(starts(&gates), [1, 1, 1], "every endpoint tried");
-    // Polled again and again (as a wake by another endpoint's state would).
+    let sorted = |gates: &[Arc<WarmingGate>]| -> Vec<u64> {
+        let mut starts = starts(gates);
+        starts.sort_unstable();
+        starts
+    };
+    // One poll tries three endpoints, all pending, all kept.
+    assert_pending!(t.poll());
+    assert_eq!(sorted(&gates), [0, 0, 0, 1, 1, 1], "three tried");
+    // The next keeps those three and tries the three others: the array's fourth place takes
+    // one, and the fifth and sixth pending endpoints are not kept.
+    assert_pending!(t.poll());
+    assert_eq!(sorted(&gates), [1, 1, 1, 1, 1, 1], "every endpoint tried");
+    // Polled again and again (as a wake by another endpoint's state would): the four kept are
+    // never started over; the two past the array are, at each poll.
     for _ in 0..5 {
         assert_pending!(t.poll());
     }
-    assert_eq!(starts(&gates), [1, 1, 1], "no readiness started over");
-    // Each gets ready in turn: the kept clone of the first ready takes the call.
-    gates[2].open();
+    assert_eq!(sorted(&gates), [1, 1, 1, 1, 6, 6], "{:?}", starts(&gates));
+    // A kept endpoint gets ready: its kept clone takes the call, nothing started over.
+    let kept = starts(&gates).iter().position(|&n| n == 1).unwrap();
+    let before = starts(&gates);
+    gates[kept].open();
     assert!(t.is_woken());
     assert_eq!(assert_ready!(t.poll()).unwrap(), 7);
-    assert_eq!(starts(&gates), [1, 1, 1]);
+    assert_eq!(starts(&gates), before);
 }
 
 /// Issue 24: calls waiting on a pending probe (and the clones beside them) stop waking
@@ -1290,6 +1376,15 @@ fn bad_configuration_is_an_error() {
             ConfigError::ProbeClaimTimeout,
         ),
         (
+            Pool::builder()
+                .ejection_time(Duration::from_secs(2))
+                .probe_claim_timeout(Duration::from_millis(2001)),
+            ConfigError::ProbeClaimTimeoutAboveEjectionTime {
+                timeout: Duration::from_millis(2001),
+                ejection_time: Duration::from_secs(2),
+            },
+        ),
+        (
             Pool::builder().consecutive_local_failures(0),
             ConfigError::ConsecutiveFailures,
         ),
@@ -1358,6 +1453,16 @@ fn bad_configuration_is_an_error() {
         assert_eq!(error.to_string(), expected.to_string());
     }
     assert!(build(Pool::builder()).is_ok());
+    // The default probe-claim timeout (1 s) is shortened to a shorter ejection time; one given
+    // may equal it.
+    let short = Duration::from_millis(500);
+    assert!(build(Pool::builder().ejection_time(short)).is_ok());
+    assert!(build(
+        Pool::builder()
+            .ejection_time(short)
+            .probe_claim_timeout(short)
+    )
+    .is_ok());
 }
 
 /// The error and its mapping to statuses.
@@ -1529,4 +1634,123 @@ async fn success_rate_needs_the_minimum_of_endpoints_and_is_opt_in() {
             "{rule:?}"
         );
     }
+}
+
+/// An observer that panics at an ejection must not leave the clones waiting for a change
+/// asleep: they are woken before the observer hears of it.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_observer_does_not_lose_the_wake_up() {
+    use futures::FutureExt;
+    let eps = [Switch::default(), Switch::default()];
+    let pool = one_failure_ejects()
+        .seed(3)
+        .observer(|e: &Event<'_>| {
+            if matches!(e.kind, EventKind::EndpointEjected { .. }) {
+                panic!("observer panics at an ejection");
+            }
+        })
+        .build(eps.clone())
+        .unwrap();
+    let handle = pool.handle();
+    let mut b = pool.clone();
+    futures::future::poll_fn(|cx| b.poll_ready(cx))
+        .await
+        .unwrap();
+    for e in &eps {
+        e.set(PENDING);
+        e.fail(true);
+    }
+    let mut t = task::spawn(pool.clone().oneshot(2));
+    assert_pending!(t.poll());
+    assert!(!t.is_woken());
+    let call = std::panic::AssertUnwindSafe(b.call(1)).catch_unwind().await;
+    assert!(call.is_err(), "the observer's panic reaches the caller");
+    assert_eq!(handle.ejected(), 1);
+    assert!(
+        t.is_woken(),
+        "the waiting call is told, the observer's panic notwithstanding"
+    );
+}
+
+/// When one kept endpoint takes the call, a probe claimed on another kept one is given back
+/// without waking every waiting clone (a review's finding: dropping it woke them all).
+#[tokio::test(start_paused = true)]
+async fn a_kept_probe_is_given_back_quietly_when_another_endpoint_takes_the_call() {
+    let eps: [Switch; 3] = Default::default();
+    let pool = one_failure_ejects().seed(4).build(eps.clone()).unwrap();
+    let handle = pool.handle();
+    eject_until_probe_due(&pool, &handle, &eps, true).await;
+    for e in &eps {
+        e.set(PENDING);
+    }
+    // `a` claims the first endpoint's probe and waits on all three; `w` and `last` wait on
+    // the other two (`last` polled last: the endpoints wake it, not `w`).
+    let mut a = task::spawn(pool.clone().oneshot(1));
+    assert_pending!(a.poll());
+    assert_eq!(handle.endpoints()[0].state, EndpointState::Probing);
+    let mut w = task::spawn(pool.clone().oneshot(2));
+    assert_pending!(w.poll());
+    let mut last = task::spawn(pool.clone().oneshot(3));
+    assert_pending!(last.poll());
+    eps[1].set(READY);
+    assert!(!w.is_woken());
+    // `a`'s kept second endpoint takes its call; its probe claim is given back, silently.
+    assert_eq!(assert_ready!(a.poll()).unwrap(), 1);
+    assert_eq!(
+        handle.endpoints()[0].state,
+        EndpointState::Ejected {
+            remaining: Duration::ZERO
+        }
+    );
+    assert!(
+        !w.is_woken(),
+        "a waiting clone was woken for a claim given back"
+    );
+    // The probe is due: the next calls to draw it claim it.
+    eps[0].set(READY);
+    eps[2].set(READY);
+    assert_eq!(assert_ready!(last.poll()).unwrap(), 3);
+    for _ in 0..20 {
+        pool.clone().oneshot(4).await.unwrap();
+    }
+    assert!(eps[0].calls() >= 2, "the probe went out");
+    assert_eq!(handle.endpoints()[0].state, EndpointState::Available);
+    drop(w);
+}
+
+/// The same for a return: a probe's success wakes the waiting clones before an observer that
+/// panics at `EndpointReturned` hears of it.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_observer_does_not_lose_the_return_wake_up() {
+    use futures::FutureExt;
+    let eps = [Switch::default(), Switch::default()];
+    let pool = one_failure_ejects()
+        .seed(3)
+        .observer(|e: &Event<'_>| {
+            if matches!(e.kind, EventKind::EndpointReturned) {
+                panic!("observer panics at a return");
+            }
+        })
+        .build(eps.clone())
+        .unwrap();
+    let handle = pool.handle();
+    eject_until_probe_due(&pool, &handle, &eps, true).await;
+    // A clone made ready on the probe (a draw ranks a due probe first).
+    let mut b = loop {
+        let mut b = pool.clone();
+        futures::future::poll_fn(|cx| b.poll_ready(cx))
+            .await
+            .unwrap();
+        if handle.endpoints()[0].state == EndpointState::Probing {
+            break b;
+        }
+    };
+    eps[1].set(PENDING);
+    let mut t = task::spawn(pool.clone().oneshot(2));
+    assert_pending!(t.poll());
+    assert!(!t.is_woken());
+    let call = std::panic::AssertUnwindSafe(b.call(1)).catch_unwind().await;
+    assert!(call.is_err(), "the observer's panic reaches the caller");
+    assert_eq!(handle.endpoints()[0].state, EndpointState::Available);
+    assert!(t.is_woken(), "the waiting call is told of the return");
 }

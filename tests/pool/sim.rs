@@ -228,6 +228,8 @@ pub struct SwitchState {
     pub failing: AtomicBool,
     /// Calls received.
     pub calls: AtomicU64,
+    /// Readiness polls received.
+    pub polls: AtomicU64,
 }
 
 impl Switch {
@@ -246,6 +248,10 @@ impl Switch {
     pub fn calls(&self) -> u64 {
         self.0.calls.load(SeqCst)
     }
+
+    pub fn polls(&self) -> u64 {
+        self.0.polls.load(SeqCst)
+    }
 }
 
 impl Service<u32> for Switch {
@@ -253,6 +259,7 @@ impl Service<u32> for Switch {
     type Error = std::io::Error;
     type Future = std::future::Ready<Result<u32, std::io::Error>>;
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.polls.fetch_add(1, SeqCst);
         match self.0.readiness.load(SeqCst) {
             PENDING => {
                 *self.0.waker.lock().unwrap() = Some(cx.waker().clone());
