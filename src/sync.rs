@@ -22,6 +22,15 @@ pub(crate) fn nanos(duration: std::time::Duration) -> u64 {
 #[allow(unused_imports)]
 pub(crate) use std::sync::{Mutex, MutexGuard};
 
+/// A turn of a loop waiting on another thread (one loom can switch threads at, under loom).
+#[cfg(not(seawall_loom))]
+#[allow(unused_imports)]
+pub(crate) use std::hint::spin_loop;
+
+#[cfg(seawall_loom)]
+#[allow(unused_imports)]
+pub(crate) use loom::hint::spin_loop;
+
 #[cfg(seawall_loom)]
 #[allow(unused_imports)]
 pub(crate) use loom::sync::{Mutex, MutexGuard};

@@ -662,6 +662,43 @@ fn a_call_racing_a_new_key_that_fills_its_burst_is_not_refused_for_it() {
     });
 }
 
+/// Review r24 (keyed 2): a call finds its key's slot, a sweep marks the slot busy to judge the
+/// key (idle when the sweep looked, called since, so kept), and the call, seeing the slot busy,
+/// looks the key up again: it must wait for the slot rather than give the key a second one.
+/// (Before the fix loom stopped this model at the second slot's breaker, made while the sweep
+/// read the slots, before the assertion could tell.)
+#[test]
+fn a_call_meeting_its_key_s_slot_judged_by_a_sweep_does_not_give_the_key_a_second_slot() {
+    let mut model = loom::model::Builder::new();
+    model.preemption_bound = Some(2);
+    model.max_branches = 100_000;
+    model.check(|| {
+        // Keys are idle a nanosecond after their last sweep.
+        let layer = CircuitBreakerLayer::builder()
+            .keyed()
+            .key(|k: &u32| Some(*k))
+            .max_keys(8)
+            .idle_timeout(Duration::from_nanos(1))
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let mut service = layer.layer(Pass);
+        call_with(&mut service, 7).unwrap();
+        // Learns key 7's call: idle from now on, until called again.
+        handle.evict_idle();
+        let caller = thread::spawn(move || call_with(&mut service, 7).is_ok());
+        let sweeper = {
+            let handle = handle.clone();
+            thread::spawn(move || handle.evict_idle())
+        };
+        assert!(caller.join().unwrap());
+        let evicted = sweeper.join().unwrap();
+        // Key 7 has one slot, or none if the sweep forgot it before the call came.
+        assert!(handle.keys() <= 1, "key 7 holds {} slots", handle.keys());
+        assert!(handle.keys() + evicted >= 1);
+    });
+}
+
 /// The hedge layer's latency window (`core::histogram`), driven by seconds. Under loom it keeps
 /// three one-second slots and latencies up to 31 µs: 5 µs falls in a bucket whose upper bound is
 /// 6 µs, 20 µs in one whose upper bound is 22 µs.

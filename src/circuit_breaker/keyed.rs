@@ -10,7 +10,6 @@ use super::config::Config;
 use super::error::Open;
 use super::state::{Breaker, Permit};
 use super::{Builder, ConfigError, Metrics};
-use crate::core::anchor::WeakAnchor;
 use crate::core::gate::{Anchor, Shared};
 use crate::core::keys::{Place, Table};
 use crate::core::{
@@ -329,8 +328,27 @@ pub struct KeyedBreakers<O: 'static = ()> {
     overflowed: AtomicU64,
     /// Keys dropped because they were idle.
     evicted: AtomicU64,
-    /// Whether a task sweeps the table (see [`start_sweeper`]).
-    sweeper: AtomicBool,
+    /// The task that sweeps the table (see [`start_sweeper`]), looked at on new keys' paths only.
+    sweeper: std::sync::Mutex<Sweeper>,
+}
+
+/// The keyed breaker's sweeper task, as new keys see it.
+#[derive(Default)]
+struct Sweeper {
+    /// The task started last: another is started when it has ended (its runtime shut down, or
+    /// it panicked).
+    task: Option<tokio::task::JoinHandle<()>>,
+    /// A runtime without timers was met: no task is started again, and new keys sweep.
+    timerless: bool,
+}
+
+impl<O: 'static> Drop for KeyedBreakers<O> {
+    fn drop(&mut self) {
+        let sweeper = self.sweeper.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(task) = sweeper.task.take() {
+            task.abort();
+        }
+    }
 }
 
 impl<O> fmt::Debug for KeyedBreakers<O> {
@@ -385,9 +403,7 @@ impl<O: Observer> KeyedBreakers<O> {
         key: &dyn fmt::Debug,
         anchor: &Anchor<KeyedShared<O>>,
     ) -> Option<usize> {
-        if !self.sweeper.load(Relaxed) {
-            start_sweeper(anchor);
-        }
+        start_sweeper(anchor);
         let now = self.now();
         self.sweep_if_due(now);
         let idle = self.idle;
@@ -443,8 +459,8 @@ impl<O: Observer> KeyedBreakers<O> {
     }
 
     /// Drops the keys idle for the idle timeout, if a sweep is due at `now`: on a new key's path,
-    /// when no sweeper runs (no tokio runtime) or it has fallen behind by half an idle timeout,
-    /// at most once per half idle timeout.
+    /// when no sweeper runs (no tokio runtime, or one without timers) or it has missed a whole
+    /// period, at most once per half idle timeout.
     fn sweep_if_due(&self, now: u64) {
         let due = self.next_sweep.load(Relaxed);
         if now < due
@@ -455,7 +471,7 @@ impl<O: Observer> KeyedBreakers<O> {
         {
             return;
         }
-        self.sweep(now);
+        self.sweep(now, false);
     }
 
     /// Forgets the keys idle for the idle timeout at `now`, and learns from the keys' flags which
@@ -472,7 +488,11 @@ impl<O: Observer> KeyedBreakers<O> {
     /// call comes after a new key needed its slot loses it, and starts afresh when it comes back.
     /// Calls never read the clock, so nothing tells the two apart: only the sweeper's regular
     /// sweeps keep that from happening.
-    fn sweep(&self, now: u64) -> u64 {
+    ///
+    /// `guarded`: an observer panicking at a key's `KeyEvicted` does not stop the sweep (the
+    /// sweeper's, which has no caller to tell); otherwise the panic reaches the caller, as every
+    /// event's does.
+    fn sweep(&self, now: u64, guarded: bool) -> u64 {
         let prev = self.last_sweep.fetch_max(now, Relaxed);
         // When sweeps race, the later one decides alone.
         let long_gap = now.saturating_sub(prev) > self.idle;
@@ -484,12 +504,10 @@ impl<O: Observer> KeyedBreakers<O> {
                 continue;
             }
             if cell.used.swap(false, AcqRel) {
-                let mark = if long_gap {
-                    prev.max(cell.mark.load(Relaxed))
-                } else {
-                    now
-                };
-                cell.mark.store(mark, Relaxed);
+                // Never moved back: a new key that took the slot since this sweep began was
+                // marked at its insertion, later than this sweep's times.
+                let mark = if long_gap { prev } else { now };
+                cell.mark.fetch_max(mark, Relaxed);
                 continue;
             }
             if !cell.idle(now, self.idle) {
@@ -518,10 +536,18 @@ impl<O: Observer> KeyedBreakers<O> {
                 self.evicted.fetch_add(1, Relaxed);
                 // No label: no observer listens.
                 if let Some(label) = label {
-                    self.made(index)
-                        .source
-                        .emitter()
-                        .emit_keyed(EventKind::KeyEvicted { idle: true }, &label);
+                    let evicted = || {
+                        self.made(index)
+                            .source
+                            .emitter()
+                            .emit_keyed(EventKind::KeyEvicted { idle: true }, &label)
+                    };
+                    if guarded {
+                        // Sent after the key is gone: a panic leaves nothing half done.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(evicted));
+                    } else {
+                        evicted();
+                    }
                 }
             }
         }
@@ -529,12 +555,18 @@ impl<O: Observer> KeyedBreakers<O> {
     }
 
     /// The sweeper's sweep, at the time it reads: new keys then leave the sweeps to it unless it
-    /// falls behind by half an idle timeout.
+    /// misses a whole period (two periods pass with no sweep).
     fn sweep_now(&self) -> u64 {
         let now = self.now();
         self.next_sweep
-            .fetch_max(now.saturating_add(self.idle), Relaxed);
-        self.sweep(now)
+            .fetch_max(now.saturating_add(2 * nanos(self.sweep_period())), Relaxed);
+        self.sweep(now, true)
+    }
+
+    /// How often the sweeper sweeps: every half idle timeout, at least [`MIN_SWEEP_PERIOD`]
+    /// apart.
+    fn sweep_period(&self) -> Duration {
+        Duration::from_nanos(self.idle / 2).max(MIN_SWEEP_PERIOD)
     }
 
     fn find<K: Hash + ?Sized>(&self, key: &K) -> Option<&KeyBreaker<O>> {
@@ -543,48 +575,56 @@ impl<O: Observer> KeyedBreakers<O> {
     }
 }
 
-/// Starts a task that sweeps `anchor`'s table every half idle timeout, if a tokio runtime is at
-/// hand and none runs (the first new key starts it, and the first after its runtime shut down
+/// The shortest period of the sweeper: with a shorter idle timeout, keys may be forgotten up to
+/// this much later than it.
+const MIN_SWEEP_PERIOD: Duration = Duration::from_millis(100);
+
+/// Starts a task that sweeps `anchor`'s table every half idle timeout (at least every
+/// [`MIN_SWEEP_PERIOD`]), if a tokio runtime is at hand and no task started before still runs
+/// (the first new key starts it; the first after its runtime shut down, or after it panicked,
 /// starts another). It holds the table weakly, and ends when the layer and everything made from
 /// it are gone. Regular sweeps are what tell a key in use from an idle one (calls only set a
 /// flag, which sweeps clear), and they take the sweep's pass over every slot off new keys' calls.
+///
+/// A runtime without timers cannot run it: its timer is made here, where making it panics in such
+/// a runtime, and that panic is caught; from then on new keys sweep, as without a runtime.
 #[cold]
 fn start_sweeper<O: Observer>(anchor: &Anchor<KeyedShared<O>>) {
     let gate = &anchor.gate;
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
-    if gate.sweeper.swap(true, Relaxed) {
+    // Another new key is starting it.
+    let mut sweeper = match gate.sweeper.try_lock() {
+        Ok(sweeper) => sweeper,
+        Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return,
+    };
+    if sweeper.timerless
+        || sweeper
+            .task
+            .as_ref()
+            .is_some_and(|task| !task.is_finished())
+    {
         return;
     }
-    let running = Sweeping(anchor.downgrade());
-    let period = Duration::from_nanos(gate.idle / 2).max(Duration::from_millis(1));
-    runtime.spawn(async move {
-        let running = running;
+    let period = gate.sweep_period();
+    let Ok(first) = std::panic::catch_unwind(|| tokio::time::sleep(period)) else {
+        sweeper.timerless = true;
+        return;
+    };
+    let table = anchor.downgrade();
+    sweeper.task = Some(runtime.spawn(async move {
+        first.await;
         loop {
-            tokio::time::sleep(period).await;
-            let Some(anchor) = running.0.upgrade() else {
+            let Some(anchor) = table.upgrade() else {
                 return;
             };
             anchor.gate.sweep_now();
+            drop(anchor);
+            tokio::time::sleep(period).await;
         }
-    });
-}
-
-/// The sweeper's hold on its table: when the task is dropped (its runtime shut down), the next
-/// new key starts another. One that panicked (a runtime without timers) is not started again:
-/// new keys sweep, as without a runtime.
-struct Sweeping<O: 'static>(WeakAnchor<KeyedShared<O>>);
-
-impl<O: 'static> Drop for Sweeping<O> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            return;
-        }
-        if let Some(anchor) = self.0.upgrade() {
-            anchor.gate.sweeper.store(false, Relaxed);
-        }
-    }
+    }));
 }
 
 /// A keyed breaker's permit: the breaker's, and which breaker it is from.
@@ -847,8 +887,28 @@ impl<K, C, O> KeyedBuilder<K, C, O> {
     /// over and then the idle timeout more has passed with no call, a half-open one with a probe
     /// in flight until the trial's longest wait (`max_half_open_wait`) and then the idle timeout
     /// more have passed (its probe is taken as lost); a forced-open one is never forgotten.
-    /// Within a tokio runtime a task sweeps the table for idle keys every half idle timeout, for
-    /// as long as the layer is held; without one, a new key sweeps.
+    ///
+    /// # The sweeper
+    ///
+    /// Within a tokio runtime a task sweeps the table for idle keys every half idle timeout (at
+    /// least 100 ms apart: with an idle timeout under 200 ms, keys are forgotten up to 100 ms
+    /// later than it), for as long as the layer is held: the first new key starts it in its
+    /// runtime, and the first new key after that runtime shut down (or the task panicked) starts
+    /// another. Without a runtime a new key's call sweeps instead, at most once per half idle
+    /// timeout. The task needs the runtime's **timers** (`enable_time`, as every timed layer of
+    /// the crate does): in a runtime without them, making its timer panics on the first new key's
+    /// path; that panic is caught (the panic hook still reports it once) and new keys sweep from
+    /// then on, as without a runtime. An observer that panics at a `KeyEvicted` sent by the task
+    /// does not stop it.
+    ///
+    /// # Testing with paused time
+    ///
+    /// The task's timer is always pending, so a runtime with paused time whose tasks all wait
+    /// on something other than a timer no longer sits still: it auto-advances its clock to the
+    /// sweeper's next tick, in steps of half the idle timeout, and sweeps as it goes. A test
+    /// that relies on the clock standing still while it waits for another thread (or a real I/O)
+    /// should drop the layer and everything made from it first (the task then ends), or set an
+    /// idle timeout much longer than the times it checks.
     pub fn idle_timeout(mut self, idle_timeout: Duration) -> Self {
         self.idle_timeout = idle_timeout;
         self
@@ -886,7 +946,7 @@ impl<K, C, O> KeyedBuilder<K, C, O> {
             observer: observer.clone(),
             overflowed: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
-            sweeper: AtomicBool::new(false),
+            sweeper: std::sync::Mutex::default(),
         };
         let shared = Shared::new(
             name,
@@ -1182,6 +1242,6 @@ impl<O: Observer> KeyedHandle<O> {
     /// the path of a new key); returns how many were.
     pub fn evict_idle(&self) -> u64 {
         let gate = &self.shared.gate;
-        gate.sweep(gate.now())
+        gate.sweep(gate.now(), false)
     }
 }

@@ -129,7 +129,9 @@ impl<C> Table<C> {
         }
     }
 
-    /// The index of the slot holding `place`'s key, if any.
+    /// The index of the slot holding `place`'s key, if any. A key whose slot is busy (a sweep
+    /// judging it) is not found: a caller that then inserts it goes through [`Table::claim`],
+    /// which waits for the slot.
     #[inline]
     pub(crate) fn find(&self, place: Place) -> Option<usize> {
         let holds = |bucket: usize| {
@@ -208,9 +210,6 @@ impl<C> Table<C> {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         loop {
-            if let Some(index) = self.find(place) {
-                return Some((index, None));
-            }
             // The slot to take: an empty one of the emptier bucket, else the one ranked lowest.
             let empty = |b: usize| {
                 self.bucket(b)
@@ -224,32 +223,39 @@ impl<C> Table<C> {
             } else {
                 [first, second]
             };
+            // One pass over both buckets: the key's slot, or the slot to take. A busy slot may
+            // be the key's own, looked at by a sweep (`remove`) that puts it back: the key is not
+            // known to be absent until a pass meets no busy slot, or it would get a second one.
+            // Only this lock's holder puts the key in a slot, and a sweep turns the key's slot
+            // busy and back, so a pass with no busy slot that did not see the key proves it
+            // absent. Slots are busy for a few steps, none of which waits for another slot.
             let mut busy = false;
-            let victim = order
-                .into_iter()
-                .flat_map(|b| b * BUCKET..(b + 1) * BUCKET)
-                .filter_map(|index| {
-                    let slot = &self.slots[index];
-                    let held = slot.tag.load(Acquire);
-                    let rank = match held {
-                        BUSY => {
-                            busy = true;
-                            return None;
-                        }
-                        EMPTY => (0, 0),
-                        _ => rank(&slot.cell)?,
-                    };
-                    Some((rank, index, held))
-                })
-                .min_by_key(|(rank, _, _)| *rank);
-            let Some((rank, index, held)) = victim else {
-                if !busy {
-                    return None;
+            let mut victim: Option<((u8, u64), usize, u64)> = None;
+            for index in order.into_iter().flat_map(|b| b * BUCKET..(b + 1) * BUCKET) {
+                let slot = &self.slots[index];
+                let held = slot.tag.load(Acquire);
+                let rank = match held {
+                    _ if held == place.tag => return Some((index, None)),
+                    BUSY => {
+                        busy = true;
+                        continue;
+                    }
+                    EMPTY => (0, 0),
+                    _ => match rank(&slot.cell) {
+                        Some(rank) => rank,
+                        None => continue,
+                    },
+                };
+                if victim.is_none_or(|(least, _, _)| rank < least) {
+                    victim = Some((rank, index, held));
                 }
-                // Slots of both buckets are being handed to other keys right now.
-                std::hint::spin_loop();
+            }
+            if busy {
+                crate::sync::spin_loop();
                 continue;
-            };
+            }
+            // None: no slot may be taken.
+            let (rank, index, held) = victim?;
             let slot = &self.slots[index];
             if slot
                 .tag

@@ -118,14 +118,18 @@ async fn idle_keys_are_forgotten_and_come_back_fresh() {
         let _ = call(&s, 1, true).await;
     }
     call(&s, 2, false).await.unwrap();
-    // A sweep learns which keys were called since the one before (a task sweeps every half idle
-    // timeout, at 300 s, 600 s and so on; the handle may sweep too): nothing idle yet.
+    // A sweep learns which keys were called since the one before: nothing idle yet. (The task
+    // started by key 1 sleeps 300 s at a time. An `advance` past its wake-up fires its timer
+    // once, at the end of the advance; the task then sweeps when the test next yields, which
+    // may be in the next `advance`: at 500 s or 600 s here.)
     assert_eq!(handle.evict_idle(), 0);
     tokio::time::advance(Duration::from_secs(500)).await;
+    assert_eq!(handle.evicted(), 0);
+    let m = handle.metrics(&1u32).expect("key 1 kept at 500 s");
+    assert_eq!((m.state, m.consecutive_failures), (CircuitState::Closed, 2));
     call(&s, 2, false).await.unwrap();
     tokio::time::advance(Duration::from_secs(100)).await;
-    // Key 1 has had no call for 600 s; key 2 for 100 s. (The task's sweep at 600 s may have
-    // come first.)
+    // Key 1 has had no call for 600 s; key 2 for 100 s. (The task may have forgotten key 1.)
     handle.evict_idle();
     assert_eq!(handle.evicted(), 1);
     assert_eq!(handle.keys(), 1);
@@ -136,8 +140,9 @@ async fn idle_keys_are_forgotten_and_come_back_fresh() {
     let _ = call(&s, 1, true).await;
     assert_eq!(handle.metrics(&1u32).unwrap().consecutive_failures, 1);
     // An open breaker is kept while it matters: through its open period (400 s, to 1,000 s) and
-    // the idle timeout after it, though its key was last called at 600 s (and last seen called
-    // by the sweep at 900 s).
+    // the idle timeout after it, though its key was last called at 600 s. (A sweep at 1,599 s,
+    // the task's or the handle's, forgets key 2, idle since 600 s, and finds key 1 called since
+    // a sweep more than an idle timeout before, so takes it as called at 600 s.)
     for _ in 0..2 {
         let _ = call(&s, 1, true).await;
     }
@@ -312,6 +317,7 @@ async fn keys_busy_through_a_long_gap_are_not_evicted_by_a_new_key() {
 async fn after_a_long_gap_a_key_in_use_keeps_its_slot() {
     let layer = CircuitBreakerLayer::builder()
         .consecutive_failures(5)
+        .count_window(1_000)
         .keyed()
         .key(key as fn(&(u32, bool)) -> Option<u32>)
         .max_keys(8)
@@ -323,18 +329,20 @@ async fn after_a_long_gap_a_key_in_use_keeps_its_slot() {
     for k in 0..8 {
         let _ = call(&s, k, k == 3).await;
     }
-    // Key 3 is called every 9 s for an hour.
+    // Key 3 is called every 9 s for an hour; the sweeper forgets the other keys meanwhile.
     for _ in 0..400 {
         tokio::time::advance(Duration::from_secs(9)).await;
         let _ = call(&s, 3, false).await;
     }
+    assert_eq!((handle.keys(), handle.evicted()), (1, 7));
     let _ = call(&s, 3, true).await;
     for k in 100..107 {
         call(&s, k, false).await.unwrap();
     }
     assert_eq!(handle.overflowed(), 0);
+    // Every call of the hour is in key 3's window: its breaker was never reset.
     let m = handle.metrics(&3u32).unwrap();
-    assert_eq!((m.calls, m.consecutive_failures), (100, 1));
+    assert_eq!((m.calls, m.failures, m.consecutive_failures), (402, 2, 1));
     assert_eq!((0..8).filter(|k| handle.state(k).is_some()).count(), 1);
 }
 
@@ -539,4 +547,235 @@ async fn a_lost_probe_gives_up_its_slot_and_its_late_end_touches_no_other_key() 
     for k in 100..108 {
         assert_eq!(handle.state(&k), Some(CircuitState::Closed), "key {k}");
     }
+}
+
+/// The key function of these tests, as a type.
+type KeyFn = fn(&(u32, bool)) -> Option<u32>;
+
+/// A keyed breaker on `(key, fail)` requests with the given idle timeout.
+fn keyed_layer(idle: Duration) -> seawall::circuit_breaker::KeyedCircuitBreakerLayer<KeyFn> {
+    CircuitBreakerLayer::builder()
+        .keyed()
+        .key(key as fn(&(u32, bool)) -> Option<u32>)
+        .max_keys(8)
+        .idle_timeout(idle)
+        .build()
+        .unwrap()
+}
+
+/// Review r24 (keyed 2): without a runtime, new keys' calls sweep. Time is real here (there is
+/// no runtime to pause): the idle timeout is 20 ms, and the waits only make the gaps longer.
+#[test]
+fn without_a_runtime_new_keys_sweep() {
+    let layer = keyed_layer(Duration::from_millis(20));
+    let handle = layer.handle();
+    let mut s = layer.layer(backend());
+    let mut call = |k: u32| {
+        futures::executor::block_on(async { s.ready().await.unwrap().call((k, false)).await })
+            .unwrap()
+    };
+    call(1);
+    std::thread::sleep(Duration::from_millis(30));
+    // Key 2's call sweeps: key 1 was called since the last sweep, more than an idle timeout
+    // ago, so is taken as called then (at 0): kept this time.
+    call(2);
+    assert_eq!(handle.evicted(), 0);
+    std::thread::sleep(Duration::from_millis(30));
+    call(3);
+    assert_eq!(handle.evicted(), 1);
+    assert_eq!(handle.state(&1u32), None);
+    assert!(handle.state(&3u32).is_some());
+}
+
+/// Review r24 (keyed 2): in a runtime without timers the sweeper cannot run (making its timer
+/// panics, and that is caught): new keys sweep instead, as without a runtime. Real time, as
+/// above.
+#[test]
+fn in_a_runtime_without_timers_new_keys_sweep() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let layer = keyed_layer(Duration::from_millis(20));
+    let handle = layer.handle();
+    let s = layer.layer(backend());
+    runtime.block_on(async {
+        call(&s, 1, false).await.unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        call(&s, 2, false).await.unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        call(&s, 3, false).await.unwrap();
+        assert_eq!(
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks(),
+            0
+        );
+    });
+    assert_eq!(handle.evicted(), 1);
+    assert_eq!(handle.state(&1u32), None);
+}
+
+/// Review r24 (keyed 2): the sweeper ends as soon as the layer and everything made from it are
+/// dropped, not a period later.
+#[tokio::test(start_paused = true)]
+async fn the_sweeper_ends_with_the_layer() {
+    let alive = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let layer = keyed_layer(Duration::from_secs(600));
+    let handle = layer.handle();
+    let s = layer.layer(backend());
+    assert_eq!(alive(), 0);
+    call(&s, 1, false).await.unwrap();
+    assert_eq!(alive(), 1, "the first new key starts the sweeper");
+    call(&s, 2, false).await.unwrap();
+    assert_eq!(alive(), 1, "one sweeper");
+    drop((layer, handle, s));
+    tokio::task::yield_now().await;
+    assert_eq!(alive(), 0, "the sweeper outlived its layer");
+}
+
+/// Review r24 (keyed 2): the first new key after the sweeper's runtime shut down starts another
+/// in its own runtime, which then forgets idle keys with no further call.
+#[test]
+fn a_new_runtime_gets_a_new_sweeper() {
+    let paused = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    };
+    let layer = keyed_layer(Duration::from_secs(10));
+    let handle = layer.handle();
+    let s = layer.layer(backend());
+    paused().block_on(async {
+        call(&s, 1, false).await.unwrap();
+        assert_eq!(
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks(),
+            1
+        );
+    });
+    paused().block_on(async {
+        call(&s, 2, false).await.unwrap();
+        let alive = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
+        assert_eq!(alive, 1, "no sweeper in the second runtime");
+        for _ in 0..10 {
+            tokio::time::advance(Duration::from_secs(5)).await;
+        }
+        assert_eq!(handle.state(&2u32), None, "key 2 idle, not swept");
+    });
+}
+
+/// Review r24 (keyed 2): an observer panicking at a `KeyEvicted` sent by the sweeper neither
+/// stops that sweep nor ends the task.
+#[tokio::test(start_paused = true)]
+async fn an_observer_panicking_at_an_eviction_does_not_stop_the_sweeper() {
+    let panicked = Arc::new(Mutex::new(false));
+    let once = panicked.clone();
+    let layer = CircuitBreakerLayer::builder()
+        .observer(move |e: &Event<'_>| {
+            if let EventKind::KeyEvicted { .. } = e.kind {
+                if !std::mem::replace(&mut *once.lock().unwrap(), true) {
+                    panic!("observer panics at the first eviction");
+                }
+            }
+        })
+        .keyed()
+        .key(key as fn(&(u32, bool)) -> Option<u32>)
+        .max_keys(8)
+        .idle_timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let s = layer.layer(backend());
+    for k in 0..2 {
+        call(&s, k, false).await.unwrap();
+    }
+    // Keys 0 and 1 go idle together; later key 2, made while the task is still running, too.
+    for _ in 0..4 {
+        tokio::time::advance(Duration::from_secs(5)).await;
+    }
+    assert!(*panicked.lock().unwrap());
+    assert_eq!(handle.evicted(), 2, "the sweep stopped at the panic");
+    let alive = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    assert_eq!(alive, 1, "the sweeper died");
+    call(&s, 2, false).await.unwrap();
+    for _ in 0..4 {
+        tokio::time::advance(Duration::from_secs(5)).await;
+    }
+    assert_eq!(handle.evicted(), 3);
+}
+
+/// Review r24 (keyed 2): with a tiny idle timeout the sweeper wakes every 100 ms, not every half
+/// millisecond (keys are then forgotten up to 100 ms late).
+#[tokio::test(start_paused = true)]
+async fn a_tiny_idle_timeout_does_not_spin_the_sweeper() {
+    let layer = keyed_layer(Duration::from_millis(1));
+    let handle = layer.handle();
+    let s = layer.layer(backend());
+    call(&s, 1, false).await.unwrap();
+    for _ in 0..90 {
+        tokio::time::advance(Duration::from_millis(1)).await;
+    }
+    assert_eq!(handle.evicted(), 0, "swept before 100 ms");
+    for _ in 0..20 {
+        tokio::time::advance(Duration::from_millis(10)).await;
+    }
+    assert_eq!(handle.evicted(), 1, "not swept after 290 ms");
+}
+
+/// Review r24 (keyed 2): a call that ends after its key was forgotten and its slot taken does
+/// not mark the slot's new key as in use (its permit's tag no longer matches), so that key is
+/// forgotten when idle.
+#[tokio::test(start_paused = true)]
+async fn a_late_end_does_not_keep_the_next_key_of_its_slot() {
+    let layer = keyed_layer(Duration::from_secs(60));
+    let handle = layer.handle();
+    let (mock, mut backend) = tower_test::mock::pair::<(u32, bool), ()>();
+    let s = layer.layer(mock);
+    let mut held = Vec::new();
+    for k in 0..8 {
+        let mut late = tokio_test::task::spawn(s.clone().oneshot((k, false)));
+        tokio_test::assert_pending!(late.poll());
+        let (_, reply) = backend.next_request().await.unwrap();
+        held.push((late, reply));
+    }
+    // Closed breakers with calls in flight are forgotten when idle.
+    tokio::time::advance(Duration::from_secs(61)).await;
+    handle.evict_idle();
+    assert_eq!((handle.keys(), handle.evicted()), (0, 8));
+    for k in 100..108 {
+        let call = tokio::spawn(s.clone().oneshot((k, false)));
+        let (_, reply) = backend.next_request().await.unwrap();
+        reply.send_response(());
+        call.await.unwrap().unwrap();
+    }
+    assert_eq!(handle.keys(), 8);
+    // A sweep takes the new keys' calls in; then the old calls end.
+    handle.evict_idle();
+    for (mut late, reply) in held {
+        reply.send_response(());
+        tokio_test::assert_ready_ok!(late.poll());
+    }
+    // The sweeper's sweeps, 30 s apart, find the new keys idle at 121 s (had a late end marked
+    // one used, the sweep at 91 s would take it as called then, and keep it to 151 s).
+    for _ in 0..4 {
+        tokio::time::advance(Duration::from_secs(15)).await;
+    }
+    tokio::time::advance(Duration::from_secs(1)).await;
+    handle.evict_idle();
+    assert_eq!(
+        (handle.keys(), handle.evicted()),
+        (0, 16),
+        "a late end kept a new key"
+    );
 }
