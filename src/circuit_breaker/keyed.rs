@@ -163,12 +163,9 @@ impl Label {
         self.seq.load(Acquire)
     }
 
-    /// Writes `key`'s form (the one writer: the thread that claimed the slot).
-    fn write(&self, key: &dyn fmt::Debug) {
-        let mut copy = LabelCopy::new();
-        // An error only says the form was cut.
-        let _ = write!(copy, "{key:?}");
-        copy.finish();
+    /// Writes a key's form, made beforehand (the one writer: the thread that claimed the slot,
+    /// which runs no user code while the slot is busy).
+    fn write(&self, copy: &LabelCopy) {
         let seq = self.seq.load(Relaxed);
         self.seq.store(seq.wrapping_add(1), Relaxed);
         fence(Release);
@@ -225,6 +222,16 @@ impl LabelCopy {
             len: 0,
             cut: false,
         }
+    }
+
+    /// `key`'s `Debug` form, cut at [`LABEL_BYTES`]. It runs the key's own code, which may
+    /// panic: never while a slot is busy.
+    fn of(key: &dyn fmt::Debug) -> Self {
+        let mut copy = LabelCopy::new();
+        // An error only says the form was cut.
+        let _ = write!(copy, "{key:?}");
+        copy.finish();
+        copy
     }
 
     /// Ends a form that was cut with `…`, on a character boundary.
@@ -403,6 +410,9 @@ impl<O: Observer> KeyedBreakers<O> {
         key: &dyn fmt::Debug,
         anchor: &Anchor<KeyedShared<O>>,
     ) -> Option<usize> {
+        // The key's label, written first: its `Debug` is the user's code, which must not run
+        // (and perhaps panic) while the slot is busy, stalling every new key of its buckets.
+        let form = O::ENABLED.then(|| LabelCopy::of(key));
         start_sweeper(anchor);
         let now = self.now();
         self.sweep_if_due(now);
@@ -416,9 +426,9 @@ impl<O: Observer> KeyedBreakers<O> {
                 let made = cell.made.get_or_init(|| Box::new(self.make_breaker()));
                 made.breaker
                     .transition(CircuitState::Closed, true, Source::new("", ()).emitter());
-                if let Some(label) = &made.source.observer().key {
+                if let (Some(label), Some(form)) = (&made.source.observer().key, &form) {
                     dropped = Some(label.read());
-                    label.write(key);
+                    label.write(form);
                 }
                 cell.used.store(false, Relaxed);
                 cell.mark.store(now, Relaxed);
