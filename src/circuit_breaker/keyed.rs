@@ -418,6 +418,7 @@ impl<O: Observer> KeyedBreakers<O> {
         self.sweep_if_due(now);
         let idle = self.idle;
         let mut dropped = None;
+        let mut fresh = false;
         let claimed = self.table.claim(
             place,
             // The key idle longest goes first.
@@ -432,9 +433,14 @@ impl<O: Observer> KeyedBreakers<O> {
                 }
                 cell.used.store(false, Relaxed);
                 cell.mark.store(now, Relaxed);
+                fresh = true;
             },
         );
         let (index, evicted) = claimed?;
+        if !fresh {
+            // Another call gave the key its slot meanwhile: this call is a use of it.
+            self.table.slot(index).cell.touch();
+        }
         if evicted.is_some() {
             self.evicted.fetch_add(1, Relaxed);
             if let Some(dropped) = dropped {
