@@ -1718,6 +1718,97 @@ async fn a_kept_probe_is_given_back_quietly_when_another_endpoint_takes_the_call
     drop(w);
 }
 
+/// A [`Switch`] whose readiness poll first runs a hook, unless the hook is running already.
+#[derive(Clone)]
+struct Hooked {
+    switch: Switch,
+    hook: Hook,
+}
+
+type Hook = Arc<Mutex<Option<Box<dyn FnMut() + Send>>>>;
+
+impl Service<u32> for Hooked {
+    type Response = u32;
+    type Error = std::io::Error;
+    type Future = <Switch as Service<u32>>::Future;
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if let Ok(mut hook) = self.hook.try_lock() {
+            if let Some(hook) = hook.as_mut() {
+                hook();
+            }
+        }
+        self.switch.poll_ready(cx)
+    }
+    fn call(&mut self, x: u32) -> Self::Future {
+        self.switch.call(x)
+    }
+}
+
+/// Review r24 (fix 3): two clones each holding a pending endpoint's probe, and a third probe
+/// due: neither claims the third (only to give it back, counting a change). A change counted by
+/// one clone while another polls makes that one look again and wake itself, so two workers
+/// polling at once woke each other for ever. Here `b`'s poll runs inside `a`'s (from the
+/// readiness polls of `a`'s endpoints), as another thread's would, between `a`'s reading of the
+/// change count and its check.
+#[tokio::test(start_paused = true)]
+async fn clones_holding_probes_do_not_wake_each_other() {
+    let eps: [Switch; 3] = Default::default();
+    let hook = Hook::default();
+    let hooked = eps.iter().map(|switch| Hooked {
+        switch: switch.clone(),
+        hook: hook.clone(),
+    });
+    let pool = one_failure_ejects()
+        .max_ejection_percent(100.0)
+        .fail_fast()
+        .seed(1)
+        .build(hooked)
+        .unwrap();
+    let handle = pool.handle();
+    for e in &eps {
+        e.fail(true);
+    }
+    while handle.ejected() < 3 {
+        let _ = pool.clone().oneshot(1).await;
+    }
+    for e in &eps {
+        e.fail(false);
+        e.set(PENDING);
+    }
+    tokio::time::advance(Duration::from_secs(31)).await;
+    let mut a = task::spawn(pool.clone().oneshot(1));
+    let mut b = task::spawn(pool.clone().oneshot(2));
+    assert_pending!(a.poll());
+    assert_pending!(b.poll());
+    let probing = || {
+        handle
+            .endpoints()
+            .iter()
+            .filter(|e| e.state == EndpointState::Probing)
+            .count()
+    };
+    assert_eq!(probing(), 2, "{:?}", handle.endpoints());
+    assert!(!a.is_woken() && !b.is_woken());
+    // From now on each readiness poll of `a`'s endpoints polls `b` first.
+    *hook.lock().unwrap() = Some(Box::new(move || {
+        let _ = b.poll();
+    }));
+    assert_pending!(a.poll());
+    let mut wakes = 0;
+    while a.is_woken() && wakes < 100 {
+        assert_pending!(a.poll());
+        wakes += 1;
+    }
+    assert_eq!(wakes, 0, "`a` woke itself: {:?}", handle.endpoints());
+    assert_eq!(probing(), 2, "{:?}", handle.endpoints());
+    hook.lock().unwrap().take();
+    for e in &eps {
+        e.set(READY);
+    }
+    assert!(a.is_woken());
+    assert_eq!(assert_ready!(a.poll()).unwrap(), 1);
+}
+
 /// The same for a return: a probe's success wakes the waiting clones before an observer that
 /// panics at `EndpointReturned` hears of it.
 #[tokio::test(start_paused = true)]
