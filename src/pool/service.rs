@@ -102,15 +102,6 @@ impl<K, S, O> Waiting<K, S, O> {
         }
         0
     }
-
-    /// Lets every endpoint kept go, a probe claimed among them given back without waking anyone
-    /// (another endpoint took the call: no waiting clone has anything new to act on but the
-    /// probe, which the next to look claims, at its takeover time at the latest).
-    fn let_go(self) {
-        for chosen in self.0.into_iter().flatten() {
-            chosen.let_go();
-        }
-    }
 }
 
 /// An endpoint drawn: its place in the list, the endpoint, and how it may take the call.
@@ -530,14 +521,12 @@ where
             }
             tried[n] = Arc::as_ptr(&chosen.endpoint);
             n += 1;
-            // Ready: the others kept are let go (a probe claimed among them given back
-            // silently). Pending: kept as it is, with the probe it claimed, if any: giving the
-            // probe back would wake every waiting clone, this one too, to claim it again.
+            // Ready: the others kept are let go, and a probe claimed among them given back
+            // with a wake (the waiting clones may rank it first, and have no timer for it).
+            // Pending: kept as it is, with the probe it claimed, if any: giving the probe back
+            // would wake every waiting clone, this one too, to claim it again.
             if self.try_ready::<Req>(chosen, cx, now, &mut waiting) {
-                kept.for_each(|c| {
-                    c.let_go();
-                });
-                waiting.let_go();
+                drop((kept, waiting));
                 return Poll::Ready(Ok(()));
             }
         }
@@ -564,7 +553,9 @@ where
             // Pending, it is kept with the probe claimed on it until its readiness or the
             // claim's takeover time.
             if self.try_ready::<Req>(chosen, cx, now, &mut waiting) {
-                waiting.let_go();
+                // The endpoints kept are let go, a probe claimed among them given back with a
+                // wake, as above.
+                drop(waiting);
                 return Poll::Ready(Ok(()));
             }
         }

@@ -1672,10 +1672,12 @@ async fn a_panicking_observer_does_not_lose_the_wake_up() {
     );
 }
 
-/// When one kept endpoint takes the call, a probe claimed on another kept one is given back
-/// without waking every waiting clone (a review's finding: dropping it woke them all).
+/// When one kept endpoint takes the call, a probe claimed on another kept one is given back with
+/// a wake: a clone waiting on other endpoints (with no timer, since it waits on them) ranks the
+/// probe first, and claims it (a review's finding: given back silently, it slept while the probe
+/// was free). Earlier, the opposite: dropping it woke them all, which is what it should do.
 #[tokio::test(start_paused = true)]
-async fn a_kept_probe_is_given_back_quietly_when_another_endpoint_takes_the_call() {
+async fn a_kept_probe_given_back_when_another_endpoint_takes_the_call_wakes_the_waiting() {
     let eps: [Switch; 3] = Default::default();
     let pool = one_failure_ejects().seed(4).build(eps.clone()).unwrap();
     let handle = pool.handle();
@@ -1694,7 +1696,8 @@ async fn a_kept_probe_is_given_back_quietly_when_another_endpoint_takes_the_call
     assert_pending!(last.poll());
     eps[1].set(READY);
     assert!(!w.is_woken());
-    // `a`'s kept second endpoint takes its call; its probe claim is given back, silently.
+    // `a`'s kept second endpoint takes its call; its probe claim is given back, and the
+    // waiting clones are told.
     assert_eq!(assert_ready!(a.poll()).unwrap(), 1);
     assert_eq!(
         handle.endpoints()[0].state,
@@ -1703,19 +1706,22 @@ async fn a_kept_probe_is_given_back_quietly_when_another_endpoint_takes_the_call
         }
     );
     assert!(
-        !w.is_woken(),
-        "a waiting clone was woken for a claim given back"
+        w.is_woken(),
+        "a waiting clone was not told of the probe given back"
     );
-    // The probe is due: the next calls to draw it claim it.
+    // `w` claims the probe (its kept endpoints still pending) and sends it once it is ready.
+    eps[1].set(PENDING);
+    assert_pending!(w.poll());
+    assert_eq!(handle.endpoints()[0].state, EndpointState::Probing);
+    let before = eps[0].calls();
     eps[0].set(READY);
+    assert!(w.is_woken());
+    assert_eq!(assert_ready!(w.poll()).unwrap(), 2);
+    assert_eq!(eps[0].calls(), before + 1, "the probe went out");
+    assert_eq!(handle.endpoints()[0].state, EndpointState::Available);
+    eps[1].set(READY);
     eps[2].set(READY);
     assert_eq!(assert_ready!(last.poll()).unwrap(), 3);
-    for _ in 0..20 {
-        pool.clone().oneshot(4).await.unwrap();
-    }
-    assert!(eps[0].calls() >= 2, "the probe went out");
-    assert_eq!(handle.endpoints()[0].state, EndpointState::Available);
-    drop(w);
 }
 
 /// A [`Switch`] whose readiness poll first runs a hook, unless the hook is running already.
