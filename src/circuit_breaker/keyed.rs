@@ -906,22 +906,26 @@ impl<K, C, O> KeyedBuilder<K, C, O> {
     ///
     /// # The sweeper
     ///
-    /// Within a tokio runtime a task sweeps the table for idle keys every half idle timeout (at
-    /// least 100 ms apart: with an idle timeout under 200 ms, keys are forgotten up to 100 ms
-    /// later than it), for as long as the layer is held: the first new key starts it in its
+    /// Within a tokio runtime a task sweeps the table for idle keys every half idle timeout, at
+    /// least 100 ms apart, for as long as the layer is held: the first new key starts it in its
     /// runtime, and the first new key after that runtime shut down (or the task panicked) starts
-    /// another. Without a runtime a new key's call sweeps instead, at most once per half idle
+    /// another. A key is forgotten between one and one and a half idle timeouts after its last
+    /// call; with an idle timeout under 200 ms, the 100 ms floor makes that up to two sweep
+    /// periods after it (three between 100 and 200 ms): about 200 ms late for a 1 ms idle
+    /// timeout. Without a runtime a new key's call sweeps instead, at most once per half idle
     /// timeout. The task needs the runtime's **timers** (`enable_time`, as every timed layer of
     /// the crate does): in a runtime without them, making its timer panics on the first new key's
     /// path; that panic is caught (the panic hook still reports it once) and new keys sweep from
     /// then on, as without a runtime. An observer that panics at a `KeyEvicted` sent by the task
-    /// does not stop it.
+    /// does not stop it. Both panics are caught with `catch_unwind`: where panics abort
+    /// (`panic = "abort"`), either aborts the process.
     ///
     /// # Testing with paused time
     ///
     /// The task's timer is always pending, so a runtime with paused time whose tasks all wait
     /// on something other than a timer no longer sits still: it auto-advances its clock to the
-    /// sweeper's next tick, in steps of half the idle timeout, and sweeps as it goes. A test
+    /// sweeper's next tick, in steps of its period (half the idle timeout, at least 100 ms), and
+    /// sweeps as it goes. A test
     /// that relies on the clock standing still while it waits for another thread (or a real I/O)
     /// should drop the layer and everything made from it first (the task then ends), or set an
     /// idle timeout much longer than the times it checks.

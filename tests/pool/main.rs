@@ -56,9 +56,8 @@ struct BlackHole {
     ejections: u64,
     /// When the failing replica was first ejected (s), if it was.
     ejected_at: Option<f64>,
-    /// Its share of the pool's calls after `from` (s), and of tower's during the fault.
+    /// Its share of the pool's calls after `from` (s).
     share_after: Box<dyn Fn(f64) -> f64>,
-    tower_share: f64,
 }
 
 /// Black hole: one of ten replicas answers 503 in 1 ms for 10 s, under 600 requests a second,
@@ -115,6 +114,12 @@ async fn black_hole_run(builder: seawall::pool::Builder) -> BlackHole {
         ours[0].calls_between(0.0, 10.0),
         theirs[0].calls_between(0.0, 10.0),
     );
+    // A 503 in 1 ms looks like the fastest answer to tower's p2c: it sends the failing replica
+    // more than its fair share (0.1), about 0.2 in this run.
+    assert!(
+        tower_share > 0.15,
+        "tower's p2c sent the failing replica a share of {tower_share:.4}"
+    );
     assert!(
         share(&ours[0], &ours, 0.0, 10.0) * 10.0 <= tower_share,
         "seawall sent the failing replica {} calls, tower {}",
@@ -140,7 +145,6 @@ async fn black_hole_run(builder: seawall::pool::Builder) -> BlackHole {
         ejections,
         ejected_at,
         share_after: Box::new(move |from| share(&ours[0], &ours, from, run.as_secs_f64())),
-        tower_share,
     }
 }
 
@@ -152,15 +156,10 @@ async fn black_hole_run(builder: seawall::pool::Builder) -> BlackHole {
 #[tokio::test(start_paused = true)]
 async fn black_hole() {
     let seen = black_hole_run(Pool::builder()).await;
-    // Rechecks that fall within the 10 s fault, one ejection time (30 s) apart: none.
-    let rechecks = 10 / 30;
+    // The replica's recheck comes one ejection time (30 s) after its first failure, after the
+    // 10 s fault: the first failure is the only one.
     assert_eq!(seen.ejections, 0);
-    assert!(
-        seen.failures <= 1 + rechecks,
-        "clients saw {} failures",
-        seen.failures
-    );
-    assert!(seen.tower_share > 0.0);
+    assert_eq!(seen.failures, 1, "clients saw {} failures", seen.failures);
     // Back by the recheck (30 s after its one failure, in the first second) plus 20 s.
     let back = (seen.share_after)(31.0 + 20.0);
     assert!(back >= 0.05, "share after its recheck + 20 s: {back:.4}");
