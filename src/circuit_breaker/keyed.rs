@@ -163,12 +163,9 @@ impl Label {
         self.seq.load(Acquire)
     }
 
-    /// Writes `key`'s form (the one writer: the thread that claimed the slot).
-    fn write(&self, key: &dyn fmt::Debug) {
-        let mut copy = LabelCopy::new();
-        // An error only says the form was cut.
-        let _ = write!(copy, "{key:?}");
-        copy.finish();
+    /// Writes a key's form, made beforehand (the one writer: the thread that claimed the slot,
+    /// which runs no user code while the slot is busy).
+    fn write(&self, copy: &LabelCopy) {
         let seq = self.seq.load(Relaxed);
         self.seq.store(seq.wrapping_add(1), Relaxed);
         fence(Release);
@@ -225,6 +222,16 @@ impl LabelCopy {
             len: 0,
             cut: false,
         }
+    }
+
+    /// `key`'s `Debug` form, cut at [`LABEL_BYTES`]. It runs the key's own code, which may
+    /// panic: never while a slot is busy.
+    fn of(key: &dyn fmt::Debug) -> Self {
+        let mut copy = LabelCopy::new();
+        // An error only says the form was cut.
+        let _ = write!(copy, "{key:?}");
+        copy.finish();
+        copy
     }
 
     /// Ends a form that was cut with `…`, on a character boundary.
@@ -403,11 +410,15 @@ impl<O: Observer> KeyedBreakers<O> {
         key: &dyn fmt::Debug,
         anchor: &Anchor<KeyedShared<O>>,
     ) -> Option<usize> {
+        // The key's label, written first: its `Debug` is the user's code, which must not run
+        // (and perhaps panic) while the slot is busy, stalling every new key of its buckets.
+        let form = O::ENABLED.then(|| LabelCopy::of(key));
         start_sweeper(anchor);
         let now = self.now();
         self.sweep_if_due(now);
         let idle = self.idle;
         let mut dropped = None;
+        let mut fresh = false;
         let claimed = self.table.claim(
             place,
             // The key idle longest goes first.
@@ -416,15 +427,20 @@ impl<O: Observer> KeyedBreakers<O> {
                 let made = cell.made.get_or_init(|| Box::new(self.make_breaker()));
                 made.breaker
                     .transition(CircuitState::Closed, true, Source::new("", ()).emitter());
-                if let Some(label) = &made.source.observer().key {
+                if let (Some(label), Some(form)) = (&made.source.observer().key, &form) {
                     dropped = Some(label.read());
-                    label.write(key);
+                    label.write(form);
                 }
                 cell.used.store(false, Relaxed);
                 cell.mark.store(now, Relaxed);
+                fresh = true;
             },
         );
         let (index, evicted) = claimed?;
+        if !fresh {
+            // Another call gave the key its slot meanwhile: this call is a use of it.
+            self.table.slot(index).cell.touch();
+        }
         if evicted.is_some() {
             self.evicted.fetch_add(1, Relaxed);
             if let Some(dropped) = dropped {
@@ -890,22 +906,26 @@ impl<K, C, O> KeyedBuilder<K, C, O> {
     ///
     /// # The sweeper
     ///
-    /// Within a tokio runtime a task sweeps the table for idle keys every half idle timeout (at
-    /// least 100 ms apart: with an idle timeout under 200 ms, keys are forgotten up to 100 ms
-    /// later than it), for as long as the layer is held: the first new key starts it in its
+    /// Within a tokio runtime a task sweeps the table for idle keys every half idle timeout, at
+    /// least 100 ms apart, for as long as the layer is held: the first new key starts it in its
     /// runtime, and the first new key after that runtime shut down (or the task panicked) starts
-    /// another. Without a runtime a new key's call sweeps instead, at most once per half idle
+    /// another. A key is forgotten between one and one and a half idle timeouts after its last
+    /// call; with an idle timeout under 200 ms, the 100 ms floor makes that up to two sweep
+    /// periods after it (three between 100 and 200 ms): about 200 ms late for a 1 ms idle
+    /// timeout. Without a runtime a new key's call sweeps instead, at most once per half idle
     /// timeout. The task needs the runtime's **timers** (`enable_time`, as every timed layer of
     /// the crate does): in a runtime without them, making its timer panics on the first new key's
     /// path; that panic is caught (the panic hook still reports it once) and new keys sweep from
     /// then on, as without a runtime. An observer that panics at a `KeyEvicted` sent by the task
-    /// does not stop it.
+    /// does not stop it. Both panics are caught with `catch_unwind`: where panics abort
+    /// (`panic = "abort"`), either aborts the process.
     ///
     /// # Testing with paused time
     ///
     /// The task's timer is always pending, so a runtime with paused time whose tasks all wait
     /// on something other than a timer no longer sits still: it auto-advances its clock to the
-    /// sweeper's next tick, in steps of half the idle timeout, and sweeps as it goes. A test
+    /// sweeper's next tick, in steps of its period (half the idle timeout, at least 100 ms), and
+    /// sweeps as it goes. A test
     /// that relies on the clock standing still while it waits for another thread (or a real I/O)
     /// should drop the layer and everything made from it first (the task then ends), or set an
     /// idle timeout much longer than the times it checks.

@@ -160,6 +160,8 @@ impl<C: Cell> Table<C> {
 
     #[cold]
     fn insert<O: Observer>(&self, place: Place, now: u64, emit: Emitter<'_, O>) -> usize {
+        // The clock (perhaps the user's) was read before, and the eviction is told after: only
+        // the cells' own code runs while the slot is busy.
         let claimed = self.claim(place, |cell| Some(cell.rank(now)), |cell| cell.clear());
         let (index, evicted) = claimed.expect("every slot can be taken");
         if let Some(idle) = evicted {
@@ -190,7 +192,9 @@ impl<C> Table<C> {
 
     /// Gives `place`'s key a slot, if it has none: an empty one of the emptier of its two
     /// buckets, else the one whose cell `rank` ranks lowest (`None`: never take it). `prepare`
-    /// readies the cell for the key before anyone can find it. Returns the slot's index and,
+    /// readies the cell for the key before anyone can find it, while the slot is busy (every new
+    /// key of its buckets waits for it): it should run no user code, and if it unwinds the
+    /// slot is left empty (the key it held before, if any, forgotten). Returns the slot's index and,
     /// when a key was dropped to make room, whether `rank` said it was idle (rank 1); `None` when
     /// no slot may be taken. Keys with the same first bucket take one lock (of a few hundred);
     /// a key already there is returned without it.
@@ -264,7 +268,15 @@ impl<C> Table<C> {
             {
                 continue;
             }
+            // Should `prepare` unwind, the slot is left empty: the key it held before (if any)
+            // lost it, and its cell may be half ready, which the next `prepare` finishes.
+            let guard = Unbusy {
+                tag: &slot.tag,
+                to: EMPTY,
+                lost: (held != EMPTY).then_some(&self.keys),
+            };
             prepare(&slot.cell);
+            std::mem::forget(guard);
             slot.tag.store(place.tag, Release);
             if held == EMPTY {
                 self.keys.fetch_add(1, Relaxed);
@@ -275,7 +287,8 @@ impl<C> Table<C> {
     }
 
     /// Takes the key `tag` out of the slot at `index`, if it still holds it and `forget` agrees
-    /// (asked while no one can find the key): the slot is empty again. Returns whether it was.
+    /// (asked while no one can find the key, and the slot busy: if it unwinds, the key keeps
+    /// the slot): the slot is empty again. Returns whether it was.
     #[cfg_attr(not(feature = "circuit-breaker"), allow(dead_code))]
     pub(crate) fn remove(&self, index: usize, tag: u64, forget: impl FnOnce(&C) -> bool) -> bool {
         let slot = &self.slots[index];
@@ -288,7 +301,15 @@ impl<C> Table<C> {
         {
             return false;
         }
-        if !forget(&slot.cell) {
+        // Should `forget` unwind, the key keeps its slot.
+        let guard = Unbusy {
+            tag: &slot.tag,
+            to: tag,
+            lost: None,
+        };
+        let forgotten = forget(&slot.cell);
+        std::mem::forget(guard);
+        if !forgotten {
             slot.tag.store(tag, Release);
             return false;
         }
@@ -311,5 +332,103 @@ impl<C> Table<C> {
     #[cfg_attr(not(feature = "circuit-breaker"), allow(dead_code))]
     pub(crate) fn tag(&self, index: usize) -> u64 {
         self.slots[index].tag.load(Acquire)
+    }
+}
+
+/// Puts back a slot left busy by a step that unwound (see [`Table::claim`] and
+/// [`Table::remove`]), which would otherwise make every later new key of its buckets wait for it
+/// for ever. The tables' owners run no user code while a slot is busy (a keyed breaker writes a
+/// key's `Debug` form before it claims a slot); this keeps a panic there anyway from stalling
+/// the table.
+struct Unbusy<'a> {
+    tag: &'a AtomicU64,
+    /// What the slot holds again.
+    to: u64,
+    /// The count of keys, lowered by one when a key was lost.
+    lost: Option<&'a AtomicU64>,
+}
+
+impl Drop for Unbusy<'_> {
+    fn drop(&mut self) {
+        self.tag.store(self.to, Release);
+        if let Some(keys) = self.lost {
+            keys.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+#[cfg(all(test, not(seawall_loom)))]
+mod tests {
+    use super::*;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+
+    /// A table of one bucket, so that every key shares it.
+    fn one_bucket() -> Table<()> {
+        Table::with_cells(BUCKET, || ())
+    }
+
+    /// Whether any slot is busy: a later new key would wait for it for ever.
+    fn busy(table: &Table<()>) -> bool {
+        (0..table.capacity()).any(|i| table.tag(i) == BUSY)
+    }
+
+    /// Review r24 (fix 3): a cell's preparation that unwinds leaves no slot busy; the key it
+    /// was for has none, and the next new key is given one.
+    #[test]
+    fn a_preparation_that_unwinds_leaves_its_slot_empty() {
+        let table = one_bucket();
+        let place = table.locate(&1u32);
+        let panicked = catch_unwind(AssertUnwindSafe(|| {
+            table.claim(place, |_| None, |_| panic!("prepare panics"))
+        }));
+        assert!(panicked.is_err());
+        assert!(!busy(&table), "a slot was left busy");
+        assert_eq!((table.keys(), table.find(place)), (0, None));
+        let other = table.locate(&2u32);
+        let (index, _) = table.claim(other, |_| None, |_| ()).unwrap();
+        assert_eq!((table.keys(), table.find(other)), (1, Some(index)));
+        // The key whose preparation failed is given a slot the next time.
+        assert!(table.claim(place, |_| None, |_| ()).is_some());
+        assert_eq!(table.keys(), 2);
+    }
+
+    /// The same when the slot was another key's: that key is gone, and counted out.
+    #[test]
+    fn a_preparation_that_unwinds_over_a_key_loses_that_key() {
+        let table = one_bucket();
+        let places: Vec<Place> = (0..BUCKET as u32).map(|k| table.locate(&k)).collect();
+        for &place in &places {
+            table.claim(place, |_| None, |_| ()).unwrap();
+        }
+        assert_eq!(table.keys(), BUCKET as u64);
+        let new = table.locate(&100u32);
+        let panicked = catch_unwind(AssertUnwindSafe(|| {
+            table.claim(new, |_| Some((1, 0)), |_| panic!("prepare panics"))
+        }));
+        assert!(panicked.is_err());
+        assert!(!busy(&table), "a slot was left busy");
+        assert_eq!(table.keys(), BUCKET as u64 - 1);
+        let kept = places.iter().filter(|&&p| table.find(p).is_some()).count();
+        assert_eq!(kept, BUCKET - 1);
+        // The emptied slot is taken before any key is dropped.
+        let (_, evicted) = table.claim(new, |_| Some((1, 0)), |_| ()).unwrap();
+        assert_eq!(evicted, None);
+        assert_eq!(table.keys(), BUCKET as u64);
+    }
+
+    /// A sweep's judgement that unwinds leaves the key in its slot.
+    #[test]
+    fn a_removal_that_unwinds_keeps_the_key() {
+        let table = one_bucket();
+        let place = table.locate(&1u32);
+        let (index, _) = table.claim(place, |_| None, |_| ()).unwrap();
+        let panicked = catch_unwind(AssertUnwindSafe(|| {
+            table.remove(index, place.tag, |_| panic!("forget panics"))
+        }));
+        assert!(panicked.is_err());
+        assert!(!busy(&table), "a slot was left busy");
+        assert_eq!((table.keys(), table.find(place)), (1, Some(index)));
+        assert!(table.remove(index, place.tag, |_| true));
+        assert_eq!(table.keys(), 0);
     }
 }

@@ -403,9 +403,9 @@ impl<C, O> Builder<C, O> {
 
     /// How long the probe of an endpoint whose ejection is over, claimed by a pool clone's
     /// `poll_ready`, waits for that clone's `call` before another clone may take it over
-    /// (default 1 s, or the ejection time if shorter). A clone made ready and then left idle (as a server keeps one per
-    /// connection) would otherwise hold the endpoint's one probe, and with it the endpoint out of
-    /// rotation, for as long as it idles. Shorter brings an endpoint back sooner past idle
+    /// (default 1 s, or the ejection time if shorter). A clone made ready and then left idle (as
+    /// a server keeps one per connection) would otherwise hold the endpoint's one probe, and
+    /// with it the endpoint out of rotation, for as long as it idles. Shorter brings an endpoint back sooner past idle
     /// clones; it should stay well above the time between a `poll_ready` and its `call` (a
     /// clone that loses its claim fails its call with
     /// [`EndpointUnavailable`](super::error::EndpointUnavailable)). Zero is
@@ -413,7 +413,9 @@ impl<C, O> Builder<C, O> {
     /// ([`ejection_time`](Self::ejection_time)) is
     /// [`ConfigError::ProbeClaimTimeoutAboveEjectionTime`]: a claim left by an idle clone would
     /// then keep the endpoint out longer than its ejection, and a fail-fast pool's refusals
-    /// would wait on it.
+    /// would wait on it. The check is against the base ejection time only: an ejection that
+    /// jitter made shorter, or one a `Retry-After` hint set, may still be shorter than the
+    /// timeout, and an idle clone's claim may then keep that endpoint out up to the timeout.
     pub fn probe_claim_timeout(mut self, timeout: Duration) -> Self {
         self.settings.claim_timeout = Some(timeout);
         self

@@ -74,13 +74,20 @@ impl<K, S, O> Waiting<K, S, O> {
         self.0.iter().all(Option::is_none)
     }
 
+    /// Whether a probe claimed is among the endpoints kept (it is first, if so).
+    #[inline]
+    fn holds_claim(&self) -> bool {
+        self.0[0].as_ref().is_some_and(|c| c.claim.is_some())
+    }
+
     /// Keeps `chosen`, whose readiness is pending. A second claimed probe is given back without
-    /// waking anyone (one clone holds no more than one endpoint out of rotation); when every
-    /// place is taken, a claimed probe takes the place of a plain wait, and a plain wait is let
-    /// go. How many changes it counted (silently, in giving a probe back): 0 or 1.
+    /// waking anyone (one clone holds no more than one endpoint out of rotation, and a clone
+    /// holding one claims no other: this is only a safeguard); when every place is taken, a
+    /// claimed probe takes the place of a plain wait, and a plain wait is let go. How many
+    /// changes it counted (silently, in giving a probe back): 0 or 1.
     fn keep(&mut self, chosen: Chosen<K, S, O>) -> u64 {
         if chosen.claim.is_some() {
-            if self.0[0].as_ref().is_some_and(|c| c.claim.is_some()) {
+            if self.holds_claim() {
                 return chosen.let_go();
             }
             // First, the plain wait it displaces (if any) moved to a free place or let go.
@@ -94,15 +101,6 @@ impl<K, S, O> Waiting<K, S, O> {
             *free = Some(chosen);
         }
         0
-    }
-
-    /// Lets every endpoint kept go, a probe claimed among them given back without waking anyone
-    /// (another endpoint took the call: no waiting clone has anything new to act on but the
-    /// probe, which the next to look claims, at its takeover time at the latest).
-    fn let_go(self) {
-        for chosen in self.0.into_iter().flatten() {
-            chosen.let_go();
-        }
     }
 }
 
@@ -284,8 +282,13 @@ where
     /// Draws two endpoints that may take a call (in rotation, or due a probe; when no endpoint
     /// is healthy and the pool panics, any), and returns the less loaded, with the probe it
     /// claimed when the call is to be the endpoint's probe. The endpoints in `avoid` (already
-    /// tried by this `poll_ready`) are left out.
-    fn select(&mut self, now: u64, avoid: &[*const Endpoint<K, S>]) -> Option<Selected<K, S>> {
+    /// tried by this `poll_ready`) are left out, and so are the probes due unless `may_claim`.
+    fn select(
+        &mut self,
+        now: u64,
+        avoid: &[*const Endpoint<K, S>],
+        may_claim: bool,
+    ) -> Option<Selected<K, S>> {
         let n = self.list.len();
         if n == 0 {
             return None;
@@ -307,7 +310,8 @@ where
             // Failing fast, only the probes that may bring an endpoint back go out.
             let usable = e
                 .usable(now, panic, claim_timeout)
-                .filter(|u| !fail_fast || *u == Usable::ProbeDue)?;
+                .filter(|u| !fail_fast || *u == Usable::ProbeDue)
+                .filter(|u| may_claim || *u != Usable::ProbeDue)?;
             Some((e, usable))
         };
         let mut picks: [Option<Pick<K, S>>; 2] = [None, None];
@@ -517,19 +521,21 @@ where
             }
             tried[n] = Arc::as_ptr(&chosen.endpoint);
             n += 1;
-            // Ready: the others kept are let go (a probe claimed among them given back
-            // silently). Pending: kept as it is, with the probe it claimed, if any: giving the
-            // probe back would wake every waiting clone, this one too, to claim it again.
+            // Ready: the others kept are let go, and a probe claimed among them given back
+            // with a wake (the waiting clones may rank it first, and have no timer for it).
+            // Pending: kept as it is, with the probe it claimed, if any: giving the probe back
+            // would wake every waiting clone, this one too, to claim it again.
             if self.try_ready::<Req>(chosen, cx, now, &mut waiting) {
-                kept.for_each(|c| {
-                    c.let_go();
-                });
-                waiting.let_go();
+                drop((kept, waiting));
                 return Poll::Ready(Ok(()));
             }
         }
         for _ in 0..ATTEMPTS {
-            let Some((endpoint, claim)) = self.select(now, &tried[..n]) else {
+            // A clone holding a claimed probe claims no other: it would give it back at once,
+            // and that change would wake another clone doing the same (two workers waking each
+            // other for ever).
+            let may_claim = !waiting.holds_claim();
+            let Some((endpoint, claim)) = self.select(now, &tried[..n], may_claim) else {
                 break;
             };
             tried[n] = Arc::as_ptr(&endpoint);
@@ -547,7 +553,9 @@ where
             // Pending, it is kept with the probe claimed on it until its readiness or the
             // claim's takeover time.
             if self.try_ready::<Req>(chosen, cx, now, &mut waiting) {
-                waiting.let_go();
+                // The endpoints kept are let go, a probe claimed among them given back with a
+                // wake, as above.
+                drop(waiting);
                 return Poll::Ready(Ok(()));
             }
         }

@@ -82,9 +82,10 @@ const MILLI: u64 = 1_000_000;
 
 /// The refusal cache's word: the change count `changes` (its low 20 bits) and the time `until`
 /// (nanoseconds), rounded down to the millisecond so that the cache never says quiet past it.
-/// A count that wrapped (exactly 2^20 changes since a refusal, none of them read by another
-/// refusal) would be mistaken for the old one: at worst one refusal skips a probe due by then,
-/// and the next change or walk puts it right.
+/// A count that wrapped (a multiple of 2^20 changes since the refusal that recorded it, with no
+/// refusal between to record another) would be mistaken for the old one: every refusal from
+/// then until the time recorded (the first probe time as it stood then) or the next change
+/// would trust it, and skip a probe that came due meanwhile (a claim given back, say).
 #[inline]
 fn quiet_word(changes: u64, until: u64) -> u64 {
     (changes << QUIET_TIME_BITS) | (until / MILLI).min(QUIET_TIME_MASK)

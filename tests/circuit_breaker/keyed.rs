@@ -779,3 +779,47 @@ async fn a_late_end_does_not_keep_the_next_key_of_its_slot() {
         "a late end kept a new key"
     );
 }
+
+/// A key whose `Debug` form panics for 13.
+#[derive(Hash)]
+struct Touchy(u32);
+
+impl std::fmt::Debug for Touchy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        assert_ne!(self.0, 13, "the key's Debug panics for 13");
+        write!(f, "Touchy({})", self.0)
+    }
+}
+
+/// Review r24 (fix 3): with an observer listening, a new key's `Debug` form is written for its
+/// events; a key whose `Debug` panics does not leave its slot busy, so the new keys after it in
+/// the same bucket (a table of one bucket here) are served. A slot left busy would make the
+/// next new key wait for it for ever: those keys are called on a thread of their own, which the
+/// test gives 10 s (real time, as there is nothing to pause: no runtime).
+#[test]
+fn a_key_whose_debug_panics_does_not_stall_new_keys() {
+    let layer = CircuitBreakerLayer::builder()
+        .observer(|_: &Event<'_>| {})
+        .keyed()
+        .key(|req: &(u32, bool)| Some(Touchy(req.0)))
+        .max_keys(8)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let s = layer.layer(backend());
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        futures::executor::block_on(call(&s, 13, false))
+    }));
+    assert!(panicked.is_err(), "the key's Debug did not panic");
+    let (done, served) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for k in 0..8 {
+            futures::executor::block_on(call(&s, k, false)).unwrap();
+        }
+        done.send(()).unwrap();
+    });
+    served
+        .recv_timeout(Duration::from_secs(10))
+        .expect("new keys stalled behind a slot left busy");
+    assert_eq!(handle.keys(), 8);
+}

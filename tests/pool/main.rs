@@ -56,9 +56,8 @@ struct BlackHole {
     ejections: u64,
     /// When the failing replica was first ejected (s), if it was.
     ejected_at: Option<f64>,
-    /// Its share of the pool's calls after `from` (s), and of tower's during the fault.
+    /// Its share of the pool's calls after `from` (s).
     share_after: Box<dyn Fn(f64) -> f64>,
-    tower_share: f64,
 }
 
 /// Black hole: one of ten replicas answers 503 in 1 ms for 10 s, under 600 requests a second,
@@ -115,6 +114,12 @@ async fn black_hole_run(builder: seawall::pool::Builder) -> BlackHole {
         ours[0].calls_between(0.0, 10.0),
         theirs[0].calls_between(0.0, 10.0),
     );
+    // A 503 in 1 ms looks like the fastest answer to tower's p2c: it sends the failing replica
+    // more than its fair share (0.1), about 0.2 in this run.
+    assert!(
+        tower_share > 0.15,
+        "tower's p2c sent the failing replica a share of {tower_share:.4}"
+    );
     assert!(
         share(&ours[0], &ours, 0.0, 10.0) * 10.0 <= tower_share,
         "seawall sent the failing replica {} calls, tower {}",
@@ -140,7 +145,6 @@ async fn black_hole_run(builder: seawall::pool::Builder) -> BlackHole {
         ejections,
         ejected_at,
         share_after: Box::new(move |from| share(&ours[0], &ours, from, run.as_secs_f64())),
-        tower_share,
     }
 }
 
@@ -152,15 +156,10 @@ async fn black_hole_run(builder: seawall::pool::Builder) -> BlackHole {
 #[tokio::test(start_paused = true)]
 async fn black_hole() {
     let seen = black_hole_run(Pool::builder()).await;
-    // Rechecks that fall within the 10 s fault, one ejection time (30 s) apart: none.
-    let rechecks = 10 / 30;
+    // The replica's recheck comes one ejection time (30 s) after its first failure, after the
+    // 10 s fault: the first failure is the only one.
     assert_eq!(seen.ejections, 0);
-    assert!(
-        seen.failures <= 1 + rechecks,
-        "clients saw {} failures",
-        seen.failures
-    );
-    assert!(seen.tower_share > 0.0);
+    assert_eq!(seen.failures, 1, "clients saw {} failures", seen.failures);
     // Back by the recheck (30 s after its one failure, in the first second) plus 20 s.
     let back = (seen.share_after)(31.0 + 20.0);
     assert!(back >= 0.05, "share after its recheck + 20 s: {back:.4}");
@@ -1672,10 +1671,12 @@ async fn a_panicking_observer_does_not_lose_the_wake_up() {
     );
 }
 
-/// When one kept endpoint takes the call, a probe claimed on another kept one is given back
-/// without waking every waiting clone (a review's finding: dropping it woke them all).
+/// When one kept endpoint takes the call, a probe claimed on another kept one is given back with
+/// a wake: a clone waiting on other endpoints (with no timer, since it waits on them) ranks the
+/// probe first, and claims it (a review's finding: given back silently, it slept while the probe
+/// was free). Earlier, the opposite: dropping it woke them all, which is what it should do.
 #[tokio::test(start_paused = true)]
-async fn a_kept_probe_is_given_back_quietly_when_another_endpoint_takes_the_call() {
+async fn a_kept_probe_given_back_when_another_endpoint_takes_the_call_wakes_the_waiting() {
     let eps: [Switch; 3] = Default::default();
     let pool = one_failure_ejects().seed(4).build(eps.clone()).unwrap();
     let handle = pool.handle();
@@ -1694,7 +1695,8 @@ async fn a_kept_probe_is_given_back_quietly_when_another_endpoint_takes_the_call
     assert_pending!(last.poll());
     eps[1].set(READY);
     assert!(!w.is_woken());
-    // `a`'s kept second endpoint takes its call; its probe claim is given back, silently.
+    // `a`'s kept second endpoint takes its call; its probe claim is given back, and the
+    // waiting clones are told.
     assert_eq!(assert_ready!(a.poll()).unwrap(), 1);
     assert_eq!(
         handle.endpoints()[0].state,
@@ -1703,19 +1705,113 @@ async fn a_kept_probe_is_given_back_quietly_when_another_endpoint_takes_the_call
         }
     );
     assert!(
-        !w.is_woken(),
-        "a waiting clone was woken for a claim given back"
+        w.is_woken(),
+        "a waiting clone was not told of the probe given back"
     );
-    // The probe is due: the next calls to draw it claim it.
+    // `w` claims the probe (its kept endpoints still pending) and sends it once it is ready.
+    eps[1].set(PENDING);
+    assert_pending!(w.poll());
+    assert_eq!(handle.endpoints()[0].state, EndpointState::Probing);
+    let before = eps[0].calls();
     eps[0].set(READY);
+    assert!(w.is_woken());
+    assert_eq!(assert_ready!(w.poll()).unwrap(), 2);
+    assert_eq!(eps[0].calls(), before + 1, "the probe went out");
+    assert_eq!(handle.endpoints()[0].state, EndpointState::Available);
+    eps[1].set(READY);
     eps[2].set(READY);
     assert_eq!(assert_ready!(last.poll()).unwrap(), 3);
-    for _ in 0..20 {
-        pool.clone().oneshot(4).await.unwrap();
+}
+
+/// A [`Switch`] whose readiness poll first runs a hook, unless the hook is running already.
+#[derive(Clone)]
+struct Hooked {
+    switch: Switch,
+    hook: Hook,
+}
+
+type Hook = Arc<Mutex<Option<Box<dyn FnMut() + Send>>>>;
+
+impl Service<u32> for Hooked {
+    type Response = u32;
+    type Error = std::io::Error;
+    type Future = <Switch as Service<u32>>::Future;
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if let Ok(mut hook) = self.hook.try_lock() {
+            if let Some(hook) = hook.as_mut() {
+                hook();
+            }
+        }
+        self.switch.poll_ready(cx)
     }
-    assert!(eps[0].calls() >= 2, "the probe went out");
-    assert_eq!(handle.endpoints()[0].state, EndpointState::Available);
-    drop(w);
+    fn call(&mut self, x: u32) -> Self::Future {
+        self.switch.call(x)
+    }
+}
+
+/// Review r24 (fix 3): two clones each holding a pending endpoint's probe, and a third probe
+/// due: neither claims the third (only to give it back, counting a change). A change counted by
+/// one clone while another polls makes that one look again and wake itself, so two workers
+/// polling at once woke each other for ever. Here `b`'s poll runs inside `a`'s (from the
+/// readiness polls of `a`'s endpoints), as another thread's would, between `a`'s reading of the
+/// change count and its check.
+#[tokio::test(start_paused = true)]
+async fn clones_holding_probes_do_not_wake_each_other() {
+    let eps: [Switch; 3] = Default::default();
+    let hook = Hook::default();
+    let hooked = eps.iter().map(|switch| Hooked {
+        switch: switch.clone(),
+        hook: hook.clone(),
+    });
+    let pool = one_failure_ejects()
+        .max_ejection_percent(100.0)
+        .fail_fast()
+        .seed(1)
+        .build(hooked)
+        .unwrap();
+    let handle = pool.handle();
+    for e in &eps {
+        e.fail(true);
+    }
+    while handle.ejected() < 3 {
+        let _ = pool.clone().oneshot(1).await;
+    }
+    for e in &eps {
+        e.fail(false);
+        e.set(PENDING);
+    }
+    tokio::time::advance(Duration::from_secs(31)).await;
+    let mut a = task::spawn(pool.clone().oneshot(1));
+    let mut b = task::spawn(pool.clone().oneshot(2));
+    assert_pending!(a.poll());
+    assert_pending!(b.poll());
+    let probing = || {
+        handle
+            .endpoints()
+            .iter()
+            .filter(|e| e.state == EndpointState::Probing)
+            .count()
+    };
+    assert_eq!(probing(), 2, "{:?}", handle.endpoints());
+    assert!(!a.is_woken() && !b.is_woken());
+    // From now on each readiness poll of `a`'s endpoints polls `b` first.
+    *hook.lock().unwrap() = Some(Box::new(move || {
+        let _ = b.poll();
+    }));
+    assert_pending!(a.poll());
+    let mut wakes = 0;
+    while a.is_woken() && wakes < 100 {
+        assert_pending!(a.poll());
+        wakes += 1;
+    }
+    assert_eq!(wakes, 0, "`a` woke itself: {:?}", handle.endpoints());
+    assert_eq!(probing(), 2, "{:?}", handle.endpoints());
+    hook.lock().unwrap().take();
+    for e in &eps {
+        e.set(READY);
+    }
+    assert!(a.is_woken());
+    assert_eq!(assert_ready!(a.poll()).unwrap(), 1);
 }
 
 /// The same for a return: a probe's success wakes the waiting clones before an observer that
