@@ -115,9 +115,10 @@ async fn black_hole_run(builder: seawall::pool::Builder) -> BlackHole {
         theirs[0].calls_between(0.0, 10.0),
     );
     // A 503 in 1 ms looks like the fastest answer to tower's p2c: it sends the failing replica
-    // more than its fair share (0.1), about 0.2 in this run.
+    // more than its fair share (0.1), about 0.2 in these runs (0.1965 to 0.2013). tower's p2c
+    // draws from an unseeded generator, so the bound is the fair share itself, well below that.
     assert!(
-        tower_share > 0.15,
+        tower_share > 0.1,
         "tower's p2c sent the failing replica a share of {tower_share:.4}"
     );
     assert!(
