@@ -255,13 +255,7 @@ async fn the_default_key_is_the_authority_else_the_host_header() {
 /// takes the keys called since as called at its start).
 #[tokio::test(start_paused = true)]
 async fn keys_idle_for_hours_make_room_for_a_new_key_at_once() {
-    let layer = CircuitBreakerLayer::builder()
-        .keyed()
-        .key(key as fn(&(u32, bool)) -> Option<u32>)
-        .max_keys(8)
-        .idle_timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let layer = keyed_layer(Duration::from_secs(10));
     let handle = layer.handle();
     let s = layer.layer(backend());
     for k in 0..8 {
