@@ -3,7 +3,9 @@
 //! cache, and tower-resilience's cache layer; and two threads hitting one hot key.
 //!
 //! Keys are `u64`, values `Arc<[u8]>` (a clone is one reference count), every cache warmed with
-//! the keys asked for and a ttl of an hour, so that every call measured is a fresh hit.
+//! the keys asked for and a ttl of an hour, so that every call measured is a fresh hit. The
+//! `static_bytes` runs answer a static `Bytes` instead, whose clone writes nothing: on two
+//! threads, what they cost is the store's own, without the value's shared reference count.
 //!
 //! Run: `cargo bench --all-features --bench cache -- --warm-up-time 1 --measurement-time 2 --noplot`
 
@@ -29,14 +31,18 @@ const KEYS: u64 = 1_000;
 
 const TTL: Duration = Duration::from_secs(3600);
 
+/// A value whose clone writes nothing (a static `Bytes`: its clone reads a vtable), to tell the
+/// store's own cost on two threads from the value's reference count.
+type Quiet = bytes::Bytes;
+
 /// A ready service that answers at once with a clone of its value.
 #[derive(Clone)]
-struct Noop(Value);
+struct Noop<T = Value>(T);
 
-impl Service<u64> for Noop {
-    type Response = Value;
+impl<T: Clone> Service<u64> for Noop<T> {
+    type Response = T;
     type Error = Infallible;
-    type Future = Ready<Result<Value, Infallible>>;
+    type Future = Ready<Result<T, Infallible>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -51,7 +57,12 @@ fn value() -> Value {
     Arc::from(&b"a cached answer of a few dozen bytes, shared"[..])
 }
 
-/// Warms `service` with every key of `keys`.
+fn quiet() -> Quiet {
+    bytes::Bytes::from_static(b"a cached answer of a few dozen bytes, shared")
+}
+
+/// Warms `service` with every key of `keys`, then gives seawall's clock task (started by the
+/// first miss, on the runtime the bench entered) the few ticks it takes to be trusted.
 fn warm<S>(service: &mut S, keys: u64)
 where
     S: Service<u64>,
@@ -61,6 +72,18 @@ where
     for key in 0..keys {
         call_once(service, &mut cx, key);
     }
+    std::thread::sleep(Duration::from_millis(100));
+}
+
+/// The runtime a service runs in: seawall's cache keeps its coarse clock on it (a task that
+/// reads the clock every 10 ms), as it would in a server. The benches enter it and call from
+/// their own threads.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_time()
+        .build()
+        .expect("a runtime")
 }
 
 /// Calls through `service`, one task: one hot key, then keys rotating over [`KEYS`].
@@ -116,7 +139,7 @@ fn two_threads<T: Clone + Send + 'static>(
 /// The key function: the request is the key.
 type Key = fn(&u64) -> Option<u64>;
 
-fn seawall_layer() -> CacheLayer<Key, u64, Value> {
+fn seawall_layer<V: Clone + Send + Sync + 'static>() -> CacheLayer<Key, u64, V> {
     CacheLayer::builder((|key: &u64| Some(*key)) as Key)
         .ttl(TTL)
         .max_entries(10_000)
@@ -125,14 +148,14 @@ fn seawall_layer() -> CacheLayer<Key, u64, Value> {
 }
 
 /// quick_cache as `MemoryStore` builds it: the sync cache, its bundled hasher, sharded lock.
-type Quick = quick_cache::sync::Cache<
-    u64,
-    Value,
-    quick_cache::UnitWeighter,
-    quick_cache::DefaultHashBuilder,
->;
+type Quick<V = Value> =
+    quick_cache::sync::Cache<u64, V, quick_cache::UnitWeighter, quick_cache::DefaultHashBuilder>;
 
 fn quick() -> Arc<Quick> {
+    quick_with(value)
+}
+
+fn quick_with<V: Clone>(value: fn() -> V) -> Arc<Quick<V>> {
     let cache = Quick::with(
         10_000,
         10_000,
@@ -167,7 +190,10 @@ fn tower_resilience() -> tower_resilience_cache::SharedCacheLayer<u64, u64, Valu
 }
 
 fn hits(c: &mut Criterion) {
-    // What one read of the clock costs here: a hit reads it once, to judge freshness.
+    let runtime = runtime();
+    let _entered = runtime.enter();
+    // What one read of the clock costs here: a hit near its expiry (or stale) reads it once;
+    // a fresh hit far from expiry reads the cache's coarse clock instead.
     c.bench_function("cache/clock/tokio_instant_now", |b| {
         b.iter(|| black_box(tokio::time::Instant::now()))
     });
@@ -178,6 +204,11 @@ fn hits(c: &mut Criterion) {
     });
     service_bench(c, "bare_service", Noop(value()));
     service_bench(c, "seawall", seawall_layer().layer(Noop(value())));
+    service_bench(
+        c,
+        "seawall_static_bytes",
+        seawall_layer().layer(Noop(quiet())),
+    );
     let quick = quick();
     lookup_bench(c, "quick_cache", |key| quick.get(&key));
     let moka = moka();
@@ -190,6 +221,8 @@ fn hits(c: &mut Criterion) {
 }
 
 fn hot_key(c: &mut Criterion) {
+    let runtime = runtime();
+    let _entered = runtime.enter();
     // The single-task figure for the same key, beside it, in the same group of runs.
     let mut seawall = seawall_layer().layer(Noop(value()));
     warm(&mut seawall, 8);
@@ -199,6 +232,20 @@ fn hot_key(c: &mut Criterion) {
     two_threads(c, "quick_cache", quick(), |cache, _| {
         black_box(cache.get(&black_box(7)).expect("warm"));
     });
+    // The same with a value whose clone writes nothing: what is left is the stores' own.
+    let mut seawall = seawall_layer().layer(Noop(quiet()));
+    warm(&mut seawall, 8);
+    two_threads(c, "seawall_static_bytes", seawall, |service, cx| {
+        call_once(service, cx, black_box(7))
+    });
+    two_threads(
+        c,
+        "quick_cache_static_bytes",
+        quick_with(quiet),
+        |cache, _| {
+            black_box(cache.get(&black_box(7)).expect("warm"));
+        },
+    );
     two_threads(c, "moka", moka(), |cache, _| {
         black_box(cache.get(&black_box(7)).expect("warm"));
     });

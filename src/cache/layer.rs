@@ -1,5 +1,6 @@
 //! [`CacheLayer`], its builder and its service.
 
+use super::clock::{Coarse, LAG};
 use super::error::{ConfigError, Shared};
 use super::flight::{Flights, Joined};
 use super::future::CacheFuture;
@@ -59,6 +60,8 @@ pub(crate) struct Core<K, V, St, C, P, O> {
     pub(crate) keep: Option<fn(&V) -> V>,
     pub(crate) source: Source<O>,
     pub(crate) counters: Counters,
+    /// The clock a fresh hit reads instead of the system's (see `clock`).
+    pub(crate) clock: Arc<Coarse>,
     /// The store's eviction count as last reported to the observer.
     pub(crate) evictions_reported: AtomicU64,
 }
@@ -164,6 +167,15 @@ where
             return Verdict::Gone;
         }
         Verdict::Miss { stale: false }
+    }
+
+    /// Whether `entry` is fresh, and too far from its expiry for early refresh to fire, at every
+    /// instant up to `later`: the hit path that reads no clock.
+    #[inline]
+    pub(crate) fn certainly_fresh(&self, entry: &Entry<V>, later: Instant) -> bool {
+        // Early refresh cannot fire more than `delta * reach` before expiry (see `early`).
+        entry.fresh_until.saturating_duration_since(later)
+            > entry.delta.saturating_mul(self.reach.max(1))
     }
 
     /// A fresh entry's value, with its age set where the cache sets one (with `http`: `Age`).
@@ -845,6 +857,7 @@ impl<F, V, C, O, P, St> CacheBuilder<F, V, C, O, P, St> {
             keep: self.keep,
             source: Source::new(self.name, self.observer),
             counters: Counters::default(),
+            clock: Arc::new(Coarse::new()),
             evictions_reported: AtomicU64::new(0),
         };
         Ok(CacheLayer {
@@ -1169,8 +1182,23 @@ where
             // good answer is offered to the store.
             return CacheFuture::through(self.inner.clone(), req, core.clone(), key, memo);
         }
+        let found = core.store.get(&key);
+        if let (Some(entry), Some(recent)) = (&found, core.clock.recent()) {
+            // The time is at most `LAG` past the clock's last reading: an entry fresh beyond
+            // that, and beyond early refresh's reach, is a fresh hit without a clock read.
+            if core.certainly_fresh(entry, recent + LAG) {
+                bump(&core.counters.local().hits);
+                if O::ENABLED {
+                    core.source
+                        .emitter()
+                        .emit(EventKind::CacheHit { stale: false });
+                }
+                let entry = found.expect("matched above");
+                return CacheFuture::hit(core.fresh(entry, recent));
+            }
+        }
         let now = Instant::now();
-        let stale = match core.store.get(&key) {
+        let stale = match found {
             None => None,
             Some(entry) => match core.judge(&entry, now) {
                 Verdict::Hit { stale, refresh } => {
@@ -1203,6 +1231,7 @@ where
         };
         let counters = core.counters.local();
         bump(&counters.misses);
+        core.clock.ensure_ticking();
         let (future, coalesced) = match core.flights.join(&key) {
             Joined::Lead(leader) => (
                 CacheFuture::lead(
@@ -1295,5 +1324,50 @@ impl<S, F, K, V, C, O, P, St> Cache<S, F, K, V, C, O, P, St> {
             let source = &self.layer.core.source;
             source.emitter().emit(EventKind::CacheRefresh { early });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use tower::{service_fn, ServiceExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trusted_reading_far_from_expiry_is_a_hit_without_a_clock_read_and_near_it_is_not() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let layer = CacheLayer::builder(|key: &u32| Some(*key))
+            .ttl(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let counted = calls.clone();
+        let service = layer.layer(service_fn(move |key: u32| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async move { Ok::<_, BoxError>(key) }
+        }));
+        let calls = || calls.load(Ordering::SeqCst);
+        let clock = layer.core.clock.clone();
+        let start = Instant::now();
+        service.clone().oneshot(1).await.unwrap();
+        assert_eq!(calls(), 1);
+
+        // The answer's freshness is over, but a trusted reading says it is early on: the hit
+        // believes the reading, so it read no clock.
+        tokio::time::advance(Duration::from_secs(61)).await;
+        clock.set(start, true);
+        service.clone().oneshot(1).await.unwrap();
+        assert_eq!(calls(), 1, "served on the reading alone");
+
+        // A reading that leaves less than the lag before expiry: the hit reads the clock, finds
+        // the answer expired, and asks.
+        clock.set(start + Duration::from_secs(60) - LAG, true);
+        service.clone().oneshot(1).await.unwrap();
+        assert_eq!(calls(), 2);
+
+        // An untrusted reading is not believed however early it says it is.
+        tokio::time::advance(Duration::from_secs(61)).await;
+        clock.set(start, false);
+        service.clone().oneshot(1).await.unwrap();
+        assert_eq!(calls(), 3);
     }
 }
