@@ -17,10 +17,10 @@ use tokio::time::Instant;
 use tower::{BoxError, Service};
 
 pin_project! {
-    /// The response future of [`Cache`](super::Cache): an answer from the store, ready at once,
-    /// or a miss: waiting for another caller's call for the same key, or for a clone of the inner
-    /// service to be ready, then for its call.
-    pub struct CacheFuture<S, Req, K, V, St, C, P, O>
+    /// A miss, boxed by [`CacheFuture`] so that a hit's future carries none of it: waiting for
+    /// another caller's call for the same key, or for a clone of the inner service to be ready,
+    /// then for its call.
+    struct Miss<S, Req, K, V, St, C, P, O>
     where
         S: Service<Req>,
         K: Hash,
@@ -56,6 +56,38 @@ pin_project! {
     }
 }
 
+pin_project! {
+    /// The response future of [`Cache`](super::Cache): an answer from the store, ready at once;
+    /// a request without a key, passing by the cache; or a miss (boxed, so that the future a
+    /// hit returns is small: a miss allocates anyway, for its flight).
+    pub struct CacheFuture<S, Req, K, V, St, C, P, O>
+    where
+        S: Service<Req>,
+        K: Hash,
+        K: Eq,
+        K: Clone,
+        V: Clone,
+        P: StorePolicy<Req, V>,
+    {
+        #[pin]
+        kind: Kind<S, S::Future, Req, V, Miss<S, Req, K, V, St, C, P, O>>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<S, Fut, Req, V, M> {
+        Answer { answer: Option<Result<V, BoxError>> },
+        Ready { inner: S, req: Option<Req> },
+        Call { #[pin] future: Fut },
+        Miss { miss: Pin<Box<M>> },
+    }
+}
+
+/// What a [`CacheFuture`] is, spelled out.
+type Kinds<S, Req, K, V, St, C, P, O> =
+    Kind<S, <S as Service<Req>>::Future, Req, V, Miss<S, Req, K, V, St, C, P, O>>;
+
 impl<S, Req, K, V, St, C, P, O> CacheFuture<S, Req, K, V, St, C, P, O>
 where
     S: Service<Req>,
@@ -66,28 +98,27 @@ where
     #[inline]
     pub(crate) fn hit(value: Result<V, Shared>) -> Self {
         CacheFuture {
-            state: State::Answer {
+            kind: Kind::Answer {
                 answer: Some(value.map_err(Into::into)),
             },
-            core: None,
-            key: None,
-            memo: None,
-            stale: None,
-            leader: None,
         }
     }
 
+    /// A request without a key: the inner service's call, as it is.
     pub(crate) fn bypass(inner: S, req: Req) -> Self {
         CacheFuture {
-            state: State::Ready {
+            kind: Kind::Ready {
                 inner,
                 req: Some(req),
             },
-            core: None,
-            key: None,
-            memo: None,
-            stale: None,
-            leader: None,
+        }
+    }
+
+    fn miss(miss: Miss<S, Req, K, V, St, C, P, O>) -> Self {
+        CacheFuture {
+            kind: Kind::Miss {
+                miss: Box::pin(miss),
+            },
         }
     }
 
@@ -99,7 +130,7 @@ where
         key: K,
         memo: P::Memo,
     ) -> Self {
-        CacheFuture {
+        Self::miss(Miss {
             state: State::Ready {
                 inner,
                 req: Some(req),
@@ -109,9 +140,10 @@ where
             memo: Some(memo),
             stale: None,
             leader: None,
-        }
+        })
     }
 
+    /// The call that leads `key`'s flight.
     pub(crate) fn lead(
         inner: S,
         req: Req,
@@ -121,7 +153,7 @@ where
         memo: P::Memo,
         stale: Option<Entry<V>>,
     ) -> Self {
-        CacheFuture {
+        Self::miss(Miss {
             state: State::Ready {
                 inner,
                 req: Some(req),
@@ -131,9 +163,10 @@ where
             memo: Some(memo),
             stale,
             leader: Some(leader),
-        }
+        })
     }
 
+    /// A call waiting on `key`'s flight.
     pub(crate) fn wait(
         inner: S,
         req: Req,
@@ -143,7 +176,7 @@ where
         memo: P::Memo,
         stale: Option<Entry<V>>,
     ) -> Self {
-        CacheFuture {
+        Self::miss(Miss {
             state: State::Wait {
                 waiter,
                 inner: Some(inner),
@@ -154,7 +187,7 @@ where
             memo: Some(memo),
             stale,
             leader: None,
-        }
+        })
     }
 }
 
@@ -166,16 +199,17 @@ where
     P: StorePolicy<Req, V>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match self.state {
-            State::Answer { .. } => "answer",
-            State::Wait { .. } => "wait",
-            State::Ready { .. } => "ready",
-            State::Call { .. } => "call",
-        };
-        f.debug_struct("CacheFuture")
-            .field("state", &state)
-            .field("leads", &self.leader.is_some())
-            .finish()
+        match &self.kind {
+            Kind::Answer { .. } => f
+                .debug_struct("CacheFuture")
+                .field("state", &"answer")
+                .finish(),
+            Kind::Ready { .. } | Kind::Call { .. } => f
+                .debug_struct("CacheFuture")
+                .field("state", &"bypass")
+                .finish(),
+            Kind::Miss { miss } => fmt::Debug::fmt(miss, f),
+        }
     }
 }
 
@@ -192,13 +226,14 @@ where
 {
     type Output = Result<V, BoxError>;
 
-    /// A hit's answer is taken here, inline; the rest of the states are polled out of line.
+    /// A hit's answer is taken here, inline; the rest are polled out of line.
     #[inline]
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let StateProj::Answer { answer } = self.as_mut().project().state.project() {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut kind = self.project().kind;
+        if let KindProj::Answer { answer } = kind.as_mut().project() {
             return Poll::Ready(answer.take().expect("polled after completion"));
         }
-        self.poll_miss(cx)
+        Self::poll_other(kind, cx)
     }
 }
 
@@ -213,8 +248,73 @@ where
     P: StorePolicy<Req, V>,
     O: Observer,
 {
+    /// Polls a request without a key, or a miss.
+    #[allow(clippy::type_complexity)]
+    fn poll_other(
+        mut kind: Pin<&mut Kinds<S, Req, K, V, St, C, P, O>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<V, BoxError>> {
+        loop {
+            match kind.as_mut().project() {
+                KindProj::Answer { answer } => {
+                    return Poll::Ready(answer.take().expect("polled after completion"));
+                }
+                KindProj::Miss { miss } => return miss.as_mut().poll(cx),
+                KindProj::Ready { inner, req } => {
+                    if let Err(error) = ready!(inner.poll_ready(cx)) {
+                        kind.set(Kind::Answer { answer: None });
+                        return Poll::Ready(Err(error.into()));
+                    }
+                    let req = req.take().expect("polled after completion");
+                    let future = inner.call(req);
+                    kind.set(Kind::Call { future });
+                }
+                KindProj::Call { future } => {
+                    let result = ready!(future.poll(cx));
+                    kind.set(Kind::Answer { answer: None });
+                    return Poll::Ready(result.map_err(Into::into));
+                }
+            }
+        }
+    }
+}
+
+impl<S, Req, K, V, St, C, P, O> fmt::Debug for Miss<S, Req, K, V, St, C, P, O>
+where
+    S: Service<Req>,
+    K: Hash + Eq + Clone,
+    V: Clone,
+    P: StorePolicy<Req, V>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            State::Answer { .. } => "answer",
+            State::Wait { .. } => "wait",
+            State::Ready { .. } => "ready",
+            State::Call { .. } => "call",
+        };
+        f.debug_struct("Miss")
+            .field("state", &state)
+            .field("leads", &self.leader.is_some())
+            .finish()
+    }
+}
+
+impl<S, Req, K, V, St, C, P, O> Future for Miss<S, Req, K, V, St, C, P, O>
+where
+    S: Service<Req, Response = V>,
+    S::Error: Into<BoxError>,
+    K: Hash + Eq + Clone,
+    V: Clone,
+    St: Store<K, V>,
+    C: Classify<V, S::Error>,
+    P: StorePolicy<Req, V>,
+    O: Observer,
+{
+    type Output = Result<V, BoxError>;
+
     /// Polls a miss: waiting on another caller's call, for the inner service, or for its call.
-    fn poll_miss(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<V, BoxError>> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<V, BoxError>> {
         let mut this = self.project();
         loop {
             let result = match this.state.as_mut().project() {

@@ -1,13 +1,13 @@
 //! [`CacheLayer`], its builder and its service.
 
-use super::clock::{Coarse, LAG};
+use super::clock::Coarse;
 use super::error::{ConfigError, Shared};
 use super::flight::{Flights, Joined};
 use super::future::CacheFuture;
 use super::store::{Budget, Entry, MemoryStore, Store};
 use crate::core::{Classify, ErrorIsFailure, EventKind, Observer, Outcome, Source};
 use crate::fallback::{Select, StorePolicy, StoreSuccesses};
-use crate::sync::{thread_index, Padded};
+use crate::sync::Padded;
 use std::borrow::Cow;
 use std::fmt;
 use std::hash::Hash;
@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use thread_local::ThreadLocal;
 use tokio::time::Instant;
 use tower::{BoxError, Layer, Service};
 
@@ -60,17 +61,14 @@ pub(crate) struct Core<K, V, St, C, P, O> {
     pub(crate) keep: Option<fn(&V) -> V>,
     pub(crate) source: Source<O>,
     pub(crate) counters: Counters,
-    /// The clock a fresh hit reads instead of the system's (see `clock`).
-    pub(crate) clock: Arc<Coarse>,
+    /// Whether a fresh hit may read the process's coarse clock instead of the system's (see
+    /// `clock`).
+    pub(crate) clock: Coarse,
     /// The store's eviction count as last reported to the observer.
     pub(crate) evictions_reported: AtomicU64,
 }
 
-/// How many stripes the counters are cut into: each thread counts on the stripe of its
-/// [`thread_index`], as the crate's other per-thread counters do.
-const STRIPES: usize = 8;
-
-/// One stripe of the counters, alone on its cache lines.
+/// One thread's counts, alone on its cache lines.
 #[derive(Debug, Default)]
 pub(crate) struct Stripe {
     pub(crate) hits: AtomicU64,
@@ -80,31 +78,37 @@ pub(crate) struct Stripe {
     pub(crate) coalesced: AtomicU64,
 }
 
-/// What the cache counts, striped per thread, so that a hit writes only its own thread's
-/// stripe (no cache line another thread writes), and read by summing the stripes.
+/// What the cache counts, one stripe per thread, so that a hit writes only its own thread's
+/// stripe (no cache line another thread writes, and no locked instruction: a stripe has one
+/// writer), and read by summing the stripes.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    stripes: [Padded<Stripe>; STRIPES],
+    threads: ThreadLocal<Padded<Stripe>>,
 }
 
 impl Counters {
-    /// The calling thread's stripe.
+    /// The calling thread's stripe (made on its first count).
     #[inline]
     pub(crate) fn local(&self) -> &Stripe {
-        &self.stripes[thread_index() % STRIPES]
+        self.threads.get_or_default()
     }
 
     fn sum(&self, counter: impl Fn(&Stripe) -> &AtomicU64) -> u64 {
-        self.stripes
+        self.threads
             .iter()
             .map(|stripe| counter(stripe).load(Ordering::Relaxed))
             .fold(0, u64::wrapping_add)
     }
 }
 
+/// Counts one on the calling thread's stripe: its only writer, so a load and a store count
+/// exactly, and readers on other threads see each count whole.
 #[inline]
 pub(crate) fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(1),
+        Ordering::Relaxed,
+    );
 }
 
 /// `at + duration`, or a century on if that cannot be counted.
@@ -170,22 +174,66 @@ where
     }
 
     /// Whether `entry` is fresh, and too far from its expiry for early refresh to fire, at every
-    /// instant up to `later`: the hit path that reads no clock.
+    /// instant up to `latest` (on the coarse clock): the hit path that reads no clock.
     #[inline]
-    pub(crate) fn certainly_fresh(&self, entry: &Entry<V>, later: Instant) -> bool {
+    pub(crate) fn certainly_fresh(&self, entry: &Entry<V>, latest: u64) -> bool {
+        if entry.certain != 0 {
+            return latest < entry.certain;
+        }
+        // An entry stored before the layer used the coarse clock, or by a store of its own.
         // Early refresh cannot fire more than `delta * reach` before expiry (see `early`).
-        entry.fresh_until.saturating_duration_since(later)
-            > entry.delta.saturating_mul(self.reach.max(1))
+        Coarse::instant(latest).is_some_and(|latest| {
+            entry.fresh_until.saturating_duration_since(latest)
+                > entry.delta.saturating_mul(self.reach.max(1))
+        })
+    }
+
+    /// [`Entry::certain`] for an entry fresh until `fresh_until` whose answer took `delta`.
+    fn certain(&self, fresh_until: Instant, delta: Duration) -> u64 {
+        fresh_until
+            .checked_sub(delta.saturating_mul(self.reach.max(1)))
+            .map_or(0, |at| self.clock.nanos(at))
     }
 
     /// A fresh entry's value, with its age set where the cache sets one (with `http`: `Age`).
     #[inline]
     pub(crate) fn fresh(&self, entry: Entry<V>, now: Instant) -> Result<V, Shared> {
+        self.fresh_with(entry, || now)
+    }
+
+    /// [`fresh`](Self::fresh), the time worked out only where the cache sets an age.
+    #[inline]
+    pub(crate) fn fresh_with(
+        &self,
+        entry: Entry<V>,
+        now: impl FnOnce() -> Instant,
+    ) -> Result<V, Shared> {
         match self.age {
             None => entry.value,
             Some(age) => {
-                let kept = now.saturating_duration_since(entry.stored);
+                let kept = now().saturating_duration_since(entry.stored);
                 entry.value.map(|mut value| {
+                    age(&mut value, kept);
+                    value
+                })
+            }
+        }
+    }
+
+    /// A clone of a fresh entry's value, with its age set where the cache sets one: the hit
+    /// path that reads the entry in place.
+    #[inline]
+    pub(crate) fn fresh_clone(
+        &self,
+        entry: &Entry<V>,
+        now: impl FnOnce() -> Instant,
+    ) -> Result<V, Shared> {
+        let value = entry.value.clone();
+        match self.age {
+            None => value,
+            Some(age) => {
+                let kept = now().saturating_duration_since(entry.stored);
+                value.map(|mut value| {
                     age(&mut value, kept);
                     value
                 })
@@ -296,6 +344,7 @@ where
             delta,
             negative: true,
             revalidate_at: now,
+            certain: self.certain(until, delta),
         };
         self.store.insert(key.clone(), entry);
         self.report_evictions();
@@ -381,6 +430,7 @@ where
             delta,
             negative: false,
             revalidate_at: now,
+            certain: self.certain(fresh_until, delta),
         };
         self.store.insert(key.clone(), entry);
         self.report_evictions();
@@ -857,7 +907,7 @@ impl<F, V, C, O, P, St> CacheBuilder<F, V, C, O, P, St> {
             keep: self.keep,
             source: Source::new(self.name, self.observer),
             counters: Counters::default(),
-            clock: Arc::new(Coarse::new()),
+            clock: Coarse::new(),
             evictions_reported: AtomicU64::new(0),
         };
         Ok(CacheLayer {
@@ -872,8 +922,8 @@ impl<F, V, C, O, P> CacheBuilder<F, V, C, O, P, Memory> {
     /// it makes.
     pub fn build<K>(self) -> Result<CacheLayer<F, K, V, C, O, P>, ConfigError>
     where
-        K: Hash + Eq + Clone,
-        V: Clone,
+        K: Hash + Eq + Clone + Send,
+        V: Clone + Send,
     {
         self.finish(|_, max_entries, max_weight| {
             if max_entries == 0 {
@@ -1182,20 +1232,34 @@ where
             // good answer is offered to the store.
             return CacheFuture::through(self.inner.clone(), req, core.clone(), key, memo);
         }
-        let found = core.store.get(&key);
-        if let (Some(entry), Some(recent)) = (&found, core.clock.recent()) {
-            // The time is at most `LAG` past the clock's last reading: an entry fresh beyond
-            // that, and beyond early refresh's reach, is a fresh hit without a clock read.
-            if core.certainly_fresh(entry, recent + LAG) {
-                bump(&core.counters.local().hits);
-                if O::ENABLED {
-                    core.source
-                        .emitter()
-                        .emit(EventKind::CacheHit { stale: false });
+        // A fresh hit far from expiry is answered inside the store's read, with only the value
+        // cloned: the time is certainly before `latest`, and the entry is fresh beyond it and
+        // beyond early refresh's reach, so no clock is read. Anything else puts the entry in
+        // `found`, out of the way of the fast path's answer (an entry moved through the answer
+        // cost more than the rest of a hit).
+        let mut found = None;
+        let fresh = core.store.read(&key, |entry| {
+            if let Some(latest) = core.clock.latest() {
+                if core.certainly_fresh(&entry, latest) {
+                    // Aged at the latest the time can be: an age is never understated.
+                    let now = || Coarse::instant(latest).unwrap_or_else(Instant::now);
+                    return Some(match entry {
+                        Cow::Borrowed(entry) => core.fresh_clone(entry, now),
+                        Cow::Owned(entry) => core.fresh_with(entry, now),
+                    });
                 }
-                let entry = found.expect("matched above");
-                return CacheFuture::hit(core.fresh(entry, recent));
             }
+            found = Some(entry.into_owned());
+            None
+        });
+        if let Some(Some(value)) = fresh {
+            bump(&core.counters.local().hits);
+            if O::ENABLED {
+                core.source
+                    .emitter()
+                    .emit(EventKind::CacheHit { stale: false });
+            }
+            return CacheFuture::hit(value);
         }
         let now = Instant::now();
         let stale = match found {
@@ -1231,7 +1295,7 @@ where
         };
         let counters = core.counters.local();
         bump(&counters.misses);
-        core.clock.ensure_ticking();
+        core.clock.missed(now);
         let (future, coalesced) = match core.flights.join(&key) {
             Joined::Lead(leader) => (
                 CacheFuture::lead(
@@ -1330,44 +1394,110 @@ impl<S, F, K, V, C, O, P, St> Cache<S, F, K, V, C, O, P, St> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::clock::LAG;
     use std::sync::atomic::AtomicUsize;
     use tower::{service_fn, ServiceExt};
 
-    #[tokio::test(start_paused = true)]
-    async fn a_trusted_reading_far_from_expiry_is_a_hit_without_a_clock_read_and_near_it_is_not() {
+    type Layered = CacheLayer<fn(&u32) -> Option<u32>, u32, u32>;
+
+    /// A layer over a backend that takes `latency` and counts its calls.
+    fn counted(
+        latency: Duration,
+    ) -> (
+        Layered,
+        impl Service<u32, Response = u32, Error = BoxError, Future: Send> + Clone,
+        Arc<AtomicUsize>,
+    ) {
         let calls = Arc::new(AtomicUsize::new(0));
-        let layer = CacheLayer::builder(|key: &u32| Some(*key))
+        let layer = CacheLayer::builder((|key: &u32| Some(*key)) as fn(&u32) -> Option<u32>)
             .ttl(Duration::from_secs(60))
+            .seed(7)
             .build()
             .unwrap();
         let counted = calls.clone();
         let service = layer.layer(service_fn(move |key: u32| {
             counted.fetch_add(1, Ordering::SeqCst);
-            async move { Ok::<_, BoxError>(key) }
+            async move {
+                tokio::time::sleep(latency).await;
+                Ok::<_, BoxError>(key)
+            }
         }));
+        (layer, service, calls)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reading_far_from_expiry_is_a_hit_without_a_clock_read_and_near_it_is_not() {
+        let (layer, service, calls) = counted(Duration::ZERO);
         let calls = || calls.load(Ordering::SeqCst);
-        let clock = layer.core.clock.clone();
+        let clock = &layer.core.clock;
         let start = Instant::now();
+        // On from the start, so that the entry is stored with its bound on the coarse clock.
+        clock.set(Some(start));
         service.clone().oneshot(1).await.unwrap();
         assert_eq!(calls(), 1);
+        assert_ne!(layer.core.store.get(&1).unwrap().certain, 0);
 
-        // The answer's freshness is over, but a trusted reading says it is early on: the hit
+        // The answer's freshness is over, but the reading says it is early on: the hit
         // believes the reading, so it read no clock.
         tokio::time::advance(Duration::from_secs(61)).await;
-        clock.set(start, true);
+        clock.set(Some(start));
         service.clone().oneshot(1).await.unwrap();
         assert_eq!(calls(), 1, "served on the reading alone");
 
         // A reading that leaves less than the lag before expiry: the hit reads the clock, finds
         // the answer expired, and asks.
-        clock.set(start + Duration::from_secs(60) - LAG, true);
+        clock.set(Some(start + Duration::from_secs(60) - LAG));
         service.clone().oneshot(1).await.unwrap();
         assert_eq!(calls(), 2);
 
-        // An untrusted reading is not believed however early it says it is.
+        // A layer whose readings are off reads the clock however early the reading is.
         tokio::time::advance(Duration::from_secs(61)).await;
-        clock.set(start, false);
+        clock.set(None);
         service.clone().oneshot(1).await.unwrap();
         assert_eq!(calls(), 3);
+
+        // An entry stored while the readings were off has no bound on the coarse clock: the
+        // hit works it out from its instants, to the same answers.
+        let stored = Instant::now();
+        assert_eq!(layer.core.store.get(&1).unwrap().certain, 0);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        clock.set(Some(stored));
+        service.clone().oneshot(1).await.unwrap();
+        assert_eq!(calls(), 3, "served on the reading alone");
+        clock.set(Some(stored + Duration::from_secs(60) - LAG));
+        service.clone().oneshot(1).await.unwrap();
+        assert_eq!(calls(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reading_within_early_refreshs_reach_reads_the_clock() {
+        // With the entry's bound on the coarse clock worked out when it is stored, and without.
+        for bound_at_store in [true, false] {
+            // A backend that takes a second: early refresh may fire up to `delta * beta * 36.8`
+            // (about 37 s) before expiry.
+            let (layer, service, calls) = counted(Duration::from_secs(1));
+            let calls = || calls.load(Ordering::SeqCst);
+            let clock = &layer.core.clock;
+            if bound_at_store {
+                clock.set(Some(Instant::now()));
+            }
+            service.clone().oneshot(1).await.unwrap();
+            let stored = Instant::now();
+            assert_eq!(calls(), 1);
+            let certain = layer.core.store.get(&1).unwrap().certain;
+            assert_eq!(certain != 0, bound_at_store);
+            // 0.1 s before expiry, where a draw fires nine times in ten (and the seeded one
+            // does); the reading says 10 s before it, outside the lag but inside the reach.
+            tokio::time::advance(Duration::from_millis(59_900)).await;
+            clock.set(Some(stored + Duration::from_secs(50)));
+            service.clone().oneshot(1).await.unwrap();
+            // The hit read the clock and refreshed in the background.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            assert_eq!(
+                calls(),
+                2,
+                "refreshed early (bound at store: {bound_at_store})"
+            );
+        }
     }
 }

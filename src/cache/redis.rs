@@ -57,6 +57,7 @@ use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 use crate::timeout::{Timeout, TimeoutLayer};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
@@ -335,7 +336,7 @@ impl Service<Op> for Ops {
 type Guarded = CircuitBreaker<Timeout<Ops>>;
 
 /// What the memory tier, the fill service and the background writes share.
-struct Tier<K, V, Cd> {
+struct Tier<K: Send, V: Send, Cd> {
     memory: MemoryStore<K, V>,
     redis: Guarded,
     codec: Cd,
@@ -392,11 +393,11 @@ fn forget<K: Hash + Eq, T>(map: &Mutex<HashMap<K, T>>, key: &K) -> Option<T> {
 
 /// A cache [`Store`] shared by every instance of a service: a [`MemoryStore`] in front of
 /// Redis. See the [module docs](self). Clones share the memory tier and the connection.
-pub struct RedisStore<K, V, Cd> {
+pub struct RedisStore<K: Send, V: Send, Cd> {
     tier: Arc<Tier<K, V, Cd>>,
 }
 
-impl<K, V, Cd> Clone for RedisStore<K, V, Cd> {
+impl<K: Send, V: Send, Cd> Clone for RedisStore<K, V, Cd> {
     fn clone(&self) -> Self {
         RedisStore {
             tier: self.tier.clone(),
@@ -404,7 +405,7 @@ impl<K, V, Cd> Clone for RedisStore<K, V, Cd> {
     }
 }
 
-impl<K, V, Cd> fmt::Debug for RedisStore<K, V, Cd> {
+impl<K: Send, V: Send, Cd> fmt::Debug for RedisStore<K, V, Cd> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
             .field("address", &self.tier.address)
@@ -447,7 +448,7 @@ impl RedisStore<(), (), ()> {
     }
 }
 
-impl<K, V, Cd> RedisStore<K, V, Cd>
+impl<K: Send, V: Send, Cd> RedisStore<K, V, Cd>
 where
     K: Hash + Eq + Clone + fmt::Display + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
@@ -464,7 +465,7 @@ where
     }
 }
 
-impl<K, V, Cd> RedisStore<K, V, Cd> {
+impl<K: Send, V: Send, Cd> RedisStore<K, V, Cd> {
     /// The server's address.
     pub fn address(&self) -> &str {
         &self.tier.address
@@ -597,7 +598,7 @@ impl<Cd> RedisStoreBuilder<Cd> {
     }
 }
 
-impl<K, V, Cd> Tier<K, V, Cd>
+impl<K: Send, V: Send, Cd> Tier<K, V, Cd>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
@@ -727,6 +728,7 @@ fn entry<V>(
         delta: Duration::from_micros(record.delta_us),
         negative: false,
         revalidate_at: now,
+        certain: 0,
     })
 }
 
@@ -746,6 +748,11 @@ where
     #[inline]
     fn get(&self, key: &K) -> Option<Entry<V>> {
         self.tier.memory.get(key)
+    }
+
+    #[inline]
+    fn read<R>(&self, key: &K, read: impl FnOnce(Cow<'_, Entry<V>>) -> R) -> Option<R> {
+        self.tier.memory.read(key, read)
     }
 
     /// Stores in the memory tier, and writes a new answer to Redis in the background (releasing
@@ -818,12 +825,12 @@ where
 }
 
 /// Puts [`RedisFill`] beneath a cache over a [`RedisStore`]: made by [`RedisStore::fill`].
-pub struct RedisFillLayer<F, K, V, Cd> {
+pub struct RedisFillLayer<F, K: Send, V: Send, Cd> {
     store: RedisStore<K, V, Cd>,
     key: F,
 }
 
-impl<F: Clone, K, V, Cd> Clone for RedisFillLayer<F, K, V, Cd> {
+impl<F: Clone, K: Send, V: Send, Cd> Clone for RedisFillLayer<F, K, V, Cd> {
     fn clone(&self) -> Self {
         RedisFillLayer {
             store: self.store.clone(),
@@ -832,7 +839,7 @@ impl<F: Clone, K, V, Cd> Clone for RedisFillLayer<F, K, V, Cd> {
     }
 }
 
-impl<F, K, V, Cd> fmt::Debug for RedisFillLayer<F, K, V, Cd> {
+impl<F, K: Send, V: Send, Cd> fmt::Debug for RedisFillLayer<F, K, V, Cd> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisFillLayer")
             .field("store", &self.store)
@@ -840,7 +847,7 @@ impl<F, K, V, Cd> fmt::Debug for RedisFillLayer<F, K, V, Cd> {
     }
 }
 
-impl<S, F: Clone, K, V, Cd> Layer<S> for RedisFillLayer<F, K, V, Cd> {
+impl<S, F: Clone, K: Send, V: Send, Cd> Layer<S> for RedisFillLayer<F, K, V, Cd> {
     type Service = RedisFill<S, F, K, V, Cd>;
 
     fn layer(&self, inner: S) -> Self::Service {
@@ -854,13 +861,13 @@ impl<S, F: Clone, K, V, Cd> Layer<S> for RedisFillLayer<F, K, V, Cd> {
 
 /// The service beneath a cache over a [`RedisStore`]: a miss reads Redis first, and calls the
 /// backend under the key's Redis lock. See the [module docs](self).
-pub struct RedisFill<S, F, K, V, Cd> {
+pub struct RedisFill<S, F, K: Send, V: Send, Cd> {
     inner: S,
     store: RedisStore<K, V, Cd>,
     key: F,
 }
 
-impl<S: Clone, F: Clone, K, V, Cd> Clone for RedisFill<S, F, K, V, Cd> {
+impl<S: Clone, F: Clone, K: Send, V: Send, Cd> Clone for RedisFill<S, F, K, V, Cd> {
     fn clone(&self) -> Self {
         RedisFill {
             inner: self.inner.clone(),
@@ -870,7 +877,7 @@ impl<S: Clone, F: Clone, K, V, Cd> Clone for RedisFill<S, F, K, V, Cd> {
     }
 }
 
-impl<S: fmt::Debug, F, K, V, Cd> fmt::Debug for RedisFill<S, F, K, V, Cd> {
+impl<S: fmt::Debug, F, K: Send, V: Send, Cd> fmt::Debug for RedisFill<S, F, K, V, Cd> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisFill")
             .field("inner", &self.inner)
@@ -1022,6 +1029,7 @@ mod tests {
             delta: Duration::from_micros(25_123),
             negative: false,
             revalidate_at: stored,
+            certain: 0,
         };
         tokio::time::advance(Duration::from_secs(10)).await;
         let wall = 1_700_000_000_000;

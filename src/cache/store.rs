@@ -2,11 +2,15 @@
 //! bounded, sharded [`MemoryStore`].
 
 use super::error::Shared;
+use crate::sync::Padded;
+use std::borrow::Cow;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use thread_local::ThreadLocal;
 use tokio::time::Instant;
 
 /// One stored answer and its freshness: what a [`Store`] keeps per key.
@@ -28,6 +32,10 @@ pub struct Entry<V> {
     /// No live revalidation before this (set after a failed one, so that an outage is asked at
     /// most once per key per revalidation interval).
     pub(crate) revalidate_at: Instant,
+    /// Until when, on the cache's coarse clock (nanoseconds since the clock thread started),
+    /// the entry is fresh and out of early refresh's reach; 0 when not known (the hit then
+    /// works it out from the instants).
+    pub(crate) certain: u64,
 }
 
 impl<V> Entry<V> {
@@ -81,6 +89,19 @@ impl<V> Entry<V> {
 pub trait Store<K, V>: Send + Sync + 'static {
     /// The entry stored under `key`, if any (expired or not: the cache reads its freshness).
     fn get(&self, key: &K) -> Option<Entry<V>>;
+
+    /// Reads the entry stored under `key`, if there is one: what a hit calls, so that a store
+    /// able to lend its entry in place (`Cow::Borrowed`) spares the hit a clone of anything but
+    /// what `read` takes (for a fresh hit, the value). By default, `read` is given
+    /// [`get`](Self::get)'s clone (`Cow::Owned`).
+    #[inline]
+    fn read<R>(&self, key: &K, read: impl FnOnce(Cow<'_, Entry<V>>) -> R) -> Option<R>
+    where
+        Self: Sized,
+        V: Clone,
+    {
+        self.get(key).map(|entry| read(Cow::Owned(entry)))
+    }
 
     /// Stores `entry` under `key`, replacing what was there. A bounded store may evict another
     /// entry to make room, or refuse this one.
@@ -155,24 +176,69 @@ impl<K: Hash, V> quick_cache::Lifecycle<K, V> for Evictions {
 type Inner<K, V> =
     quick_cache::sync::Cache<K, Entry<V>, Weigh<V>, quick_cache::DefaultHashBuilder, Evictions>;
 
+/// How many entries each thread keeps near (a power of two): see [`MemoryStore`].
+const NEAR_SLOTS: usize = 32;
+/// How many generation counters the keys are spread over (a power of two).
+const GENERATIONS: usize = 256;
+
+/// One thread's near copy of an entry, valid while its key's generation is the one it was
+/// copied at.
+struct Near<K, V> {
+    key: K,
+    generation: u64,
+    entry: Entry<V>,
+    /// The store's eviction count when the shared store last saw a hit on this key.
+    touched: Cell<u64>,
+}
+
+/// One thread's near copies, by the key's hash.
+struct Nears<K, V> {
+    copies: Box<[Option<Near<K, V>>]>,
+    /// Per slot, the hash of the last key read from the shared store for it: a slot holding
+    /// another key's copy is given to a key only when it is read twice in a row, so keys
+    /// that take turns at a slot do not copy themselves over each other on every hit.
+    candidates: Box<[u64]>,
+}
+
 /// The default [`Store`]: bounded in entries (or in a weight of your own, bytes say), sharded, with
 /// a scan-resistant eviction policy.
 ///
 /// It is [`quick_cache`](https://docs.rs/quick_cache)'s concurrent cache (CLOCK-PRO / S3-FIFO-like:
 /// new keys enter a small probationary queue, and a flood of keys asked for once evicts each other
-/// rather than the hot ones), built with its sharded read lock: a hit takes a read lock on its
-/// thread's own stripe of the shard's lock (no cache line written that another reader writes),
-/// bumps the entry's reference counter only while it is below its small maximum (so a hot key's
-/// hits write nothing shared), and clones the stored value.
-pub struct MemoryStore<K, V> {
+/// rather than the hot ones), built with its sharded read lock, in front of which each thread
+/// keeps near copies of the entries it hit last (32 a thread, one per slot of the key's hash),
+/// so that a repeated hit takes no lock and writes nothing another thread reads:
+///
+/// - A near copy is valid while its key's *generation* is unchanged: every insert and remove
+///   moves the generation of the keys that share the key's counter (one of 256), after the
+///   shared store is written, and a hit compares it (one load). A hit that finds no valid
+///   copy reads the shared store (its thread's stripe of the shard's read lock) and leaves a
+///   copy of what it found (the key and the entry cloned: once per key, thread and write),
+///   in an empty slot at once, in place of another key's copy only when read twice in a row
+///   (so that keys taking turns at a slot do not copy themselves over each other every hit).
+/// - A hit on a near copy also reads the shared store when the store has evicted since the
+///   copy was last shown to it, so that its eviction policy (which moves only when it evicts)
+///   sees the key hit as often as it would without the copy. A store that is not full, or
+///   not evicting, answers every repeated hit from the copies.
+/// - Besides what the bound allows, each thread that hits keeps at most 32 entries alive
+///   (evicted ones among them, until their slot is reused or the store dropped); with a
+///   weigher, only entries of at most a thousandth of the budget are kept near.
+pub struct MemoryStore<K: Send, V: Send> {
     cache: Inner<K, V>,
     evictions: Evictions,
+    hasher: quick_cache::DefaultHashBuilder,
+    generations: Box<[AtomicU64]>,
+    /// Padded: a hit writes its thread's `RefCell` flag, and the threads' cells are side by side.
+    nears: ThreadLocal<Padded<RefCell<Nears<K, V>>>>,
+    /// The heaviest entry kept near (`u64::MAX` without a weigher).
+    near_weight: u64,
+    weigh: Weigh<V>,
 }
 
 impl<K, V> MemoryStore<K, V>
 where
-    K: Hash + Eq + Clone,
-    V: Clone,
+    K: Hash + Eq + Clone + Send,
+    V: Clone + Send,
 {
     /// A store of at most `max_entries` entries (at least 1).
     pub(crate) fn new(max_entries: usize, max_weight: Budget<V>) -> Self {
@@ -181,6 +247,10 @@ where
             Some((max, weigh)) => (max, Some(weigh)),
             None => (max_entries as u64, None),
         };
+        let near_weight = match weigh {
+            Some(_) => capacity / 1024,
+            None => u64::MAX,
+        };
         let cache = Inner::with(
             max_entries,
             capacity,
@@ -188,8 +258,35 @@ where
             quick_cache::DefaultHashBuilder::default(),
             evictions.clone(),
         );
-        MemoryStore { cache, evictions }
+        MemoryStore {
+            cache,
+            evictions,
+            hasher: quick_cache::DefaultHashBuilder::default(),
+            generations: (0..GENERATIONS).map(|_| AtomicU64::new(0)).collect(),
+            nears: ThreadLocal::new(),
+            near_weight,
+            weigh: Weigh { weigh },
+        }
     }
+
+    /// The generation counter of a key of hash `hash`.
+    #[inline]
+    fn generation(&self, hash: u64) -> &AtomicU64 {
+        &self.generations[(hash as usize) & (GENERATIONS - 1)]
+    }
+
+    /// Marks every near copy of the keys sharing `hash`'s counter stale: after the shared store
+    /// is written, so that a copy made at the new generation is of the new entry.
+    #[inline]
+    fn moved(&self, hash: u64) {
+        self.generation(hash).fetch_add(1, Ordering::Release);
+    }
+}
+
+/// The slot of a key of hash `hash` among a thread's near copies.
+#[inline]
+fn near_slot(hash: u64) -> usize {
+    (hash >> 32) as usize & (NEAR_SLOTS - 1)
 }
 
 impl<K, V> Store<K, V> for MemoryStore<K, V>
@@ -199,15 +296,74 @@ where
 {
     #[inline]
     fn get(&self, key: &K) -> Option<Entry<V>> {
-        self.cache.get(key)
+        self.read(key, |entry| entry.into_owned())
+    }
+
+    #[inline]
+    fn read<R>(&self, key: &K, read: impl FnOnce(Cow<'_, Entry<V>>) -> R) -> Option<R> {
+        let hash = self.hasher.hash_one(key);
+        let generation = self.generation(hash);
+        let slot = near_slot(hash);
+        if let Some(nears) = self.nears.get() {
+            if let Ok(nears) = nears.try_borrow() {
+                if let Some(near) = &nears.copies[slot] {
+                    if near.key == *key && near.generation == generation.load(Ordering::Acquire) {
+                        // The shared store's eviction policy must see the key hit at least once
+                        // between two evictions, as it would without the copy.
+                        let evicted = self.evictions.count.load(Ordering::Relaxed);
+                        if near.touched.get() == evicted {
+                            return Some(read(Cow::Borrowed(&near.entry)));
+                        }
+                        near.touched.set(evicted);
+                    }
+                }
+            }
+        }
+        // Read the generation before the shared store: a copy is never newer than its mark.
+        let seen = generation.load(Ordering::Acquire);
+        let evicted = self.evictions.count.load(Ordering::Relaxed);
+        let entry = self.cache.get(key)?;
+        if quick_cache::Weighter::<K, Entry<V>>::weight(&self.weigh, key, &entry)
+            <= self.near_weight
+        {
+            let nears = self.nears.get_or(|| {
+                Padded(RefCell::new(Nears {
+                    copies: (0..NEAR_SLOTS).map(|_| None).collect(),
+                    candidates: vec![0; NEAR_SLOTS].into_boxed_slice(),
+                }))
+            });
+            if let Ok(mut nears) = nears.try_borrow_mut() {
+                let copy = match &nears.copies[slot] {
+                    // The same key: a fresh copy if its generation moved, else it was only
+                    // shown to the shared store.
+                    Some(near) if near.key == *key => near.generation != seen,
+                    // Another key's: only for a key read twice in a row.
+                    Some(_) => nears.candidates[slot] == hash,
+                    None => true,
+                };
+                if copy {
+                    nears.copies[slot] = Some(Near {
+                        key: key.clone(),
+                        generation: seen,
+                        entry: entry.clone(),
+                        touched: Cell::new(evicted),
+                    });
+                } else {
+                    nears.candidates[slot] = hash;
+                }
+            }
+        }
+        Some(read(Cow::Owned(entry)))
     }
 
     fn insert(&self, key: K, entry: Entry<V>) {
+        let hash = self.hasher.hash_one(&key);
         let mut evicted = Evicted {
             inserting: self.evictions.hasher.hash_one(&key),
             count: 0,
         };
         self.cache.insert_with_lifecycle(key, entry, &mut evicted);
+        self.moved(hash);
         if evicted.count > 0 {
             self.evictions
                 .count
@@ -217,6 +373,7 @@ where
 
     fn remove(&self, key: &K) {
         self.cache.remove(key);
+        self.moved(self.hasher.hash_one(key));
     }
 
     fn len(&self) -> usize {
@@ -228,10 +385,152 @@ where
     }
 }
 
-impl<K, V> fmt::Debug for MemoryStore<K, V> {
+impl<K: Send, V: Send> fmt::Debug for MemoryStore<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryStore")
             .field("evictions", &self.evictions.count.load(Ordering::Relaxed))
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use tokio::time::Instant;
+
+    fn entry(value: u64) -> Entry<u64> {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(3600);
+        Entry {
+            value: Ok(value),
+            stored: now,
+            fresh_until: later,
+            stale_until: later,
+            error_until: later,
+            delta: Duration::ZERO,
+            negative: false,
+            revalidate_at: now,
+            certain: 0,
+        }
+    }
+
+    fn value(store: &MemoryStore<u64, u64>, key: u64) -> Option<u64> {
+        store.get(&key).map(|entry| *entry.value().unwrap())
+    }
+
+    #[test]
+    fn a_near_copy_is_never_served_after_its_key_is_written() {
+        let store = MemoryStore::<u64, u64>::new(1_000, None);
+        store.insert(1, entry(10));
+        // Hit enough to be answered from this thread's near copy.
+        for _ in 0..40 {
+            assert_eq!(value(&store, 1), Some(10));
+        }
+        store.insert(1, entry(11));
+        assert_eq!(value(&store, 1), Some(11));
+        for _ in 0..40 {
+            assert_eq!(value(&store, 1), Some(11));
+        }
+        store.remove(&1);
+        assert_eq!(value(&store, 1), None);
+        // Keys sharing a slot displace each other's copies and are each answered right.
+        let (a, b) = (2..)
+            .flat_map(|a| (a + 1..a + 2_000).map(move |b| (a, b)))
+            .find(|&(a, b)| {
+                near_slot(store.hasher.hash_one(a)) == near_slot(store.hasher.hash_one(b))
+            })
+            .unwrap();
+        store.insert(a, entry(a * 10));
+        store.insert(b, entry(b * 10));
+        for _ in 0..40 {
+            assert_eq!(value(&store, a), Some(a * 10));
+            assert_eq!(value(&store, b), Some(b * 10));
+        }
+    }
+
+    /// Writers publish each version of a key after storing it; readers on other threads, which
+    /// keep near copies, must never answer an older version than one published before their
+    /// read. Bounded: about a second on a loaded machine.
+    #[test]
+    fn readers_on_other_threads_see_every_write_published_before_their_read() {
+        const KEYS: u64 = 8;
+        let store = Arc::new(MemoryStore::<u64, u64>::new(1_000, None));
+        let published: Arc<Vec<AtomicU64>> =
+            Arc::new((0..KEYS).map(|_| AtomicU64::new(0)).collect());
+        for key in 0..KEYS {
+            store.insert(key, entry(0));
+        }
+        let done = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (store, published, done) = (store.clone(), published.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let mut reads = 0u64;
+                    while !done.load(Ordering::Acquire) {
+                        for key in 0..KEYS {
+                            let floor = published[key as usize].load(Ordering::Acquire);
+                            let seen = value(&store, key).expect("never removed");
+                            assert!(
+                                seen >= floor,
+                                "key {key}: read {seen} after {floor} was published"
+                            );
+                            reads += 1;
+                        }
+                    }
+                    reads
+                })
+            })
+            .collect();
+        for version in 1..=20_000u64 {
+            let key = version % KEYS;
+            store.insert(key, entry(version));
+            published[key as usize].fetch_max(version, Ordering::Release);
+            if version % 64 == 0 {
+                std::thread::yield_now();
+            }
+        }
+        done.store(true, Ordering::Release);
+        for reader in readers {
+            assert!(reader.join().expect("a reader failed") > 0);
+        }
+    }
+
+    #[test]
+    fn a_hot_key_answered_from_near_copies_stays_hot_through_a_flood() {
+        let store = MemoryStore::<u64, u64>::new(100, None);
+        let hot = u64::MAX;
+        store.insert(hot, entry(1));
+        for flood in 0..20_000u64 {
+            // Keys that are asked for again too, so that they compete for the main queue
+            // rather than pass through the probationary one.
+            store.insert(flood, entry(flood));
+            for again in flood.saturating_sub(50)..=flood {
+                value(&store, again);
+            }
+            for _ in 0..4 {
+                assert!(
+                    value(&store, hot).is_some(),
+                    "hot key evicted after {flood} keys"
+                );
+            }
+        }
+        assert!(store.len() <= 100);
+    }
+
+    #[test]
+    fn with_a_weigher_only_light_entries_are_kept_near() {
+        fn weigh(value: &u64) -> u64 {
+            *value
+        }
+        let store = MemoryStore::<u64, u64>::new(1_000, Some((1 << 20, weigh)));
+        assert_eq!(store.near_weight, 1 << 10);
+        store.insert(1, entry(1 << 12));
+        store.insert(2, entry(1));
+        assert_eq!(value(&store, 1), Some(1 << 12));
+        assert_eq!(value(&store, 2), Some(1));
+        let nears = store.nears.get().unwrap().borrow();
+        let kept: Vec<u64> = nears.copies.iter().flatten().map(|near| near.key).collect();
+        assert_eq!(kept, vec![2]);
     }
 }

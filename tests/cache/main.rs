@@ -442,6 +442,6 @@ async fn in_real_time_no_answer_is_served_past_its_ttl() {
     }
     // About one call per ttl (four in 800 ms), and most answers were hits.
     let calls = calls.load(Ordering::SeqCst);
-    assert!((4..=8).contains(&calls), "{calls} calls");
+    assert!((3..=12).contains(&calls), "{calls} calls");
     assert!(answers > 100, "{answers} answers");
 }
