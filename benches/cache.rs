@@ -61,8 +61,8 @@ fn quiet() -> Quiet {
     bytes::Bytes::from_static(b"a cached answer of a few dozen bytes, shared")
 }
 
-/// Warms `service` with every key of `keys`, then gives seawall's clock task (started by the
-/// first miss, on the runtime the bench entered) the few ticks it takes to be trusted.
+/// Warms `service` with every key of `keys`, then gives seawall's clock thread (started by the
+/// first miss made in a multi-thread runtime) the tick it takes to publish a reading.
 fn warm<S>(service: &mut S, keys: u64)
 where
     S: Service<u64>,
@@ -75,9 +75,9 @@ where
     std::thread::sleep(Duration::from_millis(100));
 }
 
-/// The runtime a service runs in: seawall's cache keeps its coarse clock on it (a task that
-/// reads the clock every 10 ms), as it would in a server. The benches enter it and call from
-/// their own threads.
+/// The runtime a service runs in: seawall's cache judges fresh hits on its coarse clock only
+/// for a layer whose misses ran in a multi-thread runtime, as a server's do. The benches enter
+/// it and call from their own threads.
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

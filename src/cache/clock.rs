@@ -3,23 +3,24 @@
 //!
 //! A fresh hit far from its expiry needs to know only that "now" is well before the entry's
 //! freshness ends, not when exactly it is; reading the system clock for that costs as much as
-//! the rest of a hit. One thread per process (`seawall-clock`, started by the first cache that
-//! uses it) reads the monotonic clock every [`TICK`] and publishes the reading in one atomic
-//! word, which hits load. A hit takes the reading as a lower bound on the time and adds [`LAG`]
-//! for the upper one, so it is served from the reading alone only when the entry is certainly
-//! fresh until then; near expiry, stale, or when the reading is not trusted, it reads the clock.
+//! the rest of a hit. One thread per process (`seawall-clock`, started by the first layer that
+//! uses it; it never exits, and wakes every [`TICK`]) reads the monotonic clock and publishes
+//! the reading in one atomic word, which hits load. A hit takes the reading as a lower bound on
+//! the time and the reading plus [`LAG`] as an upper one, and is served from the reading alone
+//! only when the entry is certainly fresh until then; near expiry, stale, or when the reading is
+//! not trusted, it reads the clock.
 //!
 //! Each layer decides whether its hits may use the reading ([`Coarse`]): only once a miss has
 //! run on a multi-thread tokio runtime (tokio's paused time exists only on current-thread
-//! runtimes, so there tokio's clock is the system's), and never again once a miss has found
-//! tokio's clock away from the system's (a layer shared with a paused runtime). A reading older
-//! than [`LAG`] (the thread descheduled, the process stopped) is withdrawn by the first hit that
-//! notices: every 64th fast hit on a thread checks the reading against the clock.
+//! runtimes), and never again once a miss finds tokio's clock away from the system's (a layer
+//! shared with a paused runtime). A reading older than [`STALE`] (the thread descheduled, the
+//! process stopped) is withdrawn by the first hit that notices: every 64th fast hit on a thread
+//! checks the reading against the clock.
 //!
-//! What is left: between two of those checks, a thread starved for more than [`LAG`] can let up
-//! to 63 hits on one calling thread serve an answer as fresh for as much longer; and a layer
-//! shared between a running runtime and a paused one serves the paused one's hits on real time
-//! until that runtime's first miss.
+//! What is left: a clock thread stalled for more than [`LAG`] while a calling thread runs, for
+//! fewer than 64 of that thread's hits since its last check, can have an answer served as fresh
+//! for as much longer; and a layer shared between a running runtime and a paused one serves the
+//! paused one's hits on real time until that runtime's first miss.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -30,11 +31,12 @@ use tokio::time::Instant;
 /// How often the clock thread reads the clock.
 pub(crate) const TICK: Duration = Duration::from_millis(10);
 /// How far behind the time a trusted reading may be: a hit takes the time to be at most this
-/// after the reading (five ticks; the rest is room for a clock thread that runs late).
-pub(crate) const LAG: Duration = Duration::from_millis(50);
-const LAG_NANOS: u64 = 50_000_000;
-/// How far tokio's clock and the system's may differ, at a miss, for a layer to use readings.
-const TOLERANCE: Duration = Duration::from_millis(1);
+/// after the reading (25 ticks: room for a clock thread that runs late, or a process throttled
+/// for a CPU quota's period).
+pub(crate) const LAG: Duration = Duration::from_millis(250);
+const LAG_NANOS: u64 = LAG.as_nanos() as u64;
+/// A reading older than this is withdrawn by the hit that checks it.
+const STALE: Duration = Duration::from_millis(100);
 /// Every this many fast hits, a thread checks the reading against the clock.
 const CHECK_EVERY: u32 = 64;
 
@@ -56,12 +58,12 @@ impl Ticker {
         self.state.store(nanos << 1 | TRUSTED, Ordering::Relaxed);
     }
 
-    /// Whether the reading `nanos` is at most [`LAG`] old; if not, withdraws it (if it is still
-    /// the one published) until the next tick.
+    /// Whether the reading `nanos` is at most [`STALE`] old; if not, withdraws it (if it is
+    /// still the one published) until the next tick.
     #[cold]
     fn current(&self, nanos: u64) -> bool {
         let now = std::time::Instant::now().saturating_duration_since(self.base);
-        if now <= Duration::from_nanos(nanos) + LAG {
+        if now <= Duration::from_nanos(nanos) + STALE {
             return true;
         }
         let _ = self.state.compare_exchange(
@@ -111,6 +113,9 @@ const UNDECIDED: u8 = 0;
 const ENABLED: u8 = 1;
 /// The layer's hits never use readings again.
 const DISABLED: u8 = 2;
+/// Set by hand (tests of the hit path): as `ENABLED`, and left alone by misses.
+#[cfg(test)]
+const FORCED: u8 = 3;
 
 /// One layer's say on whether its hits may use the process's reading: see the module's
 /// documentation.
@@ -137,7 +142,7 @@ impl Coarse {
     /// word and one of the reading, and on one call in [`CHECK_EVERY`] a read of the clock.
     #[inline]
     pub(crate) fn latest(&self) -> Option<u64> {
-        if self.state.load(Ordering::Relaxed) != ENABLED {
+        if !self.enabled() {
             return None;
         }
         #[cfg(test)]
@@ -170,7 +175,7 @@ impl Coarse {
     /// `at` in nanoseconds since the clock thread started: 0 (not known) while this layer's
     /// hits do not use readings, or for an instant before the thread started.
     pub(crate) fn nanos(&self, at: Instant) -> u64 {
-        if self.state.load(Ordering::Relaxed) != ENABLED {
+        if !self.enabled() {
             return 0;
         }
         let Some(Some(ticker)) = TICKER.get() else {
@@ -183,29 +188,50 @@ impl Coarse {
         u64::try_from(nanos).unwrap_or(u64::MAX).min(u64::MAX >> 2)
     }
 
-    /// Called on a miss that read tokio's clock at `now`: enables readings for the layer on a
-    /// multi-thread runtime whose clock is the system's, and disables them for good when
-    /// tokio's clock is not the system's.
+    /// Whether this layer's hits may use readings.
     #[inline]
-    pub(crate) fn missed(&self, now: Instant) {
-        if self.state.load(Ordering::Relaxed) == DISABLED {
-            return;
+    fn enabled(&self) -> bool {
+        let state = self.state.load(Ordering::Relaxed);
+        #[cfg(test)]
+        if state == FORCED {
+            return true;
         }
-        self.decide(now);
+        state == ENABLED
+    }
+
+    /// Called on a miss: enables readings for the layer on a multi-thread runtime whose clock
+    /// is the system's, and disables them for good when tokio's clock is not the system's.
+    #[inline]
+    pub(crate) fn missed(&self) {
+        match self.state.load(Ordering::Relaxed) {
+            DISABLED | ENABLED => {}
+            UNDECIDED => self.decide(),
+            // Set by hand.
+            _ => return,
+        }
+        if self.state.load(Ordering::Relaxed) == ENABLED {
+            // Checked on every miss: a runtime paused later, or another one, shares the layer.
+            self.check();
+        }
+    }
+
+    /// Whether tokio's clock reads between two reads of the system's (as it always does where
+    /// it is the system's, and almost never where it is paused); if not, disables readings.
+    #[cold]
+    fn check(&self) -> bool {
+        let before = std::time::Instant::now();
+        let tokio = Instant::now().into_std();
+        let after = std::time::Instant::now();
+        if before <= tokio && tokio <= after {
+            return true;
+        }
+        self.state.store(DISABLED, Ordering::Relaxed);
+        false
     }
 
     #[cold]
-    fn decide(&self, now: Instant) {
-        let system = std::time::Instant::now();
-        let now = now.into_std();
-        let gap = system
-            .checked_duration_since(now)
-            .unwrap_or_else(|| now.duration_since(system));
-        if gap > TOLERANCE {
-            self.state.store(DISABLED, Ordering::Relaxed);
-            return;
-        }
-        if self.state.load(Ordering::Relaxed) != UNDECIDED {
+    fn decide(&self) {
+        if !self.check() {
             return;
         }
         let multi_thread = tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
@@ -221,13 +247,24 @@ impl Coarse {
         }
     }
 
+    /// The layer's state, by name (tests).
+    #[cfg(test)]
+    pub(crate) fn state_for_tests(&self) -> &'static str {
+        match self.state.load(Ordering::Relaxed) {
+            UNDECIDED => "undecided",
+            ENABLED => "enabled",
+            DISABLED => "disabled",
+            _ => "forced",
+        }
+    }
+
     /// Sets the reading by hand and enables it (tests of the hit path).
     #[cfg(test)]
     pub(crate) fn set(&self, reading: Option<Instant>) {
         ticker().expect("a clock thread");
         *self.fake.lock().unwrap() = reading;
         self.state.store(
-            if reading.is_some() { ENABLED } else { DISABLED },
+            if reading.is_some() { FORCED } else { DISABLED },
             Ordering::Relaxed,
         );
     }
@@ -240,30 +277,28 @@ mod tests {
     #[test]
     fn outside_a_runtime_a_layer_reads_the_clock() {
         let clock = Coarse::new();
-        clock.missed(Instant::now());
+        clock.missed();
         assert_eq!(clock.latest(), None);
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn on_a_current_thread_runtime_a_layer_reads_the_clock() {
         let clock = Coarse::new();
-        clock.missed(Instant::now());
+        clock.missed();
         assert_eq!(clock.latest(), None);
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn a_miss_under_paused_time_disables_readings_for_good() {
         let clock = Coarse::new();
-        tokio::time::advance(Duration::from_secs(1)).await;
-        clock.missed(Instant::now());
+        clock.missed();
         assert_eq!(clock.state.load(Ordering::Relaxed), DISABLED);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn on_a_multi_thread_runtime_readings_bound_the_time() {
         let clock = Coarse::new();
-        let before = Instant::now();
-        clock.missed(before);
+        clock.missed();
         assert_eq!(clock.state.load(Ordering::Relaxed), ENABLED);
         // The clock thread publishes within a tick of starting (bounded wait: a loaded machine
         // may take longer).
@@ -283,30 +318,38 @@ mod tests {
         // Instants and nanoseconds convert both ways (to the nanosecond).
         let back = clock.nanos(Coarse::instant(latest).unwrap());
         assert!(back.abs_diff(latest) <= 1, "{back} against {latest}");
-        // A miss that finds tokio's clock away from the system's disables the layer.
-        clock.missed(now + Duration::from_secs(1));
+        // Misses keep it on here.
+        clock.missed();
+        assert!(clock.latest().is_some());
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_layer_shared_with_a_paused_runtime_is_disabled_at_its_first_miss_there() {
+        let clock = Coarse::new();
+        // As if enabled by a miss on another, running runtime.
+        clock.state.store(ENABLED, Ordering::Relaxed);
+        clock.missed();
         assert_eq!(clock.latest(), None);
-        assert_eq!(clock.nanos(now), 0);
-        clock.missed(Instant::now());
-        assert_eq!(clock.latest(), None, "disabled for good");
+        assert_eq!(clock.nanos(Instant::now()), 0);
+        assert_eq!(clock.state.load(Ordering::Relaxed), DISABLED, "for good");
     }
 
     #[test]
-    fn a_reading_older_than_the_lag_is_withdrawn_by_the_next_check() {
+    fn a_stale_reading_is_withdrawn_by_the_next_check() {
         let ticker = ticker().expect("a clock thread");
         let clock = Coarse::new();
         clock.state.store(ENABLED, Ordering::Relaxed);
         // A reading from long ago, as a stopped clock thread would leave it: the oldest there
-        // can be is the thread's start, so wait until that is older than the lag. (The thread
+        // can be is the thread's start, so wait until that is stale. (The thread
         // publishes a fresh reading within a tick, which is fine too: what must not happen is
         // the stale one served through a whole round of checks.)
         std::thread::sleep(
-            (ticker.base + LAG + TICK).saturating_duration_since(std::time::Instant::now()),
+            (ticker.base + STALE + TICK).saturating_duration_since(std::time::Instant::now()),
         );
         ticker.publish(ticker.base);
         let served_stale = (0..CHECK_EVERY)
             .filter_map(|_| clock.latest())
-            .filter(|&latest| latest <= LAG_NANOS + 1_000_000)
+            .filter(|&latest| latest <= LAG_NANOS)
             .count();
         assert!(served_stale < CHECK_EVERY as usize, "never withdrawn");
     }

@@ -58,8 +58,9 @@ pin_project! {
 
 pin_project! {
     /// The response future of [`Cache`](super::Cache): an answer from the store, ready at once;
-    /// a request without a key, passing by the cache; or a miss (boxed, so that the future a
-    /// hit returns is small: a miss allocates anyway, for its flight).
+    /// a request without a key, passing by the cache; or a call to the inner service for a key
+    /// (a miss, or a request the store may not answer), boxed so that a hit's future stays
+    /// small: such a call allocates once, beside the inner service's own work.
     pub struct CacheFuture<S, Req, K, V, St, C, P, O>
     where
         S: Service<Req>,

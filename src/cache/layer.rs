@@ -177,22 +177,19 @@ where
     /// instant up to `latest` (on the coarse clock): the hit path that reads no clock.
     #[inline]
     pub(crate) fn certainly_fresh(&self, entry: &Entry<V>, latest: u64) -> bool {
-        if entry.certain != 0 {
-            return latest < entry.certain;
+        // Early refresh cannot fire more than `delta * reach` before expiry (see `early`): this
+        // layer's reach, whichever layer stored the entry.
+        let delta = entry.delta;
+        let delta_ns =
+            delta.as_secs().saturating_mul(1_000_000_000) + u64::from(delta.subsec_nanos());
+        let reach = delta_ns.saturating_mul(u64::from(self.reach.max(1)));
+        if entry.fresh_ns != 0 {
+            return latest.saturating_add(reach) < entry.fresh_ns;
         }
         // An entry stored before the layer used the coarse clock, or by a store of its own.
-        // Early refresh cannot fire more than `delta * reach` before expiry (see `early`).
         Coarse::instant(latest).is_some_and(|latest| {
-            entry.fresh_until.saturating_duration_since(latest)
-                > entry.delta.saturating_mul(self.reach.max(1))
+            entry.fresh_until.saturating_duration_since(latest) > Duration::from_nanos(reach)
         })
-    }
-
-    /// [`Entry::certain`] for an entry fresh until `fresh_until` whose answer took `delta`.
-    fn certain(&self, fresh_until: Instant, delta: Duration) -> u64 {
-        fresh_until
-            .checked_sub(delta.saturating_mul(self.reach.max(1)))
-            .map_or(0, |at| self.clock.nanos(at))
     }
 
     /// A fresh entry's value, with its age set where the cache sets one (with `http`: `Age`).
@@ -344,7 +341,7 @@ where
             delta,
             negative: true,
             revalidate_at: now,
-            certain: self.certain(until, delta),
+            fresh_ns: self.clock.nanos(until),
         };
         self.store.insert(key.clone(), entry);
         self.report_evictions();
@@ -430,7 +427,7 @@ where
             delta,
             negative: false,
             revalidate_at: now,
-            certain: self.certain(fresh_until, delta),
+            fresh_ns: self.clock.nanos(fresh_until),
         };
         self.store.insert(key.clone(), entry);
         self.report_evictions();
@@ -1241,8 +1238,8 @@ where
         let fresh = core.store.read(&key, |entry| {
             if let Some(latest) = core.clock.latest() {
                 if core.certainly_fresh(&entry, latest) {
-                    // Aged at the latest the time can be: an age is never understated.
-                    let now = || Coarse::instant(latest).unwrap_or_else(Instant::now);
+                    // Where the answer carries its age (`Age`), the clock is read for it.
+                    let now = Instant::now;
                     return Some(match entry {
                         Cow::Borrowed(entry) => core.fresh_clone(entry, now),
                         Cow::Owned(entry) => core.fresh_with(entry, now),
@@ -1295,7 +1292,7 @@ where
         };
         let counters = core.counters.local();
         bump(&counters.misses);
-        core.clock.missed(now);
+        core.clock.missed();
         let (future, coalesced) = match core.flights.join(&key) {
             Joined::Lead(leader) => (
                 CacheFuture::lead(
@@ -1435,7 +1432,7 @@ mod tests {
         clock.set(Some(start));
         service.clone().oneshot(1).await.unwrap();
         assert_eq!(calls(), 1);
-        assert_ne!(layer.core.store.get(&1).unwrap().certain, 0);
+        assert_ne!(layer.core.store.get(&1).unwrap().fresh_ns, 0);
 
         // The answer's freshness is over, but the reading says it is early on: the hit
         // believes the reading, so it read no clock.
@@ -1459,7 +1456,7 @@ mod tests {
         // An entry stored while the readings were off has no bound on the coarse clock: the
         // hit works it out from its instants, to the same answers.
         let stored = Instant::now();
-        assert_eq!(layer.core.store.get(&1).unwrap().certain, 0);
+        assert_eq!(layer.core.store.get(&1).unwrap().fresh_ns, 0);
         tokio::time::advance(Duration::from_secs(61)).await;
         clock.set(Some(stored));
         service.clone().oneshot(1).await.unwrap();
@@ -1484,8 +1481,8 @@ mod tests {
             service.clone().oneshot(1).await.unwrap();
             let stored = Instant::now();
             assert_eq!(calls(), 1);
-            let certain = layer.core.store.get(&1).unwrap().certain;
-            assert_eq!(certain != 0, bound_at_store);
+            let fresh_ns = layer.core.store.get(&1).unwrap().fresh_ns;
+            assert_eq!(fresh_ns != 0, bound_at_store);
             // 0.1 s before expiry, where a draw fires nine times in ten (and the seeded one
             // does); the reading says 10 s before it, outside the lag but inside the reach.
             tokio::time::advance(Duration::from_millis(59_900)).await;
@@ -1499,5 +1496,47 @@ mod tests {
                 "refreshed early (bound at store: {bound_at_store})"
             );
         }
+    }
+
+    /// In real time (a multi-thread runtime), fresh hits are judged on the coarse clock: no
+    /// answer is served once the freshness of the entry it came from is over. Real sleeps,
+    /// bounded: about 2.5 s.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn in_real_time_no_answer_is_served_past_its_freshness() {
+        let ttl = Duration::from_secs(1);
+        let layer = CacheLayer::builder(|key: &u32| Some(*key))
+            .ttl(ttl)
+            .early_refresh(0.0)
+            .build()
+            .unwrap();
+        // Each answer is the instant it was made.
+        let service = layer.layer(service_fn(|_: u32| async {
+            Ok::<_, BoxError>(std::time::Instant::now())
+        }));
+        let begin = Instant::now();
+        let (mut checked, mut calls) = (0u32, 0u32);
+        while begin.elapsed() < Duration::from_millis(2_500) {
+            let asked = Instant::now();
+            let made = service.clone().oneshot(1).await.unwrap();
+            calls += 1;
+            // The entry that answered, if the store still holds it.
+            if let Some(entry) = layer.core.store.get(&1) {
+                if entry.value().ok() == Some(&made) {
+                    assert!(
+                        asked < entry.fresh_until,
+                        "served {:?} past its freshness",
+                        asked - entry.fresh_until
+                    );
+                    checked += 1;
+                }
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        assert_eq!(
+            layer.core.clock.state_for_tests(),
+            "enabled",
+            "the hits were judged on the coarse clock"
+        );
+        assert!(checked > calls / 2, "{checked} of {calls} answers checked");
     }
 }

@@ -3,15 +3,17 @@
 //!
 //! - **Hits** are answered from the [`Store`] in `call`, at once: the inner service is neither
 //!   polled nor called, nothing is written that another thread writes (the hit is counted on
-//!   the calling thread's stripe of the counters), nothing is allocated beyond the stored
-//!   value's clone (store an `Arc` or `Bytes` value to keep that cheap). A repeated hit on a
-//!   thread takes no lock either ([`MemoryStore`] keeps near copies per thread), and a fresh
-//!   hit far from its expiry reads no clock: one thread per process (`seawall-clock`) reads
-//!   the time every 10 ms, and a hit takes the time to be at most 50 ms after that reading,
-//!   reading the real clock only when the answer's freshness (or early refresh) could end
-//!   before then. A layer uses the reading only once a miss has run on a multi-thread tokio
-//!   runtime, and never once a miss finds tokio's clock away from the system's: under paused
-//!   time (tests) every hit reads the clock and `tokio::time::advance` is seen at once.
+//!   the calling thread's own counters), nothing is allocated beyond the stored value's clone
+//!   (store an `Arc` or `Bytes` value to keep that cheap) once a thread has made its first
+//!   hit (which allocates its counters and its near copies). A repeated hit on a thread takes
+//!   no lock either ([`MemoryStore`] keeps near copies per thread), and a fresh hit far from
+//!   its expiry reads no clock: one thread per process (`seawall-clock`, which never exits)
+//!   reads the time every 10 ms, and a hit takes the time to be at most 250 ms after that
+//!   reading, reading the real clock only when the answer's freshness (or early refresh) could
+//!   end before then, or to set an `Age`. A layer uses the reading only once a miss has run on
+//!   a multi-thread tokio runtime, and never once a miss finds tokio's clock away from the
+//!   system's: under paused time (tests) every hit reads the clock and `tokio::time::advance`
+//!   is seen at once.
 //! - **Readiness**: [`Cache`] is always ready. A miss clones the inner service into its future
 //!   and waits there for that clone to be ready, so back-pressure from beneath applies to misses
 //!   only; the inner service must be `Clone` (wrap it in `tower::buffer::Buffer` if it is not).

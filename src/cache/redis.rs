@@ -728,7 +728,7 @@ fn entry<V>(
         delta: Duration::from_micros(record.delta_us),
         negative: false,
         revalidate_at: now,
-        certain: 0,
+        fresh_ns: 0,
     })
 }
 
@@ -1029,7 +1029,7 @@ mod tests {
             delta: Duration::from_micros(25_123),
             negative: false,
             revalidate_at: stored,
-            certain: 0,
+            fresh_ns: 0,
         };
         tokio::time::advance(Duration::from_secs(10)).await;
         let wall = 1_700_000_000_000;
