@@ -22,7 +22,6 @@
 //! for as much longer; and a layer shared between a running runtime and a paused one serves the
 //! paused one's hits on real time until that runtime's first miss.
 
-use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -38,7 +37,7 @@ const LAG_NANOS: u64 = LAG.as_nanos() as u64;
 /// A reading older than this is withdrawn by the hit that checks it.
 const STALE: Duration = Duration::from_millis(100);
 /// Every this many fast hits, a thread checks the reading against the clock.
-const CHECK_EVERY: u32 = 64;
+const CHECK_EVERY: u64 = 64;
 
 /// Set while the reading is trusted.
 const TRUSTED: u64 = 1;
@@ -107,6 +106,20 @@ fn ticker() -> Option<&'static Ticker> {
         .as_ref()
 }
 
+/// [`Coarse::latest`] on `ticker`'s reading.
+#[inline]
+fn latest_on(ticker: &Ticker, count: u64) -> Option<u64> {
+    let state = ticker.state.load(Ordering::Relaxed);
+    if state & TRUSTED == 0 {
+        return None;
+    }
+    let reading = state >> 1;
+    if count % CHECK_EVERY == 0 && !ticker.current(reading) {
+        return None;
+    }
+    Some(reading + LAG_NANOS)
+}
+
 /// Not decided yet: the layer's hits read the clock.
 const UNDECIDED: u8 = 0;
 /// The layer's hits may use readings.
@@ -127,11 +140,6 @@ pub(crate) struct Coarse {
     fake: std::sync::Mutex<Option<Instant>>,
 }
 
-thread_local! {
-    /// Fast hits on this thread since the reading was last checked against the clock.
-    static SINCE_CHECK: Cell<u32> = const { Cell::new(0) };
-}
-
 impl Coarse {
     pub(crate) fn new() -> Self {
         Coarse::default()
@@ -139,9 +147,10 @@ impl Coarse {
 
     /// The latest the time can be, in nanoseconds since the clock thread started (the reading
     /// plus [`LAG`]), if this layer's hits may judge on a reading: one load of the layer's
-    /// word and one of the reading, and on one call in [`CHECK_EVERY`] a read of the clock.
+    /// word and one of the reading. `count` is how many hits the calling thread has counted on
+    /// the layer: on one in [`CHECK_EVERY`], the reading is checked against the clock.
     #[inline]
-    pub(crate) fn latest(&self) -> Option<u64> {
+    pub(crate) fn latest(&self, count: u64) -> Option<u64> {
         if !self.enabled() {
             return None;
         }
@@ -149,21 +158,7 @@ impl Coarse {
         if let Some(fake) = *self.fake.lock().unwrap() {
             return Some(self.nanos(fake) + LAG_NANOS);
         }
-        let ticker = TICKER.get()?.as_ref()?;
-        let state = ticker.state.load(Ordering::Relaxed);
-        if state & TRUSTED == 0 {
-            return None;
-        }
-        let reading = state >> 1;
-        let due = SINCE_CHECK.with(|since| {
-            let count = since.get() + 1;
-            since.set(if count >= CHECK_EVERY { 0 } else { count });
-            count >= CHECK_EVERY
-        });
-        if due && !ticker.current(reading) {
-            return None;
-        }
-        Some(reading + LAG_NANOS)
+        latest_on(TICKER.get()?.as_ref()?, count)
     }
 
     /// The instant `nanos` after the clock thread started (`None` before it started).
@@ -278,14 +273,14 @@ mod tests {
     fn outside_a_runtime_a_layer_reads_the_clock() {
         let clock = Coarse::new();
         clock.missed();
-        assert_eq!(clock.latest(), None);
+        assert_eq!(clock.latest(1), None);
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn on_a_current_thread_runtime_a_layer_reads_the_clock() {
         let clock = Coarse::new();
         clock.missed();
-        assert_eq!(clock.latest(), None);
+        assert_eq!(clock.latest(1), None);
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
@@ -304,7 +299,7 @@ mod tests {
         // may take longer).
         let mut tries = 0;
         let latest = loop {
-            if let Some(latest) = clock.latest() {
+            if let Some(latest) = clock.latest(1) {
                 break latest;
             }
             tries += 1;
@@ -320,7 +315,7 @@ mod tests {
         assert!(back.abs_diff(latest) <= 1, "{back} against {latest}");
         // Misses keep it on here.
         clock.missed();
-        assert!(clock.latest().is_some());
+        assert!(clock.latest(1).is_some());
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
@@ -329,28 +324,27 @@ mod tests {
         // As if enabled by a miss on another, running runtime.
         clock.state.store(ENABLED, Ordering::Relaxed);
         clock.missed();
-        assert_eq!(clock.latest(), None);
+        assert_eq!(clock.latest(1), None);
         assert_eq!(clock.nanos(Instant::now()), 0);
         assert_eq!(clock.state.load(Ordering::Relaxed), DISABLED, "for good");
     }
 
     #[test]
     fn a_stale_reading_is_withdrawn_by_the_next_check() {
-        let ticker = ticker().expect("a clock thread");
-        let clock = Coarse::new();
-        clock.state.store(ENABLED, Ordering::Relaxed);
-        // A reading from long ago, as a stopped clock thread would leave it: the oldest there
-        // can be is the thread's start, so wait until that is stale. (The thread
-        // publishes a fresh reading within a tick, which is fine too: what must not happen is
-        // the stale one served through a whole round of checks.)
-        std::thread::sleep(
-            (ticker.base + STALE + TICK).saturating_duration_since(std::time::Instant::now()),
-        );
+        // A clock of the test's own (the process's is shared with the other tests), whose
+        // reading is as old as a stopped thread would leave it: older than `STALE`.
+        let ticker = Ticker {
+            base: std::time::Instant::now() - STALE - TICK,
+            state: AtomicU64::new(0),
+        };
         ticker.publish(ticker.base);
-        let served_stale = (0..CHECK_EVERY)
-            .filter_map(|_| clock.latest())
-            .filter(|&latest| latest <= LAG_NANOS)
-            .count();
-        assert!(served_stale < CHECK_EVERY as usize, "never withdrawn");
+        // Believed until a count comes due ...
+        assert_eq!(latest_on(&ticker, 1), Some(LAG_NANOS));
+        // ... which checks it against the clock and withdraws it, until the next tick.
+        assert_eq!(latest_on(&ticker, CHECK_EVERY), None);
+        assert_eq!(latest_on(&ticker, 1), None);
+        // A current reading is kept through the check.
+        ticker.publish(std::time::Instant::now());
+        assert!(latest_on(&ticker, CHECK_EVERY).is_some());
     }
 }

@@ -179,9 +179,7 @@ where
     pub(crate) fn certainly_fresh(&self, entry: &Entry<V>, latest: u64) -> bool {
         // Early refresh cannot fire more than `delta * reach` before expiry (see `early`): this
         // layer's reach, whichever layer stored the entry.
-        let delta = entry.delta;
-        let delta_ns =
-            delta.as_secs().saturating_mul(1_000_000_000) + u64::from(delta.subsec_nanos());
+        let delta_ns = u64::try_from(entry.delta.as_nanos()).unwrap_or(u64::MAX);
         let reach = delta_ns.saturating_mul(u64::from(self.reach.max(1)));
         if entry.fresh_ns != 0 {
             return latest.saturating_add(reach) < entry.fresh_ns;
@@ -259,8 +257,13 @@ where
             return false;
         }
         let u = self.uniform();
-        let gap = entry.delta.mul_f64(self.beta * -u.ln());
-        now + gap >= entry.fresh_until
+        // A delta too large to scale (a record's, say) refreshes.
+        match Duration::try_from_secs_f64(entry.delta.as_secs_f64() * self.beta * -u.ln()) {
+            Ok(gap) => now
+                .checked_add(gap)
+                .is_none_or(|at| at >= entry.fresh_until),
+            Err(_) => true,
+        }
     }
 
     /// A uniform draw in (0, 1].
@@ -1234,23 +1237,24 @@ where
         // beyond early refresh's reach, so no clock is read. Anything else puts the entry in
         // `found`, out of the way of the fast path's answer (an entry moved through the answer
         // cost more than the rest of a hit).
-        let mut found = None;
-        let fresh = core.store.read(&key, |entry| {
-            if let Some(latest) = core.clock.latest() {
+        let (mut found, mut fresh) = (None, None);
+        let counters = core.counters.local();
+        core.store.read(&key, |entry| {
+            if let Some(latest) = core.clock.latest(counters.hits.load(Ordering::Relaxed)) {
                 if core.certainly_fresh(&entry, latest) {
                     // Where the answer carries its age (`Age`), the clock is read for it.
                     let now = Instant::now;
-                    return Some(match entry {
+                    fresh = Some(match entry {
                         Cow::Borrowed(entry) => core.fresh_clone(entry, now),
                         Cow::Owned(entry) => core.fresh_with(entry, now),
                     });
+                    return;
                 }
             }
             found = Some(entry.into_owned());
-            None
         });
-        if let Some(Some(value)) = fresh {
-            bump(&core.counters.local().hits);
+        if let Some(value) = fresh {
+            bump(&counters.hits);
             if O::ENABLED {
                 core.source
                     .emitter()
@@ -1263,7 +1267,6 @@ where
             None => None,
             Some(entry) => match core.judge(&entry, now) {
                 Verdict::Hit { stale, refresh } => {
-                    let counters = core.counters.local();
                     bump(&counters.hits);
                     if stale {
                         bump(&counters.stale);
@@ -1290,7 +1293,6 @@ where
                 }
             },
         };
-        let counters = core.counters.local();
         bump(&counters.misses);
         core.clock.missed();
         let (future, coalesced) = match core.flights.join(&key) {

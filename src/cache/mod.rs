@@ -3,7 +3,8 @@
 //!
 //! - **Hits** are answered from the [`Store`] in `call`, at once: the inner service is neither
 //!   polled nor called, nothing is written that another thread writes (the hit is counted on
-//!   the calling thread's own counters), nothing is allocated beyond the stored value's clone
+//!   the calling thread's own counters; only a key's first hit on a thread after an eviction
+//!   also shows it to quick_cache, which counts it), nothing is allocated beyond the stored value's clone
 //!   (store an `Arc` or `Bytes` value to keep that cheap) once a thread has made its first
 //!   hit (which allocates its counters and its near copies). A repeated hit on a thread takes
 //!   no lock either ([`MemoryStore`] keeps near copies per thread), and a fresh hit far from

@@ -316,48 +316,51 @@ where
             return None;
         };
         let weight = quick_cache::Weighter::<K, Entry<V>>::weight(&self.weigh, key, &entry);
-        if weight <= self.near_weight {
-            let nears = self.nears.get_or(|| {
-                Padded(RefCell::new(Nears {
-                    copies: (0..NEAR_SLOTS).map(|_| None).collect(),
-                    candidates: vec![0; NEAR_SLOTS].into_boxed_slice(),
-                    weight: 0,
-                }))
-            });
-            if let Ok(mut nears) = nears.try_borrow_mut() {
-                let copy = match &nears.copies[slot] {
-                    // The same key: a fresh copy if its generation moved, else it was only
-                    // shown to the shared store, which has now seen it hit. A copy stands for
-                    // hits the store did not see: shown once more, as the store's policy
-                    // counts a key read more than once between evictions (it saturates at two).
-                    Some(near) if near.key == *key => {
-                        near.touched.set(evicted);
-                        if near.generation == seen {
-                            let _ = self.cache.get(key);
-                        }
-                        near.generation != seen
+        let nears = self.nears.get_or(|| {
+            Padded(RefCell::new(Nears {
+                copies: (0..NEAR_SLOTS).map(|_| None).collect(),
+                candidates: vec![0; NEAR_SLOTS].into_boxed_slice(),
+                weight: 0,
+            }))
+        });
+        if let Ok(mut nears) = nears.try_borrow_mut() {
+            let copy = match &nears.copies[slot] {
+                // The same key: a fresh copy if its generation moved, else it was only shown
+                // to the shared store, which has now seen it hit. A copy stands for hits the
+                // store did not see: shown once more, as the store's policy counts a key read
+                // more than once between evictions (it saturates at two).
+                Some(near) if near.key == *key => {
+                    near.touched.set(evicted);
+                    if near.generation == seen {
+                        let _ = self.cache.get(key);
+                        false
+                    } else {
+                        // Its entry was replaced: the old copy goes, whether or not the new
+                        // one is kept.
+                        nears.drop_copy(slot);
+                        true
                     }
-                    // Another key's: only for a key read twice in a row.
-                    Some(_) => nears.candidates[slot] == hash,
-                    None => true,
-                };
-                if copy {
-                    nears.drop_copy(slot);
-                    // With a weigher, a thread's copies weigh at most a thousandth of the
-                    // budget in all.
-                    if nears.weight.saturating_add(weight) <= self.near_weight {
-                        nears.weight += weight;
-                        nears.copies[slot] = Some(Near {
-                            key: key.clone(),
-                            generation: seen,
-                            entry: entry.clone(),
-                            touched: Cell::new(evicted),
-                            weight,
-                        });
-                    }
-                } else {
-                    nears.candidates[slot] = hash;
                 }
+                // Another key's: only for a key read twice in a row.
+                Some(_) => nears.candidates[slot] == hash,
+                None => true,
+            };
+            // With a weigher, a thread's copies weigh at most `near_weight` in all: the slot's
+            // present copy gives way only if the new one fits in its place.
+            let room = nears.weight - nears.copies[slot].as_ref().map_or(0, |near| near.weight);
+            if copy && room.saturating_add(weight) <= self.near_weight {
+                let near = Near {
+                    key: key.clone(),
+                    generation: seen,
+                    entry: entry.clone(),
+                    touched: Cell::new(evicted),
+                    weight,
+                };
+                nears.drop_copy(slot);
+                nears.weight += weight;
+                nears.copies[slot] = Some(near);
+            } else if !copy {
+                nears.candidates[slot] = hash;
             }
         }
         Some(read(Cow::Owned(entry)))
