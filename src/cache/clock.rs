@@ -14,8 +14,8 @@
 //! run on a multi-thread tokio runtime (tokio's paused time exists only on current-thread
 //! runtimes), and never again once a miss finds tokio's clock away from the system's (a layer
 //! shared with a paused runtime). A reading older than [`STALE`] (the thread descheduled, the
-//! process stopped) is withdrawn by the first hit that notices: every 64th fast hit on a thread
-//! checks the reading against the clock.
+//! process stopped) is withdrawn by the first hit that notices: on each thread, every 64th hit
+//! a layer counts checks the reading against the clock.
 //!
 //! What is left: a clock thread stalled for more than [`LAG`] while a calling thread runs, for
 //! fewer than 64 of that thread's hits since its last check, can have an answer served as fresh
