@@ -203,16 +203,7 @@ where
         entry: Entry<V>,
         now: impl FnOnce() -> Instant,
     ) -> Result<V, Shared> {
-        match self.age {
-            None => entry.value,
-            Some(age) => {
-                let kept = now().saturating_duration_since(entry.stored);
-                entry.value.map(|mut value| {
-                    age(&mut value, kept);
-                    value
-                })
-            }
-        }
+        self.aged(entry.value, entry.stored, now)
     }
 
     /// A clone of a fresh entry's value, with its age set where the cache sets one: the hit
@@ -223,11 +214,21 @@ where
         entry: &Entry<V>,
         now: impl FnOnce() -> Instant,
     ) -> Result<V, Shared> {
-        let value = entry.value.clone();
+        self.aged(entry.value.clone(), entry.stored, now)
+    }
+
+    /// `value`, stored at `stored`, with its age set where the cache sets one.
+    #[inline]
+    fn aged(
+        &self,
+        value: Result<V, Shared>,
+        stored: Instant,
+        now: impl FnOnce() -> Instant,
+    ) -> Result<V, Shared> {
         match self.age {
             None => value,
             Some(age) => {
-                let kept = now().saturating_duration_since(entry.stored);
+                let kept = now().saturating_duration_since(stored);
                 value.map(|mut value| {
                     age(&mut value, kept);
                     value
