@@ -22,11 +22,14 @@
 //! | `seawall_concurrency_limit` | gauge | `layer` | an adaptive limiter was built or moved its limit |
 //! | `seawall_fallbacks_total` | counter | `layer`, `trigger` | a fallback answered ([`FallbackTrigger::as_str`]) |
 //! | `seawall_keys_evicted_total` | counter | `layer`, `idle` | a keyed rate limiter dropped a key |
-//! | `seawall_store_degraded` | gauge | `layer` | 1 while a fleet rate limiter's store is degraded, else 0 |
+//! | `seawall_store_degraded` | gauge | `layer` | 1 while a fleet rate limiter's store or a cache's shared tier is degraded, else 0 |
 //! | `seawall_cache_hits_total` | counter | `layer`, `stale` | a cache answered from its store (`stale`: `true` or `false`) |
 //! | `seawall_cache_misses_total` | counter | `layer`, `coalesced` | a cache called the service, or (`coalesced`) waited on another caller's call |
 //! | `seawall_cache_refreshes_total` | counter | `layer`, `early` | a cache started a background refresh (`early`: of a fresh answer) |
 //! | `seawall_cache_evictions_total` | counter | `layer` | a cache's store evicted entries to make room |
+//! | `seawall_cache_tier_fills_total` | counter | `layer`, `fill` | a cache's shared tier settled a miss ([`TierFill::as_str`]) |
+//! | `seawall_cache_tier_writes_total` | counter | `layer` | a cache's shared tier stored an answer this instance computed |
+//! | `seawall_cache_tier_failures_total` | counter | `layer`, `op` | a call to a cache's shared tier failed ([`TierOp::as_str`]) |
 //! | `seawall_pool_ejections_total` | counter | `layer`, `reason` | an endpoint pool ejected an endpoint ([`EjectReason::as_str`]) |
 //! | `seawall_pool_returns_total` | counter | `layer` | an endpoint pool put an ejected endpoint back |
 //! | `seawall_pool_endpoints` | gauge | `layer` | the endpoints of a pool (moved as they are added and removed) |
@@ -57,7 +60,7 @@
 
 use crate::core::{
     CircuitState, EjectReason, Event, EventKind, FallbackTrigger, GiveUpReason, Observer, Outcome,
-    RejectReason, RetryReason, TimeoutCause,
+    RejectReason, RetryReason, TierFill, TierOp, TimeoutCause,
 };
 use crate::error::ErrorKind;
 use ::metrics::{counter, gauge, histogram, Counter, Gauge, Histogram, SharedString};
@@ -203,6 +206,37 @@ impl Labelled for EjectReason {
     }
 }
 
+impl Labelled for TierFill {
+    const COUNT: usize = 5;
+    fn index(self) -> usize {
+        match self {
+            TierFill::Shared => 0,
+            TierFill::SharedStale => 1,
+            TierFill::Locked => 2,
+            TierFill::LockWaitExpired => 3,
+            TierFill::Unavailable => 4,
+        }
+    }
+    fn label(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+impl Labelled for TierOp {
+    const COUNT: usize = 4;
+    fn index(self) -> usize {
+        match self {
+            TierOp::Read => 0,
+            TierOp::Lock => 1,
+            TierOp::Write => 2,
+            TierOp::Unlock => 3,
+        }
+    }
+    fn label(self) -> &'static str {
+        self.as_str()
+    }
+}
+
 impl Labelled for bool {
     const COUNT: usize = 2;
     fn index(self) -> usize {
@@ -257,6 +291,9 @@ struct Series {
     cache_misses: Family<Counter, { bool::COUNT }>,
     cache_refreshes: Family<Counter, { bool::COUNT }>,
     cache_evictions: OnceLock<Counter>,
+    tier_fills: Family<Counter, { TierFill::COUNT }>,
+    tier_writes: OnceLock<Counter>,
+    tier_failures: Family<Counter, { TierOp::COUNT }>,
     ejections: Family<Counter, { EjectReason::COUNT }>,
     returns: OnceLock<Counter>,
     endpoints: OnceLock<Gauge>,
@@ -291,6 +328,9 @@ impl Series {
             cache_misses: Family::new(),
             cache_refreshes: Family::new(),
             cache_evictions: OnceLock::new(),
+            tier_fills: Family::new(),
+            tier_writes: OnceLock::new(),
+            tier_failures: Family::new(),
             ejections: Family::new(),
             returns: OnceLock::new(),
             endpoints: OnceLock::new(),
@@ -472,6 +512,22 @@ impl Series {
                 .cache_evictions
                 .get_or_init(|| counter!("seawall_cache_evictions_total", "layer" => layer()))
                 .increment(entries),
+            EventKind::CacheTierFill { fill } => self
+                .tier_fills
+                .get(fill, |f| {
+                    counter!("seawall_cache_tier_fills_total", "layer" => layer(), "fill" => f)
+                })
+                .increment(1),
+            EventKind::CacheTierWrite => self
+                .tier_writes
+                .get_or_init(|| counter!("seawall_cache_tier_writes_total", "layer" => layer()))
+                .increment(1),
+            EventKind::CacheTierFailed { op } => self
+                .tier_failures
+                .get(op, |o| {
+                    counter!("seawall_cache_tier_failures_total", "layer" => layer(), "op" => o)
+                })
+                .increment(1),
             EventKind::EndpointEjected { reason, .. } => {
                 self.ejections
                     .get(

@@ -18,11 +18,15 @@
 //!   appear, for at most [`lock_wait`](RedisStoreBuilder::lock_wait), and then calls the backend
 //!   itself: one instance in the fleet refreshes a key, as the layer's single-flight makes one
 //!   caller in an instance do.
-//! - **Failures**: every Redis call goes through seawall's own [`Timeout`] and
-//!   [`CircuitBreaker`]; a Redis call that fails, times out or is refused by the open breaker
-//!   counts as "Redis has nothing", so while Redis is down the memory tier serves alone and misses
-//!   go to the backend; the breaker lets a call through once its open spell is over and the
-//!   connection manager reconnects, so the tier comes back by itself.
+//! - **Failures**: every Redis call goes through seawall's own
+//!   [`Timeout`](crate::timeout::Timeout) and
+//!   [`CircuitBreaker`](crate::circuit_breaker::CircuitBreaker); a Redis call that fails, times
+//!   out or is refused by the open breaker counts as "Redis has nothing", so while Redis is down
+//!   the memory tier serves alone and misses go to the backend; the breaker lets a call through
+//!   once its open spell is over and the connection manager reconnects, so the tier comes back
+//!   by itself. A fill dropped while it holds a key's lock (a cancelled caller) lets it go.
+//! - **Events**: the builder's [`observer`](RedisStoreBuilder::observer) hears how each miss
+//!   was settled, each write and each failed call, and when Redis stops and starts answering.
 //! - **Codec**: values cross to Redis as bytes through a [`Codec`]; [`HttpCodec`] (feature
 //!   `http`) keeps an `http::Response<Bytes>`'s status, headers and body.
 //!
@@ -53,8 +57,9 @@
 //! ```
 
 use super::store::{Entry, MemoryStore, Store};
-use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
-use crate::timeout::{Timeout, TimeoutLayer};
+use crate::circuit_breaker::CircuitBreakerLayer;
+use crate::core::{ErrorIsFailure, Event, EventKind, Observer, Source, TierFill, TierOp};
+use crate::timeout::TimeoutLayer;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
 use std::borrow::Cow;
@@ -63,13 +68,14 @@ use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 use tower::{BoxError, Layer, Service};
 
+use crate::limit::fleet::redis::redacted;
 pub use crate::limit::fleet::redis::RedisError;
 
 /// Turns a cached value into bytes for Redis and back.
@@ -264,6 +270,18 @@ enum Op {
     },
 }
 
+impl Op {
+    /// The call, as events name it.
+    fn kind(&self) -> TierOp {
+        match self {
+            Op::Get(_) => TierOp::Read,
+            Op::Lock { .. } => TierOp::Lock,
+            Op::Put { .. } => TierOp::Write,
+            Op::Unlock { .. } => TierOp::Unlock,
+        }
+    }
+}
+
 /// What a Redis call answered.
 #[derive(Debug)]
 enum Reply {
@@ -333,7 +351,66 @@ impl Service<Op> for Ops {
     }
 }
 
-type Guarded = CircuitBreaker<Timeout<Ops>>;
+/// The Redis connection behind its timeout and breaker: one call, made ready and sent. Boxed, so
+/// that the store's type names neither the breaker's observer nor anything else of it (a Redis
+/// call is a network round trip; the box is nothing beside it).
+type Guarded = Box<dyn Fn(Op) -> OpFuture + Send + Sync>;
+
+/// `connection` behind `timeout` and `breaker`.
+fn guard<O: Observer>(
+    connection: ConnectionManager,
+    timeout: Duration,
+    breaker: CircuitBreakerLayer<ErrorIsFailure, O>,
+) -> Guarded {
+    let service = breaker.layer(TimeoutLayer::new(timeout).layer(Ops(connection)));
+    Box::new(move |op| {
+        let mut redis = service.clone();
+        Box::pin(async move {
+            // The breaker is ready at once (an open one fails the call in its future).
+            std::future::poll_fn(|cx| redis.poll_ready(cx)).await?;
+            redis.call(op).await
+        })
+    })
+}
+
+/// An observer of the store's events, behind a pointer so that the store's type does not name
+/// it.
+trait DynObserver: Send + Sync + 'static {
+    fn on_event(&self, event: &Event<'_>);
+    fn wants_latency(&self) -> bool;
+}
+
+impl<O: Observer> DynObserver for O {
+    fn on_event(&self, event: &Event<'_>) {
+        Observer::on_event(self, event)
+    }
+
+    fn wants_latency(&self) -> bool {
+        Observer::wants_latency(self)
+    }
+}
+
+/// The store's observer (none by default): its own events and the default breaker's.
+#[derive(Clone, Default)]
+struct Events(Option<Arc<dyn DynObserver>>);
+
+impl fmt::Debug for Events {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() { "Some(..)" } else { "None" })
+    }
+}
+
+impl Observer for Events {
+    fn on_event(&self, event: &Event<'_>) {
+        if let Some(observer) = &self.0 {
+            observer.on_event(event)
+        }
+    }
+
+    fn wants_latency(&self) -> bool {
+        self.0.as_ref().is_some_and(|o| o.wants_latency())
+    }
+}
 
 /// What the memory tier, the fill service and the background writes share.
 struct Tier<K: Send, V: Send, Cd> {
@@ -353,6 +430,10 @@ struct Tier<K: Send, V: Send, Cd> {
     /// the lock go.
     computing: Mutex<HashMap<K, Computing>>,
     counts: Counts,
+    /// Whether the last Redis call failed: reported once as the tier goes down and once as it
+    /// comes back.
+    degraded: AtomicBool,
+    source: Source<Events>,
 }
 
 #[derive(Default)]
@@ -414,19 +495,55 @@ impl<K: Send, V: Send, Cd> fmt::Debug for RedisStore<K, V, Cd> {
     }
 }
 
-/// Builds a [`RedisStore`].
-#[derive(Clone, Debug)]
-pub struct RedisStoreBuilder<Cd> {
+/// Builds a [`RedisStore`]. `O` is the observer of a breaker given with
+/// [`breaker`](Self::breaker).
+pub struct RedisStoreBuilder<Cd, O: 'static = ()> {
     url: String,
     codec: Cd,
+    name: Cow<'static, str>,
+    events: Events,
     prefix: String,
+    settings: Settings,
+    breaker: Option<CircuitBreakerLayer<ErrorIsFailure, O>>,
+}
+
+/// A [`RedisStoreBuilder`]'s plain settings.
+#[derive(Clone, Copy, Debug)]
+struct Settings {
     max_entries: usize,
     connect_timeout: Duration,
     timeout: Duration,
     lock_ttl: Duration,
     lock_wait: Duration,
     poll: Duration,
-    breaker: Option<CircuitBreakerLayer>,
+}
+
+impl<Cd: Clone, O> Clone for RedisStoreBuilder<Cd, O> {
+    fn clone(&self) -> Self {
+        RedisStoreBuilder {
+            url: self.url.clone(),
+            codec: self.codec.clone(),
+            name: self.name.clone(),
+            events: self.events.clone(),
+            prefix: self.prefix.clone(),
+            settings: self.settings,
+            breaker: self.breaker.clone(),
+        }
+    }
+}
+
+impl<Cd: fmt::Debug, O> fmt::Debug for RedisStoreBuilder<Cd, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStoreBuilder")
+            .field("url", &redacted(&self.url))
+            .field("codec", &self.codec)
+            .field("name", &self.name)
+            .field("observer", &self.events)
+            .field("prefix", &self.prefix)
+            .field("settings", &self.settings)
+            .field("breaker", &self.breaker)
+            .finish()
+    }
 }
 
 impl RedisStore<(), (), ()> {
@@ -436,13 +553,17 @@ impl RedisStore<(), (), ()> {
         RedisStoreBuilder {
             url: url.into(),
             codec,
+            name: Cow::Borrowed("cache.redis"),
+            events: Events::default(),
             prefix: "seawall:cache:".to_owned(),
-            max_entries: 10_000,
-            connect_timeout: Duration::from_secs(1),
-            timeout: Duration::from_millis(250),
-            lock_ttl: Duration::from_secs(5),
-            lock_wait: Duration::from_secs(2),
-            poll: Duration::from_millis(20),
+            settings: Settings {
+                max_entries: 10_000,
+                connect_timeout: Duration::from_secs(1),
+                timeout: Duration::from_millis(250),
+                lock_ttl: Duration::from_secs(5),
+                lock_wait: Duration::from_secs(2),
+                poll: Duration::from_millis(20),
+            },
             breaker: None,
         }
     }
@@ -492,7 +613,36 @@ impl<K: Send, V: Send, Cd> RedisStore<K, V, Cd> {
     }
 }
 
-impl<Cd> RedisStoreBuilder<Cd> {
+impl<Cd, O> RedisStoreBuilder<Cd, O> {
+    /// The name the store's events carry, and its default breaker's (default `"cache.redis"`).
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Sends the store's events to `observer` (default: none):
+    /// [`CacheTierFill`](EventKind::CacheTierFill) for each miss the fill service settles,
+    /// [`CacheTierWrite`](EventKind::CacheTierWrite) for each answer written to Redis,
+    /// [`CacheTierFailed`](EventKind::CacheTierFailed) for each Redis call that failed, and
+    /// [`StoreHealth`](EventKind::StoreHealth) when Redis stops answering (the first call to
+    /// fail after one that did not) and when it answers again. The default breaker's events
+    /// (its state transitions, the calls it refuses) go to it too, under the same name; a
+    /// breaker given with [`breaker`](Self::breaker) keeps its own observer.
+    ///
+    /// ```
+    /// use seawall::cache::redis::{RedisStore, U64Codec};
+    /// use seawall::metrics::MetricsObserver;
+    ///
+    /// let builder = RedisStore::builder("redis://127.0.0.1:6379", U64Codec)
+    ///     .name("catalog.redis")
+    ///     .observer(MetricsObserver::new());
+    /// # drop(builder);
+    /// ```
+    pub fn observer(mut self, observer: impl Observer) -> Self {
+        self.events = Events(Some(Arc::new(observer)));
+        self
+    }
+
     /// What every key's name starts with (default `"seawall:cache:"`).
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
@@ -501,26 +651,26 @@ impl<Cd> RedisStoreBuilder<Cd> {
 
     /// The memory tier's bound (default 10,000 entries).
     pub fn max_entries(mut self, max: usize) -> Self {
-        self.max_entries = max.max(1);
+        self.settings.max_entries = max.max(1);
         self
     }
 
     /// The longest connecting may take (default 1 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.settings.connect_timeout = timeout;
         self
     }
 
     /// The longest one Redis call may take before it counts as failed (default 250 ms).
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.settings.timeout = timeout;
         self
     }
 
     /// How long a key's lock lasts if its holder never lets it go (default 5 s): longer than the
     /// slowest backend call.
     pub fn lock_ttl(mut self, ttl: Duration) -> Self {
-        self.lock_ttl = ttl;
+        self.settings.lock_ttl = ttl;
         self
     }
 
@@ -528,16 +678,27 @@ impl<Cd> RedisStoreBuilder<Cd> {
     /// answer before calling the backend itself (default 2 s), and how often it looks (default
     /// 20 ms).
     pub fn lock_wait(mut self, wait: Duration, poll: Duration) -> Self {
-        self.lock_wait = wait;
-        self.poll = poll.max(Duration::from_millis(1));
+        self.settings.lock_wait = wait;
+        self.settings.poll = poll.max(Duration::from_millis(1));
         self
     }
 
     /// The circuit breaker on Redis calls (default: open after 3 failures in a row, for 1 s,
-    /// doubling up to 10 s while Redis stays down).
-    pub fn breaker(mut self, breaker: CircuitBreakerLayer) -> Self {
-        self.breaker = Some(breaker);
-        self
+    /// doubling up to 10 s while Redis stays down, named as the store and sending to its
+    /// observer). A breaker given here sends its events to its own observer.
+    pub fn breaker<O2>(
+        self,
+        breaker: CircuitBreakerLayer<ErrorIsFailure, O2>,
+    ) -> RedisStoreBuilder<Cd, O2> {
+        RedisStoreBuilder {
+            url: self.url,
+            codec: self.codec,
+            name: self.name,
+            events: self.events,
+            prefix: self.prefix,
+            settings: self.settings,
+            breaker: Some(breaker),
+        }
     }
 
     /// Connects, so that an unreachable server is an error now rather than on the first miss.
@@ -546,53 +707,59 @@ impl<Cd> RedisStoreBuilder<Cd> {
         K: Hash + Eq + Clone + Send + Sync + 'static,
         V: Clone + Send + Sync + 'static,
         Cd: Codec<V>,
+        O: Observer,
     {
         let client = Client::open(self.url.as_str()).map_err(RedisError::Url)?;
         let address = client.get_connection_info().addr().to_string();
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.timeout))
+            .set_connection_timeout(Some(self.settings.connect_timeout))
+            .set_response_timeout(Some(self.settings.timeout))
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(500));
         let connection = tokio::time::timeout(
-            self.connect_timeout,
+            self.settings.connect_timeout,
             ConnectionManager::new_with_config(client, config),
         )
         .await
         .map_err(|_| RedisError::Timeout {
             address: address.clone(),
-            timeout: self.connect_timeout,
+            timeout: self.settings.connect_timeout,
         })?
         .map_err(|source| RedisError::Unreachable {
             address: address.clone(),
             source,
         })?;
-        let breaker = match self.breaker {
-            Some(breaker) => breaker,
-            None => CircuitBreakerLayer::builder()
-                .name("cache.redis")
-                .no_failure_rate()
-                .consecutive_failures(3)
-                .open_duration(Duration::from_secs(1))
-                .open_backoff(2.0, Duration::from_secs(10))
-                .build()
-                .expect("the Redis breaker's settings are valid"),
+        let redis = match self.breaker {
+            Some(breaker) => guard(connection, self.settings.timeout, breaker),
+            None => {
+                let breaker = CircuitBreakerLayer::builder()
+                    .name(self.name.clone())
+                    .no_failure_rate()
+                    .consecutive_failures(3)
+                    .open_duration(Duration::from_secs(1))
+                    .open_backoff(2.0, Duration::from_secs(10))
+                    .observer(self.events.clone())
+                    .build()
+                    .expect("the Redis breaker's settings are valid");
+                guard(connection, self.settings.timeout, breaker)
+            }
         };
-        let redis = breaker.layer(TimeoutLayer::new(self.timeout).layer(Ops(connection)));
         Ok(RedisStore {
             tier: Arc::new(Tier {
-                memory: MemoryStore::new(self.max_entries, None),
+                memory: MemoryStore::new(self.settings.max_entries, None),
                 redis,
                 codec: self.codec,
                 prefix: self.prefix,
                 address,
-                lock_ttl: self.lock_ttl,
-                lock_wait: self.lock_wait,
-                poll: self.poll,
+                lock_ttl: self.settings.lock_ttl,
+                lock_wait: self.settings.lock_wait,
+                poll: self.settings.poll,
                 loaded: Mutex::default(),
                 computing: Mutex::default(),
                 counts: Counts::default(),
+                degraded: AtomicBool::new(false),
+                source: Source::new(self.name, self.events),
             }),
         })
     }
@@ -606,20 +773,34 @@ where
 {
     /// One Redis call through the timeout and the breaker; `None` if it failed.
     async fn call(&self, op: Op) -> Option<Reply> {
-        let mut redis = self.redis.clone();
-        // The breaker is ready at once (an open one fails the call in its future).
-        let result = async {
-            std::future::poll_fn(|cx| redis.poll_ready(cx)).await?;
-            redis.call(op).await
-        }
-        .await;
+        let kind = op.kind();
+        let result = (self.redis)(op).await;
+        let emit = |kind| self.source.emitter().emit(kind);
         match result {
-            Ok(reply) => Some(reply),
+            Ok(reply) => {
+                if self.degraded.load(Ordering::Relaxed)
+                    && self.degraded.swap(false, Ordering::Relaxed)
+                {
+                    emit(EventKind::StoreHealth { degraded: false });
+                }
+                Some(reply)
+            }
             Err(_) => {
                 self.counts.failures.fetch_add(1, Ordering::Relaxed);
+                emit(EventKind::CacheTierFailed { op: kind });
+                if !self.degraded.swap(true, Ordering::Relaxed) {
+                    emit(EventKind::StoreHealth { degraded: true });
+                }
                 None
             }
         }
+    }
+
+    /// Reports how the fill service settled a miss.
+    fn filled(&self, fill: TierFill) {
+        self.source
+            .emitter()
+            .emit(EventKind::CacheTierFill { fill });
     }
 
     fn value_key(&self, key: &str) -> String {
@@ -805,6 +986,7 @@ where
             let put = matches!(op, Op::Put { .. });
             if tier.call(op).await.is_some() && put {
                 tier.counts.writes.fetch_add(1, Ordering::Relaxed);
+                tier.source.emitter().emit(EventKind::CacheTierWrite);
             }
         });
     }
@@ -890,6 +1072,41 @@ impl<S: fmt::Debug, F, K: Send, V: Send, Cd> fmt::Debug for RedisFill<S, F, K, V
 /// Redis anyway).
 pub type RedisFillFuture<V> = Pin<Box<dyn Future<Output = Result<V, BoxError>> + Send>>;
 
+/// The key's Redis lock while a fill holds it and its backend call has not answered: let go
+/// (and its pending write forgotten) if the fill's future is dropped first, cancelled or unwound
+/// by a panic, so that the next miss for the key, here or in another instance, need not wait
+/// out the lock's ttl.
+struct Held<
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    Cd: Codec<V>,
+> {
+    tier: Arc<Tier<K, V, Cd>>,
+    key: K,
+    name: String,
+    token: Option<String>,
+}
+
+impl<K, V, Cd> Drop for Held<K, V, Cd>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    Cd: Codec<V>,
+{
+    fn drop(&mut self) {
+        let Some(token) = self.token.take() else {
+            return;
+        };
+        // Only this fill's pending write: another fill of the key may have replaced it.
+        if let Some(computing) = forget(&self.tier.computing, &self.key) {
+            if computing.token.as_ref() != Some(&token) {
+                remember(&self.tier.computing, self.key.clone(), computing);
+            }
+        }
+        self.tier.unlock(&self.name, token);
+    }
+}
+
 /// A lock token: unique enough that one instance never releases another's lock.
 fn token() -> String {
     format!(
@@ -935,35 +1152,47 @@ where
                 have.is_none_or(|have| entry.stored > have + Duration::from_millis(10))
             };
             let token = token();
+            let mut held = Held {
+                tier: tier.clone(),
+                key: key.clone(),
+                name: name.clone(),
+                token: None,
+            };
             let start = Instant::now();
-            let locked = loop {
+            // Events are sent once what they report is done (an observer that panics leaves
+            // nothing half made).
+            let fill = loop {
                 let now = Instant::now();
                 let Some(found) = tier.read(&name, now).await else {
-                    break false; // Redis failed: the memory tier goes on alone.
+                    // Redis failed: the memory tier goes on alone.
+                    break TierFill::Unavailable;
                 };
                 if let Some(entry) = &found {
                     if newer(entry) && now < entry.fresh_until {
                         let value = entry.value.clone().expect("a loaded entry is positive");
                         tier.load(&key, entry.clone());
+                        tier.filled(TierFill::Shared);
                         return Ok(value);
                     }
                 }
                 match tier.lock(&name, &token).await {
-                    None => break false,
+                    None => break TierFill::Unavailable,
                     Some(true) => {
+                        held.token = Some(token.clone());
                         // The holder before us may have written its answer and let the lock go
                         // between our read and our lock: read again before calling.
                         let now = Instant::now();
                         if let Some(Some(entry)) = tier.read(&name, now).await {
                             if newer(&entry) && now < entry.fresh_until {
-                                tier.unlock(&name, token);
+                                drop(held); // lets the lock go
                                 let value =
                                     entry.value.clone().expect("a loaded entry is positive");
                                 tier.load(&key, entry);
+                                tier.filled(TierFill::Shared);
                                 return Ok(value);
                             }
                         }
-                        break true;
+                        break TierFill::Locked;
                     }
                     Some(false) => {}
                 }
@@ -972,24 +1201,25 @@ where
                     entry.revalidate_at = now + tier.poll;
                     let value = entry.value.clone().expect("a loaded entry is positive");
                     tier.load(&key, entry);
+                    tier.filled(TierFill::SharedStale);
                     return Ok(value);
                 }
                 if now.saturating_duration_since(start) >= tier.lock_wait {
-                    break false;
+                    break TierFill::LockWaitExpired;
                 }
                 tokio::time::sleep(tier.poll).await;
             };
             let computing = Computing {
                 started: Instant::now(),
-                token: locked.then_some(token),
+                token: held.token.clone(),
             };
             remember(&tier.computing, key.clone(), computing);
             tier.counts.backend.fetch_add(1, Ordering::Relaxed);
+            tier.filled(fill);
             let result = inner.call(req).await.map_err(Into::into);
-            if result.is_err() {
-                if let Some(token) = forget(&tier.computing, &key).and_then(|c| c.token) {
-                    tier.unlock(&name, token);
-                }
+            if result.is_ok() {
+                // The cache's insert writes the answer and lets the lock go.
+                held.token = None;
             }
             result
         })
@@ -999,6 +1229,14 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_builder_hides_the_credentials_in_its_url() {
+        let builder = RedisStore::builder("redis://user:secret@10.0.0.1:6379/0", U64Codec);
+        let shown = format!("{builder:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("redis://***@10.0.0.1:6379/0"), "{shown}");
+    }
 
     #[test]
     fn a_record_reads_back_as_written() {

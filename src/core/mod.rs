@@ -26,6 +26,6 @@ pub use fail_fast::FailFast;
 pub use gate::{Gate, GateBuilder, GateLayer, Guard, GuardFuture};
 pub use observe::{
     CircuitState, EjectReason, Emitter, Event, EventKind, FallbackTrigger, GiveUpReason, Observer,
-    RejectReason, RetryReason, Source, TimeoutCause, TracingObserver,
+    RejectReason, RetryReason, Source, TierFill, TierOp, TimeoutCause, TracingObserver,
 };
 pub use outcome::{Outcome, Record};

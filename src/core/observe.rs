@@ -335,8 +335,9 @@ pub enum EventKind {
         /// Whether the key was idle.
         idle: bool,
     },
-    /// A fleet-wide rate limiter's shared store became unreachable (`degraded`: calls without a
-    /// lease are decided by the failure mode) or answered again (not `degraded`).
+    /// A fleet-wide rate limiter's shared store, or a cache's shared tier, became unreachable
+    /// (`degraded`: a rate limiter's calls without a lease are decided by its failure mode, a
+    /// cache's memory tier serves alone) or answered again (not `degraded`).
     StoreHealth {
         /// Whether the store is degraded now.
         degraded: bool,
@@ -372,6 +373,20 @@ pub enum EventKind {
         /// How many.
         entries: u64,
     },
+    /// A cache's shared tier (its Redis store) settled a miss of this instance's memory tier.
+    CacheTierFill {
+        /// How.
+        fill: TierFill,
+    },
+    /// A cache's shared tier stored an answer this instance computed, for the other instances.
+    CacheTierWrite,
+    /// A call to a cache's shared tier failed, timed out or was refused by its breaker: it
+    /// counted as "the shared tier has nothing" (a read, a lock), or what it wrote was lost (a
+    /// write), and the memory tier went on alone.
+    CacheTierFailed {
+        /// Which call.
+        op: TierOp,
+    },
     /// A layer was built, and starts in this state: sent once, before any other event of the
     /// layer, by the layers whose state is a gauge (a circuit breaker, an adaptive limiter), so
     /// that the gauge exists from the start rather than from its first change. It is no change:
@@ -400,6 +415,66 @@ pub enum EventKind {
         /// Whether it was ejected (or being probed) when it left.
         ejected: bool,
     },
+}
+
+/// How a cache's shared tier (its Redis store) settled a miss of this instance's memory tier, as
+/// reported in [`EventKind::CacheTierFill`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TierFill {
+    /// Answered with a fresh answer the shared tier held (another instance computed it): the
+    /// backend was not called.
+    Shared,
+    /// Another instance holds the key's lock and is computing it: answered with the stale
+    /// answer the shared tier held, which may still be served.
+    SharedStale,
+    /// Took the key's lock and called the backend: this instance computes the key for the fleet.
+    Locked,
+    /// Another instance held the key's lock for the longest wait allowed and the shared tier had
+    /// nothing to serve: called the backend without the lock.
+    LockWaitExpired,
+    /// The shared tier failed (an error, a timeout or its open breaker): called the backend
+    /// without the lock, the memory tier going on alone.
+    Unavailable,
+}
+
+impl TierFill {
+    /// A short, stable label for metrics and logs, such as `"shared_stale"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TierFill::Shared => "shared",
+            TierFill::SharedStale => "shared_stale",
+            TierFill::Locked => "locked",
+            TierFill::LockWaitExpired => "lock_wait_expired",
+            TierFill::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Which call to a cache's shared tier failed, as reported in [`EventKind::CacheTierFailed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TierOp {
+    /// Reading a key's answer.
+    Read,
+    /// Taking a key's lock.
+    Lock,
+    /// Writing an answer (and letting the key's lock go).
+    Write,
+    /// Letting a key's lock go.
+    Unlock,
+}
+
+impl TierOp {
+    /// A short, stable label for metrics and logs, such as `"read"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TierOp::Read => "read",
+            TierOp::Lock => "lock",
+            TierOp::Write => "write",
+            TierOp::Unlock => "unlock",
+        }
+    }
 }
 
 /// What made a fallback layer answer in place of the service, in [`EventKind::FallbackUsed`].
@@ -649,6 +724,15 @@ impl Observer for TracingObserver {
             }
             EventKind::CacheEvicted { entries } => {
                 tracing::debug!(target: "seawall", layer, entries, "cache evicted")
+            }
+            EventKind::CacheTierFill { fill } => {
+                tracing::trace!(target: "seawall", layer, fill = fill.as_str(), "cache tier fill")
+            }
+            EventKind::CacheTierWrite => {
+                tracing::trace!(target: "seawall", layer, "cache tier write")
+            }
+            EventKind::CacheTierFailed { op } => {
+                tracing::debug!(target: "seawall", layer, op = op.as_str(), "cache tier failed")
             }
             EventKind::TimedOut { elapsed, cause } => tracing::debug!(
                 target: "seawall",

@@ -18,6 +18,34 @@ mod redis;
 #[path = "../fleet/server.rs"]
 mod redis_server;
 
+/// An observer that keeps every event of the layer named as given.
+#[derive(Clone, Default)]
+struct Seen(Arc<std::sync::Mutex<Vec<seawall::core::EventKind>>>);
+
+impl Seen {
+    fn observer(
+        &self,
+        layer: &'static str,
+    ) -> impl Fn(&seawall::core::Event<'_>) + Send + Sync + 'static {
+        let seen = self.0.clone();
+        move |event: &seawall::core::Event<'_>| {
+            assert_eq!(event.layer, layer);
+            seen.lock().unwrap().push(event.kind);
+        }
+    }
+
+    /// The events so far, forgotten.
+    fn take(&self) -> Vec<seawall::core::EventKind> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+
+    /// The events so far, kept.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    fn all(&self) -> Vec<seawall::core::EventKind> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
 /// A backend that counts its calls, takes `latency` per call, and answers `key * 10`, or fails
 /// while `down` is set.
 #[derive(Clone)]

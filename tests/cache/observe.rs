@@ -1,31 +1,12 @@
 //! The cache's handle and events: each path (hit, stale hit, miss, coalesced miss, refresh,
 //! eviction, stale answer in place of a failure) counted and reported.
 
-use super::{key, Backend};
+use super::{key, Backend, Seen};
 use seawall::cache::{CacheLayer, Stats};
-use seawall::core::{Event, EventKind, FallbackTrigger};
-use std::sync::{Arc, Mutex};
+use seawall::core::{EventKind, FallbackTrigger};
 use std::time::Duration;
 use tokio_test::{assert_ready_ok, task};
 use tower::{Layer, Service, ServiceExt};
-
-/// An observer that keeps every event of the layer.
-#[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<EventKind>>>);
-
-impl Seen {
-    fn observer(&self) -> impl Fn(&Event<'_>) + Send + Sync + 'static {
-        let seen = self.0.clone();
-        move |event: &Event<'_>| {
-            assert_eq!(event.layer, "catalog");
-            seen.lock().unwrap().push(event.kind);
-        }
-    }
-
-    fn take(&self) -> Vec<EventKind> {
-        std::mem::take(&mut *self.0.lock().unwrap())
-    }
-}
 
 fn stats(hits: u64, misses: u64, stale: u64, refreshes: u64, coalesced: u64) -> Stats {
     let mut stats = Stats::default();
@@ -47,7 +28,7 @@ async fn each_path_is_counted_and_reported() {
         .stale_if_error(Duration::from_secs(100))
         .early_refresh(0.0)
         .name("catalog")
-        .observer(seen.observer())
+        .observer(seen.observer("catalog"))
         .build()
         .unwrap();
     let handle = layer.handle();
@@ -124,7 +105,7 @@ async fn an_early_refresh_is_reported_as_early() {
         .early_refresh(100.0)
         .seed(1)
         .name("catalog")
-        .observer(seen.observer())
+        .observer(seen.observer("catalog"))
         .build()
         .unwrap();
     let service = layer.layer(backend.service());
@@ -150,7 +131,7 @@ async fn evictions_are_reported_as_they_happen() {
     let layer = CacheLayer::builder(key)
         .max_entries(10)
         .name("catalog")
-        .observer(seen.observer())
+        .observer(seen.observer("catalog"))
         .build()
         .unwrap();
     let service = layer.layer(backend.service());

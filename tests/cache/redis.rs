@@ -3,14 +3,27 @@
 //! skips with a message when it cannot (CI sets `SEAWALL_REQUIRE_REDIS`, which makes that fail).
 
 use super::redis_server::RedisServer;
-use super::{key, Backend};
+use super::{key, Backend, Seen};
 use seawall::cache::redis::{RedisStore, U64Codec};
 use seawall::cache::{CacheLayer, Store as _};
+use seawall::core::{CircuitState, Event, EventKind, TierFill, TierOp};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{sleep, timeout, Instant};
 use tower::{BoxError, Layer, Service, ServiceExt};
 
 type Store = RedisStore<u32, u64, U64Codec>;
+
+/// What a store's observer saw (its own events and its default breaker's), counted.
+impl Seen {
+    fn count(&self, kind: EventKind) -> usize {
+        self.all().iter().filter(|k| **k == kind).count()
+    }
+
+    fn fills(&self, fill: TierFill) -> usize {
+        self.count(EventKind::CacheTierFill { fill })
+    }
+}
 
 /// One instance of the service: its own store (own memory tier, own connection) over the shared
 /// Redis, a cache over it, and the fill service over `backend`.
@@ -20,8 +33,11 @@ async fn instance(
 ) -> (
     Store,
     impl Service<u32, Response = u64, Error = BoxError, Future: Send> + Clone + Send + 'static,
+    Seen,
 ) {
+    let events = Seen::default();
     let store: Store = RedisStore::builder(server.url(), U64Codec)
+        .observer(events.observer("cache.redis"))
         .prefix(format!("test:{}:", std::process::id()))
         .timeout(Duration::from_millis(100))
         .lock_wait(Duration::from_secs(2), Duration::from_millis(10))
@@ -35,7 +51,7 @@ async fn instance(
         .build()
         .unwrap();
     let service = cache.layer(store.fill(key).layer(backend.service()));
-    (store, service)
+    (store, service, events)
 }
 
 /// Waits (real time, at most 2 s) until `store` has written `n` entries to Redis.
@@ -58,8 +74,8 @@ async fn two_instances_share_entries_through_redis() {
         return;
     };
     let backend = Backend::new(Duration::from_millis(5));
-    let (one, a) = instance(&server, &backend).await;
-    let (two, b) = instance(&server, &backend).await;
+    let (one, a, one_events) = instance(&server, &backend).await;
+    let (two, b, two_events) = instance(&server, &backend).await;
     assert_eq!(a.clone().oneshot(7).await.unwrap(), 70);
     written(&one, 1).await;
     assert_eq!(b.clone().oneshot(7).await.unwrap(), 70);
@@ -79,6 +95,35 @@ async fn two_instances_share_entries_through_redis() {
     assert_eq!(a.oneshot(7).await.unwrap(), 70);
     assert_eq!(backend.calls(), 1);
     assert_eq!(one.failures() + two.failures(), 0);
+    // What each instance's observer saw: the first computed the key under its lock and wrote
+    // it; the second was answered from Redis. No failure, no change of health.
+    assert_eq!(one_events.fills(TierFill::Locked), 1);
+    assert_eq!(one_events.count(EventKind::CacheTierWrite), 1);
+    assert_eq!(two_events.fills(TierFill::Shared), 1);
+    for (events, fills) in [(&one_events, 1), (&two_events, 1)] {
+        let all = events.all();
+        let tier: Vec<_> = all
+            .iter()
+            .filter(|k| matches!(k, EventKind::CacheTierFill { .. }))
+            .collect();
+        assert_eq!(tier.len(), fills, "{all:?}");
+        assert!(
+            !all.iter().any(|k| matches!(
+                k,
+                EventKind::CacheTierFailed { .. } | EventKind::StoreHealth { .. }
+            )),
+            "{all:?}"
+        );
+        // The default breaker reports under the store's name, from the start.
+        assert_eq!(
+            all.first(),
+            Some(&EventKind::Started {
+                state: Some(CircuitState::Closed),
+                limit: None
+            })
+        );
+    }
+    assert_eq!(two_events.count(EventKind::CacheTierWrite), 0);
 }
 
 /// Two instances missing one key at once make one backend call between them: one takes the
@@ -91,8 +136,8 @@ async fn two_instances_missing_one_key_at_once_make_one_backend_call() {
         return;
     };
     let backend = Backend::new(Duration::from_millis(200));
-    let (one, a) = instance(&server, &backend).await;
-    let (two, b) = instance(&server, &backend).await;
+    let (one, a, one_events) = instance(&server, &backend).await;
+    let (two, b, two_events) = instance(&server, &backend).await;
     let first = tokio::spawn(a.oneshot(3));
     let second = tokio::spawn(b.oneshot(3));
     assert_eq!(first.await.unwrap().unwrap(), 30);
@@ -100,6 +145,18 @@ async fn two_instances_missing_one_key_at_once_make_one_backend_call() {
     assert_eq!(backend.calls(), 1, "both instances called the backend");
     assert_eq!(one.loads() + two.loads(), 1);
     assert_eq!(one.backend_calls() + two.backend_calls(), 1);
+    let fills = |fill| one_events.fills(fill) + two_events.fills(fill);
+    assert_eq!(
+        (fills(TierFill::Locked), fills(TierFill::Shared)),
+        (1, 1),
+        "one: {:?}, two: {:?}",
+        one_events.all(),
+        two_events.all()
+    );
+    assert_eq!(
+        fills(TierFill::LockWaitExpired) + fills(TierFill::Unavailable),
+        0
+    );
 }
 
 /// A key expired in both instances at once is recomputed once for the fleet: both serve it
@@ -219,8 +276,8 @@ async fn redis_killed_mid_run_and_restarted() {
         return;
     };
     let backend = Backend::new(Duration::from_millis(1));
-    let (one, a) = instance(&server, &backend).await;
-    let (two, b) = instance(&server, &backend).await;
+    let (one, a, one_events) = instance(&server, &backend).await;
+    let (two, b, two_events) = instance(&server, &backend).await;
     for k in 1..=20 {
         a.clone().oneshot(k).await.unwrap();
         b.clone().oneshot(k).await.unwrap();
@@ -251,6 +308,34 @@ async fn redis_killed_mid_run_and_restarted() {
     );
     assert_eq!(one.failures(), failures, "a memory hit asked Redis");
     assert!(two.failures() > 0, "the misses did not try Redis");
+    // The observer saw Redis go: once degraded, each miss sent to the backend without it, each
+    // failed call by what it was, and the breaker opening.
+    let seen = two_events.all();
+    let degraded = |d| EventKind::StoreHealth { degraded: d };
+    assert_eq!(two_events.count(degraded(true)), 1, "{seen:?}");
+    assert_eq!(two_events.count(degraded(false)), 0, "{seen:?}");
+    assert_eq!(two_events.fills(TierFill::Unavailable), 5, "{seen:?}");
+    assert!(
+        two_events.count(EventKind::CacheTierFailed { op: TierOp::Read }) >= 1,
+        "{seen:?}"
+    );
+    let failed = seen
+        .iter()
+        .filter(|k| matches!(k, EventKind::CacheTierFailed { .. }))
+        .count();
+    // At least each miss's read (its write, in the background, may still be going).
+    assert!(failed >= 5, "{seen:?}");
+    assert!(
+        seen.contains(&EventKind::StateTransition {
+            from: CircuitState::Closed,
+            to: CircuitState::Open
+        }),
+        "{seen:?}"
+    );
+    assert!(
+        !one_events.all().contains(&degraded(true)),
+        "a memory hit asked Redis"
+    );
     println!(
         "Redis down: {:?} for 100 hits and 5 misses",
         start.elapsed()
@@ -281,6 +366,101 @@ async fn redis_killed_mid_run_and_restarted() {
         );
         sleep(Duration::from_millis(200)).await;
     }
+    // The second instance was answered from Redis: it saw the tier come back.
+    let seen = two_events.all();
+    assert!(two_events.count(degraded(false)) >= 1, "{seen:?}");
+    let last_health = seen
+        .iter()
+        .rev()
+        .find(|k| matches!(k, EventKind::StoreHealth { .. }));
+    assert_eq!(last_health, Some(&degraded(false)), "{seen:?}");
+    assert!(two_events.fills(TierFill::Shared) >= 1, "{seen:?}");
+}
+
+/// An observer that panics at the fill service's event fails that one call and leaves nothing
+/// behind: the key's Redis lock, taken before the event, is let go as the panic unwinds, so the
+/// next call takes it at once (rather than waiting `lock_wait` for a holder that is gone), and
+/// the tier keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_panicking_at_a_fill_fails_only_that_call() {
+    let Some(server) = RedisServer::start("an_observer_panicking_at_a_fill_fails_only_that_call")
+    else {
+        return;
+    };
+    let backend = Backend::new(Duration::from_millis(1));
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let trigger = armed.clone();
+    let events = Seen::default();
+    let log = events.observer("cache.redis");
+    let store: Store = RedisStore::builder(server.url(), U64Codec)
+        .observer(move |event: &Event<'_>| {
+            log(event);
+            if matches!(event.kind, EventKind::CacheTierFill { .. })
+                && trigger.swap(false, std::sync::atomic::Ordering::SeqCst)
+            {
+                panic!("the observer panics at a fill");
+            }
+        })
+        .lock_wait(Duration::from_secs(10), Duration::from_millis(10))
+        .connect()
+        .await
+        .unwrap();
+    let service = cached(&store, &backend);
+    let first = tokio::spawn(service.clone().oneshot(4)).await;
+    assert!(first.unwrap_err().is_panic());
+    assert!(!armed.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(events.fills(TierFill::Locked), 1);
+    let second = timeout(Duration::from_secs(2), service.clone().oneshot(4)).await;
+    assert_eq!(second.expect("the lock was left taken").unwrap(), 40);
+    assert_eq!(events.fills(TierFill::Locked), 2, "{:?}", events.all());
+    assert_eq!(backend.calls(), 1);
+    assert_eq!(service.clone().oneshot(4).await.unwrap(), 40);
+    assert_eq!(backend.calls(), 1, "the answer was not kept");
+    written(&store, 1).await;
+}
+
+/// A fill cancelled while its backend call runs under the key's lock lets the lock go: the
+/// next miss for the key takes it at once instead of waiting out `lock_wait`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_fill_lets_the_keys_lock_go() {
+    let Some(server) = RedisServer::start("a_cancelled_fill_lets_the_keys_lock_go") else {
+        return;
+    };
+    let backend = Backend::new(Duration::from_millis(300));
+    let events = Seen::default();
+    let store: Store = RedisStore::builder(server.url(), U64Codec)
+        .observer(events.observer("cache.redis"))
+        .lock_wait(Duration::from_secs(10), Duration::from_millis(10))
+        .connect()
+        .await
+        .unwrap();
+    let service = cached(&store, &backend);
+    let first = tokio::spawn(service.clone().oneshot(6));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while backend.calls() == 0 {
+        assert!(Instant::now() < deadline, "the first call never started");
+        sleep(Duration::from_millis(2)).await;
+    }
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    let second = timeout(Duration::from_secs(2), service.clone().oneshot(6)).await;
+    assert_eq!(second.expect("the lock was left taken").unwrap(), 60);
+    assert_eq!(events.fills(TierFill::Locked), 2, "{:?}", events.all());
+    assert_eq!(events.fills(TierFill::LockWaitExpired), 0);
+    written(&store, 1).await;
+}
+
+/// A cache with a minute's ttl over `store`, filled from Redis, over `backend`.
+fn cached(
+    store: &Store,
+    backend: &Backend,
+) -> impl Service<u32, Response = u64, Error = BoxError, Future: Send> + Clone + Send + 'static {
+    let cache = CacheLayer::builder(key)
+        .ttl(Duration::from_secs(60))
+        .store(store.clone())
+        .build()
+        .unwrap();
+    cache.layer(store.fill(key).layer(backend.service()))
 }
 
 #[cfg(feature = "http")]

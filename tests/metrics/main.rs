@@ -5,7 +5,7 @@ use metrics_util::MetricKind;
 use seawall::circuit_breaker::CircuitBreakerLayer;
 use seawall::core::{
     CircuitState, Event, EventKind, FallbackTrigger, GiveUpReason, Observer, Outcome, RejectReason,
-    RetryReason, TimeoutCause, TracingObserver,
+    RetryReason, TierFill, TierOp, TimeoutCause, TracingObserver,
 };
 use seawall::fallback::FallbackLayer;
 use seawall::limit::rate::{Quota, RateLimitLayer};
@@ -276,6 +276,11 @@ fn every_kind() -> Vec<EventKind> {
         EventKind::CacheMiss { coalesced: false },
         EventKind::CacheRefresh { early: true },
         EventKind::CacheEvicted { entries: 3 },
+        EventKind::CacheTierFill {
+            fill: TierFill::LockWaitExpired,
+        },
+        EventKind::CacheTierWrite,
+        EventKind::CacheTierFailed { op: TierOp::Unlock },
     ]
 }
 

@@ -87,12 +87,33 @@ pub struct RedisStore {
 }
 
 /// Builds a [`RedisStore`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RedisBuilder {
     url: String,
     prefix: String,
     connect_timeout: Duration,
     response_timeout: Duration,
+}
+
+impl fmt::Debug for RedisBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBuilder")
+            .field("url", &redacted(&self.url))
+            .field("prefix", &self.prefix)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .finish()
+    }
+}
+
+/// `url` with any credentials in it (`redis://user:password@host`) hidden, for `Debug`.
+pub(crate) fn redacted(url: &str) -> std::borrow::Cow<'_, str> {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            std::borrow::Cow::Owned(format!("{}://***{}", &url[..scheme], &url[at..]))
+        }
+        _ => std::borrow::Cow::Borrowed(url),
+    }
 }
 
 /// Why a [`RedisStore`] could not be made.
@@ -251,5 +272,22 @@ impl Service<Take> for RedisStore {
                 wait: Duration::from_micros(wait),
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_builder_hides_the_credentials_in_its_url() {
+        let shown = format!(
+            "{:?}",
+            RedisStore::builder("redis://:hunter2@10.0.0.1:6379/2")
+        );
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("redis://***@10.0.0.1:6379/2"), "{shown}");
+        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redacted("unix:///tmp/redis.sock"), "unix:///tmp/redis.sock");
     }
 }
