@@ -353,7 +353,10 @@ where
                     key: key.clone(),
                     generation: seen,
                     entry: entry.clone(),
-                    touched: Cell::new(evicted),
+                    // The store saw this read: the copy's first hit is shown to it too (as if
+                    // an eviction had come between), so that a key read twice counts twice
+                    // there, as it would without the copy.
+                    touched: Cell::new(evicted.wrapping_sub(1)),
                     weight,
                 };
                 nears.drop_copy(slot);
