@@ -430,8 +430,10 @@ struct Tier<K: Send, V: Send, Cd> {
     /// the lock go.
     computing: Mutex<HashMap<K, Computing>>,
     counts: Counts,
-    /// Whether the last Redis call failed: reported once as the tier goes down and once as it
-    /// comes back.
+    /// Whether the last Redis call failed, under a lock so that the changes are reported in
+    /// the order they were made (once as the tier goes down, once as it comes back).
+    health: Mutex<bool>,
+    /// The same, read without the lock by calls that succeed.
     degraded: AtomicBool,
     source: Source<Events>,
 }
@@ -453,7 +455,13 @@ struct Loaded<V> {
 /// A backend call the fill service is making for a key.
 struct Computing {
     started: Instant,
-    token: Option<String>,
+    /// The fill's token: its lock's value in Redis when `locked`, and in any case what tells
+    /// this fill's entry from a later one's.
+    token: String,
+    /// Whether the fill holds (or may hold) the key's lock.
+    locked: bool,
+    /// Whether the backend call has answered (the cache's insert or remove is next).
+    answered: bool,
 }
 
 /// Kept under a mutex map at most this many pending entries or lock tokens: one the cache never
@@ -470,6 +478,21 @@ fn remember<K: Hash + Eq, T>(map: &Mutex<HashMap<K, T>>, key: K, value: T) {
 
 fn forget<K: Hash + Eq, T>(map: &Mutex<HashMap<K, T>>, key: &K) -> Option<T> {
     map.lock().unwrap_or_else(|e| e.into_inner()).remove(key)
+}
+
+/// Forgets the backend call the fill with `token` made for `key`, if it is still the one
+/// remembered (a later fill's is left alone): under one lock, so that nothing remembered
+/// meanwhile is lost.
+fn forget_own<K: Hash + Eq>(
+    map: &Mutex<HashMap<K, Computing>>,
+    key: &K,
+    token: &str,
+) -> Option<Computing> {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    if map.get(key)?.token != token {
+        return None;
+    }
+    map.remove(key)
 }
 
 /// A cache [`Store`] shared by every instance of a service: a [`MemoryStore`] in front of
@@ -535,7 +558,7 @@ impl<Cd: Clone, O> Clone for RedisStoreBuilder<Cd, O> {
 impl<Cd: fmt::Debug, O> fmt::Debug for RedisStoreBuilder<Cd, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStoreBuilder")
-            .field("url", &redacted(&self.url))
+            .field("address", &redacted(&self.url))
             .field("codec", &self.codec)
             .field("name", &self.name)
             .field("observer", &self.events)
@@ -758,6 +781,7 @@ impl<Cd, O> RedisStoreBuilder<Cd, O> {
                 loaded: Mutex::default(),
                 computing: Mutex::default(),
                 counts: Counts::default(),
+                health: Mutex::new(false),
                 degraded: AtomicBool::new(false),
                 source: Source::new(self.name, self.events),
             }),
@@ -775,24 +799,33 @@ where
     async fn call(&self, op: Op) -> Option<Reply> {
         let kind = op.kind();
         let result = (self.redis)(op).await;
-        let emit = |kind| self.source.emitter().emit(kind);
+        self.health(result.is_err());
         match result {
-            Ok(reply) => {
-                if self.degraded.load(Ordering::Relaxed)
-                    && self.degraded.swap(false, Ordering::Relaxed)
-                {
-                    emit(EventKind::StoreHealth { degraded: false });
-                }
-                Some(reply)
-            }
+            Ok(reply) => Some(reply),
             Err(_) => {
                 self.counts.failures.fetch_add(1, Ordering::Relaxed);
-                emit(EventKind::CacheTierFailed { op: kind });
-                if !self.degraded.swap(true, Ordering::Relaxed) {
-                    emit(EventKind::StoreHealth { degraded: true });
-                }
+                self.source
+                    .emitter()
+                    .emit(EventKind::CacheTierFailed { op: kind });
                 None
             }
+        }
+    }
+
+    /// Notes whether a Redis call failed, and reports the tier degraded or recovered when that
+    /// changes it: the change and its report under one lock, so that an observer sees them in
+    /// order (a success seen before a failure's report cannot report its recovery first).
+    fn health(&self, failed: bool) {
+        if !failed && !self.degraded.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut degraded = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        if *degraded != failed {
+            *degraded = failed;
+            self.degraded.store(failed, Ordering::Relaxed);
+            self.source
+                .emitter()
+                .emit(EventKind::StoreHealth { degraded: failed });
         }
     }
 
@@ -967,7 +1000,8 @@ where
         let record = record(&tier.codec, &entry, Instant::now(), wall_ms());
         let name = key.to_string();
         tier.memory.insert(key, entry);
-        let op = match (record, computing.token) {
+        let token = computing.locked.then_some(computing.token);
+        let op = match (record, token) {
             (Some((record, px)), token) => Op::Put {
                 key: tier.value_key(&name),
                 lock: tier.lock_key(&name),
@@ -995,6 +1029,23 @@ where
     /// instance may have stored a newer answer there.
     fn remove(&self, key: &K) {
         self.tier.memory.remove(key);
+        // An answer this instance just computed under the key's lock that the cache will not
+        // store (`no-store`, no freshness): the lock goes now. A call still in flight is left
+        // alone.
+        let call = {
+            let mut computing = self
+                .tier
+                .computing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            match computing.get(key) {
+                Some(call) if call.answered => computing.remove(key),
+                _ => None,
+            }
+        };
+        if let Some(call) = call.filter(|call| call.locked) {
+            self.tier.unlock(&key.to_string(), call.token);
+        }
     }
 
     fn len(&self) -> usize {
@@ -1072,10 +1123,11 @@ impl<S: fmt::Debug, F, K: Send, V: Send, Cd> fmt::Debug for RedisFill<S, F, K, V
 /// Redis anyway).
 pub type RedisFillFuture<V> = Pin<Box<dyn Future<Output = Result<V, BoxError>> + Send>>;
 
-/// The key's Redis lock while a fill holds it and its backend call has not answered: let go
-/// (and its pending write forgotten) if the fill's future is dropped first, cancelled or unwound
-/// by a panic, so that the next miss for the key, here or in another instance, need not wait
-/// out the lock's ttl.
+/// What a fill holds of the tier until its backend call has answered: the key's Redis lock (or
+/// a lock call whose reply it did not see), and the call as `computing` remembers it. Given
+/// back if the fill's future is dropped first, cancelled or unwound by a panic (an observer's
+/// included), or its backend call failed: so that the next miss for the key, here or in another
+/// instance, need not wait out the lock's ttl, and nothing pending is left behind.
 struct Held<
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
@@ -1084,7 +1136,11 @@ struct Held<
     tier: Arc<Tier<K, V, Cd>>,
     key: K,
     name: String,
-    token: Option<String>,
+    token: String,
+    /// Whether the fill holds, or may hold, the key's lock.
+    locked: bool,
+    /// Whether `computing` remembers the fill's backend call.
+    registered: bool,
 }
 
 impl<K, V, Cd> Drop for Held<K, V, Cd>
@@ -1094,16 +1150,48 @@ where
     Cd: Codec<V>,
 {
     fn drop(&mut self) {
-        let Some(token) = self.token.take() else {
-            return;
-        };
-        // Only this fill's pending write: another fill of the key may have replaced it.
-        if let Some(computing) = forget(&self.tier.computing, &self.key) {
-            if computing.token.as_ref() != Some(&token) {
-                remember(&self.tier.computing, self.key.clone(), computing);
+        if self.registered {
+            forget_own(&self.tier.computing, &self.key, &self.token);
+        }
+        if self.locked {
+            // A token that does not hold the lock lets nothing go.
+            self.tier
+                .unlock(&self.name, std::mem::take(&mut self.token));
+        }
+    }
+}
+
+/// How long after a backend call answered under a key's lock the lock is let go if the cache has
+/// not stored the answer by then (it stores it, and the write lets the lock go, as soon as the
+/// fill's answer reaches it; an answer it will not store, such as one its classifier calls a
+/// failure, would otherwise keep the lock for its whole ttl).
+const RELEASE_AFTER: Duration = Duration::from_secs(1);
+
+impl<K, V, Cd> Tier<K, V, Cd>
+where
+    K: Hash + Eq + Clone + fmt::Display + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    Cd: Codec<V>,
+{
+    /// The backend call of the fill with `token` for `key` answered: the cache's insert (or
+    /// remove) is next. Lets the lock go after [`RELEASE_AFTER`] if neither came.
+    fn answered(self: &Arc<Self>, key: &K, token: &str) {
+        {
+            let mut computing = self.computing.lock().unwrap_or_else(|e| e.into_inner());
+            match computing.get_mut(key) {
+                Some(call) if call.token == token => call.answered = true,
+                _ => return,
             }
         }
-        self.tier.unlock(&self.name, token);
+        let (tier, key, token) = (self.clone(), key.clone(), token.to_owned());
+        spawn(async move {
+            tokio::time::sleep(RELEASE_AFTER).await;
+            if let Some(call) = forget_own(&tier.computing, &key, &token) {
+                if call.locked {
+                    tier.unlock(&key.to_string(), call.token);
+                }
+            }
+        });
     }
 }
 
@@ -1151,16 +1239,17 @@ where
             let newer = |entry: &Entry<V>| {
                 have.is_none_or(|have| entry.stored > have + Duration::from_millis(10))
             };
-            let token = token();
             let mut held = Held {
                 tier: tier.clone(),
                 key: key.clone(),
                 name: name.clone(),
-                token: None,
+                token: token(),
+                locked: false,
+                registered: false,
             };
             let start = Instant::now();
-            // Events are sent once what they report is done (an observer that panics leaves
-            // nothing half made).
+            // Events are sent before what they report is kept (`load`), or while `held` would
+            // give back what the fill holds: an observer that panics leaves nothing half made.
             let fill = loop {
                 let now = Instant::now();
                 let Some(found) = tier.read(&name, now).await else {
@@ -1170,38 +1259,40 @@ where
                 if let Some(entry) = &found {
                     if newer(entry) && now < entry.fresh_until {
                         let value = entry.value.clone().expect("a loaded entry is positive");
-                        tier.load(&key, entry.clone());
                         tier.filled(TierFill::Shared);
+                        tier.load(&key, entry.clone());
                         return Ok(value);
                     }
                 }
-                match tier.lock(&name, &token).await {
+                // Held from before the call: a lock Redis took for a call that then failed,
+                // timed out or was dropped is let go too.
+                held.locked = true;
+                match tier.lock(&name, &held.token).await {
                     None => break TierFill::Unavailable,
                     Some(true) => {
-                        held.token = Some(token.clone());
                         // The holder before us may have written its answer and let the lock go
                         // between our read and our lock: read again before calling.
                         let now = Instant::now();
                         if let Some(Some(entry)) = tier.read(&name, now).await {
                             if newer(&entry) && now < entry.fresh_until {
-                                drop(held); // lets the lock go
                                 let value =
                                     entry.value.clone().expect("a loaded entry is positive");
-                                tier.load(&key, entry);
                                 tier.filled(TierFill::Shared);
+                                tier.load(&key, entry);
+                                drop(held); // lets the lock go
                                 return Ok(value);
                             }
                         }
                         break TierFill::Locked;
                     }
-                    Some(false) => {}
+                    Some(false) => held.locked = false,
                 }
                 // Another instance is computing: serve what Redis has while it may be served.
                 if let Some(mut entry) = found.filter(|entry| now < entry.stale_until) {
                     entry.revalidate_at = now + tier.poll;
                     let value = entry.value.clone().expect("a loaded entry is positive");
-                    tier.load(&key, entry);
                     tier.filled(TierFill::SharedStale);
+                    tier.load(&key, entry);
                     return Ok(value);
                 }
                 if now.saturating_duration_since(start) >= tier.lock_wait {
@@ -1212,14 +1303,20 @@ where
             let computing = Computing {
                 started: Instant::now(),
                 token: held.token.clone(),
+                locked: held.locked,
+                answered: false,
             };
             remember(&tier.computing, key.clone(), computing);
-            tier.counts.backend.fetch_add(1, Ordering::Relaxed);
+            held.registered = true;
             tier.filled(fill);
+            tier.counts.backend.fetch_add(1, Ordering::Relaxed);
             let result = inner.call(req).await.map_err(Into::into);
             if result.is_ok() {
-                // The cache's insert writes the answer and lets the lock go.
-                held.token = None;
+                // The cache's insert writes the answer and lets the lock go; `answered` makes
+                // sure the lock goes if it does not.
+                tier.answered(&key, &held.token);
+                held.registered = false;
+                held.locked = false;
             }
             result
         })
@@ -1235,7 +1332,7 @@ mod tests {
         let builder = RedisStore::builder("redis://user:secret@10.0.0.1:6379/0", U64Codec);
         let shown = format!("{builder:?}");
         assert!(!shown.contains("secret"), "{shown}");
-        assert!(shown.contains("redis://***@10.0.0.1:6379/0"), "{shown}");
+        assert!(shown.contains("10.0.0.1:6379"), "{shown}");
     }
 
     #[test]

@@ -426,7 +426,6 @@ async fn a_cancelled_fill_lets_the_keys_lock_go() {
     let Some(server) = RedisServer::start("a_cancelled_fill_lets_the_keys_lock_go") else {
         return;
     };
-    let backend = Backend::new(Duration::from_millis(300));
     let events = Seen::default();
     let store: Store = RedisStore::builder(server.url(), U64Codec)
         .observer(events.observer("cache.redis"))
@@ -434,20 +433,87 @@ async fn a_cancelled_fill_lets_the_keys_lock_go() {
         .connect()
         .await
         .unwrap();
-    let service = cached(&store, &backend);
+    // The first call never answers; later ones answer at once.
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    let backend = tower::service_fn(move |key: u32| {
+        let first = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+        async move {
+            if first {
+                std::future::pending::<()>().await;
+            }
+            Ok::<u64, BoxError>(u64::from(key) * 10)
+        }
+    });
+    let cache = CacheLayer::builder(key)
+        .ttl(Duration::from_secs(60))
+        .store(store.clone())
+        .build()
+        .unwrap();
+    let service = cache.layer(store.fill(key).layer(backend));
     let first = tokio::spawn(service.clone().oneshot(6));
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while backend.calls() == 0 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while calls.load(std::sync::atomic::Ordering::SeqCst) == 0 {
         assert!(Instant::now() < deadline, "the first call never started");
         sleep(Duration::from_millis(2)).await;
     }
     first.abort();
     assert!(first.await.unwrap_err().is_cancelled());
-    let second = timeout(Duration::from_secs(2), service.clone().oneshot(6)).await;
+    let second = timeout(Duration::from_secs(5), service.clone().oneshot(6)).await;
     assert_eq!(second.expect("the lock was left taken").unwrap(), 60);
     assert_eq!(events.fills(TierFill::Locked), 2, "{:?}", events.all());
     assert_eq!(events.fills(TierFill::LockWaitExpired), 0);
     written(&store, 1).await;
+}
+
+/// A backend call under the key's lock that fails, or whose answer the cache does not store
+/// (its classifier calls it a failure), lets the lock go: the next miss takes it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_not_stored_lets_the_keys_lock_go() {
+    let Some(server) = RedisServer::start("an_answer_not_stored_lets_the_keys_lock_go") else {
+        return;
+    };
+    let backend = Backend::new(Duration::from_millis(1));
+    let events = Seen::default();
+    let store: Store = RedisStore::builder(server.url(), U64Codec)
+        .observer(events.observer("cache.redis"))
+        .lock_wait(Duration::from_secs(10), Duration::from_millis(10))
+        .connect()
+        .await
+        .unwrap();
+    // Key 8's answer is a failure to the cache: never stored.
+    let cache = CacheLayer::builder(key)
+        .ttl(Duration::from_secs(60))
+        .classify(|result: &Result<u64, BoxError>| match result {
+            Ok(80) | Err(_) => seawall::core::Outcome::Failure,
+            Ok(_) => seawall::core::Outcome::Success,
+        })
+        .store(store.clone())
+        .build()
+        .unwrap();
+    let service = cache.layer(store.fill(key).layer(backend.service()));
+    backend.set_down(true);
+    assert!(service.clone().oneshot(5).await.is_err());
+    backend.set_down(false);
+    let next = timeout(Duration::from_secs(5), service.clone().oneshot(5)).await;
+    assert_eq!(next.expect("a failed call kept the lock").unwrap(), 50);
+    assert_eq!(events.fills(TierFill::Locked), 2, "{:?}", events.all());
+
+    assert_eq!(service.clone().oneshot(8).await.unwrap(), 80);
+    let started = Instant::now();
+    let next = timeout(Duration::from_secs(5), service.clone().oneshot(8)).await;
+    assert_eq!(
+        next.expect("an answer not stored kept the lock").unwrap(),
+        80
+    );
+    // Let go within `RELEASE_AFTER` (1 s), not the lock's 5 s ttl nor `lock_wait`.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(events.fills(TierFill::Locked), 4, "{:?}", events.all());
+    assert_eq!(events.fills(TierFill::LockWaitExpired), 0);
 }
 
 /// A cache with a minute's ttl over `store`, filled from Redis, over `backend`.

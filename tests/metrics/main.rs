@@ -436,3 +436,91 @@ fn the_stacks_parts_leave_their_series_under_their_names() {
         }
     }
 }
+
+#[path = "../fleet/server.rs"]
+mod redis_server;
+
+/// A cache's Redis tier with a metrics observer, over a real Redis on loopback: a miss computed
+/// under the key's lock and written, then Redis stopped and a miss sent to the backend without
+/// it, leave the tier's series (and the default breaker's) under the store's name.
+#[test]
+fn a_redis_cache_tier_leaves_its_series() {
+    use seawall::cache::redis::{RedisStore, U64Codec};
+    use seawall::cache::CacheLayer;
+    let Some(mut server) = redis_server::RedisServer::start("a_redis_cache_tier_leaves_its_series")
+    else {
+        return;
+    };
+    let recorder = DebuggingRecorder::new();
+    // One thread: the recorder is this thread's, and so are the store's background writes.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let store: RedisStore<u32, u64, U64Codec> = RedisStore::builder(server.url(), U64Codec)
+                .name("catalog.redis")
+                .observer(MetricsObserver::new())
+                .timeout(Duration::from_millis(200))
+                .connect()
+                .await
+                .unwrap();
+            let key = |k: &u32| Some(*k);
+            let cache = CacheLayer::builder(key)
+                .ttl(Duration::from_secs(60))
+                .store(store.clone())
+                .build()
+                .unwrap();
+            let backend = service_fn(|k: u32| async move { Ok::<u64, BoxError>(u64::from(k)) });
+            let service = cache.layer(store.fill(key).layer(backend));
+            assert_eq!(service.clone().oneshot(1).await.unwrap(), 1);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while store.writes() == 0 {
+                assert!(tokio::time::Instant::now() < deadline, "never written");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            server.stop();
+            assert_eq!(service.clone().oneshot(2).await.unwrap(), 2);
+        })
+    });
+    let series = snapshot(&recorder);
+    let value = |name: &str| series.get(name).map(String::as_str);
+    let layer = "layer=catalog.redis";
+    assert_eq!(
+        value(&format!(
+            "seawall_cache_tier_fills_total{{fill=locked,{layer}}}"
+        )),
+        Some("1"),
+        "{series:#?}"
+    );
+    assert_eq!(
+        value(&format!(
+            "seawall_cache_tier_fills_total{{fill=unavailable,{layer}}}"
+        )),
+        Some("1"),
+        "{series:#?}"
+    );
+    assert_eq!(
+        value(&format!("seawall_cache_tier_writes_total{{{layer}}}")),
+        Some("1"),
+        "{series:#?}"
+    );
+    assert_eq!(
+        value(&format!(
+            "seawall_cache_tier_failures_total{{{layer},op=read}}"
+        )),
+        Some("1"),
+        "{series:#?}"
+    );
+    assert_eq!(
+        value(&format!("seawall_store_degraded{{{layer}}}")),
+        Some("1"),
+        "{series:#?}"
+    );
+    assert_eq!(
+        value(&format!("seawall_circuit_state{{{layer},state=closed}}")),
+        Some("1"),
+        "{series:#?}"
+    );
+}

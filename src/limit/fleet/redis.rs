@@ -98,7 +98,7 @@ pub struct RedisBuilder {
 impl fmt::Debug for RedisBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisBuilder")
-            .field("url", &redacted(&self.url))
+            .field("address", &redacted(&self.url))
             .field("prefix", &self.prefix)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
@@ -106,13 +106,12 @@ impl fmt::Debug for RedisBuilder {
     }
 }
 
-/// `url` with any credentials in it (`redis://user:password@host`) hidden, for `Debug`.
-pub(crate) fn redacted(url: &str) -> std::borrow::Cow<'_, str> {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            std::borrow::Cow::Owned(format!("{}://***{}", &url[..scheme], &url[at..]))
-        }
-        _ => std::borrow::Cow::Borrowed(url),
+/// The server `url` names, for `Debug`: its address as the client reads it (`host:port`, or a
+/// socket's path), without the user, password or database any part of the URL may carry.
+pub(crate) fn redacted(url: &str) -> String {
+    match redis::IntoConnectionInfo::into_connection_info(url) {
+        Ok(info) => info.addr().to_string(),
+        Err(_) => "<not a Redis URL>".to_owned(),
     }
 }
 
@@ -286,8 +285,23 @@ mod tests {
             RedisStore::builder("redis://:hunter2@10.0.0.1:6379/2")
         );
         assert!(!shown.contains("hunter2"), "{shown}");
-        assert!(shown.contains("redis://***@10.0.0.1:6379/2"), "{shown}");
-        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-        assert_eq!(redacted("unix:///tmp/redis.sock"), "unix:///tmp/redis.sock");
+        assert!(shown.contains("10.0.0.1:6379"), "{shown}");
+        for (url, address) in [
+            ("redis://127.0.0.1:6379", "127.0.0.1:6379"),
+            ("redis://user:pw@host:1/0?x=@y", "host:1"),
+            (
+                "unix:///tmp/redis.sock?pass=hunter2&user=u",
+                "/tmp/redis.sock",
+            ),
+            (
+                "redis+unix:///tmp/redis.sock?pass=hunter2",
+                "/tmp/redis.sock",
+            ),
+            ("no scheme:hunter2@host", "<not a Redis URL>"),
+            // The URL parser drops tabs, as the client that connects does.
+            ("redis:/\t/u:hunter2@h", "h:6379"),
+        ] {
+            assert_eq!(redacted(url), address, "{url}");
+        }
     }
 }
