@@ -228,7 +228,7 @@ where
     type Output = Result<V, BoxError>;
 
     /// A hit's answer is taken here, inline; the rest are polled out of line.
-    #[inline]
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut kind = self.project().kind;
         if let KindProj::Answer { answer } = kind.as_mut().project() {
@@ -251,6 +251,7 @@ where
 {
     /// Polls a request without a key, or a miss.
     #[allow(clippy::type_complexity)]
+    #[inline(never)]
     fn poll_other(
         mut kind: Pin<&mut Kinds<S, Req, K, V, St, C, P, O>>,
         cx: &mut Context<'_>,

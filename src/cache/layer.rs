@@ -1222,6 +1222,10 @@ where
         Poll::Ready(Ok(()))
     }
 
+    /// A fresh hit is answered here, inlined into the caller so that a caller polling the
+    /// answer at once takes it without reloading it through memory (measured: 30 to 33 ns a hit
+    /// before, 25 to 28 after); a stale hit or a miss goes on out of line.
+    #[inline(always)]
     fn call(&mut self, req: Req) -> Self::Future {
         let core = &self.layer.core;
         let Some(key) = (self.layer.key)(&req) else {
@@ -1263,6 +1267,35 @@ where
             }
             return CacheFuture::hit(value);
         }
+        self.not_fresh(key, req, memo, found, counters)
+    }
+}
+
+impl<S, F, K, V, C, O, P, St> Cache<S, F, K, V, C, O, P, St> {
+    /// A call whose answer is not a fresh hit: a stale hit, or a miss (led or joined).
+    #[inline(never)]
+    fn not_fresh<Req>(
+        &self,
+        key: K,
+        req: Req,
+        memo: P::Memo,
+        found: Option<Entry<V>>,
+        counters: &Stripe,
+    ) -> CacheFuture<S, Req, K, V, St, C, P, O>
+    where
+        S: Service<Req, Response = V> + Clone + Send + 'static,
+        S::Error: Into<BoxError> + Send + 'static,
+        S::Future: Send + 'static,
+        Req: Send + 'static,
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+        C: Classify<V, S::Error> + Send + Sync + 'static,
+        O: Observer,
+        P: StorePolicy<Req, V> + Send + Sync + 'static,
+        P::Memo: Send + 'static,
+        St: Store<K, V>,
+    {
+        let core = &self.layer.core;
         let now = Instant::now();
         let stale = match found {
             None => None,
