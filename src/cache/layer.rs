@@ -1460,46 +1460,39 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_reading_far_from_expiry_is_a_hit_without_a_clock_read_and_near_it_is_not() {
-        let (layer, service, calls) = counted(Duration::ZERO);
-        let calls = || calls.load(Ordering::SeqCst);
-        let clock = &layer.core.clock;
-        let start = Instant::now();
-        // On from the start, so that the entry is stored with its bound on the coarse clock.
-        clock.set(Some(start));
-        service.clone().oneshot(1).await.unwrap();
-        assert_eq!(calls(), 1);
-        assert_ne!(layer.core.store.get(&1).unwrap().fresh_ns, 0);
+        // With the entry's bound on the coarse clock worked out when it is stored (readings on
+        // from the start), and without (an entry stored while they were off: the hit works it
+        // out from its instants, to the same answers).
+        for bound_at_store in [true, false] {
+            let (layer, service, calls) = counted(Duration::ZERO);
+            let calls = || calls.load(Ordering::SeqCst);
+            let clock = &layer.core.clock;
+            clock.set(bound_at_store.then(Instant::now));
+            service.clone().oneshot(1).await.unwrap();
+            let stored = Instant::now();
+            assert_eq!(calls(), 1);
+            let fresh_ns = layer.core.store.get(&1).unwrap().fresh_ns;
+            assert_eq!(fresh_ns != 0, bound_at_store);
 
-        // The answer's freshness is over, but the reading says it is early on: the hit
-        // believes the reading, so it read no clock.
-        tokio::time::advance(Duration::from_secs(61)).await;
-        clock.set(Some(start));
-        service.clone().oneshot(1).await.unwrap();
-        assert_eq!(calls(), 1, "served on the reading alone");
+            // The answer's freshness is over, but the reading says it is early on: the hit
+            // believes the reading, so it read no clock.
+            tokio::time::advance(Duration::from_secs(61)).await;
+            clock.set(Some(stored));
+            service.clone().oneshot(1).await.unwrap();
+            assert_eq!(calls(), 1, "served on the reading alone ({bound_at_store})");
 
-        // A reading that leaves less than the lag before expiry: the hit reads the clock, finds
-        // the answer expired, and asks.
-        clock.set(Some(start + Duration::from_secs(60) - LAG));
-        service.clone().oneshot(1).await.unwrap();
-        assert_eq!(calls(), 2);
+            // A reading that leaves less than the lag before expiry: the hit reads the clock,
+            // finds the answer expired, and asks.
+            clock.set(Some(stored + Duration::from_secs(60) - LAG));
+            service.clone().oneshot(1).await.unwrap();
+            assert_eq!(calls(), 2, "near expiry ({bound_at_store})");
 
-        // A layer whose readings are off reads the clock however early the reading is.
-        tokio::time::advance(Duration::from_secs(61)).await;
-        clock.set(None);
-        service.clone().oneshot(1).await.unwrap();
-        assert_eq!(calls(), 3);
-
-        // An entry stored while the readings were off has no bound on the coarse clock: the
-        // hit works it out from its instants, to the same answers.
-        let stored = Instant::now();
-        assert_eq!(layer.core.store.get(&1).unwrap().fresh_ns, 0);
-        tokio::time::advance(Duration::from_secs(61)).await;
-        clock.set(Some(stored));
-        service.clone().oneshot(1).await.unwrap();
-        assert_eq!(calls(), 3, "served on the reading alone");
-        clock.set(Some(stored + Duration::from_secs(60) - LAG));
-        service.clone().oneshot(1).await.unwrap();
-        assert_eq!(calls(), 4);
+            // A layer whose readings are off reads the clock however early the reading is.
+            tokio::time::advance(Duration::from_secs(61)).await;
+            clock.set(None);
+            service.clone().oneshot(1).await.unwrap();
+            assert_eq!(calls(), 3, "readings off ({bound_at_store})");
+        }
     }
 
     #[tokio::test(start_paused = true)]
