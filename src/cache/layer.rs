@@ -309,6 +309,7 @@ where
             if let Ok(value) = &result {
                 self.offer(key, memo, value, now, delta);
             }
+            self.store.settled(key);
             return (result, false);
         }
         let failed = self.select.answers_failed_responses() && result.is_ok();
@@ -319,6 +320,7 @@ where
                 bump(&self.counters.local().stale);
                 let answer = self.marked(entry.clone(), now);
                 self.store.insert(key.clone(), entry);
+                self.store.settled(key);
                 if O::ENABLED {
                     let latency = self.source.observer().wants_latency().then_some(delta);
                     self.source
@@ -329,6 +331,7 @@ where
             }
         }
         let Some(ttl) = self.negative_ttl else {
+            self.store.settled(key);
             return (result, false);
         };
         let value = match result {
@@ -367,6 +370,7 @@ where
         if let (Ok(value), false) = (result, self.classify.classify(result) == Outcome::Failure) {
             self.offer(key, memo, value, Instant::now(), delta);
         }
+        self.store.settled(key);
     }
 
     /// Tells the observer of the entries the store evicted since last told: read on the paths

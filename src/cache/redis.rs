@@ -476,20 +476,15 @@ fn remember<K: Hash + Eq, T>(map: &Mutex<HashMap<K, T>>, key: K, value: T) {
     map.insert(key, value);
 }
 
-fn forget<K: Hash + Eq, T>(map: &Mutex<HashMap<K, T>>, key: &K) -> Option<T> {
-    map.lock().unwrap_or_else(|e| e.into_inner()).remove(key)
-}
-
-/// Forgets the backend call the fill with `token` made for `key`, if it is still the one
-/// remembered (a later fill's is left alone): under one lock, so that nothing remembered
-/// meanwhile is lost.
-fn forget_own<K: Hash + Eq>(
-    map: &Mutex<HashMap<K, Computing>>,
+/// Forgets what `map` keeps for `key` if `take` says so, and returns it: under one lock, so that
+/// nothing remembered meanwhile (a later fill's call, say) is lost.
+fn take_if<K: Hash + Eq, T>(
+    map: &Mutex<HashMap<K, T>>,
     key: &K,
-    token: &str,
-) -> Option<Computing> {
+    take: impl FnOnce(&T) -> bool,
+) -> Option<T> {
     let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
-    if map.get(key)?.token != token {
+    if !take(map.get(key)?) {
         return None;
     }
     map.remove(key)
@@ -797,26 +792,31 @@ where
 {
     /// One Redis call through the timeout and the breaker; `None` if it failed.
     async fn call(&self, op: Op) -> Option<Reply> {
+        self.send(op).await.ok()
+    }
+
+    /// One Redis call through the timeout and the breaker: `Err(sent)` if it failed, `sent`
+    /// saying whether it may have reached Redis (not when the open breaker refused it).
+    async fn send(&self, op: Op) -> Result<Reply, bool> {
         let kind = op.kind();
         let result = (self.redis)(op).await;
-        self.health(result.is_err());
-        match result {
-            Ok(reply) => Some(reply),
-            Err(_) => {
-                self.counts.failures.fetch_add(1, Ordering::Relaxed);
-                self.source
-                    .emitter()
-                    .emit(EventKind::CacheTierFailed { op: kind });
-                None
-            }
+        if result.is_err() {
+            self.counts.failures.fetch_add(1, Ordering::Relaxed);
         }
+        self.health(result.is_err());
+        result.map_err(|error| {
+            self.source
+                .emitter()
+                .emit(EventKind::CacheTierFailed { op: kind });
+            crate::error::kind(&*error) != Some(crate::error::ErrorKind::CircuitOpen)
+        })
     }
 
     /// Notes whether a Redis call failed, and reports the tier degraded or recovered when that
     /// changes it: the change and its report under one lock, so that an observer sees them in
     /// order (a success seen before a failure's report cannot report its recovery first).
     fn health(&self, failed: bool) {
-        if !failed && !self.degraded.load(Ordering::Relaxed) {
+        if self.degraded.load(Ordering::Relaxed) == failed {
             return;
         }
         let mut degraded = self.health.lock().unwrap_or_else(|e| e.into_inner());
@@ -854,17 +854,15 @@ where
         }
     }
 
-    /// Tries to take `key`'s lock: `None` if Redis failed.
-    async fn lock(&self, key: &str, token: &str) -> Option<bool> {
+    /// Tries to take `key`'s lock: whether it was taken, or `Err(sent)` if Redis failed (`sent`:
+    /// the call may have reached Redis, and taken the lock).
+    async fn lock(&self, key: &str, token: &str) -> Result<bool, bool> {
         let op = Op::Lock {
             key: self.lock_key(key),
             token: token.to_owned(),
             px: millis(self.lock_ttl).max(1),
         };
-        match self.call(op).await? {
-            Reply::Locked(locked) => Some(locked),
-            _ => Some(false),
-        }
+        Ok(matches!(self.send(op).await?, Reply::Locked(true)))
     }
 
     /// Lets `key`'s lock go in the background, if `token` still holds it.
@@ -976,26 +974,18 @@ where
         let tier = &self.tier;
         // The cache's entry for an answer the fill service read from Redis (made after the
         // read): keep Redis's, with its freshness. Any other insert leaves that one waiting.
-        match forget(&tier.loaded, &key) {
-            Some(loaded) if entry.stored >= loaded.at => {
-                tier.memory.insert(key, loaded.entry);
-                return;
-            }
-            Some(loaded) => remember(&tier.loaded, key.clone(), loaded),
-            None => {}
+        if let Some(loaded) = take_if(&tier.loaded, &key, |loaded| entry.stored >= loaded.at) {
+            tier.memory.insert(key, loaded.entry);
+            return;
         }
         // Only the answer of a backend call this instance made is news for the fleet: not an
         // entry put back with a longer grace or a later revalidation time.
-        let computing = match forget(&tier.computing, &key) {
-            Some(computing) if entry.stored >= computing.started => computing,
-            other => {
-                if let Some(computing) = other {
-                    // An older entry put back while the call is in flight.
-                    remember(&tier.computing, key.clone(), computing);
-                }
-                tier.memory.insert(key, entry);
-                return;
-            }
+        // An older entry put back (while the call is in flight, or in place of its failed
+        // answer) leaves the call remembered.
+        let Some(computing) = take_if(&tier.computing, &key, |call| entry.stored >= call.started)
+        else {
+            tier.memory.insert(key, entry);
+            return;
         };
         let record = record(&tier.codec, &entry, Instant::now(), wall_ms());
         let name = key.to_string();
@@ -1026,26 +1016,18 @@ where
     }
 
     /// Forgets `key` in the memory tier only: what Redis holds expires by itself, and another
-    /// instance may have stored a newer answer there.
+    /// instance may have stored a newer answer there. A lock this instance holds for an answer
+    /// it computed goes, as in [`settled`](Store::settled).
     fn remove(&self, key: &K) {
         self.tier.memory.remove(key);
-        // An answer this instance just computed under the key's lock that the cache will not
-        // store (`no-store`, no freshness): the lock goes now. A call still in flight is left
-        // alone.
-        let call = {
-            let mut computing = self
-                .tier
-                .computing
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            match computing.get(key) {
-                Some(call) if call.answered => computing.remove(key),
-                _ => None,
-            }
-        };
-        if let Some(call) = call.filter(|call| call.locked) {
-            self.tier.unlock(&key.to_string(), call.token);
-        }
+        self.settled(key);
+    }
+
+    /// Lets the key's Redis lock go, if this instance took it for a backend call that has
+    /// answered (the cache stores nothing of the answer: `no-store`, a status it does not keep,
+    /// a failure). A call still in flight is left alone.
+    fn settled(&self, key: &K) {
+        self.tier.release(key, |call| call.answered);
     }
 
     fn len(&self) -> usize {
@@ -1151,7 +1133,9 @@ where
 {
     fn drop(&mut self) {
         if self.registered {
-            forget_own(&self.tier.computing, &self.key, &self.token);
+            take_if(&self.tier.computing, &self.key, |call| {
+                call.token == self.token
+            });
         }
         if self.locked {
             // A token that does not hold the lock lets nothing go.
@@ -1173,25 +1157,39 @@ where
     V: Clone + Send + Sync + 'static,
     Cd: Codec<V>,
 {
-    /// The backend call of the fill with `token` for `key` answered: the cache's insert (or
-    /// remove) is next. Lets the lock go after [`RELEASE_AFTER`] if neither came.
-    fn answered(self: &Arc<Self>, key: &K, token: &str) {
-        {
+    /// The backend call of the fill with `token` for `key` answered: the cache's insert (or its
+    /// word that it stores nothing, [`Store::settled`]) is next, and lets the lock go. If
+    /// neither comes (the answer never reached the cache), the lock goes after
+    /// [`RELEASE_AFTER`]. `false` if the call is no longer the one remembered for the key
+    /// (another fill's replaced it): the fill then lets its lock go itself.
+    fn answered(self: &Arc<Self>, key: &K, token: &str) -> bool {
+        let locked = {
             let mut computing = self.computing.lock().unwrap_or_else(|e| e.into_inner());
             match computing.get_mut(key) {
-                Some(call) if call.token == token => call.answered = true,
-                _ => return,
+                Some(call) if call.token == token => {
+                    call.answered = true;
+                    call.locked
+                }
+                _ => return false,
+            }
+        };
+        if locked {
+            let (tier, key, token) = (self.clone(), key.clone(), token.to_owned());
+            spawn(async move {
+                tokio::time::sleep(RELEASE_AFTER).await;
+                tier.release(&key, |call| call.token == token);
+            });
+        }
+        true
+    }
+
+    /// Forgets the call remembered for `key` if `which` says so, and lets its lock go.
+    fn release(self: &Arc<Self>, key: &K, which: impl FnOnce(&Computing) -> bool) {
+        if let Some(call) = take_if(&self.computing, key, which) {
+            if call.locked {
+                self.unlock(&key.to_string(), call.token);
             }
         }
-        let (tier, key, token) = (self.clone(), key.clone(), token.to_owned());
-        spawn(async move {
-            tokio::time::sleep(RELEASE_AFTER).await;
-            if let Some(call) = forget_own(&tier.computing, &key, &token) {
-                if call.locked {
-                    tier.unlock(&key.to_string(), call.token);
-                }
-            }
-        });
     }
 }
 
@@ -1268,8 +1266,11 @@ where
                 // timed out or was dropped is let go too.
                 held.locked = true;
                 match tier.lock(&name, &held.token).await {
-                    None => break TierFill::Unavailable,
-                    Some(true) => {
+                    Err(sent) => {
+                        held.locked = sent;
+                        break TierFill::Unavailable;
+                    }
+                    Ok(true) => {
                         // The holder before us may have written its answer and let the lock go
                         // between our read and our lock: read again before calling.
                         let now = Instant::now();
@@ -1285,7 +1286,7 @@ where
                         }
                         break TierFill::Locked;
                     }
-                    Some(false) => held.locked = false,
+                    Ok(false) => held.locked = false,
                 }
                 // Another instance is computing: serve what Redis has while it may be served.
                 if let Some(mut entry) = found.filter(|entry| now < entry.stale_until) {
@@ -1311,10 +1312,9 @@ where
             tier.filled(fill);
             tier.counts.backend.fetch_add(1, Ordering::Relaxed);
             let result = inner.call(req).await.map_err(Into::into);
-            if result.is_ok() {
-                // The cache's insert writes the answer and lets the lock go; `answered` makes
-                // sure the lock goes if it does not.
-                tier.answered(&key, &held.token);
+            if result.is_ok() && tier.answered(&key, &held.token) {
+                // The cache's insert writes the answer and lets the lock go (or, storing
+                // nothing, says so); `answered` makes sure the lock goes if neither comes.
                 held.registered = false;
                 held.locked = false;
             }

@@ -109,6 +109,15 @@ pub trait Store<K, V>: Send + Sync + 'static {
     /// Forgets `key`.
     fn remove(&self, key: &K);
 
+    /// The cache's call for `key` has answered and the cache stores nothing of the answer (the
+    /// policy does not keep it, the classifier called it a failure, or a stale entry was put
+    /// back in its place): called after the cache's last `insert` or `remove` for the call. A
+    /// store that holds something while a call is made (the Redis tier's lock on the key)
+    /// lets it go. The default does nothing.
+    fn settled(&self, key: &K) {
+        let _ = key;
+    }
+
     /// How many entries are stored (some may have expired and not been removed yet).
     fn len(&self) -> usize;
 
