@@ -351,6 +351,7 @@ where
             fresh_ns: self.clock.nanos(until),
         };
         self.store.insert(key.clone(), entry);
+        self.store.settled(key);
         self.report_evictions();
         (value.map_err(Into::into), false)
     }

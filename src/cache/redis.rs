@@ -422,6 +422,7 @@ struct Tier<K: Send, V: Send, Cd> {
     lock_ttl: Duration,
     lock_wait: Duration,
     poll: Duration,
+    release_after: Duration,
     /// Entries read from Redis and answered by the fill service, for `insert` to keep in place
     /// of the entry the cache makes (which would count freshness from now).
     loaded: Mutex<HashMap<K, Loaded<V>>>,
@@ -534,6 +535,7 @@ struct Settings {
     lock_ttl: Duration,
     lock_wait: Duration,
     poll: Duration,
+    release_after: Duration,
 }
 
 impl<Cd: Clone, O> Clone for RedisStoreBuilder<Cd, O> {
@@ -581,6 +583,7 @@ impl RedisStore<(), (), ()> {
                 lock_ttl: Duration::from_secs(5),
                 lock_wait: Duration::from_secs(2),
                 poll: Duration::from_millis(20),
+                release_after: Duration::from_secs(1),
             },
             breaker: None,
         }
@@ -701,6 +704,15 @@ impl<Cd, O> RedisStoreBuilder<Cd, O> {
         self
     }
 
+    /// How long after a backend call answered under a key's lock the lock is let go if the
+    /// answer never reached the cache (default 1 s): a layer between the cache and
+    /// [`RedisFill`] dropped it. An answer that reaches the cache lets the lock go at once,
+    /// written to Redis or not.
+    pub fn release_after(mut self, after: Duration) -> Self {
+        self.settings.release_after = after;
+        self
+    }
+
     /// The circuit breaker on Redis calls (default: open after 3 failures in a row, for 1 s,
     /// doubling up to 10 s while Redis stays down, named as the store and sending to its
     /// observer). A breaker given here sends its events to its own observer.
@@ -773,6 +785,7 @@ impl<Cd, O> RedisStoreBuilder<Cd, O> {
                 lock_ttl: self.settings.lock_ttl,
                 lock_wait: self.settings.lock_wait,
                 poll: self.settings.poll,
+                release_after: self.settings.release_after,
                 loaded: Mutex::default(),
                 computing: Mutex::default(),
                 counts: Counts::default(),
@@ -980,10 +993,13 @@ where
         }
         // Only the answer of a backend call this instance made is news for the fleet: not an
         // entry put back with a longer grace or a later revalidation time.
-        // An older entry put back (while the call is in flight, or in place of its failed
-        // answer) leaves the call remembered.
-        let Some(computing) = take_if(&tier.computing, &key, |call| entry.stored >= call.started)
-        else {
+        // Only an answered call's answer is news for the fleet: an older entry put back (while
+        // the call is in flight, or in place of its failed answer), or an entry stored while
+        // another fill of the key (a request the cache does not join to its single-flight) is
+        // still calling, leaves the call remembered.
+        let Some(computing) = take_if(&tier.computing, &key, |call| {
+            call.answered && entry.stored >= call.started
+        }) else {
             tier.memory.insert(key, entry);
             return;
         };
@@ -1024,9 +1040,11 @@ where
     }
 
     /// Lets the key's Redis lock go, if this instance took it for a backend call that has
-    /// answered (the cache stores nothing of the answer: `no-store`, a status it does not keep,
-    /// a failure). A call still in flight is left alone.
+    /// answered and the cache's insert did not (it stored nothing of the answer: `no-store`, a
+    /// status it does not keep, a failure), and forgets an answer read from Redis that the cache
+    /// did not keep. A call still in flight is left alone.
     fn settled(&self, key: &K) {
+        take_if(&self.tier.loaded, key, |_| true);
         self.tier.release(key, |call| call.answered);
     }
 
@@ -1145,12 +1163,6 @@ where
     }
 }
 
-/// How long after a backend call answered under a key's lock the lock is let go if the cache has
-/// not stored the answer by then (it stores it, and the write lets the lock go, as soon as the
-/// fill's answer reaches it; an answer it will not store, such as one its classifier calls a
-/// failure, would otherwise keep the lock for its whole ttl).
-const RELEASE_AFTER: Duration = Duration::from_secs(1);
-
 impl<K, V, Cd> Tier<K, V, Cd>
 where
     K: Hash + Eq + Clone + fmt::Display + Send + Sync + 'static,
@@ -1159,27 +1171,22 @@ where
 {
     /// The backend call of the fill with `token` for `key` answered: the cache's insert (or its
     /// word that it stores nothing, [`Store::settled`]) is next, and lets the lock go. If
-    /// neither comes (the answer never reached the cache), the lock goes after
-    /// [`RELEASE_AFTER`]. `false` if the call is no longer the one remembered for the key
-    /// (another fill's replaced it): the fill then lets its lock go itself.
+    /// neither comes (the answer never reached the cache), the call is forgotten and its lock
+    /// let go after `release_after`. `false` if the call is no longer the one remembered for
+    /// the key (another fill's replaced it): the fill then lets its lock go itself.
     fn answered(self: &Arc<Self>, key: &K, token: &str) -> bool {
-        let locked = {
+        {
             let mut computing = self.computing.lock().unwrap_or_else(|e| e.into_inner());
             match computing.get_mut(key) {
-                Some(call) if call.token == token => {
-                    call.answered = true;
-                    call.locked
-                }
+                Some(call) if call.token == token => call.answered = true,
                 _ => return false,
             }
-        };
-        if locked {
-            let (tier, key, token) = (self.clone(), key.clone(), token.to_owned());
-            spawn(async move {
-                tokio::time::sleep(RELEASE_AFTER).await;
-                tier.release(&key, |call| call.token == token);
-            });
         }
+        let (tier, key, token) = (self.clone(), key.clone(), token.to_owned());
+        spawn(async move {
+            tokio::time::sleep(tier.release_after).await;
+            tier.release(&key, |call| call.token == token);
+        });
         true
     }
 

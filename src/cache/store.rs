@@ -109,11 +109,11 @@ pub trait Store<K, V>: Send + Sync + 'static {
     /// Forgets `key`.
     fn remove(&self, key: &K);
 
-    /// The cache's call for `key` has answered and the cache stores nothing of the answer (the
-    /// policy does not keep it, the classifier called it a failure, or a stale entry was put
-    /// back in its place): called after the cache's last `insert` or `remove` for the call. A
-    /// store that holds something while a call is made (the Redis tier's lock on the key)
-    /// lets it go. The default does nothing.
+    /// The cache has dealt with the answer of its call for `key` (stored it, or not: a status
+    /// or a request its policy does not keep, a failure, a stale entry put back in its place):
+    /// called after its last `insert` or `remove` for the call. A store that holds something
+    /// while a call is made (the Redis tier's lock on the key) lets go of what is left. The
+    /// default does nothing: a store that wraps another must forward it.
     fn settled(&self, key: &K) {
         let _ = key;
     }
