@@ -488,16 +488,7 @@ async fn an_answer_not_stored_lets_the_keys_lock_go() {
         .await
         .unwrap();
     // Key 8's answer is a failure to the cache: never stored.
-    let cache = CacheLayer::builder(key)
-        .ttl(Duration::from_secs(60))
-        .classify(|result: &Result<u64, BoxError>| match result {
-            Ok(80) | Err(_) => seawall::core::Outcome::Failure,
-            Ok(_) => seawall::core::Outcome::Success,
-        })
-        .store(store.clone())
-        .build()
-        .unwrap();
-    let service = cache.layer(store.fill(key).layer(backend.service()));
+    let service = rejecting(&store, &backend, 80, None);
     backend.set_down(true);
     assert!(service.clone().oneshot(5).await.is_err());
     backend.set_down(false);
@@ -518,23 +509,34 @@ async fn an_answer_not_stored_lets_the_keys_lock_go() {
     assert_eq!(events.fills(TierFill::Locked), 4, "{:?}", events.all());
 
     // Stored as a negative entry (negative caching on): not shared, and the lock goes with it.
-    let negative = CacheLayer::builder(key)
-        .ttl(Duration::from_secs(60))
-        .negative_ttl(Duration::from_millis(50))
-        .classify(|result: &Result<u64, BoxError>| match result {
-            Ok(90) | Err(_) => seawall::core::Outcome::Failure,
-            Ok(_) => seawall::core::Outcome::Success,
-        })
-        .store(store.clone())
-        .build()
-        .unwrap();
-    let service = negative.layer(store.fill(key).layer(backend.service()));
+    let service = rejecting(&store, &backend, 90, Some(Duration::from_millis(50)));
     assert_eq!(service.clone().oneshot(9).await.unwrap(), 90);
     sleep(Duration::from_millis(100)).await;
     let next = timeout(Duration::from_secs(5), service.clone().oneshot(9)).await;
     assert_eq!(next.expect("a negative entry kept the lock").unwrap(), 90);
     assert_eq!(events.fills(TierFill::Locked), 6, "{:?}", events.all());
     assert_eq!(events.fills(TierFill::LockWaitExpired), 0);
+}
+
+/// A cache with a minute's ttl over `store`, filled from Redis, over `backend`, whose
+/// classifier calls an error or the answer `failure` a failure, cached for `negative` if given.
+fn rejecting(
+    store: &Store,
+    backend: &Backend,
+    failure: u64,
+    negative: Option<Duration>,
+) -> impl Service<u32, Response = u64, Error = BoxError, Future: Send> + Clone + Send + 'static {
+    let mut cache = CacheLayer::builder(key)
+        .ttl(Duration::from_secs(60))
+        .classify(move |result: &Result<u64, BoxError>| match result {
+            Ok(value) if *value != failure => seawall::core::Outcome::Success,
+            _ => seawall::core::Outcome::Failure,
+        });
+    if let Some(ttl) = negative {
+        cache = cache.negative_ttl(ttl);
+    }
+    let cache = cache.store(store.clone()).build().unwrap();
+    cache.layer(store.fill(key).layer(backend.service()))
 }
 
 /// A cache with a minute's ttl over `store`, filled from Redis, over `backend`.
