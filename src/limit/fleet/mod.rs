@@ -283,6 +283,11 @@ pub(crate) struct Fleet<St, Clk, O> {
     /// when it became so: whether and since when in one word, so that no reader sees the one
     /// without the other.
     degraded: AtomicU64,
+    /// Whether the last `StoreHealth` event said degraded: the store's state is read and
+    /// reported under this lock, so that the events come in the order of the states they
+    /// describe (two renewals ending at once cannot report a recovery before the failure it
+    /// recovered from).
+    reported: Mutex<bool>,
     next_probe: AtomicU64,
     store_calls: AtomicU64,
     store_failures: AtomicU64,
@@ -514,8 +519,7 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             drop(renewing);
             if self.degrade(self.clock.now()) {
-                self.emitter()
-                    .emit(EventKind::StoreHealth { degraded: true });
+                self.report_health();
             }
             return false;
         };
@@ -610,8 +614,23 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
         // Even if the key lost the slot meanwhile: its mark, if still there, comes off. Before
         // the event: an observer that panics there leaves nothing held.
         drop(renewing);
-        if let Some(degraded) = health {
-            fleet.emitter().emit(EventKind::StoreHealth { degraded });
+        if health.is_some() {
+            fleet.report_health();
+        }
+    }
+
+    /// Reports the store's health as it is now, if that is not what was last reported: read
+    /// and reported under one lock, so that the events follow the state in order (a change
+    /// undone before its report is not reported at all).
+    fn report_health(&self)
+    where
+        O: Observer,
+    {
+        let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+        let degraded = self.is_degraded();
+        if *reported != degraded {
+            *reported = degraded;
+            self.emitter().emit(EventKind::StoreHealth { degraded });
         }
     }
 
@@ -1264,6 +1283,7 @@ impl<St, F, Clk, O> FleetBuilder<St, F, Clk, O> {
                 clock,
                 source: Source::new(settings.name, observer),
                 degraded: AtomicU64::new(0),
+                reported: Mutex::new(false),
                 next_probe: AtomicU64::new(0),
                 store_calls: AtomicU64::new(0),
                 store_failures: AtomicU64::new(0),

@@ -780,3 +780,51 @@ async fn how_long_the_store_is_degraded_is_never_read_from_before_it_was() {
     let seen = seen.lock().unwrap().take();
     assert_eq!(seen, Some(Some(Duration::ZERO)));
 }
+
+/// Two renewals ending at once, one failing and one answered, report the store's health in the
+/// order of its states: a recovery that lands between the failure's mark and its report leaves
+/// no stale `degraded` report behind (the gauge would have read degraded while the store
+/// answered).
+#[tokio::test(start_paused = true)]
+async fn health_reports_follow_the_stores_state_in_order() {
+    use crate::core::EventKind::StoreHealth;
+    let recorder = Recorder::default();
+    let layer = observed(&recorder);
+    let fleet = &layer.shared;
+    let health = |recorder: &Recorder| {
+        let events = recorder.events.lock().unwrap_or_else(|e| e.into_inner());
+        let health: Vec<_> = events
+            .iter()
+            .filter(|kind| matches!(kind, StoreHealth { .. }))
+            .copied()
+            .collect();
+        health
+    };
+    {
+        // The answered renewal, between the failed one's mark and its report.
+        let shared = layer.shared.clone();
+        fleet.hook.arm(Point::Degraded, move || {
+            if shared.degraded.swap(0, Relaxed) != 0 {
+                shared.report_health();
+            }
+        });
+    }
+    if fleet.degrade(fleet.clock.now()) {
+        fleet.report_health();
+    }
+    assert!(!fleet.is_degraded());
+    assert_eq!(health(&recorder), [], "a change undone before its report");
+    // Then a failure on its own, and a recovery: reported once each, in order.
+    assert!(fleet.degrade(fleet.clock.now()));
+    fleet.report_health();
+    fleet.degraded.swap(0, Relaxed);
+    fleet.report_health();
+    fleet.report_health();
+    assert_eq!(
+        health(&recorder),
+        [
+            StoreHealth { degraded: true },
+            StoreHealth { degraded: false }
+        ]
+    );
+}
