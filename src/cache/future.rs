@@ -337,7 +337,13 @@ where
                 StateProj::Ready { inner, req } => match ready!(inner.poll_ready(cx)) {
                     Ok(()) => {
                         let req = req.take().expect("polled after completion");
-                        let future = inner.call(req);
+                        // A call for a request the store may not answer (no flight to lead)
+                        // carries the mark for a tier's fill beneath.
+                        let future = if this.leader.is_none() {
+                            super::through(|| inner.call(req))
+                        } else {
+                            inner.call(req)
+                        };
                         this.state.set(State::Call {
                             future,
                             start: Instant::now(),

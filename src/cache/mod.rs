@@ -96,6 +96,33 @@ mod layer;
 pub mod redis;
 mod store;
 
+std::thread_local! {
+    /// Up while a cache calls its inner service for a request it may not answer from its store.
+    static THROUGH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Makes `call`, a cache's call to its inner service for a request it may not answer from its
+/// store (with `http`, a `no-cache` request, or a keyed method other than `GET`), with a mark up
+/// that a tier's fill beneath ([`redis::RedisFill`], called from within `call`) reads, so that
+/// it does not answer such a request from its shared store either.
+#[inline]
+pub(crate) fn through<R>(call: impl FnOnce() -> R) -> R {
+    struct Lower(bool);
+    impl Drop for Lower {
+        fn drop(&mut self) {
+            THROUGH.with(|up| up.set(self.0));
+        }
+    }
+    let _lower = Lower(THROUGH.with(|up| up.replace(true)));
+    call()
+}
+
+/// Whether the call being made is one [`through`] marks.
+#[cfg(feature = "redis")]
+pub(crate) fn is_through() -> bool {
+    THROUGH.with(std::cell::Cell::get)
+}
+
 #[cfg(feature = "http")]
 pub use crate::fallback::{CacheControl, StaleResponse};
 pub use error::{ConfigError, Shared};
@@ -104,3 +131,18 @@ pub use future::CacheFuture;
 pub use layer::HttpCacheBuilder;
 pub use layer::{Cache, CacheBuilder, CacheHandle, CacheLayer, Given, Memory, Stats};
 pub use store::{Entry, MemoryStore, Store};
+
+#[cfg(all(test, feature = "redis"))]
+mod tests {
+    use super::{is_through, through};
+
+    #[test]
+    fn the_through_mark_is_up_only_within_its_call_and_comes_down_on_a_panic() {
+        assert!(!is_through());
+        assert!(through(|| through(is_through) && is_through()));
+        assert!(!is_through());
+        let unwound = std::panic::catch_unwind(|| through(|| panic!("a call panics")));
+        assert!(unwound.is_err());
+        assert!(!is_through(), "left up by a panic");
+    }
+}

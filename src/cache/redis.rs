@@ -707,7 +707,7 @@ impl<Cd, O> RedisStoreBuilder<Cd, O> {
     /// How long after a backend call answered under a key's lock the lock is let go if the
     /// answer never reached the cache (default 1 s): a layer between the cache and
     /// [`RedisFill`] dropped it. An answer that reaches the cache lets the lock go at once,
-    /// written to Redis or not.
+    /// written to Redis or not. Kept between 10 ms and the lock's ttl.
     pub fn release_after(mut self, after: Duration) -> Self {
         self.settings.release_after = after;
         self
@@ -785,7 +785,10 @@ impl<Cd, O> RedisStoreBuilder<Cd, O> {
                 lock_ttl: self.settings.lock_ttl,
                 lock_wait: self.settings.lock_wait,
                 poll: self.settings.poll,
-                release_after: self.settings.release_after,
+                release_after: self.settings.release_after.clamp(
+                    Duration::from_millis(10),
+                    self.settings.lock_ttl.max(Duration::from_millis(10)),
+                ),
                 loaded: Mutex::default(),
                 computing: Mutex::default(),
                 counts: Counts::default(),
@@ -987,16 +990,21 @@ where
         let tier = &self.tier;
         // The cache's entry for an answer the fill service read from Redis (made after the
         // read): keep Redis's, with its freshness. Any other insert leaves that one waiting.
+        // An answer read from Redis that the cache did not keep is not waited for longer than
+        // `release_after`: a later insert's own entry goes in.
+        let fresh = |loaded: &Loaded<V>| {
+            entry.stored.saturating_duration_since(loaded.at) <= tier.release_after
+        };
         if let Some(loaded) = take_if(&tier.loaded, &key, |loaded| entry.stored >= loaded.at) {
-            tier.memory.insert(key, loaded.entry);
-            return;
+            if fresh(&loaded) {
+                tier.memory.insert(key, loaded.entry);
+                return;
+            }
         }
-        // Only the answer of a backend call this instance made is news for the fleet: not an
-        // entry put back with a longer grace or a later revalidation time.
-        // Only an answered call's answer is news for the fleet: an older entry put back (while
-        // the call is in flight, or in place of its failed answer), or an entry stored while
-        // another fill of the key (a request the cache does not join to its single-flight) is
-        // still calling, leaves the call remembered.
+        // Only the answer of a backend call this instance made, once it has answered, is news
+        // for the fleet: an older entry put back (with a longer grace, a later revalidation
+        // time, or in place of a failed answer), or an entry stored while another fill of the
+        // key is still calling, leaves the call remembered.
         let Some(computing) = take_if(&tier.computing, &key, |call| {
             call.answered && entry.stored >= call.started
         }) else {
@@ -1041,10 +1049,8 @@ where
 
     /// Lets the key's Redis lock go, if this instance took it for a backend call that has
     /// answered and the cache's insert did not (it stored nothing of the answer: `no-store`, a
-    /// status it does not keep, a failure), and forgets an answer read from Redis that the cache
-    /// did not keep. A call still in flight is left alone.
+    /// status it does not keep, a failure). A call still in flight is left alone.
     fn settled(&self, key: &K) {
-        take_if(&self.tier.loaded, key, |_| true);
         self.tier.release(key, |call| call.answered);
     }
 
@@ -1232,7 +1238,10 @@ where
         // The service made ready goes into the future; this one keeps a clone.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let Some(key) = (self.key)(&req) else {
+        // Without a key, or for a request the cache above may not answer from its store (it
+        // marks the call): straight to the backend, Redis neither read nor locked.
+        let key = (self.key)(&req).filter(|_| !super::is_through());
+        let Some(key) = key else {
             let future = inner.call(req);
             return Box::pin(async move { future.await.map_err(Into::into) });
         };

@@ -518,6 +518,68 @@ async fn an_answer_not_stored_lets_the_keys_lock_go() {
     assert_eq!(events.fills(TierFill::LockWaitExpired), 0);
 }
 
+/// A request the cache may not answer from its store (its policy says so: with `http`, a
+/// `no-cache` request or a keyed method other than `GET`) is not answered from Redis either:
+/// the fill sends it to the backend, though Redis holds a fresh answer under its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_cache_may_not_answer_from_its_store_is_not_answered_from_redis() {
+    let Some(server) = RedisServer::start(
+        "a_request_the_cache_may_not_answer_from_its_store_is_not_answered_from_redis",
+    ) else {
+        return;
+    };
+    let backend = Backend::new(Duration::from_millis(1));
+    let (one, a, _) = instance(&server, &backend).await;
+    a.clone().oneshot(7).await.unwrap();
+    a.clone().oneshot(8).await.unwrap();
+    written(&one, 2).await;
+    assert_eq!(backend.calls(), 2);
+
+    /// Serves no stored answer to key 7 (as a policy does a write or a `no-cache` request).
+    struct NotSeven;
+    impl seawall::fallback::StorePolicy<u32, u64> for NotSeven {
+        type Memo = bool;
+        fn memo(&self, key: &u32) -> bool {
+            *key != 7
+        }
+        fn may_store(&self, _: &bool, _: &u64) -> bool {
+            true
+        }
+        fn may_serve(&self, serve: &bool) -> bool {
+            *serve
+        }
+    }
+    let events = Seen::default();
+    let two: Store = RedisStore::builder(server.url(), U64Codec)
+        .observer(events.observer("cache.redis"))
+        .prefix(format!("test:{}:", std::process::id()))
+        .connect()
+        .await
+        .unwrap();
+    let cache = CacheLayer::builder(key)
+        .ttl(Duration::from_secs(60))
+        .store_policy(NotSeven)
+        .store(two.clone())
+        .build()
+        .unwrap();
+    let b = cache.layer(two.fill(key).layer(backend.service()));
+    assert_eq!(b.clone().oneshot(7).await.unwrap(), 70);
+    assert_eq!(backend.calls(), 3, "answered from Redis");
+    assert_eq!(two.loads(), 0);
+    // Nothing of the fill's was done for it: no read, no lock, no fill event.
+    let fills = |events: &Seen| {
+        let all = events.all();
+        all.iter()
+            .filter(|k| matches!(k, EventKind::CacheTierFill { .. }))
+            .count()
+    };
+    assert_eq!(fills(&events), 0, "{:?}", events.all());
+    // Another key, which the policy lets the cache answer, is answered from Redis.
+    assert_eq!(b.clone().oneshot(8).await.unwrap(), 80);
+    assert_eq!(backend.calls(), 3);
+    assert_eq!((two.loads(), fills(&events)), (1, 1), "{:?}", events.all());
+}
+
 /// A cache with a minute's ttl over `store`, filled from Redis, over `backend`, whose
 /// classifier calls an error or the answer `failure` a failure, cached for `negative` if given.
 fn rejecting(
