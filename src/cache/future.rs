@@ -360,7 +360,9 @@ where
                 // offers its good answer to the store.
                 if let (Some(core), Some(key), Some(memo)) = (&*this.core, &*this.key, &*this.memo)
                 {
-                    core.offer_result(key, memo, &result, start.elapsed());
+                    // Under the mark too: what the store does with this answer must not touch
+                    // what a tier keeps for another call of the key (a miss's fill).
+                    super::through(|| core.offer_result(key, memo, &result, start.elapsed()));
                 }
                 return Poll::Ready(result.map_err(Into::into));
             };

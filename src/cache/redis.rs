@@ -5,10 +5,16 @@
 //! Redis:
 //!
 //! - **Hits** are answered by the memory tier alone: [`Store::get`] never touches Redis.
-//! - **Writes**: an answer the cache stores is written to Redis in the background (a spawned
-//!   task), with its freshness (when it was stored, until when it is fresh, stale-while-revalidate
+//! - **Writes**: an answer the cache stores after a miss is written to Redis in the background
+//!   (a spawned task), with its freshness (when it was stored, until when it is fresh, stale-while-revalidate
 //!   and stale-if-error) and its `delta` (how long it took to compute), so that every instance
-//!   serves it as fresh for the same time and early refresh (XFetch) works fleet-wide.
+//!   serves it as fresh for the same time and early refresh (XFetch) works fleet-wide. The
+//!   answer to a request the cache may not answer from its store (its policy says so: a
+//!   `no-cache` request, a keyed `POST`) is neither read from Redis nor written there: the cache
+//!   marks those calls, and `RedisFill` sends them straight to the backend. The mark is seen by
+//!   a fill called within the cache's call: put `RedisFill` directly beneath the cache, and
+//!   layers that call their inner service later than in `call` (a retry's retries, hedges, a
+//!   `Buffer`) beneath it.
 //! - **Misses**: the cache's miss goes to the service beneath it, which is the
 //!   [`RedisFill`] service: it reads the key from Redis and, when Redis holds an answer newer than
 //!   the memory tier's and fresh, answers with it (the memory tier keeps it with Redis's
@@ -707,7 +713,9 @@ impl<Cd, O> RedisStoreBuilder<Cd, O> {
     /// How long after a backend call answered under a key's lock the lock is let go if the
     /// answer never reached the cache (default 1 s): a layer between the cache and
     /// [`RedisFill`] dropped it. An answer that reaches the cache lets the lock go at once,
-    /// written to Redis or not. Kept between 10 ms and the lock's ttl.
+    /// written to Redis or not. Also how long an answer the fill read from Redis waits for the
+    /// cache to keep it (a later insert's own entry goes in after that). Kept between 10 ms and
+    /// the lock's ttl.
     pub fn release_after(mut self, after: Duration) -> Self {
         self.settings.release_after = after;
         self
@@ -988,6 +996,12 @@ where
     /// kept as Redis had it and not written back.
     fn insert(&self, key: K, entry: Entry<V>) {
         let tier = &self.tier;
+        if super::is_through() {
+            // The answer to a request the cache may not answer from its store: kept here only,
+            // and nothing of another call of the key (a miss's fill) is touched.
+            tier.memory.insert(key, entry);
+            return;
+        }
         // The cache's entry for an answer the fill service read from Redis (made after the
         // read): keep Redis's, with its freshness. Any other insert leaves that one waiting.
         // An answer read from Redis that the cache did not keep is not waited for longer than
@@ -1051,7 +1065,9 @@ where
     /// answered and the cache's insert did not (it stored nothing of the answer: `no-store`, a
     /// status it does not keep, a failure). A call still in flight is left alone.
     fn settled(&self, key: &K) {
-        self.tier.release(key, |call| call.answered);
+        if !super::is_through() {
+            self.tier.release(key, |call| call.answered);
+        }
     }
 
     fn len(&self) -> usize {

@@ -535,20 +535,6 @@ async fn a_request_the_cache_may_not_answer_from_its_store_is_not_answered_from_
     written(&one, 2).await;
     assert_eq!(backend.calls(), 2);
 
-    /// Serves no stored answer to key 7 (as a policy does a write or a `no-cache` request).
-    struct NotSeven;
-    impl seawall::fallback::StorePolicy<u32, u64> for NotSeven {
-        type Memo = bool;
-        fn memo(&self, key: &u32) -> bool {
-            *key != 7
-        }
-        fn may_store(&self, _: &bool, _: &u64) -> bool {
-            true
-        }
-        fn may_serve(&self, serve: &bool) -> bool {
-            *serve
-        }
-    }
     let events = Seen::default();
     let two: Store = RedisStore::builder(server.url(), U64Codec)
         .observer(events.observer("cache.redis"))
@@ -558,7 +544,7 @@ async fn a_request_the_cache_may_not_answer_from_its_store_is_not_answered_from_
         .unwrap();
     let cache = CacheLayer::builder(key)
         .ttl(Duration::from_secs(60))
-        .store_policy(NotSeven)
+        .store_policy(NotServed(7))
         .store(two.clone())
         .build()
         .unwrap();
@@ -578,6 +564,86 @@ async fn a_request_the_cache_may_not_answer_from_its_store_is_not_answered_from_
     assert_eq!(b.clone().oneshot(8).await.unwrap(), 80);
     assert_eq!(backend.calls(), 3);
     assert_eq!((two.loads(), fills(&events)), (1, 1), "{:?}", events.all());
+}
+
+/// A store policy that serves no stored answer to one key (as one does to a write or a
+/// `no-cache` request), and stores every answer.
+struct NotServed(u32);
+
+impl seawall::fallback::StorePolicy<u32, u64> for NotServed {
+    type Memo = bool;
+    fn memo(&self, key: &u32) -> bool {
+        *key != self.0
+    }
+    fn may_store(&self, _: &bool, _: &u64) -> bool {
+        true
+    }
+    fn may_serve(&self, serve: &bool) -> bool {
+        *serve
+    }
+}
+
+/// The answer to a request the cache may not answer from its store, stored in the instance's
+/// memory, leaves what the tier keeps for another call of the key alone: a fill's answered call
+/// whose answer the cache has not stored yet keeps its lock, and its write is still to come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_cache_may_not_answer_leaves_another_calls_lock_alone() {
+    let Some(server) =
+        RedisServer::start("a_request_the_cache_may_not_answer_leaves_another_calls_lock_alone")
+    else {
+        return;
+    };
+    let backend = Backend::new(Duration::from_millis(1));
+    let prefix = format!("test:{}:", std::process::id());
+    let store: Store = RedisStore::builder(server.url(), U64Codec)
+        .prefix(prefix.clone())
+        .lock_ttl(Duration::from_secs(60))
+        .release_after(Duration::from_secs(60))
+        .connect()
+        .await
+        .unwrap();
+    // A fill's call, answered, its answer not in any cache yet (there is none above it).
+    let fill = store.fill(key).layer(backend.service());
+    assert_eq!(fill.oneshot(5).await.unwrap(), 50);
+    let mut redis = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let lock = format!("{prefix}l:5");
+    let held: Option<String> = redis::cmd("GET")
+        .arg(&lock)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(held.is_some(), "the fill took the key's lock");
+
+    let cache = CacheLayer::builder(key)
+        .ttl(Duration::from_secs(60))
+        .store_policy(NotServed(5))
+        .store(store.clone())
+        .build()
+        .unwrap();
+    let service = cache.layer(store.fill(key).layer(backend.service()));
+    assert_eq!(service.oneshot(5).await.unwrap(), 50);
+    assert_eq!(backend.calls(), 2);
+    assert!(store.get(&5).is_some(), "kept in memory");
+    sleep(Duration::from_millis(100)).await;
+    let still: Option<String> = redis::cmd("GET")
+        .arg(&lock)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(still, held, "the other call's lock was let go");
+    let value: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(format!("{prefix}v:5"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(
+        value.is_none(),
+        "written to Redis with the other call's token"
+    );
 }
 
 /// A cache with a minute's ttl over `store`, filled from Redis, over `backend`, whose

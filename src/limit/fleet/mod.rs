@@ -622,10 +622,7 @@ impl<St: Store, Clk: Clock, O: Observer> Fleet<St, Clk, O> {
     /// Reports the store's health as it is now, if that is not what was last reported: read
     /// and reported under one lock, so that the events follow the state in order (a change
     /// undone before its report is not reported at all).
-    fn report_health(&self)
-    where
-        O: Observer,
-    {
+    fn report_health(&self) {
         let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
         let degraded = self.is_degraded();
         if *reported != degraded {
